@@ -1,1 +1,458 @@
-//! placeholder
+//! The Postgres wire protocol endpoint over a [`TarnSession`].
+//!
+//! The protocol, `pg_catalog` and type encoding come from `datafusion-postgres` (on `pgwire`),
+//! so psql, JDBC, psycopg and BI tools connect as to PostgreSQL. tarn adds:
+//!
+//! - its statements: `CREATE TABLE` (with `PARTITIONED BY` in the simple query protocol),
+//!   `CREATE TABLE AS`, `CREATE SCHEMA`, `DROP TABLE`, `DROP SCHEMA` as Iceberg catalog
+//!   operations, and `FOR VERSION AS OF` time travel;
+//! - authentication: SCRAM-SHA-256 against the users in the config; connections from loopback
+//!   addresses are trusted without a password only when `auth.trust_loopback` is set;
+//! - SQLSTATE codes for errors (`42601` syntax, `42P01` unknown table, `40001` commit
+//!   conflict, ...), so clients can tell errors apart;
+//! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
+//!   fires, so tests bind `127.0.0.1:0`.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::{HookClient, QueryHook};
+use datafusion_postgres::pgwire;
+use datafusion_postgres::DfSessionService;
+use futures::Sink;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tarn_core::config::AuthConfig;
+use tarn_core::{Error, ErrorKind};
+use tarn_query::{Output, TarnSession, from_df_error};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The SQLSTATE for a tarn error kind.
+pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
+    match kind {
+        ErrorKind::NotFound if message.contains("schema") => "3F000",
+        ErrorKind::NotFound => "42P01",
+        ErrorKind::AlreadyExists if message.contains("schema") => "42P06",
+        ErrorKind::AlreadyExists => "42P07",
+        ErrorKind::CommitConflict => "40001",
+        ErrorKind::Cancelled => "57014",
+        ErrorKind::Storage => "58030",
+        ErrorKind::Catalog => "08006",
+        ErrorKind::Config => "F0000",
+        ErrorKind::InvalidInput => {
+            let m = message.to_ascii_lowercase();
+            if m.contains("syntax error") || m.contains("expected") && m.contains("found") {
+                "42601"
+            } else if m.contains("not found") && m.contains("table") {
+                "42P01"
+            } else if m.contains("no field named") || m.contains("column") && m.contains("not found") {
+                "42703"
+            } else if m.contains("cannot cast") || m.contains("cast error") || m.contains("type") {
+                "42804"
+            } else if m.contains("not null") {
+                "23502"
+            } else if m.contains("not supported") || m.contains("not implemented") {
+                "0A000"
+            } else {
+                "42000"
+            }
+        }
+        ErrorKind::Query | ErrorKind::Internal => "XX000",
+    }
+}
+
+fn user_error(e: &Error) -> PgWireError {
+    let message = e.to_string();
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        sqlstate(e.kind(), &message).into(),
+        message,
+    )))
+}
+
+/// Whether tarn (not DataFusion) runs this statement.
+fn is_catalog_statement(statement: &Statement) -> bool {
+    match statement {
+        Statement::CreateTable(_) | Statement::CreateSchema { .. } => true,
+        Statement::Drop { object_type, .. } => {
+            matches!(object_type, ObjectType::Table | ObjectType::Schema)
+        }
+        _ => false,
+    }
+}
+
+fn tag_of(output: Output) -> Response {
+    match output {
+        Output::Command { tag, rows } => {
+            let name = tag.split(' ').next().unwrap_or_default().to_string();
+            let base = if name == "INSERT" { "INSERT 0".to_string() } else { name };
+            let tag = Tag::new(&base);
+            Response::Execution(match rows {
+                Some(n) => tag.with_rows(n as usize),
+                None => tag,
+            })
+        }
+        // Catalog statements do not return rows.
+        Output::Rows(_) => Response::Execution(Tag::new("SELECT")),
+    }
+}
+
+/// Runs tarn's catalog statements and keeps DataFusion's table listing fresh.
+struct CatalogHook {
+    session: TarnSession,
+}
+
+#[async_trait]
+impl QueryHook for CatalogHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        if is_catalog_statement(statement) {
+            return Some(run_catalog(&self.session, statement).await);
+        }
+        if let Err(e) = self.session.refresh().await {
+            return Some(Err(user_error(&e)));
+        }
+        None
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        if is_catalog_statement(statement) {
+            return Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::new(datafusion::common::DFSchema::empty()),
+            })));
+        }
+        if let Err(e) = self.session.refresh().await {
+            return Some(Err(user_error(&e)));
+        }
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        if is_catalog_statement(statement) {
+            return Some(run_catalog(&self.session, statement).await);
+        }
+        None
+    }
+}
+
+async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResult<Response> {
+    metrics::counter!("tarn_pgwire_statements_total", "kind" => "catalog").increment(1);
+    match session.run_sql(&statement.to_string()).await {
+        Ok(output) => Ok(tag_of(output)),
+        Err(e) => Err(user_error(&e)),
+    }
+}
+
+/// The simple query protocol with tarn's SQL extensions applied before DataFusion parses.
+struct TarnSimpleQuery {
+    session: TarnSession,
+    inner: Arc<DfSessionService>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for TarnSimpleQuery {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        metrics::counter!("tarn_pgwire_queries_total").increment(1);
+        let statements = match TarnSession::prepare(query) {
+            Ok(s) => s,
+            // Let DataFusion's parser report what it makes of it.
+            Err(_) => return self.inner.do_query(client, query).await,
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::new();
+        for statement in statements {
+            if !statement.partition.is_empty() || !statement.sort.is_empty() {
+                let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
+                responses.push(tag_of(output));
+            } else {
+                responses.extend(self.inner.do_query(client, &statement.sql).await?);
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// Maps DataFusion errors to SQLSTATE-bearing error responses and logs them.
+struct SqlStateErrors;
+
+impl ErrorHandler for SqlStateErrors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        if let PgWireError::ApiError(inner) = error {
+            let tarn = match inner.downcast_ref::<datafusion::error::DataFusionError>() {
+                Some(df) => from_df_error(df.clone_for_message()),
+                None => Error::new(ErrorKind::Query, inner.to_string()),
+            };
+            *error = user_error(&tarn);
+        }
+        tracing::info!(error = %error, "statement failed");
+        metrics::counter!("tarn_pgwire_errors_total").increment(1);
+    }
+}
+
+/// Small helper: DataFusion errors are not `Clone`; we only need the message and kind.
+trait CloneForMessage {
+    fn clone_for_message(&self) -> datafusion::error::DataFusionError;
+}
+
+impl CloneForMessage for datafusion::error::DataFusionError {
+    fn clone_for_message(&self) -> datafusion::error::DataFusionError {
+        use datafusion::error::DataFusionError as E;
+        let root = self.find_root();
+        match root {
+            E::SQL(e, _) => E::Plan(format!("SQL syntax error: {e}")),
+            E::Plan(m) => E::Plan(m.clone()),
+            E::SchemaError(..) => E::Plan(root.to_string()),
+            E::NotImplemented(m) => E::NotImplemented(m.clone()),
+            E::ArrowError(..) => E::Plan(format!("type error: {root}")),
+            E::External(inner) => match inner.downcast_ref::<Error>() {
+                Some(t) => E::External(Box::new(Error::new(t.kind(), t.to_string()))),
+                None => E::Execution(root.to_string()),
+            },
+            other => E::Execution(other.to_string()),
+        }
+    }
+}
+
+/// Users and their SCRAM-SHA-256 salted passwords.
+#[derive(Debug)]
+struct ConfigAuthSource {
+    users: Vec<(String, Vec<u8>, Vec<u8>)>,
+}
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+impl ConfigAuthSource {
+    fn new(auth: &AuthConfig) -> Self {
+        let users = auth
+            .users
+            .iter()
+            .map(|u| {
+                let salt: Vec<u8> = uuid::Uuid::new_v4().as_bytes().to_vec();
+                let salted = gen_salted_password(&u.password, &salt, SCRAM_ITERATIONS);
+                (u.name.clone(), salt, salted)
+            })
+            .collect();
+        Self { users }
+    }
+}
+
+#[async_trait]
+impl AuthSource for ConfigAuthSource {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        match self.users.iter().find(|(name, _, _)| name == user) {
+            Some((_, salt, salted)) => Ok(Password::new(Some(salt.clone()), salted.clone())),
+            None => {
+                metrics::counter!("tarn_pgwire_auth_failures_total").increment(1);
+                Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "28P01".into(),
+                    format!("password authentication failed for user \"{user}\""),
+                ))))
+            }
+        }
+    }
+}
+
+/// Accepts a connection without a password (loopback clients, when configured).
+struct TrustStartup {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for TrustStartup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+/// Trusts loopback clients when configured; asks everyone else for a SCRAM password.
+struct TarnStartup {
+    trust_loopback: bool,
+    trusted: std::sync::Mutex<Option<bool>>,
+    trust: TrustStartup,
+    scram: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+}
+
+#[async_trait]
+impl StartupHandler for TarnStartup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let trusted = {
+            let mut decided = self.trusted.lock().expect("startup state poisoned");
+            *decided.get_or_insert_with(|| {
+                self.trust_loopback && client.socket_addr().ip().is_loopback()
+            })
+        };
+        if trusted {
+            self.trust.on_startup(client, message).await
+        } else {
+            self.scram.on_startup(client, message).await
+        }
+    }
+}
+
+struct TarnHandlers {
+    simple: Arc<TarnSimpleQuery>,
+    extended: Arc<DfSessionService>,
+    auth_source: Arc<ConfigAuthSource>,
+    trust_loopback: bool,
+    connections: Arc<ConnectionManager>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for TarnHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.simple.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.extended.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        let params = Arc::new(DefaultServerParameterProvider::default());
+        Arc::new(TarnStartup {
+            trust_loopback: self.trust_loopback,
+            trusted: std::sync::Mutex::new(None),
+            trust: TrustStartup {
+                connections: self.connections.clone(),
+            },
+            scram: SASLAuthStartupHandler::new(params)
+                .with_scram(ScramAuth::new(self.auth_source.clone()))
+                .with_connection_manager(self.connections.clone()),
+        })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SqlStateErrors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// Serves the Postgres wire protocol on `listener` until `shutdown` is cancelled. Open
+/// connections are dropped at shutdown.
+pub async fn run(
+    listener: TcpListener,
+    session: TarnSession,
+    auth: &AuthConfig,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let ctx = session.context().clone();
+    setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
+        .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(CatalogHook {
+            session: session.clone(),
+        }),
+        Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
+        Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
+        Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
+    ];
+    let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+    let connections = Arc::new(ConnectionManager::new());
+    let handlers = Arc::new(TarnHandlers {
+        simple: Arc::new(TarnSimpleQuery {
+            session: session.clone(),
+            inner: service.clone(),
+        }),
+        extended: service,
+        auth_source: Arc::new(ConfigAuthSource::new(auth)),
+        trust_loopback: auth.trust_loopback,
+        connections: connections.clone(),
+        cancel: Arc::new(DefaultCancelHandler::new(connections)),
+    });
+    let limiter = (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let permit = match &limiter {
+            Some(l) => match l.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tracing::warn!(%addr, max_connections, "connection refused: too many connections");
+                    metrics::counter!("tarn_pgwire_connections_refused_total").increment(1);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let handlers = handlers.clone();
+        metrics::counter!("tarn_pgwire_connections_total").increment(1);
+        tasks.spawn(async move {
+            let _permit = permit;
+            metrics::gauge!("tarn_pgwire_connections_open").increment(1.0);
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+            metrics::gauge!("tarn_pgwire_connections_open").decrement(1.0);
+        });
+        // Reap finished connections so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+    Ok(())
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! The SQL engine: DataFusion over the Iceberg catalog.
+//!
+//! [`TarnSession`] runs statements: queries through DataFusion, catalog changes and writes as
+//! Iceberg commits. [`load`] brings files in. The Postgres wire endpoint and the CLI are both
+//! thin layers over this crate.
+
+pub mod load;
+pub mod provider;
+mod session;
+pub mod sql_ext;
+pub mod write;
+
+pub use session::{DEFAULT_SCHEMA, Output, TarnSession, from_df_error, lake_schema};

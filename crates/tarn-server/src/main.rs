@@ -1,1 +1,10 @@
-fn main() {}
+//! The `tarn` binary: a thin CLI over the tarn libraries.
+
+mod bench;
+mod cli;
+mod output;
+mod serve;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

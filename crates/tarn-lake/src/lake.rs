@@ -1,0 +1,403 @@
+//! The lake: an Iceberg catalog persisted in SQL plus the object storage its tables live on.
+//!
+//! The catalog is `iceberg-catalog-sql`'s `SqlCatalog`: the table layout of Iceberg's JDBC
+//! catalog (`iceberg_tables`, `iceberg_namespace_properties`), so pyiceberg's `SqlCatalog` and
+//! Spark's `JdbcCatalog` open the very same database. SQLite by default, PostgreSQL when
+//! `catalog.url` is a `postgres://` URL. A commit is a compare-and-swap of the table's
+//! `metadata_location` (`UPDATE ... WHERE metadata_location = <the one we read>`): of two racing
+//! writers one wins, the other reloads the table, re-applies its change and tries again, up to
+//! `write.commit_retries` times, then fails with a commit-conflict error. Nothing is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::Schema as ArrowSchema;
+use iceberg::spec::{DataFile, FormatVersion, TableProperties};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use tarn_core::{Config, Error, ErrorKind, Result};
+
+use crate::layout::{self, PartitionField, SortKey};
+use crate::storage::{ObjectStoreStorageFactory, ObjectStores, s3_properties};
+
+/// What a new table looks like besides its columns.
+#[derive(Debug, Clone, Default)]
+pub struct TableLayout {
+    /// Partition fields, in order.
+    pub partition: Vec<PartitionField>,
+    /// Sort order of written data.
+    pub sort: Vec<SortKey>,
+    /// Extra table properties.
+    pub properties: HashMap<String, String>,
+}
+
+/// The catalog and storage of one tarn installation.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    catalog: Arc<SqlCatalog>,
+    stores: ObjectStores,
+    name: String,
+    warehouse: String,
+    target_file_size: u64,
+    compression: String,
+    commit_retries: u32,
+}
+
+/// Maps an `iceberg` error to tarn's, naming `what` was being done.
+pub fn iceberg_error(what: impl std::fmt::Display, e: iceberg::Error) -> Error {
+    use iceberg::ErrorKind as K;
+    let kind = match e.kind() {
+        K::TableNotFound | K::NamespaceNotFound => ErrorKind::NotFound,
+        K::TableAlreadyExists | K::NamespaceAlreadyExists => ErrorKind::AlreadyExists,
+        K::CatalogCommitConflicts => ErrorKind::CommitConflict,
+        K::DataInvalid | K::FeatureUnsupported | K::PreconditionFailed => ErrorKind::InvalidInput,
+        _ => ErrorKind::Internal,
+    };
+    Error::new(kind, format!("{what}: {}", e.message())).with_source(e)
+}
+
+/// Parses `ns.table` (or `a.b.table` for nested namespaces) into an identifier.
+pub fn parse_table_name(name: &str) -> Result<TableIdent> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() < 2 || parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("invalid table name {name:?}: expected NAMESPACE.TABLE"),
+        ));
+    }
+    let (table, ns) = parts.split_last().expect("two parts at least");
+    let ns = NamespaceIdent::from_strs(ns.iter().copied())
+        .map_err(|e| iceberg_error(format!("invalid namespace in {name:?}"), e))?;
+    Ok(TableIdent::new(ns, table.to_string()))
+}
+
+impl Lake {
+    /// Opens (creating on first use) the catalog and warehouse that `config` names.
+    pub async fn open(config: &Config) -> Result<Self> {
+        let url = config.catalog_url();
+        let warehouse = config.warehouse_url();
+        let (uri, bind_style) = if let Some(path) = url.strip_prefix("sqlite://") {
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        Error::new(ErrorKind::Catalog, "cannot create the catalog directory")
+                            .with_context("dir", parent.display())
+                            .with_source(e)
+                    })?;
+                }
+            }
+            let sep = if path.contains('?') { '&' } else { '?' };
+            (format!("sqlite://{path}{sep}mode=rwc"), SqlBindStyle::QMark)
+        } else {
+            (url.clone(), SqlBindStyle::DollarNumeric)
+        };
+        if let Some(dir) = warehouse.strip_prefix("file://") {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::new(ErrorKind::Storage, "cannot create the warehouse directory")
+                    .with_context("dir", dir)
+                    .with_source(e)
+            })?;
+        }
+        let mut props = s3_properties(&config.storage.s3);
+        props.insert(
+            "pool.max-connections".into(),
+            config.catalog.max_connections.to_string(),
+        );
+        let stores = ObjectStores::new(props.clone());
+        let catalog = tokio::time::timeout(
+            Duration::from_secs(30),
+            SqlCatalogBuilder::default()
+                .uri(uri)
+                .warehouse_location(warehouse.clone())
+                .sql_bind_style(bind_style)
+                .props(props)
+                .with_storage_factory(Arc::new(ObjectStoreStorageFactory))
+                .load(config.catalog.name.clone(), HashMap::new()),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(ErrorKind::Catalog, "timed out connecting to the catalog database")
+                .with_context("catalog.url", tarn_core::config::redact_url(&url))
+        })?
+        .map_err(|e| {
+            Error::new(ErrorKind::Catalog, "cannot open the catalog database")
+                .with_context("catalog.url", tarn_core::config::redact_url(&url))
+                .with_source(e)
+        })?;
+        Ok(Self {
+            catalog: Arc::new(catalog),
+            stores,
+            name: config.catalog.name.clone(),
+            warehouse,
+            target_file_size: config.write.target_file_size,
+            compression: config.write.compression.clone(),
+            commit_retries: config.write.commit_retries,
+        })
+    }
+
+    /// The catalog, for engines that take an `iceberg::Catalog`.
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        self.catalog.clone()
+    }
+
+    /// The object stores table files live on.
+    pub fn stores(&self) -> &ObjectStores {
+        &self.stores
+    }
+
+    /// The catalog name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The warehouse root URL.
+    pub fn warehouse(&self) -> &str {
+        &self.warehouse
+    }
+
+    /// Target data file size in bytes.
+    pub fn target_file_size(&self) -> u64 {
+        self.target_file_size
+    }
+
+    /// Parquet compression codec name.
+    pub fn compression(&self) -> &str {
+        &self.compression
+    }
+
+    /// Top-level namespaces, sorted.
+    pub async fn list_namespaces(&self) -> Result<Vec<NamespaceIdent>> {
+        let mut all = self
+            .catalog
+            .list_namespaces(None)
+            .await
+            .map_err(|e| iceberg_error("cannot list namespaces", e))?;
+        all.sort_by_key(|n| n.join("."));
+        Ok(all)
+    }
+
+    /// Whether namespace `ns` exists.
+    pub async fn namespace_exists(&self, ns: &NamespaceIdent) -> Result<bool> {
+        self.catalog
+            .namespace_exists(ns)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot look up namespace {}", ns.join(".")), e))
+    }
+
+    /// Creates namespace `ns`; with `if_not_exists`, an existing one is fine.
+    pub async fn create_namespace(&self, ns: &NamespaceIdent, if_not_exists: bool) -> Result<()> {
+        if self.namespace_exists(ns).await? {
+            if if_not_exists {
+                return Ok(());
+            }
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("schema {} already exists", ns.join(".")),
+            ));
+        }
+        match self.catalog.create_namespace(ns, HashMap::new()).await {
+            Ok(_) => Ok(()),
+            // Lost a race with another creator.
+            Err(e) if if_not_exists && e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => Ok(()),
+            Err(e) => Err(iceberg_error(format!("cannot create schema {}", ns.join(".")), e)),
+        }
+    }
+
+    /// Drops an empty namespace.
+    pub async fn drop_namespace(&self, ns: &NamespaceIdent, if_exists: bool) -> Result<()> {
+        if !self.namespace_exists(ns).await? {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(Error::new(ErrorKind::NotFound, format!("schema {} does not exist", ns.join("."))));
+        }
+        let tables = self.list_tables(ns).await?;
+        if !tables.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("schema {} is not empty: it has {} table(s); drop them first", ns.join("."), tables.len()),
+            ));
+        }
+        self.catalog
+            .drop_namespace(ns)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot drop schema {}", ns.join(".")), e))
+    }
+
+    /// Tables of namespace `ns`, sorted by name.
+    pub async fn list_tables(&self, ns: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        let mut tables = self
+            .catalog
+            .list_tables(ns)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot list tables of {}", ns.join(".")), e))?;
+        tables.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(tables)
+    }
+
+    /// Every table of every namespace.
+    pub async fn list_all_tables(&self) -> Result<Vec<TableIdent>> {
+        let mut all = Vec::new();
+        for ns in self.list_namespaces().await? {
+            all.extend(self.list_tables(&ns).await?);
+        }
+        Ok(all)
+    }
+
+    /// Whether `ident` exists.
+    pub async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
+        self.catalog
+            .table_exists(ident)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot look up table {ident}"), e))
+    }
+
+    /// Loads the current metadata of `ident`.
+    pub async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
+        self.catalog.load_table(ident).await.map_err(|e| {
+            if e.kind() == iceberg::ErrorKind::TableNotFound {
+                Error::new(ErrorKind::NotFound, format!("table {ident} does not exist"))
+            } else {
+                iceberg_error(format!("cannot load table {ident}"), e)
+            }
+        })
+    }
+
+    /// Creates a format-v2 table with `schema` and `layout`. Nullable Arrow fields become
+    /// optional Iceberg fields, non-nullable ones required.
+    pub async fn create_table(
+        &self,
+        ident: &TableIdent,
+        schema: &ArrowSchema,
+        layout: &TableLayout,
+    ) -> Result<Table> {
+        let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
+            .map_err(|e| iceberg_error(format!("cannot map the columns of {ident} to Iceberg types"), e))?;
+        let spec = layout::partition_spec(&schema, &layout.partition)?;
+        let sort = layout::sort_order(&schema, &layout.sort)?;
+        let mut properties = HashMap::from([
+            (
+                TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES.to_string(),
+                self.target_file_size.to_string(),
+            ),
+            ("write.parquet.compression-codec".to_string(), self.compression.clone()),
+            (
+                TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
+                self.commit_retries.to_string(),
+            ),
+            (TableProperties::PROPERTY_COMMIT_MIN_RETRY_WAIT_MS.to_string(), "10".to_string()),
+            (TableProperties::PROPERTY_COMMIT_MAX_RETRY_WAIT_MS.to_string(), "1000".to_string()),
+        ]);
+        properties.extend(layout.properties.clone());
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .partition_spec(spec)
+            .sort_order(sort)
+            .properties(properties)
+            .format_version(FormatVersion::V2)
+            .build();
+        if !self.namespace_exists(ident.namespace()).await? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "schema {} does not exist (create it with CREATE SCHEMA {})",
+                    ident.namespace().join("."),
+                    ident.namespace().join(".")
+                ),
+            ));
+        }
+        self.catalog
+            .create_table(ident.namespace(), creation)
+            .await
+            .map_err(|e| {
+                if e.kind() == iceberg::ErrorKind::TableAlreadyExists {
+                    Error::new(ErrorKind::AlreadyExists, format!("table {ident} already exists"))
+                } else {
+                    iceberg_error(format!("cannot create table {ident}"), e)
+                }
+            })
+    }
+
+    /// Drops `ident` from the catalog; with `purge`, deletes its files too.
+    pub async fn drop_table(&self, ident: &TableIdent, purge: bool) -> Result<()> {
+        let location = if purge {
+            Some(self.load_table(ident).await?.metadata().location().to_string())
+        } else {
+            None
+        };
+        self.catalog.drop_table(ident).await.map_err(|e| {
+            if e.kind() == iceberg::ErrorKind::TableNotFound {
+                Error::new(ErrorKind::NotFound, format!("table {ident} does not exist"))
+            } else {
+                iceberg_error(format!("cannot drop table {ident}"), e)
+            }
+        })?;
+        if let Some(location) = location {
+            let io = iceberg::io::FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory)).build();
+            // Files of a dropped table are garbage: failing to delete them loses nothing.
+            if let Err(e) = io.delete_prefix(&location).await {
+                tracing::warn!(table = %ident, %location, error = %e, "cannot delete files of dropped table");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `files` to `ident` as one append snapshot with `summary` properties, retrying
+    /// on commit conflicts. Returns the table as committed.
+    pub async fn append(
+        &self,
+        ident: &TableIdent,
+        files: Vec<DataFile>,
+        summary: HashMap<String, String>,
+    ) -> Result<Table> {
+        let mut attempt = 0u32;
+        loop {
+            let table = self.load_table(ident).await?;
+            let tx = Transaction::new(&table);
+            let action = tx
+                .fast_append()
+                .add_data_files(files.clone())
+                .set_snapshot_properties(summary.clone());
+            let tx = action
+                .apply(tx)
+                .map_err(|e| iceberg_error(format!("cannot append to {ident}"), e))?;
+            match tx.commit(self.catalog.as_ref()).await {
+                Ok(table) => {
+                    metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
+                    return Ok(table);
+                }
+                Err(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts && attempt < self.commit_retries => {
+                    attempt += 1;
+                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string()).increment(1);
+                    let backoff = Duration::from_millis(10 * u64::from(attempt.min(20)));
+                    tracing::debug!(table = %ident, attempt, "commit conflict, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => {
+                    return Err(iceberg_error(
+                        format!("cannot commit to {ident} after {attempt} retries"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        let t = parse_table_name("sales.orders").unwrap();
+        assert_eq!(t.name(), "orders");
+        assert_eq!(t.namespace().join("."), "sales");
+        assert!(parse_table_name("orders").is_err());
+        assert!(parse_table_name("a..b").is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! DataFusion's view of the lake: the catalog as a `CatalogProvider`, each Iceberg namespace as
+//! a schema, each table as a `TableProvider`.
+//!
+//! Table lookups always go to the catalog, so every statement sees the latest committed
+//! snapshot, including commits by other processes. DataFusion's listing APIs are synchronous,
+//! so namespace and table *names* are served from a cache that [`LakeCatalogProvider::refresh`]
+//! reloads before every statement.
+//!
+//! Table names with a suffix select something other than the current snapshot:
+//! `"orders@<snapshot-id>"` reads that snapshot (time travel), `"orders$snapshots"`,
+//! `"orders$manifests"` and the other Iceberg metadata tables show the table's metadata.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, Session, TableProvider};
+use datafusion::common::{DataFusionError, Result as DFResult};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
+use iceberg::inspect::MetadataTableType;
+use iceberg::{NamespaceIdent, TableIdent};
+use iceberg_datafusion::IcebergStaticTableProvider;
+use tarn_core::{Error, ErrorKind};
+use tarn_lake::Lake;
+
+use crate::write::{WriteProgress, write_and_commit};
+
+/// Wraps a tarn error for DataFusion.
+pub(crate) fn df_error(e: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// The lake as a DataFusion catalog.
+#[derive(Debug)]
+pub struct LakeCatalogProvider {
+    lake: Lake,
+    names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
+}
+
+impl LakeCatalogProvider {
+    /// A provider over `lake`; call [`Self::refresh`] before listing.
+    pub fn new(lake: Lake) -> Self {
+        Self {
+            lake,
+            names: Arc::default(),
+        }
+    }
+
+    /// Reloads the namespace and table names from the catalog.
+    pub async fn refresh(&self) -> tarn_core::Result<()> {
+        let mut names = BTreeMap::new();
+        for ns in self.lake.list_namespaces().await? {
+            let tables = self
+                .lake
+                .list_tables(&ns)
+                .await?
+                .into_iter()
+                .map(|t| t.name().to_string())
+                .collect();
+            names.insert(ns.join("."), tables);
+        }
+        *self.names.write().expect("name cache poisoned") = names;
+        Ok(())
+    }
+}
+
+impl CatalogProvider for LakeCatalogProvider {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        self.names.read().expect("name cache poisoned").keys().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        // Unknown namespaces still resolve, so a table created by another process is found
+        // before the next refresh; lookups of missing tables return None.
+        let namespace = NamespaceIdent::from_strs(name.split('.')).ok()?;
+        Some(Arc::new(LakeSchemaProvider {
+            lake: self.lake.clone(),
+            namespace,
+            names: self.names.clone(),
+            key: name.to_string(),
+        }))
+    }
+}
+
+/// One Iceberg namespace as a DataFusion schema.
+#[derive(Debug)]
+pub struct LakeSchemaProvider {
+    lake: Lake,
+    namespace: NamespaceIdent,
+    names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
+    key: String,
+}
+
+/// A table name split into the table and what of it is asked for.
+enum TableSelector<'a> {
+    Current(&'a str),
+    Snapshot(&'a str, i64),
+    Metadata(&'a str, MetadataTableType),
+}
+
+fn parse_selector(name: &str) -> DFResult<TableSelector<'_>> {
+    if let Some((table, snapshot)) = name.split_once('@') {
+        let id = snapshot.parse::<i64>().map_err(|_| {
+            DataFusionError::Plan(format!(
+                "invalid snapshot id {snapshot:?} in table name {name:?}: expected TABLE@SNAPSHOT_ID"
+            ))
+        })?;
+        return Ok(TableSelector::Snapshot(table, id));
+    }
+    if let Some((table, meta)) = name.split_once('$') {
+        let kind = MetadataTableType::try_from(meta).map_err(|_| {
+            let known: Vec<&str> = MetadataTableType::all_types().map(|t| t.as_str()).collect();
+            DataFusionError::Plan(format!(
+                "unknown metadata table {meta:?} in {name:?}: expected one of {}",
+                known.join(", ")
+            ))
+        })?;
+        return Ok(TableSelector::Metadata(table, kind));
+    }
+    Ok(TableSelector::Current(name))
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchemaProvider {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        self.names
+            .read()
+            .expect("name cache poisoned")
+            .get(&self.key)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        let selector = parse_selector(name)?;
+        let base = match &selector {
+            TableSelector::Current(t) | TableSelector::Snapshot(t, _) | TableSelector::Metadata(t, _) => *t,
+        };
+        let ident = TableIdent::new(self.namespace.clone(), base.to_string());
+        let table = match self.lake.load_table(&ident).await {
+            Ok(table) => table,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(df_error(e)),
+        };
+        let provider: Arc<dyn TableProvider> = match selector {
+            TableSelector::Current(_) => Arc::new(LakeTable::new(self.lake.clone(), table).await?),
+            TableSelector::Snapshot(_, id) => {
+                if table.metadata().snapshot_by_id(id).is_none() {
+                    let known: Vec<String> = table
+                        .metadata()
+                        .snapshots()
+                        .map(|s| s.snapshot_id().to_string())
+                        .collect();
+                    return Err(DataFusionError::Plan(format!(
+                        "table {ident} has no snapshot {id} (snapshots: {})",
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    )));
+                }
+                Arc::new(
+                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
+                        .await
+                        .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e)))?,
+                )
+            }
+            TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
+        };
+        Ok(Some(provider))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        let base = name.split(['@', '$']).next().unwrap_or(name);
+        self.names
+            .read()
+            .expect("name cache poisoned")
+            .get(&self.key)
+            .is_some_and(|t| t.contains(base))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::NotImplemented(format!(
+            "cannot register {name} in lake schema {}: use CREATE TABLE",
+            self.key
+        )))
+    }
+}
+
+async fn metadata_table(table: &iceberg::table::Table, kind: MetadataTableType) -> DFResult<MemTable> {
+    let inspect = table.inspect();
+    let stream = match kind {
+        MetadataTableType::Snapshots => inspect.snapshots().scan().await,
+        MetadataTableType::Manifests => inspect.manifests().scan().await,
+    }
+    .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot inspect {}", table.identifier()), e)))?;
+    let batches: Vec<RecordBatch> = stream
+        .try_collect()
+        .await
+        .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot inspect {}", table.identifier()), e)))?;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => Arc::new(Schema::empty()),
+    };
+    MemTable::try_new(schema, vec![batches])
+}
+
+/// An Iceberg table at its current snapshot: scans read it, `INSERT` appends to it.
+#[derive(Debug)]
+pub struct LakeTable {
+    lake: Lake,
+    ident: TableIdent,
+    scan: IcebergStaticTableProvider,
+}
+
+impl LakeTable {
+    async fn new(lake: Lake, table: iceberg::table::Table) -> DFResult<Self> {
+        let ident = table.identifier().clone();
+        let scan = IcebergStaticTableProvider::try_new_from_table(table)
+            .await
+            .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))?;
+        Ok(Self { lake, ident, scan })
+    }
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.scan.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.scan.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        self.scan.supports_filters_pushdown(filters)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} into Iceberg table {} is not supported; use INSERT INTO",
+                self.ident
+            )));
+        }
+        Ok(Arc::new(LakeInsertExec::new(self.lake.clone(), self.ident.clone(), input)))
+    }
+}
+
+/// Writes its input into a table and commits it as one snapshot; outputs the row count.
+pub struct LakeInsertExec {
+    lake: Lake,
+    ident: TableIdent,
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for LakeInsertExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LakeInsertExec({})", self.ident)
+    }
+}
+
+fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+}
+
+impl LakeInsertExec {
+    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(count_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            lake,
+            ident,
+            input,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for LakeInsertExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LakeInsertExec: table={}", self.ident)
+    }
+}
+
+impl ExecutionPlan for LakeInsertExec {
+    fn name(&self) -> &str {
+        "LakeInsertExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let [child] = <[_; 1]>::try_from(children).map_err(|c| {
+            DataFusionError::Internal(format!("LakeInsertExec takes one child, got {}", c.len()))
+        })?;
+        Ok(Arc::new(Self::new(self.lake.clone(), self.ident.clone(), child)))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "LakeInsertExec has one partition, asked for {partition}"
+            )));
+        }
+        let count = self.input.properties().partitioning.partition_count();
+        let streams = (0..count)
+            .map(|i| self.input.execute(i, context.clone()))
+            .collect::<DFResult<Vec<_>>>()?;
+        let lake = self.lake.clone();
+        let ident = self.ident.clone();
+        let once = futures::stream::once(async move {
+            let outcome = write_and_commit(
+                &lake,
+                &ident,
+                streams,
+                HashMap::new(),
+                Arc::new(WriteProgress::default()),
+            )
+            .await
+            .map_err(df_error)?;
+            let rows: ArrayRef = Arc::new(UInt64Array::from(vec![outcome.rows]));
+            Ok(RecordBatch::try_new(count_schema(), vec![rows])?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), once.boxed())))
+    }
+}

@@ -1,0 +1,435 @@
+//! A SQL session over the lake: DataFusion with the Iceberg catalog registered, and tarn's
+//! handling of the statements that change the catalog.
+//!
+//! Queries, `EXPLAIN`, `DESCRIBE`, `SHOW TABLES` and `information_schema` are DataFusion's.
+//! `INSERT` goes through DataFusion's planner (type coercion, column mapping) into
+//! [`crate::provider::LakeTable::insert_into`]. `CREATE SCHEMA`, `CREATE TABLE` (with tarn's
+//! `PARTITIONED BY` / `SORTED BY`), `CREATE TABLE AS SELECT`, `DROP TABLE` and `DROP SCHEMA`
+//! are handled here as catalog operations. Every statement that writes is one Iceberg commit;
+//! a failing `CREATE TABLE AS SELECT` drops the table it created.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit, UInt64Type};
+use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, SchemaName, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use iceberg::{NamespaceIdent, TableIdent};
+use tarn_core::{Error, ErrorKind, Result};
+use tarn_lake::{Lake, TableLayout};
+
+use crate::provider::LakeCatalogProvider;
+use crate::sql_ext::{self, RewrittenStatement};
+use crate::write::{WriteProgress, write_and_commit};
+
+/// The schema unqualified table names resolve to.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed.
+    Rows(SendableRecordBatchStream),
+    /// A command's completion: a Postgres-style tag (`CREATE TABLE`, `INSERT 0 5`) and the
+    /// number of rows it affected, where that applies.
+    Command {
+        /// The command tag.
+        tag: String,
+        /// Rows affected.
+        rows: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Command { tag, .. } => write!(f, "Command({tag})"),
+        }
+    }
+}
+
+/// A SQL session over one lake.
+#[derive(Clone)]
+pub struct TarnSession {
+    ctx: SessionContext,
+    lake: Lake,
+    catalog: Arc<LakeCatalogProvider>,
+}
+
+/// Maps a DataFusion error to tarn's, unwrapping tarn errors DataFusion carried.
+pub fn from_df_error(e: DataFusionError) -> Error {
+    let root = e.find_root();
+    if let DataFusionError::External(inner) = root {
+        if let Some(tarn) = inner.downcast_ref::<Error>() {
+            return Error::new(tarn.kind(), tarn.to_string());
+        }
+    }
+    let kind = match root {
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            ErrorKind::InvalidInput
+        }
+        DataFusionError::NotImplemented(_) => ErrorKind::InvalidInput,
+        DataFusionError::ArrowError(..) => ErrorKind::InvalidInput,
+        _ => ErrorKind::Query,
+    };
+    Error::new(kind, strip_df_prefixes(&root.to_string()))
+}
+
+fn strip_df_prefixes(message: &str) -> String {
+    let mut m = message;
+    for prefix in [
+        "Error during planning: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Schema error: ",
+        "Execution error: ",
+        "External error: ",
+        "Arrow error: ",
+    ] {
+        if let Some(rest) = m.strip_prefix(prefix) {
+            m = rest;
+        }
+    }
+    m.to_string()
+}
+
+impl TarnSession {
+    /// A session over `lake`; creates the `public` namespace on first use.
+    pub async fn new(lake: Lake) -> Result<Self> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(lake.name(), DEFAULT_SCHEMA);
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
+        ctx.register_catalog(lake.name(), catalog.clone());
+        let public = NamespaceIdent::new(DEFAULT_SCHEMA.to_string());
+        lake.create_namespace(&public, true).await?;
+        catalog.refresh().await?;
+        Ok(Self { ctx, lake, catalog })
+    }
+
+    /// The DataFusion context, for endpoints that plan statements themselves.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The lake.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// Reloads namespace and table names for listings (`SHOW TABLES`, `information_schema`).
+    pub async fn refresh(&self) -> Result<()> {
+        self.catalog.refresh().await
+    }
+
+    /// Splits `sql` into statements with tarn's extensions applied; run each with [`Self::run`].
+    pub fn prepare(sql: &str) -> Result<Vec<RewrittenStatement>> {
+        sql_ext::rewrite(sql)
+    }
+
+    /// Runs every statement of `sql` and collects the results: for tests and small scripts.
+    pub async fn sql_collect(&self, sql: &str) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, Option<String>)>> {
+        let mut out = Vec::new();
+        for statement in Self::prepare(sql)? {
+            match self.run(&statement).await? {
+                Output::Rows(stream) => {
+                    let schema = stream.schema();
+                    let batches = datafusion::physical_plan::common::collect(stream)
+                        .await
+                        .map_err(from_df_error)?;
+                    out.push((Some(schema), batches, None));
+                }
+                Output::Command { tag, .. } => out.push((None, Vec::new(), Some(tag))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one prepared statement.
+    pub async fn run(&self, statement: &RewrittenStatement) -> Result<Output> {
+        self.catalog.refresh().await?;
+        let mut parsed = DFParser::parse_sql_with_dialect(&statement.sql, &PostgreSqlDialect {})
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
+        if parsed.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("expected one statement, got {}", parsed.len()),
+            ));
+        }
+        let parsed = parsed.pop_front().expect("one statement");
+        if let DFStatement::Statement(s) = &parsed {
+            if let Some(output) = self.run_catalog_statement(s).await? {
+                self.catalog.refresh().await?;
+                return Ok(output);
+            }
+        }
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(parsed).await.map_err(from_df_error)?;
+        self.run_plan(plan, statement).await
+    }
+
+    /// Runs `sql` as one statement through [`Self::run`] (for endpoints that already split).
+    pub async fn run_sql(&self, sql: &str) -> Result<Output> {
+        let mut statements = Self::prepare(sql)?;
+        if statements.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("expected one statement, got {}", statements.len()),
+            ));
+        }
+        self.run(&statements.remove(0)).await
+    }
+
+    async fn run_catalog_statement(&self, statement: &Statement) -> Result<Option<Output>> {
+        match statement {
+            Statement::CreateSchema {
+                schema_name,
+                if_not_exists,
+                ..
+            } => {
+                let name = match schema_name {
+                    SchemaName::Simple(name) => name,
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            "CREATE SCHEMA ... AUTHORIZATION is not supported",
+                        ));
+                    }
+                };
+                let ns = self.namespace_of(name)?;
+                self.lake.create_namespace(&ns, *if_not_exists).await?;
+                Ok(Some(command("CREATE SCHEMA", None)))
+            }
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                purge,
+                ..
+            } => match object_type {
+                ObjectType::Table => {
+                    for name in names {
+                        let ident = self.table_ident(name)?;
+                        if *if_exists && !self.lake.table_exists(&ident).await? {
+                            continue;
+                        }
+                        self.lake.drop_table(&ident, *purge).await?;
+                    }
+                    Ok(Some(command("DROP TABLE", None)))
+                }
+                ObjectType::Schema => {
+                    for name in names {
+                        let ns = self.namespace_of(name)?;
+                        self.lake.drop_namespace(&ns, *if_exists).await?;
+                    }
+                    Ok(Some(command("DROP SCHEMA", None)))
+                }
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan, statement: &RewrittenStatement) -> Result<Output> {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                let ident = self.reference_ident(&create.name)?;
+                if create.or_replace {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("CREATE OR REPLACE TABLE is not supported for {ident}: drop it first"),
+                    ));
+                }
+                if self.lake.table_exists(&ident).await? {
+                    if create.if_not_exists {
+                        return Ok(command("CREATE TABLE", None));
+                    }
+                    return Err(Error::new(ErrorKind::AlreadyExists, format!("table {ident} already exists")));
+                }
+                let schema = lake_schema(create.input.schema().as_arrow())?;
+                let layout = TableLayout {
+                    partition: statement.partition.clone(),
+                    sort: statement.sort.clone(),
+                    properties: HashMap::new(),
+                };
+                self.lake.create_table(&ident, &schema, &layout).await?;
+                self.catalog.refresh().await?;
+                let is_ctas = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+                if !is_ctas {
+                    return Ok(command("CREATE TABLE", None));
+                }
+                let df = DataFrame::new(self.ctx.state(), create.input.as_ref().clone());
+                let written = async {
+                    let streams = df.execute_stream_partitioned().await.map_err(from_df_error)?;
+                    write_and_commit(
+                        &self.lake,
+                        &ident,
+                        streams,
+                        HashMap::new(),
+                        Arc::new(WriteProgress::default()),
+                    )
+                    .await
+                }
+                .await;
+                match written {
+                    Ok(outcome) => Ok(command("SELECT", Some(outcome.rows))),
+                    Err(e) => {
+                        if let Err(drop_err) = self.lake.drop_table(&ident, true).await {
+                            tracing::warn!(table = %ident, error = %drop_err, "cannot drop table after failed CREATE TABLE AS");
+                        }
+                        self.catalog.refresh().await?;
+                        Err(e)
+                    }
+                }
+            }
+            LogicalPlan::Dml(DmlStatement { op: WriteOp::Insert(_), .. }) => {
+                let df = self.ctx.execute_logical_plan(plan).await.map_err(from_df_error)?;
+                let batches = df.collect().await.map_err(from_df_error)?;
+                let rows = count_of(&batches);
+                Ok(command("INSERT 0", Some(rows)))
+            }
+            LogicalPlan::Dml(dml) => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} on {} is not supported yet; tables take INSERT", dml.op, dml.table_name),
+            )),
+            LogicalPlan::Ddl(ddl) => {
+                let name = ddl.name().to_string();
+                Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{name} is not supported by tarn"),
+                ))
+            }
+            plan => {
+                let is_statement = matches!(plan, LogicalPlan::Statement(_));
+                let df = self.ctx.execute_logical_plan(plan).await.map_err(from_df_error)?;
+                if is_statement {
+                    df.collect().await.map_err(from_df_error)?;
+                    return Ok(command("SET", None));
+                }
+                let stream = df.execute_stream().await.map_err(from_df_error)?;
+                Ok(Output::Rows(stream))
+            }
+        }
+    }
+
+    fn namespace_of(&self, name: &ObjectName) -> Result<NamespaceIdent> {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| p.as_ident().map(normalize_ident).unwrap_or_else(|| p.to_string()))
+            .collect();
+        // `catalog.schema` names the schema of this catalog.
+        let parts = match parts.as_slice() {
+            [catalog, rest @ ..] if catalog == self.lake.name() && !rest.is_empty() => rest.to_vec(),
+            _ => parts,
+        };
+        NamespaceIdent::from_vec(parts)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid schema name {name}: {e}")))
+    }
+
+    fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
+        let reference = TableReference::from(name.to_string().as_str());
+        self.reference_ident(&reference)
+    }
+
+    fn reference_ident(&self, reference: &TableReference) -> Result<TableIdent> {
+        let (schema, table) = match reference {
+            TableReference::Bare { table } => (DEFAULT_SCHEMA.to_string(), table.to_string()),
+            TableReference::Partial { schema, table } => (schema.to_string(), table.to_string()),
+            TableReference::Full { catalog, schema, table } => {
+                if catalog.as_ref() != self.lake.name() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("catalog {catalog} does not exist (this is catalog {})", self.lake.name()),
+                    ));
+                }
+                (schema.to_string(), table.to_string())
+            }
+        };
+        Ok(TableIdent::new(NamespaceIdent::new(schema), table))
+    }
+}
+
+fn normalize_ident(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn command(tag: &str, rows: Option<u64>) -> Output {
+    Output::Command {
+        tag: match rows {
+            Some(n) => format!("{tag} {n}"),
+            None => tag.to_string(),
+        },
+        rows,
+    }
+}
+
+fn count_of(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter(|b| b.num_columns() > 0 && b.column(0).data_type() == &DataType::UInt64)
+        .map(|b| b.column(0).as_primitive::<UInt64Type>().iter().flatten().sum::<u64>())
+        .sum()
+}
+
+/// The schema a table gets for rows of `schema`: every type mapped to one Iceberg has.
+pub fn lake_schema(schema: &Schema) -> Result<Schema> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| lake_field(f))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Schema::new(fields))
+}
+
+fn lake_field(field: &Field) -> Result<Field> {
+    Ok(Field::new(field.name(), lake_type(field.name(), field.data_type())?, field.is_nullable()))
+}
+
+fn lake_type(column: &str, dt: &DataType) -> Result<DataType> {
+    use DataType as T;
+    Ok(match dt {
+        T::Null => T::Utf8,
+        T::Int8 | T::Int16 | T::UInt8 | T::UInt16 => T::Int32,
+        T::UInt32 | T::UInt64 => T::Int64,
+        T::Float16 => T::Float32,
+        T::Utf8View | T::LargeUtf8 => T::Utf8,
+        T::BinaryView | T::LargeBinary | T::FixedSizeBinary(_) => T::LargeBinary,
+        T::Date64 => T::Date32,
+        T::Time32(_) | T::Time64(_) => T::Time64(TimeUnit::Microsecond),
+        T::Timestamp(TimeUnit::Nanosecond, tz) | T::Timestamp(TimeUnit::Microsecond, tz)
+        | T::Timestamp(TimeUnit::Millisecond, tz) | T::Timestamp(TimeUnit::Second, tz) => {
+            T::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "+00:00".into()))
+        }
+        T::Dictionary(_, value) => lake_type(column, value)?,
+        T::List(f) | T::LargeList(f) | T::ListView(f) | T::LargeListView(f) | T::FixedSizeList(f, _) => {
+            T::List(Arc::new(lake_field(f)?))
+        }
+        T::Struct(fields) => T::Struct(Fields::from(
+            fields.iter().map(|f| lake_field(f)).collect::<Result<Vec<_>>>()?,
+        )),
+        T::Map(entries, sorted) => T::Map(Arc::new(lake_field(entries)?), *sorted),
+        T::Boolean | T::Int32 | T::Int64 | T::Float32 | T::Float64 | T::Utf8 | T::Binary
+        | T::Date32 | T::Decimal128(..) => dt.clone(),
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("column {column} has type {other}, which Iceberg tables cannot store"),
+            ));
+        }
+    })
+}

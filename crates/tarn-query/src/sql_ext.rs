@@ -1,0 +1,239 @@
+//! tarn's additions to the SQL dialect, applied to the token stream before DataFusion parses it.
+//!
+//! - `CREATE TABLE ... PARTITIONED BY (day(ts), bucket(16, id))` and `SORTED BY (ts DESC)`:
+//!   Iceberg partition transforms and sort order, in the syntax Spark and Trino use. The
+//!   clauses are taken out of the statement and returned beside it.
+//! - `FROM t FOR VERSION AS OF <snapshot-id>` (time travel): rewritten to the table name
+//!   `"t@<snapshot-id>"`, which may also be written directly.
+//!
+//! Working on tokens (sqlparser's tokenizer) rather than text means string literals, quoted
+//! identifiers and comments that contain these words are left alone.
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+use tarn_core::{Error, ErrorKind, Result};
+use tarn_lake::layout::{self, PartitionField, SortKey};
+
+/// One statement after tarn's rewrites.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RewrittenStatement {
+    /// The statement text DataFusion parses.
+    pub sql: String,
+    /// `PARTITIONED BY` fields of a `CREATE TABLE`.
+    pub partition: Vec<PartitionField>,
+    /// `SORTED BY` keys of a `CREATE TABLE`.
+    pub sort: Vec<SortKey>,
+}
+
+/// Splits `sql` into statements and applies tarn's rewrites to each. Empty statements are
+/// dropped.
+pub fn rewrite(sql: &str) -> Result<Vec<RewrittenStatement>> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| {
+        Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}"))
+    })?;
+    let mut out = Vec::new();
+    for statement in tokens.split(|t| *t == Token::SemiColon) {
+        if statement
+            .iter()
+            .all(|t| matches!(t, Token::Whitespace(_) | Token::EOF))
+        {
+            continue;
+        }
+        out.push(rewrite_statement(statement)?);
+    }
+    Ok(out)
+}
+
+fn is_word(token: &Token, keyword: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword))
+}
+
+/// Indices of non-whitespace tokens.
+fn significant(tokens: &[Token]) -> Vec<usize> {
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::EOF))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
+    let mut tokens: Vec<Token> = tokens.to_vec();
+    let mut result = RewrittenStatement::default();
+
+    let sig = significant(&tokens);
+    let is_create_table = {
+        let words: Vec<&Token> = sig.iter().take(4).map(|&i| &tokens[i]).collect();
+        matches!(words.first(), Some(t) if is_word(t, "CREATE"))
+            && words.iter().skip(1).take(3).any(|t| is_word(t, "TABLE"))
+    };
+    if is_create_table {
+        for clause in ["PARTITIONED", "SORTED"] {
+            if let Some(items) = take_clause(&mut tokens, clause)? {
+                for item in items {
+                    if clause == "PARTITIONED" {
+                        result.partition.push(layout::parse_partition_field(&item)?);
+                    } else {
+                        result.sort.push(layout::parse_sort_key(&item)?);
+                    }
+                }
+            }
+        }
+    }
+    rewrite_time_travel(&mut tokens)?;
+    result.sql = tokens.iter().map(ToString::to_string).collect::<String>().trim().to_string();
+    Ok(result)
+}
+
+/// Removes `<keyword> BY ( ... )` at parenthesis depth 0 and returns its comma-separated
+/// items as text.
+fn take_clause(tokens: &mut Vec<Token>, keyword: &str) -> Result<Option<Vec<String>>> {
+    let sig = significant(tokens);
+    let mut depth = 0i32;
+    for (n, &i) in sig.iter().enumerate() {
+        match &tokens[i] {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            t if depth == 0 && is_word(t, keyword) => {
+                let by = sig.get(n + 1).map(|&j| &tokens[j]);
+                let open = sig.get(n + 2).map(|&j| &tokens[j]);
+                if !by.is_some_and(|t| is_word(t, "BY")) || open != Some(&Token::LParen) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("expected {keyword} BY (...) in CREATE TABLE"),
+                    ));
+                }
+                let start = i;
+                let open_idx = sig[n + 2];
+                let mut level = 0i32;
+                let mut items = vec![String::new()];
+                let mut end = None;
+                for (j, token) in tokens.iter().enumerate().skip(open_idx) {
+                    match token {
+                        Token::LParen => {
+                            level += 1;
+                            if level == 1 {
+                                continue;
+                            }
+                        }
+                        Token::RParen => {
+                            level -= 1;
+                            if level == 0 {
+                                end = Some(j);
+                                break;
+                            }
+                        }
+                        Token::Comma if level == 1 => {
+                            items.push(String::new());
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    items.last_mut().expect("one item at least").push_str(&token.to_string());
+                }
+                let Some(end) = end else {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("unclosed parenthesis after {keyword} BY"),
+                    ));
+                };
+                tokens.drain(start..=end);
+                let items: Vec<String> = items.into_iter().map(|s| s.trim().to_string()).collect();
+                if items.iter().any(String::is_empty) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("empty item in {keyword} BY (...)"),
+                    ));
+                }
+                return Ok(Some(items));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// `name FOR VERSION AS OF 123` → `"name@123"`.
+fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
+    loop {
+        let sig = significant(tokens);
+        let Some(n) = (1..sig.len()).find(|&n| {
+            is_word(&tokens[sig[n]], "FOR")
+                && sig.get(n + 1).is_some_and(|&j| is_word(&tokens[j], "VERSION"))
+        }) else {
+            return Ok(());
+        };
+        let syntax = || {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "expected FOR VERSION AS OF <snapshot-id> after a table name",
+            )
+        };
+        let as_ = sig.get(n + 2).map(|&j| &tokens[j]);
+        let of = sig.get(n + 3).map(|&j| &tokens[j]);
+        if !as_.is_some_and(|t| is_word(t, "AS")) || !of.is_some_and(|t| is_word(t, "OF")) {
+            return Err(syntax());
+        }
+        let snapshot = match sig.get(n + 4).map(|&j| &tokens[j]) {
+            Some(Token::Number(n, _)) => n.clone(),
+            Some(Token::SingleQuotedString(s)) if s.parse::<i64>().is_ok() => s.clone(),
+            _ => return Err(syntax()),
+        };
+        let name_idx = sig[n - 1];
+        let Token::Word(name) = &tokens[name_idx] else {
+            return Err(syntax());
+        };
+        let renamed = Token::Word(Word {
+            value: format!("{}@{snapshot}", if name.quote_style.is_some() { name.value.clone() } else { name.value.to_ascii_lowercase() }),
+            quote_style: Some('"'),
+            keyword: Keyword::NoKeyword,
+        });
+        tokens[name_idx] = renamed;
+        tokens.drain(sig[n]..=sig[n + 4]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iceberg::spec::Transform;
+
+    use super::*;
+
+    #[test]
+    fn partitioned_by_is_extracted() {
+        let out = rewrite(
+            "CREATE TABLE s.t (id INT, ts TIMESTAMP, name VARCHAR) \
+             PARTITIONED BY (day(ts), bucket(16, id)) SORTED BY (name DESC); SELECT 1",
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].sql, "CREATE TABLE s.t (id INT, ts TIMESTAMP, name VARCHAR)");
+        assert_eq!(out[0].partition.len(), 2);
+        assert_eq!(out[0].partition[1].transform, Transform::Bucket(16));
+        assert!(out[0].sort[0].descending);
+        assert_eq!(out[1].sql, "SELECT 1");
+    }
+
+    #[test]
+    fn strings_are_untouched() {
+        let out = rewrite("SELECT 'PARTITIONED BY (x)' FROM t").unwrap();
+        assert_eq!(out[0].sql, "SELECT 'PARTITIONED BY (x)' FROM t");
+        assert!(out[0].partition.is_empty());
+    }
+
+    #[test]
+    fn time_travel_is_rewritten() {
+        let out = rewrite("SELECT * FROM s.Orders FOR VERSION AS OF 42 WHERE x = 1").unwrap();
+        assert_eq!(out[0].sql, "SELECT * FROM s.\"orders@42\" WHERE x = 1");
+        assert!(rewrite("SELECT * FROM t FOR VERSION AS OF latest").is_err());
+    }
+
+    #[test]
+    fn bad_clause_is_reported() {
+        assert!(rewrite("CREATE TABLE t (a INT) PARTITIONED BY (weekly(a))").is_err());
+        assert!(rewrite("CREATE TABLE t (a INT) PARTITIONED BY (a").is_err());
+    }
+}

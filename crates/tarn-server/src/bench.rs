@@ -1,0 +1,359 @@
+//! `tarn bench tpch`: TPC-H load and query benchmark, with DuckDB as the reference engine on the
+//! very same Parquet files in the same run.
+//!
+//! 1. Generates the eight TPC-H tables as CSV with the `tpchgen` crate (one file per core).
+//! 2. Creates them in a fresh lake (`benches/tpch/schema.sql`) and loads the CSV through the
+//!    same path as `tarn load`, timing rows/s and MB/s.
+//! 3. Runs the 22 queries (`benches/tpch/qNN.sql`): one warm-up, then the best of `--runs`.
+//! 4. Runs `benches/tpch_duckdb.py` over the tables' data files and prints, per query, tarn's
+//!    time, DuckDB's and the ratio, then the geometric mean of the ratios and peak memory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use futures::TryStreamExt;
+use tarn_core::Config;
+use tarn_lake::{Lake, parse_table_name};
+use tarn_query::load::LoadOptions;
+use tarn_query::{Output, TarnSession};
+
+const SCHEMA_SQL: &str = include_str!("../../../benches/tpch/schema.sql");
+const QUERIES: [&str; 22] = [
+    include_str!("../../../benches/tpch/q01.sql"),
+    include_str!("../../../benches/tpch/q02.sql"),
+    include_str!("../../../benches/tpch/q03.sql"),
+    include_str!("../../../benches/tpch/q04.sql"),
+    include_str!("../../../benches/tpch/q05.sql"),
+    include_str!("../../../benches/tpch/q06.sql"),
+    include_str!("../../../benches/tpch/q07.sql"),
+    include_str!("../../../benches/tpch/q08.sql"),
+    include_str!("../../../benches/tpch/q09.sql"),
+    include_str!("../../../benches/tpch/q10.sql"),
+    include_str!("../../../benches/tpch/q11.sql"),
+    include_str!("../../../benches/tpch/q12.sql"),
+    include_str!("../../../benches/tpch/q13.sql"),
+    include_str!("../../../benches/tpch/q14.sql"),
+    include_str!("../../../benches/tpch/q15.sql"),
+    include_str!("../../../benches/tpch/q16.sql"),
+    include_str!("../../../benches/tpch/q17.sql"),
+    include_str!("../../../benches/tpch/q18.sql"),
+    include_str!("../../../benches/tpch/q19.sql"),
+    include_str!("../../../benches/tpch/q20.sql"),
+    include_str!("../../../benches/tpch/q21.sql"),
+    include_str!("../../../benches/tpch/q22.sql"),
+];
+const TABLES: [&str; 8] = [
+    "nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
+];
+
+/// Benchmarks that print numbers (never pass/fail).
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// TPC-H: load throughput and the 22 queries over Iceberg tables, against DuckDB.
+    Tpch {
+        /// Scale factor (1 = 6M lineitem rows, about 1 GB of CSV).
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// Timed runs per query (after one warm-up); the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only these queries, e.g. `--query 1 --query 6`.
+        #[arg(long = "query")]
+        queries: Vec<usize>,
+        /// Where the generated data and the benchmark lake go; default `DATA_DIR/bench/tpch-sf<SF>`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Python with duckdb installed, for the reference run; default `.venv/bin/python`.
+        #[arg(long, env = "TARN_BENCH_PYTHON")]
+        python: Option<PathBuf>,
+        /// Skip the DuckDB reference run.
+        #[arg(long)]
+        no_duckdb: bool,
+    },
+}
+
+/// Runs a benchmark.
+pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Tpch {
+            sf,
+            runs,
+            queries,
+            dir,
+            python,
+            no_duckdb,
+        } => {
+            if sf <= 0.0 {
+                bail!("--sf must be positive, got {sf}");
+            }
+            if let Some(q) = queries.iter().find(|q| !(1..=22).contains(*q)) {
+                bail!("--query {q}: TPC-H has queries 1 to 22");
+            }
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join(format!("tpch-sf{sf}")));
+            tpch(&config, sf, runs.max(1), &queries, &dir, python, no_duckdb).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn tpch(
+    base: &Config,
+    sf: f64,
+    runs: usize,
+    only: &[usize],
+    dir: &Path,
+    python: Option<PathBuf>,
+    no_duckdb: bool,
+) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    let csv_dir = dir.join("csv");
+    std::fs::create_dir_all(&csv_dir)?;
+    let mut config = base.clone();
+    config.data_dir = dir.join("lake");
+    config.catalog.url = None;
+    config.storage.warehouse = None;
+
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!("tarn bench tpch: scale factor {sf}, {cores} cores, {runs} timed run(s) per query");
+    let start = Instant::now();
+    let csv_dir_clone = csv_dir.clone();
+    let parts = cores.max(1) as i32;
+    tokio::task::spawn_blocking(move || generate_csv(&csv_dir_clone, sf, parts)).await??;
+    println!("generated CSV in {:.1}s", start.elapsed().as_secs_f64());
+
+    let lake = Lake::open(&config).await?;
+    let session = TarnSession::new(lake.clone()).await?;
+    for statement in TarnSession::prepare(SCHEMA_SQL)? {
+        session.run(&statement).await?;
+    }
+
+    println!("\n== load (CSV -> Iceberg/Parquet zstd) ==");
+    let mut total_rows = 0u64;
+    let mut total_bytes = 0u64;
+    let mut total_time = Duration::ZERO;
+    for table in TABLES {
+        let ident = parse_table_name(&format!("tpch.{table}"))?;
+        let pattern = format!("{}/{table}-*.csv", csv_dir.display());
+        let (outcome, bytes, elapsed) =
+            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false).await?;
+        println!(
+            "{table:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
+            outcome.rows,
+            bytes as f64 / 1e6,
+            elapsed.as_secs_f64(),
+            outcome.rows as f64 / elapsed.as_secs_f64().max(1e-3),
+            bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)
+        );
+        total_rows += outcome.rows;
+        total_bytes += bytes;
+        total_time += elapsed;
+    }
+    let secs = total_time.as_secs_f64().max(1e-3);
+    println!(
+        "{:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
+        "total",
+        total_rows,
+        total_bytes as f64 / 1e6,
+        secs,
+        total_rows as f64 / secs,
+        total_bytes as f64 / 1e6 / secs
+    );
+
+    session.run_sql("SET datafusion.catalog.default_schema = 'tpch'").await?;
+    println!("\n== queries (best of {runs} after a warm-up) ==");
+    let mut tarn_times = BTreeMap::new();
+    for (i, sql) in QUERIES.iter().enumerate() {
+        let n = i + 1;
+        if !only.is_empty() && !only.contains(&n) {
+            continue;
+        }
+        let mut best = f64::INFINITY;
+        let mut rows = 0;
+        let mut failed = None;
+        for run in 0..=runs {
+            let t = Instant::now();
+            match query_rows(&session, sql).await {
+                Ok(r) => rows = r,
+                Err(e) => {
+                    failed = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+            if run > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        match failed {
+            Some(e) => println!("q{n:02} FAILED: {e}"),
+            None => {
+                println!("q{n:02} {best:>8.3}s {rows:>6} rows");
+                tarn_times.insert(format!("q{n:02}"), best);
+            }
+        }
+    }
+
+    let duckdb = if no_duckdb {
+        None
+    } else {
+        match duckdb_reference(&lake, dir, runs, python).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                println!("\nDuckDB reference run failed: {e:#}");
+                None
+            }
+        }
+    };
+
+    println!("\n== summary ==");
+    let mut report = String::new();
+    writeln!(report, "{:<5} {:>10} {:>10} {:>8}", "query", "tarn s", "duckdb s", "ratio")?;
+    let mut log_sum = 0.0;
+    let mut counted = 0;
+    for (q, t) in &tarn_times {
+        let d = duckdb.as_ref().and_then(|d| d.get(q)).copied();
+        match d {
+            Some(d) if d > 0.0 => {
+                let ratio = t / d;
+                log_sum += ratio.ln();
+                counted += 1;
+                writeln!(report, "{q:<5} {t:>10.3} {d:>10.3} {ratio:>8.2}")?;
+            }
+            _ => writeln!(report, "{q:<5} {t:>10.3} {:>10} {:>8}", "-", "-")?,
+        }
+    }
+    let tarn_geo = (tarn_times.values().map(|t| t.ln()).sum::<f64>() / tarn_times.len().max(1) as f64).exp();
+    writeln!(report, "tarn geometric mean: {tarn_geo:.3}s over {} queries", tarn_times.len())?;
+    if counted > 0 {
+        writeln!(
+            report,
+            "geometric mean ratio tarn/duckdb: {:.2} over {counted} queries",
+            (log_sum / counted as f64).exp()
+        )?;
+    }
+    writeln!(report, "peak RSS: {}", peak_rss().unwrap_or_else(|| "unknown".into()))?;
+    print!("{report}");
+    Ok(())
+}
+
+async fn query_rows(session: &TarnSession, sql: &str) -> Result<usize> {
+    match session.run_sql(sql).await? {
+        Output::Rows(stream) => {
+            let batches: Vec<_> = stream.try_collect().await.map_err(tarn_query::from_df_error)?;
+            Ok(batches.iter().map(|b| b.num_rows()).sum())
+        }
+        Output::Command { .. } => Ok(0),
+    }
+}
+
+fn generate_csv(dir: &Path, sf: f64, parts: i32) -> Result<()> {
+    use tpchgen::csv::*;
+    use tpchgen::generators::*;
+    fn write_part<T: std::fmt::Display>(
+        dir: &Path,
+        table: &str,
+        part: i32,
+        header: &str,
+        rows: impl Iterator<Item = T>,
+    ) -> Result<()> {
+        let path = dir.join(format!("{table}-{part}.csv"));
+        let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        writeln!(out, "{header}")?;
+        for row in rows {
+            writeln!(out, "{row}")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+    // The two tiny tables come in one part.
+    write_part(dir, "nation", 1, NationCsv::header(), NationGenerator::new(sf, 1, 1).iter().map(NationCsv::new))?;
+    write_part(dir, "region", 1, RegionCsv::header(), RegionGenerator::new(sf, 1, 1).iter().map(RegionCsv::new))?;
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for part in 1..=parts {
+            handles.push(scope.spawn(move || -> Result<()> {
+                write_part(dir, "part", part, PartCsv::header(), PartGenerator::new(sf, part, parts).iter().map(PartCsv::new))?;
+                write_part(dir, "supplier", part, SupplierCsv::header(), SupplierGenerator::new(sf, part, parts).iter().map(SupplierCsv::new))?;
+                write_part(dir, "partsupp", part, PartSuppCsv::header(), PartSuppGenerator::new(sf, part, parts).iter().map(PartSuppCsv::new))?;
+                write_part(dir, "customer", part, CustomerCsv::header(), CustomerGenerator::new(sf, part, parts).iter().map(CustomerCsv::new))?;
+                write_part(dir, "orders", part, OrderCsv::header(), OrderGenerator::new(sf, part, parts).iter().map(OrderCsv::new))?;
+                write_part(dir, "lineitem", part, LineItemCsv::header(), LineItemGenerator::new(sf, part, parts).iter().map(LineItemCsv::new))?;
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+async fn duckdb_reference(
+    lake: &Lake,
+    dir: &Path,
+    runs: usize,
+    python: Option<PathBuf>,
+) -> Result<BTreeMap<String, f64>> {
+    let mut tables = serde_json::Map::new();
+    for table in TABLES {
+        let t = lake.load_table(&parse_table_name(&format!("tpch.{table}"))?).await?;
+        let scan = t.scan().build().context("cannot plan a scan")?;
+        let tasks: Vec<_> = scan.plan_files().await?.try_collect().await?;
+        let files: Vec<serde_json::Value> =
+            tasks.iter().map(|task| serde_json::Value::String(task.data_file_path().to_string())).collect();
+        tables.insert(table.to_string(), serde_json::Value::Array(files));
+    }
+    let tables_path = dir.join("tables.json");
+    std::fs::write(&tables_path, serde_json::to_vec_pretty(&tables)?)?;
+    let out_path = dir.join("duckdb.json");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("benches/tpch_duckdb.py");
+    let queries = root.join("benches/tpch");
+    let python = python.unwrap_or_else(|| {
+        let venv = root.join(".venv/bin/python");
+        if venv.exists() { venv } else { PathBuf::from("python3") }
+    });
+    println!("\n== DuckDB reference run (same Parquet files) ==");
+    let status = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg("--tables")
+        .arg(&tables_path)
+        .arg("--queries")
+        .arg(&queries)
+        .arg("--runs")
+        .arg(runs.to_string())
+        .arg("--threads")
+        .arg(std::thread::available_parallelism().map_or(2, |n| n.get()).to_string())
+        .arg("--out")
+        .arg(&out_path)
+        .status()
+        .await
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !status.success() {
+        bail!("{} exited with {status}", script.display());
+    }
+    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_path)?)?;
+    let mut times = BTreeMap::new();
+    if let Some(queries) = result.get("queries").and_then(|q| q.as_object()) {
+        for (q, v) in queries {
+            if let Some(s) = v.get("seconds").and_then(serde_json::Value::as_f64) {
+                times.insert(q.clone(), s);
+            }
+        }
+    }
+    Ok(times)
+}
+
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.0} MiB", kb / 1024.0))
+}

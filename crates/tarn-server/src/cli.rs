@@ -1,0 +1,473 @@
+//! Command-line interface.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tarn_core::Config;
+use tarn_lake::{Lake, TableLayout, parse_table_name};
+use tarn_query::load::{FileFormat, LoadOptions};
+use tarn_query::write::WriteProgress;
+use tarn_query::{Output, TarnSession};
+
+use crate::output::{Format, print_stream};
+
+/// tarn: a datalake in one binary — Iceberg tables on object storage, a SQL catalog other
+/// engines share, and SQL over it all (CLI and Postgres wire protocol).
+#[derive(Debug, Parser)]
+#[command(name = "tarn", version, propagate_version = true)]
+pub struct Cli {
+    /// The local installation: holds `catalog.db`, `warehouse/` and an optional `tarn.toml`.
+    #[arg(long, global = true, env = "TARN_DATA_DIR", default_value = "./tarn-data")]
+    data_dir: PathBuf,
+
+    /// Config file; default `DATA_DIR/tarn.toml` when it exists.
+    #[arg(long, global = true, env = "TARN_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Override a config key, e.g. `--set server.pg_listen=127.0.0.1:6432`; repeatable.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL statements and print the results; with no SQL, open an interactive prompt.
+    ///
+    /// Statements are separated by `;`. Beyond DataFusion's SQL, tarn understands
+    /// `CREATE TABLE ... PARTITIONED BY (day(ts), bucket(16, id)) SORTED BY (ts)`,
+    /// `SELECT ... FROM t FOR VERSION AS OF <snapshot-id>`, and `DROP TABLE t PURGE`.
+    Sql {
+        /// The SQL to run; `-` reads it from standard input.
+        sql: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Serve the Postgres wire endpoint and HTTP (/healthz, /metrics) until SIGINT/SIGTERM.
+    Serve,
+    /// Load Parquet, CSV or JSON-lines files into a table, creating it if needed.
+    Load {
+        /// Files: local paths or s3:// URLs; glob patterns allowed (quote them).
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// The target table, NAMESPACE.TABLE.
+        #[arg(long)]
+        table: String,
+        /// File format; from the extension when omitted.
+        #[arg(long, value_parser = ["parquet", "csv", "json"])]
+        format: Option<String>,
+        /// CSV field delimiter.
+        #[arg(long, default_value = ",")]
+        delimiter: char,
+        /// CSV files have no header line.
+        #[arg(long)]
+        no_header: bool,
+        /// Partition fields for a new table, e.g. `day(ts)`; repeatable.
+        #[arg(long = "partition-by", value_name = "FIELD")]
+        partition_by: Vec<String>,
+    },
+    /// Inspect tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TableCommand {
+    /// List tables, optionally of one namespace.
+    List {
+        /// Namespace to list.
+        namespace: Option<String>,
+    },
+    /// Show a table's schema, partitioning, sort order, properties and location.
+    Describe {
+        /// NAMESPACE.TABLE
+        table: String,
+    },
+    /// Show a table's snapshots with their summaries.
+    History {
+        /// NAMESPACE.TABLE
+        table: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration, secrets redacted.
+    Show,
+}
+
+/// Entry point: parse, run, map errors to exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "tarn", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config, matches!(cli.command, Command::Serve));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let overrides = cli
+        .overrides
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Config::load(&cli.data_dir, cli.config.as_deref(), std::env::vars(), &overrides)?)
+}
+
+fn init_logging(config: &Config, to_stdout: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TARN_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let json = config.log.format == "json";
+    match (json, to_stdout) {
+        (true, true) => builder.json().with_writer(std::io::stdout).init(),
+        (true, false) => builder.json().with_writer(std::io::stderr).init(),
+        (false, true) => builder.with_writer(std::io::stdout).init(),
+        (false, false) => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+async fn open(config: &Config) -> Result<TarnSession> {
+    let lake = Lake::open(config).await?;
+    Ok(TarnSession::new(lake).await?)
+}
+
+async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
+    match cli.command {
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sql { sql, format } => {
+            let session = open(&config).await?;
+            match sql {
+                Some(sql) => {
+                    let sql = if sql == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("cannot read SQL from stdin")?
+                    } else {
+                        sql
+                    };
+                    run_sql(&session, &sql, format).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => repl(&session, format, &config).await,
+            }
+        }
+        Command::Serve => {
+            let metrics = crate::serve::install_metrics()?;
+            let session = open(&config).await?;
+            crate::serve::serve(&config, session, metrics).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load {
+            paths,
+            table,
+            format,
+            delimiter,
+            no_header,
+            partition_by,
+        } => {
+            let session = open(&config).await?;
+            let ident = parse_table_name(&table)?;
+            let options = LoadOptions {
+                format: format.as_deref().map(FileFormat::parse).transpose()?,
+                delimiter: Some(u8::try_from(delimiter).context("--delimiter must be one ASCII character")?),
+                has_header: Some(!no_header),
+                layout: TableLayout {
+                    partition: partition_by
+                        .iter()
+                        .map(|f| tarn_lake::layout::parse_partition_field(f))
+                        .collect::<tarn_core::Result<_>>()?,
+                    ..TableLayout::default()
+                },
+            };
+            load_with_progress(&session, &paths, &ident, &options, true).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Table(cmd) => {
+            let lake = Lake::open(&config).await?;
+            table_command(&lake, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(cmd) => crate::bench::run(cmd, config).await,
+        Command::Completions { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Loads `paths` into `ident` with a progress bar (when `show` and stderr is a terminal);
+/// returns what was written and how long it took.
+pub async fn load_with_progress(
+    session: &TarnSession,
+    paths: &[String],
+    ident: &iceberg::TableIdent,
+    options: &LoadOptions,
+    show: bool,
+) -> Result<(tarn_query::write::WriteOutcome, u64, Duration)> {
+    let plan = tarn_query::load::plan_load(session, paths, options).await?;
+    let progress = Arc::new(WriteProgress::default());
+    let bar = if show {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let total_bytes = plan.bytes;
+    let files = plan.files.len();
+    let start = Instant::now();
+    let ticker = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        let ident = ident.to_string();
+        tokio::spawn(async move {
+            loop {
+                let rows = progress.rows.load(Ordering::Relaxed);
+                let secs = start.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!(
+                    "loading {files} file(s), {} into {ident}: {rows} rows ({:.0} rows/s)",
+                    human_bytes(total_bytes),
+                    rows as f64 / secs
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let outcome = tarn_query::load::load(session, &plan, ident, options, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let elapsed = start.elapsed();
+    if show {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        eprintln!(
+            "loaded {} rows from {files} file(s) ({}) into {ident} in {:.2}s: {:.0} rows/s, {:.1} MB/s; {} data file(s), snapshot {}",
+            outcome.rows,
+            human_bytes(total_bytes),
+            secs,
+            outcome.rows as f64 / secs,
+            total_bytes as f64 / 1e6 / secs,
+            outcome.files,
+            outcome.snapshot_id.map_or("none".into(), |s| s.to_string()),
+        );
+    }
+    Ok((outcome, total_bytes, elapsed))
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+async fn run_sql(session: &TarnSession, sql: &str, format: Format) -> Result<()> {
+    let statements = TarnSession::prepare(sql)?;
+    let stdout = std::io::stdout();
+    for statement in statements {
+        match session.run(&statement).await? {
+            Output::Rows(stream) => {
+                let mut out = stdout.lock();
+                print_stream(stream, format, &mut out).await?;
+                out.flush()?;
+            }
+            Output::Command { tag, .. } => {
+                if format == Format::Table {
+                    println!("{tag}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn repl(session: &TarnSession, format: Format, config: &Config) -> Result<ExitCode> {
+    let mut editor = rustyline::DefaultEditor::new().context("cannot open the prompt")?;
+    let history = config.data_dir.join(".tarn_history");
+    let _ = editor.load_history(&history);
+    println!("tarn SQL ({}); end statements with ';', \\q to quit.", tarn_core::config::redact_url(&config.catalog_url()));
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() { "tarn> " } else { "  ... " };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => bail!("prompt failed: {e}"),
+        };
+        let trimmed = line.trim();
+        if buffer.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit") {
+            break;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let _ = editor.add_history_entry(buffer.trim());
+        let start = Instant::now();
+        match run_sql(session, &buffer, format).await {
+            Ok(()) => eprintln!("time: {:.3}s", start.elapsed().as_secs_f64()),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        buffer.clear();
+    }
+    let _ = editor.save_history(&history);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn table_command(lake: &Lake, cmd: TableCommand) -> Result<()> {
+    match cmd {
+        TableCommand::List { namespace } => {
+            let tables = match namespace {
+                Some(ns) => {
+                    let ns = iceberg::NamespaceIdent::from_strs(ns.split('.'))?;
+                    lake.list_tables(&ns).await?
+                }
+                None => lake.list_all_tables().await?,
+            };
+            for t in tables {
+                println!("{t}");
+            }
+        }
+        TableCommand::Describe { table } => {
+            let ident = parse_table_name(&table)?;
+            let table = lake.load_table(&ident).await?;
+            let m = table.metadata();
+            let schema = m.current_schema();
+            println!("table:     {ident}");
+            println!("location:  {}", m.location());
+            println!("metadata:  {}", table.metadata_location().unwrap_or("-"));
+            println!("format:    v{}", m.format_version() as u8);
+            println!("snapshot:  {}", m.current_snapshot_id().map_or("none".into(), |s| s.to_string()));
+            println!("columns:");
+            for field in schema.as_struct().fields() {
+                println!(
+                    "  {:>3}  {:<24} {:<20} {}",
+                    field.id,
+                    field.name,
+                    field.field_type.to_string(),
+                    if field.required { "NOT NULL" } else { "" }
+                );
+            }
+            let spec = m.default_partition_spec();
+            if spec.is_unpartitioned() {
+                println!("partitioned by: (none)");
+            } else {
+                let fields: Vec<String> = spec
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let column = schema.name_by_field_id(f.source_id).unwrap_or("?");
+                        tarn_lake::layout::describe_transform(&f.transform, column)
+                    })
+                    .collect();
+                println!("partitioned by: ({})", fields.join(", "));
+            }
+            let order = m.default_sort_order();
+            if !order.is_unsorted() {
+                let keys: Vec<String> = order
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        format!("{} {}", schema.name_by_field_id(f.source_id).unwrap_or("?"), f.direction)
+                    })
+                    .collect();
+                println!("sorted by: ({})", keys.join(", "));
+            }
+            println!("properties:");
+            let mut props: Vec<_> = m.properties().iter().collect();
+            props.sort();
+            for (k, v) in props {
+                println!("  {k} = {v}");
+            }
+        }
+        TableCommand::History { table } => {
+            let ident = parse_table_name(&table)?;
+            let table = lake.load_table(&ident).await?;
+            let m = table.metadata();
+            let current = m.current_snapshot_id();
+            let mut snapshots: Vec<_> = m.snapshots().collect();
+            snapshots.sort_by_key(|s| s.sequence_number());
+            if snapshots.is_empty() {
+                println!("{ident} has no snapshots");
+            }
+            for s in snapshots {
+                let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms())
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                let marker = if Some(s.snapshot_id()) == current { " (current)" } else { "" };
+                println!(
+                    "snapshot {}{marker}  seq {}  {}  {}",
+                    s.snapshot_id(),
+                    s.sequence_number(),
+                    when,
+                    s.summary().operation.as_str()
+                );
+                let mut props: Vec<_> = s.summary().additional_properties.iter().collect();
+                props.sort();
+                for (k, v) in props {
+                    println!("    {k} = {v}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`)
+//! until SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tarn_core::Config;
+use tarn_query::TarnSession;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: PrometheusHandle,
+    session: TarnSession,
+}
+
+async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.session.lake().list_namespaces().await {
+        Ok(_) => (StatusCode::OK, "ok\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("catalog unavailable: {e}\n")),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> String {
+    state.metrics.render()
+}
+
+/// Installs the Prometheus recorder; every `metrics::` call from here on is exported.
+pub fn install_metrics() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+/// Serves until a signal or `shutdown` fires.
+pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHandle) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let pg = TcpListener::bind(&config.server.pg_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.pg_listen)", config.server.pg_listen))?;
+    let http = TcpListener::bind(&config.server.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.server.http_listen))?;
+    if config.auth.users.is_empty() && !config.auth.trust_loopback {
+        tracing::warn!(
+            "no users configured and auth.trust_loopback is off: nobody can connect; add [[auth.users]] or set auth.trust_loopback = true"
+        );
+    }
+    tracing::info!(
+        pg = %pg.local_addr()?,
+        http = %http.local_addr()?,
+        catalog = %tarn_core::config::redact_url(&config.catalog_url()),
+        warehouse = %config.warehouse_url(),
+        "tarn serving"
+    );
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(HttpState {
+            metrics,
+            session: session.clone(),
+        });
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    let pg_task = tokio::spawn(tarn_pgwire::run(
+        pg,
+        session,
+        &config.auth.clone(),
+        config.server.max_connections,
+        shutdown.clone(),
+    ));
+    let signal = shutdown_signal();
+    tokio::select! {
+        () = signal => tracing::info!("shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    let drain = async {
+        let _ = http_task.await;
+        let _ = pg_task.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("endpoints did not stop within 10s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

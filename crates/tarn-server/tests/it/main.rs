@@ -1,0 +1,129 @@
+//! tarn's integration tests: one binary, real parts (PostgreSQL, an S3 server, pyiceberg,
+//! DuckDB, psql, psycopg, pgjdbc, the `tarn` binary itself).
+
+mod catalog;
+mod cli;
+mod interop;
+mod pgwire;
+mod slt;
+mod sql;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tarn_core::Config;
+use tarn_lake::Lake;
+use tarn_query::{Output, TarnSession};
+
+/// A lake in a temporary directory (SQLite catalog, local warehouse) unless `catalog_url` says
+/// otherwise.
+pub struct TestLake {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub session: TarnSession,
+}
+
+impl TestLake {
+    pub async fn new() -> Self {
+        Self::with(&[]).await
+    }
+
+    pub async fn with(overrides: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new().prefix("tarn-it-").tempdir().unwrap();
+        let config = config_for(dir.path(), overrides);
+        let lake = Lake::open(&config).await.unwrap();
+        let session = TarnSession::new(lake).await.unwrap();
+        Self { dir, config, session }
+    }
+
+    /// Another session on the same catalog, as another process would have.
+    pub async fn second_session(&self) -> TarnSession {
+        let lake = Lake::open(&self.config).await.unwrap();
+        TarnSession::new(lake).await.unwrap()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs SQL and returns the last statement's rows as text lines (`a|b|c`).
+    pub async fn query(&self, sql: &str) -> Vec<String> {
+        query(&self.session, sql).await.unwrap()
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        query(&self.session, sql).await.unwrap();
+    }
+
+    pub async fn error(&self, sql: &str) -> String {
+        match query(&self.session, sql).await {
+            Ok(rows) => panic!("expected {sql:?} to fail, got {rows:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+pub fn config_for(dir: &Path, overrides: &[(&str, &str)]) -> Config {
+    let overrides: Vec<(String, String)> =
+        overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::load(dir, None, HashMap::<String, String>::new(), &overrides).unwrap()
+}
+
+/// Runs every statement of `sql`; returns the rows of the last one as `a|b|c` lines.
+pub async fn query(session: &TarnSession, sql: &str) -> tarn_core::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for statement in TarnSession::prepare(sql)? {
+        lines.clear();
+        match session.run(&statement).await? {
+            Output::Rows(stream) => {
+                let batches = datafusion::physical_plan::common::collect(stream)
+                    .await
+                    .map_err(tarn_query::from_df_error)?;
+                lines = render(&batches);
+            }
+            Output::Command { tag, .. } => lines.push(tag),
+        }
+    }
+    Ok(lines)
+}
+
+/// Rows as `a|b|c` lines, NULL as `NULL`.
+pub fn render(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let mut lines = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
+            lines.push(cells.join("|"));
+        }
+    }
+    lines
+}
+
+/// The `tarn` binary under test.
+pub fn tarn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tarn"))
+}
+
+/// Runs `tarn` with `--data-dir dir` and `args`; returns (exit ok, stdout, stderr).
+pub fn tarn(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(tarn_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

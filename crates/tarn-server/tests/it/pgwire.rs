@@ -1,0 +1,218 @@
+//! `tarn serve` as a real process, with real clients: psql, tokio-postgres, psycopg, pgjdbc.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tarn_test_utils::{free_port, wait_for, wait_for_port, workspace_root};
+
+/// A `tarn serve` process on free loopback ports; killed on drop.
+struct Served {
+    child: Child,
+    pg_port: u16,
+    http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+const USER: &str = "analyst";
+const PASSWORD: &str = "s3cret-pw";
+
+impl Served {
+    fn start(trust_loopback: bool) -> Self {
+        let dir = tempfile::Builder::new().prefix("tarn-serve-").tempdir().unwrap();
+        let (pg_port, http_port) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("tarn.toml"),
+            format!(
+                "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+                 [auth]\ntrust_loopback = {trust_loopback}\n[[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(pg_port, Duration::from_secs(60)).unwrap();
+        wait_for_port(http_port, Duration::from_secs(60)).unwrap();
+        Self {
+            child,
+            pg_port,
+            http_port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/tarn", self.pg_port)
+    }
+
+    fn psql(&self, sql: &str) -> (bool, String, String) {
+        let out = Command::new("psql")
+            .arg(self.url())
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn psql_ddl_dml_catalog_and_errors() {
+    let s = Served::start(false);
+    let (ok, out, err) = s.psql(
+        "CREATE TABLE sales (id BIGINT NOT NULL, region VARCHAR, amount DOUBLE) PARTITIONED BY (region); \
+         INSERT INTO sales VALUES (1, 'eu', 2.5), (2, 'us', 4.0);",
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = s.psql("SELECT region, sum(amount) FROM sales GROUP BY region ORDER BY region");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "eu|2.5\nus|4");
+    // psql's catalog commands.
+    let (ok, out, err) = s.psql("\\dt");
+    assert!(ok, "{err}");
+    assert!(out.contains("sales"), "{out}");
+    let (ok, out, err) = s.psql("\\d sales");
+    assert!(ok, "{err}");
+    assert!(out.contains("region"), "{out}");
+    // Errors carry SQLSTATEs.
+    let (ok, _, err) = s.psql("SELECT * FROM nope");
+    assert!(!ok && err.contains("nope"), "{err}");
+    let out = Command::new("psql")
+        .arg(s.url())
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose", "-c", "SELEC 1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("42601"), "{err}");
+    // Wrong password is refused.
+    let out = Command::new("psql")
+        .arg(format!("postgres://{USER}:wrong@127.0.0.1:{}/tarn", s.pg_port))
+        .args(["-X", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // HTTP endpoints.
+    assert!(s.http_get("/healthz").contains("200 OK"));
+    let metrics = s.http_get("/metrics");
+    assert!(metrics.contains("tarn_pgwire_connections_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_with_parameters() {
+    let s = Served::start(false);
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn", s.pg_port),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client.batch_execute("CREATE TABLE tp (id BIGINT, name VARCHAR, ok BOOLEAN)").await.unwrap();
+    let n = client
+        .execute("INSERT INTO tp VALUES ($1, $2, $3)", &[&1i64, &"one", &true])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    client.execute("INSERT INTO tp VALUES ($1, $2, $3)", &[&2i64, &"two", &false]).await.unwrap();
+    let rows = client.query("SELECT id, name, ok FROM tp WHERE id > $1 ORDER BY id", &[&0i64]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let id: i64 = rows[1].get(0);
+    let name: String = rows[1].get(1);
+    let ok: bool = rows[1].get(2);
+    assert_eq!((id, name.as_str(), ok), (2, "two", false));
+    let stmt = client.prepare("SELECT count(*) FROM tp WHERE ok = $1").await.unwrap();
+    let count: i64 = client.query_one(&stmt, &[&true]).await.unwrap().get(0);
+    assert_eq!(count, 1);
+    let err = client.query("SELECT * FROM missing_table", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("missing_table"), "{err}");
+}
+
+#[test]
+fn psycopg_and_jdbc_clients() {
+    let s = Served::start(false);
+    let out = tarn_test_utils::run_python(
+        "pg_clients.py",
+        &["--port", &s.pg_port.to_string(), "--user", USER, "--password", PASSWORD],
+    )
+    .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["rows"], serde_json::json!([[1, "one", 1.5], [2, "two", null]]));
+    assert_eq!(seen["prepared"], serde_json::json!(["one", "two"]));
+    assert_eq!(seen["error"], "42P01");
+
+    let jar = std::fs::read_dir("/usr/share/java")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("postgresql")))
+        .expect("pgjdbc jar: install libpostgresql-jdbc-java");
+    let source = workspace_root().join("tests/interop/JdbcClient.java");
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(&jar)
+        .arg(&source)
+        .args([&s.pg_port.to_string(), USER, PASSWORD])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("name=seven"), "{stdout}");
+    assert!(stdout.contains("table=jdbc_t"), "{stdout}");
+}
+
+#[test]
+fn trust_loopback_only_when_configured() {
+    let s = Served::start(true);
+    let out = Command::new("psql")
+        .arg(format!("postgres://anyone@127.0.0.1:{}/tarn", s.pg_port))
+        .args(["-X", "-At", "-c", "SELECT 41 + 1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    drop(s);
+    let s = Served::start(false);
+    let out = Command::new("psql")
+        .arg(format!("postgres://anyone@127.0.0.1:{}/tarn", s.pg_port))
+        .args(["-X", "-At", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut s = Served::start(false);
+    let pid = s.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut status = None;
+    wait_for("tarn serve to exit", Duration::from_secs(20), || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    })
+    .unwrap();
+    assert!(status.unwrap().success());
+}

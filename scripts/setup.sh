@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what tarn's build, demo and tests need on a fresh Debian machine with Rust:
+# system packages (PostgreSQL with logical replication, the JDBC driver and a JRE for the
+# pgjdbc client test, clang + mold for fast links) and a Python venv in .venv with the
+# independent readers and clients the interoperability tests use (pyiceberg, DuckDB with its
+# Iceberg extension, psycopg, moto's S3 server).
+#
+# Idempotent: re-running it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v clang >/dev/null || need_apt+=(clang)
+command -v mold >/dev/null || need_apt+=(mold)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need_apt+=(libpostgresql-jdbc-java)
+command -v java >/dev/null || need_apt+=(default-jre-headless)
+command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+PY_PACKAGES=(
+  'pyiceberg[sql-sqlite,sql-postgres,pyarrow]==0.12.0'
+  'duckdb==1.5.5' 'duckdb-extension-iceberg==1.5.5' 'duckdb-extension-avro==1.5.5' 'pytz'
+  'psycopg[binary]>=3.2,<4'
+  'moto[server]>=5,<6'
+)
+stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: creating the Python venv in .venv (pyiceberg, duckdb, psycopg, moto)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q "${PY_PACKAGES[@]}"
+  touch "$stamp"
+fi
+echo "setup: ready"

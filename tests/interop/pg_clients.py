@@ -1,0 +1,43 @@
+"""psycopg against tarn's Postgres wire endpoint, for tarn's client tests.
+
+Usage: pg_clients.py --port P [--user U --password W]
+Runs DDL, a parameterized INSERT and SELECT (extended protocol, server-side binding),
+a prepared statement executed twice, and an error; prints JSON with what it saw.
+"""
+import argparse
+import json
+
+import psycopg
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--user", default="tarn")
+    p.add_argument("--password", default=None)
+    a = p.parse_args()
+    conninfo = f"host=127.0.0.1 port={a.port} user={a.user} dbname=tarn"
+    if a.password:
+        conninfo += f" password={a.password}"
+    out = {}
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE psy (id BIGINT, name VARCHAR, score DOUBLE)")
+            cur.execute("INSERT INTO psy VALUES (%s, %s, %s)", (1, "one", 1.5))
+            cur.execute("INSERT INTO psy VALUES (%s, %s, %s)", (2, "two", None))
+            cur.execute("SELECT id, name, score FROM psy WHERE id >= %s ORDER BY id", (1,))
+            out["rows"] = [list(r) for r in cur.fetchall()]
+            out["types"] = [d.type_code for d in cur.description]
+            for i in (1, 2):
+                cur.execute("SELECT name FROM psy WHERE id = %s", (i,), prepare=True)
+                out.setdefault("prepared", []).append(cur.fetchone()[0])
+            try:
+                cur.execute("SELECT * FROM no_such_table")
+                out["error"] = None
+            except psycopg.Error as e:
+                out["error"] = e.sqlstate
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
