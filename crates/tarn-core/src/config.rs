@@ -261,9 +261,9 @@ impl Config {
                 );
             }
             if scheme != "sqlite" {
-                url::Url::parse(url).or_else(|e| {
-                    bad("catalog.url", format!("not a valid URL ({e}): {:?}", redact_url(url)))
-                })?;
+                if let Err(e) = url::Url::parse(url) {
+                    return bad("catalog.url", format!("not a valid URL ({e}): {:?}", redact_url(url)));
+                }
             }
         }
         if self.catalog.name.trim().is_empty() {
@@ -317,9 +317,9 @@ impl Config {
             ("server.pg_listen", &self.server.pg_listen),
             ("server.http_listen", &self.server.http_listen),
         ] {
-            addr.parse::<SocketAddr>().or_else(|_| {
-                bad(key, format!("expected HOST:PORT with an IP address, got {addr:?}"))
-            })?;
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(key, format!("expected HOST:PORT with an IP address, got {addr:?}"));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", format!("expected text or json, got {:?}", self.log.format));

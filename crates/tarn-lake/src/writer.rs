@@ -81,7 +81,7 @@ impl DataWriter {
             .unwrap_or(128 * 1024 * 1024);
         let writer_props = WriterProperties::builder()
             .set_compression(parquet_compression(codec)?)
-            .set_max_row_group_size(1024 * 1024)
+            .set_max_row_group_row_count(Some(1024 * 1024))
             .build();
         let iceberg_schema = metadata.current_schema().clone();
         let schema = Arc::new(

@@ -197,7 +197,7 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         let statements = match TarnSession::prepare(query) {
             Ok(s) => s,
             // Let DataFusion's parser report what it makes of it.
-            Err(_) => return self.inner.do_query(client, query).await,
+            Err(_) => return SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await,
         };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -208,7 +208,7 @@ impl SimpleQueryHandler for TarnSimpleQuery {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
             } else {
-                responses.extend(self.inner.do_query(client, &statement.sql).await?);
+                responses.extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await?);
             }
         }
         Ok(responses)
@@ -387,7 +387,7 @@ impl PgWireServerHandlers for TarnHandlers {
 pub async fn run(
     listener: TcpListener,
     session: TarnSession,
-    auth: &AuthConfig,
+    auth: AuthConfig,
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -410,7 +410,7 @@ pub async fn run(
             inner: service.clone(),
         }),
         extended: service,
-        auth_source: Arc::new(ConfigAuthSource::new(auth)),
+        auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         trust_loopback: auth.trust_loopback,
         connections: connections.clone(),
         cancel: Arc::new(DefaultCancelHandler::new(connections)),

@@ -13,7 +13,7 @@ use arrow::datatypes::Schema;
 use datafusion::common::Column;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::logical_expr::{Expr, cast, lit};
-use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use futures::TryStreamExt;
 use iceberg::TableIdent;
 use object_store::ObjectStore;
@@ -213,7 +213,7 @@ pub async fn load(
         }
         FileFormat::JsonLines => {
             let ext = plan.files[0].rsplit('.').next().unwrap_or("json").to_string();
-            ctx.read_json(plan.files.clone(), NdJsonReadOptions::default().file_extension(&format!(".{ext}")))
+            ctx.read_json(plan.files.clone(), JsonReadOptions::default().file_extension(&format!(".{ext}")))
                 .await
         }
     }

@@ -125,7 +125,7 @@ fn parse_selector(name: &str) -> DFResult<TableSelector<'_>> {
     }
     if let Some((table, meta)) = name.split_once('$') {
         let kind = MetadataTableType::try_from(meta).map_err(|_| {
-            let known: Vec<&str> = MetadataTableType::all_types().map(|t| t.as_str()).collect();
+            let known: Vec<String> = MetadataTableType::all_types().map(|t| t.as_str().to_string()).collect();
             DataFusionError::Plan(format!(
                 "unknown metadata table {meta:?} in {name:?}: expected one of {}",
                 known.join(", ")

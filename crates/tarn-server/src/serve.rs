@@ -27,7 +27,7 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> String {
+async fn metrics_page(State(state): State<HttpState>) -> String {
     state.metrics.render()
 }
 
@@ -61,7 +61,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     );
     let app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_page))
         .with_state(HttpState {
             metrics,
             session: session.clone(),
@@ -75,7 +75,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     let pg_task = tokio::spawn(tarn_pgwire::run(
         pg,
         session,
-        &config.auth.clone(),
+        config.auth.clone(),
         config.server.max_connections,
         shutdown.clone(),
     ));

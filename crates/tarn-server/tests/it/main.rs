@@ -17,18 +17,18 @@ use tarn_query::{Output, TarnSession};
 
 /// A lake in a temporary directory (SQLite catalog, local warehouse) unless `catalog_url` says
 /// otherwise.
-pub struct TestLake {
-    pub dir: tempfile::TempDir,
-    pub config: Config,
-    pub session: TarnSession,
+pub(crate) struct TestLake {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: Config,
+    pub(crate) session: TarnSession,
 }
 
 impl TestLake {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::with(&[]).await
     }
 
-    pub async fn with(overrides: &[(&str, &str)]) -> Self {
+    pub(crate) async fn with(overrides: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new().prefix("tarn-it-").tempdir().unwrap();
         let config = config_for(dir.path(), overrides);
         let lake = Lake::open(&config).await.unwrap();
@@ -37,25 +37,25 @@ impl TestLake {
     }
 
     /// Another session on the same catalog, as another process would have.
-    pub async fn second_session(&self) -> TarnSession {
+    pub(crate) async fn second_session(&self) -> TarnSession {
         let lake = Lake::open(&self.config).await.unwrap();
         TarnSession::new(lake).await.unwrap()
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// Runs SQL and returns the last statement's rows as text lines (`a|b|c`).
-    pub async fn query(&self, sql: &str) -> Vec<String> {
+    pub(crate) async fn query(&self, sql: &str) -> Vec<String> {
         query(&self.session, sql).await.unwrap()
     }
 
-    pub async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         query(&self.session, sql).await.unwrap();
     }
 
-    pub async fn error(&self, sql: &str) -> String {
+    pub(crate) async fn error(&self, sql: &str) -> String {
         match query(&self.session, sql).await {
             Ok(rows) => panic!("expected {sql:?} to fail, got {rows:?}"),
             Err(e) => e.to_string(),
@@ -63,14 +63,14 @@ impl TestLake {
     }
 }
 
-pub fn config_for(dir: &Path, overrides: &[(&str, &str)]) -> Config {
+pub(crate) fn config_for(dir: &Path, overrides: &[(&str, &str)]) -> Config {
     let overrides: Vec<(String, String)> =
         overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::load(dir, None, HashMap::<String, String>::new(), &overrides).unwrap()
 }
 
 /// Runs every statement of `sql`; returns the rows of the last one as `a|b|c` lines.
-pub async fn query(session: &TarnSession, sql: &str) -> tarn_core::Result<Vec<String>> {
+pub(crate) async fn query(session: &TarnSession, sql: &str) -> tarn_core::Result<Vec<String>> {
     let mut lines = Vec::new();
     for statement in TarnSession::prepare(sql)? {
         lines.clear();
@@ -88,7 +88,7 @@ pub async fn query(session: &TarnSession, sql: &str) -> tarn_core::Result<Vec<St
 }
 
 /// Rows as `a|b|c` lines, NULL as `NULL`.
-pub fn render(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+pub(crate) fn render(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     let options = FormatOptions::default().with_null("NULL");
     let mut lines = Vec::new();
@@ -107,12 +107,12 @@ pub fn render(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
 }
 
 /// The `tarn` binary under test.
-pub fn tarn_bin() -> PathBuf {
+pub(crate) fn tarn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tarn"))
 }
 
 /// Runs `tarn` with `--data-dir dir` and `args`; returns (exit ok, stdout, stderr).
-pub fn tarn(dir: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn tarn(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(tarn_bin())
         .arg("--data-dir")
         .arg(dir)

@@ -42,6 +42,8 @@ impl sqllogictest::AsyncDB for Lake {
         }
     }
 
+    async fn shutdown(&mut self) {}
+
     fn engine_name(&self) -> &str {
         "tarn"
     }
