@@ -199,7 +199,11 @@ impl Config {
             let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 Error::new(
                     ErrorKind::Config,
-                    format!("config file {} is not valid TOML: {}", path.display(), e.message()),
+                    format!(
+                        "config file {} is not valid TOML: {}",
+                        path.display(),
+                        e.message()
+                    ),
                 )
                 .with_context("at", line_col(&text, e.span()))
             })?;
@@ -237,14 +241,13 @@ impl Config {
             .as_ref()
             .map(|p| format!("config file {}", p.display()))
             .unwrap_or_else(|| "configuration".to_string());
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                Error::new(
-                    ErrorKind::Config,
-                    format!("{origin}: key `{path}`: {}", e.inner()),
-                )
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let path = e.path().to_string();
+            Error::new(
+                ErrorKind::Config,
+                format!("{origin}: key `{path}`: {}", e.inner()),
+            )
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -262,7 +265,10 @@ impl Config {
             }
             if scheme != "sqlite" {
                 if let Err(e) = url::Url::parse(url) {
-                    return bad("catalog.url", format!("not a valid URL ({e}): {:?}", redact_url(url)));
+                    return bad(
+                        "catalog.url",
+                        format!("not a valid URL ({e}): {:?}", redact_url(url)),
+                    );
                 }
             }
         }
@@ -304,13 +310,22 @@ impl Config {
         if self.write.target_file_size < 1024 * 1024 {
             return bad(
                 "write.target_file_size",
-                format!("expected at least 1048576 bytes, got {}", self.write.target_file_size),
+                format!(
+                    "expected at least 1048576 bytes, got {}",
+                    self.write.target_file_size
+                ),
             );
         }
-        if !matches!(self.write.compression.as_str(), "zstd" | "snappy" | "uncompressed") {
+        if !matches!(
+            self.write.compression.as_str(),
+            "zstd" | "snappy" | "uncompressed"
+        ) {
             return bad(
                 "write.compression",
-                format!("expected zstd, snappy or uncompressed, got {:?}", self.write.compression),
+                format!(
+                    "expected zstd, snappy or uncompressed, got {:?}",
+                    self.write.compression
+                ),
             );
         }
         for (key, addr) in [
@@ -318,11 +333,17 @@ impl Config {
             ("server.http_listen", &self.server.http_listen),
         ] {
             if addr.parse::<SocketAddr>().is_err() {
-                return bad(key, format!("expected HOST:PORT with an IP address, got {addr:?}"));
+                return bad(
+                    key,
+                    format!("expected HOST:PORT with an IP address, got {addr:?}"),
+                );
             }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return bad("log.format", format!("expected text or json, got {:?}", self.log.format));
+            return bad(
+                "log.format",
+                format!("expected text or json, got {:?}", self.log.format),
+            );
         }
         for (i, user) in self.auth.users.iter().enumerate() {
             if user.name.is_empty() {
@@ -448,7 +469,10 @@ mod tests {
             std::fs::write(&path, text).unwrap();
         }
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let flags: Vec<_> = flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let flags: Vec<_> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(dir.path(), None, env, &flags)
     }
 

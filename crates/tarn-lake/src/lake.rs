@@ -212,13 +212,20 @@ impl Lake {
             if if_exists {
                 return Ok(());
             }
-            return Err(Error::new(ErrorKind::NotFound, format!("schema {} does not exist", ns.join("."))));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("schema {} does not exist", ns.join(".")),
+            ));
         }
         let tables = self.list_tables(ns).await?;
         if !tables.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("schema {} is not empty: it has {} table(s); drop them first", ns.join("."), tables.len()),
+                format!(
+                    "schema {} is not empty: it has {} table(s); drop them first",
+                    ns.join("."),
+                    tables.len()
+                ),
             ));
         }
         self.catalog
@@ -283,13 +290,22 @@ impl Lake {
                 TableProperties::PROPERTY_WRITE_TARGET_FILE_SIZE_BYTES.to_string(),
                 self.target_file_size.to_string(),
             ),
-            ("write.parquet.compression-codec".to_string(), self.compression.clone()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                self.compression.clone(),
+            ),
             (
                 TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
                 self.commit_retries.to_string(),
             ),
-            (TableProperties::PROPERTY_COMMIT_MIN_RETRY_WAIT_MS.to_string(), "10".to_string()),
-            (TableProperties::PROPERTY_COMMIT_MAX_RETRY_WAIT_MS.to_string(), "1000".to_string()),
+            (
+                TableProperties::PROPERTY_COMMIT_MIN_RETRY_WAIT_MS.to_string(),
+                "10".to_string(),
+            ),
+            (
+                TableProperties::PROPERTY_COMMIT_MAX_RETRY_WAIT_MS.to_string(),
+                "1000".to_string(),
+            ),
         ]);
         properties.extend(layout.properties.clone());
         let creation = TableCreation::builder()
@@ -370,9 +386,13 @@ impl Lake {
                     metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
                     return Ok(table);
                 }
-                Err(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts && attempt < self.commit_retries => {
+                Err(e)
+                    if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts
+                        && attempt < self.commit_retries =>
+                {
                     attempt += 1;
-                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string()).increment(1);
+                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string())
+                        .increment(1);
                     let backoff = Duration::from_millis(10 * u64::from(attempt.min(20)));
                     tracing::debug!(table = %ident, attempt, "commit conflict, retrying");
                     tokio::time::sleep(backoff).await;

@@ -129,16 +129,21 @@ fn unquote(s: &str) -> std::result::Result<String, String> {
 }
 
 fn field_id(schema: &Schema, column: &str, what: &str) -> Result<i32> {
-    schema
-        .field_by_name(column)
-        .map(|f| f.id)
-        .ok_or_else(|| {
-            let columns: Vec<_> = schema.as_struct().fields().iter().map(|f| f.name.clone()).collect();
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!("{what} column {column:?} is not in the table (columns: {})", columns.join(", ")),
-            )
-        })
+    schema.field_by_name(column).map(|f| f.id).ok_or_else(|| {
+        let columns: Vec<_> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{what} column {column:?} is not in the table (columns: {})",
+                columns.join(", ")
+            ),
+        )
+    })
 }
 
 /// Binds partition fields to `schema`, naming fields the Iceberg way.
@@ -158,9 +163,7 @@ pub fn partition_spec(schema: &Schema, fields: &[PartitionField]) -> Result<Unbo
         };
         builder = builder
             .add_partition_field(source_id, name, field.transform)
-            .map_err(|e| {
-                Error::new(ErrorKind::InvalidInput, format!("invalid partitioning: {e}"))
-            })?;
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid partitioning: {e}")))?;
     }
     Ok(builder.build())
 }
@@ -212,8 +215,14 @@ mod tests {
         let f = parse_partition_field("bucket(16, id)").unwrap();
         assert_eq!(f.transform, Transform::Bucket(16));
         assert_eq!(f.column, "id");
-        assert_eq!(parse_partition_field("DAY(Ts)").unwrap().transform, Transform::Day);
-        assert_eq!(parse_partition_field("region").unwrap().transform, Transform::Identity);
+        assert_eq!(
+            parse_partition_field("DAY(Ts)").unwrap().transform,
+            Transform::Day
+        );
+        assert_eq!(
+            parse_partition_field("region").unwrap().transform,
+            Transform::Identity
+        );
         assert_eq!(parse_partition_field("\"Region\"").unwrap().column, "Region");
         let err = parse_partition_field("weekly(ts)").unwrap_err();
         assert!(err.to_string().contains("unknown transform"), "{err}");

@@ -23,8 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use iceberg::io::{
-    FileMetadata, FileRead, FileWrite, InputFile, OutputFile, Storage, StorageConfig,
-    StorageFactory,
+    FileMetadata, FileRead, FileWrite, InputFile, OutputFile, Storage, StorageConfig, StorageFactory,
 };
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -164,9 +163,11 @@ impl ObjectStores {
         if let Some(v) = prop(S3_SESSION_TOKEN) {
             builder = builder.with_token(v);
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| {
-            storage_error(format!("cannot configure S3 bucket {bucket:?}"), e)
-        })?);
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            builder
+                .build()
+                .map_err(|e| storage_error(format!("cannot configure S3 bucket {bucket:?}"), e))?,
+        );
         buckets.insert(bucket.to_string(), store.clone());
         Ok(store)
     }
@@ -339,7 +340,10 @@ impl FileRead for ObjectRead {
             .await
             .map_err(|e| {
                 storage_error(
-                    format!("cannot read bytes {}..{} of {}", range.start, range.end, self.location),
+                    format!(
+                        "cannot read bytes {}..{} of {}",
+                        range.start, range.end, self.location
+                    ),
                     e,
                 )
             })
@@ -354,9 +358,10 @@ struct ObjectWrite {
 #[async_trait]
 impl FileWrite for ObjectWrite {
     async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
-        let writer = self.writer.as_mut().ok_or_else(|| {
-            invalid(format!("write to {} after it was closed", self.location))
-        })?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| invalid(format!("write to {} after it was closed", self.location)))?;
         writer
             .put(bs)
             .await
@@ -406,7 +411,10 @@ mod tests {
         assert_eq!(storage.metadata(&path).await.unwrap().size, 11);
         let r = storage.reader(&path).await.unwrap();
         assert_eq!(&r.read(6..11).await.unwrap()[..], b"world");
-        storage.delete_prefix(&format!("{}/a", dir.path().display())).await.unwrap();
+        storage
+            .delete_prefix(&format!("{}/a", dir.path().display()))
+            .await
+            .unwrap();
         assert!(!storage.exists(&path).await.unwrap());
     }
 

@@ -22,9 +22,7 @@ use iceberg::spec::{DataFile, DataFileFormat, PartitionKey};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -54,7 +52,9 @@ pub struct DataWriter {
 /// The Parquet compression for a codec name.
 pub fn parquet_compression(codec: &str) -> Result<Compression> {
     match codec.to_ascii_lowercase().as_str() {
-        "zstd" => Ok(Compression::ZSTD(ZstdLevel::try_new(3).expect("level 3 is valid"))),
+        "zstd" => Ok(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("level 3 is valid"),
+        )),
         "snappy" => Ok(Compression::SNAPPY),
         "uncompressed" | "none" => Ok(Compression::UNCOMPRESSED),
         other => Err(Error::new(
@@ -105,9 +105,8 @@ impl DataWriter {
         let inner = if spec.is_unpartitioned() {
             Inner::Unpartitioned(UnpartitionedWriter::new(builder))
         } else {
-            let splitter =
-                RecordBatchPartitionSplitter::try_new_with_computed_values(iceberg_schema, spec)
-                    .map_err(|e| iceberg_error(format!("cannot partition rows of {name}"), e))?;
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(iceberg_schema, spec)
+                .map_err(|e| iceberg_error(format!("cannot partition rows of {name}"), e))?;
             Inner::Partitioned(FanoutWriter::new(builder), splitter)
         };
         Ok(Self {
@@ -183,7 +182,11 @@ impl DataWriter {
             if !field.is_nullable() && column.null_count() > 0 {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("column {} of table {} is NOT NULL, but a row has NULL", field.name(), self.table),
+                    format!(
+                        "column {} of table {} is NOT NULL, but a row has NULL",
+                        field.name(),
+                        self.table
+                    ),
                 ));
             }
             if column.data_type() == field.data_type() {
@@ -205,7 +208,10 @@ impl DataWriter {
             }
         }
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, format!("rows do not fit table {}: {e}", self.table))
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("rows do not fit table {}: {e}", self.table),
+            )
         })
     }
 }

@@ -21,18 +21,16 @@ use datafusion::common::ParamValues;
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+use datafusion_postgres::DfSessionService;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
-use datafusion_postgres::DfSessionService;
 use futures::Sink;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
-use pgwire::api::auth::{
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
-};
+use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{Response, Tag};
@@ -101,15 +99,11 @@ fn is_catalog_statement(statement: &Statement) -> bool {
 
 fn tag_of(output: Output) -> Response {
     match output {
-        Output::Command { tag, rows } => {
-            let name = tag.split(' ').next().unwrap_or_default().to_string();
-            let base = if name == "INSERT" { "INSERT 0".to_string() } else { name };
-            let tag = Tag::new(&base);
-            Response::Execution(match rows {
-                Some(n) => tag.with_rows(n as usize),
-                None => tag,
-            })
-        }
+        Output::Command { tag, rows } => Response::Execution(match rows {
+            // The tag carries the count; pgwire appends it itself.
+            Some(n) => Tag::new(tag.strip_suffix(&format!(" {n}")).unwrap_or(&tag)).with_rows(n as usize),
+            None => Tag::new(&tag),
+        }),
         // Catalog statements do not return rows.
         Output::Rows(_) => Response::Execution(Tag::new("SELECT")),
     }
@@ -208,7 +202,8 @@ impl SimpleQueryHandler for TarnSimpleQuery {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
             } else {
-                responses.extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await?);
+                responses
+                    .extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await?);
             }
         }
         Ok(responses)
@@ -224,9 +219,14 @@ impl ErrorHandler for SqlStateErrors {
         C: ClientInfo,
     {
         if let PgWireError::ApiError(inner) = error {
-            let tarn = match inner.downcast_ref::<datafusion::error::DataFusionError>() {
-                Some(df) => from_df_error(df.clone_for_message()),
-                None => Error::new(ErrorKind::Query, inner.to_string()),
+            let tarn = if let Some(df) = inner.downcast_ref::<datafusion::error::DataFusionError>() {
+                from_df_error(df.clone_for_message())
+            } else if let Some(parse) =
+                inner.downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>()
+            {
+                Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {parse}"))
+            } else {
+                Error::new(ErrorKind::Query, inner.to_string())
             };
             *error = user_error(&tarn);
         }
@@ -329,9 +329,7 @@ impl StartupHandler for TarnStartup {
     {
         let trusted = {
             let mut decided = self.trusted.lock().expect("startup state poisoned");
-            *decided.get_or_insert_with(|| {
-                self.trust_loopback && client.socket_addr().ip().is_loopback()
-            })
+            *decided.get_or_insert_with(|| self.trust_loopback && client.socket_addr().ip().is_loopback())
         };
         if trusted {
             self.trust.on_startup(client, message).await

@@ -100,7 +100,10 @@ pub async fn plan_load(session: &TarnSession, sources: &[String], options: &Load
             list_local(source)?
         };
         if found.is_empty() {
-            return Err(Error::new(ErrorKind::NotFound, format!("no files match {source:?}")));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no files match {source:?}"),
+            ));
         }
         for (url, size) in found {
             bytes += size;
@@ -114,7 +117,9 @@ pub async fn plan_load(session: &TarnSession, sources: &[String], options: &Load
             let format = FileFormat::from_path(first).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidInput,
-                    format!("cannot tell the format of {first:?} from its name: pass --format parquet|csv|json"),
+                    format!(
+                        "cannot tell the format of {first:?} from its name: pass --format parquet|csv|json"
+                    ),
                 )
             })?;
             if let Some(other) = files.iter().find(|f| FileFormat::from_path(f) != Some(format)) {
@@ -133,7 +138,10 @@ fn list_local(pattern: &str) -> Result<Vec<(String, u64)>> {
     let pattern = pattern.strip_prefix("file://").unwrap_or(pattern);
     let mut out = Vec::new();
     let paths = glob::glob(pattern).map_err(|e| {
-        Error::new(ErrorKind::InvalidInput, format!("bad glob pattern {pattern:?}: {e}"))
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("bad glob pattern {pattern:?}: {e}"),
+        )
     })?;
     for entry in paths {
         let path = entry.map_err(|e| {
@@ -159,23 +167,26 @@ async fn list_object_store(session: &TarnSession, pattern: &str) -> Result<Vec<(
         .map_err(|e| tarn_lake::iceberg_error(format!("cannot open {pattern}"), e))?;
     let base = Url::parse(&resolved.base_url)
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("bad URL {pattern:?}: {e}")))?;
-    session.context().register_object_store(&base, resolved.store.clone());
+    session
+        .context()
+        .register_object_store(&base, resolved.store.clone());
     let key_pattern = pattern
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('/'))
         .map(|(_, key)| key.to_string())
         .unwrap_or_default();
     let matcher = glob::Pattern::new(&key_pattern).map_err(|e| {
-        Error::new(ErrorKind::InvalidInput, format!("bad glob pattern {pattern:?}: {e}"))
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("bad glob pattern {pattern:?}: {e}"),
+        )
     })?;
     let objects: Vec<_> = resolved
         .store
         .list(Some(&resolved.path))
         .try_collect()
         .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Storage, format!("cannot list {pattern}")).with_source(e)
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Storage, format!("cannot list {pattern}")).with_source(e))?;
     let mut out: Vec<(String, u64)> = objects
         .into_iter()
         .filter(|o| matcher.matches(o.location.as_ref()))
@@ -197,24 +208,30 @@ pub async fn load(
     let ctx = session.context();
     for file in &plan.files {
         // Fail on an unreadable source before anything is written.
-        ListingTableUrl::parse(file).map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, format!("bad source {file:?}: {e}"))
-        })?;
+        ListingTableUrl::parse(file)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("bad source {file:?}: {e}")))?;
     }
     let df = match plan.format {
-        FileFormat::Parquet => ctx.read_parquet(plan.files.clone(), ParquetReadOptions::default()).await,
+        FileFormat::Parquet => {
+            ctx.read_parquet(plan.files.clone(), ParquetReadOptions::default())
+                .await
+        }
         FileFormat::Csv => {
             let mut opts = CsvReadOptions::new().has_header(options.has_header.unwrap_or(true));
             if let Some(d) = options.delimiter {
                 opts = opts.delimiter(d);
             }
             let ext = plan.files[0].rsplit('.').next().unwrap_or("csv").to_string();
-            ctx.read_csv(plan.files.clone(), opts.file_extension(&format!(".{ext}"))).await
+            ctx.read_csv(plan.files.clone(), opts.file_extension(&format!(".{ext}")))
+                .await
         }
         FileFormat::JsonLines => {
             let ext = plan.files[0].rsplit('.').next().unwrap_or("json").to_string();
-            ctx.read_json(plan.files.clone(), JsonReadOptions::default().file_extension(&format!(".{ext}")))
-                .await
+            ctx.read_json(
+                plan.files.clone(),
+                JsonReadOptions::default().file_extension(&format!(".{ext}")),
+            )
+            .await
         }
     }
     .map_err(|e| {
@@ -244,7 +261,12 @@ pub async fn load(
                 format!(
                     "the files have a column {:?} that table {ident} does not (columns: {})",
                     field.name(),
-                    target.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                    target
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

@@ -47,6 +47,8 @@ pub(crate) fn df_error(e: Error) -> DataFusionError {
 pub struct LakeCatalogProvider {
     lake: Lake,
     names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
+    /// Schemas that are not Iceberg namespaces, registered by the endpoint (`pg_catalog`).
+    system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl LakeCatalogProvider {
@@ -55,6 +57,7 @@ impl LakeCatalogProvider {
         Self {
             lake,
             names: Arc::default(),
+            system: RwLock::default(),
         }
     }
 
@@ -82,10 +85,33 @@ impl CatalogProvider for LakeCatalogProvider {
     }
 
     fn schema_names(&self) -> Vec<String> {
-        self.names.read().expect("name cache poisoned").keys().cloned().collect()
+        let mut names: Vec<String> = self
+            .names
+            .read()
+            .expect("name cache poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        names.extend(self.system.read().expect("schema map poisoned").keys().cloned());
+        names
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DFResult<Option<Arc<dyn SchemaProvider>>> {
+        Ok(self
+            .system
+            .write()
+            .expect("schema map poisoned")
+            .insert(name.to_string(), schema))
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(system) = self.system.read().expect("schema map poisoned").get(name) {
+            return Some(system.clone());
+        }
         // Unknown namespaces still resolve, so a table created by another process is found
         // before the next refresh; lookups of missing tables return None.
         let namespace = NamespaceIdent::from_strs(name.split('.')).ok()?;
@@ -125,7 +151,9 @@ fn parse_selector(name: &str) -> DFResult<TableSelector<'_>> {
     }
     if let Some((table, meta)) = name.split_once('$') {
         let kind = MetadataTableType::try_from(meta).map_err(|_| {
-            let known: Vec<String> = MetadataTableType::all_types().map(|t| t.as_str().to_string()).collect();
+            let known: Vec<String> = MetadataTableType::all_types()
+                .map(|t| t.as_str().to_string())
+                .collect();
             DataFusionError::Plan(format!(
                 "unknown metadata table {meta:?} in {name:?}: expected one of {}",
                 known.join(", ")
@@ -173,13 +201,19 @@ impl SchemaProvider for LakeSchemaProvider {
                         .collect();
                     return Err(DataFusionError::Plan(format!(
                         "table {ident} has no snapshot {id} (snapshots: {})",
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
                     )));
                 }
                 Arc::new(
                     IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
                         .await
-                        .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e)))?,
+                        .map_err(|e| {
+                            df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
+                        })?,
                 )
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
@@ -214,11 +248,18 @@ async fn metadata_table(table: &iceberg::table::Table, kind: MetadataTableType) 
         MetadataTableType::Snapshots => inspect.snapshots().scan().await,
         MetadataTableType::Manifests => inspect.manifests().scan().await,
     }
-    .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot inspect {}", table.identifier()), e)))?;
-    let batches: Vec<RecordBatch> = stream
-        .try_collect()
-        .await
-        .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot inspect {}", table.identifier()), e)))?;
+    .map_err(|e| {
+        df_error(tarn_lake::iceberg_error(
+            format!("cannot inspect {}", table.identifier()),
+            e,
+        ))
+    })?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| {
+        df_error(tarn_lake::iceberg_error(
+            format!("cannot inspect {}", table.identifier()),
+            e,
+        ))
+    })?;
     let schema = match batches.first() {
         Some(b) => b.schema(),
         None => Arc::new(Schema::empty()),
@@ -268,10 +309,7 @@ impl TableProvider for LakeTable {
         self.scan.scan(state, projection, filters, limit).await
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
         self.scan.supports_filters_pushdown(filters)
     }
 
@@ -287,7 +325,11 @@ impl TableProvider for LakeTable {
                 self.ident
             )));
         }
-        Ok(Arc::new(LakeInsertExec::new(self.lake.clone(), self.ident.clone(), input)))
+        Ok(Arc::new(LakeInsertExec::new(
+            self.lake.clone(),
+            self.ident.clone(),
+            input,
+        )))
     }
 }
 
@@ -388,6 +430,9 @@ impl ExecutionPlan for LakeInsertExec {
             let rows: ArrayRef = Arc::new(UInt64Array::from(vec![outcome.rows]));
             Ok(RecordBatch::try_new(count_schema(), vec![rows])?)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(count_schema(), once.boxed())))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            count_schema(),
+            once.boxed(),
+        )))
     }
 }

@@ -104,10 +104,12 @@ fn strip_df_prefixes(message: &str) -> String {
 impl TarnSession {
     /// A session over `lake`; creates the `public` namespace on first use.
     pub async fn new(lake: Lake) -> Result<Self> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(lake.name(), DEFAULT_SCHEMA);
+        // `1.5` is an exact numeric as in PostgreSQL, so DECIMAL columns get exact values.
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
         let ctx = SessionContext::new_with_config(config);
         let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
         ctx.register_catalog(lake.name(), catalog.clone());
@@ -138,7 +140,10 @@ impl TarnSession {
     }
 
     /// Runs every statement of `sql` and collects the results: for tests and small scripts.
-    pub async fn sql_collect(&self, sql: &str) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, Option<String>)>> {
+    pub async fn sql_collect(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, Option<String>)>> {
         let mut out = Vec::new();
         for statement in Self::prepare(sql)? {
             match self.run(&statement).await? {
@@ -254,7 +259,10 @@ impl TarnSession {
                     if create.if_not_exists {
                         return Ok(command("CREATE TABLE", None));
                     }
-                    return Err(Error::new(ErrorKind::AlreadyExists, format!("table {ident} already exists")));
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("table {ident} already exists"),
+                    ));
                 }
                 let schema = lake_schema(create.input.schema().as_arrow())?;
                 let layout = TableLayout {
@@ -264,7 +272,8 @@ impl TarnSession {
                 };
                 self.lake.create_table(&ident, &schema, &layout).await?;
                 self.catalog.refresh().await?;
-                let is_ctas = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+                let is_ctas =
+                    !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
                 if !is_ctas {
                     return Ok(command("CREATE TABLE", None));
                 }
@@ -292,7 +301,10 @@ impl TarnSession {
                     }
                 }
             }
-            LogicalPlan::Dml(DmlStatement { op: WriteOp::Insert(_), .. }) => {
+            LogicalPlan::Dml(DmlStatement {
+                op: WriteOp::Insert(_),
+                ..
+            }) => {
                 let df = self.ctx.execute_logical_plan(plan).await.map_err(from_df_error)?;
                 let batches = df.collect().await.map_err(from_df_error)?;
                 let rows = count_of(&batches);
@@ -300,7 +312,10 @@ impl TarnSession {
             }
             LogicalPlan::Dml(dml) => Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("{} on {} is not supported yet; tables take INSERT", dml.op, dml.table_name),
+                format!(
+                    "{} on {} is not supported yet; tables take INSERT",
+                    dml.op, dml.table_name
+                ),
             )),
             LogicalPlan::Ddl(ddl) => {
                 let name = ddl.name().to_string();
@@ -333,8 +348,12 @@ impl TarnSession {
             [catalog, rest @ ..] if catalog == self.lake.name() && !rest.is_empty() => rest.to_vec(),
             _ => parts,
         };
-        NamespaceIdent::from_vec(parts)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("invalid schema name {name}: {e}")))
+        NamespaceIdent::from_vec(parts).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("invalid schema name {name}: {e}"),
+            )
+        })
     }
 
     fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
@@ -346,11 +365,18 @@ impl TarnSession {
         let (schema, table) = match reference {
             TableReference::Bare { table } => (DEFAULT_SCHEMA.to_string(), table.to_string()),
             TableReference::Partial { schema, table } => (schema.to_string(), table.to_string()),
-            TableReference::Full { catalog, schema, table } => {
+            TableReference::Full {
+                catalog,
+                schema,
+                table,
+            } => {
                 if catalog.as_ref() != self.lake.name() {
                     return Err(Error::new(
                         ErrorKind::NotFound,
-                        format!("catalog {catalog} does not exist (this is catalog {})", self.lake.name()),
+                        format!(
+                            "catalog {catalog} does not exist (this is catalog {})",
+                            self.lake.name()
+                        ),
                     ));
                 }
                 (schema.to_string(), table.to_string())
@@ -382,7 +408,13 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
     batches
         .iter()
         .filter(|b| b.num_columns() > 0 && b.column(0).data_type() == &DataType::UInt64)
-        .map(|b| b.column(0).as_primitive::<UInt64Type>().iter().flatten().sum::<u64>())
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<UInt64Type>()
+                .iter()
+                .flatten()
+                .sum::<u64>()
+        })
         .sum()
 }
 
@@ -397,7 +429,11 @@ pub fn lake_schema(schema: &Schema) -> Result<Schema> {
 }
 
 fn lake_field(field: &Field) -> Result<Field> {
-    Ok(Field::new(field.name(), lake_type(field.name(), field.data_type())?, field.is_nullable()))
+    Ok(Field::new(
+        field.name(),
+        lake_type(field.name(), field.data_type())?,
+        field.is_nullable(),
+    ))
 }
 
 fn lake_type(column: &str, dt: &DataType) -> Result<DataType> {
@@ -411,8 +447,10 @@ fn lake_type(column: &str, dt: &DataType) -> Result<DataType> {
         T::BinaryView | T::LargeBinary | T::FixedSizeBinary(_) => T::LargeBinary,
         T::Date64 => T::Date32,
         T::Time32(_) | T::Time64(_) => T::Time64(TimeUnit::Microsecond),
-        T::Timestamp(TimeUnit::Nanosecond, tz) | T::Timestamp(TimeUnit::Microsecond, tz)
-        | T::Timestamp(TimeUnit::Millisecond, tz) | T::Timestamp(TimeUnit::Second, tz) => {
+        T::Timestamp(TimeUnit::Nanosecond, tz)
+        | T::Timestamp(TimeUnit::Microsecond, tz)
+        | T::Timestamp(TimeUnit::Millisecond, tz)
+        | T::Timestamp(TimeUnit::Second, tz) => {
             T::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "+00:00".into()))
         }
         T::Dictionary(_, value) => lake_type(column, value)?,
@@ -423,8 +461,15 @@ fn lake_type(column: &str, dt: &DataType) -> Result<DataType> {
             fields.iter().map(|f| lake_field(f)).collect::<Result<Vec<_>>>()?,
         )),
         T::Map(entries, sorted) => T::Map(Arc::new(lake_field(entries)?), *sorted),
-        T::Boolean | T::Int32 | T::Int64 | T::Float32 | T::Float64 | T::Utf8 | T::Binary
-        | T::Date32 | T::Decimal128(..) => dt.clone(),
+        T::Boolean
+        | T::Int32
+        | T::Int64
+        | T::Float32
+        | T::Float64
+        | T::Utf8
+        | T::Binary
+        | T::Date32
+        | T::Decimal128(..) => dt.clone(),
         other => {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

@@ -30,9 +30,9 @@ pub struct RewrittenStatement {
 /// dropped.
 pub fn rewrite(sql: &str) -> Result<Vec<RewrittenStatement>> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().map_err(|e| {
-        Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}"))
-    })?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
     let mut out = Vec::new();
     for statement in tokens.split(|t| *t == Token::SemiColon) {
         if statement
@@ -84,7 +84,12 @@ fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
         }
     }
     rewrite_time_travel(&mut tokens)?;
-    result.sql = tokens.iter().map(ToString::to_string).collect::<String>().trim().to_string();
+    result.sql = tokens
+        .iter()
+        .map(ToString::to_string)
+        .collect::<String>()
+        .trim()
+        .to_string();
     Ok(result)
 }
 
@@ -132,7 +137,10 @@ fn take_clause(tokens: &mut Vec<Token>, keyword: &str) -> Result<Option<Vec<Stri
                         }
                         _ => {}
                     }
-                    items.last_mut().expect("one item at least").push_str(&token.to_string());
+                    items
+                        .last_mut()
+                        .expect("one item at least")
+                        .push_str(&token.to_string());
                 }
                 let Some(end) = end else {
                     return Err(Error::new(
@@ -161,8 +169,7 @@ fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
     loop {
         let sig = significant(tokens);
         let Some(n) = (1..sig.len()).find(|&n| {
-            is_word(&tokens[sig[n]], "FOR")
-                && sig.get(n + 1).is_some_and(|&j| is_word(&tokens[j], "VERSION"))
+            is_word(&tokens[sig[n]], "FOR") && sig.get(n + 1).is_some_and(|&j| is_word(&tokens[j], "VERSION"))
         }) else {
             return Ok(());
         };
@@ -187,12 +194,19 @@ fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
             return Err(syntax());
         };
         let renamed = Token::Word(Word {
-            value: format!("{}@{snapshot}", if name.quote_style.is_some() { name.value.clone() } else { name.value.to_ascii_lowercase() }),
+            value: format!(
+                "{}@{snapshot}",
+                if name.quote_style.is_some() {
+                    name.value.clone()
+                } else {
+                    name.value.to_ascii_lowercase()
+                }
+            ),
             quote_style: Some('"'),
             keyword: Keyword::NoKeyword,
         });
         tokens[name_idx] = renamed;
-        tokens.drain(sig[n]..=sig[n + 4]);
+        tokens.drain(name_idx + 1..=sig[n + 4]);
     }
 }
 
@@ -210,7 +224,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].sql, "CREATE TABLE s.t (id INT, ts TIMESTAMP, name VARCHAR)");
+        assert_eq!(
+            out[0].sql,
+            "CREATE TABLE s.t (id INT, ts TIMESTAMP, name VARCHAR)"
+        );
         assert_eq!(out[0].partition.len(), 2);
         assert_eq!(out[0].partition[1].transform, Transform::Bucket(16));
         assert!(out[0].sort[0].descending);

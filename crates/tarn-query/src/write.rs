@@ -71,9 +71,8 @@ pub async fn write_and_commit(
     }
     let mut files = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let written = joined.map_err(|e| {
-            Error::new(ErrorKind::Internal, "a writer task failed").with_source(e)
-        })??;
+        let written =
+            joined.map_err(|e| Error::new(ErrorKind::Internal, "a writer task failed").with_source(e))??;
         files.extend(written);
     }
     let rows: u64 = files.iter().map(|f| f.record_count()).sum();

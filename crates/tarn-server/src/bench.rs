@@ -143,7 +143,8 @@ async fn tpch(
         let ident = parse_table_name(&format!("tpch.{table}"))?;
         let pattern = format!("{}/{table}-*.csv", csv_dir.display());
         let (outcome, bytes, elapsed) =
-            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false).await?;
+            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false)
+                .await?;
         println!(
             "{table:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
             outcome.rows,
@@ -167,7 +168,9 @@ async fn tpch(
         total_bytes as f64 / 1e6 / secs
     );
 
-    session.run_sql("SET datafusion.catalog.default_schema = 'tpch'").await?;
+    session
+        .run_sql("SET datafusion.catalog.default_schema = 'tpch'")
+        .await?;
     println!("\n== queries (best of {runs} after a warm-up) ==");
     let mut tarn_times = BTreeMap::new();
     for (i, sql) in QUERIES.iter().enumerate() {
@@ -214,7 +217,11 @@ async fn tpch(
 
     println!("\n== summary ==");
     let mut report = String::new();
-    writeln!(report, "{:<5} {:>10} {:>10} {:>8}", "query", "tarn s", "duckdb s", "ratio")?;
+    writeln!(
+        report,
+        "{:<5} {:>10} {:>10} {:>8}",
+        "query", "tarn s", "duckdb s", "ratio"
+    )?;
     let mut log_sum = 0.0;
     let mut counted = 0;
     for (q, t) in &tarn_times {
@@ -230,7 +237,11 @@ async fn tpch(
         }
     }
     let tarn_geo = (tarn_times.values().map(|t| t.ln()).sum::<f64>() / tarn_times.len().max(1) as f64).exp();
-    writeln!(report, "tarn geometric mean: {tarn_geo:.3}s over {} queries", tarn_times.len())?;
+    writeln!(
+        report,
+        "tarn geometric mean: {tarn_geo:.3}s over {} queries",
+        tarn_times.len()
+    )?;
     if counted > 0 {
         writeln!(
             report,
@@ -238,7 +249,11 @@ async fn tpch(
             (log_sum / counted as f64).exp()
         )?;
     }
-    writeln!(report, "peak RSS: {}", peak_rss().unwrap_or_else(|| "unknown".into()))?;
+    writeln!(
+        report,
+        "peak RSS: {}",
+        peak_rss().unwrap_or_else(|| "unknown".into())
+    )?;
     print!("{report}");
     Ok(())
 }
@@ -273,23 +288,80 @@ fn generate_csv(dir: &Path, sf: f64, parts: i32) -> Result<()> {
         Ok(())
     }
     // The two tiny tables come in one part.
-    write_part(dir, "nation", 1, NationCsv::header(), NationGenerator::new(sf, 1, 1).iter().map(NationCsv::new))?;
-    write_part(dir, "region", 1, RegionCsv::header(), RegionGenerator::new(sf, 1, 1).iter().map(RegionCsv::new))?;
+    write_part(
+        dir,
+        "nation",
+        1,
+        NationCsv::header(),
+        NationGenerator::new(sf, 1, 1).iter().map(NationCsv::new),
+    )?;
+    write_part(
+        dir,
+        "region",
+        1,
+        RegionCsv::header(),
+        RegionGenerator::new(sf, 1, 1).iter().map(RegionCsv::new),
+    )?;
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
         for part in 1..=parts {
             handles.push(scope.spawn(move || -> Result<()> {
-                write_part(dir, "part", part, PartCsv::header(), PartGenerator::new(sf, part, parts).iter().map(PartCsv::new))?;
-                write_part(dir, "supplier", part, SupplierCsv::header(), SupplierGenerator::new(sf, part, parts).iter().map(SupplierCsv::new))?;
-                write_part(dir, "partsupp", part, PartSuppCsv::header(), PartSuppGenerator::new(sf, part, parts).iter().map(PartSuppCsv::new))?;
-                write_part(dir, "customer", part, CustomerCsv::header(), CustomerGenerator::new(sf, part, parts).iter().map(CustomerCsv::new))?;
-                write_part(dir, "orders", part, OrderCsv::header(), OrderGenerator::new(sf, part, parts).iter().map(OrderCsv::new))?;
-                write_part(dir, "lineitem", part, LineItemCsv::header(), LineItemGenerator::new(sf, part, parts).iter().map(LineItemCsv::new))?;
+                write_part(
+                    dir,
+                    "part",
+                    part,
+                    PartCsv::header(),
+                    PartGenerator::new(sf, part, parts).iter().map(PartCsv::new),
+                )?;
+                write_part(
+                    dir,
+                    "supplier",
+                    part,
+                    SupplierCsv::header(),
+                    SupplierGenerator::new(sf, part, parts)
+                        .iter()
+                        .map(SupplierCsv::new),
+                )?;
+                write_part(
+                    dir,
+                    "partsupp",
+                    part,
+                    PartSuppCsv::header(),
+                    PartSuppGenerator::new(sf, part, parts)
+                        .iter()
+                        .map(PartSuppCsv::new),
+                )?;
+                write_part(
+                    dir,
+                    "customer",
+                    part,
+                    CustomerCsv::header(),
+                    CustomerGenerator::new(sf, part, parts)
+                        .iter()
+                        .map(CustomerCsv::new),
+                )?;
+                write_part(
+                    dir,
+                    "orders",
+                    part,
+                    OrderCsv::header(),
+                    OrderGenerator::new(sf, part, parts).iter().map(OrderCsv::new),
+                )?;
+                write_part(
+                    dir,
+                    "lineitem",
+                    part,
+                    LineItemCsv::header(),
+                    LineItemGenerator::new(sf, part, parts)
+                        .iter()
+                        .map(LineItemCsv::new),
+                )?;
                 Ok(())
             }));
         }
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
         }
         Ok(())
     })
@@ -303,11 +375,15 @@ async fn duckdb_reference(
 ) -> Result<BTreeMap<String, f64>> {
     let mut tables = serde_json::Map::new();
     for table in TABLES {
-        let t = lake.load_table(&parse_table_name(&format!("tpch.{table}"))?).await?;
+        let t = lake
+            .load_table(&parse_table_name(&format!("tpch.{table}"))?)
+            .await?;
         let scan = t.scan().build().context("cannot plan a scan")?;
         let tasks: Vec<_> = scan.plan_files().await?.try_collect().await?;
-        let files: Vec<serde_json::Value> =
-            tasks.iter().map(|task| serde_json::Value::String(task.data_file_path().to_string())).collect();
+        let files: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|task| serde_json::Value::String(task.data_file_path().to_string()))
+            .collect();
         tables.insert(table.to_string(), serde_json::Value::Array(files));
     }
     let tables_path = dir.join("tables.json");
@@ -318,7 +394,11 @@ async fn duckdb_reference(
     let queries = root.join("benches/tpch");
     let python = python.unwrap_or_else(|| {
         let venv = root.join(".venv/bin/python");
-        if venv.exists() { venv } else { PathBuf::from("python3") }
+        if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        }
     });
     println!("\n== DuckDB reference run (same Parquet files) ==");
     let status = tokio::process::Command::new(&python)
@@ -330,7 +410,11 @@ async fn duckdb_reference(
         .arg("--runs")
         .arg(runs.to_string())
         .arg("--threads")
-        .arg(std::thread::available_parallelism().map_or(2, |n| n.get()).to_string())
+        .arg(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .to_string(),
+        )
         .arg("--out")
         .arg(&out_path)
         .status()

@@ -158,7 +158,12 @@ fn load_config(cli: &Cli) -> Result<Config> {
                 .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Config::load(&cli.data_dir, cli.config.as_deref(), std::env::vars(), &overrides)?)
+    Ok(Config::load(
+        &cli.data_dir,
+        cli.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
 }
 
 fn init_logging(config: &Config, to_stdout: bool) {
@@ -257,9 +262,7 @@ pub async fn load_with_progress(
     } else {
         ProgressBar::hidden()
     };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
     let total_bytes = plan.bytes;
     let files = plan.files.len();
@@ -339,7 +342,10 @@ async fn repl(session: &TarnSession, format: Format, config: &Config) -> Result<
     let mut editor = rustyline::DefaultEditor::new().context("cannot open the prompt")?;
     let history = config.data_dir.join(".tarn_history");
     let _ = editor.load_history(&history);
-    println!("tarn SQL ({}); end statements with ';', \\q to quit.", tarn_core::config::redact_url(&config.catalog_url()));
+    println!(
+        "tarn SQL ({}); end statements with ';', \\q to quit.",
+        tarn_core::config::redact_url(&config.catalog_url())
+    );
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() { "tarn> " } else { "  ... " };
@@ -396,7 +402,10 @@ async fn table_command(lake: &Lake, cmd: TableCommand) -> Result<()> {
             println!("location:  {}", m.location());
             println!("metadata:  {}", table.metadata_location().unwrap_or("-"));
             println!("format:    v{}", m.format_version() as u8);
-            println!("snapshot:  {}", m.current_snapshot_id().map_or("none".into(), |s| s.to_string()));
+            println!(
+                "snapshot:  {}",
+                m.current_snapshot_id().map_or("none".into(), |s| s.to_string())
+            );
             println!("columns:");
             for field in schema.as_struct().fields() {
                 println!(
@@ -427,7 +436,11 @@ async fn table_command(lake: &Lake, cmd: TableCommand) -> Result<()> {
                     .fields
                     .iter()
                     .map(|f| {
-                        format!("{} {}", schema.name_by_field_id(f.source_id).unwrap_or("?"), f.direction)
+                        format!(
+                            "{} {}",
+                            schema.name_by_field_id(f.source_id).unwrap_or("?"),
+                            f.direction
+                        )
                     })
                     .collect();
                 println!("sorted by: ({})", keys.join(", "));
@@ -453,7 +466,11 @@ async fn table_command(lake: &Lake, cmd: TableCommand) -> Result<()> {
                 let when = chrono::DateTime::from_timestamp_millis(s.timestamp_ms())
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_default();
-                let marker = if Some(s.snapshot_id()) == current { " (current)" } else { "" };
+                let marker = if Some(s.snapshot_id()) == current {
+                    " (current)"
+                } else {
+                    ""
+                };
                 println!(
                     "snapshot {}{marker}  seq {}  {}  {}",
                     s.snapshot_id(),

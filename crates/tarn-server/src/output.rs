@@ -40,7 +40,9 @@ pub async fn print_stream(
             writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })?;
         }
         Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             let mut wrote_any = false;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(tarn_query::from_df_error)?;

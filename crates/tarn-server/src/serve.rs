@@ -23,7 +23,10 @@ struct HttpState {
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
     match state.session.lake().list_namespaces().await {
         Ok(_) => (StatusCode::OK, "ok\n".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("catalog unavailable: {e}\n")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("catalog unavailable: {e}\n"),
+        ),
     }
 }
 
@@ -46,7 +49,12 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         .with_context(|| format!("cannot listen on {} (server.pg_listen)", config.server.pg_listen))?;
     let http = TcpListener::bind(&config.server.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.http_listen)", config.server.http_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.http_listen)",
+                config.server.http_listen
+            )
+        })?;
     if config.auth.users.is_empty() && !config.auth.trust_loopback {
         tracing::warn!(
             "no users configured and auth.trust_loopback is off: nobody can connect; add [[auth.users]] or set auth.trust_loopback = true"
@@ -67,29 +75,47 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             session: session.clone(),
         });
     let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
+    let mut http_task = tokio::spawn(async move {
         axum::serve(http, app)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await
+            .context("the HTTP endpoint failed")
     });
-    let pg_task = tokio::spawn(tarn_pgwire::run(
-        pg,
-        session,
-        config.auth.clone(),
-        config.server.max_connections,
-        shutdown.clone(),
-    ));
-    let signal = shutdown_signal();
-    tokio::select! {
-        () = signal => tracing::info!("shutting down"),
-        () = shutdown.cancelled() => {}
-    }
+    let mut pg_task = tokio::spawn({
+        let (auth, max, shutdown) = (
+            config.auth.clone(),
+            config.server.max_connections,
+            shutdown.clone(),
+        );
+        async move {
+            tarn_pgwire::run(pg, session, auth, max, shutdown)
+                .await
+                .context("the Postgres wire endpoint failed")
+        }
+    });
+    // Run until a signal, or until an endpoint stops by itself (an error).
+    let early = tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            None
+        }
+        r = &mut http_task => Some(r),
+        r = &mut pg_task => Some(r),
+    };
     shutdown.cancel();
+    if let Some(result) = early {
+        let result = result.context("an endpoint task panicked")?;
+        result?;
+        anyhow::bail!("an endpoint stopped unexpectedly");
+    }
     let drain = async {
         let _ = http_task.await;
         let _ = pg_task.await;
     };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("endpoints did not stop within 10s");
     }
     tracing::info!("stopped");

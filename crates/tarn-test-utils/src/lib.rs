@@ -18,7 +18,10 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -52,7 +55,10 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
 pub fn python() -> Result<PathBuf> {
     let p = workspace_root().join(".venv/bin/python");
     if !p.exists() {
-        bail!("{} is missing: run scripts/setup.sh (the README's test command does)", p.display());
+        bail!(
+            "{} is missing: run scripts/setup.sh (the README's test command does)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -91,7 +97,11 @@ impl PostgresServer {
         let dir = tempfile::Builder::new().prefix("tarn-pg-").tempdir()?;
         let as_postgres = is_root();
         if as_postgres {
-            let status = Command::new("chown").arg("-R").arg("postgres").arg(dir.path()).status()?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()?;
             if !status.success() {
                 bail!("cannot chown {} to postgres", dir.path().display());
             }
@@ -138,7 +148,12 @@ impl PostgresServer {
 
     fn run(&self, args: &[&str]) -> Result<()> {
         let output = if self.as_postgres {
-            Command::new("runuser").arg("-u").arg("postgres").arg("--").args(args).output()?
+            Command::new("runuser")
+                .arg("-u")
+                .arg("postgres")
+                .arg("--")
+                .args(args)
+                .output()?
         } else {
             Command::new(args[0]).args(&args[1..]).output()?
         };
@@ -230,7 +245,11 @@ impl S3Server {
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         if !response.starts_with("HTTP/1.1 200") {
-            bail!("cannot create bucket {}: {}", self.bucket, response.lines().next().unwrap_or(""));
+            bail!(
+                "cannot create bucket {}: {}",
+                self.bucket,
+                response.lines().next().unwrap_or("")
+            );
         }
         Ok(())
     }

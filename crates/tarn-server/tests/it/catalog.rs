@@ -13,14 +13,21 @@ async fn conformance(t: &TestLake) {
     assert!(t.error("CREATE SCHEMA crm").await.contains("already exists"));
     t.exec("CREATE TABLE crm.people (id BIGINT NOT NULL, name VARCHAR, joined DATE) PARTITIONED BY (year(joined))")
         .await;
-    t.exec("INSERT INTO crm.people VALUES (1, 'ada', DATE '2020-05-01'), (2, 'bo', DATE '2021-06-01')").await;
+    t.exec("INSERT INTO crm.people VALUES (1, 'ada', DATE '2020-05-01'), (2, 'bo', DATE '2021-06-01')")
+        .await;
 
     // A second session (another pool) sees the table and appends.
     let other = t.second_session().await;
-    crate::query(&other, "INSERT INTO crm.people VALUES (3, 'cy', DATE '2021-07-01')").await.unwrap();
+    crate::query(
+        &other,
+        "INSERT INTO crm.people VALUES (3, 'cy', DATE '2021-07-01')",
+    )
+    .await
+    .unwrap();
     assert_eq!(t.query("SELECT count(*) FROM crm.people").await, vec!["3"]);
     assert_eq!(
-        t.query("SELECT name FROM crm.people WHERE joined >= DATE '2021-01-01' ORDER BY id").await,
+        t.query("SELECT name FROM crm.people WHERE joined >= DATE '2021-01-01' ORDER BY id")
+            .await,
         vec!["bo", "cy"]
     );
 
@@ -30,12 +37,28 @@ async fn conformance(t: &TestLake) {
     let (ra, rb) = tokio::join!(
         async move {
             for i in 0..5 {
-                crate::query(&a, &format!("INSERT INTO crm.people VALUES ({}, 'a', DATE '2022-01-01')", 100 + i)).await.unwrap();
+                crate::query(
+                    &a,
+                    &format!(
+                        "INSERT INTO crm.people VALUES ({}, 'a', DATE '2022-01-01')",
+                        100 + i
+                    ),
+                )
+                .await
+                .unwrap();
             }
         },
         async move {
             for i in 0..5 {
-                crate::query(&b, &format!("INSERT INTO crm.people VALUES ({}, 'b', DATE '2022-01-01')", 200 + i)).await.unwrap();
+                crate::query(
+                    &b,
+                    &format!(
+                        "INSERT INTO crm.people VALUES ({}, 'b', DATE '2022-01-01')",
+                        200 + i
+                    ),
+                )
+                .await
+                .unwrap();
             }
         }
     );
@@ -48,7 +71,12 @@ async fn conformance(t: &TestLake) {
     assert!(t.error("DROP SCHEMA crm").await.contains("not empty"));
     t.exec("DROP TABLE crm.people PURGE").await;
     t.exec("DROP SCHEMA crm").await;
-    assert!(!lake.namespace_exists(&iceberg::NamespaceIdent::new("crm".into())).await.unwrap());
+    assert!(
+        !lake
+            .namespace_exists(&iceberg::NamespaceIdent::new("crm".into()))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +93,9 @@ async fn postgres_catalog() {
     let t = TestLake::with(&[("catalog.url", &url)]).await;
     conformance(&t).await;
     // The catalog rows are in PostgreSQL, in the JDBC catalog layout.
-    let rows = pg.psql("catalog", "SELECT count(*) FROM iceberg_namespace_properties").unwrap();
+    let rows = pg
+        .psql("catalog", "SELECT count(*) FROM iceberg_namespace_properties")
+        .unwrap();
     assert!(rows.trim().parse::<i64>().unwrap() >= 1);
 }
 
@@ -87,8 +117,18 @@ async fn s3_storage() {
     t.exec("CREATE TABLE kv (k VARCHAR, v BIGINT)").await;
     t.exec("INSERT INTO kv VALUES ('a', 1), ('b', 2)").await;
     assert_eq!(t.query("SELECT sum(v) FROM kv").await, vec!["3"]);
-    let table = t.session.lake().load_table(&tarn_lake::parse_table_name("public.kv").unwrap()).await.unwrap();
-    assert!(table.metadata_location().unwrap().starts_with("s3://lake/warehouse/"));
+    let table = t
+        .session
+        .lake()
+        .load_table(&tarn_lake::parse_table_name("public.kv").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        table
+            .metadata_location()
+            .unwrap()
+            .starts_with("s3://lake/warehouse/")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,5 +147,12 @@ async fn unreachable_bucket_is_a_clear_error() {
     let err = t.error("CREATE TABLE x (a INT)").await;
     assert!(err.contains("s3://nowhere"), "{err}");
     // Nothing was registered in the catalog.
-    assert!(t.session.lake().list_tables(&iceberg::NamespaceIdent::new("public".into())).await.unwrap().is_empty());
+    assert!(
+        t.session
+            .lake()
+            .list_tables(&iceberg::NamespaceIdent::new("public".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -10,7 +10,13 @@ fn write(path: &std::path::Path, text: &str) {
 fn sql_formats_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (ok, out, err) = tarn(d, &["sql", "CREATE TABLE t (a INT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL)"]);
+    let (ok, out, err) = tarn(
+        d,
+        &[
+            "sql",
+            "CREATE TABLE t (a INT, b VARCHAR); INSERT INTO t VALUES (1, 'x'), (2, NULL)",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("INSERT 0 2"), "{out}");
     let (ok, out, _) = tarn(d, &["sql", "--format", "csv", "SELECT a, b FROM t ORDER BY a"]);
@@ -42,23 +48,67 @@ fn load_csv_json_parquet_with_globs() {
     let (ok, _, err) = tarn(d, &["load", &glob, "--table", "raw.people"]);
     assert!(ok, "{err}");
     assert!(err.contains("loaded 3 rows"), "{err}");
-    let (_, out, _) = tarn(d, &["sql", "--format", "csv", "SELECT id, name FROM raw.people ORDER BY id"]);
+    let (_, out, _) = tarn(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT id, name FROM raw.people ORDER BY id",
+        ],
+    );
     assert_eq!(out, "id,name\n1,ann\n2,bob\n3,cy\n");
 
     // JSON lines into the same table: columns by name, missing ones NULL.
-    write(&src.join("more.jsonl"), "{\"id\": 4, \"name\": \"dee\"}\n{\"id\": 5, \"name\": \"eve\", \"score\": 5.5}\n");
-    let (ok, _, err) = tarn(d, &["load", src.join("more.jsonl").to_str().unwrap(), "--table", "raw.people"]);
+    write(
+        &src.join("more.jsonl"),
+        "{\"id\": 4, \"name\": \"dee\"}\n{\"id\": 5, \"name\": \"eve\", \"score\": 5.5}\n",
+    );
+    let (ok, _, err) = tarn(
+        d,
+        &[
+            "load",
+            src.join("more.jsonl").to_str().unwrap(),
+            "--table",
+            "raw.people",
+        ],
+    );
     assert!(ok, "{err}");
-    let (_, out, _) = tarn(d, &["sql", "--format", "csv", "SELECT count(*) AS n, count(score) AS s FROM raw.people"]);
+    let (_, out, _) = tarn(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, count(score) AS s FROM raw.people",
+        ],
+    );
     assert_eq!(out, "n,s\n5,4\n");
 
     // Parquet written by DataFusion (via COPY) loads too.
     let pq = src.join("p.parquet");
-    let (ok, _, err) = tarn(d, &["sql", &format!("COPY (SELECT 7 AS id, 'pq' AS name) TO '{}' STORED AS PARQUET", pq.display())]);
+    let (ok, _, err) = tarn(
+        d,
+        &[
+            "sql",
+            &format!(
+                "COPY (SELECT 7 AS id, 'pq' AS name) TO '{}' STORED AS PARQUET",
+                pq.display()
+            ),
+        ],
+    );
     assert!(ok, "{err}");
     let (ok, _, err) = tarn(d, &["load", pq.to_str().unwrap(), "--table", "raw.people"]);
     assert!(ok, "{err}");
-    let (_, out, _) = tarn(d, &["sql", "--format", "csv", "SELECT name FROM raw.people WHERE id = 7"]);
+    let (_, out, _) = tarn(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT name FROM raw.people WHERE id = 7",
+        ],
+    );
     assert_eq!(out, "name\npq\n");
 
     let (ok, out, _) = tarn(d, &["table", "history", "raw.people"]);
@@ -77,7 +127,13 @@ fn load_csv_json_parquet_with_globs() {
 fn bad_files_fail_clearly_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (ok, _, err) = tarn(d, &["sql", "CREATE SCHEMA raw; CREATE TABLE raw.t (id BIGINT, name VARCHAR); INSERT INTO raw.t VALUES (1, 'a')"]);
+    let (ok, _, err) = tarn(
+        d,
+        &[
+            "sql",
+            "CREATE SCHEMA raw; CREATE TABLE raw.t (id BIGINT, name VARCHAR); INSERT INTO raw.t VALUES (1, 'a')",
+        ],
+    );
     assert!(ok, "{err}");
     let (_, before, _) = tarn(d, &["table", "history", "raw.t"]);
 
@@ -90,7 +146,10 @@ fn bad_files_fail_clearly_and_change_nothing() {
     write(&corrupt, "this is not parquet");
     let (ok, _, err) = tarn(d, &["load", corrupt.to_str().unwrap(), "--table", "raw.t"]);
     assert!(!ok);
-    assert!(err.contains("corrupt.parquet") || err.to_lowercase().contains("parquet"), "{err}");
+    assert!(
+        err.contains("corrupt.parquet") || err.to_lowercase().contains("parquet"),
+        "{err}"
+    );
 
     let wrong = d.join("wrong.csv");
     write(&wrong, "id,name,extra\n1,a,zzz\n");

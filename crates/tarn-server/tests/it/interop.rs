@@ -37,8 +37,11 @@ async fn pyiceberg_and_duckdb_read_what_tarn_wrote() {
     .await;
     t.exec("INSERT INTO shop.orders VALUES (1, 'eu', 10.5, DATE '2026-01-03'), (2, 'us', 20.25, DATE '2026-02-04')")
         .await;
-    t.exec("INSERT INTO shop.orders VALUES (3, 'eu', NULL, DATE '2026-02-05'), (4, NULL, 1.0, NULL)").await;
-    let ours = t.query("SELECT CAST(id AS VARCHAR), region, amount, placed FROM shop.orders ORDER BY id").await;
+    t.exec("INSERT INTO shop.orders VALUES (3, 'eu', NULL, DATE '2026-02-05'), (4, NULL, 1.0, NULL)")
+        .await;
+    let ours = t
+        .query("SELECT CAST(id AS VARCHAR) AS sid, region, amount, placed FROM shop.orders ORDER BY id")
+        .await;
     assert_eq!(ours.len(), 4);
 
     let seen = python("read", &reader_args(&t, "shop.orders"));
@@ -61,10 +64,16 @@ async fn tarn_reads_and_appends_to_a_pyiceberg_table() {
     python("write", &args);
     t.session.refresh().await.unwrap();
     assert_eq!(
-        t.query("SELECT id, name, score, day FROM ext.scores ORDER BY id").await,
-        vec!["1|alpha|1.5|2026-01-01", "2|beta|NULL|2026-02-01", "3|NULL|3.25|NULL"]
+        t.query("SELECT id, name, score, day FROM ext.scores ORDER BY id")
+            .await,
+        vec![
+            "1|alpha|1.5|2026-01-01",
+            "2|beta|NULL|2026-02-01",
+            "3|NULL|3.25|NULL"
+        ]
     );
-    t.exec("INSERT INTO ext.scores VALUES (4, 'tarn', 4.0, DATE '2026-04-01')").await;
+    t.exec("INSERT INTO ext.scores VALUES (4, 'tarn', 4.0, DATE '2026-04-01')")
+        .await;
     python("append", &args);
     assert_eq!(t.query("SELECT count(*) FROM ext.scores").await, vec!["6"]);
     let seen = python("read", &args);

@@ -64,8 +64,10 @@ impl TestLake {
 }
 
 pub(crate) fn config_for(dir: &Path, overrides: &[(&str, &str)]) -> Config {
-    let overrides: Vec<(String, String)> =
-        overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::load(dir, None, HashMap::<String, String>::new(), &overrides).unwrap()
 }
 

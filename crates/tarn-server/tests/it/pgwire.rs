@@ -28,16 +28,21 @@ impl Served {
             ),
         )
         .unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
         let child = Command::new(crate::tarn_bin())
             .arg("--data-dir")
             .arg(dir.path())
             .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        wait_for_port(pg_port, Duration::from_secs(60)).unwrap();
-        wait_for_port(http_port, Duration::from_secs(60)).unwrap();
+        for port in [pg_port, http_port] {
+            if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
+                let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+                panic!("tarn serve did not start: {e}\n{log}");
+            }
+        }
         Self {
             child,
             pg_port,
@@ -66,7 +71,11 @@ impl Served {
     fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
@@ -90,7 +99,7 @@ fn psql_ddl_dml_catalog_and_errors() {
     assert!(ok, "{out}{err}");
     let (ok, out, err) = s.psql("SELECT region, sum(amount) FROM sales GROUP BY region ORDER BY region");
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "eu|2.5\nus|4");
+    assert_eq!(out.trim(), "eu|2.5\nus|4.0");
     // psql's catalog commands.
     let (ok, out, err) = s.psql("\\dt");
     assert!(ok, "{err}");
@@ -125,30 +134,50 @@ fn psql_ddl_dml_catalog_and_errors() {
 async fn tokio_postgres_with_parameters() {
     let s = Served::start(false);
     let (client, connection) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn", s.pg_port),
+        &format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
+            s.pg_port
+        ),
         tokio_postgres::NoTls,
     )
     .await
     .unwrap();
     tokio::spawn(connection);
-    client.batch_execute("CREATE TABLE tp (id BIGINT, name VARCHAR, ok BOOLEAN)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE tp (id BIGINT, name VARCHAR, ok BOOLEAN)")
+        .await
+        .unwrap();
     let n = client
         .execute("INSERT INTO tp VALUES ($1, $2, $3)", &[&1i64, &"one", &true])
         .await
         .unwrap();
     assert_eq!(n, 1);
-    client.execute("INSERT INTO tp VALUES ($1, $2, $3)", &[&2i64, &"two", &false]).await.unwrap();
-    let rows = client.query("SELECT id, name, ok FROM tp WHERE id > $1 ORDER BY id", &[&0i64]).await.unwrap();
+    client
+        .execute("INSERT INTO tp VALUES ($1, $2, $3)", &[&2i64, &"two", &false])
+        .await
+        .unwrap();
+    let rows = client
+        .query("SELECT id, name, ok FROM tp WHERE id > $1 ORDER BY id", &[&0i64])
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     let id: i64 = rows[1].get(0);
     let name: String = rows[1].get(1);
     let ok: bool = rows[1].get(2);
     assert_eq!((id, name.as_str(), ok), (2, "two", false));
-    let stmt = client.prepare("SELECT count(*) FROM tp WHERE ok = $1").await.unwrap();
+    let stmt = client
+        .prepare("SELECT count(*) FROM tp WHERE ok = $1")
+        .await
+        .unwrap();
     let count: i64 = client.query_one(&stmt, &[&true]).await.unwrap().get(0);
     assert_eq!(count, 1);
-    let err = client.query("SELECT * FROM missing_table", &[]).await.unwrap_err();
-    assert!(err.to_string().contains("missing_table"), "{err}");
+    let err = client
+        .query("SELECT * FROM missing_table", &[])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert!(db.message().contains("missing_table"), "{db:?}");
+    assert_eq!(db.code().code(), "42P01", "{db:?}");
 }
 
 #[test]
@@ -156,18 +185,31 @@ fn psycopg_and_jdbc_clients() {
     let s = Served::start(false);
     let out = tarn_test_utils::run_python(
         "pg_clients.py",
-        &["--port", &s.pg_port.to_string(), "--user", USER, "--password", PASSWORD],
+        &[
+            "--port",
+            &s.pg_port.to_string(),
+            "--user",
+            USER,
+            "--password",
+            PASSWORD,
+        ],
     )
     .unwrap();
     let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(seen["rows"], serde_json::json!([[1, "one", 1.5], [2, "two", null]]));
+    assert_eq!(
+        seen["rows"],
+        serde_json::json!([[1, "one", 1.5], [2, "two", null]])
+    );
     assert_eq!(seen["prepared"], serde_json::json!(["one", "two"]));
     assert_eq!(seen["error"], "42P01");
 
     let jar = std::fs::read_dir("/usr/share/java")
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("postgresql")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("postgresql"))
+        })
         .expect("pgjdbc jar: install libpostgresql-jdbc-java");
     let source = workspace_root().join("tests/interop/JdbcClient.java");
     let out = Command::new("java")
@@ -178,7 +220,11 @@ fn psycopg_and_jdbc_clients() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("name=seven"), "{stdout}");
     assert!(stdout.contains("table=jdbc_t"), "{stdout}");
 }

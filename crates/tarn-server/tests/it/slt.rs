@@ -31,7 +31,12 @@ impl sqllogictest::AsyncDB for Lake {
                             line.split('|').map(str::to_string).collect()
                         }
                     })
-                    .map(|cells: Vec<String>| cells.into_iter().map(|c| if c.is_empty() { "(empty)".into() } else { c }).collect())
+                    .map(|cells: Vec<String>| {
+                        cells
+                            .into_iter()
+                            .map(|c| if c.is_empty() { "(empty)".into() } else { c })
+                            .collect()
+                    })
                     .collect();
                 Ok(DBOutput::Rows {
                     types: vec![DefaultColumnType::Any; schema.fields().len()],
@@ -64,9 +69,7 @@ async fn sqllogictest_files() {
         let session = t.session.clone();
         let mut runner = sqllogictest::Runner::new(move || {
             let session = session.clone();
-            async move {
-                Ok(Lake { session })
-            }
+            async move { Ok(Lake { session }) }
         });
         runner
             .run_file_async(&file)

@@ -22,15 +22,22 @@ async fn create_insert_select_partitioned() {
         .await;
     assert_eq!(tag, vec!["INSERT 0 3"]);
     assert_eq!(
-        t.query("SELECT id, customer, amount FROM sales.orders ORDER BY id").await,
+        t.query("SELECT id, customer, amount FROM sales.orders ORDER BY id")
+            .await,
         vec!["1|ann|10.50", "2|bob|20.00", "3|NULL|NULL"]
     );
     // Partition pruning still returns the right rows.
     assert_eq!(
-        t.query("SELECT count(*) FROM sales.orders WHERE ts >= TIMESTAMP '2026-01-02 00:00:00'").await,
+        t.query("SELECT count(*) FROM sales.orders WHERE ts >= TIMESTAMP '2026-01-02 00:00:00'")
+            .await,
         vec!["2"]
     );
-    let table = t.session.lake().load_table(&tarn_lake::parse_table_name("sales.orders").unwrap()).await.unwrap();
+    let table = t
+        .session
+        .lake()
+        .load_table(&tarn_lake::parse_table_name("sales.orders").unwrap())
+        .await
+        .unwrap();
     let spec = table.metadata().default_partition_spec();
     assert_eq!(spec.fields().len(), 2);
     assert!(!table.metadata().default_sort_order().is_unsorted());
@@ -52,24 +59,38 @@ async fn ctas_time_travel_and_listings() {
     t.exec("INSERT INTO t VALUES (1, 'x')").await;
     let lake = t.session.lake();
     let ident = tarn_lake::parse_table_name("public.t").unwrap();
-    let first = lake.load_table(&ident).await.unwrap().metadata().current_snapshot_id().unwrap();
+    let first = lake
+        .load_table(&ident)
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot_id()
+        .unwrap();
     t.exec("INSERT INTO t SELECT a + 1, b || 'y' FROM t").await;
     assert_eq!(t.query("SELECT count(*) FROM t").await, vec!["2"]);
-    assert_eq!(t.query(&format!("SELECT a, b FROM t FOR VERSION AS OF {first}")).await, vec!["1|x"]);
+    assert_eq!(
+        t.query(&format!("SELECT a, b FROM t FOR VERSION AS OF {first}"))
+            .await,
+        vec!["1|x"]
+    );
     assert_eq!(t.query(&format!("SELECT a FROM \"t@{first}\"")).await, vec!["1"]);
     let err = t.error("SELECT * FROM t FOR VERSION AS OF 42").await;
     assert!(err.contains("no snapshot 42"), "{err}");
 
-    assert_eq!(t.query("CREATE TABLE t2 AS SELECT a * 10 AS a10, b FROM t").await, vec!["SELECT 2"]);
+    assert_eq!(
+        t.query("CREATE TABLE t2 AS SELECT a * 10 AS a10, b FROM t").await,
+        vec!["SELECT 2"]
+    );
     assert_eq!(t.query("SELECT a10 FROM t2 ORDER BY a10").await, vec!["10", "20"]);
     assert_eq!(
-        t.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").await,
+        t.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .await,
         vec!["t", "t2"]
     );
     let shown = t.query("SHOW TABLES").await.join("\n");
     assert!(shown.contains("|public|t2|"), "{shown}");
     let described = t.query("DESCRIBE t2").await.join("\n");
-    assert!(described.contains("a10|Int32"), "{described}");
+    assert!(described.contains("a10|Int64"), "{described}");
     let plan = t.query("EXPLAIN SELECT a FROM t WHERE a > 1").await.join("\n");
     assert!(plan.to_lowercase().contains("iceberg"), "{plan}");
     let snapshots = t.query("SELECT count(*) FROM \"t$snapshots\"").await;
@@ -86,14 +107,28 @@ async fn bad_statements_leave_tables_unchanged() {
     t.exec("CREATE TABLE t (a INT NOT NULL, b VARCHAR)").await;
     t.exec("INSERT INTO t VALUES (1, 'one')").await;
     let ident = tarn_lake::parse_table_name("public.t").unwrap();
-    let before = t.session.lake().load_table(&ident).await.unwrap().metadata_location().unwrap().to_string();
+    let before = t
+        .session
+        .lake()
+        .load_table(&ident)
+        .await
+        .unwrap()
+        .metadata_location()
+        .unwrap()
+        .to_string();
 
     let err = t.error("SELEC * FROM t").await;
-    assert!(err.to_lowercase().contains("syntax") || err.contains("SELEC"), "{err}");
+    assert!(
+        err.to_lowercase().contains("syntax") || err.contains("SELEC"),
+        "{err}"
+    );
     let err = t.error("SELECT * FROM missing").await;
     assert!(err.contains("missing"), "{err}");
     let err = t.error("INSERT INTO t VALUES ('not a number', 'x')").await;
-    assert!(err.to_lowercase().contains("cast") || err.contains("not a number"), "{err}");
+    assert!(
+        err.to_lowercase().contains("cast") || err.contains("not a number"),
+        "{err}"
+    );
     let err = t.error("INSERT INTO t VALUES (NULL, 'x')").await;
     assert!(err.to_lowercase().contains("null"), "{err}");
     let err = t.error("INSERT INTO t (a, b, c) VALUES (1, 'x', 2)").await;
@@ -105,11 +140,21 @@ async fn bad_statements_leave_tables_unchanged() {
     let err = t.error("CREATE TABLE nosuch.x (a INT)").await;
     assert!(err.contains("nosuch"), "{err}");
     // A CTAS that fails part-way leaves no table behind.
-    let err = t.error("CREATE TABLE c AS SELECT CAST(b AS INT) AS n FROM t").await;
+    let err = t
+        .error("CREATE TABLE c AS SELECT CAST(b AS INT) AS n FROM t")
+        .await;
     assert!(!err.is_empty());
     assert!(t.error("SELECT * FROM c").await.contains('c'));
 
-    let after = t.session.lake().load_table(&ident).await.unwrap().metadata_location().unwrap().to_string();
+    let after = t
+        .session
+        .lake()
+        .load_table(&ident)
+        .await
+        .unwrap()
+        .metadata_location()
+        .unwrap()
+        .to_string();
     assert_eq!(before, after, "failed statements must not commit");
     assert_eq!(t.query("SELECT a, b FROM t").await, vec!["1|one"]);
 }
@@ -126,9 +171,12 @@ async fn parallel_writers_all_land() {
         let session = t.second_session().await;
         tasks.push(tokio::spawn(async move {
             for i in 0..INSERTS {
-                crate::query(&session, &format!("INSERT INTO c VALUES ({w}, {i}), ({w}, {})", i + 100))
-                    .await
-                    .unwrap();
+                crate::query(
+                    &session,
+                    &format!("INSERT INTO c VALUES ({w}, {i}), ({w}, {})", i + 100),
+                )
+                .await
+                .unwrap();
             }
         }));
     }
