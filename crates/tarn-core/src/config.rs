@@ -263,13 +263,11 @@ impl Config {
                     format!("expected a sqlite:// or postgres:// URL, got {url:?}"),
                 );
             }
-            if scheme != "sqlite" {
-                if let Err(e) = url::Url::parse(url) {
-                    return bad(
-                        "catalog.url",
-                        format!("not a valid URL ({e}): {:?}", redact_url(url)),
-                    );
-                }
+            if let (true, Err(e)) = (scheme != "sqlite", url::Url::parse(url)) {
+                return bad(
+                    "catalog.url",
+                    format!("not a valid URL ({e}): {:?}", redact_url(url)),
+                );
             }
         }
         if self.catalog.name.trim().is_empty() {

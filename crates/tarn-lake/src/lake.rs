@@ -80,14 +80,14 @@ impl Lake {
         let url = config.catalog_url();
         let warehouse = config.warehouse_url();
         let (uri, bind_style) = if let Some(path) = url.strip_prefix("sqlite://") {
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        Error::new(ErrorKind::Catalog, "cannot create the catalog directory")
-                            .with_context("dir", parent.display())
-                            .with_source(e)
-                    })?;
-                }
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Error::new(ErrorKind::Catalog, "cannot create the catalog directory")
+                        .with_context("dir", parent.display())
+                        .with_source(e)
+                })?;
             }
             let sep = if path.contains('?') { '&' } else { '?' };
             (format!("sqlite://{path}{sep}mode=rwc"), SqlBindStyle::QMark)

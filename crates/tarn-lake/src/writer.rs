@@ -37,8 +37,8 @@ type Builder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 enum Inner {
-    Unpartitioned(UnpartitionedWriter<Builder>),
-    Partitioned(FanoutWriter<Builder>, RecordBatchPartitionSplitter),
+    Unpartitioned(Box<UnpartitionedWriter<Builder>>),
+    Partitioned(Box<(FanoutWriter<Builder>, RecordBatchPartitionSplitter)>),
 }
 
 /// Writes batches into data files of one table; see the module doc.
@@ -103,11 +103,11 @@ impl DataWriter {
         let builder = DataFileWriterBuilder::new(rolling);
         let spec = metadata.default_partition_spec().clone();
         let inner = if spec.is_unpartitioned() {
-            Inner::Unpartitioned(UnpartitionedWriter::new(builder))
+            Inner::Unpartitioned(Box::new(UnpartitionedWriter::new(builder)))
         } else {
             let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(iceberg_schema, spec)
                 .map_err(|e| iceberg_error(format!("cannot partition rows of {name}"), e))?;
-            Inner::Partitioned(FanoutWriter::new(builder), splitter)
+            Inner::Partitioned(Box::new((FanoutWriter::new(builder), splitter)))
         };
         Ok(Self {
             inner,
@@ -139,7 +139,8 @@ impl DataWriter {
                 .write(batch)
                 .await
                 .map_err(|e| iceberg_error(format!("cannot write data of {}", self.table), e)),
-            Inner::Partitioned(w, splitter) => {
+            Inner::Partitioned(parts) => {
+                let (w, splitter) = parts.as_mut();
                 let parts: Vec<(PartitionKey, RecordBatch)> = splitter
                     .split(&batch)
                     .map_err(|e| iceberg_error(format!("cannot partition rows of {}", self.table), e))?;
@@ -158,7 +159,7 @@ impl DataWriter {
         let table = self.table;
         match self.inner {
             Inner::Unpartitioned(w) => w.close().await,
-            Inner::Partitioned(w, _) => w.close().await,
+            Inner::Partitioned(parts) => parts.0.close().await,
         }
         .map_err(|e| iceberg_error(format!("cannot finish data files of {table}"), e))
     }

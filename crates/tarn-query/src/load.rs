@@ -293,10 +293,8 @@ pub async fn load(
     match written {
         Ok(outcome) => Ok(outcome),
         Err(e) => {
-            if created {
-                if let Err(drop_err) = lake.drop_table(ident, true).await {
-                    tracing::warn!(table = %ident, error = %drop_err, "cannot drop table after failed load");
-                }
+            if created && let Err(drop_err) = lake.drop_table(ident, true).await {
+                tracing::warn!(table = %ident, error = %drop_err, "cannot drop table after failed load");
             }
             Err(e)
         }

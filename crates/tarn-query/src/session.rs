@@ -67,10 +67,10 @@ pub struct TarnSession {
 /// Maps a DataFusion error to tarn's, unwrapping tarn errors DataFusion carried.
 pub fn from_df_error(e: DataFusionError) -> Error {
     let root = e.find_root();
-    if let DataFusionError::External(inner) = root {
-        if let Some(tarn) = inner.downcast_ref::<Error>() {
-            return Error::new(tarn.kind(), tarn.to_string());
-        }
+    if let DataFusionError::External(inner) = root
+        && let Some(tarn) = inner.downcast_ref::<Error>()
+    {
+        return Error::new(tarn.kind(), tarn.to_string());
     }
     let kind = match root {
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
@@ -172,11 +172,11 @@ impl TarnSession {
             ));
         }
         let parsed = parsed.pop_front().expect("one statement");
-        if let DFStatement::Statement(s) = &parsed {
-            if let Some(output) = self.run_catalog_statement(s).await? {
-                self.catalog.refresh().await?;
-                return Ok(output);
-            }
+        if let DFStatement::Statement(s) = &parsed
+            && let Some(output) = self.run_catalog_statement(s).await?
+        {
+            self.catalog.refresh().await?;
+            return Ok(output);
         }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(parsed).await.map_err(from_df_error)?;
