@@ -20,7 +20,7 @@ step() { echo; echo "== $*"; }
 step "generating a sample data set: 1,000,000 taxi-style trips as Parquet"
 "$tarn" sql "COPY (
   SELECT value AS trip_id,
-         TIMESTAMP '2026-01-01 00:00:00' + (value * 2) * INTERVAL '1 second' AS pickup_at,
+         to_timestamp(1767225600 + value * 2) AS pickup_at,
          CASE value % 5 WHEN 0 THEN 'airport' WHEN 1 THEN 'downtown' WHEN 2 THEN 'harbor' WHEN 3 THEN 'campus' ELSE 'suburbs' END AS zone,
          (value % 7) + 1 AS passengers,
          round(((value * 7919) % 5000) / 100.0, 2) AS fare
