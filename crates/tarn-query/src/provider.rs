@@ -6,6 +6,13 @@
 //! so namespace and table *names* are served from a cache that [`LakeCatalogProvider::refresh`]
 //! reloads before every statement.
 //!
+//! Scans of tables whose files all share the current schema and carry no delete files (every
+//! append-only table that has not evolved its schema) plan their files with Iceberg (partition
+//! and column-statistics pruning from the manifests) and then read them with DataFusion's own
+//! Parquet reader: byte-range splits across cores, row-group and page pruning, and row counts
+//! for the join planner. Other scans use `iceberg-datafusion`'s reader, which applies delete
+//! files and maps columns by field id across schema changes.
+//!
 //! Table names with a suffix select something other than the current snapshot:
 //! `"orders@<snapshot-id>"` reads that snapshot (time travel), `"orders$snapshots"`,
 //! `"orders$manifests"` and the other Iceberg metadata tables show the table's metadata.
@@ -28,7 +35,17 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, Statistics};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::physical_plan::empty::EmptyExec;
 use futures::{StreamExt, TryStreamExt};
+use iceberg::scan::FileScanTask;
+use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use iceberg::inspect::MetadataTableType;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
@@ -272,16 +289,99 @@ async fn metadata_table(table: &iceberg::table::Table, kind: MetadataTableType) 
 pub struct LakeTable {
     lake: Lake,
     ident: TableIdent,
+    table: iceberg::table::Table,
     scan: IcebergStaticTableProvider,
 }
 
 impl LakeTable {
     async fn new(lake: Lake, table: iceberg::table::Table) -> DFResult<Self> {
         let ident = table.identifier().clone();
-        let scan = IcebergStaticTableProvider::try_new_from_table(table)
+        let scan = IcebergStaticTableProvider::try_new_from_table(table.clone())
             .await
             .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))?;
-        Ok(Self { lake, ident, scan })
+        Ok(Self {
+            lake,
+            ident,
+            table,
+            scan,
+        })
+    }
+
+    /// DataFusion's Parquet reader over the files Iceberg plans, when that reads the same rows;
+    /// `None` when the table needs Iceberg's reader (delete files, evolved schema).
+    async fn native_scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let metadata = self.table.metadata();
+        if metadata.schemas_iter().count() != 1 {
+            return Ok(None);
+        }
+        let schema = self.schema();
+        let ice = |e: iceberg::Error| df_error(tarn_lake::iceberg_error(format!("cannot plan a scan of {}", self.ident), e));
+        let mut builder = self.table.scan().select_all();
+        if let Some(predicate) = convert_filters_to_predicate(filters) {
+            builder = builder.with_filter(predicate);
+        }
+        let tasks: Vec<FileScanTask> = builder.build().map_err(ice)?.plan_files().await.map_err(ice)?.try_collect().await.map_err(ice)?;
+        if tasks
+            .iter()
+            .any(|t| !t.deletes.is_empty() || t.data_file_format != iceberg::spec::DataFileFormat::Parquet)
+        {
+            return Ok(None);
+        }
+        let mut base_url = None;
+        let mut files = Vec::with_capacity(tasks.len());
+        let mut total_rows = 0u64;
+        for task in &tasks {
+            let resolved = self.lake.stores().resolve(&task.data_file_path).map_err(ice)?;
+            match &base_url {
+                None => base_url = Some((resolved.base_url.clone(), resolved.store.clone())),
+                Some((url, _)) if *url != resolved.base_url => return Ok(None),
+                Some(_) => {}
+            }
+            let rows = task.record_count.unwrap_or_default();
+            total_rows += rows;
+            let stats = Statistics {
+                num_rows: Precision::Exact(rows as usize),
+                total_byte_size: Precision::Inexact(task.file_size_in_bytes as usize),
+                column_statistics: Statistics::unknown_column(&schema),
+            };
+            files.push(
+                PartitionedFile::new(resolved.path.to_string(), task.file_size_in_bytes)
+                    .with_statistics(Arc::new(stats)),
+            );
+        }
+        let Some((base_url, store)) = base_url else {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema.clone(),
+            };
+            return Ok(Some(Arc::new(EmptyExec::new(projected))));
+        };
+        let url = ObjectStoreUrl::parse(&base_url)?;
+        state.runtime_env().register_object_store(url.as_ref(), store);
+        let mut source = ParquetSource::new(schema.clone());
+        if let Some(filter) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            let predicate = state.create_physical_expr(filter, &df_schema)?;
+            source = source.with_predicate(predicate);
+        }
+        let statistics = Statistics {
+            num_rows: Precision::Exact(total_rows as usize),
+            total_byte_size: Precision::Absent,
+            column_statistics: Statistics::unknown_column(&schema),
+        };
+        let config = FileScanConfigBuilder::new(url, Arc::new(source))
+            .with_file_group(FileGroup::new(files))
+            .with_statistics(statistics)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(Some(DataSourceExec::from_data_source(config)))
     }
 }
 
@@ -306,6 +406,9 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if let Some(plan) = self.native_scan(state, projection, filters, limit).await? {
+            return Ok(plan);
+        }
         self.scan.scan(state, projection, filters, limit).await
     }
 
