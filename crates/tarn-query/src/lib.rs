@@ -8,6 +8,7 @@ pub mod load;
 pub mod provider;
 mod session;
 pub mod sql_ext;
+mod stats;
 pub mod write;
 
 pub use session::{DEFAULT_SCHEMA, Output, TarnSession, from_df_error, lake_schema};

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{Expr, cast, lit};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use futures::TryStreamExt;
 use iceberg::TableIdent;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::TableLayout;
 use url::Url;
@@ -159,17 +159,38 @@ fn list_local(pattern: &str) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
+/// The directory to list for a glob: everything before the first wildcard, up to its last `/`
+/// (object stores list by whole path segments).
+fn listing_prefix(pattern: &str) -> &str {
+    let literal = pattern.split(['*', '?', '[']).next().unwrap_or(pattern);
+    if literal.len() == pattern.len() {
+        return pattern;
+    }
+    match literal.rfind('/') {
+        Some(i) => &literal[..i],
+        None => literal,
+    }
+}
+
 async fn list_object_store(session: &TarnSession, pattern: &str) -> Result<Vec<(String, u64)>> {
     let resolved = session
         .lake()
         .stores()
-        .resolve(pattern.split(['*', '?', '[']).next().unwrap_or(pattern))
+        .resolve(listing_prefix(pattern))
         .map_err(|e| tarn_lake::iceberg_error(format!("cannot open {pattern}"), e))?;
     let base = Url::parse(&resolved.base_url)
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("bad URL {pattern:?}: {e}")))?;
     session
         .context()
         .register_object_store(&base, resolved.store.clone());
+    if listing_prefix(pattern) == pattern {
+        // One object, no wildcard.
+        return match resolved.store.head(&resolved.path).await {
+            Ok(meta) => Ok(vec![(pattern.to_string(), meta.size)]),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(Error::new(ErrorKind::Storage, format!("cannot read {pattern}")).with_source(e)),
+        };
+    }
     let key_pattern = pattern
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('/'))

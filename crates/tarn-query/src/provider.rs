@@ -18,7 +18,7 @@
 //! `"orders$manifests"` and the other Iceberg metadata tables show the table's metadata.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -26,29 +26,29 @@ use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, Session, TableProvider};
-use datafusion::common::{DataFusionError, Result as DFResult};
-use datafusion::datasource::TableType;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Statistics};
+use datafusion::common::{DataFusionError, Result as DFResult};
+use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
-use iceberg::scan::FileScanTask;
-use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use iceberg::inspect::MetadataTableType;
+use iceberg::scan::FileScanTask;
 use iceberg::{NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
+use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use tarn_core::{Error, ErrorKind};
 use tarn_lake::Lake;
 
@@ -321,21 +321,45 @@ impl LakeTable {
             return Ok(None);
         }
         let schema = self.schema();
-        let ice = |e: iceberg::Error| df_error(tarn_lake::iceberg_error(format!("cannot plan a scan of {}", self.ident), e));
+        let ice = |e: iceberg::Error| {
+            df_error(tarn_lake::iceberg_error(
+                format!("cannot plan a scan of {}", self.ident),
+                e,
+            ))
+        };
         let mut builder = self.table.scan().select_all();
         if let Some(predicate) = convert_filters_to_predicate(filters) {
             builder = builder.with_filter(predicate);
         }
-        let tasks: Vec<FileScanTask> = builder.build().map_err(ice)?.plan_files().await.map_err(ice)?.try_collect().await.map_err(ice)?;
+        let tasks: Vec<FileScanTask> = builder
+            .build()
+            .map_err(ice)?
+            .plan_files()
+            .await
+            .map_err(ice)?
+            .try_collect()
+            .await
+            .map_err(ice)?;
         if tasks
             .iter()
             .any(|t| !t.deletes.is_empty() || t.data_file_format != iceberg::spec::DataFileFormat::Parquet)
         {
             return Ok(None);
         }
+        let paths: HashSet<&str> = tasks.iter().map(|t| t.data_file_path.as_str()).collect();
+        let entries = crate::stats::data_files(&self.table, &paths).await.map_err(ice)?;
+        let field_ids: Vec<i32> = metadata
+            .current_schema()
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.id)
+            .collect();
+        let mut per_file = Vec::with_capacity(tasks.len());
         let mut base_url = None;
         let mut files = Vec::with_capacity(tasks.len());
         let mut total_rows = 0u64;
+        let mut total_bytes = 0u64;
         for task in &tasks {
             let resolved = self.lake.stores().resolve(&task.data_file_path).map_err(ice)?;
             match &base_url {
@@ -345,10 +369,18 @@ impl LakeTable {
             }
             let rows = task.record_count.unwrap_or_default();
             total_rows += rows;
+            total_bytes += task.file_size_in_bytes;
+            let columns = match entries.get(&task.data_file_path) {
+                Some(file) if field_ids.len() == schema.fields().len() => {
+                    crate::stats::column_statistics(file, &schema, &field_ids)
+                }
+                _ => Statistics::unknown_column(&schema),
+            };
+            per_file.push(columns.clone());
             let stats = Statistics {
                 num_rows: Precision::Exact(rows as usize),
                 total_byte_size: Precision::Inexact(task.file_size_in_bytes as usize),
-                column_statistics: Statistics::unknown_column(&schema),
+                column_statistics: columns,
             };
             files.push(
                 PartitionedFile::new(resolved.path.to_string(), task.file_size_in_bytes)
@@ -372,8 +404,8 @@ impl LakeTable {
         }
         let statistics = Statistics {
             num_rows: Precision::Exact(total_rows as usize),
-            total_byte_size: Precision::Absent,
-            column_statistics: Statistics::unknown_column(&schema),
+            total_byte_size: Precision::Inexact(total_bytes as usize),
+            column_statistics: crate::stats::merge(&per_file, schema.fields().len()),
         };
         let config = FileScanConfigBuilder::new(url, Arc::new(source))
             .with_file_group(FileGroup::new(files))

@@ -235,21 +235,28 @@ impl S3Server {
     }
 
     fn create_bucket(&self) -> Result<()> {
+        self.request(&format!("/{}", self.bucket), b"")
+    }
+
+    /// Uploads `body` as object `key` of the bucket.
+    pub fn put(&self, key: &str, body: &[u8]) -> Result<()> {
+        self.request(&format!("/{}/{key}", self.bucket), body)
+    }
+
+    fn request(&self, path: &str, body: &[u8]) -> Result<()> {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             stream,
-            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.bucket, self.port
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
         )?;
+        stream.write_all(body)?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         if !response.starts_with("HTTP/1.1 200") {
-            bail!(
-                "cannot create bucket {}: {}",
-                self.bucket,
-                response.lines().next().unwrap_or("")
-            );
+            bail!("PUT {path} failed: {}", response.lines().next().unwrap_or(""));
         }
         Ok(())
     }

@@ -129,6 +129,32 @@ async fn s3_storage() {
             .unwrap()
             .starts_with("s3://lake/warehouse/")
     );
+
+    // `tarn load` reads s3:// sources with globs.
+    s3.put("raw/events-1.csv", b"id,kind\n1,click\n2,view\n").unwrap();
+    s3.put("raw/events-2.csv", b"id,kind\n3,click\n").unwrap();
+    s3.put("raw/other.txt", b"not matched").unwrap();
+    let options = tarn_query::load::LoadOptions::default();
+    let sources = ["s3://lake/raw/events-*.csv".to_string()];
+    let plan = tarn_query::load::plan_load(&t.session, &sources, &options)
+        .await
+        .unwrap();
+    assert_eq!(plan.files.len(), 2, "{:?}", plan.files);
+    let ident = tarn_lake::parse_table_name("raw.events").unwrap();
+    let outcome = tarn_query::load::load(&t.session, &plan, &ident, &options, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome.rows, 3);
+    let one = ["s3://lake/raw/events-2.csv".to_string()];
+    let plan = tarn_query::load::plan_load(&t.session, &one, &options)
+        .await
+        .unwrap();
+    assert_eq!(plan.files, one);
+    assert_eq!(
+        t.query("SELECT kind, count(*) FROM raw.events GROUP BY kind ORDER BY kind")
+            .await,
+        vec!["click|2", "view|1"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

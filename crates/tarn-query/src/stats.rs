@@ -1,0 +1,108 @@
+//! Column statistics for DataFusion's planner, from the Iceberg manifests.
+//!
+//! Every data file's manifest entry carries per-column lower and upper bounds, null counts
+//! and value counts. Handing them to DataFusion lets it estimate filter selectivity and join
+//! sizes (and so pick hash-join build sides) without opening a single Parquet footer.
+//! Numeric and date bounds are exact; string bounds may be truncated prefixes, so they are
+//! given as inexact.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::datatypes::Schema;
+use datafusion::common::stats::Precision;
+use datafusion::common::{ColumnStatistics, ScalarValue};
+use iceberg::spec::{DataFile, Datum, ManifestList, PrimitiveLiteral, PrimitiveType};
+use iceberg::table::Table;
+
+/// Manifest entries of `table`'s current snapshot for the data files in `paths`.
+pub async fn data_files(table: &Table, paths: &HashSet<&str>) -> iceberg::Result<HashMap<String, DataFile>> {
+    let mut out = HashMap::new();
+    let metadata = table.metadata();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(out);
+    };
+    let bytes = table
+        .file_io()
+        .new_input(snapshot.manifest_list())?
+        .read()
+        .await?;
+    let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
+    for manifest in list.entries() {
+        for entry in manifest.load_manifest(table.file_io()).await?.entries() {
+            let file = entry.data_file();
+            if paths.contains(file.file_path()) {
+                out.insert(file.file_path().to_string(), file.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Column statistics of one data file, in the order of `schema`, whose fields carry Iceberg
+/// field ids in `field_ids`.
+pub fn column_statistics(file: &DataFile, schema: &Schema, field_ids: &[i32]) -> Vec<ColumnStatistics> {
+    schema
+        .fields()
+        .iter()
+        .zip(field_ids)
+        .map(|(_, id)| ColumnStatistics {
+            null_count: file
+                .null_value_counts()
+                .get(id)
+                .map_or(Precision::Absent, |n| Precision::Exact(*n as usize)),
+            min_value: bound(file.lower_bounds().get(id)),
+            max_value: bound(file.upper_bounds().get(id)),
+            ..ColumnStatistics::new_unknown()
+        })
+        .collect()
+}
+
+fn bound(datum: Option<&Datum>) -> Precision<ScalarValue> {
+    let Some(datum) = datum else {
+        return Precision::Absent;
+    };
+    use PrimitiveLiteral as L;
+    use PrimitiveType as T;
+    match (datum.data_type(), datum.literal()) {
+        (T::Boolean, L::Boolean(b)) => Precision::Exact(ScalarValue::Boolean(Some(*b))),
+        (T::Int, L::Int(v)) => Precision::Exact(ScalarValue::Int32(Some(*v))),
+        (T::Date, L::Int(v)) => Precision::Exact(ScalarValue::Date32(Some(*v))),
+        (T::Long, L::Long(v)) => Precision::Exact(ScalarValue::Int64(Some(*v))),
+        (T::Timestamp, L::Long(v)) => Precision::Exact(ScalarValue::TimestampMicrosecond(Some(*v), None)),
+        (T::Timestamptz, L::Long(v)) => {
+            Precision::Exact(ScalarValue::TimestampMicrosecond(Some(*v), Some("+00:00".into())))
+        }
+        (T::Float, L::Float(v)) => Precision::Exact(ScalarValue::Float32(Some(v.0))),
+        (T::Double, L::Double(v)) => Precision::Exact(ScalarValue::Float64(Some(v.0))),
+        (T::Decimal { precision, scale }, L::Int128(v)) => {
+            match (u8::try_from(*precision), i8::try_from(*scale)) {
+                (Ok(p), Ok(s)) => Precision::Exact(ScalarValue::Decimal128(Some(*v), p, s)),
+                _ => Precision::Absent,
+            }
+        }
+        (T::String, L::String(v)) => Precision::Inexact(ScalarValue::Utf8(Some(v.clone()))),
+        _ => Precision::Absent,
+    }
+}
+
+/// Merges per-file statistics into table statistics.
+pub fn merge(files: &[Vec<ColumnStatistics>], columns: usize) -> Vec<ColumnStatistics> {
+    (0..columns)
+        .map(|i| {
+            let mut merged: Option<ColumnStatistics> = None;
+            for file in files {
+                let stats = &file[i];
+                merged = Some(match merged {
+                    None => stats.clone(),
+                    Some(m) => ColumnStatistics {
+                        null_count: m.null_count.add(&stats.null_count),
+                        min_value: m.min_value.min(&stats.min_value),
+                        max_value: m.max_value.max(&stats.max_value),
+                        ..ColumnStatistics::new_unknown()
+                    },
+                });
+            }
+            merged.unwrap_or_else(ColumnStatistics::new_unknown)
+        })
+        .collect()
+}
