@@ -13,6 +13,7 @@
 //! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
 //!   fires, so tests bind `127.0.0.1:0`.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
-use futures::Sink;
+use futures::{Sink, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
@@ -176,6 +177,81 @@ async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResu
 struct TarnSimpleQuery {
     session: TarnSession,
     inner: Arc<DfSessionService>,
+    running: Arc<RunningQueries>,
+}
+
+/// The cancellation token of each connection's running query, by (pid, secret key).
+///
+/// pgwire cancels the future that *plans* a query, but rows are produced while they are sent,
+/// after that future has finished; so tarn also stops the row stream itself when a cancel
+/// request names the connection.
+#[derive(Default)]
+struct RunningQueries {
+    tokens: std::sync::Mutex<HashMap<(i32, Vec<u8>), CancellationToken>>,
+}
+
+impl RunningQueries {
+    fn start(&self, key: (i32, Vec<u8>)) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.tokens
+            .lock()
+            .expect("query map poisoned")
+            .insert(key, token.clone());
+        token
+    }
+
+    fn finish(&self, key: &(i32, Vec<u8>)) {
+        self.tokens.lock().expect("query map poisoned").remove(key);
+    }
+
+    fn cancel(&self, key: &(i32, Vec<u8>)) {
+        if let Some(token) = self.tokens.lock().expect("query map poisoned").get(key) {
+            token.cancel();
+        }
+    }
+}
+
+/// Makes `response`'s rows stop with `57014 query_canceled` when `token` fires, and forgets
+/// the token once the rows are sent.
+fn cancellable(
+    response: Response,
+    token: &CancellationToken,
+    running: &Arc<RunningQueries>,
+    key: &(i32, Vec<u8>),
+) -> Response {
+    let Response::Query(mut query) = response else {
+        return response;
+    };
+    let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+    let stop = token.clone();
+    let tail = token.clone();
+    let (running, key) = (running.clone(), key.clone());
+    query.data_rows = Box::pin(
+        rows.take_until(stop.cancelled_owned()).chain(
+            futures::stream::once(async move {
+                running.finish(&key);
+                tail.is_cancelled().then_some(Err(PgWireError::QueryCanceled))
+            })
+            .filter_map(futures::future::ready),
+        ),
+    );
+    Response::Query(query)
+}
+
+/// Cancels the planning future (pgwire) and the row stream (tarn) of the named connection.
+struct TarnCancel {
+    inner: DefaultCancelHandler,
+    running: Arc<RunningQueries>,
+}
+
+#[async_trait]
+impl pgwire::api::cancel::CancelHandler for TarnCancel {
+    async fn on_cancel_request(&self, request: pgwire::messages::cancel::CancelRequest) {
+        metrics::counter!("tarn_pgwire_cancel_requests_total").increment(1);
+        self.running
+            .cancel(&(request.pid, request.secret_key.to_bytes().to_vec()));
+        self.inner.on_cancel_request(request).await;
+    }
 }
 
 #[async_trait]
@@ -196,15 +272,32 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes().to_vec());
+        let token = self.running.start(key.clone());
         let mut responses = Vec::new();
         for statement in statements {
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
             } else {
-                responses
-                    .extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await?);
+                let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await;
+                let result = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.running.finish(&key);
+                        return Err(e);
+                    }
+                };
+                responses.extend(
+                    result
+                        .into_iter()
+                        .map(|r| cancellable(r, &token, &self.running, &key)),
+                );
             }
+        }
+        if !responses.iter().any(|r| matches!(r, Response::Query(_))) {
+            self.running.finish(&key);
         }
         Ok(responses)
     }
@@ -345,7 +438,7 @@ struct TarnHandlers {
     auth_source: Arc<ConfigAuthSource>,
     trust_loopback: bool,
     connections: Arc<ConnectionManager>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<TarnCancel>,
 }
 
 impl PgWireServerHandlers for TarnHandlers {
@@ -402,16 +495,21 @@ pub async fn run(
     ];
     let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
     let connections = Arc::new(ConnectionManager::new());
+    let running = Arc::new(RunningQueries::default());
     let handlers = Arc::new(TarnHandlers {
         simple: Arc::new(TarnSimpleQuery {
             session: session.clone(),
             inner: service.clone(),
+            running: running.clone(),
         }),
         extended: service,
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         trust_loopback: auth.trust_loopback,
         connections: connections.clone(),
-        cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        cancel: Arc::new(TarnCancel {
+            inner: DefaultCancelHandler::new(connections),
+            running,
+        }),
     });
     let limiter = (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
     let mut tasks = tokio::task::JoinSet::new();

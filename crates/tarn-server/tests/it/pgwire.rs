@@ -262,3 +262,39 @@ fn sigterm_shuts_down_cleanly() {
     .unwrap();
     assert!(status.unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_running_query() {
+    let s = Served::start(false);
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
+            s.pg_port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move {
+        // Minutes of work if nothing stops it.
+        client
+            .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
+            .await
+    });
+    // Send cancel requests until the query ends; a request that arrives before the query
+    // starts has nothing to cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !running.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query was not cancelled within 30s"
+        );
+        cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = running.await.unwrap().unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57014", "{db:?}");
+}
