@@ -51,6 +51,13 @@ impl TestLake {
         query(&self.session, sql).await.unwrap()
     }
 
+    /// The current metadata location of table `name` (`ns.table`): changes with every commit.
+    pub(crate) async fn metadata_location(&self, name: &str) -> String {
+        let ident = tarn_lake::parse_table_name(name).unwrap();
+        let table = self.session.lake().load_table(&ident).await.unwrap();
+        table.metadata_location().unwrap().to_string()
+    }
+
     pub(crate) async fn exec(&self, sql: &str) {
         query(&self.session, sql).await.unwrap();
     }

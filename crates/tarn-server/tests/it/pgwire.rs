@@ -68,6 +68,19 @@ impl Served {
         )
     }
 
+    /// A tokio-postgres client logged in with the configured user.
+    async fn client(&self) -> tokio_postgres::Client {
+        let config = format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
+            self.pg_port
+        );
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
     fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
@@ -133,16 +146,7 @@ fn psql_ddl_dml_catalog_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres_with_parameters() {
     let s = Served::start(false);
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
-            s.pg_port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = s.client().await;
     client
         .batch_execute("CREATE TABLE tp (id BIGINT, name VARCHAR, ok BOOLEAN)")
         .await
@@ -266,16 +270,7 @@ fn sigterm_shuts_down_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_stops_a_running_query() {
     let s = Served::start(false);
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
-            s.pg_port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = s.client().await;
     let cancel = client.cancel_token();
     let running = tokio::spawn(async move {
         // Minutes of work if nothing stops it.

@@ -109,16 +109,7 @@ async fn bad_statements_leave_tables_unchanged() {
     let t = TestLake::new().await;
     t.exec("CREATE TABLE t (a INT NOT NULL, b VARCHAR)").await;
     t.exec("INSERT INTO t VALUES (1, 'one')").await;
-    let ident = tarn_lake::parse_table_name("public.t").unwrap();
-    let before = t
-        .session
-        .lake()
-        .load_table(&ident)
-        .await
-        .unwrap()
-        .metadata_location()
-        .unwrap()
-        .to_string();
+    let before = t.metadata_location("public.t").await;
 
     let err = t.error("SELEC * FROM t").await;
     assert!(
@@ -149,15 +140,7 @@ async fn bad_statements_leave_tables_unchanged() {
     assert!(!err.is_empty());
     assert!(t.error("SELECT * FROM c").await.contains('c'));
 
-    let after = t
-        .session
-        .lake()
-        .load_table(&ident)
-        .await
-        .unwrap()
-        .metadata_location()
-        .unwrap()
-        .to_string();
+    let after = t.metadata_location("public.t").await;
     assert_eq!(before, after, "failed statements must not commit");
     assert_eq!(t.query("SELECT a, b FROM t").await, vec!["1|one"]);
 }
@@ -269,16 +252,7 @@ async fn cancelled_statement_commits_nothing() {
     let t = TestLake::new().await;
     t.exec("CREATE TABLE c (id BIGINT, h VARCHAR)").await;
     t.exec("INSERT INTO c VALUES (0, 'seed')").await;
-    let ident = tarn_lake::parse_table_name("public.c").unwrap();
-    let before = t
-        .session
-        .lake()
-        .load_table(&ident)
-        .await
-        .unwrap()
-        .metadata_location()
-        .unwrap()
-        .to_string();
+    let before = t.metadata_location("public.c").await;
     let statement = tarn_query::TarnSession::prepare(
         "INSERT INTO c SELECT value, md5(CAST(value AS VARCHAR)) FROM generate_series(1, 50000000)",
     )
@@ -293,15 +267,7 @@ async fn cancelled_statement_commits_nothing() {
         outcome.is_err(),
         "the statement should still be running when cancelled"
     );
-    let after = t
-        .session
-        .lake()
-        .load_table(&ident)
-        .await
-        .unwrap()
-        .metadata_location()
-        .unwrap()
-        .to_string();
+    let after = t.metadata_location("public.c").await;
     assert_eq!(before, after);
     assert_eq!(t.query("SELECT count(*) FROM c").await, vec!["1"]);
 }
