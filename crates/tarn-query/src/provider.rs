@@ -38,9 +38,12 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
@@ -291,6 +294,56 @@ pub struct LakeTable {
     ident: TableIdent,
     table: iceberg::table::Table,
     scan: IcebergStaticTableProvider,
+    /// The table's columns as DataFusion sees them: strings and binaries as view types, which
+    /// DataFusion compares, hashes and filters fastest.
+    schema: SchemaRef,
+}
+
+/// `schema` with top-level `Utf8`/`Binary` columns as `Utf8View`/`BinaryView`.
+fn view_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let dt = match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+                DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+                other => other.clone(),
+            };
+            f.as_ref().clone().with_data_type(dt)
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// Casts `plan`'s columns to `target` where their types differ.
+fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let input = plan.schema();
+    if input.fields().len() != target.fields().len()
+        || input
+            .fields()
+            .iter()
+            .zip(target.fields())
+            .all(|(a, b)| a.data_type() == b.data_type())
+    {
+        return Ok(plan);
+    }
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = input
+        .fields()
+        .iter()
+        .zip(target.fields())
+        .enumerate()
+        .map(|(i, (from, to))| {
+            let column: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(from.name(), i));
+            let expr: Arc<dyn PhysicalExpr> = if from.data_type() == to.data_type() {
+                column
+            } else {
+                Arc::new(CastExpr::new(column, to.data_type().clone(), None))
+            };
+            (expr, to.name().clone())
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 impl LakeTable {
@@ -299,11 +352,13 @@ impl LakeTable {
         let scan = IcebergStaticTableProvider::try_new_from_table(table.clone())
             .await
             .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))?;
+        let schema = Arc::new(view_schema(&scan.schema()));
         Ok(Self {
             lake,
             ident,
             table,
             scan,
+            schema,
         })
     }
 
@@ -424,7 +479,7 @@ impl TableProvider for LakeTable {
     }
 
     fn schema(&self) -> SchemaRef {
-        self.scan.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -441,7 +496,12 @@ impl TableProvider for LakeTable {
         if let Some(plan) = self.native_scan(state, projection, filters, limit).await? {
             return Ok(plan);
         }
-        self.scan.scan(state, projection, filters, limit).await
+        let plan = self.scan.scan(state, projection, filters, limit).await?;
+        let target = match projection {
+            Some(p) => self.schema.project(p)?,
+            None => self.schema.as_ref().clone(),
+        };
+        cast_to(plan, &target)
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {

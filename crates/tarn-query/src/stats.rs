@@ -45,16 +45,33 @@ pub fn column_statistics(file: &DataFile, schema: &Schema, field_ids: &[i32]) ->
         .fields()
         .iter()
         .zip(field_ids)
-        .map(|(_, id)| ColumnStatistics {
+        .map(|(field, id)| ColumnStatistics {
             null_count: file
                 .null_value_counts()
                 .get(id)
                 .map_or(Precision::Absent, |n| Precision::Exact(*n as usize)),
-            min_value: bound(file.lower_bounds().get(id)),
-            max_value: bound(file.upper_bounds().get(id)),
+            min_value: typed(bound(file.lower_bounds().get(id)), field.data_type()),
+            max_value: typed(bound(file.upper_bounds().get(id)), field.data_type()),
             ..ColumnStatistics::new_unknown()
         })
         .collect()
+}
+
+/// `value` as the column's type (e.g. `Utf8` bounds for a `Utf8View` column); absent when it
+/// does not convert.
+fn typed(value: Precision<ScalarValue>, data_type: &arrow::datatypes::DataType) -> Precision<ScalarValue> {
+    let convert = |v: ScalarValue| {
+        if &v.data_type() == data_type {
+            Some(v)
+        } else {
+            v.cast_to(data_type).ok()
+        }
+    };
+    match value {
+        Precision::Exact(v) => convert(v).map_or(Precision::Absent, Precision::Exact),
+        Precision::Inexact(v) => convert(v).map_or(Precision::Absent, Precision::Inexact),
+        Precision::Absent => Precision::Absent,
+    }
 }
 
 fn bound(datum: Option<&Datum>) -> Precision<ScalarValue> {
