@@ -23,6 +23,9 @@ use tarn_core::{Config, Error, ErrorKind, Result};
 use crate::layout::{self, PartitionField, SortKey};
 use crate::storage::{ObjectStoreStorageFactory, ObjectStores, s3_properties};
 
+/// How long opening the catalog database may take before tarn gives up with an error.
+const CATALOG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a new table looks like besides its columns.
 #[derive(Debug, Clone, Default)]
 pub struct TableLayout {
@@ -108,7 +111,7 @@ impl Lake {
         );
         let stores = ObjectStores::new(props.clone());
         let catalog = tokio::time::timeout(
-            Duration::from_secs(30),
+            CATALOG_CONNECT_TIMEOUT,
             SqlCatalogBuilder::default()
                 .uri(uri)
                 .warehouse_location(warehouse.clone())
