@@ -41,6 +41,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Change data capture from an OLTP database (`tarn cdc run`, and `tarn serve` when
+    /// `cdc.source` is set).
+    pub cdc: CdcConfig,
+    /// Table maintenance: compaction, snapshot expiry, orphan-file removal.
+    pub maintenance: MaintenanceConfig,
 }
 
 /// The Iceberg catalog: a SQL database in the layout of Iceberg's JDBC catalog.
@@ -139,6 +144,80 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Change data capture: one source database streamed into Iceberg tables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CdcConfig {
+    /// The source: `postgres://user:password@host:port/database` (query parameters `sslmode`,
+    /// `sslrootcert`, `application_name` understood). The password is redacted in
+    /// `config show`. Unset: no CDC.
+    pub source: Option<String>,
+    /// The pipeline's name: it names the replication slot and publication (`tarn_<pipeline>`)
+    /// and is recorded in every commit, so several pipelines can feed one lake.
+    pub pipeline: String,
+    /// The replication slot; default `tarn_<pipeline>`.
+    pub slot: Option<String>,
+    /// The publication; default `tarn_<pipeline>`. tarn creates it when missing, for the
+    /// included tables; an existing publication is used as it is.
+    pub publication: Option<String>,
+    /// Tables to capture, as `schema.table` patterns where `*` matches any characters.
+    pub tables: Vec<String>,
+    /// Tables to leave out, as patterns; applied after `tables`.
+    pub exclude: Vec<String>,
+    /// The lake namespace the captured tables land in.
+    pub namespace: String,
+    /// The lake table name for a source table: `{schema}` and `{table}` are replaced.
+    pub table_name: String,
+    /// `initial`: copy every table before streaming (the default); `never`: stream only.
+    pub snapshot: String,
+    /// How many connections copy tables in parallel during a snapshot.
+    pub snapshot_parallelism: usize,
+    /// Rows per chunk of a snapshot copy (chunks are primary-key or page ranges).
+    pub snapshot_chunk_rows: u64,
+    /// When changes are committed to the lake.
+    pub flush: FlushConfig,
+    /// Unconstrained `numeric` columns: `decimal` (decimal(38,18); a value that does not fit
+    /// stops the table with an error) or `text`.
+    pub unconstrained_numeric: String,
+    /// Columns of types tarn cannot map: `error` (refuse the table, naming the column) or
+    /// `text` (carry the value's text form).
+    pub unsupported_types: String,
+}
+
+/// When the CDC writer commits: whichever limit is reached first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    /// Longest time between a change arriving and its commit, e.g. `1s`, `250ms`.
+    pub interval: String,
+    /// Most buffered changes before a commit.
+    pub max_rows: u64,
+    /// Most buffered bytes before a commit; also the bound on the writer's memory.
+    pub max_bytes: u64,
+}
+
+/// Table maintenance, by `tarn maintain` and by the automatic policy of the CDC writer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Run maintenance automatically inside the CDC writer.
+    pub auto: bool,
+    /// How often the automatic policy checks a table, e.g. `5m`.
+    pub interval: String,
+    /// Data files smaller than this many bytes are compaction candidates.
+    pub small_file_bytes: u64,
+    /// Compact when a table has at least this many candidate files.
+    pub min_files: usize,
+    /// Compact a data file whose deleted rows exceed this fraction of its rows.
+    pub delete_ratio: f64,
+    /// Snapshots older than this are expired, e.g. `1h`, `7d`.
+    pub snapshot_age: String,
+    /// Snapshots always kept, however old.
+    pub retain_snapshots: usize,
+    /// Files unreferenced by the table and older than this are deleted, e.g. `1d`.
+    pub orphan_age: String,
+}
+
 impl Config {
     /// The defaults, for data directory `data_dir`.
     pub fn defaults(data_dir: impl Into<PathBuf>) -> Self {
@@ -167,6 +246,36 @@ impl Config {
             log: LogConfig {
                 format: "text".into(),
                 level: "info".into(),
+            },
+            cdc: CdcConfig {
+                source: None,
+                pipeline: "main".into(),
+                slot: None,
+                publication: None,
+                tables: vec!["public.*".into()],
+                exclude: Vec::new(),
+                namespace: "cdc".into(),
+                table_name: "{table}".into(),
+                snapshot: "initial".into(),
+                snapshot_parallelism: 2,
+                snapshot_chunk_rows: 250_000,
+                flush: FlushConfig {
+                    interval: "1s".into(),
+                    max_rows: 200_000,
+                    max_bytes: 64 * 1024 * 1024,
+                },
+                unconstrained_numeric: "decimal".into(),
+                unsupported_types: "error".into(),
+            },
+            maintenance: MaintenanceConfig {
+                auto: true,
+                interval: "5m".into(),
+                small_file_bytes: 32 * 1024 * 1024,
+                min_files: 16,
+                delete_ratio: 0.2,
+                snapshot_age: "1h".into(),
+                retain_snapshots: 10,
+                orphan_age: "1d".into(),
             },
         }
     }
@@ -348,6 +457,130 @@ impl Config {
                 return bad(&format!("auth.users[{i}].name"), "must not be empty".into());
             }
         }
+        self.validate_cdc()?;
+        for (key, value) in [
+            ("maintenance.interval", &self.maintenance.interval),
+            ("maintenance.snapshot_age", &self.maintenance.snapshot_age),
+            ("maintenance.orphan_age", &self.maintenance.orphan_age),
+        ] {
+            parse_duration(key, value)?;
+        }
+        if !(0.0..=1.0).contains(&self.maintenance.delete_ratio) {
+            return bad(
+                "maintenance.delete_ratio",
+                format!("expected a fraction between 0 and 1, got {}", self.maintenance.delete_ratio),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_cdc(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
+        let cdc = &self.cdc;
+        if let Some(source) = &cdc.source {
+            match url::Url::parse(source) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {
+                    if u.host_str().unwrap_or_default().is_empty() {
+                        return bad("cdc.source", format!("no host in {:?}", redact_url(source)));
+                    }
+                }
+                Ok(u) => {
+                    return bad(
+                        "cdc.source",
+                        format!("expected a postgres:// URL, got scheme {:?}", u.scheme()),
+                    );
+                }
+                Err(e) => {
+                    return bad(
+                        "cdc.source",
+                        format!("expected a postgres:// URL ({e}), got {:?}", redact_url(source)),
+                    );
+                }
+            }
+        }
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 58
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !ident_ok(&cdc.pipeline) {
+            return bad(
+                "cdc.pipeline",
+                format!(
+                    "expected 1-58 lowercase letters, digits or underscores (it names a replication slot), got {:?}",
+                    cdc.pipeline
+                ),
+            );
+        }
+        for (key, value) in [("cdc.slot", &cdc.slot), ("cdc.publication", &cdc.publication)] {
+            if let Some(v) = value
+                && !ident_ok(v)
+            {
+                return bad(
+                    key,
+                    format!("expected 1-58 lowercase letters, digits or underscores, got {v:?}"),
+                );
+            }
+        }
+        if cdc.tables.is_empty() {
+            return bad("cdc.tables", "expected at least one pattern, e.g. [\"public.*\"]".into());
+        }
+        for (key, patterns) in [("cdc.tables", &cdc.tables), ("cdc.exclude", &cdc.exclude)] {
+            for p in patterns {
+                if p.split('.').count() != 2 || p.split('.').any(str::is_empty) {
+                    return bad(key, format!("expected SCHEMA.TABLE patterns, got {p:?}"));
+                }
+            }
+        }
+        if cdc.namespace.trim().is_empty() {
+            return bad("cdc.namespace", "must not be empty".into());
+        }
+        if !cdc.table_name.contains("{table}") {
+            return bad(
+                "cdc.table_name",
+                format!("expected a template containing {{table}}, got {:?}", cdc.table_name),
+            );
+        }
+        if !matches!(cdc.snapshot.as_str(), "initial" | "never") {
+            return bad(
+                "cdc.snapshot",
+                format!("expected initial or never, got {:?}", cdc.snapshot),
+            );
+        }
+        if cdc.snapshot_parallelism == 0 || cdc.snapshot_parallelism > 64 {
+            return bad(
+                "cdc.snapshot_parallelism",
+                format!("expected 1 to 64, got {}", cdc.snapshot_parallelism),
+            );
+        }
+        if cdc.snapshot_chunk_rows == 0 {
+            return bad("cdc.snapshot_chunk_rows", "must be at least 1".into());
+        }
+        let interval = parse_duration("cdc.flush.interval", &cdc.flush.interval)?;
+        if interval.is_zero() {
+            return bad("cdc.flush.interval", "must be more than 0".into());
+        }
+        if cdc.flush.max_rows == 0 {
+            return bad("cdc.flush.max_rows", "must be at least 1".into());
+        }
+        if cdc.flush.max_bytes < 1024 * 1024 {
+            return bad(
+                "cdc.flush.max_bytes",
+                format!("expected at least 1048576 bytes, got {}", cdc.flush.max_bytes),
+            );
+        }
+        if !matches!(cdc.unconstrained_numeric.as_str(), "decimal" | "text") {
+            return bad(
+                "cdc.unconstrained_numeric",
+                format!("expected decimal or text, got {:?}", cdc.unconstrained_numeric),
+            );
+        }
+        if !matches!(cdc.unsupported_types.as_str(), "error" | "text") {
+            return bad(
+                "cdc.unsupported_types",
+                format!("expected error or text, got {:?}", cdc.unsupported_types),
+            );
+        }
         Ok(())
     }
 
@@ -374,6 +607,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.catalog.url = shown.catalog.url.as_deref().map(redact_url);
+        shown.cdc.source = shown.cdc.source.as_deref().map(redact_url);
         for secret in [
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,
@@ -386,6 +620,47 @@ impl Config {
             user.password = "***".into();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+/// Parses a duration like `1s`, `250ms`, `5m`, `7d`; errors name `key`.
+pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("key `{key}`: expected a duration like 1s, 250ms or 5m, got {value:?} ({e})"),
+        )
+    })
+}
+
+impl CdcConfig {
+    /// The replication slot's name.
+    pub fn slot_name(&self) -> String {
+        self.slot.clone().unwrap_or_else(|| format!("tarn_{}", self.pipeline))
+    }
+
+    /// The publication's name.
+    pub fn publication_name(&self) -> String {
+        self.publication
+            .clone()
+            .unwrap_or_else(|| format!("tarn_{}", self.pipeline))
+    }
+
+    /// The flush interval (validated at load).
+    pub fn flush_interval(&self) -> std::time::Duration {
+        parse_duration("cdc.flush.interval", &self.flush.interval).unwrap_or(std::time::Duration::from_secs(1))
+    }
+}
+
+impl MaintenanceConfig {
+    /// A duration setting of this section (validated at load), by key name.
+    pub fn duration(&self, key: &str) -> std::time::Duration {
+        let value = match key {
+            "interval" => &self.interval,
+            "snapshot_age" => &self.snapshot_age,
+            _ => &self.orphan_age,
+        };
+        parse_duration(&format!("maintenance.{key}"), value).unwrap_or(std::time::Duration::from_secs(3600))
     }
 }
 
@@ -516,10 +791,26 @@ mod tests {
     }
 
     #[test]
+    fn cdc_keys_are_checked() {
+        let err = load(None, &[("TARN_CDC__SOURCE", "mysql://x/y")], &[]).unwrap_err();
+        assert!(err.to_string().contains("cdc.source"), "{err}");
+        let err = load(Some("[cdc.flush]\ninterval = \"soon\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("cdc.flush.interval"), "{err}");
+        let err = load(None, &[], &[("cdc.pipeline", "Has-Dash")]).unwrap_err();
+        assert!(err.to_string().contains("cdc.pipeline"), "{err}");
+        let err = load(None, &[], &[("cdc.tables", "[\"orders\"]")]).unwrap_err();
+        assert!(err.to_string().contains("SCHEMA.TABLE"), "{err}");
+        let c = load(None, &[("TARN_CDC__FLUSH__INTERVAL", "250ms")], &[]).unwrap();
+        assert_eq!(c.cdc.flush_interval(), std::time::Duration::from_millis(250));
+        assert_eq!(c.cdc.slot_name(), "tarn_main");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let c = load(
             Some(
                 "[catalog]\nurl = \"postgres://u:hunter2@127.0.0.1:5432/c\"\n\
+                 [cdc]\nsource = \"postgres://app:hunter2@127.0.0.1:5432/shop\"\n\
                  [[auth.users]]\nname = \"a\"\npassword = \"hunter2\"\n",
             ),
             &[("AWS_SECRET_ACCESS_KEY", "hunter2")],

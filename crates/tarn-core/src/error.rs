@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Catalog,
     /// The query engine failed.
     Query,
+    /// A change-data-capture source (the OLTP database) failed or refused.
+    Source,
     /// An operation was cancelled before it committed.
     Cancelled,
     /// Anything else: a bug or an unexpected state.
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Storage => "storage",
             ErrorKind::Catalog => "catalog",
             ErrorKind::Query => "query",
+            ErrorKind::Source => "source",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod error;
+pub mod failpoint;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

@@ -7,17 +7,24 @@
 //! `metadata_location` (`UPDATE ... WHERE metadata_location = <the one we read>`): of two racing
 //! writers one wins, the other reloads the table, re-applies its change and tries again, up to
 //! `write.commit_retries` times, then fails with a commit-conflict error. Nothing is lost.
+//!
+//! Besides the catalog, a `Lake` holds its own small connection pool to the catalog database:
+//! commits the `iceberg` crate cannot express (row deltas, rewrites, schema changes with given
+//! field ids; see [`crate::commit`]) swap `metadata_location` through it with the same
+//! conditional `UPDATE` the catalog uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_schema::Schema as ArrowSchema;
-use iceberg::spec::{DataFile, FormatVersion, TableProperties};
+use iceberg::spec::{DataFile, FormatVersion, Schema, TableProperties};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
 use tarn_core::{Config, Error, ErrorKind, Result};
 
 use crate::layout::{self, PartitionField, SortKey};
@@ -41,6 +48,11 @@ pub struct TableLayout {
 #[derive(Debug, Clone)]
 pub struct Lake {
     catalog: Arc<SqlCatalog>,
+    /// tarn's own connection pool to the catalog database, for the compare-and-swap commits
+    /// the `iceberg` crate's `Transaction` cannot express (see [`crate::commit`]).
+    pool: AnyPool,
+    /// PostgreSQL binds `$1, $2, ...`; SQLite `?`.
+    dollar_binds: bool,
     stores: ObjectStores,
     name: String,
     warehouse: String,
@@ -110,10 +122,11 @@ impl Lake {
             config.catalog.max_connections.to_string(),
         );
         let stores = ObjectStores::new(props.clone());
+        let dollar_binds = bind_style == SqlBindStyle::DollarNumeric;
         let catalog = tokio::time::timeout(
             CATALOG_CONNECT_TIMEOUT,
             SqlCatalogBuilder::default()
-                .uri(uri)
+                .uri(uri.clone())
                 .warehouse_location(warehouse.clone())
                 .sql_bind_style(bind_style)
                 .props(props)
@@ -130,8 +143,29 @@ impl Lake {
                 .with_context("catalog.url", tarn_core::config::redact_url(&url))
                 .with_source(e)
         })?;
+        // The catalog above installed sqlx's `Any` drivers and created the catalog tables.
+        sqlx::any::install_default_drivers();
+        let pool = tokio::time::timeout(
+            CATALOG_CONNECT_TIMEOUT,
+            AnyPoolOptions::new()
+                .max_connections(config.catalog.max_connections.clamp(1, 4))
+                .idle_timeout(Duration::from_secs(30))
+                .connect(&uri),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(ErrorKind::Catalog, "timed out connecting to the catalog database")
+                .with_context("catalog.url", tarn_core::config::redact_url(&url))
+        })?
+        .map_err(|e| {
+            Error::new(ErrorKind::Catalog, "cannot open the catalog database")
+                .with_context("catalog.url", tarn_core::config::redact_url(&url))
+                .with_source(e)
+        })?;
         Ok(Self {
             catalog: Arc::new(catalog),
+            pool,
+            dollar_binds,
             stores,
             name: config.catalog.name.clone(),
             warehouse,
@@ -286,6 +320,19 @@ impl Lake {
     ) -> Result<Table> {
         let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
             .map_err(|e| iceberg_error(format!("cannot map the columns of {ident} to Iceberg types"), e))?;
+        self.create_table_with_schema(ident, schema, layout).await
+    }
+
+    /// Creates a format-v2 table with an Iceberg `schema`, keeping its identifier fields (the
+    /// primary key of a CDC table; see [`iceberg_schema_with_keys`]). As for every new Iceberg
+    /// table, the catalog assigns fresh field ids in schema order; the identifier fields follow
+    /// their columns. Read the ids back from the returned table.
+    pub async fn create_table_with_schema(
+        &self,
+        ident: &TableIdent,
+        schema: Schema,
+        layout: &TableLayout,
+    ) -> Result<Table> {
         let spec = layout::partition_spec(&schema, &layout.partition)?;
         let sort = layout::sort_order(&schema, &layout.sort)?;
         let mut properties = HashMap::from([
@@ -343,8 +390,10 @@ impl Lake {
 
     /// Drops `ident` from the catalog; with `purge`, deletes its files too.
     pub async fn drop_table(&self, ident: &TableIdent, purge: bool) -> Result<()> {
-        let location = if purge {
-            Some(self.load_table(ident).await?.metadata().location().to_string())
+        // The table's own file IO carries the storage settings (S3 endpoint, credentials).
+        let purge_target = if purge {
+            let table = self.load_table(ident).await?;
+            Some((table.metadata().location().to_string(), table.file_io().clone()))
         } else {
             None
         };
@@ -355,8 +404,7 @@ impl Lake {
                 iceberg_error(format!("cannot drop table {ident}"), e)
             }
         })?;
-        if let Some(location) = location {
-            let io = iceberg::io::FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory)).build();
+        if let Some((location, io)) = purge_target {
             // Files of a dropped table are garbage: failing to delete them loses nothing.
             if let Err(e) = io.delete_prefix(&location).await {
                 tracing::warn!(table = %ident, %location, error = %e, "cannot delete files of dropped table");
@@ -411,9 +459,125 @@ impl Lake {
     }
 }
 
+/// The Iceberg schema for Arrow `schema` with `key_columns` as its identifier fields (the
+/// row identity Iceberg engines use for upserts; tarn's CDC tables use the source's primary
+/// key). Key columns become required; field ids are assigned in column order.
+pub fn iceberg_schema_with_keys(schema: &ArrowSchema, key_columns: &[&str]) -> Result<Schema> {
+    let mut fields: Vec<arrow_schema::FieldRef> = schema.fields().iter().cloned().collect();
+    for key in key_columns {
+        let Some(i) = fields.iter().position(|f| f.name() == key) else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("key column {key:?} is not among the columns"),
+            ));
+        };
+        fields[i] = Arc::new(fields[i].as_ref().clone().with_nullable(false));
+    }
+    let arrow = ArrowSchema::new_with_metadata(fields, schema.metadata().clone());
+    let base = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow)
+        .map_err(|e| iceberg_error("cannot map the columns to Iceberg types", e))?;
+    let ids = key_columns
+        .iter()
+        .map(|k| base.field_by_name(k).map(|f| f.id).expect("checked above"))
+        .collect::<Vec<_>>();
+    base.into_builder()
+        .with_identifier_field_ids(ids)
+        .build()
+        .map_err(|e| iceberg_error("invalid key columns", e))
+}
+
+/// The catalog row of a table, for tarn's own compare-and-swap commits.
+const CATALOG_WHERE: &str = "catalog_name = ? AND table_namespace = ? AND table_name = ? \
+     AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)";
+
+impl Lake {
+    /// `write.commit_retries`: how often a commit that lost a race is re-applied.
+    pub(crate) fn commit_retries(&self) -> u32 {
+        self.commit_retries
+    }
+
+    /// `query` with `?` placeholders in the catalog database's bind style.
+    fn sql(&self, query: &str) -> String {
+        if !self.dollar_binds {
+            return query.to_string();
+        }
+        let mut out = String::with_capacity(query.len() + 8);
+        let mut n = 0;
+        for c in query.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The metadata location the catalog holds for `ident` right now.
+    pub(crate) async fn current_metadata_location(&self, ident: &TableIdent) -> Result<String> {
+        let query = self.sql(&format!(
+            "SELECT metadata_location FROM iceberg_tables WHERE {CATALOG_WHERE}"
+        ));
+        let row: Option<(Option<String>,)> = sqlx::query_as(&query)
+            .bind(self.name.clone())
+            .bind(ident.namespace().join("."))
+            .bind(ident.name().to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Catalog, format!("cannot look up table {ident}")).with_source(e)
+            })?;
+        match row {
+            Some((Some(location),)) => Ok(location),
+            _ => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("table {ident} does not exist"),
+            )),
+        }
+    }
+
+    /// Points `ident` at `new_location` if the catalog still holds `expected`: the same
+    /// conditional `UPDATE` the SQL catalog commits with, so tarn's commits and those of other
+    /// engines on the same catalog exclude each other. `Ok(false)`: another writer won.
+    pub(crate) async fn swap_metadata_location(
+        &self,
+        ident: &TableIdent,
+        expected: &str,
+        new_location: &str,
+    ) -> Result<bool> {
+        let query = self.sql(&format!(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE {CATALOG_WHERE} AND metadata_location = ?"
+        ));
+        let result = sqlx::query(&query)
+            .bind(new_location.to_string())
+            .bind(expected.to_string())
+            .bind(self.name.clone())
+            .bind(ident.namespace().join("."))
+            .bind(ident.name().to_string())
+            .bind(expected.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Catalog, format!("cannot commit to table {ident}"))
+                    .with_context("metadata", new_location)
+                    .with_source(e)
+            })?;
+        Ok(result.rows_affected() == 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lake_is_shareable() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Lake>();
+    }
 
     #[test]
     fn table_names() {

@@ -54,7 +54,7 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
         ErrorKind::CommitConflict => "40001",
         ErrorKind::Cancelled => "57014",
         ErrorKind::Storage => "58030",
-        ErrorKind::Catalog => "08006",
+        ErrorKind::Catalog | ErrorKind::Source => "08006",
         ErrorKind::Config => "F0000",
         ErrorKind::InvalidInput => {
             let m = message.to_ascii_lowercase();

@@ -76,6 +76,32 @@ pub enum BenchCommand {
         #[arg(long)]
         no_duckdb: bool,
     },
+    /// CDC: snapshot rows/s, sustained changes/s and freshness from PostgreSQL into Iceberg,
+    /// against `psql \copy` and `pg_recvlogical` on the same data.
+    Cdc {
+        /// Rows of the table copied by the initial snapshot.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Changes (inserts, updates, deletes) of the sustained phase.
+        #[arg(long, default_value_t = 1_000_000)]
+        changes: u64,
+        /// Concurrent writer connections.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Seconds of the freshness phase.
+        #[arg(long, default_value_t = 30)]
+        freshness_seconds: u64,
+        /// Changes per second written during the freshness phase.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Source database (`postgres://...`); default a private PostgreSQL started from the
+        /// system's binaries.
+        #[arg(long)]
+        source: Option<String>,
+        /// Where the lake and the private PostgreSQL go; default `DATA_DIR/bench/cdc`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Runs a benchmark.
@@ -97,6 +123,34 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             }
             let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join(format!("tpch-sf{sf}")));
             tpch(&config, sf, runs.max(1), &queries, &dir, python, no_duckdb).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Cdc {
+            rows,
+            changes,
+            writers,
+            freshness_seconds,
+            rate,
+            source,
+            dir,
+        } => {
+            if rows == 0 || writers == 0 || rate == 0 {
+                bail!("--rows, --writers and --rate must be positive");
+            }
+            let dir = dir.unwrap_or_else(|| crate::bench_cdc::default_dir(&config));
+            crate::bench_cdc::run(
+                &config,
+                crate::bench_cdc::CdcBenchOptions {
+                    rows,
+                    changes,
+                    writers,
+                    freshness_seconds,
+                    rate,
+                    source,
+                    dir,
+                },
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -435,9 +489,31 @@ async fn duckdb_reference(
     Ok(times)
 }
 
-fn peak_rss() -> Option<String> {
+/// The process's peak resident memory (`VmHWM`), human-readable.
+pub(crate) fn peak_rss() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(format!("{:.0} MiB", kb / 1024.0))
+}
+
+/// Runs one statement and returns the first column of its rows as text.
+pub(crate) async fn query_rows_text(session: &TarnSession, sql: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Output::Rows(stream) = session.run_sql(sql).await? {
+        let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await?;
+        for batch in batches {
+            if batch.num_columns() == 0 {
+                continue;
+            }
+            let formatter = arrow::util::display::ArrayFormatter::try_new(
+                batch.column(0).as_ref(),
+                &arrow::util::display::FormatOptions::default(),
+            )?;
+            for row in 0..batch.num_rows() {
+                out.push(formatter.value(row).to_string());
+            }
+        }
+    }
+    Ok(out)
 }

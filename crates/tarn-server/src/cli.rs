@@ -87,6 +87,9 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Change data capture: stream a PostgreSQL database into Iceberg tables.
+    #[command(subcommand)]
+    Cdc(crate::cdc::CdcCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -131,7 +134,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config, matches!(cli.command, Command::Serve));
+    let long_running = matches!(
+        cli.command,
+        Command::Serve | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
+    );
+    init_logging(&config, long_running);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -241,6 +248,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             table_command(&lake, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
         Command::Bench(cmd) => crate::bench::run(cmd, config).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),
     }

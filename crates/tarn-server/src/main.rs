@@ -1,6 +1,8 @@
 //! The `tarn` binary: a thin CLI over the tarn libraries.
 
 mod bench;
+mod bench_cdc;
+mod cdc;
 mod cli;
 mod output;
 mod serve;

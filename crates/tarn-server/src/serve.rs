@@ -1,6 +1,7 @@
 //! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`)
 //! until SIGINT or SIGTERM.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -9,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
 use tarn_core::Config;
 use tarn_query::TarnSession;
 use tokio::net::TcpListener;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 struct HttpState {
     metrics: PrometheusHandle,
     session: TarnSession,
+    cdc: Option<Arc<PipelineStatus>>,
 }
 
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
@@ -32,6 +35,19 @@ async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
 
 async fn metrics_page(State(state): State<HttpState>) -> String {
     state.metrics.render()
+}
+
+async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    match &state.cdc {
+        Some(status) => (
+            StatusCode::OK,
+            axum::Json(serde_json::to_value(status.report()).unwrap_or_default()),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "no CDC pipeline: cdc.source is not set"})),
+        ),
+    }
 }
 
 /// Installs the Prometheus recorder; every `metrics::` call from here on is exported.
@@ -67,12 +83,33 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         warehouse = %config.warehouse_url(),
         "tarn serving"
     );
+    // The CDC pipeline, when configured, runs beside the endpoints.
+    let pipeline_status = config.cdc.source.as_ref().map(|_| Arc::new(PipelineStatus::default()));
+    let mut cdc_task = match &pipeline_status {
+        Some(status) => {
+            let (config, lake, status, shutdown) = (
+                config.clone(),
+                session.lake().clone(),
+                status.clone(),
+                shutdown.clone(),
+            );
+            tracing::info!(pipeline = %config.cdc.pipeline, "starting the CDC pipeline");
+            Some(tokio::spawn(async move {
+                tarn_cdc::pipeline::run(&config, lake, RunOptions::default(), status, shutdown)
+                    .await
+                    .context("the CDC pipeline failed")
+            }))
+        }
+        None => None,
+    };
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
+        .route("/cdc/status", get(cdc_status))
         .with_state(HttpState {
             metrics,
             session: session.clone(),
+            cdc: pipeline_status,
         });
     let http_shutdown = shutdown.clone();
     let mut http_task = tokio::spawn(async move {
@@ -94,6 +131,12 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         }
     });
     // Run until a signal, or until an endpoint stops by itself (an error).
+    let cdc_done = async {
+        match cdc_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let early = tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down");
@@ -101,6 +144,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         }
         r = &mut http_task => Some(r),
         r = &mut pg_task => Some(r),
+        r = cdc_done => Some(r),
     };
     shutdown.cancel();
     if let Some(result) = early {
@@ -111,6 +155,11 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     let drain = async {
         let _ = http_task.await;
         let _ = pg_task.await;
+        if let Some(task) = cdc_task {
+            if let Ok(Err(e)) = task.await {
+                tracing::error!(error = %format!("{e:#}"), "CDC pipeline");
+            }
+        }
     };
     if tokio::time::timeout(Duration::from_secs(10), drain)
         .await
@@ -122,7 +171,8 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

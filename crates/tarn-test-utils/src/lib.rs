@@ -1,8 +1,7 @@
 //! Test harness: real services on loopback, in temporary directories, stopped on drop.
 //!
-//! - [`PostgresServer`]: a PostgreSQL from the system's binaries (`initdb`, `pg_ctl`) with
-//!   `wal_level=logical`, on a free port of 127.0.0.1. As root it runs as the `postgres` user,
-//!   since `initdb` refuses root.
+//! - [`PostgresServer`]: a PostgreSQL from the system's binaries with `wal_level=logical`, on a
+//!   free port of 127.0.0.1 (tarn's own [`tarn_cdc::postgres::local::LocalPostgres`]).
 //! - [`S3Server`]: moto's S3 API server from the project's Python venv, with a bucket.
 //! - [`python`]: the venv's interpreter (pyiceberg, duckdb, psycopg), set up by
 //!   `scripts/setup.sh`.
@@ -63,146 +62,13 @@ pub fn python() -> Result<PathBuf> {
     Ok(p)
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+/// A PostgreSQL for one test: fresh cluster in a temporary directory, logical replication
+/// on, a free loopback port; stopped and removed on drop.
+pub type PostgresServer = tarn_cdc::postgres::local::LocalPostgres;
 
-fn pg_bin_dir() -> Result<PathBuf> {
-    let base = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
-        .with_context(|| format!("no PostgreSQL under {}: install postgresql", base.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("pg_ctl").exists())
-        .collect();
-    versions.sort();
-    versions.pop().context("no pg_ctl found: install postgresql")
-}
-
-/// A PostgreSQL server for one test.
-pub struct PostgresServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    bin: PathBuf,
-    as_postgres: bool,
-}
-
-impl PostgresServer {
-    /// Starts a fresh server with logical replication enabled.
-    pub fn start() -> Result<Self> {
-        let bin = pg_bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("tarn-pg-").tempdir()?;
-        let as_postgres = is_root();
-        if as_postgres {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg("postgres")
-                .arg(dir.path())
-                .status()?;
-            if !status.success() {
-                bail!("cannot chown {} to postgres", dir.path().display());
-            }
-        }
-        let server = Self {
-            port: free_port(),
-            dir,
-            bin,
-            as_postgres,
-        };
-        let data = server.dir.path().join("data");
-        server.run(&[
-            server.bin.join("initdb").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ])?;
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off",
-            server.port,
-            server.dir.path().display()
-        );
-        server.run(&[
-            server.bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            server.dir.path().join("log").to_str().unwrap(),
-            "-o",
-            &opts,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ])?;
-        wait_for_port(server.port, Duration::from_secs(30))?;
-        Ok(server)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<()> {
-        let output = if self.as_postgres {
-            Command::new("runuser")
-                .arg("-u")
-                .arg("postgres")
-                .arg("--")
-                .args(args)
-                .output()?
-        } else {
-            Command::new(args[0]).args(&args[1..]).output()?
-        };
-        if !output.status.success() {
-            bail!(
-                "{} failed: {}{}",
-                args[0],
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// A connection URL for database `db`.
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// Runs SQL with psql against database `db`.
-    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new("psql")
-            .arg(self.url(db))
-            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
-            .output()?;
-        if !out.status.success() {
-            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = self.run(&[
-            self.bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-m",
-            "immediate",
-            "stop",
-        ]);
-    }
+/// Starts a [`PostgresServer`].
+pub fn start_postgres() -> Result<PostgresServer> {
+    Ok(PostgresServer::start_temporary()?)
 }
 
 /// moto's S3 API server for one test, with one bucket.

@@ -87,7 +87,7 @@ async fn sqlite_catalog_local_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_catalog() {
-    let pg = PostgresServer::start().unwrap();
+    let pg = PostgresServer::start_temporary().unwrap();
     pg.psql("postgres", "CREATE DATABASE catalog").unwrap();
     let url = pg.url("catalog");
     let t = TestLake::with(&[("catalog.url", &url)]).await;

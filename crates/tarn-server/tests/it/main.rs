@@ -2,6 +2,7 @@
 //! DuckDB, psql, psycopg, pgjdbc, the `tarn` binary itself).
 
 mod catalog;
+mod cdc;
 mod cli;
 mod interop;
 mod pgwire;

@@ -1,0 +1,20 @@
+//! Change data capture: every committed change of an OLTP database lands in Iceberg tables,
+//! exactly once.
+//!
+//! - [`source`]: what a source delivers (events, positions, table specs) and its contract.
+//! - [`postgres`]: the PostgreSQL source — publication and logical replication slot
+//!   (`pgoutput`), the initial snapshot inside the slot's exported snapshot, and the stream of
+//!   committed transactions after it.
+//! - [`sink`]: changes into Iceberg tables as merge-on-read commits with position deletes,
+//!   found through a primary-key [`index`].
+//! - [`pipeline`]: the loop between them — flush policy, backpressure, acknowledgement after
+//!   commit, restarts.
+
+#[cfg(feature = "pipeline")]
+pub mod index;
+#[cfg(feature = "pipeline")]
+pub mod pipeline;
+pub mod postgres;
+#[cfg(feature = "pipeline")]
+pub mod sink;
+pub mod source;

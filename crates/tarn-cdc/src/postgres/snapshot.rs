@@ -1,0 +1,292 @@
+//! Copies tables inside an exported snapshot: the initial snapshot of a pipeline, and the
+//! snapshot of a table added later.
+//!
+//! A table is split into chunks — ranges of its integer primary key, or ranges of heap pages
+//! (`ctid`) for other tables — that `parallelism` connections copy at once, each inside
+//! `SET TRANSACTION SNAPSHOT` of the same exported snapshot, so together they read exactly the
+//! table as of the slot's consistent point. Each connection streams `COPY (SELECT ...) TO
+//! STDOUT` text rows into Arrow batches of [`BATCH_ROWS`] and hands them to its own
+//! [`BatchWriter`]; memory stays bounded by one batch and the writer's buffers per connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tarn_core::{Error, ErrorKind, Result};
+use tokio::sync::Mutex;
+
+use super::connect::{SourceAddress, query_error, quote_ident, quote_literal};
+use super::copy_text::CopyTextReader;
+use super::types::{ColumnBuilder, ColumnType, arrow_type};
+use crate::source::TableSpec;
+
+/// Rows per Arrow batch handed to a writer.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Receives the batches one copy connection reads.
+#[async_trait]
+pub trait BatchWriter: Send {
+    /// What the writer produced.
+    type Output: Send;
+    /// Writes one batch.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Finishes writing.
+    async fn finish(self) -> Result<Self::Output>;
+}
+
+/// Live counters of a copy, for progress bars and metrics.
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    /// Rows copied.
+    pub rows: AtomicU64,
+    /// Bytes of COPY text read.
+    pub bytes: AtomicU64,
+    /// Chunks done.
+    pub chunks_done: AtomicU64,
+    /// Chunks planned.
+    pub chunks: AtomicU64,
+}
+
+/// The Arrow schema of a table's rows as the source sends them.
+pub fn arrow_schema(spec: &TableSpec) -> SchemaRef {
+    Arc::new(Schema::new(
+        spec.columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(&c.column_type), !c.not_null))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Turns text rows into record batches of a table's schema.
+pub struct BatchBuilder {
+    schema: SchemaRef,
+    builders: Vec<ColumnBuilder>,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    /// A builder for `spec`'s columns.
+    pub fn new(spec: &TableSpec, capacity: usize) -> Self {
+        let builders = spec
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(format!("{}.{}", spec.qualified(), c.name), &c.column_type, capacity))
+            .collect();
+        Self {
+            schema: arrow_schema(spec),
+            builders,
+            rows: 0,
+        }
+    }
+
+    /// Appends one row of text cells (`None` = NULL).
+    pub fn append(&mut self, row: &[Option<&[u8]>]) -> Result<()> {
+        for (builder, cell) in self.builders.iter_mut().zip(row) {
+            builder.append(*cell)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Rows appended since the last batch.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The pending rows as a batch.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot assemble a batch: {e}")))
+    }
+}
+
+/// How to copy one table.
+#[derive(Debug, Clone)]
+pub struct CopyRequest {
+    /// The table.
+    pub spec: Arc<TableSpec>,
+    /// The exported snapshot to read in.
+    pub snapshot_name: String,
+    /// Parallel connections.
+    pub parallelism: usize,
+    /// Target rows per chunk.
+    pub chunk_rows: u64,
+}
+
+fn is_integer(t: &ColumnType) -> bool {
+    matches!(t, ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64)
+}
+
+async fn begin_in_snapshot(client: &tokio_postgres::Client, snapshot: &str) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(|e| query_error(format!("cannot use exported snapshot {snapshot}"), e))
+}
+
+/// Splits a table into `WHERE` conditions of about `chunk_rows` rows each.
+async fn plan_chunks(client: &tokio_postgres::Client, spec: &TableSpec, chunk_rows: u64) -> Result<Vec<String>> {
+    let table = format!("{}.{}", quote_ident(&spec.schema), quote_ident(&spec.name));
+    let stats = client
+        .query_one(
+            "SELECT greatest(reltuples, 0)::float8, relpages::int8 FROM pg_class WHERE oid = $1",
+            &[&spec.id],
+        )
+        .await
+        .map_err(|e| query_error(format!("cannot read the size of {}", spec.qualified()), e))?;
+    let tuples: f64 = stats.get(0);
+    let pages: i64 = stats.get(1);
+    let chunks = ((tuples / chunk_rows as f64).ceil() as i64).max(1);
+    if chunks <= 1 {
+        return Ok(vec!["true".into()]);
+    }
+    let keys = spec.key_columns();
+    if spec.key_kind == crate::source::KeyKind::PrimaryKey
+        && keys.len() == 1
+        && is_integer(&spec.columns[keys[0]].column_type)
+    {
+        let key = quote_ident(&spec.columns[keys[0]].name);
+        let row = client
+            .query_one(&format!("SELECT min({key})::int8, max({key})::int8 FROM {table}"), &[])
+            .await
+            .map_err(|e| query_error(format!("cannot read the key range of {}", spec.qualified()), e))?;
+        let (Some(min), Some(max)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) else {
+            return Ok(vec!["true".into()]);
+        };
+        let span = (i128::from(max) - i128::from(min) + 1).max(1);
+        let step = (span / i128::from(chunks)).max(1);
+        let mut out = Vec::new();
+        let mut lo = i128::from(min);
+        while lo <= i128::from(max) {
+            let hi = lo + step;
+            if hi > i128::from(max) {
+                out.push(format!("{key} >= {lo}"));
+            } else {
+                out.push(format!("{key} >= {lo} AND {key} < {hi}"));
+            }
+            lo = hi;
+        }
+        return Ok(out);
+    }
+    if pages <= 1 {
+        return Ok(vec!["true".into()]);
+    }
+    let step = (pages / chunks).max(1);
+    let mut out = Vec::new();
+    let mut lo = 0i64;
+    while lo < pages {
+        let hi = lo + step;
+        if hi >= pages {
+            out.push(format!("ctid >= '({lo},0)'::tid"));
+        } else {
+            out.push(format!("ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid"));
+        }
+        lo = hi;
+    }
+    Ok(out)
+}
+
+/// Copies `request.spec` into writers made by `make_writer` (one per connection), returning
+/// each writer's output.
+pub async fn copy_table<W, F>(
+    address: &SourceAddress,
+    request: &CopyRequest,
+    make_writer: F,
+    progress: Arc<CopyProgress>,
+) -> Result<Vec<W::Output>>
+where
+    W: BatchWriter + 'static,
+    F: Fn(usize) -> Result<W>,
+{
+    let spec = request.spec.clone();
+    let planner = address.connect().await?;
+    begin_in_snapshot(&planner, &request.snapshot_name).await?;
+    let chunks = plan_chunks(&planner, &spec, request.chunk_rows).await?;
+    drop(planner);
+    progress.chunks.fetch_add(chunks.len() as u64, Ordering::Relaxed);
+    let workers = request.parallelism.min(chunks.len()).max(1);
+    let queue = Arc::new(Mutex::new(chunks));
+    let columns = spec
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let table = format!("{}.{}", quote_ident(&spec.schema), quote_ident(&spec.name));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..workers {
+        let writer = make_writer(i)?;
+        let client = address.connect().await?;
+        begin_in_snapshot(&client, &request.snapshot_name).await?;
+        let (queue, spec, progress) = (queue.clone(), spec.clone(), progress.clone());
+        let (columns, table) = (columns.clone(), table.clone());
+        tasks.spawn(async move {
+            let mut writer = writer;
+            loop {
+                let Some(condition) = queue.lock().await.pop() else {
+                    break;
+                };
+                copy_chunk(&client, &spec, &columns, &table, &condition, &mut writer, &progress).await?;
+                progress.chunks_done.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = client.batch_execute("COMMIT").await;
+            writer.finish().await
+        });
+    }
+    let mut outputs = Vec::with_capacity(workers);
+    while let Some(joined) = tasks.join_next().await {
+        let output = joined
+            .map_err(|e| Error::new(ErrorKind::Internal, "a snapshot copy task failed").with_source(e))??;
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
+async fn copy_chunk<W: BatchWriter>(
+    client: &tokio_postgres::Client,
+    spec: &TableSpec,
+    columns: &str,
+    table: &str,
+    condition: &str,
+    writer: &mut W,
+    progress: &CopyProgress,
+) -> Result<()> {
+    let sql = format!("COPY (SELECT {columns} FROM {table} WHERE {condition}) TO STDOUT");
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| query_error(format!("cannot copy {}", spec.qualified()), e))?;
+    futures::pin_mut!(stream);
+    let mut reader = CopyTextReader::new(spec.columns.len());
+    let mut batch = BatchBuilder::new(spec, BATCH_ROWS);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| query_error(format!("copying {} failed", spec.qualified()), e))?;
+        progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        reader.push(&chunk, |row| batch.append(row))?;
+        if batch.len() >= BATCH_ROWS {
+            let rows = batch.len() as u64;
+            writer.write(batch.finish()?).await?;
+            progress.rows.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+    reader.finish()?;
+    if !batch.is_empty() {
+        let rows = batch.len() as u64;
+        writer.write(batch.finish()?).await?;
+        progress.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! What a change-data-capture source delivers, whatever database it reads.
+//!
+//! A source produces a stream of [`SourceEvent`]s in commit order: the schema of each table
+//! before its first change ([`SourceEvent::Relation`]), the row changes of one transaction,
+//! then [`SourceEvent::Commit`] with the transaction's [`Position`]. Positions only grow.
+//!
+//! The delivery contract is **at-least-once from the last acknowledged position**: after a
+//! restart the source replays every transaction after the position it was last told about by
+//! [`crate::pipeline`]'s acknowledgement (PostgreSQL: the slot's `confirmed_flush_lsn`), so the
+//! lake writer must skip what a table already holds. The writer makes it exactly-once by
+//! recording each table's position in its Iceberg snapshot summaries.
+//!
+//! Row values travel as PostgreSQL text-format cells ([`Value`]); each table's
+//! [`TableSpec`] says how to turn them into Arrow columns.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use crate::postgres::pgoutput::Value;
+use crate::postgres::types::ColumnType;
+
+/// A position in the source's change stream; higher is later. PostgreSQL positions are LSNs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position(pub u64);
+
+impl Position {
+    /// Parses PostgreSQL's `X/Y` LSN notation.
+    pub fn parse_lsn(text: &str) -> Option<Self> {
+        let (hi, lo) = text.trim().split_once('/')?;
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
+            return None;
+        }
+        Some(Self((hi << 32) | lo))
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// A source table's identity within one stream (PostgreSQL: the relation OID).
+pub type TableId = u32;
+
+/// A column of a captured table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnSpec {
+    /// The column name.
+    pub name: String,
+    /// How its values map to Arrow/Iceberg.
+    pub column_type: ColumnType,
+    /// Part of the primary key (or replica identity).
+    pub key: bool,
+    /// NOT NULL in the source.
+    pub not_null: bool,
+    /// The source's type OID, for messages.
+    pub type_oid: u32,
+    /// The source's type name, for messages.
+    pub type_name: String,
+    /// The source's attribute number, stable across renames (0 when unknown).
+    pub attnum: i16,
+}
+
+/// How a source identifies the rows of a table in updates and deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A primary key (or unique replica-identity index): `ColumnSpec::key` columns.
+    PrimaryKey,
+    /// No key: every column identifies the row (PostgreSQL `REPLICA IDENTITY FULL`).
+    FullRow,
+}
+
+/// A captured table: its name in the source and its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// The source's id for the table.
+    pub id: TableId,
+    /// The source schema.
+    pub schema: String,
+    /// The source table name.
+    pub name: String,
+    /// Columns in source order.
+    pub columns: Vec<ColumnSpec>,
+    /// How rows are identified.
+    pub key_kind: KeyKind,
+}
+
+impl TableSpec {
+    /// `schema.name`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Indexes of the columns that identify a row.
+    pub fn key_columns(&self) -> Vec<usize> {
+        match self.key_kind {
+            KeyKind::PrimaryKey => self
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect(),
+            KeyKind::FullRow => (0..self.columns.len()).collect(),
+        }
+    }
+}
+
+/// A row as the source sent it: one cell per column of the table's spec.
+pub type Row = Vec<Value>;
+
+/// One event of a source's change stream.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// A transaction starts; it will commit at `commit_position` (used to skip transactions
+    /// a table already holds).
+    Begin {
+        /// Where the transaction commits.
+        commit_position: Position,
+    },
+    /// The schema of a table, before its first change and after every schema change.
+    Relation(Arc<TableSpec>),
+    /// A row was inserted.
+    Insert {
+        /// The table.
+        table: TableId,
+        /// The new row.
+        new: Row,
+    },
+    /// A row was updated. `old` holds the key columns (when the key changed) or the whole old
+    /// row (full replica identity); absent when the key did not change.
+    Update {
+        /// The table.
+        table: TableId,
+        /// The old key or row.
+        old: Option<Row>,
+        /// The new row; unchanged TOASTed values are [`Value::Unchanged`].
+        new: Row,
+    },
+    /// A row was deleted; `old` holds at least the key columns.
+    Delete {
+        /// The table.
+        table: TableId,
+        /// The old key or row.
+        old: Row,
+    },
+    /// Tables were truncated.
+    Truncate {
+        /// The tables.
+        tables: Vec<TableId>,
+    },
+    /// The transaction committed: everything up to `position` is in the stream.
+    Commit {
+        /// The end of the transaction; acknowledging it means it never comes again.
+        position: Position,
+        /// Commit time, microseconds since the Unix epoch.
+        commit_time_micros: i64,
+    },
+    /// The source is idle at `position`: nothing for us before it.
+    Keepalive {
+        /// The source's current position.
+        position: Position,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        let p = Position::parse_lsn("16/B374D848").unwrap();
+        assert_eq!(p.0, 0x16_B374_D848);
+        assert_eq!(p.to_string(), "16/B374D848");
+        assert_eq!(Position::parse_lsn("0/0"), Some(Position(0)));
+        assert!(Position::parse_lsn("nope").is_none());
+        assert!(Position(1) < Position(2));
+    }
+}

@@ -1,0 +1,1740 @@
+//! tarn's own commits: row deltas (data + position delete files), rewrites (compaction) and
+//! schema changes, each a compare-and-swap of the table's catalog row.
+//!
+//! Why our own: the `iceberg` crate (0.10) commits only what its `Transaction` actions
+//! express — fast appends, property and schema updates by name, snapshot expiry — and both
+//! `TableCommit` and `TransactionAction` are crate-private, so a commit that adds delete
+//! files, removes files, keeps a rewritten file's data sequence number, or sets a schema with
+//! given field ids (renames, type promotion, identifier fields) cannot go through it. This
+//! module builds those commits from the crate's public spec types: it writes manifests
+//! (`ManifestWriter`), a manifest list (`ManifestListWriter::v2`), the new `TableMetadata`
+//! (`TableMetadataBuilder`) as `<location>/metadata/<version>-<uuid>.metadata.json`, and swaps
+//! the catalog row with the same conditional `UPDATE ... WHERE metadata_location = <read>` as
+//! the SQL catalog, so tarn and other engines on the same catalog exclude each other.
+//!
+//! Contract of every commit here:
+//!
+//! - It applies on top of the table's *current* metadata, never over it: when another writer
+//!   committed since `base`, the change is validated against what that writer did and re-applied
+//!   (with backoff, up to `write.commit_retries` times). A lost swap leaves nothing behind: the
+//!   files of the attempt (manifest list, rewritten manifests, metadata file) are deleted.
+//! - Validation failures are [`ErrorKind::CommitConflict`] errors naming the file and the
+//!   snapshot, so the caller can re-plan:
+//!   - a row delta fails when a snapshot committed after `base` removed a data file its position
+//!     deletes point at (e.g. compaction rewrote it);
+//!   - a rewrite fails when a removed file is no longer live, or a snapshot committed after
+//!     `base` added position deletes pointing at a removed data file (the rewrite would bring
+//!     the deleted rows back). Equality deletes committed after `base` keep applying to the
+//!     rewritten rows, because rewritten files keep the base snapshot's sequence number (below);
+//!     they conflict only when the removed file was written with an older partition spec.
+//! - Sequence numbers follow the spec: a new snapshot takes the next sequence number; files it
+//!   adds are written with a `null` data sequence number and inherit the snapshot's (so the
+//!   manifests are written once and reused across retries; only the manifest list is redone).
+//!   Files added by a rewrite get the *base* snapshot's sequence number as their data sequence
+//!   number (their file sequence number is the new snapshot's), so deletes committed after the
+//!   rewrite's base still apply to the rewritten rows, and deletes already applied while
+//!   rewriting do not apply twice.
+//! - Operations: `append` (only data files added), `delete` (only delete files added),
+//!   `overwrite` (data and delete files added), `replace` (rewrite). The summary carries the
+//!   spec's counters (`added-data-files`, `added-records`, `added-files-size`,
+//!   `added-delete-files`, `added-position-delete-files`, `added-position-deletes`,
+//!   `deleted-data-files`, `deleted-records`, `removed-files-size`, `removed-delete-files`,
+//!   `removed-position-delete-files`, `removed-position-deletes`, `total-*`) plus the caller's
+//!   properties (e.g. the CDC source position); computed counters win over caller keys.
+//! - Files added are taken to be written with the table's default partition spec (as
+//!   [`crate::DataWriter`], [`crate::PositionedDataWriter`] and [`crate::write_position_deletes`]
+//!   write them); tables are format v2.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use iceberg::spec::{
+    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
+    ManifestListWriter, ManifestWriterBuilder, NestedFieldRef, Operation, PrimitiveType, Schema, Snapshot,
+    SnapshotRef, Summary, TableMetadata, TableMetadataBuilder, Type,
+};
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, Runtime, TableIdent};
+use tarn_core::{Error, ErrorKind, Result};
+use uuid::Uuid;
+
+use crate::lake::{Lake, iceberg_error};
+use crate::rows::{FileEntry, SnapshotFiles, for_each_position_delete, path_bounds};
+
+/// Manifests read at once.
+const MANIFEST_CONCURRENCY: usize = 8;
+
+/// Data and delete files to commit together: new rows, and position deletes for old ones.
+#[derive(Debug, Clone, Default)]
+pub struct RowDelta {
+    /// New data files.
+    pub data_files: Vec<DataFile>,
+    /// New delete files (position deletes; equality deletes only as a fallback).
+    pub delete_files: Vec<DataFile>,
+    /// The data files the position deletes point at. Files among `data_files` need not be
+    /// listed. The commit fails with a conflict when a concurrent commit removed one of them.
+    pub referenced_data_files: HashSet<String>,
+    /// Extra snapshot summary properties, e.g. the CDC source position.
+    pub summary: HashMap<String, String>,
+}
+
+impl RowDelta {
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.data_files.is_empty() && self.delete_files.is_empty()
+    }
+}
+
+/// A rewrite (compaction): files replaced by files holding the same live rows.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Data files whose live rows were rewritten.
+    pub removed_data_files: Vec<DataFile>,
+    /// Delete files that no longer apply to any remaining data file.
+    pub removed_delete_files: Vec<DataFile>,
+    /// The new data files.
+    pub added_data_files: Vec<DataFile>,
+    /// Extra snapshot summary properties.
+    pub summary: HashMap<String, String>,
+}
+
+impl Rewrite {
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.removed_data_files.is_empty()
+            && self.removed_delete_files.is_empty()
+            && self.added_data_files.is_empty()
+    }
+}
+
+/// What one snapshot changes.
+struct Change {
+    operation: Operation,
+    added_data: Vec<DataFile>,
+    added_deletes: Vec<DataFile>,
+    /// Data sequence number of the added data files; `None` inherits the new snapshot's.
+    data_sequence_number: Option<i64>,
+    /// Paths of the files the snapshot removes.
+    removed: HashSet<String>,
+    summary: HashMap<String, String>,
+}
+
+/// What a commit must check against snapshots committed after its base.
+enum Validation {
+    RowDelta { referenced: HashSet<String> },
+    Rewrite,
+}
+
+/// A removed file as the current snapshot's manifests hold it.
+struct RemovedFile {
+    file: DataFile,
+    spec_id: i32,
+}
+
+/// The current snapshot's manifests, split into those kept as they are and those holding
+/// removed files (to be rewritten with the files marked deleted).
+struct CarriedManifests {
+    kept: Vec<ManifestFile>,
+    rewrite: Vec<(ManifestFile, Manifest)>,
+    removed: HashMap<String, RemovedFile>,
+}
+
+/// Files written by one commit attempt, deleted when the attempt loses the race.
+#[derive(Default)]
+struct AttemptFiles(Vec<String>);
+
+fn conflict(message: String) -> Error {
+    Error::new(ErrorKind::CommitConflict, message)
+}
+
+fn random_snapshot_id(metadata: &TableMetadata) -> i64 {
+    loop {
+        let (a, b) = Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) & (i64::MAX as u64)) as i64;
+        if id != 0 && metadata.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 10u64.saturating_mul(1 << attempt.min(7)).min(1000);
+    // A little jitter keeps two retrying writers from colliding again.
+    let jitter = u64::from(Uuid::new_v4().as_u128() as u16) % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+/// Snapshots of `metadata` committed after `base_id` on the main branch, newest first; `None`
+/// when `base_id` is not an ancestor of the current snapshot (rolled back or expired).
+fn snapshots_since(metadata: &TableMetadata, base_id: Option<i64>) -> Option<Vec<SnapshotRef>> {
+    let mut out = Vec::new();
+    let mut next = metadata.current_snapshot_id();
+    while let Some(id) = next {
+        if Some(id) == base_id {
+            return Some(out);
+        }
+        let snapshot = metadata.snapshot_by_id(id)?;
+        next = snapshot.parent_snapshot_id();
+        out.push(snapshot.clone());
+    }
+    base_id.is_none().then_some(out)
+}
+
+/// What one snapshot itself added (delete files) and removed (paths), from the manifests it wrote.
+struct SnapshotDelta {
+    added_deletes: Vec<FileEntry>,
+    removed: Vec<String>,
+}
+
+async fn snapshot_delta(
+    table: &Table,
+    snapshot: &SnapshotRef,
+    with_added_deletes: bool,
+) -> Result<SnapshotDelta> {
+    let name = table.identifier();
+    let id = snapshot.snapshot_id();
+    let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
+        iceberg_error(
+            format!("cannot read the manifest list of snapshot {id} of {name}"),
+            e,
+        )
+    })?;
+    let wanted: Vec<ManifestFile> = list
+        .entries()
+        .iter()
+        .filter(|m| {
+            m.added_snapshot_id == id
+                && (m.has_deleted_files()
+                    || (with_added_deletes
+                        && m.content == ManifestContentType::Deletes
+                        && m.has_added_files()))
+        })
+        .cloned()
+        .collect();
+    let io = table.file_io().clone();
+    let manifests: Vec<(i32, Manifest)> = futures::stream::iter(wanted)
+        .map(|m| {
+            let io = io.clone();
+            async move {
+                let loaded = m.load_manifest(&io).await.map_err(|e| {
+                    iceberg_error(format!("cannot read manifest {} of {name}", m.manifest_path), e)
+                })?;
+                Ok::<_, Error>((m.partition_spec_id, loaded))
+            }
+        })
+        .buffered(MANIFEST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut delta = SnapshotDelta {
+        added_deletes: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (spec_id, manifest) in manifests {
+        for entry in manifest.entries() {
+            if entry.snapshot_id() != Some(id) {
+                continue;
+            }
+            match entry.status() {
+                iceberg::spec::ManifestStatus::Deleted => delta.removed.push(entry.file_path().to_string()),
+                iceberg::spec::ManifestStatus::Added if entry.content_type() != DataContentType::Data => {
+                    delta.added_deletes.push(FileEntry {
+                        entry: entry.clone(),
+                        spec_id,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(delta)
+}
+
+/// The spec's summary counters for `change` on top of `previous`.
+fn summary_properties(
+    previous: Option<&Summary>,
+    change: &Change,
+    removed: &HashMap<String, RemovedFile>,
+) -> HashMap<String, String> {
+    #[derive(Default)]
+    struct Counts {
+        data_files: u64,
+        records: u64,
+        size: u64,
+        delete_files: u64,
+        pos_delete_files: u64,
+        pos_deletes: u64,
+        eq_delete_files: u64,
+        eq_deletes: u64,
+    }
+    fn count<'a>(files: impl Iterator<Item = &'a DataFile>) -> Counts {
+        let mut c = Counts::default();
+        for f in files {
+            c.size += f.file_size_in_bytes();
+            match f.content_type() {
+                DataContentType::Data => {
+                    c.data_files += 1;
+                    c.records += f.record_count();
+                }
+                DataContentType::PositionDeletes => {
+                    c.delete_files += 1;
+                    c.pos_delete_files += 1;
+                    c.pos_deletes += f.record_count();
+                }
+                DataContentType::EqualityDeletes => {
+                    c.delete_files += 1;
+                    c.eq_delete_files += 1;
+                    c.eq_deletes += f.record_count();
+                }
+            }
+        }
+        c
+    }
+    let added = count(change.added_data.iter().chain(&change.added_deletes));
+    let gone = count(removed.values().map(|r| &r.file));
+    let mut out = change.summary.clone();
+    let mut put = |key: &str, value: u64| {
+        if value > 0 {
+            out.insert(key.to_string(), value.to_string());
+        }
+    };
+    put("added-data-files", added.data_files);
+    put("added-records", added.records);
+    put("added-files-size", added.size);
+    put("added-delete-files", added.delete_files);
+    put("added-position-delete-files", added.pos_delete_files);
+    put("added-position-deletes", added.pos_deletes);
+    put("added-equality-delete-files", added.eq_delete_files);
+    put("added-equality-deletes", added.eq_deletes);
+    put("deleted-data-files", gone.data_files);
+    put("deleted-records", gone.records);
+    put("removed-files-size", gone.size);
+    put("removed-delete-files", gone.delete_files);
+    put("removed-position-delete-files", gone.pos_delete_files);
+    put("removed-position-deletes", gone.pos_deletes);
+    put("removed-equality-delete-files", gone.eq_delete_files);
+    put("removed-equality-deletes", gone.eq_deletes);
+    // Totals carry over from the previous snapshot; without a previous total there is no
+    // honest total to write (another engine may have left it out), so none is written.
+    let totals: [(&str, u64, u64); 6] = [
+        ("total-records", added.records, gone.records),
+        ("total-files-size", added.size, gone.size),
+        ("total-data-files", added.data_files, gone.data_files),
+        ("total-delete-files", added.delete_files, gone.delete_files),
+        ("total-position-deletes", added.pos_deletes, gone.pos_deletes),
+        ("total-equality-deletes", added.eq_deletes, gone.eq_deletes),
+    ];
+    for (key, plus, minus) in totals {
+        let before = match previous {
+            None => Some(0),
+            Some(summary) => summary
+                .additional_properties
+                .get(key)
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
+        if let Some(before) = before {
+            out.insert(key.to_string(), (before + plus).saturating_sub(minus).to_string());
+        } else {
+            out.remove(key);
+        }
+    }
+    out
+}
+
+impl Lake {
+    /// Commits `delta` (new data files and delete files) as one snapshot on top of the
+    /// table's current snapshot; see the module doc for validation and retries. An empty
+    /// delta commits nothing and returns the current table.
+    pub async fn commit_row_delta(&self, base: &Table, delta: RowDelta) -> Result<Table> {
+        if delta.is_empty() {
+            return self.refresh(base).await;
+        }
+        if let Some(f) = delta
+            .data_files
+            .iter()
+            .find(|f| f.content_type() != DataContentType::Data)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a delete file, listed among the data files of a row delta",
+                    f.file_path()
+                ),
+            ));
+        }
+        if let Some(f) = delta
+            .delete_files
+            .iter()
+            .find(|f| f.content_type() == DataContentType::Data)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a data file, listed among the delete files of a row delta",
+                    f.file_path()
+                ),
+            ));
+        }
+        let operation = match (delta.data_files.is_empty(), delta.delete_files.is_empty()) {
+            (false, true) => Operation::Append,
+            (true, false) => Operation::Delete,
+            _ => Operation::Overwrite,
+        };
+        let own: HashSet<&str> = delta.data_files.iter().map(|f| f.file_path()).collect();
+        let referenced = delta
+            .referenced_data_files
+            .iter()
+            .filter(|p| !own.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let change = Change {
+            operation,
+            added_data: delta.data_files,
+            added_deletes: delta.delete_files,
+            data_sequence_number: None,
+            removed: HashSet::new(),
+            summary: delta.summary,
+        };
+        self.produce_snapshot(base, change, Validation::RowDelta { referenced })
+            .await
+    }
+
+    /// Commits `rewrite` (compaction) as one `replace` snapshot on top of the table's current
+    /// snapshot; the added files keep `base`'s sequence number. See the module doc for
+    /// validation and retries. An empty rewrite commits nothing.
+    pub async fn commit_rewrite(&self, base: &Table, rewrite: Rewrite) -> Result<Table> {
+        if rewrite.is_empty() {
+            return self.refresh(base).await;
+        }
+        if let Some(f) = rewrite
+            .added_data_files
+            .iter()
+            .chain(&rewrite.removed_data_files)
+            .find(|f| f.content_type() != DataContentType::Data)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a delete file, listed among the data files of a rewrite",
+                    f.file_path()
+                ),
+            ));
+        }
+        if let Some(f) = rewrite
+            .removed_delete_files
+            .iter()
+            .find(|f| f.content_type() == DataContentType::Data)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a data file, listed among the removed delete files",
+                    f.file_path()
+                ),
+            ));
+        }
+        let base_snapshot = base.metadata().current_snapshot().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("table {} has no snapshot to rewrite", base.identifier()),
+            )
+        })?;
+        let removed = rewrite
+            .removed_data_files
+            .iter()
+            .chain(&rewrite.removed_delete_files)
+            .map(|f| f.file_path().to_string())
+            .collect();
+        let change = Change {
+            operation: Operation::Replace,
+            added_data: rewrite.added_data_files,
+            added_deletes: Vec::new(),
+            data_sequence_number: Some(base_snapshot.sequence_number()),
+            removed,
+            summary: rewrite.summary,
+        };
+        self.produce_snapshot(base, change, Validation::Rewrite).await
+    }
+
+    /// Makes `new_schema` the current schema of the table (no snapshot). Field ids are the
+    /// caller's: kept columns keep their ids (a rename keeps the id, a drop leaves it out, a
+    /// type promotion `int` → `long`, `float` → `double` or a wider decimal keeps it), new
+    /// columns take ids above the table's `last-column-id` and must be optional; identifier
+    /// fields come with the schema. `properties` are set in the same commit. When another
+    /// writer changed the table meanwhile, the change is re-applied if the current schema is
+    /// still `base`'s; otherwise it fails with a commit conflict.
+    pub async fn evolve_schema(
+        &self,
+        base: &Table,
+        new_schema: Schema,
+        properties: HashMap<String, String>,
+    ) -> Result<Table> {
+        let ident = base.identifier().clone();
+        let base_schema_id = base.metadata().current_schema_id();
+        check_schema_evolution(base.metadata(), &new_schema, &ident)?;
+        let mut current = self.refresh(base).await?;
+        let mut attempt = 0u32;
+        loop {
+            if current.metadata().current_schema_id() != base_schema_id {
+                return Err(conflict(format!(
+                    "the schema of {ident} changed since schema {base_schema_id} (now {}): re-plan the change",
+                    current.metadata().current_schema_id()
+                )));
+            }
+            let mut builder = TableMetadataBuilder::new_from_metadata(
+                current.metadata().clone(),
+                current.metadata_location().map(str::to_string),
+            )
+            .add_current_schema(new_schema.clone())
+            .map_err(|e| iceberg_error(format!("invalid schema for {ident}"), e))?;
+            if !properties.is_empty() {
+                builder = builder
+                    .set_properties(properties.clone())
+                    .map_err(|e| iceberg_error(format!("invalid properties for {ident}"), e))?;
+            }
+            let metadata = builder
+                .build()
+                .map_err(|e| iceberg_error(format!("invalid schema for {ident}"), e))?
+                .metadata;
+            if let Some(table) = self
+                .write_and_swap(&current, metadata, &mut AttemptFiles::default())
+                .await?
+            {
+                tracing::info!(table = %ident, schema_id = table.metadata().current_schema_id(), "schema evolved");
+                return Ok(table);
+            }
+            attempt = self.next_attempt(&ident, attempt).await?;
+            current = self.refresh(&current).await?;
+        }
+    }
+
+    /// Sets table properties of `ident` (merged into the existing ones), retrying on conflicts.
+    pub async fn set_properties(&self, ident: &TableIdent, props: HashMap<String, String>) -> Result<Table> {
+        let mut current = self.load_table(ident).await?;
+        let mut attempt = 0u32;
+        loop {
+            let metadata = TableMetadataBuilder::new_from_metadata(
+                current.metadata().clone(),
+                current.metadata_location().map(str::to_string),
+            )
+            .set_properties(props.clone())
+            .and_then(|b| b.build())
+            .map_err(|e| iceberg_error(format!("invalid properties for {ident}"), e))?
+            .metadata;
+            if let Some(table) = self
+                .write_and_swap(&current, metadata, &mut AttemptFiles::default())
+                .await?
+            {
+                return Ok(table);
+            }
+            attempt = self.next_attempt(ident, attempt).await?;
+            current = self.refresh(&current).await?;
+        }
+    }
+
+    /// `table` if the catalog still points at its metadata, else the table as it is now.
+    pub(crate) async fn refresh(&self, table: &Table) -> Result<Table> {
+        let location = self.current_metadata_location(table.identifier()).await?;
+        if table.metadata_location() == Some(location.as_str()) {
+            Ok(table.clone())
+        } else {
+            self.load_table(table.identifier()).await
+        }
+    }
+
+    /// Counts a lost race; fails when retries are used up, else waits before the next try.
+    async fn next_attempt(&self, ident: &TableIdent, attempt: u32) -> Result<u32> {
+        metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string()).increment(1);
+        if attempt >= self.commit_retries() {
+            return Err(conflict(format!(
+                "cannot commit to {ident}: other writers committed first {} times in a row",
+                attempt + 1
+            )));
+        }
+        tracing::debug!(table = %ident, attempt, "commit conflict, retrying");
+        tokio::time::sleep(backoff(attempt)).await;
+        Ok(attempt + 1)
+    }
+
+    /// Writes `metadata` as the next metadata file of `current` and swaps the catalog row.
+    /// `Ok(None)`: another writer won; the metadata file and `attempt` files are deleted.
+    async fn write_and_swap(
+        &self,
+        current: &Table,
+        metadata: TableMetadata,
+        attempt: &mut AttemptFiles,
+    ) -> Result<Option<Table>> {
+        let ident = current.identifier();
+        let current_location = current.metadata_location().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("table {ident} was loaded without a metadata location"),
+            )
+        })?;
+        let location = MetadataLocation::from_str(current_location)
+            .map_err(|e| iceberg_error(format!("unexpected metadata location of {ident}"), e))?
+            .with_next_version()
+            .with_new_metadata(&metadata);
+        let location_text = location.to_string();
+        metadata
+            .write_to(current.file_io(), &location)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot write metadata file {location_text}"), e))?;
+        attempt.0.push(location_text.clone());
+        if self
+            .swap_metadata_location(ident, current_location, &location_text)
+            .await?
+        {
+            let table = Table::builder()
+                .file_io(current.file_io().clone())
+                .identifier(ident.clone())
+                .metadata(metadata)
+                .metadata_location(location_text)
+                .runtime(Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?)
+                .build()
+                .map_err(|e| iceberg_error(format!("cannot open committed table {ident}"), e))?;
+            metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
+            return Ok(Some(table));
+        }
+        // Lost: nothing references the attempt's files.
+        for path in attempt.0.drain(..) {
+            if let Err(e) = current.file_io().delete(&path).await {
+                tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
+            }
+        }
+        Ok(None)
+    }
+
+    /// The snapshot producer behind row deltas and rewrites.
+    async fn produce_snapshot(&self, base: &Table, change: Change, validation: Validation) -> Result<Table> {
+        let ident = base.identifier().clone();
+        if base.metadata().format_version() != FormatVersion::V2 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "table {ident} has format version {}; tarn writes row deltas and rewrites to format v2 tables",
+                    base.metadata().format_version()
+                ),
+            ));
+        }
+        let default_arity = base.metadata().default_partition_type().fields().len();
+        if let Some(f) = change
+            .added_data
+            .iter()
+            .chain(&change.added_deletes)
+            .find(|f| f.partition().fields().len() != default_arity)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "file {} does not have the partition of table {ident}'s current partition spec",
+                    f.file_path()
+                ),
+            ));
+        }
+        let base_snapshot_id = base.metadata().current_snapshot_id();
+        let commit_id = Uuid::new_v4();
+        let mut current = self.refresh(base).await?;
+        let mut snapshot_id = random_snapshot_id(current.metadata());
+        let mut manifest_counter = 0u32;
+        let mut added: Option<Vec<ManifestFile>> = None;
+        let mut attempt = 0u32;
+        loop {
+            let carried = self.carried_manifests(&current, &change.removed).await?;
+            if let Err(e) = self
+                .validate(base_snapshot_id, &current, &validation, &carried.removed)
+                .await
+            {
+                if let Some(files) = added.take() {
+                    delete_manifests(&current, &files).await;
+                }
+                return Err(e);
+            }
+            if current.metadata().snapshot_by_id(snapshot_id).is_some() {
+                // Someone else took the id: the written manifests carry it, so write anew.
+                snapshot_id = random_snapshot_id(current.metadata());
+                if let Some(files) = added.take() {
+                    delete_manifests(&current, &files).await;
+                }
+            }
+            let new_manifests = match &added {
+                Some(files) => files.clone(),
+                None => {
+                    let files = self
+                        .write_added_manifests(
+                            &current,
+                            snapshot_id,
+                            commit_id,
+                            &mut manifest_counter,
+                            &change,
+                        )
+                        .await?;
+                    added = Some(files.clone());
+                    files
+                }
+            };
+            let mut attempt_files = AttemptFiles::default();
+            let result = self
+                .try_commit(
+                    &current,
+                    snapshot_id,
+                    commit_id,
+                    attempt,
+                    &mut manifest_counter,
+                    &change,
+                    new_manifests,
+                    carried,
+                    &mut attempt_files,
+                )
+                .await;
+            match result {
+                Ok(Some(table)) => {
+                    tracing::info!(
+                        table = %ident,
+                        snapshot_id,
+                        operation = change.operation.as_str(),
+                        data_files = change.added_data.len(),
+                        delete_files = change.added_deletes.len(),
+                        removed_files = change.removed.len(),
+                        "committed"
+                    );
+                    return Ok(table);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Unknown outcome of the swap is reported as an error of the catalog;
+                    // files are then left for orphan removal rather than risk deleting
+                    // committed ones.
+                    return Err(e);
+                }
+            }
+            match self.next_attempt(&ident, attempt).await {
+                Ok(next) => attempt = next,
+                Err(e) => {
+                    if let Some(files) = added.take() {
+                        delete_manifests(&current, &files).await;
+                    }
+                    return Err(e);
+                }
+            }
+            current = self.refresh(&current).await?;
+        }
+    }
+
+    /// Splits the current snapshot's manifests into kept ones and ones holding `removed`
+    /// files; fails with a conflict when a removed file is not live.
+    async fn carried_manifests(
+        &self,
+        current: &Table,
+        removed: &HashSet<String>,
+    ) -> Result<CarriedManifests> {
+        let ident = current.identifier();
+        let mut carried = CarriedManifests {
+            kept: Vec::new(),
+            rewrite: Vec::new(),
+            removed: HashMap::new(),
+        };
+        let Some(snapshot) = current.metadata().current_snapshot() else {
+            if let Some(path) = removed.iter().next() {
+                return Err(conflict(format!(
+                    "file {path} is no longer in table {ident}: it has no snapshot"
+                )));
+            }
+            return Ok(carried);
+        };
+        let list = current
+            .manifest_list_reader(snapshot)
+            .load()
+            .await
+            .map_err(|e| iceberg_error(format!("cannot read the manifest list of {ident}"), e))?;
+        let mut to_load = Vec::new();
+        for manifest in list.entries() {
+            let may_hold_live = manifest.has_added_files() || manifest.has_existing_files();
+            if removed.is_empty() || !may_hold_live {
+                carried.kept.push(manifest.clone());
+            } else {
+                to_load.push(manifest.clone());
+            }
+        }
+        let io = current.file_io().clone();
+        let loaded: Vec<(ManifestFile, Manifest)> = futures::stream::iter(to_load)
+            .map(|m| {
+                let io = io.clone();
+                async move {
+                    let loaded = m.load_manifest(&io).await.map_err(|e| {
+                        iceberg_error(format!("cannot read manifest {} of {ident}", m.manifest_path), e)
+                    })?;
+                    Ok::<_, Error>((m, loaded))
+                }
+            })
+            .buffered(MANIFEST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (manifest, entries) in loaded {
+            let mut holds_removed = false;
+            for entry in entries.entries() {
+                if entry.is_alive() && removed.contains(entry.file_path()) {
+                    holds_removed = true;
+                    carried.removed.insert(
+                        entry.file_path().to_string(),
+                        RemovedFile {
+                            file: entry.data_file().clone(),
+                            spec_id: manifest.partition_spec_id,
+                        },
+                    );
+                }
+            }
+            if holds_removed {
+                carried.rewrite.push((manifest, entries));
+            } else {
+                carried.kept.push(manifest);
+            }
+        }
+        if let Some(missing) = removed.iter().find(|p| !carried.removed.contains_key(*p)) {
+            return Err(conflict(format!(
+                "file {missing} is no longer in table {ident} (current snapshot {}): another commit removed it",
+                snapshot.snapshot_id()
+            )));
+        }
+        Ok(carried)
+    }
+
+    /// Checks the snapshots committed after `base_snapshot_id` against the change.
+    async fn validate(
+        &self,
+        base_snapshot_id: Option<i64>,
+        current: &Table,
+        validation: &Validation,
+        removed: &HashMap<String, RemovedFile>,
+    ) -> Result<()> {
+        let ident = current.identifier();
+        let metadata = current.metadata();
+        if metadata.current_snapshot_id() == base_snapshot_id {
+            return Ok(());
+        }
+        let base_text = base_snapshot_id.map_or("none".to_string(), |id| id.to_string());
+        let Some(since) = snapshots_since(metadata, base_snapshot_id) else {
+            return match validation {
+                // Without the history, check what the deletes need directly: their files live.
+                Validation::RowDelta { referenced } => {
+                    if referenced.is_empty() {
+                        return Ok(());
+                    }
+                    let files = SnapshotFiles::current(current).await?;
+                    let live: HashSet<&str> = files.data.iter().map(FileEntry::path).collect();
+                    match referenced.iter().find(|p| !live.contains(p.as_str())) {
+                        Some(missing) => Err(conflict(format!(
+                            "data file {missing} that position deletes point at is no longer in table {ident} \
+                             (current snapshot {}); re-plan the deletes",
+                            metadata.current_snapshot_id().unwrap_or_default()
+                        ))),
+                        None => Ok(()),
+                    }
+                }
+                Validation::Rewrite => Err(conflict(format!(
+                    "the rewrite's base snapshot {base_text} of {ident} is no longer an ancestor of the current \
+                     snapshot; re-plan the rewrite"
+                ))),
+            };
+        };
+        for snapshot in &since {
+            let operation = &snapshot.summary().operation;
+            match validation {
+                Validation::RowDelta { referenced } => {
+                    // An append removes nothing.
+                    if referenced.is_empty() || *operation == Operation::Append {
+                        continue;
+                    }
+                    let delta = snapshot_delta(current, snapshot, false).await?;
+                    if let Some(path) = delta.removed.iter().find(|p| referenced.contains(*p)) {
+                        return Err(conflict(format!(
+                            "data file {path} that position deletes point at was removed from {ident} by snapshot {} \
+                             ({}) committed after base snapshot {base_text}; re-plan the deletes",
+                            snapshot.snapshot_id(),
+                            operation.as_str()
+                        )));
+                    }
+                }
+                Validation::Rewrite => {
+                    if *operation == Operation::Append {
+                        continue;
+                    }
+                    let delta = snapshot_delta(current, snapshot, true).await?;
+                    if let Some(path) = delta.removed.iter().find(|p| removed.contains_key(*p)) {
+                        return Err(conflict(format!(
+                            "file {path} was already removed from {ident} by snapshot {} ({}) committed after base \
+                             snapshot {base_text}",
+                            snapshot.snapshot_id(),
+                            operation.as_str()
+                        )));
+                    }
+                    for delete in &delta.added_deletes {
+                        if let Some(path) = self.delete_hits_removed(current, delete, removed).await? {
+                            return Err(conflict(format!(
+                                "snapshot {} ({}) committed after base snapshot {base_text} of {ident} added delete \
+                                 file {} for data file {path}, which the rewrite removes; re-plan the rewrite",
+                                snapshot.snapshot_id(),
+                                operation.as_str(),
+                                delete.path()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The removed data file that new delete file `delete` would lose rows of, if any.
+    async fn delete_hits_removed(
+        &self,
+        current: &Table,
+        delete: &FileEntry,
+        removed: &HashMap<String, RemovedFile>,
+    ) -> Result<Option<String>> {
+        let default_spec = current.metadata().default_partition_spec_id();
+        let same_partition =
+            |r: &RemovedFile| r.spec_id == delete.spec_id && r.file.partition() == delete.file().partition();
+        match delete.content() {
+            DataContentType::PositionDeletes => {
+                let bounds = path_bounds(delete.file());
+                let candidates: Vec<&str> = removed
+                    .iter()
+                    .filter(|(_, r)| r.file.content_type() == DataContentType::Data && same_partition(r))
+                    .map(|(p, _)| p.as_str())
+                    .filter(|p| delete.file().referenced_data_file().is_none_or(|r| r == *p))
+                    .filter(|p| {
+                        bounds
+                            .as_ref()
+                            .is_none_or(|(lo, hi)| lo.as_str() <= *p && *p <= hi.as_str())
+                    })
+                    .collect();
+                if candidates.is_empty() {
+                    return Ok(None);
+                }
+                if delete.file().referenced_data_file().is_some()
+                    || bounds.as_ref().is_some_and(|(lo, hi)| lo == hi)
+                {
+                    return Ok(Some(candidates[0].to_string()));
+                }
+                let wanted: HashSet<&str> = candidates.into_iter().collect();
+                let mut hit: Option<String> = None;
+                for_each_position_delete(self.stores(), delete.file(), |path, _| {
+                    if hit.is_none() && wanted.contains(path) {
+                        hit = Some(path.to_string());
+                    }
+                })
+                .await?;
+                Ok(hit)
+            }
+            DataContentType::EqualityDeletes => {
+                let global = delete.file().partition().fields().is_empty();
+                Ok(removed
+                    .iter()
+                    .find(|(_, r)| {
+                        r.file.content_type() == DataContentType::Data
+                            && (global || same_partition(r))
+                            && r.spec_id != default_spec
+                    })
+                    .map(|(p, _)| p.clone()))
+            }
+            DataContentType::Data => Ok(None),
+        }
+    }
+
+    /// Writes the manifests listing the files `change` adds (written once, reused on retries).
+    async fn write_added_manifests(
+        &self,
+        current: &Table,
+        snapshot_id: i64,
+        commit_id: Uuid,
+        counter: &mut u32,
+        change: &Change,
+    ) -> Result<Vec<ManifestFile>> {
+        let ident = current.identifier();
+        let metadata = current.metadata();
+        let mut out = Vec::new();
+        for (content, files) in [
+            (ManifestContentType::Data, &change.added_data),
+            (ManifestContentType::Deletes, &change.added_deletes),
+        ] {
+            if files.is_empty() {
+                continue;
+            }
+            let path = manifest_path(metadata, commit_id, counter);
+            let output = current
+                .file_io()
+                .new_output(&path)
+                .map_err(|e| iceberg_error(format!("cannot create manifest {path}"), e))?;
+            let builder = ManifestWriterBuilder::new(
+                output,
+                Some(snapshot_id),
+                metadata.current_schema().clone(),
+                metadata.default_partition_spec().as_ref().clone(),
+            );
+            let mut writer = match content {
+                ManifestContentType::Data => builder.build_v2_data(),
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+            };
+            let sequence = match content {
+                ManifestContentType::Data => change.data_sequence_number.unwrap_or(-1),
+                ManifestContentType::Deletes => -1,
+            };
+            for file in files {
+                writer.add_file(file.clone(), sequence).map_err(|e| {
+                    iceberg_error(
+                        format!("cannot list {} in a manifest of {ident}", file.file_path()),
+                        e,
+                    )
+                })?;
+            }
+            out.push(
+                writer
+                    .write_manifest_file()
+                    .await
+                    .map_err(|e| iceberg_error(format!("cannot write manifest {path}"), e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// One attempt: rewrites manifests holding removed files, writes the manifest list and the
+    /// metadata, and swaps. `Ok(None)`: lost the race, the attempt's files are deleted.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_commit(
+        &self,
+        current: &Table,
+        snapshot_id: i64,
+        commit_id: Uuid,
+        attempt: u32,
+        counter: &mut u32,
+        change: &Change,
+        new_manifests: Vec<ManifestFile>,
+        carried: CarriedManifests,
+        files: &mut AttemptFiles,
+    ) -> Result<Option<Table>> {
+        let ident = current.identifier();
+        let metadata = current.metadata();
+        let mut manifests = new_manifests;
+        for (manifest, entries) in &carried.rewrite {
+            let path = manifest_path(metadata, commit_id, counter);
+            let output = current
+                .file_io()
+                .new_output(&path)
+                .map_err(|e| iceberg_error(format!("cannot create manifest {path}"), e))?;
+            let builder = ManifestWriterBuilder::new(
+                output,
+                Some(snapshot_id),
+                entries.metadata().schema().clone(),
+                entries.metadata().partition_spec().clone(),
+            );
+            let mut writer = match manifest.content {
+                ManifestContentType::Data => builder.build_v2_data(),
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+            };
+            for entry in entries.entries() {
+                // Entries deleted by earlier snapshots are history; the new manifest drops them.
+                if !entry.is_alive() {
+                    continue;
+                }
+                let sequence = entry.sequence_number().unwrap_or(manifest.sequence_number);
+                let file_sequence = entry.file_sequence_number.or(Some(sequence));
+                let file = entry.data_file().clone();
+                let result = if carried.removed.contains_key(entry.file_path()) {
+                    writer.add_delete_file(file, sequence, file_sequence)
+                } else {
+                    let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+                    writer.add_existing_file(file, added_by, sequence, file_sequence)
+                };
+                result.map_err(|e| {
+                    iceberg_error(format!("cannot rewrite manifest {}", manifest.manifest_path), e)
+                })?;
+            }
+            manifests.push(
+                writer
+                    .write_manifest_file()
+                    .await
+                    .map_err(|e| iceberg_error(format!("cannot write manifest {path}"), e))?,
+            );
+            files.0.push(path);
+        }
+        manifests.extend(carried.kept);
+
+        let sequence_number = metadata.next_sequence_number();
+        let parent = metadata.current_snapshot_id();
+        let list_path = format!(
+            "{}/metadata/snap-{snapshot_id}-{}-{commit_id}.avro",
+            metadata.location(),
+            attempt + 1
+        );
+        let writer = current
+            .file_io()
+            .new_output(&list_path)
+            .map_err(|e| iceberg_error(format!("cannot create manifest list {list_path}"), e))?
+            .writer()
+            .await
+            .map_err(|e| iceberg_error(format!("cannot create manifest list {list_path}"), e))?;
+        let mut list = ManifestListWriter::v2(writer, snapshot_id, parent, sequence_number);
+        list.add_manifests(manifests.into_iter())
+            .map_err(|e| iceberg_error(format!("cannot write manifest list {list_path}"), e))?;
+        list.close()
+            .await
+            .map_err(|e| iceberg_error(format!("cannot write manifest list {list_path}"), e))?;
+        files.0.push(list_path.clone());
+
+        let summary = Summary {
+            operation: change.operation.clone(),
+            additional_properties: summary_properties(
+                metadata.current_snapshot().map(|s| s.summary()),
+                change,
+                &carried.removed,
+            ),
+        };
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(parent)
+            .with_sequence_number(sequence_number)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(list_path)
+            .with_summary(summary)
+            .with_schema_id(metadata.current_schema_id())
+            .build();
+        let new_metadata = TableMetadataBuilder::new_from_metadata(
+            metadata.clone(),
+            current.metadata_location().map(str::to_string),
+        )
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)
+        .and_then(|b| b.build())
+        .map_err(|e| iceberg_error(format!("cannot add a snapshot to {ident}"), e))?
+        .metadata;
+        self.write_and_swap(current, new_metadata, files).await
+    }
+}
+
+fn manifest_path(metadata: &TableMetadata, commit_id: Uuid, counter: &mut u32) -> String {
+    let path = format!("{}/metadata/{commit_id}-m{}.avro", metadata.location(), *counter);
+    *counter += 1;
+    path
+}
+
+/// Deletes manifests no commit references (written for a commit that failed).
+async fn delete_manifests(table: &Table, manifests: &[ManifestFile]) {
+    for m in manifests {
+        if let Err(e) = table.file_io().delete(&m.manifest_path).await {
+            tracing::warn!(table = %table.identifier(), file = %m.manifest_path, error = %e, "cannot delete unused manifest");
+        }
+    }
+}
+
+/// Checks that `new` is a valid evolution of `metadata`'s current schema.
+fn check_schema_evolution(metadata: &TableMetadata, new: &Schema, ident: &TableIdent) -> Result<()> {
+    let old = metadata.current_schema();
+    let last_column_id = metadata.last_column_id();
+    let bad = |msg: String| {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("cannot change the schema of {ident}: {msg}"),
+        ))
+    };
+    let mut fields: Vec<NestedFieldRef> = new.as_struct().fields().to_vec();
+    while let Some(field) = fields.pop() {
+        match &*field.field_type {
+            Type::Struct(s) => fields.extend(s.fields().iter().cloned()),
+            Type::List(l) => fields.push(l.element_field.clone()),
+            Type::Map(m) => {
+                fields.push(m.key_field.clone());
+                fields.push(m.value_field.clone());
+            }
+            Type::Primitive(_) => {}
+        }
+        match old.field_by_id(field.id) {
+            Some(before) => {
+                if field.required && !before.required {
+                    return bad(format!(
+                        "column {} (id {}) cannot become required",
+                        field.name, field.id
+                    ));
+                }
+                if !type_change_allowed(&before.field_type, &field.field_type) {
+                    return bad(format!(
+                        "column {} (id {}) cannot change type from {} to {}",
+                        field.name, field.id, before.field_type, field.field_type
+                    ));
+                }
+            }
+            None => {
+                if field.id <= last_column_id {
+                    return bad(format!(
+                        "new column {} has id {}, but ids up to {last_column_id} are taken (ever used)",
+                        field.name, field.id
+                    ));
+                }
+                if field.required {
+                    return bad(format!(
+                        "new column {} must be optional: rows already written have no value for it",
+                        field.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Iceberg's allowed type promotions, plus no change at all.
+fn type_change_allowed(from: &Type, to: &Type) -> bool {
+    use PrimitiveType as P;
+    match (from, to) {
+        (Type::Primitive(a), Type::Primitive(b)) => {
+            a == b
+                || matches!((a, b), (P::Int, P::Long) | (P::Float, P::Double))
+                || matches!(
+                    (a, b),
+                    (P::Decimal { precision: p1, scale: s1 }, P::Decimal { precision: p2, scale: s2 })
+                        if s1 == s2 && p2 >= p1
+                )
+        }
+        // Nested types keep their kind; their children are checked by id.
+        (Type::Struct(_), Type::Struct(_))
+        | (Type::List(_), Type::List(_))
+        | (Type::Map(_), Type::Map(_)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    use crate::testing::{
+        TestLake, delete, deletes_for, iceberg_rows, insert, kv_batch, live_rows, python_rows, write,
+    };
+
+    fn expected(rows: &[(i64, &str, &str)]) -> Vec<String> {
+        let mut out: Vec<String> = rows.iter().map(|(i, n, r)| format!("{i}|{n}|{r}")).collect();
+        out.sort();
+        out
+    }
+
+    fn summary(table: &Table) -> HashMap<String, String> {
+        let s = table.metadata().current_snapshot().unwrap().summary();
+        let mut out = s.additional_properties.clone();
+        out.insert("operation".into(), s.operation.as_str().to_string());
+        out
+    }
+
+    #[tokio::test]
+    async fn row_delta_with_position_deletes_is_read_by_every_reader() {
+        let t = TestLake::new().await;
+        for (name, partition) in [("plain", vec![]), ("parted", vec!["region"])] {
+            let table = t.create(name, &partition).await;
+            let (table, index) = insert(
+                &t.lake,
+                &table,
+                vec![
+                    kv_batch(&[(1, "a", "eu"), (2, "b", "us"), (3, "c", "eu")]),
+                    kv_batch(&[(4, "d", "us"), (5, "e", "eu")]),
+                ],
+            )
+            .await;
+            assert_eq!(summary(&table)["operation"], "append");
+            // An update of 2 and a delete of 5, together with a new row.
+            let (delete_files, referenced) = deletes_for(&table, &index, &[2, 5]).await;
+            assert_eq!(delete_files.len(), if partition.is_empty() { 1 } else { 2 });
+            let (data_files, _) = write(&table, vec![kv_batch(&[(2, "b2", "us"), (6, "f", "eu")])]).await;
+            let delta = RowDelta {
+                data_files,
+                delete_files,
+                referenced_data_files: referenced,
+                summary: HashMap::from([("tarn.cdc.lsn".to_string(), "0/16B3748".to_string())]),
+            };
+            let table = t.lake.commit_row_delta(&table, delta).await.unwrap();
+            let want = expected(&[
+                (1, "a", "eu"),
+                (2, "b2", "us"),
+                (3, "c", "eu"),
+                (4, "d", "us"),
+                (6, "f", "eu"),
+            ]);
+            assert_eq!(iceberg_rows(&table).await, want, "iceberg crate scan of {name}");
+            assert_eq!(live_rows(&t.lake, &table).await, want, "scan_live_rows of {name}");
+            let s = summary(&table);
+            assert_eq!(s["operation"], "overwrite");
+            assert_eq!(s["tarn.cdc.lsn"], "0/16B3748");
+            assert_eq!(s["added-records"], "2");
+            assert_eq!(s["added-position-deletes"], "2");
+            assert_eq!(s["total-records"], "7");
+            assert_eq!(s["total-position-deletes"], "2");
+            assert_eq!(
+                s["total-delete-files"],
+                if partition.is_empty() { "1" } else { "2" }
+            );
+            // Deletes only: operation `delete`.
+            let table = delete(&t.lake, &table, &index, &[1]).await;
+            assert_eq!(summary(&table)["operation"], "delete");
+            let want = expected(&[(2, "b2", "us"), (3, "c", "eu"), (4, "d", "us"), (6, "f", "eu")]);
+            assert_eq!(iceberg_rows(&table).await, want);
+            let py = t.python_read(name);
+            assert_eq!(python_rows(&py["pyiceberg"]), want, "pyiceberg on {name}: {py}");
+            assert_eq!(python_rows(&py["duckdb"]), want, "duckdb on {name}: {py}");
+            assert_eq!(py["operation"], "delete");
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_delta_commits_nothing() {
+        let t = TestLake::new().await;
+        let table = t.create("e", &[]).await;
+        let same = t
+            .lake
+            .commit_row_delta(&table, RowDelta::default())
+            .await
+            .unwrap();
+        assert_eq!(same.metadata_location(), table.metadata_location());
+        assert!(same.metadata().current_snapshot().is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_row_deltas_rebase() {
+        let t = TestLake::new().await;
+        let other = t.other_writer().await;
+        let base = t.create("c", &[]).await;
+        let (after_first, _) = insert(&t.lake, &base, vec![kv_batch(&[(1, "a", "eu")])]).await;
+        // The second writer still holds `base`: its commit lands on top of the first.
+        let (after_second, _) = insert(&other, &base, vec![kv_batch(&[(2, "b", "us")])]).await;
+        let meta = after_second.metadata();
+        assert_eq!(meta.snapshots().count(), 2);
+        let parent = meta.current_snapshot().unwrap().parent_snapshot_id();
+        assert_eq!(parent, after_first.metadata().current_snapshot_id());
+        assert_eq!(meta.last_sequence_number(), 2);
+        assert_eq!(
+            iceberg_rows(&after_second).await,
+            expected(&[(1, "a", "eu"), (2, "b", "us")])
+        );
+        assert_eq!(summary(&after_second)["total-records"], "2");
+    }
+
+    /// A data file of `table` and the index position of its rows.
+    async fn rewrite_one_file(lake: &Lake, base: &Table, file: &str) -> Table {
+        let files = SnapshotFiles::current(base).await.unwrap();
+        let old = files
+            .data
+            .iter()
+            .find(|f| f.path() == file)
+            .unwrap()
+            .file()
+            .clone();
+        let wanted = HashSet::from([file.to_string()]);
+        let columns = vec!["id".to_string(), "name".to_string(), "region".to_string()];
+        let batches: Vec<_> = lake
+            .scan_live_rows(base, &columns, Some(&wanted))
+            .await
+            .unwrap()
+            .map_ok(|l| l.batch.project(&[0, 1, 2]).unwrap())
+            .try_collect()
+            .await
+            .unwrap();
+        let (added, _) = write(base, batches).await;
+        let rewrite = Rewrite {
+            removed_data_files: vec![old],
+            added_data_files: added,
+            ..Rewrite::default()
+        };
+        lake.commit_rewrite(base, rewrite).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn row_delta_fails_when_a_rewrite_removed_its_file() {
+        let t = TestLake::new().await;
+        let compactor = t.other_writer().await;
+        let table = t.create("r", &[]).await;
+        let (base, index) = insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let file = index[&1].0.to_string();
+        let rewritten = rewrite_one_file(&compactor, &base, &file).await;
+        assert_eq!(summary(&rewritten)["operation"], "replace");
+        // The CDC writer planned its deletes on `base`: they point at the rewritten file.
+        let (delete_files, referenced) = deletes_for(&base, &index, &[1]).await;
+        let delta = RowDelta {
+            delete_files,
+            referenced_data_files: referenced,
+            ..RowDelta::default()
+        };
+        let err = t.lake.commit_row_delta(&base, delta).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        let snapshot = rewritten.metadata().current_snapshot_id().unwrap().to_string();
+        assert!(
+            err.message().contains(&file) && err.message().contains(&snapshot),
+            "{err}"
+        );
+        // Nothing was committed: the rows are intact.
+        let now = t.lake.load_table(base.identifier()).await.unwrap();
+        assert_eq!(now.metadata_location(), rewritten.metadata_location());
+        assert_eq!(
+            iceberg_rows(&now).await,
+            expected(&[(1, "a", "eu"), (2, "b", "us")])
+        );
+    }
+
+    #[tokio::test]
+    async fn rewrite_fails_when_new_deletes_point_at_a_removed_file() {
+        let t = TestLake::new().await;
+        let compactor = t.other_writer().await;
+        let table = t.create("w", &[]).await;
+        let (base, index) = insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let (more, _) = insert(&t.lake, &base, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        let deleted = delete(&t.lake, &more, &index, &[2]).await;
+        // The compactor planned on `base`, before the delete of row 2.
+        let file = index[&1].0.to_string();
+        let files = SnapshotFiles::current(&base).await.unwrap();
+        let old = files
+            .data
+            .iter()
+            .find(|f| f.path() == file)
+            .unwrap()
+            .file()
+            .clone();
+        let (added, _) = write(&base, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let rewrite = Rewrite {
+            removed_data_files: vec![old],
+            added_data_files: added,
+            ..Rewrite::default()
+        };
+        let err = compactor.commit_rewrite(&base, rewrite).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        assert!(err.message().contains(&file), "{err}");
+        let snapshot = deleted.metadata().current_snapshot_id().unwrap().to_string();
+        assert!(err.message().contains(&snapshot), "{err}");
+        let now = t.lake.load_table(base.identifier()).await.unwrap();
+        assert_eq!(now.metadata_location(), deleted.metadata_location());
+        assert_eq!(
+            iceberg_rows(&now).await,
+            expected(&[(1, "a", "eu"), (3, "c", "eu")])
+        );
+    }
+
+    #[tokio::test]
+    async fn rewrite_rebases_over_appends_and_keeps_the_base_sequence_number() {
+        let t = TestLake::new().await;
+        let compactor = t.other_writer().await;
+        let table = t.create("s", &[]).await;
+        let (base, index) = insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let base_seq = base.metadata().current_snapshot().unwrap().sequence_number();
+        let (_, appended) = insert(&t.lake, &base, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        let file = index[&1].0.to_string();
+        let rewritten = rewrite_one_file(&compactor, &base, &file).await;
+        assert_eq!(
+            iceberg_rows(&rewritten).await,
+            expected(&[(1, "a", "eu"), (2, "b", "us"), (3, "c", "eu")])
+        );
+        let files = SnapshotFiles::current(&rewritten).await.unwrap();
+        assert_eq!(files.data.len(), 2);
+        let new_seq = rewritten.metadata().current_snapshot().unwrap().sequence_number();
+        let added = files
+            .data
+            .iter()
+            .find(|f| f.path() != appended[&3].0.as_ref())
+            .unwrap();
+        assert_eq!(
+            added.seq(),
+            base_seq,
+            "rewritten file keeps the base data sequence number"
+        );
+        assert_eq!(added.entry.file_sequence_number, Some(new_seq));
+        // Removing a file twice is a conflict, naming it.
+        let err = compactor
+            .commit_rewrite(
+                &base,
+                Rewrite {
+                    removed_data_files: vec![
+                        SnapshotFiles::current(&base).await.unwrap().data[0]
+                            .file()
+                            .clone(),
+                    ],
+                    ..Rewrite::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        assert!(err.message().contains(&file), "{err}");
+    }
+
+    #[tokio::test]
+    async fn schema_evolution_reads_back_everywhere() {
+        use arrow::array::{Int32Array, RecordBatch as Batch, StringArray};
+        use arrow_schema::{DataType, Field, Schema as ArrowSchema};
+        use iceberg::spec::NestedField;
+
+        let t = TestLake::new().await;
+        let arrow = ArrowSchema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("n", DataType::Int32, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("extra", DataType::Utf8, true),
+        ]);
+        let schema = crate::iceberg_schema_with_keys(&arrow, &["id"]).unwrap();
+        let ident = crate::testing::ident("evo");
+        let table = t
+            .lake
+            .create_table_with_schema(&ident, schema, &crate::TableLayout::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            table
+                .metadata()
+                .current_schema()
+                .identifier_field_ids()
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        let batch = Batch::try_new(
+            Arc::new(arrow.clone()),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+                Arc::new(Int32Array::from(vec![Some(10), None])),
+                Arc::new(StringArray::from(vec!["one", "two"])),
+                Arc::new(StringArray::from(vec!["x", "y"])),
+            ],
+        )
+        .unwrap();
+        let (files, index) = write(&table, vec![batch]).await;
+        let table = t
+            .lake
+            .commit_row_delta(
+                &table,
+                RowDelta {
+                    data_files: files,
+                    ..RowDelta::default()
+                },
+            )
+            .await
+            .unwrap();
+        // n: int → long; name → label; extra dropped; note added.
+        let old = table.metadata().current_schema();
+        let id_of = |name: &str| old.field_by_name(name).unwrap().id;
+        let new_schema = Schema::builder()
+            .with_identifier_field_ids(vec![id_of("id")])
+            .with_fields(vec![
+                Arc::new(NestedField::required(
+                    id_of("id"),
+                    "id",
+                    Type::Primitive(PrimitiveType::Long),
+                )),
+                Arc::new(NestedField::optional(
+                    id_of("n"),
+                    "n",
+                    Type::Primitive(PrimitiveType::Long),
+                )),
+                Arc::new(NestedField::optional(
+                    id_of("name"),
+                    "label",
+                    Type::Primitive(PrimitiveType::String),
+                )),
+                Arc::new(NestedField::optional(
+                    table.metadata().last_column_id() + 1,
+                    "note",
+                    Type::Primitive(PrimitiveType::String),
+                )),
+            ])
+            .build()
+            .unwrap();
+        // A required new column is refused.
+        let bad = Schema::builder()
+            .with_fields(vec![
+                Arc::new(NestedField::required(
+                    id_of("id"),
+                    "id",
+                    Type::Primitive(PrimitiveType::Long),
+                )),
+                Arc::new(NestedField::required(
+                    99,
+                    "must",
+                    Type::Primitive(PrimitiveType::Int),
+                )),
+            ])
+            .build()
+            .unwrap();
+        let err = t
+            .lake
+            .evolve_schema(&table, bad, HashMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        let evolved = t
+            .lake
+            .evolve_schema(
+                &table,
+                new_schema.clone(),
+                HashMap::from([("tarn.test".into(), "1".into())]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(evolved.metadata().properties()["tarn.test"], "1");
+        assert!(evolved.metadata().current_snapshot_id() == table.metadata().current_snapshot_id());
+        // Delete row 2 (written before the change) and add a row with the new schema.
+        let (delete_files, referenced) = deletes_for(&evolved, &index, &[2]).await;
+        let new_arrow = iceberg::arrow::schema_to_arrow_schema(evolved.metadata().current_schema()).unwrap();
+        let new_batch = Batch::try_new(
+            Arc::new(new_arrow),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![3])),
+                Arc::new(arrow::array::Int64Array::from(vec![Some(5_000_000_000)])),
+                Arc::new(StringArray::from(vec!["three"])),
+                Arc::new(StringArray::from(vec![Some("new")])),
+            ],
+        )
+        .unwrap();
+        let (data_files, _) = write(&evolved, vec![new_batch]).await;
+        let table = t
+            .lake
+            .commit_row_delta(
+                &evolved,
+                RowDelta {
+                    data_files,
+                    delete_files,
+                    referenced_data_files: referenced,
+                    ..RowDelta::default()
+                },
+            )
+            .await
+            .unwrap();
+        let want = vec!["1|10|one|NULL".to_string(), "3|5000000000|three|new".to_string()];
+        assert_eq!(iceberg_rows(&table).await, want);
+        assert_eq!(live_rows(&t.lake, &table).await, want);
+        let py = t.python_read("evo");
+        assert_eq!(
+            py["columns"],
+            serde_json::json!(["id", "n", "label", "note"]),
+            "{py}"
+        );
+        assert_eq!(python_rows(&py["pyiceberg"]), want, "{py}");
+        assert_eq!(python_rows(&py["duckdb"]), want, "{py}");
+    }
+
+    #[tokio::test]
+    async fn schema_change_from_a_stale_schema_conflicts() {
+        use iceberg::spec::NestedField;
+        let t = TestLake::new().await;
+        let base = t.create("stale", &[]).await;
+        let with_column = |name: &str, id: i32| {
+            let mut fields = base.metadata().current_schema().as_struct().fields().to_vec();
+            fields.push(Arc::new(NestedField::optional(
+                id,
+                name,
+                Type::Primitive(PrimitiveType::String),
+            )));
+            Schema::builder().with_fields(fields).build().unwrap()
+        };
+        let next = base.metadata().last_column_id() + 1;
+        t.lake
+            .evolve_schema(&base, with_column("a", next), HashMap::new())
+            .await
+            .unwrap();
+        let err = t
+            .lake
+            .evolve_schema(&base, with_column("b", next), HashMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        // Properties merge regardless of what changed.
+        let table = t
+            .lake
+            .set_properties(base.identifier(), HashMap::from([("k".into(), "v".into())]))
+            .await
+            .unwrap();
+        assert_eq!(table.metadata().properties()["k"], "v");
+        assert!(table.metadata().current_schema().field_by_name("a").is_some());
+    }
+
+    #[test]
+    fn promotions() {
+        let p = |t: PrimitiveType| Type::Primitive(t);
+        assert!(type_change_allowed(
+            &p(PrimitiveType::Int),
+            &p(PrimitiveType::Long)
+        ));
+        assert!(type_change_allowed(
+            &p(PrimitiveType::Float),
+            &p(PrimitiveType::Double)
+        ));
+        assert!(!type_change_allowed(
+            &p(PrimitiveType::Long),
+            &p(PrimitiveType::Int)
+        ));
+        assert!(!type_change_allowed(
+            &p(PrimitiveType::String),
+            &p(PrimitiveType::Long)
+        ));
+        assert!(type_change_allowed(
+            &p(PrimitiveType::Decimal {
+                precision: 10,
+                scale: 2
+            }),
+            &p(PrimitiveType::Decimal {
+                precision: 12,
+                scale: 2
+            })
+        ));
+        assert!(!type_change_allowed(
+            &p(PrimitiveType::Decimal {
+                precision: 10,
+                scale: 2
+            }),
+            &p(PrimitiveType::Decimal {
+                precision: 12,
+                scale: 3
+            })
+        ));
+    }
+
+    #[test]
+    fn summary_counts_and_totals() {
+        let previous = Summary {
+            operation: Operation::Append,
+            additional_properties: HashMap::from([
+                ("total-records".to_string(), "10".to_string()),
+                ("total-data-files".to_string(), "2".to_string()),
+                ("total-files-size".to_string(), "1000".to_string()),
+                ("total-delete-files".to_string(), "0".to_string()),
+                ("total-position-deletes".to_string(), "0".to_string()),
+                ("total-equality-deletes".to_string(), "0".to_string()),
+            ]),
+        };
+        let file = |content, records, size| {
+            iceberg::spec::DataFileBuilder::default()
+                .content(content)
+                .file_path(format!("f{records}"))
+                .file_format(iceberg::spec::DataFileFormat::Parquet)
+                .record_count(records)
+                .file_size_in_bytes(size)
+                .build()
+                .unwrap()
+        };
+        let change = Change {
+            operation: Operation::Overwrite,
+            added_data: vec![file(DataContentType::Data, 3, 100)],
+            added_deletes: vec![file(DataContentType::PositionDeletes, 2, 50)],
+            data_sequence_number: None,
+            removed: HashSet::new(),
+            summary: HashMap::from([
+                ("tarn.cdc.lsn".to_string(), "0/1".to_string()),
+                ("added-records".to_string(), "999".to_string()),
+            ]),
+        };
+        let s = summary_properties(Some(&previous), &change, &HashMap::new());
+        assert_eq!(s["tarn.cdc.lsn"], "0/1");
+        assert_eq!(s["added-records"], "3");
+        assert_eq!(s["added-position-deletes"], "2");
+        assert_eq!(s["added-position-delete-files"], "1");
+        assert_eq!(s["added-files-size"], "150");
+        assert_eq!(s["total-records"], "13");
+        assert_eq!(s["total-data-files"], "3");
+        assert_eq!(s["total-delete-files"], "1");
+        assert_eq!(s["total-position-deletes"], "2");
+        assert_eq!(s["total-files-size"], "1150");
+        assert!(!s.contains_key("deleted-data-files"));
+    }
+}

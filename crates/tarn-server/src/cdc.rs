@@ -1,0 +1,259 @@
+//! `tarn cdc`: run, inspect and remove a change-data-capture pipeline.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use tarn_cdc::pipeline::{PipelineStatus, RunOptions, StatusReport, status_path};
+use tarn_cdc::postgres::PostgresSource;
+use tarn_cdc::postgres::slot;
+use tarn_cdc::sink::{PROPERTY_STOPPED, table_position};
+use tarn_core::Config;
+use tarn_lake::Lake;
+use tokio_util::sync::CancellationToken;
+
+/// Change data capture from PostgreSQL into Iceberg tables (config section `[cdc]`).
+#[derive(Debug, Subcommand)]
+pub enum CdcCommand {
+    /// Stream every committed change of `cdc.source` into the lake until Ctrl-C.
+    ///
+    /// Creates (or reuses) the publication and the replication slot `tarn_<pipeline>`, copies
+    /// every table once inside the slot's exported snapshot, then commits changes every
+    /// `cdc.flush.interval`. Restarting resumes exactly where the lake is.
+    Run {
+        /// Drop the replication slot and copy every table again, replacing the lake tables'
+        /// contents: the recovery when the slot was lost or invalidated.
+        #[arg(long)]
+        resnapshot: bool,
+        /// Stop after this long, e.g. `60s` (default: run until Ctrl-C or SIGTERM).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Show the pipeline: its slot (lag, retained WAL), its tables and their positions, and
+    /// the live counters of a running `tarn cdc run` or `tarn serve`.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the pipeline's replication slot and publication from the source (the lake
+    /// tables stay).
+    Drop,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tarn_core::config::parse_duration("--duration", s).map_err(|e| e.to_string())
+}
+
+/// Runs a `tarn cdc` command.
+pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
+    match cmd {
+        CdcCommand::Run { resnapshot, duration } => {
+            let lake = Lake::open(&config).await?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                crate::serve::shutdown_signal().await;
+                tracing::info!("stopping: committing what is buffered");
+                signal.cancel();
+            });
+            let status = Arc::new(PipelineStatus::default());
+            let progress = tokio::spawn(show_progress(status.clone(), shutdown.clone()));
+            let result = tarn_cdc::pipeline::run(
+                &config,
+                lake,
+                RunOptions { resnapshot, duration },
+                status.clone(),
+                shutdown.clone(),
+            )
+            .await;
+            shutdown.cancel();
+            let _ = progress.await;
+            result?;
+            let report = status.report();
+            eprintln!(
+                "stopped: {} change(s) applied; acknowledged up to {}",
+                report.events_total,
+                report.acknowledged.as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CdcCommand::Status { json } => {
+            status(&config, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CdcCommand::Drop => {
+            let source = PostgresSource::connect(&config.cdc).await?;
+            let dropped = slot::drop_slot(source.client(), source.slot_name()).await?;
+            slot::drop_publication(source.client(), source.publication_name()).await?;
+            println!(
+                "{} replication slot {}; dropped publication {} (if it existed). Lake tables are kept.",
+                if dropped { "dropped" } else { "no" },
+                source.slot_name(),
+                source.publication_name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn show_progress(status: Arc<PipelineStatus>, stop: CancellationToken) {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    while !stop.is_cancelled() {
+        let r = status.report();
+        let msg = match (status.copy_progress(), r.state.as_str()) {
+            (Some((table, p)), _) => format!(
+                "snapshot: copying {table}: {} rows, chunk {}/{}",
+                p.rows.load(Ordering::Relaxed),
+                p.chunks_done.load(Ordering::Relaxed),
+                p.chunks.load(Ordering::Relaxed)
+            ),
+            (None, "streaming") => format!(
+                "streaming: {} changes ({:.0}/s), acknowledged {}, lag {}",
+                r.events_total,
+                r.events_per_second,
+                r.acknowledged.as_deref().unwrap_or("-"),
+                r.lag_seconds.map_or("-".into(), |l| format!("{l:.2}s"))
+            ),
+            (None, "retrying") => format!("retrying: {}", r.last_error.as_deref().unwrap_or("")),
+            (None, state) => state.to_string(),
+        };
+        bar.set_message(msg);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+    bar.finish_and_clear();
+}
+
+async fn status(config: &Config, json: bool) -> Result<()> {
+    let live: Option<StatusReport> = std::fs::read(status_path(config))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            let updated = v.get("updated_at")?.as_u64()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            (now.saturating_sub(updated) <= 5 && v.get("state")?.as_str()? != "stopped").then_some(v)
+        })
+        .and_then(|v| serde_json::from_value(v).ok());
+    let source = PostgresSource::connect(&config.cdc)
+        .await
+        .context("cannot reach the CDC source")?;
+    let slot = source.slot_info().await?;
+    let published = slot::published_tables(source.client(), source.publication_name()).await?;
+    let lake = Lake::open(config).await?;
+    let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
+    let mut tables = Vec::new();
+    if lake.namespace_exists(&ns).await? {
+        for ident in lake.list_tables(&ns).await? {
+            let table = lake.load_table(&ident).await?;
+            let (position, commit_time) = table_position(&table, &config.cdc.pipeline);
+            let Some(position) = position else { continue };
+            let rows = table
+                .metadata()
+                .current_snapshot()
+                .and_then(|s| s.summary().additional_properties.get("total-records").cloned())
+                .unwrap_or_else(|| "0".into());
+            tables.push(serde_json::json!({
+                "table": ident.to_string(),
+                "position": position.to_string(),
+                "source_commit_time_us": commit_time,
+                "rows": rows,
+                "stopped": table.metadata().properties().get(PROPERTY_STOPPED),
+            }));
+        }
+    }
+    let slot_json = slot.as_ref().map(|s| {
+        serde_json::json!({
+            "name": s.name,
+            "active_pid": s.active_pid,
+            "confirmed_flush_lsn": s.confirmed_flush.map(|p| p.to_string()),
+            "wal_status": s.wal_status,
+            "retained_wal_bytes": s.retained_bytes,
+            "lag_bytes": s.lag_bytes(),
+            "invalidated": s.is_lost(),
+        })
+    });
+    let out = serde_json::json!({
+        "pipeline": config.cdc.pipeline,
+        "source": source.display(),
+        "publication": { "name": source.publication_name(), "tables": published },
+        "slot": slot_json,
+        "tables": tables,
+        "running": live,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("pipeline:    {}", config.cdc.pipeline);
+    println!("source:      {}", source.display());
+    println!(
+        "publication: {} ({} table(s))",
+        source.publication_name(),
+        published.len()
+    );
+    match &slot {
+        None => println!("slot:        {} does not exist (created by `tarn cdc run`)", source.slot_name()),
+        Some(s) => {
+            println!(
+                "slot:        {}  confirmed {}  lag {}  WAL retained {}  {}{}",
+                s.name,
+                s.confirmed_flush.map_or("-".into(), |p| p.to_string()),
+                s.lag_bytes().map_or("-".into(), |b| format!("{b} B")),
+                s.retained_bytes.map_or("-".into(), |b| format!("{b} B")),
+                match s.active_pid {
+                    Some(pid) => format!("active (pid {pid})"),
+                    None => "inactive".into(),
+                },
+                if s.is_lost() {
+                    "  INVALIDATED: run `tarn cdc run --resnapshot`"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    match &live {
+        Some(r) => println!(
+            "running:     {}  {} changes ({:.0}/s)  lag {}  pending {}",
+            r.state,
+            r.events_total,
+            r.events_per_second,
+            r.lag_seconds.map_or("-".into(), |l| format!("{l:.2}s")),
+            r.pending_events
+        ),
+        None => println!("running:     no (no live status in the last 5 s)"),
+    }
+    println!("tables:");
+    if tables.is_empty() {
+        println!("  (none captured yet)");
+    }
+    for t in &tables {
+        println!(
+            "  {:<32} at {:<14} {:>10} rows{}",
+            t["table"].as_str().unwrap_or(""),
+            t["position"].as_str().unwrap_or(""),
+            t["rows"].as_str().unwrap_or(""),
+            t["stopped"]
+                .as_str()
+                .map(|s| format!("  STOPPED: {s}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
