@@ -55,7 +55,8 @@ pub struct KeyEncoder {
 impl KeyEncoder {
     /// An encoder for key columns of these (Arrow) types.
     pub fn new(fields: Vec<DataType>) -> Self {
-        let int = fields.len() == 1 && matches!(fields[0], DataType::Int16 | DataType::Int32 | DataType::Int64);
+        let int =
+            fields.len() == 1 && matches!(fields[0], DataType::Int16 | DataType::Int32 | DataType::Int64);
         Self {
             fields,
             int,
@@ -76,7 +77,11 @@ impl KeyEncoder {
             let c = &columns[0];
             let mut keys = Vec::with_capacity(rows);
             match c.data_type() {
-                DataType::Int64 => keys.extend(c.as_primitive::<Int64Type>().iter().map(|v| IndexKey::Int(v.unwrap_or(i64::MIN)))),
+                DataType::Int64 => keys.extend(
+                    c.as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|v| IndexKey::Int(v.unwrap_or(i64::MIN))),
+                ),
                 DataType::Int32 => keys.extend(
                     c.as_primitive::<Int32Type>()
                         .iter()
@@ -103,7 +108,10 @@ impl KeyEncoder {
                 c.clone()
             } else {
                 arrow::compute::cast(c, t).map_err(|e| {
-                    Error::new(ErrorKind::Internal, format!("cannot cast a key column to {t}: {e}"))
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("cannot cast a key column to {t}: {e}"),
+                    )
                 })?
             };
             canonical.push(c);
@@ -277,7 +285,13 @@ mod tests {
         let mut idx = KeyIndex::new(false);
         let f = idx.file_number(&Arc::from("f1"));
         for (i, k) in keys.iter().enumerate() {
-            idx.insert(*k, RowLocation { file: f, pos: i as u32 });
+            idx.insert(
+                *k,
+                RowLocation {
+                    file: f,
+                    pos: i as u32,
+                },
+            );
         }
         assert_eq!(idx.get(&IndexKey::Int(2)), Some(RowLocation { file: 0, pos: 1 }));
         assert_eq!(idx.remove(&IndexKey::Int(2)).unwrap().pos, 1);

@@ -176,7 +176,11 @@ pub async fn run(
             stop.cancel();
         });
     }
-    let writer = tokio::spawn(write_status_file(status_path(config), status.clone(), stop.clone()));
+    let writer = tokio::spawn(write_status_file(
+        status_path(config),
+        status.clone(),
+        stop.clone(),
+    ));
     let mut backoff = Duration::from_millis(500);
     let mut options = options;
     let result = loop {
@@ -271,7 +275,13 @@ async fn snapshot_tables(
             chunk_rows: config.cdc.snapshot_chunk_rows,
         };
         tracing::info!(table = %spec.qualified(), %position, "copying");
-        let parts = copy_table(source.address(), &request, |part| sink.snapshot_writer(spec.id, part), progress.clone()).await?;
+        let parts = copy_table(
+            source.address(),
+            &request,
+            |part| sink.snapshot_writer(spec.id, part),
+            progress.clone(),
+        )
+        .await?;
         failpoint::hit("cdc.snapshot.after_copy").await?;
         let rows = sink.finish_snapshot(spec.id, parts, position, kind).await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
@@ -323,9 +333,15 @@ async fn run_once(
         tracing::warn!(patterns = ?cdc.tables, "no source table matches cdc.tables; waiting for new tables");
     }
     match source.ensure_publication(&specs).await? {
-        PublicationAction::Created(t) => tracing::info!(publication = %source.publication_name(), tables = ?t, "created publication"),
-        PublicationAction::Added(t) => tracing::info!(publication = %source.publication_name(), tables = ?t, "added tables to publication"),
-        PublicationAction::Reused => tracing::info!(publication = %source.publication_name(), "using existing publication"),
+        PublicationAction::Created(t) => {
+            tracing::info!(publication = %source.publication_name(), tables = ?t, "created publication")
+        }
+        PublicationAction::Added(t) => {
+            tracing::info!(publication = %source.publication_name(), tables = ?t, "added tables to publication")
+        }
+        PublicationAction::Reused => {
+            tracing::info!(publication = %source.publication_name(), "using existing publication")
+        }
     }
     let sink_options = SinkOptions {
         pipeline: cdc.pipeline.clone(),
@@ -364,8 +380,9 @@ async fn run_once(
     let start = match slot {
         None => {
             if !held.is_empty() && !options.resnapshot {
+                // Needs an operator's decision: not retried.
                 return Err(Error::new(
-                    ErrorKind::Source,
+                    ErrorKind::InvalidInput,
                     format!(
                         "replication slot {} does not exist, but {} table(s) hold changes of pipeline {} (e.g. {}); \
                          changes made since they were captured may be lost. Run `tarn cdc run --resnapshot` to copy \
@@ -385,7 +402,11 @@ async fn run_once(
             );
             if cdc.snapshot == "initial" || options.resnapshot {
                 status.update(|r| r.state = "snapshotting".into());
-                let kind = if options.resnapshot { "resnapshot" } else { "initial" };
+                let kind = if options.resnapshot {
+                    "resnapshot"
+                } else {
+                    "initial"
+                };
                 snapshot_tables(
                     config,
                     &source,
@@ -446,8 +467,9 @@ async fn run_once(
                     status,
                 )
                 .await?;
-                let mut session = exported.session;
-                let _ = session.shutdown().await;
+                // Closing the session ends the temporary slot (a session that never
+                // streamed ends when dropped).
+                drop(exported.session);
             }
             let start = info.confirmed_flush.unwrap_or_default();
             source.start_stream(None, start).await?;
@@ -477,6 +499,9 @@ async fn stream(
     let mut acknowledged = start;
     let mut poll_tables = tokio::time::interval(Duration::from_secs(10));
     poll_tables.tick().await;
+    let mut maintain = tokio::time::interval(config.maintenance.duration("interval"));
+    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    maintain.tick().await;
     loop {
         let deadline = sink
             .pending_since()
@@ -487,6 +512,15 @@ async fn stream(
             () = tokio::time::sleep_until(deadline.into()), if !sink.in_transaction() => None,
             _ = poll_tables.tick(), if !sink.in_transaction() => {
                 add_new_tables(config, source, sink, status).await?;
+                continue;
+            }
+            _ = maintain.tick(), if config.maintenance.auto && !sink.in_transaction() => {
+                // Commit what is buffered first, so maintenance never races this writer.
+                if let Some(p) = sink.flush().await? {
+                    source.acknowledge(p);
+                    acknowledged = p;
+                }
+                sink.maintain(&config.maintenance).await?;
                 continue;
             }
             () = stop.cancelled() => {
@@ -508,6 +542,7 @@ async fn stream(
                 continue;
             };
             failpoint::hit("cdc.on_event").await?;
+            tracing::trace!(?event, "event");
             match event {
                 SourceEvent::Relation(spec) if !sink.has_table(spec.id) => {
                     // A table appeared in the publication: copy it, then take its changes.
@@ -543,7 +578,8 @@ async fn stream(
                     }
                     let full = sink.pending_events() >= cdc.flush.max_rows
                         || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
-                    flush_now = is_commit && (full || sink.pending_since().is_some_and(|t| t.elapsed() >= interval));
+                    flush_now =
+                        is_commit && (full || sink.pending_since().is_some_and(|t| t.elapsed() >= interval));
                 }
             }
         }
@@ -601,8 +637,7 @@ async fn snapshot_new_table(
         status,
     )
     .await?;
-    let mut session = exported.session;
-    let _ = session.shutdown().await;
+    drop(exported.session);
     refresh_tables(sink, status);
     Ok(())
 }

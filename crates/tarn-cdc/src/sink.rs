@@ -291,7 +291,11 @@ impl LakeSink {
         self.lake.create_namespace(ident.namespace(), true).await?;
         let schema = arrow_schema(spec);
         let keys: Vec<String> = match spec.key_kind {
-            KeyKind::PrimaryKey => spec.key_columns().iter().map(|&i| spec.columns[i].name.clone()).collect(),
+            KeyKind::PrimaryKey => spec
+                .key_columns()
+                .iter()
+                .map(|&i| spec.columns[i].name.clone())
+                .collect(),
             KeyKind::FullRow => Vec::new(),
         };
         let mut properties = HashMap::from([
@@ -314,7 +318,10 @@ impl LakeSink {
         let state = self.state(id)?;
         Ok(SnapshotPartWriter {
             table: state.ident.clone(),
-            writer: PositionedDataWriter::new(&state.table, &format!("snap-{}-{part}", uuid::Uuid::new_v4()))?,
+            writer: PositionedDataWriter::new(
+                &state.table,
+                &format!("snap-{}-{part}", uuid::Uuid::new_v4()),
+            )?,
             encoder: state.encoder.clone(),
             key_columns: state.key_columns.clone(),
             keys: Vec::new(),
@@ -354,9 +361,9 @@ impl LakeSink {
             )
             .await?
         } else {
-            lake.commit_rewrite(
+            lake.commit_overwrite(
                 &state.table,
-                tarn_lake::Rewrite {
+                tarn_lake::Overwrite {
                     removed_data_files: old_data,
                     removed_delete_files: old_deletes,
                     added_data_files: data_files,
@@ -371,7 +378,13 @@ impl LakeSink {
         for part in parts {
             for (key, path, pos) in part.keys {
                 let file = state.index.file_number(&path);
-                state.index.insert(key, RowLocation { file, pos: pos as u32 });
+                state.index.insert(
+                    key,
+                    RowLocation {
+                        file,
+                        pos: pos as u32,
+                    },
+                );
             }
         }
         state.counters.commits += 1;
@@ -591,16 +604,112 @@ impl LakeSink {
                 state.dirty = false;
                 state.stopped = Some(reason.clone());
                 state.table = lake
-                    .set_properties(&state.ident, HashMap::from([(PROPERTY_STOPPED.to_string(), reason)]))
+                    .set_properties(
+                        &state.ident,
+                        HashMap::from([(PROPERTY_STOPPED.to_string(), reason)]),
+                    )
                     .await?;
                 Ok(())
             }
         }
     }
 
+    /// The automatic maintenance policy: compacts, expires snapshots of and removes orphan
+    /// files from every table this sink writes, between commits (so nothing of this writer
+    /// conflicts), and re-indexes the files compaction wrote.
+    pub async fn maintain(&mut self, config: &tarn_core::config::MaintenanceConfig) -> Result<()> {
+        if self.pending_events > 0 || self.in_transaction {
+            return Ok(());
+        }
+        let lake = self.lake.clone();
+        let now = chrono::Utc::now();
+        let age = |key: &str| {
+            chrono::Duration::from_std(config.duration(key)).unwrap_or(chrono::Duration::hours(1))
+        };
+        let idents: Vec<TableIdent> = self
+            .tables
+            .values()
+            .filter(|t| t.stopped.is_none())
+            .map(|t| t.ident.clone())
+            .collect();
+        for ident in idents {
+            let started = Instant::now();
+            let outcome = lake
+                .compact(
+                    &ident,
+                    &tarn_lake::CompactOptions {
+                        small_file_threshold: config.small_file_bytes,
+                        min_input_files: config.min_files,
+                        delete_ratio_threshold: config.delete_ratio,
+                        file_prefix: format!("compact-{}", uuid::Uuid::new_v4()),
+                        ..tarn_lake::CompactOptions::default()
+                    },
+                )
+                .await?;
+            if outcome.snapshot_id.is_some() {
+                let removed: HashSet<String> = outcome.removed_data_files.iter().cloned().collect();
+                let added: HashSet<String> = outcome
+                    .added_data_files
+                    .iter()
+                    .map(|f| f.file_path().to_string())
+                    .collect();
+                self.reindex_files(&ident, &removed, &added).await?;
+                tracing::info!(
+                    table = %ident,
+                    removed = removed.len(),
+                    added = added.len(),
+                    rows = outcome.rows_rewritten,
+                    purged = outcome.rows_purged,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "compacted"
+                );
+            }
+            let expired = lake
+                .expire_snapshots(
+                    &ident,
+                    &tarn_lake::ExpireOptions {
+                        older_than: now - age("snapshot_age"),
+                        retain_last: config.retain_snapshots,
+                        progress: None,
+                    },
+                )
+                .await?;
+            let orphans = lake
+                .remove_orphan_files(
+                    &ident,
+                    &tarn_lake::OrphanOptions {
+                        older_than: now - age("orphan_age"),
+                        dry_run: false,
+                        progress: None,
+                    },
+                )
+                .await?;
+            if !expired.expired_snapshots.is_empty() || orphans.deleted > 0 {
+                tracing::info!(
+                    table = %ident,
+                    expired_snapshots = expired.expired_snapshots.len(),
+                    deleted_files = expired.deleted_data_files + expired.deleted_delete_files,
+                    orphans = orphans.deleted,
+                    "expired snapshots and removed orphan files"
+                );
+            }
+            for state in self.tables.values_mut() {
+                if state.ident == ident {
+                    state.table = lake.load_table(&ident).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Tables whose key index must be rebuilt because `removed` data files were rewritten
     /// (by maintenance in this process): drops their entries and reads the `added` files.
-    pub async fn reindex_files(&mut self, ident: &TableIdent, removed: &HashSet<String>, added: &HashSet<String>) -> Result<()> {
+    pub async fn reindex_files(
+        &mut self,
+        ident: &TableIdent,
+        removed: &HashSet<String>,
+        added: &HashSet<String>,
+    ) -> Result<()> {
         let lake = self.lake.clone();
         for state in self.tables.values_mut() {
             if &state.ident == ident {
@@ -619,7 +728,10 @@ fn update(state: &mut TableState, old: Option<Row>, mut new: Row) -> Result<()> 
         let Some(old) = old else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("an update of {} arrived without its old row", state.spec.qualified()),
+                format!(
+                    "an update of {} arrived without its old row",
+                    state.spec.qualified()
+                ),
             ));
         };
         if old.iter().any(|v| matches!(v, Value::Unchanged)) {
@@ -647,10 +759,13 @@ fn update(state: &mut TableState, old: Option<Row>, mut new: Row) -> Result<()> 
                 }) => *net + delta,
                 _ => delta,
             };
-            state.pending.insert(tkey, Entry {
-                key_cells,
-                change: Change::Net { row, net },
-            });
+            state.pending.insert(
+                tkey,
+                Entry {
+                    key_cells,
+                    change: Change::Net { row, net },
+                },
+            );
         }
         return Ok(());
     }
@@ -689,7 +804,8 @@ fn update(state: &mut TableState, old: Option<Row>, mut new: Row) -> Result<()> 
                 fill_from = f.clone();
             }
             Some(Entry {
-                change: Change::Delete, ..
+                change: Change::Delete,
+                ..
             }) => {}
             _ => fill_from = Some(old_tkey.clone()),
         }
@@ -702,15 +818,21 @@ fn update(state: &mut TableState, old: Option<Row>, mut new: Row) -> Result<()> 
             .as_ref()
             .map(|o| state.key_columns.iter().map(|&i| o[i].clone()).collect())
             .unwrap_or_default();
-        state.pending.insert(old_tkey, Entry {
-            key_cells: old_cells,
-            change: Change::Delete,
-        });
+        state.pending.insert(
+            old_tkey,
+            Entry {
+                key_cells: old_cells,
+                change: Change::Delete,
+            },
+        );
     }
-    state.pending.insert(new_tkey, Entry {
-        key_cells: new_cells,
-        change: Change::Upsert { row: new, fill_from },
-    });
+    state.pending.insert(
+        new_tkey,
+        Entry {
+            key_cells: new_cells,
+            change: Change::Upsert { row: new, fill_from },
+        },
+    );
     Ok(())
 }
 
@@ -727,7 +849,9 @@ pub fn table_position(table: &Table, pipeline: &str) -> (Option<Position>, Optio
             let time = props.get(SUMMARY_COMMIT_TIME).and_then(|t| t.parse().ok());
             return (Some(lsn), time);
         }
-        current = snapshot.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id));
+        current = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id));
     }
     (None, None)
 }
@@ -787,19 +911,20 @@ async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSe
     while let Some(live) = stream.try_next().await? {
         let batch = live.batch;
         let n = batch.num_rows();
-        let keys = state
-            .encoder
-            .encode(&batch.columns()[..columns.len()])?;
+        let keys = state.encoder.encode(&batch.columns()[..columns.len()])?;
         let positions = batch
             .column_by_name("_pos")
             .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>().cloned())
             .ok_or_else(|| Error::new(ErrorKind::Internal, "live rows came without _pos"))?;
         let file = state.index.file_number(&live.data_file);
         for (i, key) in keys.into_iter().enumerate() {
-            state.index.insert(key, RowLocation {
-                file,
-                pos: positions.value(i) as u32,
-            });
+            state.index.insert(
+                key,
+                RowLocation {
+                    file,
+                    pos: positions.value(i) as u32,
+                },
+            );
         }
         rows += n;
     }
@@ -812,7 +937,11 @@ fn keys_of(state: &TableState, cells: &[&[Value]]) -> Result<Vec<IndexKey>> {
     let mut columns = Vec::with_capacity(state.key_columns.len());
     for (k, &col) in state.key_columns.iter().enumerate() {
         let spec = &state.spec.columns[col];
-        let mut builder = ColumnBuilder::new(format!("{}.{}", state.spec.qualified(), spec.name), &spec.column_type, cells.len());
+        let mut builder = ColumnBuilder::new(
+            format!("{}.{}", state.spec.qualified(), spec.name),
+            &spec.column_type,
+            cells.len(),
+        );
         for row in cells {
             builder.append(text_cell(&row[k]))?;
         }
@@ -855,9 +984,14 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
     let cell_refs: Vec<&[Value]> = entries.iter().map(|(_, e)| e.key_cells.as_slice()).collect();
     let keys = keys_of(state, &cell_refs)?;
     let fill_refs: Vec<&[Value]> = fill_cells.iter().map(Vec::as_slice).collect();
-    let fill_index_keys = if fill_refs.is_empty() { Vec::new() } else { keys_of(state, &fill_refs)? };
+    let fill_index_keys = if fill_refs.is_empty() {
+        Vec::new()
+    } else {
+        keys_of(state, &fill_refs)?
+    };
     // Locations of filling rows, before anything is removed from the index.
-    let fill_locations: Vec<Option<RowLocation>> = fill_index_keys.iter().map(|k| state.index.get(k)).collect();
+    let fill_locations: Vec<Option<RowLocation>> =
+        fill_index_keys.iter().map(|k| state.index.get(k)).collect();
 
     let mut rows: Vec<(IndexKey, Row, Option<RowLocation>)> = Vec::new();
     let mut deleted = 0u64;
@@ -865,7 +999,9 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
         match entry.change {
             Change::Upsert { row, fill_from } => {
                 if let Some(old) = state.index.remove(&key) {
-                    state.deletes.push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
+                    state
+                        .deletes
+                        .push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
                     deleted += 1;
                 }
                 let fill = fill_from.and_then(|f| fill_slot.get(&f).and_then(|&i| fill_locations[i]));
@@ -873,7 +1009,9 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
             }
             Change::Delete => {
                 if let Some(old) = state.index.remove(&key) {
-                    state.deletes.push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
+                    state
+                        .deletes
+                        .push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
                     deleted += 1;
                 }
             }
@@ -881,7 +1019,9 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
                 for _ in net..0 {
                     match state.index.remove(&key) {
                         Some(old) => {
-                            state.deletes.push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
+                            state
+                                .deletes
+                                .push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
                             deleted += 1;
                         }
                         None => tracing::warn!(table = %state.ident, "a deleted row is not in the lake"),
@@ -904,7 +1044,13 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
     failpoint::hit("cdc.after_write").await?;
     for ((key, _, _), (path, pos)) in rows.iter().zip(placed) {
         let file = state.index.file_number(&path);
-        state.index.insert(*key, RowLocation { file, pos: pos as u32 });
+        state.index.insert(
+            *key,
+            RowLocation {
+                file,
+                pos: pos as u32,
+            },
+        );
     }
     state.counters.rows_written += rows.len() as u64;
     state.data_files.extend(files);
@@ -912,7 +1058,11 @@ async fn write_pending(lake: &Lake, state: &mut TableState) -> Result<()> {
 }
 
 /// The batch of new row versions, with unchanged TOASTed values filled from the lake.
-async fn build_rows(lake: &Lake, state: &TableState, rows: &[(IndexKey, Row, Option<RowLocation>)]) -> Result<RecordBatch> {
+async fn build_rows(
+    lake: &Lake,
+    state: &TableState,
+    rows: &[(IndexKey, Row, Option<RowLocation>)],
+) -> Result<RecordBatch> {
     let mut builder = BatchBuilder::new(&state.spec, rows.len());
     // (row, column, location) of every value to fill.
     let mut patches: Vec<(usize, usize, RowLocation)> = Vec::new();
@@ -941,7 +1091,12 @@ async fn build_rows(lake: &Lake, state: &TableState, rows: &[(IndexKey, Row, Opt
     fill_unchanged(lake, state, batch, &patches).await
 }
 
-async fn fill_unchanged(lake: &Lake, state: &TableState, batch: RecordBatch, patches: &[(usize, usize, RowLocation)]) -> Result<RecordBatch> {
+async fn fill_unchanged(
+    lake: &Lake,
+    state: &TableState,
+    batch: RecordBatch,
+    patches: &[(usize, usize, RowLocation)],
+) -> Result<RecordBatch> {
     // Read each needed row once: file → sorted positions.
     let mut by_file: HashMap<u32, Vec<u32>> = HashMap::new();
     for (_, _, l) in patches {
@@ -973,7 +1128,10 @@ async fn fill_unchanged(lake: &Lake, state: &TableState, batch: RecordBatch, pat
                 a.clone()
             } else {
                 arrow::compute::cast(a, &target).map_err(|e| {
-                    Error::new(ErrorKind::Internal, format!("cannot read back column {}: {e}", schema.field(c).name()))
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("cannot read back column {}: {e}", schema.field(c).name()),
+                    )
                 })?
             });
         }
@@ -989,18 +1147,25 @@ async fn fill_unchanged(lake: &Lake, state: &TableState, batch: RecordBatch, pat
         out[c] = arrow::compute::interleave(&refs, &indices)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot fill unchanged values: {e}")))?;
     }
-    RecordBatch::try_new(schema, out).map_err(|e| Error::new(ErrorKind::Internal, format!("cannot fill unchanged values: {e}")))
+    RecordBatch::try_new(schema, out)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot fill unchanged values: {e}")))
 }
 
-async fn commit_table(lake: &Lake, pipeline: &str, state: &mut TableState, position: Position, commit_time: i64) -> Result<()> {
+async fn commit_table(
+    lake: &Lake,
+    pipeline: &str,
+    state: &mut TableState,
+    position: Position,
+    commit_time: i64,
+) -> Result<()> {
     let summary = position_summary(pipeline, position, Some(commit_time));
     if state.truncated {
         let (old_data, old_deletes) = current_files(&state.table).await?;
         if !old_data.is_empty() || !old_deletes.is_empty() {
             state.table = lake
-                .commit_rewrite(
+                .commit_overwrite(
                     &state.table,
-                    tarn_lake::Rewrite {
+                    tarn_lake::Overwrite {
                         removed_data_files: old_data,
                         removed_delete_files: old_deletes,
                         added_data_files: Vec::new(),
@@ -1016,9 +1181,19 @@ async fn commit_table(lake: &Lake, pipeline: &str, state: &mut TableState, posit
     let delete_files = if deletes.is_empty() {
         Vec::new()
     } else {
-        tarn_lake::write_position_deletes(&state.table, &format!("cdc-{}", uuid::Uuid::new_v4()), deletes).await?
+        tarn_lake::write_position_deletes(&state.table, &format!("cdc-{}", uuid::Uuid::new_v4()), deletes)
+            .await?
     };
     let data_files = std::mem::take(&mut state.data_files);
+    tracing::debug!(
+        table = %state.ident,
+        %position,
+        data_files = data_files.len(),
+        rows = data_files.iter().map(DataFile::record_count).sum::<u64>(),
+        delete_files = delete_files.len(),
+        deletes = delete_files.iter().map(DataFile::record_count).sum::<u64>(),
+        "committing"
+    );
     state.table = lake
         .commit_row_delta(
             &state.table,
@@ -1039,7 +1214,11 @@ async fn commit_table(lake: &Lake, pipeline: &str, state: &mut TableState, posit
 
 /// Where each row of a written batch went, in batch order. CDC tables are unpartitioned, so a
 /// batch lands in one file in order.
-fn placements(written: Vec<tarn_lake::WrittenRows>, rows: usize, table: &TableIdent) -> Result<Vec<(Arc<str>, u64)>> {
+fn placements(
+    written: Vec<tarn_lake::WrittenRows>,
+    rows: usize,
+    table: &TableIdent,
+) -> Result<Vec<(Arc<str>, u64)>> {
     let mut out = Vec::with_capacity(rows);
     if written.len() > 1 {
         return Err(Error::new(
@@ -1088,17 +1267,28 @@ impl BatchWriter for SnapshotPartWriter {
     type Output = SnapshotPart;
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let key_columns: Vec<ArrayRef> = self.key_columns.iter().map(|&i| batch.column(i).clone()).collect();
+        let key_columns: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
         let keys = self.encoder.encode(&key_columns)?;
         let rows = batch.num_rows();
         let placed = placements(self.writer.write(batch).await?, rows, &self.table)?;
-        self.keys.extend(keys.into_iter().zip(placed).map(|(k, (path, pos))| (k, path, pos)));
+        self.keys.extend(
+            keys.into_iter()
+                .zip(placed)
+                .map(|(k, (path, pos))| (k, path, pos)),
+        );
         Ok(())
     }
 
     async fn finish(self) -> Result<SnapshotPart> {
         let files = self.writer.close().await?;
-        Ok(SnapshotPart { files, keys: self.keys })
+        Ok(SnapshotPart {
+            files,
+            keys: self.keys,
+        })
     }
 }
 
@@ -1107,7 +1297,11 @@ fn attnum_property(table: &Table, spec: &TableSpec) -> String {
     let schema = table.metadata().current_schema();
     spec.columns
         .iter()
-        .filter_map(|c| schema.field_by_name(&c.name).map(|f| format!("{}:{}", f.id, c.attnum)))
+        .filter_map(|c| {
+            schema
+                .field_by_name(&c.name)
+                .map(|f| format!("{}:{}", f.id, c.attnum))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -1202,8 +1396,16 @@ fn plan_schema_change(
     let current = table.metadata().current_schema();
     let attnum_to_field = parse_attnums(table);
     let qualified = new.qualified();
-    let old_keys: Vec<&str> = old.key_columns().iter().map(|&i| old.columns[i].name.as_str()).collect();
-    let new_keys: Vec<&str> = new.key_columns().iter().map(|&i| new.columns[i].name.as_str()).collect();
+    let old_keys: Vec<&str> = old
+        .key_columns()
+        .iter()
+        .map(|&i| old.columns[i].name.as_str())
+        .collect();
+    let new_keys: Vec<&str> = new
+        .key_columns()
+        .iter()
+        .map(|&i| new.columns[i].name.as_str())
+        .collect();
     let mut fields: Vec<Arc<NestedField>> = Vec::new();
     let mut changed = false;
     let mut next_id = table.metadata().last_column_id();

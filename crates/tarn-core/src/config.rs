@@ -335,8 +335,11 @@ impl Config {
             let Some(rest) = name.strip_prefix("TARN_") else {
                 continue;
             };
-            // Variables the CLI reads itself, not config keys.
-            if matches!(rest, "DATA_DIR" | "CONFIG") {
+            // Variables read elsewhere, not config keys.
+            if matches!(
+                rest,
+                "DATA_DIR" | "CONFIG" | "LOG" | "FAILPOINTS" | "BENCH_PYTHON"
+            ) {
                 continue;
             }
             let key = rest.to_ascii_lowercase().replace("__", ".");
@@ -468,7 +471,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.maintenance.delete_ratio) {
             return bad(
                 "maintenance.delete_ratio",
-                format!("expected a fraction between 0 and 1, got {}", self.maintenance.delete_ratio),
+                format!(
+                    "expected a fraction between 0 and 1, got {}",
+                    self.maintenance.delete_ratio
+                ),
             );
         }
         Ok(())
@@ -501,7 +507,8 @@ impl Config {
         let ident_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 58
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         };
         if !ident_ok(&cdc.pipeline) {
             return bad(
@@ -523,7 +530,10 @@ impl Config {
             }
         }
         if cdc.tables.is_empty() {
-            return bad("cdc.tables", "expected at least one pattern, e.g. [\"public.*\"]".into());
+            return bad(
+                "cdc.tables",
+                "expected at least one pattern, e.g. [\"public.*\"]".into(),
+            );
         }
         for (key, patterns) in [("cdc.tables", &cdc.tables), ("cdc.exclude", &cdc.exclude)] {
             for p in patterns {
@@ -538,7 +548,10 @@ impl Config {
         if !cdc.table_name.contains("{table}") {
             return bad(
                 "cdc.table_name",
-                format!("expected a template containing {{table}}, got {:?}", cdc.table_name),
+                format!(
+                    "expected a template containing {{table}}, got {:?}",
+                    cdc.table_name
+                ),
             );
         }
         if !matches!(cdc.snapshot.as_str(), "initial" | "never") {
@@ -636,7 +649,9 @@ pub fn parse_duration(key: &str, value: &str) -> Result<std::time::Duration> {
 impl CdcConfig {
     /// The replication slot's name.
     pub fn slot_name(&self) -> String {
-        self.slot.clone().unwrap_or_else(|| format!("tarn_{}", self.pipeline))
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("tarn_{}", self.pipeline))
     }
 
     /// The publication's name.
@@ -648,7 +663,8 @@ impl CdcConfig {
 
     /// The flush interval (validated at load).
     pub fn flush_interval(&self) -> std::time::Duration {
-        parse_duration("cdc.flush.interval", &self.flush.interval).unwrap_or(std::time::Duration::from_secs(1))
+        parse_duration("cdc.flush.interval", &self.flush.interval)
+            .unwrap_or(std::time::Duration::from_secs(1))
     }
 }
 
@@ -753,7 +769,12 @@ mod tests {
     fn layers_override_in_order() {
         let c = load(
             Some("[write]\ntarget_file_size = 2097152\n[server]\npg_listen = \"127.0.0.1:6000\"\n"),
-            &[("TARN_SERVER__PG_LISTEN", "127.0.0.1:6001"), ("HOME", "/x")],
+            &[
+                ("TARN_SERVER__PG_LISTEN", "127.0.0.1:6001"),
+                ("HOME", "/x"),
+                ("TARN_LOG", "debug"),
+                ("TARN_FAILPOINTS", "a=abort"),
+            ],
             &[("write.commit_retries", "3")],
         )
         .unwrap();

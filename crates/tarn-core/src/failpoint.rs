@@ -38,7 +38,11 @@ fn parse(spec: &str) -> HashMap<String, Action> {
             eprintln!("TARN_FAILPOINTS: ignoring {item:?}: expected name=action");
             continue;
         };
-        let arg = |a: &str| a.split_once('(').and_then(|(_, r)| r.strip_suffix(')')).map(str::to_string);
+        let arg = |a: &str| {
+            a.split_once('(')
+                .and_then(|(_, r)| r.strip_suffix(')'))
+                .map(str::to_string)
+        };
         let action = match action.split('(').next().unwrap_or_default() {
             "abort" => Action::Abort(arg(action).and_then(|p| p.parse().ok()).unwrap_or(1.0)),
             "sleep" => Action::Sleep(arg(action).and_then(|p| p.parse().ok()).unwrap_or(100)),

@@ -34,8 +34,15 @@
 //!   number (their file sequence number is the new snapshot's), so deletes committed after the
 //!   rewrite's base still apply to the rewritten rows, and deletes already applied while
 //!   rewriting do not apply twice.
-//! - Operations: `append` (only data files added), `delete` (only delete files added),
-//!   `overwrite` (data and delete files added), `replace` (rewrite). The summary carries the
+//! - A rewrite also merges the current snapshot's manifests into one per content type and
+//!   partition spec (dropping entries of files deleted by earlier snapshots), so compaction keeps
+//!   the manifest count from growing with every CDC commit; any commit drops manifests that hold
+//!   only deleted entries.
+//! - Operations: `append` (only data files added), `delete` (only delete files added, or
+//!   only files removed by an [`Overwrite`]), `overwrite` (data and delete files added, or an
+//!   [`Overwrite`] that adds files), `replace` (a [`Rewrite`]: same rows, other files;
+//!   incremental readers skip it, so a `TRUNCATE` or a fresh copy of a source table must be an
+//!   [`Overwrite`]). The summary carries the
 //!   spec's counters (`added-data-files`, `added-records`, `added-files-size`,
 //!   `added-delete-files`, `added-position-delete-files`, `added-position-deletes`,
 //!   `deleted-data-files`, `deleted-records`, `removed-files-size`, `removed-delete-files`,
@@ -45,7 +52,7 @@
 //!   [`crate::DataWriter`], [`crate::PositionedDataWriter`] and [`crate::write_position_deletes`]
 //!   write them); tables are format v2.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -109,6 +116,29 @@ impl Rewrite {
     }
 }
 
+/// A logical replacement of rows: files removed (their rows are gone, e.g. a `TRUNCATE` or a
+/// fresh copy of a source table) and files added (new rows).
+#[derive(Debug, Clone, Default)]
+pub struct Overwrite {
+    /// Data files whose rows are removed.
+    pub removed_data_files: Vec<DataFile>,
+    /// Delete files removed with them.
+    pub removed_delete_files: Vec<DataFile>,
+    /// Data files with the new rows.
+    pub added_data_files: Vec<DataFile>,
+    /// Extra snapshot summary properties.
+    pub summary: HashMap<String, String>,
+}
+
+impl Overwrite {
+    /// Whether there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.removed_data_files.is_empty()
+            && self.removed_delete_files.is_empty()
+            && self.added_data_files.is_empty()
+    }
+}
+
 /// What one snapshot changes.
 struct Change {
     operation: Operation,
@@ -118,13 +148,19 @@ struct Change {
     data_sequence_number: Option<i64>,
     /// Paths of the files the snapshot removes.
     removed: HashSet<String>,
+    /// Rewrite all of the current snapshot's manifests into one per content and spec.
+    merge_manifests: bool,
     summary: HashMap<String, String>,
 }
 
 /// What a commit must check against snapshots committed after its base.
 enum Validation {
-    RowDelta { referenced: HashSet<String> },
+    RowDelta {
+        referenced: HashSet<String>,
+    },
     Rewrite,
+    /// Only that the removed files are still live (checked while reading the manifests).
+    Overwrite,
 }
 
 /// A removed file as the current snapshot's manifests hold it.
@@ -133,11 +169,14 @@ struct RemovedFile {
     spec_id: i32,
 }
 
+/// A manifest list entry with the manifest it points at.
+type LoadedManifest = (ManifestFile, Manifest);
+
 /// The current snapshot's manifests, split into those kept as they are and those holding
 /// removed files (to be rewritten with the files marked deleted).
 struct CarriedManifests {
     kept: Vec<ManifestFile>,
-    rewrite: Vec<(ManifestFile, Manifest)>,
+    rewrite: Vec<LoadedManifest>,
     removed: HashMap<String, RemovedFile>,
 }
 
@@ -394,6 +433,7 @@ impl Lake {
             added_deletes: delta.delete_files,
             data_sequence_number: None,
             removed: HashSet::new(),
+            merge_manifests: false,
             summary: delta.summary,
         };
         self.produce_snapshot(base, change, Validation::RowDelta { referenced })
@@ -452,9 +492,57 @@ impl Lake {
             added_deletes: Vec::new(),
             data_sequence_number: Some(base_snapshot.sequence_number()),
             removed,
+            merge_manifests: true,
             summary: rewrite.summary,
         };
         self.produce_snapshot(base, change, Validation::Rewrite).await
+    }
+
+    /// Commits `overwrite` as one snapshot on top of the table's current snapshot: operation
+    /// `delete` when it only removes files, else `overwrite`. Unlike a [`Rewrite`] this changes
+    /// the table's rows, so incremental readers see it, and the added files are new data (they
+    /// take the new snapshot's sequence number). The only check against concurrent commits is
+    /// that the removed files are still live; rows other writers appended meanwhile stay.
+    pub async fn commit_overwrite(&self, base: &Table, overwrite: Overwrite) -> Result<Table> {
+        if overwrite.is_empty() {
+            return self.refresh(base).await;
+        }
+        if let Some(f) = overwrite
+            .added_data_files
+            .iter()
+            .chain(&overwrite.removed_data_files)
+            .find(|f| f.content_type() != DataContentType::Data)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} is a delete file, listed among the data files of an overwrite",
+                    f.file_path()
+                ),
+            ));
+        }
+        let operation = if overwrite.added_data_files.is_empty() && overwrite.removed_delete_files.is_empty()
+        {
+            Operation::Delete
+        } else {
+            Operation::Overwrite
+        };
+        let removed = overwrite
+            .removed_data_files
+            .iter()
+            .chain(&overwrite.removed_delete_files)
+            .map(|f| f.file_path().to_string())
+            .collect();
+        let change = Change {
+            operation,
+            added_data: overwrite.added_data_files,
+            added_deletes: Vec::new(),
+            data_sequence_number: None,
+            removed,
+            merge_manifests: true,
+            summary: overwrite.summary,
+        };
+        self.produce_snapshot(base, change, Validation::Overwrite).await
     }
 
     /// Makes `new_schema` the current schema of the table (no snapshot). Field ids are the
@@ -641,16 +729,25 @@ impl Lake {
         let mut added: Option<Vec<ManifestFile>> = None;
         let mut attempt = 0u32;
         loop {
-            let carried = self.carried_manifests(&current, &change.removed).await?;
-            if let Err(e) = self
-                .validate(base_snapshot_id, &current, &validation, &carried.removed)
-                .await
-            {
-                if let Some(files) = added.take() {
-                    delete_manifests(&current, &files).await;
-                }
-                return Err(e);
+            let checked = async {
+                let carried = self
+                    .carried_manifests(&current, &change.removed, change.merge_manifests)
+                    .await?;
+                self.validate(base_snapshot_id, &current, &validation, &carried.removed)
+                    .await?;
+                Ok::<_, Error>(carried)
             }
+            .await;
+            let carried = match checked {
+                Ok(carried) => carried,
+                Err(e) => {
+                    // Manifests written by an earlier attempt are no one's now.
+                    if let Some(files) = added.take() {
+                        delete_manifests(&current, &files).await;
+                    }
+                    return Err(e);
+                }
+            };
             if current.metadata().snapshot_by_id(snapshot_id).is_some() {
                 // Someone else took the id: the written manifests carry it, so write anew.
                 snapshot_id = random_snapshot_id(current.metadata());
@@ -688,26 +785,19 @@ impl Lake {
                     &mut attempt_files,
                 )
                 .await;
-            match result {
-                Ok(Some(table)) => {
-                    tracing::info!(
-                        table = %ident,
-                        snapshot_id,
-                        operation = change.operation.as_str(),
-                        data_files = change.added_data.len(),
-                        delete_files = change.added_deletes.len(),
-                        removed_files = change.removed.len(),
-                        "committed"
-                    );
-                    return Ok(table);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // Unknown outcome of the swap is reported as an error of the catalog;
-                    // files are then left for orphan removal rather than risk deleting
-                    // committed ones.
-                    return Err(e);
-                }
+            // On an error the swap may or may not have happened: the files stay (orphan
+            // removal takes them if they are not committed) rather than risk a committed one.
+            if let Some(table) = result? {
+                tracing::info!(
+                    table = %ident,
+                    snapshot_id,
+                    operation = change.operation.as_str(),
+                    data_files = change.added_data.len(),
+                    delete_files = change.added_deletes.len(),
+                    removed_files = change.removed.len(),
+                    "committed"
+                );
+                return Ok(table);
             }
             match self.next_attempt(&ident, attempt).await {
                 Ok(next) => attempt = next,
@@ -728,6 +818,7 @@ impl Lake {
         &self,
         current: &Table,
         removed: &HashSet<String>,
+        merge: bool,
     ) -> Result<CarriedManifests> {
         let ident = current.identifier();
         let mut carried = CarriedManifests {
@@ -750,8 +841,12 @@ impl Lake {
             .map_err(|e| iceberg_error(format!("cannot read the manifest list of {ident}"), e))?;
         let mut to_load = Vec::new();
         for manifest in list.entries() {
+            // Only deleted entries: history of an earlier snapshot, nothing of the new one.
+            if manifest.added_files_count == Some(0) && manifest.existing_files_count == Some(0) {
+                continue;
+            }
             let may_hold_live = manifest.has_added_files() || manifest.has_existing_files();
-            if removed.is_empty() || !may_hold_live {
+            if !merge && (removed.is_empty() || !may_hold_live) {
                 carried.kept.push(manifest.clone());
             } else {
                 to_load.push(manifest.clone());
@@ -785,7 +880,7 @@ impl Lake {
                     );
                 }
             }
-            if holds_removed {
+            if holds_removed || merge {
                 carried.rewrite.push((manifest, entries));
             } else {
                 carried.kept.push(manifest);
@@ -814,8 +909,12 @@ impl Lake {
             return Ok(());
         }
         let base_text = base_snapshot_id.map_or("none".to_string(), |id| id.to_string());
+        if matches!(validation, Validation::Overwrite) {
+            return Ok(());
+        }
         let Some(since) = snapshots_since(metadata, base_snapshot_id) else {
             return match validation {
+                Validation::Overwrite => Ok(()),
                 // Without the history, check what the deletes need directly: their files live.
                 Validation::RowDelta { referenced } => {
                     if referenced.is_empty() {
@@ -841,6 +940,7 @@ impl Lake {
         for snapshot in &since {
             let operation = &snapshot.summary().operation;
             match validation {
+                Validation::Overwrite => {}
                 Validation::RowDelta { referenced } => {
                     // An append removes nothing.
                     if referenced.is_empty() || *operation == Operation::Append {
@@ -1017,7 +1117,19 @@ impl Lake {
         let ident = current.identifier();
         let metadata = current.metadata();
         let mut manifests = new_manifests;
-        for (manifest, entries) in &carried.rewrite {
+        // Merging: one manifest per content and partition spec; else one per manifest.
+        let mut groups: BTreeMap<(u8, i32, usize), Vec<&LoadedManifest>> = BTreeMap::new();
+        for (i, carried_manifest) in carried.rewrite.iter().enumerate() {
+            let (manifest, _) = carried_manifest;
+            let key = (
+                manifest.content as u8,
+                manifest.partition_spec_id,
+                if change.merge_manifests { 0 } else { i },
+            );
+            groups.entry(key).or_default().push(carried_manifest);
+        }
+        for members in groups.values() {
+            let (first, first_entries) = members[0];
             let path = manifest_path(metadata, commit_id, counter);
             let output = current
                 .file_io()
@@ -1026,30 +1138,38 @@ impl Lake {
             let builder = ManifestWriterBuilder::new(
                 output,
                 Some(snapshot_id),
-                entries.metadata().schema().clone(),
-                entries.metadata().partition_spec().clone(),
+                first_entries.metadata().schema().clone(),
+                first_entries.metadata().partition_spec().clone(),
             );
-            let mut writer = match manifest.content {
+            let mut writer = match first.content {
                 ManifestContentType::Data => builder.build_v2_data(),
                 ManifestContentType::Deletes => builder.build_v2_deletes(),
             };
-            for entry in entries.entries() {
-                // Entries deleted by earlier snapshots are history; the new manifest drops them.
-                if !entry.is_alive() {
-                    continue;
+            let mut written = 0usize;
+            for (manifest, entries) in members {
+                for entry in entries.entries() {
+                    // Entries deleted by earlier snapshots are history; the new manifest drops them.
+                    if !entry.is_alive() {
+                        continue;
+                    }
+                    let sequence = entry.sequence_number().unwrap_or(manifest.sequence_number);
+                    let file_sequence = entry.file_sequence_number.or(Some(sequence));
+                    let file = entry.data_file().clone();
+                    let result = if carried.removed.contains_key(entry.file_path()) {
+                        writer.add_delete_file(file, sequence, file_sequence)
+                    } else {
+                        let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+                        writer.add_existing_file(file, added_by, sequence, file_sequence)
+                    };
+                    result.map_err(|e| {
+                        iceberg_error(format!("cannot rewrite manifest {}", manifest.manifest_path), e)
+                    })?;
+                    written += 1;
                 }
-                let sequence = entry.sequence_number().unwrap_or(manifest.sequence_number);
-                let file_sequence = entry.file_sequence_number.or(Some(sequence));
-                let file = entry.data_file().clone();
-                let result = if carried.removed.contains_key(entry.file_path()) {
-                    writer.add_delete_file(file, sequence, file_sequence)
-                } else {
-                    let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
-                    writer.add_existing_file(file, added_by, sequence, file_sequence)
-                };
-                result.map_err(|e| {
-                    iceberg_error(format!("cannot rewrite manifest {}", manifest.manifest_path), e)
-                })?;
+            }
+            if written == 0 {
+                // Only history: nothing to carry. The writer never created its file.
+                continue;
             }
             manifests.push(
                 writer
@@ -1282,6 +1402,57 @@ mod tests {
             assert_eq!(python_rows(&py["duckdb"]), want, "duckdb on {name}: {py}");
             assert_eq!(py["operation"], "delete");
         }
+    }
+
+    #[tokio::test]
+    async fn overwrite_replaces_rows_and_keeps_concurrent_appends() {
+        let t = TestLake::new().await;
+        let other = t.other_writer().await;
+        let table = t.create("ow", &[]).await;
+        let (base, index) = insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let base = delete(&t.lake, &base, &index, &[2]).await;
+        let files = SnapshotFiles::current(&base).await.unwrap();
+        // Another writer appends after `base` was read.
+        let (_, _) = insert(&other, &base, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        let (fresh, _) = write(&base, vec![kv_batch(&[(10, "x", "eu")])]).await;
+        let table = t
+            .lake
+            .commit_overwrite(
+                &base,
+                Overwrite {
+                    removed_data_files: files.data.iter().map(|f| f.file().clone()).collect(),
+                    removed_delete_files: files.deletes.iter().map(|f| f.file().clone()).collect(),
+                    added_data_files: fresh,
+                    summary: HashMap::new(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary(&table)["operation"], "overwrite");
+        assert_eq!(summary(&table)["total-delete-files"], "0");
+        assert_eq!(
+            iceberg_rows(&table).await,
+            expected(&[(3, "c", "eu"), (10, "x", "eu")])
+        );
+        // Removing everything: a `delete` snapshot.
+        let files = SnapshotFiles::current(&table).await.unwrap();
+        let table = t
+            .lake
+            .commit_overwrite(
+                &table,
+                Overwrite {
+                    removed_data_files: files.data.iter().map(|f| f.file().clone()).collect(),
+                    ..Overwrite::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary(&table)["operation"], "delete");
+        assert_eq!(summary(&table)["total-records"], "0");
+        assert!(iceberg_rows(&table).await.is_empty());
+        let py = t.python_read("ow");
+        assert_eq!(py["pyiceberg"], serde_json::json!([]), "{py}");
+        assert_eq!(py["duckdb"], serde_json::json!([]), "{py}");
     }
 
     #[tokio::test]
@@ -1614,6 +1785,59 @@ mod tests {
         assert_eq!(python_rows(&py["duckdb"]), want, "{py}");
     }
 
+    /// The same compare-and-swap on a PostgreSQL catalog (`$n` binds).
+    #[tokio::test]
+    async fn postgres_catalog_commits_and_conflicts() {
+        let pg = tarn_test_utils::start_postgres().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = tarn_core::Config::defaults(dir.path());
+        config.catalog.url = Some(pg.url("postgres"));
+        let lake = Lake::open(&config).await.unwrap();
+        let other = Lake::open(&config).await.unwrap();
+        lake.create_namespace(&iceberg::NamespaceIdent::new("t".into()), true)
+            .await
+            .unwrap();
+        let ident = crate::testing::ident("pg");
+        let table = lake
+            .create_table(
+                &ident,
+                &crate::testing::kv_schema(),
+                &crate::TableLayout::default(),
+            )
+            .await
+            .unwrap();
+        let (base, index) = insert(&lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        // Two writers from one base: the second rebases.
+        let (_, more) = insert(&other, &base, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        let table = delete(&lake, &base, &index, &[2]).await;
+        assert_eq!(table.metadata().snapshots().count(), 3);
+        assert_eq!(
+            iceberg_rows(&table).await,
+            expected(&[(1, "a", "eu"), (3, "c", "eu")])
+        );
+        // A rewrite of the file of row 3, then deletes planned before it: a conflict.
+        let rewritten = rewrite_one_file(&other, &table, &more[&3].0).await;
+        let (delete_files, referenced) = deletes_for(&table, &more, &[3]).await;
+        let err = lake
+            .commit_row_delta(
+                &table,
+                RowDelta {
+                    delete_files,
+                    referenced_data_files: referenced,
+                    ..RowDelta::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        let now = lake.load_table(&ident).await.unwrap();
+        assert_eq!(now.metadata_location(), rewritten.metadata_location());
+        assert_eq!(
+            iceberg_rows(&now).await,
+            expected(&[(1, "a", "eu"), (3, "c", "eu")])
+        );
+    }
+
     #[tokio::test]
     async fn schema_change_from_a_stale_schema_conflicts() {
         use iceberg::spec::NestedField;
@@ -1719,6 +1943,7 @@ mod tests {
             added_deletes: vec![file(DataContentType::PositionDeletes, 2, 50)],
             data_sequence_number: None,
             removed: HashSet::new(),
+            merge_manifests: false,
             summary: HashMap::from([
                 ("tarn.cdc.lsn".to_string(), "0/1".to_string()),
                 ("added-records".to_string(), "999".to_string()),

@@ -182,8 +182,7 @@ async fn write_groups(
             .build(output)
             .await
             .map_err(|e| iceberg_error(format!("cannot create delete file {location}"), e))?;
-        // Rows are sorted: the first and last give the bounds. Paths are shared `Arc<str>`s,
-        // so a run of one path has pointer-equal or string-equal entries.
+        // Rows are sorted: the first and last give the `file_path` bounds.
         let (first_path, first_pos) = rows.first().cloned().expect("groups are non-empty");
         let (last_path, last_pos) = rows.last().cloned().expect("groups are non-empty");
         let single_file = first_path == last_path;

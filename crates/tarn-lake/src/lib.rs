@@ -6,10 +6,10 @@
 //! Iceberg engine reads what tarn writes.
 //!
 //! Beyond what the `iceberg` crate's `Transaction` can commit, tarn has its own snapshot
-//! producer ([`Lake::commit_row_delta`], [`Lake::commit_rewrite`], [`Lake::evolve_schema`]),
-//! position delete files ([`write_position_deletes`]), reads of live rows with their positions
-//! ([`Lake::scan_live_rows`], [`Lake::read_rows_at`]) and maintenance ([`Lake::compact`],
-//! [`Lake::expire_snapshots`], [`Lake::remove_orphan_files`]).
+//! producer ([`Lake::commit_row_delta`], [`Lake::commit_rewrite`], [`Lake::commit_overwrite`],
+//! [`Lake::evolve_schema`]), position delete files ([`write_position_deletes`]), reads of live
+//! rows with their positions ([`Lake::scan_live_rows`], [`Lake::read_rows_at`]) and
+//! maintenance ([`Lake::compact`], [`Lake::expire_snapshots`], [`Lake::remove_orphan_files`]).
 
 pub mod commit;
 pub mod deletes;
@@ -20,7 +20,7 @@ pub mod rows;
 pub mod storage;
 mod writer;
 
-pub use commit::{Rewrite, RowDelta};
+pub use commit::{Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
 pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{

@@ -1069,12 +1069,27 @@ mod tests {
                 (data_files as u64, data_files as u64)
             );
             assert_eq!(last.bytes_done, outcome.bytes_read);
+            // The manifests were merged: the new files, and what the rewrite removed.
+            let list = after
+                .manifest_list_reader(after.metadata().current_snapshot().unwrap())
+                .load()
+                .await
+                .unwrap();
+            assert_eq!(list.entries().len(), 3, "{name}: {:?}", list.entries());
             let py = t.python_read(name);
             assert_eq!(python_rows(&py["pyiceberg"]), rows_before, "{py}");
             assert_eq!(python_rows(&py["duckdb"]), rows_before, "{py}");
             // Nothing left to do.
             let again = t.lake.compact(&ident(name), &options()).await.unwrap();
             assert_eq!(again.snapshot_id, None);
+            // The next commit leaves the manifests of removed files behind.
+            let (next, _) = insert(&t.lake, &after, vec![kv_batch(&[(1000, "x", "eu")])]).await;
+            let list = next
+                .manifest_list_reader(next.metadata().current_snapshot().unwrap())
+                .load()
+                .await
+                .unwrap();
+            assert_eq!(list.entries().len(), 2, "{name}: {:?}", list.entries());
         }
     }
 
@@ -1364,9 +1379,16 @@ mod measure {
                 .collect();
             table = delete(&t.lake, &table, &index, &ids).await;
         }
-        eprintln!("position deletes: 20 commits of 5000 deletes: {:?}", started.elapsed());
+        eprintln!(
+            "position deletes: 20 commits of 5000 deletes: {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
-        let mut stream = t.lake.scan_live_rows(&table, &["id".to_string()], None).await.unwrap();
+        let mut stream = t
+            .lake
+            .scan_live_rows(&table, &["id".to_string()], None)
+            .await
+            .unwrap();
         let mut live = 0;
         while let Some(rows) = stream.try_next().await.unwrap() {
             live += rows.batch.num_rows();

@@ -62,7 +62,12 @@ impl Pipeline {
         Self { stop, task, status }
     }
 
-    async fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&tarn_cdc::pipeline::StatusReport) -> bool) -> Result<()> {
+    async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&tarn_cdc::pipeline::StatusReport) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let report = self.status.report();
@@ -70,7 +75,10 @@ impl Pipeline {
                 return Ok(());
             }
             if report.state == "failed" || self.task.is_finished() {
-                bail!("the pipeline stopped while waiting for {what}: {:?}", report.last_error);
+                bail!(
+                    "the pipeline stopped while waiting for {what}: {:?}",
+                    report.last_error
+                );
             }
             if Instant::now() > deadline {
                 bail!("timed out after {timeout:?} waiting for {what}");
@@ -112,7 +120,14 @@ fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Position {
 
 /// One writer: `count` changes (≈ 40 % updates, 40 % inserts, 20 % deletes) over ids
 /// `[base, base + span)`, in transactions of 10; with `rate`, paced to that many per second.
-async fn writer(url: String, seed: u64, count: u64, span: i64, rate: Option<u64>, stop: CancellationToken) -> Result<u64> {
+async fn writer(
+    url: String,
+    seed: u64,
+    count: u64,
+    span: i64,
+    rate: Option<u64>,
+    stop: CancellationToken,
+) -> Result<u64> {
     let client = connect(&url).await?;
     let mut x = seed | 1;
     let mut done = 0u64;
@@ -164,8 +179,8 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         Some(url) => url.clone(),
         None => {
             let pg_dir = dir.join("postgres");
-            let pg = tokio::task::spawn_blocking(move || LocalPostgres::start_in(&pg_dir, free_port()?))
-                .await??;
+            let pg =
+                tokio::task::spawn_blocking(move || LocalPostgres::start_in(&pg_dir, free_port()?)).await??;
             pg.psql("postgres", "CREATE DATABASE bench")?;
             let url = pg.url("bench");
             _local = pg;
@@ -190,7 +205,11 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         ))
         .await
         .context("cannot create the benchmark table")?;
-    println!("created {} rows in PostgreSQL in {:.1}s", options.rows, setup.elapsed().as_secs_f64());
+    println!(
+        "created {} rows in PostgreSQL in {:.1}s",
+        options.rows,
+        setup.elapsed().as_secs_f64()
+    );
 
     let mut config = base.clone();
     config.data_dir = dir.join("lake");
@@ -217,7 +236,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     let started = Instant::now();
     let pipeline = Pipeline::start(&config, lake.clone());
     pipeline
-        .wait("the initial snapshot", Duration::from_secs(3600), |r| r.state == "streaming")
+        .wait("the initial snapshot", Duration::from_secs(3600), |r| {
+            r.state == "streaming"
+        })
         .await?;
     let snap = started.elapsed().as_secs_f64();
     println!(
@@ -258,7 +279,10 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     for t in tasks {
         produced += t.await??;
     }
-    let end: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     let end_lsn = Position::parse_lsn(&end).context("bad end LSN")?;
     println!(
         "source: {produced} changes in {:.1}s ({:.0}/s) from {} writers; backlog ends at {end}",
@@ -268,7 +292,18 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     );
     let reference = Instant::now();
     let out = Command::new(&recvlogical)
-        .args(["-d", &url, "-S", "bench_reference", "--start", "-E", &end, "--no-loop", "-f", "/dev/null"])
+        .args([
+            "-d",
+            &url,
+            "-S",
+            "bench_reference",
+            "--start",
+            "-E",
+            &end,
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
         .args(["-o", "proto_version=1", "-o", "publication_names=tarn_bench"])
         .output()
         .with_context(|| format!("cannot run {}", recvlogical.display()))?;
@@ -324,7 +359,11 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         let deadline = committed + Duration::from_secs(30);
         loop {
             let rows = crate::bench::query_rows_text(&session, "SELECT max(seq) FROM cdc.bench_probe").await;
-            if rows.ok().and_then(|r| r.first().and_then(|v| v.parse::<i64>().ok())).is_some_and(|m| m >= seq) {
+            if rows
+                .ok()
+                .and_then(|r| r.first().and_then(|v| v.parse::<i64>().ok()))
+                .is_some_and(|m| m >= seq)
+            {
                 samples.push(committed.elapsed().as_secs_f64());
                 break;
             }

@@ -208,7 +208,10 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         published.len()
     );
     match &slot {
-        None => println!("slot:        {} does not exist (created by `tarn cdc run`)", source.slot_name()),
+        None => println!(
+            "slot:        {} does not exist (created by `tarn cdc run`)",
+            source.slot_name()
+        ),
         Some(s) => {
             println!(
                 "slot:        {}  confirmed {}  lag {}  WAL retained {}  {}{}",

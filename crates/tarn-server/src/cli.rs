@@ -87,6 +87,9 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Table maintenance: compact small files and apply deletes, expire old snapshots, remove
+    /// orphan files (all three unless some are chosen). Safe beside live writers.
+    Maintain(crate::maintain::MaintainArgs),
     /// Change data capture: stream a PostgreSQL database into Iceberg tables.
     #[command(subcommand)]
     Cdc(crate::cdc::CdcCommand),
@@ -249,6 +252,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
+        Command::Maintain(args) => crate::maintain::run(args, &config).await,
         Command::Bench(cmd) => crate::bench::run(cmd, config).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),
     }

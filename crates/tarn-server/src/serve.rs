@@ -84,7 +84,11 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         "tarn serving"
     );
     // The CDC pipeline, when configured, runs beside the endpoints.
-    let pipeline_status = config.cdc.source.as_ref().map(|_| Arc::new(PipelineStatus::default()));
+    let pipeline_status = config
+        .cdc
+        .source
+        .as_ref()
+        .map(|_| Arc::new(PipelineStatus::default()));
     let mut cdc_task = match &pipeline_status {
         Some(status) => {
             let (config, lake, status, shutdown) = (

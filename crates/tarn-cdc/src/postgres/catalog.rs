@@ -169,7 +169,9 @@ pub async fn describe_table(
         name: r.get(2),
         replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
     }];
-    Ok(describe_tables(client, &found, &[oid], types, options).await?.pop())
+    Ok(describe_tables(client, &found, &[oid], types, options)
+        .await?
+        .pop())
 }
 
 async fn describe_tables(
@@ -209,7 +211,9 @@ async fn describe_tables(
     }
     let mut columns: HashMap<u32, (Vec<Col>, bool, bool)> = HashMap::new();
     for r in rows {
-        let entry = columns.entry(r.get(0)).or_insert_with(|| (Vec::new(), false, false));
+        let entry = columns
+            .entry(r.get(0))
+            .or_insert_with(|| (Vec::new(), false, false));
         entry.1 |= r.get::<_, bool>(8);
         entry.2 |= r.get::<_, bool>(9);
         entry.0.push(Col {
@@ -284,22 +288,40 @@ async fn describe_tables(
     if !refused.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
-            format!("cannot capture {} table(s):\n  - {}", refused.len(), refused.join("\n  - ")),
+            format!(
+                "cannot capture {} table(s):\n  - {}",
+                refused.len(),
+                refused.join("\n  - ")
+            ),
         ));
     }
     Ok(specs)
 }
 
+/// What the catalog says of a column now: attribute number, NOT NULL, part of the primary key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColumnInfo {
+    /// `pg_attribute.attnum`.
+    pub attnum: i16,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// Part of the primary key.
+    pub in_primary_key: bool,
+}
+
 /// Maps the columns of a Relation message to a spec, keeping what the stream says (names,
-/// types, key flags) and the catalog's NOT NULL flags and attribute numbers where the names
-/// still match.
+/// types) and the catalog's NOT NULL flags, attribute numbers and primary key where the names
+/// still match. A Relation message flags the replica identity's columns: the primary key (or
+/// the chosen index) — or every column under `REPLICA IDENTITY FULL`, where the key is the
+/// primary key if there is one and the whole row otherwise.
 pub fn spec_from_relation(
     relation: &super::pgoutput::Relation,
     previous: Option<&TableSpec>,
     types: &TypeCache,
     options: &TypeOptions,
-    catalog_attnums: &HashMap<String, (i16, bool)>,
+    catalog: &HashMap<String, ColumnInfo>,
 ) -> Result<TableSpec> {
+    let full = matches!(relation.replica_identity, super::pgoutput::ReplicaIdentity::Full);
     let qualified = format!("{}.{}", relation.namespace, relation.name);
     let mut columns = Vec::with_capacity(relation.columns.len());
     for c in &relation.columns {
@@ -309,20 +331,20 @@ pub fn spec_from_relation(
             c.type_modifier,
             options,
         )?;
-        let (attnum, not_null) = catalog_attnums.get(&c.name).copied().unwrap_or((0, false));
+        let info = catalog.get(&c.name).copied().unwrap_or_default();
         columns.push(ColumnSpec {
             name: c.name.clone(),
             column_type,
-            key: c.is_key(),
-            not_null,
+            key: if full { info.in_primary_key } else { c.is_key() },
+            not_null: info.not_null,
             type_oid: c.type_oid,
             type_name: types.name(c.type_oid),
-            attnum,
+            attnum: info.attnum,
         });
     }
     let key_kind = if columns.iter().any(|c| c.key) {
         KeyKind::PrimaryKey
-    } else if matches!(relation.replica_identity, super::pgoutput::ReplicaIdentity::Full) {
+    } else if full {
         KeyKind::FullRow
     } else {
         return Err(Error::new(
@@ -343,19 +365,29 @@ pub fn spec_from_relation(
     })
 }
 
-/// Attribute numbers and NOT NULL flags of a table's live columns, by name.
-pub async fn column_attnums(client: &Client, oid: u32) -> Result<HashMap<String, (i16, bool)>> {
+/// What the catalog says of a table's live columns now, by name.
+pub async fn column_info(client: &Client, oid: u32) -> Result<HashMap<String, ColumnInfo>> {
     let rows = client
         .query(
-            "SELECT attname::text, attnum, attnotnull FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname::text, a.attnum, a.attnotnull, coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+             FROM pg_attribute a LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&oid],
         )
         .await
         .map_err(|e| query_error(format!("cannot read the columns of source table {oid}"), e))?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get::<_, String>(0), (r.get::<_, i16>(1), r.get::<_, bool>(2))))
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                ColumnInfo {
+                    attnum: r.get(1),
+                    not_null: r.get(2),
+                    in_primary_key: r.get(3),
+                },
+            )
+        })
         .collect())
 }
 

@@ -44,7 +44,11 @@ impl std::fmt::Debug for SourceAddress {
     }
 }
 
-fn source_error(what: impl std::fmt::Display, display: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+fn source_error(
+    what: impl std::fmt::Display,
+    display: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::new(ErrorKind::Source, what.to_string())
         .with_context("source", display)
         .with_source(e)
@@ -55,10 +59,15 @@ impl SourceAddress {
     pub fn parse(url: &str) -> Result<Self> {
         let display = tarn_core::config::redact_url(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            Error::new(ErrorKind::Config, format!("cdc.source is not a valid PostgreSQL URL: {e}"))
-                .with_context("source", &display)
+            Error::new(
+                ErrorKind::Config,
+                format!("cdc.source is not a valid PostgreSQL URL: {e}"),
+            )
+            .with_context("source", &display)
         })?;
-        let bad = |what: &str| Error::new(ErrorKind::Config, format!("cdc.source: {what}")).with_context("source", &display);
+        let bad = |what: &str| {
+            Error::new(ErrorKind::Config, format!("cdc.source: {what}")).with_context("source", &display)
+        };
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -173,7 +182,10 @@ mod tests {
     #[test]
     fn parses_urls() {
         let a = SourceAddress::parse("postgres://app:secret@127.0.0.1:6543/shop").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.user.as_str()), ("127.0.0.1", 6543, "app"));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.user.as_str()),
+            ("127.0.0.1", 6543, "app")
+        );
         assert_eq!(a.database, "shop");
         assert!(!a.display.contains("secret"));
         let err = SourceAddress::parse("postgres://127.0.0.1/shop").unwrap_err();

@@ -145,12 +145,20 @@ impl LocalPostgres {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(error(format!("PostgreSQL did not listen on 127.0.0.1:{} within 30 s", self.port)))
+        Err(error(format!(
+            "PostgreSQL did not listen on 127.0.0.1:{} within 30 s",
+            self.port
+        )))
     }
 
     fn run(&self, args: &[&str]) -> Result<()> {
         let output = if self.as_postgres {
-            Command::new("runuser").arg("-u").arg("postgres").arg("--").args(args).output()
+            Command::new("runuser")
+                .arg("-u")
+                .arg("postgres")
+                .arg("--")
+                .args(args)
+                .output()
         } else {
             Command::new(args[0]).args(&args[1..]).output()
         }
@@ -194,7 +202,10 @@ impl LocalPostgres {
             .output()
             .map_err(|e| error(format!("cannot run psql: {e}")))?;
         if !out.status.success() {
-            return Err(error(format!("psql failed: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(error(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

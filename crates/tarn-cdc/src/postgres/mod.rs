@@ -64,10 +64,12 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// Connects and checks that the server can do logical replication.
     pub async fn connect(config: &CdcConfig) -> Result<Self> {
-        let url = config
-            .source
-            .as_deref()
-            .ok_or_else(|| Error::new(ErrorKind::Config, "no CDC source: set cdc.source to a postgres:// URL"))?;
+        let url = config.source.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no CDC source: set cdc.source to a postgres:// URL",
+            )
+        })?;
         let address = SourceAddress::parse(url)?;
         let client = address.connect().await?;
         let server_version = slot::check_server(&client, &address.display).await?;
@@ -144,14 +146,28 @@ impl PostgresSource {
 
     /// Creates the pipeline's slot with an exported snapshot.
     pub async fn create_slot(&self) -> Result<ExportedSlot> {
-        let session = self.address.replication_session(&self.slot, &self.publication).await?;
-        slot::create_slot_exporting(session, &self.slot, false, self.server_version, &self.address.display).await
+        let session = self
+            .address
+            .replication_session(&self.slot, &self.publication)
+            .await?;
+        slot::create_slot_exporting(
+            session,
+            &self.slot,
+            false,
+            self.server_version,
+            &self.address.display,
+        )
+        .await
     }
 
     /// Creates a temporary slot with an exported snapshot, to copy tables added later: the
     /// copy holds exactly the transactions before its consistent point.
     pub async fn export_snapshot(&self) -> Result<ExportedSlot> {
-        let name = format!("{}_snap_{}", self.slot, std::process::id());
+        let name = format!(
+            "{}_snap_{}",
+            self.slot,
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let session = self.address.replication_session(&name, &self.publication).await?;
         slot::create_slot_exporting(session, &name, true, self.server_version, &self.address.display).await
     }
@@ -285,7 +301,7 @@ impl PostgresSource {
                 if relation.columns.iter().any(|c| !self.types.contains(c.type_oid)) {
                     self.types = TypeCache::load(&self.client).await?;
                 }
-                let attnums = catalog::column_attnums(&self.client, relation.id).await?;
+                let attnums = catalog::column_info(&self.client, relation.id).await?;
                 let previous = self.relations.get(&relation.id).cloned();
                 let spec = catalog::spec_from_relation(
                     &relation,

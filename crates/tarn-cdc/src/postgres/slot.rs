@@ -39,7 +39,8 @@ pub struct SlotInfo {
 impl SlotInfo {
     /// Whether PostgreSQL invalidated the slot (the WAL it needs is gone).
     pub fn is_lost(&self) -> bool {
-        self.wal_status.as_deref() == Some("lost") || (self.restart_lsn.is_none() && self.confirmed_flush.is_none())
+        self.wal_status.as_deref() == Some("lost")
+            || (self.restart_lsn.is_none() && self.confirmed_flush.is_none())
     }
 
     /// Bytes between the server's current position and what the slot confirmed.
@@ -80,7 +81,10 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> 
 /// Checks that the server can do logical replication.
 pub async fn check_server(client: &Client, display: &str) -> Result<i32> {
     let row = client
-        .query_one("SELECT current_setting('wal_level'), current_setting('server_version_num')::int", &[])
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('server_version_num')::int",
+            &[],
+        )
         .await
         .map_err(|e| query_error("cannot read the source's settings", e))?;
     let wal_level: String = row.get(0);
@@ -117,7 +121,11 @@ pub enum PublicationAction {
 }
 
 /// Makes publication `name` cover `tables`.
-pub async fn ensure_publication(client: &Client, name: &str, tables: &[&TableSpec]) -> Result<PublicationAction> {
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: &[&TableSpec],
+) -> Result<PublicationAction> {
     let wanted: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
     let quoted = |ts: &[&TableSpec]| {
         ts.iter()
@@ -126,14 +134,21 @@ pub async fn ensure_publication(client: &Client, name: &str, tables: &[&TableSpe
             .join(", ")
     };
     let existing = client
-        .query("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
+        .query(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
         .await
         .map_err(|e| query_error(format!("cannot read publication {name}"), e))?;
     let Some(row) = existing.first() else {
         let sql = if tables.is_empty() {
             format!("CREATE PUBLICATION {}", quote_ident(name))
         } else {
-            format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), quoted(tables))
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(name),
+                quoted(tables)
+            )
         };
         client
             .batch_execute(&sql)
@@ -170,7 +185,9 @@ pub async fn ensure_publication(client: &Client, name: &str, tables: &[&TableSpe
         ))
         .await
         .map_err(|e| query_error(format!("cannot add tables to publication {name}"), e))?;
-    Ok(PublicationAction::Added(missing.iter().map(|t| t.qualified()).collect()))
+    Ok(PublicationAction::Added(
+        missing.iter().map(|t| t.qualified()).collect(),
+    ))
 }
 
 /// Tables publication `name` publishes, as `schema.table`.
@@ -208,16 +225,25 @@ pub async fn create_slot_exporting(
 ) -> Result<ExportedSlot> {
     let temp = if temporary { " TEMPORARY" } else { "" };
     let command = if server_version >= 150_000 {
-        format!("CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput (SNAPSHOT 'export')", quote_ident(slot))
+        format!(
+            "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(slot)
+        )
     } else {
-        format!("CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput EXPORT_SNAPSHOT", quote_ident(slot))
+        format!(
+            "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(slot)
+        )
     };
     let rows = session
         .simple_query(&command)
         .await
         .map_err(|e| replication_error(&format!("cannot create replication slot {slot}"), display, e))?;
     let row = rows.first().ok_or_else(|| {
-        Error::new(ErrorKind::Source, format!("CREATE_REPLICATION_SLOT {slot} returned no row"))
+        Error::new(
+            ErrorKind::Source,
+            format!("CREATE_REPLICATION_SLOT {slot} returned no row"),
+        )
     })?;
     let text = |i: usize| -> Result<String> {
         row.get(i)

@@ -73,7 +73,13 @@ impl BatchBuilder {
         let builders = spec
             .columns
             .iter()
-            .map(|c| ColumnBuilder::new(format!("{}.{}", spec.qualified(), c.name), &c.column_type, capacity))
+            .map(|c| {
+                ColumnBuilder::new(
+                    format!("{}.{}", spec.qualified(), c.name),
+                    &c.column_type,
+                    capacity,
+                )
+            })
             .collect();
         Self {
             schema: arrow_schema(spec),
@@ -138,7 +144,11 @@ async fn begin_in_snapshot(client: &tokio_postgres::Client, snapshot: &str) -> R
 }
 
 /// Splits a table into `WHERE` conditions of about `chunk_rows` rows each.
-async fn plan_chunks(client: &tokio_postgres::Client, spec: &TableSpec, chunk_rows: u64) -> Result<Vec<String>> {
+async fn plan_chunks(
+    client: &tokio_postgres::Client,
+    spec: &TableSpec,
+    chunk_rows: u64,
+) -> Result<Vec<String>> {
     let table = format!("{}.{}", quote_ident(&spec.schema), quote_ident(&spec.name));
     let stats = client
         .query_one(
@@ -160,7 +170,10 @@ async fn plan_chunks(client: &tokio_postgres::Client, spec: &TableSpec, chunk_ro
     {
         let key = quote_ident(&spec.columns[keys[0]].name);
         let row = client
-            .query_one(&format!("SELECT min({key})::int8, max({key})::int8 FROM {table}"), &[])
+            .query_one(
+                &format!("SELECT min({key})::int8, max({key})::int8 FROM {table}"),
+                &[],
+            )
             .await
             .map_err(|e| query_error(format!("cannot read the key range of {}", spec.qualified()), e))?;
         let (Some(min), Some(max)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) else {
@@ -239,7 +252,16 @@ where
                 let Some(condition) = queue.lock().await.pop() else {
                     break;
                 };
-                copy_chunk(&client, &spec, &columns, &table, &condition, &mut writer, &progress).await?;
+                copy_chunk(
+                    &client,
+                    &spec,
+                    &columns,
+                    &table,
+                    &condition,
+                    &mut writer,
+                    &progress,
+                )
+                .await?;
                 progress.chunks_done.fetch_add(1, Ordering::Relaxed);
             }
             let _ = client.batch_execute("COMMIT").await;

@@ -42,6 +42,7 @@ impl Running {
 
 impl Cdc {
     pub(crate) async fn new(setup_sql: &str) -> Self {
+        crate::init_logs();
         let pg = PostgresServer::start_temporary().unwrap();
         pg.psql("postgres", "CREATE DATABASE app").unwrap();
         if !setup_sql.is_empty() {
@@ -60,7 +61,11 @@ impl Cdc {
     }
 
     pub(crate) fn config(&self) -> Config {
-        let o: Vec<(&str, &str)> = self.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let o: Vec<(&str, &str)> = self
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         crate::config_for(self.lake.path(), &o)
     }
 
@@ -89,7 +94,16 @@ impl Cdc {
     pub(crate) fn source_rows(&self, query: &str) -> Vec<String> {
         let out = Command::new("psql")
             .arg(self.pg.url("app"))
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-P", "null=NULL", "-c", query])
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-P",
+                "null=NULL",
+                "-c",
+                query,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -164,7 +178,11 @@ fn as_reader_rows(rows: &[String]) -> serde_json::Value {
         })
         .collect();
     parsed.sort_by(|a, b| {
-        let key = |r: &Vec<Option<String>>| r.iter().map(|c| (c.is_none(), c.clone().unwrap_or_default())).collect::<Vec<_>>();
+        let key = |r: &Vec<Option<String>>| {
+            r.iter()
+                .map(|c| (c.is_none(), c.clone().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
         key(a).cmp(&key(b))
     });
     serde_json::to_value(parsed).unwrap()
@@ -179,8 +197,7 @@ INSERT INTO orders SELECT g, g % 2000 + 1, (g % 1000) / 10.0, 'new', NULL FROM g
 
 const CUSTOMERS_PG: &str = "SELECT id, name, coalesce(tier::text, 'NULL') FROM customers ORDER BY id";
 const CUSTOMERS_LAKE: &str = "SELECT id, name, tier FROM cdc.customers ORDER BY id";
-const ORDERS_PG: &str =
-    "SELECT id, coalesce(customer_id::text, 'NULL'), amount, status, coalesce(md5(payload), 'NULL') FROM orders ORDER BY id";
+const ORDERS_PG: &str = "SELECT id, coalesce(customer_id::text, 'NULL'), amount, status, coalesce(md5(payload), 'NULL') FROM orders ORDER BY id";
 const ORDERS_LAKE: &str = "SELECT id, customer_id, amount, status, md5(payload) FROM cdc.orders ORDER BY id";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +232,9 @@ async fn snapshot_then_every_kind_of_change() {
     cdc.wait_same(CUSTOMERS_PG, CUSTOMERS_LAKE, wait).await;
     cdc.wait_same(ORDERS_PG, ORDERS_LAKE, wait).await;
     let toasted = cdc
-        .lake_rows("SELECT count(*) FROM cdc.orders WHERE length(payload) = 12800 AND status IN ('paid', 'shipped')")
+        .lake_rows(
+            "SELECT count(*) FROM cdc.orders WHERE length(payload) = 12800 AND status IN ('paid', 'shipped')",
+        )
         .await
         .unwrap();
     assert_eq!(toasted, vec!["20"], "unchanged TOASTed payloads kept their value");
@@ -231,10 +250,20 @@ async fn snapshot_then_every_kind_of_change() {
         let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(v).unwrap();
         let mut picked: Vec<Vec<Option<String>>> = rows
             .into_iter()
-            .map(|r| vec![r[0].as_str().map(String::from), r[1].as_str().map(String::from), r[3].as_str().map(String::from)])
+            .map(|r| {
+                vec![
+                    r[0].as_str().map(String::from),
+                    r[1].as_str().map(String::from),
+                    r[3].as_str().map(String::from),
+                ]
+            })
             .collect();
         picked.sort_by(|a, b| {
-            let key = |r: &Vec<Option<String>>| r.iter().map(|c| (c.is_none(), c.clone().unwrap_or_default())).collect::<Vec<_>>();
+            let key = |r: &Vec<Option<String>>| {
+                r.iter()
+                    .map(|c| (c.is_none(), c.clone().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            };
             key(a).cmp(&key(b))
         });
         serde_json::to_value(picked).unwrap()
@@ -250,8 +279,12 @@ async fn a_large_transaction_lands_in_one_piece() {
     // Small buffers, so the transaction is written out in many pieces before its commit.
     cdc.set("cdc.flush.max_bytes", "4194304");
     let running = cdc.start().await;
-    cdc.wait_same("SELECT count(*) FROM big", "SELECT count(*) FROM cdc.big", Duration::from_secs(60))
-        .await;
+    cdc.wait_same(
+        "SELECT count(*) FROM big",
+        "SELECT count(*) FROM cdc.big",
+        Duration::from_secs(60),
+    )
+    .await;
     cdc.sql("INSERT INTO big SELECT g, 'row ' || g, g % 100 FROM generate_series(1, 1000000) g;");
     cdc.sql("UPDATE big SET n = -1 WHERE id % 1000 = 0;");
     let q = "SELECT count(*), sum(id), sum(n), count(DISTINCT v) FROM big";
@@ -270,8 +303,12 @@ async fn schema_changes_evolve_the_table() {
     .await;
     let running = cdc.start().await;
     let wait = Duration::from_secs(60);
-    cdc.wait_same("SELECT count(*) FROM items", "SELECT count(*) FROM cdc.items", wait)
-        .await;
+    cdc.wait_same(
+        "SELECT count(*) FROM items",
+        "SELECT count(*) FROM cdc.items",
+        wait,
+    )
+    .await;
     cdc.sql(
         "ALTER TABLE items ADD COLUMN color text;
          ALTER TABLE items ALTER COLUMN qty TYPE bigint;
@@ -295,13 +332,25 @@ async fn schema_changes_evolve_the_table() {
         .unwrap();
     assert_eq!(
         columns,
-        vec!["id|Int32", "title|Utf8View", "qty|Int64", "price|Float64", "cost|Decimal128(12, 2)"]
+        vec![
+            "id|Int32",
+            "title|Utf8View",
+            "qty|Int64",
+            "price|Float64",
+            "cost|Decimal128(12, 2)"
+        ]
     );
     // An incompatible change stops only that table.
-    cdc.sql("ALTER TABLE fragile ALTER COLUMN v TYPE int USING length(v); INSERT INTO fragile VALUES (2, 7);");
+    cdc.sql(
+        "ALTER TABLE fragile ALTER COLUMN v TYPE int USING length(v); INSERT INTO fragile VALUES (2, 7);",
+    );
     cdc.sql("INSERT INTO items VALUES (5, 'e', 5, 5.5, 6.25);");
-    cdc.wait_same("SELECT count(*) FROM items", "SELECT count(*) FROM cdc.items", wait)
-        .await;
+    cdc.wait_same(
+        "SELECT count(*) FROM items",
+        "SELECT count(*) FROM cdc.items",
+        wait,
+    )
+    .await;
     let deadline = Instant::now() + wait;
     loop {
         let report = running.status.report();
@@ -316,11 +365,19 @@ async fn schema_changes_evolve_the_table() {
     }
     // A table created and published later is copied and streamed.
     cdc.sql("CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later VALUES (1, 'one');");
-    cdc.wait_same("SELECT id, v FROM later ORDER BY id", "SELECT id, v FROM cdc.later ORDER BY id", wait)
-        .await;
+    cdc.wait_same(
+        "SELECT id, v FROM later ORDER BY id",
+        "SELECT id, v FROM cdc.later ORDER BY id",
+        wait,
+    )
+    .await;
     cdc.sql("INSERT INTO later VALUES (2, 'two'); UPDATE later SET v = 'uno' WHERE id = 1;");
-    cdc.wait_same("SELECT id, v FROM later ORDER BY id", "SELECT id, v FROM cdc.later ORDER BY id", wait)
-        .await;
+    cdc.wait_same(
+        "SELECT id, v FROM later ORDER BY id",
+        "SELECT id, v FROM cdc.later ORDER BY id",
+        wait,
+    )
+    .await;
     running.stop().await;
 }
 
@@ -344,7 +401,10 @@ async fn refusals_and_recovery_are_clear() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("public.keyless") && err.contains("REPLICA IDENTITY FULL"), "{err}");
+    assert!(
+        err.contains("public.keyless") && err.contains("REPLICA IDENTITY FULL"),
+        "{err}"
+    );
 
     // Excluded, the rest runs; duplicate rows of a FULL-identity table are kept apart.
     let mut cdc = cdc;
@@ -387,7 +447,9 @@ async fn refusals_and_recovery_are_clear() {
 /// What the crash test's workload does to the source: inserts, updates and deletes of a
 /// `accounts` table from several connections at once.
 async fn workload(url: String, stop: CancellationToken, seed: u64) -> u64 {
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let mut n = 0u64;
     let mut x = seed | 1;
@@ -397,7 +459,9 @@ async fn workload(url: String, stop: CancellationToken, seed: u64) -> u64 {
         x ^= x << 17;
         let id = (x % 5000) as i64 + 1;
         let sql = match x % 4 {
-            0 => format!("INSERT INTO accounts VALUES ({id}, {n}, 'w{seed}') ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1"),
+            0 => format!(
+                "INSERT INTO accounts VALUES ({id}, {n}, 'w{seed}') ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1"
+            ),
             1 => format!("UPDATE accounts SET balance = balance - 1, owner = 'u{n}' WHERE id = {id}"),
             2 => format!("DELETE FROM accounts WHERE id = {id}"),
             _ => format!(
@@ -420,7 +484,14 @@ fn spawn_tarn(dir: &std::path::Path, source: &str, failpoints: &str) -> Child {
     Command::new(tarn_bin())
         .arg("--data-dir")
         .arg(dir)
-        .args(["--set", &format!("cdc.source={source}"), "--set", "cdc.flush.interval=100ms", "cdc", "run"])
+        .args([
+            "--set",
+            &format!("cdc.source={source}"),
+            "--set",
+            "cdc.flush.interval=100ms",
+            "cdc",
+            "run",
+        ])
         .env("TARN_FAILPOINTS", failpoints)
         .env("TARN_LOG", "warn")
         .env_remove("TARN_DATA_DIR")
@@ -499,9 +570,15 @@ async fn crash_test_nothing_lost_nothing_doubled() {
     let q = "SELECT id, balance, owner FROM accounts ORDER BY id";
     let lq = "SELECT id, balance, owner FROM cdc.accounts ORDER BY id";
     cdc.wait_same(q, lq, Duration::from_secs(120)).await;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = child.wait().unwrap();
-    assert!(status.success(), "tarn cdc run stopped cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "tarn cdc run stopped cleanly on SIGTERM: {status}"
+    );
     let want = as_reader_rows(&cdc.source_rows(q));
     let (py, duck) = cdc.independent_rows("cdc.accounts");
     assert_eq!(py, want, "pyiceberg rows");
@@ -513,13 +590,28 @@ async fn crash_test_nothing_lost_nothing_doubled() {
 async fn cli_status_and_drop() {
     let cdc = Cdc::new("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');").await;
     let running = cdc.start().await;
-    cdc.wait_same("SELECT id, v FROM t", "SELECT id, v FROM cdc.t", Duration::from_secs(60))
-        .await;
+    cdc.wait_same(
+        "SELECT id, v FROM t",
+        "SELECT id, v FROM cdc.t",
+        Duration::from_secs(60),
+    )
+    .await;
     let dir = cdc.lake.path().to_path_buf();
     let source = format!("cdc.source={}", cdc.pg.url("app"));
-    let (ok, out, err) = crate::tarn(&dir, &["--set", &source, "cdc", "status"]);
-    assert!(ok, "{err}");
-    assert!(out.contains("tarn_main") && out.contains("cdc.t") && out.contains("running:     streaming"), "{out}");
+    // The running pipeline's live status reaches `tarn cdc status` within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let (ok, out, err) = crate::tarn(&dir, &["--set", &source, "cdc", "status"]);
+        assert!(ok, "{err}");
+        if out.contains("running:     streaming") || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        out.contains("tarn_main") && out.contains("cdc.t") && out.contains("running:     streaming"),
+        "{out}"
+    );
     let (ok, out, err) = crate::tarn(&dir, &["--set", &source, "cdc", "status", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -530,8 +622,72 @@ async fn cli_status_and_drop() {
     assert!(out.contains("dropped replication slot tarn_main"), "{out}");
     assert_eq!(cdc.sql("SELECT count(*) FROM pg_replication_slots"), "0\n");
     // Bad input: an unreachable source and a malformed URL fail clearly.
-    let (ok, _, err) = crate::tarn(&dir, &["--set", "cdc.source=postgres://u@127.0.0.1:1/x", "cdc", "status"]);
+    let (ok, _, err) = crate::tarn(
+        &dir,
+        &["--set", "cdc.source=postgres://u@127.0.0.1:1/x", "cdc", "status"],
+    );
     assert!(!ok && err.contains("cannot"), "{err}");
     let (ok, _, err) = crate::tarn(&dir, &["--set", "cdc.source=mysql://x", "cdc", "status"]);
     assert!(!ok && err.contains("cdc.source"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_beside_a_live_writer_loses_nothing() {
+    let mut cdc = Cdc::new(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, owner text);
+         INSERT INTO accounts SELECT g, 100, 'init' FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    // Aggressive automatic maintenance inside the writer...
+    cdc.set("maintenance.interval", "1s");
+    cdc.set("maintenance.min_files", "2");
+    cdc.set("maintenance.snapshot_age", "2s");
+    cdc.set("maintenance.retain_snapshots", "2");
+    let running = cdc.start().await;
+    let q = "SELECT id, balance, owner FROM accounts ORDER BY id";
+    let lq = "SELECT id, balance, owner FROM cdc.accounts ORDER BY id";
+    cdc.wait_same(q, lq, Duration::from_secs(60)).await;
+    let url = cdc.pg.url("app");
+    let stop = CancellationToken::new();
+    let writers: Vec<_> = (1..=2u64)
+        .map(|seed| tokio::spawn(workload(url.clone(), stop.clone(), seed * 31)))
+        .collect();
+    // ... and `tarn maintain` from another process at the same time.
+    let dir = cdc.lake.path().to_path_buf();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut runs = 0;
+    loop {
+        let history = crate::tarn(&dir, &["table", "history", "cdc.accounts"]).1;
+        if runs >= 4 && history.matches("replace").count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no compaction within 90 s:\n{history}");
+        runs += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ok, out, err) = crate::tarn(
+            &dir,
+            &[
+                "--set",
+                "maintenance.min_files=2",
+                "--set",
+                "maintenance.snapshot_age=1s",
+                "--set",
+                "maintenance.orphan_age=1h",
+                "maintain",
+                "cdc",
+            ],
+        );
+        assert!(ok, "tarn maintain failed: {err}\n{out}");
+        assert!(out.contains("cdc.accounts"), "{out}");
+    }
+    stop.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    cdc.wait_same(q, lq, Duration::from_secs(60)).await;
+    running.stop().await;
+    let want = as_reader_rows(&cdc.source_rows(q));
+    let (py, duck) = cdc.independent_rows("cdc.accounts");
+    assert_eq!(py, want, "pyiceberg rows");
+    assert_eq!(duck, want, "duckdb rows");
 }

@@ -16,6 +16,19 @@ use tarn_core::Config;
 use tarn_lake::Lake;
 use tarn_query::{Output, TarnSession};
 
+/// Sends tarn's logs to the test output (shown for failing tests); `TARN_LOG` filters them.
+pub(crate) fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("TARN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// A lake in a temporary directory (SQLite catalog, local warehouse) unless `catalog_url` says
 /// otherwise.
 pub(crate) struct TestLake {

@@ -1,0 +1,172 @@
+//! `tarn maintain`: compaction, snapshot expiry and orphan-file removal on demand, with the
+//! thresholds of the `[maintenance]` config section.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use iceberg::{NamespaceIdent, TableIdent};
+use indicatif::{ProgressBar, ProgressStyle};
+use tarn_core::Config;
+use tarn_lake::{CompactOptions, ExpireOptions, Lake, OrphanOptions, Progress, ProgressFn};
+
+/// Options of `tarn maintain`.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// Tables (`ns.table`) or namespaces (`ns`); default every table of the lake.
+    targets: Vec<String>,
+    /// Compact small files and files with many deleted rows.
+    #[arg(long)]
+    compact: bool,
+    /// Expire snapshots older than `maintenance.snapshot_age` (keeping
+    /// `maintenance.retain_snapshots`) and delete the files only they reached.
+    #[arg(long)]
+    expire: bool,
+    /// Delete files no snapshot references and older than `maintenance.orphan_age`.
+    #[arg(long)]
+    orphans: bool,
+    /// Report what orphan removal would delete without deleting it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn progress_bar(show: bool) -> (ProgressBar, ProgressFn) {
+    let bar = if show && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} files")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let b = bar.clone();
+    let f: ProgressFn = Arc::new(move |p: &Progress| {
+        b.set_length(p.files_total);
+        b.set_position(p.files_done);
+        b.set_message(format!("{} ({:.1} MB)", p.phase, p.bytes_done as f64 / 1e6));
+    });
+    (bar, f)
+}
+
+async fn targets(lake: &Lake, names: &[String]) -> Result<Vec<TableIdent>> {
+    if names.is_empty() {
+        return Ok(lake.list_all_tables().await?);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        if name.contains('.') {
+            let ident = tarn_lake::parse_table_name(name)?;
+            if !lake.table_exists(&ident).await? {
+                bail!("table {name} does not exist");
+            }
+            out.push(ident);
+        } else {
+            let ns = NamespaceIdent::new(name.clone());
+            if !lake.namespace_exists(&ns).await? {
+                bail!("schema {name} does not exist");
+            }
+            out.extend(lake.list_tables(&ns).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `tarn maintain`.
+pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
+    let all = !args.compact && !args.expire && !args.orphans;
+    let lake = Lake::open(config).await?;
+    let tables = targets(&lake, &args.targets).await?;
+    let m = &config.maintenance;
+    let now = chrono::Utc::now();
+    let age = |key: &str| chrono::Duration::from_std(m.duration(key)).unwrap_or(chrono::Duration::hours(1));
+    for ident in tables {
+        println!("{ident}");
+        if all || args.compact {
+            let (bar, progress) = progress_bar(true);
+            let outcome = lake
+                .compact(
+                    &ident,
+                    &CompactOptions {
+                        small_file_threshold: m.small_file_bytes,
+                        min_input_files: m.min_files,
+                        delete_ratio_threshold: m.delete_ratio,
+                        progress: Some(progress),
+                        ..CompactOptions::default()
+                    },
+                )
+                .await;
+            bar.finish_and_clear();
+            let outcome = outcome?;
+            match outcome.snapshot_id {
+                Some(id) => println!(
+                    "  compacted: {} data file(s) and {} delete file(s) into {}; {} rows rewritten, {} deleted rows purged; {:.1} MB read, {:.1} MB written (snapshot {id})",
+                    outcome.removed_data_files.len(),
+                    outcome.removed_delete_files.len(),
+                    outcome.added_data_files.len(),
+                    outcome.rows_rewritten,
+                    outcome.rows_purged,
+                    outcome.bytes_read as f64 / 1e6,
+                    outcome.bytes_written as f64 / 1e6,
+                ),
+                None => println!("  compaction: nothing to do"),
+            }
+        }
+        if all || args.expire {
+            let (bar, progress) = progress_bar(true);
+            let outcome = lake
+                .expire_snapshots(
+                    &ident,
+                    &ExpireOptions {
+                        older_than: now - age("snapshot_age"),
+                        retain_last: m.retain_snapshots,
+                        progress: Some(progress),
+                    },
+                )
+                .await;
+            bar.finish_and_clear();
+            let outcome = outcome?;
+            println!(
+                "  expired {} snapshot(s); deleted {} manifest list(s), {} manifest(s), {} data file(s), {} delete file(s), {:.1} MB",
+                outcome.expired_snapshots.len(),
+                outcome.deleted_manifest_lists,
+                outcome.deleted_manifests,
+                outcome.deleted_data_files,
+                outcome.deleted_delete_files,
+                outcome.deleted_bytes as f64 / 1e6
+            );
+        }
+        if all || args.orphans {
+            let (bar, progress) = progress_bar(true);
+            let outcome = lake
+                .remove_orphan_files(
+                    &ident,
+                    &OrphanOptions {
+                        older_than: now - age("orphan_age"),
+                        dry_run: args.dry_run,
+                        progress: Some(progress),
+                    },
+                )
+                .await;
+            bar.finish_and_clear();
+            let outcome = outcome?;
+            println!(
+                "  {} {} orphan file(s) of {} listed ({:.1} MB)",
+                if args.dry_run { "would delete" } else { "deleted" },
+                outcome.orphans.len(),
+                outcome.files_listed,
+                outcome.orphan_bytes as f64 / 1e6
+            );
+            if args.dry_run {
+                for path in &outcome.orphans {
+                    println!("    {path}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
