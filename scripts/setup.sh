@@ -3,7 +3,7 @@
 # system packages (PostgreSQL with logical replication, the JDBC driver and a JRE for the
 # pgjdbc client test, clang + mold for fast links) and a Python venv in .venv with the
 # independent readers and clients the interoperability tests use (pyiceberg, DuckDB with its
-# Iceberg extension, psycopg, moto's S3 server).
+# Iceberg extension, psycopg, moto's S3 server, the Kubernetes manifest validators).
 #
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
@@ -31,6 +31,7 @@ PY_PACKAGES=(
   'duckdb==1.5.5' 'duckdb-extension-iceberg==1.5.5' 'duckdb-extension-avro==1.5.5' 'pytz'
   'psycopg[binary]>=3.2,<4'
   'moto[server]>=5,<6'
+  'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
 )
 stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs all of tarn's tests: unit tests, the integration test binary (real PostgreSQL, an S3
-# server, pyiceberg, DuckDB, psql, psycopg, pgjdbc) and the sqllogictest files.
+# Runs all of tarn's tests: unit tests, the integration test binaries (real PostgreSQL, an S3
+# server, pyiceberg, DuckDB, psql, psycopg, pgjdbc), the sqllogictest files and the checks of
+# the CockroachDB deployment.
 # Installs what the tests need first (scripts/setup.sh). Extra arguments go to nextest,
 # e.g. `bash scripts/test.sh pgwire` runs only tests whose name contains "pgwire".
 set -euo pipefail
@@ -8,3 +9,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --workspace --all-targets
 cargo nextest run --release --workspace --no-fail-fast "$@"
+if [ $# -eq 0 ]; then
+  # The CockroachDB deployment: manifests against the Kubernetes schemas, the portable SQL and
+  # its privileges against a real PostgreSQL, the certificate script.
+  bash deploy/cockroachdb/validate.sh
+  bash deploy/cockroachdb/test.sh
+fi

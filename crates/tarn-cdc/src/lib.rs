@@ -10,11 +10,8 @@
 //! - [`pipeline`]: the loop between them — flush policy, backpressure, acknowledgement after
 //!   commit, restarts.
 
-#[cfg(feature = "pipeline")]
 pub mod index;
-#[cfg(feature = "pipeline")]
 pub mod pipeline;
 pub mod postgres;
-#[cfg(feature = "pipeline")]
 pub mod sink;
 pub mod source;

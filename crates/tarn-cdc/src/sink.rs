@@ -1334,10 +1334,32 @@ fn iceberg_type_of(column: &crate::source::ColumnSpec) -> Result<Type, String> {
     Ok(schema.as_struct().fields()[0].field_type.as_ref().clone())
 }
 
+/// Whether two Iceberg types are the same, ignoring the ids of nested fields.
+fn same_type(a: &Type, b: &Type) -> bool {
+    match (a, b) {
+        (Type::Primitive(x), Type::Primitive(y)) => x == y,
+        (Type::List(x), Type::List(y)) => {
+            x.element_field.required == y.element_field.required
+                && same_type(&x.element_field.field_type, &y.element_field.field_type)
+        }
+        (Type::Struct(x), Type::Struct(y)) => {
+            x.fields().len() == y.fields().len()
+                && x.fields().iter().zip(y.fields()).all(|(f, g)| {
+                    f.name == g.name && f.required == g.required && same_type(&f.field_type, &g.field_type)
+                })
+        }
+        (Type::Map(x), Type::Map(y)) => {
+            same_type(&x.key_field.field_type, &y.key_field.field_type)
+                && same_type(&x.value_field.field_type, &y.value_field.field_type)
+        }
+        _ => false,
+    }
+}
+
 fn promotable(from: &Type, to: &Type) -> bool {
     use PrimitiveType as P;
     match (from, to) {
-        (a, b) if a == b => true,
+        (a, b) if same_type(a, b) => true,
         (Type::Primitive(P::Int), Type::Primitive(P::Long)) => true,
         (Type::Primitive(P::Float), Type::Primitive(P::Double)) => true,
         (
@@ -1427,7 +1449,7 @@ fn plan_schema_change(
                     f.name = column.name.clone();
                     changed = true;
                 }
-                if f.field_type.as_ref() != &new_type {
+                if !same_type(&f.field_type, &new_type) {
                     if !promotable(&f.field_type, &new_type) {
                         return Err(format!(
                             "column {} of {qualified} changed type from {} to {} ({}), which Iceberg cannot promote; \
