@@ -254,16 +254,27 @@ async fn write_status_file(path: PathBuf, status: Arc<PipelineStatus>, stop: Can
     }
 }
 
+/// An exported snapshot to copy tables in: its name, the position it ends at, and what kind of
+/// copy it is (recorded in the commit summary).
+struct SnapshotAt<'a> {
+    name: &'a str,
+    position: Position,
+    kind: &'a str,
+}
+
 async fn snapshot_tables(
     config: &Config,
     source: &PostgresSource,
     sink: &mut LakeSink,
     specs: &[Arc<TableSpec>],
-    snapshot_name: &str,
-    position: Position,
-    kind: &str,
+    at: SnapshotAt<'_>,
     status: &PipelineStatus,
 ) -> Result<()> {
+    let SnapshotAt {
+        name: snapshot_name,
+        position,
+        kind,
+    } = at;
     for spec in specs {
         let started = Instant::now();
         let progress = Arc::new(CopyProgress::default());
@@ -412,9 +423,11 @@ async fn run_once(
                     &source,
                     &mut sink,
                     &specs,
-                    &exported.snapshot_name,
-                    exported.consistent_point,
-                    kind,
+                    SnapshotAt {
+                        name: &exported.snapshot_name,
+                        position: exported.consistent_point,
+                        kind,
+                    },
                     status,
                 )
                 .await?;
@@ -461,9 +474,11 @@ async fn run_once(
                     &source,
                     &mut sink,
                     &unheld,
-                    &exported.snapshot_name,
-                    exported.consistent_point,
-                    "table-added",
+                    SnapshotAt {
+                        name: &exported.snapshot_name,
+                        position: exported.consistent_point,
+                        kind: "table-added",
+                    },
                     status,
                 )
                 .await?;
@@ -631,9 +646,11 @@ async fn snapshot_new_table(
         source,
         sink,
         std::slice::from_ref(&spec),
-        &exported.snapshot_name,
-        exported.consistent_point,
-        "table-added",
+        SnapshotAt {
+            name: &exported.snapshot_name,
+            position: exported.consistent_point,
+            kind: "table-added",
+        },
         status,
     )
     .await?;

@@ -214,7 +214,7 @@ impl LakeSink {
             .values()
             .map(|t| (t.ident.clone(), t.position, t.stopped.clone(), t.counters.clone()))
             .collect();
-        out.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        out.sort_by_key(|a| a.0.to_string());
         out
     }
 

@@ -159,10 +159,10 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     let drain = async {
         let _ = http_task.await;
         let _ = pg_task.await;
-        if let Some(task) = cdc_task {
-            if let Ok(Err(e)) = task.await {
-                tracing::error!(error = %format!("{e:#}"), "CDC pipeline");
-            }
+        if let Some(task) = cdc_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::error!(error = %format!("{e:#}"), "CDC pipeline");
         }
     };
     if tokio::time::timeout(Duration::from_secs(10), drain)
