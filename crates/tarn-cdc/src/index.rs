@@ -38,10 +38,20 @@ pub enum IndexKey {
     Hash(u128),
 }
 
+/// Unique keys live in one of two compact maps (16 bytes per entry for integer keys, 24 for
+/// hashes: a `u128` key would be aligned to 16 and cost 32), so an index of tens of millions
+/// of rows stays within a few hundred MiB.
 #[derive(Debug)]
 enum Entries {
-    Unique(HashMap<IndexKey, RowLocation>),
+    Unique {
+        ints: HashMap<i64, RowLocation>,
+        hashes: HashMap<[u64; 2], RowLocation>,
+    },
     Multi(HashMap<IndexKey, Vec<RowLocation>>),
+}
+
+fn split(hash: u128) -> [u64; 2] {
+    [(hash >> 64) as u64, hash as u64]
 }
 
 /// Makes [`IndexKey`]s out of key columns.
@@ -157,7 +167,10 @@ impl KeyIndex {
             entries: if multi {
                 Entries::Multi(HashMap::new())
             } else {
-                Entries::Unique(HashMap::new())
+                Entries::Unique {
+                    ints: HashMap::new(),
+                    hashes: HashMap::new(),
+                }
             },
         }
     }
@@ -165,7 +178,7 @@ impl KeyIndex {
     /// Live keys.
     pub fn len(&self) -> usize {
         match &self.entries {
-            Entries::Unique(m) => m.len(),
+            Entries::Unique { ints, hashes } => ints.len() + hashes.len(),
             Entries::Multi(m) => m.values().map(Vec::len).sum(),
         }
     }
@@ -181,13 +194,6 @@ impl KeyIndex {
         *self = Self::new(multi);
     }
 
-    /// Reserves room for `additional` more keys.
-    pub fn reserve(&mut self, additional: usize) {
-        match &mut self.entries {
-            Entries::Unique(m) => m.reserve(additional),
-            Entries::Multi(m) => m.reserve(additional),
-        }
-    }
 
     /// The number of data file `path`, registering it.
     pub fn file_number(&mut self, path: &Arc<str>) -> u32 {
@@ -208,8 +214,11 @@ impl KeyIndex {
     /// Records that the row with `key` lives at `location`.
     pub fn insert(&mut self, key: IndexKey, location: RowLocation) {
         match &mut self.entries {
-            Entries::Unique(m) => {
-                m.insert(key, location);
+            Entries::Unique { ints, hashes } => {
+                match key {
+                    IndexKey::Int(k) => ints.insert(k, location),
+                    IndexKey::Hash(h) => hashes.insert(split(h), location),
+                };
             }
             Entries::Multi(m) => m.entry(key).or_default().push(location),
         }
@@ -218,7 +227,10 @@ impl KeyIndex {
     /// Where the row with `key` lives (one of them, for whole-row keys).
     pub fn get(&self, key: &IndexKey) -> Option<RowLocation> {
         match &self.entries {
-            Entries::Unique(m) => m.get(key).copied(),
+            Entries::Unique { ints, hashes } => match key {
+                IndexKey::Int(k) => ints.get(k).copied(),
+                IndexKey::Hash(h) => hashes.get(&split(*h)).copied(),
+            },
             Entries::Multi(m) => m.get(key).and_then(|v| v.last().copied()),
         }
     }
@@ -226,7 +238,10 @@ impl KeyIndex {
     /// Removes the row with `key` (one of them, for whole-row keys) and returns its location.
     pub fn remove(&mut self, key: &IndexKey) -> Option<RowLocation> {
         match &mut self.entries {
-            Entries::Unique(m) => m.remove(key),
+            Entries::Unique { ints, hashes } => match key {
+                IndexKey::Int(k) => ints.remove(k),
+                IndexKey::Hash(h) => hashes.remove(&split(*h)),
+            },
             Entries::Multi(m) => {
                 let list = m.get_mut(key)?;
                 let location = list.pop();
@@ -248,7 +263,10 @@ impl KeyIndex {
             return;
         }
         match &mut self.entries {
-            Entries::Unique(m) => m.retain(|_, l| !numbers.contains(&l.file)),
+            Entries::Unique { ints, hashes } => {
+                ints.retain(|_, l| !numbers.contains(&l.file));
+                hashes.retain(|_, l| !numbers.contains(&l.file));
+            }
             Entries::Multi(m) => {
                 m.retain(|_, v| {
                     v.retain(|l| !numbers.contains(&l.file));

@@ -7,9 +7,12 @@
 //!   committed transactions after it.
 //! - [`sink`]: changes into Iceberg tables as merge-on-read commits with position deletes,
 //!   found through a primary-key [`index`].
+//! - [`cockroach`]: the CockroachDB source — a changefeed (core or webhook), deduplicated and
+//!   committed per resolved timestamp.
 //! - [`pipeline`]: the loop between them — flush policy, backpressure, acknowledgement after
 //!   commit, restarts.
 
+pub mod cockroach;
 pub mod index;
 pub mod pipeline;
 pub mod postgres;

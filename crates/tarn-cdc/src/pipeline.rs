@@ -112,7 +112,7 @@ pub struct TableReport {
 pub struct PipelineStatus {
     report: Mutex<StatusReport>,
     copy: Mutex<Option<(String, Arc<CopyProgress>)>>,
-    events: AtomicU64,
+    pub(crate) events: AtomicU64,
 }
 
 impl PipelineStatus {
@@ -139,7 +139,7 @@ impl PipelineStatus {
         self.copy.lock().expect("status poisoned").clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut StatusReport)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut StatusReport)) {
         f(&mut self.report.lock().expect("status poisoned"));
     }
 }
@@ -185,7 +185,12 @@ pub async fn run(
     let mut options = options;
     let result = loop {
         let started = Instant::now();
-        match run_once(config, lake.clone(), &options, &status, &stop).await {
+        let attempt = if config.cdc.source_kind == "cockroachdb" {
+            crate::cockroach::run_once(config, lake.clone(), &options, &status, &stop).await
+        } else {
+            run_once(config, lake.clone(), &options, &status, &stop).await
+        };
+        match attempt {
             Ok(()) => break Ok(()),
             Err(e) if retryable(&e) && !stop.is_cancelled() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "CDC pipeline interrupted; restarting from the last acknowledged position");
@@ -286,15 +291,16 @@ async fn snapshot_tables(
             chunk_rows: config.cdc.snapshot_chunk_rows,
         };
         tracing::info!(table = %spec.qualified(), %position, "copying");
+        let index = sink.snapshot_index(spec.id)?;
         let parts = copy_table(
             source.address(),
             &request,
-            |part| sink.snapshot_writer(spec.id, part),
+            |part| sink.snapshot_writer(spec.id, part, index.clone()),
             progress.clone(),
         )
         .await?;
         failpoint::hit("cdc.snapshot.after_copy").await?;
-        let rows = sink.finish_snapshot(spec.id, parts, position, kind).await?;
+        let rows = sink.finish_snapshot(spec.id, parts, index, position, kind).await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         tracing::info!(
             table = %spec.qualified(),
@@ -308,7 +314,7 @@ async fn snapshot_tables(
     Ok(())
 }
 
-fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
+pub(crate) fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
     let tables = sink
         .table_positions()
         .into_iter()
@@ -616,8 +622,8 @@ async fn stream(
         if let Some(lag) = lag {
             metrics::gauge!("tarn_cdc_lag_seconds").set(lag);
         }
-        metrics::gauge!("tarn_cdc_acknowledged_lsn").set(p.0 as f64);
-        metrics::gauge!("tarn_cdc_lag_bytes").set(source.received().0.saturating_sub(p.0) as f64);
+        metrics::gauge!("tarn_cdc_acknowledged_lsn").set(p.lsn() as f64);
+        metrics::gauge!("tarn_cdc_lag_bytes").set(source.received().lsn().saturating_sub(p.lsn()) as f64);
         status.update(|r| {
             r.acknowledged = Some(p.to_string());
             r.received = Some(source.received().to_string());

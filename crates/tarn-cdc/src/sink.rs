@@ -42,6 +42,9 @@ use crate::source::{KeyKind, Position, Row, SourceEvent, TableId, TableSpec, Val
 pub const SUMMARY_PIPELINE: &str = "tarn.cdc.pipeline";
 /// Snapshot summary key: the source position the table holds everything up to.
 pub const SUMMARY_LSN: &str = "tarn.cdc.lsn";
+/// Snapshot summary key: for a CockroachDB source, the resolved timestamp (`wall.logical`) the
+/// table holds everything up to (in place of [`SUMMARY_LSN`]).
+pub const SUMMARY_RESOLVED: &str = "tarn.cdc.resolved";
 /// Snapshot summary key: the source commit time (µs since the Unix epoch) of that position.
 pub const SUMMARY_COMMIT_TIME: &str = "tarn.cdc.commit-time-us";
 /// Snapshot summary key: what a snapshot commit was (`initial`, `table-added`, `resnapshot`).
@@ -314,7 +317,12 @@ impl LakeSink {
     }
 
     /// Starts writing a snapshot copy of table `id`: one writer per copy connection.
-    pub fn snapshot_writer(&self, id: TableId, part: usize) -> Result<SnapshotPartWriter> {
+    pub fn snapshot_writer(
+        &self,
+        id: TableId,
+        part: usize,
+        index: Arc<std::sync::Mutex<KeyIndex>>,
+    ) -> Result<SnapshotPartWriter> {
         let state = self.state(id)?;
         Ok(SnapshotPartWriter {
             table: state.ident.clone(),
@@ -324,8 +332,17 @@ impl LakeSink {
             )?,
             encoder: state.encoder.clone(),
             key_columns: state.key_columns.clone(),
-            keys: Vec::new(),
+            index,
         })
+    }
+
+    /// The index a snapshot copy of table `id` fills while it writes (shared by its copy
+    /// connections, so the keys of a large table are held once).
+    pub fn snapshot_index(&self, id: TableId) -> Result<Arc<std::sync::Mutex<KeyIndex>>> {
+        let state = self.state(id)?;
+        Ok(Arc::new(std::sync::Mutex::new(KeyIndex::new(
+            state.spec.key_kind == KeyKind::FullRow,
+        ))))
     }
 
     /// Commits a finished snapshot copy of table `id` as one snapshot holding everything up to
@@ -334,6 +351,7 @@ impl LakeSink {
         &mut self,
         id: TableId,
         parts: Vec<SnapshotPart>,
+        index: Arc<std::sync::Mutex<KeyIndex>>,
         position: Position,
         kind: &str,
     ) -> Result<u64> {
@@ -373,20 +391,15 @@ impl LakeSink {
             .await?
         };
         state.position = Some(position);
-        state.index.clear();
-        state.index.reserve(parts.iter().map(|p| p.keys.len()).sum());
-        for part in parts {
-            for (key, path, pos) in part.keys {
-                let file = state.index.file_number(&path);
-                state.index.insert(
-                    key,
-                    RowLocation {
-                        file,
-                        pos: pos as u32,
-                    },
-                );
+        state.index = match Arc::try_unwrap(index) {
+            Ok(index) => index.into_inner().expect("snapshot index poisoned"),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "a snapshot writer outlived its copy",
+                ));
             }
-        }
+        };
         state.counters.commits += 1;
         metrics::counter!("tarn_cdc_snapshot_rows_total", "table" => state.ident.to_string()).increment(rows);
         Ok(rows)
@@ -564,7 +577,12 @@ impl LakeSink {
             failpoint::hit("cdc.before_commit").await?;
             commit_table(&lake, &pipeline, state, position, commit_time).await?;
             metrics::histogram!("tarn_cdc_commit_seconds").record(started.elapsed().as_secs_f64());
-            metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string()).set(position.0 as f64);
+            if position.is_hlc() {
+                metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
+                    .set(position.wall_nanos() as f64 / 1e9);
+            } else {
+                metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string()).set(position.lsn() as f64);
+            }
         }
         failpoint::hit("cdc.after_commit").await?;
         self.pending_events = 0;
@@ -844,7 +862,10 @@ pub fn table_position(table: &Table, pipeline: &str) -> (Option<Position>, Optio
     while let Some(snapshot) = current {
         let props = &snapshot.summary().additional_properties;
         if props.get(SUMMARY_PIPELINE).map(String::as_str) == Some(pipeline)
-            && let Some(lsn) = props.get(SUMMARY_LSN).and_then(|l| Position::parse_lsn(l))
+            && let Some(lsn) = props
+                .get(SUMMARY_LSN)
+                .and_then(|l| Position::parse_lsn(l))
+                .or_else(|| props.get(SUMMARY_RESOLVED).and_then(|r| Position::parse_hlc(r)))
         {
             let time = props.get(SUMMARY_COMMIT_TIME).and_then(|t| t.parse().ok());
             return (Some(lsn), time);
@@ -859,7 +880,15 @@ pub fn table_position(table: &Table, pipeline: &str) -> (Option<Position>, Optio
 fn position_summary(pipeline: &str, position: Position, commit_time: Option<i64>) -> HashMap<String, String> {
     let mut summary = HashMap::from([
         (SUMMARY_PIPELINE.to_string(), pipeline.to_string()),
-        (SUMMARY_LSN.to_string(), position.to_string()),
+        (
+            if position.is_hlc() {
+                SUMMARY_RESOLVED
+            } else {
+                SUMMARY_LSN
+            }
+            .to_string(),
+            position.to_string(),
+        ),
     ]);
     if let Some(t) = commit_time {
         summary.insert(SUMMARY_COMMIT_TIME.into(), t.to_string());
@@ -1246,13 +1275,12 @@ pub struct SnapshotPartWriter {
     writer: PositionedDataWriter,
     encoder: Arc<KeyEncoder>,
     key_columns: Vec<usize>,
-    keys: Vec<(IndexKey, Arc<str>, u64)>,
+    index: Arc<std::sync::Mutex<KeyIndex>>,
 }
 
-/// What one copy connection wrote.
+/// What one copy connection wrote (the keys went into the shared snapshot index).
 pub struct SnapshotPart {
     files: Vec<DataFile>,
-    keys: Vec<(IndexKey, Arc<str>, u64)>,
 }
 
 impl SnapshotPart {
@@ -1275,20 +1303,23 @@ impl BatchWriter for SnapshotPartWriter {
         let keys = self.encoder.encode(&key_columns)?;
         let rows = batch.num_rows();
         let placed = placements(self.writer.write(batch).await?, rows, &self.table)?;
-        self.keys.extend(
-            keys.into_iter()
-                .zip(placed)
-                .map(|(k, (path, pos))| (k, path, pos)),
-        );
+        let mut index = self.index.lock().expect("snapshot index poisoned");
+        for (key, (path, pos)) in keys.into_iter().zip(placed) {
+            let file = index.file_number(&path);
+            index.insert(
+                key,
+                RowLocation {
+                    file,
+                    pos: pos as u32,
+                },
+            );
+        }
         Ok(())
     }
 
     async fn finish(self) -> Result<SnapshotPart> {
         let files = self.writer.close().await?;
-        Ok(SnapshotPart {
-            files,
-            keys: self.keys,
-        })
+        Ok(SnapshotPart { files })
     }
 }
 

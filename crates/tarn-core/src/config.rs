@@ -182,6 +182,37 @@ pub struct CdcConfig {
     /// Columns of types tarn cannot map: `error` (refuse the table, naming the column) or
     /// `text` (carry the value's text form).
     pub unsupported_types: String,
+    /// What `cdc.source` is: `postgres` (logical replication through a slot) or
+    /// `cockroachdb` (a changefeed; see `[cdc.changefeed]`).
+    pub source_kind: String,
+    /// How a CockroachDB source delivers its changefeed.
+    pub changefeed: ChangefeedConfig,
+}
+
+/// The CockroachDB changefeed tarn creates and consumes (`cdc.source_kind = "cockroachdb"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangefeedConfig {
+    /// `sinkless`: a core changefeed streamed over tarn's SQL connection; `webhook`: an
+    /// enterprise changefeed posting to tarn's HTTPS endpoint.
+    pub sink: String,
+    /// How often CockroachDB emits resolved timestamps; each one is a commit to the lake.
+    pub resolved: String,
+    /// The changefeed's `schema_change_policy`: `backfill`, `nobackfill` or `stop`.
+    pub schema_change_policy: String,
+    /// Where tarn listens for webhook deliveries (HTTPS).
+    pub webhook_listen: String,
+    /// The URL CockroachDB posts to, as its nodes reach tarn; default `https://` plus
+    /// `webhook_listen`.
+    pub webhook_url: Option<String>,
+    /// PEM certificate chain of the webhook endpoint; unset: tarn makes a self-signed
+    /// certificate at start and hands it to the changefeed as its `ca_cert`.
+    pub webhook_cert: Option<String>,
+    /// PEM private key of `webhook_cert`.
+    pub webhook_key: Option<String>,
+    /// PEM CA certificate CockroachDB should trust for `webhook_cert` (passed as `ca_cert`);
+    /// unset with `webhook_cert`: the system roots.
+    pub webhook_ca: Option<String>,
 }
 
 /// When the CDC writer commits: whichever limit is reached first.
@@ -266,6 +297,17 @@ impl Config {
                 },
                 unconstrained_numeric: "decimal".into(),
                 unsupported_types: "error".into(),
+                source_kind: "postgres".into(),
+                changefeed: ChangefeedConfig {
+                    sink: "sinkless".into(),
+                    resolved: "1s".into(),
+                    schema_change_policy: "backfill".into(),
+                    webhook_listen: "127.0.0.1:9443".into(),
+                    webhook_url: None,
+                    webhook_cert: None,
+                    webhook_key: None,
+                    webhook_ca: None,
+                },
             },
             maintenance: MaintenanceConfig {
                 auto: true,
@@ -586,6 +628,51 @@ impl Config {
             return bad(
                 "cdc.unconstrained_numeric",
                 format!("expected decimal or text, got {:?}", cdc.unconstrained_numeric),
+            );
+        }
+        if !matches!(cdc.source_kind.as_str(), "postgres" | "cockroachdb") {
+            return bad(
+                "cdc.source_kind",
+                format!("expected postgres or cockroachdb, got {:?}", cdc.source_kind),
+            );
+        }
+        let feed = &cdc.changefeed;
+        if !matches!(feed.sink.as_str(), "sinkless" | "webhook") {
+            return bad(
+                "cdc.changefeed.sink",
+                format!("expected sinkless or webhook, got {:?}", feed.sink),
+            );
+        }
+        if parse_duration("cdc.changefeed.resolved", &feed.resolved)?.is_zero() {
+            return bad("cdc.changefeed.resolved", "must be more than 0".into());
+        }
+        if !matches!(feed.schema_change_policy.as_str(), "backfill" | "nobackfill" | "stop") {
+            return bad(
+                "cdc.changefeed.schema_change_policy",
+                format!("expected backfill, nobackfill or stop, got {:?}", feed.schema_change_policy),
+            );
+        }
+        if feed.webhook_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "cdc.changefeed.webhook_listen",
+                format!("expected an address like 0.0.0.0:9443, got {:?}", feed.webhook_listen),
+            );
+        }
+        if let Some(u) = &feed.webhook_url {
+            match url::Url::parse(u) {
+                Ok(u) if u.scheme() == "https" => {}
+                _ => {
+                    return bad(
+                        "cdc.changefeed.webhook_url",
+                        format!("expected an https:// URL, got {u:?}"),
+                    );
+                }
+            }
+        }
+        if feed.webhook_cert.is_some() != feed.webhook_key.is_some() {
+            return bad(
+                "cdc.changefeed.webhook_cert",
+                "webhook_cert and webhook_key go together".into(),
             );
         }
         if !matches!(cdc.unsupported_types.as_str(), "error" | "text") {

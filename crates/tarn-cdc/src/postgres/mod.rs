@@ -89,7 +89,7 @@ impl PostgresSource {
             stream: None,
             relations: HashMap::new(),
             ignored: HashSet::new(),
-            received: Position(0),
+            received: Position::default(),
         })
     }
 
@@ -180,7 +180,7 @@ impl PostgresSource {
             None => {
                 let config = self
                     .address
-                    .replication_config(&self.slot, &self.publication, start.0);
+                    .replication_config(&self.slot, &self.publication, start.lsn());
                 ReplicationClient::connect(config)
                     .await
                     .map_err(|e| replication_error("cannot start streaming", &self.address.display, e))?
@@ -206,7 +206,7 @@ impl PostgresSource {
     /// `confirmed_flush_lsn` follows, and WAL before it may be recycled.
     pub fn acknowledge(&self, position: Position) {
         if let Some(stream) = &self.stream {
-            stream.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.0));
+            stream.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.lsn()));
         }
     }
 
@@ -257,14 +257,14 @@ impl PostgresSource {
     pub async fn convert(&mut self, event: ReplicationEvent) -> Result<Option<SourceEvent>> {
         Ok(match event {
             ReplicationEvent::Begin { final_lsn, .. } => Some(SourceEvent::Begin {
-                commit_position: Position(final_lsn.as_u64()),
+                commit_position: Position::from_lsn(final_lsn.as_u64()),
             }),
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
                 ..
             } => {
-                let position = Position(end_lsn.as_u64());
+                let position = Position::from_lsn(end_lsn.as_u64());
                 self.received = self.received.max(position);
                 Some(SourceEvent::Commit {
                     position,
@@ -272,7 +272,7 @@ impl PostgresSource {
                 })
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let position = Position(wal_end.as_u64());
+                let position = Position::from_lsn(wal_end.as_u64());
                 self.received = self.received.max(position);
                 Some(SourceEvent::Keepalive { position })
             }
