@@ -194,7 +194,6 @@ impl KeyIndex {
         *self = Self::new(multi);
     }
 
-
     /// The number of data file `path`, registering it.
     pub fn file_number(&mut self, path: &Arc<str>) -> u32 {
         if let Some(n) = self.file_numbers.get(path) {

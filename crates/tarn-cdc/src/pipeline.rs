@@ -300,7 +300,9 @@ async fn snapshot_tables(
         )
         .await?;
         failpoint::hit("cdc.snapshot.after_copy").await?;
-        let rows = sink.finish_snapshot(spec.id, parts, index, position, kind).await?;
+        let rows = sink
+            .finish_snapshot(spec.id, parts, index, position, kind)
+            .await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         tracing::info!(
             table = %spec.qualified(),

@@ -53,6 +53,10 @@ pub const SUMMARY_SNAPSHOT: &str = "tarn.cdc.snapshot";
 pub const PROPERTY_STOPPED: &str = "tarn.cdc.stopped";
 /// Table property: the source table.
 pub const PROPERTY_SOURCE_TABLE: &str = "tarn.cdc.source-table";
+/// Table property prefix (`.<pipeline>` follows): a position the table holds everything up to
+/// although no snapshot records it — set when a commit had nothing to write, and for tables
+/// without changes while others moved on ([`LakeSink::mark_idle`]).
+pub const PROPERTY_IDLE: &str = "tarn.cdc.idle-position";
 /// Table property: Iceberg field id → source attribute number, for renames.
 pub const PROPERTY_ATTNUMS: &str = "tarn.cdc.attnums";
 
@@ -557,6 +561,24 @@ impl LakeSink {
         Ok(())
     }
 
+    /// Records `position` (a position every table has been flushed up to) on tables that had
+    /// no changes since their last commit, so a quiet table does not hold a restart back.
+    /// Call right after a [`LakeSink::flush`] returned `position`.
+    pub async fn mark_idle(&mut self, position: Position) -> Result<()> {
+        let lake = self.lake.clone();
+        let pipeline = self.options.pipeline.clone();
+        for state in self.tables.values_mut() {
+            if state.dirty || state.stopped.is_some() || state.position.is_none_or(|p| p >= position) {
+                continue;
+            }
+            state.table = lake
+                .set_properties(&state.ident, idle_property(&pipeline, position))
+                .await?;
+            state.position = Some(position);
+        }
+        Ok(())
+    }
+
     /// Commits every table with changes, up to the last applied transaction; returns the
     /// position the source may be acknowledged up to. Must be called between transactions.
     pub async fn flush(&mut self) -> Result<Option<Position>> {
@@ -581,7 +603,8 @@ impl LakeSink {
                 metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
                     .set(position.wall_nanos() as f64 / 1e9);
             } else {
-                metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string()).set(position.lsn() as f64);
+                metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string())
+                    .set(position.lsn() as f64);
             }
         }
         failpoint::hit("cdc.after_commit").await?;
@@ -854,9 +877,28 @@ fn update(state: &mut TableState, old: Option<Row>, mut new: Row) -> Result<()> 
     Ok(())
 }
 
+fn idle_property(pipeline: &str, position: Position) -> HashMap<String, String> {
+    HashMap::from([(format!("{PROPERTY_IDLE}.{pipeline}"), position.to_string())])
+}
+
 /// The position a table holds for `pipeline`: from the newest snapshot (walking back through
-/// parents past commits of others, e.g. compaction) whose summary has one.
+/// parents past commits of others, e.g. compaction) whose summary has one, or the table's
+/// idle position ([`PROPERTY_IDLE`]) when that is later.
 pub fn table_position(table: &Table, pipeline: &str) -> (Option<Position>, Option<i64>) {
+    let (position, time) = summary_position(table, pipeline);
+    let idle = table
+        .metadata()
+        .properties()
+        .get(&format!("{PROPERTY_IDLE}.{pipeline}"))
+        .and_then(|p| Position::parse(p));
+    match (position, idle) {
+        (Some(p), Some(i)) if i > p => (Some(i), time),
+        (None, Some(i)) => (Some(i), None),
+        _ => (position, time),
+    }
+}
+
+fn summary_position(table: &Table, pipeline: &str) -> (Option<Position>, Option<i64>) {
     let metadata = table.metadata();
     let mut current = metadata.current_snapshot();
     while let Some(snapshot) = current {
@@ -1214,6 +1256,16 @@ async fn commit_table(
             .await?
     };
     let data_files = std::mem::take(&mut state.data_files);
+    if data_files.is_empty() && delete_files.is_empty() {
+        // Nothing to write (a truncate of an empty table, a scan that found no rows): record
+        // the position as a property, since an empty snapshot is not committed.
+        state.table = lake
+            .set_properties(&state.ident, idle_property(pipeline, position))
+            .await?;
+        state.position = Some(position);
+        state.dirty = false;
+        return Ok(());
+    }
     tracing::debug!(
         table = %state.ident,
         %position,

@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(Position::parse(&p.to_string()), Some(p));
         assert!(Position::parse_hlc("1700000000123456789.0000000003").unwrap() > p);
         assert!(Position::parse_hlc("1700000000123456790").unwrap() > p);
-        assert!(Position::parse_hlc("1700000000123456789.1").unwrap() < Position::parse_hlc("1700000000123456789.2").unwrap());
+        assert!(
+            Position::parse_hlc("1700000000123456789.1").unwrap()
+                < Position::parse_hlc("1700000000123456789.2").unwrap()
+        );
         for bad in ["", "12a.1", "1.", ".1", "1700000000123456789.12345678901", "3.0"] {
             assert!(Position::parse_hlc(bad).is_none(), "{bad}");
         }

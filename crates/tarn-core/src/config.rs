@@ -646,16 +646,25 @@ impl Config {
         if parse_duration("cdc.changefeed.resolved", &feed.resolved)?.is_zero() {
             return bad("cdc.changefeed.resolved", "must be more than 0".into());
         }
-        if !matches!(feed.schema_change_policy.as_str(), "backfill" | "nobackfill" | "stop") {
+        if !matches!(
+            feed.schema_change_policy.as_str(),
+            "backfill" | "nobackfill" | "stop"
+        ) {
             return bad(
                 "cdc.changefeed.schema_change_policy",
-                format!("expected backfill, nobackfill or stop, got {:?}", feed.schema_change_policy),
+                format!(
+                    "expected backfill, nobackfill or stop, got {:?}",
+                    feed.schema_change_policy
+                ),
             );
         }
         if feed.webhook_listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "cdc.changefeed.webhook_listen",
-                format!("expected an address like 0.0.0.0:9443, got {:?}", feed.webhook_listen),
+                format!(
+                    "expected an address like 0.0.0.0:9443, got {:?}",
+                    feed.webhook_listen
+                ),
             );
         }
         if let Some(u) = &feed.webhook_url {

@@ -42,7 +42,10 @@ pub async fn run_core(
                 () = stop.cancelled() => return Ok(()),
             };
             let Some(message) = next else {
-                return Err(Error::new(ErrorKind::Source, "the changefeed ended (connection closed by the source)"));
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    "the changefeed ended (connection closed by the source)",
+                ));
             };
             let message = message.map_err(|e| query_error("the changefeed failed", e))?;
             let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
@@ -51,8 +54,12 @@ pub async fn run_core(
             let table = row.get(0);
             let key = row.get(1).map(bytea);
             let value = row.get(2).map(bytea).unwrap_or_default();
-            let parsed = parse_core_row(table, key.as_deref(), &value)
-                .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("malformed changefeed message: {e}")))?;
+            let parsed = parse_core_row(table, key.as_deref(), &value).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("malformed changefeed message: {e}"),
+                )
+            })?;
             if tx.send(Ok(vec![parsed])).await.is_err() {
                 return Ok(());
             }
@@ -78,7 +85,10 @@ fn bytea(text: &str) -> Vec<u8> {
     let h = hex.as_bytes();
     let mut out = Vec::with_capacity(h.len() / 2);
     for pair in h.chunks(2) {
-        match (pair.first().and_then(|&c| digit(c)), pair.get(1).and_then(|&c| digit(c))) {
+        match (
+            pair.first().and_then(|&c| digit(c)),
+            pair.get(1).and_then(|&c| digit(c)),
+        ) {
             (Some(a), Some(b)) => out.push(a << 4 | b),
             _ => return text.as_bytes().to_vec(),
         }
@@ -113,7 +123,12 @@ pub struct WebhookTls {
 
 impl WebhookTls {
     /// Reads `cert`/`key` files, or makes a self-signed certificate for `host`.
-    pub fn load_or_generate(cert: Option<&str>, key: Option<&str>, ca: Option<&str>, host: &str) -> Result<Self> {
+    pub fn load_or_generate(
+        cert: Option<&str>,
+        key: Option<&str>,
+        ca: Option<&str>,
+        host: &str,
+    ) -> Result<Self> {
         let read = |what: &str, path: &str| {
             std::fs::read_to_string(path).map_err(|e| {
                 Error::new(
@@ -130,7 +145,10 @@ impl WebhookTls {
             }),
             _ => {
                 let generated = rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
-                    Error::new(ErrorKind::Internal, format!("cannot make a certificate for {host}: {e}"))
+                    Error::new(
+                        ErrorKind::Internal,
+                        format!("cannot make a certificate for {host}: {e}"),
+                    )
                 })?;
                 let cert_pem = generated.cert.pem();
                 Ok(Self {
@@ -145,7 +163,9 @@ impl WebhookTls {
     fn server_config(&self) -> Result<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let bad = |what: &str, e: String| Error::new(ErrorKind::Config, format!("key `cdc.changefeed.{what}`: {e}"));
+        let bad = |what: &str, e: String| {
+            Error::new(ErrorKind::Config, format!("key `cdc.changefeed.{what}`: {e}"))
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| bad("webhook_cert", format!("not a PEM certificate chain: {e}")))?;
@@ -230,11 +250,20 @@ pub async fn start_webhook(
     })
 }
 
-async fn receive(State(hook): State<Hook>, uri: Uri, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+async fn receive(
+    State(hook): State<Hook>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     if uri.path() != &*hook.path {
         return (
             StatusCode::NOT_FOUND,
-            format!("no changefeed is delivered to {}; tarn expects {}\n", uri.path(), hook.path),
+            format!(
+                "no changefeed is delivered to {}; tarn expects {}\n",
+                uri.path(),
+                hook.path
+            ),
         )
             .into_response();
     }
@@ -260,7 +289,11 @@ async fn receive(State(hook): State<Hook>, uri: Uri, headers: HeaderMap, body: B
         Err(e) => {
             metrics::counter!("tarn_cdc_webhook_requests_total", "outcome" => "malformed").increment(1);
             tracing::warn!(error = %e, "rejected a malformed changefeed delivery");
-            (StatusCode::BAD_REQUEST, format!("malformed changefeed delivery: {e}\n")).into_response()
+            (
+                StatusCode::BAD_REQUEST,
+                format!("malformed changefeed delivery: {e}\n"),
+            )
+                .into_response()
         }
     }
 }

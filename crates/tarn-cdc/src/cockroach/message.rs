@@ -117,7 +117,12 @@ fn timestamp(at: &str, field: &str, text: &str) -> Result<Position, MessageError
 
 fn key_array(at: &str, raw: &RawValue) -> Result<Vec<Box<RawValue>>, MessageError> {
     serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
-        .map_err(|_| bad(format!("{at}.key"), format!("expected a JSON array of key values, got {}", raw.get())))
+        .map_err(|_| {
+            bad(
+                format!("{at}.key"),
+                format!("expected a JSON array of key values, got {}", raw.get()),
+            )
+        })
         .and_then(|k| {
             if k.is_empty() {
                 Err(bad(format!("{at}.key"), "the key array is empty"))
@@ -127,7 +132,10 @@ fn key_array(at: &str, raw: &RawValue) -> Result<Vec<Box<RawValue>>, MessageErro
         })
 }
 
-fn after_object(at: &str, raw: Option<&RawValue>) -> Result<Option<Vec<(String, Box<RawValue>)>>, MessageError> {
+fn after_object(
+    at: &str,
+    raw: Option<&RawValue>,
+) -> Result<Option<Vec<(String, Box<RawValue>)>>, MessageError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -138,7 +146,10 @@ fn after_object(at: &str, raw: Option<&RawValue>) -> Result<Option<Vec<(String, 
         Ok(map) => Ok(Some(map.into_iter().collect())),
         Err(_) => Err(bad(
             format!("{at}.after"),
-            format!("expected an object of column values or null, got {}", clip(raw.get())),
+            format!(
+                "expected an object of column values or null, got {}",
+                clip(raw.get())
+            ),
         )),
     }
 }
@@ -208,10 +219,13 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Message>, MessageError> {
         return Ok(vec![envelope_message("body", &env, None, None)?]);
     }
     let Some(payload) = env.payload else {
-        return Err(bad("body", "expected a `payload` array or a `resolved` timestamp"));
+        return Err(bad(
+            "body",
+            "expected a `payload` array or a `resolved` timestamp",
+        ));
     };
-    let items: Vec<&RawValue> = serde_json::from_str(payload.get())
-        .map_err(|_| bad("payload", "expected an array of messages"))?;
+    let items: Vec<&RawValue> =
+        serde_json::from_str(payload.get()).map_err(|_| bad("payload", "expected an array of messages"))?;
     if let Some(n) = env.length
         && n != items.len() as u64
     {
@@ -232,14 +246,19 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Message>, MessageError> {
 
 /// Parses one row of a core changefeed: `table` (NULL for resolved messages), `key` and
 /// `value` (JSON bytes).
-pub fn parse_core_row(table: Option<&str>, key: Option<&[u8]>, value: &[u8]) -> Result<Message, MessageError> {
+pub fn parse_core_row(
+    table: Option<&str>,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<Message, MessageError> {
     let at = format!("changefeed row of {}", table.unwrap_or("(resolved)"));
     let value = std::str::from_utf8(value).map_err(|e| bad(&at, format!("value is not UTF-8: {e}")))?;
     let env: Envelope<'_> = serde_json::from_str(value)
         .map_err(|e| bad(format!("{at}.value"), format!("expected a JSON object ({e})")))?;
     let key = match key {
         Some(k) => {
-            let k = std::str::from_utf8(k).map_err(|e| bad(format!("{at}.key"), format!("not UTF-8: {e}")))?;
+            let k =
+                std::str::from_utf8(k).map_err(|e| bad(format!("{at}.key"), format!("not UTF-8: {e}")))?;
             Some(
                 serde_json::from_str::<&RawValue>(k)
                     .map_err(|e| bad(format!("{at}.key"), format!("not JSON ({e})")))?,
@@ -279,11 +298,26 @@ mod tests {
             (b"not json", "body"),
             (br#"{"payload":{}}"#, "payload"),
             (br#"{"payload":[],"length":1}"#, "length"),
-            (br#"{"payload":[{"after":{},"key":[1],"topic":"t"}]}"#, "payload[0].updated"),
-            (br#"{"payload":[{"after":{},"key":1,"topic":"t","updated":"1700000000000000000.0"}]}"#, "payload[0].key"),
-            (br#"{"payload":[{"after":[1],"key":[1],"topic":"t","updated":"1700000000000000000.0"}]}"#, "payload[0].after"),
-            (br#"{"payload":[{"after":{},"key":[1],"updated":"1700000000000000000.0"}]}"#, "payload[0].topic"),
-            (br#"{"payload":[{"after":{},"key":[1],"topic":"t","updated":"yesterday"}]}"#, "payload[0].updated"),
+            (
+                br#"{"payload":[{"after":{},"key":[1],"topic":"t"}]}"#,
+                "payload[0].updated",
+            ),
+            (
+                br#"{"payload":[{"after":{},"key":1,"topic":"t","updated":"1700000000000000000.0"}]}"#,
+                "payload[0].key",
+            ),
+            (
+                br#"{"payload":[{"after":[1],"key":[1],"topic":"t","updated":"1700000000000000000.0"}]}"#,
+                "payload[0].after",
+            ),
+            (
+                br#"{"payload":[{"after":{},"key":[1],"updated":"1700000000000000000.0"}]}"#,
+                "payload[0].topic",
+            ),
+            (
+                br#"{"payload":[{"after":{},"key":[1],"topic":"t","updated":"yesterday"}]}"#,
+                "payload[0].updated",
+            ),
             (br#"{"resolved":"soon"}"#, "body.resolved"),
             (b"{}", "body"),
         ];

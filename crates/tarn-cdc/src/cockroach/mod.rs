@@ -81,7 +81,10 @@ impl Captured {
             key_order.push(*by_name.get(name).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Internal,
-                    format!("primary-key column {name} of {} is not among its columns", spec.qualified()),
+                    format!(
+                        "primary-key column {name} of {} is not among its columns",
+                        spec.qualified()
+                    ),
                 )
             })?);
         }
@@ -100,7 +103,10 @@ impl Captured {
         values::cell(raw, &c.column_type).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidInput,
-                format!("changefeed message for {topic}, column {} ({}): {e}", c.name, c.type_name),
+                format!(
+                    "changefeed message for {topic}, column {} ({}): {e}",
+                    c.name, c.type_name
+                ),
             )
         })
     }
@@ -194,6 +200,9 @@ async fn key_names(client: &tokio_postgres::Client, spec: &TableSpec) -> Result<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// How often tables without changes get their position moved up (a metadata-only commit).
+const IDLE_MARK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Where the id of the webhook changefeed job tarn created last is kept.
 fn job_path(config: &Config) -> PathBuf {
     config
@@ -215,7 +224,10 @@ fn feed_options(config: &Config, cursor: Option<Position>, initial_scan: bool) -
         "envelope = 'wrapped'".into(),
         "format = 'json'".into(),
         "full_table_name".into(),
-        format!("schema_change_policy = {}", quote_literal(&feed.schema_change_policy)),
+        format!(
+            "schema_change_policy = {}",
+            quote_literal(&feed.schema_change_policy)
+        ),
         format!("initial_scan = {}", if initial_scan { "'yes'" } else { "'no'" }),
     ];
     if let Some(c) = cursor {
@@ -242,7 +254,10 @@ pub(crate) async fn run_once(
         r.publication = String::new();
     });
     let url = cdc.source.as_deref().ok_or_else(|| {
-        Error::new(ErrorKind::Config, "no CDC source: set cdc.source to the cluster's postgres:// URL")
+        Error::new(
+            ErrorKind::Config,
+            "no CDC source: set cdc.source to the cluster's postgres:// URL",
+        )
     })?;
     let address = SourceAddress::parse(url)?;
     let client = address.connect().await?;
@@ -265,7 +280,10 @@ pub(crate) async fn run_once(
     if specs.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
-            format!("no table of {} matches cdc.tables {:?}; a changefeed needs at least one", address.display, cdc.tables),
+            format!(
+                "no table of {} matches cdc.tables {:?}; a changefeed needs at least one",
+                address.display, cdc.tables
+            ),
         ));
     }
     let sink_options = SinkOptions {
@@ -277,7 +295,7 @@ pub(crate) async fn run_once(
     let mut sink = LakeSink::new(lake, sink_options);
     let mut tables = Tables::default();
     let mut held: Vec<Position> = Vec::new();
-    let mut unheld = 0usize;
+    let mut unheld: Vec<TableId> = Vec::new();
     for spec in &specs {
         let keys = key_names(&client, spec).await?;
         let attached = sink.attach(spec.clone()).await?;
@@ -286,7 +304,7 @@ pub(crate) async fn run_once(
         if attached.stopped.is_none() {
             match attached.position {
                 Some(p) if !options.resnapshot => held.push(p),
-                _ => unheld += 1,
+                _ => unheld.push(spec.id),
             }
         }
         tables.insert(Captured::new(spec.clone(), &keys)?);
@@ -295,15 +313,18 @@ pub(crate) async fn run_once(
     // Start where the table that is furthest behind stands; a table without a position (or
     // all, on the first run) gets an initial scan.
     let cursor = held.iter().min().copied();
-    let initial_scan = unheld > 0 && (cdc.snapshot == "initial" || options.resnapshot);
-    if options.resnapshot {
-        // Replace what the tables hold with the scan.
+    let initial_scan = !unheld.is_empty() && (cdc.snapshot == "initial" || options.resnapshot);
+    if initial_scan {
+        // The scanned tables start empty (a resnapshot replaces what they held), and every
+        // one of them is committed with the first resolved timestamp, even when the scan
+        // finds no rows, so the next start does not scan again. The first window's changes
+        // join this transaction.
         sink.apply(SourceEvent::Begin {
-            commit_position: Position::default(),
+            commit_position: Position(u128::MAX),
         })
         .await?;
         sink.apply(SourceEvent::Truncate {
-            tables: specs.iter().map(|s| s.id).collect(),
+            tables: unheld.clone(),
         })
         .await?;
     }
@@ -321,15 +342,26 @@ pub(crate) async fn run_once(
             let previous = previous.trim().to_string();
             match client.simple_query(&format!("CANCEL JOB {previous}")).await {
                 Ok(_) => tracing::info!(job = %previous, "cancelled the previous changefeed job"),
-                Err(e) => tracing::info!(job = %previous, error = %e, "previous changefeed job not cancelled (it may be gone)"),
+                Err(e) => {
+                    tracing::info!(job = %previous, error = %e, "previous changefeed job not cancelled (it may be gone)")
+                }
             }
             let _ = std::fs::remove_file(job_path(config));
         }
         let listen: std::net::SocketAddr = feed.webhook_listen.parse().map_err(|_| {
-            Error::new(ErrorKind::Config, format!("key `cdc.changefeed.webhook_listen`: bad address {:?}", feed.webhook_listen))
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "key `cdc.changefeed.webhook_listen`: bad address {:?}",
+                    feed.webhook_listen
+                ),
+            )
         })?;
         let host = match &feed.webhook_url {
-            Some(u) => url::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default(),
+            Some(u) => url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default(),
             None => listen.ip().to_string(),
         };
         let tls = feed::WebhookTls::load_or_generate(
@@ -362,7 +394,10 @@ pub(crate) async fn run_once(
             sink_uri.push_str(&format!("?ca_cert={encoded}"));
         }
         let mut with = feed_options(config, cursor, initial_scan);
-        with.push(format!("webhook_auth_header = {}", quote_literal(&format!("Bearer {secret}"))));
+        with.push(format!(
+            "webhook_auth_header = {}",
+            quote_literal(&format!("Bearer {secret}"))
+        ));
         let statement = format!(
             "CREATE CHANGEFEED FOR TABLE {targets} INTO {} WITH {}",
             quote_literal(&sink_uri),
@@ -382,8 +417,12 @@ pub(crate) async fn run_once(
         if let Some(dir) = job_path(config).parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        std::fs::write(job_path(config), &id)
-            .map_err(|e| Error::new(ErrorKind::Storage, format!("cannot record the changefeed job: {e}")))?;
+        std::fs::write(job_path(config), &id).map_err(|e| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("cannot record the changefeed job: {e}"),
+            )
+        })?;
         tracing::info!(job = %id, endpoint = %server.local_addr, cursor = ?cursor.map(|c| c.to_string()), initial_scan, "created webhook changefeed");
         job = Some(id);
     } else {
@@ -392,7 +431,12 @@ pub(crate) async fn run_once(
             feed_options(config, cursor, initial_scan).join(", ")
         );
         tracing::info!(cursor = ?cursor.map(|c| c.to_string()), initial_scan, "starting core changefeed");
-        tokio::spawn(feed::run_core(address.clone(), statement, tx.clone(), feed_stop.clone()));
+        tokio::spawn(feed::run_core(
+            address.clone(),
+            statement,
+            tx.clone(),
+            feed_stop.clone(),
+        ));
     }
     drop(tx);
     status.update(|r| {
@@ -400,7 +444,18 @@ pub(crate) async fn run_once(
         r.last_error = None;
         r.acknowledged = cursor.map(|c| c.to_string());
     });
-    let result = stream(config, &client, &types, &mut sink, &mut tables, &mut rx, cursor, status, stop).await;
+    let result = stream(
+        config,
+        &client,
+        &types,
+        &mut sink,
+        &mut tables,
+        &mut rx,
+        cursor,
+        status,
+        stop,
+    )
+    .await;
     if let (Some(id), Ok(())) = (&job, &result) {
         // A clean stop: the next start creates the changefeed again from the lake's position.
         match client.simple_query(&format!("CANCEL JOB {id}")).await {
@@ -431,6 +486,8 @@ async fn stream(
     let mut window = Window::new(cursor);
     let mut types = types.clone();
     let type_opts = type_options(cdc);
+    let mut last_idle_mark = Instant::now();
+    let mut last_flushed: Option<Position> = None;
     loop {
         let deadline = sink
             .pending_since()
@@ -443,8 +500,15 @@ async fn stream(
             },
             () = tokio::time::sleep_until(deadline.into()) => None,
             () = stop.cancelled() => {
-                if !sink.in_transaction() && let Some(p) = sink.flush().await? {
-                    status.update(|r| r.acknowledged = Some(p.to_string()));
+                if !sink.in_transaction() {
+                    if let Some(p) = sink.flush().await? {
+                        status.update(|r| r.acknowledged = Some(p.to_string()));
+                        last_flushed = Some(p);
+                    }
+                    if let Some(p) = last_flushed {
+                        // The next start resumes from here, quiet tables included.
+                        sink.mark_idle(p).await?;
+                    }
                 }
                 tracing::info!(resolved = ?window.resolved().map(|r| r.to_string()), "CDC pipeline stopped");
                 return Ok(());
@@ -461,7 +525,10 @@ async fn stream(
                         let early = window.oldest().map(|o| Position(o.0 - 1)).unwrap_or_default();
                         let changes = window.take_all();
                         tracing::info!(changes = changes.len(), position = %early, "window over its memory budget; applying it early");
-                        apply(client, &mut types, &type_opts, sink, tables, changes, early, status).await?;
+                        apply(
+                            client, &mut types, &type_opts, sink, tables, changes, early, status,
+                        )
+                        .await?;
                     }
                 }
                 Message::Resolved(resolved) => {
@@ -469,7 +536,10 @@ async fn stream(
                         continue;
                     }
                     let changes = window.take(resolved);
-                    apply(client, &mut types, &type_opts, sink, tables, changes, resolved, status).await?;
+                    apply(
+                        client, &mut types, &type_opts, sink, tables, changes, resolved, status,
+                    )
+                    .await?;
                     status.update(|r| r.received = Some(resolved.to_string()));
                     let full = sink.pending_events() >= cdc.flush.max_rows
                         || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
@@ -486,6 +556,12 @@ async fn stream(
         }
         if let Some(p) = sink.flush().await? {
             failpoint::hit("cdc.before_ack").await?;
+            last_flushed = Some(p);
+            if last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
+                // Quiet tables would otherwise hold the restart cursor at their last change.
+                sink.mark_idle(p).await?;
+                last_idle_mark = Instant::now();
+            }
             let lag = (std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)

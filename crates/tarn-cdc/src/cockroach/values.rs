@@ -49,7 +49,10 @@ fn scalar_text(text: &str, t: &ColumnType) -> Result<String, String> {
         },
         ColumnType::Float32 | ColumnType::Float64 => match s {
             None if is_number(text) => Ok(text.to_string()),
-            Some(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity" | "+Inf" | "-Inf") || is_number(&s) => {
+            Some(s)
+                if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity" | "+Inf" | "-Inf")
+                    || is_number(&s) =>
+            {
                 Ok(match s.as_str() {
                     "+Inf" => "Infinity".into(),
                     "-Inf" => "-Infinity".into(),
@@ -101,8 +104,7 @@ fn scalar_text(text: &str, t: &ColumnType) -> Result<String, String> {
             Ok(s)
         }
         ColumnType::List(element) => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|_| expected("a JSON array"))?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| expected("a JSON array"))?;
             let mut out = String::from("{");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -136,7 +138,8 @@ fn is_number(s: &str) -> bool {
     let s = s.strip_prefix('-').unwrap_or(s);
     !s.is_empty()
         && s.bytes().next().is_some_and(|b| b.is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
 }
 
 /// A decimal's digits without an exponent (`1.5E+3` → `1500`), as PostgreSQL prints them.
@@ -193,7 +196,10 @@ mod tests {
 
     #[test]
     fn values_become_postgres_text() {
-        let dec = ColumnType::Decimal { precision: 38, scale: 9 };
+        let dec = ColumnType::Decimal {
+            precision: 38,
+            scale: 9,
+        };
         assert_eq!(text("12345678901234567.891", &dec), "12345678901234567.891");
         assert_eq!(text("1.5E+3", &dec), "1500");
         assert_eq!(text("-2.5e-3", &dec), "-0.0025");
@@ -217,7 +223,10 @@ mod tests {
         assert_eq!(text(r#"{"a": [1, 2]}"#, &ColumnType::Text), r#"{"a": [1, 2]}"#);
         assert_eq!(text(r#""he said \"hi\"""#, &ColumnType::Text), r#"he said "hi""#);
         assert_eq!(
-            text(r#"["a", null, "b\"c"]"#, &ColumnType::List(Box::new(ColumnType::Text))),
+            text(
+                r#"["a", null, "b\"c"]"#,
+                &ColumnType::List(Box::new(ColumnType::Text))
+            ),
             r#"{"a",NULL,"b\"c"}"#
         );
         assert_eq!(

@@ -97,7 +97,10 @@ impl Window {
         out
     }
 
-    fn drain(&mut self, mut due: impl FnMut(&mut BTreeMap<Position, RowMessage>) -> Vec<RowMessage>) -> Vec<RowMessage> {
+    fn drain(
+        &mut self,
+        mut due: impl FnMut(&mut BTreeMap<Position, RowMessage>) -> Vec<RowMessage>,
+    ) -> Vec<RowMessage> {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut versions = 0;

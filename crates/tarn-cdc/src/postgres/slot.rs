@@ -45,7 +45,11 @@ impl SlotInfo {
 
     /// Bytes between the server's current position and what the slot confirmed.
     pub fn lag_bytes(&self) -> Option<u64> {
-        Some(self.current_lsn?.lsn().saturating_sub(self.confirmed_flush?.lsn()))
+        Some(
+            self.current_lsn?
+                .lsn()
+                .saturating_sub(self.confirmed_flush?.lsn()),
+        )
     }
 }
 
