@@ -16,17 +16,21 @@ use tarn_core::Config;
 use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
 
-/// Change data capture from PostgreSQL into Iceberg tables (config section `[cdc]`).
+/// Change data capture from PostgreSQL (logical replication) or CockroachDB (changefeeds,
+/// `cdc.source_kind = "cockroachdb"`) into Iceberg tables (config section `[cdc]`).
 #[derive(Debug, Subcommand)]
 pub enum CdcCommand {
     /// Stream every committed change of `cdc.source` into the lake until Ctrl-C.
     ///
-    /// Creates (or reuses) the publication and the replication slot `tarn_<pipeline>`, copies
-    /// every table once inside the slot's exported snapshot, then commits changes every
-    /// `cdc.flush.interval`. Restarting resumes exactly where the lake is.
+    /// PostgreSQL: creates (or reuses) the publication and the replication slot
+    /// `tarn_<pipeline>`, copies every table once inside the slot's exported snapshot, then
+    /// commits changes every `cdc.flush.interval`. CockroachDB: creates a changefeed (core, or
+    /// webhook to tarn's HTTPS endpoint, `cdc.changefeed.sink`) with an initial scan and
+    /// commits per resolved timestamp. Restarting resumes exactly where the lake is.
     Run {
-        /// Drop the replication slot and copy every table again, replacing the lake tables'
-        /// contents: the recovery when the slot was lost or invalidated.
+        /// Drop the replication slot (CockroachDB: start a changefeed with an initial scan) and
+        /// copy every table again, replacing the lake tables' contents: the recovery when the
+        /// slot was lost or the changefeed's cursor fell behind the cluster's GC window.
         #[arg(long)]
         resnapshot: bool,
         /// Stop after this long, e.g. `60s` (default: run until Ctrl-C or SIGTERM).
@@ -40,8 +44,8 @@ pub enum CdcCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove the pipeline's replication slot and publication from the source (the lake
-    /// tables stay).
+    /// Remove the pipeline's replication slot and publication from the source (CockroachDB:
+    /// cancel its webhook changefeed job); the lake tables stay.
     Drop,
 }
 
@@ -84,6 +88,15 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
         }
         CdcCommand::Status { json } => {
             status(&config, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CdcCommand::Drop if config.cdc.source_kind == "cockroachdb" => {
+            match tarn_cdc::cockroach::cancel_recorded_job(&config).await? {
+                Some(id) => println!("cancelled changefeed job {id}. Lake tables are kept."),
+                None => println!(
+                    "no changefeed job recorded (a core changefeed ends with its connection). Lake tables are kept."
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         CdcCommand::Drop => {
@@ -150,33 +163,15 @@ async fn status(config: &Config, json: bool) -> Result<()> {
             (now.saturating_sub(updated) <= 5 && v.get("state")?.as_str()? != "stopped").then_some(v)
         })
         .and_then(|v| serde_json::from_value(v).ok());
+    let tables = lake_positions(config).await?;
+    if config.cdc.source_kind == "cockroachdb" {
+        return changefeed_status(config, live, tables, json);
+    }
     let source = PostgresSource::connect(&config.cdc)
         .await
         .context("cannot reach the CDC source")?;
     let slot = source.slot_info().await?;
     let published = slot::published_tables(source.client(), source.publication_name()).await?;
-    let lake = Lake::open(config).await?;
-    let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
-    let mut tables = Vec::new();
-    if lake.namespace_exists(&ns).await? {
-        for ident in lake.list_tables(&ns).await? {
-            let table = lake.load_table(&ident).await?;
-            let (position, commit_time) = table_position(&table, &config.cdc.pipeline);
-            let Some(position) = position else { continue };
-            let rows = table
-                .metadata()
-                .current_snapshot()
-                .and_then(|s| s.summary().additional_properties.get("total-records").cloned())
-                .unwrap_or_else(|| "0".into());
-            tables.push(serde_json::json!({
-                "table": ident.to_string(),
-                "position": position.to_string(),
-                "source_commit_time_us": commit_time,
-                "rows": rows,
-                "stopped": table.metadata().properties().get(PROPERTY_STOPPED),
-            }));
-        }
-    }
     let slot_json = slot.as_ref().map(|s| {
         serde_json::json!({
             "name": s.name,
@@ -231,7 +226,79 @@ async fn status(config: &Config, json: bool) -> Result<()> {
             );
         }
     }
-    match &live {
+    print_live_and_tables(&live, &tables);
+    Ok(())
+}
+
+/// `tarn cdc status` of a CockroachDB pipeline: the changefeed, the live counters, the tables.
+fn changefeed_status(
+    config: &Config,
+    live: Option<StatusReport>,
+    tables: Vec<serde_json::Value>,
+    json: bool,
+) -> Result<()> {
+    let feed = &config.cdc.changefeed;
+    let job = tarn_cdc::cockroach::recorded_job(config);
+    let source = config.cdc.source.as_deref().map(tarn_core::config::redact_url);
+    if json {
+        let out = serde_json::json!({
+            "pipeline": config.cdc.pipeline,
+            "source": source,
+            "changefeed": { "sink": feed.sink, "resolved": feed.resolved, "job": job },
+            "tables": tables,
+            "running": live,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("pipeline:    {}", config.cdc.pipeline);
+    println!("source:      {} (CockroachDB)", source.as_deref().unwrap_or("-"));
+    println!(
+        "changefeed:  {} sink, resolved every {}{}",
+        feed.sink,
+        feed.resolved,
+        job.map(|j| format!(", job {j}")).unwrap_or_default()
+    );
+    if let Some(r) = &live {
+        println!(
+            "resolved:    received {}  committed {}",
+            r.received.as_deref().unwrap_or("-"),
+            r.acknowledged.as_deref().unwrap_or("-")
+        );
+    }
+    print_live_and_tables(&live, &tables);
+    Ok(())
+}
+
+/// The captured lake tables and the position each holds.
+async fn lake_positions(config: &Config) -> Result<Vec<serde_json::Value>> {
+    let lake = Lake::open(config).await?;
+    let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
+    let mut tables = Vec::new();
+    if lake.namespace_exists(&ns).await? {
+        for ident in lake.list_tables(&ns).await? {
+            let table = lake.load_table(&ident).await?;
+            let (position, commit_time) = table_position(&table, &config.cdc.pipeline);
+            let Some(position) = position else { continue };
+            let rows = table
+                .metadata()
+                .current_snapshot()
+                .and_then(|s| s.summary().additional_properties.get("total-records").cloned())
+                .unwrap_or_else(|| "0".into());
+            tables.push(serde_json::json!({
+                "table": ident.to_string(),
+                "position": position.to_string(),
+                "source_commit_time_us": commit_time,
+                "rows": rows,
+                "stopped": table.metadata().properties().get(PROPERTY_STOPPED),
+            }));
+        }
+    }
+    Ok(tables)
+}
+
+fn print_live_and_tables(live: &Option<StatusReport>, tables: &[serde_json::Value]) {
+    match live {
         Some(r) => println!(
             "running:     {}  {} changes ({:.0}/s)  lag {}  pending {}",
             r.state,
@@ -246,7 +313,7 @@ async fn status(config: &Config, json: bool) -> Result<()> {
     if tables.is_empty() {
         println!("  (none captured yet)");
     }
-    for t in &tables {
+    for t in tables {
         println!(
             "  {:<32} at {:<14} {:>10} rows{}",
             t["table"].as_str().unwrap_or(""),
@@ -258,5 +325,4 @@ async fn status(config: &Config, json: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    Ok(())
 }

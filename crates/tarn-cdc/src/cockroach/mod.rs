@@ -211,6 +211,35 @@ fn job_path(config: &Config) -> PathBuf {
         .join(format!("{}.changefeed-job", config.cdc.pipeline))
 }
 
+/// The id of the webhook changefeed job a pipeline created and has not cancelled, if any.
+pub fn recorded_job(config: &Config) -> Option<String> {
+    std::fs::read_to_string(job_path(config))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Cancels the pipeline's recorded webhook changefeed job (`tarn cdc drop`); returns its id.
+/// A core changefeed ends with its connection and needs no cancelling.
+pub async fn cancel_recorded_job(config: &Config) -> Result<Option<String>> {
+    let Some(id) = recorded_job(config) else {
+        return Ok(None);
+    };
+    let url = config.cdc.source.as_deref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            "no CDC source: set cdc.source to the cluster's postgres:// URL",
+        )
+    })?;
+    let client = SourceAddress::parse(url)?.connect().await?;
+    client
+        .simple_query(&format!("CANCEL JOB {id}"))
+        .await
+        .map_err(|e| query_error(format!("cannot cancel changefeed job {id}"), e))?;
+    let _ = std::fs::remove_file(job_path(config));
+    Ok(Some(id))
+}
+
 fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }

@@ -504,6 +504,26 @@ async fn core_changefeed_exactly_once() {
         vec!["0"]
     );
     drop(running);
+
+    // `tarn cdc status` shows the changefeed and each table's resolved position.
+    let source = format!("cdc.source={}", crdb.url("app"));
+    let (ok, out, err) = crate::tarn(
+        cdc.lake.path(),
+        &[
+            "--set",
+            "cdc.source_kind=cockroachdb",
+            "--set",
+            &source,
+            "cdc",
+            "status",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("(CockroachDB)") && out.contains("sinkless sink"),
+        "{out}"
+    );
+    assert!(out.contains("cdc.dogs") && out.contains(&ts(12)), "{out}");
 }
 
 /// An HTTPS POST with the CA the changefeed was given; returns (status, body).

@@ -4,6 +4,7 @@
 mod catalog;
 mod cdc;
 mod cli;
+mod cockroach;
 mod interop;
 mod pgwire;
 mod slt;
