@@ -635,7 +635,18 @@ async fn reference_rows<T: DeserializeOwned>(
 /// Runs the workload; `on_progress` is called every [`LoadOptions::report_every`].
 pub async fn run(
     options: &LoadOptions,
+    on_progress: impl FnMut(&Progress) + Send,
+) -> Result<LoadSummary, LoadError> {
+    run_until(options, on_progress, std::future::pending()).await
+}
+
+/// [`run`] that also stops starting operations when `stop` completes (before
+/// [`LoadOptions::duration`] has passed), e.g. on Ctrl-C; either way it waits for the
+/// operations in flight, so every change the summary counts has been committed or refused.
+pub async fn run_until(
+    options: &LoadOptions,
     mut on_progress: impl FnMut(&Progress) + Send,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<LoadSummary, LoadError> {
     let url = options.url.trim_end_matches('/').to_string();
     let parsed = url::Url::parse(&url).map_err(|e| LoadError::Option {
@@ -712,15 +723,18 @@ pub async fn run(
     );
     let deadline = tokio::time::sleep(options.duration);
     tokio::pin!(deadline);
+    tokio::pin!(stop);
     let mut last = (Duration::ZERO, 0u64);
     loop {
         tokio::select! {
             _ = &mut deadline => break,
+            () = &mut stop => break,
             _ = reporter.tick() => on_progress(&workload.progress(started.elapsed(), &mut last)),
             _ = ticker.tick() => {
                 let permit = tokio::select! {
                     permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                     _ = &mut deadline => break,
+                    () = &mut stop => break,
                 };
                 let mut op = pick_op();
                 let order = if op.needs_order() { workload.checkout(op) } else { None };
