@@ -5,23 +5,34 @@
 # independent readers and clients the interoperability tests use (pyiceberg, DuckDB with its
 # Iceberg extension, psycopg, moto's S3 server, the Kubernetes manifest validators).
 #
+# `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
+#
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+demo_only=false
+[ "${1:-}" = "--demo" ] && demo_only=true
 
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v mold >/dev/null || need_apt+=(mold)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
-ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need_apt+=(libpostgresql-jdbc-java)
-command -v java >/dev/null || need_apt+=(default-jre-headless)
-command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+if ! $demo_only; then
+  ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need_apt+=(libpostgresql-jdbc-java)
+  command -v java >/dev/null || need_apt+=(default-jre-headless)
+  command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if $demo_only; then
+  echo "setup: ready for the demo"
+  exit 0
 fi
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

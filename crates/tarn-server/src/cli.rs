@@ -41,6 +41,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole data flow on this machine, from nothing: a shop on PostgreSQL, its changes
+    /// streamed into the lake, SQL over it.
+    ///
+    /// Starts a private PostgreSQL from the system's binaries (in a temporary directory, on a
+    /// free loopback port), creates the shop's database (migrations, reference data), runs the
+    /// shop's HTTP service and its workload generator, streams every change into the lake's
+    /// namespace `shop` (initial snapshot, then CDC), and serves SQL on the Postgres wire
+    /// endpoint (`psql postgres://demo@127.0.0.1:5433/tarn`; another port when 5433 is taken).
+    /// A live line shows orders in PostgreSQL and in the lake, freshness and changes per second.
+    ///
+    /// Ctrl-C (or `--duration`) stops it in order: the workload stops, CDC catches up and stops,
+    /// every row of every shop table in the lake is compared with PostgreSQL through the Postgres
+    /// wire endpoint, then everything stops. Exits 0 only when the lake equals the database.
+    /// The lake stays in the data directory: `tarn sql "SELECT count(*) FROM shop.orders"`.
+    Demo(crate::demo::DemoArgs),
     /// Run SQL statements and print the results; with no SQL, open an interactive prompt.
     ///
     /// Statements are separated by `;`. Beyond DataFusion's SQL, tarn understands
@@ -141,7 +156,13 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Serve | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
     );
-    init_logging(&config, long_running);
+    // The demo prints its own progress on stdout; only warnings and errors are logged.
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        config.log.level.as_str()
+    };
+    init_logging(&config, default_level, long_running);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -176,9 +197,12 @@ fn load_config(cli: &Cli) -> Result<Config> {
     )?)
 }
 
-fn init_logging(config: &Config, to_stdout: bool) {
+fn init_logging(config: &Config, level: &str, to_stdout: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TARN_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // sqlx (the catalog, the demo's shop) logs PostgreSQL's NOTICEs, e.g. "there is no
+    // transaction in progress" after a retried serialization failure: noise.
+    let filter = EnvFilter::try_from_env("TARN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx::postgres::notice=error")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let json = config.log.format == "json";
     match (json, to_stdout) {
@@ -252,6 +276,10 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
+        Command::Demo(args) => {
+            let metrics = crate::serve::install_metrics()?;
+            crate::demo::run(args, &config, metrics).await
+        }
         Command::Maintain(args) => crate::maintain::run(args, &config).await,
         Command::Bench(cmd) => crate::bench::run(cmd, config).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),

@@ -4,6 +4,7 @@ mod bench;
 mod bench_cdc;
 mod cdc;
 mod cli;
+mod demo;
 mod maintain;
 mod output;
 mod serve;

@@ -14,6 +14,7 @@ use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
 use tarn_core::Config;
 use tarn_query::TarnSession;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
@@ -57,20 +58,93 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")
 }
 
-/// Serves until a signal or `shutdown` fires.
+/// The Postgres wire endpoint and the HTTP endpoint, running as tasks until their shutdown
+/// token fires: `tarn serve` and `tarn demo` start them the same way.
+pub(crate) struct Endpoints {
+    /// Where the Postgres wire endpoint listens.
+    pub(crate) pg_addr: std::net::SocketAddr,
+    /// Where the HTTP endpoint listens.
+    pub(crate) http_addr: std::net::SocketAddr,
+    http_task: JoinHandle<Result<()>>,
+    pg_task: JoinHandle<Result<()>>,
+}
+
+impl Endpoints {
+    /// Starts both endpoints on the bound listeners; `cdc` is the status `/cdc/status` serves.
+    pub(crate) fn start(
+        config: &Config,
+        session: TarnSession,
+        metrics: PrometheusHandle,
+        cdc: Option<Arc<PipelineStatus>>,
+        (pg, http): (TcpListener, TcpListener),
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        let (pg_addr, http_addr) = (pg.local_addr()?, http.local_addr()?);
+        let app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_page))
+            .route("/cdc/status", get(cdc_status))
+            .with_state(HttpState {
+                metrics,
+                session: session.clone(),
+                cdc,
+            });
+        let http_shutdown = shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+                .context("the HTTP endpoint failed")
+        });
+        let pg_task = tokio::spawn({
+            let (auth, max, shutdown) = (
+                config.auth.clone(),
+                config.server.max_connections,
+                shutdown.clone(),
+            );
+            async move {
+                tarn_pgwire::run(pg, session, auth, max, shutdown)
+                    .await
+                    .context("the Postgres wire endpoint failed")
+            }
+        });
+        Ok(Self {
+            pg_addr,
+            http_addr,
+            http_task,
+            pg_task,
+        })
+    }
+
+    /// Resolves when an endpoint stops by itself (before shutdown: an error or a panic).
+    pub(crate) async fn stopped(&mut self) -> Result<()> {
+        let result = tokio::select! {
+            r = &mut self.http_task => r,
+            r = &mut self.pg_task => r,
+        };
+        result.context("an endpoint task panicked")??;
+        anyhow::bail!("an endpoint stopped unexpectedly")
+    }
+
+    /// Waits for both endpoints to finish after their shutdown token fired.
+    pub(crate) async fn join(self) {
+        let _ = self.http_task.await;
+        let _ = self.pg_task.await;
+    }
+}
+
+/// Binds the listener of `key` (`server.pg_listen`, `server.http_listen`).
+pub(crate) async fn bind(addr: &str, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+/// Serves until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHandle) -> Result<()> {
     let shutdown = CancellationToken::new();
-    let pg = TcpListener::bind(&config.server.pg_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.pg_listen)", config.server.pg_listen))?;
-    let http = TcpListener::bind(&config.server.http_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (server.http_listen)",
-                config.server.http_listen
-            )
-        })?;
+    let pg = bind(&config.server.pg_listen, "server.pg_listen").await?;
+    let http = bind(&config.server.http_listen, "server.http_listen").await?;
     if config.auth.users.is_empty() && !config.auth.trust_loopback {
         tracing::warn!(
             "no users configured and auth.trust_loopback is off: nobody can connect; add [[auth.users]] or set auth.trust_loopback = true"
@@ -106,35 +180,8 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         }
         None => None,
     };
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_page))
-        .route("/cdc/status", get(cdc_status))
-        .with_state(HttpState {
-            metrics,
-            session: session.clone(),
-            cdc: pipeline_status,
-        });
-    let http_shutdown = shutdown.clone();
-    let mut http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-            .context("the HTTP endpoint failed")
-    });
-    let mut pg_task = tokio::spawn({
-        let (auth, max, shutdown) = (
-            config.auth.clone(),
-            config.server.max_connections,
-            shutdown.clone(),
-        );
-        async move {
-            tarn_pgwire::run(pg, session, auth, max, shutdown)
-                .await
-                .context("the Postgres wire endpoint failed")
-        }
-    });
-    // Run until a signal, or until an endpoint stops by itself (an error).
+    let mut endpoints = Endpoints::start(config, session, metrics, pipeline_status, (pg, http), &shutdown)?;
+    // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {
         match cdc_task.as_mut() {
             Some(task) => task.await,
@@ -146,19 +193,17 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             tracing::info!("shutting down");
             None
         }
-        r = &mut http_task => Some(r),
-        r = &mut pg_task => Some(r),
-        r = cdc_done => Some(r),
+        r = endpoints.stopped() => Some(r),
+        r = cdc_done => Some(r.context("the CDC pipeline panicked").and_then(|r| r).and_then(|()| {
+            anyhow::bail!("the CDC pipeline stopped unexpectedly")
+        })),
     };
     shutdown.cancel();
     if let Some(result) = early {
-        let result = result.context("an endpoint task panicked")?;
         result?;
-        anyhow::bail!("an endpoint stopped unexpectedly");
     }
     let drain = async {
-        let _ = http_task.await;
-        let _ = pg_task.await;
+        endpoints.join().await;
         if let Some(task) = cdc_task
             && let Ok(Err(e)) = task.await
         {

@@ -1,10 +1,11 @@
 //! tarn's integration tests: one binary, real parts (PostgreSQL, an S3 server, pyiceberg,
-//! DuckDB, psql, psycopg, pgjdbc, the `tarn` binary itself).
+//! DuckDB, psql, psycopg, pgjdbc, the example shop, the `tarn` binary itself).
 
 mod catalog;
 mod cdc;
 mod cli;
 mod cockroach;
+mod demo;
 mod interop;
 mod pgwire;
 mod slt;
