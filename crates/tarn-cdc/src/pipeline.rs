@@ -576,7 +576,11 @@ async fn stream(
                         source.acknowledge(position);
                         acknowledged = position;
                     }
-                    status.update(|r| r.received = Some(source.received().to_string()));
+                    status.update(|r| {
+                        r.received = Some(source.received().to_string());
+                        r.acknowledged = Some(acknowledged.to_string());
+                        r.pending_events = sink.pending_events();
+                    });
                 }
                 event => {
                     let is_change = matches!(
@@ -587,6 +591,9 @@ async fn stream(
                     sink.apply(event).await?;
                     if is_change {
                         status.events.fetch_add(1, Ordering::Relaxed);
+                        if sink.pending_events().is_multiple_of(1024) {
+                            status.update(|r| r.pending_events = sink.pending_events());
+                        }
                         metrics::counter!("tarn_cdc_events_total").increment(1);
                         sink.spill_if_needed().await?;
                     }

@@ -104,7 +104,15 @@ fn strip_df_prefixes(message: &str) -> String {
 impl TarnSession {
     /// A session over `lake`; creates the `public` namespace on first use.
     pub async fn new(lake: Lake) -> Result<Self> {
-        let mut config = SessionConfig::new()
+        // DataFusion's own settings may be tuned with `DATAFUSION_*` environment variables
+        // (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=4`); see docs/serving.md.
+        let mut config = SessionConfig::from_env()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("a DATAFUSION_* environment variable: {e}"),
+                )
+            })?
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(lake.name(), DEFAULT_SCHEMA);

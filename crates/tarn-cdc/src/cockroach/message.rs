@@ -16,6 +16,9 @@ use serde_json::value::RawValue;
 
 use crate::source::Position;
 
+/// A row's column values by name, as raw JSON.
+pub type Columns = Vec<(String, Box<RawValue>)>;
+
 /// One row change of a changefeed.
 #[derive(Debug, Clone)]
 pub struct RowMessage {
@@ -24,7 +27,7 @@ pub struct RowMessage {
     /// The primary key values, in primary-index order.
     pub key: Vec<Box<RawValue>>,
     /// The row after the change, column name → value; `None` for a delete.
-    pub after: Option<Vec<(String, Box<RawValue>)>>,
+    pub after: Option<Columns>,
     /// The change's timestamp.
     pub updated: Position,
 }
@@ -132,10 +135,7 @@ fn key_array(at: &str, raw: &RawValue) -> Result<Vec<Box<RawValue>>, MessageErro
         })
 }
 
-fn after_object(
-    at: &str,
-    raw: Option<&RawValue>,
-) -> Result<Option<Vec<(String, Box<RawValue>)>>, MessageError> {
+fn after_object(at: &str, raw: Option<&RawValue>) -> Result<Option<Columns>, MessageError> {
     let Some(raw) = raw else {
         return Ok(None);
     };

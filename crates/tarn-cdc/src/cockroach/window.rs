@@ -80,7 +80,7 @@ impl Window {
         self.drain(|versions| {
             let later = versions.split_off(&next(resolved));
             let due = std::mem::replace(versions, later);
-            due.into_iter().map(|(_, m)| m).collect()
+            due.into_values().collect()
         })
     }
 
