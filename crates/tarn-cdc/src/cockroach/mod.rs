@@ -523,11 +523,8 @@ async fn stream(
             .map(|t| t + interval)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let delivery = tokio::select! {
-            d = rx.recv() => match d {
-                Some(d) => Some(d?),
-                None => return Err(Error::new(ErrorKind::Source, "the changefeed stopped delivering")),
-            },
-            () = tokio::time::sleep_until(deadline.into()) => None,
+            // Stopping closes the feed too: see the stop first.
+            biased;
             () = stop.cancelled() => {
                 if !sink.in_transaction() {
                     if let Some(p) = sink.flush().await? {
@@ -542,6 +539,11 @@ async fn stream(
                 tracing::info!(resolved = ?window.resolved().map(|r| r.to_string()), "CDC pipeline stopped");
                 return Ok(());
             }
+            d = rx.recv() => match d {
+                Some(d) => Some(d?),
+                None => return Err(Error::new(ErrorKind::Source, "the changefeed stopped delivering")),
+            },
+            () = tokio::time::sleep_until(deadline.into()) => None,
         };
         let mut flush_now = delivery.is_none();
         for message in delivery.into_iter().flatten() {

@@ -381,6 +381,75 @@ async fn schema_changes_evolve_the_table() {
     running.stop().await;
 }
 
+/// TLS to the source: `verify-full` against the CA that signed the server's certificate, a
+/// client certificate for login, and a clear refusal with a CA that did not sign it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_with_a_client_certificate() {
+    let mut cdc = Cdc::new(
+        "CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, tier int);
+         INSERT INTO customers SELECT g, 'customer ' || g, g % 3 FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let tls = tarn_test_utils::tls::enable_tls(&cdc.pg).unwrap();
+    cdc.sql(
+        "CREATE ROLE certuser LOGIN REPLICATION; GRANT SELECT ON ALL TABLES IN SCHEMA public TO certuser;
+             CREATE PUBLICATION tarn_main FOR TABLE customers;",
+    );
+    let port = cdc.pg.port();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://certuser@127.0.0.1:{port}/app?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            ca.display(),
+            tls.client_cert_file.display(),
+            tls.client_key_file.display()
+        )
+    };
+
+    // A CA that did not sign the server's certificate: refused, and said so.
+    cdc.set("cdc.source", &url(&tls.other_ca_file));
+    let running = cdc.start().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        if let Some(e) = running.status.report().last_error {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no error with the wrong CA");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(err.contains("cannot connect to the source"), "{err}");
+    running.stop().await;
+
+    // The right CA: snapshot and stream over TLS, logged in by certificate (the hba rule
+    // `hostssl ... cert` admits certuser only with one).
+    cdc.set("cdc.source", &url(&tls.ca_file));
+    let running = cdc.start().await;
+    cdc.wait_same(CUSTOMERS_PG, CUSTOMERS_LAKE, Duration::from_secs(60))
+        .await;
+    cdc.sql("INSERT INTO customers VALUES (1000, 'over tls', 1); DELETE FROM customers WHERE id < 10;");
+    cdc.wait_same(CUSTOMERS_PG, CUSTOMERS_LAKE, Duration::from_secs(60))
+        .await;
+    let encrypted = cdc.source_rows(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'certuser'",
+    );
+    assert_ne!(encrypted, vec!["0".to_string()], "tarn's sessions are encrypted");
+    running.stop().await;
+
+    // A bad sslmode is a configuration error naming the key.
+    let err = tarn_core::Config::load(
+        cdc.lake.path(),
+        None,
+        std::collections::HashMap::<String, String>::new(),
+        &[(
+            "cdc.source".to_string(),
+            format!("postgres://u@127.0.0.1:{}/app?sslmode=verify-full", cdc.pg.port()),
+        )],
+    )
+    .map(|c| tarn_cdc::postgres::connect::SourceAddress::parse(c.cdc.source.as_deref().unwrap()).map(|_| ()))
+    .unwrap()
+    .unwrap_err();
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_recovery_are_clear() {
     let cdc = Cdc::new(

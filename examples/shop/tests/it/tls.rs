@@ -7,62 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use shop::config::{DatabaseSettings, SslMode};
 use tarn_test_utils::PostgresServer;
+use tarn_test_utils::tls::{leaf, make_ca, write_owned};
 
 use crate::common::postgres_with_database;
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn make_ca(name: &str) -> Result<Ca> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key)?;
-    Ok(Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    })
-}
-
-/// A certificate signed by `ca`: (certificate PEM, key PEM).
-fn leaf(
-    ca: &Ca,
-    common_name: &str,
-    names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> Result<(String, String)> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// Writes `text` to `path` with `mode`, owned like the cluster's directory (the server runs
-/// as its owner and must read its key, which must not be readable by others).
-fn write_owned(path: &Path, text: &str, mode: u32, owner_of: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    let meta = std::fs::metadata(owner_of)?;
-    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
-    Ok(())
-}
 
 fn settings(pg: &PostgresServer, user: &str, sslmode: SslMode, root: Option<&Path>) -> DatabaseSettings {
     DatabaseSettings {
