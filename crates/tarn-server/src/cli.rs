@@ -105,7 +105,8 @@ enum Command {
     /// Table maintenance: compact small files and apply deletes, expire old snapshots, remove
     /// orphan files (all three unless some are chosen). Safe beside live writers.
     Maintain(crate::maintain::MaintainArgs),
-    /// Change data capture: stream a PostgreSQL database into Iceberg tables.
+    /// Change data capture: stream a PostgreSQL database (logical replication) or a CockroachDB
+    /// cluster (changefeeds, `cdc.source_kind = "cockroachdb"`) into Iceberg tables.
     #[command(subcommand)]
     Cdc(crate::cdc::CdcCommand),
     /// Benchmarks.
