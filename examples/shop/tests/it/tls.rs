@@ -2,7 +2,6 @@
 //! certificate for another host name, and client-certificate authentication — against a
 //! PostgreSQL switched to `ssl=on` with `ALTER SYSTEM` and a configuration reload.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
