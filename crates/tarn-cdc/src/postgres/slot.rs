@@ -84,6 +84,20 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> 
 
 /// Checks that the server can do logical replication.
 pub async fn check_server(client: &Client, display: &str) -> Result<i32> {
+    let banner: String = client
+        .query_one("SELECT version()", &[])
+        .await
+        .map_err(|e| query_error("cannot read the source's version", e))?
+        .get(0);
+    if banner.contains("CockroachDB") {
+        // Needs a configuration change, not a retry.
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the source is CockroachDB, which has no logical replication: set cdc.source_kind = \"cockroachdb\" \
+             to capture it with a changefeed (see docs/cockroachdb.md)",
+        )
+        .with_context("source", display));
+    }
     let row = client
         .query_one(
             "SELECT current_setting('wal_level'), current_setting('server_version_num')::int",
