@@ -64,10 +64,14 @@ pub fn write_owned(path: &Path, text: &str, mode: u32, owner_of: &Path) -> Resul
     Ok(())
 }
 
-/// The client side of a TLS-enabled test server.
+/// The client side of a TLS-enabled test server, and what a test needs to change the server's.
 pub struct ClientTls {
-    /// Keeps the files.
+    /// Keeps the client's files.
     pub dir: tempfile::TempDir,
+    /// The CA that signed the server's certificate, to sign others.
+    pub ca: Ca,
+    /// Where the server's `server.crt` and `server.key` are (owned by the server's user).
+    pub server_dir: PathBuf,
     /// The CA that signed the server's certificate.
     pub ca_file: PathBuf,
     /// A CA that did not.
@@ -108,6 +112,8 @@ pub fn enable_tls(pg: &PostgresServer) -> Result<ClientTls> {
         client_cert_file: file("client.crt", &client_cert)?,
         client_key_file: file("client.key", &client_key)?,
         dir,
+        ca,
+        server_dir: tls.clone(),
     };
     let hba = pg.dir().join("data").join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba)?;

@@ -2,14 +2,14 @@
 //! certificate for another host name, and client-certificate authentication — against a
 //! PostgreSQL switched to `ssl=on` with `ALTER SYSTEM` and a configuration reload.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rcgen::ExtendedKeyUsagePurpose;
 use shop::config::{DatabaseSettings, SslMode};
 use tarn_test_utils::PostgresServer;
-use tarn_test_utils::tls::{leaf, make_ca, write_owned};
+use tarn_test_utils::tls::{enable_tls, leaf, write_owned};
 
 use crate::common::postgres_with_database;
 
@@ -51,49 +51,11 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) -> Result<
 #[tokio::test]
 async fn verify_full_wrong_ca_wrong_host_and_client_certificates() -> Result<()> {
     let pg = postgres_with_database("shop").await?;
-    let tls = pg.dir().join("tls");
-    std::fs::create_dir_all(&tls)?;
-    let data = pg.dir().join("data");
-    let owner = pg.dir();
-
-    let ca = make_ca("shop test CA")?;
-    let other_ca = make_ca("some other CA")?;
-    let (server_cert, server_key) = leaf(
-        &ca,
-        "127.0.0.1",
-        &["127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    let (client_cert, client_key) = leaf(&ca, "certuser", &[], ExtendedKeyUsagePurpose::ClientAuth)?;
-    write_owned(&tls.join("ca.crt"), &ca.pem, 0o644, owner)?;
-    write_owned(&tls.join("server.crt"), &server_cert, 0o644, owner)?;
-    write_owned(&tls.join("server.key"), &server_key, 0o600, owner)?;
-    // The client's files belong to the test.
-    let client_dir = tempfile::tempdir()?;
-    let file = |name: &str, text: &str| -> Result<PathBuf> {
-        let path = client_dir.path().join(name);
-        std::fs::write(&path, text)?;
-        Ok(path)
-    };
-    let ca_file = file("ca.crt", &ca.pem)?;
-    let other_ca_file = file("other-ca.crt", &other_ca.pem)?;
-    let client_cert_file = file("client.crt", &client_cert)?;
-    let client_key_file = file("client.key", &client_key)?;
-
-    // Client certificates: certuser must present one over TLS.
-    let hba = data.join("pg_hba.conf");
-    let rules = std::fs::read_to_string(&hba)?;
-    std::fs::write(&hba, format!("hostssl all certuser 127.0.0.1/32 cert\n{rules}"))?;
+    let tls = enable_tls(&pg)?;
+    let (ca_file, other_ca_file) = (tls.ca_file.clone(), tls.other_ca_file.clone());
+    let (client_cert_file, client_key_file) = (tls.client_cert_file.clone(), tls.client_key_file.clone());
+    // Client certificates: certuser must present one over TLS (enable_tls's hba rule).
     pg.psql("postgres", "CREATE ROLE certuser LOGIN")?;
-    for setting in [
-        format!("ssl_cert_file = '{}'", tls.join("server.crt").display()),
-        format!("ssl_key_file = '{}'", tls.join("server.key").display()),
-        format!("ssl_ca_file = '{}'", tls.join("ca.crt").display()),
-        "ssl = on".to_string(),
-    ] {
-        pg.psql("postgres", &format!("ALTER SYSTEM SET {setting}"))?;
-    }
-    pg.psql("postgres", "SELECT pg_reload_conf()")?;
 
     let root = Some(ca_file.as_path());
     let full = settings(&pg, "postgres", SslMode::VerifyFull, root);
@@ -144,13 +106,23 @@ async fn verify_full_wrong_ca_wrong_host_and_client_certificates() -> Result<()>
 
     // A server certificate for another name: verify-full refuses it, verify-ca does not check names.
     let (elsewhere_cert, elsewhere_key) = leaf(
-        &ca,
+        &tls.ca,
         "db.elsewhere.test",
         &["db.elsewhere.test"],
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
-    write_owned(&tls.join("server.crt"), &elsewhere_cert, 0o644, owner)?;
-    write_owned(&tls.join("server.key"), &elsewhere_key, 0o600, owner)?;
+    write_owned(
+        &tls.server_dir.join("server.crt"),
+        &elsewhere_cert,
+        0o644,
+        pg.dir(),
+    )?;
+    write_owned(
+        &tls.server_dir.join("server.key"),
+        &elsewhere_key,
+        0o600,
+        pg.dir(),
+    )?;
     pg.psql("postgres", "SELECT pg_reload_conf()")?;
     eventually("the new server certificate", async || {
         full.connect().await.is_err()
