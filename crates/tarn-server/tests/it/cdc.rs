@@ -30,6 +30,19 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// The pipeline's first reported error, waiting up to 60 s for one (`what` names the
+    /// expected failure in the panic message).
+    pub(crate) async fn wait_error(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(e) = self.status.report().last_error {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no error within 60 s: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(60), self.task)
@@ -408,14 +421,7 @@ async fn tls_verify_full_with_a_client_certificate() {
     // A CA that did not sign the server's certificate: refused, and said so.
     cdc.set("cdc.source", &url(&tls.other_ca_file));
     let running = cdc.start().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let err = loop {
-        if let Some(e) = running.status.report().last_error {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no error with the wrong CA");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = running.wait_error("the wrong CA").await;
     assert!(err.contains("cannot connect to the source"), "{err}");
     running.stop().await;
 

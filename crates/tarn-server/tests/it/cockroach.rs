@@ -485,17 +485,7 @@ async fn core_changefeed_exactly_once() {
         &ts(13),
     );
     feed.resolved(&ts(14));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let err = loop {
-        if let Some(e) = running.status.report().last_error {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the malformed message was not reported"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let err = running.wait_error("the malformed message").await;
     assert!(err.contains("price") && err.contains("decimal"), "{err}");
     assert_eq!(
         cdc.lake_rows("SELECT count(*) FROM cdc.dogs WHERE id = 8")
