@@ -682,6 +682,7 @@ impl Lake {
                 .runtime(Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?)
                 .build()
                 .map_err(|e| iceberg_error(format!("cannot open committed table {ident}"), e))?;
+            self.remember(&table);
             metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
             return Ok(Some(table));
         }

@@ -18,15 +18,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_schema::Schema as ArrowSchema;
-use iceberg::spec::{DataFile, FormatVersion, Schema, TableProperties};
+use iceberg::io::{FileIO, FileIOBuilder};
+use iceberg::spec::{DataFile, FormatVersion, Schema, TableMetadata, TableProperties};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, Runtime, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use tarn_core::{Config, Error, ErrorKind, Result};
 
+use crate::cache::{DataFiles, TableCache};
 use crate::layout::{self, PartitionField, SortKey};
 use crate::storage::{ObjectStoreStorageFactory, ObjectStores, s3_properties};
 
@@ -54,6 +56,10 @@ pub struct Lake {
     /// PostgreSQL binds `$1, $2, ...`; SQLite `?`.
     dollar_binds: bool,
     stores: ObjectStores,
+    /// The same file access the catalog has, for reading tables' metadata files.
+    file_io: FileIO,
+    /// Tables as last loaded; see [`crate::cache`].
+    tables: Arc<TableCache>,
     name: String,
     warehouse: String,
     target_file_size: u64,
@@ -122,6 +128,9 @@ impl Lake {
             config.catalog.max_connections.to_string(),
         );
         let stores = ObjectStores::new(props.clone());
+        let file_io = FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory))
+            .with_props(props.clone())
+            .build();
         let dollar_binds = bind_style == SqlBindStyle::DollarNumeric;
         let catalog = tokio::time::timeout(
             CATALOG_CONNECT_TIMEOUT,
@@ -167,6 +176,8 @@ impl Lake {
             pool,
             dollar_binds,
             stores,
+            file_io,
+            tables: Arc::default(),
             name: config.catalog.name.clone(),
             warehouse,
             target_file_size: config.write.target_file_size,
@@ -301,13 +312,38 @@ impl Lake {
 
     /// Loads the current metadata of `ident`.
     pub async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        self.catalog.load_table(ident).await.map_err(|e| {
-            if e.kind() == iceberg::ErrorKind::TableNotFound {
-                Error::new(ErrorKind::NotFound, format!("table {ident} does not exist"))
-            } else {
-                iceberg_error(format!("cannot load table {ident}"), e)
-            }
-        })
+        let location = self.current_metadata_location(ident).await?;
+        if let Some(table) = self.tables.get(ident, &location) {
+            return Ok(table);
+        }
+        let metadata = TableMetadata::read_from(&self.file_io, &location)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot load table {ident} from {location}"), e))?;
+        let table = Table::builder()
+            .file_io(self.file_io.clone())
+            .identifier(ident.clone())
+            .metadata_location(location)
+            .metadata(metadata)
+            .runtime(Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?)
+            .build()
+            .map_err(|e| iceberg_error(format!("cannot load table {ident}"), e))?;
+        self.tables.put(&table);
+        Ok(table)
+    }
+
+    /// Keeps a table this process just committed, so the next load finds it without reading
+    /// its metadata file back.
+    pub(crate) fn remember(&self, table: &Table) {
+        self.tables.put(table);
+    }
+
+    /// The data files of `table`'s current snapshot by path, with the column statistics of
+    /// their manifest entries; read once per snapshot of a loaded table.
+    pub async fn current_data_files(&self, table: &Table) -> Result<DataFiles> {
+        self.tables
+            .data_files(table)
+            .await
+            .map_err(|e| iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e))
     }
 
     /// Creates a format-v2 table with `schema` and `layout`. Nullable Arrow fields become
@@ -434,6 +470,7 @@ impl Lake {
                 .map_err(|e| iceberg_error(format!("cannot append to {ident}"), e))?;
             match tx.commit(self.catalog.as_ref()).await {
                 Ok(table) => {
+                    self.remember(&table);
                     metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
                     return Ok(table);
                 }

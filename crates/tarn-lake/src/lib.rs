@@ -11,6 +11,7 @@
 //! rows with their positions ([`Lake::scan_live_rows`], [`Lake::read_rows_at`]) and
 //! maintenance ([`Lake::compact`], [`Lake::expire_snapshots`], [`Lake::remove_orphan_files`]).
 
+mod cache;
 pub mod commit;
 pub mod deletes;
 mod lake;
@@ -20,6 +21,7 @@ pub mod rows;
 pub mod storage;
 mod writer;
 
+pub use cache::DataFiles;
 pub use commit::{Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
 pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};

@@ -18,7 +18,7 @@
 //! `"orders$manifests"` and the other Iceberg metadata tables show the table's metadata.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -31,6 +31,7 @@ use datafusion::common::{DFSchema, Statistics};
 use datafusion::common::{DataFusionError, Result as DFResult};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -401,8 +402,11 @@ impl LakeTable {
         {
             return Ok(None);
         }
-        let paths: HashSet<&str> = tasks.iter().map(|t| t.data_file_path.as_str()).collect();
-        let entries = crate::stats::data_files(&self.table, &paths).await.map_err(ice)?;
+        let entries = self
+            .lake
+            .current_data_files(&self.table)
+            .await
+            .map_err(df_error)?;
         let field_ids: Vec<i32> = metadata
             .current_schema()
             .as_struct()
@@ -450,8 +454,17 @@ impl LakeTable {
             return Ok(Some(Arc::new(EmptyExec::new(projected))));
         };
         let url = ObjectStoreUrl::parse(&base_url)?;
-        state.runtime_env().register_object_store(url.as_ref(), store);
-        let mut source = ParquetSource::new(schema.clone());
+        state
+            .runtime_env()
+            .register_object_store(url.as_ref(), store.clone());
+        // The session's Parquet options, and footers and page indexes from the runtime's
+        // metadata cache, as DataFusion's own listing tables read them.
+        let mut source = ParquetSource::new(schema.clone())
+            .with_table_parquet_options(state.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                store.clone(),
+                state.runtime_env().cache_manager.get_file_metadata_cache(),
+            )));
         if let Some(filter) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
             let predicate = state.create_physical_expr(filter, &df_schema)?;

@@ -6,37 +6,10 @@
 //! Numeric and date bounds are exact; string bounds may be truncated prefixes, so they are
 //! given as inexact.
 
-use std::collections::{HashMap, HashSet};
-
 use arrow::datatypes::Schema;
 use datafusion::common::stats::Precision;
 use datafusion::common::{ColumnStatistics, ScalarValue};
-use iceberg::spec::{DataFile, Datum, ManifestList, PrimitiveLiteral, PrimitiveType};
-use iceberg::table::Table;
-
-/// Manifest entries of `table`'s current snapshot for the data files in `paths`.
-pub async fn data_files(table: &Table, paths: &HashSet<&str>) -> iceberg::Result<HashMap<String, DataFile>> {
-    let mut out = HashMap::new();
-    let metadata = table.metadata();
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(out);
-    };
-    let bytes = table
-        .file_io()
-        .new_input(snapshot.manifest_list())?
-        .read()
-        .await?;
-    let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
-    for manifest in list.entries() {
-        for entry in manifest.load_manifest(table.file_io()).await?.entries() {
-            let file = entry.data_file();
-            if paths.contains(file.file_path()) {
-                out.insert(file.file_path().to_string(), file.clone());
-            }
-        }
-    }
-    Ok(out)
-}
+use iceberg::spec::{DataFile, Datum, PrimitiveLiteral, PrimitiveType};
 
 /// Column statistics of one data file, in the order of `schema`, whose fields carry Iceberg
 /// field ids in `field_ids`.
