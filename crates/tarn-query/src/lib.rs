@@ -4,6 +4,7 @@
 //! Iceberg commits. [`load`] brings files in. The Postgres wire endpoint and the CLI are both
 //! thin layers over this crate.
 
+mod filter_order;
 pub mod load;
 pub mod provider;
 mod session;

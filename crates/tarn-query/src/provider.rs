@@ -206,6 +206,7 @@ impl SchemaProvider for LakeSchemaProvider {
             TableSelector::Current(t) | TableSelector::Snapshot(t, _) | TableSelector::Metadata(t, _) => *t,
         };
         let ident = TableIdent::new(self.namespace.clone(), base.to_string());
+        let started = std::time::Instant::now();
         let table = match self.lake.load_table(&ident).await {
             Ok(table) => table,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -239,6 +240,7 @@ impl SchemaProvider for LakeSchemaProvider {
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
         };
+        tracing::debug!(table = %ident, ms = started.elapsed().as_secs_f64() * 1e3, "table loaded");
         Ok(Some(provider))
     }
 
@@ -376,6 +378,7 @@ impl LakeTable {
         if metadata.schemas_iter().count() != 1 {
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         let schema = self.schema();
         let ice = |e: iceberg::Error| {
             df_error(tarn_lake::iceberg_error(
@@ -475,6 +478,12 @@ impl LakeTable {
             total_byte_size: Precision::Inexact(total_bytes as usize),
             column_statistics: crate::stats::merge(&per_file, schema.fields().len()),
         };
+        tracing::debug!(
+            table = %self.ident,
+            files = tasks.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "scan planned"
+        );
         let config = FileScanConfigBuilder::new(url, Arc::new(source))
             .with_file_group(FileGroup::new(files))
             .with_statistics(statistics)

@@ -17,6 +17,7 @@ use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -118,7 +119,12 @@ impl TarnSession {
             .with_default_catalog_and_schema(lake.name(), DEFAULT_SCHEMA);
         // `1.5` is an exact numeric as in PostgreSQL, so DECIMAL columns get exact values.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
         ctx.register_catalog(lake.name(), catalog.clone());
         let public = NamespaceIdent::new(DEFAULT_SCHEMA.to_string());
@@ -170,7 +176,9 @@ impl TarnSession {
 
     /// Runs one prepared statement.
     pub async fn run(&self, statement: &RewrittenStatement) -> Result<Output> {
+        let started = std::time::Instant::now();
         self.catalog.refresh().await?;
+        let refreshed = started.elapsed();
         let mut parsed = DFParser::parse_sql_with_dialect(&statement.sql, &PostgreSqlDialect {})
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
         if parsed.len() != 1 {
@@ -188,7 +196,15 @@ impl TarnSession {
         }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(parsed).await.map_err(from_df_error)?;
-        self.run_plan(plan, statement).await
+        let planned = started.elapsed();
+        let output = self.run_plan(plan, statement).await;
+        tracing::debug!(
+            catalog_ms = refreshed.as_secs_f64() * 1e3,
+            logical_ms = (planned - refreshed).as_secs_f64() * 1e3,
+            physical_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
+            "statement planned"
+        );
+        output
     }
 
     /// Runs `sql` as one statement through [`Self::run`] (for endpoints that already split).
@@ -339,7 +355,22 @@ impl TarnSession {
                     df.collect().await.map_err(from_df_error)?;
                     return Ok(command("SET", None));
                 }
-                let stream = df.execute_stream().await.map_err(from_df_error)?;
+                let (state, plan) = df.into_parts();
+                let started = std::time::Instant::now();
+                let optimized = state.optimize(&plan).map_err(from_df_error)?;
+                let optimized_at = started.elapsed();
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&optimized, &state)
+                    .await
+                    .map_err(from_df_error)?;
+                tracing::debug!(
+                    optimize_ms = optimized_at.as_secs_f64() * 1e3,
+                    physical_ms = (started.elapsed() - optimized_at).as_secs_f64() * 1e3,
+                    "query planned"
+                );
+                let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
+                    .map_err(from_df_error)?;
                 Ok(Output::Rows(stream))
             }
         }

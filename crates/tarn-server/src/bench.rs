@@ -75,6 +75,10 @@ pub enum BenchCommand {
         /// Skip the DuckDB reference run.
         #[arg(long)]
         no_duckdb: bool,
+        /// Query the lake an earlier run left in the directory instead of generating and
+        /// loading the data again (it must have been made with the same --sf).
+        #[arg(long)]
+        reuse: bool,
     },
     /// CDC: snapshot rows/s, sustained changes/s and freshness from PostgreSQL into Iceberg,
     /// against `psql \copy` and `pg_recvlogical` on the same data.
@@ -114,6 +118,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             dir,
             python,
             no_duckdb,
+            reuse,
         } => {
             if sf <= 0.0 {
                 bail!("--sf must be positive, got {sf}");
@@ -122,7 +127,15 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 bail!("--query {q}: TPC-H has queries 1 to 22");
             }
             let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join(format!("tpch-sf{sf}")));
-            tpch(&config, sf, runs.max(1), &queries, &dir, python, no_duckdb).await?;
+            let options = TpchOptions {
+                sf,
+                runs: runs.max(1),
+                only: queries,
+                python,
+                no_duckdb,
+                reuse,
+            };
+            tpch(&config, &options, &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Cdc {
@@ -156,72 +169,44 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
     }
 }
 
-async fn tpch(
-    base: &Config,
+/// What `tarn bench tpch` was asked to do.
+struct TpchOptions {
     sf: f64,
     runs: usize,
-    only: &[usize],
-    dir: &Path,
+    only: Vec<usize>,
     python: Option<PathBuf>,
     no_duckdb: bool,
-) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-    }
-    let csv_dir = dir.join("csv");
-    std::fs::create_dir_all(&csv_dir)?;
+    reuse: bool,
+}
+
+async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
+    let TpchOptions { sf, runs, .. } = *options;
     let mut config = base.clone();
     config.data_dir = dir.join("lake");
     config.catalog.url = None;
     config.storage.warehouse = None;
-
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("tarn bench tpch: scale factor {sf}, {cores} cores, {runs} timed run(s) per query");
-    let start = Instant::now();
-    let csv_dir_clone = csv_dir.clone();
-    let parts = cores.max(1) as i32;
-    tokio::task::spawn_blocking(move || generate_csv(&csv_dir_clone, sf, parts)).await??;
-    println!("generated CSV in {:.1}s", start.elapsed().as_secs_f64());
 
-    let lake = Lake::open(&config).await?;
+    let lake = if options.reuse {
+        if !config.data_dir.join("catalog.db").exists() {
+            bail!(
+                "--reuse: no benchmark lake in {}; run once without --reuse first",
+                dir.display()
+            );
+        }
+        println!("reusing the lake in {}", config.data_dir.display());
+        Lake::open(&config).await?
+    } else {
+        generate_and_load(&config, sf, dir).await?
+    };
     let session = TarnSession::new(lake.clone()).await?;
-    for statement in TarnSession::prepare(SCHEMA_SQL)? {
-        session.run(&statement).await?;
-    }
-
-    println!("\n== load (CSV -> Iceberg/Parquet zstd) ==");
-    let mut total_rows = 0u64;
-    let mut total_bytes = 0u64;
-    let mut total_time = Duration::ZERO;
     for table in TABLES {
-        let ident = parse_table_name(&format!("tpch.{table}"))?;
-        let pattern = format!("{}/{table}-*.csv", csv_dir.display());
-        let (outcome, bytes, elapsed) =
-            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false)
-                .await?;
-        println!(
-            "{table:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
-            outcome.rows,
-            bytes as f64 / 1e6,
-            elapsed.as_secs_f64(),
-            outcome.rows as f64 / elapsed.as_secs_f64().max(1e-3),
-            bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)
-        );
-        total_rows += outcome.rows;
-        total_bytes += bytes;
-        total_time += elapsed;
+        if !lake.table_exists(&parse_table_name(&format!("tpch.{table}"))?).await? {
+            bail!("the benchmark lake has no table tpch.{table}; run without --reuse");
+        }
     }
-    let secs = total_time.as_secs_f64().max(1e-3);
-    println!(
-        "{:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
-        "total",
-        total_rows,
-        total_bytes as f64 / 1e6,
-        secs,
-        total_rows as f64 / secs,
-        total_bytes as f64 / 1e6 / secs
-    );
-
+    let only = &options.only;
     session
         .run_sql("SET datafusion.catalog.default_schema = 'tpch'")
         .await?;
@@ -257,10 +242,10 @@ async fn tpch(
         }
     }
 
-    let duckdb = if no_duckdb {
+    let duckdb = if options.no_duckdb {
         None
     } else {
-        match duckdb_reference(&lake, dir, runs, python).await {
+        match duckdb_reference(&lake, dir, runs, options.python.clone()).await {
             Ok(d) => Some(d),
             Err(e) => {
                 println!("\nDuckDB reference run failed: {e:#}");
@@ -310,6 +295,63 @@ async fn tpch(
     )?;
     print!("{report}");
     Ok(())
+}
+
+/// Generates the data as CSV in `dir/csv` and loads it into a fresh lake at `config.data_dir`,
+/// printing load throughput.
+async fn generate_and_load(config: &Config, sf: f64, dir: &Path) -> Result<Lake> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    let csv_dir = dir.join("csv");
+    std::fs::create_dir_all(&csv_dir)?;
+    let start = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let csv_dir_clone = csv_dir.clone();
+    let parts = cores.max(1) as i32;
+    tokio::task::spawn_blocking(move || generate_csv(&csv_dir_clone, sf, parts)).await??;
+    println!("generated CSV in {:.1}s", start.elapsed().as_secs_f64());
+
+    let lake = Lake::open(config).await?;
+    let session = TarnSession::new(lake.clone()).await?;
+    for statement in TarnSession::prepare(SCHEMA_SQL)? {
+        session.run(&statement).await?;
+    }
+
+    println!("\n== load (CSV -> Iceberg/Parquet zstd) ==");
+    let mut total_rows = 0u64;
+    let mut total_bytes = 0u64;
+    let mut total_time = Duration::ZERO;
+    for table in TABLES {
+        let ident = parse_table_name(&format!("tpch.{table}"))?;
+        let pattern = format!("{}/{table}-*.csv", csv_dir.display());
+        let (outcome, bytes, elapsed) =
+            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false)
+                .await?;
+        println!(
+            "{table:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
+            outcome.rows,
+            bytes as f64 / 1e6,
+            elapsed.as_secs_f64(),
+            outcome.rows as f64 / elapsed.as_secs_f64().max(1e-3),
+            bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)
+        );
+        total_rows += outcome.rows;
+        total_bytes += bytes;
+        total_time += elapsed;
+    }
+    let secs = total_time.as_secs_f64().max(1e-3);
+    println!(
+        "{:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
+        "total",
+        total_rows,
+        total_bytes as f64 / 1e6,
+        secs,
+        total_rows as f64 / secs,
+        total_bytes as f64 / 1e6 / secs
+    );
+
+    Ok(lake)
 }
 
 async fn query_rows(session: &TarnSession, sql: &str) -> Result<usize> {
