@@ -36,7 +36,11 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 pub struct OrderFilterConjuncts;
 
 impl PhysicalOptimizerRule for OrderFilterConjuncts {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> DFResult<Arc<dyn ExecutionPlan>> {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let Some(filter) = node.as_any().downcast_ref::<FilterExec>() else {
                 return Ok(Transformed::no(node));
@@ -78,7 +82,8 @@ fn ordered_predicate(predicate: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Opti
 /// with a constant is 2.
 fn cost(expr: &dyn PhysicalExpr, schema: &Schema) -> u32 {
     let any = expr.as_any();
-    let children = |e: &dyn PhysicalExpr| -> u32 { e.children().iter().map(|c| cost(c.as_ref(), schema)).sum() };
+    let children =
+        |e: &dyn PhysicalExpr| -> u32 { e.children().iter().map(|c| cost(c.as_ref(), schema)).sum() };
     if let Some(column) = any.downcast_ref::<Column>() {
         return match schema.fields().get(column.index()).map(|f| f.data_type()) {
             Some(t) if t.is_primitive() || matches!(t, DataType::Boolean) => 1,
@@ -148,7 +153,11 @@ mod tests {
             Operator::Or,
             binary(col("mode", &s).unwrap(), Operator::Eq, lit("SHIP")),
         );
-        let columns = binary(col("received", &s).unwrap(), Operator::Gt, col("committed", &s).unwrap());
+        let columns = binary(
+            col("received", &s).unwrap(),
+            Operator::Gt,
+            col("committed", &s).unwrap(),
+        );
         let range = binary(
             col("received", &s).unwrap(),
             Operator::GtEq,
@@ -156,7 +165,10 @@ mod tests {
         );
         let predicate = conjunction([mode, columns, range]);
         let ordered = ordered_predicate(&predicate, &s).expect("reordered");
-        let parts: Vec<String> = split_conjunction(&ordered).iter().map(|e| e.to_string()).collect();
+        let parts: Vec<String> = split_conjunction(&ordered)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(
             parts,
             [

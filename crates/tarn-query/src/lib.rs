@@ -7,6 +7,7 @@
 mod filter_order;
 pub mod load;
 pub mod provider;
+mod runtime_filter;
 mod session;
 pub mod sql_ext;
 mod stats;

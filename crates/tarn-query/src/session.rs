@@ -17,8 +17,8 @@ use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, SchemaName, Statement};
@@ -123,6 +123,7 @@ impl TarnSession {
             .with_config(config)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));

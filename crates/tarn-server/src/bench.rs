@@ -202,7 +202,10 @@ async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
     };
     let session = TarnSession::new(lake.clone()).await?;
     for table in TABLES {
-        if !lake.table_exists(&parse_table_name(&format!("tpch.{table}"))?).await? {
+        if !lake
+            .table_exists(&parse_table_name(&format!("tpch.{table}"))?)
+            .await?
+        {
             bail!("the benchmark lake has no table tpch.{table}; run without --reuse");
         }
     }
