@@ -11,6 +11,12 @@ TABLES_JSON maps table names to lists of local Parquet data-file paths
 
 Each ``qNN.sql`` in DIR (sorted) is run once to warm up, then N timed runs;
 the best (minimum) wall time and the row count are recorded.
+
+With ``--serve`` the script instead reads query names (``q05``) from standard
+input, one per line, runs each once and answers with one JSON line
+(``{"query": "q05", "seconds": 0.12, "rows": 5}`` or ``{"query": ..., "error": ...}``):
+``tarn bench tpch`` alternates its own runs with these, so both engines meet the
+same load on a shared machine.
 """
 
 from __future__ import annotations
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", required=True, type=Path, help="directory holding qNN.sql files")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per query (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2)")
-    parser.add_argument("--out", required=True, type=Path, help="result JSON file to write")
+    parser.add_argument("--out", type=Path, help="result JSON file to write (required without --serve)")
+    parser.add_argument("--serve", action="store_true", help="answer query names read from stdin, one run each")
     args = parser.parse_args(argv)
 
     if args.runs < 1:
@@ -95,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, files in tables.items():
         file_list = ", ".join(sql_string(f) for f in files)
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{file_list}])")
+
+    if args.serve:
+        return serve(con, {p.stem: p for p in query_files})
+    if args.out is None:
+        parser.error("--out is required without --serve")
 
     results: dict[str, dict[str, object]] = {}
     for qfile in query_files:
@@ -126,6 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.parent and not args.out.parent.exists():
         args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def serve(con: duckdb.DuckDBPyConnection, queries: dict[str, Path]) -> int:
+    """Runs each query named on stdin once and answers with a JSON line."""
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            continue
+        answer: dict[str, object] = {"query": name}
+        try:
+            if name not in queries:
+                raise ValueError(f"no query {name!r}")
+            sql = queries[name].read_text(encoding="utf-8").strip()
+            start = time.perf_counter()
+            out = con.execute(sql).fetchall()
+            answer["seconds"] = round(time.perf_counter() - start, 6)
+            answer["rows"] = len(out)
+        except Exception as exc:  # noqa: BLE001 - answer and continue
+            answer["error"] = str(exc).strip() or type(exc).__name__
+        print(json.dumps(answer), flush=True)
     return 0
 
 

@@ -213,14 +213,35 @@ async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
     session
         .run_sql("SET datafusion.catalog.default_schema = 'tpch'")
         .await?;
-    println!("\n== queries (best of {runs} after a warm-up) ==");
+    let mut reference = if options.no_duckdb {
+        None
+    } else {
+        match DuckDb::start(&lake, dir, options.python.clone()).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                println!("\nno DuckDB reference run: {e:#}");
+                None
+            }
+        }
+    };
+    println!(
+        "\n== queries (best of {runs} after a warm-up{}) ==",
+        if reference.is_some() {
+            "; each run of tarn followed by one of DuckDB on the same files"
+        } else {
+            ""
+        }
+    );
     let mut tarn_times = BTreeMap::new();
+    let mut duckdb_times = BTreeMap::new();
     for (i, sql) in QUERIES.iter().enumerate() {
         let n = i + 1;
         if !only.is_empty() && !only.contains(&n) {
             continue;
         }
+        let name = format!("q{n:02}");
         let mut best = f64::INFINITY;
+        let mut best_duckdb = f64::INFINITY;
         let mut rows = 0;
         let mut failed = None;
         for run in 0..=runs {
@@ -235,27 +256,32 @@ async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
             if run > 0 {
                 best = best.min(t.elapsed().as_secs_f64());
             }
+            if let Some(duckdb) = reference.as_mut() {
+                match duckdb.run(&name).await {
+                    Ok(secs) if run > 0 => best_duckdb = best_duckdb.min(secs),
+                    Ok(_) => {}
+                    Err(e) => {
+                        println!("{name} DuckDB: {e:#}");
+                        best_duckdb = f64::NAN;
+                    }
+                }
+            }
         }
         match failed {
-            Some(e) => println!("q{n:02} FAILED: {e}"),
+            Some(e) => println!("{name} FAILED: {e}"),
             None => {
-                println!("q{n:02} {best:>8.3}s {rows:>6} rows");
-                tarn_times.insert(format!("q{n:02}"), best);
+                let versus = if best_duckdb.is_finite() {
+                    duckdb_times.insert(name.clone(), best_duckdb);
+                    format!("   DuckDB {best_duckdb:>8.3}s")
+                } else {
+                    String::new()
+                };
+                println!("{name} {best:>8.3}s {rows:>6} rows{versus}");
+                tarn_times.insert(name, best);
             }
         }
     }
-
-    let duckdb = if options.no_duckdb {
-        None
-    } else {
-        match duckdb_reference(&lake, dir, runs, options.python.clone()).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                println!("\nDuckDB reference run failed: {e:#}");
-                None
-            }
-        }
-    };
+    let duckdb = reference.is_some().then_some(duckdb_times);
 
     println!("\n== summary ==");
     let mut report = String::new();
@@ -466,72 +492,82 @@ fn generate_csv(dir: &Path, sf: f64, parts: i32) -> Result<()> {
     })
 }
 
-async fn duckdb_reference(
-    lake: &Lake,
-    dir: &Path,
-    runs: usize,
-    python: Option<PathBuf>,
-) -> Result<BTreeMap<String, f64>> {
-    let mut tables = serde_json::Map::new();
-    for table in TABLES {
-        let t = lake
-            .load_table(&parse_table_name(&format!("tpch.{table}"))?)
-            .await?;
-        let scan = t.scan().build().context("cannot plan a scan")?;
-        let tasks: Vec<_> = scan.plan_files().await?.try_collect().await?;
-        let files: Vec<serde_json::Value> = tasks
-            .iter()
-            .map(|task| serde_json::Value::String(task.data_file_path().to_string()))
-            .collect();
-        tables.insert(table.to_string(), serde_json::Value::Array(files));
-    }
-    let tables_path = dir.join("tables.json");
-    std::fs::write(&tables_path, serde_json::to_vec_pretty(&tables)?)?;
-    let out_path = dir.join("duckdb.json");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = root.join("benches/tpch_duckdb.py");
-    let queries = root.join("benches/tpch");
-    let python = python.unwrap_or_else(|| {
-        let venv = root.join(".venv/bin/python");
-        if venv.exists() {
-            venv
-        } else {
-            PathBuf::from("python3")
+/// DuckDB answering one query run at a time (`benches/tpch_duckdb.py --serve`) over the very
+/// Parquet files the benchmark's Iceberg tables reference.
+struct DuckDb {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl DuckDb {
+    async fn start(lake: &Lake, dir: &Path, python: Option<PathBuf>) -> Result<Self> {
+        let mut tables = serde_json::Map::new();
+        for table in TABLES {
+            let t = lake
+                .load_table(&parse_table_name(&format!("tpch.{table}"))?)
+                .await?;
+            let scan = t.scan().build().context("cannot plan a scan")?;
+            let tasks: Vec<_> = scan.plan_files().await?.try_collect().await?;
+            let files: Vec<serde_json::Value> = tasks
+                .iter()
+                .map(|task| serde_json::Value::String(task.data_file_path().to_string()))
+                .collect();
+            tables.insert(table.to_string(), serde_json::Value::Array(files));
         }
-    });
-    println!("\n== DuckDB reference run (same Parquet files) ==");
-    let status = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg("--tables")
-        .arg(&tables_path)
-        .arg("--queries")
-        .arg(&queries)
-        .arg("--runs")
-        .arg(runs.to_string())
-        .arg("--threads")
-        .arg(
-            std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .to_string(),
-        )
-        .arg("--out")
-        .arg(&out_path)
-        .status()
-        .await
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !status.success() {
-        bail!("{} exited with {status}", script.display());
-    }
-    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_path)?)?;
-    let mut times = BTreeMap::new();
-    if let Some(queries) = result.get("queries").and_then(|q| q.as_object()) {
-        for (q, v) in queries {
-            if let Some(s) = v.get("seconds").and_then(serde_json::Value::as_f64) {
-                times.insert(q.clone(), s);
+        let tables_path = dir.join("tables.json");
+        std::fs::write(&tables_path, serde_json::to_vec_pretty(&tables)?)?;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let script = root.join("benches/tpch_duckdb.py");
+        let python = python.unwrap_or_else(|| {
+            let venv = root.join(".venv/bin/python");
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
             }
-        }
+        });
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut child = tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg("--tables")
+            .arg(&tables_path)
+            .arg("--queries")
+            .arg(root.join("benches/tpch"))
+            .arg("--threads")
+            .arg(threads.to_string())
+            .arg("--serve")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        let stdin = child.stdin.take().context("DuckDB's stdin")?;
+        let stdout = child.stdout.take().context("DuckDB's stdout")?;
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        println!("DuckDB {threads} threads via {}", script.display());
+        Ok(Self { child, stdin, lines })
     }
-    Ok(times)
+
+    /// Runs `query` (`q05`) once; its wall time in seconds.
+    async fn run(&mut self, query: &str) -> Result<f64> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{query}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let Some(line) = self.lines.next_line().await? else {
+            let status = self.child.wait().await?;
+            bail!("the DuckDB reference script exited ({status})");
+        };
+        let answer: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("unexpected answer {line:?}"))?;
+        if let Some(error) = answer.get("error").and_then(serde_json::Value::as_str) {
+            bail!("{error}");
+        }
+        answer
+            .get("seconds")
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("no seconds in {line:?}"))
+    }
 }
 
 /// The process's peak resident memory (`VmHWM`), human-readable.
