@@ -4,9 +4,12 @@
 //! 1. Generates the eight TPC-H tables as CSV with the `tpchgen` crate (one file per core).
 //! 2. Creates them in a fresh lake (`benches/tpch/schema.sql`) and loads the CSV through the
 //!    same path as `tarn load`, timing rows/s and MB/s.
-//! 3. Runs the 22 queries (`benches/tpch/qNN.sql`): one warm-up, then the best of `--runs`.
-//! 4. Runs `benches/tpch_duckdb.py` over the tables' data files and prints, per query, tarn's
-//!    time, DuckDB's and the ratio, then the geometric mean of the ratios and peak memory.
+//!    (`--reuse` skips 1 and 2 and queries the lake an earlier run left.)
+//! 3. Starts `benches/tpch_duckdb.py --serve` over the tables' data files.
+//! 4. Runs the 22 queries (`benches/tpch/qNN.sql`): one warm-up, then the best of `--runs`,
+//!    each tarn run followed by a DuckDB run of the same query so both meet the same load on a
+//!    shared machine; prints, per query, tarn's time, DuckDB's and the ratio, then the
+//!    geometric mean of the ratios and peak memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
