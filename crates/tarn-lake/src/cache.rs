@@ -138,3 +138,41 @@ async fn read_data_files(table: &Table) -> iceberg::Result<HashMap<String, DataF
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{TestLake, ident, insert, kv_batch};
+
+    #[tokio::test]
+    async fn loads_reuse_a_table_until_another_writer_commits() {
+        let t = TestLake::new().await;
+        let other = t.other_writer().await;
+        let created = t.create("cached", &[]).await;
+        let (_, _) = insert(&t.lake, &created, vec![kv_batch(&[(1, "a", "eu")])]).await;
+        let first = t.lake.load_table(&ident("cached")).await.unwrap();
+        let again = t.lake.load_table(&ident("cached")).await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &first.metadata_ref(),
+            &again.metadata_ref()
+        ));
+        let files = t.lake.current_data_files(&first).await.unwrap();
+        assert_eq!(files.len(), 1);
+
+        // Another process commits: the next load sees its snapshot and its files.
+        let (_, _) = insert(&other, &first, vec![kv_batch(&[(2, "b", "us")])]).await;
+        let fresh = t.lake.load_table(&ident("cached")).await.unwrap();
+        assert_ne!(fresh.metadata_location(), first.metadata_location());
+        assert_ne!(
+            fresh.metadata().current_snapshot_id(),
+            first.metadata().current_snapshot_id()
+        );
+        assert_eq!(t.lake.current_data_files(&fresh).await.unwrap().len(), 2);
+        // The stale table still answers for its own snapshot.
+        assert_eq!(t.lake.current_data_files(&first).await.unwrap().len(), 1);
+
+        // A dropped table is not served from the cache.
+        t.lake.drop_table(&ident("cached"), true).await.unwrap();
+        let err = t.lake.load_table(&ident("cached")).await.unwrap_err();
+        assert_eq!(err.kind(), tarn_core::ErrorKind::NotFound);
+    }
+}
