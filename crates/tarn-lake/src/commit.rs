@@ -63,7 +63,7 @@ use iceberg::spec::{
     SnapshotRef, Summary, TableMetadata, TableMetadataBuilder, Type,
 };
 use iceberg::table::Table;
-use iceberg::{MetadataLocation, Runtime, TableIdent};
+use iceberg::{MetadataLocation, TableIdent};
 use tarn_core::{Error, ErrorKind, Result};
 use uuid::Uuid;
 
@@ -674,15 +674,7 @@ impl Lake {
             .swap_metadata_location(ident, current_location, &location_text)
             .await?
         {
-            let table = Table::builder()
-                .file_io(current.file_io().clone())
-                .identifier(ident.clone())
-                .metadata(metadata)
-                .metadata_location(location_text)
-                .runtime(Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?)
-                .build()
-                .map_err(|e| iceberg_error(format!("cannot open committed table {ident}"), e))?;
-            self.remember(&table);
+            let table = self.open_table(ident, location_text, metadata)?;
             metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
             return Ok(Some(table));
         }

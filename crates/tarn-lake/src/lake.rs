@@ -319,6 +319,17 @@ impl Lake {
         let metadata = TableMetadata::read_from(&self.file_io, &location)
             .await
             .map_err(|e| iceberg_error(format!("cannot load table {ident} from {location}"), e))?;
+        self.open_table(ident, location, metadata)
+    }
+
+    /// `ident` with `metadata`, read from or just written to `location`; kept as the table's
+    /// latest, so the next load finds it without reading the metadata file (again).
+    pub(crate) fn open_table(
+        &self,
+        ident: &TableIdent,
+        location: String,
+        metadata: TableMetadata,
+    ) -> Result<Table> {
         let table = Table::builder()
             .file_io(self.file_io.clone())
             .identifier(ident.clone())
@@ -326,8 +337,8 @@ impl Lake {
             .metadata(metadata)
             .runtime(Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?)
             .build()
-            .map_err(|e| iceberg_error(format!("cannot load table {ident}"), e))?;
-        self.tables.put(&table);
+            .map_err(|e| iceberg_error(format!("cannot open table {ident}"), e))?;
+        self.remember(&table);
         Ok(table)
     }
 

@@ -550,6 +550,16 @@ impl TableProvider for LakeTable {
     }
 }
 
+/// The one child `node` (an operator with one input) is given in `with_new_children`.
+pub(crate) fn only_child(
+    node: &str,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let [child] = <[_; 1]>::try_from(children)
+        .map_err(|c| DataFusionError::Internal(format!("{node} takes one child, got {}", c.len())))?;
+    Ok(child)
+}
+
 /// Writes its input into a table and commits it as one snapshot; outputs the row count.
 pub struct LakeInsertExec {
     lake: Lake,
@@ -616,9 +626,7 @@ impl ExecutionPlan for LakeInsertExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let [child] = <[_; 1]>::try_from(children).map_err(|c| {
-            DataFusionError::Internal(format!("LakeInsertExec takes one child, got {}", c.len()))
-        })?;
+        let child = only_child("LakeInsertExec", children)?;
         Ok(Arc::new(Self::new(self.lake.clone(), self.ident.clone(), child)))
     }
 

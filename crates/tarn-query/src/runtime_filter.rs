@@ -150,9 +150,7 @@ impl ExecutionPlan for RuntimeFilterExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let [child] = <[_; 1]>::try_from(children).map_err(|c| {
-            DataFusionError::Internal(format!("RuntimeFilterExec takes one child, got {}", c.len()))
-        })?;
+        let child = crate::provider::only_child("RuntimeFilterExec", children)?;
         Ok(Arc::new(Self::new(child, self.filters.clone())))
     }
 
