@@ -213,6 +213,12 @@ pub struct ChangefeedConfig {
     /// PEM CA certificate CockroachDB should trust for `webhook_cert` (passed as `ca_cert`);
     /// unset with `webhook_cert`: the system roots.
     pub webhook_ca: Option<String>,
+    /// Name of the CockroachDB external connection that holds the webhook URI (`sink =
+    /// "webhook"` only): tarn creates its changefeed `INTO 'external://<name>'`, as clusters
+    /// with `changefeed.permissions.require_external_connection_sink.enabled` demand. The
+    /// endpoint's path and certificate then stay the same across starts; `tarn cdc
+    /// external-connection` prints the statement an admin runs to create the connection.
+    pub external_connection: Option<String>,
 }
 
 /// When the CDC writer commits: whichever limit is reached first.
@@ -307,6 +313,7 @@ impl Config {
                     webhook_cert: None,
                     webhook_key: None,
                     webhook_ca: None,
+                    external_connection: None,
                 },
             },
             maintenance: MaintenanceConfig {
@@ -676,6 +683,22 @@ impl Config {
                         format!("expected an https:// URL, got {u:?}"),
                     );
                 }
+            }
+        }
+        if let Some(name) = &feed.external_connection {
+            let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return bad(
+                    "cdc.changefeed.external_connection",
+                    format!("expected a connection name like tarn_webhook, got {name:?}"),
+                );
+            }
+            if feed.sink != "webhook" {
+                return bad(
+                    "cdc.changefeed.external_connection",
+                    "an external connection holds a webhook URI: set cdc.changefeed.sink = \"webhook\" too".into(),
+                );
             }
         }
         if feed.webhook_cert.is_some() != feed.webhook_key.is_some() {

@@ -24,13 +24,14 @@ pub enum CdcCommand {
     ///
     /// PostgreSQL: creates (or reuses) the publication and the replication slot
     /// `tarn_<pipeline>`, copies every table once inside the slot's exported snapshot, then
-    /// commits changes every `cdc.flush.interval`. CockroachDB: creates a changefeed (core, or
-    /// webhook to tarn's HTTPS endpoint, `cdc.changefeed.sink`) with an initial scan and
-    /// commits per resolved timestamp. Restarting resumes exactly where the lake is.
+    /// commits changes every `cdc.flush.interval`. CockroachDB: copies tables without a lake
+    /// position with a scan-only changefeed, then streams one changefeed (core, or webhook to
+    /// tarn's HTTPS endpoint, `cdc.changefeed.sink`) and commits per resolved timestamp.
+    /// Restarting resumes exactly where the lake is.
     Run {
-        /// Drop the replication slot (CockroachDB: start a changefeed with an initial scan) and
-        /// copy every table again, replacing the lake tables' contents: the recovery when the
-        /// slot was lost or the changefeed's cursor fell behind the cluster's GC window.
+        /// Drop the replication slot (CockroachDB: scan every table again) and copy every
+        /// table again, replacing the lake tables' contents: the recovery when the slot was
+        /// lost or the changefeed's cursor fell behind the cluster's GC window.
         #[arg(long)]
         resnapshot: bool,
         /// Stop after this long, e.g. `60s` (default: run until Ctrl-C or SIGTERM).
@@ -47,6 +48,17 @@ pub enum CdcCommand {
     /// Remove the pipeline's replication slot and publication from the source (CockroachDB:
     /// cancel its webhook changefeed job); the lake tables stay.
     Drop,
+    /// Print the SQL an admin runs once on a CockroachDB cluster so that the webhook
+    /// changefeed can go through the external connection `cdc.changefeed.external_connection`
+    /// (clusters with `changefeed.permissions.require_external_connection_sink.enabled` allow
+    /// no other sink). The URI names `cdc.changefeed.webhook_url` with a fixed path and the
+    /// endpoint's certificate, which tarn makes once and keeps in the data directory unless
+    /// `cdc.changefeed.webhook_cert` is set.
+    ExternalConnection {
+        /// The SQL user tarn's changefeed runs as, granted USAGE on the connection.
+        #[arg(long, default_value = "tarn_cdc")]
+        user: String,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -88,6 +100,13 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
         }
         CdcCommand::Status { json } => {
             status(&config, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CdcCommand::ExternalConnection { user } => {
+            print!(
+                "{}",
+                tarn_cdc::cockroach::external_connection_statements(&config, &user)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         CdcCommand::Drop if config.cdc.source_kind == "cockroachdb" => {
@@ -244,7 +263,12 @@ fn changefeed_status(
         let out = serde_json::json!({
             "pipeline": config.cdc.pipeline,
             "source": source,
-            "changefeed": { "sink": feed.sink, "resolved": feed.resolved, "job": job },
+            "changefeed": {
+                "sink": feed.sink,
+                "resolved": feed.resolved,
+                "external_connection": feed.external_connection,
+                "job": job,
+            },
             "tables": tables,
             "running": live,
         });
@@ -254,8 +278,13 @@ fn changefeed_status(
     println!("pipeline:    {}", config.cdc.pipeline);
     println!("source:      {} (CockroachDB)", source.as_deref().unwrap_or("-"));
     println!(
-        "changefeed:  {} sink, resolved every {}{}",
+        "changefeed:  {} sink{}, resolved every {}{}",
         feed.sink,
+        feed
+            .external_connection
+            .as_deref()
+            .map(|c| format!(" via external connection {c}"))
+            .unwrap_or_default(),
         feed.resolved,
         job.map(|j| format!(", job {j}")).unwrap_or_default()
     );

@@ -23,9 +23,12 @@ use crate::postgres::connect::{SourceAddress, query_error};
 pub type Delivery = Result<Vec<Message>>;
 
 /// Reads a core changefeed (`statement`) on a connection of its own until it ends or `stop`.
+/// A scan-only feed (`initial_scan = 'only'` at `scanned_at`) ends by closing `tx`; any other
+/// feed that ends sends an error.
 pub async fn run_core(
     address: SourceAddress,
     statement: String,
+    scanned_at: Option<crate::source::Position>,
     tx: mpsc::Sender<Delivery>,
     stop: CancellationToken,
 ) {
@@ -42,6 +45,9 @@ pub async fn run_core(
                 () = stop.cancelled() => return Ok(()),
             };
             let Some(message) = next else {
+                if scanned_at.is_some() {
+                    return Ok(());
+                }
                 return Err(Error::new(
                     ErrorKind::Source,
                     "the changefeed ended (connection closed by the source)",
@@ -54,7 +60,7 @@ pub async fn run_core(
             let table = row.get(0);
             let key = row.get(1).map(bytea);
             let value = row.get(2).map(bytea).unwrap_or_default();
-            let parsed = parse_core_row(table, key.as_deref(), &value).map_err(|e| {
+            let parsed = parse_core_row(table, key.as_deref(), &value, scanned_at).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidInput,
                     format!("malformed changefeed message: {e}"),
@@ -158,6 +164,46 @@ impl WebhookTls {
                 })
             }
         }
+    }
+
+    /// The endpoint's certificate kept in `dir` (`<stem>.crt`, `<stem>.key`): made once for
+    /// `host` and reused at every start, so an external connection that names its CA stays
+    /// valid. Delete the files to make a new one (then create the connection again).
+    pub fn persisted(dir: &std::path::Path, stem: &str, host: &str) -> Result<Self> {
+        let cert_path = dir.join(format!("{stem}.crt"));
+        let key_path = dir.join(format!("{stem}.key"));
+        let storage = |what: &str, path: &std::path::Path, e: std::io::Error| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("cannot {what} the webhook certificate {}: {e}", path.display()),
+            )
+        };
+        if cert_path.exists() {
+            let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| storage("read", &cert_path, e))?;
+            let key_pem = std::fs::read_to_string(&key_path).map_err(|e| storage("read", &key_path, e))?;
+            return Ok(Self {
+                ca_pem: Some(cert_pem.clone()),
+                cert_pem,
+                key_pem,
+            });
+        }
+        let made = Self::load_or_generate(None, None, None, host)?;
+        std::fs::create_dir_all(dir).map_err(|e| storage("write", dir, e))?;
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut key = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_path)
+                .map_err(|e| storage("write", &key_path, e))?;
+            key.write_all(made.key_pem.as_bytes())
+                .map_err(|e| storage("write", &key_path, e))?;
+        }
+        std::fs::write(&cert_path, &made.cert_pem).map_err(|e| storage("write", &cert_path, e))?;
+        tracing::info!(certificate = %cert_path.display(), %host, "made the webhook endpoint's certificate");
+        Ok(made)
     }
 
     fn server_config(&self) -> Result<rustls::ServerConfig> {

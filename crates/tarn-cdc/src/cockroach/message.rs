@@ -167,12 +167,15 @@ fn clip(s: &str) -> String {
 }
 
 /// Reads one message in the wrapped envelope. `topic` is the table when it travels beside
-/// the value (core changefeeds), `key` likewise.
+/// the value (core changefeeds), `key` likewise; `scanned_at` is the time of a scan-only
+/// changefeed, whose rows carry no `updated` (CockroachDB refuses the option with
+/// `initial_scan = 'only'`).
 fn envelope_message(
     at: &str,
     env: &Envelope<'_>,
     topic: Option<&str>,
     key: Option<&RawValue>,
+    scanned_at: Option<Position>,
 ) -> Result<Message, MessageError> {
     if let Some(r) = &env.resolved {
         return Ok(Message::Resolved(timestamp(at, "resolved", r)?));
@@ -187,9 +190,10 @@ fn envelope_message(
         (None, Some(k)) => key_array(at, k)?,
         (None, None) => return Err(bad(format!("{at}.key"), "missing: the row's primary key")),
     };
-    let updated = match &env.updated {
-        Some(u) => timestamp(at, "updated", u)?,
-        None => {
+    let updated = match (&env.updated, scanned_at) {
+        (Some(u), _) => timestamp(at, "updated", u)?,
+        (None, Some(t)) => t,
+        (None, None) => {
             return Err(bad(
                 format!("{at}.updated"),
                 "missing: create the changefeed WITH updated (tarn orders and deduplicates by it)",
@@ -216,7 +220,7 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Message>, MessageError> {
         )
     })?;
     if env.resolved.is_some() && env.payload.is_none() {
-        return Ok(vec![envelope_message("body", &env, None, None)?]);
+        return Ok(vec![envelope_message("body", &env, None, None, None)?]);
     }
     let Some(payload) = env.payload else {
         return Err(bad(
@@ -239,17 +243,18 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Message>, MessageError> {
         let at = format!("payload[{i}]");
         let env: Envelope<'_> = serde_json::from_str(item.get())
             .map_err(|e| bad(&at, format!("expected a message object ({e})")))?;
-        out.push(envelope_message(&at, &env, None, None)?);
+        out.push(envelope_message(&at, &env, None, None, None)?);
     }
     Ok(out)
 }
 
 /// Parses one row of a core changefeed: `table` (NULL for resolved messages), `key` and
-/// `value` (JSON bytes).
+/// `value` (JSON bytes); `scanned_at` as for a scan-only changefeed (see `envelope_message`).
 pub fn parse_core_row(
     table: Option<&str>,
     key: Option<&[u8]>,
     value: &[u8],
+    scanned_at: Option<Position>,
 ) -> Result<Message, MessageError> {
     let at = format!("changefeed row of {}", table.unwrap_or("(resolved)"));
     let value = std::str::from_utf8(value).map_err(|e| bad(&at, format!("value is not UTF-8: {e}")))?;
@@ -266,7 +271,7 @@ pub fn parse_core_row(
         }
         None => None,
     };
-    envelope_message(&at, &env, table, key)
+    envelope_message(&at, &env, table, key, scanned_at)
 }
 
 #[cfg(test)]
@@ -332,12 +337,11 @@ mod tests {
         let m = parse_core_row(
             Some("shop.public.dogs"),
             Some(b"[7]"),
-            br#"{"after":{"id":7},"updated":"1700000000000000000.0000000000"}"#,
-        )
+            br#"{"after":{"id":7},"updated":"1700000000000000000.0000000000"}"#, None)
         .unwrap();
         assert!(matches!(&m, Message::Row(r) if r.topic == "shop.public.dogs" && r.key_text() == "7"));
-        let m = parse_core_row(None, None, br#"{"resolved":"1700000000000000000.0000000005"}"#).unwrap();
+        let m = parse_core_row(None, None, br#"{"resolved":"1700000000000000000.0000000005"}"#, None).unwrap();
         assert!(matches!(m, Message::Resolved(_)));
-        assert!(parse_core_row(Some("t"), Some(b"[1"), b"{}").is_err());
+        assert!(parse_core_row(Some("t"), Some(b"[1"), b"{}", None).is_err());
     }
 }

@@ -1,11 +1,27 @@
-//! The CockroachDB source: a changefeed into the lake, exactly once.
+//! The CockroachDB source: changefeeds into the lake, exactly once.
 //!
 //! CockroachDB has no PostgreSQL logical replication; it streams row changes as
-//! *changefeeds*. tarn creates the changefeed itself — a core changefeed read over its SQL
-//! connection (`cdc.changefeed.sink = "sinkless"`), or an enterprise changefeed posting to
-//! tarn's HTTPS endpoint (`"webhook"`) — always with `envelope='wrapped'`, `updated`,
-//! `resolved` and `full_table_name`, so every row message carries its MVCC timestamp and
-//! every resolved message promises that nothing at or before it is still to come.
+//! *changefeeds*. tarn creates them itself, always in the JSON format with the `wrapped`
+//! envelope and `full_table_name` (see [`message`] for the shapes, [`values`] for the value
+//! encodings). Supported: CockroachDB v23.1 and later.
+//!
+//! **Scan.** Tables without a lake position — all of them on the first start, a table added
+//! to `cdc.tables` later, every table on `--resnapshot` — are copied first, as of one cluster
+//! timestamp `T` (`cluster_logical_timestamp()`), by a scan-only changefeed
+//! (`initial_scan = 'only', cursor = T`) read on a SQL connection. The copy is one lake
+//! transaction at `T`, committed only when the scan has ended, so a crash mid-scan leaves
+//! the tables without a position and the next start scans again. Tables that already have a
+//! position are not scanned again (a changefeed with `initial_scan = 'yes'` would scan every
+//! target, and stamp each scanned row with its cursor).
+//!
+//! **Stream.** Then one changefeed over all captured tables runs from `cursor =` the oldest
+//! table position, with `updated`, `resolved = <cdc.changefeed.resolved>` and
+//! `min_checkpoint_frequency` set to the same interval (CockroachDB emits resolved
+//! timestamps no more often than that, 30 s unless set): a core changefeed read over tarn's
+//! SQL connection (`cdc.changefeed.sink = "sinkless"`), or an enterprise changefeed posting
+//! to tarn's HTTPS endpoint (`"webhook"`), directly or through an external connection
+//! (`cdc.changefeed.external_connection`). tarn checks the webhook job's state every few
+//! seconds and starts over when it has failed or was paused.
 //!
 //! Changefeeds deliver at least once, ordered only per key. The [`window::Window`]
 //! deduplicates by key and `updated` and holds messages until a resolved timestamp `T`
@@ -13,25 +29,30 @@
 //! [`LakeSink`] as one transaction at position `T` and committed under the flush policy. The
 //! snapshot summary of each commit records `T` (`tarn.cdc.resolved`). After a restart tarn
 //! reads the positions back from the tables and creates the changefeed again with
-//! `cursor=` the oldest of them; what the tables hold already is skipped or re-applied
-//! idempotently (the state of a key at a later time replaces an earlier one). Nothing is lost,
-//! nothing doubled.
+//! `cursor=` the oldest of them; a table holding a later position skips the transactions it
+//! holds already, and re-applying a key's state at a later time replaces an earlier one.
+//! Nothing is lost, nothing doubled.
 //!
-//! Memory: a window holds at most `cdc.flush.max_bytes / 2`. A larger one (an initial scan
-//! of a big table comes as one window) is applied early, each key at its newest version, in
-//! a transaction positioned just before the oldest change it holds. Such a commit may hold
-//! changes after its recorded position; a replay from that position applies them again and
-//! reaches the same state. A later, older duplicate of a key applied early is recognised by
-//! the window's floors and dropped.
+//! Memory: a window holds at most `cdc.flush.max_bytes / 2`. A larger one is applied early,
+//! each key at its newest version, in a transaction positioned just before the oldest change
+//! it holds. Such a commit may hold changes after its recorded position; a replay from that
+//! position applies them again and reaches the same state. A later, older duplicate of a key
+//! applied early is recognised by the window's floors and dropped. A scan streams into the
+//! lake writer, which spills to data files as it goes.
 //!
-//! The schema of each table comes from CockroachDB's `pg_catalog` (the same queries as for
-//! PostgreSQL), the primary-key order from `information_schema`. A row carrying a column
-//! tarn does not know makes it read the table's schema again and evolve the lake table (the
-//! default `schema_change_policy='backfill'` then re-sends every row with the new column).
+//! The schema of each table comes from CockroachDB's `pg_catalog` (the queries of
+//! `postgres::catalog`, written to what CockroachDB answers: `relispartition` is NULL there,
+//! `relreplident` NULL before v23.2, the hidden `rowid` a primary-key column), the
+//! primary-key order from `information_schema`. Key columns take their values from the
+//! message's key array (a hash-sharded key's virtual shard column is never in `after`). A
+//! row carrying a column tarn does not know makes it read the table's schema again and
+//! evolve the lake table (the default `schema_change_policy='backfill'` then re-sends every
+//! row with the new column).
 //!
 //! Not available without a real cluster here: the contract tests in
-//! `crates/tarn-server/tests/it/cockroach.rs` speak CockroachDB's documented formats
-//! (`docs/cockroachdb.md` says how to run against a cluster).
+//! `crates/tarn-server/tests/it/cockroach.rs` run against `tarn_test_utils::cockroach`, a
+//! stand-in that answers as CockroachDB does (`docs/cockroachdb.md` says how to run against a
+//! cluster).
 
 pub mod feed;
 pub mod message;
@@ -100,7 +121,7 @@ impl Captured {
 
     fn cell(&self, column: usize, raw: &serde_json::value::RawValue, topic: &str) -> Result<Value> {
         let c = &self.spec.columns[column];
-        values::cell(raw, &c.column_type).map_err(|e| {
+        values::cell(raw, &c.column_type, c.type_oid).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!(
@@ -111,18 +132,22 @@ impl Captured {
         })
     }
 
-    /// The row of an upsert: `after`'s values by column name; absent columns are NULL.
+    /// The row of an upsert: `after`'s values by column name; absent columns are NULL, but
+    /// for key columns, which the key array carries (a hash-sharded primary key's virtual
+    /// shard column is in the key, never in `after`).
     fn row(&self, message: &RowMessage, after: &[(String, Box<serde_json::value::RawValue>)]) -> Result<Row> {
-        let mut row = vec![Value::Null; self.spec.columns.len()];
+        let mut row = self.key_row(message)?;
         for (name, raw) in after {
-            if let Some(&i) = self.by_name.get(name) {
+            if let Some(&i) = self.by_name.get(name)
+                && !self.key_order.contains(&i)
+            {
                 row[i] = self.cell(i, raw, &message.topic)?;
             }
         }
         Ok(row)
     }
 
-    /// The old row of a delete: the key columns from the key array, the rest NULL.
+    /// The key columns from the key array, the rest NULL (the old row of a delete).
     fn key_row(&self, message: &RowMessage) -> Result<Row> {
         if message.key.len() != self.key_order.len() {
             return Err(Error::new(
@@ -244,25 +269,182 @@ fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The changefeed's `WITH` options.
-fn feed_options(config: &Config, cursor: Option<Position>, initial_scan: bool) -> Vec<String> {
-    let feed = &config.cdc.changefeed;
+/// A CockroachDB release, from `SELECT version()` (`CockroachDB CCL v24.2.3 (...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClusterVersion {
+    /// Year-based major version (`24`).
+    pub major: u32,
+    /// Release of the year (`2`).
+    pub minor: u32,
+}
+
+impl ClusterVersion {
+    /// The oldest release tarn supports: 23.1.
+    pub const OLDEST: Self = Self { major: 23, minor: 1 };
+
+    /// Reads the release out of `version()`'s text; `None` when it is not CockroachDB's.
+    pub fn parse(version: &str) -> Option<Self> {
+        let rest = version.split_once("CockroachDB")?.1;
+        let v = rest.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+        let mut parts = v.split(['.', '-']);
+        Some(Self {
+            major: parts.next()?.parse().ok()?,
+            minor: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// Whether changefeeds accept `encode_json_value_null_as_object` (v24.2+), which keeps a
+    /// JSONB `null` apart from SQL NULL.
+    pub fn encodes_json_null(self) -> bool {
+        self >= Self { major: 24, minor: 2 }
+    }
+}
+
+impl std::fmt::Display for ClusterVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}", self.major, self.minor)
+    }
+}
+
+/// The options every changefeed tarn creates shares: the wrapped JSON envelope with
+/// `full_table_name` (see `message`), and JSONB `null` kept apart where the cluster can.
+fn common_options(version: ClusterVersion) -> Vec<String> {
     let mut options = vec![
-        "updated".to_string(),
-        format!("resolved = {}", quote_literal(&feed.resolved)),
-        "envelope = 'wrapped'".into(),
+        "envelope = 'wrapped'".to_string(),
         "format = 'json'".into(),
         "full_table_name".into(),
+    ];
+    if version.encodes_json_null() {
+        options.push("encode_json_value_null_as_object".into());
+    }
+    options
+}
+
+/// The streaming changefeed's `WITH` options. Resolved timestamps come no more often than
+/// `min_checkpoint_frequency` (30 s unless set), so it is set to the resolved interval.
+fn feed_options(config: &Config, version: ClusterVersion, cursor: Option<Position>) -> Vec<String> {
+    let feed = &config.cdc.changefeed;
+    let mut options = common_options(version);
+    options.extend([
+        "updated".to_string(),
+        format!("resolved = {}", quote_literal(&feed.resolved)),
+        format!("min_checkpoint_frequency = {}", quote_literal(&feed.resolved)),
         format!(
             "schema_change_policy = {}",
             quote_literal(&feed.schema_change_policy)
         ),
-        format!("initial_scan = {}", if initial_scan { "'yes'" } else { "'no'" }),
-    ];
+        "initial_scan = 'no'".into(),
+    ]);
     if let Some(c) = cursor {
         options.push(format!("cursor = {}", quote_literal(&c.to_string())));
     }
     options
+}
+
+/// How long a cluster node waits for tarn's reply to a delivery before it retries; tarn
+/// answers once the delivery is buffered, which waits while the lake commits.
+const WEBHOOK_CLIENT_TIMEOUT: &str = "60s";
+
+/// Batches of up to 1,000 rows (CockroachDB sends one row per request unless told), at
+/// most 100 ms old; retried without end while tarn is unreachable (the job would otherwise
+/// fail after three tries and need a restart).
+const WEBHOOK_SINK_CONFIG: &str =
+    r#"{"Flush": {"Messages": 1000, "Frequency": "100ms"}, "Retry": {"Max": "inf", "Backoff": "500ms"}}"#;
+
+/// How often tarn looks at its webhook changefeed job's status.
+const JOB_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `targets` as a changefeed's target list.
+fn target_list(specs: &[&TableSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The webhook endpoint's fixed path when the changefeed goes through an external
+/// connection (whose URI cannot change at every start).
+pub fn stable_webhook_path(pipeline: &str) -> String {
+    format!("/changefeed/{pipeline}")
+}
+
+/// The host name the webhook endpoint's certificate is made for.
+fn webhook_host(config: &Config) -> Result<String> {
+    let feed = &config.cdc.changefeed;
+    let listen: std::net::SocketAddr = feed.webhook_listen.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "key `cdc.changefeed.webhook_listen`: bad address {:?}",
+                feed.webhook_listen
+            ),
+        )
+    })?;
+    Ok(match &feed.webhook_url {
+        Some(u) => url::Url::parse(u)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default(),
+        None => listen.ip().to_string(),
+    })
+}
+
+/// The endpoint's TLS material: the configured certificate; else, behind an external
+/// connection, one made once and kept in the data directory; else one made for this start.
+fn webhook_tls(config: &Config) -> Result<feed::WebhookTls> {
+    let feed = &config.cdc.changefeed;
+    let host = webhook_host(config)?;
+    if feed.webhook_cert.is_none() && feed.external_connection.is_some() {
+        return feed::WebhookTls::persisted(
+            &config.data_dir.join("cdc"),
+            &format!("{}.webhook", config.cdc.pipeline),
+            &host,
+        );
+    }
+    feed::WebhookTls::load_or_generate(
+        feed.webhook_cert.as_deref(),
+        feed.webhook_key.as_deref(),
+        feed.webhook_ca.as_deref(),
+        &host,
+    )
+}
+
+/// `webhook-https://<url><path>[?ca_cert=<base64 PEM>]`, the sink URI of a webhook changefeed.
+fn webhook_uri(base: &str, path: &str, ca_pem: Option<&str>) -> String {
+    let mut uri = format!("webhook-{}{path}", base.trim_end_matches('/'));
+    if let Some(ca) = ca_pem {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());
+        let encoded: String = url::form_urlencoded::byte_serialize(encoded.as_bytes()).collect();
+        uri.push_str(&format!("?ca_cert={encoded}"));
+    }
+    uri
+}
+
+/// The statements an admin runs once so that tarn's webhook changefeed can go through the
+/// external connection `cdc.changefeed.external_connection` (`tarn cdc external-connection`).
+pub fn external_connection_statements(config: &Config, user: &str) -> Result<String> {
+    let feed = &config.cdc.changefeed;
+    let name = feed.external_connection.as_deref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            "set cdc.changefeed.external_connection (and cdc.changefeed.sink = \"webhook\") first",
+        )
+    })?;
+    let base = match &feed.webhook_url {
+        Some(u) => u.clone(),
+        None => format!("https://{}", feed.webhook_listen),
+    };
+    let tls = webhook_tls(config)?;
+    let uri = webhook_uri(&base, &stable_webhook_path(&config.cdc.pipeline), tls.ca_pem.as_deref());
+    Ok(format!(
+        "CREATE EXTERNAL CONNECTION {} AS {};\nGRANT USAGE ON EXTERNAL CONNECTION {} TO {};\n",
+        quote_ident(name),
+        quote_literal(&uri),
+        quote_ident(name),
+        quote_ident(user)
+    ))
 }
 
 /// Runs the CockroachDB pipeline once; see the module doc. Errors the caller may retry are
@@ -291,14 +473,28 @@ pub(crate) async fn run_once(
     let address = SourceAddress::parse(url)?;
     let client = address.connect().await?;
     status.update(|r| r.source = address.display.clone());
-    let version: String = client
+    let version_text: String = client
         .query_one("SELECT version()", &[])
         .await
         .map_err(|e| query_error("cannot read the server version", e))?
         .get(0);
-    if !version.contains("CockroachDB") {
-        tracing::warn!(%version, "cdc.source_kind is cockroachdb, but the server does not say it is CockroachDB");
-    }
+    let version = match ClusterVersion::parse(&version_text) {
+        Some(v) if v < ClusterVersion::OLDEST => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} runs CockroachDB {v}; tarn's changefeed source needs {} or later",
+                    address.display,
+                    ClusterVersion::OLDEST
+                ),
+            ));
+        }
+        Some(v) => v,
+        None => {
+            tracing::warn!(version = %version_text, "cdc.source_kind is cockroachdb, but the server does not say it is CockroachDB");
+            ClusterVersion::OLDEST
+        }
+    };
     let type_opts = type_options(cdc);
     let types = TypeCache::load(&client).await?;
     let filter = TableFilter {
@@ -339,29 +535,22 @@ pub(crate) async fn run_once(
         tables.insert(Captured::new(spec.clone(), &keys)?);
     }
     crate::pipeline::refresh_tables(&sink, status);
-    // Start where the table that is furthest behind stands; a table without a position (or
-    // all, on the first run) gets an initial scan.
-    let cursor = held.iter().min().copied();
-    let initial_scan = !unheld.is_empty() && (cdc.snapshot == "initial" || options.resnapshot);
-    if initial_scan {
-        // The scanned tables start empty (a resnapshot replaces what they held), and every
-        // one of them is committed with the first resolved timestamp, even when the scan
-        // finds no rows, so the next start does not scan again. The first window's changes
-        // join this transaction.
-        sink.apply(SourceEvent::Begin {
-            commit_position: Position(u128::MAX),
-        })
-        .await?;
-        sink.apply(SourceEvent::Truncate {
-            tables: unheld.clone(),
-        })
-        .await?;
+    // Tables without a position (all of them on the first run, a table added since, every
+    // table on a resnapshot) are copied first, as of one cluster timestamp.
+    if !unheld.is_empty() && (cdc.snapshot == "initial" || options.resnapshot) {
+        let scanned = specs
+            .iter()
+            .filter(|s| unheld.contains(&s.id))
+            .map(Arc::as_ref)
+            .collect::<Vec<_>>();
+        match scan(&address, &client, version, &mut sink, &tables, &scanned, status, stop).await? {
+            Some(at) => held.push(at),
+            None => return Ok(()),
+        }
     }
-    let targets = specs
-        .iter()
-        .map(|s| format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Stream from where the table that is furthest behind stands.
+    let cursor = held.iter().min().copied();
+    let targets = target_list(&specs.iter().map(Arc::as_ref).collect::<Vec<_>>());
     let feed_stop = stop.child_token();
     let _feed_guard = feed_stop.clone().drop_guard();
     let (tx, mut rx) = mpsc::channel(64);
@@ -377,30 +566,13 @@ pub(crate) async fn run_once(
             }
             let _ = std::fs::remove_file(job_path(config));
         }
-        let listen: std::net::SocketAddr = feed.webhook_listen.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::Config,
-                format!(
-                    "key `cdc.changefeed.webhook_listen`: bad address {:?}",
-                    feed.webhook_listen
-                ),
-            )
-        })?;
-        let host = match &feed.webhook_url {
-            Some(u) => url::Url::parse(u)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_string))
-                .unwrap_or_default(),
-            None => listen.ip().to_string(),
+        let tls = webhook_tls(config)?;
+        // Behind an external connection the path stays the same; otherwise each start uses a
+        // fresh one. The secret is a changefeed option, so it is fresh at every start.
+        let path = match &feed.external_connection {
+            Some(_) => stable_webhook_path(&cdc.pipeline),
+            None => format!("/changefeed/{}/{}", cdc.pipeline, random_token()),
         };
-        let tls = feed::WebhookTls::load_or_generate(
-            feed.webhook_cert.as_deref(),
-            feed.webhook_key.as_deref(),
-            feed.webhook_ca.as_deref(),
-            &host,
-        )?;
-        let token = random_token();
-        let path = format!("/changefeed/{}/{token}", cdc.pipeline);
         let secret = random_token();
         let server = feed::start_webhook(
             &feed.webhook_listen,
@@ -411,31 +583,39 @@ pub(crate) async fn run_once(
             feed_stop.clone(),
         )
         .await?;
-        let base = match &feed.webhook_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("https://{}", server.local_addr),
+        let sink_uri = match &feed.external_connection {
+            Some(name) => format!("external://{name}"),
+            None => {
+                let base = match &feed.webhook_url {
+                    Some(u) => u.clone(),
+                    None => format!("https://{}", server.local_addr),
+                };
+                webhook_uri(&base, &path, server.ca_pem.as_deref())
+            }
         };
-        let mut sink_uri = format!("webhook-{base}{path}");
-        if let Some(ca) = &server.ca_pem {
-            use base64::Engine as _;
-            let encoded = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());
-            let encoded: String = url::form_urlencoded::byte_serialize(encoded.as_bytes()).collect();
-            sink_uri.push_str(&format!("?ca_cert={encoded}"));
-        }
-        let mut with = feed_options(config, cursor, initial_scan);
-        with.push(format!(
-            "webhook_auth_header = {}",
-            quote_literal(&format!("Bearer {secret}"))
-        ));
+        let mut with = feed_options(config, version, cursor);
+        with.extend([
+            format!(
+                "webhook_auth_header = {}",
+                quote_literal(&format!("Bearer {secret}"))
+            ),
+            format!("webhook_client_timeout = {}", quote_literal(WEBHOOK_CLIENT_TIMEOUT)),
+            format!("webhook_sink_config = {}", quote_literal(WEBHOOK_SINK_CONFIG)),
+        ]);
         let statement = format!(
             "CREATE CHANGEFEED FOR TABLE {targets} INTO {} WITH {}",
             quote_literal(&sink_uri),
             with.join(", ")
         );
-        let rows = client
-            .simple_query(&statement)
-            .await
-            .map_err(|e| query_error("cannot create the webhook changefeed", e))?;
+        let rows = client.simple_query(&statement).await.map_err(|e| {
+            let hint = if feed.external_connection.is_none() {
+                " (on a cluster that allows only external-connection sinks, set \
+                 cdc.changefeed.external_connection; see `tarn cdc external-connection`)"
+            } else {
+                ""
+            };
+            query_error(format!("cannot create the webhook changefeed{hint}"), e)
+        })?;
         let id = rows
             .iter()
             .find_map(|m| match m {
@@ -452,24 +632,27 @@ pub(crate) async fn run_once(
                 format!("cannot record the changefeed job: {e}"),
             )
         })?;
-        tracing::info!(job = %id, endpoint = %server.local_addr, cursor = ?cursor.map(|c| c.to_string()), initial_scan, "created webhook changefeed");
+        tracing::info!(job = %id, endpoint = %server.local_addr, sink = %feed.external_connection.as_deref().map_or("direct", |_| "external connection"),
+            cursor = ?cursor.map(|c| c.to_string()), "created webhook changefeed");
         job = Some(id);
     } else {
         let statement = format!(
-            "EXPERIMENTAL CHANGEFEED FOR TABLE {targets} WITH {}",
-            feed_options(config, cursor, initial_scan).join(", ")
+            "CREATE CHANGEFEED FOR TABLE {targets} WITH {}",
+            feed_options(config, version, cursor).join(", ")
         );
-        tracing::info!(cursor = ?cursor.map(|c| c.to_string()), initial_scan, "starting core changefeed");
+        tracing::info!(cursor = ?cursor.map(|c| c.to_string()), "starting core changefeed");
         tokio::spawn(feed::run_core(
             address.clone(),
             statement,
+            None,
             tx.clone(),
             feed_stop.clone(),
         ));
     }
     drop(tx);
     status.update(|r| {
-        r.state = if initial_scan { "snapshotting" } else { "streaming" }.into();
+        r.state = "streaming".into();
+        r.snapshot = None;
         r.last_error = None;
         r.acknowledged = cursor.map(|c| c.to_string());
     });
@@ -481,6 +664,7 @@ pub(crate) async fn run_once(
         &mut tables,
         &mut rx,
         cursor,
+        job.as_deref(),
         status,
         stop,
     )
@@ -497,6 +681,109 @@ pub(crate) async fn run_once(
     result
 }
 
+/// Copies `scanned` as of one cluster timestamp `T` with a scan-only changefeed
+/// (`initial_scan = 'only'`, `cursor = T`: CockroachDB scans at the cursor), read
+/// on a SQL connection whatever `cdc.changefeed.sink` says (it needs `SELECT`, as a sinkless
+/// changefeed does). The tables are emptied and filled in one lake transaction at `T`,
+/// committed only once the scan is complete: a stop or crash mid-scan leaves them without a
+/// position, and the next start scans again. Returns `T`, or `None` when stopped.
+#[allow(clippy::too_many_arguments)]
+async fn scan(
+    address: &SourceAddress,
+    client: &tokio_postgres::Client,
+    version: ClusterVersion,
+    sink: &mut LakeSink,
+    tables: &Tables,
+    scanned: &[&TableSpec],
+    status: &PipelineStatus,
+    stop: &CancellationToken,
+) -> Result<Option<Position>> {
+    let now: String = client
+        .query_one("SELECT cluster_logical_timestamp()::STRING", &[])
+        .await
+        .map_err(|e| query_error("cannot read the cluster's time", e))?
+        .get(0);
+    let at = Position::parse_hlc(&now).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Source,
+            format!("cluster_logical_timestamp() returned {now:?}, not a timestamp"),
+        )
+    })?;
+    let names = scanned.iter().map(|s| s.qualified()).collect::<Vec<_>>().join(", ");
+    let mut with = common_options(version);
+    with.extend([
+        "initial_scan = 'only'".to_string(),
+        format!("cursor = {}", quote_literal(&at.to_string())),
+    ]);
+    let statement = format!(
+        "CREATE CHANGEFEED FOR TABLE {} WITH {}",
+        target_list(scanned),
+        with.join(", ")
+    );
+    tracing::info!(tables = %names, at = %at, "scanning tables");
+    status.update(|r| {
+        r.state = "snapshotting".into();
+        r.snapshot = Some(crate::pipeline::SnapshotReport {
+            table: names.clone(),
+            ..Default::default()
+        });
+    });
+    sink.apply(SourceEvent::Begin { commit_position: at }).await?;
+    sink.apply(SourceEvent::Truncate {
+        tables: scanned.iter().map(|s| s.id).collect(),
+    })
+    .await?;
+    let scan_stop = stop.child_token();
+    let _scan_guard = scan_stop.clone().drop_guard();
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(feed::run_core(address.clone(), statement, Some(at), tx, scan_stop.clone()));
+    let started = Instant::now();
+    let mut rows = 0u64;
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                tracing::info!(rows, "stopped during a scan; nothing of it is committed");
+                return Ok(None);
+            }
+            d = rx.recv() => d,
+        };
+        let Some(delivery) = delivery else { break };
+        for message in delivery? {
+            let Message::Row(row) = message else { continue };
+            let captured = tables.lookup(&row.topic)?;
+            // A scan has no deletes; an `after` of null would be a row gone before `T`.
+            if let Some(after) = &row.after {
+                let new = captured.row(&row, after)?;
+                sink.apply(SourceEvent::Insert {
+                    table: captured.spec.id,
+                    new,
+                })
+                .await?;
+                sink.spill_if_needed().await?;
+                rows += 1;
+            }
+        }
+        status.update(|r| {
+            if let Some(s) = r.snapshot.as_mut() {
+                s.rows = rows;
+            }
+            r.pending_events = sink.pending_events();
+        });
+    }
+    sink.apply(SourceEvent::Commit {
+        position: at,
+        commit_time_micros: (at.wall_nanos() / 1000) as i64,
+    })
+    .await?;
+    sink.flush().await?;
+    status.events.fetch_add(rows, Ordering::Relaxed);
+    metrics::counter!("tarn_cdc_events_total").increment(rows);
+    crate::pipeline::refresh_tables(sink, status);
+    tracing::info!(tables = %names, rows, at = %at, seconds = started.elapsed().as_secs_f64(), "scan committed");
+    Ok(Some(at))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     config: &Config,
@@ -506,12 +793,18 @@ async fn stream(
     tables: &mut Tables,
     rx: &mut mpsc::Receiver<feed::Delivery>,
     cursor: Option<Position>,
+    job: Option<&str>,
     status: &PipelineStatus,
     stop: &CancellationToken,
 ) -> Result<()> {
     let cdc = &config.cdc;
     let interval = cdc.flush_interval();
     let budget = (cdc.flush.max_bytes / 2) as usize;
+    let resolved_every = tarn_core::config::parse_duration("cdc.changefeed.resolved", &cdc.changefeed.resolved)?;
+    let quiet_limit = (resolved_every * 10).max(Duration::from_secs(60));
+    let mut last_resolved = Instant::now();
+    let mut checks = tokio::time::interval(JOB_CHECK_INTERVAL);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut window = Window::new(cursor);
     let mut types = types.clone();
     let type_opts = type_options(cdc);
@@ -544,6 +837,19 @@ async fn stream(
                 None => return Err(Error::new(ErrorKind::Source, "the changefeed stopped delivering")),
             },
             () = tokio::time::sleep_until(deadline.into()) => None,
+            _ = checks.tick() => {
+                let quiet = last_resolved.elapsed();
+                metrics::gauge!("tarn_cdc_changefeed_resolved_age_seconds").set(quiet.as_secs_f64());
+                if let Some(id) = job {
+                    check_job(client, id).await?;
+                }
+                if quiet > quiet_limit {
+                    tracing::warn!(seconds = quiet.as_secs(), job = ?job,
+                        "no resolved timestamp from the changefeed for a while; the lake is not advancing \
+                         (webhook: can the cluster's nodes reach cdc.changefeed.webhook_url?)");
+                }
+                continue;
+            }
         };
         let mut flush_now = delivery.is_none();
         for message in delivery.into_iter().flatten() {
@@ -563,6 +869,7 @@ async fn stream(
                     }
                 }
                 Message::Resolved(resolved) => {
+                    last_resolved = Instant::now();
                     if window.resolved().is_some_and(|r| resolved <= r) {
                         continue;
                     }
@@ -607,6 +914,42 @@ async fn stream(
             crate::pipeline::refresh_tables(sink, status);
         }
     }
+}
+
+/// Fails (so the pipeline starts over with a new changefeed) when the webhook changefeed job
+/// `id` is no longer running: failed after its retries, paused or cancelled by someone.
+/// CockroachDB keeps a job with retryable errors `running` and says so in `running_status`.
+async fn check_job(client: &tokio_postgres::Client, id: &str) -> Result<()> {
+    let rows = client
+        .simple_query(&format!(
+            "SELECT status, coalesce(error, ''), coalesce(running_status, '') FROM [SHOW CHANGEFEED JOB {id}]"
+        ))
+        .await
+        .map_err(|e| query_error(format!("cannot read the state of changefeed job {id}"), e))?;
+    let Some((state, error, running)) = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+            r.get(0).unwrap_or_default().to_string(),
+            r.get(1).unwrap_or_default().to_string(),
+            r.get(2).unwrap_or_default().to_string(),
+        )),
+        _ => None,
+    }) else {
+        return Err(Error::new(
+            ErrorKind::Source,
+            format!("changefeed job {id} is gone"),
+        ));
+    };
+    if state != "running" && state != "pending" {
+        let why = if error.is_empty() { String::new() } else { format!(": {error}") };
+        return Err(Error::new(
+            ErrorKind::Source,
+            format!("changefeed job {id} is {state}{why}; creating it again"),
+        ));
+    }
+    if running.starts_with("retryable error") {
+        tracing::warn!(job = %id, %running, "the changefeed job retries");
+    }
+    Ok(())
 }
 
 /// Applies the state at `position` of the keys in `changes` as one transaction.

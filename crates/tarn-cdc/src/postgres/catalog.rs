@@ -121,10 +121,11 @@ pub async fn discover_tables(
 ) -> Result<Vec<Arc<TableSpec>>> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text \
+            "SELECT c.oid, n.nspname::text, c.relname::text, coalesce(c.relreplident::text, 'd') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND NOT c.relispartition \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+             WHERE c.relkind = 'r' AND c.relispartition IS NOT TRUE \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'crdb_internal', 'pg_extension') \
+               AND n.nspname NOT LIKE 'pg_toast%' \
              ORDER BY n.nspname, c.relname",
             &[],
         )
@@ -154,7 +155,7 @@ pub async fn describe_table(
 ) -> Result<Option<Arc<TableSpec>>> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text \
+            "SELECT c.oid, n.nspname::text, c.relname::text, coalesce(c.relreplident::text, 'd') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
             &[&oid],
         )
@@ -190,7 +191,7 @@ async fn describe_tables(
             "SELECT a.attrelid, a.attnum, a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
                     coalesce(a.attnum = ANY(pk.indkey::int2[]), false), \
                     coalesce(a.attnum = ANY(ri.indkey::int2[]), false), \
-                    pk.indrelid IS NOT NULL, ri.indrelid IS NOT NULL \
+                    pk.indrelid IS NOT NULL, ri.indrelid IS NOT NULL, a.attgenerated::text = 'v' \
              FROM pg_attribute a \
              LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary \
              LEFT JOIN pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident \
@@ -209,6 +210,9 @@ async fn describe_tables(
         in_pk: bool,
         in_ri: bool,
     }
+    // Virtual computed columns are never sent (PostgreSQL 18's pgoutput, CockroachDB's
+    // changefeeds), so they are left out — unless they are part of the key (CockroachDB's
+    // hash-sharded primary keys), whose values the changefeed's key array carries.
     let mut columns: HashMap<u32, (Vec<Col>, bool, bool)> = HashMap::new();
     for r in rows {
         let entry = columns
@@ -216,6 +220,10 @@ async fn describe_tables(
             .or_insert_with(|| (Vec::new(), false, false));
         entry.1 |= r.get::<_, bool>(8);
         entry.2 |= r.get::<_, bool>(9);
+        let is_virtual = r.get::<_, Option<bool>>(10).unwrap_or(false);
+        if is_virtual && !r.get::<_, bool>(6) {
+            continue;
+        }
         entry.0.push(Col {
             attnum: r.get(1),
             name: r.get(2),

@@ -332,7 +332,7 @@ fn builtin_scalar(oid: u32) -> Option<ColumnType> {
 }
 
 /// The element type of the built-in array types of the supported built-in types.
-fn builtin_array_element(oid: u32) -> Option<u32> {
+pub(crate) fn builtin_array_element(oid: u32) -> Option<u32> {
     Some(match oid {
         1000 => 16,   // _bool
         1001 => 17,   // _bytea
