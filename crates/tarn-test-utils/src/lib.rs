@@ -5,6 +5,8 @@
 //! - [`S3Server`]: moto's S3 API server from the project's Python venv, with a bucket.
 //! - [`python`]: the venv's interpreter (pyiceberg, duckdb, psycopg), set up by
 //!   `scripts/setup.sh`.
+//! - [`cockroach::StandInCluster`]: a CockroachDB cluster played in front of a PostgreSQL
+//!   database (catalog, changefeeds, webhook delivery), for the CockroachDB source's tests.
 //!
 //! Waits are on conditions with deadlines, never bare sleeps.
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod cockroach;
 pub mod tls;
 
 /// The workspace root.
