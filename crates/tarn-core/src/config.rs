@@ -7,8 +7,11 @@
 //!
 //! Environment variables map to keys by prefix `TARN_` and `__` between sections:
 //! `TARN_CATALOG__URL` is `catalog.url`, `TARN_STORAGE__S3__ENDPOINT` is
-//! `storage.s3.endpoint`. A value is read as a TOML value when it parses as one (numbers,
-//! booleans) and as a string otherwise. S3 credentials may also come from the standard
+//! `storage.s3.endpoint`. Only variables of that shape are configuration (see [`env_key`]):
+//! a `TARN_*` variable without `__` (a wrapper script's `TARN_BIN`) is left alone, while
+//! `TARN_CATALOG__URLL` is an unknown key and an error naming the variable. A value is read
+//! as a TOML value when it parses as one (numbers, booleans) and as a string otherwise.
+//! S3 credentials may also come from the standard
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` and
 //! `AWS_ENDPOINT_URL` variables, which rank below `TARN_*` ones.
 
@@ -22,6 +25,29 @@ use crate::{Error, ErrorKind, Result};
 
 /// The name of the config file looked for in the data directory.
 pub const CONFIG_FILE_NAME: &str = "tarn.toml";
+
+/// The `TARN_*` environment variables tarn reads outside the config layers: `TARN_DATA_DIR`
+/// and `TARN_CONFIG` (the `--data-dir` and `--config` flags), `TARN_LOG`, `TARN_FAILPOINTS`
+/// and `TARN_BENCH_PYTHON`.
+pub const OTHER_VARIABLES: &[&str] = &[
+    "TARN_DATA_DIR",
+    "TARN_CONFIG",
+    "TARN_LOG",
+    "TARN_FAILPOINTS",
+    "TARN_BENCH_PYTHON",
+];
+
+/// The config key environment variable `name` sets, when it has the shape of one:
+/// `TARN_SECTION__KEY`, sections and key joined by `__` (`TARN_STORAGE__S3__ENDPOINT` is
+/// `storage.s3.endpoint`). Other variables, `TARN_*` ones without `__` among them, are not
+/// configuration: `None`.
+pub fn env_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("TARN_")?;
+    if OTHER_VARIABLES.contains(&name) || !rest.contains("__") {
+        return None;
+    }
+    Some(rest.to_ascii_lowercase().replace("__", "."))
+}
 
 /// tarn's effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -368,6 +394,8 @@ impl Config {
             merge(&mut merged, table);
         }
 
+        // Where keys set by the environment and flags came from, to name it in errors.
+        let mut origins: Vec<(String, String)> = Vec::new();
         let env: BTreeMap<String, String> = env.into_iter().collect();
         for (aws, key) in [
             ("AWS_ACCESS_KEY_ID", "storage.s3.access_key_id"),
@@ -381,29 +409,37 @@ impl Config {
             }
         }
         for (name, value) in &env {
-            let Some(rest) = name.strip_prefix("TARN_") else {
+            let Some(key) = env_key(name) else {
                 continue;
             };
-            // Variables read elsewhere, not config keys.
-            if matches!(
-                rest,
-                "DATA_DIR" | "CONFIG" | "LOG" | "FAILPOINTS" | "BENCH_PYTHON"
-            ) {
-                continue;
-            }
-            let key = rest.to_ascii_lowercase().replace("__", ".");
-            set_key(&mut merged, &key, parse_scalar(value), name)?;
+            let origin = format!("environment variable {name}");
+            set_key(&mut merged, &key, parse_scalar(value), &origin)?;
+            origins.push((key, origin));
         }
         for (key, value) in overrides {
-            set_key(&mut merged, key, parse_scalar(value), &format!("--set {key}"))?;
+            let origin = format!("--set {key}");
+            set_key(&mut merged, key, parse_scalar(value), &origin)?;
+            origins.push((key.clone(), origin));
         }
 
-        let origin = file
+        let file_origin = file
             .as_ref()
             .map(|p| format!("config file {}", p.display()))
             .unwrap_or_else(|| "configuration".to_string());
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
             let path = e.path().to_string();
+            // The last layer that set the key, a key inside it or the section holding it is
+            // where it came from.
+            let within = |inner: &str, outer: &str| {
+                inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            };
+            let origin = origins
+                .iter()
+                .rev()
+                .find(|(key, _)| within(&path, key) || within(key, &path))
+                .map_or(&file_origin, |(_, origin)| origin);
             Error::new(
                 ErrorKind::Config,
                 format!("{origin}: key `{path}`: {}", e.inner()),
@@ -686,7 +722,10 @@ impl Config {
             }
         }
         if let Some(name) = &feed.external_connection {
-            let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
                 return bad(
@@ -697,7 +736,8 @@ impl Config {
             if feed.sink != "webhook" {
                 return bad(
                     "cdc.changefeed.external_connection",
-                    "an external connection holds a webhook URI: set cdc.changefeed.sink = \"webhook\" too".into(),
+                    "an external connection holds a webhook URI: set cdc.changefeed.sink = \"webhook\" too"
+                        .into(),
                 );
             }
         }
@@ -908,6 +948,62 @@ mod tests {
         let err = load(Some("[catalog]\nurll = \"x\"\n"), &[], &[]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("catalog") && msg.contains("urll"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_from_the_environment_names_the_variable() {
+        let err = load(None, &[("TARN_CATALOG__URLL", "sqlite://x.db")], &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            msg.starts_with(
+                "environment variable TARN_CATALOG__URLL: key `catalog.urll`: unknown field `urll`"
+            ),
+            "{msg}"
+        );
+        // A section that does not exist is a typo too.
+        let err = load(None, &[("TARN_CATLOG__URL", "sqlite://x.db")], &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable TARN_CATLOG__URL: key `catlog`"),
+            "{err}"
+        );
+        let err = load(None, &[], &[("write.commit_retries", "many")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--set write.commit_retries: key `write.commit_retries`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_tarn_variables_are_not_configuration() {
+        let c = load(
+            None,
+            &[
+                ("TARN_BIN", "/opt/tarn/bin/tarn"),
+                ("TARN_HOME", "x"),
+                ("TARN_", "x"),
+                ("TARN_DATA_DIR", "/elsewhere"),
+                ("TARN_CONFIG", "/elsewhere/tarn.toml"),
+                ("TARN_WRITE__COMMIT_RETRIES", "7"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.write.commit_retries, 7);
+        assert_eq!(env_key("TARN_BIN"), None);
+        assert_eq!(env_key("TARN_LOG"), None);
+        assert_eq!(env_key("TARN_DATA_DIR"), None);
+        assert_eq!(env_key("PATH"), None);
+        assert_eq!(
+            env_key("TARN_STORAGE__S3__ENDPOINT").as_deref(),
+            Some("storage.s3.endpoint")
+        );
+        assert_eq!(
+            env_key("TARN_SERVER__MAX_CONNECTIONS").as_deref(),
+            Some("server.max_connections")
+        );
     }
 
     #[test]
