@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
-use tarn_cdc::postgres::local::{LocalPostgres, free_port, server_bin_dir};
+use tarn_cdc::postgres::local::{LocalPostgres, server_bin_dir};
 use tarn_cdc::source::Position;
 use tarn_core::Config;
 use tarn_lake::Lake;
@@ -178,9 +178,11 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     let url = match &options.source {
         Some(url) => url.clone(),
         None => {
+            // In the benchmark's directory, or in a temporary one when PostgreSQL's own user
+            // cannot reach it (tarn run as root under a private home directory).
             let pg_dir = dir.join("postgres");
-            let pg =
-                tokio::task::spawn_blocking(move || LocalPostgres::start_in(&pg_dir, free_port()?)).await??;
+            let pg = tokio::task::spawn_blocking(move || LocalPostgres::start_scratch(&pg_dir)).await??;
+            println!("private PostgreSQL in {}", pg.dir().display());
             pg.psql("postgres", "CREATE DATABASE bench")?;
             let url = pg.url("bench");
             _local = pg;

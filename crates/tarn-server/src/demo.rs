@@ -595,8 +595,7 @@ fn start_postgres(data_dir: &Path, keep: bool) -> Result<(LocalPostgres, bool)> 
     let fresh = !kept.join("data").join("PG_VERSION").exists();
     let pg = LocalPostgres::start_in(&kept, free_port()?).map_err(|e| {
         anyhow::anyhow!(
-            "{e}\n(with --keep PostgreSQL lives in {}; when tarn runs as root, PostgreSQL runs as the \
-             `postgres` user, which needs access to every directory above it)",
+            "{e}\n(with --keep PostgreSQL lives in {}; without it, in a temporary directory)",
             kept.display()
         )
     })?;

@@ -3,7 +3,10 @@
 //! `tarn bench cdc` and the test suite.
 //!
 //! The cluster lives in a directory of its own; as root it runs as the `postgres` user, since
-//! `initdb` refuses root. It is stopped when the value is dropped.
+//! `initdb` refuses root. That user must be able to reach the directory: under a parent it
+//! cannot enter (a home directory of mode 0700) [`LocalPostgres::start_in`] fails naming that
+//! parent, and [`LocalPostgres::start_scratch`] places the cluster in a temporary directory
+//! instead. It is stopped when the value is dropped.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -62,6 +65,58 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the `postgres` user passes `test -<flag> path`.
+fn postgres_user_can(flag: &str, path: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", flag])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates `dir` for a cluster and, as root, hands it to the `postgres` user; fails naming the
+/// directory above it that the `postgres` user cannot enter, if there is one.
+fn prepare_dir(dir: &Path, as_postgres: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
+    if !as_postgres {
+        return Ok(());
+    }
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg("postgres")
+        .arg(dir)
+        .status()
+        .map_err(|e| error(format!("cannot run chown: {e}")))?;
+    if !status.success() {
+        return Err(error(format!("cannot chown {} to postgres", dir.display())));
+    }
+    if postgres_user_can("-w", dir) {
+        return Ok(());
+    }
+    let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+    ancestors.reverse();
+    let blocked = ancestors
+        .into_iter()
+        .find(|a| !postgres_user_can("-x", a))
+        .unwrap_or(dir);
+    let how = std::fs::metadata(blocked)
+        .map(|m| {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            format!(
+                " (mode {:o}, owner uid {})",
+                m.permissions().mode() & 0o7777,
+                m.uid()
+            )
+        })
+        .unwrap_or_default();
+    Err(error(format!(
+        "PostgreSQL cannot use {}: it runs as the `postgres` user (initdb refuses root), which \
+         cannot enter {}{how}; choose a directory every user can reach",
+        dir.display(),
+        blocked.display()
+    )))
+}
+
 impl LocalPostgres {
     /// Creates a cluster in a new temporary directory and starts it; the directory is removed
     /// when the value is dropped.
@@ -76,22 +131,35 @@ impl LocalPostgres {
         Ok(pg)
     }
 
+    /// Creates a new cluster in `preferred` (which must not exist yet) and starts it, or in a
+    /// new temporary directory when the `postgres` user cannot reach `preferred` (see the
+    /// module doc). Either directory is removed when the value is dropped.
+    pub fn start_scratch(preferred: &Path) -> Result<Self> {
+        if preferred.exists() {
+            return Err(error(format!(
+                "{} exists already; a new cluster needs a new directory",
+                preferred.display()
+            )));
+        }
+        let preferred = std::path::absolute(preferred)
+            .map_err(|e| error(format!("cannot resolve {}: {e}", preferred.display())))?;
+        if let Err(e) = prepare_dir(&preferred, is_root()) {
+            tracing::info!(error = %e, "PostgreSQL goes to a temporary directory instead");
+            let _ = std::fs::remove_dir_all(&preferred);
+            return Self::start_temporary();
+        }
+        let mut pg = Self::start_in(&preferred, free_port()?)?;
+        pg.remove_on_drop = true;
+        Ok(pg)
+    }
+
     /// Starts the cluster in `dir` (creating it with `initdb` when `dir` has none) on `port`.
     pub fn start_in(dir: &Path, port: u16) -> Result<Self> {
         let bin = server_bin_dir()?;
-        std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
+        let dir =
+            &std::path::absolute(dir).map_err(|e| error(format!("cannot resolve {}: {e}", dir.display())))?;
         let as_postgres = is_root();
-        if as_postgres {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg("postgres")
-                .arg(dir)
-                .status()
-                .map_err(|e| error(format!("cannot run chown: {e}")))?;
-            if !status.success() {
-                return Err(error(format!("cannot chown {} to postgres", dir.display())));
-            }
-        }
+        prepare_dir(dir, as_postgres)?;
         let pg = Self {
             dir: dir.to_path_buf(),
             port,
@@ -153,7 +221,10 @@ impl LocalPostgres {
 
     fn run(&self, args: &[&str]) -> Result<()> {
         let output = if self.as_postgres {
+            // In the cluster's directory, which the `postgres` user can enter (the caller's
+            // working directory may not be).
             Command::new("runuser")
+                .current_dir(&self.dir)
                 .arg("-u")
                 .arg("postgres")
                 .arg("--")

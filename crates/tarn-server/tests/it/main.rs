@@ -7,6 +7,7 @@ mod cli;
 mod cockroach;
 mod demo;
 mod interop;
+mod local_postgres;
 mod pgwire;
 mod slt;
 mod sql;

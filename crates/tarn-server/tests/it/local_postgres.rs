@@ -1,0 +1,87 @@
+//! The private PostgreSQL of `tarn demo` and `tarn bench cdc` under a directory that the
+//! `postgres` user (as which PostgreSQL runs when tarn runs as root) cannot enter.
+
+use std::os::unix::fs::PermissionsExt;
+
+use tarn_cdc::postgres::local::LocalPostgres;
+use tarn_test_utils::free_port;
+
+fn is_root() -> bool {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// A directory of mode 0700: as root, one only root can enter (a home directory).
+fn private_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-private-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+#[test]
+fn scratch_postgres_moves_out_of_a_directory_its_user_cannot_enter() {
+    let private = private_dir();
+    let preferred = private.path().join("postgres");
+    if is_root() {
+        // Where the cluster must stay put, the error names the directory in the way.
+        let err = LocalPostgres::start_in(&preferred, free_port()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("cannot enter {} (mode 700", private.path().display())),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&preferred).unwrap();
+    }
+    let pg = LocalPostgres::start_scratch(&preferred).unwrap();
+    assert_eq!(pg.psql("postgres", "SELECT 6 * 7").unwrap().trim(), "42");
+    if is_root() {
+        assert!(!pg.dir().starts_with(private.path()), "{}", pg.dir().display());
+        assert!(!preferred.exists(), "{} was left behind", preferred.display());
+    } else {
+        assert_eq!(pg.dir(), preferred);
+    }
+    let dir = pg.dir().to_path_buf();
+    drop(pg);
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+/// `tarn bench cdc --dir DIR` under a private directory: the regression this guards against
+/// was initdb's "Permission denied".
+#[test]
+fn bench_cdc_runs_under_a_private_directory() {
+    let private = private_dir();
+    let dir = private.path().join("bench");
+    let (ok, out, err) = crate::tarn(
+        &private.path().join("data"),
+        &[
+            "bench",
+            "cdc",
+            "--rows",
+            "1000",
+            "--changes",
+            "200",
+            "--writers",
+            "1",
+            "--freshness-seconds",
+            "1",
+            "--rate",
+            "50",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let placed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("private PostgreSQL in "))
+        .unwrap_or_else(|| panic!("no PostgreSQL line in:\n{out}"));
+    assert_eq!(
+        is_root(),
+        !placed.starts_with(private.path().to_str().unwrap()),
+        "{out}"
+    );
+    assert!(out.contains("== initial snapshot =="), "{out}");
+}
