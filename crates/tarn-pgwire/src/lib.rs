@@ -10,8 +10,12 @@
 //!   addresses are trusted without a password only when `auth.trust_loopback` is set;
 //! - SQLSTATE codes for errors (`42601` syntax, `42P01` unknown table, `40001` commit
 //!   conflict, ...), so clients can tell errors apart;
+//! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)` and
+//!   `timestamp with time zone` in psql's `\d`;
 //! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
 //!   fires, so tests bind `127.0.0.1:0`.
+
+mod pg_catalog;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -485,6 +489,8 @@ pub async fn run(
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
+    pg_catalog::install(&ctx, session.lake().name())
+        .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(CatalogHook {
             session: session.clone(),

@@ -119,6 +119,9 @@ impl TarnSession {
             .with_default_catalog_and_schema(lake.name(), DEFAULT_SCHEMA);
         // `1.5` is an exact numeric as in PostgreSQL, so DECIMAL columns get exact values.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
+        // Times with a zone are in UTC, as in PostgreSQL with `TimeZone = UTC`: `now()` and
+        // `current_timestamp` are `timestamptz`, `TIMESTAMPTZ` columns keep the zone.
+        config.options_mut().execution.time_zone = Some("+00:00".into());
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

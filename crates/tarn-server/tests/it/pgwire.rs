@@ -293,3 +293,70 @@ async fn cancel_request_stops_a_running_query() {
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "57014", "{db:?}");
 }
+
+/// `now()` and `current_timestamp` are `timestamptz` in PostgreSQL's text format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_is_timestamptz() {
+    let s = Served::start(false);
+    let client = s.client().await;
+    let statement = client.prepare("SELECT now(), current_timestamp").await.unwrap();
+    for column in statement.columns() {
+        assert_eq!(
+            column.type_(),
+            &tokio_postgres::types::Type::TIMESTAMPTZ,
+            "{column:?}"
+        );
+    }
+    let row = client.query_one(&statement, &[]).await.unwrap();
+    let now: std::time::SystemTime = row.get(0);
+    let skew = std::time::SystemTime::now()
+        .duration_since(now)
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(60), "now() is {skew:?} off");
+    let messages = client.simple_query("SELECT now()").await.unwrap();
+    let text = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row");
+    // PostgreSQL's text form in UTC: `2026-12-06 04:17:02.123456+00`.
+    let (stamp, zone) = text.split_at(text.len() - 3);
+    assert_eq!(zone, "+00", "{text}");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f").is_ok(),
+        "{text}"
+    );
+}
+
+/// psql's `\d` shows the types PostgreSQL shows for the same table: `numeric(10,2)`,
+/// `timestamp with time zone`, ...
+#[test]
+fn psql_describe_shows_postgresql_types() {
+    let s = Served::start(false);
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let create = "CREATE TABLE t (id BIGINT NOT NULL, n INT, amount DECIMAL(10,2), whole NUMERIC(12,0), \
+                  note TEXT, at TIMESTAMPTZ, ts TIMESTAMP, day DATE, ok BOOLEAN, score DOUBLE PRECISION)";
+    let (ok, out, err) = s.psql(create);
+    assert!(ok, "{out}{err}");
+    pg.psql("postgres", create).unwrap();
+    // `\d t` in unaligned tuples-only form: one `column|type|collation|nullable|default` line
+    // per column.
+    let columns = |described: &str| -> Vec<String> {
+        described
+            .lines()
+            .filter(|l| l.contains('|'))
+            .map(|l| l.split('|').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let (ok, out, err) = s.psql("\\d t");
+    assert!(ok, "{err}");
+    let tarn_columns = columns(&out);
+    let pg_columns = columns(&pg.psql("postgres", "\\d t").unwrap());
+    assert_eq!(tarn_columns, pg_columns, "tarn:\n{out}");
+    assert!(
+        tarn_columns.contains(&"amount numeric(10,2)".to_string()),
+        "{out}"
+    );
+}
