@@ -2,7 +2,8 @@
 
 Usage: pg_clients.py --port P [--user U --password W]
 Runs DDL, a parameterized INSERT and SELECT (extended protocol, server-side binding),
-a prepared statement executed twice, and an error; prints JSON with what it saw.
+an aggregate's column names, a prepared statement executed twice, and an error; prints JSON
+with what it saw.
 """
 import argparse
 import json
@@ -28,6 +29,9 @@ def main():
             cur.execute("SELECT id, name, score FROM psy WHERE id >= %s ORDER BY id", (1,))
             out["rows"] = [list(r) for r in cur.fetchall()]
             out["types"] = [d.type_code for d in cur.description]
+            # Result column names, as psycopg's description and dict rows show them.
+            cur.execute("SELECT count(*), sum(score), max(name), count(*) FROM psy WHERE id >= %s", (1,))
+            out["names"] = [d.name for d in cur.description]
             for i in (1, 2):
                 cur.execute("SELECT name FROM psy WHERE id = %s", (i,), prepare=True)
                 out.setdefault("prepared", []).append(cur.fetchone()[0])

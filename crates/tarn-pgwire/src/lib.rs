@@ -10,6 +10,9 @@
 //!   addresses are trusted without a password only when `auth.trust_loopback` is set;
 //! - SQLSTATE codes for errors (`42601` syntax, `42P01` unknown table, `40001` commit
 //!   conflict, ...), so clients can tell errors apart;
+//! - PostgreSQL's names for result columns (`count`, not `count(*)`; see
+//!   [`tarn_query::result_names`]) in the simple and the extended protocol, repeated names
+//!   included;
 //! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)` and
 //!   `timestamp with time zone` in psql's `\d`;
 //! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
@@ -29,6 +32,7 @@ use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use futures::{Sink, StreamExt};
@@ -37,13 +41,19 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{Response, Tag};
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::api::results::{FieldInfo, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tarn_core::config::AuthConfig;
 use tarn_core::{Error, ErrorKind};
+use tarn_query::result_names::{self, ResultNames};
 use tarn_query::{Output, TarnSession, from_df_error};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +82,8 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
                 "42804"
             } else if m.contains("not null") {
                 "23502"
+            } else if m.contains("specified more than once") {
+                "42701"
             } else if m.contains("not supported") || m.contains("not implemented") {
                 "0A000"
             } else {
@@ -114,7 +126,8 @@ fn tag_of(output: Output) -> Response {
     }
 }
 
-/// Runs tarn's catalog statements and keeps DataFusion's table listing fresh.
+/// Runs tarn's catalog statements, keeps DataFusion's table listing fresh, and plans queries
+/// with repeated select items for the extended protocol ([`result_names::alias_repeats`]).
 struct CatalogHook {
     session: TarnSession,
 }
@@ -139,7 +152,7 @@ impl QueryHook for CatalogHook {
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         if is_catalog_statement(statement) {
@@ -151,7 +164,18 @@ impl QueryHook for CatalogHook {
         if let Err(e) = self.session.refresh().await {
             return Some(Err(user_error(&e)));
         }
-        None
+        let mut planned = statement.clone();
+        if !result_names::alias_repeats(&mut planned) {
+            return None;
+        }
+        // The statement itself stays as the client wrote it: its result names are worked out
+        // from it (`TarnParser::get_result_schema`).
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(planned)))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)));
+        Some(plan)
     }
 
     async fn handle_extended_query(
@@ -182,6 +206,25 @@ struct TarnSimpleQuery {
     session: TarnSession,
     inner: Arc<DfSessionService>,
     running: Arc<RunningQueries>,
+    /// The parser `inner` uses, to see statements as it will plan them.
+    compatibility: PostgresCompatibilityParser,
+}
+
+impl TarnSimpleQuery {
+    /// `sql` with repeated select items aliased ([`result_names::alias_repeats`]) as
+    /// `datafusion-postgres` will plan it (after its rewrites of what psql and other clients
+    /// send, which match the text as they wrote it); `sql` itself when nothing repeats.
+    fn with_repeats_aliased<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        let Ok(mut statements) = self.compatibility.parse(sql) else {
+            return sql.into();
+        };
+        if let [statement] = statements.as_mut_slice()
+            && result_names::alias_repeats(statement)
+        {
+            return statement.to_string().into();
+        }
+        sql.into()
+    }
 }
 
 /// The cancellation token of each connection's running query, by (pid, secret key).
@@ -285,7 +328,9 @@ impl SimpleQueryHandler for TarnSimpleQuery {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
             } else {
-                let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.sql).await;
+                let names = ResultNames::of_sql(&statement.sql);
+                let sql = self.with_repeats_aliased(&statement.sql);
+                let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql).await;
                 let result = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -296,7 +341,7 @@ impl SimpleQueryHandler for TarnSimpleQuery {
                 responses.extend(
                     result
                         .into_iter()
-                        .map(|r| cancellable(r, &token, &self.running, &key)),
+                        .map(|r| cancellable(with_names(r, names.as_ref()), &token, &self.running, &key)),
                 );
             }
         }
@@ -304,6 +349,124 @@ impl SimpleQueryHandler for TarnSimpleQuery {
             self.running.finish(&key);
         }
         Ok(responses)
+    }
+}
+
+/// `fields` with PostgreSQL's names (see [`ResultNames`]); types and formats stay.
+fn named_fields(fields: Vec<FieldInfo>, names: Option<&ResultNames>) -> Vec<FieldInfo> {
+    let planned: Vec<&str> = fields.iter().map(FieldInfo::name).collect();
+    let Some(names) = names.and_then(|n| n.apply(&planned)) else {
+        return fields;
+    };
+    fields
+        .into_iter()
+        .zip(names)
+        .map(|(f, name)| {
+            FieldInfo::new(
+                name,
+                f.table_id(),
+                f.column_id(),
+                f.datatype().clone(),
+                f.format(),
+            )
+            .with_format_options(f.format_options().clone())
+            .with_type_size(f.type_size())
+            .with_type_modifier(f.type_modifier())
+        })
+        .collect()
+}
+
+/// `response`'s row description with PostgreSQL's names.
+fn with_names(response: Response, names: Option<&ResultNames>) -> Response {
+    match response {
+        Response::Query(mut query) if names.is_some() => {
+            query.row_schema = Arc::new(named_fields(query.row_schema.as_ref().clone(), names));
+            Response::Query(query)
+        }
+        other => other,
+    }
+}
+
+/// A statement as `datafusion-postgres` parses and plans it for the extended protocol.
+type PlannedStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+/// The result names of a statement parsed for the extended protocol.
+fn names_of(statement: &PlannedStatement) -> Option<ResultNames> {
+    statement
+        .1
+        .as_ref()
+        .and_then(|(statement, _)| ResultNames::of(statement))
+}
+
+/// `datafusion-postgres`'s parser for the extended protocol, with PostgreSQL's names in the
+/// row descriptions (repeated select items are planned by [`CatalogHook`]).
+struct TarnParser {
+    inner: Arc<datafusion_postgres::Parser>,
+}
+
+#[async_trait]
+impl QueryParser for TarnParser {
+    type Statement = PlannedStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Self::Statement>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        self.inner.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let fields = self.inner.get_result_schema(statement, column_format)?;
+        Ok(named_fields(fields, names_of(statement).as_ref()))
+    }
+}
+
+/// The extended protocol (psycopg, JDBC, tokio-postgres): `datafusion-postgres`'s, through
+/// [`TarnParser`].
+struct TarnExtendedQuery {
+    inner: Arc<DfSessionService>,
+    parser: Arc<TarnParser>,
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for TarnExtendedQuery {
+    type Statement = PlannedStatement;
+    type QueryParser = TarnParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
+        Ok(with_names(
+            response,
+            names_of(&portal.statement.statement).as_ref(),
+        ))
     }
 }
 
@@ -438,7 +601,7 @@ impl StartupHandler for TarnStartup {
 
 struct TarnHandlers {
     simple: Arc<TarnSimpleQuery>,
-    extended: Arc<DfSessionService>,
+    extended: Arc<TarnExtendedQuery>,
     auth_source: Arc<ConfigAuthSource>,
     trust_loopback: bool,
     connections: Arc<ConnectionManager>,
@@ -507,8 +670,14 @@ pub async fn run(
             session: session.clone(),
             inner: service.clone(),
             running: running.clone(),
+            compatibility: PostgresCompatibilityParser::new(),
         }),
-        extended: service,
+        extended: Arc::new(TarnExtendedQuery {
+            parser: Arc::new(TarnParser {
+                inner: ExtendedQueryHandler::query_parser(service.as_ref()),
+            }),
+            inner: service,
+        }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         trust_loopback: auth.trust_loopback,
         connections: connections.clone(),

@@ -1,12 +1,14 @@
 //! The SQL engine: DataFusion over the Iceberg catalog.
 //!
 //! [`TarnSession`] runs statements: queries through DataFusion, catalog changes and writes as
-//! Iceberg commits. [`load`] brings files in. The Postgres wire endpoint and the CLI are both
-//! thin layers over this crate.
+//! Iceberg commits. [`load`] brings files in. [`result_names`] gives result columns
+//! PostgreSQL's names. The Postgres wire endpoint and the CLI are both thin layers over this
+//! crate.
 
 mod filter_order;
 pub mod load;
 pub mod provider;
+pub mod result_names;
 mod runtime_filter;
 mod session;
 pub mod sql_ext;

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit, UInt64Type};
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
@@ -20,14 +20,17 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, SchemaName, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
 use iceberg::{NamespaceIdent, TableIdent};
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::{Lake, TableLayout};
 
 use crate::provider::LakeCatalogProvider;
+use crate::result_names::{ResultNames, alias_repeats};
 use crate::sql_ext::{self, RewrittenStatement};
 use crate::write::{WriteProgress, write_and_commit};
 
@@ -191,7 +194,20 @@ impl TarnSession {
                 format!("expected one statement, got {}", parsed.len()),
             ));
         }
-        let parsed = parsed.pop_front().expect("one statement");
+        let mut parsed = parsed.pop_front().expect("one statement");
+        // PostgreSQL's names for the result's columns, worked out before repeated select items
+        // get the internal aliases DataFusion needs to plan them.
+        let names = match &mut parsed {
+            DFStatement::Statement(s) => {
+                let names = match s.as_ref() {
+                    Statement::CreateTable(create) => create.query.as_deref().and_then(ResultNames::of_query),
+                    other => ResultNames::of(other),
+                };
+                alias_repeats(s);
+                names
+            }
+            _ => None,
+        };
         if let DFStatement::Statement(s) = &parsed
             && let Some(output) = self.run_catalog_statement(s).await?
         {
@@ -201,7 +217,7 @@ impl TarnSession {
         let state = self.ctx.state();
         let plan = state.statement_to_plan(parsed).await.map_err(from_df_error)?;
         let planned = started.elapsed();
-        let output = self.run_plan(plan, statement).await;
+        let output = self.run_plan(plan, statement, names.as_ref()).await;
         tracing::debug!(
             catalog_ms = refreshed.as_secs_f64() * 1e3,
             logical_ms = (planned - refreshed).as_secs_f64() * 1e3,
@@ -273,7 +289,12 @@ impl TarnSession {
         }
     }
 
-    async fn run_plan(&self, plan: LogicalPlan, statement: &RewrittenStatement) -> Result<Output> {
+    async fn run_plan(
+        &self,
+        plan: LogicalPlan,
+        statement: &RewrittenStatement,
+        names: Option<&ResultNames>,
+    ) -> Result<Output> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let ident = self.reference_ident(&create.name)?;
@@ -292,7 +313,21 @@ impl TarnSession {
                         format!("table {ident} already exists"),
                     ));
                 }
-                let schema = lake_schema(create.input.schema().as_arrow())?;
+                let mut columns = create.input.schema().inner().clone();
+                if let Some(names) = names {
+                    columns = names.apply_to_schema(&columns);
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(repeated) = columns.fields().iter().find(|f| !seen.insert(f.name())) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "column \"{}\" specified more than once in {ident}: give the query's columns distinct names with AS",
+                            repeated.name()
+                        ),
+                    ));
+                }
+                let schema = lake_schema(&columns)?;
                 let layout = TableLayout {
                     partition: statement.partition.clone(),
                     sort: statement.sort.clone(),
@@ -375,7 +410,10 @@ impl TarnSession {
                 );
                 let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
                     .map_err(from_df_error)?;
-                Ok(Output::Rows(stream))
+                Ok(Output::Rows(match names {
+                    Some(names) => with_names(stream, names),
+                    None => stream,
+                }))
             }
         }
     }
@@ -435,6 +473,27 @@ fn normalize_ident(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
     } else {
         ident.value.to_ascii_lowercase()
     }
+}
+
+/// `stream` with PostgreSQL's names on its columns (see [`ResultNames`]).
+fn with_names(stream: SendableRecordBatchStream, names: &ResultNames) -> SendableRecordBatchStream {
+    let schema = names.apply_to_schema(&stream.schema());
+    if Arc::ptr_eq(&schema, &stream.schema()) {
+        return stream;
+    }
+    let batches_schema = schema.clone();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.map(move |batch| {
+            let batch = batch?;
+            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            Ok(RecordBatch::try_new_with_options(
+                batches_schema.clone(),
+                batch.columns().to_vec(),
+                &options,
+            )?)
+        }),
+    ))
 }
 
 fn command(tag: &str, rows: Option<u64>) -> Output {

@@ -36,6 +36,39 @@ fn sql_formats_and_exit_codes() {
     assert!(err.starts_with("error:"), "{err}");
 }
 
+/// Headers name unaliased columns as PostgreSQL does (`count`, not `count(*)`), repeats too.
+#[test]
+fn sql_headers_use_postgresql_column_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, _, err) = tarn(
+        d,
+        &[
+            "sql",
+            "CREATE TABLE s (a INT, bee VARCHAR); INSERT INTO s VALUES (1, 'x'), (2, 'y')",
+        ],
+    );
+    assert!(ok, "{err}");
+    let query = "SELECT count(*), sum(s.a), string_agg(bee, ',' ORDER BY bee), a::text, count(*), 1 AS one, 2 FROM s GROUP BY a ORDER BY 2";
+    let (ok, out, err) = tarn(d, &["sql", "--format", "csv", query]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "count,sum,string_agg,a,count,one,?column?\n1,1,x,1,1,1,2\n1,2,y,2,1,1,2\n"
+    );
+    let (ok, out, err) = tarn(d, &["sql", "--format", "json", "SELECT sum(a), max(bee) FROM s"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "{\"sum\":3,\"max\":\"y\"}\n");
+    let (ok, out, err) = tarn(d, &["sql", "SELECT count(*), coalesce(max(bee), '-') FROM s"]);
+    assert!(ok, "{err}");
+    let header = out.lines().nth(1).unwrap_or_default();
+    assert_eq!(
+        header.split('|').map(str::trim).collect::<Vec<_>>(),
+        ["", "count", "coalesce", ""],
+        "{out}"
+    );
+}
+
 #[test]
 fn load_csv_json_parquet_with_globs() {
     let dir = tempfile::tempdir().unwrap();

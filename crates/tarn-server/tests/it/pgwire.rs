@@ -204,6 +204,7 @@ fn psycopg_and_jdbc_clients() {
         seen["rows"],
         serde_json::json!([[1, "one", 1.5], [2, "two", null]])
     );
+    assert_eq!(seen["names"], serde_json::json!(["count", "sum", "max", "count"]));
     assert_eq!(seen["prepared"], serde_json::json!(["one", "two"]));
     assert_eq!(seen["error"], "42P01");
 
@@ -292,6 +293,69 @@ async fn cancel_request_stops_a_running_query() {
     let err = running.await.unwrap().unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "57014", "{db:?}");
+}
+
+/// A tokio-postgres client of a real PostgreSQL's database `postgres`.
+async fn reference_client(pg: &tarn_test_utils::PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The column names of `sql`'s result: described by the extended protocol, and in the simple
+/// protocol's row description.
+async fn column_names(client: &tokio_postgres::Client, sql: &str) -> (Vec<String>, Vec<String>) {
+    let statement = client
+        .prepare(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let described = statement.columns().iter().map(|c| c.name().to_string()).collect();
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let simple = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(columns) => {
+                Some(columns.iter().map(|c| c.name().to_string()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row description"));
+    (described, simple)
+}
+
+/// Result columns are named as PostgreSQL names them: the same queries against a real
+/// PostgreSQL and against tarn give the same names, in both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_column_names_are_postgresql_names() {
+    let s = Served::start(false);
+    let tarn = s.client().await;
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let reference = reference_client(&pg).await;
+    let setup = "CREATE TABLE s (a INT, bee TEXT, d DECIMAL(10,2)); \
+                 INSERT INTO s VALUES (1, 'x', 1.50), (2, 'y', 2.25)";
+    tarn.batch_execute(setup).await.unwrap();
+    reference.batch_execute(setup).await.unwrap();
+    for sql in [
+        "SELECT count(*), count(*), sum(s.a), string_agg(bee, ',' ORDER BY bee) FILTER (WHERE a > 1) FROM s",
+        "SELECT a, s.bee, a + 1, a::text, CAST(d AS DOUBLE PRECISION), coalesce(bee, '-'), nullif(a, 1), \
+         greatest(a, 1), least(a, 2), CASE WHEN a > 1 THEN 'big' END, upper(bee), 1::int, 'x'::text, \
+         DATE '2026-01-01', (SELECT max(a) FROM s), a IS NULL, 2 AS two, a AS \"Quoted\" FROM s",
+        "SELECT *, a FROM s",
+        "SELECT 1, 1, 'x'",
+        "SELECT count(*) FROM s UNION ALL SELECT 7",
+        "SELECT row_number() OVER (ORDER BY a), now(), current_timestamp FROM s",
+    ] {
+        let expected = column_names(&reference, sql).await;
+        assert_eq!(expected.0, expected.1, "PostgreSQL: {sql}");
+        let got = column_names(&tarn, sql).await;
+        assert_eq!(got.0, expected.0, "described (extended protocol): {sql}");
+        assert_eq!(got.1, expected.0, "row description (simple protocol): {sql}");
+    }
 }
 
 /// `now()` and `current_timestamp` are `timestamptz` in PostgreSQL's text format.
