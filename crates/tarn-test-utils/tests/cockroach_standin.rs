@@ -1034,3 +1034,91 @@ async fn option_validation_errors() {
         ("XXUUU", "cannot specify both initial_scan_only and resolved")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_backfill_and_a_cursor_from_cluster_logical_timestamp() {
+    let env = Env::new(
+        CockroachVersion::V24_2,
+        StandInOptions {
+            duplicates: true,
+            seed: 7,
+            ..on()
+        },
+    )
+    .await;
+    let pg = env.pg().await;
+    pg.batch_execute("INSERT INTO dogs (id, name) VALUES (1, 'a'), (2, 'b')")
+        .await
+        .unwrap();
+    let c = env.crdb().await;
+    // A cursor read after the inserts: the changefeed starts after them.
+    let cursor = one_col(&c, "SELECT cluster_logical_timestamp()::text")
+        .await
+        .remove(0)
+        .unwrap();
+    let cursor = Hlc::parse_decimal(&cursor).unwrap();
+    let mut s = feed(
+        &c,
+        &format!(
+            "EXPERIMENTAL CHANGEFEED FOR dogs WITH cursor = '{cursor}', updated, resolved = '0s', \
+             min_checkpoint_frequency = '100ms'"
+        ),
+    )
+    .await;
+    for i in 0..20 {
+        pg.batch_execute(&format!(
+            "UPDATE dogs SET name = 'a{i}' WHERE id = 1; UPDATE dogs SET name = 'b{i}' WHERE id = 2"
+        ))
+        .await
+        .unwrap();
+    }
+    // At least once, in order per key, nothing at or before the cursor.
+    let mut seen: Vec<(String, String, Hlc)> = Vec::new();
+    while !(seen.iter().any(|m| m.1 == "a19") && seen.iter().any(|m| m.1 == "b19")) {
+        let (t, k, v) = data(&mut s).await;
+        assert_eq!(t, "dogs");
+        let ts = Hlc::parse_decimal(field(&v, "updated")).unwrap();
+        assert!(ts > cursor, "{v}");
+        seen.push((k, field(&v, "name").to_string(), ts));
+    }
+    assert!(seen.len() > 40 - 2, "{}", seen.len());
+    for (key, prefix) in [("[1]", "a"), ("[2]", "b")] {
+        let mut firsts: Vec<&str> = Vec::new();
+        for m in seen.iter().filter(|m| m.0 == key) {
+            if !firsts.contains(&m.1.as_str()) {
+                firsts.push(&m.1);
+            }
+        }
+        let want: Vec<String> = (0..20).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(firsts, want, "per-key order");
+    }
+    let first_of_key: Vec<usize> = ["[1]", "[2]"]
+        .iter()
+        .map(|k| seen.iter().position(|m| m.0 == *k).unwrap())
+        .collect();
+    let interleaved = seen.windows(2).any(|w| w[0].0 != w[1].0);
+    assert!(interleaved && first_of_key.len() == 2);
+    // Duplicates were injected (same key and timestamp twice).
+    let mut stamps: Vec<(String, Hlc)> = seen.iter().map(|m| (m.0.clone(), m.2)).collect();
+    let n = stamps.len();
+    stamps.sort();
+    stamps.dedup();
+    assert!(stamps.len() < n, "no duplicate among {n} messages");
+    // A column backfill re-emits every row with the new column at one new timestamp.
+    pg.batch_execute("ALTER TABLE dogs ADD COLUMN color text DEFAULT 'brown'")
+        .await
+        .unwrap();
+    let at = env.crdb.backfill("dogs").await.unwrap();
+    let mut backfilled = Vec::new();
+    while backfilled.len() < 2 {
+        let (_, k, v) = data(&mut s).await;
+        if v.contains("\"color\": \"brown\"") {
+            assert_eq!(field(&v, "updated"), at.to_string());
+            if !backfilled.contains(&k) {
+                backfilled.push(k);
+            }
+        }
+    }
+    backfilled.sort();
+    assert_eq!(backfilled, ["[1]", "[2]"]);
+}

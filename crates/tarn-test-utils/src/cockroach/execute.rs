@@ -39,7 +39,7 @@ pub enum Answer {
     /// One row `job_id`, then CommandComplete.
     JobId(i64),
     /// A sinkless changefeed to stream on this connection.
-    Sinkless(FeedSpec),
+    Sinkless(Box<FeedSpec>),
 }
 
 /// Cluster settings the stand-in knows, with CockroachDB's defaults for a self-hosted
@@ -390,9 +390,11 @@ async fn changefeed(inner: &Arc<Inner>, session: &Session, c: ChangefeedStmt) ->
             json_null_as_object: opts.json_null_as_object,
         },
     };
-    let id = unique_id(inner.next_id.fetch_add(1, Ordering::Relaxed));
+    let seq = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = unique_id(seq);
     let spec = FeedSpec {
         id: id as u64,
+        seq,
         targets,
         opts: opts.clone(),
         env,
@@ -400,7 +402,7 @@ async fn changefeed(inner: &Arc<Inner>, session: &Session, c: ChangefeedStmt) ->
         cursor: cursor.map(|c| c.1),
     };
     let Some(sink_uri) = c.into.clone() else {
-        return Ok(Answer::Sinkless(spec));
+        return Ok(Answer::Sinkless(Box::new(spec)));
     };
     // The sink: an external connection's URI, or the one given.
     let target_uri = if let Some(name) = sink_uri.strip_prefix("external://") {

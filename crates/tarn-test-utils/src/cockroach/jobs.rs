@@ -52,6 +52,8 @@ pub struct Target {
 pub struct FeedSpec {
     /// Feed id (the job id for jobs).
     pub id: u64,
+    /// The feed's number in this stand-in (seeds its duplicate injection).
+    pub seq: u64,
     /// Targets.
     pub targets: Vec<Target>,
     /// Options.
@@ -274,7 +276,7 @@ pub async fn run_flow(
     stop: &CancellationToken,
     checkpoints: Option<&mpsc::UnboundedSender<Hlc>>,
 ) -> Result<FlowEnd, FlowError> {
-    let mut rng = Rng::new(cx.seed ^ spec.id);
+    let mut rng = Rng::new(cx.seed ^ spec.seq);
     let targets: HashMap<u32, &Target> = spec.targets.iter().map(|t| (t.oid, t)).collect();
     let oids: Vec<u32> = spec.targets.iter().map(|t| t.oid).collect();
     let mut frontier_rx = cx.capture.subscribe();

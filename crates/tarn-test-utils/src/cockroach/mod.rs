@@ -91,7 +91,9 @@ pub struct StandInOptions {
     pub closed_timestamp_lag: Duration,
     /// How long history is kept (`gc.ttlseconds`, 4 h by default since v23.1).
     pub gc_ttl: Duration,
-    /// Inject duplicates and reorder messages across keys within each resolved window.
+    /// Inject duplicates and reorder messages across keys within each resolved window, as
+    /// CockroachDB's at-least-once delivery may. Messages are then held until the window's
+    /// checkpoint (`min_checkpoint_frequency`).
     pub duplicates: bool,
     /// Seed of the duplicate injection.
     pub seed: u64,

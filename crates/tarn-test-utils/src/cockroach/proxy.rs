@@ -357,7 +357,7 @@ async fn client_loop(
                                 .await?
                             }
                             Ok(Answer::Sinkless(spec)) => {
-                                if !stream(inner, spec, from_client, to_client, status).await? {
+                                if !stream(inner, *spec, from_client, to_client, status).await? {
                                     return Ok(());
                                 }
                             }

@@ -157,6 +157,16 @@ pub fn rewrite(sql: &str, cx: &Context<'_>) -> Result<String, String> {
             k += 1;
             continue;
         };
+        if name == "crdb_internal" && tok(k + 1).is_some_and(|n| n.is('.')) {
+            let member = tok(k + 2).and_then(|m| m.name(sql)).unwrap_or_default();
+            return Err(refusal(&format!("crdb_internal.{member}")));
+        }
+        if t.is_kw(sql, "as")
+            && tok(k + 1).is_some_and(|n| n.is_kw(sql, "of"))
+            && tok(k + 2).is_some_and(|n| n.is_kw(sql, "system"))
+        {
+            return Err(refusal("AS OF SYSTEM TIME"));
+        }
         let dotted_before = k > 0 && tok(k - 1).is_some_and(|p| p.is('.'));
         let dot_after = tok(k + 1).is_some_and(|n| n.is('.'));
         if dot_after && (name == "pg_catalog" || name == "information_schema") {
