@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::sync::watch;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::clock::{Clock, Hlc};
 use super::encode::{Column, RowImage, ValueKind, ValueOptions, key_array};
@@ -190,10 +190,12 @@ impl Capture {
         tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await?;
         let rows = self.read_log(&tx).await?;
+        // Grouped before the commit: if it fails, the log rows stay.
+        let txns = self.group(rows, &tx).await?;
         tx.commit().await?;
-        let txns = self.group(rows, &client).await?;
-        drop(client);
+        // Stamped while the poller's lock is held: a later drain stamps later.
         self.append(txns);
+        drop(client);
         Ok(())
     }
 
@@ -234,7 +236,7 @@ impl Capture {
     }
 
     /// Groups log rows per transaction in commit order and collapses each per key.
-    async fn group(&self, rows: Vec<LogRow>, client: &Client) -> Result<Vec<Vec<Change>>> {
+    async fn group(&self, rows: Vec<LogRow>, client: &impl GenericClient) -> Result<Vec<Vec<Change>>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -349,7 +351,11 @@ impl Capture {
     }
 
     /// Metadata of `oids`, from the cache or the catalog (the cache is dropped after DDL).
-    pub async fn tables(&self, client: &Client, oids: &[u32]) -> Result<HashMap<u32, Arc<TableMeta>>> {
+    pub async fn tables(
+        &self,
+        client: &impl GenericClient,
+        oids: &[u32],
+    ) -> Result<HashMap<u32, Arc<TableMeta>>> {
         let generation: i64 = client
             .query_one("SELECT ddl_gen FROM crdb_standin.meta", &[])
             .await?
@@ -380,11 +386,11 @@ impl Capture {
     /// after the read), and that time.
     pub async fn scan(&self, tables: &[u32], at: Option<Hlc>) -> Result<(Hlc, Vec<ScanRow>)> {
         let mut client = self.poller.lock().await;
-        let metas = self.tables(&client, tables).await?;
         let tx = client.transaction().await?;
         tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await?;
         let log = self.read_log(&tx).await?;
+        let metas = self.tables(&tx, tables).await?;
         let mut current: Vec<(Arc<TableMeta>, Vec<RowImage>)> = Vec::new();
         for oid in tables {
             let Some(meta) = metas.get(oid) else {
@@ -392,11 +398,12 @@ impl Capture {
             };
             current.push((meta.clone(), read_table(&tx, meta).await?));
         }
+        let txns = self.group(log, &tx).await?;
         tx.commit().await?;
-        let txns = self.group(log, &client).await?;
-        drop(client);
         self.append(txns);
         let at = at.unwrap_or_else(|| self.clock.now());
+        // Nothing drained after the snapshot is stamped before `at`.
+        drop(client);
         let s = self.state.lock().unwrap();
         let wanted: HashSet<u32> = tables.iter().copied().collect();
         let mut out = Vec::new();
@@ -542,7 +549,7 @@ async fn read_table(tx: &tokio_postgres::Transaction<'_>, meta: &TableMeta) -> R
 }
 
 /// Reads tables' columns, key and JSON columns from PostgreSQL's catalog.
-async fn load_tables(client: &Client, oids: &[u32]) -> Result<Vec<TableMeta>> {
+async fn load_tables(client: &impl GenericClient, oids: &[u32]) -> Result<Vec<TableMeta>> {
     let cols = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, a.attname::text, a.atttypid, \
