@@ -145,13 +145,14 @@ impl ResultNames {
 /// Gives the select items of `statement`'s outermost query that DataFusion would name like an
 /// earlier item an internal alias, so DataFusion, which wants distinct result names, plans
 /// them. Columns listed beside a `*` (`SELECT *, id`) may be one of its columns and get one
-/// too. Work out the [`ResultNames`] first: they name the columns as written. Returns whether
-/// anything changed.
+/// too. `EXPLAIN` of a query gets the same treatment. Work out the [`ResultNames`] first: they
+/// name the columns as written. Returns whether anything changed.
 pub fn alias_repeats(statement: &mut Statement) -> bool {
-    let Statement::Query(query) = statement else {
-        return false;
-    };
-    alias_repeats_in(&mut query.body)
+    match statement {
+        Statement::Query(query) => alias_repeats_in(&mut query.body),
+        Statement::Explain { statement, .. } => alias_repeats(statement),
+        _ => false,
+    }
 }
 
 fn alias_repeats_in(body: &mut SetExpr) -> bool {
@@ -242,7 +243,7 @@ fn item_name(item: &SelectItem) -> Option<String> {
 }
 
 /// PostgreSQL's name for an unaliased result column computing `expr`.
-pub fn column_name(expr: &Expr) -> String {
+fn column_name(expr: &Expr) -> String {
     figure(expr).map_or_else(|| UNNAMED.to_string(), |(name, _)| name)
 }
 
@@ -535,6 +536,10 @@ mod tests {
             None
         );
         assert_eq!(repeats_aliased("INSERT INTO t SELECT 1, 1"), None);
+        assert_eq!(
+            repeats_aliased("EXPLAIN SELECT 1, 1").unwrap(),
+            "EXPLAIN SELECT 1, 1 AS \"__tarn_repeat_2\""
+        );
     }
 
     #[test]

@@ -206,6 +206,12 @@ impl TarnSession {
                 alias_repeats(s);
                 names
             }
+            DFStatement::Explain(explain) => {
+                if let DFStatement::Statement(s) = explain.statement.as_mut() {
+                    alias_repeats(s);
+                }
+                None
+            }
             _ => None,
         };
         if let DFStatement::Statement(s) = &parsed
