@@ -280,8 +280,7 @@ fn changefeed_status(
     println!(
         "changefeed:  {} sink{}, resolved every {}{}",
         feed.sink,
-        feed
-            .external_connection
+        feed.external_connection
             .as_deref()
             .map(|c| format!(" via external connection {c}"))
             .unwrap_or_default(),

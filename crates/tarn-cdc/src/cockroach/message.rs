@@ -337,10 +337,18 @@ mod tests {
         let m = parse_core_row(
             Some("shop.public.dogs"),
             Some(b"[7]"),
-            br#"{"after":{"id":7},"updated":"1700000000000000000.0000000000"}"#, None)
+            br#"{"after":{"id":7},"updated":"1700000000000000000.0000000000"}"#,
+            None,
+        )
         .unwrap();
         assert!(matches!(&m, Message::Row(r) if r.topic == "shop.public.dogs" && r.key_text() == "7"));
-        let m = parse_core_row(None, None, br#"{"resolved":"1700000000000000000.0000000005"}"#, None).unwrap();
+        let m = parse_core_row(
+            None,
+            None,
+            br#"{"resolved":"1700000000000000000.0000000005"}"#,
+            None,
+        )
+        .unwrap();
         assert!(matches!(m, Message::Resolved(_)));
         assert!(parse_core_row(Some("t"), Some(b"[1"), b"{}", None).is_err());
     }

@@ -437,7 +437,11 @@ pub fn external_connection_statements(config: &Config, user: &str) -> Result<Str
         None => format!("https://{}", feed.webhook_listen),
     };
     let tls = webhook_tls(config)?;
-    let uri = webhook_uri(&base, &stable_webhook_path(&config.cdc.pipeline), tls.ca_pem.as_deref());
+    let uri = webhook_uri(
+        &base,
+        &stable_webhook_path(&config.cdc.pipeline),
+        tls.ca_pem.as_deref(),
+    );
     Ok(format!(
         "CREATE EXTERNAL CONNECTION {} AS {};\nGRANT USAGE ON EXTERNAL CONNECTION {} TO {};\n",
         quote_ident(name),
@@ -543,7 +547,11 @@ pub(crate) async fn run_once(
             .filter(|s| unheld.contains(&s.id))
             .map(Arc::as_ref)
             .collect::<Vec<_>>();
-        match scan(&address, &client, version, &mut sink, &tables, &scanned, status, stop).await? {
+        match scan(
+            &address, &client, version, &mut sink, &tables, &scanned, status, stop,
+        )
+        .await?
+        {
             Some(at) => held.push(at),
             None => return Ok(()),
         }
@@ -599,7 +607,10 @@ pub(crate) async fn run_once(
                 "webhook_auth_header = {}",
                 quote_literal(&format!("Bearer {secret}"))
             ),
-            format!("webhook_client_timeout = {}", quote_literal(WEBHOOK_CLIENT_TIMEOUT)),
+            format!(
+                "webhook_client_timeout = {}",
+                quote_literal(WEBHOOK_CLIENT_TIMEOUT)
+            ),
             format!("webhook_sink_config = {}", quote_literal(WEBHOOK_SINK_CONFIG)),
         ]);
         let statement = format!(
@@ -698,18 +709,28 @@ async fn scan(
     status: &PipelineStatus,
     stop: &CancellationToken,
 ) -> Result<Option<Position>> {
-    let now: String = client
-        .query_one("SELECT cluster_logical_timestamp()::STRING", &[])
+    // DECIMAL `wall.logical`; its text form is the cursor's.
+    let now = client
+        .simple_query("SELECT cluster_logical_timestamp()")
         .await
         .map_err(|e| query_error("cannot read the cluster's time", e))?
-        .get(0);
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default();
     let at = Position::parse_hlc(&now).ok_or_else(|| {
         Error::new(
             ErrorKind::Source,
             format!("cluster_logical_timestamp() returned {now:?}, not a timestamp"),
         )
     })?;
-    let names = scanned.iter().map(|s| s.qualified()).collect::<Vec<_>>().join(", ");
+    let names = scanned
+        .iter()
+        .map(|s| s.qualified())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut with = common_options(version);
     with.extend([
         "initial_scan = 'only'".to_string(),
@@ -736,7 +757,13 @@ async fn scan(
     let scan_stop = stop.child_token();
     let _scan_guard = scan_stop.clone().drop_guard();
     let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(feed::run_core(address.clone(), statement, Some(at), tx, scan_stop.clone()));
+    tokio::spawn(feed::run_core(
+        address.clone(),
+        statement,
+        Some(at),
+        tx,
+        scan_stop.clone(),
+    ));
     let started = Instant::now();
     let mut rows = 0u64;
     loop {
@@ -800,7 +827,8 @@ async fn stream(
     let cdc = &config.cdc;
     let interval = cdc.flush_interval();
     let budget = (cdc.flush.max_bytes / 2) as usize;
-    let resolved_every = tarn_core::config::parse_duration("cdc.changefeed.resolved", &cdc.changefeed.resolved)?;
+    let resolved_every =
+        tarn_core::config::parse_duration("cdc.changefeed.resolved", &cdc.changefeed.resolved)?;
     let quiet_limit = (resolved_every * 10).max(Duration::from_secs(60));
     let mut last_resolved = Instant::now();
     let mut checks = tokio::time::interval(JOB_CHECK_INTERVAL);
@@ -940,7 +968,11 @@ async fn check_job(client: &tokio_postgres::Client, id: &str) -> Result<()> {
         ));
     };
     if state != "running" && state != "pending" {
-        let why = if error.is_empty() { String::new() } else { format!(": {error}") };
+        let why = if error.is_empty() {
+            String::new()
+        } else {
+            format!(": {error}")
+        };
         return Err(Error::new(
             ErrorKind::Source,
             format!("changefeed job {id} is {state}{why}; creating it again"),

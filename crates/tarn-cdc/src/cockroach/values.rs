@@ -92,7 +92,11 @@ fn scalar_text(text: &str, t: &ColumnType, oid: u32) -> Result<String, String> {
             }),
         },
         ColumnType::Bytea => match s {
-            Some(s) if s.starts_with("\\x") && s[2..].bytes().all(|b| b.is_ascii_hexdigit()) && s.len() % 2 == 0 => {
+            Some(s)
+                if s.starts_with("\\x")
+                    && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+                    && s.len() % 2 == 0 =>
+            {
                 Ok(s)
             }
             _ => Err(expected("bytes as a \"\\\\x\" hex string")),
@@ -250,7 +254,8 @@ fn canonical_json(text: &str, top: bool, out: &mut String) -> Result<(), serde_j
     match text.as_bytes().first() {
         Some(b'{') => {
             let items = object_items(text)?;
-            if top && items.len() == 1 && items[0].0 == JSON_NULL_OBJECT && items[0].1.get().trim() == "true" {
+            if top && items.len() == 1 && items[0].0 == JSON_NULL_OBJECT && items[0].1.get().trim() == "true"
+            {
                 out.push_str("null");
                 return Ok(());
             }
@@ -261,7 +266,11 @@ fn canonical_json(text: &str, top: bool, out: &mut String) -> Result<(), serde_j
                     None => keyed.push((k, v)),
                 }
             }
-            keyed.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.as_bytes().cmp(b.0.as_bytes())));
+            keyed.sort_by(|a, b| {
+                a.0.len()
+                    .cmp(&b.0.len())
+                    .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+            });
             out.push('{');
             for (i, (k, v)) in keyed.iter().enumerate() {
                 if i > 0 {
@@ -308,7 +317,10 @@ fn object_items(text: &str) -> Result<Vec<(String, &RawValue)>, serde_json::Erro
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                     f.write_str("a JSON object")
                 }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Self::Value, A::Error> {
                     let mut items = Vec::new();
                     while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
                         items.push((k, v));
@@ -435,23 +447,37 @@ mod tests {
         assert_eq!(iv("00:00:00"), "PT0S");
         assert_eq!(iv("1 day"), "P1D");
         assert_eq!(iv("-1 days +02:03:04"), "P-1DT2H3M4S");
-        assert_eq!(iv("-1 years -2 mons -3 days -04:05:06.5"), "P-1Y-2M-3DT-4H-5M-6.5S");
+        assert_eq!(
+            iv("-1 years -2 mons -3 days -04:05:06.5"),
+            "P-1Y-2M-3DT-4H-5M-6.5S"
+        );
         assert_eq!(iv("-00:00:00.000001"), "PT-0.000001S");
         assert_eq!(iv("25:00:00"), "PT25H");
         assert_eq!(iv("14 mons"), "P1Y2M");
         assert_eq!(iv("00:00:01.0000005"), "PT1.000001S");
         assert_eq!(
-            text_of(r#"["1 day", null]"#, &ColumnType::List(Box::new(ColumnType::Text)), 1187),
+            text_of(
+                r#"["1 day", null]"#,
+                &ColumnType::List(Box::new(ColumnType::Text)),
+                1187
+            ),
             r#"{"P1D",NULL}"#
         );
         let raw: Box<RawValue> = serde_json::from_str("\"soon\"").unwrap();
-        assert!(cell(&raw, &ColumnType::Text, INTERVAL_OID).unwrap_err().contains("interval"));
+        assert!(
+            cell(&raw, &ColumnType::Text, INTERVAL_OID)
+                .unwrap_err()
+                .contains("interval")
+        );
     }
 
     #[test]
     fn jsonb_in_postgres_canonical_form() {
         let j = |s: &str| text_of(s, &ColumnType::Text, JSONB_OID);
-        assert_eq!(j(r#"{"b":1,"aa":{"z":[1,2.50,"x\u00e9\n"],"a":null}}"#), r#"{"b": 1, "aa": {"a": null, "z": [1, 2.50, "xé\n"]}}"#);
+        assert_eq!(
+            j(r#"{"b":1,"aa":{"z":[1,2.50,"x\u00e9\n"],"a":null}}"#),
+            r#"{"b": 1, "aa": {"a": null, "z": [1, 2.50, "xé\n"]}}"#
+        );
         assert_eq!(j(r#"{"a":1,"a":2}"#), r#"{"a": 2}"#);
         assert_eq!(j("[]"), "[]");
         assert_eq!(j("{}"), "{}");
@@ -459,7 +485,10 @@ mod tests {
         // A JSON null (encode_json_value_null_as_object) and SQL NULL stay apart.
         assert_eq!(j(r#"{"__crdb_json_null__": true}"#), "null");
         assert_eq!(j("null"), "NULL");
-        assert_eq!(j(r#"{"k": {"__crdb_json_null__": true}}"#), r#"{"k": {"__crdb_json_null__": true}}"#);
+        assert_eq!(
+            j(r#"{"k": {"__crdb_json_null__": true}}"#),
+            r#"{"k": {"__crdb_json_null__": true}}"#
+        );
     }
 
     #[test]

@@ -92,7 +92,11 @@ impl Cdc {
     }
 
     pub(crate) async fn start_with(&self, options: RunOptions) -> Running {
-        let config = self.config();
+        self.start_config(self.config(), options).await
+    }
+
+    /// Starts a pipeline with `config` (another pipeline beside this one's, say).
+    pub(crate) async fn start_config(&self, config: Config, options: RunOptions) -> Running {
         let lake = Lake::open(&config).await.unwrap();
         let stop = CancellationToken::new();
         let status = Arc::new(PipelineStatus::default());
