@@ -108,6 +108,12 @@ pub enum BenchCommand {
         /// Where the lake and the private PostgreSQL go; default `DATA_DIR/bench/cdc`.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also measure the CockroachDB changefeed path (scan rows/s, backlog changes/s,
+        /// freshness at the resolved cadence) beside the PostgreSQL path, on the same data:
+        /// tarn's CockroachDB source reads a stand-in cluster (the one its contract tests use)
+        /// in front of the private PostgreSQL. Figures include the stand-in's own work.
+        #[arg(long, conflicts_with = "source")]
+        cockroach_contract: bool,
     },
 }
 
@@ -149,6 +155,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             rate,
             source,
             dir,
+            cockroach_contract,
         } => {
             if rows == 0 || writers == 0 || rate == 0 {
                 bail!("--rows, --writers and --rate must be positive");
@@ -164,6 +171,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                     rate,
                     source,
                     dir,
+                    cockroach_contract,
                 },
             )
             .await?;

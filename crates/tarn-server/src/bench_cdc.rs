@@ -11,6 +11,15 @@
 //!    steady load; a probe commits a row every 100 ms in PostgreSQL and polls tarn's SQL until
 //!    it is visible: p50 and p99 of commit-to-visibility.
 //! 4. Peak RSS of the process (pipeline, SQL session and lake) at the end.
+//!
+//! With `--cockroach-contract` the CockroachDB changefeed path runs beside each phase on the
+//! same table and the same backlog: tarn's CockroachDB source reads
+//! `tarn_test_utils::cockroach::StandInCluster` (the stand-in its contract tests use) in front
+//! of the private PostgreSQL — a scan (scan-only changefeed), the backlog replayed from the
+//! lake's cursor, and freshness at the resolved cadence (`cdc.changefeed.resolved`, 1 s),
+//! each printed with its ratio to the PostgreSQL path. The stand-in captures changes with
+//! triggers and keeps its history in memory, so with it the source's write rate and the peak
+//! RSS include the stand-in's share.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -43,6 +52,46 @@ pub struct CdcBenchOptions {
     pub source: Option<String>,
     /// Where the lake (and the private PostgreSQL) go.
     pub dir: PathBuf,
+    /// Measure the CockroachDB changefeed path through the contract stand-in too.
+    pub cockroach_contract: bool,
+}
+
+/// The CockroachDB changefeed path of the benchmark: a stand-in cluster in front of the
+/// benchmark's PostgreSQL and a pipeline configuration reading it.
+struct ChangefeedPath {
+    cluster: tarn_test_utils::cockroach::StandInCluster,
+    config: Config,
+}
+
+impl ChangefeedPath {
+    async fn start(base: &Config, pg_port: u16) -> Result<Self> {
+        use tarn_test_utils::cockroach::{StandInCluster, StandInOptions};
+        let cluster = StandInCluster::start(
+            pg_port,
+            "bench",
+            StandInOptions {
+                rangefeed_enabled: true,
+                ..StandInOptions::default()
+            },
+        )
+        .await
+        .context("cannot start the CockroachDB stand-in")?;
+        cluster.capture_tables().await?;
+        let mut config = base.clone();
+        config.cdc.source = Some(cluster.url("postgres"));
+        config.cdc.source_kind = "cockroachdb".into();
+        config.cdc.pipeline = "crdb".into();
+        config.cdc.namespace = "crdb".into();
+        Ok(Self { cluster, config })
+    }
+}
+
+fn hlc_acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Position {
+    report
+        .acknowledged
+        .as_deref()
+        .and_then(Position::parse_hlc)
+        .unwrap_or_default()
 }
 
 struct Pipeline {
@@ -225,6 +274,23 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     config.cdc.tables = vec!["public.bench_*".into()];
     config.cdc.pipeline = "bench".into();
     let lake = Lake::open(&config).await?;
+    let crdb = if options.cockroach_contract {
+        let port = url
+            .parse::<tokio_postgres::Config>()?
+            .get_ports()
+            .first()
+            .copied()
+            .context("the private PostgreSQL's URL has no port")?;
+        let path = ChangefeedPath::start(&config, port).await?;
+        println!(
+            "CockroachDB path: a {} stand-in in front of the same PostgreSQL (resolved every {})",
+            path.cluster.version().release(),
+            path.config.cdc.changefeed.resolved
+        );
+        Some(path)
+    } else {
+        None
+    };
 
     // 1. Initial snapshot, against psql's \copy of the same table.
     println!("\n== initial snapshot ==");
@@ -256,6 +322,24 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         snap / reference
     );
     pipeline.stop().await?;
+    if let Some(crdb) = &crdb {
+        let started = Instant::now();
+        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        pipeline
+            .wait("the CockroachDB scan", Duration::from_secs(3600), |r| {
+                r.state == "streaming"
+            })
+            .await?;
+        let scan = started.elapsed().as_secs_f64();
+        println!(
+            "tarn from CockroachDB (scan-only changefeed) {:>10} rows in {scan:>7.2}s  {:>10.0} rows/s\n\
+             ratio CockroachDB path/PostgreSQL path: {:.2}",
+            options.rows,
+            options.rows as f64 / scan,
+            scan / snap
+        );
+        pipeline.stop().await?;
+    }
 
     // 2. Sustained changes: the same backlog drained by pg_recvlogical and by tarn.
     println!("\n== sustained changes: draining a backlog ==");
@@ -336,6 +420,26 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         produced as f64 / reference,
         drain / reference
     );
+    if let Some(crdb) = &crdb {
+        // Every change of the backlog is in the stand-in's history once it has drained its
+        // capture log; the changefeed replays them from the lake's cursor.
+        let end = Position::parse_hlc(&crdb.cluster.sync_now().await?.decimal()).context("bad HLC")?;
+        let started = Instant::now();
+        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        pipeline
+            .wait("the CockroachDB backlog", Duration::from_secs(3600), |r| {
+                r.state == "streaming" && hlc_acknowledged(r) >= end
+            })
+            .await?;
+        let crdb_drain = started.elapsed().as_secs_f64();
+        pipeline.stop().await?;
+        println!(
+            "tarn from CockroachDB (changefeed) {produced} changes in {crdb_drain:>7.2}s  {:>9.0} changes/s\n\
+             ratio CockroachDB path/PostgreSQL path: {:.2}",
+            produced as f64 / crdb_drain,
+            crdb_drain / drain
+        );
+    }
 
     // 3. Freshness under a steady load, with the default flush interval.
     println!(
@@ -343,28 +447,75 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         options.rate, options.freshness_seconds, config.cdc.flush.interval
     );
     let session = TarnSession::new(lake.clone()).await?;
+    let pg_fresh = freshness(&url, &session, "cdc", &options, 0).await?;
+    pipeline.stop().await?;
+    println!(
+        "freshness over {} probes: p50 {:.3}s  p99 {:.3}s  max {:.3}s",
+        pg_fresh.len(),
+        percentile(&pg_fresh, 0.5),
+        percentile(&pg_fresh, 0.99),
+        pg_fresh.last().copied().unwrap_or(f64::NAN)
+    );
+    if let Some(crdb) = &crdb {
+        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        pipeline
+            .wait("the CockroachDB stream", Duration::from_secs(600), |r| {
+                r.state == "streaming"
+            })
+            .await?;
+        let fresh = freshness(&url, &session, "crdb", &options, 1_000_000_000).await?;
+        pipeline.stop().await?;
+        println!(
+            "CockroachDB path, resolved every {}: p50 {:.3}s  p99 {:.3}s  max {:.3}s over {} probes\n\
+             ratio of p50 CockroachDB path/PostgreSQL path: {:.2}",
+            crdb.config.cdc.changefeed.resolved,
+            percentile(&fresh, 0.5),
+            percentile(&fresh, 0.99),
+            fresh.last().copied().unwrap_or(f64::NAN),
+            fresh.len(),
+            percentile(&fresh, 0.5) / percentile(&pg_fresh, 0.5)
+        );
+    }
+    println!(
+        "\npeak RSS: {}",
+        crate::bench::peak_rss().unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
+
+/// Commit-to-visibility times (sorted, seconds) of probes committed every 100 ms in the
+/// source while writers keep `options.rate` changes/s, seen through `namespace.bench_probe`.
+/// Probe sequence numbers start after `first`.
+async fn freshness(
+    url: &str,
+    session: &TarnSession,
+    namespace: &str,
+    options: &CdcBenchOptions,
+    first: i64,
+) -> Result<Vec<f64>> {
     let stop = CancellationToken::new();
     let load = tokio::spawn(writer(
-        url.clone(),
-        104_729,
+        url.to_string(),
+        104_729 + first as u64,
         u64::MAX,
         options.rows as i64,
         Some(options.rate),
         stop.clone(),
     ));
-    let probe = connect(&url).await?;
+    let probe = connect(url).await?;
     let mut samples = Vec::new();
     let until = Instant::now() + Duration::from_secs(options.freshness_seconds);
-    let mut seq = 0i64;
+    let mut seq = first;
+    let query = format!("SELECT max(seq) FROM {namespace}.bench_probe");
     while Instant::now() < until {
         seq += 1;
         probe
             .execute("INSERT INTO bench_probe (seq) VALUES ($1)", &[&seq])
             .await?;
         let committed = Instant::now();
-        let deadline = committed + Duration::from_secs(30);
+        let deadline = committed + Duration::from_secs(60);
         loop {
-            let rows = crate::bench::query_rows_text(&session, "SELECT max(seq) FROM cdc.bench_probe").await;
+            let rows = crate::bench::query_rows_text(session, &query).await;
             if rows
                 .ok()
                 .and_then(|r| r.first().and_then(|v| v.parse::<i64>().ok()))
@@ -374,7 +525,8 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("probe {seq} did not become visible within 30 s");
+                stop.cancel();
+                bail!("probe {seq} did not reach {namespace}.bench_probe within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -382,20 +534,8 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     }
     stop.cancel();
     let _ = load.await;
-    pipeline.stop().await?;
     samples.sort_by(f64::total_cmp);
-    println!(
-        "freshness over {} probes: p50 {:.3}s  p99 {:.3}s  max {:.3}s",
-        samples.len(),
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        samples.last().copied().unwrap_or(f64::NAN)
-    );
-    println!(
-        "\npeak RSS: {}",
-        crate::bench::peak_rss().unwrap_or_else(|| "unknown".into())
-    );
-    Ok(())
+    Ok(samples)
 }
 
 /// The default directory of the benchmark.

@@ -838,6 +838,11 @@ async fn stream(
     let type_opts = type_options(cdc);
     let mut last_idle_mark = Instant::now();
     let mut last_flushed: Option<Position> = None;
+    // A resolved timestamp already closes a batch of changes, so each one is committed unless
+    // the last commit is more recent than the flush interval: freshness is the resolved
+    // cadence, and commits come no more often than the flush interval (a tenth of it is slack
+    // for cadence jitter).
+    let mut last_commit = Instant::now() - interval;
     loop {
         let deadline = sink
             .pending_since()
@@ -909,7 +914,7 @@ async fn stream(
                     status.update(|r| r.received = Some(resolved.to_string()));
                     let full = sink.pending_events() >= cdc.flush.max_rows
                         || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
-                    flush_now |= full || sink.pending_since().is_some_and(|t| t.elapsed() >= interval);
+                    flush_now |= full || last_commit.elapsed() >= interval * 9 / 10;
                     let (duplicates, stale) = window.dropped();
                     metrics::gauge!("tarn_cdc_changefeed_duplicates_total").set(duplicates as f64);
                     metrics::gauge!("tarn_cdc_changefeed_stale_total").set(stale as f64);
@@ -923,6 +928,7 @@ async fn stream(
         if let Some(p) = sink.flush().await? {
             failpoint::hit("cdc.before_ack").await?;
             last_flushed = Some(p);
+            last_commit = Instant::now();
             if last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
                 // Quiet tables would otherwise hold the restart cursor at their last change.
                 sink.mark_idle(p).await?;
