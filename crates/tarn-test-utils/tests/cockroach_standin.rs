@@ -660,6 +660,31 @@ async fn resolved_cadence_honours_min_checkpoint_frequency() {
         quiet.is_err(),
         "a resolved message before min_checkpoint_frequency"
     );
+    drop(s2);
+    // Resolved timestamps trail real time by the closed-timestamp target. (`c2` stays busy
+    // with its changefeed, as a connection streaming one does.)
+    let c3 = env.crdb().await;
+    assert_eq!(
+        one_col(&c3, "SHOW CLUSTER SETTING kv.closed_timestamp.target_duration").await,
+        [Some("0s".into())]
+    );
+    c3.simple_query("SET CLUSTER SETTING kv.closed_timestamp.target_duration = '2s'")
+        .await
+        .unwrap();
+    let mut s3 = feed(
+        &c3,
+        "CREATE CHANGEFEED FOR TABLE dogs WITH resolved = '0s', min_checkpoint_frequency = '100ms'",
+    )
+    .await;
+    // The first is the start (the high-water mark never goes below it); the next ones trail.
+    let first = resolved(&mut s3).await;
+    let r = resolved(&mut s3).await;
+    assert!(r > first);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(now - r.wall >= 2_000_000_000, "{} ns behind", now - r.wall);
 }
 
 /// An HTTPS endpoint recording requests and answering with the statuses queued (200 when

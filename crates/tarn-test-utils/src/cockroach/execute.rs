@@ -42,27 +42,86 @@ pub enum Answer {
     Sinkless(Box<FeedSpec>),
 }
 
+/// A duration as Go prints it (`3s`, `500ms`, `1m30s`).
+fn go_duration(d: std::time::Duration) -> String {
+    let n = d.as_nanos();
+    if n == 0 {
+        return "0s".into();
+    }
+    if !n.is_multiple_of(1_000_000_000) {
+        return if n.is_multiple_of(1_000_000) {
+            format!("{}ms", n / 1_000_000)
+        } else {
+            format!("{n}ns")
+        };
+    }
+    let s = n / 1_000_000_000;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
 /// Cluster settings the stand-in knows, with CockroachDB's defaults for a self-hosted
 /// cluster: `kv.rangefeed.enabled` false ("Any created changefeeds will error until this
 /// setting is enabled", docs `create-and-configure-changefeeds.md`),
 /// `changefeed.permissions.require_external_connection_sink.enabled` false (v23.1.0 release
-/// notes), `feature.changefeed.enabled` true, `kv.closed_timestamp.target_duration` 3s.
-pub fn default_settings(rangefeed_enabled: bool) -> BTreeMap<String, String> {
+/// notes), `feature.changefeed.enabled` true; `kv.closed_timestamp.target_duration` (3s in
+/// CockroachDB) and `kv.rangefeed.enabled` start as the stand-in's options say.
+pub fn default_settings(options: &super::StandInOptions) -> BTreeMap<String, String> {
     [
         (
             "kv.rangefeed.enabled",
-            if rangefeed_enabled { "true" } else { "false" },
+            if options.rangefeed_enabled {
+                "true"
+            } else {
+                "false"
+            }
+            .to_string(),
         ),
         (
             "changefeed.permissions.require_external_connection_sink.enabled",
-            "false",
+            "false".to_string(),
         ),
-        ("feature.changefeed.enabled", "true"),
-        ("kv.closed_timestamp.target_duration", "3s"),
+        ("feature.changefeed.enabled", "true".to_string()),
+        (
+            "kv.closed_timestamp.target_duration",
+            go_duration(options.closed_timestamp_lag),
+        ),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// `SET CLUSTER SETTING name = value` (`None`: `DEFAULT`).
+pub fn set_setting(inner: &Inner, name: &str, value: Option<String>) -> Result<(), SqlError> {
+    let defaults = default_settings(&inner.options);
+    let Some(default) = defaults.get(name) else {
+        // Wording not in the research notes.
+        return Err(SqlError::new(
+            "42704",
+            format!("unknown cluster setting '{name}'"),
+        ));
+    };
+    let value = value.unwrap_or_else(|| default.clone());
+    if (default == "true" || default == "false") && value != "true" && value != "false" {
+        return Err(SqlError::new(
+            "22023",
+            format!("could not parse \"{value}\" as type bool"),
+        ));
+    }
+    if name == "kv.closed_timestamp.target_duration" {
+        let nanos = parse_go_duration(&value)
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| SqlError::new("22023", format!("could not parse \"{value}\" as type interval")))?;
+        inner.lag.store(nanos as u64, Ordering::Relaxed);
+    }
+    inner.settings.lock().unwrap().insert(name.to_string(), value);
+    Ok(())
 }
 
 fn setting_on(settings: &Mutex<BTreeMap<String, String>>, name: &str) -> bool {
@@ -105,22 +164,7 @@ pub async fn execute(inner: &Arc<Inner>, session: &Session, stmt: Statement) -> 
             Ok(Answer::Tag("DROP EXTERNAL CONNECTION"))
         }
         Statement::SetClusterSetting { name, value } => {
-            let defaults = default_settings(inner.options.rangefeed_enabled);
-            let Some(default) = defaults.get(&name) else {
-                // Wording not in the research notes.
-                return Err(SqlError::new(
-                    "42704",
-                    format!("unknown cluster setting '{name}'"),
-                ));
-            };
-            let value = value.unwrap_or_else(|| default.clone());
-            if (default == "true" || default == "false") && value != "true" && value != "false" {
-                return Err(SqlError::new(
-                    "22023",
-                    format!("could not parse \"{value}\" as type bool"),
-                ));
-            }
-            inner.settings.lock().unwrap().insert(name, value);
+            set_setting(inner, &name, value)?;
             Ok(Answer::Tag("SET CLUSTER SETTING"))
         }
         Statement::CancelJob(id) => cancel_job(inner, id).await,

@@ -124,8 +124,8 @@ pub struct ResolvedEmitted {
 pub struct FlowCx {
     /// The capture.
     pub capture: Arc<Capture>,
-    /// Closed-timestamp lag.
-    pub lag: Duration,
+    /// Closed-timestamp lag in nanoseconds (`kv.closed_timestamp.target_duration`).
+    pub lag: Arc<std::sync::atomic::AtomicU64>,
     /// Inject duplicates and reordering.
     pub duplicates: bool,
     /// Seed of that.
@@ -326,6 +326,7 @@ pub async fn run_flow(
             return Ok(FlowEnd::ScanDone);
         }
     }
+    let floor = pos;
     let freq = spec.opts.min_checkpoint_frequency;
     let mut next_checkpoint = Instant::now() + freq;
     let mut high_water = resume;
@@ -375,8 +376,10 @@ pub async fn run_flow(
         pos = pos.max(frontier);
         sink.tick().await?;
         if Instant::now() >= next_checkpoint {
-            let closed = Hlc::from_wall(wall_now().saturating_sub(cx.lag.as_nanos() as u64));
-            let r = frontier.min(closed).max(high_water.unwrap_or_default());
+            let lag = cx.lag.load(std::sync::atomic::Ordering::Relaxed);
+            let closed = Hlc::from_wall(wall_now().saturating_sub(lag));
+            // The high-water mark starts at the scan time (or the start) and only advances.
+            let r = frontier.min(closed).max(high_water.unwrap_or(floor));
             if high_water.is_none_or(|h| r > h) {
                 if !window.release(sink, &mut rng).await? {
                     return Ok(FlowEnd::Stopped);

@@ -84,10 +84,10 @@ pub use version::CockroachVersion;
 pub struct StandInOptions {
     /// The CockroachDB version played.
     pub version: CockroachVersion,
-    /// How far resolved timestamps trail the clock. Default 0 for tests; CockroachDB's
-    /// closed timestamps trail real time by `kv.closed_timestamp.target_duration`, 3 s by
-    /// default, and resolved timestamps reach a changefeed typically 3–7 s behind (research
-    /// follow-up A).
+    /// How far resolved timestamps trail the clock: the initial
+    /// `kv.closed_timestamp.target_duration` (which `SET CLUSTER SETTING` changes). Default 0
+    /// for tests; CockroachDB's default is 3 s, and resolved timestamps reach a changefeed
+    /// typically 3–7 s behind real time (research follow-up A).
     pub closed_timestamp_lag: Duration,
     /// How long history is kept (`gc.ttlseconds`, 4 h by default since v23.1).
     pub gc_ttl: Duration,
@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     resolved_log: Arc<Mutex<Vec<ResolvedEmitted>>>,
     sinkless: Mutex<HashMap<u64, CancellationToken>>,
     next_id: AtomicU64,
+    /// `kv.closed_timestamp.target_duration`, nanoseconds.
+    lag: Arc<AtomicU64>,
     shutdown: CancellationToken,
 }
 
@@ -156,7 +158,7 @@ impl Inner {
     fn flow_cx(&self) -> jobs::FlowCx {
         jobs::FlowCx {
             capture: self.capture.clone(),
-            lag: self.options.closed_timestamp_lag,
+            lag: self.lag.clone(),
             duplicates: self.options.duplicates,
             seed: self.options.seed,
             resolved_log: self.resolved_log.clone(),
@@ -214,7 +216,8 @@ impl StandInCluster {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let inner = Arc::new(Inner {
-            settings: Mutex::new(execute::default_settings(options.rangefeed_enabled)),
+            settings: Mutex::new(execute::default_settings(&options)),
+            lag: Arc::new(AtomicU64::new(options.closed_timestamp_lag.as_nanos() as u64)),
             options,
             pg_port,
             database: database.to_string(),
@@ -341,12 +344,9 @@ impl StandInCluster {
     }
 
     /// Sets a cluster setting as `SET CLUSTER SETTING` would.
-    pub fn set_cluster_setting(&self, name: &str, value: &str) {
-        self.inner
-            .settings
-            .lock()
-            .unwrap()
-            .insert(name.to_string(), value.to_string());
+    pub fn set_cluster_setting(&self, name: &str, value: &str) -> Result<()> {
+        execute::set_setting(&self.inner, name, Some(value.to_string()))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
     }
 
     /// Gives tables without a primary key their `rowid` and (re)installs the capture triggers.
