@@ -1005,6 +1005,19 @@ async fn option_validation_errors() {
         let got = error_of(&c, sql).await;
         assert_eq!((got.0.as_str(), got.1.as_str()), (code, message), "{sql}");
     }
+    // A core changefeed needs SELECT on its tables.
+    env.pg
+        .psql("app", "CREATE ROLE reader LOGIN; GRANT SELECT ON plain TO reader")
+        .unwrap();
+    let reader = connect(&env.crdb.url("reader")).await;
+    let (code, msg, _) = error_of(&reader, "CREATE CHANGEFEED FOR TABLE dogs").await;
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        (
+            "42501",
+            "user reader requires the SELECT privilege on all target tables to be able to run a core changefeed"
+        )
+    );
     // A cursor older than the GC threshold (here: before the stand-in's history begins).
     let (code, msg, hint) = error_of(
         &c,

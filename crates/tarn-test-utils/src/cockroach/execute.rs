@@ -409,6 +409,30 @@ async fn changefeed(inner: &Arc<Inner>, session: &Session, c: ChangefeedStmt) ->
     }
     // CF authorization.go authorizeUserToCreateChangefeed (admins are never refused).
     let admin = inner.options.admin_users.contains(&session.user);
+    if scheme.is_none() && !admin {
+        // A core changefeed needs SELECT on every target (AUTH-mid/AUTH-new, follow-up D row
+        // 4); the backing database's grants stand for CockroachDB's.
+        for t in &targets {
+            let ok: bool = inner
+                .control
+                .query_one(
+                    "SELECT has_table_privilege($1, $2::oid, 'SELECT')",
+                    &[&session.user, &t.oid],
+                )
+                .await
+                .map_err(|e| internal(e.into()))?
+                .get(0);
+            if !ok {
+                return Err(SqlError::new(
+                    "42501",
+                    format!(
+                        "user {} requires the SELECT privilege on all target tables to be able to run a core changefeed",
+                        session.user
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(s) = &scheme
         && s != "external"
         && !admin

@@ -42,10 +42,12 @@
 //!
 //! OIDs are PostgreSQL's (CockroachDB's are descriptor ids); `SELECT *` shows `rowid` (it is
 //! NOT VISIBLE in CockroachDB); SQL outside the catalog is PostgreSQL's; transactions are
-//! PostgreSQL's (no serializable retries); privileges beyond "admins may use any sink" (every
-//! user holds SELECT and CHANGEFEED); column families, TRUNCATE of watched tables, Kafka /
+//! PostgreSQL's (no serializable retries); privileges other than SELECT for core changefeeds
+//! (checked against the backing database's grants) and "admins may use any sink" (every user
+//! holds CHANGEFEED and USAGE on every external connection); column families, TRUNCATE of watched tables, Kafka /
 //! cloud-storage / Pub/Sub sinks, formats other than JSON, envelopes other than `wrapped`,
-//! `end_time`, `ALTER CHANGEFEED`, `PAUSE` / `RESUME JOB`; job retention; changes made before
+//! `end_time`, `ALTER CHANGEFEED`, `PAUSE` / `RESUME JOB`; job retention; the NOTICEs
+//! v25.1+ prints for `resolved` below `min_checkpoint_frequency`; changes made before
 //! the stand-in started have no history (its start is the first GC threshold); a
 //! `cluster_logical_timestamp()` inside a transaction is a clock reading at the statement, not
 //! the transaction's commit timestamp.
