@@ -1005,6 +1005,16 @@ async fn option_validation_errors() {
         let got = error_of(&c, sql).await;
         assert_eq!((got.0.as_str(), got.1.as_str()), (code, message), "{sql}");
     }
+    // TRUNCATE of a captured table is refused (row triggers would not see it).
+    let pg = env.pg().await;
+    let e = pg.batch_execute("TRUNCATE dogs").await.unwrap_err();
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("does not model TRUNCATE of dogs"),
+        "{e}"
+    );
     // A core changefeed needs SELECT on its tables.
     env.pg
         .psql("app", "CREATE ROLE reader LOGIN; GRANT SELECT ON plain TO reader")

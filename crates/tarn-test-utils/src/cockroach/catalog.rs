@@ -180,6 +180,14 @@ BEGIN
   RETURN NULL;
 END $$;
 
+-- TRUNCATE is a schema change in CockroachDB that changefeeds do not survive; row triggers
+-- do not see it, so the stand-in refuses it rather than lose changes unnoticed.
+CREATE FUNCTION crdb_standin.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = format(
+    'the CockroachDB stand-in does not model TRUNCATE of %s; add it with CockroachDB''s behaviour', TG_TABLE_NAME);
+END $$;
+
 -- Gives every user table without a primary key CockroachDB's hidden rowid (issue #80035:
 -- `rowid INT8 NOT VISIBLE NOT NULL DEFAULT unique_rowid()`, primary key `<table>_pkey` since
 -- v22.1, PR #73833; `rowid_1`… when `rowid` is taken), and (re)installs the capture trigger.
@@ -210,6 +218,8 @@ BEGIN
                        WHERE t.tgrelid = r.oid AND t.tgname = 'crdb_standin_capture') THEN
       EXECUTE format('CREATE OR REPLACE TRIGGER crdb_standin_capture AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                      'FOR EACH ROW EXECUTE FUNCTION crdb_standin.capture(%s)', r.nspname, r.relname, cols);
+      EXECUTE format('CREATE OR REPLACE TRIGGER crdb_standin_truncate BEFORE TRUNCATE ON %I.%I '
+                     'FOR EACH STATEMENT EXECUTE FUNCTION crdb_standin.refuse_truncate()', r.nspname, r.relname);
       INSERT INTO crdb_standin.captured VALUES (r.oid, cols)
         ON CONFLICT (relid) DO UPDATE SET json_cols = excluded.json_cols;
     END IF;

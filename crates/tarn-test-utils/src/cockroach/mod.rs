@@ -42,15 +42,43 @@
 //!
 //! OIDs are PostgreSQL's (CockroachDB's are descriptor ids); `SELECT *` shows `rowid` (it is
 //! NOT VISIBLE in CockroachDB); SQL outside the catalog is PostgreSQL's; transactions are
-//! PostgreSQL's (no serializable retries); privileges other than SELECT for core changefeeds
-//! (checked against the backing database's grants) and "admins may use any sink" (every user
-//! holds CHANGEFEED and USAGE on every external connection); column families, TRUNCATE of watched tables, Kafka /
-//! cloud-storage / Pub/Sub sinks, formats other than JSON, envelopes other than `wrapped`,
-//! `end_time`, `ALTER CHANGEFEED`, `PAUSE` / `RESUME JOB`; job retention; the NOTICEs
-//! v25.1+ prints for `resolved` below `min_checkpoint_frequency`; changes made before
-//! the stand-in started have no history (its start is the first GC threshold); a
-//! `cluster_logical_timestamp()` inside a transaction is a clock reading at the statement, not
-//! the transaction's commit timestamp.
+//! PostgreSQL's (no serializable retries); privileges other than SELECT for core
+//! changefeeds (checked against the backing database's grants) and "admins may use any
+//! sink" (every user holds CHANGEFEED and USAGE on every external connection); column
+//! families; TRUNCATE of captured tables (refused) and DROP of watched ones (the feed just
+//! goes quiet); Kafka / cloud-storage / Pub/Sub sinks, formats other than JSON, envelopes
+//! other than `wrapped`, `end_time`, `ALTER CHANGEFEED`, `PAUSE` / `RESUME JOB`; job
+//! retention; the NOTICEs v25.1+ prints for `resolved` below `min_checkpoint_frequency`;
+//! changes made before the stand-in started have no history (its start is the first GC
+//! threshold); a `cluster_logical_timestamp()` inside a transaction is a clock reading at the
+//! statement, not the transaction's commit timestamp.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use tarn_test_utils::cockroach::{CockroachVersion, StandInCluster, StandInOptions};
+//! let pg = tarn_test_utils::start_postgres()?;
+//! pg.psql("postgres", "CREATE DATABASE app")?;
+//! pg.psql("app", "CREATE TABLE dogs (id bigint PRIMARY KEY, name text)")?;
+//! let crdb = StandInCluster::start(
+//!     pg.port(),
+//!     "app",
+//!     StandInOptions {
+//!         version: CockroachVersion::V23_2,
+//!         rangefeed_enabled: true,
+//!         ..Default::default()
+//!     },
+//! )
+//! .await?;
+//! // Point the CockroachDB source at `crdb.url("postgres")`; write to `pg.url("app")`.
+//! let statement = crdb
+//!     .wait_statement("CREATE CHANGEFEED", std::time::Duration::from_secs(60))
+//!     .await?;
+//! # let _ = statement;
+//! # Ok(())
+//! # }
+//! ```
 
 mod catalog;
 mod clock;
