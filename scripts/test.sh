@@ -14,4 +14,5 @@ if [ $# -eq 0 ]; then
   # its privileges against a real PostgreSQL, the certificate script.
   bash deploy/cockroachdb/validate.sh
   bash deploy/cockroachdb/test.sh
+  bash scripts/test_install.sh   # the prebuilt path: package, serve on 127.0.0.1, install.sh
 fi
