@@ -2,10 +2,11 @@
 # Tests the prebuilt path end to end on this machine: packages a built tarn binary with
 # scripts/package.sh as a release would, serves the release directory on 127.0.0.1 with
 # Python's http.server, and installs from it with scripts/install.sh (run by `sh`, so a
-# bashism fails here). Checks that the installed tarn runs, that a corrupted archive is
-# refused with a checksum error and nothing installed, the wget path, the GitHub URLs the
-# script builds (with the repository substituted as the release workflow does), and the
-# messages for an unknown OS, an unknown architecture and an unknown repository.
+# bashism fails here). Checks that the installed tarn runs; that a corrupted archive is
+# refused with a checksum error and nothing installed; the wget path; that the `cargo
+# binstall` metadata names the same archive; the GitHub URLs the script builds once the
+# release workflow has substituted the repository; and the messages for an unknown OS, an
+# unknown architecture and an unknown repository.
 #
 # Usage: bash scripts/test_install.sh [TARN_BINARY]
 # Without an argument it takes the release build in cargo's target directory (CARGO_TARGET_DIR
@@ -79,6 +80,24 @@ archive=tarn-$version-$target.tar.gz
   "tarn-$version-$target/ tarn-$version-$target/LICENSE tarn-$version-$target/README.md tarn-$version-$target/tarn " ] ||
   fail "the archive does not hold exactly tarn-$version-$target/{tarn,README.md,LICENSE}"
 ok "packaged $archive ($(wc -c <"$work/release/$archive" | tr -d ' ') bytes)"
+
+# The `cargo binstall` metadata of tarn-server names the same archive and the binary in it.
+binstall=$(cargo metadata --format-version 1 --no-deps | python3 -c '
+import json, sys
+version, target = sys.argv[1:]
+package = next(p for p in json.load(sys.stdin)["packages"] if p["name"] == "tarn-server")
+meta = package["metadata"]["binstall"]
+values = {"repo": "https://github.com/acme/tarn", "version": version, "target": target,
+          "bin": "tarn", "binary-ext": "", "name": package["name"]}
+def render(template):
+    for key, value in values.items():
+        template = template.replace("{ %s }" % key, value)
+    return template
+print(meta["pkg-fmt"], render(meta["pkg-url"]), render(meta["bin-dir"]))
+' "$version" "$target")
+[ "$binstall" = "tgz https://github.com/acme/tarn/releases/download/v$version/$archive tarn-$version-$target/tarn" ] ||
+  fail "the cargo binstall metadata does not match the release archive: $binstall"
+ok "cargo binstall metadata names $archive and tarn-$version-$target/tarn"
 
 # The same release with one byte of the archive changed.
 cp "$work/release/SHA256SUMS" "$work/release/$archive" "$work/bad/"
