@@ -166,6 +166,6 @@ cp "$tmp/$name/tarn" "$dir/.tarn.install.$$" || die "could not write to $dir (ch
 mv -f "$dir/.tarn.install.$$" "$dir/tarn"
 say "installed $out to $dir/tarn"
 case :${PATH:-}: in
-  *:"$dir":*) say "run: tarn --help" ;;
+  *:"$dir":* | *:"$dir"/:*) say "run: tarn --help" ;;
   *) warn "$dir is not on your PATH; add it (e.g. in your shell's profile): export PATH=\"$dir:\$PATH\"" ;;
 esac

@@ -42,7 +42,9 @@ if [ "$(uname -s)" = Darwin ] && [ "$(sysctl -n sysctl.proc_translated 2>/dev/nu
   target=aarch64-apple-darwin
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/tarn-test-install.XXXXXX")
+tmpdir=${TMPDIR:-/tmp}
+work=$(mktemp -d "${tmpdir%/}/tarn-test-install.XXXXXX")
+work=$(cd "$work" && pwd -P) # the path install.sh reports (macOS: /var is /private/var)
 server_pid=""
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
@@ -105,7 +107,8 @@ printf 'X' | dd of="$work/bad/$archive" bs=1 seek=4096 conv=notrunc 2>/dev/null
 cmp -s "$work/release/$archive" "$work/bad/$archive" && fail "could not corrupt the archive"
 
 # Serve both on a free loopback port; http.server prints the port once it is listening.
-python3 -u -m http.server --bind 127.0.0.1 --directory "$work" 0 >"$work/server.log" 2>&1 &
+: >"$work/server.log"
+python3 -u -m http.server --bind 127.0.0.1 --directory "$work" 0 >>"$work/server.log" 2>&1 &
 server_pid=$!
 port=""
 deadline=$(($(date +%s) + 20))
