@@ -539,9 +539,20 @@ async fn webhook_through_an_external_connection() {
     let running = crdb.cdc.start().await;
     crdb.cdc.wait_same(CATS.0, CATS.1, Duration::from_secs(60)).await;
     crdb.cdc.wait_same(DOGS.0, DOGS.1, Duration::from_secs(60)).await;
-    let feeds = crdb.changefeeds();
-    let stream = feeds.last().unwrap();
-    assert!(stream.contains("INTO 'external://tarn_webhook'"), "{stream}");
+    let stream = crdb
+        .cluster
+        .wait_job(Duration::from_secs(60), |j| {
+            j.sink_uri == "external://tarn_webhook"
+        })
+        .await
+        .unwrap()
+        .description;
+    let stream = crdb
+        .changefeeds()
+        .into_iter()
+        .rev()
+        .find(|s| s.contains("INTO 'external://tarn_webhook'"))
+        .unwrap_or_else(|| panic!("no changefeed into the external connection: {stream}"));
     for part in [
         "webhook_auth_header = 'Bearer ",
         "webhook_client_timeout = '60s'",

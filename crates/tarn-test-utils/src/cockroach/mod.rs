@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     pg_relations: HashSet<String>,
     settings: Mutex<BTreeMap<String, String>>,
     external: Mutex<BTreeMap<String, String>>,
+    /// `GRANT USAGE ON EXTERNAL CONNECTION`: (connection, user).
+    external_usage: Mutex<std::collections::BTreeSet<(String, String)>>,
     jobs: Mutex<BTreeMap<i64, Arc<jobs::Job>>>,
     statements: Mutex<Vec<String>>,
     resolved_log: Arc<Mutex<Vec<ResolvedEmitted>>>,
@@ -256,6 +258,7 @@ impl StandInCluster {
             control: Arc::new(control),
             pg_relations,
             external: Mutex::new(BTreeMap::new()),
+            external_usage: Mutex::new(std::collections::BTreeSet::new()),
             jobs: Mutex::new(BTreeMap::new()),
             statements: Mutex::new(Vec::new()),
             resolved_log: Arc::new(Mutex::new(Vec::new())),

@@ -24,7 +24,7 @@ use super::Inner;
 use super::execute::{Answer, Session, execute, register_sinkless};
 use super::jobs::{FlowEnd, FlowError, Out, Sink, run_flow};
 use super::rewrite::{Context, calls_cluster_logical_timestamp, rewrite};
-use super::statements::{SqlError, parse};
+use super::statements::{SqlError, parse, parse_batch};
 
 /// Reads one message (`tag`, body).
 async fn read_message(r: &mut (impl AsyncReadExt + Unpin)) -> Option<(u8, Vec<u8>)> {
@@ -335,33 +335,49 @@ async fn client_loop(
             b'Q' => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
                 inner.record(&text);
-                if let Some(parsed) = parse(&text) {
+                if let Some(parsed) = parse_batch(&text) {
                     let status = shared.idle().await;
-                    match parsed {
-                        Err(e) => reply(to_client, &[error_response(&e), ready(status)]).await?,
-                        Ok(stmt) => match execute(inner, session, stmt).await {
-                            Err(e) => reply(to_client, &[error_response(&e), ready(status)]).await?,
-                            Ok(Answer::Tag(tag)) => {
-                                reply(to_client, &[command_complete(tag), ready(status)]).await?
+                    let statements = match parsed {
+                        Err(e) => {
+                            reply(to_client, &[error_response(&e), ready(status)]).await?;
+                            continue;
+                        }
+                        Ok(s) => s,
+                    };
+                    // As PostgreSQL answers a simple query of several statements: each one's
+                    // reply in turn, the first error ends the batch, then one ReadyForQuery.
+                    let last = statements.len() - 1;
+                    let mut replies = Vec::new();
+                    for (i, stmt) in statements.into_iter().enumerate() {
+                        match execute(inner, session, stmt).await {
+                            Err(e) => {
+                                replies.push(error_response(&e));
+                                break;
                             }
-                            Ok(Answer::JobId(id)) => {
-                                reply(
-                                    to_client,
-                                    &[
-                                        row_description(&[("job_id", 20)]),
-                                        data_row(&[Some(id.to_string().as_bytes())]),
-                                        command_complete("CREATE CHANGEFEED"),
-                                        ready(status),
-                                    ],
-                                )
-                                .await?
-                            }
-                            Ok(Answer::Sinkless(spec)) => {
+                            Ok(Answer::Tag(tag)) => replies.push(command_complete(tag)),
+                            Ok(Answer::JobId(id)) => replies.extend([
+                                row_description(&[("job_id", 20)]),
+                                data_row(&[Some(id.to_string().as_bytes())]),
+                                command_complete("CREATE CHANGEFEED"),
+                            ]),
+                            Ok(Answer::Sinkless(spec)) if i == last && replies.is_empty() => {
                                 if !stream(inner, *spec, from_client, to_client, status).await? {
                                     return Ok(());
                                 }
+                                replies.clear();
+                                break;
                             }
-                        },
+                            Ok(Answer::Sinkless(_)) => {
+                                replies.push(error_response(&SqlError::not_modelled(
+                                    "a sinkless changefeed in a batch of several statements",
+                                )));
+                                break;
+                            }
+                        }
+                    }
+                    if !replies.is_empty() {
+                        replies.push(ready(status));
+                        reply(to_client, &replies).await?;
                     }
                     continue;
                 }

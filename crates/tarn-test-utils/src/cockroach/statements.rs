@@ -90,6 +90,14 @@ pub enum Statement {
     },
     /// `CANCEL JOB n`.
     CancelJob(i64),
+    /// `GRANT USAGE ON EXTERNAL CONNECTION name TO user` (docs
+    /// `create-external-connection.md`: `USAGE` lets a user create changefeeds into it).
+    GrantUsage {
+        /// The connection.
+        name: String,
+        /// The grantee.
+        user: String,
+    },
 }
 
 struct Cursor<'a> {
@@ -168,6 +176,35 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Parses a simple query of one or more `;`-separated statements if any is one the proxy
+/// answers: all of them then (a batch mixing them with statements for PostgreSQL is refused as
+/// unmodelled); `None` when none is.
+pub fn parse_batch(sql: &str) -> Option<Result<Vec<Statement>, SqlError>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for t in significant(sql) {
+        if t.is(';') {
+            pieces.push(&sql[start..t.end]);
+            start = t.end;
+        }
+    }
+    pieces.push(&sql[start..]);
+    let pieces: Vec<&str> = pieces
+        .into_iter()
+        .filter(|p| !significant(p).iter().all(|t| t.is(';')))
+        .collect();
+    let parsed: Vec<Option<Result<Statement, SqlError>>> = pieces.iter().map(|p| parse(p)).collect();
+    if parsed.iter().all(Option::is_none) {
+        return None;
+    }
+    if parsed.iter().any(Option::is_none) {
+        return Some(Err(SqlError::not_modelled(
+            "a simple query mixing CockroachDB-only statements with other SQL",
+        )));
+    }
+    Some(parsed.into_iter().flatten().collect())
+}
+
 /// Parses `sql` if it is one of the statements the proxy answers; `None` otherwise.
 pub fn parse(sql: &str) -> Option<Result<Statement, SqlError>> {
     let t = significant(sql);
@@ -178,6 +215,7 @@ pub fn parse(sql: &str) -> Option<Result<Statement, SqlError>> {
         || (first(0, "drop") && first(1, "external"))
         || (first(0, "set") && first(1, "cluster"))
         || (first(0, "cancel") && first(1, "job"))
+        || (first(0, "grant") && first(1, "usage") && first(2, "on") && first(3, "external"))
         || ((first(0, "pause") || first(0, "resume")) && (first(1, "job") || first(1, "jobs")))
         || (first(0, "alter") && first(1, "changefeed"));
     if !ours {
@@ -260,6 +298,17 @@ fn parse_ours(c: &mut Cursor<'_>) -> Result<Statement, SqlError> {
         c.i += 1;
         c.end()?;
         return Ok(Statement::CancelJob(id));
+    }
+    if c.kw("grant") {
+        c.expect_kw("usage")?;
+        c.expect_kw("on")?;
+        c.expect_kw("external")?;
+        c.expect_kw("connection")?;
+        let name = c.name()?;
+        c.expect_kw("to")?;
+        let user = c.name()?;
+        c.end()?;
+        return Ok(Statement::GrantUsage { name, user });
     }
     if c.kw("alter") {
         return Err(SqlError::not_modelled("ALTER CHANGEFEED"));
