@@ -321,14 +321,22 @@ fn common_options(version: ClusterVersion) -> Vec<String> {
 }
 
 /// The streaming changefeed's `WITH` options. Resolved timestamps come no more often than
-/// `min_checkpoint_frequency` (30 s unless set), so it is set to the resolved interval.
+/// `min_checkpoint_frequency` (30 s unless set), so that is the cadence tarn asks for
+/// (`cdc.changefeed.resolved`). At each checkpoint CockroachDB emits a resolved timestamp
+/// only when it is at least `resolved` past the last one it emitted; checkpoints `d` apart
+/// carry timestamps about `d` apart, give or take, so `resolved` equal to `d` would skip
+/// every checkpoint that falls a little short and halve the cadence. `resolved` is set a
+/// fifth below the cadence so that every checkpoint carries one.
 fn feed_options(config: &Config, version: ClusterVersion, cursor: Option<Position>) -> Vec<String> {
     let feed = &config.cdc.changefeed;
+    let cadence = tarn_core::config::parse_duration("cdc.changefeed.resolved", &feed.resolved)
+        .unwrap_or(Duration::from_secs(1));
+    let resolved = format!("{}ms", (cadence.as_millis() * 4 / 5).max(1));
     let mut options = common_options(version);
     options.extend([
         "updated".to_string(),
-        format!("resolved = {}", quote_literal(&feed.resolved)),
-        format!("min_checkpoint_frequency = {}", quote_literal(&feed.resolved)),
+        format!("resolved = {}", quote_literal(&resolved)),
+        format!("min_checkpoint_frequency = {}", quote_literal(&format!("{}ms", cadence.as_millis().max(1)))),
         format!(
             "schema_change_policy = {}",
             quote_literal(&feed.schema_change_policy)
@@ -925,10 +933,13 @@ async fn stream(
         if !flush_now || sink.in_transaction() || sink.pending_since().is_none() {
             continue;
         }
+        // Measured from the start of the commit: a commit that takes a while must not push
+        // the next one past the following resolved timestamp.
+        let commit_started = Instant::now();
         if let Some(p) = sink.flush().await? {
             failpoint::hit("cdc.before_ack").await?;
             last_flushed = Some(p);
-            last_commit = Instant::now();
+            last_commit = commit_started;
             if last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
                 // Quiet tables would otherwise hold the restart cursor at their last change.
                 sink.mark_idle(p).await?;

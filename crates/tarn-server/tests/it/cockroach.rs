@@ -187,8 +187,9 @@ async fn starts_and_streams_on(version: CockroachVersion) {
     assert!(!scan.contains("updated") && !scan.contains("resolved"), "{scan}");
     for part in [
         "updated",
-        "resolved = '1s'",
-        "min_checkpoint_frequency = '1s'",
+        // A fifth below the cadence, so that every checkpoint carries a resolved timestamp.
+        "resolved = '800ms'",
+        "min_checkpoint_frequency = '1000ms'",
         "initial_scan = 'no'",
         "cursor = '",
     ] {
@@ -760,7 +761,7 @@ async fn resolved_cadence_and_freshness() {
     let running = crdb.cdc.start().await;
     crdb.cdc.wait_same(DOGS.0, DOGS.1, Duration::from_secs(60)).await;
     let stream = crdb.wait_changefeeds(2).await[1].clone();
-    assert!(stream.contains("min_checkpoint_frequency = '1s'"), "{stream}");
+    assert!(stream.contains("min_checkpoint_frequency = '1000ms'"), "{stream}");
 
     let w = crdb.writer().await;
     let mut freshness = Vec::new();
