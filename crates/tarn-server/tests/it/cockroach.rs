@@ -367,7 +367,7 @@ async fn sinkless_exactly_once_through_failures_and_restarts() {
             async move { workload(crdb.writer().await, 200, 17 + i, stop).await }
         })
         .collect();
-    let writers = futures::future::join_all(writers.into_iter().map(|f| async move { f.await }));
+    let writers = futures::future::join_all(writers);
     let chaos = async {
         for round in 0..3 {
             tokio::time::sleep(Duration::from_millis(700)).await;
