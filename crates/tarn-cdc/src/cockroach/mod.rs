@@ -336,7 +336,10 @@ fn feed_options(config: &Config, version: ClusterVersion, cursor: Option<Positio
     options.extend([
         "updated".to_string(),
         format!("resolved = {}", quote_literal(&resolved)),
-        format!("min_checkpoint_frequency = {}", quote_literal(&format!("{}ms", cadence.as_millis().max(1)))),
+        format!(
+            "min_checkpoint_frequency = {}",
+            quote_literal(&format!("{}ms", cadence.as_millis().max(1)))
+        ),
         format!(
             "schema_change_policy = {}",
             quote_literal(&feed.schema_change_policy)
