@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --workspace --all-targets
-cargo nextest run --release --workspace --no-fail-fast "$@"
+# The quick profile (Cargo.toml): the tests exercise behaviour, not speed, and build in a
+# fraction of the release profile's time. Benchmarks build with --release.
+cargo build --profile quick --workspace --all-targets
+cargo nextest run --cargo-profile quick --workspace --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   # The CockroachDB deployment: manifests against the Kubernetes schemas, the portable SQL and
   # its privileges against a real PostgreSQL, the certificate script.

@@ -9,8 +9,8 @@
 # unknown architecture and an unknown repository.
 #
 # Usage: bash scripts/test_install.sh [TARN_BINARY]
-# Without an argument it takes the release build in cargo's target directory (CARGO_TARGET_DIR
-# is respected), building it if missing. Run by scripts/test.sh.
+# Without an argument it takes the quick-profile build the tests use in cargo's target
+# directory (CARGO_TARGET_DIR is respected), building it if missing. Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -19,10 +19,10 @@ binary=${1:-}
 if [ -z "$binary" ]; then
   target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  binary=$target_dir/release/tarn
+  binary=$target_dir/quick/tarn
   if [ ! -x "$binary" ]; then
     echo "test_install: building $binary"
-    cargo build --release --bin tarn
+    cargo build --profile quick --bin tarn
   fi
 fi
 [ -x "$binary" ] || { echo "test_install: no tarn binary at $binary" >&2; exit 1; }

@@ -95,7 +95,7 @@ impl Default for CompactOptions {
             small_file_threshold: 32 * 1024 * 1024,
             min_input_files: 16,
             delete_ratio_threshold: 0.2,
-            max_attempts: 3,
+            max_attempts: 8,
             file_prefix: "compact".to_string(),
             progress: None,
         }
@@ -406,6 +406,9 @@ impl Lake {
                         .with_source(e));
                     }
                     tracing::info!(table = %ident, attempt, error = %e, "compaction conflicted with a concurrent commit; planning again");
+                    // A writer committing every second (CDC) or another compactor: let its
+                    // commit land before planning again, a little longer each time.
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
                 }
                 Err(e) => return Err(e),
             }

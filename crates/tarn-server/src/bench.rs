@@ -119,6 +119,14 @@ pub enum BenchCommand {
 
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
+    let (profile, opt_level) = (env!("TARN_BUILD_PROFILE"), env!("TARN_BUILD_OPT_LEVEL"));
+    println!("tarn {} built with profile {profile} (opt-level {opt_level})", env!("CARGO_PKG_VERSION"));
+    if opt_level != "3" {
+        println!(
+            "note: benchmark figures come from the fully optimised release profile \
+             (cargo build --release --bin tarn); these are not comparable"
+        );
+    }
     match cmd {
         BenchCommand::Tpch {
             sf,
