@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use futures::TryStreamExt;
 use tarn_core::Config;
-use tarn_lake::{Lake, parse_table_name};
+use tarn_lake::{parse_table_name, Lake};
 use tarn_query::load::LoadOptions;
 use tarn_query::{Output, TarnSession};
 
@@ -120,7 +120,10 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
     let (profile, opt_level) = (env!("TARN_BUILD_PROFILE"), env!("TARN_BUILD_OPT_LEVEL"));
-    println!("tarn {} built with profile {profile} (opt-level {opt_level})", env!("CARGO_PKG_VERSION"));
+    println!(
+        "tarn {} built with profile {profile} (opt-level {opt_level})",
+        env!("CARGO_PKG_VERSION")
+    );
     if opt_level != "3" {
         println!(
             "note: benchmark figures come from the fully optimised release profile \
