@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use futures::TryStreamExt;
 use tarn_core::Config;
-use tarn_lake::{parse_table_name, Lake};
+use tarn_lake::{Lake, parse_table_name};
 use tarn_query::load::LoadOptions;
 use tarn_query::{Output, TarnSession};
 
