@@ -2,6 +2,8 @@
 //! exactly once.
 //!
 //! - [`source`]: what a source delivers (events, positions, table specs) and its contract.
+//! - [`value`]: the value and type model every source shares — a cell's text, a column's
+//!   Iceberg type, text into Arrow arrays.
 //! - [`postgres`]: the PostgreSQL source — publication and logical replication slot
 //!   (`pgoutput`), the initial snapshot inside the slot's exported snapshot, and the stream of
 //!   committed transactions after it.
@@ -15,6 +17,8 @@
 pub mod cockroach;
 pub mod index;
 pub mod pipeline;
+pub mod position;
 pub mod postgres;
 pub mod sink;
 pub mod source;
+pub mod value;

@@ -34,9 +34,9 @@ use tarn_core::{Error, ErrorKind, Result, failpoint};
 use tarn_lake::{Lake, PositionedDataWriter, RowDelta, TableLayout};
 
 use crate::index::{IndexKey, KeyEncoder, KeyIndex, RowLocation, key_types};
-use crate::postgres::snapshot::{BatchBuilder, BatchWriter, arrow_schema};
-use crate::postgres::types::ColumnBuilder;
+use crate::postgres::snapshot::BatchWriter;
 use crate::source::{KeyKind, Position, Row, SourceEvent, TableId, TableSpec, Value};
+use crate::value::builder::{BatchBuilder, ColumnBuilder, arrow_schema};
 
 /// Snapshot summary key: the pipeline that committed.
 pub const SUMMARY_PIPELINE: &str = "tarn.cdc.pipeline";
@@ -1409,7 +1409,7 @@ fn parse_attnums(table: &Table) -> HashMap<i16, i32> {
 fn iceberg_type_of(column: &crate::source::ColumnSpec) -> Result<Type, String> {
     let arrow = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
         &column.name,
-        crate::postgres::types::arrow_type(&column.column_type),
+        crate::value::arrow_type(&column.column_type),
         true,
     )]);
     let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow)

@@ -16,8 +16,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::postgres::pgoutput::Value;
-use crate::postgres::types::ColumnType;
+use crate::value::ColumnType;
+pub use crate::value::Value;
 
 /// A position in the source's change stream; higher is later.
 ///

@@ -23,8 +23,8 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::postgres::types::{ColumnType, builtin_array_element};
-use crate::source::Value;
+use crate::postgres::types::builtin_array_element;
+use crate::value::{ColumnType, Value};
 
 const NUMERIC_OID: u32 = 1700;
 const INTERVAL_OID: u32 = 1186;

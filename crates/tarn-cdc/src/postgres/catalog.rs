@@ -12,8 +12,9 @@ use tarn_core::{Error, ErrorKind, Result};
 use tokio_postgres::Client;
 
 use super::connect::query_error;
-use super::types::{self, ColumnType, PgTypeInfo, TypeOptions};
+use super::types::{self, PgTypeInfo, TypeOptions};
 use crate::source::{ColumnSpec, KeyKind, TableSpec};
+use crate::value::ColumnType;
 
 /// Whether `name` (`schema.table`) matches a pattern where `*` matches any characters.
 pub fn matches_pattern(pattern: &str, name: &str) -> bool {

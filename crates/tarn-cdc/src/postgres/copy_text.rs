@@ -5,7 +5,7 @@
 //! for the bytes that would otherwise be ambiguous. A [`CopyTextReader`] takes the chunks the
 //! client yields, in order, and calls back with each row's fields with the escapes decoded;
 //! the field values are then in the type's text output format, ready for
-//! [`crate::postgres::types::ColumnBuilder::append`].
+//! [`crate::value::builder::ColumnBuilder::append`].
 //!
 //! Contract:
 //!

@@ -5,7 +5,7 @@
 //! snapshots ([`snapshot`]) and turns the replication stream into [`SourceEvent`]s. The
 //! transport is the `pgwire-replication` crate, which hands over raw `pgoutput` payloads and
 //! reports to the server only the position tarn acknowledges; [`pgoutput`] decodes them and
-//! [`types`] maps their text values to Arrow.
+//! [`types`] maps column types to tarn's value model (`crate::value`).
 
 pub mod catalog;
 pub mod connect;

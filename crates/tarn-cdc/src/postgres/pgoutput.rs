@@ -13,7 +13,7 @@
 //!   which is also how a payload of a later protocol version (an extra transaction id in front
 //!   of streamed changes) is caught instead of being misread.
 //! - Column values are not interpreted: a [`Value`] holds the bytes PostgreSQL sent (text output
-//!   format unless the slot was started with `binary 'true'`); [`crate::postgres::types`] turns
+//!   format unless the slot was started with `binary 'true'`); [`crate::value::builder`] turns
 //!   text values into Arrow arrays.
 //! - Decoding is zero-copy: strings of the schema messages are copied into `String`s, but
 //!   column values and message contents are [`Bytes`] slices of the input.
@@ -30,6 +30,8 @@ use std::fmt;
 
 use bytes::Bytes;
 use tarn_core::{Error, ErrorKind, Result};
+
+use crate::value::Value;
 
 /// Microseconds between the Unix epoch (1970-01-01) and the PostgreSQL epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -295,30 +297,6 @@ impl Tuple {
     /// The values.
     pub fn values(&self) -> &[Value] {
         &self.0
-    }
-}
-
-/// One column value of a [`Tuple`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    /// `n`: SQL NULL.
-    Null,
-    /// `u`: a TOASTed value that did not change; PostgreSQL does not send it, the consumer keeps
-    /// the value it already has.
-    Unchanged,
-    /// `t`: the value in the type's text output format.
-    Text(Bytes),
-    /// `b`: the value in the type's binary send format (only with `binary 'true'`).
-    Binary(Bytes),
-}
-
-impl Value {
-    /// The text of a [`Value::Text`], `None` for anything else.
-    pub fn as_text(&self) -> Option<&[u8]> {
-        match self {
-            Value::Text(b) => Some(b),
-            _ => None,
-        }
     }
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::StreamExt;
 use tarn_core::{Error, ErrorKind, Result};
@@ -20,8 +19,9 @@ use tokio::sync::Mutex;
 
 use super::connect::{SourceAddress, query_error, quote_ident, quote_literal};
 use super::copy_text::CopyTextReader;
-use super::types::{ColumnBuilder, ColumnType, arrow_type};
 use crate::source::TableSpec;
+use crate::value::ColumnType;
+use crate::value::builder::BatchBuilder;
 
 /// Rows per Arrow batch handed to a writer.
 pub const BATCH_ROWS: usize = 8192;
@@ -48,72 +48,6 @@ pub struct CopyProgress {
     pub chunks_done: AtomicU64,
     /// Chunks planned.
     pub chunks: AtomicU64,
-}
-
-/// The Arrow schema of a table's rows as the source sends them.
-pub fn arrow_schema(spec: &TableSpec) -> SchemaRef {
-    Arc::new(Schema::new(
-        spec.columns
-            .iter()
-            .map(|c| Field::new(&c.name, arrow_type(&c.column_type), !c.not_null))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// Turns text rows into record batches of a table's schema.
-pub struct BatchBuilder {
-    schema: SchemaRef,
-    builders: Vec<ColumnBuilder>,
-    rows: usize,
-}
-
-impl BatchBuilder {
-    /// A builder for `spec`'s columns.
-    pub fn new(spec: &TableSpec, capacity: usize) -> Self {
-        let builders = spec
-            .columns
-            .iter()
-            .map(|c| {
-                ColumnBuilder::new(
-                    format!("{}.{}", spec.qualified(), c.name),
-                    &c.column_type,
-                    capacity,
-                )
-            })
-            .collect();
-        Self {
-            schema: arrow_schema(spec),
-            builders,
-            rows: 0,
-        }
-    }
-
-    /// Appends one row of text cells (`None` = NULL).
-    pub fn append(&mut self, row: &[Option<&[u8]>]) -> Result<()> {
-        for (builder, cell) in self.builders.iter_mut().zip(row) {
-            builder.append(*cell)?;
-        }
-        self.rows += 1;
-        Ok(())
-    }
-
-    /// Rows appended since the last batch.
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    /// Whether no row is pending.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    /// The pending rows as a batch.
-    pub fn finish(&mut self) -> Result<RecordBatch> {
-        let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
-        self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot assemble a batch: {e}")))
-    }
 }
 
 /// How to copy one table.
