@@ -18,7 +18,6 @@
 //! bucket unreachable) restart the pipeline from the last acknowledged position after a
 //! backoff; what was not committed is replayed, what was is skipped.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,11 +28,10 @@ use tarn_core::{Config, Error, ErrorKind, Result, failpoint};
 use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
 
-use crate::postgres::PostgresSource;
-use crate::postgres::slot::PublicationAction;
-use crate::postgres::snapshot::{CopyProgress, CopyRequest, copy_table};
+use crate::postgres::change_source::PostgresChangeSource;
+use crate::postgres::snapshot::CopyProgress;
 use crate::sink::{LakeSink, SinkOptions};
-use crate::source::{Position, SourceEvent, TableSpec};
+use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent};
 
 /// How a pipeline runs besides its config.
 #[derive(Debug, Clone, Default)]
@@ -185,11 +183,7 @@ pub async fn run(
     let mut options = options;
     let result = loop {
         let started = Instant::now();
-        let attempt = if config.cdc.source_kind == "cockroachdb" {
-            crate::cockroach::run_once(config, lake.clone(), &options, &status, &stop).await
-        } else {
-            run_once(config, lake.clone(), &options, &status, &stop).await
-        };
+        let attempt = run_once(config, lake.clone(), &options, &status, &stop).await;
         match attempt {
             Ok(()) => break Ok(()),
             Err(e) if retryable(&e) && !stop.is_cancelled() => {
@@ -259,63 +253,6 @@ async fn write_status_file(path: PathBuf, status: Arc<PipelineStatus>, stop: Can
     }
 }
 
-/// An exported snapshot to copy tables in: its name, the position it ends at, and what kind of
-/// copy it is (recorded in the commit summary).
-struct SnapshotAt<'a> {
-    name: &'a str,
-    position: Position,
-    kind: &'a str,
-}
-
-async fn snapshot_tables(
-    config: &Config,
-    source: &PostgresSource,
-    sink: &mut LakeSink,
-    specs: &[Arc<TableSpec>],
-    at: SnapshotAt<'_>,
-    status: &PipelineStatus,
-) -> Result<()> {
-    let SnapshotAt {
-        name: snapshot_name,
-        position,
-        kind,
-    } = at;
-    for spec in specs {
-        let started = Instant::now();
-        let progress = Arc::new(CopyProgress::default());
-        *status.copy.lock().expect("status poisoned") = Some((spec.qualified(), progress.clone()));
-        let request = CopyRequest {
-            spec: spec.clone(),
-            snapshot_name: snapshot_name.to_string(),
-            parallelism: config.cdc.snapshot_parallelism,
-            chunk_rows: config.cdc.snapshot_chunk_rows,
-        };
-        tracing::info!(table = %spec.qualified(), %position, "copying");
-        let index = sink.snapshot_index(spec.id)?;
-        let parts = copy_table(
-            source.address(),
-            &request,
-            |part| sink.snapshot_writer(spec.id, part, index.clone()),
-            progress.clone(),
-        )
-        .await?;
-        failpoint::hit("cdc.snapshot.after_copy").await?;
-        let rows = sink
-            .finish_snapshot(spec.id, parts, index, position, kind)
-            .await?;
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        tracing::info!(
-            table = %spec.qualified(),
-            rows,
-            seconds = secs,
-            rows_per_second = rows as f64 / secs,
-            "table copied"
-        );
-        *status.copy.lock().expect("status poisoned") = None;
-    }
-    Ok(())
-}
-
 pub(crate) fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
     let tables = sink
         .table_positions()
@@ -331,6 +268,26 @@ pub(crate) fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
     status.update(|r| r.tables = tables);
 }
 
+/// What a [`ChangeSource`] sees of the pipeline that drives it.
+pub struct SourceContext<'a> {
+    /// The whole config (`cdc` describes the pipeline).
+    pub config: &'a Config,
+    /// How this run was started.
+    pub options: &'a RunOptions,
+    /// The live status the source reports into (state, copy progress, source name).
+    pub status: &'a PipelineStatus,
+    /// Cancelled when the pipeline stops.
+    pub stop: &'a CancellationToken,
+}
+
+impl SourceContext<'_> {
+    /// Shows the copy of `table` in progress (or none) in the status.
+    pub fn set_copy(&self, copy: Option<(String, Arc<CopyProgress>)>) {
+        *self.status.copy.lock().expect("status poisoned") = copy;
+    }
+}
+
+/// One attempt: the source `config.cdc.source_kind` names, driven until stopped or failed.
 async fn run_once(
     config: &Config,
     lake: Lake,
@@ -338,368 +295,214 @@ async fn run_once(
     status: &PipelineStatus,
     stop: &CancellationToken,
 ) -> Result<()> {
-    let cdc = &config.cdc;
+    let ctx = SourceContext {
+        config,
+        options,
+        status,
+        stop,
+    };
     status.update(|r| {
         r.state = "starting".into();
-        r.pipeline = cdc.pipeline.clone();
-        r.slot = cdc.slot_name();
-        r.publication = cdc.publication_name();
+        r.pipeline = config.cdc.pipeline.clone();
     });
-    let mut source = PostgresSource::connect(cdc).await?;
-    status.update(|r| r.source = source.display().to_string());
-    let specs = source.discover().await?;
-    if specs.is_empty() {
-        tracing::warn!(patterns = ?cdc.tables, "no source table matches cdc.tables; waiting for new tables");
+    if config.cdc.source_kind == "cockroachdb" {
+        let source = crate::cockroach::ChangefeedSource::connect(config, status).await?;
+        drive(source, lake, &ctx).await
+    } else {
+        let source = PostgresChangeSource::connect(config, status).await?;
+        drive(source, lake, &ctx).await
     }
-    match source.ensure_publication(&specs).await? {
-        PublicationAction::Created(t) => {
-            tracing::info!(publication = %source.publication_name(), tables = ?t, "created publication")
-        }
-        PublicationAction::Added(t) => {
-            tracing::info!(publication = %source.publication_name(), tables = ?t, "added tables to publication")
-        }
-        PublicationAction::Reused => {
-            tracing::info!(publication = %source.publication_name(), "using existing publication")
-        }
-    }
-    let sink_options = SinkOptions {
-        pipeline: cdc.pipeline.clone(),
-        namespace: cdc.namespace.clone(),
-        table_name: cdc.table_name.clone(),
-        spill_bytes: (cdc.flush.max_bytes / 2) as usize,
-    };
-    let mut sink = LakeSink::new(lake.clone(), sink_options);
-    let mut held = Vec::new();
-    let mut unheld = Vec::new();
-    for spec in &specs {
-        let attached = sink.attach(spec.clone()).await?;
-        tracing::info!(
-            source = %spec.qualified(),
-            table = %attached.ident,
-            position = ?attached.position.map(|p| p.to_string()),
-            indexed_rows = attached.indexed_rows,
-            stopped = ?attached.stopped,
-            "attached table"
-        );
-        if attached.stopped.is_some() {
-            continue;
-        }
-        match attached.position {
-            Some(_) => held.push(spec.clone()),
-            None => unheld.push(spec.clone()),
-        }
-    }
-    refresh_tables(&sink, status);
-    let mut slot = source.slot_info().await?;
-    if options.resnapshot && slot.is_some() {
-        crate::postgres::slot::drop_slot(source.client(), source.slot_name()).await?;
-        tracing::info!(slot = %source.slot_name(), "dropped replication slot for a new snapshot");
-        slot = None;
-    }
-    let start = match slot {
-        None => {
-            if !held.is_empty() && !options.resnapshot {
-                // Needs an operator's decision: not retried.
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "replication slot {} does not exist, but {} table(s) hold changes of pipeline {} (e.g. {}); \
-                         changes made since they were captured may be lost. Run `tarn cdc run --resnapshot` to copy \
-                         every table again and start a new slot",
-                        source.slot_name(),
-                        held.len(),
-                        cdc.pipeline,
-                        held[0].qualified()
-                    ),
-                ));
-            }
-            let exported = source.create_slot().await?;
-            tracing::info!(
-                slot = %source.slot_name(),
-                consistent_point = %exported.consistent_point,
-                "created replication slot"
-            );
-            if cdc.snapshot == "initial" || options.resnapshot {
-                status.update(|r| r.state = "snapshotting".into());
-                let kind = if options.resnapshot {
-                    "resnapshot"
-                } else {
-                    "initial"
-                };
-                snapshot_tables(
-                    config,
-                    &source,
-                    &mut sink,
-                    &specs,
-                    SnapshotAt {
-                        name: &exported.snapshot_name,
-                        position: exported.consistent_point,
-                        kind,
-                    },
-                    status,
-                )
-                .await?;
-            }
-            let point = exported.consistent_point;
-            source.start_stream(Some(exported.session), point).await?;
-            point
-        }
-        Some(info) => {
-            if info.is_lost() {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "replication slot {} was invalidated by PostgreSQL (wal_status = {}): the WAL it needs is gone \
-                         and changes may be lost. Run `tarn cdc run --resnapshot` to copy every table again",
-                        info.name,
-                        info.wal_status.as_deref().unwrap_or("unknown")
-                    ),
-                ));
-            }
-            if info.plugin.as_deref() != Some("pgoutput") {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "replication slot {} uses plugin {:?}, not pgoutput; choose another cdc.slot",
-                        info.name, info.plugin
-                    ),
-                ));
-            }
-            if let Some(pid) = info.active_pid {
-                return Err(Error::new(
-                    ErrorKind::Source,
-                    format!(
-                        "replication slot {} is in use by process {pid}; is another tarn running pipeline {}?",
-                        info.name, cdc.pipeline
-                    ),
-                ));
-            }
-            if !unheld.is_empty() && cdc.snapshot == "initial" {
-                status.update(|r| r.state = "snapshotting".into());
-                let exported = source.export_snapshot().await?;
-                snapshot_tables(
-                    config,
-                    &source,
-                    &mut sink,
-                    &unheld,
-                    SnapshotAt {
-                        name: &exported.snapshot_name,
-                        position: exported.consistent_point,
-                        kind: "table-added",
-                    },
-                    status,
-                )
-                .await?;
-                // Closing the session ends the temporary slot (a session that never
-                // streamed ends when dropped).
-                drop(exported.session);
-            }
-            let start = info.confirmed_flush.unwrap_or_default();
-            source.start_stream(None, start).await?;
-            start
-        }
+}
+
+/// The lake writer every source feeds.
+fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
+    let cdc = &config.cdc;
+    LakeSink::new(
+        lake,
+        SinkOptions {
+            pipeline: cdc.pipeline.clone(),
+            namespace: cdc.namespace.clone(),
+            table_name: cdc.table_name.clone(),
+            spill_bytes: (cdc.flush.max_bytes / 2) as usize,
+        },
+    )
+}
+
+/// How often the pipeline calls [`ChangeSource::tick`].
+const TICK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Drives `source` into the lake: start (attach and copy), then apply its events, commit when
+/// the flush policy says so (between transactions), acknowledge what was committed, run table
+/// maintenance between commits. While the lake commits nothing is read from the source, so a
+/// slow lake holds the source back instead of growing memory.
+pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceContext<'_>) -> Result<()> {
+    let config = ctx.config;
+    let cdc = &config.cdc;
+    let status = ctx.status;
+    let mut sink = lake_sink(config, lake);
+    let Some(start) = source.start(&mut sink, ctx).await? else {
+        return Ok(());
     };
     refresh_tables(&sink, status);
-    tracing::info!(slot = %source.slot_name(), from = %start, "streaming");
+    tracing::info!(from = %start, "streaming");
     status.update(|r| {
         r.state = "streaming".into();
+        r.snapshot = None;
         r.last_error = None;
         r.acknowledged = Some(start.to_string());
     });
-    stream(config, &mut source, &mut sink, status, stop, start).await
-}
-
-async fn stream(
-    config: &Config,
-    source: &mut PostgresSource,
-    sink: &mut LakeSink,
-    status: &PipelineStatus,
-    stop: &CancellationToken,
-    start: Position,
-) -> Result<()> {
-    let cdc = &config.cdc;
     let interval = cdc.flush_interval();
+    let rule = source.flush_rule();
     let mut acknowledged = start;
-    let mut poll_tables = tokio::time::interval(Duration::from_secs(10));
-    poll_tables.tick().await;
-    let mut maintain = tokio::time::interval(config.maintenance.duration("interval"));
-    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    maintain.tick().await;
+    let mut durable: Option<Position> = None;
+    let mut next_tick = Instant::now() + TICK_INTERVAL;
+    let maintenance_every = config.maintenance.duration("interval");
+    let mut next_maintenance = Instant::now() + maintenance_every;
+    // Measured from the start of a commit: a commit that takes a while must not push the
+    // next one past the following checkpoint.
+    let mut last_commit = Instant::now() - interval;
     loop {
-        let deadline = sink
-            .pending_since()
-            .map(|t| t + interval)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let raw = tokio::select! {
-            raw = source.recv() => Some(raw?),
-            () = tokio::time::sleep_until(deadline.into()), if !sink.in_transaction() => None,
-            _ = poll_tables.tick(), if !sink.in_transaction() => {
-                add_new_tables(config, source, sink, status).await?;
-                continue;
+        let flush_at = sink.pending_since().map(|t| t + interval);
+        // Within a transaction only its end can come next: no deadline.
+        let deadline = if sink.in_transaction() {
+            Instant::now() + Duration::from_secs(3600)
+        } else {
+            let mut d = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            d = d.min(next_tick);
+            if config.maintenance.auto {
+                d = d.min(next_maintenance);
             }
-            _ = maintain.tick(), if config.maintenance.auto && !sink.in_transaction() => {
-                // Commit what is buffered first, so maintenance never races this writer.
-                if let Some(p) = sink.flush().await? {
-                    source.acknowledge(p);
-                    acknowledged = p;
-                }
-                sink.maintain(&config.maintenance).await?;
-                continue;
-            }
-            () = stop.cancelled() => {
+            d
+        };
+        let mut flush_now = false;
+        match source.next(ctx, deadline).await? {
+            Next::Stopped => {
                 if !sink.in_transaction()
                     && let Some(p) = sink.flush().await?
                 {
-                    source.acknowledge(p);
+                    source.acknowledge(p, &mut sink).await?;
                     acknowledged = p;
+                    durable = Some(p);
                 }
-                source.stop().await;
+                source.stop(&mut sink, durable).await?;
                 tracing::info!(acknowledged = %acknowledged, "CDC pipeline stopped");
                 return Ok(());
             }
-        };
-        // A deadline (raw = None) flushes; a commit flushes when a limit is reached.
-        let mut flush_now = raw.is_none();
-        if let Some(raw) = raw {
-            let Some(event) = source.convert(raw).await? else {
-                continue;
-            };
-            failpoint::hit("cdc.on_event").await?;
-            tracing::trace!(?event, "event");
-            match event {
-                SourceEvent::Relation(spec) if !sink.has_table(spec.id) => {
-                    // A table appeared in the publication: copy it, then take its changes.
-                    snapshot_new_table(config, source, sink, status, spec).await?;
-                }
-                SourceEvent::Keepalive { position } => {
-                    if !sink.in_transaction() && sink.pending_events() == 0 && position > acknowledged {
-                        source.acknowledge(position);
-                        acknowledged = position;
+            Next::Idle => flush_now = flush_at.is_some_and(|t| Instant::now() >= t),
+            Next::Events(events) => {
+                let mut report = false;
+                for event in events {
+                    failpoint::hit("cdc.on_event").await?;
+                    tracing::trace!(?event, "event");
+                    match event {
+                        SourceEvent::Relation(spec) if !sink.has_table(spec.id) => {
+                            source.adopt(spec, &mut sink, ctx).await?;
+                            refresh_tables(&sink, status);
+                        }
+                        SourceEvent::Keepalive { position } => {
+                            report = true;
+                            if !sink.in_transaction() && sink.pending_events() == 0 && position > acknowledged {
+                                source.acknowledge(position, &mut sink).await?;
+                                acknowledged = position;
+                            }
+                        }
+                        event => {
+                            let is_change = matches!(
+                                event,
+                                SourceEvent::Insert { .. } | SourceEvent::Update { .. } | SourceEvent::Delete { .. }
+                            );
+                            let is_commit = matches!(event, SourceEvent::Commit { .. });
+                            sink.apply(event).await?;
+                            if is_change {
+                                status.events.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("tarn_cdc_events_total").increment(1);
+                                sink.spill_if_needed().await?;
+                                report |= sink.pending_events().is_multiple_of(1024);
+                            }
+                            if !is_commit {
+                                continue;
+                            }
+                            report = true;
+                            if sink.pending_events() == 0
+                                && let Some((p, _)) = sink.last_commit()
+                                && p > acknowledged
+                            {
+                                // Nothing of this transaction is waiting (the tables held it).
+                                source.acknowledge(p, &mut sink).await?;
+                                acknowledged = p;
+                            }
+                            let full = sink.pending_events() >= cdc.flush.max_rows
+                                || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
+                            let due = match rule {
+                                FlushRule::OldestChange => {
+                                    sink.pending_since().is_some_and(|t| t.elapsed() >= interval)
+                                }
+                                FlushRule::EachCheckpoint => last_commit.elapsed() >= interval * 9 / 10,
+                            };
+                            flush_now |= full || due;
+                        }
                     }
+                }
+                if report {
                     status.update(|r| {
-                        r.received = Some(source.received().to_string());
+                        r.received = source.received().map(|p| p.to_string());
                         r.acknowledged = Some(acknowledged.to_string());
                         r.pending_events = sink.pending_events();
                     });
                 }
-                event => {
-                    let is_change = matches!(
-                        event,
-                        SourceEvent::Insert { .. } | SourceEvent::Update { .. } | SourceEvent::Delete { .. }
-                    );
-                    let is_commit = matches!(event, SourceEvent::Commit { .. });
-                    sink.apply(event).await?;
-                    if is_change {
-                        status.events.fetch_add(1, Ordering::Relaxed);
-                        if sink.pending_events().is_multiple_of(1024) {
-                            status.update(|r| r.pending_events = sink.pending_events());
-                        }
-                        metrics::counter!("tarn_cdc_events_total").increment(1);
-                        sink.spill_if_needed().await?;
-                    }
-                    if is_commit
-                        && sink.pending_events() == 0
-                        && let Some((p, _)) = sink.last_commit()
-                        && p > acknowledged
-                    {
-                        // Nothing of this transaction is waiting (the tables held it already).
-                        source.acknowledge(p);
-                        acknowledged = p;
-                    }
-                    let full = sink.pending_events() >= cdc.flush.max_rows
-                        || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
-                    flush_now =
-                        is_commit && (full || sink.pending_since().is_some_and(|t| t.elapsed() >= interval));
-                }
             }
         }
-        if !flush_now || sink.in_transaction() || sink.pending_since().is_none() {
+        if sink.in_transaction() {
             continue;
         }
-        let Some(p) = sink.flush().await? else {
-            continue;
-        };
-        failpoint::hit("cdc.before_ack").await?;
-        source.acknowledge(p);
-        acknowledged = p;
-        let lag = sink.last_commit().map(|(_, t)| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as i64);
-            (now - t).max(0) as f64 / 1e6
-        });
-        if let Some(lag) = lag {
-            metrics::gauge!("tarn_cdc_lag_seconds").set(lag);
+        if flush_now && sink.pending_since().is_some() {
+            let commit_started = Instant::now();
+            if let Some(p) = sink.flush().await? {
+                last_commit = commit_started;
+                failpoint::hit("cdc.before_ack").await?;
+                source.acknowledge(p, &mut sink).await?;
+                acknowledged = p;
+                durable = Some(p);
+                committed(&sink, p, source.received(), status);
+            }
         }
-        metrics::gauge!("tarn_cdc_acknowledged_lsn").set(p.lsn() as f64);
-        metrics::gauge!("tarn_cdc_lag_bytes").set(source.received().lsn().saturating_sub(p.lsn()) as f64);
-        status.update(|r| {
-            r.acknowledged = Some(p.to_string());
-            r.received = Some(source.received().to_string());
-            r.lag_seconds = lag;
-            r.pending_events = 0;
-        });
-        refresh_tables(sink, status);
+        // Housekeeping, between transactions, also under a steady stream of changes.
+        let now = Instant::now();
+        if now >= next_tick {
+            source.tick(&mut sink, ctx).await?;
+            next_tick = Instant::now() + TICK_INTERVAL;
+        }
+        if config.maintenance.auto && now >= next_maintenance {
+            // Commit what is buffered first, so maintenance never races this writer.
+            if let Some(p) = sink.flush().await? {
+                source.acknowledge(p, &mut sink).await?;
+                acknowledged = p;
+                durable = Some(p);
+                committed(&sink, p, source.received(), status);
+            }
+            sink.maintain(&config.maintenance).await?;
+            next_maintenance = Instant::now() + maintenance_every;
+        }
     }
 }
 
-async fn snapshot_new_table(
-    config: &Config,
-    source: &mut PostgresSource,
-    sink: &mut LakeSink,
-    status: &PipelineStatus,
-    spec: Arc<TableSpec>,
-) -> Result<()> {
-    let attached = sink.attach(spec.clone()).await?;
-    if attached.position.is_some() || attached.stopped.is_some() || config.cdc.snapshot != "initial" {
-        return Ok(());
+/// Reports a commit: lag, positions, tables.
+fn committed(sink: &LakeSink, acknowledged: Position, received: Option<Position>, status: &PipelineStatus) {
+    let lag = sink.last_commit().map(|(_, t)| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        (now - t).max(0) as f64 / 1e6
+    });
+    if let Some(lag) = lag {
+        metrics::gauge!("tarn_cdc_lag_seconds").set(lag);
     }
-    tracing::info!(table = %spec.qualified(), "new table in the publication: copying it");
-    let exported = source.export_snapshot().await?;
-    snapshot_tables(
-        config,
-        source,
-        sink,
-        std::slice::from_ref(&spec),
-        SnapshotAt {
-            name: &exported.snapshot_name,
-            position: exported.consistent_point,
-            kind: "table-added",
-        },
-        status,
-    )
-    .await?;
-    drop(exported.session);
+    status.update(|r| {
+        r.state = "streaming".into();
+        r.acknowledged = Some(acknowledged.to_string());
+        r.received = received.map(|p| p.to_string());
+        r.lag_seconds = lag;
+        r.pending_events = sink.pending_events();
+    });
     refresh_tables(sink, status);
-    Ok(())
-}
-
-/// Picks up source tables created since start that match the pipeline's patterns: adds them
-/// to the publication (when tarn manages its table list) and copies them.
-async fn add_new_tables(
-    config: &Config,
-    source: &mut PostgresSource,
-    sink: &mut LakeSink,
-    status: &PipelineStatus,
-) -> Result<()> {
-    let specs = match source.discover().await {
-        Ok(s) => s,
-        Err(e) if e.kind() == ErrorKind::InvalidInput => {
-            tracing::warn!(error = %e, "some new tables cannot be captured");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let new: Vec<Arc<TableSpec>> = specs.into_iter().filter(|s| !sink.has_table(s.id)).collect();
-    if new.is_empty() {
-        return Ok(());
-    }
-    if let PublicationAction::Added(t) = source.ensure_publication(&new).await? {
-        tracing::info!(tables = ?t, "added new tables to the publication");
-    }
-    let by_id: HashMap<u32, Arc<TableSpec>> = new.into_iter().map(|s| (s.id, s)).collect();
-    for spec in by_id.into_values() {
-        snapshot_new_table(config, source, sink, status, spec).await?;
-    }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! What a change-data-capture source delivers, whatever database it reads.
+//! What a change-data-capture source delivers, whatever it reads, and the seam every source
+//! plugs into: [`ChangeSource`].
 //!
 //! A source produces a stream of [`SourceEvent`]s in commit order: the schema of each table
 //! before its first change ([`SourceEvent::Relation`]), the row changes of one transaction,
@@ -6,16 +7,23 @@
 //!
 //! The delivery contract is **at-least-once from the last acknowledged position**: after a
 //! restart the source replays every transaction after the position it was last told about by
-//! [`crate::pipeline`]'s acknowledgement (PostgreSQL: the slot's `confirmed_flush_lsn`), so the
-//! lake writer must skip what a table already holds. The writer makes it exactly-once by
-//! recording each table's position in its Iceberg snapshot summaries.
+//! [`ChangeSource::acknowledge`] (PostgreSQL: the slot's `confirmed_flush_lsn`; CockroachDB:
+//! the changefeed's cursor, the oldest position a lake table holds), so the lake writer must
+//! skip what a table already holds. The writer makes it exactly-once by recording each
+//! table's position in its Iceberg snapshot summaries.
 //!
 //! Row values travel as PostgreSQL text-format cells ([`Value`]); each table's
 //! [`TableSpec`] says how to turn them into Arrow columns.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
+use tarn_core::Result;
+
+use crate::pipeline::SourceContext;
+use crate::sink::LakeSink;
 use crate::value::ColumnType;
 pub use crate::value::Value;
 
@@ -222,6 +230,89 @@ pub enum SourceEvent {
         /// The source's current position.
         position: Position,
     },
+}
+
+/// What [`ChangeSource::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// Events in stream order: whole transactions, or the start of one that the following
+    /// calls continue.
+    Events(Vec<SourceEvent>),
+    /// Nothing arrived before the deadline.
+    Idle,
+    /// The pipeline is stopping (its stop token was cancelled).
+    Stopped,
+}
+
+/// When the pipeline commits what it buffered, besides the size limits (`cdc.flush.max_rows`,
+/// `cdc.flush.max_bytes`), always between transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushRule {
+    /// When the oldest buffered change is `cdc.flush.interval` old: PostgreSQL, whose
+    /// transactions arrive as they commit.
+    OldestChange,
+    /// At each checkpoint the source closes (a CockroachDB resolved timestamp), unless the last
+    /// commit started less than 0.9 × `cdc.flush.interval` ago: freshness is the source's
+    /// checkpoint cadence, and commits come no more often than the flush interval (a tenth of
+    /// it is slack for the cadence's jitter). A deadline of one interval after the oldest
+    /// change still applies.
+    EachCheckpoint,
+}
+
+/// A source of changes that [`crate::pipeline`] drives into the lake: PostgreSQL logical
+/// replication, CockroachDB changefeeds.
+///
+/// **Delivery contract.** [`start`](Self::start) brings every captured table into the sink
+/// (copying the tables that hold no position yet, each copy committed with the position its
+/// snapshot ends at) and returns the position streaming resumes from. [`next`](Self::next)
+/// then delivers every transaction committed after that position at least once, in commit
+/// order, each opened by [`SourceEvent::Begin`] and closed by [`SourceEvent::Commit`];
+/// transactions a table already holds may come again (the sink skips them, so the lake
+/// applies each exactly once). [`acknowledge`](Self::acknowledge) tells the source that
+/// everything up to a position is committed to the lake: after a restart nothing before it
+/// needs to come again, and the source may release what it kept for it (a slot's WAL).
+/// A source never acknowledges by itself.
+///
+/// The pipeline calls the methods one at a time, never concurrently; `next` returns
+/// [`Next::Idle`] at its deadline and [`Next::Stopped`] when the context's stop token is
+/// cancelled, so the pipeline never drops a `next` future half way.
+pub trait ChangeSource: Send {
+    /// Connects what streaming needs, attaches every captured table to `sink` and copies the
+    /// tables without a position; returns where the stream starts (the position considered
+    /// acknowledged), or `None` when stopped during the copy.
+    fn start(
+        &mut self,
+        sink: &mut LakeSink,
+        ctx: &SourceContext<'_>,
+    ) -> impl Future<Output = Result<Option<Position>>> + Send;
+
+    /// The next events, waiting until `deadline` at most.
+    fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> impl Future<Output = Result<Next>> + Send;
+
+    /// Everything up to `position` is committed to the lake.
+    fn acknowledge(&mut self, position: Position, sink: &mut LakeSink) -> impl Future<Output = Result<()>> + Send;
+
+    /// A table appeared in the stream that the sink does not hold (PostgreSQL: a table added
+    /// to the publication): attach it to `sink` and copy it, before its first change.
+    fn adopt(
+        &mut self,
+        spec: Arc<TableSpec>,
+        sink: &mut LakeSink,
+        ctx: &SourceContext<'_>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Periodic housekeeping between transactions (every few seconds): PostgreSQL looks for
+    /// new tables, CockroachDB checks its changefeed job.
+    fn tick(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops cleanly; `durable` is the last position committed to the lake in this run.
+    fn stop(&mut self, sink: &mut LakeSink, durable: Option<Position>) -> impl Future<Output = Result<()>> + Send;
+
+    /// The newest position the source has delivered or reported.
+    fn received(&self) -> Option<Position>;
+
+    /// When to commit.
+    fn flush_rule(&self) -> FlushRule;
 }
 
 #[cfg(test)]

@@ -65,18 +65,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tarn_core::{Config, Error, ErrorKind, Result, failpoint};
-use tarn_lake::Lake;
+use tarn_core::{Config, Error, ErrorKind, Result};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::pipeline::{PipelineStatus, RunOptions};
+use crate::pipeline::{PipelineStatus, SourceContext};
 use crate::postgres::catalog::{TableFilter, TypeCache, describe_table, discover_tables};
 use crate::postgres::connect::{SourceAddress, query_error, quote_ident, quote_literal};
 use crate::postgres::type_options;
 use crate::postgres::types::TypeOptions;
-use crate::sink::{LakeSink, SinkOptions};
-use crate::source::{Position, Row, SourceEvent, TableId, TableSpec, Value};
+use crate::sink::LakeSink;
+use crate::source::{ChangeSource, FlushRule, Next, Position, Row, SourceEvent, TableId, TableSpec, Value};
 use message::{Message, RowMessage};
 use window::Window;
 
@@ -362,8 +361,6 @@ const WEBHOOK_CLIENT_TIMEOUT: &str = "60s";
 const WEBHOOK_SINK_CONFIG: &str =
     r#"{"Flush": {"Messages": 1000, "Frequency": "100ms"}, "Retry": {"Max": "inf", "Backoff": "500ms"}}"#;
 
-/// How often tarn looks at its webhook changefeed job's status.
-const JOB_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `targets` as a changefeed's target list.
 fn target_list(specs: &[&TableSpec]) -> String {
@@ -462,505 +459,548 @@ pub fn external_connection_statements(config: &Config, user: &str) -> Result<Str
     ))
 }
 
-/// Runs the CockroachDB pipeline once; see the module doc. Errors the caller may retry are
-/// [`ErrorKind::Source`] and lake errors.
-pub(crate) async fn run_once(
-    config: &Config,
-    lake: Lake,
-    options: &RunOptions,
-    status: &PipelineStatus,
-    stop: &CancellationToken,
-) -> Result<()> {
-    let cdc = &config.cdc;
-    let feed = &cdc.changefeed;
-    status.update(|r| {
-        r.state = "starting".into();
-        r.pipeline = cdc.pipeline.clone();
-        r.slot = format!("changefeed ({})", feed.sink);
-        r.publication = String::new();
-    });
-    let url = cdc.source.as_deref().ok_or_else(|| {
-        Error::new(
-            ErrorKind::Config,
-            "no CDC source: set cdc.source to the cluster's postgres:// URL",
-        )
-    })?;
-    let address = SourceAddress::parse(url)?;
-    let client = address.connect().await?;
-    status.update(|r| r.source = address.display.clone());
-    let version_text: String = client
-        .query_one("SELECT version()", &[])
-        .await
-        .map_err(|e| query_error("cannot read the server version", e))?
-        .get(0);
-    let version = match ClusterVersion::parse(&version_text) {
-        Some(v) if v < ClusterVersion::OLDEST => {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
+
+/// The CockroachDB change source; see the module doc.
+pub struct ChangefeedSource {
+    address: SourceAddress,
+    client: tokio_postgres::Client,
+    version: ClusterVersion,
+    types: TypeCache,
+    type_opts: TypeOptions,
+    tables: Tables,
+    window: Window,
+    /// The stream changefeed's deliveries, once started.
+    feed: Option<mpsc::Receiver<feed::Delivery>>,
+    /// Stops the changefeed readers (and the webhook server) when the source goes away.
+    _feed_guard: Option<DropGuard>,
+    /// The webhook changefeed job, if that is the sink.
+    job: Option<String>,
+    job_path: PathBuf,
+    /// A window larger than this is applied early.
+    budget: usize,
+    /// No resolved timestamp for this long is worth a warning.
+    quiet_limit: Duration,
+    last_resolved: Instant,
+    last_idle_mark: Instant,
+    /// Changes were applied since the last idle mark.
+    changed_since_mark: bool,
+    received: Option<Position>,
+}
+
+impl ChangefeedSource {
+    /// Connects to `cdc.source` and checks it runs a CockroachDB tarn supports.
+    pub async fn connect(config: &Config, status: &PipelineStatus) -> Result<Self> {
+        let cdc = &config.cdc;
+        let feed = &cdc.changefeed;
+        status.update(|r| {
+            r.slot = format!("changefeed ({})", feed.sink);
+            r.publication = String::new();
+        });
+        let url = cdc.source.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no CDC source: set cdc.source to the cluster's postgres:// URL",
+            )
+        })?;
+        let address = SourceAddress::parse(url)?;
+        let client = address.connect().await?;
+        status.update(|r| r.source = address.display.clone());
+        let version_text: String = client
+            .query_one("SELECT version()", &[])
+            .await
+            .map_err(|e| query_error("cannot read the server version", e))?
+            .get(0);
+        let version = match ClusterVersion::parse(&version_text) {
+            Some(v) if v < ClusterVersion::OLDEST => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "{} runs CockroachDB {v}; tarn's changefeed source needs {} or later",
+                        address.display,
+                        ClusterVersion::OLDEST
+                    ),
+                ));
+            }
+            Some(v) => v,
+            None => {
+                tracing::warn!(version = %version_text, "cdc.source_kind is cockroachdb, but the server does not say it is CockroachDB");
+                ClusterVersion::OLDEST
+            }
+        };
+        let types = TypeCache::load(&client).await?;
+        let resolved_every = tarn_core::config::parse_duration("cdc.changefeed.resolved", &feed.resolved)?;
+        Ok(Self {
+            address,
+            client,
+            version,
+            types,
+            type_opts: type_options(cdc),
+            tables: Tables::default(),
+            window: Window::new(None),
+            feed: None,
+            _feed_guard: None,
+            job: None,
+            job_path: job_path(config),
+            budget: (cdc.flush.max_bytes / 2) as usize,
+            quiet_limit: (resolved_every * 10).max(Duration::from_secs(60)),
+            last_resolved: Instant::now(),
+            last_idle_mark: Instant::now(),
+            changed_since_mark: false,
+            received: None,
+        })
+    }
+
+    /// Creates the stream changefeed from `cursor`: sinkless on this connection's address, or
+    /// a webhook job posting to tarn's endpoint.
+    async fn create_changefeed(
+        &mut self,
+        config: &Config,
+        specs: &[Arc<TableSpec>],
+        cursor: Option<Position>,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let cdc = &config.cdc;
+        let feed = &cdc.changefeed;
+        let client = &self.client;
+        let version = self.version;
+        let targets = target_list(&specs.iter().map(Arc::as_ref).collect::<Vec<_>>());
+        let feed_stop = stop.child_token();
+        self._feed_guard = Some(feed_stop.clone().drop_guard());
+        let (tx, rx) = mpsc::channel(64);
+        if feed.sink == "webhook" {
+            if let Ok(previous) = std::fs::read_to_string(&self.job_path) {
+                let previous = previous.trim().to_string();
+                match client.simple_query(&format!("CANCEL JOB {previous}")).await {
+                    Ok(_) => tracing::info!(job = %previous, "cancelled the previous changefeed job"),
+                    Err(e) => {
+                        tracing::info!(job = %previous, error = %e, "previous changefeed job not cancelled (it may be gone)")
+                    }
+                }
+                let _ = std::fs::remove_file(&self.job_path);
+            }
+            let tls = webhook_tls(config)?;
+            // Behind an external connection the path stays the same; otherwise each start uses a
+            // fresh one. The secret is a changefeed option, so it is fresh at every start.
+            let path = match &feed.external_connection {
+                Some(_) => stable_webhook_path(&cdc.pipeline),
+                None => format!("/changefeed/{}/{}", cdc.pipeline, random_token()),
+            };
+            let secret = random_token();
+            let server = feed::start_webhook(
+                &feed.webhook_listen,
+                &tls,
+                path.clone(),
+                format!("Bearer {secret}"),
+                tx.clone(),
+                feed_stop.clone(),
+            )
+            .await?;
+            let sink_uri = match &feed.external_connection {
+                Some(name) => format!("external://{name}"),
+                None => {
+                    let base = match &feed.webhook_url {
+                        Some(u) => u.clone(),
+                        None => format!("https://{}", server.local_addr),
+                    };
+                    webhook_uri(&base, &path, server.ca_pem.as_deref())
+                }
+            };
+            let mut with = feed_options(config, version, cursor);
+            with.extend([
                 format!(
-                    "{} runs CockroachDB {v}; tarn's changefeed source needs {} or later",
-                    address.display,
-                    ClusterVersion::OLDEST
+                    "webhook_auth_header = {}",
+                    quote_literal(&format!("Bearer {secret}"))
                 ),
+                format!(
+                    "webhook_client_timeout = {}",
+                    quote_literal(WEBHOOK_CLIENT_TIMEOUT)
+                ),
+                format!("webhook_sink_config = {}", quote_literal(WEBHOOK_SINK_CONFIG)),
+            ]);
+            let statement = format!(
+                "CREATE CHANGEFEED FOR TABLE {targets} INTO {} WITH {}",
+                quote_literal(&sink_uri),
+                with.join(", ")
+            );
+            let rows = client.simple_query(&statement).await.map_err(|e| {
+                let hint = if feed.external_connection.is_none() {
+                    " (on a cluster that allows only external-connection sinks, set \
+                     cdc.changefeed.external_connection; see `tarn cdc external-connection`)"
+                } else {
+                    ""
+                };
+                query_error(format!("cannot create the webhook changefeed{hint}"), e)
+            })?;
+            let id = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .ok_or_else(|| Error::new(ErrorKind::Source, "CREATE CHANGEFEED returned no job id"))?;
+            if let Some(dir) = self.job_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            std::fs::write(&self.job_path, &id).map_err(|e| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!("cannot record the changefeed job: {e}"),
+                )
+            })?;
+            tracing::info!(job = %id, endpoint = %server.local_addr, sink = %feed.external_connection.as_deref().map_or("direct", |_| "external connection"),
+                cursor = ?cursor.map(|c| c.to_string()), "created webhook changefeed");
+            self.job = Some(id);
+        } else {
+            let statement = format!(
+                "CREATE CHANGEFEED FOR TABLE {targets} WITH {}",
+                feed_options(config, version, cursor).join(", ")
+            );
+            tracing::info!(cursor = ?cursor.map(|c| c.to_string()), "starting core changefeed");
+            tokio::spawn(feed::run_core(
+                self.address.clone(),
+                statement,
+                None,
+                tx.clone(),
+                feed_stop.clone(),
             ));
         }
-        Some(v) => v,
-        None => {
-            tracing::warn!(version = %version_text, "cdc.source_kind is cockroachdb, but the server does not say it is CockroachDB");
-            ClusterVersion::OLDEST
-        }
-    };
-    let type_opts = type_options(cdc);
-    let types = TypeCache::load(&client).await?;
-    let filter = TableFilter {
-        include: cdc.tables.clone(),
-        exclude: cdc.exclude.clone(),
-    };
-    let specs = discover_tables(&client, &filter, &types, &type_opts).await?;
-    if specs.is_empty() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "no table of {} matches cdc.tables {:?}; a changefeed needs at least one",
-                address.display, cdc.tables
-            ),
-        ));
+        self.feed = Some(rx);
+        Ok(())
     }
-    let sink_options = SinkOptions {
-        pipeline: cdc.pipeline.clone(),
-        namespace: cdc.namespace.clone(),
-        table_name: cdc.table_name.clone(),
-        spill_bytes: (cdc.flush.max_bytes / 2) as usize,
-    };
-    let mut sink = LakeSink::new(lake, sink_options);
-    let mut tables = Tables::default();
-    let mut held: Vec<Position> = Vec::new();
-    let mut unheld: Vec<TableId> = Vec::new();
-    for spec in &specs {
-        let keys = key_names(&client, spec).await?;
-        let attached = sink.attach(spec.clone()).await?;
-        tracing::info!(source = %spec.qualified(), table = %attached.ident,
-            position = ?attached.position.map(|p| p.to_string()), stopped = ?attached.stopped, "attached table");
-        if attached.stopped.is_none() {
-            match attached.position {
-                Some(p) if !options.resnapshot => held.push(p),
-                _ => unheld.push(spec.id),
-            }
-        }
-        tables.insert(Captured::new(spec.clone(), &keys)?);
-    }
-    crate::pipeline::refresh_tables(&sink, status);
-    // Tables without a position (all of them on the first run, a table added since, every
-    // table on a resnapshot) are copied first, as of one cluster timestamp.
-    if !unheld.is_empty() && (cdc.snapshot == "initial" || options.resnapshot) {
-        let scanned = specs
-            .iter()
-            .filter(|s| unheld.contains(&s.id))
-            .map(Arc::as_ref)
-            .collect::<Vec<_>>();
-        match scan(
-            &address, &client, version, &mut sink, &tables, &scanned, status, stop,
-        )
-        .await?
-        {
-            Some(at) => held.push(at),
-            None => return Ok(()),
-        }
-    }
-    // Stream from where the table that is furthest behind stands.
-    let cursor = held.iter().min().copied();
-    let targets = target_list(&specs.iter().map(Arc::as_ref).collect::<Vec<_>>());
-    let feed_stop = stop.child_token();
-    let _feed_guard = feed_stop.clone().drop_guard();
-    let (tx, mut rx) = mpsc::channel(64);
-    let mut job = None;
-    if feed.sink == "webhook" {
-        if let Ok(previous) = std::fs::read_to_string(job_path(config)) {
-            let previous = previous.trim().to_string();
-            match client.simple_query(&format!("CANCEL JOB {previous}")).await {
-                Ok(_) => tracing::info!(job = %previous, "cancelled the previous changefeed job"),
-                Err(e) => {
-                    tracing::info!(job = %previous, error = %e, "previous changefeed job not cancelled (it may be gone)")
-                }
-            }
-            let _ = std::fs::remove_file(job_path(config));
-        }
-        let tls = webhook_tls(config)?;
-        // Behind an external connection the path stays the same; otherwise each start uses a
-        // fresh one. The secret is a changefeed option, so it is fresh at every start.
-        let path = match &feed.external_connection {
-            Some(_) => stable_webhook_path(&cdc.pipeline),
-            None => format!("/changefeed/{}/{}", cdc.pipeline, random_token()),
-        };
-        let secret = random_token();
-        let server = feed::start_webhook(
-            &feed.webhook_listen,
-            &tls,
-            path.clone(),
-            format!("Bearer {secret}"),
-            tx.clone(),
-            feed_stop.clone(),
-        )
-        .await?;
-        let sink_uri = match &feed.external_connection {
-            Some(name) => format!("external://{name}"),
-            None => {
-                let base = match &feed.webhook_url {
-                    Some(u) => u.clone(),
-                    None => format!("https://{}", server.local_addr),
-                };
-                webhook_uri(&base, &path, server.ca_pem.as_deref())
-            }
-        };
-        let mut with = feed_options(config, version, cursor);
-        with.extend([
-            format!(
-                "webhook_auth_header = {}",
-                quote_literal(&format!("Bearer {secret}"))
-            ),
-            format!(
-                "webhook_client_timeout = {}",
-                quote_literal(WEBHOOK_CLIENT_TIMEOUT)
-            ),
-            format!("webhook_sink_config = {}", quote_literal(WEBHOOK_SINK_CONFIG)),
-        ]);
-        let statement = format!(
-            "CREATE CHANGEFEED FOR TABLE {targets} INTO {} WITH {}",
-            quote_literal(&sink_uri),
-            with.join(", ")
-        );
-        let rows = client.simple_query(&statement).await.map_err(|e| {
-            let hint = if feed.external_connection.is_none() {
-                " (on a cluster that allows only external-connection sinks, set \
-                 cdc.changefeed.external_connection; see `tarn cdc external-connection`)"
-            } else {
-                ""
-            };
-            query_error(format!("cannot create the webhook changefeed{hint}"), e)
-        })?;
-        let id = rows
+
+    /// Copies `scanned` as of one cluster timestamp `T` with a scan-only changefeed
+    /// (`initial_scan = 'only'`, `cursor = T`: CockroachDB scans at the cursor), read
+    /// on a SQL connection whatever `cdc.changefeed.sink` says (it needs `SELECT`, as a sinkless
+    /// changefeed does). The tables are emptied and filled in one lake transaction at `T`,
+    /// committed only once the scan is complete: a stop or crash mid-scan leaves them without a
+    /// position, and the next start scans again. Returns `T`, or `None` when stopped.
+    async fn scan(
+        &self,
+        sink: &mut LakeSink,
+        scanned: &[&TableSpec],
+        ctx: &SourceContext<'_>,
+    ) -> Result<Option<Position>> {
+        let status = ctx.status;
+        // DECIMAL `wall.logical`; its text form is the cursor's.
+        let now = self
+            .client
+            .simple_query("SELECT cluster_logical_timestamp()")
+            .await
+            .map_err(|e| query_error("cannot read the cluster's time", e))?
             .iter()
             .find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
                 _ => None,
             })
-            .ok_or_else(|| Error::new(ErrorKind::Source, "CREATE CHANGEFEED returned no job id"))?;
-        if let Some(dir) = job_path(config).parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::write(job_path(config), &id).map_err(|e| {
+            .unwrap_or_default();
+        let at = Position::parse_hlc(&now).ok_or_else(|| {
             Error::new(
-                ErrorKind::Storage,
-                format!("cannot record the changefeed job: {e}"),
+                ErrorKind::Source,
+                format!("cluster_logical_timestamp() returned {now:?}, not a timestamp"),
             )
         })?;
-        tracing::info!(job = %id, endpoint = %server.local_addr, sink = %feed.external_connection.as_deref().map_or("direct", |_| "external connection"),
-            cursor = ?cursor.map(|c| c.to_string()), "created webhook changefeed");
-        job = Some(id);
-    } else {
+        let names = scanned
+            .iter()
+            .map(|s| s.qualified())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut with = common_options(self.version);
+        with.extend([
+            "initial_scan = 'only'".to_string(),
+            format!("cursor = {}", quote_literal(&at.to_string())),
+        ]);
         let statement = format!(
-            "CREATE CHANGEFEED FOR TABLE {targets} WITH {}",
-            feed_options(config, version, cursor).join(", ")
+            "CREATE CHANGEFEED FOR TABLE {} WITH {}",
+            target_list(scanned),
+            with.join(", ")
         );
-        tracing::info!(cursor = ?cursor.map(|c| c.to_string()), "starting core changefeed");
-        tokio::spawn(feed::run_core(
-            address.clone(),
-            statement,
-            None,
-            tx.clone(),
-            feed_stop.clone(),
-        ));
-    }
-    drop(tx);
-    status.update(|r| {
-        r.state = "streaming".into();
-        r.snapshot = None;
-        r.last_error = None;
-        r.acknowledged = cursor.map(|c| c.to_string());
-    });
-    let result = stream(
-        config,
-        &client,
-        &types,
-        &mut sink,
-        &mut tables,
-        &mut rx,
-        cursor,
-        job.as_deref(),
-        status,
-        stop,
-    )
-    .await;
-    if let (Some(id), Ok(())) = (&job, &result) {
-        // A clean stop: the next start creates the changefeed again from the lake's position.
-        match client.simple_query(&format!("CANCEL JOB {id}")).await {
-            Ok(_) => {
-                let _ = std::fs::remove_file(job_path(config));
-            }
-            Err(e) => tracing::warn!(job = %id, error = %e, "could not cancel the changefeed job"),
-        }
-    }
-    result
-}
-
-/// Copies `scanned` as of one cluster timestamp `T` with a scan-only changefeed
-/// (`initial_scan = 'only'`, `cursor = T`: CockroachDB scans at the cursor), read
-/// on a SQL connection whatever `cdc.changefeed.sink` says (it needs `SELECT`, as a sinkless
-/// changefeed does). The tables are emptied and filled in one lake transaction at `T`,
-/// committed only once the scan is complete: a stop or crash mid-scan leaves them without a
-/// position, and the next start scans again. Returns `T`, or `None` when stopped.
-#[allow(clippy::too_many_arguments)]
-async fn scan(
-    address: &SourceAddress,
-    client: &tokio_postgres::Client,
-    version: ClusterVersion,
-    sink: &mut LakeSink,
-    tables: &Tables,
-    scanned: &[&TableSpec],
-    status: &PipelineStatus,
-    stop: &CancellationToken,
-) -> Result<Option<Position>> {
-    // DECIMAL `wall.logical`; its text form is the cursor's.
-    let now = client
-        .simple_query("SELECT cluster_logical_timestamp()")
-        .await
-        .map_err(|e| query_error("cannot read the cluster's time", e))?
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let at = Position::parse_hlc(&now).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Source,
-            format!("cluster_logical_timestamp() returned {now:?}, not a timestamp"),
-        )
-    })?;
-    let names = scanned
-        .iter()
-        .map(|s| s.qualified())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut with = common_options(version);
-    with.extend([
-        "initial_scan = 'only'".to_string(),
-        format!("cursor = {}", quote_literal(&at.to_string())),
-    ]);
-    let statement = format!(
-        "CREATE CHANGEFEED FOR TABLE {} WITH {}",
-        target_list(scanned),
-        with.join(", ")
-    );
-    tracing::info!(tables = %names, at = %at, "scanning tables");
-    status.update(|r| {
-        r.state = "snapshotting".into();
-        r.snapshot = Some(crate::pipeline::SnapshotReport {
-            table: names.clone(),
-            ..Default::default()
-        });
-    });
-    sink.apply(SourceEvent::Begin { commit_position: at }).await?;
-    sink.apply(SourceEvent::Truncate {
-        tables: scanned.iter().map(|s| s.id).collect(),
-    })
-    .await?;
-    let scan_stop = stop.child_token();
-    let _scan_guard = scan_stop.clone().drop_guard();
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(feed::run_core(
-        address.clone(),
-        statement,
-        Some(at),
-        tx,
-        scan_stop.clone(),
-    ));
-    let started = Instant::now();
-    let mut rows = 0u64;
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            () = stop.cancelled() => {
-                tracing::info!(rows, "stopped during a scan; nothing of it is committed");
-                return Ok(None);
-            }
-            d = rx.recv() => d,
-        };
-        let Some(delivery) = delivery else { break };
-        for message in delivery? {
-            let Message::Row(row) = message else { continue };
-            let captured = tables.lookup(&row.topic)?;
-            // A scan has no deletes; an `after` of null would be a row gone before `T`.
-            if let Some(after) = &row.after {
-                let new = captured.row(&row, after)?;
-                sink.apply(SourceEvent::Insert {
-                    table: captured.spec.id,
-                    new,
-                })
-                .await?;
-                sink.spill_if_needed().await?;
-                rows += 1;
-            }
-        }
+        tracing::info!(tables = %names, at = %at, "scanning tables");
         status.update(|r| {
-            if let Some(s) = r.snapshot.as_mut() {
-                s.rows = rows;
-            }
-            r.pending_events = sink.pending_events();
+            r.state = "snapshotting".into();
+            r.snapshot = Some(crate::pipeline::SnapshotReport {
+                table: names.clone(),
+                ..Default::default()
+            });
         });
+        sink.apply(SourceEvent::Begin { commit_position: at }).await?;
+        sink.apply(SourceEvent::Truncate {
+            tables: scanned.iter().map(|s| s.id).collect(),
+        })
+        .await?;
+        let scan_stop = ctx.stop.child_token();
+        let _scan_guard = scan_stop.clone().drop_guard();
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(feed::run_core(
+            self.address.clone(),
+            statement,
+            Some(at),
+            tx,
+            scan_stop.clone(),
+        ));
+        let started = Instant::now();
+        let mut rows = 0u64;
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                () = ctx.stop.cancelled() => {
+                    tracing::info!(rows, "stopped during a scan; nothing of it is committed");
+                    return Ok(None);
+                }
+                d = rx.recv() => d,
+            };
+            let Some(delivery) = delivery else { break };
+            for message in delivery? {
+                let Message::Row(row) = message else { continue };
+                let captured = self.tables.lookup(&row.topic)?;
+                // A scan has no deletes; an `after` of null would be a row gone before `T`.
+                if let Some(after) = &row.after {
+                    let new = captured.row(&row, after)?;
+                    sink.apply(SourceEvent::Insert {
+                        table: captured.spec.id,
+                        new,
+                    })
+                    .await?;
+                    sink.spill_if_needed().await?;
+                    rows += 1;
+                }
+            }
+            status.update(|r| {
+                if let Some(s) = r.snapshot.as_mut() {
+                    s.rows = rows;
+                }
+                r.pending_events = sink.pending_events();
+            });
+        }
+        sink.apply(SourceEvent::Commit {
+            position: at,
+            commit_time_micros: (at.wall_nanos() / 1000) as i64,
+        })
+        .await?;
+        sink.flush().await?;
+        status.events.fetch_add(rows, Ordering::Relaxed);
+        metrics::counter!("tarn_cdc_events_total").increment(rows);
+        crate::pipeline::refresh_tables(sink, status);
+        tracing::info!(tables = %names, rows, at = %at, seconds = started.elapsed().as_secs_f64(), "scan committed");
+        Ok(Some(at))
     }
-    sink.apply(SourceEvent::Commit {
-        position: at,
-        commit_time_micros: (at.wall_nanos() / 1000) as i64,
-    })
-    .await?;
-    sink.flush().await?;
-    status.events.fetch_add(rows, Ordering::Relaxed);
-    metrics::counter!("tarn_cdc_events_total").increment(rows);
-    crate::pipeline::refresh_tables(sink, status);
-    tracing::info!(tables = %names, rows, at = %at, seconds = started.elapsed().as_secs_f64(), "scan committed");
-    Ok(Some(at))
+
+    /// The state at `position` of the keys in `changes`, as one transaction: Begin, the
+    /// upserts and deletes, Commit. A column tarn does not know makes it read the table's
+    /// schema again first (and emit the new schema).
+    async fn transaction(&mut self, changes: Vec<RowMessage>, position: Position) -> Result<Vec<SourceEvent>> {
+        let mut events = Vec::with_capacity(changes.len() + 2);
+        let mut refresh = Vec::new();
+        for m in &changes {
+            let captured = self.tables.lookup(&m.topic)?;
+            if let Some(after) = &m.after
+                && !captured.knows_all(after)
+                && !refresh.contains(&captured.spec.id)
+            {
+                refresh.push(captured.spec.id);
+            }
+        }
+        for id in refresh {
+            self.types = TypeCache::load(&self.client).await?;
+            if let Some(spec) = describe_table(&self.client, id, &self.types, &self.type_opts).await? {
+                let keys = key_names(&self.client, &spec).await?;
+                if spec != self.tables.by_id[&id].spec {
+                    tracing::info!(table = %spec.qualified(), "schema changed");
+                    events.push(SourceEvent::Relation(spec.clone()));
+                }
+                self.tables.insert(Captured::new(spec, &keys)?);
+            }
+        }
+        events.push(SourceEvent::Begin {
+            commit_position: position,
+        });
+        self.changed_since_mark |= !changes.is_empty();
+        for m in &changes {
+            let captured = self.tables.lookup(&m.topic)?;
+            let id = captured.spec.id;
+            events.push(match &m.after {
+                Some(after) => SourceEvent::Insert {
+                    table: id,
+                    new: captured.row(m, after)?,
+                },
+                None => SourceEvent::Delete {
+                    table: id,
+                    old: captured.key_row(m)?,
+                },
+            });
+        }
+        events.push(SourceEvent::Commit {
+            position,
+            commit_time_micros: (position.wall_nanos() / 1000) as i64,
+        });
+        Ok(events)
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream(
-    config: &Config,
-    client: &tokio_postgres::Client,
-    types: &TypeCache,
-    sink: &mut LakeSink,
-    tables: &mut Tables,
-    rx: &mut mpsc::Receiver<feed::Delivery>,
-    cursor: Option<Position>,
-    job: Option<&str>,
-    status: &PipelineStatus,
-    stop: &CancellationToken,
-) -> Result<()> {
-    let cdc = &config.cdc;
-    let interval = cdc.flush_interval();
-    let budget = (cdc.flush.max_bytes / 2) as usize;
-    let resolved_every =
-        tarn_core::config::parse_duration("cdc.changefeed.resolved", &cdc.changefeed.resolved)?;
-    let quiet_limit = (resolved_every * 10).max(Duration::from_secs(60));
-    let mut last_resolved = Instant::now();
-    let mut checks = tokio::time::interval(JOB_CHECK_INTERVAL);
-    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut window = Window::new(cursor);
-    let mut types = types.clone();
-    let type_opts = type_options(cdc);
-    let mut last_idle_mark = Instant::now();
-    let mut last_flushed: Option<Position> = None;
-    // A resolved timestamp already closes a batch of changes, so each one is committed unless
-    // the last commit is more recent than the flush interval: freshness is the resolved
-    // cadence, and commits come no more often than the flush interval (a tenth of it is slack
-    // for cadence jitter).
-    let mut last_commit = Instant::now() - interval;
-    loop {
-        let deadline = sink
-            .pending_since()
-            .map(|t| t + interval)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let delivery = tokio::select! {
-            // Stopping closes the feed too: see the stop first.
-            biased;
-            () = stop.cancelled() => {
-                if !sink.in_transaction() {
-                    if let Some(p) = sink.flush().await? {
-                        status.update(|r| r.acknowledged = Some(p.to_string()));
-                        last_flushed = Some(p);
-                    }
-                    if let Some(p) = last_flushed {
-                        // The next start resumes from here, quiet tables included.
-                        sink.mark_idle(p).await?;
-                    }
-                }
-                tracing::info!(resolved = ?window.resolved().map(|r| r.to_string()), "CDC pipeline stopped");
-                return Ok(());
-            }
-            d = rx.recv() => match d {
-                Some(d) => Some(d?),
-                None => return Err(Error::new(ErrorKind::Source, "the changefeed stopped delivering")),
-            },
-            () = tokio::time::sleep_until(deadline.into()) => None,
-            _ = checks.tick() => {
-                let quiet = last_resolved.elapsed();
-                metrics::gauge!("tarn_cdc_changefeed_resolved_age_seconds").set(quiet.as_secs_f64());
-                if let Some(id) = job {
-                    check_job(client, id).await?;
-                }
-                if quiet > quiet_limit {
-                    tracing::warn!(seconds = quiet.as_secs(), job = ?job,
-                        "no resolved timestamp from the changefeed for a while; the lake is not advancing \
-                         (webhook: can the cluster's nodes reach cdc.changefeed.webhook_url?)");
-                }
-                continue;
-            }
+impl ChangeSource for ChangefeedSource {
+    async fn start(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+        let (config, options) = (ctx.config, ctx.options);
+        let cdc = &config.cdc;
+        let filter = TableFilter {
+            include: cdc.tables.clone(),
+            exclude: cdc.exclude.clone(),
         };
-        let mut flush_now = delivery.is_none();
-        for message in delivery.into_iter().flatten() {
-            failpoint::hit("cdc.on_event").await?;
-            match message {
-                Message::Row(row) => {
-                    tables.lookup(&row.topic)?;
-                    window.push(row);
-                    if window.bytes() > budget {
-                        let early = window.oldest().map(|o| Position(o.0 - 1)).unwrap_or_default();
-                        let changes = window.take_all();
-                        tracing::info!(changes = changes.len(), position = %early, "window over its memory budget; applying it early");
-                        apply(
-                            client, &mut types, &type_opts, sink, tables, changes, early, status,
-                        )
-                        .await?;
-                    }
-                }
-                Message::Resolved(resolved) => {
-                    last_resolved = Instant::now();
-                    if window.resolved().is_some_and(|r| resolved <= r) {
-                        continue;
-                    }
-                    let changes = window.take(resolved);
-                    apply(
-                        client, &mut types, &type_opts, sink, tables, changes, resolved, status,
-                    )
-                    .await?;
-                    status.update(|r| r.received = Some(resolved.to_string()));
-                    let full = sink.pending_events() >= cdc.flush.max_rows
-                        || sink.pending_bytes() as u64 >= cdc.flush.max_bytes;
-                    flush_now |= full || last_commit.elapsed() >= interval * 9 / 10;
-                    let (duplicates, stale) = window.dropped();
-                    metrics::gauge!("tarn_cdc_changefeed_duplicates_total").set(duplicates as f64);
-                    metrics::gauge!("tarn_cdc_changefeed_stale_total").set(stale as f64);
+        let specs = discover_tables(&self.client, &filter, &self.types, &self.type_opts).await?;
+        if specs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "no table of {} matches cdc.tables {:?}; a changefeed needs at least one",
+                    self.address.display, cdc.tables
+                ),
+            ));
+        }
+        let mut held: Vec<Position> = Vec::new();
+        let mut unheld: Vec<TableId> = Vec::new();
+        for spec in &specs {
+            let keys = key_names(&self.client, spec).await?;
+            let attached = sink.attach(spec.clone()).await?;
+            tracing::info!(source = %spec.qualified(), table = %attached.ident,
+                position = ?attached.position.map(|p| p.to_string()), stopped = ?attached.stopped, "attached table");
+            if attached.stopped.is_none() {
+                match attached.position {
+                    Some(p) if !options.resnapshot => held.push(p),
+                    _ => unheld.push(spec.id),
                 }
             }
+            self.tables.insert(Captured::new(spec.clone(), &keys)?);
         }
-        status.update(|r| r.pending_events = window.len() as u64 + sink.pending_events());
-        if !flush_now || sink.in_transaction() || sink.pending_since().is_none() {
-            continue;
-        }
-        // Measured from the start of the commit: a commit that takes a while must not push
-        // the next one past the following resolved timestamp.
-        let commit_started = Instant::now();
-        if let Some(p) = sink.flush().await? {
-            failpoint::hit("cdc.before_ack").await?;
-            last_flushed = Some(p);
-            last_commit = commit_started;
-            if last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
-                // Quiet tables would otherwise hold the restart cursor at their last change.
-                sink.mark_idle(p).await?;
-                last_idle_mark = Instant::now();
+        crate::pipeline::refresh_tables(sink, ctx.status);
+        // Tables without a position (all of them on the first run, a table added since, every
+        // table on a resnapshot) are copied first, as of one cluster timestamp.
+        if !unheld.is_empty() && (cdc.snapshot == "initial" || options.resnapshot) {
+            let scanned = specs
+                .iter()
+                .filter(|s| unheld.contains(&s.id))
+                .map(Arc::as_ref)
+                .collect::<Vec<_>>();
+            match self.scan(sink, &scanned, ctx).await? {
+                Some(at) => held.push(at),
+                None => return Ok(None),
             }
-            let lag = (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                .saturating_sub(p.wall_nanos())) as f64
-                / 1e9;
-            metrics::gauge!("tarn_cdc_lag_seconds").set(lag);
-            status.update(|r| {
-                r.acknowledged = Some(p.to_string());
-                r.lag_seconds = Some(lag);
-                r.state = "streaming".into();
-            });
-            crate::pipeline::refresh_tables(sink, status);
         }
+        // Stream from where the table that is furthest behind stands.
+        let cursor = held.iter().min().copied();
+        self.window = Window::new(cursor);
+        self.received = cursor;
+        self.create_changefeed(config, &specs, cursor, ctx.stop).await?;
+        self.last_resolved = Instant::now();
+        Ok(Some(cursor.unwrap_or_default()))
+    }
+
+    async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
+        loop {
+            let feed = self
+                .feed
+                .as_mut()
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "the changefeed was not started"))?;
+            let delivery = tokio::select! {
+                // Stopping closes the feed too: see the stop first.
+                biased;
+                () = ctx.stop.cancelled() => return Ok(Next::Stopped),
+                d = feed.recv() => match d {
+                    Some(d) => d?,
+                    None => return Err(Error::new(ErrorKind::Source, "the changefeed stopped delivering")),
+                },
+                () = tokio::time::sleep_until(deadline.into()) => return Ok(Next::Idle),
+            };
+            let mut events = Vec::new();
+            for message in delivery {
+                match message {
+                    Message::Row(row) => {
+                        self.tables.lookup(&row.topic)?;
+                        self.window.push(row);
+                        if self.window.bytes() > self.budget {
+                            let early = self.window.oldest().map(|o| Position(o.0 - 1)).unwrap_or_default();
+                            let changes = self.window.take_all();
+                            tracing::info!(changes = changes.len(), position = %early, "window over its memory budget; applying it early");
+                            events.extend(self.transaction(changes, early).await?);
+                        }
+                    }
+                    Message::Resolved(resolved) => {
+                        self.last_resolved = Instant::now();
+                        if self.window.resolved().is_some_and(|r| resolved <= r) {
+                            continue;
+                        }
+                        let changes = self.window.take(resolved);
+                        events.extend(self.transaction(changes, resolved).await?);
+                        self.received = Some(resolved);
+                        let (duplicates, stale) = self.window.dropped();
+                        metrics::gauge!("tarn_cdc_changefeed_duplicates_total").set(duplicates as f64);
+                        metrics::gauge!("tarn_cdc_changefeed_stale_total").set(stale as f64);
+                    }
+                }
+            }
+            if !events.is_empty() {
+                return Ok(Next::Events(events));
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, position: Position, sink: &mut LakeSink) -> Result<()> {
+        // The changefeed's cursor is the oldest table position: quiet tables would otherwise
+        // hold the restart cursor at their last change (and behind the cluster's GC).
+        if self.changed_since_mark && self.last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
+            sink.mark_idle(position).await?;
+            self.last_idle_mark = Instant::now();
+            self.changed_since_mark = false;
+        }
+        Ok(())
+    }
+
+    async fn adopt(&mut self, spec: Arc<TableSpec>, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+        // A changefeed's targets are fixed when it is created; a table only comes in at start.
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!(
+                "changefeed message for {}, which was not captured at start",
+                spec.qualified()
+            ),
+        ))
+    }
+
+    async fn tick(&mut self, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+        let quiet = self.last_resolved.elapsed();
+        metrics::gauge!("tarn_cdc_changefeed_resolved_age_seconds").set(quiet.as_secs_f64());
+        if let Some(id) = &self.job {
+            check_job(&self.client, id).await?;
+        }
+        if quiet > self.quiet_limit {
+            tracing::warn!(seconds = quiet.as_secs(), job = ?self.job,
+                "no resolved timestamp from the changefeed for a while; the lake is not advancing \
+                 (webhook: can the cluster's nodes reach cdc.changefeed.webhook_url?)");
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, sink: &mut LakeSink, durable: Option<Position>) -> Result<()> {
+        if let Some(p) = durable {
+            // The next start resumes from here, quiet tables included.
+            sink.mark_idle(p).await?;
+        }
+        tracing::info!(resolved = ?self.window.resolved().map(|r| r.to_string()), "changefeed source stopped");
+        if let Some(id) = self.job.take() {
+            // A clean stop: the next start creates the changefeed again from the lake's position.
+            match self.client.simple_query(&format!("CANCEL JOB {id}")).await {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&self.job_path);
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "could not cancel the changefeed job"),
+            }
+        }
+        Ok(())
+    }
+
+    fn received(&self) -> Option<Position> {
+        self.received
+    }
+
+    fn flush_rule(&self) -> FlushRule {
+        FlushRule::EachCheckpoint
     }
 }
 
@@ -1004,68 +1044,3 @@ async fn check_job(client: &tokio_postgres::Client, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Applies the state at `position` of the keys in `changes` as one transaction.
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    client: &tokio_postgres::Client,
-    types: &mut TypeCache,
-    type_opts: &TypeOptions,
-    sink: &mut LakeSink,
-    tables: &mut Tables,
-    changes: Vec<RowMessage>,
-    position: Position,
-    status: &PipelineStatus,
-) -> Result<()> {
-    // A column tarn does not know: read the table's schema again first.
-    let mut refresh = Vec::new();
-    for m in &changes {
-        let captured = tables.lookup(&m.topic)?;
-        if let Some(after) = &m.after
-            && !captured.knows_all(after)
-            && !refresh.contains(&captured.spec.id)
-        {
-            refresh.push(captured.spec.id);
-        }
-    }
-    for id in refresh {
-        *types = TypeCache::load(client).await?;
-        if let Some(spec) = describe_table(client, id, types, type_opts).await? {
-            let keys = key_names(client, &spec).await?;
-            if spec != tables.by_id[&id].spec {
-                tracing::info!(table = %spec.qualified(), "schema changed");
-                sink.apply(SourceEvent::Relation(spec.clone())).await?;
-            }
-            tables.insert(Captured::new(spec, &keys)?);
-        }
-    }
-    sink.apply(SourceEvent::Begin {
-        commit_position: position,
-    })
-    .await?;
-    let mut events = 0u64;
-    for m in &changes {
-        let captured = tables.lookup(&m.topic)?;
-        let id = captured.spec.id;
-        let event = match &m.after {
-            Some(after) => SourceEvent::Insert {
-                table: id,
-                new: captured.row(m, after)?,
-            },
-            None => SourceEvent::Delete {
-                table: id,
-                old: captured.key_row(m)?,
-            },
-        };
-        sink.apply(event).await?;
-        events += 1;
-        sink.spill_if_needed().await?;
-    }
-    sink.apply(SourceEvent::Commit {
-        position,
-        commit_time_micros: (position.wall_nanos() / 1000) as i64,
-    })
-    .await?;
-    status.events.fetch_add(events, Ordering::Relaxed);
-    metrics::counter!("tarn_cdc_events_total").increment(events);
-    Ok(())
-}

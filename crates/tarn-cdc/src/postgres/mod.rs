@@ -8,6 +8,7 @@
 //! [`types`] maps column types to tarn's value model (`crate::value`).
 
 pub mod catalog;
+pub mod change_source;
 pub mod connect;
 pub mod copy_text;
 pub mod local;
