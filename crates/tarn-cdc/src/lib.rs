@@ -1,7 +1,8 @@
 //! Change data capture: every committed change of an OLTP database lands in Iceberg tables,
 //! exactly once.
 //!
-//! - [`source`]: what a source delivers (events, positions, table specs) and its contract.
+//! - [`source`]: what a source delivers (events, positions, table specs), the
+//!   [`source::ChangeSource`] seam every source implements, and its delivery contract.
 //! - [`value`]: the value and type model every source shares — a cell's text, a column's
 //!   Iceberg type, text into Arrow arrays.
 //! - [`postgres`]: the PostgreSQL source — publication and logical replication slot
@@ -11,14 +12,18 @@
 //!   found through a primary-key [`index`].
 //! - [`cockroach`]: the CockroachDB source — a changefeed (core or webhook), deduplicated and
 //!   committed per resolved timestamp.
-//! - [`pipeline`]: the loop between them — flush policy, backpressure, acknowledgement after
-//!   commit, restarts.
+//! - [`pipeline`]: the one loop between any source and the sink — flush policy, backpressure,
+//!   acknowledgement after commit, restarts.
+//! - [`position`]: typed positions (LSN, HLC timestamp, Kafka offsets) and their text codec.
+//! - [`scripted`]: an in-memory source replaying a script, with crashes at chosen steps, for
+//!   the sink's exactly-once tests.
 
 pub mod cockroach;
 pub mod index;
 pub mod pipeline;
 pub mod position;
 pub mod postgres;
+pub mod scripted;
 pub mod sink;
 pub mod source;
 pub mod value;
