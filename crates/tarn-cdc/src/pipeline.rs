@@ -401,7 +401,8 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                         }
                         SourceEvent::Keepalive { position } => {
                             report = true;
-                            if !sink.in_transaction() && sink.pending_events() == 0 && position > acknowledged {
+                            if !sink.in_transaction() && sink.pending_events() == 0 && position > acknowledged
+                            {
                                 source.acknowledge(position, &mut sink).await?;
                                 acknowledged = position;
                             }
@@ -409,7 +410,9 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                         event => {
                             let is_change = matches!(
                                 event,
-                                SourceEvent::Insert { .. } | SourceEvent::Update { .. } | SourceEvent::Delete { .. }
+                                SourceEvent::Insert { .. }
+                                    | SourceEvent::Update { .. }
+                                    | SourceEvent::Delete { .. }
                             );
                             let is_commit = matches!(event, SourceEvent::Commit { .. });
                             sink.apply(event).await?;

@@ -287,10 +287,18 @@ pub trait ChangeSource: Send {
     ) -> impl Future<Output = Result<Option<Position>>> + Send;
 
     /// The next events, waiting until `deadline` at most.
-    fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> impl Future<Output = Result<Next>> + Send;
+    fn next(
+        &mut self,
+        ctx: &SourceContext<'_>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Next>> + Send;
 
     /// Everything up to `position` is committed to the lake.
-    fn acknowledge(&mut self, position: Position, sink: &mut LakeSink) -> impl Future<Output = Result<()>> + Send;
+    fn acknowledge(
+        &mut self,
+        position: Position,
+        sink: &mut LakeSink,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// A table appeared in the stream that the sink does not hold (PostgreSQL: a table added
     /// to the publication): attach it to `sink` and copy it, before its first change.
@@ -303,10 +311,18 @@ pub trait ChangeSource: Send {
 
     /// Periodic housekeeping between transactions (every few seconds): PostgreSQL looks for
     /// new tables, CockroachDB checks its changefeed job.
-    fn tick(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> impl Future<Output = Result<()>> + Send;
+    fn tick(
+        &mut self,
+        sink: &mut LakeSink,
+        ctx: &SourceContext<'_>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Stops cleanly; `durable` is the last position committed to the lake in this run.
-    fn stop(&mut self, sink: &mut LakeSink, durable: Option<Position>) -> impl Future<Output = Result<()>> + Send;
+    fn stop(
+        &mut self,
+        sink: &mut LakeSink,
+        durable: Option<Position>,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// The newest position the source has delivered or reported.
     fn received(&self) -> Option<Position>;

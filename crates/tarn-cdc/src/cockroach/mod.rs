@@ -361,7 +361,6 @@ const WEBHOOK_CLIENT_TIMEOUT: &str = "60s";
 const WEBHOOK_SINK_CONFIG: &str =
     r#"{"Flush": {"Messages": 1000, "Frequency": "100ms"}, "Retry": {"Max": "inf", "Backoff": "500ms"}}"#;
 
-
 /// `targets` as a changefeed's target list.
 fn target_list(specs: &[&TableSpec]) -> String {
     specs
@@ -458,7 +457,6 @@ pub fn external_connection_statements(config: &Config, user: &str) -> Result<Str
         quote_ident(user)
     ))
 }
-
 
 /// The CockroachDB change source; see the module doc.
 pub struct ChangefeedSource {
@@ -787,7 +785,11 @@ impl ChangefeedSource {
     /// The state at `position` of the keys in `changes`, as one transaction: Begin, the
     /// upserts and deletes, Commit. A column tarn does not know makes it read the table's
     /// schema again first (and emit the new schema).
-    async fn transaction(&mut self, changes: Vec<RowMessage>, position: Position) -> Result<Vec<SourceEvent>> {
+    async fn transaction(
+        &mut self,
+        changes: Vec<RowMessage>,
+        position: Position,
+    ) -> Result<Vec<SourceEvent>> {
         let mut events = Vec::with_capacity(changes.len() + 2);
         let mut refresh = Vec::new();
         for m in &changes {
@@ -915,7 +917,11 @@ impl ChangeSource for ChangefeedSource {
                         self.tables.lookup(&row.topic)?;
                         self.window.push(row);
                         if self.window.bytes() > self.budget {
-                            let early = self.window.oldest().map(|o| Position(o.0 - 1)).unwrap_or_default();
+                            let early = self
+                                .window
+                                .oldest()
+                                .map(|o| Position(o.0 - 1))
+                                .unwrap_or_default();
                             let changes = self.window.take_all();
                             tracing::info!(changes = changes.len(), position = %early, "window over its memory budget; applying it early");
                             events.extend(self.transaction(changes, early).await?);
@@ -952,7 +958,12 @@ impl ChangeSource for ChangefeedSource {
         Ok(())
     }
 
-    async fn adopt(&mut self, spec: Arc<TableSpec>, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+    async fn adopt(
+        &mut self,
+        spec: Arc<TableSpec>,
+        _sink: &mut LakeSink,
+        _ctx: &SourceContext<'_>,
+    ) -> Result<()> {
         // A changefeed's targets are fixed when it is created; a table only comes in at start.
         Err(Error::new(
             ErrorKind::Internal,
@@ -1043,4 +1054,3 @@ async fn check_job(client: &tokio_postgres::Client, id: &str) -> Result<()> {
     }
     Ok(())
 }
-

@@ -211,7 +211,12 @@ impl ChangeSource for PostgresChangeSource {
         Ok(())
     }
 
-    async fn adopt(&mut self, spec: Arc<TableSpec>, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<()> {
+    async fn adopt(
+        &mut self,
+        spec: Arc<TableSpec>,
+        sink: &mut LakeSink,
+        ctx: &SourceContext<'_>,
+    ) -> Result<()> {
         copy_new_table(&self.source, sink, spec, ctx).await
     }
 
