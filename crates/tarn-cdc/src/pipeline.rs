@@ -18,6 +18,7 @@
 //! bucket unreachable) restart the pipeline from the last acknowledged position after a
 //! backoff; what was not committed is replayed, what was is skipped.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,6 +140,130 @@ impl PipelineStatus {
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut StatusReport)) {
         f(&mut self.report.lock().expect("status poisoned"));
+    }
+}
+
+/// A pipeline running in a task of its own: what `tarn demo`, `tarn bench`, `tarn serve`,
+/// `tarn cdc run` and the tests hold. [`spawn`](Self::spawn) starts [`run`],
+/// [`wait_for`](Self::wait_for) waits on its status with a deadline, [`stop`](Self::stop)
+/// stops it cleanly (a last commit, the source told) and returns how it ended.
+pub struct PipelineHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+    status: Arc<PipelineStatus>,
+}
+
+impl PipelineHandle {
+    /// Starts the pipeline `config.cdc` describes, writing into `lake`.
+    pub fn spawn(config: &Config, lake: Lake, options: RunOptions) -> Self {
+        Self::spawn_with(config, lake, options, CancellationToken::new())
+    }
+
+    /// Like [`spawn`](Self::spawn), stopped also when `shutdown` is cancelled (a server's
+    /// shutdown).
+    pub fn spawn_with(config: &Config, lake: Lake, options: RunOptions, shutdown: CancellationToken) -> Self {
+        let status = Arc::new(PipelineStatus::default());
+        let task = tokio::spawn({
+            let (config, stop, status) = (config.clone(), shutdown.clone(), status.clone());
+            async move { run(&config, lake, options, status, stop).await }
+        });
+        Self {
+            stop: shutdown,
+            task,
+            status,
+        }
+    }
+
+    /// The live status.
+    pub fn status(&self) -> &Arc<PipelineStatus> {
+        &self.status
+    }
+
+    /// The current status report.
+    pub fn report(&self) -> StatusReport {
+        self.status.report()
+    }
+
+    /// Whether the pipeline has ended (stopped, failed or its duration passed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until `done` holds for the status report (it may look elsewhere too, e.g. query
+    /// the lake), checking every 50 ms. Fails when the pipeline ends first, when `timeout`
+    /// passes, or when `interrupt` is cancelled; the error names `what` and the pipeline's
+    /// state.
+    pub async fn wait_for<F, D>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        interrupt: Option<&CancellationToken>,
+        mut done: D,
+    ) -> Result<StatusReport>
+    where
+        D: FnMut(StatusReport) -> F,
+        F: Future<Output = Result<bool>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.status.report();
+            if done(report.clone()).await? {
+                return Ok(report);
+            }
+            let last_error = report
+                .last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default();
+            if report.state == "failed" || self.task.is_finished() {
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "the CDC pipeline stopped while waiting for {what} (state {}{last_error})",
+                        report.state
+                    ),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "timed out after {timeout:?} waiting for {what} (pipeline {}, acknowledged {}{last_error})",
+                        report.state,
+                        report.acknowledged.as_deref().unwrap_or("-"),
+                    ),
+                ));
+            }
+            if interrupt.is_some_and(CancellationToken::is_cancelled) {
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    format!("interrupted while waiting for {what}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the pipeline and waits (at most 60 s) for it to end; returns how it ended.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        self.join(Duration::from_secs(60)).await
+    }
+
+    /// Waits (at most `timeout`) for the pipeline to end by itself (`RunOptions::duration`,
+    /// a failure, its shutdown token).
+    pub async fn join(self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.task).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("the CDC pipeline did not stop within {timeout:?}"),
+            )),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("the CDC pipeline panicked: {e}"),
+            )),
+            Ok(Ok(result)) => result,
+        }
     }
 }
 
