@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tarn_cdc::pipeline::{PipelineStatus, RunOptions, StatusReport, status_path};
 use tarn_cdc::postgres::PostgresSource;
 use tarn_cdc::postgres::slot;
-use tarn_cdc::sink::{PROPERTY_STOPPED, table_position};
+use tarn_cdc::sink::{stopped_reason, table_position};
 use tarn_core::Config;
 use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
@@ -318,7 +318,7 @@ async fn lake_positions(config: &Config) -> Result<Vec<serde_json::Value>> {
                 "position": position.to_string(),
                 "source_commit_time_us": commit_time,
                 "rows": rows,
-                "stopped": table.metadata().properties().get(PROPERTY_STOPPED),
+                "stopped": stopped_reason(&table),
             }));
         }
     }

@@ -526,14 +526,11 @@ async fn clear_previous_demo(lake: &Lake) -> Result<usize> {
     let mut ours = Vec::new();
     for ident in tables {
         let table = lake.load_table(&ident).await?;
-        let m = table.metadata();
-        let from_cdc = m.properties().contains_key(tarn_cdc::sink::PROPERTY_SOURCE_TABLE);
-        let demo_only = m.snapshots().all(|s| {
-            s.summary()
-                .additional_properties
-                .get(tarn_cdc::sink::SUMMARY_PIPELINE)
-                .is_some_and(|p| p == PIPELINE)
-        });
+        let from_cdc = tarn_cdc::sink::source_table(&table).is_some();
+        let demo_only = table
+            .metadata()
+            .snapshots()
+            .all(|s| tarn_cdc::sink::snapshot_pipeline(&s.summary().additional_properties) == Some(PIPELINE));
         if !(from_cdc && demo_only) {
             bail!(
                 "the lake already has table {ident}, which an earlier `tarn demo` did not make; \

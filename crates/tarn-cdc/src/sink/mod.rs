@@ -1,0 +1,595 @@
+//! The lake side of CDC: source changes become Iceberg commits, exactly once.
+//!
+//! Each captured table is an Iceberg v2 table whose identifier fields are the source's primary
+//! key. Changes are buffered per table and collapsed by key (the last change of a key wins;
+//! tables keyed by the whole row keep a count per distinct row). A write turns the buffer into
+//! one Parquet data file of new row versions plus **position deletes** for the versions they
+//! replace or delete, found through the table's [`KeyIndex`]. A commit is one Iceberg
+//! snapshot per table ([`tarn_lake::Lake::commit_row_delta`]) whose summary records the
+//! pipeline (`tarn.cdc.pipeline`) and the source position of the last transaction it holds
+//! (`tarn.cdc.lsn`).
+//!
+//! Exactly once: the pipeline acknowledges a position to the source only after every table
+//! holding changes up to it has committed. After a restart the source replays from the
+//! acknowledged position, and the sink skips, per table, every transaction that ends before the
+//! position recorded in that table's summaries. Data files written for a commit that never
+//! happened are never referenced (orphan-file removal deletes them).
+//!
+//! Unchanged TOASTed values ([`Value::Unchanged`](crate::source::Value::Unchanged)) keep their
+//! previous value: from the old row when the source sent it, from an earlier change in the
+//! buffer, or read back from the row's current location in the lake. A table whose schema
+//! changes in a way Iceberg cannot follow (a new key, an incompatible type change) is stopped
+//! with the reason recorded in its properties (`tarn.cdc.stopped`); the other tables go on.
+//!
+//! This module holds [`LakeSink`] itself: attaching tables, applying events, committing, and
+//! the key index. Its parts:
+//!
+//! - `buffer`: the row buffer of a table — collapsing by key, unchanged TOASTed values, and
+//!   the write of a buffer into a data file and position deletes;
+//! - `summary`: the snapshot-summary codec — the `tarn.cdc.*` keys of snapshot summaries and
+//!   table properties, the one place a table's position becomes text and back
+//!   ([`table_position`]);
+//! - `snapshot`: the snapshot writer of initial copies ([`SnapshotPartWriter`],
+//!   [`LakeSink::finish_snapshot`]);
+//! - `maintenance`: the automatic maintenance policy ([`LakeSink::maintain`]);
+//! - `schema`: the schema-evolution planner, applied when a table's spec changes.
+
+mod buffer;
+mod maintenance;
+mod schema;
+mod snapshot;
+mod summary;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use iceberg::spec::{DataContentType, DataFile};
+use iceberg::table::Table;
+use iceberg::{NamespaceIdent, TableIdent};
+use tarn_core::{Error, ErrorKind, Result, failpoint};
+use tarn_lake::{Lake, RowDelta, TableLayout};
+
+use self::buffer::{RowBuffer, write_pending};
+pub use self::snapshot::{SnapshotPart, SnapshotPartWriter};
+pub use self::summary::{
+    PROPERTY_ATTNUMS, PROPERTY_IDLE, PROPERTY_SOURCE_TABLE, PROPERTY_STOPPED, SUMMARY_COMMIT_TIME,
+    SUMMARY_LSN, SUMMARY_PIPELINE, SUMMARY_RESOLVED, SUMMARY_SNAPSHOT, snapshot_pipeline, source_table,
+    stopped_reason, table_position,
+};
+use self::summary::{attnums_of, commit_summary, creation_properties, idle_property};
+use crate::index::{KeyEncoder, KeyIndex, RowLocation, key_types};
+use crate::source::{KeyKind, Position, SourceEvent, TableId, TableSpec};
+use crate::value::builder::arrow_schema;
+
+/// How the sink names and writes tables.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// The pipeline name.
+    pub pipeline: String,
+    /// The lake namespace of captured tables.
+    pub namespace: String,
+    /// Lake table name template (`{schema}`, `{table}`).
+    pub table_name: String,
+    /// Buffered bytes of one table that make the sink write them out (not commit).
+    pub spill_bytes: usize,
+}
+
+/// A table's state as read from the lake when the sink attaches it.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The lake table.
+    pub ident: TableIdent,
+    /// The position the table holds everything up to, for this pipeline.
+    pub position: Option<Position>,
+    /// Why the table was stopped, if it was.
+    pub stopped: Option<String>,
+    /// Rows in the index.
+    pub indexed_rows: usize,
+}
+
+/// Live counters of one table.
+#[derive(Debug, Default, Clone)]
+pub struct TableCounters {
+    /// Changes applied.
+    pub changes: u64,
+    /// Rows written (new versions).
+    pub rows_written: u64,
+    /// Position deletes written.
+    pub deletes_written: u64,
+    /// Commits.
+    pub commits: u64,
+}
+
+struct TableState {
+    spec: Arc<TableSpec>,
+    ident: TableIdent,
+    table: Table,
+    position: Option<Position>,
+    stopped: Option<String>,
+    key_columns: Vec<usize>,
+    encoder: Arc<KeyEncoder>,
+    index: KeyIndex,
+    buffer: RowBuffer,
+    /// Bytes buffered since the last write (the spill threshold's measure).
+    pending_bytes: usize,
+    data_files: Vec<DataFile>,
+    deletes: Vec<(Arc<str>, u64)>,
+    truncated: bool,
+    dirty: bool,
+    counters: TableCounters,
+}
+
+/// Writes source changes into lake tables; see the module doc.
+pub struct LakeSink {
+    lake: Lake,
+    options: SinkOptions,
+    tables: HashMap<TableId, TableState>,
+    /// Commit position of the transaction being applied.
+    txn_commit: Option<Position>,
+    in_transaction: bool,
+    /// End of the last transaction applied.
+    last_commit: Option<(Position, i64)>,
+    pending_events: u64,
+    pending_bytes: usize,
+    pending_since: Option<Instant>,
+}
+
+impl LakeSink {
+    /// A sink writing into `lake`.
+    pub fn new(lake: Lake, options: SinkOptions) -> Self {
+        Self {
+            lake,
+            options,
+            tables: HashMap::new(),
+            txn_commit: None,
+            in_transaction: false,
+            last_commit: None,
+            pending_events: 0,
+            pending_bytes: 0,
+            pending_since: None,
+        }
+    }
+
+    /// The lake table a source table lands in.
+    pub fn lake_ident(&self, spec: &TableSpec) -> TableIdent {
+        let name = self
+            .options
+            .table_name
+            .replace("{schema}", &spec.schema)
+            .replace("{table}", &spec.name);
+        TableIdent::new(NamespaceIdent::new(self.options.namespace.clone()), name)
+    }
+
+    /// Whether the sink writes source table `id`.
+    pub fn has_table(&self, id: TableId) -> bool {
+        self.tables.contains_key(&id)
+    }
+
+    /// Lake identifiers and committed positions of every attached table.
+    pub fn table_positions(&self) -> Vec<(TableIdent, Option<Position>, Option<String>, TableCounters)> {
+        let mut out: Vec<_> = self
+            .tables
+            .values()
+            .map(|t| (t.ident.clone(), t.position, t.stopped.clone(), t.counters.clone()))
+            .collect();
+        out.sort_by_key(|a| a.0.to_string());
+        out
+    }
+
+    /// Buffered changes not yet committed.
+    pub fn pending_events(&self) -> u64 {
+        self.pending_events
+    }
+
+    /// Buffered bytes not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// When the oldest uncommitted change arrived.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending_since
+    }
+
+    /// Whether a transaction is being applied.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// The end of the last transaction applied, and its commit time.
+    pub fn last_commit(&self) -> Option<(Position, i64)> {
+        self.last_commit
+    }
+
+    /// Finds (or creates) the lake table for `spec`, reads the position it holds for this
+    /// pipeline, and rebuilds its key index from its live rows.
+    pub async fn attach(&mut self, spec: Arc<TableSpec>) -> Result<Attached> {
+        let ident = self.lake_ident(&spec);
+        let table = match self.lake.load_table(&ident).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => self.create_table(&ident, &spec).await?,
+            Err(e) => return Err(e),
+        };
+        let (position, _) = table_position(&table, &self.options.pipeline);
+        let stopped = stopped_reason(&table);
+        let schema = arrow_schema(&spec);
+        let key_columns = spec.key_columns();
+        let encoder = Arc::new(KeyEncoder::new(key_types(&schema, &key_columns)));
+        let mut state = TableState {
+            ident: ident.clone(),
+            table,
+            position,
+            stopped: stopped.clone(),
+            key_columns,
+            encoder,
+            index: KeyIndex::new(spec.key_kind == KeyKind::FullRow),
+            spec: spec.clone(),
+            buffer: RowBuffer::default(),
+            pending_bytes: 0,
+            data_files: Vec::new(),
+            deletes: Vec::new(),
+            truncated: false,
+            dirty: false,
+            counters: TableCounters::default(),
+        };
+        if stopped.is_none() {
+            rebuild_index(&self.lake, &mut state, None).await?;
+        }
+        let indexed_rows = state.index.len();
+        self.tables.insert(spec.id, state);
+        Ok(Attached {
+            ident,
+            position,
+            stopped,
+            indexed_rows,
+        })
+    }
+
+    async fn create_table(&self, ident: &TableIdent, spec: &TableSpec) -> Result<Table> {
+        self.lake.create_namespace(ident.namespace(), true).await?;
+        let schema = arrow_schema(spec);
+        let keys: Vec<String> = match spec.key_kind {
+            KeyKind::PrimaryKey => spec
+                .key_columns()
+                .iter()
+                .map(|&i| spec.columns[i].name.clone())
+                .collect(),
+            KeyKind::FullRow => Vec::new(),
+        };
+        let mut properties = creation_properties(spec, &self.options.pipeline);
+        let layout = TableLayout {
+            properties: properties.clone(),
+            ..TableLayout::default()
+        };
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let schema = tarn_lake::iceberg_schema_with_keys(&schema, &key_refs)?;
+        let table = self.lake.create_table_with_schema(ident, schema, &layout).await?;
+        properties.extend(attnums_of(&table, spec));
+        self.lake.set_properties(ident, properties).await
+    }
+
+    fn state(&self, id: TableId) -> Result<&TableState> {
+        self.tables
+            .get(&id)
+            .ok_or_else(|| Error::new(ErrorKind::Internal, format!("source table {id} is not attached")))
+    }
+
+    fn state_mut(&mut self, id: TableId) -> Result<&mut TableState> {
+        self.tables
+            .get_mut(&id)
+            .ok_or_else(|| Error::new(ErrorKind::Internal, format!("source table {id} is not attached")))
+    }
+
+    /// Applies one event of the stream.
+    pub async fn apply(&mut self, event: SourceEvent) -> Result<()> {
+        match event {
+            SourceEvent::Begin { commit_position } => {
+                self.txn_commit = Some(commit_position);
+                self.in_transaction = true;
+            }
+            SourceEvent::Commit {
+                position,
+                commit_time_micros,
+            } => {
+                self.in_transaction = false;
+                self.txn_commit = None;
+                self.last_commit = Some((position, commit_time_micros));
+            }
+            SourceEvent::Keepalive { .. } => {}
+            SourceEvent::Relation(spec) => self.relation(spec).await?,
+            SourceEvent::Insert { table, new } => {
+                if let Some(state) = self.live_table(table) {
+                    let bytes = state.buffer.insert(&state.spec, &state.key_columns, new);
+                    self.note_change(table, bytes);
+                }
+            }
+            SourceEvent::Update { table, old, new } => {
+                if let Some(state) = self.live_table(table) {
+                    let bytes = state.buffer.update(&state.spec, &state.key_columns, old, new)?;
+                    self.note_change(table, bytes);
+                }
+            }
+            SourceEvent::Delete { table, old } => {
+                if let Some(state) = self.live_table(table) {
+                    let bytes = state.buffer.delete(&state.spec, &state.key_columns, old)?;
+                    self.note_change(table, bytes);
+                }
+            }
+            SourceEvent::Truncate { tables } => {
+                for id in tables {
+                    if let Some(state) = self.live_table(id) {
+                        // Files written since the last commit are dropped with the rows they hold.
+                        state.buffer.clear();
+                        state.data_files.clear();
+                        state.deletes.clear();
+                        state.index.clear();
+                        state.truncated = true;
+                        state.dirty = true;
+                        self.note_change(id, 0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of a table that takes changes of the current transaction: attached, not
+    /// stopped, and not already holding the transaction.
+    fn live_table(&mut self, id: TableId) -> Option<&mut TableState> {
+        let txn = self.txn_commit;
+        let state = self.tables.get_mut(&id)?;
+        if state.stopped.is_some() {
+            return None;
+        }
+        match (txn, state.position) {
+            (Some(commit), Some(held)) if commit < held => None,
+            _ => Some(state),
+        }
+    }
+
+    fn note_change(&mut self, id: TableId, bytes: usize) {
+        self.pending_events += 1;
+        self.pending_bytes += bytes;
+        self.pending_since.get_or_insert_with(Instant::now);
+        if let Some(state) = self.tables.get_mut(&id) {
+            state.pending_bytes += bytes;
+            state.dirty = true;
+            state.counters.changes += 1;
+        }
+    }
+
+    /// Writes out the buffers of tables holding more than the spill threshold (inside a
+    /// large transaction); nothing is committed.
+    pub async fn spill_if_needed(&mut self) -> Result<()> {
+        let spill = self.options.spill_bytes;
+        if self.pending_bytes < spill {
+            return Ok(());
+        }
+        let lake = self.lake.clone();
+        for state in self.tables.values_mut() {
+            if state.pending_bytes > 0 {
+                write_pending(&lake, state).await?;
+            }
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Records `position` (a position every table has been flushed up to) on tables that had
+    /// no changes since their last commit, so a quiet table does not hold a restart back.
+    /// Call right after a [`LakeSink::flush`] returned `position`.
+    pub async fn mark_idle(&mut self, position: Position) -> Result<()> {
+        let lake = self.lake.clone();
+        let pipeline = self.options.pipeline.clone();
+        for state in self.tables.values_mut() {
+            if state.dirty || state.stopped.is_some() || state.position.is_none_or(|p| p >= position) {
+                continue;
+            }
+            state.table = lake
+                .set_properties(&state.ident, idle_property(&pipeline, position))
+                .await?;
+            state.position = Some(position);
+        }
+        Ok(())
+    }
+
+    /// Commits every table with changes, up to the last applied transaction; returns the
+    /// position the source may be acknowledged up to. Must be called between transactions.
+    pub async fn flush(&mut self) -> Result<Option<Position>> {
+        if self.in_transaction {
+            return Err(Error::new(ErrorKind::Internal, "flush inside a transaction"));
+        }
+        let Some((position, commit_time)) = self.last_commit else {
+            return Ok(None);
+        };
+        let lake = self.lake.clone();
+        let pipeline = self.options.pipeline.clone();
+        for state in self.tables.values_mut() {
+            if !state.dirty {
+                continue;
+            }
+            let started = Instant::now();
+            write_pending(&lake, state).await?;
+            failpoint::hit("cdc.before_commit").await?;
+            commit_table(&lake, &pipeline, state, position, commit_time).await?;
+            metrics::histogram!("tarn_cdc_commit_seconds").record(started.elapsed().as_secs_f64());
+            if position.is_hlc() {
+                metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
+                    .set(position.wall_nanos() as f64 / 1e9);
+            } else {
+                metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string())
+                    .set(position.lsn() as f64);
+            }
+        }
+        failpoint::hit("cdc.after_commit").await?;
+        self.pending_events = 0;
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        Ok(Some(position))
+    }
+}
+
+/// Every live data file and delete file of a table's current snapshot.
+pub async fn current_files(table: &Table) -> Result<(Vec<DataFile>, Vec<DataFile>)> {
+    let metadata = table.metadata();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let ice = |e| tarn_lake::iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e);
+    let list = table.manifest_list_reader(snapshot).load().await.map_err(ice)?;
+    let (mut data, mut deletes) = (Vec::new(), Vec::new());
+    for manifest_file in list.entries() {
+        let manifest = manifest_file.load_manifest(table.file_io()).await.map_err(ice)?;
+        for entry in manifest.entries() {
+            if !entry.is_alive() {
+                continue;
+            }
+            let file = entry.data_file().clone();
+            if file.content_type() == DataContentType::Data {
+                data.push(file);
+            } else {
+                deletes.push(file);
+            }
+        }
+    }
+    Ok((data, deletes))
+}
+
+/// Reads the key columns of the live rows of `state.table` (all files, or `only` these) into
+/// the index.
+async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSet<String>>) -> Result<()> {
+    use futures::TryStreamExt;
+    if state.table.metadata().current_snapshot().is_none() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let columns: Vec<String> = state
+        .key_columns
+        .iter()
+        .map(|&i| state.spec.columns[i].name.clone())
+        .collect();
+    let mut stream = lake.scan_live_rows(&state.table, &columns, only).await?;
+    let mut rows = 0usize;
+    while let Some(live) = stream.try_next().await? {
+        let batch = live.batch;
+        let n = batch.num_rows();
+        let keys = state.encoder.encode(&batch.columns()[..columns.len()])?;
+        let positions = batch
+            .column_by_name("_pos")
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>().cloned())
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "live rows came without _pos"))?;
+        let file = state.index.file_number(&live.data_file);
+        for (i, key) in keys.into_iter().enumerate() {
+            state.index.insert(
+                key,
+                RowLocation {
+                    file,
+                    pos: positions.value(i) as u32,
+                },
+            );
+        }
+        rows += n;
+    }
+    tracing::info!(table = %state.ident, rows, seconds = started.elapsed().as_secs_f64(), "key index built");
+    Ok(())
+}
+
+async fn commit_table(
+    lake: &Lake,
+    pipeline: &str,
+    state: &mut TableState,
+    position: Position,
+    commit_time: i64,
+) -> Result<()> {
+    let summary = commit_summary(pipeline, position, Some(commit_time));
+    if state.truncated {
+        let (old_data, old_deletes) = current_files(&state.table).await?;
+        if !old_data.is_empty() || !old_deletes.is_empty() {
+            state.table = lake
+                .commit_overwrite(
+                    &state.table,
+                    tarn_lake::Overwrite {
+                        removed_data_files: old_data,
+                        removed_delete_files: old_deletes,
+                        added_data_files: Vec::new(),
+                        summary: HashMap::new(),
+                    },
+                )
+                .await?;
+        }
+        state.truncated = false;
+    }
+    let deletes = std::mem::take(&mut state.deletes);
+    let referenced: HashSet<String> = deletes.iter().map(|(p, _)| p.to_string()).collect();
+    let delete_files = if deletes.is_empty() {
+        Vec::new()
+    } else {
+        tarn_lake::write_position_deletes(&state.table, &format!("cdc-{}", uuid::Uuid::new_v4()), deletes)
+            .await?
+    };
+    let data_files = std::mem::take(&mut state.data_files);
+    if data_files.is_empty() && delete_files.is_empty() {
+        // Nothing to write (a truncate of an empty table, a scan that found no rows): record
+        // the position as a property, since an empty snapshot is not committed.
+        state.table = lake
+            .set_properties(&state.ident, idle_property(pipeline, position))
+            .await?;
+        state.position = Some(position);
+        state.dirty = false;
+        return Ok(());
+    }
+    tracing::debug!(
+        table = %state.ident,
+        %position,
+        data_files = data_files.len(),
+        rows = data_files.iter().map(DataFile::record_count).sum::<u64>(),
+        delete_files = delete_files.len(),
+        deletes = delete_files.iter().map(DataFile::record_count).sum::<u64>(),
+        "committing"
+    );
+    state.table = lake
+        .commit_row_delta(
+            &state.table,
+            RowDelta {
+                data_files,
+                delete_files,
+                referenced_data_files: referenced,
+                summary,
+            },
+        )
+        .await?;
+    state.position = Some(position);
+    state.dirty = false;
+    state.counters.commits += 1;
+    metrics::counter!("tarn_cdc_commits_total", "table" => state.ident.to_string()).increment(1);
+    Ok(())
+}
+
+/// Where each row of a written batch went, in batch order. CDC tables are unpartitioned, so a
+/// batch lands in one file in order.
+fn placements(
+    written: Vec<tarn_lake::WrittenRows>,
+    rows: usize,
+    table: &TableIdent,
+) -> Result<Vec<(Arc<str>, u64)>> {
+    let mut out = Vec::with_capacity(rows);
+    if written.len() > 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("table {table} is partitioned; CDC writes unpartitioned tables only"),
+        ));
+    }
+    for w in written {
+        for i in 0..w.batch.num_rows() as u64 {
+            out.push((w.data_file.clone(), w.first_pos + i));
+        }
+    }
+    if out.len() != rows {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!("wrote {} rows of {rows} into {table}", out.len()),
+        ));
+    }
+    Ok(out)
+}

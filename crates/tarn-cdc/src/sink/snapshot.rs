@@ -1,0 +1,171 @@
+//! The snapshot writer: a table's initial copy (or a later re-copy) written into the lake and
+//! committed as one snapshot.
+//!
+//! A copy runs on several connections at once. Each has its own [`SnapshotPartWriter`]
+//! ([`LakeSink::snapshot_writer`]) that writes Parquet data files and puts the key of every
+//! row it writes into one index shared by the copy ([`LakeSink::snapshot_index`]), so the
+//! keys of a large table are held once. [`LakeSink::finish_snapshot`] commits the parts as
+//! one snapshot holding everything up to the copy's position — a plain append into an empty
+//! table, an overwrite of everything otherwise — and makes the shared index the table's.
+//!
+//! Data files of a copy that never commits are never referenced (orphan-file removal deletes
+//! them).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use iceberg::TableIdent;
+use iceberg::spec::DataFile;
+use tarn_core::{Error, ErrorKind, Result, failpoint};
+use tarn_lake::{PositionedDataWriter, RowDelta};
+
+use super::summary::snapshot_summary;
+use super::{LakeSink, current_files, placements};
+use crate::index::{KeyEncoder, KeyIndex, RowLocation};
+use crate::postgres::snapshot::BatchWriter;
+use crate::source::{KeyKind, Position, TableId};
+
+/// A snapshot copy connection's writer: data files plus the index entries of their rows.
+pub struct SnapshotPartWriter {
+    table: TableIdent,
+    writer: PositionedDataWriter,
+    encoder: Arc<KeyEncoder>,
+    key_columns: Vec<usize>,
+    index: Arc<Mutex<KeyIndex>>,
+}
+
+/// What one copy connection wrote (the keys went into the shared snapshot index).
+pub struct SnapshotPart {
+    files: Vec<DataFile>,
+}
+
+impl SnapshotPart {
+    /// Rows written.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(DataFile::record_count).sum()
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchWriter for SnapshotPartWriter {
+    type Output = SnapshotPart;
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let key_columns: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let keys = self.encoder.encode(&key_columns)?;
+        let rows = batch.num_rows();
+        let placed = placements(self.writer.write(batch).await?, rows, &self.table)?;
+        let mut index = self.index.lock().expect("snapshot index poisoned");
+        for (key, (path, pos)) in keys.into_iter().zip(placed) {
+            let file = index.file_number(&path);
+            index.insert(
+                key,
+                RowLocation {
+                    file,
+                    pos: pos as u32,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<SnapshotPart> {
+        let files = self.writer.close().await?;
+        Ok(SnapshotPart { files })
+    }
+}
+
+impl LakeSink {
+    /// Starts writing a snapshot copy of table `id`: one writer per copy connection.
+    pub fn snapshot_writer(
+        &self,
+        id: TableId,
+        part: usize,
+        index: Arc<Mutex<KeyIndex>>,
+    ) -> Result<SnapshotPartWriter> {
+        let state = self.state(id)?;
+        Ok(SnapshotPartWriter {
+            table: state.ident.clone(),
+            writer: PositionedDataWriter::new(
+                &state.table,
+                &format!("snap-{}-{part}", uuid::Uuid::new_v4()),
+            )?,
+            encoder: state.encoder.clone(),
+            key_columns: state.key_columns.clone(),
+            index,
+        })
+    }
+
+    /// The index a snapshot copy of table `id` fills while it writes (shared by its copy
+    /// connections, so the keys of a large table are held once).
+    pub fn snapshot_index(&self, id: TableId) -> Result<Arc<Mutex<KeyIndex>>> {
+        let state = self.state(id)?;
+        Ok(Arc::new(Mutex::new(KeyIndex::new(
+            state.spec.key_kind == KeyKind::FullRow,
+        ))))
+    }
+
+    /// Commits a finished snapshot copy of table `id` as one snapshot holding everything up to
+    /// `position`, replacing whatever the table held.
+    pub async fn finish_snapshot(
+        &mut self,
+        id: TableId,
+        parts: Vec<SnapshotPart>,
+        index: Arc<Mutex<KeyIndex>>,
+        position: Position,
+        kind: &str,
+    ) -> Result<u64> {
+        let pipeline = self.options.pipeline.clone();
+        let lake = self.lake.clone();
+        let state = self.state_mut(id)?;
+        failpoint::hit("cdc.snapshot.before_commit").await?;
+        let mut data_files = Vec::new();
+        for part in &parts {
+            data_files.extend(part.files.iter().cloned());
+        }
+        let rows: u64 = data_files.iter().map(DataFile::record_count).sum();
+        let summary = snapshot_summary(&pipeline, position, kind);
+        let (old_data, old_deletes) = current_files(&state.table).await?;
+        state.table = if old_data.is_empty() && old_deletes.is_empty() {
+            lake.commit_row_delta(
+                &state.table,
+                RowDelta {
+                    data_files,
+                    delete_files: Vec::new(),
+                    referenced_data_files: HashSet::new(),
+                    summary,
+                },
+            )
+            .await?
+        } else {
+            lake.commit_overwrite(
+                &state.table,
+                tarn_lake::Overwrite {
+                    removed_data_files: old_data,
+                    removed_delete_files: old_deletes,
+                    added_data_files: data_files,
+                    summary,
+                },
+            )
+            .await?
+        };
+        state.position = Some(position);
+        state.index = match Arc::try_unwrap(index) {
+            Ok(index) => index.into_inner().expect("snapshot index poisoned"),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "a snapshot writer outlived its copy",
+                ));
+            }
+        };
+        state.counters.commits += 1;
+        metrics::counter!("tarn_cdc_snapshot_rows_total", "table" => state.ident.to_string()).increment(rows);
+        Ok(rows)
+    }
+}
