@@ -342,7 +342,7 @@ async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
     writeln!(
         report,
         "peak RSS: {}",
-        peak_rss().unwrap_or_else(|| "unknown".into())
+        crate::measure::peak_rss().unwrap_or_else(|| "unknown".into())
     )?;
     print!("{report}");
     Ok(())
@@ -377,7 +377,7 @@ async fn generate_and_load(config: &Config, sf: f64, dir: &Path) -> Result<Lake>
         let ident = parse_table_name(&format!("tpch.{table}"))?;
         let pattern = format!("{}/{table}-*.csv", csv_dir.display());
         let (outcome, bytes, elapsed) =
-            crate::cli::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false)
+            crate::load::load_with_progress(&session, &[pattern], &ident, &LoadOptions::default(), false)
                 .await?;
         println!(
             "{table:<10} {:>10} rows  {:>8.1} MB  {:>6.2}s  {:>10.0} rows/s  {:>6.1} MB/s",
@@ -590,33 +590,4 @@ impl DuckDb {
             .and_then(serde_json::Value::as_f64)
             .with_context(|| format!("no seconds in {line:?}"))
     }
-}
-
-/// The process's peak resident memory (`VmHWM`), human-readable.
-pub(crate) fn peak_rss() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(format!("{:.0} MiB", kb / 1024.0))
-}
-
-/// Runs one statement and returns the first column of its rows as text.
-pub(crate) async fn query_rows_text(session: &TarnSession, sql: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    if let Output::Rows(stream) = session.run_sql(sql).await? {
-        let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await?;
-        for batch in batches {
-            if batch.num_columns() == 0 {
-                continue;
-            }
-            let formatter = arrow::util::display::ArrayFormatter::try_new(
-                batch.column(0).as_ref(),
-                &arrow::util::display::FormatOptions::default(),
-            )?;
-            for row in 0..batch.num_rows() {
-                out.push(formatter.value(row).to_string());
-            }
-        }
-    }
-    Ok(out)
 }

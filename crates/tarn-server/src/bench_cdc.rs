@@ -27,12 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures::TryStreamExt;
 use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
 use tarn_cdc::postgres::local::{LocalPostgres, server_bin_dir};
 use tarn_cdc::source::Position;
 use tarn_core::Config;
 use tarn_lake::Lake;
-use tarn_query::TarnSession;
+use tarn_query::{Output, TarnSession};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `tarn bench cdc`.
@@ -54,6 +55,24 @@ pub struct CdcBenchOptions {
     pub dir: PathBuf,
     /// Measure the CockroachDB changefeed path through the contract stand-in too.
     pub cockroach_contract: bool,
+}
+
+/// What `tarn bench cdc` measured on the PostgreSQL path (it prints all of it, the references
+/// and the CockroachDB path as well, as it goes).
+#[derive(Debug, Clone, Default)]
+pub struct CdcBenchReport {
+    /// Where the private PostgreSQL ran (`None` with a `--source`).
+    pub postgres_dir: Option<PathBuf>,
+    /// Rows of the table the initial snapshot copied.
+    pub snapshot_rows: u64,
+    /// Seconds from the pipeline's start to the end of the initial snapshot.
+    pub snapshot_seconds: f64,
+    /// Changes of the backlog the pipeline drained.
+    pub backlog_changes: u64,
+    /// Seconds the pipeline took to drain the backlog into committed lake tables.
+    pub backlog_seconds: f64,
+    /// Commit-to-visibility times of the freshness probes, seconds, sorted.
+    pub freshness: Vec<f64>,
 }
 
 /// The CockroachDB changefeed path of the benchmark: a stand-in cluster in front of the
@@ -217,13 +236,17 @@ async fn writer(
 }
 
 /// Runs the benchmark; see the module doc.
-pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
+pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchReport> {
     let dir = &options.dir;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir)?;
     let _local;
+    let mut report = CdcBenchReport {
+        snapshot_rows: options.rows,
+        ..CdcBenchReport::default()
+    };
     let url = match &options.source {
         Some(url) => url.clone(),
         None => {
@@ -232,6 +255,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
             let pg_dir = dir.join("postgres");
             let pg = tokio::task::spawn_blocking(move || LocalPostgres::start_scratch(&pg_dir)).await??;
             println!("private PostgreSQL in {}", pg.dir().display());
+            report.postgres_dir = Some(pg.dir().to_path_buf());
             pg.psql("postgres", "CREATE DATABASE bench")?;
             let url = pg.url("bench");
             _local = pg;
@@ -313,6 +337,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         })
         .await?;
     let snap = started.elapsed().as_secs_f64();
+    report.snapshot_seconds = snap;
     println!(
         "tarn     {:>10} rows in {snap:>7.2}s  {:>10.0} rows/s\npsql \\copy {:>8} rows in {reference:>7.2}s  {:>10.0} rows/s\nratio tarn/psql: {:.2}",
         options.rows,
@@ -434,6 +459,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
         })
         .await?;
     let drain = started.elapsed().as_secs_f64();
+    (report.backlog_changes, report.backlog_seconds) = (produced, drain);
     println!(
         "tarn            {produced} changes in {drain:>7.2}s  {:>9.0} changes/s (into Iceberg, committed)\n\
          pg_recvlogical  {produced} changes in {reference:>7.2}s  {:>9.0} changes/s (decoded to /dev/null)\n\
@@ -500,9 +526,10 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<()> {
     }
     println!(
         "\npeak RSS: {}",
-        crate::bench::peak_rss().unwrap_or_else(|| "unknown".into())
+        crate::measure::peak_rss().unwrap_or_else(|| "unknown".into())
     );
-    Ok(())
+    report.freshness = pg_fresh;
+    Ok(report)
 }
 
 /// Commit-to-visibility times (sorted, seconds) of probes committed every 100 ms in the
@@ -537,7 +564,7 @@ async fn freshness(
         let committed = Instant::now();
         let deadline = committed + Duration::from_secs(60);
         loop {
-            let rows = crate::bench::query_rows_text(session, &query).await;
+            let rows = query_rows_text(session, &query).await;
             if rows
                 .ok()
                 .and_then(|r| r.first().and_then(|v| v.parse::<i64>().ok()))
@@ -558,6 +585,27 @@ async fn freshness(
     let _ = load.await;
     samples.sort_by(f64::total_cmp);
     Ok(samples)
+}
+
+/// Runs one statement and returns the first column of its rows as text.
+async fn query_rows_text(session: &TarnSession, sql: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if let Output::Rows(stream) = session.run_sql(sql).await? {
+        let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await?;
+        for batch in batches {
+            if batch.num_columns() == 0 {
+                continue;
+            }
+            let formatter = arrow::util::display::ArrayFormatter::try_new(
+                batch.column(0).as_ref(),
+                &arrow::util::display::FormatOptions::default(),
+            )?;
+            for row in 0..batch.num_rows() {
+                out.push(formatter.value(row).to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The default directory of the benchmark.

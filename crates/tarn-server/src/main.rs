@@ -1,13 +1,4 @@
-//! The `tarn` binary: a thin CLI over the tarn libraries.
-
-mod bench;
-mod bench_cdc;
-mod cdc;
-mod cli;
-mod demo;
-mod maintain;
-mod output;
-mod serve;
+//! The `tarn` binary: a thin wrapper over the `tarn_server` library.
 
 /// mimalloc instead of the system allocator: queries allocate and free many short-lived
 /// buffers (batches, hash tables, decoded pages) from several threads, where glibc's malloc
@@ -16,5 +7,5 @@ mod serve;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    tarn_server::cli::main()
 }

@@ -49,39 +49,34 @@ fn scratch_postgres_moves_out_of_a_directory_its_user_cannot_enter() {
 }
 
 /// `tarn bench cdc --dir DIR` under a private directory: the regression this guards against
-/// was initdb's "Permission denied".
-#[test]
-fn bench_cdc_runs_under_a_private_directory() {
+/// was initdb's "Permission denied". The benchmark runs in this process, through the library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_cdc_runs_under_a_private_directory() {
     let private = private_dir();
-    let dir = private.path().join("bench");
-    let (ok, out, err) = crate::tarn(
-        &private.path().join("data"),
-        &[
-            "bench",
-            "cdc",
-            "--rows",
-            "1000",
-            "--changes",
-            "200",
-            "--writers",
-            "1",
-            "--freshness-seconds",
-            "1",
-            "--rate",
-            "50",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}\n{err}");
-    let placed = out
-        .lines()
-        .find_map(|l| l.strip_prefix("private PostgreSQL in "))
-        .unwrap_or_else(|| panic!("no PostgreSQL line in:\n{out}"));
+    let config = crate::config_for(&private.path().join("data"), &[]);
+    let options = tarn_server::bench_cdc::CdcBenchOptions {
+        rows: 1000,
+        changes: 200,
+        writers: 1,
+        freshness_seconds: 1,
+        rate: 50,
+        source: None,
+        dir: private.path().join("bench"),
+        cockroach_contract: false,
+    };
+    let report = tarn_server::bench_cdc::run(&config, options).await.unwrap();
+    let placed = report
+        .postgres_dir
+        .clone()
+        .expect("no private PostgreSQL reported");
     assert_eq!(
         is_root(),
-        !placed.starts_with(private.path().to_str().unwrap()),
-        "{out}"
+        !placed.starts_with(private.path()),
+        "{}",
+        placed.display()
     );
-    assert!(out.contains("== initial snapshot =="), "{out}");
+    assert_eq!(report.snapshot_rows, 1000);
+    assert!(report.snapshot_seconds > 0.0, "{report:?}");
+    assert_eq!(report.backlog_changes, 200, "{report:?}");
+    assert!(!report.freshness.is_empty(), "{report:?}");
 }

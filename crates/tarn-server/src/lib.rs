@@ -1,0 +1,24 @@
+//! tarn's command line as a library: every `tarn` command is a function here, so that the
+//! binary stays a thin wrapper (`src/main.rs`) and tests call the commands' code directly
+//! instead of starting a process to reach it.
+//!
+//! - [`cli`]: argument parsing and the dispatch of each command ([`cli::main`] is the binary);
+//! - [`serve`]: `tarn serve` — the Postgres wire endpoint, HTTP, the CDC pipeline;
+//! - [`cdc`]: `tarn cdc` — run, inspect and remove a change-data-capture pipeline;
+//! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
+//! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
+//! - [`bench`] and [`bench_cdc`]: `tarn bench tpch` and `tarn bench cdc`;
+//! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
+//! - [`output`]: query results as a table, CSV or JSON;
+//! - [`measure`]: what the benchmarks report about the process itself.
+
+pub mod bench;
+pub mod bench_cdc;
+pub mod cdc;
+pub mod cli;
+pub mod demo;
+pub mod load;
+pub mod maintain;
+pub mod measure;
+pub mod output;
+pub mod serve;
