@@ -10,6 +10,7 @@
 //!   committed transactions after it.
 //! - [`sink`]: changes into Iceberg tables as merge-on-read commits with position deletes,
 //!   found through a primary-key [`index`].
+//! - [`debezium`]: Debezium change events: rows to Kafka messages and back, and their validator.
 //! - [`cockroach`]: the CockroachDB source — a changefeed (core or webhook), deduplicated and
 //!   committed per resolved timestamp.
 //! - [`pipeline`]: the one loop between any source and the sink — flush policy, backpressure,
@@ -19,6 +20,7 @@
 //!   the sink's exactly-once tests.
 
 pub mod cockroach;
+pub mod debezium;
 pub mod index;
 pub mod pipeline;
 pub mod position;
