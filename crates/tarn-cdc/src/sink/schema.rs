@@ -55,6 +55,10 @@ impl LakeSink {
                 let props = attnums_property(evolution.attnums);
                 state.table = lake.evolve_schema(&state.table, evolution.schema, props).await?;
                 tracing::info!(table = %state.ident, source = %spec.qualified(), "schema evolved");
+                // A dropped column moves the columns after it, the key's among them: rows of the
+                // new spec have their key elsewhere. (The buffer was just written out, so no
+                // buffered row has the old layout.)
+                state.key_columns = spec.key_columns();
                 state.spec = spec;
                 Ok(())
             }

@@ -315,7 +315,9 @@ async fn schema_changes_evolve_the_table() {
     let cdc = Cdc::new(
         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price real, cost numeric(8,2));
          INSERT INTO items VALUES (1, 'a', 1, 1.5, 2.25), (2, 'b', 2, 2.5, 3.50);
-         CREATE TABLE fragile (id int PRIMARY KEY, v text); INSERT INTO fragile VALUES (1, 'x');",
+         CREATE TABLE fragile (id int PRIMARY KEY, v text); INSERT INTO fragile VALUES (1, 'x');
+         CREATE TABLE shifted (a int, b int, id int PRIMARY KEY, v text);
+         INSERT INTO shifted VALUES (10, 100, 1, 'x'), (20, 200, 2, 'y');",
     )
     .await;
     let running = cdc.start().await;
@@ -323,6 +325,27 @@ async fn schema_changes_evolve_the_table() {
     cdc.wait_same(
         "SELECT count(*) FROM items",
         "SELECT count(*) FROM cdc.items",
+        wait,
+    )
+    .await;
+    // Dropping columns before the key moves the key: changes after it still find their rows.
+    cdc.wait_same(
+        "SELECT count(*) FROM shifted",
+        "SELECT count(*) FROM cdc.shifted",
+        wait,
+    )
+    .await;
+    cdc.sql(
+        "ALTER TABLE shifted DROP COLUMN a;
+         UPDATE shifted SET v = 'z' WHERE id = 1;
+         ALTER TABLE shifted DROP COLUMN b;
+         DELETE FROM shifted WHERE id = 2;
+         INSERT INTO shifted VALUES (3, 'w');
+         UPDATE shifted SET id = 4 WHERE id = 3;",
+    );
+    cdc.wait_same(
+        "SELECT id, v FROM shifted ORDER BY id",
+        "SELECT id, v FROM cdc.shifted ORDER BY id",
         wait,
     )
     .await;
