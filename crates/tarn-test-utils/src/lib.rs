@@ -7,6 +7,7 @@
 //!   `scripts/setup.sh`.
 //! - [`cockroach::StandInCluster`]: a CockroachDB cluster played in front of a PostgreSQL
 //!   database (catalog, changefeeds, webhook delivery), for the CockroachDB source's tests.
+//! - [`kafka::Broker`]: a Kafka-protocol broker (tansu, from the venv) on a free loopback port.
 //!
 //! Waits are on conditions with deadlines, never bare sleeps.
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod cockroach;
+pub mod kafka;
 pub mod tls;
 
 /// The workspace root.
