@@ -61,9 +61,9 @@ pub struct StatusReport {
     /// Changes per second over the last few seconds.
     pub events_per_second: f64,
     /// The last position acknowledged to the source.
-    pub acknowledged: Option<String>,
+    pub acknowledged: Option<Position>,
     /// The newest position received.
-    pub received: Option<String>,
+    pub received: Option<Position>,
     /// Seconds between the last applied source commit and its arrival in the lake.
     pub lag_seconds: Option<f64>,
     /// Changes buffered, not yet committed.
@@ -97,7 +97,7 @@ pub struct TableReport {
     /// The lake table.
     pub table: String,
     /// The position it holds everything up to.
-    pub position: Option<String>,
+    pub position: Option<Position>,
     /// Why it was stopped.
     pub stopped: Option<String>,
     /// Changes applied since start.
@@ -230,7 +230,7 @@ impl PipelineHandle {
                     format!(
                         "timed out after {timeout:?} waiting for {what} (pipeline {}, acknowledged {}{last_error})",
                         report.state,
-                        report.acknowledged.as_deref().unwrap_or("-"),
+                        crate::position::text_or_dash(report.acknowledged.as_ref()),
                     ),
                 ));
             }
@@ -384,7 +384,7 @@ pub(crate) fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
         .into_iter()
         .map(|(ident, position, stopped, counters)| TableReport {
             table: ident.to_string(),
-            position: position.map(|p| p.to_string()),
+            position,
             stopped,
             changes: counters.changes,
             commits: counters.commits,
@@ -474,7 +474,7 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
         r.state = "streaming".into();
         r.snapshot = None;
         r.last_error = None;
-        r.acknowledged = Some(start.to_string());
+        r.acknowledged = Some(start.clone());
     });
     let interval = cdc.flush_interval();
     let rule = source.flush_rule();
@@ -505,11 +505,11 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                 if !sink.in_transaction()
                     && let Some(p) = sink.flush().await?
                 {
-                    source.acknowledge(p, &mut sink).await?;
-                    acknowledged = p;
+                    source.acknowledge(&p, &mut sink).await?;
+                    acknowledged = p.clone();
                     durable = Some(p);
                 }
-                source.stop(&mut sink, durable).await?;
+                source.stop(&mut sink, durable.as_ref()).await?;
                 tracing::info!(acknowledged = %acknowledged, "CDC pipeline stopped");
                 return Ok(());
             }
@@ -528,7 +528,7 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                             report = true;
                             if !sink.in_transaction() && sink.pending_events() == 0 && position > acknowledged
                             {
-                                source.acknowledge(position, &mut sink).await?;
+                                source.acknowledge(&position, &mut sink).await?;
                                 acknowledged = position;
                             }
                         }
@@ -556,7 +556,7 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                                 && p > acknowledged
                             {
                                 // Nothing of this transaction is waiting (the tables held it).
-                                source.acknowledge(p, &mut sink).await?;
+                                source.acknowledge(&p, &mut sink).await?;
                                 acknowledged = p;
                             }
                             let full = sink.pending_events() >= cdc.flush.max_rows
@@ -573,8 +573,8 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
                 }
                 if report {
                     status.update(|r| {
-                        r.received = source.received().map(|p| p.to_string());
-                        r.acknowledged = Some(acknowledged.to_string());
+                        r.received = source.received();
+                        r.acknowledged = Some(acknowledged.clone());
                         r.pending_events = sink.pending_events();
                     });
                 }
@@ -588,9 +588,9 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
             if let Some(p) = sink.flush().await? {
                 last_commit = commit_started;
                 failpoint::hit("cdc.before_ack").await?;
-                source.acknowledge(p, &mut sink).await?;
-                acknowledged = p;
-                durable = Some(p);
+                source.acknowledge(&p, &mut sink).await?;
+                acknowledged = p.clone();
+                durable = Some(p.clone());
                 committed(&sink, p, source.received(), status);
             }
         }
@@ -603,9 +603,9 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
         if config.maintenance.auto && now >= next_maintenance {
             // Commit what is buffered first, so maintenance never races this writer.
             if let Some(p) = sink.flush().await? {
-                source.acknowledge(p, &mut sink).await?;
-                acknowledged = p;
-                durable = Some(p);
+                source.acknowledge(&p, &mut sink).await?;
+                acknowledged = p.clone();
+                durable = Some(p.clone());
                 committed(&sink, p, source.received(), status);
             }
             sink.maintain(&config.maintenance).await?;
@@ -627,8 +627,8 @@ fn committed(sink: &LakeSink, acknowledged: Position, received: Option<Position>
     }
     status.update(|r| {
         r.state = "streaming".into();
-        r.acknowledged = Some(acknowledged.to_string());
-        r.received = received.map(|p| p.to_string());
+        r.acknowledged = Some(acknowledged);
+        r.received = received;
         r.lag_seconds = lag;
         r.pending_events = sink.pending_events();
     });

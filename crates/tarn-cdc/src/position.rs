@@ -328,6 +328,11 @@ impl<'de> Deserialize<'de> for KafkaOffsets {
     }
 }
 
+/// The text of `position`, `-` when there is none (for status lines).
+pub fn text_or_dash(position: Option<&Position>) -> String {
+    position.map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
 /// Serializes a position type as its text.
 macro_rules! serde_as_text {
     ($t:ty) => {

@@ -15,6 +15,7 @@ use std::time::Instant;
 use tarn_core::{Error, ErrorKind, Result};
 
 use crate::pipeline::SourceContext;
+use crate::position::Lsn;
 use crate::sink::LakeSink;
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
 
@@ -23,9 +24,9 @@ use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableS
 #[derive(Debug, Clone)]
 pub struct ScriptedTransaction {
     /// The commit position ([`SourceEvent::Begin`]).
-    pub commit: Position,
+    pub commit: Lsn,
     /// The end position ([`SourceEvent::Commit`]); what acknowledging it means.
-    pub end: Position,
+    pub end: Lsn,
     /// The changes, in order.
     pub changes: Vec<SourceEvent>,
 }
@@ -34,12 +35,12 @@ pub struct ScriptedTransaction {
 /// `confirmed_flush_lsn`).
 #[derive(Debug, Default)]
 pub struct ScriptedSlot {
-    acknowledged: Mutex<Position>,
+    acknowledged: Mutex<Lsn>,
 }
 
 impl ScriptedSlot {
     /// The position last acknowledged.
-    pub fn acknowledged(&self) -> Position {
+    pub fn acknowledged(&self) -> Lsn {
         *self.acknowledged.lock().expect("slot poisoned")
     }
 }
@@ -81,11 +82,11 @@ impl ScriptedSource {
         let mut events: Vec<SourceEvent> = tables.iter().cloned().map(SourceEvent::Relation).collect();
         for txn in script.iter().filter(|t| t.end > from) {
             events.push(SourceEvent::Begin {
-                commit_position: txn.commit,
+                commit_position: txn.commit.into(),
             });
             events.extend(txn.changes.iter().cloned());
             events.push(SourceEvent::Commit {
-                position: txn.end,
+                position: txn.end.into(),
                 commit_time_micros: 1_700_000_000_000_000,
             });
         }
@@ -111,7 +112,7 @@ impl ChangeSource for ScriptedSource {
         for spec in &self.tables {
             sink.attach(spec.clone()).await?;
         }
-        Ok(Some(self.slot.acknowledged()))
+        Ok(Some(self.slot.acknowledged().into()))
     }
 
     async fn next(&mut self, _ctx: &SourceContext<'_>, _deadline: Instant) -> Result<Next> {
@@ -127,21 +128,24 @@ impl ChangeSource for ScriptedSource {
         let events = self.events[self.next..end].to_vec();
         for e in &events {
             if let SourceEvent::Commit { position, .. } = e {
-                self.received = Some(*position);
+                self.received = Some(position.clone());
             }
         }
         self.next = end;
         Ok(Next::Events(events))
     }
 
-    async fn acknowledge(&mut self, position: Position, _sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
         let n = self.acknowledgements;
         self.acknowledgements += 1;
         if self.crash == Some(Crash::AtAcknowledge(n)) {
             return Err(self.crashed(&format!("at acknowledgement {n}")));
         }
+        let lsn = position
+            .lsn()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, format!("{position} is not an LSN")))?;
         let mut acked = self.slot.acknowledged.lock().expect("slot poisoned");
-        *acked = (*acked).max(position);
+        *acked = (*acked).max(lsn);
         Ok(())
     }
 
@@ -158,12 +162,12 @@ impl ChangeSource for ScriptedSource {
         Ok(())
     }
 
-    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<Position>) -> Result<()> {
+    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<&Position>) -> Result<()> {
         Ok(())
     }
 
     fn received(&self) -> Option<Position> {
-        self.received
+        self.received.clone()
     }
 
     fn flush_rule(&self) -> FlushRule {
@@ -318,8 +322,8 @@ mod tests {
             .map(|(i, changes)| {
                 let base = 0x1000 * (i as u64 + 1);
                 ScriptedTransaction {
-                    commit: Position::from_lsn(base + 0x10),
-                    end: Position::from_lsn(base + 0x20),
+                    commit: Lsn(base + 0x10),
+                    end: Lsn(base + 0x20),
                     changes,
                 }
             })

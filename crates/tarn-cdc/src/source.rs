@@ -15,7 +15,6 @@
 //! Row values travel as PostgreSQL text-format cells ([`Value`]); each table's
 //! [`TableSpec`] says how to turn them into Arrow columns.
 
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,90 +22,10 @@ use std::time::Instant;
 use tarn_core::Result;
 
 use crate::pipeline::SourceContext;
+pub use crate::position::Position;
 use crate::sink::LakeSink;
 use crate::value::ColumnType;
 pub use crate::value::Value;
-
-/// A position in the source's change stream; higher is later.
-///
-/// PostgreSQL positions are LSNs (64 bits). CockroachDB positions are hybrid-logical-clock
-/// timestamps, `wall.logical` (nanoseconds since the Unix epoch and a logical counter),
-/// packed as `wall << 32 | logical`. Any CockroachDB timestamp after 1970-01-01 00:00:04 is
-/// above `u64::MAX`, so the two never meet and [`Position`]'s text form tells them apart:
-/// `16/B374D848` for an LSN, `1700000000123456789.0000000002` for a timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position(pub u128);
-
-impl Position {
-    /// The position of PostgreSQL LSN `lsn`.
-    pub fn from_lsn(lsn: u64) -> Self {
-        Self(u128::from(lsn))
-    }
-
-    /// The PostgreSQL LSN of this position (saturating for a timestamp position).
-    pub fn lsn(self) -> u64 {
-        u64::try_from(self.0).unwrap_or(u64::MAX)
-    }
-
-    /// The position of CockroachDB timestamp `wall.logical`.
-    pub fn from_hlc(wall_nanos: u64, logical: u32) -> Self {
-        Self((u128::from(wall_nanos) << 32) | u128::from(logical))
-    }
-
-    /// Whether this is a CockroachDB timestamp (not an LSN).
-    pub fn is_hlc(self) -> bool {
-        self.0 > u128::from(u64::MAX)
-    }
-
-    /// The wall time of a timestamp position, nanoseconds since the Unix epoch.
-    pub fn wall_nanos(self) -> u64 {
-        (self.0 >> 32) as u64
-    }
-
-    /// Parses PostgreSQL's `X/Y` LSN notation.
-    pub fn parse_lsn(text: &str) -> Option<Self> {
-        let (hi, lo) = text.trim().split_once('/')?;
-        let hi = u64::from_str_radix(hi, 16).ok()?;
-        let lo = u64::from_str_radix(lo, 16).ok()?;
-        if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
-            return None;
-        }
-        Some(Self::from_lsn((hi << 32) | lo))
-    }
-
-    /// Parses CockroachDB's `wall.logical` timestamp notation (`updated`, `resolved`,
-    /// `cursor`): decimal nanoseconds, then up to ten digits of logical counter.
-    pub fn parse_hlc(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let (wall, logical) = text.split_once('.').unwrap_or((text, "0"));
-        if wall.is_empty()
-            || logical.is_empty()
-            || logical.len() > 10
-            || !wall.bytes().all(|b| b.is_ascii_digit())
-            || !logical.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        let position = Self::from_hlc(wall.parse().ok()?, logical.parse().ok()?);
-        position.is_hlc().then_some(position)
-    }
-
-    /// Parses either notation.
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::parse_lsn(text).or_else(|| Self::parse_hlc(text))
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_hlc() {
-            write!(f, "{}.{:010}", self.wall_nanos(), self.0 as u32)
-        } else {
-            let lsn = self.lsn();
-            write!(f, "{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-        }
-    }
-}
 
 /// A source table's identity within one stream (PostgreSQL: the relation OID).
 pub type TableId = u32;
@@ -296,7 +215,7 @@ pub trait ChangeSource: Send {
     /// Everything up to `position` is committed to the lake.
     fn acknowledge(
         &mut self,
-        position: Position,
+        position: &Position,
         sink: &mut LakeSink,
     ) -> impl Future<Output = Result<()>> + Send;
 
@@ -321,7 +240,7 @@ pub trait ChangeSource: Send {
     fn stop(
         &mut self,
         sink: &mut LakeSink,
-        durable: Option<Position>,
+        durable: Option<&Position>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// The newest position the source has delivered or reported.
@@ -329,38 +248,4 @@ pub trait ChangeSource: Send {
 
     /// When to commit.
     fn flush_rule(&self) -> FlushRule;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_round_trip() {
-        let p = Position::parse_lsn("16/B374D848").unwrap();
-        assert_eq!(p.0, 0x16_B374_D848);
-        assert_eq!(p.to_string(), "16/B374D848");
-        assert_eq!(Position::parse_lsn("0/0"), Some(Position(0)));
-        assert!(Position::parse_lsn("nope").is_none());
-        assert!(Position(1) < Position(2));
-    }
-
-    #[test]
-    fn hlc_round_trip() {
-        let p = Position::parse_hlc("1700000000123456789.0000000002").unwrap();
-        assert!(p.is_hlc());
-        assert_eq!(p.wall_nanos(), 1_700_000_000_123_456_789);
-        assert_eq!(p.to_string(), "1700000000123456789.0000000002");
-        assert_eq!(Position::parse(&p.to_string()), Some(p));
-        assert!(Position::parse_hlc("1700000000123456789.0000000003").unwrap() > p);
-        assert!(Position::parse_hlc("1700000000123456790").unwrap() > p);
-        assert!(
-            Position::parse_hlc("1700000000123456789.1").unwrap()
-                < Position::parse_hlc("1700000000123456789.2").unwrap()
-        );
-        for bad in ["", "12a.1", "1.", ".1", "1700000000123456789.12345678901", "3.0"] {
-            assert!(Position::parse_hlc(bad).is_none(), "{bad}");
-        }
-        assert!(Position::parse("16/B374D848").is_some_and(|p| !p.is_hlc()));
-    }
 }

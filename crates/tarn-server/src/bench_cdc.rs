@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
 use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
+use tarn_cdc::position::{Hlc, Lsn, Position};
 use tarn_cdc::postgres::local::{LocalPostgres, server_bin_dir};
-use tarn_cdc::source::Position;
 use tarn_core::Config;
 use tarn_lake::Lake;
 use tarn_query::{Output, TarnSession};
@@ -105,11 +105,11 @@ impl ChangefeedPath {
     }
 }
 
-fn hlc_acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Position {
+fn hlc_acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Hlc {
     report
         .acknowledged
-        .as_deref()
-        .and_then(Position::parse_hlc)
+        .as_ref()
+        .and_then(Position::hlc)
         .unwrap_or_default()
 }
 
@@ -178,11 +178,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Position {
+fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Lsn {
     report
         .acknowledged
-        .as_deref()
-        .and_then(Position::parse_lsn)
+        .as_ref()
+        .and_then(Position::lsn)
         .unwrap_or_default()
 }
 
@@ -420,7 +420,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    let end_lsn = Position::parse_lsn(&end).context("bad end LSN")?;
+    let end_lsn: Lsn = end.parse().context("bad end LSN")?;
     println!(
         "source: {produced} changes in {:.1}s ({:.0}/s) from {} writers; backlog ends at {end}",
         produce.elapsed().as_secs_f64(),
@@ -471,7 +471,13 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
     if let Some(crdb) = &crdb {
         // Every change of the backlog is in the stand-in's history once it has drained its
         // capture log; the changefeed replays them from the lake's cursor.
-        let end = Position::parse_hlc(&crdb.cluster.sync_now().await?.decimal()).context("bad HLC")?;
+        let end: Hlc = crdb
+            .cluster
+            .sync_now()
+            .await?
+            .decimal()
+            .parse()
+            .context("bad HLC")?;
         let started = Instant::now();
         let pipeline = Pipeline::start(&crdb.config, lake.clone());
         pipeline

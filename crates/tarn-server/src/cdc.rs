@@ -94,7 +94,7 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
             eprintln!(
                 "stopped: {} change(s) applied; acknowledged up to {}",
                 report.events_total,
-                report.acknowledged.as_deref().unwrap_or("-")
+                tarn_cdc::position::text_or_dash(report.acknowledged.as_ref())
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -154,7 +154,7 @@ async fn show_progress(status: Arc<PipelineStatus>, stop: CancellationToken) {
                 "streaming: {} changes ({:.0}/s), acknowledged {}, lag {}",
                 r.events_total,
                 r.events_per_second,
-                r.acknowledged.as_deref().unwrap_or("-"),
+                tarn_cdc::position::text_or_dash(r.acknowledged.as_ref()),
                 r.lag_seconds.map_or("-".into(), |l| format!("{l:.2}s"))
             ),
             (None, "retrying") => format!("retrying: {}", r.last_error.as_deref().unwrap_or("")),
@@ -290,8 +290,8 @@ fn changefeed_status(
     if let Some(r) = &live {
         println!(
             "resolved:    received {}  committed {}",
-            r.received.as_deref().unwrap_or("-"),
-            r.acknowledged.as_deref().unwrap_or("-")
+            tarn_cdc::position::text_or_dash(r.received.as_ref()),
+            tarn_cdc::position::text_or_dash(r.acknowledged.as_ref())
         );
     }
     print_live_and_tables(&live, &tables);
@@ -315,7 +315,7 @@ async fn lake_positions(config: &Config) -> Result<Vec<serde_json::Value>> {
                 .unwrap_or_else(|| "0".into());
             tables.push(serde_json::json!({
                 "table": ident.to_string(),
-                "position": position.to_string(),
+                "position": position,
                 "source_commit_time_us": commit_time,
                 "rows": rows,
                 "stopped": stopped_reason(&table),
@@ -345,7 +345,9 @@ fn print_live_and_tables(live: &Option<StatusReport>, tables: &[serde_json::Valu
         println!(
             "  {:<32} at {:<14} {:>10} rows{}",
             t["table"].as_str().unwrap_or(""),
-            t["position"].as_str().unwrap_or(""),
+            serde_json::from_value::<tarn_cdc::position::Position>(t["position"].clone())
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             t["rows"].as_str().unwrap_or(""),
             t["stopped"]
                 .as_str()

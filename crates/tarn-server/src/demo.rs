@@ -215,7 +215,7 @@ impl Pipeline {
                 bail!(
                     "timed out after {timeout:?} waiting for {what} (pipeline {}, acknowledged {}{})",
                     report.state,
-                    report.acknowledged.as_deref().unwrap_or("-"),
+                    tarn_cdc::position::text_or_dash(report.acknowledged.as_ref()),
                     report
                         .last_error
                         .as_deref()

@@ -28,7 +28,7 @@ pub type Delivery = Result<Vec<Message>>;
 pub async fn run_core(
     address: SourceAddress,
     statement: String,
-    scanned_at: Option<crate::source::Position>,
+    scanned_at: Option<crate::position::Hlc>,
     tx: mpsc::Sender<Delivery>,
     stop: CancellationToken,
 ) {

@@ -14,7 +14,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::source::Position;
+use crate::position::Hlc;
 
 /// A row's column values by name, as raw JSON.
 pub type Columns = Vec<(String, Box<RawValue>)>;
@@ -29,7 +29,7 @@ pub struct RowMessage {
     /// The row after the change, column name → value; `None` for a delete.
     pub after: Option<Columns>,
     /// The change's timestamp.
-    pub updated: Position,
+    pub updated: Hlc,
 }
 
 impl RowMessage {
@@ -64,7 +64,7 @@ pub enum Message {
     /// A row changed.
     Row(RowMessage),
     /// Everything up to this timestamp has been delivered.
-    Resolved(Position),
+    Resolved(Hlc),
 }
 
 /// A malformed message: what is wrong and where (`payload[3].updated`).
@@ -109,8 +109,8 @@ struct Envelope<'a> {
     length: Option<u64>,
 }
 
-fn timestamp(at: &str, field: &str, text: &str) -> Result<Position, MessageError> {
-    Position::parse_hlc(text).ok_or_else(|| {
+fn timestamp(at: &str, field: &str, text: &str) -> Result<Hlc, MessageError> {
+    text.parse::<Hlc>().map_err(|_| {
         bad(
             format!("{at}.{field}"),
             format!("expected a timestamp like \"1700000000123456789.0000000000\", got {text:?}"),
@@ -175,7 +175,7 @@ fn envelope_message(
     env: &Envelope<'_>,
     topic: Option<&str>,
     key: Option<&RawValue>,
-    scanned_at: Option<Position>,
+    scanned_at: Option<Hlc>,
 ) -> Result<Message, MessageError> {
     if let Some(r) = &env.resolved {
         return Ok(Message::Resolved(timestamp(at, "resolved", r)?));
@@ -254,7 +254,7 @@ pub fn parse_core_row(
     table: Option<&str>,
     key: Option<&[u8]>,
     value: &[u8],
-    scanned_at: Option<Position>,
+    scanned_at: Option<Hlc>,
 ) -> Result<Message, MessageError> {
     let at = format!("changefeed row of {}", table.unwrap_or("(resolved)"));
     let value = std::str::from_utf8(value).map_err(|e| bad(&at, format!("value is not UTF-8: {e}")))?;
@@ -294,7 +294,7 @@ mod tests {
         assert!(d.after.is_none());
         assert!(d.updated > r.updated);
         let m = parse_webhook(br#"{"resolved":"1700000000000000002.0000000000"}"#).unwrap();
-        assert!(matches!(m[0], Message::Resolved(p) if p.wall_nanos() == 1_700_000_000_000_000_002));
+        assert!(matches!(m[0], Message::Resolved(p) if p.wall_nanos == 1_700_000_000_000_000_002));
     }
 
     #[test]

@@ -70,6 +70,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::pipeline::{PipelineStatus, SourceContext};
+use crate::position::Hlc;
 use crate::postgres::catalog::{TableFilter, TypeCache, describe_table, discover_tables};
 use crate::postgres::connect::{SourceAddress, query_error, quote_ident, quote_literal};
 use crate::postgres::type_options;
@@ -326,7 +327,7 @@ fn common_options(version: ClusterVersion) -> Vec<String> {
 /// carry timestamps about `d` apart, give or take, so `resolved` equal to `d` would skip
 /// every checkpoint that falls a little short and halve the cadence. `resolved` is set a
 /// fifth below the cadence so that every checkpoint carries one.
-fn feed_options(config: &Config, version: ClusterVersion, cursor: Option<Position>) -> Vec<String> {
+fn feed_options(config: &Config, version: ClusterVersion, cursor: Option<Hlc>) -> Vec<String> {
     let feed = &config.cdc.changefeed;
     let cadence = tarn_core::config::parse_duration("cdc.changefeed.resolved", &feed.resolved)
         .unwrap_or(Duration::from_secs(1));
@@ -482,7 +483,7 @@ pub struct ChangefeedSource {
     last_idle_mark: Instant,
     /// Changes were applied since the last idle mark.
     changed_since_mark: bool,
-    received: Option<Position>,
+    received: Option<Hlc>,
 }
 
 impl ChangefeedSource {
@@ -554,7 +555,7 @@ impl ChangefeedSource {
         &mut self,
         config: &Config,
         specs: &[Arc<TableSpec>],
-        cursor: Option<Position>,
+        cursor: Option<Hlc>,
         stop: &CancellationToken,
     ) -> Result<()> {
         let cdc = &config.cdc;
@@ -677,7 +678,7 @@ impl ChangefeedSource {
         sink: &mut LakeSink,
         scanned: &[&TableSpec],
         ctx: &SourceContext<'_>,
-    ) -> Result<Option<Position>> {
+    ) -> Result<Option<Hlc>> {
         let status = ctx.status;
         // DECIMAL `wall.logical`; its text form is the cursor's.
         let now = self
@@ -691,10 +692,10 @@ impl ChangefeedSource {
                 _ => None,
             })
             .unwrap_or_default();
-        let at = Position::parse_hlc(&now).ok_or_else(|| {
+        let at: Hlc = now.parse().map_err(|e| {
             Error::new(
                 ErrorKind::Source,
-                format!("cluster_logical_timestamp() returned {now:?}, not a timestamp"),
+                format!("cluster_logical_timestamp() returned {now:?}, not a timestamp: {e}"),
             )
         })?;
         let names = scanned
@@ -720,7 +721,10 @@ impl ChangefeedSource {
                 ..Default::default()
             });
         });
-        sink.apply(SourceEvent::Begin { commit_position: at }).await?;
+        sink.apply(SourceEvent::Begin {
+            commit_position: at.into(),
+        })
+        .await?;
         sink.apply(SourceEvent::Truncate {
             tables: scanned.iter().map(|s| s.id).collect(),
         })
@@ -770,8 +774,8 @@ impl ChangefeedSource {
             });
         }
         sink.apply(SourceEvent::Commit {
-            position: at,
-            commit_time_micros: (at.wall_nanos() / 1000) as i64,
+            position: at.into(),
+            commit_time_micros: at.unix_micros(),
         })
         .await?;
         sink.flush().await?;
@@ -785,11 +789,7 @@ impl ChangefeedSource {
     /// The state at `position` of the keys in `changes`, as one transaction: Begin, the
     /// upserts and deletes, Commit. A column tarn does not know makes it read the table's
     /// schema again first (and emit the new schema).
-    async fn transaction(
-        &mut self,
-        changes: Vec<RowMessage>,
-        position: Position,
-    ) -> Result<Vec<SourceEvent>> {
+    async fn transaction(&mut self, changes: Vec<RowMessage>, position: Hlc) -> Result<Vec<SourceEvent>> {
         let mut events = Vec::with_capacity(changes.len() + 2);
         let mut refresh = Vec::new();
         for m in &changes {
@@ -813,7 +813,7 @@ impl ChangefeedSource {
             }
         }
         events.push(SourceEvent::Begin {
-            commit_position: position,
+            commit_position: position.into(),
         });
         self.changed_since_mark |= !changes.is_empty();
         for m in &changes {
@@ -831,8 +831,8 @@ impl ChangefeedSource {
             });
         }
         events.push(SourceEvent::Commit {
-            position,
-            commit_time_micros: (position.wall_nanos() / 1000) as i64,
+            position: position.into(),
+            commit_time_micros: position.unix_micros(),
         });
         Ok(events)
     }
@@ -856,16 +856,27 @@ impl ChangeSource for ChangefeedSource {
                 ),
             ));
         }
-        let mut held: Vec<Position> = Vec::new();
+        let mut held: Vec<Hlc> = Vec::new();
         let mut unheld: Vec<TableId> = Vec::new();
         for spec in &specs {
             let keys = key_names(&self.client, spec).await?;
             let attached = sink.attach(spec.clone()).await?;
             tracing::info!(source = %spec.qualified(), table = %attached.ident,
-                position = ?attached.position.map(|p| p.to_string()), stopped = ?attached.stopped, "attached table");
+                position = ?attached.position.as_ref().map(ToString::to_string), stopped = ?attached.stopped, "attached table");
             if attached.stopped.is_none() {
                 match attached.position {
-                    Some(p) if !options.resnapshot => held.push(p),
+                    Some(p) if !options.resnapshot => held.push(p.hlc().ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "lake table {} holds {} position {p} for pipeline {}, not a CockroachDB timestamp: \
+                                 another kind of source wrote it; choose another cdc.pipeline or cdc.namespace",
+                                attached.ident,
+                                p.kind(),
+                                cdc.pipeline
+                            ),
+                        )
+                    })?),
                     _ => unheld.push(spec.id),
                 }
             }
@@ -891,7 +902,7 @@ impl ChangeSource for ChangefeedSource {
         self.received = cursor;
         self.create_changefeed(config, &specs, cursor, ctx.stop).await?;
         self.last_resolved = Instant::now();
-        Ok(Some(cursor.unwrap_or_default()))
+        Ok(Some(cursor.unwrap_or_default().into()))
     }
 
     async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
@@ -917,11 +928,7 @@ impl ChangeSource for ChangefeedSource {
                         self.tables.lookup(&row.topic)?;
                         self.window.push(row);
                         if self.window.bytes() > self.budget {
-                            let early = self
-                                .window
-                                .oldest()
-                                .map(|o| Position(o.0 - 1))
-                                .unwrap_or_default();
+                            let early = self.window.oldest().map(Hlc::prev).unwrap_or_default();
                             let changes = self.window.take_all();
                             tracing::info!(changes = changes.len(), position = %early, "window over its memory budget; applying it early");
                             events.extend(self.transaction(changes, early).await?);
@@ -947,7 +954,7 @@ impl ChangeSource for ChangefeedSource {
         }
     }
 
-    async fn acknowledge(&mut self, position: Position, sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge(&mut self, position: &Position, sink: &mut LakeSink) -> Result<()> {
         // The changefeed's cursor is the oldest table position: quiet tables would otherwise
         // hold the restart cursor at their last change (and behind the cluster's GC).
         if self.changed_since_mark && self.last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
@@ -988,7 +995,7 @@ impl ChangeSource for ChangefeedSource {
         Ok(())
     }
 
-    async fn stop(&mut self, sink: &mut LakeSink, durable: Option<Position>) -> Result<()> {
+    async fn stop(&mut self, sink: &mut LakeSink, durable: Option<&Position>) -> Result<()> {
         if let Some(p) = durable {
             // The next start resumes from here, quiet tables included.
             sink.mark_idle(p).await?;
@@ -1007,7 +1014,7 @@ impl ChangeSource for ChangefeedSource {
     }
 
     fn received(&self) -> Option<Position> {
-        self.received
+        self.received.map(Position::from)
     }
 
     fn flush_rule(&self) -> FlushRule {

@@ -13,15 +13,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
 use super::message::RowMessage;
-use crate::source::Position;
+use crate::position::Hlc;
 
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Window {
-    rows: HashMap<(String, String), BTreeMap<Position, RowMessage>>,
+    rows: HashMap<(String, String), BTreeMap<Hlc, RowMessage>>,
     bytes: usize,
     versions: usize,
-    resolved: Option<Position>,
+    resolved: Option<Hlc>,
     floors: HashMap<u64, u64>,
     hasher: RandomState,
     duplicates: u64,
@@ -30,7 +30,7 @@ pub struct Window {
 
 impl Window {
     /// An empty window after resolved timestamp `resolved` (the cursor the feed started at).
-    pub fn new(resolved: Option<Position>) -> Self {
+    pub fn new(resolved: Option<Hlc>) -> Self {
         Self {
             resolved,
             ..Self::default()
@@ -48,7 +48,7 @@ impl Window {
             && self
                 .floors
                 .get(&self.hasher.hash_one(&key))
-                .is_some_and(|&floor| message.updated.wall_nanos() < floor)
+                .is_some_and(|&floor| message.updated.wall_nanos < floor)
         {
             self.stale += 1;
             return false;
@@ -71,12 +71,12 @@ impl Window {
 
     /// The state at `resolved` of every key changed since the last take, in `updated`
     /// order; later versions stay.
-    pub fn take(&mut self, resolved: Position) -> Vec<RowMessage> {
+    pub fn take(&mut self, resolved: Hlc) -> Vec<RowMessage> {
         if self.resolved.is_some_and(|r| resolved <= r) {
             return Vec::new();
         }
         self.resolved = Some(resolved);
-        self.floors.retain(|_, &mut floor| floor > resolved.wall_nanos());
+        self.floors.retain(|_, &mut floor| floor > resolved.wall_nanos);
         self.drain(|versions| {
             let later = versions.split_off(&next(resolved));
             let due = std::mem::replace(versions, later);
@@ -92,14 +92,14 @@ impl Window {
         for m in &out {
             let key = (m.topic.clone(), m.key_text());
             let floor = self.floors.entry(self.hasher.hash_one(&key)).or_default();
-            *floor = (*floor).max(m.updated.wall_nanos());
+            *floor = (*floor).max(m.updated.wall_nanos);
         }
         out
     }
 
     fn drain(
         &mut self,
-        mut due: impl FnMut(&mut BTreeMap<Position, RowMessage>) -> Vec<RowMessage>,
+        mut due: impl FnMut(&mut BTreeMap<Hlc, RowMessage>) -> Vec<RowMessage>,
     ) -> Vec<RowMessage> {
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -120,7 +120,7 @@ impl Window {
     }
 
     /// The oldest buffered timestamp.
-    pub fn oldest(&self) -> Option<Position> {
+    pub fn oldest(&self) -> Option<Hlc> {
         self.rows.values().filter_map(|v| v.keys().next().copied()).min()
     }
 
@@ -140,7 +140,7 @@ impl Window {
     }
 
     /// The last resolved timestamp taken.
-    pub fn resolved(&self) -> Option<Position> {
+    pub fn resolved(&self) -> Option<Hlc> {
         self.resolved
     }
 
@@ -150,8 +150,8 @@ impl Window {
     }
 }
 
-fn next(p: Position) -> Position {
-    Position(p.0 + 1)
+fn next(p: Hlc) -> Hlc {
+    p.next()
 }
 
 #[cfg(test)]
@@ -164,12 +164,12 @@ mod tests {
             topic: "db.public.t".into(),
             key: vec![RawValue::from_string(key.to_string()).unwrap()],
             after: value.map(|v| vec![("v".to_string(), RawValue::from_string(v.to_string()).unwrap())]),
-            updated: Position::from_hlc(1_700_000_000_000_000_000 + at, 0),
+            updated: Hlc::new(1_700_000_000_000_000_000 + at, 0),
         }
     }
 
-    fn ts(at: u64) -> Position {
-        Position::from_hlc(1_700_000_000_000_000_000 + at, 0)
+    fn ts(at: u64) -> Hlc {
+        Hlc::new(1_700_000_000_000_000_000 + at, 0)
     }
 
     fn value(m: &RowMessage) -> Option<String> {

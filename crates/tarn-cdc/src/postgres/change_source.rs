@@ -27,6 +27,7 @@ use super::PostgresSource;
 use super::slot::PublicationAction;
 use super::snapshot::{CopyProgress, CopyRequest, copy_table};
 use crate::pipeline::{PipelineStatus, SourceContext, refresh_tables};
+use crate::position::Lsn;
 use crate::sink::LakeSink;
 use crate::source::{ChangeSource, FlushRule, Next, Position, TableSpec};
 
@@ -76,7 +77,7 @@ impl ChangeSource for PostgresChangeSource {
             tracing::info!(
                 source = %spec.qualified(),
                 table = %attached.ident,
-                position = ?attached.position.map(|p| p.to_string()),
+                position = ?attached.position.as_ref().map(ToString::to_string),
                 indexed_rows = attached.indexed_rows,
                 stopped = ?attached.stopped,
                 "attached table"
@@ -186,7 +187,7 @@ impl ChangeSource for PostgresChangeSource {
             }
         };
         tracing::info!(slot = %source.slot_name(), from = %start, "streaming from the replication slot");
-        Ok(Some(start))
+        Ok(Some(start.into()))
     }
 
     async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
@@ -203,11 +204,16 @@ impl ChangeSource for PostgresChangeSource {
         }
     }
 
-    async fn acknowledge(&mut self, position: Position, _sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
+        let Some(position) = position.lsn() else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("a PostgreSQL source was asked to acknowledge {position}, not an LSN"),
+            ));
+        };
         self.source.acknowledge(position);
-        metrics::gauge!("tarn_cdc_acknowledged_lsn").set(position.lsn() as f64);
-        metrics::gauge!("tarn_cdc_lag_bytes")
-            .set(self.source.received().lsn().saturating_sub(position.lsn()) as f64);
+        metrics::gauge!("tarn_cdc_acknowledged_lsn").set(position.0 as f64);
+        metrics::gauge!("tarn_cdc_lag_bytes").set(self.source.received().0.saturating_sub(position.0) as f64);
         Ok(())
     }
 
@@ -246,13 +252,13 @@ impl ChangeSource for PostgresChangeSource {
         Ok(())
     }
 
-    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<Position>) -> Result<()> {
+    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<&Position>) -> Result<()> {
         self.source.stop().await;
         Ok(())
     }
 
     fn received(&self) -> Option<Position> {
-        Some(self.source.received())
+        Some(self.source.received().into())
     }
 
     fn flush_rule(&self) -> FlushRule {
@@ -264,7 +270,7 @@ impl ChangeSource for PostgresChangeSource {
 /// copy it is (recorded in the commit summary).
 struct SnapshotAt<'a> {
     name: &'a str,
-    position: Position,
+    position: Lsn,
     kind: &'a str,
 }
 
@@ -303,7 +309,7 @@ async fn copy_tables(
         .await?;
         failpoint::hit("cdc.snapshot.after_copy").await?;
         let rows = sink
-            .finish_snapshot(spec.id, parts, index, position, kind)
+            .finish_snapshot(spec.id, parts, index, position.into(), kind)
             .await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         tracing::info!(

@@ -29,7 +29,8 @@ use self::connect::{SourceAddress, replication_error};
 use self::pgoutput::{Message, OldTuple};
 use self::slot::ExportedSlot;
 use self::types::{NumericMode, TypeOptions};
-use crate::source::{Position, SourceEvent, TableSpec};
+use crate::position::Lsn;
+use crate::source::{SourceEvent, TableSpec};
 
 /// The type-mapping options a pipeline's config asks for.
 pub fn type_options(config: &CdcConfig) -> TypeOptions {
@@ -59,7 +60,7 @@ pub struct PostgresSource {
     /// Relations in the stream that the pipeline does not capture.
     ignored: HashSet<u32>,
     /// The newest position the stream reached.
-    received: Position,
+    received: Lsn,
 }
 
 impl PostgresSource {
@@ -90,7 +91,7 @@ impl PostgresSource {
             stream: None,
             relations: HashMap::new(),
             ignored: HashSet::new(),
-            received: Position::default(),
+            received: Lsn::default(),
         })
     }
 
@@ -175,13 +176,13 @@ impl PostgresSource {
 
     /// Starts streaming from `start` in `session` (the one that created the slot) or in a new
     /// session.
-    pub async fn start_stream(&mut self, session: Option<ReplicationClient>, start: Position) -> Result<()> {
+    pub async fn start_stream(&mut self, session: Option<ReplicationClient>, start: Lsn) -> Result<()> {
         let mut session = match session {
             Some(s) => s,
             None => {
                 let config = self
                     .address
-                    .replication_config(&self.slot, &self.publication, start.lsn());
+                    .replication_config(&self.slot, &self.publication, start.0);
                 ReplicationClient::connect(config)
                     .await
                     .map_err(|e| replication_error("cannot start streaming", &self.address.display, e))?
@@ -205,14 +206,14 @@ impl PostgresSource {
 
     /// Tells the server everything up to `position` is durable in the lake; the slot's
     /// `confirmed_flush_lsn` follows, and WAL before it may be recycled.
-    pub fn acknowledge(&self, position: Position) {
+    pub fn acknowledge(&self, position: Lsn) {
         if let Some(stream) = &self.stream {
-            stream.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.lsn()));
+            stream.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.0));
         }
     }
 
     /// The newest position the stream reached.
-    pub fn received(&self) -> Position {
+    pub fn received(&self) -> Lsn {
         self.received
     }
 
@@ -258,24 +259,26 @@ impl PostgresSource {
     pub async fn convert(&mut self, event: ReplicationEvent) -> Result<Option<SourceEvent>> {
         Ok(match event {
             ReplicationEvent::Begin { final_lsn, .. } => Some(SourceEvent::Begin {
-                commit_position: Position::from_lsn(final_lsn.as_u64()),
+                commit_position: Lsn(final_lsn.as_u64()).into(),
             }),
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
                 ..
             } => {
-                let position = Position::from_lsn(end_lsn.as_u64());
+                let position = Lsn(end_lsn.as_u64());
                 self.received = self.received.max(position);
                 Some(SourceEvent::Commit {
-                    position,
+                    position: position.into(),
                     commit_time_micros: pgoutput::unix_micros(commit_time_micros),
                 })
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let position = Position::from_lsn(wal_end.as_u64());
+                let position = Lsn(wal_end.as_u64());
                 self.received = self.received.max(position);
-                Some(SourceEvent::Keepalive { position })
+                Some(SourceEvent::Keepalive {
+                    position: position.into(),
+                })
             }
             ReplicationEvent::XLogData { data, .. } => self.decode(&data).await?,
             ReplicationEvent::Message { .. } => None,

@@ -11,7 +11,8 @@ use tarn_core::{Error, ErrorKind, Result};
 use tokio_postgres::Client;
 
 use super::connect::{query_error, quote_ident, replication_error};
-use crate::source::{Position, TableSpec};
+use crate::position::Lsn;
+use crate::source::TableSpec;
 
 /// A replication slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]
@@ -23,9 +24,9 @@ pub struct SlotInfo {
     /// Its database.
     pub database: Option<String>,
     /// Everything before this position was acknowledged.
-    pub confirmed_flush: Option<Position>,
+    pub confirmed_flush: Option<Lsn>,
     /// The oldest WAL the slot holds on to.
-    pub restart_lsn: Option<Position>,
+    pub restart_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost` (invalidated).
     pub wal_status: Option<String>,
     /// The PID of the session streaming from it, if any.
@@ -33,7 +34,7 @@ pub struct SlotInfo {
     /// Bytes of WAL the slot keeps from being removed.
     pub retained_bytes: Option<i64>,
     /// The server's current WAL position.
-    pub current_lsn: Option<Position>,
+    pub current_lsn: Option<Lsn>,
 }
 
 impl SlotInfo {
@@ -45,16 +46,12 @@ impl SlotInfo {
 
     /// Bytes between the server's current position and what the slot confirmed.
     pub fn lag_bytes(&self) -> Option<u64> {
-        Some(
-            self.current_lsn?
-                .lsn()
-                .saturating_sub(self.confirmed_flush?.lsn()),
-        )
+        Some(self.current_lsn?.0.saturating_sub(self.confirmed_flush?.0))
     }
 }
 
-fn lsn(text: Option<String>) -> Option<Position> {
-    text.and_then(|t| Position::parse_lsn(&t))
+fn lsn(text: Option<String>) -> Option<Lsn> {
+    text.and_then(|t| t.parse().ok())
 }
 
 /// Reads slot `name`, if it exists.
@@ -227,7 +224,7 @@ pub struct ExportedSlot {
     /// The session; the snapshot stays valid until it runs another command or closes.
     pub session: ReplicationClient,
     /// Transactions committed before this position are in the snapshot, later ones stream.
-    pub consistent_point: Position,
+    pub consistent_point: Lsn,
     /// The snapshot name for `SET TRANSACTION SNAPSHOT`.
     pub snapshot_name: String,
 }
@@ -275,10 +272,10 @@ pub async fn create_slot_exporting(
             })
     };
     let consistent = text(1)?;
-    let consistent_point = Position::parse_lsn(&consistent).ok_or_else(|| {
+    let consistent_point: Lsn = consistent.parse().map_err(|e| {
         Error::new(
             ErrorKind::Source,
-            format!("CREATE_REPLICATION_SLOT {slot} returned a bad consistent point {consistent:?}"),
+            format!("CREATE_REPLICATION_SLOT {slot} returned a bad consistent point: {e}"),
         )
     })?;
     Ok(ExportedSlot {

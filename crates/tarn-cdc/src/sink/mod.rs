@@ -120,6 +120,17 @@ struct TableState {
     counters: TableCounters,
 }
 
+impl TableState {
+    /// The table now holds everything up to `position` too (for Kafka offsets: on the
+    /// partitions `position` names, beside the ones it held).
+    fn hold(&mut self, position: Position) {
+        self.position = Some(match self.position.take() {
+            Some(held) => held.merged(&position),
+            None => position,
+        });
+    }
+}
+
 /// Writes source changes into lake tables; see the module doc.
 pub struct LakeSink {
     lake: Lake,
@@ -171,7 +182,14 @@ impl LakeSink {
         let mut out: Vec<_> = self
             .tables
             .values()
-            .map(|t| (t.ident.clone(), t.position, t.stopped.clone(), t.counters.clone()))
+            .map(|t| {
+                (
+                    t.ident.clone(),
+                    t.position.clone(),
+                    t.stopped.clone(),
+                    t.counters.clone(),
+                )
+            })
             .collect();
         out.sort_by_key(|a| a.0.to_string());
         out
@@ -199,7 +217,7 @@ impl LakeSink {
 
     /// The end of the last transaction applied, and its commit time.
     pub fn last_commit(&self) -> Option<(Position, i64)> {
-        self.last_commit
+        self.last_commit.clone()
     }
 
     /// Finds (or creates) the lake table for `spec`, reads the position it holds for this
@@ -219,7 +237,7 @@ impl LakeSink {
         let mut state = TableState {
             ident: ident.clone(),
             table,
-            position,
+            position: position.clone(),
             stopped: stopped.clone(),
             key_columns,
             encoder,
@@ -337,13 +355,12 @@ impl LakeSink {
     /// The state of a table that takes changes of the current transaction: attached, not
     /// stopped, and not already holding the transaction.
     fn live_table(&mut self, id: TableId) -> Option<&mut TableState> {
-        let txn = self.txn_commit;
         let state = self.tables.get_mut(&id)?;
         if state.stopped.is_some() {
             return None;
         }
-        match (txn, state.position) {
-            (Some(commit), Some(held)) if commit < held => None,
+        match (&self.txn_commit, &state.position) {
+            (Some(commit), Some(held)) if held.holds(commit) => None,
             _ => Some(state),
         }
     }
@@ -379,17 +396,18 @@ impl LakeSink {
     /// Records `position` (a position every table has been flushed up to) on tables that had
     /// no changes since their last commit, so a quiet table does not hold a restart back.
     /// Call right after a [`LakeSink::flush`] returned `position`.
-    pub async fn mark_idle(&mut self, position: Position) -> Result<()> {
+    pub async fn mark_idle(&mut self, position: &Position) -> Result<()> {
         let lake = self.lake.clone();
         let pipeline = self.options.pipeline.clone();
         for state in self.tables.values_mut() {
-            if state.dirty || state.stopped.is_some() || state.position.is_none_or(|p| p >= position) {
+            let behind = state.position.as_ref().is_some_and(|p| p < position);
+            if state.dirty || state.stopped.is_some() || !behind {
                 continue;
             }
             state.table = lake
                 .set_properties(&state.ident, idle_property(&pipeline, position))
                 .await?;
-            state.position = Some(position);
+            state.position = Some(position.clone());
         }
         Ok(())
     }
@@ -400,7 +418,7 @@ impl LakeSink {
         if self.in_transaction {
             return Err(Error::new(ErrorKind::Internal, "flush inside a transaction"));
         }
-        let Some((position, commit_time)) = self.last_commit else {
+        let Some((position, commit_time)) = self.last_commit.clone() else {
             return Ok(None);
         };
         let lake = self.lake.clone();
@@ -412,14 +430,17 @@ impl LakeSink {
             let started = Instant::now();
             write_pending(&lake, state).await?;
             failpoint::hit("cdc.before_commit").await?;
-            commit_table(&lake, &pipeline, state, position, commit_time).await?;
+            commit_table(&lake, &pipeline, state, position.clone(), commit_time).await?;
             metrics::histogram!("tarn_cdc_commit_seconds").record(started.elapsed().as_secs_f64());
-            if position.is_hlc() {
-                metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
-                    .set(position.wall_nanos() as f64 / 1e9);
-            } else {
-                metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string())
-                    .set(position.lsn() as f64);
+            match &position {
+                Position::Hlc(h) => {
+                    metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
+                        .set(h.wall_nanos as f64 / 1e9);
+                }
+                Position::Lsn(l) => {
+                    metrics::gauge!("tarn_cdc_table_lsn", "table" => state.ident.to_string()).set(l.0 as f64);
+                }
+                Position::Kafka(_) => {}
             }
         }
         failpoint::hit("cdc.after_commit").await?;
@@ -502,7 +523,7 @@ async fn commit_table(
     position: Position,
     commit_time: i64,
 ) -> Result<()> {
-    let summary = commit_summary(pipeline, position, Some(commit_time));
+    let summary = commit_summary(pipeline, &position, Some(commit_time));
     if state.truncated {
         let (old_data, old_deletes) = current_files(&state.table).await?;
         if !old_data.is_empty() || !old_deletes.is_empty() {
@@ -533,9 +554,9 @@ async fn commit_table(
         // Nothing to write (a truncate of an empty table, a scan that found no rows): record
         // the position as a property, since an empty snapshot is not committed.
         state.table = lake
-            .set_properties(&state.ident, idle_property(pipeline, position))
+            .set_properties(&state.ident, idle_property(pipeline, &position))
             .await?;
-        state.position = Some(position);
+        state.hold(position);
         state.dirty = false;
         return Ok(());
     }
@@ -559,7 +580,7 @@ async fn commit_table(
             },
         )
         .await?;
-    state.position = Some(position);
+    state.hold(position);
     state.dirty = false;
     state.counters.commits += 1;
     metrics::counter!("tarn_cdc_commits_total", "table" => state.ident.to_string()).increment(1);

@@ -129,7 +129,7 @@ impl LakeSink {
             data_files.extend(part.files.iter().cloned());
         }
         let rows: u64 = data_files.iter().map(DataFile::record_count).sum();
-        let summary = snapshot_summary(&pipeline, position, kind);
+        let summary = snapshot_summary(&pipeline, &position, kind);
         let (old_data, old_deletes) = current_files(&state.table).await?;
         state.table = if old_data.is_empty() && old_deletes.is_empty() {
             lake.commit_row_delta(

@@ -7,8 +7,10 @@
 //! A CDC commit of pipeline `P` at position `X` carries in its snapshot summary:
 //!
 //! - [`SUMMARY_PIPELINE`] = `P`;
-//! - [`SUMMARY_LSN`] = `X` for a PostgreSQL position (`16/B374D848`), or [`SUMMARY_RESOLVED`]
-//!   = `X` for a CockroachDB resolved timestamp (`wall.logical`);
+//! - [`SUMMARY_LSN`] = `X` for a PostgreSQL position (`16/B374D848`), [`SUMMARY_RESOLVED`]
+//!   = `X` for a CockroachDB resolved timestamp (`wall.logical`), or [`SUMMARY_KAFKA_OFFSETS`]
+//!   = `X` for Kafka offsets (`topic:partition=next-offset,...`) — each in the text form of
+//!   its type in [`crate::position`];
 //! - [`SUMMARY_COMMIT_TIME`]: the source commit time of `X` (µs since the Unix epoch), for
 //!   streamed commits;
 //! - [`SUMMARY_SNAPSHOT`]: what an initial copy was (`initial`, `table-added`, `resnapshot`).
@@ -22,13 +24,14 @@
 //! Reading: [`table_position`] walks back from the current snapshot through its parents, past
 //! commits of others (compaction, another pipeline), to the newest one of the pipeline, and
 //! takes the idle position instead when that is later. Text that is not a position is treated
-//! as absent, as it always has been: the table then holds nothing for the pipeline.
+//! as absent (with a warning): the table then holds nothing for the pipeline.
 
 use std::collections::HashMap;
 
 use iceberg::spec::TableMetadata;
 use iceberg::table::Table;
 
+use crate::position::{Hlc, KafkaOffsets, Lsn};
 use crate::source::{Position, TableSpec};
 
 /// Snapshot summary key: the pipeline that committed.
@@ -38,6 +41,9 @@ pub const SUMMARY_LSN: &str = "tarn.cdc.lsn";
 /// Snapshot summary key: for a CockroachDB source, the resolved timestamp (`wall.logical`) the
 /// table holds everything up to (in place of [`SUMMARY_LSN`]).
 pub const SUMMARY_RESOLVED: &str = "tarn.cdc.resolved";
+/// Snapshot summary key: for a Kafka source, the next offset to read of every topic-partition
+/// the table took messages from (in place of [`SUMMARY_LSN`]).
+pub const SUMMARY_KAFKA_OFFSETS: &str = "tarn.cdc.kafka-offsets";
 /// Snapshot summary key: the source commit time (µs since the Unix epoch) of that position.
 pub const SUMMARY_COMMIT_TIME: &str = "tarn.cdc.commit-time-us";
 /// Snapshot summary key: what a snapshot commit was (`initial`, `table-added`, `resnapshot`).
@@ -63,7 +69,7 @@ pub fn table_position(table: &Table, pipeline: &str) -> (Option<Position>, Optio
     match (position, idle) {
         (Some(p), Some(i)) if i > p => (Some(i), time),
         (None, Some(i)) => (Some(i), None),
-        _ => (position, time),
+        (position, _) => (position, time),
     }
 }
 
@@ -105,31 +111,45 @@ fn read_summary(summary: &HashMap<String, String>, pipeline: &str) -> Option<(Po
     if snapshot_pipeline(summary) != Some(pipeline) {
         return None;
     }
-    let position = summary
-        .get(SUMMARY_LSN)
-        .and_then(|l| Position::parse_lsn(l))
-        .or_else(|| summary.get(SUMMARY_RESOLVED).and_then(|r| Position::parse_hlc(r)))?;
+    let position = if let Some(text) = summary.get(SUMMARY_LSN) {
+        parsed::<Lsn>(SUMMARY_LSN, text)?.into()
+    } else if let Some(text) = summary.get(SUMMARY_RESOLVED) {
+        parsed::<Hlc>(SUMMARY_RESOLVED, text)?.into()
+    } else {
+        parsed::<KafkaOffsets>(SUMMARY_KAFKA_OFFSETS, summary.get(SUMMARY_KAFKA_OFFSETS)?)?.into()
+    };
     let time = summary.get(SUMMARY_COMMIT_TIME).and_then(|t| t.parse().ok());
     Some((position, time))
+}
+
+/// `text` read as a `T`; a warning naming `key` when it is not one.
+fn parsed<T: std::str::FromStr>(key: &str, text: &str) -> Option<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| tracing::warn!(key, error = %e, "ignoring a tarn position that does not parse"))
+        .ok()
+}
+
+/// The summary key a position of this kind is recorded under.
+fn position_key(position: &Position) -> &'static str {
+    match position {
+        Position::Lsn(_) => SUMMARY_LSN,
+        Position::Hlc(_) => SUMMARY_RESOLVED,
+        Position::Kafka(_) => SUMMARY_KAFKA_OFFSETS,
+    }
 }
 
 /// The summary of a streamed commit of `pipeline` holding everything up to `position`.
 pub(super) fn commit_summary(
     pipeline: &str,
-    position: Position,
+    position: &Position,
     commit_time: Option<i64>,
 ) -> HashMap<String, String> {
     let mut summary = HashMap::from([
         (SUMMARY_PIPELINE.to_string(), pipeline.to_string()),
-        (
-            if position.is_hlc() {
-                SUMMARY_RESOLVED
-            } else {
-                SUMMARY_LSN
-            }
-            .to_string(),
-            position.to_string(),
-        ),
+        (position_key(position).to_string(), position.to_string()),
     ]);
     if let Some(t) = commit_time {
         summary.insert(SUMMARY_COMMIT_TIME.into(), t.to_string());
@@ -139,7 +159,7 @@ pub(super) fn commit_summary(
 
 /// The summary of an initial copy (`kind`: `initial`, `table-added`, `resnapshot`) holding
 /// everything up to `position`.
-pub(super) fn snapshot_summary(pipeline: &str, position: Position, kind: &str) -> HashMap<String, String> {
+pub(super) fn snapshot_summary(pipeline: &str, position: &Position, kind: &str) -> HashMap<String, String> {
     let mut summary = commit_summary(pipeline, position, None);
     summary.insert(SUMMARY_SNAPSHOT.into(), kind.to_string());
     summary
@@ -151,14 +171,14 @@ fn idle_key(pipeline: &str) -> String {
 
 /// The table property recording that the table holds everything up to `position` for
 /// `pipeline` without a snapshot saying so.
-pub(super) fn idle_property(pipeline: &str, position: Position) -> HashMap<String, String> {
+pub(super) fn idle_property(pipeline: &str, position: &Position) -> HashMap<String, String> {
     HashMap::from([(idle_key(pipeline), position.to_string())])
 }
 
 fn idle_position(properties: &HashMap<String, String>, pipeline: &str) -> Option<Position> {
     properties
         .get(&idle_key(pipeline))
-        .and_then(|p| Position::parse(p))
+        .and_then(|p| parsed(PROPERTY_IDLE, p))
 }
 
 /// The table properties a table created for `spec` by `pipeline` starts with.
@@ -219,11 +239,20 @@ fn attnums_from_text(text: &str) -> HashMap<i16, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::position::TopicPartition;
+
+    fn lsn(n: u64) -> Position {
+        Lsn(n).into()
+    }
+
+    fn hlc(wall_nanos: u64, logical: u32) -> Position {
+        Hlc::new(wall_nanos, logical).into()
+    }
 
     #[test]
     fn lsn_commit_summary_round_trip() {
-        let position = Position::parse_lsn("16/B374D848").unwrap();
-        let summary = commit_summary("p1", position, Some(1_700_000_000_000_000));
+        let position: Position = "16/B374D848".parse().unwrap();
+        let summary = commit_summary("p1", &position, Some(1_700_000_000_000_000));
         assert_eq!(summary[SUMMARY_PIPELINE], "p1");
         assert_eq!(summary[SUMMARY_LSN], "16/B374D848");
         assert!(!summary.contains_key(SUMMARY_RESOLVED));
@@ -236,8 +265,8 @@ mod tests {
 
     #[test]
     fn hlc_summary_uses_the_resolved_key() {
-        let position = Position::from_hlc(1_700_000_000_123_456_789, 2);
-        let summary = commit_summary("p1", position, None);
+        let position = hlc(1_700_000_000_123_456_789, 2);
+        let summary = commit_summary("p1", &position, None);
         assert_eq!(summary[SUMMARY_RESOLVED], "1700000000123456789.0000000002");
         assert!(!summary.contains_key(SUMMARY_LSN));
         assert!(!summary.contains_key(SUMMARY_COMMIT_TIME));
@@ -245,9 +274,20 @@ mod tests {
     }
 
     #[test]
+    fn kafka_offsets_have_their_own_key() {
+        let position: Position = KafkaOffsets::new()
+            .with(TopicPartition::new("shop.public.orders", 0), 42)
+            .into();
+        let summary = commit_summary("p1", &position, Some(5));
+        assert_eq!(summary[SUMMARY_KAFKA_OFFSETS], "shop.public.orders:0=42");
+        assert!(!summary.contains_key(SUMMARY_LSN) && !summary.contains_key(SUMMARY_RESOLVED));
+        assert_eq!(read_summary(&summary, "p1"), Some((position, Some(5))));
+    }
+
+    #[test]
     fn snapshot_summary_names_its_kind() {
-        let position = Position::from_lsn(0x100);
-        let summary = snapshot_summary("p1", position, "table-added");
+        let position = lsn(0x100);
+        let summary = snapshot_summary("p1", &position, "table-added");
         assert_eq!(summary[SUMMARY_SNAPSHOT], "table-added");
         assert_eq!(summary[SUMMARY_LSN], "0/100");
         assert_eq!(read_summary(&summary, "p1"), Some((position, None)));
@@ -255,7 +295,7 @@ mod tests {
 
     #[test]
     fn other_pipelines_and_unreadable_positions_are_absent() {
-        let summary = commit_summary("p1", Position::from_lsn(1), None);
+        let summary = commit_summary("p1", &lsn(1), None);
         assert_eq!(read_summary(&summary, "p2"), None);
         assert_eq!(snapshot_pipeline(&summary), Some("p1"));
         let garbled = HashMap::from([
@@ -269,11 +309,15 @@ mod tests {
 
     #[test]
     fn idle_property_round_trip_per_pipeline() {
+        let offsets = KafkaOffsets::new()
+            .with(TopicPartition::new("shop.public.orders", 0), 42)
+            .with(TopicPartition::new("shop.public.orders", 1), 7);
         for position in [
-            Position::from_lsn(0x1_0000_0010),
-            Position::from_hlc(1_700_000_000_000_000_000, 7),
+            lsn(0x1_0000_0010),
+            hlc(1_700_000_000_000_000_000, 7),
+            offsets.into(),
         ] {
-            let properties = idle_property("p1", position);
+            let properties = idle_property("p1", &position);
             assert_eq!(
                 properties.keys().collect::<Vec<_>>(),
                 [&format!("{PROPERTY_IDLE}.p1")]
