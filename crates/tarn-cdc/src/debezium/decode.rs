@@ -22,11 +22,18 @@
 //! they are, numbers as written, booleans as `t`/`f`, arrays as array literals). Without a
 //! schema or a hint, a decimal written as base64 cannot be told from a string: give the hint.
 //!
+//! What a consumer should take from a delete: the key. Under PostgreSQL's default replica
+//! identity Debezium's `before` holds the key columns and, for the other required columns,
+//! their defaults or type fallbacks (0, `""`), not the deleted values.
+//!
 //! Contract: any input — random bytes included — returns an error or a result, never panics;
 //! an error names the field path (`value.payload.after.amount`) and what was expected.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use super::connect::{ConnectSchema, SchemaType, kind};
@@ -250,74 +257,248 @@ pub struct DecodedChange {
     pub key_change: Option<KeyChange>,
     /// The table's spec, inferred from the embedded schema (`None` without one). Its id is 0;
     /// key columns come from the key's schema or payload.
-    pub spec: Option<TableSpec>,
+    pub spec: Option<Arc<TableSpec>>,
 }
 
 /// A message's JSON split into schema and payload.
 struct Parsed {
-    schema: Option<ConnectSchema>,
+    schema: Option<Arc<ConnectSchema>>,
     payload: Json,
 }
 
-fn parse_json(bytes: &[u8], path: &str) -> Result<Parsed, CodecError> {
-    let json: Json = serde_json::from_slice(bytes).map_err(|e| {
-        CodecError::new(
-            path,
-            format!("not JSON ({e}); a Debezium event is a JSON document"),
-        )
-    })?;
-    match json {
-        Json::Object(mut object)
-            if object.len() == 2 && object.contains_key("schema") && object.contains_key("payload") =>
+/// How many distinct schemas a [`Decoder`] keeps; past that it starts over.
+const MAX_CACHED_SCHEMAS: usize = 256;
+
+/// Decodes messages, keeping what it parsed of their schemas: a topic repeats one schema
+/// (a few kilobytes of JSON) in every message, so each distinct schema text is parsed, and
+/// its table spec inferred, once. [`decode`] is a one-off `Decoder`.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Schema JSON text → parsed schema.
+    schemas: HashMap<String, Arc<ConnectSchema>>,
+    /// (row schema, table, key columns) → inferred spec, with the envelope schema holding
+    /// the row schema (kept alive so that its address, part of the key, is not reused).
+    specs: HashMap<SpecKey, (Arc<ConnectSchema>, Arc<TableSpec>)>,
+    /// The last hint and the row and key schemas tarn writes for it.
+    hint: Option<(TableSpec, ConnectSchema, ConnectSchema)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SpecKey {
+    row_schema: usize,
+    schema: Option<String>,
+    db: Option<String>,
+    table: Option<String>,
+    key: Vec<String>,
+}
+
+/// Whether JSON text starts as `JsonConverter`'s `{"schema": ..., "payload": ...}` wrapper does.
+fn looks_wrapped(bytes: &[u8]) -> bool {
+    let mut rest = bytes.iter().skip_while(|b| b.is_ascii_whitespace());
+    if rest.next() != Some(&b'{') {
+        return false;
+    }
+    let rest: Vec<u8> = rest
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(9)
+        .copied()
+        .collect();
+    rest.starts_with(b"\"schema\"") || rest.starts_with(b"\"payload\"")
+}
+
+impl Decoder {
+    /// A decoder with nothing cached.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn parse(&mut self, bytes: &[u8], path: &str) -> Result<Parsed, CodecError> {
+        let not_json = |e: serde_json::Error| {
+            CodecError::new(
+                path,
+                format!("not JSON ({e}); a Debezium event is a JSON document"),
+            )
+        };
+        if looks_wrapped(bytes)
+            && let Ok(object) = serde_json::from_slice::<HashMap<String, &RawValue>>(bytes)
+            && object.len() == 2
+            && let (Some(schema), Some(payload)) = (object.get("schema"), object.get("payload"))
         {
-            let payload = object.remove("payload").unwrap_or(Json::Null);
-            let schema = match object.remove("schema") {
-                Some(Json::Null) | None => None,
-                Some(schema) => Some(ConnectSchema::from_json(&schema, &join(path, "schema"))?),
+            let payload: Json = serde_json::from_str(payload.get()).map_err(not_json)?;
+            let schema = match schema.get() {
+                "null" => None,
+                text => Some(self.schema(text, &join(path, "schema"))?),
             };
-            Ok(Parsed { schema, payload })
+            return Ok(Parsed { schema, payload });
         }
-        payload => Ok(Parsed {
+        let payload: Json = serde_json::from_slice(bytes).map_err(not_json)?;
+        if let Json::Object(object) = &payload
+            && object.len() == 2
+            && let (Some(schema), Some(inner)) = (object.get("schema"), object.get("payload"))
+        {
+            // A wrapper with its fields in another order.
+            let schema = match schema {
+                Json::Null => None,
+                schema => Some(self.schema(&schema.to_string(), &join(path, "schema"))?),
+            };
+            return Ok(Parsed {
+                schema,
+                payload: inner.clone(),
+            });
+        }
+        Ok(Parsed {
             schema: None,
             payload,
-        }),
+        })
+    }
+
+    fn schema(&mut self, text: &str, path: &str) -> Result<Arc<ConnectSchema>, CodecError> {
+        if let Some(schema) = self.schemas.get(text) {
+            return Ok(schema.clone());
+        }
+        let json: Json =
+            serde_json::from_str(text).map_err(|e| CodecError::new(path, format!("not JSON ({e})")))?;
+        let schema = Arc::new(ConnectSchema::from_json(&json, path)?);
+        if self.schemas.len() >= MAX_CACHED_SCHEMAS {
+            self.schemas.clear();
+        }
+        if self.specs.len() >= MAX_CACHED_SCHEMAS {
+            self.specs.clear();
+        }
+        self.schemas.insert(text.to_string(), schema.clone());
+        Ok(schema)
+    }
+
+    /// The row and key schemas tarn's encoder writes for `hint`.
+    fn hint_schemas(&mut self, hint: Option<&TableSpec>) -> Option<(&ConnectSchema, &ConnectSchema)> {
+        let hint = hint?;
+        if self.hint.as_ref().is_none_or(|(cached, _, _)| cached != hint) {
+            self.hint = Some((hint.clone(), hint_struct(hint), hint_key_struct(hint)));
+        }
+        self.hint.as_ref().map(|(_, row, key)| (row, key))
+    }
+
+    /// Decodes one Kafka record. `headers` are the record's headers (`None` values allowed);
+    /// `hint` is the table's spec when the caller knows it, to read messages without schemas.
+    pub fn decode(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        hint: Option<&TableSpec>,
+    ) -> Result<Decoded, CodecError> {
+        let key = match key.filter(|k| !k.is_empty()) {
+            Some(bytes) => Some(self.parse(bytes, "key")?),
+            None => None,
+        };
+        let value = match value.filter(|v| !v.is_empty()) {
+            None => None,
+            Some(bytes) => {
+                let parsed = self.parse(bytes, "value")?;
+                (!(parsed.payload.is_null() && parsed.schema.is_none())).then_some(parsed)
+            }
+        };
+        let mut key_change = None;
+        for (name, bytes) in headers {
+            let make: fn(DecodedRow) -> KeyChange = match *name {
+                NEW_KEY_HEADER => KeyChange::NewKey,
+                OLD_KEY_HEADER => KeyChange::OldKey,
+                _ => continue,
+            };
+            let path = format!("headers.{name}");
+            let bytes = bytes.ok_or_else(|| CodecError::new(&path, "the key-change header has no value"))?;
+            let parsed = self.parse(bytes, &path)?;
+            key_change = Some((make, parsed, path));
+        }
+        let hint_schemas = self
+            .hint_schemas(hint)
+            .map(|(row, key)| (row.clone(), key.clone()));
+        let (hint_row, hint_key) = match &hint_schemas {
+            Some((row, key)) => (Some(row), Some(key)),
+            None => (None, None),
+        };
+        let key_change = match key_change {
+            Some((make, parsed, path)) => {
+                Some(make(read_key(&parsed, hint_key, &path)?.ok_or_else(|| {
+                    CodecError::new(&path, "the key-change header holds no key")
+                })?))
+            }
+            None => None,
+        };
+        let key_path = if key.as_ref().is_some_and(|k| k.schema.is_some()) {
+            "key.payload"
+        } else {
+            "key"
+        };
+        let key_row = match &key {
+            Some(k) => read_key(k, hint_key, key_path)?,
+            None => None,
+        };
+        let Some(value) = value else {
+            return Ok(Decoded::Tombstone { key: key_row });
+        };
+        let mut change = decode_envelope(&value, key_row, hint_row)?;
+        change.key_change = key_change;
+        // The row schema: the envelope's `after` (or `before`) struct.
+        if let Some(envelope) = &value.schema
+            && let Some(row_schema) = row_schema_of(envelope)
+        {
+            let key_names: Vec<String> = match key.as_ref().and_then(|k| k.schema.as_deref()) {
+                Some(schema) if schema.schema_type == SchemaType::Struct => {
+                    schema.fields.iter().map(|f| f.name.clone()).collect()
+                }
+                _ => change
+                    .key
+                    .as_ref()
+                    .map(|k| k.columns.iter().map(|(n, _)| n.clone()).collect())
+                    .unwrap_or_default(),
+            };
+            let spec_key = SpecKey {
+                row_schema: std::ptr::from_ref(row_schema) as usize,
+                schema: change.table.schema.clone(),
+                db: change.table.db.clone(),
+                table: change.table.table.clone(),
+                key: key_names,
+            };
+            let spec = match self.specs.get(&spec_key) {
+                Some((_, spec)) => spec.clone(),
+                None => {
+                    let spec = Arc::new(infer_spec(row_schema, &change.table, &spec_key.key));
+                    self.specs.insert(spec_key, (envelope.clone(), spec.clone()));
+                    spec
+                }
+            };
+            change.spec = Some(spec);
+        }
+        Ok(Decoded::Change(Box::new(change)))
     }
 }
 
-/// Decodes one Kafka record. `headers` are the record's headers (`None` values allowed);
-/// `hint` is the table's spec when the caller knows it, to read messages without schemas.
+/// Decodes one Kafka record with a [`Decoder`] of its own; see [`Decoder::decode`]. A
+/// consumer decoding a stream keeps one `Decoder`, which parses each schema once.
 pub fn decode(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     headers: &[(&str, Option<&[u8]>)],
     hint: Option<&TableSpec>,
 ) -> Result<Decoded, CodecError> {
-    let key = match key.filter(|k| !k.is_empty()) {
-        Some(bytes) => {
-            let parsed = parse_json(bytes, "key")?;
-            Some(parsed)
-        }
-        None => None,
-    };
-    let key_path = if key.as_ref().is_some_and(|k| k.schema.is_some()) {
-        "key.payload"
-    } else {
-        "key"
-    };
-    let value = match value.filter(|v| !v.is_empty()) {
-        None => None,
-        Some(bytes) => {
-            let parsed = parse_json(bytes, "value")?;
-            (!(parsed.payload.is_null() && parsed.schema.is_none())).then_some(parsed)
-        }
-    };
-    let Some(value) = value else {
-        let key = match &key {
-            Some(k) => read_key(k, hint, key_path)?,
-            None => None,
-        };
-        return Ok(Decoded::Tombstone { key });
-    };
+    Decoder::new().decode(key, value, headers, hint)
+}
+
+/// The `after` (or `before`) struct of an envelope schema.
+fn row_schema_of(envelope: &ConnectSchema) -> Option<&ConnectSchema> {
+    envelope
+        .field_schema("after")
+        .or_else(|| envelope.field_schema("before"))
+        .filter(|r| r.schema_type == SchemaType::Struct)
+}
+
+/// The change in `value`'s envelope; its key change and spec are the caller's.
+fn decode_envelope(
+    value: &Parsed,
+    key_row: Option<DecodedRow>,
+    hint_row: Option<&ConnectSchema>,
+) -> Result<DecodedChange, CodecError> {
     let value_path = if value.schema.is_some() {
         "value.payload"
     } else {
@@ -332,7 +513,6 @@ pub fn decode(
             ),
         )
     })?;
-
     let op_path = join(value_path, "op");
     let op_text = payload.get("op").ok_or_else(|| {
         CodecError::new(
@@ -390,14 +570,7 @@ pub fn decode(
     };
 
     // The row schema: embedded, else the hint's.
-    let row_schema = value.schema.as_ref().and_then(|s| {
-        s.field_schema("after")
-            .or_else(|| s.field_schema("before"))
-            .filter(|r| r.schema_type == SchemaType::Struct)
-            .cloned()
-    });
-    let hint_schema = hint.map(hint_struct);
-    let schema_for_rows = row_schema.as_ref().or(hint_schema.as_ref());
+    let schema_for_rows = value.schema.as_deref().and_then(row_schema_of).or(hint_row);
     let row = |field: &str| -> Result<Option<DecodedRow>, CodecError> {
         match payload.get(field) {
             None | Some(Json::Null) => Ok(None),
@@ -419,36 +592,13 @@ pub fn decode(
                 "an update event needs after",
             ));
         }
-        Op::Delete if before.is_none() && key.is_none() => {
+        Op::Delete if before.is_none() && key_row.is_none() => {
             return Err(CodecError::new(
                 join(value_path, "before"),
                 "a delete event needs the old row in before, or a key",
             ));
         }
         _ => {}
-    }
-
-    let key_row = match &key {
-        Some(k) => read_key(k, hint, key_path)?,
-        None => None,
-    };
-    let spec = row_schema
-        .as_ref()
-        .map(|schema| infer_spec(schema, &table, key.as_ref(), key_row.as_ref()));
-
-    let mut key_change = None;
-    for (name, bytes) in headers {
-        let make: fn(DecodedRow) -> KeyChange = match *name {
-            NEW_KEY_HEADER => KeyChange::NewKey,
-            OLD_KEY_HEADER => KeyChange::OldKey,
-            _ => continue,
-        };
-        let path = format!("headers.{name}");
-        let bytes = bytes.ok_or_else(|| CodecError::new(&path, "the key-change header has no value"))?;
-        let parsed = parse_json(bytes, &path)?;
-        let row = read_key(&parsed, hint, &path)?
-            .ok_or_else(|| CodecError::new(&path, "the key-change header holds no key"))?;
-        key_change = Some(make(row));
     }
 
     let int = |object: &Map<String, Json>, field: &str, path: &str| -> Result<Option<i64>, CodecError> {
@@ -480,7 +630,7 @@ pub fn decode(
         }
     };
 
-    Ok(Decoded::Change(Box::new(DecodedChange {
+    Ok(DecodedChange {
         op,
         table,
         key: key_row,
@@ -491,9 +641,9 @@ pub fn decode(
         source_ts_ms: int(source, "ts_ms", &source_path)?,
         ts_ms: int(payload, "ts_ms", value_path)?,
         transaction,
-        key_change,
-        spec,
-    })))
+        key_change: None,
+        spec: None,
+    })
 }
 
 /// The struct schema tarn's encoder writes for `spec`'s rows.
@@ -506,27 +656,33 @@ fn hint_struct(spec: &TableSpec) -> ConnectSchema {
     )
 }
 
-fn read_key(parsed: &Parsed, hint: Option<&TableSpec>, path: &str) -> Result<Option<DecodedRow>, CodecError> {
+/// The key struct tarn's encoder writes for `spec`.
+fn hint_key_struct(spec: &TableSpec) -> ConnectSchema {
+    ConnectSchema::struct_of(
+        spec.key_columns()
+            .into_iter()
+            .map(|i| {
+                column_schema(&spec.columns[i])
+                    .optional(false)
+                    .field(&spec.columns[i].name)
+            })
+            .collect(),
+    )
+}
+
+fn read_key(
+    parsed: &Parsed,
+    hint_key: Option<&ConnectSchema>,
+    path: &str,
+) -> Result<Option<DecodedRow>, CodecError> {
     if parsed.payload.is_null() {
         return Ok(None);
     }
-    let hint_schema = hint.map(|spec| {
-        ConnectSchema::struct_of(
-            spec.key_columns()
-                .into_iter()
-                .map(|i| {
-                    column_schema(&spec.columns[i])
-                        .optional(false)
-                        .field(&spec.columns[i].name)
-                })
-                .collect(),
-        )
-    });
     let schema = parsed
         .schema
-        .as_ref()
+        .as_deref()
         .filter(|s| s.schema_type == SchemaType::Struct)
-        .or(hint_schema.as_ref());
+        .or(hint_key);
     read_row(&parsed.payload, schema, path).map(Some)
 }
 
@@ -540,18 +696,25 @@ fn read_row(json: &Json, schema: Option<&ConnectSchema>, path: &str) -> Result<D
             if let Some(v) = object.get(&field.name) {
                 columns.push((
                     field.name.clone(),
-                    read_value(Some(&field.schema), v, &join(path, &field.name))?,
+                    // Paths are built only for errors: this runs once per cell.
+                    read_value(Some(&field.schema), v, "").map_err(|e| e.within(&join(path, &field.name)))?,
                 ));
             }
         }
         for (name, v) in object {
             if schema.field_schema(name).is_none() {
-                columns.push((name.clone(), read_value(None, v, &join(path, name))?));
+                columns.push((
+                    name.clone(),
+                    read_value(None, v, "").map_err(|e| e.within(&join(path, name)))?,
+                ));
             }
         }
     } else {
         for (name, v) in object {
-            columns.push((name.clone(), read_value(None, v, &join(path, name))?));
+            columns.push((
+                name.clone(),
+                read_value(None, v, "").map_err(|e| e.within(&join(path, name)))?,
+            ));
         }
     }
     Ok(DecodedRow { columns })
@@ -667,22 +830,8 @@ fn source_position(
     })
 }
 
-/// The table spec of a row schema: one column per field, the key from the key's schema or
-/// payload.
-fn infer_spec(
-    row_schema: &ConnectSchema,
-    table: &TableIdentity,
-    key: Option<&Parsed>,
-    key_row: Option<&DecodedRow>,
-) -> TableSpec {
-    let key_names: Vec<String> = match key.and_then(|k| k.schema.as_ref()) {
-        Some(schema) if schema.schema_type == SchemaType::Struct => {
-            schema.fields.iter().map(|f| f.name.clone()).collect()
-        }
-        _ => key_row
-            .map(|k| k.columns.iter().map(|(n, _)| n.clone()).collect())
-            .unwrap_or_default(),
-    };
+/// The table spec of a row schema: one column per field, `key_names` the key.
+fn infer_spec(row_schema: &ConnectSchema, table: &TableIdentity, key_names: &[String]) -> TableSpec {
     let columns: Vec<ColumnSpec> = row_schema
         .fields
         .iter()

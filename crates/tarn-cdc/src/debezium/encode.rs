@@ -490,7 +490,8 @@ impl TableEncoder {
         for &i in &self.key_columns {
             let name = &self.spec.columns[i].name;
             w.key(name);
-            write_value(&mut w, &self.columns[i], &row[i], &format!("key.{name}"))?;
+            write_value(&mut w, &self.columns[i], &row[i], "")
+                .map_err(|e| e.within(&format!("key.{name}")))?;
         }
         w.end_object();
         let mut text = w.finish();
@@ -507,7 +508,8 @@ impl TableEncoder {
         for &i in &self.key_columns {
             let name = &self.spec.columns[i].name;
             w.key(name);
-            write_header_value(&mut w, &self.columns[i], &row[i], &format!("key.{name}"))?;
+            write_header_value(&mut w, &self.columns[i], &row[i], "")
+                .map_err(|e| e.within(&format!("key.{name}")))?;
         }
         w.end_object();
         Ok(w.finish().into_bytes())
@@ -528,7 +530,9 @@ impl TableEncoder {
                 // A required column the source did not send (an old key tuple).
                 write_fallback(w, schema);
             } else {
-                write_value(w, schema, value, &format!("{path}.{}", column.name))?;
+                // Paths are built only for errors: this runs once per cell.
+                write_value(w, schema, value, "")
+                    .map_err(|e| e.within(&format!("{path}.{}", column.name)))?;
             }
         }
         w.end_object();

@@ -49,7 +49,9 @@ mod tests;
 
 use std::fmt;
 
-pub use decode::{Decoded, DecodedChange, DecodedRow, KeyChange, SourcePosition, TableIdentity, decode};
+pub use decode::{
+    Decoded, DecodedChange, DecodedRow, Decoder, KeyChange, SourcePosition, TableIdentity, decode,
+};
 pub use encode::{
     Change, EncoderConfig, Message, SourceConnector, SourceInfo, TableEncoder, TransactionBlock,
 };
@@ -193,6 +195,15 @@ impl CodecError {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+impl CodecError {
+    /// The error of a value found at `prefix`: its path (relative to that value, `""` for
+    /// the value itself, `[2]` or `.scale` inside it) is put under `prefix`.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.path = format!("{prefix}{}", self.path);
+        self
     }
 }
 

@@ -1175,3 +1175,34 @@ proptest! {
         let _ = validate(&value, true);
     }
 }
+
+#[test]
+fn one_decoder_for_many_tables_and_wrapper_orders() {
+    let mut decoder = super::Decoder::new();
+    let mysql = fixture!("mysql-create-value.serde-with-schema.json");
+    let sqlserver = fixture!("sqlserver-create-value.docs.json");
+    for _ in 0..3 {
+        for (text, table_schema, db) in [(mysql, "inventory", "inventory"), (sqlserver, "dbo", "testDB")] {
+            let Ok(Decoded::Change(c)) =
+                decoder.decode(Some(br#"{"id":1}"#), Some(text.as_bytes()), &[], None)
+            else {
+                panic!()
+            };
+            let spec = c.spec.unwrap();
+            assert_eq!(spec.schema, table_schema);
+            assert_eq!(c.table.db.as_deref(), Some(db));
+            assert!(spec.columns[0].key);
+        }
+    }
+    // The same message with payload before schema, and with whitespace.
+    let json: serde_json::Value = serde_json::from_str(mysql).unwrap();
+    let reordered = format!(
+        "  {{ \"payload\": {}, \"schema\": {} }}",
+        json["payload"], json["schema"]
+    );
+    let Ok(Decoded::Change(c)) = decoder.decode(None, Some(reordered.as_bytes()), &[], None) else {
+        panic!()
+    };
+    assert_eq!(c.after.unwrap().text("first_name"), Some("Anne"));
+    assert_eq!(c.spec.unwrap().columns.len(), 4);
+}

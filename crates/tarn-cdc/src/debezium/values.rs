@@ -262,10 +262,9 @@ fn write_text(w: &mut JsonWriter, schema: &ConnectSchema, text: &[u8], path: &st
             let elements = array_elements(text).map_err(parse_err)?;
             w.begin_array();
             for (i, element) in elements.into_iter().enumerate() {
-                let element_path = format!("{path}[{i}]");
                 match element {
                     None => w.null(),
-                    Some(e) => write_text(w, items, &e, &element_path)?,
+                    Some(e) => write_text(w, items, &e, "").map_err(|e| e.within(&format!("{path}[{i}]")))?,
                 }
             }
             w.end_array();
@@ -1107,10 +1106,9 @@ fn read_text(schema: &ConnectSchema, json: &Json, path: &str) -> Result<String, 
                     out.push_str("NULL");
                     continue;
                 }
-                let element_path = format!("{path}[{i}]");
                 let text = match items {
                     Some(items) if items.schema_type != SchemaType::Array => {
-                        read_text(items, e, &element_path)?
+                        read_text(items, e, "").map_err(|e| e.within(&format!("{path}[{i}]")))?
                     }
                     _ => generic_text(e),
                 };
