@@ -16,7 +16,7 @@
 //! - truncate (`t`): one message with a null key and null `before`/`after`.
 //!
 //! The envelope (PostgreSQL connector docs, "Data change events"; Debezium's
-//! `SchemaFactory.datatypeEnvelopeSchema`): `before` and after` of schema
+//! `SchemaFactory.datatypeEnvelopeSchema`): `before` and `after` of schema
 //! `<prefix>.<schema>.<table>.Value`, `source` (`io.debezium.connector.<connector>.Source`,
 //! version 1), `transaction` (`event.block`, null unless given), `op`, and the processing
 //! time as `ts_ms`, `ts_us`, `ts_ns`; the envelope schema is

@@ -20,10 +20,10 @@
 //! - [`encode`]: a table's changes as Kafka messages ([`TableEncoder`]): key, value, topic,
 //!   the tombstone after a delete, a key change as delete + tombstone + create with
 //!   Debezium's `__debezium.newkey` / `__debezium.oldkey` headers.
-//! - [`decode`]: a Kafka message into a [`DecodedChange`] — lenient, for tarn's own messages and
+//! - [`decode`](mod@decode): a Kafka message into a [`DecodedChange`] — lenient, for tarn's own messages and
 //!   for what Debezium's PostgreSQL, MySQL and SQL Server connectors write, with or without
 //!   schemas; values come back as PostgreSQL text so that tarn's value builders read them.
-//! - [`validate`]: checks a message against the documented envelope (tests use it).
+//! - [`validate`](mod@validate): checks a message against the documented envelope (tests use it).
 //!
 //! Contract: encoding is exact — a value that does not fit its type is an error, never
 //! rounded; decoding never panics on any input, and every malformed message is a

@@ -626,7 +626,8 @@ fn push_fraction(out: &mut String, fraction: u64, width: usize, min_digits: usiz
 }
 
 /// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01, with
-/// astronomical years (0 is 1 BC); the inverse of [`days_from_civil`].
+/// astronomical years (0 is 1 BC); the inverse of
+/// [`days_from_civil`](crate::value::text::days_from_civil).
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
