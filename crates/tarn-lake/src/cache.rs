@@ -12,6 +12,12 @@
 //!
 //! The cache holds one entry per table (a commit replaces it) and at most [`CAPACITY`] tables,
 //! dropping the least recently used.
+//!
+//! The data files are a function of the current snapshot alone, so they stay with an entry
+//! replaced by metadata with the same snapshot (a property change, an expiry), and a commit
+//! of this process sets them for its new snapshot from its parent's (see
+//! [`TableCache::seed_data_files`]): a writer that validates its position deletes against the
+//! live data files on every commit reads its manifests once, not once per commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -81,14 +87,34 @@ impl TableCache {
         {
             inner.entries.remove(&oldest);
         }
+        let files = inner
+            .entries
+            .get(&ident)
+            .filter(|e| same_snapshot(&e.table, table))
+            .map_or_else(Arc::default, |e| e.files.clone());
         inner.entries.insert(
             ident,
             Entry {
                 table: table.clone(),
-                files: Arc::default(),
+                files,
                 used: now,
             },
         );
+    }
+
+    /// The data files of `table`'s current snapshot, if read or seeded already.
+    pub(crate) fn known_data_files(&self, table: &Table) -> Option<DataFiles> {
+        self.files_slot(table)?.get().cloned()
+    }
+
+    /// Sets the data files of `table`'s current snapshot without reading its manifests: the
+    /// commit that made the snapshot knows them (its parent's, minus the files it removed,
+    /// plus the files it added). Nothing happens when `table` is not the cached one.
+    pub(crate) fn seed_data_files(&self, table: &Table, files: DataFiles) {
+        if let Some(slot) = self.files_slot(table) {
+            // Already set: by a reader, from the same manifests.
+            let _ = slot.set(files);
+        }
     }
 
     /// The once-filled slot for the data files of `table`, when `table` is the cached one.
@@ -110,6 +136,13 @@ impl TableCache {
             None => read_data_files(table).await.map(Arc::new),
         }
     }
+}
+
+/// Whether `a` and `b` are the same table at the same snapshot.
+fn same_snapshot(a: &Table, b: &Table) -> bool {
+    a.metadata().uuid() == b.metadata().uuid()
+        && a.metadata().current_snapshot_id().is_some()
+        && a.metadata().current_snapshot_id() == b.metadata().current_snapshot_id()
 }
 
 /// Manifest entries of the data files (not delete files) of `table`'s current snapshot.

@@ -20,8 +20,14 @@
 //!   files of the attempt (manifest list, rewritten manifests, metadata file) are deleted.
 //! - Validation failures are [`ErrorKind::CommitConflict`] errors naming the file and the
 //!   snapshot, so the caller can re-plan:
-//!   - a row delta fails when a snapshot committed after `base` removed a data file its position
-//!     deletes point at (e.g. compaction rewrote it);
+//!   - a row delta fails when a data file its position deletes point at is not live in the
+//!     snapshot it is committed on top of (e.g. compaction rewrote it) — checked against that
+//!     snapshot, not only the snapshots after `base`: a caller may hold row positions planned on
+//!     an older snapshot than the `base` it passes (the CDC writer keeps its key index across a
+//!     reload of the table), and deletes of a file removed at or before `base` would apply to
+//!     nothing, leaving the rows a compaction copied elsewhere live. The live data files of a
+//!     snapshot this process committed are derived from its parent's, so a writer's commits
+//!     do not read every manifest again (see [`crate::cache`]);
 //!   - a rewrite fails when a removed file is no longer live, or a snapshot committed after
 //!     `base` added position deletes pointing at a removed data file (the rewrite would bring
 //!     the deleted rows back). Equality deletes committed after `base` keep applying to the
@@ -54,6 +60,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -67,8 +74,9 @@ use iceberg::{MetadataLocation, TableIdent};
 use tarn_core::{Error, ErrorKind, Result};
 use uuid::Uuid;
 
+use crate::cache::DataFiles;
 use crate::lake::{Lake, iceberg_error};
-use crate::rows::{FileEntry, SnapshotFiles, for_each_position_delete, path_bounds};
+use crate::rows::{FileEntry, for_each_position_delete, path_bounds};
 
 /// Manifests read at once.
 const MANIFEST_CONCURRENCY: usize = 8;
@@ -81,7 +89,8 @@ pub struct RowDelta {
     /// New delete files (position deletes; equality deletes only as a fallback).
     pub delete_files: Vec<DataFile>,
     /// The data files the position deletes point at. Files among `data_files` need not be
-    /// listed. The commit fails with a conflict when a concurrent commit removed one of them.
+    /// listed. The commit fails with a conflict when one of them is not live in the snapshot
+    /// the commit lands on (a concurrent commit, or one before `base`, removed it).
     pub referenced_data_files: HashSet<String>,
     /// Extra snapshot summary properties, e.g. the CDC source position.
     pub summary: HashMap<String, String>,
@@ -227,11 +236,7 @@ struct SnapshotDelta {
     removed: Vec<String>,
 }
 
-async fn snapshot_delta(
-    table: &Table,
-    snapshot: &SnapshotRef,
-    with_added_deletes: bool,
-) -> Result<SnapshotDelta> {
+async fn snapshot_delta(table: &Table, snapshot: &SnapshotRef) -> Result<SnapshotDelta> {
     let name = table.identifier();
     let id = snapshot.snapshot_id();
     let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
@@ -246,9 +251,7 @@ async fn snapshot_delta(
         .filter(|m| {
             m.added_snapshot_id == id
                 && (m.has_deleted_files()
-                    || (with_added_deletes
-                        && m.content == ManifestContentType::Deletes
-                        && m.has_added_files()))
+                    || (m.content == ManifestContentType::Deletes && m.has_added_files()))
         })
         .cloned()
         .collect();
@@ -764,6 +767,8 @@ impl Lake {
                     files
                 }
             };
+            // Known when validation read them (or an earlier commit of this process seeded them).
+            let parent_files = self.known_data_files(&current);
             let mut attempt_files = AttemptFiles::default();
             let result = self
                 .try_commit(
@@ -781,6 +786,9 @@ impl Lake {
             // On an error the swap may or may not have happened: the files stay (orphan
             // removal takes them if they are not committed) rather than risk a committed one.
             if let Some(table) = result? {
+                if let Some(parent) = parent_files {
+                    self.seed_data_files(&table, next_data_files(parent, &change));
+                }
                 tracing::info!(
                     table = %ident,
                     snapshot_id,
@@ -888,7 +896,9 @@ impl Lake {
         Ok(carried)
     }
 
-    /// Checks the snapshots committed after `base_snapshot_id` against the change.
+    /// Checks the change against the table it is about to replace (`current`, whose metadata
+    /// location the compare-and-swap expects) and the snapshots committed after
+    /// `base_snapshot_id`.
     async fn validate(
         &self,
         base_snapshot_id: Option<i64>,
@@ -898,81 +908,78 @@ impl Lake {
     ) -> Result<()> {
         let ident = current.identifier();
         let metadata = current.metadata();
+        let referenced = match validation {
+            Validation::RowDelta { referenced } => referenced,
+            Validation::Overwrite => return Ok(()),
+            Validation::Rewrite => {
+                return self.validate_rewrite(base_snapshot_id, current, removed).await;
+            }
+        };
+        // Position deletes apply only to the data file they name, so that file must be live in
+        // the snapshot they are committed on top of, whatever the base: a caller whose deletes
+        // were planned on an older snapshot than the base it passes (an index of row positions
+        // kept while the table was reloaded) would otherwise commit deletes that apply to
+        // nothing, and the rows they delete, copied into another file by a compaction, would
+        // stay live. Checking the current snapshot rather than the history since the base also
+        // covers a base that was expired.
+        if referenced.is_empty() {
+            return Ok(());
+        }
+        let live = self.current_data_files(current).await?;
+        match referenced.iter().find(|p| !live.contains_key(p.as_str())) {
+            Some(missing) => Err(conflict(format!(
+                "data file {missing} that position deletes point at is no longer in table {ident} (current \
+                 snapshot {}, base snapshot {}): another commit removed it; re-plan the deletes",
+                metadata.current_snapshot_id().unwrap_or_default(),
+                base_snapshot_id.map_or("none".to_string(), |id| id.to_string()),
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the snapshots committed after a rewrite's base: none may have removed a file the
+    /// rewrite removes, nor added deletes that would lose rows of a removed data file.
+    async fn validate_rewrite(
+        &self,
+        base_snapshot_id: Option<i64>,
+        current: &Table,
+        removed: &HashMap<String, RemovedFile>,
+    ) -> Result<()> {
+        let ident = current.identifier();
+        let metadata = current.metadata();
         if metadata.current_snapshot_id() == base_snapshot_id {
             return Ok(());
         }
         let base_text = base_snapshot_id.map_or("none".to_string(), |id| id.to_string());
-        if matches!(validation, Validation::Overwrite) {
-            return Ok(());
-        }
         let Some(since) = snapshots_since(metadata, base_snapshot_id) else {
-            return match validation {
-                Validation::Overwrite => Ok(()),
-                // Without the history, check what the deletes need directly: their files live.
-                Validation::RowDelta { referenced } => {
-                    if referenced.is_empty() {
-                        return Ok(());
-                    }
-                    let files = SnapshotFiles::current(current).await?;
-                    let live: HashSet<&str> = files.data.iter().map(FileEntry::path).collect();
-                    match referenced.iter().find(|p| !live.contains(p.as_str())) {
-                        Some(missing) => Err(conflict(format!(
-                            "data file {missing} that position deletes point at is no longer in table {ident} \
-                             (current snapshot {}); re-plan the deletes",
-                            metadata.current_snapshot_id().unwrap_or_default()
-                        ))),
-                        None => Ok(()),
-                    }
-                }
-                Validation::Rewrite => Err(conflict(format!(
-                    "the rewrite's base snapshot {base_text} of {ident} is no longer an ancestor of the current \
-                     snapshot; re-plan the rewrite"
-                ))),
-            };
+            return Err(conflict(format!(
+                "the rewrite's base snapshot {base_text} of {ident} is no longer an ancestor of the current \
+                 snapshot; re-plan the rewrite"
+            )));
         };
         for snapshot in &since {
             let operation = &snapshot.summary().operation;
-            match validation {
-                Validation::Overwrite => {}
-                Validation::RowDelta { referenced } => {
-                    // An append removes nothing.
-                    if referenced.is_empty() || *operation == Operation::Append {
-                        continue;
-                    }
-                    let delta = snapshot_delta(current, snapshot, false).await?;
-                    if let Some(path) = delta.removed.iter().find(|p| referenced.contains(*p)) {
-                        return Err(conflict(format!(
-                            "data file {path} that position deletes point at was removed from {ident} by snapshot {} \
-                             ({}) committed after base snapshot {base_text}; re-plan the deletes",
-                            snapshot.snapshot_id(),
-                            operation.as_str()
-                        )));
-                    }
-                }
-                Validation::Rewrite => {
-                    if *operation == Operation::Append {
-                        continue;
-                    }
-                    let delta = snapshot_delta(current, snapshot, true).await?;
-                    if let Some(path) = delta.removed.iter().find(|p| removed.contains_key(*p)) {
-                        return Err(conflict(format!(
-                            "file {path} was already removed from {ident} by snapshot {} ({}) committed after base \
-                             snapshot {base_text}",
-                            snapshot.snapshot_id(),
-                            operation.as_str()
-                        )));
-                    }
-                    for delete in &delta.added_deletes {
-                        if let Some(path) = self.delete_hits_removed(current, delete, removed).await? {
-                            return Err(conflict(format!(
-                                "snapshot {} ({}) committed after base snapshot {base_text} of {ident} added delete \
-                                 file {} for data file {path}, which the rewrite removes; re-plan the rewrite",
-                                snapshot.snapshot_id(),
-                                operation.as_str(),
-                                delete.path()
-                            )));
-                        }
-                    }
+            if *operation == Operation::Append {
+                continue;
+            }
+            let delta = snapshot_delta(current, snapshot).await?;
+            if let Some(path) = delta.removed.iter().find(|p| removed.contains_key(*p)) {
+                return Err(conflict(format!(
+                    "file {path} was already removed from {ident} by snapshot {} ({}) committed after base \
+                     snapshot {base_text}",
+                    snapshot.snapshot_id(),
+                    operation.as_str()
+                )));
+            }
+            for delete in &delta.added_deletes {
+                if let Some(path) = self.delete_hits_removed(current, delete, removed).await? {
+                    return Err(conflict(format!(
+                        "snapshot {} ({}) committed after base snapshot {base_text} of {ident} added delete \
+                         file {} for data file {path}, which the rewrite removes; re-plan the rewrite",
+                        snapshot.snapshot_id(),
+                        operation.as_str(),
+                        delete.path()
+                    )));
                 }
             }
         }
@@ -1225,6 +1232,18 @@ impl Lake {
     }
 }
 
+/// The data files of the snapshot `change` made on top of a snapshot with `parent`'s.
+fn next_data_files(parent: DataFiles, change: &Change) -> DataFiles {
+    // The committed table replaced the parent in the cache, so this is usually the last
+    // holder of the parent's files and they are updated in place.
+    let mut files = Arc::try_unwrap(parent).unwrap_or_else(|shared| (*shared).clone());
+    files.retain(|path, _| !change.removed.contains(path));
+    for file in &change.added_data {
+        files.insert(file.file_path().to_string(), file.clone());
+    }
+    Arc::new(files)
+}
+
 fn manifest_path(metadata: &TableMetadata, commit_id: Uuid, counter: &mut u32) -> String {
     let path = format!("{}/metadata/{commit_id}-m{}.avro", metadata.location(), *counter);
     *counter += 1;
@@ -1318,10 +1337,9 @@ fn type_change_allowed(from: &Type, to: &Type) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
+    use crate::rows::SnapshotFiles;
     use crate::testing::{
         TestLake, delete, deletes_for, iceberg_rows, insert, kv_batch, live_rows, python_rows, write,
     };
@@ -1540,6 +1558,145 @@ mod tests {
             iceberg_rows(&now).await,
             expected(&[(1, "a", "eu"), (2, "b", "us")])
         );
+    }
+
+    /// The deletes were planned on an older snapshot than the table they are committed on top
+    /// of: the CDC writer keeps its key index (where each key's row is) across commits, but
+    /// reloads its table after maintenance, which may bring in another process's compaction.
+    /// No snapshot after that base removed the files the deletes point at (the compaction is
+    /// the base, or before it), yet they are gone: committed, the deletes would apply to
+    /// nothing, and the old row versions, which the compaction copied into its new file, would
+    /// stay live beside the new ones.
+    #[tokio::test]
+    async fn row_delta_fails_when_its_deletes_point_at_files_gone_before_its_base() {
+        let t = TestLake::new().await;
+        let maintainer = t.other_writer().await;
+        let table = t.create("stale", &[]).await;
+        let (table, mut index) =
+            insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        let (table, more) = insert(&t.lake, &table, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        index.extend(more);
+        let ident = table.identifier().clone();
+        let compacted = maintainer
+            .compact(
+                &ident,
+                &crate::CompactOptions {
+                    min_input_files: 2,
+                    ..crate::CompactOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(compacted.removed_data_files.len(), 2);
+        // The writer reloads its table; its index still points at the files compaction removed.
+        let reloaded = t.lake.load_table(&ident).await.unwrap();
+        assert_eq!(reloaded.metadata().current_snapshot_id(), compacted.snapshot_id);
+        // An update of row 1: its new version, and a position delete of the old one.
+        let (delete_files, referenced) = deletes_for(&reloaded, &index, &[1]).await;
+        let (data_files, _) = write(&reloaded, vec![kv_batch(&[(1, "a2", "eu")])]).await;
+        let delta = RowDelta {
+            data_files,
+            delete_files,
+            referenced_data_files: referenced,
+            ..RowDelta::default()
+        };
+        let result = t.lake.commit_row_delta(&reloaded, delta).await;
+        let now = t.lake.load_table(&ident).await.unwrap();
+        let rows = iceberg_rows(&now).await;
+        let Err(err) = result else {
+            panic!("the deletes of a removed file were committed; the table reads {rows:?}");
+        };
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        assert!(err.message().contains(&*index[&1].0), "{err}");
+        assert_eq!(now.metadata_location(), reloaded.metadata_location());
+        assert_eq!(rows, expected(&[(1, "a", "eu"), (2, "b", "us"), (3, "c", "eu")]));
+        // Planned again on the table as it is, the update commits.
+        let columns = vec!["id".to_string()];
+        let live: Vec<crate::LiveRows> = t
+            .lake
+            .scan_live_rows(&now, &columns, None)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let compacted_file = live[0].data_file.clone();
+        let position = live[0]
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .values()
+            .iter()
+            .position(|id| *id == 1)
+            .unwrap() as u64;
+        let fresh = crate::testing::Index::from([(1, (compacted_file, position))]);
+        let (delete_files, referenced) = deletes_for(&now, &fresh, &[1]).await;
+        let (data_files, _) = write(&now, vec![kv_batch(&[(1, "a2", "eu")])]).await;
+        let updated = t
+            .lake
+            .commit_row_delta(
+                &now,
+                RowDelta {
+                    data_files,
+                    delete_files,
+                    referenced_data_files: referenced,
+                    ..RowDelta::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            iceberg_rows(&updated).await,
+            expected(&[(1, "a2", "eu"), (2, "b", "us"), (3, "c", "eu")])
+        );
+    }
+
+    /// The live data files a commit of this process derives for its new snapshot (so the next
+    /// commit validates its deletes without reading every manifest) are the ones its manifests
+    /// hold, through appends, deletes, a compaction and a property change.
+    #[tokio::test]
+    async fn commits_know_the_data_files_of_their_snapshot() {
+        let t = TestLake::new().await;
+        let reader = t.other_writer().await;
+        let table = t.create("known", &[]).await;
+        let (table, mut index) =
+            insert(&t.lake, &table, vec![kv_batch(&[(1, "a", "eu"), (2, "b", "us")])]).await;
+        // Read once; every commit from here on derives them.
+        t.lake.current_data_files(&table).await.unwrap();
+        let (table, more) = insert(&t.lake, &table, vec![kv_batch(&[(3, "c", "eu")])]).await;
+        index.extend(more);
+        let table = delete(&t.lake, &table, &index, &[2]).await;
+        let compacted = t
+            .lake
+            .compact(
+                table.identifier(),
+                &crate::CompactOptions {
+                    min_input_files: 2,
+                    ..crate::CompactOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(compacted.removed_data_files.len(), 2);
+        let table = t
+            .lake
+            .set_properties(table.identifier(), HashMap::from([("k".into(), "v".into())]))
+            .await
+            .unwrap();
+        let (table, _) = insert(&t.lake, &table, vec![kv_batch(&[(4, "d", "us")])]).await;
+        let known = t.lake.known_data_files(&table).expect("derived by the commits");
+        let read = reader.current_data_files(&table).await.unwrap();
+        let mut known_paths: Vec<&String> = known.keys().collect();
+        let mut read_paths: Vec<&String> = read.keys().collect();
+        known_paths.sort();
+        read_paths.sort();
+        assert_eq!(known_paths, read_paths);
+        assert_eq!(known_paths.len(), 2);
+        for (path, file) in read.iter() {
+            assert_eq!(known[path].record_count(), file.record_count(), "{path}");
+        }
     }
 
     #[tokio::test]

@@ -357,6 +357,17 @@ impl Lake {
             .map_err(|e| iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e))
     }
 
+    /// The data files of `table`'s current snapshot if this process has them already.
+    pub(crate) fn known_data_files(&self, table: &Table) -> Option<DataFiles> {
+        self.tables.known_data_files(table)
+    }
+
+    /// Records the data files of `table`'s current snapshot, which the commit that made it
+    /// derived from its parent's; see [`crate::cache`].
+    pub(crate) fn seed_data_files(&self, table: &Table, files: DataFiles) {
+        self.tables.seed_data_files(table, files);
+    }
+
     /// Creates a format-v2 table with `schema` and `layout`. Nullable Arrow fields become
     /// optional Iceberg fields, non-nullable ones required.
     pub async fn create_table(
