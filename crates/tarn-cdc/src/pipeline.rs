@@ -149,7 +149,8 @@ impl PipelineStatus {
 /// stops it cleanly (a last commit, the source told) and returns how it ended.
 pub struct PipelineHandle {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<()>>,
+    /// `None` once joined.
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
     status: Arc<PipelineStatus>,
 }
 
@@ -169,7 +170,7 @@ impl PipelineHandle {
         });
         Self {
             stop: shutdown,
-            task,
+            task: Some(task),
             status,
         }
     }
@@ -186,23 +187,26 @@ impl PipelineHandle {
 
     /// Whether the pipeline has ended (stopped, failed or its duration passed).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
     }
 
     /// Waits until `done` holds for the status report (it may look elsewhere too, e.g. query
-    /// the lake), checking every 50 ms. Fails when the pipeline ends first, when `timeout`
+    /// the lake), checking every 20 ms. Fails when the pipeline ends first, when `timeout`
     /// passes, or when `interrupt` is cancelled; the error names `what` and the pipeline's
-    /// state.
-    pub async fn wait_for<F, D>(
+    /// state. `done`'s own errors end the wait as they are.
+    pub async fn wait_for<E, F, D>(
         &self,
         what: &str,
         timeout: Duration,
         interrupt: Option<&CancellationToken>,
         mut done: D,
-    ) -> Result<StatusReport>
+    ) -> std::result::Result<StatusReport, E>
     where
+        E: From<Error>,
         D: FnMut(StatusReport) -> F,
-        F: Future<Output = Result<bool>>,
+        F: Future<Output = std::result::Result<bool, E>>,
     {
         let deadline = Instant::now() + timeout;
         loop {
@@ -215,14 +219,15 @@ impl PipelineHandle {
                 .as_deref()
                 .map(|e| format!(", last error: {e}"))
                 .unwrap_or_default();
-            if report.state == "failed" || self.task.is_finished() {
+            if report.state == "failed" || self.is_finished() {
                 return Err(Error::new(
                     ErrorKind::Source,
                     format!(
                         "the CDC pipeline stopped while waiting for {what} (state {}{last_error})",
                         report.state
                     ),
-                ));
+                )
+                .into());
             }
             if Instant::now() > deadline {
                 return Err(Error::new(
@@ -232,37 +237,75 @@ impl PipelineHandle {
                         report.state,
                         crate::position::text_or_dash(report.acknowledged.as_ref()),
                     ),
-                ));
+                )
+                .into());
             }
             if interrupt.is_some_and(CancellationToken::is_cancelled) {
                 return Err(Error::new(
                     ErrorKind::Cancelled,
                     format!("interrupted while waiting for {what}"),
-                ));
+                )
+                .into());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    /// [`wait_for`](Self::wait_for) a condition on the status report alone.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&StatusReport) -> bool,
+    ) -> Result<StatusReport> {
+        self.wait_for(what, timeout, None, |r| std::future::ready(Ok(done(&r))))
+            .await
+    }
+
     /// Stops the pipeline and waits (at most 60 s) for it to end; returns how it ended.
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(&mut self) -> Result<()> {
         self.stop.cancel();
         self.join(Duration::from_secs(60)).await
     }
 
     /// Waits (at most `timeout`) for the pipeline to end by itself (`RunOptions::duration`,
-    /// a failure, its shutdown token).
-    pub async fn join(self, timeout: Duration) -> Result<()> {
-        match tokio::time::timeout(timeout, self.task).await {
+    /// a failure, its shutdown token); returns how it ended (`Ok` when it was joined before).
+    pub async fn join(&mut self, timeout: Duration) -> Result<()> {
+        self.ended(Some(timeout)).await
+    }
+
+    /// Waits, without a limit, for the pipeline to end; returns how it ended (`Ok` when it was
+    /// joined before). Cancel-safe: dropping the future leaves the pipeline running.
+    pub async fn finished(&mut self) -> Result<()> {
+        self.ended(None).await
+    }
+
+    async fn ended(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let ended = match timeout {
+            Some(t) => tokio::time::timeout(t, task).await,
+            None => Ok(task.await),
+        };
+        match ended {
             Err(_) => Err(Error::new(
                 ErrorKind::Internal,
-                format!("the CDC pipeline did not stop within {timeout:?}"),
+                format!(
+                    "the CDC pipeline did not stop within {:?}",
+                    timeout.unwrap_or_default()
+                ),
             )),
-            Ok(Err(e)) => Err(Error::new(
-                ErrorKind::Internal,
-                format!("the CDC pipeline panicked: {e}"),
-            )),
-            Ok(Ok(result)) => result,
+            Ok(joined) => {
+                self.task = None;
+                match joined {
+                    Err(e) => Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("the CDC pipeline panicked: {e}"),
+                    )),
+                    Ok(result) => result,
+                }
+            }
         }
     }
 }

@@ -23,12 +23,11 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
-use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
+use tarn_cdc::pipeline::{PipelineHandle, RunOptions};
 use tarn_cdc::position::{Hlc, Lsn, Position};
 use tarn_cdc::postgres::local::{LocalPostgres, server_bin_dir};
 use tarn_core::Config;
@@ -111,55 +110,6 @@ fn hlc_acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Hlc {
         .as_ref()
         .and_then(Position::hlc)
         .unwrap_or_default()
-}
-
-struct Pipeline {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<tarn_core::Result<()>>,
-    status: Arc<PipelineStatus>,
-}
-
-impl Pipeline {
-    fn start(config: &Config, lake: Lake) -> Self {
-        let stop = CancellationToken::new();
-        let status = Arc::new(PipelineStatus::default());
-        let task = tokio::spawn({
-            let (config, stop, status) = (config.clone(), stop.clone(), status.clone());
-            async move { tarn_cdc::pipeline::run(&config, lake, RunOptions::default(), status, stop).await }
-        });
-        Self { stop, task, status }
-    }
-
-    async fn wait(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&tarn_cdc::pipeline::StatusReport) -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = self.status.report();
-            if done(&report) {
-                return Ok(());
-            }
-            if report.state == "failed" || self.task.is_finished() {
-                bail!(
-                    "the pipeline stopped while waiting for {what}: {:?}",
-                    report.last_error
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) -> Result<()> {
-        self.stop.cancel();
-        self.task.await??;
-        Ok(())
-    }
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
@@ -330,9 +280,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
     }
     let reference = reference.elapsed().as_secs_f64();
     let started = Instant::now();
-    let pipeline = Pipeline::start(&config, lake.clone());
+    let mut pipeline = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
     pipeline
-        .wait("the initial snapshot", Duration::from_secs(3600), |r| {
+        .wait_until("the initial snapshot", Duration::from_secs(3600), |r| {
             r.state == "streaming"
         })
         .await?;
@@ -369,9 +319,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
         }
         let alone = started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        let mut pipeline = PipelineHandle::spawn(&crdb.config, lake.clone(), RunOptions::default());
         pipeline
-            .wait("the CockroachDB scan", Duration::from_secs(3600), |r| {
+            .wait_until("the CockroachDB scan", Duration::from_secs(3600), |r| {
                 r.state == "streaming"
             })
             .await?;
@@ -452,9 +402,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
         .batch_execute("SELECT pg_drop_replication_slot('bench_reference')")
         .await?;
     let started = Instant::now();
-    let pipeline = Pipeline::start(&config, lake.clone());
+    let mut pipeline = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
     pipeline
-        .wait("the backlog", Duration::from_secs(3600), |r| {
+        .wait_until("the backlog", Duration::from_secs(3600), |r| {
             r.state == "streaming" && acknowledged(r) >= end_lsn
         })
         .await?;
@@ -479,9 +429,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
             .parse()
             .context("bad HLC")?;
         let started = Instant::now();
-        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        let mut pipeline = PipelineHandle::spawn(&crdb.config, lake.clone(), RunOptions::default());
         pipeline
-            .wait("the CockroachDB backlog", Duration::from_secs(3600), |r| {
+            .wait_until("the CockroachDB backlog", Duration::from_secs(3600), |r| {
                 r.state == "streaming" && hlc_acknowledged(r) >= end
             })
             .await?;
@@ -511,9 +461,9 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
         pg_fresh.last().copied().unwrap_or(f64::NAN)
     );
     if let Some(crdb) = &crdb {
-        let pipeline = Pipeline::start(&crdb.config, lake.clone());
+        let mut pipeline = PipelineHandle::spawn(&crdb.config, lake.clone(), RunOptions::default());
         pipeline
-            .wait("the CockroachDB stream", Duration::from_secs(600), |r| {
+            .wait_until("the CockroachDB stream", Duration::from_secs(600), |r| {
                 r.state == "streaming"
             })
             .await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use tarn_cdc::pipeline::{PipelineStatus, RunOptions, StatusReport, status_path};
+use tarn_cdc::pipeline::{PipelineHandle, PipelineStatus, RunOptions, StatusReport, status_path};
 use tarn_cdc::postgres::PostgresSource;
 use tarn_cdc::postgres::slot;
 use tarn_cdc::sink::{stopped_reason, table_position};
@@ -77,20 +77,18 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
                 tracing::info!("stopping: committing what is buffered");
                 signal.cancel();
             });
-            let status = Arc::new(PipelineStatus::default());
-            let progress = tokio::spawn(show_progress(status.clone(), shutdown.clone()));
-            let result = tarn_cdc::pipeline::run(
+            let mut pipeline = PipelineHandle::spawn_with(
                 &config,
                 lake,
                 RunOptions { resnapshot, duration },
-                status.clone(),
                 shutdown.clone(),
-            )
-            .await;
+            );
+            let progress = tokio::spawn(show_progress(pipeline.status().clone(), shutdown.clone()));
+            let result = pipeline.finished().await;
             shutdown.cancel();
             let _ = progress.await;
             result?;
-            let report = status.report();
+            let report = pipeline.report();
             eprintln!(
                 "stopped: {} change(s) applied; acknowledged up to {}",
                 report.events_total,

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tarn_cdc::pipeline::{PipelineStatus, RunOptions, StatusReport};
+use tarn_cdc::pipeline::{PipelineHandle, PipelineStatus, RunOptions};
+use tarn_cdc::position::Lsn;
 use tarn_cdc::postgres::local::{LocalPostgres, free_port, server_bin_dir};
 use tarn_core::Config;
 use tarn_lake::Lake;
 use tarn_query::{Output, TarnSession};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::output::{Format, print_stream};
@@ -170,82 +170,6 @@ impl Console {
         }
         result
     }
-}
-
-/// The pipeline task and its live status.
-struct Pipeline {
-    stop: CancellationToken,
-    task: JoinHandle<tarn_core::Result<()>>,
-    status: Arc<PipelineStatus>,
-}
-
-impl Pipeline {
-    fn start(config: &Config, lake: Lake) -> Self {
-        let stop = CancellationToken::new();
-        let status = Arc::new(PipelineStatus::default());
-        let task = tokio::spawn({
-            let (config, stop, status) = (config.clone(), stop.clone(), status.clone());
-            async move { tarn_cdc::pipeline::run(&config, lake, RunOptions::default(), status, stop).await }
-        });
-        Self { stop, task, status }
-    }
-
-    /// Waits until `done` holds; fails when the pipeline stops, `timeout` passes or `hurry`
-    /// fires first.
-    async fn wait<F: Future<Output = Result<bool>>>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        hurry: &CancellationToken,
-        mut done: impl FnMut(StatusReport) -> F,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = self.status.report();
-            if done(report.clone()).await? {
-                return Ok(());
-            }
-            if report.state == "failed" || self.task.is_finished() {
-                bail!(
-                    "the CDC pipeline stopped while waiting for {what}: {}",
-                    report.last_error.as_deref().unwrap_or("no error reported")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what} (pipeline {}, acknowledged {}{})",
-                    report.state,
-                    tarn_cdc::position::text_or_dash(report.acknowledged.as_ref()),
-                    report
-                        .last_error
-                        .as_deref()
-                        .map(|e| format!(", last error: {e}"))
-                        .unwrap_or_default()
-                );
-            }
-            if hurry.is_cancelled() {
-                bail!("interrupted while waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(&mut self) -> Result<()> {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .context("the CDC pipeline did not stop within 60 s")?
-            .context("the CDC pipeline panicked")?
-            .context("the CDC pipeline failed")
-    }
-}
-
-/// A PostgreSQL LSN in its text form (`16/B374D848`).
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.trim().split_once('/')?;
-    let high = u64::from_str_radix(high, 16).ok()?;
-    let low = u64::from_str_radix(low, 16).ok()?;
-    (high <= u64::from(u32::MAX) && low <= u64::from(u32::MAX)).then_some((high << 32) | low)
 }
 
 async fn connect(what: &str, url: &str) -> Result<tokio_postgres::Client> {
@@ -704,16 +628,21 @@ pub async fn run(
         }
     }
     let session = TarnSession::new(lake.clone()).await?;
-    let pipeline = Pipeline::start(&config, lake.clone());
+    let pipeline = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
     out.step(
         &signals.stop,
         &format!("CDC: initial snapshot of the shop's tables into namespace {NAMESPACE}"),
-        pipeline.wait(
-            "the initial snapshot",
-            Duration::from_secs(600),
-            &signals.hurry,
-            |r| async move { Ok(r.state == "streaming") },
-        ),
+        async {
+            pipeline
+                .wait_for(
+                    "the initial snapshot",
+                    Duration::from_secs(600),
+                    Some(&signals.hurry),
+                    |r| async move { anyhow::Ok(r.state == "streaming") },
+                )
+                .await
+                .map(drop)
+        },
     )
     .await?;
 
@@ -725,7 +654,7 @@ pub async fn run(
         &config,
         session.clone(),
         metrics,
-        Some(pipeline.status.clone()),
+        Some(pipeline.status().clone()),
         (pg_listener, http_listener),
         &endpoints_stop,
     )?;
@@ -801,8 +730,8 @@ pub async fn run(
                 break;
             }
             _ = ticker.tick() => {
-                if pipeline.task.is_finished() {
-                    let report = pipeline.status.report();
+                if pipeline.is_finished() {
+                    let report = pipeline.report();
                     failure = Some(anyhow::anyhow!(
                         "the CDC pipeline stopped: {}",
                         report.last_error.as_deref().unwrap_or("no error reported")
@@ -814,7 +743,7 @@ pub async fn run(
                     break;
                 }
                 ticks += 1;
-                let line = observe(&pg_client, &session, &pipeline.status, &load_progress, live_started, &mut samples).await;
+                let line = observe(&pg_client, &session, pipeline.status(), &load_progress, live_started, &mut samples).await;
                 if ticks.is_multiple_of(every) || ticks == 1 {
                     out.live(&line);
                 }
@@ -872,31 +801,42 @@ pub async fn run(
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await?
             .get(0);
-        let target_lsn = parse_lsn(&target).with_context(|| format!("PostgreSQL returned LSN {target:?}"))?;
+        let target_lsn: Lsn = target
+            .parse()
+            .with_context(|| format!("PostgreSQL returned LSN {target:?}"))?;
         let slot = config.cdc.slot_name();
         let caught_up = Instant::now();
         // The first Ctrl-C started the stop; a second one cuts the wait short.
         out.step(
             &signals.hurry,
             &format!("CDC: catching up with PostgreSQL's WAL position {target}"),
-            pipeline.wait("CDC to catch up", Duration::from_secs(120), &signals.hurry, |_| {
-                let (pg_client, slot) = (&pg_client, &slot);
-                async move {
-                    let confirmed: Option<String> = pg_client
-                        .query_opt(
-                            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                            &[slot],
-                        )
-                        .await?
-                        .and_then(|r| r.get(0));
-                    Ok(confirmed.as_deref().and_then(parse_lsn).is_some_and(|c| c >= target_lsn))
-                }
-            }),
+            async {
+                pipeline
+                    .wait_for("CDC to catch up", Duration::from_secs(120), Some(&signals.hurry), |_| {
+                        let (pg_client, slot) = (&pg_client, &slot);
+                        async move {
+                            let confirmed: Option<String> = pg_client
+                                .query_opt(
+                                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                                    &[slot],
+                                )
+                                .await?
+                                .and_then(|r| r.get(0));
+                            anyhow::Ok(
+                                confirmed
+                                    .and_then(|c| c.parse::<Lsn>().ok())
+                                    .is_some_and(|c| c >= target_lsn),
+                            )
+                        }
+                    })
+                    .await
+                    .map(drop)
+            },
         )
         .await?;
         let catch_up = caught_up.elapsed();
-        let report = pipeline.status.report();
-        out.step(&never, "stopping CDC", pipeline.stop()).await?;
+        let report = pipeline.report();
+        out.step(&never, "stopping CDC", async { Ok(pipeline.stop().await?) }).await?;
         let streamed = live_started.elapsed().as_secs_f64().max(f64::EPSILON);
         let mut fresh = samples.freshness.clone();
         fresh.sort_by(f64::total_cmp);
@@ -959,7 +899,7 @@ pub async fn run(
         })
         .await;
     // A pipeline still running (after a failure) stops before its source does.
-    if !pipeline.task.is_finished() {
+    if !pipeline.is_finished() {
         let _ = pipeline.stop().await;
     }
     drop((admin, pg_client));

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
+use tarn_cdc::pipeline::{PipelineHandle, PipelineStatus, RunOptions};
 use tarn_core::Config;
 use tarn_query::TarnSession;
 use tokio::net::TcpListener;
@@ -158,33 +158,21 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         "tarn serving"
     );
     // The CDC pipeline, when configured, runs beside the endpoints.
-    let pipeline_status = config
-        .cdc
-        .source
-        .as_ref()
-        .map(|_| Arc::new(PipelineStatus::default()));
-    let mut cdc_task = match &pipeline_status {
-        Some(status) => {
-            let (config, lake, status, shutdown) = (
-                config.clone(),
-                session.lake().clone(),
-                status.clone(),
-                shutdown.clone(),
-            );
-            tracing::info!(pipeline = %config.cdc.pipeline, "starting the CDC pipeline");
-            Some(tokio::spawn(async move {
-                tarn_cdc::pipeline::run(&config, lake, RunOptions::default(), status, shutdown)
-                    .await
-                    .context("the CDC pipeline failed")
-            }))
-        }
-        None => None,
-    };
+    let mut pipeline = config.cdc.source.as_ref().map(|_| {
+        tracing::info!(pipeline = %config.cdc.pipeline, "starting the CDC pipeline");
+        PipelineHandle::spawn_with(
+            config,
+            session.lake().clone(),
+            RunOptions::default(),
+            shutdown.clone(),
+        )
+    });
+    let pipeline_status = pipeline.as_ref().map(|p| p.status().clone());
     let mut endpoints = Endpoints::start(config, session, metrics, pipeline_status, (pg, http), &shutdown)?;
     // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {
-        match cdc_task.as_mut() {
-            Some(task) => task.await,
+        match pipeline.as_mut() {
+            Some(p) => p.finished().await,
             None => std::future::pending().await,
         }
     };
@@ -194,7 +182,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             None
         }
         r = endpoints.stopped() => Some(r),
-        r = cdc_done => Some(r.context("the CDC pipeline panicked").and_then(|r| r).and_then(|()| {
+        r = cdc_done => Some(r.context("the CDC pipeline failed").and_then(|()| {
             anyhow::bail!("the CDC pipeline stopped unexpectedly")
         })),
     };
@@ -204,10 +192,10 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     }
     let drain = async {
         endpoints.join().await;
-        if let Some(task) = cdc_task
-            && let Ok(Err(e)) = task.await
+        if let Some(p) = pipeline.as_mut()
+            && let Err(e) = p.finished().await
         {
-            tracing::error!(error = %format!("{e:#}"), "CDC pipeline");
+            tracing::error!(error = %e, "CDC pipeline");
         }
     };
     if tokio::time::timeout(Duration::from_secs(10), drain)
