@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The quick profile (Cargo.toml): the tests exercise behaviour, not speed, and build in a
 # fraction of the release profile's time. Benchmarks build with --release.
-cargo build --profile quick --workspace --all-targets
-cargo nextest run --cargo-profile quick --workspace --no-fail-fast "$@"
+# --all-features: the tests cover the Kafka parts too (feature `kafka`, which the demo's build
+# leaves out).
+cargo build --profile quick --workspace --all-targets --all-features
+cargo nextest run --cargo-profile quick --workspace --all-features --no-fail-fast "$@"
 if [ $# -eq 0 ]; then
   # The CockroachDB deployment: manifests against the Kubernetes schemas, the portable SQL and
   # its privileges against a real PostgreSQL, the certificate script.

@@ -7,7 +7,8 @@
 //!   `scripts/setup.sh`.
 //! - [`cockroach::StandInCluster`]: a CockroachDB cluster played in front of a PostgreSQL
 //!   database (catalog, changefeeds, webhook delivery), for the CockroachDB source's tests.
-//! - [`kafka::Broker`]: a Kafka-protocol broker (tansu, from the venv) on a free loopback port.
+//! - `kafka::Broker` (feature `kafka`): a Kafka-protocol broker (tansu, from the venv) on a
+//!   free loopback port.
 //!
 //! Waits are on conditions with deadlines, never bare sleeps.
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod cockroach;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod tls;
 
