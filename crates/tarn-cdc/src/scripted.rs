@@ -213,8 +213,9 @@ pub fn expected_rows(script: &[ScriptedTransaction]) -> BTreeMap<u32, BTreeMap<S
     tables
 }
 
+/// Test helpers shared by the sink's tests: a two-column table, its rows, reading it back.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -224,14 +225,13 @@ mod tests {
     use futures::TryStreamExt;
     use tarn_core::Config;
     use tarn_lake::Lake;
-    use tokio_util::sync::CancellationToken;
 
-    use super::*;
-    use crate::pipeline::{PipelineStatus, RunOptions, drive};
-    use crate::source::{ColumnSpec, KeyKind, Value};
+    use crate::sink::LakeSink;
+    use crate::source::{ColumnSpec, KeyKind, TableSpec, Value};
     use crate::value::ColumnType;
 
-    fn table(id: u32, name: &str) -> Arc<TableSpec> {
+    /// Table `public.<name>` (`id int8` primary key, `v text`).
+    pub(crate) fn table(id: u32, name: &str) -> Arc<TableSpec> {
         let column =
             |name: &str, column_type: ColumnType, key: bool, oid: u32, type_name: &str, attnum: i16| {
                 ColumnSpec {
@@ -256,12 +256,72 @@ mod tests {
         })
     }
 
-    fn row(id: i64, v: Option<&str>) -> Vec<Value> {
+    pub(crate) fn row(id: i64, v: Option<&str>) -> Vec<Value> {
         vec![
             Value::Text(Bytes::from(id.to_string())),
             v.map_or(Value::Null, |v| Value::Text(Bytes::from(v.to_string()))),
         ]
     }
+
+    /// Every row of the lake table of `spec`, keyed by its first column.
+    pub(crate) async fn lake_rows(
+        config: &Config,
+        spec: &TableSpec,
+    ) -> BTreeMap<String, Vec<Option<String>>> {
+        let lake = Lake::open(config).await.unwrap();
+        let sink = LakeSink::new(
+            lake.clone(),
+            crate::sink::SinkOptions {
+                pipeline: config.cdc.pipeline.clone(),
+                namespace: config.cdc.namespace.clone(),
+                table_name: config.cdc.table_name.clone(),
+                spill_bytes: 1 << 20,
+            },
+        );
+        let table = lake.load_table(&sink.lake_ident(spec)).await.unwrap();
+        let batches: Vec<arrow::record_batch::RecordBatch> = table
+            .scan()
+            .select(["id", "v"])
+            .build()
+            .unwrap()
+            .to_arrow()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut rows = BTreeMap::new();
+        for b in &batches {
+            for r in 0..b.num_rows() {
+                let cells: Vec<Option<String>> = (0..2)
+                    .map(|c| {
+                        let col = b.column(c);
+                        (!col.is_null(r)).then(|| array_value_to_string(col, r).unwrap())
+                    })
+                    .collect();
+                let key = cells[0].clone().unwrap();
+                assert!(
+                    rows.insert(key.clone(), cells).is_none(),
+                    "row {key} twice in {}",
+                    spec.qualified()
+                );
+            }
+        }
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tarn_core::Config;
+    use tarn_lake::Lake;
+    use tokio_util::sync::CancellationToken;
+
+    use super::testing::{lake_rows, row, table};
+    use super::*;
+    use crate::pipeline::{PipelineStatus, RunOptions, drive};
 
     /// Two tables; inserts, updates (one changing the key), deletes, a truncate, a
     /// transaction over both tables, a long value (to make the writer spill).
@@ -367,50 +427,6 @@ mod tests {
             stop: &stop,
         };
         drive(source, lake, &ctx).await
-    }
-
-    /// Every row of the lake table of `spec`, keyed by its first column.
-    async fn lake_rows(config: &Config, spec: &TableSpec) -> BTreeMap<String, Vec<Option<String>>> {
-        let lake = Lake::open(config).await.unwrap();
-        let sink = LakeSink::new(
-            lake.clone(),
-            crate::sink::SinkOptions {
-                pipeline: config.cdc.pipeline.clone(),
-                namespace: config.cdc.namespace.clone(),
-                table_name: config.cdc.table_name.clone(),
-                spill_bytes: 1 << 20,
-            },
-        );
-        let table = lake.load_table(&sink.lake_ident(spec)).await.unwrap();
-        let batches: Vec<arrow::record_batch::RecordBatch> = table
-            .scan()
-            .select(["id", "v"])
-            .build()
-            .unwrap()
-            .to_arrow()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        let mut rows = BTreeMap::new();
-        for b in &batches {
-            for r in 0..b.num_rows() {
-                let cells: Vec<Option<String>> = (0..2)
-                    .map(|c| {
-                        let col = b.column(c);
-                        (!col.is_null(r)).then(|| array_value_to_string(col, r).unwrap())
-                    })
-                    .collect();
-                let key = cells[0].clone().unwrap();
-                assert!(
-                    rows.insert(key.clone(), cells).is_none(),
-                    "row {key} twice in {}",
-                    spec.qualified()
-                );
-            }
-        }
-        rows
     }
 
     async fn assert_lake_equals_script(config: &Config, script: &[ScriptedTransaction], what: &str) {

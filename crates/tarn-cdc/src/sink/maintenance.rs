@@ -3,8 +3,15 @@
 //!
 //! The pipeline runs it between commits (nothing buffered, no transaction open), so nothing
 //! this writer does conflicts with it. Compaction rewrites data files, which moves rows: the
-//! key index drops the rewritten files and reads the files compaction wrote
-//! ([`LakeSink::reindex_files`]). Stopped tables are left alone.
+//! key index drops the rewritten files and reads the files compaction wrote. Stopped tables
+//! are left alone.
+//!
+//! The key index must describe exactly the snapshot the next commit is based on. After
+//! maintenance the sink takes the table's current snapshot; when anything but this writer's
+//! own compaction was committed since the snapshot its index described (another process's
+//! compaction or `tarn maintain`, before or after ours), the index is rebuilt from the
+//! current snapshot's live rows instead of patched, so no key points at a file that is gone
+//! and none is missing.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -13,6 +20,8 @@ use iceberg::TableIdent;
 use tarn_core::Result;
 
 use super::{LakeSink, rebuild_index};
+use crate::index::KeyIndex;
+use crate::source::KeyKind;
 
 impl LakeSink {
     /// The automatic maintenance policy: compacts, expires snapshots of and removes orphan
@@ -35,6 +44,12 @@ impl LakeSink {
             .collect();
         for ident in idents {
             let started = Instant::now();
+            // The snapshot the key index describes now.
+            let indexed = self
+                .tables
+                .values()
+                .find(|t| t.ident == ident)
+                .and_then(|t| t.table.metadata().current_snapshot_id());
             let outcome = lake
                 .compact(
                     &ident,
@@ -47,24 +62,6 @@ impl LakeSink {
                     },
                 )
                 .await?;
-            if outcome.snapshot_id.is_some() {
-                let removed: HashSet<String> = outcome.removed_data_files.iter().cloned().collect();
-                let added: HashSet<String> = outcome
-                    .added_data_files
-                    .iter()
-                    .map(|f| f.file_path().to_string())
-                    .collect();
-                self.reindex_files(&ident, &removed, &added).await?;
-                tracing::info!(
-                    table = %ident,
-                    removed = removed.len(),
-                    added = added.len(),
-                    rows = outcome.rows_rewritten,
-                    purged = outcome.rows_purged,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "compacted"
-                );
-            }
             let expired = lake
                 .expire_snapshots(
                     &ident,
@@ -94,31 +91,144 @@ impl LakeSink {
                     "expired snapshots and removed orphan files"
                 );
             }
-            for state in self.tables.values_mut() {
-                if state.ident == ident {
-                    state.table = lake.load_table(&ident).await?;
+            let table = lake.load_table(&ident).await?;
+            let current = table.metadata().current_snapshot_id();
+            // Only this writer's compaction, right on top of what the index describes, may be
+            // patched into the index; anything else means a rebuild.
+            let patchable = match outcome.snapshot_id {
+                Some(ours) => {
+                    current == Some(ours)
+                        && table
+                            .metadata()
+                            .snapshot_by_id(ours)
+                            .and_then(|s| s.parent_snapshot_id())
+                            == indexed
                 }
+                None => current == indexed,
+            };
+            let removed: HashSet<String> = outcome.removed_data_files.iter().cloned().collect();
+            let added: HashSet<String> = outcome
+                .added_data_files
+                .iter()
+                .map(|f| f.file_path().to_string())
+                .collect();
+            for state in self.tables.values_mut().filter(|t| t.ident == ident) {
+                state.table = table.clone();
+                if patchable {
+                    if outcome.snapshot_id.is_some() {
+                        state.index.remove_files(&removed);
+                        rebuild_index(&lake, state, Some(&added)).await?;
+                    }
+                } else {
+                    tracing::info!(table = %ident, "another writer changed the table; rebuilding its key index");
+                    state.index = KeyIndex::new(state.spec.key_kind == KeyKind::FullRow);
+                    rebuild_index(&lake, state, None).await?;
+                }
+            }
+            if outcome.snapshot_id.is_some() {
+                tracing::info!(
+                    table = %ident,
+                    removed = removed.len(),
+                    added = added.len(),
+                    rows = outcome.rows_rewritten,
+                    purged = outcome.rows_purged,
+                    index = if patchable { "patched" } else { "rebuilt" },
+                    seconds = started.elapsed().as_secs_f64(),
+                    "compacted"
+                );
             }
         }
         Ok(())
     }
+}
 
-    /// Tables whose key index must be rebuilt because `removed` data files were rewritten
-    /// (by maintenance in this process): drops their entries and reads the `added` files.
-    pub async fn reindex_files(
-        &mut self,
-        ident: &TableIdent,
-        removed: &HashSet<String>,
-        added: &HashSet<String>,
-    ) -> Result<()> {
-        let lake = self.lake.clone();
-        for state in self.tables.values_mut() {
-            if &state.ident == ident {
-                state.table = lake.load_table(ident).await?;
-                state.index.remove_files(removed);
-                rebuild_index(&lake, state, Some(added)).await?;
-            }
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tarn_core::Config;
+    use tarn_lake::Lake;
+
+    use crate::position::Lsn;
+    use crate::scripted::testing::{lake_rows, row, table};
+    use crate::sink::{LakeSink, SinkOptions};
+    use crate::source::{SourceEvent, TableSpec};
+
+    async fn commit(sink: &mut LakeSink, at: u64, changes: Vec<SourceEvent>) {
+        sink.apply(SourceEvent::Begin {
+            commit_position: Lsn(at).into(),
+        })
+        .await
+        .unwrap();
+        for change in changes {
+            sink.apply(change).await.unwrap();
         }
-        Ok(())
+        sink.apply(SourceEvent::Commit {
+            position: Lsn(at + 1).into(),
+            commit_time_micros: 0,
+        })
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+    }
+
+    fn sink(lake: Lake, config: &Config) -> LakeSink {
+        LakeSink::new(
+            lake,
+            SinkOptions {
+                pipeline: config.cdc.pipeline.clone(),
+                namespace: config.cdc.namespace.clone(),
+                table_name: config.cdc.table_name.clone(),
+                spill_bytes: 1 << 20,
+            },
+        )
+    }
+
+    /// Another process compacts the table between this writer's commits; the writer's
+    /// maintenance notices, rebuilds its key index from the current snapshot, and the next
+    /// updates replace the rows where they now are (no conflict, no row twice).
+    #[tokio::test]
+    async fn a_compaction_by_another_writer_rebuilds_the_key_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(dir.path());
+        config.cdc.pipeline = "p".into();
+        // The writer's own compaction never starts: only the other process compacts.
+        config.maintenance.min_files = 1000;
+        let spec: Arc<TableSpec> = table(1, "items");
+        let mut writer = sink(Lake::open(&config).await.unwrap(), &config);
+        writer.attach(spec.clone()).await.unwrap();
+        for i in 0..4u64 {
+            let id = i as i64;
+            let insert = SourceEvent::Insert {
+                table: 1,
+                new: row(id, Some("first")),
+            };
+            commit(&mut writer, 0x100 * (i + 1), vec![insert]).await;
+        }
+        let other = Lake::open(&config).await.unwrap();
+        let ident = writer.lake_ident(&spec);
+        let outcome = other
+            .compact(
+                &ident,
+                &tarn_lake::CompactOptions {
+                    min_input_files: 2,
+                    ..tarn_lake::CompactOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(outcome.snapshot_id.is_some(), "the other writer did not compact");
+        writer.maintain(&config.maintenance).await.unwrap();
+        let updates = (0..4)
+            .map(|id| SourceEvent::Update {
+                table: 1,
+                old: None,
+                new: row(id, Some("second")),
+            })
+            .collect();
+        commit(&mut writer, 0x1000, updates).await;
+        let rows = lake_rows(&config, &spec).await;
+        let values: Vec<Option<String>> = rows.values().map(|r| r[1].clone()).collect();
+        assert_eq!(values, vec![Some("second".to_string()); 4], "{rows:?}");
     }
 }
