@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tarn_cdc::pipeline::{PipelineStatus, RunOptions};
+use tarn_cdc::pipeline::{PipelineHandle, PipelineStatus, RunOptions};
 use tarn_core::Config;
 use tarn_lake::Lake;
 use tarn_test_utils::{PostgresServer, run_python};
@@ -23,9 +23,9 @@ pub(crate) struct Cdc {
     overrides: Vec<(String, String)>,
 }
 
+/// A pipeline running in the test's process.
 pub(crate) struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<tarn_core::Result<()>>,
+    handle: PipelineHandle,
     pub(crate) status: Arc<PipelineStatus>,
 }
 
@@ -43,13 +43,9 @@ impl Running {
         }
     }
 
-    pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("the pipeline stops within 60 s")
-            .unwrap()
-            .unwrap();
+    /// Stops the pipeline; it must stop cleanly within 60 s.
+    pub(crate) async fn stop(mut self) {
+        self.handle.stop().await.unwrap();
     }
 }
 
@@ -98,13 +94,9 @@ impl Cdc {
     /// Starts a pipeline with `config` (another pipeline beside this one's, say).
     pub(crate) async fn start_config(&self, config: Config, options: RunOptions) -> Running {
         let lake = Lake::open(&config).await.unwrap();
-        let stop = CancellationToken::new();
-        let status = Arc::new(PipelineStatus::default());
-        let task = tokio::spawn({
-            let (stop, status) = (stop.clone(), status.clone());
-            async move { tarn_cdc::pipeline::run(&config, lake, options, status, stop).await }
-        });
-        Running { stop, task, status }
+        let handle = PipelineHandle::spawn(&config, lake, options);
+        let status = handle.status().clone();
+        Running { handle, status }
     }
 
     /// Rows of `query` in PostgreSQL, `a|b|c` lines with NULL as `NULL`.
