@@ -30,8 +30,8 @@ use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
 
 use crate::postgres::change_source::PostgresChangeSource;
-use crate::postgres::snapshot::CopyProgress;
 use crate::sink::{LakeSink, SinkOptions};
+use crate::source::CopyProgress;
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent};
 
 /// How a pipeline runs besides its config.

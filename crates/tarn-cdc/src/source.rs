@@ -13,12 +13,16 @@
 //! table's position in its Iceberg snapshot summaries.
 //!
 //! Row values travel as PostgreSQL text-format cells ([`Value`]); each table's
-//! [`TableSpec`] says how to turn them into Arrow columns.
+//! [`TableSpec`] says how to turn them into Arrow columns. A source's copy of a whole table
+//! hands Arrow batches to a [`BatchWriter`] and reports into a [`CopyProgress`].
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
 use tarn_core::Result;
 
 use crate::pipeline::SourceContext;
@@ -149,6 +153,31 @@ pub enum SourceEvent {
         /// The source's current position.
         position: Position,
     },
+}
+
+/// Receives the Arrow batches of a table copy (one writer per copy connection or chunk); the
+/// lake sink's snapshot writer is one.
+#[async_trait]
+pub trait BatchWriter: Send {
+    /// What the writer produced.
+    type Output: Send;
+    /// Writes one batch.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Finishes writing.
+    async fn finish(self) -> Result<Self::Output>;
+}
+
+/// Live counters of a copy, for progress bars and metrics.
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    /// Rows copied.
+    pub rows: AtomicU64,
+    /// Bytes of COPY text read.
+    pub bytes: AtomicU64,
+    /// Chunks done.
+    pub chunks_done: AtomicU64,
+    /// Chunks planned.
+    pub chunks: AtomicU64,
 }
 
 /// What [`ChangeSource::next`] found.

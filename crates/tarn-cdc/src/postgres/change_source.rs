@@ -25,11 +25,11 @@ use tarn_core::{Config, Error, ErrorKind, Result, failpoint};
 
 use super::PostgresSource;
 use super::slot::PublicationAction;
-use super::snapshot::{CopyProgress, CopyRequest, copy_table};
+use super::snapshot::{CopyRequest, copy_table};
 use crate::pipeline::{PipelineStatus, SourceContext, refresh_tables};
 use crate::position::Lsn;
 use crate::sink::LakeSink;
-use crate::source::{ChangeSource, FlushRule, Next, Position, TableSpec};
+use crate::source::{ChangeSource, CopyProgress, FlushRule, Next, Position, TableSpec};
 
 /// The PostgreSQL change source; see the module doc.
 pub struct PostgresChangeSource {

@@ -6,49 +6,23 @@
 //! `SET TRANSACTION SNAPSHOT` of the same exported snapshot, so together they read exactly the
 //! table as of the slot's consistent point. Each connection streams `COPY (SELECT ...) TO
 //! STDOUT` text rows into Arrow batches of [`BATCH_ROWS`] and hands them to its own
-//! [`BatchWriter`]; memory stays bounded by one batch and the writer's buffers per connection.
+//! [`crate::source::BatchWriter`]; memory stays bounded by one batch and the writer's buffers per connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use arrow::array::RecordBatch;
-use async_trait::async_trait;
 use futures::StreamExt;
 use tarn_core::{Error, ErrorKind, Result};
 use tokio::sync::Mutex;
 
 use super::connect::{SourceAddress, query_error, quote_ident, quote_literal};
 use super::copy_text::CopyTextReader;
-use crate::source::TableSpec;
+use crate::source::{BatchWriter, CopyProgress, TableSpec};
 use crate::value::ColumnType;
 use crate::value::builder::BatchBuilder;
 
 /// Rows per Arrow batch handed to a writer.
 pub const BATCH_ROWS: usize = 8192;
-
-/// Receives the batches one copy connection reads.
-#[async_trait]
-pub trait BatchWriter: Send {
-    /// What the writer produced.
-    type Output: Send;
-    /// Writes one batch.
-    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
-    /// Finishes writing.
-    async fn finish(self) -> Result<Self::Output>;
-}
-
-/// Live counters of a copy, for progress bars and metrics.
-#[derive(Debug, Default)]
-pub struct CopyProgress {
-    /// Rows copied.
-    pub rows: AtomicU64,
-    /// Bytes of COPY text read.
-    pub bytes: AtomicU64,
-    /// Chunks done.
-    pub chunks_done: AtomicU64,
-    /// Chunks planned.
-    pub chunks: AtomicU64,
-}
 
 /// How to copy one table.
 #[derive(Debug, Clone)]

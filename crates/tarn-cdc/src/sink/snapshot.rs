@@ -23,7 +23,7 @@ use tarn_lake::{PositionedDataWriter, RowDelta};
 use super::summary::snapshot_summary;
 use super::{LakeSink, current_files, placements};
 use crate::index::{KeyEncoder, KeyIndex, RowLocation};
-use crate::postgres::snapshot::BatchWriter;
+use crate::source::BatchWriter;
 use crate::source::{KeyKind, Position, TableId};
 
 /// A snapshot copy connection's writer: data files plus the index entries of their rows.
