@@ -48,6 +48,12 @@ pub enum CdcCommand {
     /// Remove the pipeline's replication slot and publication from the source (CockroachDB:
     /// cancel its webhook changefeed job); the lake tables stay.
     Drop,
+    /// Print the change events on a Kafka topic, decoded (tarn's own or a Debezium
+    /// connector's, with or without schemas): one line per record with partition/offset,
+    /// operation, table, key and row, or JSON. `--validate` checks every record against
+    /// Debezium's documented envelope. Reads without joining a consumer group.
+    #[cfg(feature = "kafka")]
+    Tail(crate::tail::TailArgs),
     /// Print the SQL an admin runs once on a CockroachDB cluster so that the webhook
     /// changefeed can go through the external connection `cdc.changefeed.external_connection`
     /// (clusters with `changefeed.permissions.require_external_connection_sink.enabled` allow
@@ -95,6 +101,11 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
                 tarn_cdc::position::text_or_dash(report.acknowledged.as_ref())
             );
             Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "kafka")]
+        CdcCommand::Tail(args) => {
+            crate::tail::check(&args)?;
+            crate::tail::run(args).await
         }
         CdcCommand::Status { json } => {
             status(&config, json).await?;

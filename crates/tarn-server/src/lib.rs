@@ -5,6 +5,7 @@
 //! - [`cli`]: argument parsing and the dispatch of each command ([`cli::main`] is the binary);
 //! - [`serve`]: `tarn serve` — the Postgres wire endpoint, HTTP, the CDC pipeline;
 //! - [`cdc`]: `tarn cdc` — run, inspect and remove a change-data-capture pipeline;
+//! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
 //! - [`bench`] and [`bench_cdc`]: `tarn bench tpch` and `tarn bench cdc`;
@@ -22,3 +23,5 @@ pub mod maintain;
 pub mod measure;
 pub mod output;
 pub mod serve;
+#[cfg(feature = "kafka")]
+pub mod tail;
