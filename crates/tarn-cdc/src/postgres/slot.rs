@@ -285,16 +285,26 @@ pub async fn create_slot_exporting(
     })
 }
 
-/// Drops slot `name` if it exists (it must not be streaming).
+/// How long [`drop_slot`] waits for a slot's last session to let go of it: the server
+/// process of a session that just ended releases the slot a moment after the client left.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Drops slot `name` if it exists. A slot still in use is waited for up to a few seconds (a
+/// pipeline that just stopped), then refused.
 pub async fn drop_slot(client: &Client, name: &str) -> Result<bool> {
-    let Some(info) = slot_info(client, name).await? else {
-        return Ok(false);
-    };
-    if let Some(pid) = info.active_pid {
-        return Err(Error::new(
-            ErrorKind::Source,
-            format!("replication slot {name} is in use by process {pid}; stop the pipeline first"),
-        ));
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        let Some(info) = slot_info(client, name).await? else {
+            return Ok(false);
+        };
+        let Some(pid) = info.active_pid else { break };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Source,
+                format!("replication slot {name} is in use by process {pid}; stop the pipeline first"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&name])

@@ -296,9 +296,30 @@ async fn join_filters_drop_probe_rows_at_the_scan_without_changing_results() {
         .lines()
         .find(|l| l.contains("RuntimeFilterExec"))
         .unwrap_or_else(|| panic!("no RuntimeFilterExec in\n{plan}"));
-    // 45,000 of the 50,000 fact rows have no partner; DataFusion prints counts rounded.
-    assert!(line.contains("rows_dropped=45.00 K"), "{line}");
-    assert!(line.contains("output_rows=5.00 K"), "{line}");
+    // 45,000 of the 50,000 fact rows have no partner. A dynamic filter passes every row until
+    // the join's build side is done, and on a busy machine the scan may run ahead of it, so
+    // how many are dropped depends on timing; what must hold is that rows were dropped and
+    // none went missing (DataFusion prints the counts in thousands, rounded).
+    let metric = |name: &str| -> f64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            + name.len()
+            + 1;
+        let text: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let value: f64 = text.parse().unwrap_or_else(|_| panic!("{name} in {line}"));
+        if line[at + text.len()..].starts_with(" K") {
+            value * 1000.0
+        } else {
+            value
+        }
+    };
+    let (dropped, output) = (metric("rows_dropped"), metric("output_rows"));
+    assert!(dropped > 0.0, "{line}");
+    assert!((dropped + output - 50_000.0).abs() <= 20.0, "{line}");
 
     // Without dynamic filters: the same answer.
     t.exec("SET datafusion.optimizer.enable_dynamic_filter_pushdown = false")
