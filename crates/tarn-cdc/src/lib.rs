@@ -15,6 +15,8 @@
 //!   committed per resolved timestamp.
 //! - [`pipeline`]: the one loop between any source and the sink — flush policy, backpressure,
 //!   acknowledgement after commit, restarts.
+//! - `kafka` (feature `kafka`): the Kafka source — topics of Debezium change events into the
+//!   lake, exactly once per partition through the offsets each table records.
 //! - [`position`]: typed positions (LSN, HLC timestamp, Kafka offsets) and their text codec.
 //! - [`scripted`]: an in-memory source replaying a script, with crashes at chosen steps, for
 //!   the sink's exactly-once tests.
@@ -22,6 +24,8 @@
 pub mod cockroach;
 pub mod debezium;
 pub mod index;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod pipeline;
 pub mod position;
 pub mod postgres;

@@ -473,12 +473,26 @@ async fn run_once(
         r.state = "starting".into();
         r.pipeline = config.cdc.pipeline.clone();
     });
-    if config.cdc.source_kind == "cockroachdb" {
-        let source = crate::cockroach::ChangefeedSource::connect(config, status).await?;
-        drive(source, lake, &ctx).await
-    } else {
-        let source = PostgresChangeSource::connect(config, status).await?;
-        drive(source, lake, &ctx).await
+    match config.cdc.source_kind.as_str() {
+        "cockroachdb" => {
+            let source = crate::cockroach::ChangefeedSource::connect(config, status).await?;
+            drive(source, lake, &ctx).await
+        }
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            let source = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
+            drive(source, lake, &ctx).await
+        }
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(Error::new(
+            ErrorKind::Config,
+            "cdc.source_kind = \"kafka\" needs a tarn built with Kafka support (cargo build --features kafka); \
+             this binary was built without it",
+        )),
+        _ => {
+            let source = PostgresChangeSource::connect(config, status).await?;
+            drive(source, lake, &ctx).await
+        }
     }
 }
 

@@ -208,11 +208,33 @@ pub struct CdcConfig {
     /// Columns of types tarn cannot map: `error` (refuse the table, naming the column) or
     /// `text` (carry the value's text form).
     pub unsupported_types: String,
-    /// What `cdc.source` is: `postgres` (logical replication through a slot) or
-    /// `cockroachdb` (a changefeed; see `[cdc.changefeed]`).
+    /// What `cdc.source` is: `postgres` (logical replication through a slot),
+    /// `cockroachdb` (a changefeed; see `[cdc.changefeed]`) or `kafka` (Debezium change-event
+    /// topics; see `[cdc.kafka]`, `cdc.source` unused).
     pub source_kind: String,
     /// How a CockroachDB source delivers its changefeed.
     pub changefeed: ChangefeedConfig,
+    /// The Kafka topics a `kafka` source consumes.
+    pub kafka: KafkaSourceConfig,
+}
+
+/// Kafka topics of Debezium change events consumed into the lake (`cdc.source_kind = "kafka"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port` separated by commas.
+    pub brokers: String,
+    /// Topics to consume: names, or one regular expression starting with `^` (librdkafka's
+    /// convention) matched against the broker's topics at start.
+    pub topics: Vec<String>,
+    /// The consumer group: the offsets tarn commits for monitoring (the lake holds the
+    /// offsets that count).
+    pub group: String,
+    /// The consumer's `session.timeout.ms`, e.g. `10s`.
+    pub session_timeout: String,
+    /// Where a partition starts that neither a lake table nor the group has an offset for:
+    /// `earliest` or `latest`.
+    pub start: String,
 }
 
 /// The CockroachDB changefeed tarn creates and consumes (`cdc.source_kind = "cockroachdb"`).
@@ -340,6 +362,13 @@ impl Config {
                     webhook_key: None,
                     webhook_ca: None,
                     external_connection: None,
+                },
+                kafka: KafkaSourceConfig {
+                    brokers: "127.0.0.1:9092".into(),
+                    topics: Vec::new(),
+                    group: "tarn".into(),
+                    session_timeout: "10s".into(),
+                    start: "earliest".into(),
                 },
             },
             maintenance: MaintenanceConfig {
@@ -673,12 +702,16 @@ impl Config {
                 format!("expected decimal or text, got {:?}", cdc.unconstrained_numeric),
             );
         }
-        if !matches!(cdc.source_kind.as_str(), "postgres" | "cockroachdb") {
+        if !matches!(cdc.source_kind.as_str(), "postgres" | "cockroachdb" | "kafka") {
             return bad(
                 "cdc.source_kind",
-                format!("expected postgres or cockroachdb, got {:?}", cdc.source_kind),
+                format!(
+                    "expected postgres, cockroachdb or kafka, got {:?}",
+                    cdc.source_kind
+                ),
             );
         }
+        self.validate_kafka_source()?;
         let feed = &cdc.changefeed;
         if !matches!(feed.sink.as_str(), "sinkless" | "webhook") {
             return bad(
@@ -751,6 +784,59 @@ impl Config {
             return bad(
                 "cdc.unsupported_types",
                 format!("expected error or text, got {:?}", cdc.unsupported_types),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_kafka_source(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
+        let kafka = &self.cdc.kafka;
+        let consumed = self.cdc.source_kind == "kafka";
+        for server in kafka.brokers.split(',') {
+            let server = server.trim();
+            let port_ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return bad(
+                    "cdc.kafka.brokers",
+                    format!("expected HOST:PORT[,HOST:PORT...], got {:?}", kafka.brokers),
+                );
+            }
+        }
+        if consumed && kafka.topics.is_empty() {
+            return bad(
+                "cdc.kafka.topics",
+                "expected at least one topic (or a ^regex) to consume with source_kind = \"kafka\"".into(),
+            );
+        }
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        for topic in &kafka.topics {
+            if !topic.starts_with('^') && (topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal))
+            {
+                return bad(
+                    "cdc.kafka.topics",
+                    format!(
+                        "expected topic names of letters, digits, '.', '_' and '-' (or a regex starting with ^), got {topic:?}"
+                    ),
+                );
+            }
+        }
+        if kafka.group.trim().is_empty() {
+            return bad("cdc.kafka.group", "must not be empty".into());
+        }
+        let timeout = parse_duration("cdc.kafka.session_timeout", &kafka.session_timeout)?;
+        if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(3600) {
+            return bad(
+                "cdc.kafka.session_timeout",
+                format!("expected 1s to 1h, got {:?}", kafka.session_timeout),
+            );
+        }
+        if !matches!(kafka.start.as_str(), "earliest" | "latest") {
+            return bad(
+                "cdc.kafka.start",
+                format!("expected earliest or latest, got {:?}", kafka.start),
             );
         }
         Ok(())
@@ -922,6 +1008,38 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load(dir.path(), None, env, &flags)
+    }
+
+    #[test]
+    fn kafka_source_is_validated_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = |pairs: &[(&str, &str)]| {
+            let overrides: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::load(dir.path(), None, Vec::new(), &overrides)
+        };
+        let config = set(&[
+            ("cdc.source_kind", "kafka"),
+            ("cdc.kafka.topics", "[\"shop.public.orders\", \"^shop\\\\..*\"]"),
+        ])
+        .unwrap();
+        assert_eq!(config.cdc.kafka.topics.len(), 2);
+        for (pairs, key) in [
+            (vec![("cdc.source_kind", "kafka")], "cdc.kafka.topics"),
+            (vec![("cdc.kafka.brokers", "nohost")], "cdc.kafka.brokers"),
+            (vec![("cdc.kafka.topics", "[\"a b\"]")], "cdc.kafka.topics"),
+            (vec![("cdc.kafka.start", "middle")], "cdc.kafka.start"),
+            (
+                vec![("cdc.kafka.session_timeout", "soon")],
+                "cdc.kafka.session_timeout",
+            ),
+            (vec![("cdc.kafka.group", " ")], "cdc.kafka.group"),
+        ] {
+            let err = set(&pairs).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

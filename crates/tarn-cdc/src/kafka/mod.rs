@@ -1,0 +1,395 @@
+//! The Kafka source: topics of Debezium change events (tarn's own, or a real Debezium
+//! connector's, with or without schemas) into the lake, exactly once per partition.
+//!
+//! [`KafkaSource`] is a [`ChangeSource`] (`cdc.source_kind = "kafka"`, `[cdc.kafka]`;
+//! `tarn ingest kafka`). [`events`] turns records into transactions: one per record, its
+//! table named by the event's `source` block, its spec from the embedded schema (or `text`
+//! columns for schemaless topics), replays deduplicated by Debezium source position.
+//!
+//! **Exactly once.** The lake is the source of truth for offsets: each commit records, in
+//! every table it writes, the next offset of every partition consumed so far
+//! ([`crate::position`]'s `KafkaOffsets`, merged per partition). On start the source lists the
+//! pipeline's lake tables in `cdc.namespace`, and seeks each partition to the smallest offset
+//! the tables hold for it; a table that names no offset for a partition counts with the
+//! consumer group's committed offset, or, when the group has none, with `cdc.kafka.start`
+//! (`earliest`, `latest`). Records before a table's offset are skipped by the sink
+//! ([`Position::holds`]), so a restart after a crash between commits of two tables replays
+//! the difference into the table that missed it and nothing into the other.
+//! [`acknowledge`](ChangeSource::acknowledge) commits the group's offsets after each lake
+//! commit, for monitoring (`kafka-consumer-groups`, lag exporters) and as the fallback above;
+//! a failed group commit is logged, not fatal.
+//!
+//! **Partitions.** The source assigns itself every partition of the configured topics
+//! (names, or one `^regex` matched against the broker's topics at start) instead of joining
+//! the group's rebalancing: one worker per group for now. Several workers splitting
+//! partitions, with revoked partitions' pending rows committed or discarded, is a later
+//! piece; so are topics created after start that a regex would match.
+//!
+//! The consumer reads `read_committed`, never creates topics (`allow.auto.create.topics=false`:
+//! a missing topic is an error naming it), and waits at most `fetch.wait.max.ms=100` on the
+//! broker so that an idle pipeline still commits on time.
+
+pub mod events;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tarn_core::{Config, Error, ErrorKind, Result};
+use tarn_lake::Lake;
+
+use crate::pipeline::{PipelineStatus, SourceContext};
+use crate::position::{KafkaOffsets, TopicPartition};
+use crate::sink::{LakeSink, table_position};
+use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
+use events::{Record, RecordMapper};
+
+/// Most records taken in one [`ChangeSource::next`] call.
+const MAX_BATCH: usize = 4096;
+
+/// Consumes `cdc.kafka.topics` into the lake; see the module doc.
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer>,
+    lake: Lake,
+    brokers: String,
+    group: String,
+    topics: Vec<String>,
+    start: String,
+    timeout: Duration,
+    mapper: RecordMapper,
+}
+
+fn kafka_error(what: String, e: rdkafka::error::KafkaError) -> Error {
+    Error::new(ErrorKind::Source, format!("{what}: {e}"))
+}
+
+impl KafkaSource {
+    /// A consumer of `config.cdc.kafka`'s topics writing into `lake`; nothing is contacted
+    /// until [`ChangeSource::start`].
+    pub fn connect(config: &Config, lake: Lake, status: &PipelineStatus) -> Result<Self> {
+        let kafka = &config.cdc.kafka;
+        let session = tarn_core::config::parse_duration("cdc.kafka.session_timeout", &kafka.session_timeout)?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", &kafka.group)
+            .set("client.id", format!("tarn-{}", config.cdc.pipeline))
+            .set("session.timeout.ms", session.as_millis().to_string())
+            .set("isolation.level", "read_committed")
+            .set("allow.auto.create.topics", "false")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", kafka.start.as_str())
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "cannot create a Kafka consumer for brokers {}: {e}",
+                        kafka.brokers
+                    ),
+                )
+            })?;
+        status.update(|r| {
+            r.source = format!("kafka://{}/{}", kafka.brokers, kafka.topics.join(","));
+            r.slot = format!("group {}", kafka.group);
+            r.publication = String::new();
+        });
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            lake,
+            brokers: kafka.brokers.clone(),
+            group: kafka.group.clone(),
+            topics: kafka.topics.clone(),
+            start: kafka.start.clone(),
+            // Metadata requests: long enough for a slow broker, short enough to report a
+            // wrong address promptly.
+            timeout: session.min(Duration::from_secs(10)),
+            mapper: RecordMapper::new(),
+        })
+    }
+
+    /// Runs a blocking librdkafka call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StreamConsumer) -> T + Send + 'static,
+    ) -> Result<T> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || f(&consumer))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("a Kafka call panicked: {e}")))
+    }
+
+    /// Every partition of the configured topics.
+    async fn partitions(&self) -> Result<Vec<TopicPartition>> {
+        let timeout = self.timeout;
+        let metadata = self
+            .blocking(move |c| c.fetch_metadata(None, timeout))
+            .await?
+            .map_err(|e| {
+                kafka_error(
+                    format!(
+                        "cannot reach the Kafka brokers {} (no metadata within {timeout:?})",
+                        self.brokers
+                    ),
+                    e,
+                )
+            })?;
+        let mut out = Vec::new();
+        for wanted in &self.topics {
+            let found: Vec<_> = if let Some(pattern) = wanted.strip_prefix('^') {
+                let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("key `cdc.kafka.topics`: {wanted:?} is not a regular expression: {e}"),
+                    )
+                })?;
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && re.is_match(t.name()))
+                    .collect()
+            } else {
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && t.name() == wanted)
+                    .collect()
+            };
+            if found.is_empty() || found.iter().all(|t| t.partitions().is_empty()) {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "Kafka topic {wanted:?} does not exist on brokers {} (tarn does not create the topics it \
+                         consumes; create it, or fix cdc.kafka.topics)",
+                        self.brokers
+                    ),
+                ));
+            }
+            for t in found {
+                for p in t.partitions() {
+                    let tp = TopicPartition::new(t.name(), p.id());
+                    if !out.contains(&tp) {
+                        out.push(tp);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offsets every lake table of this pipeline holds.
+    async fn lake_offsets(&self, config: &Config) -> Result<Vec<KafkaOffsets>> {
+        let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
+        if !self.lake.namespace_exists(&ns).await? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for ident in self.lake.list_tables(&ns).await? {
+            let table = self.lake.load_table(&ident).await?;
+            if let (Some(Position::Kafka(offsets)), _) = table_position(&table, &config.cdc.pipeline) {
+                out.push(offsets);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The group's committed offsets of `partitions`.
+    async fn group_offsets(&self, partitions: &[TopicPartition]) -> Result<KafkaOffsets> {
+        let mut list = TopicPartitionList::new();
+        for tp in partitions {
+            list.add_partition(&tp.topic, tp.partition);
+        }
+        let timeout = self.timeout;
+        let committed = self
+            .blocking(move |c| c.committed_offsets(list, timeout))
+            .await?
+            .map_err(|e| {
+                kafka_error(
+                    format!("cannot read the committed offsets of group {}", self.group),
+                    e,
+                )
+            })?;
+        let mut out = KafkaOffsets::new();
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                out.insert(TopicPartition::new(e.topic(), e.partition()), o);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where partition `tp` starts: the smallest offset any table holds, a table naming none
+/// counting with the group's offset, or `None` (the start policy) when a table names neither
+/// or nothing is known. See the module doc.
+fn start_offset(tp: &TopicPartition, tables: &[KafkaOffsets], group: &KafkaOffsets) -> Option<i64> {
+    if tables.is_empty() {
+        return group.get(tp);
+    }
+    tables
+        .iter()
+        .map(|t| t.get(tp).or_else(|| group.get(tp)))
+        .try_fold(i64::MAX, |min, o| o.map(|o| min.min(o)))
+}
+
+impl ChangeSource for KafkaSource {
+    async fn start(&mut self, _sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+        let partitions = self.partitions().await?;
+        let tables = self.lake_offsets(ctx.config).await?;
+        let group = self.group_offsets(&partitions).await?;
+        let mut assignment = TopicPartitionList::new();
+        let mut start = KafkaOffsets::new();
+        for tp in &partitions {
+            let offset = match start_offset(tp, &tables, &group) {
+                Some(o) => {
+                    start.insert(tp.clone(), o);
+                    Offset::Offset(o)
+                }
+                None if self.start == "latest" => Offset::End,
+                None => Offset::Beginning,
+            };
+            assignment
+                .add_partition_offset(&tp.topic, tp.partition, offset)
+                .map_err(|e| kafka_error(format!("cannot seek {}:{}", tp.topic, tp.partition), e))?;
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error("cannot assign the Kafka partitions".into(), e))?;
+        tracing::info!(
+            partitions = partitions.len(),
+            lake_tables = tables.len(),
+            from = %start,
+            "consuming Kafka topics"
+        );
+        Ok(Some(Position::Kafka(start)))
+    }
+
+    async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
+        let mut events: Vec<SourceEvent> = Vec::new();
+        let mut records = 0usize;
+        loop {
+            let message = if records == 0 {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    () = ctx.stop.cancelled() => return Ok(Next::Stopped),
+                    received = tokio::time::timeout(wait, self.consumer.recv()) => match received {
+                        Err(_) => return Ok(Next::Idle),
+                        Ok(m) => m,
+                    },
+                }
+            } else {
+                // Whatever is ready now, without waiting.
+                match futures::FutureExt::now_or_never(self.consumer.recv()) {
+                    Some(m) => m,
+                    None => break,
+                }
+            };
+            let message =
+                message.map_err(|e| kafka_error(format!("cannot consume from {}", self.brokers), e))?;
+            let headers: Vec<(&str, Option<&[u8]>)> = message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default();
+            let record = Record {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+                timestamp_ms: message.timestamp().to_millis(),
+            };
+            self.mapper.map(&record, &headers, &mut events)?;
+            records += 1;
+            if records >= MAX_BATCH {
+                break;
+            }
+        }
+        metrics::counter!("tarn_kafka_records_total").increment(records as u64);
+        Ok(Next::Events(events))
+    }
+
+    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
+        let Some(offsets) = position.kafka().filter(|o| !o.is_empty()) else {
+            return Ok(());
+        };
+        let mut list = TopicPartitionList::new();
+        for (tp, offset) in offsets.iter() {
+            list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))
+                .map_err(|e| kafka_error(format!("cannot commit {}:{}", tp.topic, tp.partition), e))?;
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(group = %self.group, error = %e, "cannot commit the group's offsets (monitoring only; the lake holds the offsets)");
+        }
+        Ok(())
+    }
+
+    async fn adopt(
+        &mut self,
+        spec: Arc<TableSpec>,
+        sink: &mut LakeSink,
+        _ctx: &SourceContext<'_>,
+    ) -> Result<()> {
+        let attached = sink.attach(spec.clone()).await?;
+        tracing::info!(table = %attached.ident, topic_table = %spec.qualified(), position = %crate::position::text_or_dash(attached.position.as_ref()), "consuming into");
+        Ok(())
+    }
+
+    async fn tick(&mut self, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+        if self.mapper.duplicates > 0 {
+            metrics::gauge!("tarn_kafka_duplicates_skipped").set(self.mapper.duplicates as f64);
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, _sink: &mut LakeSink, durable: Option<&Position>) -> Result<()> {
+        let Some(offsets) = durable
+            .and_then(Position::kafka)
+            .filter(|o| !o.is_empty())
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let group = self.group.clone();
+        self.blocking(move |c| {
+            let mut list = TopicPartitionList::new();
+            for (tp, offset) in offsets.iter() {
+                let _ = list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset));
+            }
+            if let Err(e) = c.commit(&list, CommitMode::Sync) {
+                tracing::warn!(%group, error = %e, "cannot commit the group's offsets at stop");
+            }
+        })
+        .await
+    }
+
+    fn received(&self) -> Option<Position> {
+        let delivered = self.mapper.delivered();
+        (!delivered.is_empty()).then(|| Position::Kafka(delivered.clone()))
+    }
+
+    fn flush_rule(&self) -> FlushRule {
+        FlushRule::OldestChange
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_starts_at_what_every_table_holds() {
+        let tp = TopicPartition::new("t", 0);
+        let k = |o: i64| KafkaOffsets::new().with(tp.clone(), o);
+        let none = KafkaOffsets::new();
+        assert_eq!(start_offset(&tp, &[], &none), None);
+        assert_eq!(start_offset(&tp, &[], &k(5)), Some(5));
+        assert_eq!(start_offset(&tp, &[k(10), k(7)], &none), Some(7));
+        // A table naming no offset counts with the group's, or makes the start unknown.
+        assert_eq!(start_offset(&tp, &[k(10), none.clone()], &k(4)), Some(4));
+        assert_eq!(start_offset(&tp, &[k(10), none.clone()], &none), None);
+    }
+}
