@@ -31,6 +31,8 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tempfile::TempDir;
 
 use crate::{free_port, workspace_root};
@@ -224,6 +226,51 @@ impl Broker {
         }
     }
 
+    /// Produces `records` in order (each acknowledged by the broker before the next is sent,
+    /// so a partition holds them in this order; idempotent producer, no transaction) and
+    /// returns each record's offset.
+    pub fn produce(&self, records: &[Record]) -> Result<Vec<i64>> {
+        let producer: FutureProducer = self
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .context("cannot create a Kafka producer")?;
+        block_on(async {
+            let mut offsets = Vec::with_capacity(records.len());
+            for r in records {
+                let mut headers = OwnedHeaders::new();
+                for (key, value) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: key.as_str(),
+                        value: Some(value.as_slice()),
+                    });
+                }
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&r.topic).partition(r.partition).headers(headers);
+                if let Some(key) = &r.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(value) = &r.value {
+                    record = record.payload(value.as_slice());
+                }
+                let delivered = producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| {
+                        anyhow!(
+                            "cannot produce to {}:{} on {}: {e}",
+                            r.topic,
+                            r.partition,
+                            self.bootstrap()
+                        )
+                    })?;
+                offsets.push(delivered.offset);
+            }
+            Ok(offsets)
+        })
+    }
+
     /// The number of partitions of `topic`, `None` if the broker does not know it (asked
     /// without auto-creating it).
     pub fn partitions(&self, topic: &str) -> Result<Option<usize>> {
@@ -244,6 +291,21 @@ impl Broker {
             .create()
             .context("cannot create a Kafka metadata client")
     }
+}
+
+/// A record for [`Broker::produce`].
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The key bytes.
+    pub key: Option<Vec<u8>>,
+    /// The value bytes (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Drop for Broker {

@@ -7,6 +7,8 @@ mod cli;
 mod cockroach;
 mod demo;
 mod interop;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod local_postgres;
 mod pgwire;
 mod slt;

@@ -1,0 +1,429 @@
+//! The Kafka source against a real Kafka-protocol broker (tansu, `tarn_test_utils::kafka`):
+//! Debezium change events — encoded by tarn's codec for a PostgreSQL table, with and without
+//! schemas, and Debezium's documented PostgreSQL and MySQL events — consumed into lake tables
+//! that are compared row by row with what the messages imply; a restart that replays nothing
+//! twice; the errors of a wrong broker address, an unknown topic and a malformed message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tarn_cdc::debezium::{Change, EncoderConfig, Message, SourceConnector, SourceInfo, TableEncoder};
+use tarn_cdc::pipeline::{PipelineHandle, RunOptions, StatusReport};
+use tarn_cdc::source::{ColumnSpec, KeyKind, TableSpec, Value};
+use tarn_cdc::value::ColumnType;
+use tarn_core::Config;
+use tarn_lake::Lake;
+use tarn_test_utils::kafka::{Broker, Record};
+
+use crate::{TestLake, init_logs, query};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `public.<name>` (`id int8` primary key, `v text`).
+fn items_spec(name: &str) -> Arc<TableSpec> {
+    let column = |name: &str, column_type, key, oid, type_name: &str, attnum| ColumnSpec {
+        name: name.into(),
+        column_type,
+        key,
+        not_null: key,
+        type_oid: oid,
+        type_name: type_name.into(),
+        attnum,
+    };
+    Arc::new(TableSpec {
+        id: 1,
+        schema: "public".into(),
+        name: name.into(),
+        columns: vec![
+            column("id", ColumnType::Int64, true, 20, "int8", 1),
+            column("v", ColumnType::Text, false, 25, "text", 2),
+        ],
+        key_kind: KeyKind::PrimaryKey,
+    })
+}
+
+fn row(id: i64, v: &str) -> Vec<Value> {
+    vec![
+        Value::Text(id.to_string().into()),
+        Value::Text(v.to_string().into()),
+    ]
+}
+
+/// A PostgreSQL table's changes as tarn's Debezium encoder writes them, each message on the
+/// partition of its key (`id % partitions`), with the expected rows kept beside.
+struct Table {
+    encoder: TableEncoder,
+    partitions: i64,
+    lsn: u64,
+    expected: BTreeMap<i64, String>,
+}
+
+enum Op<'a> {
+    Upsert(i64, &'a str),
+    Delete(i64),
+    Rekey(i64, i64, &'a str),
+}
+
+impl Table {
+    fn new(name: &str, schemas: bool, partitions: i64) -> Self {
+        let config = EncoderConfig {
+            schemas,
+            ..EncoderConfig::new("shop", SourceConnector::Postgres)
+        };
+        Self {
+            encoder: TableEncoder::new(&config, items_spec(name)),
+            partitions,
+            lsn: 0x1000,
+            expected: BTreeMap::new(),
+        }
+    }
+
+    fn topic(&self) -> String {
+        self.encoder.topic().to_string()
+    }
+
+    /// The records of `ops` and how many change events (not tombstones) they hold.
+    fn records(&mut self, ops: &[Op<'_>]) -> (Vec<Record>, u64) {
+        let mut messages: Vec<Message> = Vec::new();
+        for op in ops {
+            self.lsn += 0x100;
+            let info = SourceInfo {
+                db: "shop".into(),
+                position: self.lsn.to_string(),
+                tx_id: Some(self.lsn as i64),
+                commit_time_micros: 1_700_000_000_000_000,
+                snapshot: Default::default(),
+                transaction: None,
+            };
+            let encoded = match op {
+                Op::Upsert(id, v) => {
+                    let existed = self.expected.insert(*id, v.to_string()).is_some();
+                    let after = row(*id, v);
+                    let change = if existed {
+                        Change::Update {
+                            before: None,
+                            after: &after,
+                        }
+                    } else {
+                        Change::Create { after: &after }
+                    };
+                    self.encoder.encode(change, &info, 0)
+                }
+                Op::Delete(id) => {
+                    self.expected.remove(id);
+                    self.encoder.encode(
+                        Change::Delete {
+                            before: &row(*id, ""),
+                        },
+                        &info,
+                        0,
+                    )
+                }
+                Op::Rekey(old, new, v) => {
+                    self.expected.remove(old);
+                    self.expected.insert(*new, v.to_string());
+                    let before = vec![Value::Text(old.to_string().into()), Value::Null];
+                    let after = row(*new, v);
+                    self.encoder.encode(
+                        Change::Update {
+                            before: Some(&before),
+                            after: &after,
+                        },
+                        &info,
+                        0,
+                    )
+                }
+            };
+            messages.extend(encoded.unwrap());
+        }
+        let changes = messages.iter().filter(|m| m.value.is_some()).count() as u64;
+        let records = messages
+            .into_iter()
+            .map(|m| Record {
+                partition: (key_id(m.key.as_deref().unwrap()) % self.partitions) as i32,
+                topic: m.topic,
+                key: m.key,
+                value: m.value,
+                headers: m.headers,
+            })
+            .collect();
+        (records, changes)
+    }
+
+    fn expected_lines(&self) -> Vec<String> {
+        self.expected.iter().map(|(id, v)| format!("{id}|{v}")).collect()
+    }
+}
+
+/// The `id` of a record key, with or without its schema.
+fn key_id(key: &[u8]) -> i64 {
+    let json: serde_json::Value = serde_json::from_slice(key).unwrap();
+    let payload = json.get("payload").unwrap_or(&json);
+    payload["id"].as_i64().unwrap()
+}
+
+/// A lake and the config of a Kafka pipeline on `broker` consuming `topics`.
+async fn kafka_lake(broker_address: &str, topics: &[&str]) -> (TestLake, Config) {
+    init_logs();
+    let topics = format!(
+        "[{}]",
+        topics
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let lake = TestLake::with(&[
+        ("cdc.kafka.topics", &topics),
+        ("cdc.kafka.group", "tarn_it"),
+        ("cdc.source_kind", "kafka"),
+        ("cdc.pipeline", "kafka_it"),
+        ("cdc.table_name", "{schema}_{table}"),
+        ("cdc.flush.interval", "100ms"),
+        ("cdc.kafka.brokers", broker_address),
+        ("cdc.kafka.session_timeout", "6s"),
+        ("maintenance.auto", "false"),
+    ])
+    .await;
+    let config = lake.config.clone();
+    (lake, config)
+}
+
+async fn spawn(config: &Config) -> PipelineHandle {
+    let lake = Lake::open(config).await.unwrap();
+    PipelineHandle::spawn(config, lake, RunOptions::default())
+}
+
+/// Waits until `sql` returns `expected` (the table may not exist yet).
+async fn wait_rows(handle: &PipelineHandle, lake: &TestLake, sql: &str, expected: &[String]) -> StatusReport {
+    let last = std::sync::Mutex::new(Vec::new());
+    let result = handle
+        .wait_for::<tarn_core::Error, _, _>(&format!("{sql} to return {expected:?}"), WAIT, None, |_| {
+            let got = query(&lake.session, sql);
+            let last = &last;
+            async move {
+                let rows = got.await.unwrap_or_default();
+                let done = rows == expected;
+                *last.lock().unwrap() = rows;
+                Ok(done)
+            }
+        })
+        .await;
+    result.unwrap_or_else(|e| panic!("{e}; last rows {:?}", last.lock().unwrap()))
+}
+
+fn broker() -> Broker {
+    Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)")
+}
+
+fn produce(broker: &Broker, records: &[Record]) -> Vec<i64> {
+    tokio::task::block_in_place(|| broker.produce(records).unwrap())
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tarn-cdc/tests/fixtures/debezium")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Inserts, updates, key changes, deletes with tombstones, over two partitions, with and
+/// without schemas, plus Debezium's documented PostgreSQL and MySQL events; then a stop, more
+/// changes, and a restart that applies only the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn debezium_topics_land_row_by_row_and_a_restart_replays_nothing() {
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("items", true, 2);
+    let mut notes = Table::new("notes", false, 1);
+    tokio::task::block_in_place(|| {
+        broker.create_topic(&items.topic(), 2).unwrap();
+        broker.create_topic(&notes.topic(), 1).unwrap();
+        broker.create_topic("dbserver1.customers", 1).unwrap();
+    });
+    let (lake, config) = kafka_lake(
+        &broker.bootstrap(),
+        &[&items.topic(), &notes.topic(), "dbserver1.customers"],
+    )
+    .await;
+
+    let (mut records, mut changes) = items.records(&[
+        Op::Upsert(1, "a"),
+        Op::Upsert(2, "a"),
+        Op::Upsert(3, "a"),
+        Op::Upsert(4, "a"),
+        Op::Upsert(5, "a"),
+        Op::Upsert(6, "a"),
+        Op::Upsert(2, "b"),
+        Op::Delete(3),
+        Op::Rekey(4, 40, "moved"),
+        Op::Upsert(5, "c"),
+    ]);
+    let (more, n) = notes.records(&[
+        Op::Upsert(1, "x"),
+        Op::Upsert(2, "y"),
+        Op::Upsert(1, "x2"),
+        Op::Delete(2),
+    ]);
+    records.extend(more);
+    changes += n;
+    // Debezium's documented events: PostgreSQL create and update; MySQL create, update, delete
+    // and the tombstone after it. Keys written as a schemaless JsonConverter writes them.
+    let customer = |key: &str, value: Option<Vec<u8>>| Record {
+        topic: "dbserver1.customers".into(),
+        partition: 0,
+        key: Some(key.as_bytes().to_vec()),
+        value,
+        headers: Vec::new(),
+    };
+    records.extend([
+        customer(r#"{"id":1}"#, Some(fixture("pg-create-value.docs.json"))),
+        customer(r#"{"id":1}"#, Some(fixture("pg-update-value.derived.json"))),
+        customer(
+            r#"{"id":1004}"#,
+            Some(fixture("mysql-create-value.serde-with-schema.json")),
+        ),
+        customer(r#"{"id":1004}"#, Some(fixture("mysql-update-value.derived.json"))),
+        customer(r#"{"id":1004}"#, Some(fixture("mysql-delete-value.derived.json"))),
+        customer(r#"{"id":1004}"#, None),
+    ]);
+    changes += 5;
+    produce(&broker, &records);
+
+    let mut handle = spawn(&config).await;
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_items ORDER BY id",
+        &items.expected_lines(),
+    )
+    .await;
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_notes ORDER BY id",
+        &notes.expected_lines(),
+    )
+    .await;
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, first_name, last_name, email FROM cdc.public_customers",
+        &["1|Anne Marie|Kretchmar|annek@noanswer.org".to_string()],
+    )
+    .await;
+    // The MySQL row came and went: its table exists and is empty.
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT count(*) FROM cdc.inventory_customers",
+        &["0".to_string()],
+    )
+    .await;
+    let report = handle.report();
+    assert_eq!(report.events_total, changes, "{report:?}");
+    // The schemaless topic's columns are text; the schema'd one's are typed.
+    let notes_id = lake
+        .query("SELECT arrow_typeof(id) FROM cdc.public_notes LIMIT 1")
+        .await;
+    assert!(notes_id[0].starts_with("Utf8"), "{notes_id:?}");
+    assert_eq!(
+        lake.query("SELECT arrow_typeof(id) FROM cdc.public_items LIMIT 1")
+            .await,
+        ["Int64"]
+    );
+    handle.stop().await.unwrap();
+
+    // Stopped: more changes arrive, then a new run applies exactly them.
+    let (mut records, mut changes) = items.records(&[
+        Op::Upsert(7, "new"),
+        Op::Upsert(1, "z"),
+        Op::Delete(6),
+        Op::Rekey(40, 41, "moved again"),
+        Op::Upsert(3, "again"),
+    ]);
+    let (more, n) = notes.records(&[Op::Upsert(3, "w")]);
+    records.extend(more);
+    changes += n;
+    produce(&broker, &records);
+    let mut handle = spawn(&config).await;
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_items ORDER BY id",
+        &items.expected_lines(),
+    )
+    .await;
+    let report = wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_notes ORDER BY id",
+        &notes.expected_lines(),
+    )
+    .await;
+    assert_eq!(
+        report.events_total, changes,
+        "the second run applies only the new changes: {report:?}"
+    );
+    handle.stop().await.unwrap();
+}
+
+async fn failure(config: &Config, state: &str) -> String {
+    let mut handle = spawn(config).await;
+    let report = handle
+        .wait_until(&format!("state {state}"), WAIT, |r| r.state == state)
+        .await
+        .unwrap();
+    let _ = handle.stop().await;
+    report.last_error.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_broker_address_is_named_and_retried() {
+    let port = tarn_test_utils::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let (_lake, config) = kafka_lake(&address, &["orders"]).await;
+    let error = failure(&config, "retrying").await;
+    assert!(
+        error.contains(&format!("cannot reach the Kafka brokers {address}")),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_topic_and_a_malformed_message_stop_the_pipeline_naming_them() {
+    let broker = tokio::task::block_in_place(broker);
+    let (_lake, config) = kafka_lake(&broker.bootstrap(), &["no.such.topic"]).await;
+    let error = failure(&config, "failed").await;
+    assert!(
+        error.contains("Kafka topic \"no.such.topic\" does not exist") && error.contains(&broker.bootstrap()),
+        "{error}"
+    );
+    // The broker did not create it.
+    assert_eq!(
+        tokio::task::block_in_place(|| broker.partitions("no.such.topic")).unwrap(),
+        None
+    );
+
+    tokio::task::block_in_place(|| broker.create_topic("bad", 1).unwrap());
+    let mut items = Table::new("bad_items", true, 1);
+    let (mut records, _) = items.records(&[Op::Upsert(1, "a")]);
+    for r in &mut records {
+        r.topic = "bad".into();
+    }
+    records.push(Record {
+        topic: "bad".into(),
+        partition: 0,
+        key: Some(br#"{"id":2}"#.to_vec()),
+        value: Some(br#"{"op":"c","source":{"connector":"postgresql","table":"t"},"after":7}"#.to_vec()),
+        headers: Vec::new(),
+    });
+    let offsets = produce(&broker, &records);
+    let (_lake, config) = kafka_lake(&broker.bootstrap(), &["bad"]).await;
+    let error = failure(&config, "failed").await;
+    assert!(
+        error.contains(&format!("topic bad partition 0 offset {}", offsets[1]))
+            && error.contains("value.after"),
+        "{error}"
+    );
+}
