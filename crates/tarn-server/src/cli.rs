@@ -106,6 +106,11 @@ enum Command {
     /// cluster (changefeeds, `cdc.source_kind = "cockroachdb"`) into Iceberg tables.
     #[command(subcommand)]
     Cdc(crate::cdc::CdcCommand),
+    /// Ingest streams: Kafka topics of Debezium change events into Iceberg tables
+    /// (`tarn ingest kafka --brokers HOST:PORT --topic TOPIC`).
+    #[cfg(feature = "kafka")]
+    #[command(subcommand)]
+    Ingest(crate::ingest::IngestCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -150,10 +155,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let long_running = matches!(
-        cli.command,
-        Command::Serve | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
-    );
+    #[cfg(feature = "kafka")]
+    let ingesting = matches!(cli.command, Command::Ingest(_));
+    #[cfg(not(feature = "kafka"))]
+    let ingesting = false;
+    let long_running = ingesting
+        || matches!(
+            cli.command,
+            Command::Serve | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
+        );
     // The demo prints its own progress on stdout; only warnings and errors are logged.
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
@@ -274,6 +284,8 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
+        #[cfg(feature = "kafka")]
+        Command::Ingest(cmd) => crate::ingest::run(cmd, config).await,
         Command::Demo(args) => {
             let metrics = crate::serve::install_metrics()?;
             crate::demo::run(args, &config, metrics).await

@@ -5,6 +5,7 @@
 //! - [`cli`]: argument parsing and the dispatch of each command ([`cli::main`] is the binary);
 //! - [`serve`]: `tarn serve` — the Postgres wire endpoint, HTTP, the CDC pipeline;
 //! - [`cdc`]: `tarn cdc` — run, inspect and remove a change-data-capture pipeline;
+//! - `ingest` (feature `kafka`): `tarn ingest kafka` — Debezium change-event topics into the lake;
 //! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
@@ -18,6 +19,8 @@ pub mod bench_cdc;
 pub mod cdc;
 pub mod cli;
 pub mod demo;
+#[cfg(feature = "kafka")]
+pub mod ingest;
 pub mod load;
 pub mod maintain;
 pub mod measure;

@@ -427,3 +427,101 @@ async fn an_unknown_topic_and_a_malformed_message_stop_the_pipeline_naming_them(
         "{error}"
     );
 }
+
+/// `tarn ingest kafka` as a process: it ingests a topic until SIGTERM, then commits and says
+/// what it applied; an unknown topic ends it with an error naming the topic; `--help` says
+/// what it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
+    let (ok, help, _) = crate::tarn(std::path::Path::new("."), &["ingest", "kafka", "--help"]);
+    assert!(
+        ok && help.contains("exactly once") && help.contains("--brokers"),
+        "{help}"
+    );
+
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("cli_items", true, 1);
+    tokio::task::block_in_place(|| broker.create_topic(&items.topic(), 1).unwrap());
+    let (records, changes) = items.records(&[Op::Upsert(1, "a"), Op::Upsert(2, "b"), Op::Delete(1)]);
+    produce(&broker, &records);
+    let (lake, _) = kafka_lake(&broker.bootstrap(), &["unused"]).await;
+    let bootstrap = broker.bootstrap();
+    let topic = items.topic();
+    let args = |topic: &str| {
+        vec![
+            "--data-dir".to_string(),
+            lake.path().display().to_string(),
+            "--set".into(),
+            "cdc.flush.interval=100ms".into(),
+            "--set".into(),
+            "cdc.table_name={schema}_{table}".into(),
+            "ingest".into(),
+            "kafka".into(),
+            "--brokers".into(),
+            bootstrap.clone(),
+            "--topic".into(),
+            topic.to_string(),
+            "--group".into(),
+            "tarn_cli".into(),
+        ]
+    };
+    let mut child = std::process::Command::new(crate::tarn_bin())
+        .args(args(&topic))
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let expected = items.expected_lines();
+    loop {
+        let rows = query(
+            &lake.session,
+            "SELECT id, v FROM cdc.public_cli_items ORDER BY id",
+        )
+        .await
+        .unwrap_or_default();
+        if rows == expected {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("tarn ingest kafka exited ({status}) before the rows arrived");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows {rows:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped: {changes} change(s) applied")),
+        "{stderr}"
+    );
+
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(crate::tarn_bin())
+            .args(args("no.such.topic"))
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .output()
+    })
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Kafka topic \"no.such.topic\" does not exist"),
+        "{stderr}"
+    );
+}
