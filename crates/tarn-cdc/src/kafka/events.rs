@@ -18,10 +18,13 @@
 //! - **Transactions and positions.** Each record is one transaction. Its
 //!   [`SourceEvent::Begin`] names only its own partition at the record's next offset (what the
 //!   sink's [`Position::holds`] check compares), so no transaction straddles a table's
-//!   position. Its [`SourceEvent::Commit`] carries every partition's next offset delivered so
-//!   far in this run: after the pipeline commits, every table it wrote holds all records
-//!   delivered before (they were applied, or held already), so the merged offsets a table
-//!   records are true of it, and a restart seeks each partition to what the tables hold.
+//!   position. Its [`SourceEvent::Commit`] carries every assigned partition's next offset:
+//!   where the partition started (what every table held already) or past the last record
+//!   delivered in this run. After the pipeline commits, every table it wrote holds all of
+//!   that (records were applied, or held already), so the offsets a table records are true
+//!   of it and name every partition — a partition left out would make a restart fall back
+//!   behind it and apply its records again — and a restart seeks each partition to what the
+//!   tables hold.
 //! - **Deduplication.** Kafka is at-least-once, and tansu (the tests' broker) even delivers
 //!   the records of aborted transactions to `read_committed` consumers. Per table and record
 //!   key, the mapper remembers the Debezium source position (LSN, binlog coordinates, SQL
@@ -96,7 +99,17 @@ impl RecordMapper {
         Self::default()
     }
 
-    /// Every partition's next offset delivered so far.
+    /// A mapper for a consumer whose partitions start at `start`: what every table already
+    /// holds, so it counts as delivered (commits record it for partitions without records in
+    /// this run, and a later restart does not fall back behind it).
+    pub fn starting_at(start: KafkaOffsets) -> Self {
+        Self {
+            delivered: start,
+            ..Self::default()
+        }
+    }
+
+    /// Every partition's next offset delivered so far (from the start offsets on).
     pub fn delivered(&self) -> &KafkaOffsets {
         &self.delivered
     }

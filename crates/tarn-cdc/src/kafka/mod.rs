@@ -10,9 +10,10 @@
 //! every table it writes, the next offset of every partition consumed so far
 //! ([`crate::position`]'s `KafkaOffsets`, merged per partition). On start the source lists the
 //! pipeline's lake tables in `cdc.namespace`, and seeks each partition to the smallest offset
-//! the tables hold for it; a table that names no offset for a partition counts with the
-//! consumer group's committed offset, or, when the group has none, with `cdc.kafka.start`
-//! (`earliest`, `latest`). Records before a table's offset are skipped by the sink
+//! the tables hold for it; a table that names no offset for a partition (one whose first
+//! commit never happened included) counts with the consumer group's committed offset, or,
+//! when the group has none, makes the partition start at its beginning. `cdc.kafka.start`
+//! (`earliest`, `latest`) decides only for a pipeline without lake tables. Records before a table's offset are skipped by the sink
 //! ([`Position::holds`]), so a restart after a crash between commits of two tables replays
 //! the difference into the table that missed it and nothing into the other.
 //! [`acknowledge`](ChangeSource::acknowledge) commits the group's offsets after each lake
@@ -43,7 +44,7 @@ use tarn_lake::Lake;
 
 use crate::pipeline::{PipelineStatus, SourceContext};
 use crate::position::{KafkaOffsets, TopicPartition};
-use crate::sink::{LakeSink, table_position};
+use crate::sink::{LakeSink, SUMMARY_PIPELINE, table_position};
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
 use events::{Record, RecordMapper};
 
@@ -181,8 +182,10 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// The offsets every lake table of this pipeline holds.
+    /// The offsets every lake table of this pipeline holds; a table it created that holds no
+    /// position yet (its first commit never happened) names none.
     async fn lake_offsets(&self, config: &Config) -> Result<Vec<KafkaOffsets>> {
+        let pipeline = &config.cdc.pipeline;
         let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
         if !self.lake.namespace_exists(&ns).await? {
             return Ok(Vec::new());
@@ -190,8 +193,18 @@ impl KafkaSource {
         let mut out = Vec::new();
         for ident in self.lake.list_tables(&ns).await? {
             let table = self.lake.load_table(&ident).await?;
-            if let (Some(Position::Kafka(offsets)), _) = table_position(&table, &config.cdc.pipeline) {
-                out.push(offsets);
+            match table_position(&table, pipeline) {
+                (Some(Position::Kafka(offsets)), _) => out.push(offsets),
+                (None, _)
+                    if table
+                        .metadata()
+                        .properties()
+                        .get(SUMMARY_PIPELINE)
+                        .is_some_and(|p| p == pipeline) =>
+                {
+                    out.push(KafkaOffsets::new());
+                }
+                _ => {}
             }
         }
         Ok(out)
@@ -249,13 +262,15 @@ impl ChangeSource for KafkaSource {
                     start.insert(tp.clone(), o);
                     Offset::Offset(o)
                 }
-                None if self.start == "latest" => Offset::End,
+                // Only a pipeline without tables may skip what the partition holds.
+                None if self.start == "latest" && tables.is_empty() => Offset::End,
                 None => Offset::Beginning,
             };
             assignment
                 .add_partition_offset(&tp.topic, tp.partition, offset)
                 .map_err(|e| kafka_error(format!("cannot seek {}:{}", tp.topic, tp.partition), e))?;
         }
+        self.mapper = RecordMapper::starting_at(start.clone());
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error("cannot assign the Kafka partitions".into(), e))?;

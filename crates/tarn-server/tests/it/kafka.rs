@@ -525,3 +525,191 @@ async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
         "{stderr}"
     );
 }
+
+/// `tarn ingest kafka` killed again and again (failpoints abort the process between the
+/// commits of two tables, after the commits, before the group commit) while waves of
+/// changes arrive: the lake ends equal to the messages. A table without a key (every
+/// replayed insert would show as a second row) proves that nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
+    const FAILPOINTS: [(&str, f64); 3] = [
+        ("cdc.before_commit", 0.3),
+        ("cdc.after_commit", 0.5),
+        ("cdc.before_ack", 0.7),
+    ];
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("crash_items", true, 2);
+    let log_spec = Arc::new(TableSpec {
+        key_kind: KeyKind::FullRow,
+        columns: items_spec("crash_log")
+            .columns
+            .iter()
+            .map(|c| ColumnSpec {
+                key: false,
+                not_null: false,
+                ..c.clone()
+            })
+            .collect(),
+        ..(*items_spec("crash_log")).clone()
+    });
+    let log = TableEncoder::new(&EncoderConfig::new("shop", SourceConnector::Postgres), log_spec);
+    tokio::task::block_in_place(|| {
+        broker.create_topic(&items.topic(), 2).unwrap();
+        broker.create_topic(log.topic(), 2).unwrap();
+    });
+    let (lake, _) = kafka_lake(&broker.bootstrap(), &["unused"]).await;
+    let failpoints = FAILPOINTS
+        .iter()
+        .map(|(name, p)| format!("{name}=abort({p})"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let items_topic = items.topic();
+    let ingest = |failpoints: &str| {
+        std::process::Command::new(crate::tarn_bin())
+            .args(["--data-dir", &lake.path().display().to_string()])
+            .args([
+                "--set",
+                "cdc.flush.interval=50ms",
+                "--set",
+                "cdc.table_name={schema}_{table}",
+            ])
+            .args(["--set", "maintenance.auto=false"])
+            .args([
+                "ingest",
+                "kafka",
+                "--brokers",
+                &broker.bootstrap(),
+                "--group",
+                "tarn_crash",
+            ])
+            .args(["--topic", &items_topic, "--topic", log.topic()])
+            .env("TARN_FAILPOINTS", failpoints)
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let items_sql = "SELECT id, v FROM cdc.public_crash_items ORDER BY id";
+    let log_sql = "SELECT id, v FROM cdc.public_crash_log ORDER BY id, v";
+    let mut log_expected: Vec<(i64, String)> = Vec::new();
+    let mut fired: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kills = 0;
+    for wave in 0..20i64 {
+        let ops: Vec<Op<'_>> = (0..6)
+            .map(|i| match (wave + i) % 3 {
+                0 | 1 => Op::Upsert(i, "w"),
+                _ => Op::Delete(i),
+            })
+            .collect();
+        let (mut records, _) = items.records(&ops);
+        for i in 0..6 {
+            let id = wave * 6 + i;
+            // Some rows repeat on purpose: a keyless table keeps each copy.
+            let v = if i % 4 == 0 {
+                "same".to_string()
+            } else {
+                format!("wave {wave}")
+            };
+            let after = row(id % 7, &v);
+            log_expected.push((id % 7, v));
+            let info = SourceInfo {
+                db: "shop".into(),
+                position: (0x10_0000 + id as u64 * 16).to_string(),
+                tx_id: Some(id),
+                commit_time_micros: 1_700_000_000_000_000,
+                snapshot: Default::default(),
+                transaction: None,
+            };
+            for m in log.encode(Change::Create { after: &after }, &info, 0).unwrap() {
+                records.push(Record {
+                    partition: (i % 2) as i32,
+                    topic: m.topic,
+                    key: m.key,
+                    value: m.value,
+                    headers: m.headers,
+                });
+            }
+        }
+        produce(&broker, &records);
+        log_expected.sort();
+        let log_lines: Vec<String> = log_expected.iter().map(|(id, v)| format!("{id}|{v}")).collect();
+        let items_lines = items.expected_lines();
+        // Runs with failpoints until one run gets the lake there (or a few tries).
+        for _attempt in 0..6 {
+            let mut child = ingest(&failpoints);
+            let deadline = std::time::Instant::now() + WAIT;
+            let reached = loop {
+                let got_items = query(&lake.session, items_sql).await.unwrap_or_default();
+                let got_log = query(&lake.session, log_sql).await.unwrap_or_default();
+                if got_items == items_lines && got_log == log_lines {
+                    break true;
+                }
+                assert!(
+                    got_log.len() <= log_lines.len(),
+                    "wave {wave}: the keyless table has rows twice: {got_log:?}"
+                );
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(std::time::Instant::now() < deadline, "wave {wave}: stuck");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if reached {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+            }
+            let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let aborted: Vec<&str> = FAILPOINTS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| stderr.contains(&format!("failpoint {name}: aborting")))
+                .collect();
+            if aborted.is_empty() {
+                assert!(
+                    reached && out.status.success(),
+                    "wave {wave}: exited without a failpoint: {stderr}"
+                );
+                break;
+            }
+            kills += 1;
+            for name in aborted {
+                *fired.entry(name).or_default() += 1;
+            }
+        }
+    }
+    // A last run without failpoints catches up; then the lake equals the messages.
+    let child = ingest("");
+    let log_lines: Vec<String> = log_expected.iter().map(|(id, v)| format!("{id}|{v}")).collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got_items = query(&lake.session, items_sql).await.unwrap_or_default();
+        let got_log = query(&lake.session, log_sql).await.unwrap_or_default();
+        if got_items == items.expected_lines() && got_log == log_lines {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "items {got_items:?} (expected {:?}), log {got_log:?} (expected {log_lines:?})",
+            items.expected_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("killed {kills} times: {fired:?}");
+    // Every failpoint fired, and the process was killed often.
+    for (name, _) in FAILPOINTS {
+        assert!(
+            fired.get(name).copied().unwrap_or(0) > 0,
+            "{name} never fired: {fired:?}"
+        );
+    }
+    assert!(kills >= 20, "only {kills} kills: {fired:?}");
+}
