@@ -232,8 +232,9 @@ pub struct KafkaSourceConfig {
     pub group: String,
     /// The consumer's `session.timeout.ms`, e.g. `10s`.
     pub session_timeout: String,
-    /// Where a partition starts that neither a lake table nor the group has an offset for:
-    /// `earliest` or `latest`.
+    /// Where partitions start for a pipeline without lake tables and without group offsets:
+    /// `earliest` or `latest` (with lake tables, a partition nothing knows starts at its
+    /// beginning, and the tables skip what they hold).
     pub start: String,
 }
 

@@ -25,7 +25,7 @@ pub enum IngestCommand {
     ///
     /// Exactly once: every lake commit records the partitions' offsets in the tables'
     /// snapshot summaries; a restart seeks each partition to what the tables hold (then the
-    /// group's committed offsets, then `--start`). The group's offsets are committed after
+    /// group's committed offsets; `--start` only without lake tables). The group's offsets are committed after
     /// each lake commit, for monitoring. A record that is not a change event stops the
     /// pipeline with an error naming its topic, partition and offset.
     ///
@@ -47,7 +47,7 @@ pub struct KafkaArgs {
     /// `cdc.kafka.group`).
     #[arg(long)]
     group: Option<String>,
-    /// Where a partition starts that no lake table and no group offset knows (default
+    /// Where partitions start for a pipeline without lake tables and group offsets (default
     /// `cdc.kafka.start`).
     #[arg(long, value_parser = ["earliest", "latest"])]
     start: Option<String>,

@@ -143,7 +143,10 @@ impl RecordMapper {
         let Some(change) = change else {
             return Ok(());
         };
-        if change.op == Op::Message {
+        if change.op == Op::Message
+            || (change.op == Op::Truncate && change.spec.is_none() && !self.knows(&change))
+        {
+            // A schemaless truncate of a table not seen yet has no columns to create it with.
             return Ok(());
         }
         let at = || {
@@ -189,6 +192,18 @@ impl RecordMapper {
             commit_time_micros: millis.saturating_mul(1000),
         });
         Ok(())
+    }
+
+    /// Whether the table of `change` has been seen.
+    fn knows(&self, change: &DecodedChange) -> bool {
+        let schema = change
+            .table
+            .schema
+            .clone()
+            .or_else(|| change.table.db.clone())
+            .unwrap_or_default();
+        let name = change.table.table.clone().unwrap_or_default();
+        self.tables.contains_key(&(schema, name))
     }
 
     fn spec(&self, id: TableId) -> Arc<TableSpec> {
@@ -490,6 +505,22 @@ mod tests {
             assert_eq!(mapper.duplicates, 2);
             assert_eq!(mapper.delivered().to_string(), "shop.public.items:0=16");
         }
+    }
+
+    #[test]
+    fn a_schemaless_truncate_needs_the_table_seen_first() {
+        let enc = encoder(false);
+        let truncate = enc.encode(Change::Truncate, &info(100), 0).unwrap();
+        let mut mapper = RecordMapper::new();
+        assert!(map_all(&mut mapper, &truncate, 0).is_empty());
+        let new = row(1, Some("a"));
+        let mut messages = enc.encode(Change::Create { after: &new }, &info(200), 0).unwrap();
+        messages.extend(enc.encode(Change::Truncate, &info(300), 0).unwrap());
+        let events = map_all(&mut mapper, &messages, 1);
+        assert!(
+            matches!(events.as_slice(), [SourceEvent::Relation(_), .., SourceEvent::Truncate { tables }, SourceEvent::Commit { .. }] if tables == &[1]),
+            "{events:?}"
+        );
     }
 
     #[test]
