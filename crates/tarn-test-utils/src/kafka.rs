@@ -271,6 +271,28 @@ impl Broker {
         })
     }
 
+    /// The offsets group `group` committed for partitions `0..partitions` of `topic` (`None`
+    /// for a partition without one).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>> {
+        let consumer: BaseConsumer = self
+            .consumer_config(group)
+            .create()
+            .context("cannot create a Kafka consumer")?;
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .with_context(|| format!("committed offsets of group {group} on {}", self.bootstrap()))?;
+        Ok((0..partitions)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The number of partitions of `topic`, `None` if the broker does not know it (asked
     /// without auto-creating it).
     pub fn partitions(&self, topic: &str) -> Result<Option<usize>> {

@@ -213,6 +213,15 @@ async fn wait_rows(handle: &PipelineHandle, lake: &TestLake, sql: &str, expected
     result.unwrap_or_else(|e| panic!("{e}; last rows {:?}", last.lock().unwrap()))
 }
 
+/// The rows of `sql` now (none when the table does not exist yet); a query that takes more
+/// than 20 s fails the test.
+async fn rows_now(lake: &TestLake, sql: &str) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(20), query(&lake.session, sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql} took more than 20 s"))
+        .unwrap_or_default()
+}
+
 fn broker() -> Broker {
     Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)")
 }
@@ -333,6 +342,20 @@ async fn debezium_topics_land_row_by_row_and_a_restart_replays_nothing() {
         ["Int64"]
     );
     handle.stop().await.unwrap();
+    // The group's offsets followed the lake (for monitoring): each partition's end.
+    let ends: Vec<Option<i64>> = (0..2)
+        .map(|p| {
+            let n = records
+                .iter()
+                .filter(|r| r.topic == items.topic() && r.partition == p)
+                .count();
+            Some(n as i64)
+        })
+        .collect();
+    assert_eq!(
+        tokio::task::block_in_place(|| broker.committed("tarn_it", &items.topic(), 2)).unwrap(),
+        ends
+    );
 
     // Stopped: more changes arrive, then a new run applies exactly them.
     let (mut records, mut changes) = items.records(&[
@@ -419,7 +442,8 @@ async fn an_unknown_topic_and_a_malformed_message_stop_the_pipeline_naming_them(
         headers: Vec::new(),
     });
     let offsets = produce(&broker, &records);
-    let (_lake, config) = kafka_lake(&broker.bootstrap(), &["bad"]).await;
+    // Found through a pattern, as `cdc.kafka.topics = ["^ba[d]$"]` would.
+    let (_lake, config) = kafka_lake(&broker.bootstrap(), &["^ba[d]$"]).await;
     let error = failure(&config, "failed").await;
     assert!(
         error.contains(&format!("topic bad partition 0 offset {}", offsets[1]))
@@ -641,8 +665,8 @@ async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
             let mut child = ingest(&failpoints);
             let deadline = std::time::Instant::now() + WAIT;
             let reached = loop {
-                let got_items = query(&lake.session, items_sql).await.unwrap_or_default();
-                let got_log = query(&lake.session, log_sql).await.unwrap_or_default();
+                let got_items = rows_now(&lake, items_sql).await;
+                let got_log = rows_now(&lake, log_sql).await;
                 if got_items == items_lines && got_log == log_lines {
                     break true;
                 }
@@ -686,8 +710,8 @@ async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
     let log_lines: Vec<String> = log_expected.iter().map(|(id, v)| format!("{id}|{v}")).collect();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let got_items = query(&lake.session, items_sql).await.unwrap_or_default();
-        let got_log = query(&lake.session, log_sql).await.unwrap_or_default();
+        let got_items = rows_now(&lake, items_sql).await;
+        let got_log = rows_now(&lake, log_sql).await;
         if got_items == items.expected_lines() && got_log == log_lines {
             break;
         }
