@@ -158,6 +158,11 @@ impl RecordMapper {
         let (id, relation) = self
             .table_of(&change)
             .map_err(|e| e.with_context("record", at()))?;
+        // The sink learns a new or changed spec even when this record is skipped: the mapper
+        // already describes the table's next records with it.
+        if let Some(spec) = relation {
+            out.push(SourceEvent::Relation(spec));
+        }
         if self.is_replay(id, record, &change) {
             self.duplicates += 1;
             return Ok(());
@@ -175,9 +180,6 @@ impl RecordMapper {
         let Some(event) = event else {
             return Ok(());
         };
-        if let Some(spec) = relation {
-            out.push(SourceEvent::Relation(spec));
-        }
         out.push(SourceEvent::Begin {
             commit_position: Position::Kafka(KafkaOffsets::new().with(tp, next)),
         });
