@@ -271,6 +271,52 @@ impl Broker {
         })
     }
 
+    /// Produces `records` in one Kafka transaction of a transactional producer with id
+    /// `transactional_id`, then commits it, or aborts it when `commit` is false.
+    pub fn produce_transaction(
+        &self,
+        transactional_id: &str,
+        records: &[Record],
+        commit: bool,
+    ) -> Result<()> {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let producer: ThreadedProducer<DefaultProducerContext> = self
+            .client_config()
+            .set("transactional.id", transactional_id)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .context("cannot create a transactional Kafka producer")?;
+        let timeout = Duration::from_secs(30);
+        let what = |step: &str| format!("{step} of transaction {transactional_id} on {}", self.bootstrap());
+        producer
+            .init_transactions(timeout)
+            .with_context(|| what("init"))?;
+        producer.begin_transaction().with_context(|| what("begin"))?;
+        for r in records {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic).partition(r.partition);
+            if let Some(key) = &r.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(value) = &r.value {
+                record = record.payload(value.as_slice());
+            }
+            producer
+                .send(record)
+                .map_err(|(e, _)| anyhow!("cannot produce to {}:{}: {e}", r.topic, r.partition))?;
+        }
+        producer.flush(timeout).with_context(|| what("flush"))?;
+        if commit {
+            producer
+                .commit_transaction(timeout)
+                .with_context(|| what("commit"))?;
+        } else {
+            producer
+                .abort_transaction(timeout)
+                .with_context(|| what("abort"))?;
+        }
+        Ok(())
+    }
+
     /// The offsets group `group` committed for partitions `0..partitions` of `topic` (`None`
     /// for a partition without one).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>> {

@@ -164,6 +164,12 @@ impl RecordMapper {
             out.push(SourceEvent::Relation(spec));
         }
         if self.is_replay(id, record, &change) {
+            tracing::debug!(
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                "skipped a change its key already had (a replay)"
+            );
             self.duplicates += 1;
             return Ok(());
         }

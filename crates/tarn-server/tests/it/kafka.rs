@@ -737,3 +737,36 @@ async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
     }
     assert!(kills >= 20, "only {kills} kills: {fired:?}");
 }
+
+/// A transaction aborted and sent again (tansu delivers the aborted copy to read_committed
+/// consumers too): every change is applied once, the copies are skipped by their Debezium
+/// source position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transaction_sent_again_applies_once() {
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("txn_items", true, 1);
+    tokio::task::block_in_place(|| broker.create_topic(&items.topic(), 1).unwrap());
+    let (records, changes) = items.records(&[
+        Op::Upsert(1, "a"),
+        Op::Upsert(2, "b"),
+        Op::Upsert(1, "c"),
+        Op::Delete(2),
+    ]);
+    tokio::task::block_in_place(|| {
+        broker
+            .produce_transaction("tarn-it-txn", &records, false)
+            .unwrap();
+        broker.produce_transaction("tarn-it-txn", &records, true).unwrap();
+    });
+    let (lake, config) = kafka_lake(&broker.bootstrap(), &[&items.topic()]).await;
+    let mut handle = spawn(&config).await;
+    let report = wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_txn_items ORDER BY id",
+        &items.expected_lines(),
+    )
+    .await;
+    assert_eq!(report.events_total, changes, "{report:?}");
+    handle.stop().await.unwrap();
+}
