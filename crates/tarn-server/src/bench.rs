@@ -115,6 +115,31 @@ pub enum BenchCommand {
         #[arg(long, conflicts_with = "source")]
         cockroach_contract: bool,
     },
+    /// Kafka → Iceberg: Debezium change events consumed into the lake (events/s) against a
+    /// plain rdkafka consumer draining the same topic, and freshness from produce to lake
+    /// commit. Starts its own broker (tansu, from the project's venv: bash scripts/setup.sh).
+    #[cfg(feature = "kafka")]
+    Kafka {
+        /// Change events of the backlog (60 % inserts, 30 % updates, 10 % deletes with
+        /// tombstones).
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Leave the Connect schema out of keys and values (`schemas.enable=false`).
+        #[arg(long)]
+        no_schemas: bool,
+        /// Seconds of the freshness phase.
+        #[arg(long, default_value_t = 20)]
+        freshness_seconds: u64,
+        /// Events per second produced during the freshness phase.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Where the lake goes; default `DATA_DIR/bench/kafka`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Runs a benchmark.
@@ -156,6 +181,26 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 reuse,
             };
             tpch(&config, &options, &dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "kafka")]
+        BenchCommand::Kafka {
+            events,
+            partitions,
+            no_schemas,
+            freshness_seconds,
+            rate,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("kafka"));
+            let options = crate::bench_kafka::KafkaBenchOptions {
+                events,
+                partitions,
+                schemas: !no_schemas,
+                freshness_seconds,
+                rate,
+            };
+            crate::bench_kafka::run(&config, &options, &dir).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Cdc {
