@@ -324,6 +324,12 @@ impl ChangeSource for KafkaSource {
             }
         }
         metrics::counter!("tarn_kafka_records_total").increment(records as u64);
+        // Where the partitions stand now, records that carry no change (tombstones) included:
+        // with nothing buffered, the pipeline acknowledges it, so a partition that ends with
+        // a tombstone is not shown one record behind forever.
+        events.push(SourceEvent::Keepalive {
+            position: Position::Kafka(self.mapper.delivered().clone()),
+        });
         Ok(Next::Events(events))
     }
 

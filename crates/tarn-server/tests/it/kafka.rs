@@ -693,9 +693,14 @@ async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
                 .filter(|name| stderr.contains(&format!("failpoint {name}: aborting")))
                 .collect();
             if aborted.is_empty() {
+                // A run that finds the lake already there is stopped at once, maybe before it
+                // installed its SIGTERM handler: then SIGTERM's default action ends it.
+                use std::os::unix::process::ExitStatusExt;
+                let stopped = out.status.success() || out.status.signal() == Some(15);
                 assert!(
-                    reached && out.status.success(),
-                    "wave {wave}: exited without a failpoint: {stderr}"
+                    reached && stopped,
+                    "wave {wave}: exited without a failpoint ({}): {stderr}",
+                    out.status
                 );
                 break;
             }
