@@ -28,7 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tarn_cdc::debezium::{Change, EncoderConfig, SourceConnector, SourceInfo, TableEncoder};
 use tarn_cdc::pipeline::{PipelineHandle, RunOptions};
-use tarn_cdc::position::{KafkaOffsets, Position, TopicPartition};
+use tarn_cdc::position::{KafkaOffsets, Lsn, Position, TopicPartition};
 use tarn_cdc::source::{ColumnSpec, KeyKind, TableSpec};
 use tarn_cdc::value::{ColumnType, Value};
 use tarn_core::Config;
@@ -128,7 +128,7 @@ fn backlog(
         lsn += 0x40;
         let info = SourceInfo {
             db: "shop".into(),
-            position: lsn.to_string(),
+            position: Lsn(lsn).into(),
             tx_id: Some(n as i64),
             commit_time_micros: 1_765_000_000_000_000,
             snapshot: Default::default(),
@@ -162,7 +162,7 @@ fn backlog(
         lsn += 0x40;
         let info = SourceInfo {
             db: "shop".into(),
-            position: lsn.to_string(),
+            position: Lsn(lsn).into(),
             tx_id: None,
             commit_time_micros: 1_765_000_000_000_000,
             snapshot: Default::default(),
@@ -352,7 +352,7 @@ pub async fn run(config: &Config, options: &KafkaBenchOptions, dir: &Path) -> Re
             let id = 10_000_000 + n;
             let info = SourceInfo {
                 db: "shop".into(),
-                position: (0x200_0000 + n * 0x40).to_string(),
+                position: Lsn(0x200_0000 + n * 0x40).into(),
                 tx_id: Some(n as i64),
                 commit_time_micros: 1_765_000_000_000_000,
                 snapshot: Default::default(),

@@ -331,7 +331,7 @@ mod tests {
         broker.create_topic(&topic, 1).unwrap();
         let source = |lsn: &str| SourceInfo {
             db: "shop".into(),
-            position: lsn.into(),
+            position: lsn.parse().unwrap(),
             tx_id: Some(7),
             commit_time_micros: 1_700_000_000_000_000,
             snapshot: Default::default(),

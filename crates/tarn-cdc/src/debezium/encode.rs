@@ -40,7 +40,7 @@ use super::connect::{ConnectSchema, JsonWriter, SchemaType};
 use super::types::column_schema;
 use super::values::{write_fallback, write_header_value, write_value};
 use super::{CodecError, NEW_KEY_HEADER, OLD_KEY_HEADER, Op, SnapshotMarker};
-use crate::source::{KeyKind, TableSpec};
+use crate::source::{KeyKind, Position, TableSpec};
 use crate::value::Value;
 
 /// What `source.version` says: tarn wrote the event.
@@ -152,10 +152,10 @@ pub struct TransactionBlock {
 pub struct SourceInfo {
     /// The database name (`source.db`).
     pub db: String,
-    /// The change's position in the source's stream, as text. PostgreSQL: an LSN, `16/B374D848`
-    /// or its decimal value (written as `lsn`); CockroachDB: an HLC timestamp `wall.logical`
-    /// (written as `ts_hlc`). Also written as the current position of `sequence`.
-    pub position: String,
+    /// The change's position in the source's stream: a PostgreSQL LSN (written as `lsn`, a
+    /// number) or a CockroachDB HLC timestamp (written as `ts_hlc`, `wall.logical`); also
+    /// the current position of `sequence`.
+    pub position: Position,
     /// The source transaction id (`txId`, PostgreSQL).
     pub tx_id: Option<i64>,
     /// When the transaction committed, microseconds since the Unix epoch (`source.ts_ms`,
@@ -608,19 +608,30 @@ impl TableEncoder {
 
     fn write_source(&self, w: &mut JsonWriter, source: &SourceInfo) -> Result<(), CodecError> {
         let connector = self.config.connector;
-        let lsn = match connector {
-            SourceConnector::Postgres => Some(parse_lsn(&source.position).ok_or_else(|| {
-                CodecError::new(
-                    "source.lsn",
+        let current = match (connector, &source.position) {
+            (SourceConnector::Postgres, Position::Lsn(lsn)) => i64::try_from(lsn.0)
+                .map_err(|_| {
+                    CodecError::new(
+                        "source.lsn",
+                        format!("LSN {lsn} is beyond Debezium's 64-bit signed lsn"),
+                    )
+                })?
+                .to_string(),
+            (SourceConnector::CockroachDb, Position::Hlc(hlc)) => hlc.to_string(),
+            (connector, other) => {
+                let (path, expected) = match connector {
+                    SourceConnector::Postgres => ("source.lsn", "a PostgreSQL LSN"),
+                    SourceConnector::CockroachDb => ("source.ts_hlc", "a CockroachDB timestamp"),
+                };
+                return Err(CodecError::new(
+                    path,
                     format!(
-                        "{:?} is not a PostgreSQL LSN (X/Y or a decimal number)",
-                        source.position
+                        "the change's position {other} ({}) is not {expected}",
+                        other.kind()
                     ),
-                )
-            })?),
-            SourceConnector::CockroachDb => None,
+                ));
+            }
         };
-        let current = lsn.map_or_else(|| source.position.clone(), |l| l.to_string());
         let micros = source.commit_time_micros;
         w.begin_object();
         w.key("version");
@@ -673,29 +684,12 @@ impl TableEncoder {
                 w.key("resolved_ts");
                 w.null();
                 w.key("ts_hlc");
-                w.string(&source.position);
+                w.string(&current);
             }
         }
         w.end_object();
         Ok(())
     }
-}
-
-/// A PostgreSQL LSN, `X/Y` (hex halves) or decimal, as Debezium's numeric `lsn`.
-fn parse_lsn(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let value = match text.split_once('/') {
-        Some((hi, lo)) => {
-            let hi = u64::from_str_radix(hi, 16).ok()?;
-            let lo = u64::from_str_radix(lo, 16).ok()?;
-            if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
-                return None;
-            }
-            (hi << 32) | lo
-        }
-        None => text.parse().ok()?,
-    };
-    i64::try_from(value).ok()
 }
 
 #[cfg(test)]
@@ -707,13 +701,5 @@ mod tests {
         assert_eq!(topic_name("tarn", "public", "orders"), "tarn.public.orders");
         assert_eq!(topic_name("tarn", "my schema", "Ördë$"), "tarn.my_schema._rd__");
         assert_eq!(topic_name("p", "s", &"t".repeat(300)).len(), 249);
-    }
-
-    #[test]
-    fn lsns() {
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert_eq!(parse_lsn("24023128"), Some(24_023_128));
-        assert_eq!(parse_lsn("x/1"), None);
-        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), None);
     }
 }

@@ -490,7 +490,7 @@ fn every_type() -> (Arc<TableSpec>, Vec<Vec<Value>>) {
 fn source(snapshot: SnapshotMarker) -> SourceInfo {
     SourceInfo {
         db: "shop".into(),
-        position: "16/B374D848".into(),
+        position: "16/B374D848".parse().unwrap(),
         tx_id: Some(4711),
         commit_time_micros: 1_764_000_000_123_456,
         snapshot,
@@ -764,7 +764,7 @@ fn envelope_matches_debezium_3_field_for_field() {
         Value::Text(Bytes::from_static(b"liam3@example.com")),
     ];
     let mut src = source(SnapshotMarker::False);
-    src.position = "34389336".into();
+    src.position = crate::position::Lsn(34_389_336).into();
     src.tx_id = Some(779);
     src.transaction = Some(TransactionBlock {
         id: "779:34389336".into(),
@@ -851,7 +851,7 @@ fn cockroachdb_source_block() {
     });
     let encoder = TableEncoder::new(&EncoderConfig::new("crdb", SourceConnector::CockroachDb), spec);
     let mut src = source(SnapshotMarker::False);
-    src.position = "1700000000123456789.0000000002".into();
+    src.position = "1700000000123456789.0000000002".parse().unwrap();
     let row = [Value::Text(Bytes::from_static(b"5"))];
     let m = encoder
         .encode(Change::Create { after: &row }, &src, NOW_NANOS)
@@ -945,7 +945,8 @@ fn encoding_errors_name_the_column() {
         .unwrap_err();
     assert!(e.message.contains("has 25 columns, its table has 26"), "{e}");
     let mut src = source(SnapshotMarker::False);
-    src.position = "not an lsn".into();
+    // A CockroachDB timestamp where a PostgreSQL connector's event needs an LSN.
+    src.position = "1700000000123456789.0000000002".parse().unwrap();
     let e = encoder
         .encode(Change::Create { after: &rows[0] }, &src, 0)
         .unwrap_err();

@@ -427,7 +427,7 @@ mod tests {
     fn info(lsn: u64) -> SourceInfo {
         SourceInfo {
             db: "shop".into(),
-            position: lsn.to_string(),
+            position: crate::position::Lsn(lsn).into(),
             tx_id: Some(1),
             commit_time_micros: 1_700_000_000_000_000,
             snapshot: Default::default(),

@@ -90,7 +90,7 @@ impl Table {
             self.lsn += 0x100;
             let info = SourceInfo {
                 db: "shop".into(),
-                position: self.lsn.to_string(),
+                position: tarn_cdc::position::Lsn(self.lsn).into(),
                 tx_id: Some(self.lsn as i64),
                 commit_time_micros: 1_700_000_000_000_000,
                 snapshot: Default::default(),
@@ -640,7 +640,7 @@ async fn killed_at_every_commit_step_the_lake_ends_exactly_once() {
             log_expected.push((id % 7, v));
             let info = SourceInfo {
                 db: "shop".into(),
-                position: (0x10_0000 + id as u64 * 16).to_string(),
+                position: tarn_cdc::position::Lsn(0x10_0000 + id as u64 * 16).into(),
                 tx_id: Some(id),
                 commit_time_micros: 1_700_000_000_000_000,
                 snapshot: Default::default(),
