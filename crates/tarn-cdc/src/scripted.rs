@@ -232,25 +232,13 @@ pub(crate) mod testing {
 
     /// Table `public.<name>` (`id int8` primary key, `v text`).
     pub(crate) fn table(id: u32, name: &str) -> Arc<TableSpec> {
-        let column =
-            |name: &str, column_type: ColumnType, key: bool, oid: u32, type_name: &str, attnum: i16| {
-                ColumnSpec {
-                    name: name.into(),
-                    column_type,
-                    key,
-                    not_null: key,
-                    type_oid: oid,
-                    type_name: type_name.into(),
-                    attnum,
-                }
-            };
         Arc::new(TableSpec {
             id,
             schema: "public".into(),
             name: name.into(),
             columns: vec![
-                column("id", ColumnType::Int64, true, 20, "int8", 1),
-                column("v", ColumnType::Text, false, 25, "text", 2),
+                ColumnSpec::new("id", ColumnType::Int64, true, 1),
+                ColumnSpec::new("v", ColumnType::Text, false, 2),
             ],
             key_kind: KeyKind::PrimaryKey,
         })

@@ -53,6 +53,58 @@ pub struct ColumnSpec {
     pub attnum: i16,
 }
 
+impl ColumnSpec {
+    /// Column `name` (attribute number `attnum`) of `column_type` as PostgreSQL describes it —
+    /// its built-in type's OID and name (`int8`, `numeric`, `_text`, ...) — NOT NULL when it is
+    /// part of the key: for tables that scripted sources, tests and benchmarks make up.
+    pub fn new(name: &str, column_type: ColumnType, key: bool, attnum: i16) -> Self {
+        let (type_oid, type_name) = builtin_type(&column_type);
+        Self {
+            name: name.to_string(),
+            column_type,
+            key,
+            not_null: key,
+            type_oid,
+            type_name: type_name.to_string(),
+            attnum,
+        }
+    }
+}
+
+/// PostgreSQL's built-in type (OID, name) that maps to `column_type`.
+fn builtin_type(column_type: &ColumnType) -> (u32, &'static str) {
+    match column_type {
+        ColumnType::Bool => (16, "bool"),
+        ColumnType::Int16 => (21, "int2"),
+        ColumnType::Int32 => (23, "int4"),
+        ColumnType::Int64 => (20, "int8"),
+        ColumnType::Float32 => (700, "float4"),
+        ColumnType::Float64 => (701, "float8"),
+        ColumnType::Decimal { .. } => (1700, "numeric"),
+        ColumnType::Text => (25, "text"),
+        ColumnType::Bytea => (17, "bytea"),
+        ColumnType::Date => (1082, "date"),
+        ColumnType::Time => (1083, "time"),
+        ColumnType::Timestamp => (1114, "timestamp"),
+        ColumnType::TimestampTz => (1184, "timestamptz"),
+        ColumnType::List(element) => match **element {
+            ColumnType::Bool => (1000, "_bool"),
+            ColumnType::Int16 => (1005, "_int2"),
+            ColumnType::Int32 => (1007, "_int4"),
+            ColumnType::Int64 => (1016, "_int8"),
+            ColumnType::Float32 => (1021, "_float4"),
+            ColumnType::Float64 => (1022, "_float8"),
+            ColumnType::Decimal { .. } => (1231, "_numeric"),
+            ColumnType::Bytea => (1001, "_bytea"),
+            ColumnType::Date => (1182, "_date"),
+            ColumnType::Time => (1183, "_time"),
+            ColumnType::Timestamp => (1115, "_timestamp"),
+            ColumnType::TimestampTz => (1185, "_timestamptz"),
+            _ => (1009, "_text"),
+        },
+    }
+}
+
 /// How a source identifies the rows of a table in updates and deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {

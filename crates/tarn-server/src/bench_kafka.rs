@@ -66,35 +66,24 @@ pub struct KafkaBenchReport {
 }
 
 fn orders_spec() -> Arc<TableSpec> {
-    let column = |name: &str, column_type, key, oid, type_name: &str, attnum| ColumnSpec {
-        name: name.into(),
-        column_type,
-        key,
-        not_null: key,
-        type_oid: oid,
-        type_name: type_name.into(),
-        attnum,
-    };
     Arc::new(TableSpec {
         id: 1,
         schema: "public".into(),
         name: "orders".into(),
         columns: vec![
-            column("id", ColumnType::Int64, true, 20, "int8", 1),
-            column("customer", ColumnType::Int64, false, 20, "int8", 2),
-            column(
+            ColumnSpec::new("id", ColumnType::Int64, true, 1),
+            ColumnSpec::new("customer", ColumnType::Int64, false, 2),
+            ColumnSpec::new(
                 "amount",
                 ColumnType::Decimal {
                     precision: 10,
                     scale: 2,
                 },
                 false,
-                1700,
-                "numeric",
                 3,
             ),
-            column("status", ColumnType::Text, false, 25, "text", 4),
-            column("created", ColumnType::TimestampTz, false, 1184, "timestamptz", 5),
+            ColumnSpec::new("status", ColumnType::Text, false, 4),
+            ColumnSpec::new("created", ColumnType::TimestampTz, false, 5),
         ],
         key_kind: KeyKind::PrimaryKey,
     })

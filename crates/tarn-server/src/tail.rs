@@ -283,22 +283,13 @@ mod tests {
     use super::*;
 
     fn spec() -> Arc<TableSpec> {
-        let column = |name: &str, column_type, key, oid, type_name: &str, attnum| ColumnSpec {
-            name: name.into(),
-            column_type,
-            key,
-            not_null: key,
-            type_oid: oid,
-            type_name: type_name.into(),
-            attnum,
-        };
         Arc::new(TableSpec {
             id: 1,
             schema: "public".into(),
             name: "orders".into(),
             columns: vec![
-                column("id", ColumnType::Int64, true, 20, "int8", 1),
-                column("item", ColumnType::Text, false, 25, "text", 2),
+                ColumnSpec::new("id", ColumnType::Int64, true, 1),
+                ColumnSpec::new("item", ColumnType::Text, false, 2),
             ],
             key_kind: KeyKind::PrimaryKey,
         })
