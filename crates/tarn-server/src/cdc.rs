@@ -127,6 +127,14 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        CdcCommand::Drop if config.cdc.source_kind == "kafka" => {
+            println!(
+                "a Kafka pipeline keeps nothing on the source side (the lake holds its offsets; \
+                 the group {} only mirrors them). Lake tables are kept.",
+                config.cdc.kafka.group
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         CdcCommand::Drop => {
             let source = PostgresSource::connect(&config.cdc).await?;
             let dropped = slot::drop_slot(source.client(), source.slot_name()).await?;
@@ -195,6 +203,9 @@ async fn status(config: &Config, json: bool) -> Result<()> {
     if config.cdc.source_kind == "cockroachdb" {
         return changefeed_status(config, live, tables, json);
     }
+    if config.cdc.source_kind == "kafka" {
+        return kafka_status(config, live, tables, json);
+    }
     let source = PostgresSource::connect(&config.cdc)
         .await
         .context("cannot reach the CDC source")?;
@@ -259,6 +270,48 @@ async fn status(config: &Config, json: bool) -> Result<()> {
 }
 
 /// `tarn cdc status` of a CockroachDB pipeline: the changefeed, the live counters, the tables.
+/// `tarn cdc status` of a Kafka pipeline: the topics, the group, each table's offsets (from
+/// the lake, which holds the offsets that count) and the live counters. The broker is not
+/// asked: the group's committed offsets follow the lake's, for monitoring tools.
+fn kafka_status(
+    config: &Config,
+    live: Option<StatusReport>,
+    tables: Vec<serde_json::Value>,
+    json: bool,
+) -> Result<()> {
+    let kafka = &config.cdc.kafka;
+    if json {
+        let out = serde_json::json!({
+            "pipeline": config.cdc.pipeline,
+            "kafka": {
+                "brokers": kafka.brokers,
+                "topics": kafka.topics,
+                "group": kafka.group,
+            },
+            "tables": tables,
+            "running": live,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("pipeline:    {}", config.cdc.pipeline);
+    println!(
+        "source:      Kafka {} topics {} (group {})",
+        kafka.brokers,
+        kafka.topics.join(", "),
+        kafka.group
+    );
+    if let Some(r) = &live {
+        println!(
+            "offsets:     delivered {}  committed {}",
+            tarn_cdc::position::text_or_dash(r.received.as_ref()),
+            tarn_cdc::position::text_or_dash(r.acknowledged.as_ref())
+        );
+    }
+    print_live_and_tables(&live, &tables);
+    Ok(())
+}
+
 fn changefeed_status(
     config: &Config,
     live: Option<StatusReport>,

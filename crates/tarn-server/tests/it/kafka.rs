@@ -347,6 +347,45 @@ async fn debezium_topics_land_row_by_row_and_a_restart_replays_nothing() {
         tokio::task::block_in_place(|| broker.committed("tarn_it", &items.topic(), 2)).unwrap(),
         ends
     );
+    // `tarn cdc status` shows the offsets each table holds, typed; `tarn cdc drop` has
+    // nothing to drop on the source side.
+    let topics = format!("cdc.kafka.topics=[{:?}]", items.topic());
+    let settings = [
+        "--set",
+        "cdc.source_kind=kafka",
+        "--set",
+        "cdc.pipeline=kafka_it",
+        "--set",
+        &topics,
+    ];
+    let args = |command: &[&'static str]| [&settings[..], &["cdc"], command].concat();
+    let (ok, out, err) = crate::tarn(lake.path(), &args(&["status", "--json"]));
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let held = status["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "cdc.public_items")
+        .unwrap_or_else(|| panic!("no cdc.public_items in {out}"));
+    let offsets = held["position"]["kafka"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"));
+    // Every commit names every assigned partition (other topics' too).
+    assert_eq!(
+        offsets
+            .iter()
+            .filter(|o| o["topic"] == items.topic().as_str())
+            .map(|o| o["offset"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        ends.iter().map(|e| e.unwrap()).collect::<Vec<_>>(),
+        "{out}"
+    );
+    let (ok, out, err) = crate::tarn(lake.path(), &args(&["drop"]));
+    assert!(
+        ok && out.contains("keeps nothing on the source side"),
+        "{out}{err}"
+    );
 
     // Stopped: more changes arrive, then a new run applies exactly them.
     let (mut records, mut changes) = items.records(&[
