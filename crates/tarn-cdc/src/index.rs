@@ -159,6 +159,12 @@ pub struct KeyIndex {
 }
 
 impl KeyIndex {
+    /// An empty index for the rows of `spec` (several rows per key when the key is the whole
+    /// row).
+    pub fn for_table(spec: &crate::source::TableSpec) -> Self {
+        Self::new(spec.key_kind == crate::source::KeyKind::FullRow)
+    }
+
     /// An empty index; `multi` for tables whose key is the whole row.
     pub fn new(multi: bool) -> Self {
         Self {

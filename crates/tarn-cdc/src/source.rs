@@ -114,6 +114,18 @@ pub enum KeyKind {
     FullRow,
 }
 
+impl KeyKind {
+    /// How rows of a table with `columns` are identified when nothing else says: by the key
+    /// columns if there are any, else by the whole row.
+    pub fn of(columns: &[ColumnSpec]) -> Self {
+        if columns.iter().any(|c| c.key) {
+            KeyKind::PrimaryKey
+        } else {
+            KeyKind::FullRow
+        }
+    }
+}
+
 /// A captured table: its name in the source and its columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {

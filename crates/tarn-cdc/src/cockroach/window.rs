@@ -78,7 +78,7 @@ impl Window {
         self.resolved = Some(resolved);
         self.floors.retain(|_, &mut floor| floor > resolved.wall_nanos);
         self.drain(|versions| {
-            let later = versions.split_off(&next(resolved));
+            let later = versions.split_off(&resolved.next());
             let due = std::mem::replace(versions, later);
             due.into_values().collect()
         })
@@ -148,10 +148,6 @@ impl Window {
     pub fn dropped(&self) -> (u64, u64) {
         (self.duplicates, self.stale)
     }
-}
-
-fn next(p: Hlc) -> Hlc {
-    p.next()
 }
 
 #[cfg(test)]

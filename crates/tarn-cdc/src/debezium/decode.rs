@@ -849,11 +849,7 @@ fn infer_spec(row_schema: &ConnectSchema, table: &TableIdentity, key_names: &[St
             }
         })
         .collect();
-    let key_kind = if columns.iter().any(|c| c.key) {
-        KeyKind::PrimaryKey
-    } else {
-        KeyKind::FullRow
-    };
+    let key_kind = KeyKind::of(&columns);
     TableSpec {
         id: 0,
         schema: table

@@ -337,21 +337,16 @@ fn inferred_spec(change: &DecodedChange, schema: &str, name: &str) -> TableSpec 
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, n)| ColumnSpec {
-            name: n.to_string(),
-            column_type: ColumnType::Text,
-            key: key_names.contains(&n),
-            not_null: key_names.contains(&n),
-            type_oid: 25,
-            type_name: "text".into(),
-            attnum: i16::try_from(i + 1).unwrap_or(0),
+        .map(|(i, n)| {
+            ColumnSpec::new(
+                n,
+                ColumnType::Text,
+                key_names.contains(&n),
+                i16::try_from(i + 1).unwrap_or(0),
+            )
         })
         .collect();
-    let key_kind = if columns.iter().any(|c| c.key) {
-        KeyKind::PrimaryKey
-    } else {
-        KeyKind::FullRow
-    };
+    let key_kind = KeyKind::of(&columns);
     TableSpec {
         id: 0,
         schema: schema.to_string(),

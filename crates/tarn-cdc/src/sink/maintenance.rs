@@ -21,7 +21,6 @@ use tarn_core::Result;
 
 use super::{LakeSink, rebuild_index};
 use crate::index::KeyIndex;
-use crate::source::KeyKind;
 
 impl LakeSink {
     /// The automatic maintenance policy: compacts, expires snapshots of and removes orphan
@@ -121,7 +120,7 @@ impl LakeSink {
                     }
                 } else {
                     tracing::info!(table = %ident, "another writer changed the table; rebuilding its key index");
-                    state.index = KeyIndex::new(state.spec.key_kind == KeyKind::FullRow);
+                    state.index = KeyIndex::for_table(&state.spec);
                     rebuild_index(&lake, state, None).await?;
                 }
             }

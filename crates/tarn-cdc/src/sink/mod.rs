@@ -241,7 +241,7 @@ impl LakeSink {
             stopped: stopped.clone(),
             key_columns,
             encoder,
-            index: KeyIndex::new(spec.key_kind == KeyKind::FullRow),
+            index: KeyIndex::for_table(&spec),
             spec: spec.clone(),
             buffer: RowBuffer::default(),
             pending_bytes: 0,

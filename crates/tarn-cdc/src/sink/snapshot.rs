@@ -24,7 +24,7 @@ use super::summary::snapshot_summary;
 use super::{LakeSink, current_files, placements};
 use crate::index::{KeyEncoder, KeyIndex, RowLocation};
 use crate::source::BatchWriter;
-use crate::source::{KeyKind, Position, TableId};
+use crate::source::{Position, TableId};
 
 /// A snapshot copy connection's writer: data files plus the index entries of their rows.
 pub struct SnapshotPartWriter {
@@ -105,9 +105,7 @@ impl LakeSink {
     /// connections, so the keys of a large table are held once).
     pub fn snapshot_index(&self, id: TableId) -> Result<Arc<Mutex<KeyIndex>>> {
         let state = self.state(id)?;
-        Ok(Arc::new(Mutex::new(KeyIndex::new(
-            state.spec.key_kind == KeyKind::FullRow,
-        ))))
+        Ok(Arc::new(Mutex::new(KeyIndex::for_table(&state.spec))))
     }
 
     /// Commits a finished snapshot copy of table `id` as one snapshot holding everything up to
