@@ -30,7 +30,7 @@ use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
 
 use crate::postgres::change_source::PostgresChangeSource;
-use crate::sink::{LakeSink, SinkOptions};
+use crate::sink::{ChangeSink, LakeSink, SinkOptions};
 use crate::source::CopyProgress;
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent};
 
@@ -421,16 +421,16 @@ async fn write_status_file(path: PathBuf, status: Arc<PipelineStatus>, stop: Can
     }
 }
 
-pub(crate) fn refresh_tables(sink: &LakeSink, status: &PipelineStatus) {
+pub(crate) fn refresh_tables(sink: &impl ChangeSink, status: &PipelineStatus) {
     let tables = sink
         .table_positions()
         .into_iter()
-        .map(|(ident, position, stopped, counters)| TableReport {
-            table: ident.to_string(),
-            position,
-            stopped,
-            changes: counters.changes,
-            commits: counters.commits,
+        .map(|t| TableReport {
+            table: t.target,
+            position: t.position,
+            stopped: t.stopped,
+            changes: t.counters.changes,
+            commits: t.counters.commits,
         })
         .collect();
     status.update(|r| r.tables = tables);
@@ -476,12 +476,12 @@ async fn run_once(
     match config.cdc.source_kind.as_str() {
         "cockroachdb" => {
             let source = crate::cockroach::ChangefeedSource::connect(config, status).await?;
-            drive(source, lake, &ctx).await
+            drive_into(source, lake, &ctx).await
         }
         #[cfg(feature = "kafka")]
         "kafka" => {
             let source = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
-            drive(source, lake, &ctx).await
+            drive(source, lake_sink(config, lake), &ctx).await
         }
         #[cfg(not(feature = "kafka"))]
         "kafka" => Err(Error::new(
@@ -491,13 +491,13 @@ async fn run_once(
         )),
         _ => {
             let source = PostgresChangeSource::connect(config, status).await?;
-            drive(source, lake, &ctx).await
+            drive_into(source, lake, &ctx).await
         }
     }
 }
 
-/// The lake writer every source feeds.
-fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
+/// The lake writer of the pipeline `config.cdc` describes.
+pub fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
     let cdc = &config.cdc;
     LakeSink::new(
         lake,
@@ -510,6 +510,29 @@ fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
     )
 }
 
+/// Drives a database source into the sink `cdc.sink` names: the lake, or Kafka topics.
+async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<'_>) -> Result<()> {
+    let config = ctx.config;
+    match config.cdc.sink.as_str() {
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            drive(
+                source,
+                crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?,
+                ctx,
+            )
+            .await
+        }
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(Error::new(
+            ErrorKind::Config,
+            "cdc.sink = \"kafka\" needs a tarn built with Kafka support (cargo build --features kafka); \
+             this binary was built without it",
+        )),
+        _ => drive(source, lake_sink(config, lake), ctx).await,
+    }
+}
+
 /// How often the pipeline calls [`ChangeSource::tick`].
 const TICK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -517,11 +540,14 @@ const TICK_INTERVAL: Duration = Duration::from_secs(10);
 /// the flush policy says so (between transactions), acknowledge what was committed, run table
 /// maintenance between commits. While the lake commits nothing is read from the source, so a
 /// slow lake holds the source back instead of growing memory.
-pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceContext<'_>) -> Result<()> {
+pub async fn drive<S: ChangeSource, K: ChangeSink>(
+    mut source: S,
+    mut sink: K,
+    ctx: &SourceContext<'_>,
+) -> Result<()> {
     let config = ctx.config;
     let cdc = &config.cdc;
     let status = ctx.status;
-    let mut sink = lake_sink(config, lake);
     let Some(start) = source.start(&mut sink, ctx).await? else {
         return Ok(());
     };
@@ -672,7 +698,12 @@ pub async fn drive<S: ChangeSource>(mut source: S, lake: Lake, ctx: &SourceConte
 }
 
 /// Reports a commit: lag, positions, tables.
-fn committed(sink: &LakeSink, acknowledged: Position, received: Option<Position>, status: &PipelineStatus) {
+fn committed(
+    sink: &impl ChangeSink,
+    acknowledged: Position,
+    received: Option<Position>,
+    status: &PipelineStatus,
+) {
     let lag = sink.last_commit().map(|(_, t)| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -16,7 +16,7 @@ use tarn_core::{Error, ErrorKind, Result};
 
 use crate::pipeline::SourceContext;
 use crate::position::Lsn;
-use crate::sink::LakeSink;
+use crate::sink::ChangeSink;
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
 
 /// One transaction of a script: its changes (inserts, updates, deletes, truncates) and where
@@ -108,7 +108,11 @@ impl ScriptedSource {
 }
 
 impl ChangeSource for ScriptedSource {
-    async fn start(&mut self, sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+    async fn start<K: ChangeSink>(
+        &mut self,
+        sink: &mut K,
+        _ctx: &SourceContext<'_>,
+    ) -> Result<Option<Position>> {
         for spec in &self.tables {
             sink.attach(spec.clone()).await?;
         }
@@ -135,7 +139,7 @@ impl ChangeSource for ScriptedSource {
         Ok(Next::Events(events))
     }
 
-    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge<K: ChangeSink>(&mut self, position: &Position, _sink: &mut K) -> Result<()> {
         let n = self.acknowledgements;
         self.acknowledgements += 1;
         if self.crash == Some(Crash::AtAcknowledge(n)) {
@@ -149,20 +153,20 @@ impl ChangeSource for ScriptedSource {
         Ok(())
     }
 
-    async fn adopt(
+    async fn adopt<K: ChangeSink>(
         &mut self,
         spec: Arc<TableSpec>,
-        sink: &mut LakeSink,
+        sink: &mut K,
         _ctx: &SourceContext<'_>,
     ) -> Result<()> {
         sink.attach(spec).await.map(|_| ())
     }
 
-    async fn tick(&mut self, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+    async fn tick<K: ChangeSink>(&mut self, _sink: &mut K, _ctx: &SourceContext<'_>) -> Result<()> {
         Ok(())
     }
 
-    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<&Position>) -> Result<()> {
+    async fn stop<K: ChangeSink>(&mut self, _sink: &mut K, _durable: Option<&Position>) -> Result<()> {
         Ok(())
     }
 
@@ -414,7 +418,7 @@ mod tests {
             status: &status,
             stop: &stop,
         };
-        drive(source, lake, &ctx).await
+        drive(source, crate::pipeline::lake_sink(config, lake), &ctx).await
     }
 
     async fn assert_lake_equals_script(config: &Config, script: &[ScriptedTransaction], what: &str) {

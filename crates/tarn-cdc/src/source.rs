@@ -27,7 +27,7 @@ use tarn_core::Result;
 
 use crate::pipeline::SourceContext;
 pub use crate::position::Position;
-use crate::sink::LakeSink;
+use crate::sink::ChangeSink;
 use crate::value::ColumnType;
 pub use crate::value::Value;
 
@@ -220,7 +220,7 @@ pub enum SourceEvent {
 }
 
 /// Receives the Arrow batches of a table copy (one writer per copy connection or chunk); the
-/// lake sink's snapshot writer is one.
+/// lake sink's snapshot writer and the Kafka publisher's copy writer are.
 #[async_trait]
 pub trait BatchWriter: Send {
     /// What the writer produced.
@@ -271,8 +271,8 @@ pub enum FlushRule {
     EachCheckpoint,
 }
 
-/// A source of changes that [`crate::pipeline`] drives into the lake: PostgreSQL logical
-/// replication, CockroachDB changefeeds.
+/// A source of changes that [`crate::pipeline`] drives into a [`ChangeSink`] (the lake, or
+/// Kafka topics): PostgreSQL logical replication, CockroachDB changefeeds, Kafka topics.
 ///
 /// **Delivery contract.** [`start`](Self::start) brings every captured table into the sink
 /// (copying the tables that hold no position yet, each copy committed with the position its
@@ -292,9 +292,9 @@ pub trait ChangeSource: Send {
     /// Connects what streaming needs, attaches every captured table to `sink` and copies the
     /// tables without a position; returns where the stream starts (the position considered
     /// acknowledged), or `None` when stopped during the copy.
-    fn start(
+    fn start<K: ChangeSink>(
         &mut self,
-        sink: &mut LakeSink,
+        sink: &mut K,
         ctx: &SourceContext<'_>,
     ) -> impl Future<Output = Result<Option<Position>>> + Send;
 
@@ -306,33 +306,33 @@ pub trait ChangeSource: Send {
     ) -> impl Future<Output = Result<Next>> + Send;
 
     /// Everything up to `position` is committed to the lake.
-    fn acknowledge(
+    fn acknowledge<K: ChangeSink>(
         &mut self,
         position: &Position,
-        sink: &mut LakeSink,
+        sink: &mut K,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// A table appeared in the stream that the sink does not hold (PostgreSQL: a table added
     /// to the publication): attach it to `sink` and copy it, before its first change.
-    fn adopt(
+    fn adopt<K: ChangeSink>(
         &mut self,
         spec: Arc<TableSpec>,
-        sink: &mut LakeSink,
+        sink: &mut K,
         ctx: &SourceContext<'_>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Periodic housekeeping between transactions (every few seconds): PostgreSQL looks for
     /// new tables, CockroachDB checks its changefeed job.
-    fn tick(
+    fn tick<K: ChangeSink>(
         &mut self,
-        sink: &mut LakeSink,
+        sink: &mut K,
         ctx: &SourceContext<'_>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Stops cleanly; `durable` is the last position committed to the lake in this run.
-    fn stop(
+    fn stop<K: ChangeSink>(
         &mut self,
-        sink: &mut LakeSink,
+        sink: &mut K,
         durable: Option<&Position>,
     ) -> impl Future<Output = Result<()>> + Send;
 

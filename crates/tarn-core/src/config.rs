@@ -216,6 +216,39 @@ pub struct CdcConfig {
     pub changefeed: ChangefeedConfig,
     /// The Kafka topics a `kafka` source consumes.
     pub kafka: KafkaSourceConfig,
+    /// Where a database source's changes go: `lake` (Iceberg tables, the default) or `kafka`
+    /// (Debezium change events on one topic per table, each source transaction in one Kafka
+    /// transaction; see `[cdc.publish]`).
+    pub sink: String,
+    /// The topics a `kafka` sink publishes to.
+    pub publish: KafkaPublishConfig,
+}
+
+/// Kafka topics a database source's changes are published to (`cdc.sink = "kafka"`): one
+/// topic `<topic_prefix>.<schema>.<table>` per table, Debezium's change-event envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaPublishConfig {
+    /// Bootstrap servers, `host:port` separated by commas.
+    pub brokers: String,
+    /// Debezium's `topic.prefix`: the first part of topic and schema names; default the
+    /// pipeline name.
+    pub topic_prefix: Option<String>,
+    /// Partitions of the topics tarn creates (existing topics are used as they are).
+    pub partitions: i32,
+    /// Replication factor of the topics tarn creates.
+    pub replication_factor: i32,
+    /// Embed the Connect schema in keys and values (`schemas.enable` of Kafka Connect's
+    /// JsonConverter).
+    pub schemas: bool,
+    /// A tombstone (same key, null value) after each delete, for log compaction.
+    pub tombstones: bool,
+    /// The compacted topic holding each table's published position, written in the same
+    /// Kafka transaction as the events (what makes a restart publish nothing twice).
+    pub positions_topic: String,
+    /// The producer's `transaction.timeout.ms`, e.g. `5m`: the longest a Kafka transaction
+    /// (a flush, or a whole table copy) may stay open.
+    pub transaction_timeout: String,
 }
 
 /// Kafka topics of Debezium change events consumed into the lake (`cdc.source_kind = "kafka"`).
@@ -370,6 +403,17 @@ impl Config {
                     group: "tarn".into(),
                     session_timeout: "10s".into(),
                     start: "earliest".into(),
+                },
+                sink: "lake".into(),
+                publish: KafkaPublishConfig {
+                    brokers: "127.0.0.1:9092".into(),
+                    topic_prefix: None,
+                    partitions: 1,
+                    replication_factor: 1,
+                    schemas: true,
+                    tombstones: true,
+                    positions_topic: "tarn-cdc-positions".into(),
+                    transaction_timeout: "5m".into(),
                 },
             },
             maintenance: MaintenanceConfig {
@@ -713,6 +757,7 @@ impl Config {
             );
         }
         self.validate_kafka_source()?;
+        self.validate_kafka_publish()?;
         let feed = &cdc.changefeed;
         if !matches!(feed.sink.as_str(), "sinkless" | "webhook") {
             return bad(
@@ -794,28 +839,15 @@ impl Config {
         let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
         let kafka = &self.cdc.kafka;
         let consumed = self.cdc.source_kind == "kafka";
-        for server in kafka.brokers.split(',') {
-            let server = server.trim();
-            let port_ok = server
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-            if !port_ok {
-                return bad(
-                    "cdc.kafka.brokers",
-                    format!("expected HOST:PORT[,HOST:PORT...], got {:?}", kafka.brokers),
-                );
-            }
-        }
+        check_brokers("cdc.kafka.brokers", &kafka.brokers)?;
         if consumed && kafka.topics.is_empty() {
             return bad(
                 "cdc.kafka.topics",
                 "expected at least one topic (or a ^regex) to consume with source_kind = \"kafka\"".into(),
             );
         }
-        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         for topic in &kafka.topics {
-            if !topic.starts_with('^') && (topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal))
-            {
+            if !topic.starts_with('^') && !legal_topic(topic) {
                 return bad(
                     "cdc.kafka.topics",
                     format!(
@@ -838,6 +870,60 @@ impl Config {
             return bad(
                 "cdc.kafka.start",
                 format!("expected earliest or latest, got {:?}", kafka.start),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_kafka_publish(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
+        let cdc = &self.cdc;
+        if !matches!(cdc.sink.as_str(), "lake" | "kafka") {
+            return bad("cdc.sink", format!("expected lake or kafka, got {:?}", cdc.sink));
+        }
+        if cdc.sink == "kafka" && cdc.source_kind == "kafka" {
+            return bad(
+                "cdc.sink",
+                "a Kafka source (cdc.source_kind = \"kafka\") writes into the lake; expected sink = \"lake\""
+                    .into(),
+            );
+        }
+        let publish = &cdc.publish;
+        check_brokers("cdc.publish.brokers", &publish.brokers)?;
+        if let Some(prefix) = &publish.topic_prefix
+            && !legal_topic(prefix)
+        {
+            return bad(
+                "cdc.publish.topic_prefix",
+                format!("expected letters, digits, '.', '_' and '-', got {prefix:?}"),
+            );
+        }
+        if !legal_topic(&publish.positions_topic) {
+            return bad(
+                "cdc.publish.positions_topic",
+                format!(
+                    "expected a topic name of letters, digits, '.', '_' and '-', got {:?}",
+                    publish.positions_topic
+                ),
+            );
+        }
+        if publish.partitions < 1 {
+            return bad(
+                "cdc.publish.partitions",
+                format!("expected at least 1, got {}", publish.partitions),
+            );
+        }
+        if publish.replication_factor < 1 {
+            return bad(
+                "cdc.publish.replication_factor",
+                format!("expected at least 1, got {}", publish.replication_factor),
+            );
+        }
+        let timeout = parse_duration("cdc.publish.transaction_timeout", &publish.transaction_timeout)?;
+        if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(3600) {
+            return bad(
+                "cdc.publish.transaction_timeout",
+                format!("expected 1s to 1h, got {:?}", publish.transaction_timeout),
             );
         }
         Ok(())
@@ -991,6 +1077,32 @@ fn line_col(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, str::len) + 1;
     format!("line {line}, column {col}")
+}
+
+/// Checks a `host:port[,host:port...]` list of Kafka brokers.
+fn check_brokers(key: &str, brokers: &str) -> Result<()> {
+    for server in brokers.split(',') {
+        let port_ok = server
+            .trim()
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("key `{key}`: expected HOST:PORT[,HOST:PORT...], got {brokers:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a legal Kafka topic name: 1 to 249 ASCII letters, digits, `.`, `_`, `-`.
+fn legal_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ use crate::postgres::catalog::{TableFilter, TypeCache, describe_table, discover_
 use crate::postgres::connect::{SourceAddress, query_error, quote_ident, quote_literal};
 use crate::postgres::type_options;
 use crate::postgres::types::TypeOptions;
-use crate::sink::LakeSink;
+use crate::sink::ChangeSink;
 use crate::source::{ChangeSource, FlushRule, Next, Position, Row, SourceEvent, TableId, TableSpec, Value};
 use message::{Message, RowMessage};
 use window::Window;
@@ -673,9 +673,9 @@ impl ChangefeedSource {
     /// changefeed does). The tables are emptied and filled in one lake transaction at `T`,
     /// committed only once the scan is complete: a stop or crash mid-scan leaves them without a
     /// position, and the next start scans again. Returns `T`, or `None` when stopped.
-    async fn scan(
+    async fn scan<K: ChangeSink>(
         &self,
-        sink: &mut LakeSink,
+        sink: &mut K,
         scanned: &[&TableSpec],
         ctx: &SourceContext<'_>,
     ) -> Result<Option<Hlc>> {
@@ -839,7 +839,11 @@ impl ChangefeedSource {
 }
 
 impl ChangeSource for ChangefeedSource {
-    async fn start(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+    async fn start<K: ChangeSink>(
+        &mut self,
+        sink: &mut K,
+        ctx: &SourceContext<'_>,
+    ) -> Result<Option<Position>> {
         let (config, options) = (ctx.config, ctx.options);
         let cdc = &config.cdc;
         let filter = TableFilter {
@@ -861,7 +865,7 @@ impl ChangeSource for ChangefeedSource {
         for spec in &specs {
             let keys = key_names(&self.client, spec).await?;
             let attached = sink.attach(spec.clone()).await?;
-            tracing::info!(source = %spec.qualified(), table = %attached.ident,
+            tracing::info!(source = %spec.qualified(), table = %attached.target,
                 position = ?attached.position.as_ref().map(ToString::to_string), stopped = ?attached.stopped, "attached table");
             if attached.stopped.is_none() {
                 match attached.position {
@@ -871,7 +875,7 @@ impl ChangeSource for ChangefeedSource {
                             format!(
                                 "lake table {} holds {} position {p} for pipeline {}, not a CockroachDB timestamp: \
                                  another kind of source wrote it; choose another cdc.pipeline or cdc.namespace",
-                                attached.ident,
+                                attached.target,
                                 p.kind(),
                                 cdc.pipeline
                             ),
@@ -954,7 +958,7 @@ impl ChangeSource for ChangefeedSource {
         }
     }
 
-    async fn acknowledge(&mut self, position: &Position, sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge<K: ChangeSink>(&mut self, position: &Position, sink: &mut K) -> Result<()> {
         // The changefeed's cursor is the oldest table position: quiet tables would otherwise
         // hold the restart cursor at their last change (and behind the cluster's GC).
         if self.changed_since_mark && self.last_idle_mark.elapsed() >= IDLE_MARK_INTERVAL {
@@ -965,10 +969,10 @@ impl ChangeSource for ChangefeedSource {
         Ok(())
     }
 
-    async fn adopt(
+    async fn adopt<K: ChangeSink>(
         &mut self,
         spec: Arc<TableSpec>,
-        _sink: &mut LakeSink,
+        _sink: &mut K,
         _ctx: &SourceContext<'_>,
     ) -> Result<()> {
         // A changefeed's targets are fixed when it is created; a table only comes in at start.
@@ -981,7 +985,7 @@ impl ChangeSource for ChangefeedSource {
         ))
     }
 
-    async fn tick(&mut self, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+    async fn tick<K: ChangeSink>(&mut self, _sink: &mut K, _ctx: &SourceContext<'_>) -> Result<()> {
         let quiet = self.last_resolved.elapsed();
         metrics::gauge!("tarn_cdc_changefeed_resolved_age_seconds").set(quiet.as_secs_f64());
         if let Some(id) = &self.job {
@@ -995,7 +999,7 @@ impl ChangeSource for ChangefeedSource {
         Ok(())
     }
 
-    async fn stop(&mut self, sink: &mut LakeSink, durable: Option<&Position>) -> Result<()> {
+    async fn stop<K: ChangeSink>(&mut self, sink: &mut K, durable: Option<&Position>) -> Result<()> {
         if let Some(p) = durable {
             // The next start resumes from here, quiet tables included.
             sink.mark_idle(p).await?;

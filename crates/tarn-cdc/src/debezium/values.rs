@@ -642,7 +642,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// PostgreSQL's text of a date: `YYYY-MM-DD`, ` BC` for years before 1.
-fn date_text(days: i64) -> String {
+pub(crate) fn date_text(days: i64) -> String {
     let (year, month, day) = civil_from_days(days);
     if year <= 0 {
         format!("{:04}-{month:02}-{day:02} BC", 1 - year)
@@ -654,7 +654,7 @@ fn date_text(days: i64) -> String {
 /// The most days tarn reads from a date (far beyond PostgreSQL's range, far within i64).
 const MAX_DAYS: i64 = 1 << 40;
 
-fn timestamp_text(count: i64, units_per_second: i64, path: &str) -> Result<String, CodecError> {
+pub(crate) fn timestamp_text(count: i64, units_per_second: i64, path: &str) -> Result<String, CodecError> {
     let units_per_day = i128::from(units_per_second) * 86_400;
     let count = i128::from(count);
     let days = count.div_euclid(units_per_day);
@@ -687,7 +687,7 @@ fn digits_of(units_per_second: i64) -> usize {
     }
 }
 
-fn time_of_day_text(count: i64, units_per_second: i64, path: &str) -> Result<String, CodecError> {
+pub(crate) fn time_of_day_text(count: i64, units_per_second: i64, path: &str) -> Result<String, CodecError> {
     let units_per_day = i128::from(units_per_second) * 86_400;
     let count = i128::from(count);
     if count == units_per_day {

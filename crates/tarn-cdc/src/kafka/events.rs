@@ -242,6 +242,9 @@ impl RecordMapper {
             None => (inferred_spec(change, &schema, &name), false),
         };
         match self.tables.get_mut(&key) {
+            // A truncate has no record key, so its spec would make every column the key:
+            // it never changes a known table's spec.
+            Some(table) if change.op == Op::Truncate => Ok((table.spec.id, None)),
             Some(table) => {
                 let id = table.spec.id;
                 let spec = if typed {

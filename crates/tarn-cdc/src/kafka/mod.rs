@@ -31,6 +31,7 @@
 //! broker so that an idle pipeline still commits on time.
 
 pub mod events;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ use tarn_lake::Lake;
 
 use crate::pipeline::{PipelineStatus, SourceContext};
 use crate::position::{KafkaOffsets, TopicPartition};
-use crate::sink::{LakeSink, SUMMARY_PIPELINE, table_position};
+use crate::sink::{ChangeSink, SUMMARY_PIPELINE, table_position};
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
 use events::{Record, RecordMapper};
 
@@ -250,7 +251,11 @@ fn start_offset(tp: &TopicPartition, tables: &[KafkaOffsets], group: &KafkaOffse
 }
 
 impl ChangeSource for KafkaSource {
-    async fn start(&mut self, _sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+    async fn start<K: ChangeSink>(
+        &mut self,
+        _sink: &mut K,
+        ctx: &SourceContext<'_>,
+    ) -> Result<Option<Position>> {
         let partitions = self.partitions().await?;
         let tables = self.lake_offsets(ctx.config).await?;
         let group = self.group_offsets(&partitions).await?;
@@ -333,7 +338,7 @@ impl ChangeSource for KafkaSource {
         Ok(Next::Events(events))
     }
 
-    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge<K: ChangeSink>(&mut self, position: &Position, _sink: &mut K) -> Result<()> {
         let Some(offsets) = position.kafka().filter(|o| !o.is_empty()) else {
             return Ok(());
         };
@@ -348,25 +353,25 @@ impl ChangeSource for KafkaSource {
         Ok(())
     }
 
-    async fn adopt(
+    async fn adopt<K: ChangeSink>(
         &mut self,
         spec: Arc<TableSpec>,
-        sink: &mut LakeSink,
+        sink: &mut K,
         _ctx: &SourceContext<'_>,
     ) -> Result<()> {
         let attached = sink.attach(spec.clone()).await?;
-        tracing::info!(table = %attached.ident, topic_table = %spec.qualified(), position = %crate::position::text_or_dash(attached.position.as_ref()), "consuming into");
+        tracing::info!(table = %attached.target, topic_table = %spec.qualified(), position = %crate::position::text_or_dash(attached.position.as_ref()), "consuming into");
         Ok(())
     }
 
-    async fn tick(&mut self, _sink: &mut LakeSink, _ctx: &SourceContext<'_>) -> Result<()> {
+    async fn tick<K: ChangeSink>(&mut self, _sink: &mut K, _ctx: &SourceContext<'_>) -> Result<()> {
         if self.mapper.duplicates > 0 {
             metrics::gauge!("tarn_kafka_duplicates_skipped").set(self.mapper.duplicates as f64);
         }
         Ok(())
     }
 
-    async fn stop(&mut self, _sink: &mut LakeSink, durable: Option<&Position>) -> Result<()> {
+    async fn stop<K: ChangeSink>(&mut self, _sink: &mut K, durable: Option<&Position>) -> Result<()> {
         let Some(offsets) = durable
             .and_then(Position::kafka)
             .filter(|o| !o.is_empty())

@@ -4,7 +4,7 @@
 //! [`start`](ChangeSource::start):
 //!
 //! 1. find the captured tables and make the publication cover them;
-//! 2. attach every table to the [`LakeSink`] (creating lake tables, reading the position each
+//! 2. attach every table to the sink (creating lake tables or topics, reading the position each
 //!    holds, rebuilding key indexes);
 //! 3. with no slot yet, create it with an exported snapshot and copy every table inside that
 //!    snapshot; with a slot, copy only tables that hold no position yet (new tables) inside a
@@ -28,7 +28,7 @@ use super::slot::PublicationAction;
 use super::snapshot::{CopyRequest, copy_table};
 use crate::pipeline::{PipelineStatus, SourceContext, refresh_tables};
 use crate::position::Lsn;
-use crate::sink::LakeSink;
+use crate::sink::ChangeSink;
 use crate::source::{ChangeSource, CopyProgress, FlushRule, Next, Position, TableSpec};
 
 /// The PostgreSQL change source; see the module doc.
@@ -51,7 +51,11 @@ impl PostgresChangeSource {
 }
 
 impl ChangeSource for PostgresChangeSource {
-    async fn start(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<Option<Position>> {
+    async fn start<K: ChangeSink>(
+        &mut self,
+        sink: &mut K,
+        ctx: &SourceContext<'_>,
+    ) -> Result<Option<Position>> {
         let cdc = &ctx.config.cdc;
         let (options, status) = (ctx.options, ctx.status);
         let source = &mut self.source;
@@ -76,7 +80,7 @@ impl ChangeSource for PostgresChangeSource {
             let attached = sink.attach(spec.clone()).await?;
             tracing::info!(
                 source = %spec.qualified(),
-                table = %attached.ident,
+                table = %attached.target,
                 position = ?attached.position.as_ref().map(ToString::to_string),
                 indexed_rows = attached.indexed_rows,
                 stopped = ?attached.stopped,
@@ -204,7 +208,7 @@ impl ChangeSource for PostgresChangeSource {
         }
     }
 
-    async fn acknowledge(&mut self, position: &Position, _sink: &mut LakeSink) -> Result<()> {
+    async fn acknowledge<K: ChangeSink>(&mut self, position: &Position, _sink: &mut K) -> Result<()> {
         let Some(position) = position.lsn() else {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -217,10 +221,10 @@ impl ChangeSource for PostgresChangeSource {
         Ok(())
     }
 
-    async fn adopt(
+    async fn adopt<K: ChangeSink>(
         &mut self,
         spec: Arc<TableSpec>,
-        sink: &mut LakeSink,
+        sink: &mut K,
         ctx: &SourceContext<'_>,
     ) -> Result<()> {
         copy_new_table(&self.source, sink, spec, ctx).await
@@ -228,7 +232,7 @@ impl ChangeSource for PostgresChangeSource {
 
     /// Picks up source tables created since start that match the pipeline's patterns: adds
     /// them to the publication (when tarn manages its table list) and copies them.
-    async fn tick(&mut self, sink: &mut LakeSink, ctx: &SourceContext<'_>) -> Result<()> {
+    async fn tick<K: ChangeSink>(&mut self, sink: &mut K, ctx: &SourceContext<'_>) -> Result<()> {
         let source = &mut self.source;
         let specs = match source.discover().await {
             Ok(s) => s,
@@ -252,7 +256,7 @@ impl ChangeSource for PostgresChangeSource {
         Ok(())
     }
 
-    async fn stop(&mut self, _sink: &mut LakeSink, _durable: Option<&Position>) -> Result<()> {
+    async fn stop<K: ChangeSink>(&mut self, _sink: &mut K, _durable: Option<&Position>) -> Result<()> {
         self.source.stop().await;
         Ok(())
     }
@@ -275,9 +279,9 @@ struct SnapshotAt<'a> {
 }
 
 /// Copies `specs` inside the exported snapshot `at`, each table committed at its position.
-async fn copy_tables(
+async fn copy_tables<K: ChangeSink>(
     source: &PostgresSource,
-    sink: &mut LakeSink,
+    sink: &mut K,
     specs: &[Arc<TableSpec>],
     at: SnapshotAt<'_>,
     ctx: &SourceContext<'_>,
@@ -299,17 +303,17 @@ async fn copy_tables(
             chunk_rows: cdc.snapshot_chunk_rows,
         };
         tracing::info!(table = %spec.qualified(), %position, "copying");
-        let index = sink.snapshot_index(spec.id)?;
+        let copy = sink.begin_copy(spec.id, &position.into()).await?;
         let parts = copy_table(
             source.address(),
             &request,
-            |part| sink.snapshot_writer(spec.id, part, index.clone()),
+            |part| sink.copy_writer(spec.id, part, &copy),
             progress.clone(),
         )
         .await?;
         failpoint::hit("cdc.snapshot.after_copy").await?;
         let rows = sink
-            .finish_snapshot(spec.id, parts, index, position.into(), kind)
+            .finish_copy(spec.id, parts, copy, position.into(), kind)
             .await?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         tracing::info!(
@@ -325,9 +329,9 @@ async fn copy_tables(
 }
 
 /// Attaches a table that appeared since start and copies it inside a fresh exported snapshot.
-async fn copy_new_table(
+async fn copy_new_table<K: ChangeSink>(
     source: &PostgresSource,
-    sink: &mut LakeSink,
+    sink: &mut K,
     spec: Arc<TableSpec>,
     ctx: &SourceContext<'_>,
 ) -> Result<()> {

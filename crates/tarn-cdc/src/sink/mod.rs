@@ -32,11 +32,13 @@
 //! - `snapshot`: the snapshot writer of initial copies ([`SnapshotPartWriter`],
 //!   [`LakeSink::finish_snapshot`]);
 //! - `maintenance`: the automatic maintenance policy ([`LakeSink::maintain`]);
-//! - `schema`: the schema-evolution planner, applied when a table's spec changes.
+//! - `schema`: the schema-evolution planner, applied when a table's spec changes;
+//! - `seam`: [`ChangeSink`], the contract the lake sink and the Kafka publisher both keep.
 
 mod buffer;
 mod maintenance;
 mod schema;
+mod seam;
 mod snapshot;
 mod summary;
 
@@ -51,6 +53,7 @@ use tarn_core::{Error, ErrorKind, Result, failpoint};
 use tarn_lake::{Lake, RowDelta, TableLayout};
 
 use self::buffer::{RowBuffer, write_pending};
+pub use self::seam::{ChangeSink, TablePosition};
 pub use self::snapshot::{SnapshotPart, SnapshotPartWriter};
 pub use self::summary::{
     PROPERTY_ATTNUMS, PROPERTY_IDLE, PROPERTY_SOURCE_TABLE, PROPERTY_STOPPED, SUMMARY_COMMIT_TIME,
@@ -75,11 +78,11 @@ pub struct SinkOptions {
     pub spill_bytes: usize,
 }
 
-/// A table's state as read from the lake when the sink attaches it.
+/// A table's state as a sink finds it when it attaches the table.
 #[derive(Debug, Clone)]
 pub struct Attached {
-    /// The lake table.
-    pub ident: TableIdent,
+    /// Where the table's changes go: the lake table (`namespace.table`) or the Kafka topic.
+    pub target: String,
     /// The position the table holds everything up to, for this pipeline.
     pub position: Option<Position>,
     /// Why the table was stopped, if it was.
@@ -177,21 +180,19 @@ impl LakeSink {
         self.tables.contains_key(&id)
     }
 
-    /// Lake identifiers and committed positions of every attached table.
-    pub fn table_positions(&self) -> Vec<(TableIdent, Option<Position>, Option<String>, TableCounters)> {
+    /// Every attached table: its lake identifier, committed position, why it stopped, counters.
+    pub fn table_positions(&self) -> Vec<TablePosition> {
         let mut out: Vec<_> = self
             .tables
             .values()
-            .map(|t| {
-                (
-                    t.ident.clone(),
-                    t.position.clone(),
-                    t.stopped.clone(),
-                    t.counters.clone(),
-                )
+            .map(|t| TablePosition {
+                target: t.ident.to_string(),
+                position: t.position.clone(),
+                stopped: t.stopped.clone(),
+                counters: t.counters.clone(),
             })
             .collect();
-        out.sort_by_key(|a| a.0.to_string());
+        out.sort_by(|a, b| a.target.cmp(&b.target));
         out
     }
 
@@ -257,7 +258,7 @@ impl LakeSink {
         let indexed_rows = state.index.len();
         self.tables.insert(spec.id, state);
         Ok(Attached {
-            ident,
+            target: ident.to_string(),
             position,
             stopped,
             indexed_rows,

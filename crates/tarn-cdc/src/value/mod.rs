@@ -11,11 +11,13 @@
 //!
 //! - [`text`]: parsers of PostgreSQL's text output of numbers, dates, times and arrays.
 //! - [`builder`]: text values into Arrow arrays ([`builder::ColumnBuilder`]) and rows into
-//!   record batches of a table's schema ([`builder::BatchBuilder`]).
+//!   record batches of a table's schema ([`builder::BatchBuilder`]);
+//! - [`arrow_text`]: Arrow arrays back into text values (a copy's rows published to Kafka).
 //!
 //! Which [`ColumnType`] a source column has is the source's business (PostgreSQL and
 //! CockroachDB: `crate::postgres::types` maps type OIDs); everything after that is shared.
 
+pub mod arrow_text;
 pub mod builder;
 pub mod text;
 

@@ -197,17 +197,19 @@ fn as_reader_rows(rows: &[String]) -> serde_json::Value {
     serde_json::to_value(parsed).unwrap()
 }
 
-const SHOP: &str = "
+pub(crate) const SHOP: &str = "
 CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, tier int);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(10,2), status text, payload text);
 INSERT INTO customers SELECT g, 'customer ' || g, g % 3 FROM generate_series(1, 2000) g;
 INSERT INTO orders SELECT g, g % 2000 + 1, (g % 1000) / 10.0, 'new', NULL FROM generate_series(1, 5000) g;
 ";
 
-const CUSTOMERS_PG: &str = "SELECT id, name, coalesce(tier::text, 'NULL') FROM customers ORDER BY id";
-const CUSTOMERS_LAKE: &str = "SELECT id, name, tier FROM cdc.customers ORDER BY id";
-const ORDERS_PG: &str = "SELECT id, coalesce(customer_id::text, 'NULL'), amount, status, coalesce(md5(payload), 'NULL') FROM orders ORDER BY id";
-const ORDERS_LAKE: &str = "SELECT id, customer_id, amount, status, md5(payload) FROM cdc.orders ORDER BY id";
+pub(crate) const CUSTOMERS_PG: &str =
+    "SELECT id, name, coalesce(tier::text, 'NULL') FROM customers ORDER BY id";
+pub(crate) const CUSTOMERS_LAKE: &str = "SELECT id, name, tier FROM cdc.customers ORDER BY id";
+pub(crate) const ORDERS_PG: &str = "SELECT id, coalesce(customer_id::text, 'NULL'), amount, status, coalesce(md5(payload), 'NULL') FROM orders ORDER BY id";
+pub(crate) const ORDERS_LAKE: &str =
+    "SELECT id, customer_id, amount, status, md5(payload) FROM cdc.orders ORDER BY id";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_every_kind_of_change() {
@@ -540,7 +542,7 @@ async fn refusals_and_recovery_are_clear() {
 
 /// What the crash test's workload does to the source: inserts, updates and deletes of a
 /// `accounts` table from several connections at once.
-async fn workload(url: String, stop: CancellationToken, seed: u64) -> u64 {
+pub(crate) async fn workload(url: String, stop: CancellationToken, seed: u64) -> u64 {
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

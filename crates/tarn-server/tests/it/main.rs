@@ -11,6 +11,8 @@ mod interop;
 mod kafka;
 mod local_postgres;
 mod pgwire;
+#[cfg(feature = "kafka")]
+mod publish;
 mod slt;
 mod sql;
 
