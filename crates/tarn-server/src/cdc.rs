@@ -28,6 +28,10 @@ pub enum CdcCommand {
     /// position with a scan-only changefeed, then streams one changefeed (core, or webhook to
     /// tarn's HTTPS endpoint, `cdc.changefeed.sink`) and commits per resolved timestamp.
     /// Restarting resumes exactly where the lake is.
+    ///
+    /// With `cdc.sink = "kafka"` (section `[cdc.publish]`, a build with `--features kafka`)
+    /// the changes are published to Kafka instead, as Debezium change events on one topic per
+    /// table, each source transaction in one Kafka transaction (docs/kafka-publish.md).
     Run {
         /// Drop the replication slot (CockroachDB: scan every table again) and copy every
         /// table again, replacing the lake tables' contents: the recovery when the slot was

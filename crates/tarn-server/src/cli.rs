@@ -103,7 +103,8 @@ enum Command {
     /// orphan files (all three unless some are chosen). Safe beside live writers.
     Maintain(crate::maintain::MaintainArgs),
     /// Change data capture: stream a PostgreSQL database (logical replication) or a CockroachDB
-    /// cluster (changefeeds, `cdc.source_kind = "cockroachdb"`) into Iceberg tables.
+    /// cluster (changefeeds, `cdc.source_kind = "cockroachdb"`) into Iceberg tables, or publish
+    /// it to Kafka as Debezium change events (`cdc.sink = "kafka"`).
     #[command(subcommand)]
     Cdc(crate::cdc::CdcCommand),
     /// Ingest streams: Kafka topics of Debezium change events into Iceberg tables

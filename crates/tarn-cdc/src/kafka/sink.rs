@@ -749,7 +749,19 @@ impl ChangeSink for KafkaSink {
                 }
             }
             SourceEvent::Insert { table, new } => self.hold(table, HeldChange::Create(new)),
-            SourceEvent::Update { table, old, new } => self.hold(table, HeldChange::Update(old, new)),
+            SourceEvent::Update { table, old, mut new } => {
+                // With the whole old row (REPLICA IDENTITY FULL), an unchanged TOASTed value
+                // is known: the event carries it instead of Debezium's placeholder. (A NULL
+                // is never TOASTed, so a key-only old row's NULLs fill nothing.)
+                if let Some(old) = old.as_ref().filter(|o| o.len() == new.len()) {
+                    for (n, o) in new.iter_mut().zip(old) {
+                        if matches!(n, Value::Unchanged) && matches!(o, Value::Text(_) | Value::Binary(_)) {
+                            *n = o.clone();
+                        }
+                    }
+                }
+                self.hold(table, HeldChange::Update(old, new));
+            }
             SourceEvent::Delete { table, old } => self.hold(table, HeldChange::Delete(old)),
             SourceEvent::Truncate { tables } => {
                 for id in tables {
