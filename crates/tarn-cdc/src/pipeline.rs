@@ -559,7 +559,7 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
         r.last_error = None;
         r.acknowledged = Some(start.clone());
     });
-    let interval = cdc.flush_interval();
+    let interval = sink.flush_interval().unwrap_or_else(|| cdc.flush_interval());
     let rule = source.flush_rule();
     let mut acknowledged = start;
     let mut durable: Option<Position> = None;

@@ -249,6 +249,10 @@ pub struct KafkaPublishConfig {
     /// The producer's `transaction.timeout.ms`, e.g. `5m`: the longest a Kafka transaction
     /// (a flush, or a whole table copy) may stay open.
     pub transaction_timeout: String,
+    /// Longest time between a change arriving and its Kafka commit, e.g. `100ms` (Kafka
+    /// transactions are cheap; `cdc.flush.interval` paces lake commits). The size limits of
+    /// `cdc.flush` still apply.
+    pub flush_interval: String,
 }
 
 /// Kafka topics of Debezium change events consumed into the lake (`cdc.source_kind = "kafka"`).
@@ -414,6 +418,7 @@ impl Config {
                     tombstones: true,
                     positions_topic: "tarn-cdc-positions".into(),
                     transaction_timeout: "5m".into(),
+                    flush_interval: "100ms".into(),
                 },
             },
             maintenance: MaintenanceConfig {
@@ -919,6 +924,7 @@ impl Config {
                 format!("expected at least 1, got {}", publish.replication_factor),
             );
         }
+        parse_duration("cdc.publish.flush_interval", &publish.flush_interval)?;
         let timeout = parse_duration("cdc.publish.transaction_timeout", &publish.transaction_timeout)?;
         if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(3600) {
             return bad(

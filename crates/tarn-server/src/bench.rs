@@ -140,6 +140,38 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// PostgreSQL → Kafka (`cdc.sink = "kafka"`): the initial copy against `psql \copy`, a
+    /// change backlog published in Kafka transactions against `pg_recvlogical` draining the
+    /// same backlog, and freshness from a PostgreSQL commit through Kafka to visibility in
+    /// tarn's SQL. Starts a private PostgreSQL and its own broker (tansu, from the project's
+    /// venv: bash scripts/setup.sh).
+    #[cfg(feature = "kafka")]
+    Publish {
+        /// Rows of the table copied first.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Changes (inserts, updates, deletes) of the backlog.
+        #[arg(long, default_value_t = 200_000)]
+        changes: u64,
+        /// Concurrent writer connections.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Partitions of each table topic.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Seconds of the freshness phase.
+        #[arg(long, default_value_t = 20)]
+        freshness_seconds: u64,
+        /// Changes per second written during the freshness phase.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Source database (`postgres://...`); default a private PostgreSQL.
+        #[arg(long)]
+        source: Option<String>,
+        /// Where the lake and the private PostgreSQL go; default `DATA_DIR/bench/publish`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Runs a benchmark.
@@ -201,6 +233,34 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 rate,
             };
             crate::bench_kafka::run(&config, &options, &dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "kafka")]
+        BenchCommand::Publish {
+            rows,
+            changes,
+            writers,
+            partitions,
+            freshness_seconds,
+            rate,
+            source,
+            dir,
+        } => {
+            if rows == 0 || writers == 0 || rate == 0 || partitions < 1 {
+                bail!("--rows, --writers, --rate and --partitions must be positive");
+            }
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("publish"));
+            let options = crate::bench_cdc::CdcBenchOptions {
+                rows,
+                changes,
+                writers,
+                freshness_seconds,
+                rate,
+                source,
+                dir,
+                cockroach_contract: false,
+            };
+            crate::bench_publish::run(&config, options, partitions).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Cdc {

@@ -112,7 +112,7 @@ fn hlc_acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Hlc {
         .unwrap_or_default()
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("cannot connect to {}", tarn_core::config::redact_url(url)))?;
@@ -120,7 +120,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -128,7 +128,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Lsn {
+pub(crate) fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Lsn {
     report
         .acknowledged
         .as_ref()
@@ -138,7 +138,7 @@ fn acknowledged(report: &tarn_cdc::pipeline::StatusReport) -> Lsn {
 
 /// One writer: `count` changes (≈ 40 % updates, 40 % inserts, 20 % deletes) over ids
 /// `[base, base + span)`, in transactions of 10; with `rate`, paced to that many per second.
-async fn writer(
+pub(crate) async fn writer(
     url: String,
     seed: u64,
     count: u64,
@@ -491,7 +491,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
 /// Commit-to-visibility times (sorted, seconds) of probes committed every 100 ms in the
 /// source while writers keep `options.rate` changes/s, seen through `namespace.bench_probe`.
 /// Probe sequence numbers start after `first`.
-async fn freshness(
+pub(crate) async fn freshness(
     url: &str,
     session: &TarnSession,
     namespace: &str,
@@ -544,7 +544,7 @@ async fn freshness(
 }
 
 /// Runs one statement and returns the first column of its rows as text.
-async fn query_rows_text(session: &TarnSession, sql: &str) -> Result<Vec<String>> {
+pub(crate) async fn query_rows_text(session: &TarnSession, sql: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     if let Output::Rows(stream) = session.run_sql(sql).await? {
         let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await?;

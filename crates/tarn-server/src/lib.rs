@@ -19,6 +19,8 @@ pub mod bench;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+#[cfg(feature = "kafka")]
+pub mod bench_publish;
 pub mod cdc;
 pub mod cli;
 pub mod demo;

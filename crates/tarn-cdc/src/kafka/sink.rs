@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -126,6 +126,7 @@ pub struct KafkaSink {
     replication: i32,
     positions_topic: String,
     timeout: Duration,
+    flush_interval: Duration,
     /// Positions read from the positions topic at start, by `schema.table`.
     published: HashMap<String, (Position, Option<i64>)>,
     tables: HashMap<TableId, KafkaTable>,
@@ -164,6 +165,8 @@ impl KafkaSink {
             "cdc.publish.transaction_timeout",
             &publish.transaction_timeout,
         )?;
+        let flush_interval =
+            tarn_core::config::parse_duration("cdc.publish.flush_interval", &publish.flush_interval)?;
         let base = || {
             let mut c = ClientConfig::new();
             c.set("bootstrap.servers", &publish.brokers)
@@ -227,6 +230,7 @@ impl KafkaSink {
             replication: publish.replication_factor,
             positions_topic: publish.positions_topic.clone(),
             timeout: Duration::from_secs(30),
+            flush_interval,
             published: HashMap::new(),
             tables: HashMap::new(),
             created_topics: HashSet::new(),
@@ -319,7 +323,7 @@ impl KafkaSink {
 
     /// The last committed position of every table of this pipeline in the positions topic.
     async fn read_positions(&self) -> Result<HashMap<String, (Position, Option<i64>)>> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("tarn-cdc-{}-positions", self.pipeline))
             .set("enable.auto.commit", "false")
@@ -327,7 +331,7 @@ impl KafkaSink {
             .set("enable.partition.eof", "true")
             .set("allow.auto.create.topics", "false")
             .set("fetch.wait.max.ms", "100")
-            .create()
+            .create_with_context(QuietEof)
             .map_err(|e| kafka_error("cannot create a Kafka consumer for the positions topic", e))?;
         let (topic, pipeline, timeout) = (self.positions_topic.clone(), self.pipeline.clone(), self.timeout);
         let brokers = self.brokers.clone();
@@ -581,6 +585,23 @@ fn row_bytes(row: &[Value]) -> usize {
         })
         .sum()
 }
+
+/// The positions reader's client context: the end of a partition is what it waits for, not
+/// an error to log.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
 
 /// Produces one message, waiting while the producer's queue is full.
 async fn send(producer: &ThreadedProducer<DefaultProducerContext>, message: &Message) -> Result<()> {
@@ -881,6 +902,10 @@ impl ChangeSink for KafkaSink {
             self.commit(None).await?;
         }
         Ok(rows)
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.flush_interval)
     }
 
     async fn maintain(&mut self, _config: &MaintenanceConfig) -> Result<()> {

@@ -109,6 +109,12 @@ pub trait ChangeSink: Send + Sync {
         kind: &str,
     ) -> impl Future<Output = Result<u64>> + Send;
 
+    /// How long a change may wait before a flush, when the sink paces itself (Kafka); `None`:
+    /// `cdc.flush.interval`.
+    fn flush_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Periodic upkeep of what the sink wrote, between flushes (the lake: compaction,
     /// snapshot expiry, orphan files).
     fn maintain(&mut self, config: &MaintenanceConfig) -> impl Future<Output = Result<()>> + Send;
