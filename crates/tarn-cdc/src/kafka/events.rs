@@ -143,10 +143,9 @@ impl RecordMapper {
         let Some(change) = change else {
             return Ok(());
         };
-        if change.op == Op::Message
-            || (change.op == Op::Truncate && change.spec.is_none() && !self.knows(&change))
-        {
-            // A schemaless truncate of a table not seen yet has no columns to create it with.
+        if change.op == Op::Message || (change.op == Op::Truncate && !self.knows(&change)) {
+            // A truncate of a table not seen yet: it has no record key, so it cannot say
+            // what the table's key is (and a schemaless one has no columns at all).
             return Ok(());
         }
         let at = || {

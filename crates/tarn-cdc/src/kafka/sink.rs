@@ -786,7 +786,11 @@ impl ChangeSink for KafkaSink {
             SourceEvent::Delete { table, old } => self.hold(table, HeldChange::Delete(old)),
             SourceEvent::Truncate { tables } => {
                 for id in tables {
-                    self.hold(id, HeldChange::Truncate);
+                    // A table never published has nothing downstream to empty (CockroachDB's
+                    // first scan truncates before it fills).
+                    if self.tables.get(&id).is_some_and(|t| t.position.is_some()) {
+                        self.hold(id, HeldChange::Truncate);
+                    }
                 }
             }
         }

@@ -155,6 +155,12 @@ impl Setup {
 /// delete is followed by its tombstone, and snapshot reads and creates/updates/deletes carry
 /// the `source` block of PostgreSQL's connector. Returns the count of each `op`.
 fn check_topic(reads: &[Read], schemas: bool, table: &str) -> BTreeMap<String, usize> {
+    check_topic_of(reads, schemas, table, "postgresql")
+}
+
+/// [`check_topic`] for events of `connector` (`postgresql`: a numeric `lsn`; `cockroachdb`:
+/// a `ts_hlc`).
+fn check_topic_of(reads: &[Read], schemas: bool, table: &str, connector: &str) -> BTreeMap<String, usize> {
     let mut ops = BTreeMap::new();
     let mut by_partition: HashMap<i32, Vec<&Read>> = HashMap::new();
     for r in reads {
@@ -186,10 +192,14 @@ fn check_topic(reads: &[Read], schemas: bool, table: &str) -> BTreeMap<String, u
                     .unwrap_or_else(|e| panic!("{table}: not a Debezium key: {e}"));
             }
             let source = &payload["source"];
-            assert_eq!(source["connector"], "postgresql", "{table}: source.connector");
-            assert_eq!(source["db"], "app", "{table}: source.db");
+            assert_eq!(source["connector"], connector, "{table}: source.connector");
             assert_eq!(source["table"], table, "{table}: source.table");
-            assert!(source["lsn"].as_i64().is_some(), "{table}: source.lsn");
+            if connector == "postgresql" {
+                assert_eq!(source["db"], "app", "{table}: source.db");
+                assert!(source["lsn"].as_i64().is_some(), "{table}: source.lsn");
+            } else {
+                assert!(source["ts_hlc"].as_str().is_some(), "{table}: source.ts_hlc");
+            }
             assert_eq!(
                 source["snapshot"].as_str() == Some("true"),
                 op == "r",
@@ -343,6 +353,58 @@ async fn schemaless_events_are_valid_and_land() {
     assert_eq!(ops.get("r"), Some(&100), "{ops:?}");
     assert_eq!(ops.get("u"), Some(&10), "{ops:?}");
     assert_eq!(ops.get("d"), Some(&10), "{ops:?}");
+}
+
+/// CockroachDB → Kafka → Iceberg equals the cluster (the contract stand-in in front of a real
+/// PostgreSQL, as in `cockroach.rs`): the scan and the changefeed's stream published with
+/// CockroachDB's `source` block, each event valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cockroachdb_through_kafka_into_the_lake_equals_the_cluster() {
+    use tarn_test_utils::cockroach::{StandInCluster, StandInOptions};
+    let mut setup = Setup::new("", true, 1).await;
+    let cluster = StandInCluster::start(
+        setup.cdc.pg.port(),
+        "app",
+        StandInOptions {
+            rangefeed_enabled: true,
+            ..StandInOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    setup.cdc.sql(
+        "CREATE TABLE dogs (id bigint PRIMARY KEY, name text NOT NULL, weight numeric(6,2));
+         INSERT INTO dogs SELECT g, 'dog ' || g, g * 1.25 FROM generate_series(1, 300) g;",
+    );
+    cluster.capture_tables().await.unwrap();
+    setup.cdc.set("cdc.source", &cluster.url("postgres"));
+    setup.cdc.set("cdc.source_kind", "cockroachdb");
+    let cdc = &setup.cdc;
+    let publisher = cdc.start().await;
+    wait_streaming(&publisher).await;
+    let consumer = cdc
+        .start_config(setup.consumer_config(), RunOptions::default())
+        .await;
+    let (pg_q, lake_q) = (
+        "SELECT id, name, weight FROM dogs ORDER BY id",
+        "SELECT id, name, weight FROM cdc.dogs ORDER BY id",
+    );
+    cdc.wait_same(pg_q, lake_q, WAIT).await;
+    cdc.sql(
+        "UPDATE dogs SET name = 'rex', weight = 31.5 WHERE id = 7;
+         DELETE FROM dogs WHERE id BETWEEN 10 AND 19;
+         INSERT INTO dogs VALUES (1000, 'new', NULL);",
+    );
+    cdc.wait_same(pg_q, lake_q, WAIT).await;
+    publisher.stop().await;
+    consumer.stop().await;
+    let reads = tokio::task::block_in_place(|| read_topic(&setup.broker, "shop.public.dogs"));
+    let ops = check_topic_of(&reads, true, "dogs", "cockroachdb");
+    assert_eq!(ops.get("d"), Some(&10), "{ops:?}");
+    assert!(
+        ops.get("c").is_some_and(|&n| n >= 301),
+        "the scan and the insert: {ops:?}"
+    );
 }
 
 /// A broker that is not there: the pipeline names it and keeps retrying.
