@@ -523,8 +523,18 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
             )
             .await
         }
+        #[cfg(feature = "kafka")]
+        "lake+kafka" => {
+            let kafka = crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?;
+            drive(
+                source,
+                crate::sink::Both::new(lake_sink(config, lake), kafka),
+                ctx,
+            )
+            .await
+        }
         #[cfg(not(feature = "kafka"))]
-        "kafka" => Err(Error::new(
+        "kafka" | "lake+kafka" => Err(Error::new(
             ErrorKind::Config,
             "cdc.sink = \"kafka\" needs a tarn built with Kafka support (cargo build --features kafka); \
              this binary was built without it",

@@ -216,9 +216,9 @@ pub struct CdcConfig {
     pub changefeed: ChangefeedConfig,
     /// The Kafka topics a `kafka` source consumes.
     pub kafka: KafkaSourceConfig,
-    /// Where a database source's changes go: `lake` (Iceberg tables, the default) or `kafka`
+    /// Where a database source's changes go: `lake` (Iceberg tables, the default), `kafka`
     /// (Debezium change events on one topic per table, each source transaction in one Kafka
-    /// transaction; see `[cdc.publish]`).
+    /// transaction; see `[cdc.publish]`) or `lake+kafka` (both, from one slot).
     pub sink: String,
     /// The topics a `kafka` sink publishes to.
     pub publish: KafkaPublishConfig,
@@ -883,10 +883,13 @@ impl Config {
     fn validate_kafka_publish(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
         let cdc = &self.cdc;
-        if !matches!(cdc.sink.as_str(), "lake" | "kafka") {
-            return bad("cdc.sink", format!("expected lake or kafka, got {:?}", cdc.sink));
+        if !matches!(cdc.sink.as_str(), "lake" | "kafka" | "lake+kafka") {
+            return bad(
+                "cdc.sink",
+                format!("expected lake, kafka or lake+kafka, got {:?}", cdc.sink),
+            );
         }
-        if cdc.sink == "kafka" && cdc.source_kind == "kafka" {
+        if cdc.sink != "lake" && cdc.source_kind == "kafka" {
             return bad(
                 "cdc.sink",
                 "a Kafka source (cdc.source_kind = \"kafka\") writes into the lake; expected sink = \"lake\""

@@ -31,7 +31,8 @@ pub enum CdcCommand {
     ///
     /// With `cdc.sink = "kafka"` (section `[cdc.publish]`, a build with `--features kafka`)
     /// the changes are published to Kafka instead, as Debezium change events on one topic per
-    /// table, each source transaction in one Kafka transaction (docs/kafka-publish.md).
+    /// table, each source transaction in one Kafka transaction (docs/kafka-publish.md);
+    /// `cdc.sink = "lake+kafka"` does both from one slot.
     Run {
         /// Drop the replication slot (CockroachDB: scan every table again) and copy every
         /// table again, replacing the lake tables' contents: the recovery when the slot was

@@ -33,8 +33,10 @@
 //!   [`LakeSink::finish_snapshot`]);
 //! - `maintenance`: the automatic maintenance policy ([`LakeSink::maintain`]);
 //! - `schema`: the schema-evolution planner, applied when a table's spec changes;
-//! - `seam`: [`ChangeSink`], the contract the lake sink and the Kafka publisher both keep.
+//! - `seam`: [`ChangeSink`], the contract the lake sink and the Kafka publisher both keep;
+//! - `both`: [`Both`], two sinks fed by one source (`cdc.sink = "lake+kafka"`).
 
+mod both;
 mod buffer;
 mod maintenance;
 mod schema;
@@ -52,6 +54,7 @@ use iceberg::{NamespaceIdent, TableIdent};
 use tarn_core::{Error, ErrorKind, Result, failpoint};
 use tarn_lake::{Lake, RowDelta, TableLayout};
 
+pub use self::both::Both;
 use self::buffer::{RowBuffer, write_pending};
 pub use self::seam::{ChangeSink, TablePosition};
 pub use self::snapshot::{SnapshotPart, SnapshotPartWriter};

@@ -407,6 +407,41 @@ async fn cockroachdb_through_kafka_into_the_lake_equals_the_cluster() {
     );
 }
 
+/// `cdc.sink = "lake+kafka"`: one slot feeds the lake and the topic; after a restart with
+/// changes made meanwhile, the lake equals PostgreSQL and the topic holds each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lake_and_kafka_from_one_slot() {
+    let mut setup = Setup::new(
+        "CREATE TABLE items (id bigint PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        true,
+        2,
+    )
+    .await;
+    setup.cdc.set("cdc.sink", "lake+kafka");
+    let cdc = &setup.cdc;
+    let (pg_q, lake_q) = (
+        "SELECT id, v FROM items ORDER BY id",
+        "SELECT id, v FROM cdc.items ORDER BY id",
+    );
+    let running = cdc.start().await;
+    wait_streaming(&running).await;
+    cdc.sql("UPDATE items SET v = 'changed' WHERE id <= 10; DELETE FROM items WHERE id > 90;");
+    cdc.wait_same(pg_q, lake_q, WAIT).await;
+    running.stop().await;
+    cdc.sql("INSERT INTO items SELECT g, 'later' FROM generate_series(1001, 1005) g;");
+    let running = cdc.start().await;
+    cdc.wait_same(pg_q, lake_q, WAIT).await;
+    running.stop().await;
+    let reads = tokio::task::block_in_place(|| read_topic(&setup.broker, "shop.public.items"));
+    let ops = check_topic(&reads, true, "items");
+    assert_eq!(
+        (ops.get("r"), ops.get("u"), ops.get("d"), ops.get("c")),
+        (Some(&100), Some(&10), Some(&10), Some(&5)),
+        "each change published once: {ops:?}"
+    );
+}
+
 /// A broker that is not there: the pipeline names it and keeps retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_named() {
