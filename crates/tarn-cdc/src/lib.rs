@@ -16,7 +16,10 @@
 //! - [`pipeline`]: the one loop between any source and the sink — flush policy, backpressure,
 //!   acknowledgement after commit, restarts.
 //! - `kafka` (feature `kafka`): the Kafka source — topics of Debezium change events into the
-//!   lake, exactly once per partition through the offsets each table records.
+//!   lake, exactly once per partition through the offsets each table records — and the Kafka
+//!   sink, a database source's changes published as Debezium events in Kafka transactions.
+//! - [`transform`]: streaming SQL — a table's changes transformed by a `SELECT` (with lake
+//!   lookups) before the sink writes them.
 //! - [`position`]: typed positions (LSN, HLC timestamp, Kafka offsets) and their text codec.
 //! - [`scripted`]: an in-memory source replaying a script, with crashes at chosen steps, for
 //!   the sink's exactly-once tests.
@@ -32,4 +35,5 @@ pub mod postgres;
 pub mod scripted;
 pub mod sink;
 pub mod source;
+pub mod transform;
 pub mod value;

@@ -481,7 +481,7 @@ async fn run_once(
         #[cfg(feature = "kafka")]
         "kafka" => {
             let source = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
-            drive(source, lake_sink(config, lake), &ctx).await
+            drive_with(source, lake_sink(config, lake.clone()), lake, &ctx).await
         }
         #[cfg(not(feature = "kafka"))]
         "kafka" => Err(Error::new(
@@ -516,22 +516,14 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
     match config.cdc.sink.as_str() {
         #[cfg(feature = "kafka")]
         "kafka" => {
-            drive(
-                source,
-                crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?,
-                ctx,
-            )
-            .await
+            let kafka = crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?;
+            drive_with(source, kafka, lake, ctx).await
         }
         #[cfg(feature = "kafka")]
         "lake+kafka" => {
             let kafka = crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?;
-            drive(
-                source,
-                crate::sink::Both::new(lake_sink(config, lake), kafka),
-                ctx,
-            )
-            .await
+            let both = crate::sink::Both::new(lake_sink(config, lake.clone()), kafka);
+            drive_with(source, both, lake, ctx).await
         }
         #[cfg(not(feature = "kafka"))]
         "kafka" | "lake+kafka" => Err(Error::new(
@@ -539,7 +531,23 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
             "cdc.sink = \"kafka\" needs a tarn built with Kafka support (cargo build --features kafka); \
              this binary was built without it",
         )),
-        _ => drive(source, lake_sink(config, lake), ctx).await,
+        _ => drive_with(source, lake_sink(config, lake.clone()), lake, ctx).await,
+    }
+}
+
+/// [`drive`], through the SQL transforms of `cdc.transforms` when there are any.
+async fn drive_with<S: ChangeSource, K: ChangeSink>(
+    source: S,
+    sink: K,
+    lake: Lake,
+    ctx: &SourceContext<'_>,
+) -> Result<()> {
+    let transforms = &ctx.config.cdc.transforms;
+    if transforms.is_empty() {
+        drive(source, sink, ctx).await
+    } else {
+        let sink = crate::transform::Transformed::new(sink, transforms, lake).await?;
+        drive(source, sink, ctx).await
     }
 }
 

@@ -222,6 +222,21 @@ pub struct CdcConfig {
     pub sink: String,
     /// The topics a `kafka` sink publishes to.
     pub publish: KafkaPublishConfig,
+    /// SQL transformations of tables' changes before they are written (streaming SQL), at
+    /// most one per source table: `[[cdc.transforms]]`.
+    pub transforms: Vec<TransformConfig>,
+}
+
+/// A SQL transformation of one source table's changes (`[[cdc.transforms]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// The source table, `schema.table` (for a Kafka source: the events' `source` schema —
+    /// or database — and table).
+    pub table: String,
+    /// A `SELECT` over `changes` (the new rows of a micro-batch, with the source's columns)
+    /// that may join lake tables (`cdc.customers`); it must keep the table's key columns.
+    pub sql: String,
 }
 
 /// Kafka topics a database source's changes are published to (`cdc.sink = "kafka"`): one
@@ -420,6 +435,7 @@ impl Config {
                     transaction_timeout: "5m".into(),
                     flush_interval: "100ms".into(),
                 },
+                transforms: Vec::new(),
             },
             maintenance: MaintenanceConfig {
                 auto: true,
@@ -763,6 +779,27 @@ impl Config {
         }
         self.validate_kafka_source()?;
         self.validate_kafka_publish()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in cdc.transforms.iter().enumerate() {
+            let key = format!("cdc.transforms[{i}]");
+            if t.table
+                .split_once('.')
+                .is_none_or(|(s, n)| s.is_empty() || n.is_empty())
+            {
+                return bad(
+                    &format!("{key}.table"),
+                    format!("expected schema.table, got {:?}", t.table),
+                );
+            }
+            if !seen.insert(t.table.as_str()) {
+                return bad(&format!("{key}.table"), format!("{} has two transforms", t.table));
+            }
+            if !t.sql.trim_start().to_ascii_lowercase().starts_with("select")
+                && !t.sql.trim_start().to_ascii_lowercase().starts_with("with")
+            {
+                return bad(&format!("{key}.sql"), "expected a SELECT over `changes`".into());
+            }
+        }
         let feed = &cdc.changefeed;
         if !matches!(feed.sink.as_str(), "sinkless" | "webhook") {
             return bad(
@@ -1158,6 +1195,75 @@ mod tests {
                 "cdc.kafka.session_timeout",
             ),
             (vec![("cdc.kafka.group", " ")], "cdc.kafka.group"),
+        ] {
+            let err = set(&pairs).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn publishing_and_transforms_are_validated_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = |pairs: &[(&str, &str)]| {
+            let overrides: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::load(dir.path(), None, Vec::new(), &overrides)
+        };
+        let config = set(&[
+            ("cdc.sink", "lake+kafka"),
+            ("cdc.publish.partitions", "3"),
+            (
+                "cdc.transforms",
+                "[{table = \"public.orders\", sql = \"SELECT id FROM changes\"}]",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.cdc.publish.partitions, 3);
+        assert_eq!(config.cdc.transforms[0].table, "public.orders");
+        let transform = |table: &str, sql: &str| format!("[{{table = {table:?}, sql = {sql:?}}}]");
+        for (pairs, key) in [
+            (vec![("cdc.sink", "s3")], "cdc.sink".to_string()),
+            (
+                vec![
+                    ("cdc.sink", "kafka"),
+                    ("cdc.source_kind", "kafka"),
+                    ("cdc.kafka.topics", "[\"t\"]"),
+                ],
+                "cdc.sink".into(),
+            ),
+            (
+                vec![("cdc.publish.brokers", "nohost")],
+                "cdc.publish.brokers".into(),
+            ),
+            (
+                vec![("cdc.publish.partitions", "0")],
+                "cdc.publish.partitions".into(),
+            ),
+            (
+                vec![("cdc.publish.topic_prefix", "a b")],
+                "cdc.publish.topic_prefix".into(),
+            ),
+            (
+                vec![("cdc.publish.flush_interval", "soon")],
+                "cdc.publish.flush_interval".into(),
+            ),
+            (
+                vec![("cdc.publish.transaction_timeout", "0s")],
+                "cdc.publish.transaction_timeout".into(),
+            ),
+            (
+                vec![("cdc.transforms", transform("orders", "SELECT 1").as_str())],
+                "cdc.transforms[0].table".into(),
+            ),
+            (
+                vec![(
+                    "cdc.transforms",
+                    transform("public.orders", "DELETE FROM changes").as_str(),
+                )],
+                "cdc.transforms[0].sql".into(),
+            ),
         ] {
             let err = set(&pairs).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{pairs:?}: {err}");

@@ -180,6 +180,9 @@ impl KafkaSink {
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
+            // Bounded memory: a copy or a large backlog waits for the broker (the send loop
+            // retries on a full queue) instead of queueing librdkafka's default of 1 GiB.
+            .set("queue.buffering.max.kbytes", "65536")
             .set("transaction.timeout.ms", txn_timeout.as_millis().to_string())
             .set("message.timeout.ms", txn_timeout.as_millis().to_string())
             .create()

@@ -34,7 +34,7 @@ pub const TIMESTAMPTZ_ZONE: &str = "+00:00";
 pub const LIST_ELEMENT_NAME: &str = "element";
 
 /// One cell of a row as a source delivers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     /// SQL NULL.
     Null,

@@ -15,6 +15,7 @@ mod pgwire;
 mod publish;
 mod slt;
 mod sql;
+mod transform;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
