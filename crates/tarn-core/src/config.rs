@@ -1169,16 +1169,19 @@ mod tests {
         Config::load(dir.path(), None, env, &flags)
     }
 
+    /// The config of `dir` with `--set` style `pairs`.
+    fn with_overrides(dir: &std::path::Path, pairs: &[(&str, &str)]) -> Result<Config> {
+        let overrides: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(dir, None, Vec::new(), &overrides)
+    }
+
     #[test]
     fn kafka_source_is_validated_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let set = |pairs: &[(&str, &str)]| {
-            let overrides: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Config::load(dir.path(), None, Vec::new(), &overrides)
-        };
+        let set = |pairs: &[(&str, &str)]| with_overrides(dir.path(), pairs);
         let config = set(&[
             ("cdc.source_kind", "kafka"),
             ("cdc.kafka.topics", "[\"shop.public.orders\", \"^shop\\\\..*\"]"),
@@ -1204,13 +1207,7 @@ mod tests {
     #[test]
     fn publishing_and_transforms_are_validated_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let set = |pairs: &[(&str, &str)]| {
-            let overrides: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Config::load(dir.path(), None, Vec::new(), &overrides)
-        };
+        let set = |pairs: &[(&str, &str)]| with_overrides(dir.path(), pairs);
         let config = set(&[
             ("cdc.sink", "lake+kafka"),
             ("cdc.publish.partitions", "3"),

@@ -185,6 +185,161 @@ pub(crate) async fn writer(
     Ok(done)
 }
 
+/// Creates the benchmark's tables in the source: `bench_rows` with `rows` rows, and
+/// `bench_probe` holding probe `0` (the freshness probes follow it).
+pub(crate) async fn create_tables(client: &tokio_postgres::Client, rows: u64) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS bench_rows, bench_probe;
+             CREATE TABLE bench_rows (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2), note text, updated_at timestamptz);
+             CREATE TABLE bench_probe (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
+             INSERT INTO bench_rows SELECT g, g % 1000, (g % 100000) / 100.0, 'row number ' || g, now() FROM generate_series(1, {rows}) g;
+             INSERT INTO bench_probe (seq) VALUES (0);"
+        ))
+        .await
+        .context("cannot create the benchmark table")?;
+    // Statistics, so the snapshot plans its chunks (VACUUM cannot run in the batch's transaction).
+    client
+        .batch_execute("VACUUM ANALYZE bench_rows")
+        .await
+        .context("cannot analyze the benchmark table")
+}
+
+/// Seconds `psql \\copy bench_rows TO '/dev/null'` takes: the reference of a table copy.
+pub(crate) fn psql_copy_seconds(url: &str) -> Result<f64> {
+    let started = Instant::now();
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-c", "\\copy bench_rows TO '/dev/null'"])
+        .stdout(Stdio::null())
+        .output()
+        .context("cannot run psql")?;
+    if !out.status.success() {
+        bail!("psql \\copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The source side of a backlog phase.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backlog {
+    /// Changes made.
+    pub(crate) produced: u64,
+    /// Where the backlog ends.
+    pub(crate) end_lsn: Lsn,
+    /// Seconds `pg_recvlogical` took to drain it.
+    pub(crate) reference: f64,
+}
+
+/// With the pipeline stopped: a second slot on the pipeline's publication (`tarn_bench`),
+/// `options.changes` changes from `options.writers` writers, and `pg_recvlogical` draining
+/// that slot to `/dev/null` (the reference); the pipeline's own slot holds the same backlog.
+pub(crate) async fn backlog_with_reference(
+    client: &tokio_postgres::Client,
+    url: &str,
+    options: &CdcBenchOptions,
+) -> Result<Backlog> {
+    let recvlogical = match server_bin_dir() {
+        Ok(d) => d.join("pg_recvlogical"),
+        Err(_) => PathBuf::from("pg_recvlogical"),
+    };
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('bench_reference', 'pgoutput')")
+        .await
+        .context("cannot create the reference slot")?;
+    let produce = Instant::now();
+    let per_writer = options.changes / options.writers.max(1) as u64;
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for w in 0..options.writers.max(1) {
+        tasks.push(tokio::spawn(writer(
+            url.to_string(),
+            7919 * (w as u64 + 1),
+            per_writer,
+            options.rows as i64,
+            None,
+            stop.clone(),
+        )));
+    }
+    let mut produced = 0;
+    for t in tasks {
+        produced += t.await??;
+    }
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let end_lsn: Lsn = end.parse().context("bad end LSN")?;
+    println!(
+        "source: {produced} changes in {:.1}s ({:.0}/s) from {} writers; backlog ends at {end}",
+        produce.elapsed().as_secs_f64(),
+        produced as f64 / produce.elapsed().as_secs_f64(),
+        options.writers
+    );
+    let reference = Instant::now();
+    let out = Command::new(&recvlogical)
+        .args([
+            "-d",
+            url,
+            "-S",
+            "bench_reference",
+            "--start",
+            "-E",
+            &end,
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-o", "proto_version=1", "-o", "publication_names=tarn_bench"])
+        .output()
+        .with_context(|| format!("cannot run {}", recvlogical.display()))?;
+    if !out.status.success() {
+        bail!("pg_recvlogical failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let reference = reference.elapsed().as_secs_f64();
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('bench_reference')")
+        .await?;
+    Ok(Backlog {
+        produced,
+        end_lsn,
+        reference,
+    })
+}
+
+/// Starts the pipeline of `config` and waits until it acknowledged the end of `backlog`;
+/// prints its changes/s beside `pg_recvlogical`'s (`what`: where the changes went). Returns
+/// the running pipeline and the seconds it took.
+pub(crate) async fn drain_backlog(
+    config: &Config,
+    lake: &Lake,
+    backlog: &Backlog,
+    what: &str,
+) -> Result<(PipelineHandle, f64)> {
+    let Backlog {
+        produced,
+        end_lsn,
+        reference,
+    } = *backlog;
+    let started = Instant::now();
+    let pipeline = PipelineHandle::spawn(config, lake.clone(), RunOptions::default());
+    pipeline
+        .wait_until("the backlog", Duration::from_secs(3600), |r| {
+            r.state == "streaming" && acknowledged(r) >= end_lsn
+        })
+        .await?;
+    let drain = started.elapsed().as_secs_f64();
+    println!(
+        "tarn            {produced} changes in {drain:>7.2}s  {:>9.0} changes/s ({what})\n\
+         pg_recvlogical  {produced} changes in {reference:>7.2}s  {:>9.0} changes/s (decoded to /dev/null)\n\
+         ratio tarn/pg_recvlogical: {:.2}",
+        produced as f64 / drain,
+        produced as f64 / reference,
+        drain / reference
+    );
+    Ok((pipeline, drain))
+}
+
 /// Runs the benchmark; see the module doc.
 pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchReport> {
     let dir = &options.dir;
@@ -219,21 +374,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
     );
     let client = connect(&url).await?;
     let setup = Instant::now();
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS bench_rows, bench_probe;
-             CREATE TABLE bench_rows (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2), note text, updated_at timestamptz);
-             CREATE TABLE bench_probe (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
-             INSERT INTO bench_rows SELECT g, g % 1000, (g % 100000) / 100.0, 'row number ' || g, now() FROM generate_series(1, {}) g;",
-            options.rows
-        ))
-        .await
-        .context("cannot create the benchmark table")?;
-    // Statistics, so the snapshot plans its chunks (VACUUM cannot run in the batch's transaction).
-    client
-        .batch_execute("VACUUM ANALYZE bench_rows")
-        .await
-        .context("cannot analyze the benchmark table")?;
+    create_tables(&client, options.rows).await?;
     println!(
         "created {} rows in PostgreSQL in {:.1}s",
         options.rows,
@@ -268,17 +409,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
 
     // 1. Initial snapshot, against psql's \copy of the same table.
     println!("\n== initial snapshot ==");
-    let reference = Instant::now();
-    let out = Command::new("psql")
-        .arg(&url)
-        .args(["-X", "-q", "-c", "\\copy bench_rows TO '/dev/null'"])
-        .stdout(Stdio::null())
-        .output()
-        .context("cannot run psql")?;
-    if !out.status.success() {
-        bail!("psql \\copy failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let reference = reference.elapsed().as_secs_f64();
+    let reference = psql_copy_seconds(&url)?;
     let started = Instant::now();
     let mut pipeline = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
     pipeline
@@ -340,84 +471,10 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
 
     // 2. Sustained changes: the same backlog drained by pg_recvlogical and by tarn.
     println!("\n== sustained changes: draining a backlog ==");
-    let recvlogical = match server_bin_dir() {
-        Ok(d) => d.join("pg_recvlogical"),
-        Err(_) => PathBuf::from("pg_recvlogical"),
-    };
-    client
-        .batch_execute("SELECT pg_create_logical_replication_slot('bench_reference', 'pgoutput')")
-        .await
-        .context("cannot create the reference slot")?;
-    let produce = Instant::now();
-    let per_writer = options.changes / options.writers.max(1) as u64;
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for w in 0..options.writers.max(1) {
-        tasks.push(tokio::spawn(writer(
-            url.clone(),
-            7919 * (w as u64 + 1),
-            per_writer,
-            options.rows as i64,
-            None,
-            stop.clone(),
-        )));
-    }
-    let mut produced = 0;
-    for t in tasks {
-        produced += t.await??;
-    }
-    let end: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-    let end_lsn: Lsn = end.parse().context("bad end LSN")?;
-    println!(
-        "source: {produced} changes in {:.1}s ({:.0}/s) from {} writers; backlog ends at {end}",
-        produce.elapsed().as_secs_f64(),
-        produced as f64 / produce.elapsed().as_secs_f64(),
-        options.writers
-    );
-    let reference = Instant::now();
-    let out = Command::new(&recvlogical)
-        .args([
-            "-d",
-            &url,
-            "-S",
-            "bench_reference",
-            "--start",
-            "-E",
-            &end,
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args(["-o", "proto_version=1", "-o", "publication_names=tarn_bench"])
-        .output()
-        .with_context(|| format!("cannot run {}", recvlogical.display()))?;
-    if !out.status.success() {
-        bail!("pg_recvlogical failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let reference = reference.elapsed().as_secs_f64();
-    client
-        .batch_execute("SELECT pg_drop_replication_slot('bench_reference')")
-        .await?;
-    let started = Instant::now();
-    let mut pipeline = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
-    pipeline
-        .wait_until("the backlog", Duration::from_secs(3600), |r| {
-            r.state == "streaming" && acknowledged(r) >= end_lsn
-        })
-        .await?;
-    let drain = started.elapsed().as_secs_f64();
+    let backlog = backlog_with_reference(&client, &url, &options).await?;
+    let (mut pipeline, drain) = drain_backlog(&config, &lake, &backlog, "into Iceberg, committed").await?;
+    let produced = backlog.produced;
     (report.backlog_changes, report.backlog_seconds) = (produced, drain);
-    println!(
-        "tarn            {produced} changes in {drain:>7.2}s  {:>9.0} changes/s (into Iceberg, committed)\n\
-         pg_recvlogical  {produced} changes in {reference:>7.2}s  {:>9.0} changes/s (decoded to /dev/null)\n\
-         ratio tarn/pg_recvlogical: {:.2}",
-        produced as f64 / drain,
-        produced as f64 / reference,
-        drain / reference
-    );
     if let Some(crdb) = &crdb {
         // Every change of the backlog is in the stand-in's history once it has drained its
         // capture log; the changefeed replays them from the lake's cursor.

@@ -17,22 +17,19 @@
 //! private PostgreSQL (or `--source`). Only the release profile's figures belong in
 //! BENCHMARKS.md.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tarn_cdc::pipeline::{PipelineHandle, RunOptions};
-use tarn_cdc::position::Lsn;
-use tarn_cdc::postgres::local::{LocalPostgres, server_bin_dir};
+use tarn_cdc::postgres::local::LocalPostgres;
 use tarn_core::Config;
 use tarn_lake::Lake;
 use tarn_query::TarnSession;
 use tarn_test_utils::kafka::Broker;
-use tokio_util::sync::CancellationToken;
 
 use crate::bench_cdc::{
-    CdcBenchOptions, acknowledged, connect, freshness, percentile, query_rows_text, writer,
+    CdcBenchOptions, backlog_with_reference, connect, create_tables, drain_backlog, freshness, percentile,
+    psql_copy_seconds, query_rows_text,
 };
 
 /// Runs the benchmark; see the module doc. `partitions`: of each table topic.
@@ -66,21 +63,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions, partitions: i32) -> Re
         broker.bootstrap()
     );
     let client = connect(&url).await?;
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS bench_rows, bench_probe;
-             CREATE TABLE bench_rows (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2), note text, updated_at timestamptz);
-             CREATE TABLE bench_probe (seq bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
-             INSERT INTO bench_rows SELECT g, g % 1000, (g % 100000) / 100.0, 'row number ' || g, now() FROM generate_series(1, {}) g;
-             INSERT INTO bench_probe (seq) VALUES (0);",
-            options.rows
-        ))
-        .await
-        .context("cannot create the benchmark table")?;
-    client
-        .batch_execute("VACUUM ANALYZE bench_rows")
-        .await
-        .context("cannot analyze the benchmark table")?;
+    create_tables(&client, options.rows).await?;
 
     let mut config = base.clone();
     config.data_dir = dir.join("lake");
@@ -98,17 +81,7 @@ pub async fn run(base: &Config, options: CdcBenchOptions, partitions: i32) -> Re
 
     // 1. Initial copy, against psql's \copy of the same table.
     println!("\n== initial copy into Kafka ==");
-    let reference = Instant::now();
-    let out = Command::new("psql")
-        .arg(&url)
-        .args(["-X", "-q", "-c", "\\copy bench_rows TO '/dev/null'"])
-        .stdout(Stdio::null())
-        .output()
-        .context("cannot run psql")?;
-    if !out.status.success() {
-        bail!("psql \\copy failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let reference = reference.elapsed().as_secs_f64();
+    let reference = psql_copy_seconds(&url)?;
     let started = Instant::now();
     let mut publisher = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
     publisher
@@ -130,82 +103,8 @@ pub async fn run(base: &Config, options: CdcBenchOptions, partitions: i32) -> Re
 
     // 2. The same backlog drained by pg_recvlogical and by the publisher.
     println!("\n== backlog: PostgreSQL → Kafka ==");
-    let recvlogical = match server_bin_dir() {
-        Ok(d) => d.join("pg_recvlogical"),
-        Err(_) => PathBuf::from("pg_recvlogical"),
-    };
-    client
-        .batch_execute("SELECT pg_create_logical_replication_slot('bench_reference', 'pgoutput')")
-        .await
-        .context("cannot create the reference slot")?;
-    let produce = Instant::now();
-    let per_writer = options.changes / options.writers.max(1) as u64;
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for w in 0..options.writers.max(1) {
-        tasks.push(tokio::spawn(writer(
-            url.clone(),
-            7919 * (w as u64 + 1),
-            per_writer,
-            options.rows as i64,
-            None,
-            stop.clone(),
-        )));
-    }
-    let mut produced = 0;
-    for t in tasks {
-        produced += t.await??;
-    }
-    let end: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-    let end_lsn: Lsn = end.parse().context("bad end LSN")?;
-    println!(
-        "source: {produced} changes in {:.1}s from {} writers; backlog ends at {end}",
-        produce.elapsed().as_secs_f64(),
-        options.writers
-    );
-    let reference = Instant::now();
-    let out = Command::new(&recvlogical)
-        .args([
-            "-d",
-            &url,
-            "-S",
-            "bench_reference",
-            "--start",
-            "-E",
-            &end,
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args(["-o", "proto_version=1", "-o", "publication_names=tarn_bench"])
-        .output()
-        .with_context(|| format!("cannot run {}", recvlogical.display()))?;
-    if !out.status.success() {
-        bail!("pg_recvlogical failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let reference = reference.elapsed().as_secs_f64();
-    client
-        .batch_execute("SELECT pg_drop_replication_slot('bench_reference')")
-        .await?;
-    let started = Instant::now();
-    let mut publisher = PipelineHandle::spawn(&config, lake.clone(), RunOptions::default());
-    publisher
-        .wait_until("the backlog", Duration::from_secs(3600), |r| {
-            r.state == "streaming" && acknowledged(r) >= end_lsn
-        })
-        .await?;
-    let drain = started.elapsed().as_secs_f64();
-    println!(
-        "tarn            {produced} changes in {drain:>7.2}s  {:>9.0} changes/s (into Kafka, committed)\n\
-         pg_recvlogical  {produced} changes in {reference:>7.2}s  {:>9.0} changes/s (decoded to /dev/null)\n\
-         ratio tarn/pg_recvlogical: {:.2}",
-        produced as f64 / drain,
-        produced as f64 / reference,
-        drain / reference
-    );
+    let backlog = backlog_with_reference(&client, &url, &options).await?;
+    let (mut publisher, _) = drain_backlog(&config, &lake, &backlog, "into Kafka, committed").await?;
 
     // 3. Freshness through Kafka: the publisher and a Kafka pipeline into the lake together.
     println!(

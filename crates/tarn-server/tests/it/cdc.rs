@@ -176,6 +176,30 @@ impl Cdc {
     }
 }
 
+/// Every kind of change of the SHOP tables: inserts, updates, deletes, key changes (of
+/// customer 5 and of the orders `rekeyed` selects), NULLs, TOASTed payloads on orders 1 to 20
+/// then updates of other columns only (so the stream carries them as unchanged), and a
+/// transaction over both tables.
+pub(crate) fn shop_changes(cdc: &Cdc, rekeyed: &str) {
+    cdc.sql(
+        "INSERT INTO customers VALUES (5001, 'new one', NULL), (5002, 'another', 2);
+         UPDATE customers SET name = name || '!' WHERE id % 7 = 0;
+         DELETE FROM customers WHERE id % 11 = 0;
+         UPDATE customers SET id = 9001 WHERE id = 5;
+         UPDATE customers SET tier = NULL WHERE id = 6;",
+    );
+    cdc.sql(
+        "UPDATE orders SET payload = (SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 400) g)
+         WHERE id <= 20;",
+    );
+    cdc.sql("UPDATE orders SET status = 'paid' WHERE id <= 30; UPDATE orders SET status = 'shipped' WHERE id <= 10;");
+    cdc.sql(&format!("UPDATE orders SET id = id + 100000 WHERE {rekeyed};"));
+    cdc.sql(
+        "BEGIN; INSERT INTO customers VALUES (7001, 'txn', 1); UPDATE orders SET customer_id = 7001 WHERE id = 50;
+         DELETE FROM orders WHERE id = 51; COMMIT;",
+    );
+}
+
 /// `source_query` rows as the independent readers print them: sorted lists of strings.
 fn as_reader_rows(rows: &[String]) -> serde_json::Value {
     let mut parsed: Vec<Vec<Option<String>>> = rows
@@ -219,27 +243,8 @@ async fn snapshot_then_every_kind_of_change() {
     cdc.wait_same(CUSTOMERS_PG, CUSTOMERS_LAKE, wait).await;
     cdc.wait_same(ORDERS_PG, ORDERS_LAKE, wait).await;
 
-    // Inserts, updates, deletes, a key change, NULLs.
-    cdc.sql(
-        "INSERT INTO customers VALUES (5001, 'new one', NULL), (5002, 'another', 2);
-         UPDATE customers SET name = name || '!' WHERE id % 7 = 0;
-         DELETE FROM customers WHERE id % 11 = 0;
-         UPDATE customers SET id = 9001 WHERE id = 5;
-         UPDATE customers SET tier = NULL WHERE id = 6;",
-    );
-    // TOASTed values: set large incompressible payloads, then update other columns only, so
-    // the stream carries the payload as unchanged; the lake must keep it.
-    cdc.sql(
-        "UPDATE orders SET payload = (SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 400) g)
-         WHERE id <= 20;",
-    );
-    cdc.sql("UPDATE orders SET status = 'paid' WHERE id <= 30; UPDATE orders SET status = 'shipped' WHERE id <= 10;");
-    cdc.sql("UPDATE orders SET id = id + 100000 WHERE id <= 3;");
-    // A transaction over both tables.
-    cdc.sql(
-        "BEGIN; INSERT INTO customers VALUES (7001, 'txn', 1); UPDATE orders SET customer_id = 7001 WHERE id = 50;
-         DELETE FROM orders WHERE id = 51; COMMIT;",
-    );
+    // Key changes of orders with TOASTed payloads (ids 1 to 20 get one).
+    shop_changes(&cdc, "id <= 3");
     cdc.wait_same(CUSTOMERS_PG, CUSTOMERS_LAKE, wait).await;
     cdc.wait_same(ORDERS_PG, ORDERS_LAKE, wait).await;
     let toasted = cdc
