@@ -479,6 +479,8 @@ async fn run_once(
             drive_into(source, lake, &ctx).await
         }
         #[cfg(feature = "kafka")]
+        "kafka" if config.cdc.kafka.archive => crate::kafka::archive::run(config, lake, &ctx).await,
+        #[cfg(feature = "kafka")]
         "kafka" => {
             let source = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
             drive_with(source, lake_sink(config, lake.clone()), lake, &ctx).await

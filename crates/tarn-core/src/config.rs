@@ -288,6 +288,12 @@ pub struct KafkaSourceConfig {
     /// `earliest` or `latest` (with lake tables, a partition nothing knows starts at its
     /// beginning, and the tables skip what they hold).
     pub start: String,
+    /// Archive the topics' records unchanged (key, value, headers, topic, partition, offset,
+    /// timestamp) as Parquet files of the Iceberg table `archive_table`, instead of applying
+    /// them as change events (`tarn ingest kafka --archive`; see docs/kafka-archive.md).
+    pub archive: bool,
+    /// The archive's table: `NAME` (in `cdc.namespace`) or `NAMESPACE.NAME`.
+    pub archive_table: String,
 }
 
 /// The CockroachDB changefeed tarn creates and consumes (`cdc.source_kind = "cockroachdb"`).
@@ -422,6 +428,8 @@ impl Config {
                     group: "tarn".into(),
                     session_timeout: "10s".into(),
                     start: "earliest".into(),
+                    archive: false,
+                    archive_table: "kafka_archive".into(),
                 },
                 sink: "lake".into(),
                 publish: KafkaPublishConfig {
@@ -914,6 +922,17 @@ impl Config {
                 format!("expected earliest or latest, got {:?}", kafka.start),
             );
         }
+        let parts: Vec<&str> = kafka.archive_table.split('.').collect();
+        let legal_part = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if parts.len() > 2 || !parts.iter().all(|p| legal_part(p)) {
+            return bad(
+                "cdc.kafka.archive_table",
+                format!(
+                    "expected NAME or NAMESPACE.NAME of letters, digits and '_', got {:?}",
+                    kafka.archive_table
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -1188,6 +1207,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.cdc.kafka.topics.len(), 2);
+        assert!(!config.cdc.kafka.archive);
+        let archive = set(&[
+            ("cdc.source_kind", "kafka"),
+            ("cdc.kafka.topics", "[\"orders\"]"),
+            ("cdc.kafka.archive", "true"),
+            ("cdc.kafka.archive_table", "raw.kafka_archive"),
+        ])
+        .unwrap();
+        assert!(archive.cdc.kafka.archive);
+        assert_eq!(archive.cdc.kafka.archive_table, "raw.kafka_archive");
         for (pairs, key) in [
             (vec![("cdc.source_kind", "kafka")], "cdc.kafka.topics"),
             (vec![("cdc.kafka.brokers", "nohost")], "cdc.kafka.brokers"),
@@ -1198,6 +1227,18 @@ mod tests {
                 "cdc.kafka.session_timeout",
             ),
             (vec![("cdc.kafka.group", " ")], "cdc.kafka.group"),
+            (
+                vec![("cdc.kafka.archive_table", "a.b.c")],
+                "cdc.kafka.archive_table",
+            ),
+            (
+                vec![("cdc.kafka.archive_table", "raw.")],
+                "cdc.kafka.archive_table",
+            ),
+            (
+                vec![("cdc.kafka.archive_table", "kafka-archive")],
+                "cdc.kafka.archive_table",
+            ),
         ] {
             let err = set(&pairs).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{pairs:?}: {err}");

@@ -30,6 +30,7 @@
 //! a missing topic is an error naming it), and waits at most `fetch.wait.max.ms=100` on the
 //! broker so that an idle pipeline still commits on time.
 
+pub mod archive;
 pub mod events;
 pub mod sink;
 

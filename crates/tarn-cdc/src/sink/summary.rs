@@ -141,8 +141,9 @@ fn position_key(position: &Position) -> &'static str {
     }
 }
 
-/// The summary of a streamed commit of `pipeline` holding everything up to `position`.
-pub(super) fn commit_summary(
+/// The summary of a streamed commit of `pipeline` holding everything up to `position` (also
+/// what the Kafka archive, `crate::kafka::archive`, commits with).
+pub(crate) fn commit_summary(
     pipeline: &str,
     position: &Position,
     commit_time: Option<i64>,
