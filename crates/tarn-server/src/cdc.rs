@@ -94,14 +94,21 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
                 RunOptions { resnapshot, duration },
                 shutdown.clone(),
             );
-            let progress = tokio::spawn(show_progress(pipeline.status().clone(), shutdown.clone()));
+            let archive = config.cdc.source_kind == "kafka" && config.cdc.kafka.archive;
+            let noun = if archive { "records archived" } else { "changes" };
+            let progress = tokio::spawn(show_progress(pipeline.status().clone(), noun, shutdown.clone()));
             let result = pipeline.finished().await;
             shutdown.cancel();
             let _ = progress.await;
             result?;
             let report = pipeline.report();
+            let done = if archive {
+                "record(s) archived"
+            } else {
+                "change(s) applied"
+            };
             eprintln!(
-                "stopped: {} change(s) applied; acknowledged up to {}",
+                "stopped: {} {done}; acknowledged up to {}",
                 report.events_total,
                 tarn_cdc::position::text_or_dash(report.acknowledged.as_ref())
             );
@@ -155,7 +162,8 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
     }
 }
 
-async fn show_progress(status: Arc<PipelineStatus>, stop: CancellationToken) {
+/// The live line of a running pipeline; `noun` names what it counts (`changes`).
+async fn show_progress(status: Arc<PipelineStatus>, noun: &str, stop: CancellationToken) {
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new_spinner()
     } else {
@@ -173,7 +181,7 @@ async fn show_progress(status: Arc<PipelineStatus>, stop: CancellationToken) {
                 p.chunks.load(Ordering::Relaxed)
             ),
             (None, "streaming") => format!(
-                "streaming: {} changes ({:.0}/s), acknowledged {}, lag {}",
+                "streaming: {} {noun} ({:.0}/s), acknowledged {}, lag {}",
                 r.events_total,
                 r.events_per_second,
                 tarn_cdc::position::text_or_dash(r.acknowledged.as_ref()),

@@ -1,4 +1,5 @@
-//! `tarn ingest kafka`: Kafka topics of Debezium change events into Iceberg tables.
+//! `tarn ingest kafka`: Kafka topics of Debezium change events into Iceberg tables, or
+//! (`--archive`) their records unchanged into the raw archive table.
 //!
 //! The flags fill `[cdc.kafka]` and set `cdc.source_kind = "kafka"` over whatever the config
 //! file, `TARN_*` variables and `--set` said; the pipeline then runs exactly as `tarn cdc run`
@@ -29,7 +30,15 @@ pub enum IngestCommand {
     /// each lake commit, for monitoring. A record that is not a change event stops the
     /// pipeline with an error naming its topic, partition and offset.
     ///
-    /// Flags override `[cdc.kafka]` of the config; see docs/kafka.md.
+    /// With `--archive`, the records are not decoded at all: every record of the topics is
+    /// archived unchanged (key, value, headers, topic, partition, offset, timestamp) as
+    /// Parquet files under `topic=<topic>/date=<YYYY-MM-DD>/hour=<HH>/` of one append-only
+    /// Iceberg table (`cdc.kafka.archive_table`), exactly once in the same way: each append
+    /// records the offsets, a restart seeks to them and deletes the files of a flush that
+    /// never committed. Give the archive its own `cdc.pipeline` and `--group`.
+    ///
+    /// Flags override `[cdc.kafka]` of the config; see docs/kafka.md and
+    /// docs/kafka-archive.md.
     Kafka(KafkaArgs),
 }
 
@@ -51,6 +60,14 @@ pub struct KafkaArgs {
     /// `cdc.kafka.start`).
     #[arg(long, value_parser = ["earliest", "latest"])]
     start: Option<String>,
+    /// Archive every record unchanged (Parquet files of an append-only Iceberg table)
+    /// instead of applying change events (default `cdc.kafka.archive`).
+    #[arg(long)]
+    archive: bool,
+    /// The archive's table, `NAME` (in `cdc.namespace`) or `NAMESPACE.NAME` (default
+    /// `cdc.kafka.archive_table`).
+    #[arg(long, value_name = "TABLE", requires = "archive")]
+    archive_table: Option<String>,
     /// Stop after this long, e.g. `60s` (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -75,6 +92,10 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
     }
     if let Some(start) = &args.start {
         kafka.start.clone_from(start);
+    }
+    kafka.archive |= args.archive;
+    if let Some(table) = &args.archive_table {
+        kafka.archive_table.clone_from(table);
     }
     config.validate()?;
     Ok(config)

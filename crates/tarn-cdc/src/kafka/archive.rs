@@ -25,15 +25,23 @@
 //! start the archive seeks each partition to that offset; a partition the table names no offset
 //! for starts at its beginning, or, for a table that names none at all (a new archive), where
 //! `cdc.kafka.start` says. The consumer group's offsets are committed after each append, for
-//! monitoring only: they never decide where the archive starts. A flush records the files it
-//! is about to write in `<table location>/archive-pending/<pipeline>.json` before writing
-//! them; on start, every listed file whose start offset the table's offsets do not cover was
-//! never committed and is deleted, so a crash between writing files and committing leaves no
-//! file behind that a reader of the bucket (not of the table) would count twice. A replay
-//! writes only files that start at or past the committed offsets, so it never writes over a
-//! registered file nor registers one twice. One pipeline writes each topic of an archive
-//! table; before each append the archive checks that the table still holds the offsets it
-//! last committed, and restarts (from the table) when another writer moved them.
+//! monitoring only: they never decide where the archive starts.
+//!
+//! A replay starts where the last append ended, and a file is named by the first record of its
+//! topic-partition and hour at or past that point: whichever way the replay cuts its flushes,
+//! the first one that reaches a record a killed flush had written first into a file writes a
+//! file of the same name over it. So a replay never writes over a registered file, never
+//! registers one twice, and leaves no second copy of a record in the bucket. Only a replay that
+//! never reaches such a record (its topic no longer archived, the record gone by retention, a
+//! new archive with `cdc.kafka.start = "latest"`) would leave the killed flush's file behind,
+//! holding records the table does not: each flush therefore lists the files it is about to
+//! write in `<table location>/archive-pending/<pipeline>.json` first, and on start every listed
+//! file whose start offset the table's offsets do not cover is deleted. A reader of the bucket
+//! (not of the table) then sees what the table holds, once a crashed archive has restarted.
+//!
+//! One pipeline writes each topic of an archive table; before each append the archive checks
+//! that the table still holds the offsets it last committed, and restarts (from the table)
+//! when another writer moved them.
 //!
 //! **Memory.** Records are buffered until `cdc.flush` says (interval since the oldest
 //! buffered record, rows, bytes); while a flush writes, nothing is consumed.

@@ -1,6 +1,8 @@
 //! tarn's integration tests: one binary, real parts (PostgreSQL, an S3 server, pyiceberg,
 //! DuckDB, psql, psycopg, pgjdbc, the example shop, the `tarn` binary itself).
 
+#[cfg(feature = "kafka")]
+mod archive;
 mod catalog;
 mod cdc;
 mod cli;
