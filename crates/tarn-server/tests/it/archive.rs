@@ -360,6 +360,33 @@ async fn records_are_archived_unchanged_and_a_restart_archives_only_new_ones() {
     );
     handle.stop().await.unwrap();
     check_archive(&lake, &produced).await;
+    // The query of docs/kafka-archive.md: a topic and a time range.
+    let early = lake
+        .query(
+            "SELECT kafka_partition, kafka_offset, encode(key, 'hex'), CAST(value AS VARCHAR) \
+             FROM cdc.kafka_archive \
+             WHERE topic = 'raw.events' AND kafka_timestamp < TIMESTAMP '2026-12-06T23:00:00Z' \
+             ORDER BY kafka_partition, kafka_offset",
+        )
+        .await;
+    let mut expected_early: Vec<&Produced> = produced
+        .iter()
+        .filter(|r| r.topic == "raw.events" && r.timestamp_ms < EVENING_MS + HOUR_MS / 2)
+        .collect();
+    expected_early.sort_by_key(|r| (r.partition, r.offset));
+    let text = |b: &Option<Vec<u8>>| {
+        b.as_deref()
+            .map_or("NULL".into(), |b| String::from_utf8(b.to_vec()).unwrap())
+    };
+    let expected_early: Vec<String> = expected_early
+        .iter()
+        .map(|r| {
+            let key = r.key.as_deref().map_or("NULL".into(), hex);
+            format!("{}|{}|{key}|{}", r.partition, r.offset, text(&r.value))
+        })
+        .collect();
+    assert!(!expected_early.is_empty());
+    assert_eq!(early, expected_early);
     // The table holds the offsets in its snapshot summary, under the CDC sink's key.
     let ident = tarn_lake::parse_table_name("cdc.kafka_archive").unwrap();
     let table = lake.session.lake().load_table(&ident).await.unwrap();
