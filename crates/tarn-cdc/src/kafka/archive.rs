@@ -354,6 +354,24 @@ fn storage_error(what: String, e: iceberg::Error) -> Error {
     Error::new(ErrorKind::Storage, format!("{what}: {}", e.message())).with_source(e)
 }
 
+/// Records the files a flush of `pipeline` is about to write (see the module doc).
+async fn write_pending(table: &Table, pipeline: &str, pending: &PendingFiles) -> Result<()> {
+    let path = pending_path(table, pipeline);
+    let json = serde_json::to_vec(pending).map_err(|e| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("cannot encode the pending archive files: {e}"),
+        )
+    })?;
+    table
+        .file_io()
+        .new_output(&path)
+        .map_err(|e| storage_error(format!("cannot create {path}"), e))?
+        .write(json.into())
+        .await
+        .map_err(|e| storage_error(format!("cannot write {path}"), e))
+}
+
 /// Deletes the files a flush of `pipeline` wrote and never committed (see the module doc).
 async fn remove_uncommitted(table: &Table, pipeline: &str, held: &KafkaOffsets) -> Result<usize> {
     let io = table.file_io();
@@ -657,38 +675,26 @@ impl<'a> Archive<'a> {
             ));
         }
         let records = self.buffer.records;
-        let files = self.buffer.take();
         let data_location = format!("{}/data", table.metadata().location().trim_end_matches('/'));
-        let planned: Vec<(FileKey, String)> = files
-            .iter()
-            .map(|(key, rows)| (key.clone(), key.path(&data_location, rows[0].offset)))
-            .collect();
-        let pending = PendingFiles {
-            files: planned
-                .iter()
-                .zip(files.values())
-                .map(|((key, path), rows)| PendingFile {
-                    path: path.clone(),
+        let planned: Vec<(FileKey, Vec<ArchivedRecord>, PendingFile)> = self
+            .buffer
+            .take()
+            .into_iter()
+            .map(|(key, rows)| {
+                let start_offset = rows[0].offset;
+                let file = PendingFile {
+                    path: key.path(&data_location, start_offset),
                     topic: key.tp.topic.clone(),
                     partition: key.tp.partition,
-                    start_offset: rows[0].offset,
-                })
-                .collect(),
+                    start_offset,
+                };
+                (key, rows, file)
+            })
+            .collect();
+        let pending = PendingFiles {
+            files: planned.iter().map(|(_, _, file)| file.clone()).collect(),
         };
-        let pending_at = pending_path(&table, &self.pipeline);
-        let json = serde_json::to_vec(&pending).map_err(|e| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("cannot encode the pending archive files: {e}"),
-            )
-        })?;
-        table
-            .file_io()
-            .new_output(&pending_at)
-            .map_err(|e| storage_error(format!("cannot create {pending_at}"), e))?
-            .write(json.into())
-            .await
-            .map_err(|e| storage_error(format!("cannot write {pending_at}"), e))?;
+        write_pending(&table, &self.pipeline, &pending).await?;
         let codec = table
             .metadata()
             .properties()
@@ -701,10 +707,10 @@ impl<'a> Archive<'a> {
             iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
                 .map_err(|e| iceberg_error(format!("cannot map the schema of {}", self.ident), e))?,
         );
-        let mut data_files = Vec::with_capacity(files.len());
-        for ((key, path), rows) in planned.iter().zip(files.values()) {
+        let mut data_files = Vec::with_capacity(planned.len());
+        for (key, rows, file) in &planned {
             let batch = to_batch(&schema, key, rows)?;
-            data_files.push(write_file(&table, &props, path, key, &batch).await?);
+            data_files.push(write_file(&table, &props, &file.path, key, &batch).await?);
         }
         failpoint::hit("kafka.archive.before_commit").await?;
         let offsets = self.delivered.clone();
