@@ -922,6 +922,16 @@ impl Config {
                 format!("expected earliest or latest, got {:?}", kafka.start),
             );
         }
+        if kafka.archive && !consumed {
+            return bad(
+                "cdc.kafka.archive",
+                format!(
+                    "the archive consumes Kafka topics: expected cdc.source_kind = \"kafka\", got {:?} \
+                     (`tarn ingest kafka --archive` sets it)",
+                    self.cdc.source_kind
+                ),
+            );
+        }
         let parts: Vec<&str> = kafka.archive_table.split('.').collect();
         let legal_part = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if parts.len() > 2 || !parts.iter().all(|p| legal_part(p)) {
@@ -1227,6 +1237,7 @@ mod tests {
                 "cdc.kafka.session_timeout",
             ),
             (vec![("cdc.kafka.group", " ")], "cdc.kafka.group"),
+            (vec![("cdc.kafka.archive", "true")], "cdc.kafka.archive"),
             (
                 vec![("cdc.kafka.archive_table", "a.b.c")],
                 "cdc.kafka.archive_table",
