@@ -20,6 +20,10 @@
 //!   failed writes and of crashed commits. The age threshold is what protects a writer that
 //!   has written files but not committed them yet.
 //!
+//! A table whose property [`PROPERTY_COMPACTION`] is `off` is never compacted (its file names
+//! and sizes mean something: the Kafka archive's files are named by topic, hour, partition and
+//! offset); expiry and orphan removal still apply.
+//!
 //! Progress goes to an optional callback ([`ProgressFn`]), counters to `metrics`
 //! (`tarn_maintenance_*`), and a summary line to `tracing`.
 
@@ -36,6 +40,18 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use tarn_core::{Error, ErrorKind, Result};
 
 use crate::commit::Rewrite;
+
+/// Table property: `off` keeps [`Lake::compact`] away from the table; see the module doc.
+pub const PROPERTY_COMPACTION: &str = "tarn.compaction";
+
+/// Whether `table` says it must not be compacted ([`PROPERTY_COMPACTION`] = `off`).
+fn compaction_is_off(table: &Table) -> bool {
+    table
+        .metadata()
+        .properties()
+        .get(PROPERTY_COMPACTION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("off"))
+}
 use crate::lake::{Lake, iceberg_error};
 use crate::rows::{FileEntry, SnapshotFiles, for_each_position_delete, single_referenced_file};
 use crate::writer::{PositionedDataWriter, table_target_file_size};
@@ -321,6 +337,13 @@ impl Lake {
         loop {
             attempt += 1;
             let table = self.load_table(ident).await?;
+            if compaction_is_off(&table) {
+                tracing::debug!(table = %ident, "compaction is off for this table ({PROPERTY_COMPACTION})");
+                return Ok(CompactionOutcome {
+                    attempts: attempt,
+                    ..CompactionOutcome::default()
+                });
+            }
             let Some(plan) = self.plan_compaction(&table, options).await? else {
                 tracing::debug!(table = %ident, "nothing to compact");
                 return Ok(CompactionOutcome {
@@ -1115,6 +1138,24 @@ mod tests {
             .unwrap();
         assert_eq!(outcome.snapshot_id, None);
         assert!(outcome.removed_data_files.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_table_with_compaction_off_is_left_alone() {
+        let t = TestLake::new().await;
+        let (_, _) = busy_table(&t, "off", &[]).await;
+        let off = HashMap::from([(PROPERTY_COMPACTION.to_string(), "off".to_string())]);
+        let before = t.lake.set_properties(&ident("off"), off).await.unwrap();
+        let outcome = t.lake.compact(&ident("off"), &options()).await.unwrap();
+        assert_eq!(outcome.snapshot_id, None);
+        assert!(outcome.removed_data_files.is_empty());
+        let after = t.lake.load_table(&ident("off")).await.unwrap();
+        assert_eq!(after.metadata_location(), before.metadata_location());
+        // Turned back on, the same table is compacted.
+        let on = HashMap::from([(PROPERTY_COMPACTION.to_string(), "on".to_string())]);
+        t.lake.set_properties(&ident("off"), on).await.unwrap();
+        let outcome = t.lake.compact(&ident("off"), &options()).await.unwrap();
+        assert!(outcome.snapshot_id.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@
 //! one topic-partition and one hour, in offset order; one flush writes one file per
 //! topic-partition and hour it saw. The paths are chosen here and not by `iceberg`'s location
 //! generator (which names files by UUID): a name made of partition and start offset is what
-//! lets a replay recognise its own files.
+//! lets a replay recognise its own files. The table is created with compaction off
+//! (`tarn.compaction = off`): `tarn maintain` would otherwise rewrite the files under new names.
 //!
 //! **Exactly once.** Each flush is one Iceberg append whose snapshot summary records, under
 //! `tarn.cdc.pipeline` and `tarn.cdc.kafka-offsets` (the CDC sink's codec,
@@ -70,6 +71,7 @@ use rdkafka::{Offset, Timestamp, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tarn_core::{Config, Error, ErrorKind, Result, failpoint};
 use tarn_lake::layout::PartitionField;
+use tarn_lake::maintain::PROPERTY_COMPACTION;
 use tarn_lake::{Lake, TableLayout, iceberg_error};
 
 use super::{KafkaSource, kafka_error};
@@ -148,10 +150,14 @@ async fn open_archive_table(lake: &Lake, ident: &TableIdent) -> Result<Table> {
                 },
             ],
             sort: Vec::new(),
-            properties: [(
-                PROPERTY_ARCHIVE.to_string(),
-                "records of Kafka topics, unchanged (docs/kafka-archive.md)".to_string(),
-            )]
+            properties: [
+                (
+                    PROPERTY_ARCHIVE.to_string(),
+                    "records of Kafka topics, unchanged (docs/kafka-archive.md)".to_string(),
+                ),
+                // Compaction would rename the files and lose the layout.
+                (PROPERTY_COMPACTION.to_string(), "off".to_string()),
+            ]
             .into(),
         };
         match lake
