@@ -296,12 +296,15 @@ struct ArchiveBuffer {
     records: u64,
     bytes: usize,
     since: Option<Instant>,
+    /// The newest record timestamp (µs since the epoch).
+    newest_us: Option<i64>,
 }
 
 impl ArchiveBuffer {
     fn push(&mut self, tp: &TopicPartition, record: ArchivedRecord) {
         self.since.get_or_insert_with(Instant::now);
         self.records += 1;
+        self.newest_us = self.newest_us.max(record.timestamp_us);
         self.bytes += record.payload_bytes() + RECORD_OVERHEAD;
         let key = FileKey {
             tp: tp.clone(),
@@ -553,6 +556,9 @@ struct Archive<'a> {
     committed: KafkaOffsets,
     records_total: u64,
     commits: u64,
+    /// Seconds from the newest record's timestamp to the commit that archived it, at the last
+    /// commit.
+    lag_seconds: Option<f64>,
 }
 
 impl<'a> Archive<'a> {
@@ -593,6 +599,7 @@ impl<'a> Archive<'a> {
             committed: held,
             records_total: 0,
             commits: 0,
+            lag_seconds: None,
         };
         archive.report("streaming");
         Ok(archive)
@@ -681,6 +688,7 @@ impl<'a> Archive<'a> {
             ));
         }
         let records = self.buffer.records;
+        let newest_us = self.buffer.newest_us;
         let data_location = format!("{}/data", table.metadata().location().trim_end_matches('/'));
         let planned: Vec<(FileKey, Vec<ArchivedRecord>, PendingFile)> = self
             .buffer
@@ -727,6 +735,13 @@ impl<'a> Archive<'a> {
         self.committed = offsets;
         self.records_total += records;
         self.commits += 1;
+        if let Some(newest) = newest_us {
+            // From the newest record's timestamp to its commit, as the lag of a CDC pipeline is
+            // from a source commit to the lake.
+            let now_us = chrono::Utc::now().timestamp_micros();
+            self.lag_seconds = Some((now_us - newest).max(0) as f64 / 1e6);
+            metrics::gauge!("tarn_kafka_archive_lag_seconds").set(self.lag_seconds.unwrap_or(0.0));
+        }
         metrics::counter!("tarn_kafka_archive_files_total").increment(file_count as u64);
         tracing::debug!(table = %self.ident, records, files = file_count, offsets = %self.committed, "archived");
         self.commit_group(CommitMode::Async).await;
@@ -776,6 +791,7 @@ impl<'a> Archive<'a> {
             r.acknowledged = table.position.clone();
             r.received = (!self.delivered.is_empty()).then(|| Position::Kafka(self.delivered.clone()));
             r.pending_events = self.buffer.records;
+            r.lag_seconds = self.lag_seconds;
             r.tables = vec![table];
         });
     }
@@ -853,8 +869,11 @@ mod tests {
         }
         assert_eq!(buffer.records, 5);
         assert!(buffer.since.is_some());
+        assert_eq!(buffer.newest_us, Some(5 * hour + 2));
         let files = buffer.take();
-        assert!(buffer.is_empty() && buffer.since.is_none() && buffer.bytes == 0);
+        assert!(
+            buffer.is_empty() && buffer.since.is_none() && buffer.bytes == 0 && buffer.newest_us.is_none()
+        );
         let grouped: Vec<(i32, Option<i32>, Vec<i64>)> = files
             .iter()
             .map(|(k, rows)| (k.tp.partition, k.hour, rows.iter().map(|r| r.offset).collect()))
