@@ -61,7 +61,8 @@ pub struct KafkaArgs {
     #[arg(long, value_parser = ["earliest", "latest"])]
     start: Option<String>,
     /// Archive every record unchanged (Parquet files of an append-only Iceberg table)
-    /// instead of applying change events (default `cdc.kafka.archive`).
+    /// instead of applying change events (default `cdc.kafka.archive`); `--start` then
+    /// decides only where a new archive starts.
     #[arg(long)]
     archive: bool,
     /// The archive's table, `NAME` (in `cdc.namespace`) or `NAMESPACE.NAME` (default
