@@ -807,9 +807,99 @@ pub(crate) async fn run(config: &Config, lake: Lake, ctx: &SourceContext<'_>) ->
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::Int32Type;
+    use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+    use proptest::prelude::*;
 
     use super::*;
+
+    /// The records in `batch`, read back column by column.
+    fn records_of(batch: &RecordBatch) -> Vec<ArchivedRecord> {
+        let bytes = |i: usize, row: usize| {
+            let column = batch.column(i).as_binary::<i64>();
+            column.is_valid(row).then(|| column.value(row).to_vec())
+        };
+        let offsets = batch.column(2).as_primitive::<Int64Type>();
+        let timestamps = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let types = batch.column(4).as_string::<i32>();
+        let headers = batch.column(7).as_list::<i32>();
+        (0..batch.num_rows())
+            .map(|row| {
+                let list = headers.value(row);
+                let list = list.as_struct();
+                let (keys, values) = (
+                    list.column(0).as_string::<i32>(),
+                    list.column(1).as_binary::<i64>(),
+                );
+                ArchivedRecord {
+                    offset: offsets.value(row),
+                    timestamp_us: timestamps.is_valid(row).then(|| timestamps.value(row)),
+                    timestamp_type: types.is_valid(row).then(|| match types.value(row) {
+                        "CreateTime" => "CreateTime",
+                        _ => "LogAppendTime",
+                    }),
+                    key: bytes(5, row),
+                    value: bytes(6, row),
+                    headers: (0..list.len())
+                        .map(|h| {
+                            (
+                                keys.value(h).to_string(),
+                                values.is_valid(h).then(|| values.value(h).to_vec()),
+                            )
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn maybe_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+    }
+
+    fn archived_record() -> impl Strategy<Value = ArchivedRecord> {
+        (
+            proptest::option::of((any::<i64>(), any::<bool>())),
+            maybe_bytes(),
+            maybe_bytes(),
+            proptest::collection::vec((".{0,8}", maybe_bytes()), 0..4),
+        )
+            .prop_map(|(timestamp, key, value, headers)| ArchivedRecord {
+                offset: 0,
+                timestamp_us: timestamp.map(|(t, _)| t),
+                timestamp_type: timestamp
+                    .map(|(_, create)| if create { "CreateTime" } else { "LogAppendTime" }),
+                key,
+                value,
+                headers,
+            })
+    }
+
+    proptest! {
+        /// Whatever the bytes, a record written to Parquet reads back unchanged.
+        #[test]
+        fn records_read_back_from_parquet_unchanged(
+            mut records in proptest::collection::vec(archived_record(), 1..20),
+            first_offset in 0i64..i64::MAX / 2,
+        ) {
+            for (i, r) in records.iter_mut().enumerate() {
+                r.offset = first_offset + i as i64;
+            }
+            let schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&archive_schema().unwrap()).unwrap());
+            let key = FileKey { tp: TopicPartition::new("t", 0), hour: None };
+            let batch = to_batch(&schema, &key, &records).unwrap();
+            let mut file = Vec::new();
+            let mut writer = parquet::arrow::ArrowWriter::try_new(&mut file, schema, None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+            let read: Vec<RecordBatch> =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes::Bytes::from(file), 1024)
+                    .unwrap()
+                    .collect::<std::result::Result<_, _>>()
+                    .unwrap();
+            let back: Vec<ArchivedRecord> = read.iter().flat_map(records_of).collect();
+            prop_assert_eq!(back, records);
+        }
+    }
 
     fn record(offset: i64, timestamp_us: Option<i64>) -> ArchivedRecord {
         ArchivedRecord {
