@@ -4,8 +4,9 @@
 //! both sides of a midnight, read back through tarn's SQL, pyiceberg and DuckDB reading the
 //! Parquet files directly, and compared field by field with what was produced; a stop, more
 //! records and a restart; `tarn ingest kafka --archive` killed by failpoints before and after
-//! its commits again and again; the errors of an unknown topic, an unreachable broker and a
-//! table that is not an archive.
+//! its commits again and again; a killed flush's files deleted on restart, on a local warehouse
+//! and on S3; the errors of an unknown topic, an unreachable broker and a table that is not an
+//! archive.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
