@@ -72,6 +72,15 @@ pub struct StatusReport {
     pub snapshot: Option<SnapshotReport>,
     /// Per-table state.
     pub tables: Vec<TableReport>,
+    /// Kafka sources: each partition's position, end and lag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionReport>,
+    /// Kafka sources: records consumed per second over the last second or so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_per_second: Option<f64>,
+    /// Kafka sources: records sent to the dead-letter topic since start.
+    #[serde(default)]
+    pub dead_letters: u64,
     /// The last error, if the pipeline is retrying or failed.
     pub last_error: Option<String>,
     /// Unix time of this report (seconds).
@@ -104,6 +113,22 @@ pub struct TableReport {
     pub changes: u64,
     /// Commits since start.
     pub commits: u64,
+}
+
+/// One partition of a Kafka source: how far it is read and how far behind its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionReport {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset the source delivered to the lake writer.
+    pub position: i64,
+    /// The partition's end for a `read_committed` reader (its last stable offset), from the
+    /// broker's latest fetch response; `None` before the first one.
+    pub end: Option<i64>,
+    /// `end - position` (never negative); `None` without an end.
+    pub lag: Option<i64>,
 }
 
 /// Shared, live status of a pipeline.

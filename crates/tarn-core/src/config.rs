@@ -294,6 +294,18 @@ pub struct KafkaSourceConfig {
     pub archive: bool,
     /// The archive's table: `NAME` (in `cdc.namespace`) or `NAMESPACE.NAME`.
     pub archive_table: String,
+    /// Where records that are not valid change events go, with the reason in Kafka
+    /// Connect's `__connect.errors.*` headers; created when missing. Default `<group>.dlq`.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl KafkaSourceConfig {
+    /// The dead-letter topic: `dead_letter_topic`, or `<group>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.group))
+    }
 }
 
 /// The CockroachDB changefeed tarn creates and consumes (`cdc.source_kind = "cockroachdb"`).
@@ -430,6 +442,7 @@ impl Config {
                     start: "earliest".into(),
                     archive: false,
                     archive_table: "kafka_archive".into(),
+                    dead_letter_topic: None,
                 },
                 sink: "lake".into(),
                 publish: KafkaPublishConfig {
@@ -896,6 +909,15 @@ impl Config {
                 "expected at least one topic (or a ^regex) to consume with source_kind = \"kafka\"".into(),
             );
         }
+        let dead_letters = kafka.dead_letter_topic();
+        if !legal_topic(&dead_letters) {
+            return bad(
+                "cdc.kafka.dead_letter_topic",
+                format!(
+                    "expected a topic name of letters, digits, '.', '_' and '-' (the default is the group followed by .dlq), got {dead_letters:?}"
+                ),
+            );
+        }
         for topic in &kafka.topics {
             if !topic.starts_with('^') && !legal_topic(topic) {
                 return bad(
@@ -1249,6 +1271,10 @@ mod tests {
             (
                 vec![("cdc.kafka.archive_table", "kafka-archive")],
                 "cdc.kafka.archive_table",
+            ),
+            (
+                vec![("cdc.kafka.dead_letter_topic", "bad topic")],
+                "cdc.kafka.dead_letter_topic",
             ),
         ] {
             let err = set(&pairs).unwrap_err().to_string();

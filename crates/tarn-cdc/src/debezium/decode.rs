@@ -77,6 +77,28 @@ impl DecodedRow {
             .and_then(|t| std::str::from_utf8(t).ok())
     }
 
+    /// [`DecodedRow::to_row`], taking the cells instead of copying them.
+    pub fn into_row(self, spec: &TableSpec) -> Result<Row, CodecError> {
+        let mut row = vec![Value::Null; spec.columns.len()];
+        for (i, (name, value)) in self.columns.into_iter().enumerate() {
+            // Rows usually come in the spec's order: try the same place first.
+            let at = match spec.columns.get(i) {
+                Some(c) if c.name == name => i,
+                _ => spec.columns.iter().position(|c| c.name == name).ok_or_else(|| {
+                    CodecError::new(
+                        &name,
+                        format!(
+                            "the event has column {name:?}, which table {} does not have",
+                            spec.qualified()
+                        ),
+                    )
+                })?,
+            };
+            row[at] = value;
+        }
+        Ok(row)
+    }
+
     /// The row in `spec`'s column order; columns the message did not carry are NULL. A
     /// column the spec does not have is an error naming it.
     pub fn to_row(&self, spec: &TableSpec) -> Result<Row, CodecError> {
@@ -266,30 +288,41 @@ struct Parsed {
     payload: Json,
 }
 
-/// How many distinct schemas a [`Decoder`] keeps; past that it starts over.
-const MAX_CACHED_SCHEMAS: usize = 256;
+/// How many distinct schemas (and inferred specs) a [`Decoder`] keeps; past that it forgets
+/// the least recently used.
+const MAX_CACHED_SCHEMAS: usize = 64;
 
 /// Decodes messages, keeping what it parsed of their schemas: a topic repeats one schema
 /// (a few kilobytes of JSON) in every message, so each distinct schema text is parsed, and
 /// its table spec inferred, once. [`decode`] is a one-off `Decoder`.
+///
+/// A message written as `JsonConverter` writes it — `{"schema":` then a schema the decoder
+/// knows, byte for byte, then `,"payload":` — is split by comparing its bytes with the known
+/// schema's text: the schema is neither parsed nor scanned again, only the payload is. Other
+/// layouts (whitespace, fields in another order) take the general path.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    /// Schema JSON text → parsed schema.
-    schemas: HashMap<String, Arc<ConnectSchema>>,
-    /// (row schema, table, key columns) → inferred spec, with the envelope schema holding
-    /// the row schema (kept alive so that its address, part of the key, is not reused).
-    specs: HashMap<SpecKey, (Arc<ConnectSchema>, Arc<TableSpec>)>,
+    /// Schema JSON text → parsed schema, most recently used first.
+    schemas: Vec<(Box<[u8]>, Arc<ConnectSchema>)>,
+    /// Inferred specs, most recently used first, with the envelope schema holding the row
+    /// schema they were inferred from (kept alive, so that its address identifies it).
+    specs: Vec<CachedSpec>,
     /// The last hint and the row and key schemas tarn writes for it.
     hint: Option<(TableSpec, ConnectSchema, ConnectSchema)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SpecKey {
+/// A spec inferred from a row schema for one table and key.
+#[derive(Debug)]
+struct CachedSpec {
+    /// Kept alive, so that the address of the row schema inside it is not reused.
+    _envelope: Arc<ConnectSchema>,
+    /// The row schema's address (inside `envelope`), only compared.
     row_schema: usize,
     schema: Option<String>,
     db: Option<String>,
     table: Option<String>,
     key: Vec<String>,
+    spec: Arc<TableSpec>,
 }
 
 /// Whether JSON text starts as `JsonConverter`'s `{"schema": ..., "payload": ...}` wrapper does.
@@ -306,10 +339,30 @@ fn looks_wrapped(bytes: &[u8]) -> bool {
     rest.starts_with(b"\"schema\"") || rest.starts_with(b"\"payload\"")
 }
 
+/// Moves entry `i` of a most-recently-used list to the front.
+fn touch<T>(list: &mut [T], i: usize) {
+    if i > 0 {
+        list[..=i].rotate_right(1);
+    }
+}
+
 impl Decoder {
     /// A decoder with nothing cached.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `bytes` as `{"schema":<a known schema>,"payload":<payload>}`: the schema and the
+    /// payload's bytes, without looking at the schema's.
+    fn split_known<'b>(&mut self, bytes: &'b [u8]) -> Option<(Arc<ConnectSchema>, &'b [u8])> {
+        let rest = bytes.strip_prefix(br#"{"schema":"#)?;
+        let (i, payload) = self.schemas.iter().enumerate().find_map(|(i, (text, _))| {
+            let payload = rest.strip_prefix(&**text)?.strip_prefix(br#","payload":"#)?;
+            Some((i, payload))
+        })?;
+        let payload = payload.trim_ascii_end().strip_suffix(b"}")?;
+        touch(&mut self.schemas, i);
+        Some((self.schemas[0].1.clone(), payload))
     }
 
     fn parse(&mut self, bytes: &[u8], path: &str) -> Result<Parsed, CodecError> {
@@ -319,6 +372,15 @@ impl Decoder {
                 format!("not JSON ({e}); a Debezium event is a JSON document"),
             )
         };
+        if let Some((schema, payload)) = self.split_known(bytes)
+            && let Ok(payload) = serde_json::from_slice::<Json>(payload)
+        {
+            // (A payload that does not parse alone takes the general path, for its error.)
+            return Ok(Parsed {
+                schema: Some(schema),
+                payload,
+            });
+        }
         if looks_wrapped(bytes)
             && let Ok(object) = serde_json::from_slice::<HashMap<String, &RawValue>>(bytes)
             && object.len() == 2
@@ -353,20 +415,53 @@ impl Decoder {
     }
 
     fn schema(&mut self, text: &str, path: &str) -> Result<Arc<ConnectSchema>, CodecError> {
-        if let Some(schema) = self.schemas.get(text) {
-            return Ok(schema.clone());
+        if let Some(i) = self.schemas.iter().position(|(t, _)| **t == *text.as_bytes()) {
+            touch(&mut self.schemas, i);
+            return Ok(self.schemas[0].1.clone());
         }
         let json: Json =
             serde_json::from_str(text).map_err(|e| CodecError::new(path, format!("not JSON ({e})")))?;
         let schema = Arc::new(ConnectSchema::from_json(&json, path)?);
-        if self.schemas.len() >= MAX_CACHED_SCHEMAS {
-            self.schemas.clear();
-        }
-        if self.specs.len() >= MAX_CACHED_SCHEMAS {
-            self.specs.clear();
-        }
-        self.schemas.insert(text.to_string(), schema.clone());
+        self.schemas.truncate(MAX_CACHED_SCHEMAS - 1);
+        self.schemas.insert(0, (text.as_bytes().into(), schema.clone()));
         Ok(schema)
+    }
+
+    /// The spec of `row_schema` (inside `envelope`) for `table` keyed by `key`, inferred once.
+    fn spec(
+        &mut self,
+        envelope: &Arc<ConnectSchema>,
+        row_schema: &ConnectSchema,
+        table: &TableIdentity,
+        key: &[&str],
+    ) -> Arc<TableSpec> {
+        let found = self.specs.iter().position(|c| {
+            c.row_schema == std::ptr::from_ref(row_schema) as usize
+                && c.schema == table.schema
+                && c.db == table.db
+                && c.table == table.table
+                && c.key.iter().map(String::as_str).eq(key.iter().copied())
+        });
+        if let Some(i) = found {
+            touch(&mut self.specs, i);
+            return self.specs[0].spec.clone();
+        }
+        let key: Vec<String> = key.iter().map(|k| (*k).to_string()).collect();
+        let spec = Arc::new(infer_spec(row_schema, table, &key));
+        self.specs.truncate(MAX_CACHED_SCHEMAS - 1);
+        self.specs.insert(
+            0,
+            CachedSpec {
+                _envelope: envelope.clone(),
+                row_schema: std::ptr::from_ref(row_schema) as usize,
+                schema: table.schema.clone(),
+                db: table.db.clone(),
+                table: table.table.clone(),
+                key,
+                spec: spec.clone(),
+            },
+        );
+        spec
     }
 
     /// The row and key schemas tarn's encoder writes for `hint`.
@@ -443,31 +538,17 @@ impl Decoder {
         if let Some(envelope) = &value.schema
             && let Some(row_schema) = row_schema_of(envelope)
         {
-            let key_names: Vec<String> = match key.as_ref().and_then(|k| k.schema.as_deref()) {
+            let key_names: Vec<&str> = match key.as_ref().and_then(|k| k.schema.as_deref()) {
                 Some(schema) if schema.schema_type == SchemaType::Struct => {
-                    schema.fields.iter().map(|f| f.name.clone()).collect()
+                    schema.fields.iter().map(|f| f.name.as_str()).collect()
                 }
                 _ => change
                     .key
                     .as_ref()
-                    .map(|k| k.columns.iter().map(|(n, _)| n.clone()).collect())
+                    .map(|k| k.columns.iter().map(|(n, _)| n.as_str()).collect())
                     .unwrap_or_default(),
             };
-            let spec_key = SpecKey {
-                row_schema: std::ptr::from_ref(row_schema) as usize,
-                schema: change.table.schema.clone(),
-                db: change.table.db.clone(),
-                table: change.table.table.clone(),
-                key: key_names,
-            };
-            let spec = match self.specs.get(&spec_key) {
-                Some((_, spec)) => spec.clone(),
-                None => {
-                    let spec = Arc::new(infer_spec(row_schema, &change.table, &spec_key.key));
-                    self.specs.insert(spec_key, (envelope.clone(), spec.clone()));
-                    spec
-                }
-            };
+            let spec = self.spec(envelope, row_schema, &change.table, &key_names);
             change.spec = Some(spec);
         }
         Ok(Decoded::Change(Box::new(change)))

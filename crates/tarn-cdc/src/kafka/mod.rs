@@ -31,7 +31,10 @@
 //! broker so that an idle pipeline still commits on time.
 
 pub mod archive;
+pub mod dead_letter;
 pub mod events;
+pub mod lag;
+pub mod reader;
 pub mod sink;
 
 use std::sync::Arc;
@@ -39,7 +42,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tarn_core::{Config, Error, ErrorKind, Result};
 use tarn_lake::Lake;
@@ -48,21 +50,31 @@ use crate::pipeline::{PipelineStatus, SourceContext};
 use crate::position::{KafkaOffsets, TopicPartition};
 use crate::sink::{ChangeSink, SUMMARY_PIPELINE, table_position};
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent, TableSpec};
-use events::{Record, RecordMapper};
-
-/// Most records taken in one [`ChangeSource::next`] call.
-const MAX_BATCH: usize = 4096;
+use dead_letter::DeadLetterTopic;
+use events::RecordMapper;
+use lag::WatermarkContext;
+use reader::Reader;
 
 /// Consumes `cdc.kafka.topics` into the lake; see the module doc.
 pub struct KafkaSource {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<WatermarkContext>>,
+    /// Connection settings shared by the consumer, the dead-letter producer and admin calls.
+    client: ClientConfig,
     lake: Lake,
     brokers: String,
     group: String,
     topics: Vec<String>,
     start: String,
+    dead_letter_topic: String,
+    pipeline: String,
     timeout: Duration,
-    mapper: RecordMapper,
+    /// Reading since [`ChangeSource::start`].
+    reader: Option<Reader>,
+    /// Every partition's next offset delivered to the pipeline.
+    delivered: KafkaOffsets,
+    /// Records handed to the pipeline, and when the rate was last measured.
+    records: (u64, Instant),
+    next_lag: Instant,
 }
 
 fn kafka_error(what: String, e: rdkafka::error::KafkaError) -> Error {
@@ -75,10 +87,13 @@ impl KafkaSource {
     pub fn connect(config: &Config, lake: Lake, status: &PipelineStatus) -> Result<Self> {
         let kafka = &config.cdc.kafka;
         let session = tarn_core::config::parse_duration("cdc.kafka.session_timeout", &kafka.session_timeout)?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &kafka.brokers)
+            .set("client.id", format!("tarn-{}", config.cdc.pipeline));
+        let consumer: StreamConsumer<WatermarkContext> = client
+            .clone()
             .set("group.id", &kafka.group)
-            .set("client.id", format!("tarn-{}", config.cdc.pipeline))
             .set("session.timeout.ms", session.as_millis().to_string())
             .set("isolation.level", "read_committed")
             .set("allow.auto.create.topics", "false")
@@ -86,7 +101,12 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", kafka.start.as_str())
             .set("fetch.wait.max.ms", "100")
-            .create()
+            // Each partition's end for the lag, from fetch responses (see `lag`).
+            .set(
+                "statistics.interval.ms",
+                reader::LAG_EVERY.as_millis().to_string(),
+            )
+            .create_with_context(WatermarkContext::default())
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Config,
@@ -103,27 +123,66 @@ impl KafkaSource {
         });
         Ok(Self {
             consumer: Arc::new(consumer),
+            client,
             lake,
             brokers: kafka.brokers.clone(),
             group: kafka.group.clone(),
             topics: kafka.topics.clone(),
             start: kafka.start.clone(),
+            dead_letter_topic: kafka.dead_letter_topic(),
+            pipeline: config.cdc.pipeline.clone(),
             // Metadata requests: long enough for a slow broker, short enough to report a
             // wrong address promptly.
             timeout: session.min(Duration::from_secs(10)),
-            mapper: RecordMapper::new(),
+            reader: None,
+            delivered: KafkaOffsets::new(),
+            records: (0, Instant::now()),
+            next_lag: Instant::now(),
         })
     }
 
     /// Runs a blocking librdkafka call off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&StreamConsumer) -> T + Send + 'static,
+        f: impl FnOnce(&StreamConsumer<WatermarkContext>) -> T + Send + 'static,
     ) -> Result<T> {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || f(&consumer))
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, format!("a Kafka call panicked: {e}")))
+    }
+
+    /// Puts the lag (measured now when `lag` is `None` and a second has passed), the
+    /// consumed-records rate and the dead-letter count into the status and the metrics.
+    fn report(
+        &mut self,
+        ctx: &SourceContext<'_>,
+        lag: Option<Vec<crate::pipeline::PartitionReport>>,
+        dead_letters: Option<u64>,
+    ) {
+        let now = Instant::now();
+        let lag = lag.or_else(|| {
+            (now >= self.next_lag && !self.delivered.is_empty())
+                .then(|| self.consumer.context().report(&self.delivered))
+        });
+        let Some(lag) = lag else {
+            if let Some(n) = dead_letters {
+                ctx.status.update(|r| r.dead_letters = n);
+            }
+            return;
+        };
+        self.next_lag = now + reader::LAG_EVERY;
+        let (records, since) = self.records;
+        let rate = records as f64 / now.duration_since(since).as_secs_f64().max(0.001);
+        self.records = (0, now);
+        metrics::gauge!("tarn_kafka_records_per_second").set(rate);
+        ctx.status.update(|r| {
+            r.partitions = lag;
+            r.records_per_second = Some(rate);
+            if let Some(n) = dead_letters {
+                r.dead_letters = n;
+            }
+        });
     }
 
     /// Every partition of the configured topics.
@@ -276,7 +335,14 @@ impl ChangeSource for KafkaSource {
                 .add_partition_offset(&tp.topic, tp.partition, offset)
                 .map_err(|e| kafka_error(format!("cannot seek {}:{}", tp.topic, tp.partition), e))?;
         }
-        self.mapper = RecordMapper::starting_at(start.clone());
+        let dead_letters = DeadLetterTopic::new(
+            &self.client,
+            &self.brokers,
+            &self.dead_letter_topic,
+            &self.pipeline,
+        )?;
+        dead_letters.ensure_topic(&self.client, self.timeout).await?;
+        let mapper = RecordMapper::starting_at(start.clone(), &tables);
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error("cannot assign the Kafka partitions".into(), e))?;
@@ -284,57 +350,47 @@ impl ChangeSource for KafkaSource {
             partitions = partitions.len(),
             lake_tables = tables.len(),
             from = %start,
+            dead_letter_topic = %self.dead_letter_topic,
             "consuming Kafka topics"
         );
+        self.delivered = start.clone();
+        self.reader = Some(Reader::spawn(
+            self.consumer.clone(),
+            mapper,
+            dead_letters,
+            self.brokers.clone(),
+        ));
         Ok(Some(Position::Kafka(start)))
     }
 
     async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
-        let mut events: Vec<SourceEvent> = Vec::new();
-        let mut records = 0usize;
-        loop {
-            let message = if records == 0 {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                tokio::select! {
-                    () = ctx.stop.cancelled() => return Ok(Next::Stopped),
-                    received = tokio::time::timeout(wait, self.consumer.recv()) => match received {
-                        Err(_) => return Ok(Next::Idle),
-                        Ok(m) => m,
-                    },
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "the Kafka source was not started"))?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::select! {
+            () = ctx.stop.cancelled() => return Ok(Next::Stopped),
+            received = tokio::time::timeout(wait, reader.next()) => match received {
+                Err(_) => {
+                    self.report(ctx, None, None);
+                    return Ok(Next::Idle);
                 }
-            } else {
-                // Whatever is ready now, without waiting.
-                match futures::FutureExt::now_or_never(self.consumer.recv()) {
-                    Some(m) => m,
-                    None => break,
+                Ok(None) => {
+                    return Err(Error::new(ErrorKind::Internal, "the Kafka reader ended without an error"));
                 }
-            };
-            let message =
-                message.map_err(|e| kafka_error(format!("cannot consume from {}", self.brokers), e))?;
-            let headers: Vec<(&str, Option<&[u8]>)> = message
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-                .unwrap_or_default();
-            let record = Record {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                value: message.payload(),
-                timestamp_ms: message.timestamp().to_millis(),
-            };
-            self.mapper.map(&record, &headers, &mut events)?;
-            records += 1;
-            if records >= MAX_BATCH {
-                break;
-            }
-        }
-        metrics::counter!("tarn_kafka_records_total").increment(records as u64);
+                Ok(Some(batch)) => batch?,
+            },
+        };
+        self.delivered = batch.delivered.clone();
+        self.records.0 += batch.records as u64;
+        self.report(ctx, batch.lag, Some(batch.dead_letters));
+        let mut events = batch.events;
         // Where the partitions stand now, records that carry no change (tombstones) included:
         // with nothing buffered, the pipeline acknowledges it, so a partition that ends with
         // a tombstone is not shown one record behind forever.
         events.push(SourceEvent::Keepalive {
-            position: Position::Kafka(self.mapper.delivered().clone()),
+            position: Position::Kafka(batch.delivered),
         });
         Ok(Next::Events(events))
     }
@@ -366,13 +422,11 @@ impl ChangeSource for KafkaSource {
     }
 
     async fn tick<K: ChangeSink>(&mut self, _sink: &mut K, _ctx: &SourceContext<'_>) -> Result<()> {
-        if self.mapper.duplicates > 0 {
-            metrics::gauge!("tarn_kafka_duplicates_skipped").set(self.mapper.duplicates as f64);
-        }
         Ok(())
     }
 
     async fn stop<K: ChangeSink>(&mut self, _sink: &mut K, durable: Option<&Position>) -> Result<()> {
+        self.reader = None;
         let Some(offsets) = durable
             .and_then(Position::kafka)
             .filter(|o| !o.is_empty())
@@ -394,8 +448,7 @@ impl ChangeSource for KafkaSource {
     }
 
     fn received(&self) -> Option<Position> {
-        let delivered = self.mapper.delivered();
-        (!delivered.is_empty()).then(|| Position::Kafka(delivered.clone()))
+        (!self.delivered.is_empty()).then(|| Position::Kafka(self.delivered.clone()))
     }
 
     fn flush_rule(&self) -> FlushRule {
