@@ -444,7 +444,7 @@ async fn a_wrong_broker_address_is_named_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_topic_and_a_malformed_message_stop_the_pipeline_naming_them() {
+async fn an_unknown_topic_stops_the_pipeline_naming_it() {
     let broker = tokio::task::block_in_place(broker);
     let (_lake, config) = kafka_lake(&broker.bootstrap(), &["no.such.topic"]).await;
     let error = failure(&config, "failed").await;
@@ -457,29 +457,166 @@ async fn an_unknown_topic_and_a_malformed_message_stop_the_pipeline_naming_them(
         tokio::task::block_in_place(|| broker.partitions("no.such.topic")).unwrap(),
         None
     );
+}
 
-    tokio::task::block_in_place(|| broker.create_topic("bad", 1).unwrap());
-    let mut items = Table::new("bad_items", true, 1);
-    let (mut records, _) = items.records(&[Op::Upsert(1, "a")]);
-    for r in &mut records {
-        r.topic = "bad".into();
+/// Reads `n` records of partition 0 of `topic` from its beginning, waiting at most `WAIT`.
+fn read_topic(broker: &Broker, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = broker.consumer_config("tarn_it_reader").create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} records on {topic} within {WAIT:?}",
+            out.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.unwrap().detach());
+        }
     }
-    records.push(Record {
-        topic: "bad".into(),
+    out
+}
+
+/// Records that are not change events — not JSON, not an envelope, an unknown op, a value
+/// that does not match its schema — between good ones: the good ones land, the bad ones go
+/// to the dead-letter topic (created by tarn) as they were, with Kafka Connect's context
+/// headers, and the partition's offsets advance past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_goes_on() {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("mixed_items", true, 1);
+    let topic = items.topic();
+    tokio::task::block_in_place(|| broker.create_topic(&topic, 1).unwrap());
+    let (good, changes) = items.records(&[
+        Op::Upsert(1, "a"),
+        Op::Upsert(2, "b"),
+        Op::Upsert(3, "c"),
+        Op::Upsert(1, "a2"),
+        Op::Delete(2),
+    ]);
+    // A create whose `after.id` does not match its int64 schema.
+    let (mut mistyped, _) = Table::new("mixed_items", true, 1).records(&[Op::Upsert(9, "x")]);
+    let value = String::from_utf8(mistyped[0].value.take().unwrap()).unwrap();
+    let broken = value.replacen(r#""after":{"id":9"#, r#""after":{"id":"nine""#, 1);
+    assert_ne!(broken, value);
+    mistyped[0].value = Some(broken.into_bytes());
+    mistyped[0].headers.push(("trace".into(), b"t-1".to_vec()));
+    let bad = |key: &str, value: &[u8]| Record {
+        topic: topic.clone(),
         partition: 0,
-        key: Some(br#"{"id":2}"#.to_vec()),
-        value: Some(br#"{"op":"c","source":{"connector":"postgresql","table":"t"},"after":7}"#.to_vec()),
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value.to_vec()),
         headers: Vec::new(),
-    });
+    };
+    let bad_records = vec![
+        bad(r#"{"id":7}"#, b"not json at all"),
+        bad(r#"{"id":7}"#, br#"[1, 2, 3]"#),
+        bad(
+            r#"{"id":7}"#,
+            br#"{"op":"x","source":{"connector":"postgresql","schema":"public","table":"mixed_items"}}"#,
+        ),
+        mistyped.remove(0),
+    ];
+    // good, bad, good, bad, good, good, bad, bad, good...: bad records inside what would be
+    // one transaction of the partition.
+    let mut records = Vec::new();
+    let mut bad_iter = bad_records.clone().into_iter();
+    for (i, r) in good.into_iter().enumerate() {
+        records.push(r);
+        if i % 2 == 0
+            && let Some(b) = bad_iter.next()
+        {
+            records.push(b);
+        }
+    }
+    records.extend(bad_iter);
     let offsets = produce(&broker, &records);
-    // Found through a pattern, as `cdc.kafka.topics = ["^ba[d]$"]` would.
-    let (_lake, config) = kafka_lake(&broker.bootstrap(), &["^ba[d]$"]).await;
-    let error = failure(&config, "failed").await;
-    assert!(
-        error.contains(&format!("topic bad partition 0 offset {}", offsets[1]))
-            && error.contains("value.after"),
-        "{error}"
+    let end = offsets.last().unwrap() + 1;
+
+    let (lake, config) = kafka_lake(&broker.bootstrap(), &[&topic]).await;
+    let mut handle = spawn(&config).await;
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, v FROM cdc.public_mixed_items ORDER BY id",
+        &items.expected_lines(),
+    )
+    .await;
+    // The partition's offset goes past the bad records at its end, and the status counts them.
+    let report = handle
+        .wait_until("the partition's end acknowledged", WAIT, |r| {
+            r.acknowledged
+                .as_ref()
+                .and_then(|p| p.kafka())
+                .and_then(|o| o.get(&tarn_cdc::position::TopicPartition::new(&topic, 0)))
+                == Some(end)
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.events_total, changes, "{report:?}");
+    assert_eq!(report.dead_letters, bad_records.len() as u64, "{report:?}");
+    handle.stop().await.unwrap();
+
+    // The dead-letter topic (the group's name and .dlq) holds each bad record as it was,
+    // with where it came from and why.
+    assert_eq!(
+        tokio::task::block_in_place(|| broker.partitions("tarn_it.dlq")).unwrap(),
+        Some(1)
     );
+    let dead = tokio::task::block_in_place(|| read_topic(&broker, "tarn_it.dlq", bad_records.len()));
+    let bad_offsets: Vec<i64> = records
+        .iter()
+        .zip(&offsets)
+        .filter(|(r, _)| bad_records.iter().any(|b| b.value == r.value))
+        .map(|(_, o)| *o)
+        .collect();
+    let expected_reasons = [
+        "not JSON",
+        "value: expected the change event envelope",
+        "value.op",
+        "value.payload.after.id",
+    ];
+    for (i, m) in dead.iter().enumerate() {
+        let headers: BTreeMap<String, String> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let header = |k: &str| {
+            headers
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {k} in {headers:?}"))
+        };
+        assert_eq!(m.key(), bad_records[i].key.as_deref());
+        assert_eq!(m.payload(), bad_records[i].value.as_deref());
+        assert_eq!(header("__connect.errors.topic"), topic);
+        assert_eq!(header("__connect.errors.partition"), "0");
+        assert_eq!(header("__connect.errors.offset"), bad_offsets[i].to_string());
+        assert_eq!(header("__connect.errors.connector.name"), "kafka_it");
+        assert_eq!(header("__connect.errors.stage"), "VALUE_CONVERTER");
+        let reason = header("__connect.errors.exception.message");
+        assert!(reason.contains(expected_reasons[i]), "{i}: {reason}");
+        for (k, v) in &bad_records[i].headers {
+            assert_eq!(header(k).as_bytes(), v.as_slice(), "original header {k}");
+        }
+    }
 }
 
 /// `tarn ingest kafka` as a process: it ingests a topic until SIGTERM, then commits and says
