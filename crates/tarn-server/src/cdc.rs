@@ -283,9 +283,12 @@ async fn status(config: &Config, json: bool) -> Result<()> {
 }
 
 /// `tarn cdc status` of a CockroachDB pipeline: the changefeed, the live counters, the tables.
-/// `tarn cdc status` of a Kafka pipeline: the topics, the group, each table's offsets (from
-/// the lake, which holds the offsets that count) and the live counters. The broker is not
-/// asked: the group's committed offsets follow the lake's, for monitoring tools.
+/// `tarn cdc status` of a Kafka pipeline: the topics, the group, the dead-letter topic, each
+/// table's offsets (from the lake, which holds the offsets that count) and, while it runs,
+/// each partition's position, end and lag (from the running pipeline's status file: the ends
+/// come from its fetch responses), the consumed-records rate and the records dead-lettered.
+/// The broker is not asked: the group's committed offsets follow the lake's, for monitoring
+/// tools.
 fn kafka_status(
     config: &Config,
     live: Option<StatusReport>,
@@ -300,6 +303,7 @@ fn kafka_status(
                 "brokers": kafka.brokers,
                 "topics": kafka.topics,
                 "group": kafka.group,
+                "dead_letter_topic": kafka.dead_letter_topic(),
             },
             "tables": tables,
             "running": live,
@@ -309,10 +313,11 @@ fn kafka_status(
     }
     println!("pipeline:    {}", config.cdc.pipeline);
     println!(
-        "source:      Kafka {} topics {} (group {})",
+        "source:      Kafka {} topics {} (group {}, dead letters to {})",
         kafka.brokers,
         kafka.topics.join(", "),
-        kafka.group
+        kafka.group,
+        kafka.dead_letter_topic()
     );
     if let Some(r) = &live {
         println!(
@@ -320,6 +325,22 @@ fn kafka_status(
             tarn_cdc::position::text_or_dash(r.received.as_ref()),
             tarn_cdc::position::text_or_dash(r.acknowledged.as_ref())
         );
+        println!(
+            "consuming:   {} records/s, {} dead-lettered since start",
+            r.records_per_second.map_or("-".into(), |n| format!("{n:.0}")),
+            r.dead_letters
+        );
+        for p in &r.partitions {
+            let known = |n: Option<i64>| n.map_or("-".to_string(), |n| n.to_string());
+            println!(
+                "  {}:{}  position {}  end {}  lag {}",
+                p.topic,
+                p.partition,
+                p.position,
+                known(p.end),
+                known(p.lag)
+            );
+        }
     }
     print_live_and_tables(&live, &tables);
     Ok(())

@@ -27,8 +27,14 @@ pub enum IngestCommand {
     /// Exactly once: every lake commit records the partitions' offsets in the tables'
     /// snapshot summaries; a restart seeks each partition to what the tables hold (then the
     /// group's committed offsets; `--start` only without lake tables). The group's offsets are committed after
-    /// each lake commit, for monitoring. A record that is not a change event stops the
-    /// pipeline with an error naming its topic, partition and offset.
+    /// each lake commit, for monitoring (and KEDA's Kafka scaler). A record that is not a
+    /// change event goes to the dead-letter topic (`--dead-letter-topic`, default
+    /// GROUP.dlq, created when missing) with Kafka Connect's `__connect.errors.*` headers
+    /// naming its topic, partition, offset and the reason; its partition goes on.
+    ///
+    /// `--metrics-listen` serves Prometheus metrics: per-partition consumer lag
+    /// (`tarn_kafka_consumer_lag`), records consumed (`tarn_kafka_records_total`),
+    /// dead-lettered records (`tarn_kafka_dead_letters_total`) and the pipeline's own.
     ///
     /// With `--archive`, the records are not decoded at all: every record of the topics is
     /// archived unchanged (key, value, headers, topic, partition, offset, timestamp) as
@@ -69,6 +75,14 @@ pub struct KafkaArgs {
     /// `cdc.kafka.archive_table`).
     #[arg(long, value_name = "TABLE", requires = "archive")]
     archive_table: Option<String>,
+    /// Where records that are not valid change events go (default
+    /// `cdc.kafka.dead_letter_topic`, or the group's name followed by `.dlq`).
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`) on this
+    /// address, e.g. `0.0.0.0:9464` in a container (default: none).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Stop after this long, e.g. `60s` (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -98,6 +112,9 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
     if let Some(table) = &args.archive_table {
         kafka.archive_table.clone_from(table);
     }
+    if let Some(topic) = &args.dead_letter_topic {
+        kafka.dead_letter_topic = Some(topic.clone());
+    }
     config.validate()?;
     Ok(config)
 }
@@ -107,14 +124,39 @@ pub async fn run(cmd: IngestCommand, config: Config) -> Result<ExitCode> {
     match cmd {
         IngestCommand::Kafka(args) => {
             let config = kafka_config(&args, config)?;
-            crate::cdc::run(
+            let metrics = match args.metrics_listen {
+                Some(addr) => Some(serve_metrics(addr).await?),
+                None => None,
+            };
+            let result = crate::cdc::run(
                 crate::cdc::CdcCommand::Run {
                     resnapshot: false,
                     duration: args.duration,
                 },
                 config,
             )
-            .await
+            .await;
+            if let Some(task) = metrics {
+                task.abort();
+                let _ = task.await;
+            }
+            result
         }
     }
+}
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz` on `addr` until aborted.
+async fn serve_metrics(addr: std::net::SocketAddr) -> Result<tokio::task::JoinHandle<()>> {
+    use axum::routing::get;
+    let handle = crate::serve::install_metrics()?;
+    let listener = crate::serve::bind(&addr.to_string(), "--metrics-listen").await?;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| std::future::ready("ok\n")));
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint failed");
+        }
+    }))
 }

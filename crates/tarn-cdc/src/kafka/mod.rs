@@ -364,23 +364,34 @@ impl ChangeSource for KafkaSource {
     }
 
     async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
-        let reader = self
-            .reader
-            .as_mut()
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "the Kafka source was not started"))?;
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let batch = tokio::select! {
-            () = ctx.stop.cancelled() => return Ok(Next::Stopped),
-            received = tokio::time::timeout(wait, reader.next()) => match received {
+        let batch = loop {
+            let reader = self
+                .reader
+                .as_mut()
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "the Kafka source was not started"))?;
+            // Waking at least every LAG_EVERY keeps the lag current while idle.
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(reader::LAG_EVERY);
+            let received = tokio::select! {
+                () = ctx.stop.cancelled() => return Ok(Next::Stopped),
+                received = tokio::time::timeout(wait, reader.next()) => received,
+            };
+            match received {
                 Err(_) => {
                     self.report(ctx, None, None);
-                    return Ok(Next::Idle);
+                    if Instant::now() >= deadline {
+                        return Ok(Next::Idle);
+                    }
                 }
                 Ok(None) => {
-                    return Err(Error::new(ErrorKind::Internal, "the Kafka reader ended without an error"));
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "the Kafka reader ended without an error",
+                    ));
                 }
-                Ok(Some(batch)) => batch?,
-            },
+                Ok(Some(batch)) => break batch?,
+            }
         };
         self.delivered = batch.delivered.clone();
         self.records.0 += batch.records as u64;

@@ -563,6 +563,49 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_goes_on() {
         .unwrap();
     assert_eq!(report.events_total, changes, "{report:?}");
     assert_eq!(report.dead_letters, bad_records.len() as u64, "{report:?}");
+    // The partition's end comes from fetch statistics: nothing left to read.
+    let report = handle
+        .wait_until("the partition's lag measured", WAIT, |r| {
+            r.partitions.iter().any(|p| p.partition == 0 && p.end.is_some())
+        })
+        .await
+        .unwrap();
+    let lag = &report.partitions[0];
+    assert_eq!(
+        (lag.topic.as_str(), lag.position, lag.end, lag.lag),
+        (topic.as_str(), end, Some(end), Some(0)),
+        "{report:?}"
+    );
+    // `tarn cdc status` shows it while the pipeline runs (from the status file, written
+    // every second).
+    let topics = format!("cdc.kafka.topics=[{topic:?}]");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = crate::tarn(
+            lake.path(),
+            &[
+                "--set",
+                "cdc.source_kind=kafka",
+                "--set",
+                "cdc.pipeline=kafka_it",
+                "--set",
+                "cdc.kafka.group=tarn_it",
+                "--set",
+                &topics,
+                "cdc",
+                "status",
+            ],
+        );
+        assert!(ok, "{err}");
+        if out.contains(&format!("{topic}:0  position {end}  end {end}  lag 0"))
+            && out.contains(&format!("{} dead-lettered", bad_records.len()))
+            && out.contains("dead letters to tarn_it.dlq")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     handle.stop().await.unwrap();
 
     // The dead-letter topic (the group's name and .dlq) holds each bad record as it was,
@@ -619,9 +662,9 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_goes_on() {
     }
 }
 
-/// `tarn ingest kafka` as a process: it ingests a topic until SIGTERM, then commits and says
-/// what it applied; an unknown topic ends it with an error naming the topic; `--help` says
-/// what it does.
+/// `tarn ingest kafka` as a process: it ingests a topic until SIGTERM, serving its metrics
+/// (records consumed and lag per partition), then commits and says what it applied; an
+/// unknown topic ends it with an error naming the topic; `--help` says what it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
     let (ok, help, _) = crate::tarn(std::path::Path::new("."), &["ingest", "kafka", "--help"]);
@@ -638,6 +681,7 @@ async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
     let (lake, _) = kafka_lake(&broker.bootstrap(), &["unused"]).await;
     let bootstrap = broker.bootstrap();
     let topic = items.topic();
+    let metrics_addr = format!("127.0.0.1:{}", tarn_test_utils::free_port());
     let args = |topic: &str| {
         vec![
             "--data-dir".to_string(),
@@ -654,6 +698,8 @@ async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
             topic.to_string(),
             "--group".into(),
             "tarn_cli".into(),
+            "--metrics-listen".into(),
+            metrics_addr.clone(),
         ]
     };
     let mut child = std::process::Command::new(crate::tarn_bin())
@@ -685,6 +731,25 @@ async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Its metrics: records consumed and the lag of the partition, labelled; the lag
+    // reaches 0 once the statistics of a fetch at the end arrived.
+    let lag_line = format!("tarn_kafka_consumer_lag{{topic=\"{topic}\",partition=\"0\"}} 0");
+    let records_line = format!(
+        "tarn_kafka_records_total{{topic=\"{topic}\",partition=\"0\"}} {}",
+        records.len()
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let page = tokio::task::block_in_place(|| http_get(&metrics_addr, "/metrics"));
+        if page.contains(&lag_line) && page.contains(&records_line) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {lag_line:?} and {records_line:?} in {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pid = child.id().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -715,6 +780,19 @@ async fn tarn_ingest_kafka_runs_until_sigterm_and_names_an_unknown_topic() {
         stderr.contains("Kafka topic \"no.such.topic\" does not exist"),
         "{stderr}"
     );
+}
+
+/// The body of `GET path` from an HTTP server at `addr` (empty when it does not answer).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }
 
 /// `tarn ingest kafka` killed again and again (failpoints abort the process between the
