@@ -18,5 +18,7 @@ if [ $# -eq 0 ]; then
   # its privileges against a real PostgreSQL, the certificate script.
   bash deploy/cockroachdb/validate.sh
   bash deploy/cockroachdb/test.sh
+  # The Kafka consumer's Kubernetes files: they parse and agree with each other.
+  "${TARN_VENV:-.venv}/bin/python" deploy/kubernetes/kafka-consumer/check.py
   bash scripts/test_install.sh   # the prebuilt path: package, serve on 127.0.0.1, install.sh
 fi
