@@ -2,9 +2,17 @@
 //! connector's, with or without schemas) into the lake, exactly once per partition.
 //!
 //! [`KafkaSource`] is a [`ChangeSource`] (`cdc.source_kind = "kafka"`, `[cdc.kafka]`;
-//! `tarn ingest kafka`). [`events`] turns records into transactions: one per record, its
-//! table named by the event's `source` block, its spec from the embedded schema (or `text`
-//! columns for schemaless topics), replays deduplicated by Debezium source position.
+//! `tarn ingest kafka`). Its parts:
+//!
+//! - [`events`] turns records into transactions (consecutive changes of a partition in one
+//!   poll, cut where a table's offset falls), each table named by the event's `source` block,
+//!   its spec from the embedded schema (or `text` columns for schemaless topics), replays
+//!   deduplicated by Debezium source position;
+//! - [`reader`] runs that in a task of its own, a poll at a time, ahead of the lake writer by
+//!   at most two polls;
+//! - [`dead_letter`] sends the records that are not change events to the dead-letter topic,
+//!   acknowledged before the lake can record offsets past them;
+//! - [`lag`] measures each partition's lag from the ends the broker's fetch responses carry.
 //!
 //! **Exactly once.** The lake is the source of truth for offsets: each commit records, in
 //! every table it writes, the next offset of every partition consumed so far
