@@ -412,9 +412,9 @@ pub async fn run(config: &Config, options: &KafkaBenchOptions, dir: &Path) -> Re
     }
     if let Some(rss) = crate::measure::peak_rss() {
         match setup_rss {
-            Some(setup) => println!(
-                "peak RSS: {rss} while tarn consumed (the backlog's generation before it: {setup})"
-            ),
+            Some(setup) => {
+                println!("peak RSS: {rss} while tarn consumed (the backlog's generation before it: {setup})")
+            }
             None => println!("peak RSS: {rss}"),
         }
     }

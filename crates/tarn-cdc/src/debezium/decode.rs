@@ -782,7 +782,9 @@ fn read_row(json: &Json, schema: Option<&ConnectSchema>, path: &str) -> Result<D
                 ));
             }
         }
-        for (name, v) in object {
+        // Fields the schema does not list (rare: look only when there are some).
+        let unlisted = columns.len() < object.len();
+        for (name, v) in object.iter().filter(|_| unlisted) {
             if schema.field_schema(name).is_none() {
                 columns.push((
                     name.clone(),
