@@ -594,39 +594,45 @@ fn decode_envelope(
             ),
         )
     })?;
-    let op_path = join(value_path, "op");
+    // Paths are for errors; the common ones are constants, not built per record.
+    let wrapped = value.schema.is_some();
+    let op_path = if wrapped { "value.payload.op" } else { "value.op" };
     let op_text = payload.get("op").ok_or_else(|| {
         CodecError::new(
-            &op_path,
+            op_path,
             "missing; every change event has an op (c, u, d, r, t, m)",
         )
     })?;
     let op = op_text.as_str().and_then(Op::from_code).ok_or_else(|| {
         CodecError::new(
-            &op_path,
+            op_path,
             format!("expected one of c, u, d, r, t, m, found {}", shown(op_text)),
         )
     })?;
 
-    let source_path = join(value_path, "source");
+    let source_path = if wrapped {
+        "value.payload.source"
+    } else {
+        "value.source"
+    };
     let source_schema = value.schema.as_ref().and_then(|s| s.field_schema("source"));
     let source = match payload.get("source") {
         Some(Json::Object(source)) => source,
         Some(other) => {
             return Err(CodecError::new(
-                &source_path,
+                source_path,
                 format!("expected an object, found {}", kind(other)),
             ));
         }
         None => {
             return Err(CodecError::new(
-                &source_path,
+                source_path,
                 "missing; every change event has a source block",
             ));
         }
     };
-    let table = table_identity(source, source_schema, &source_path)?;
-    let position = source_position(&table.connector, source, &source_path)?;
+    let table = table_identity(source, source_schema, source_path)?;
+    let position = source_position(&table.connector, source, source_path)?;
     let snapshot = match source.get("snapshot") {
         None | Some(Json::Null) => SnapshotMarker::False,
         Some(Json::Bool(b)) => {
@@ -638,13 +644,13 @@ fn decode_envelope(
         }
         Some(Json::String(s)) => SnapshotMarker::parse(s).ok_or_else(|| {
             CodecError::new(
-                join(&source_path, "snapshot"),
+                join(source_path, "snapshot"),
                 format!("expected one of {}, found {s:?}", SnapshotMarker::ALLOWED),
             )
         })?,
         Some(other) => {
             return Err(CodecError::new(
-                join(&source_path, "snapshot"),
+                join(source_path, "snapshot"),
                 format!("expected a string or a boolean, found {}", kind(other)),
             ));
         }
@@ -655,7 +661,15 @@ fn decode_envelope(
     let row = |field: &str| -> Result<Option<DecodedRow>, CodecError> {
         match payload.get(field) {
             None | Some(Json::Null) => Ok(None),
-            Some(json) => read_row(json, schema_for_rows, &join(value_path, field)).map(Some),
+            Some(json) => {
+                let path = match (wrapped, field) {
+                    (true, "before") => "value.payload.before",
+                    (true, _) => "value.payload.after",
+                    (false, "before") => "value.before",
+                    (false, _) => "value.after",
+                };
+                read_row(json, schema_for_rows, path).map(Some)
+            }
         }
     };
     let before = row("before")?;
@@ -683,7 +697,7 @@ fn decode_envelope(
     }
 
     let int = |object: &Map<String, Json>, field: &str, path: &str| -> Result<Option<i64>, CodecError> {
-        lenient_i64(object.get(field), &join(path, field))
+        lenient_i64(object.get(field), path, field)
     };
     let transaction = match payload.get("transaction") {
         None | Some(Json::Null) => None,
@@ -719,7 +733,7 @@ fn decode_envelope(
         after,
         position,
         snapshot,
-        source_ts_ms: int(source, "ts_ms", &source_path)?,
+        source_ts_ms: int(source, "ts_ms", source_path)?,
         ts_ms: int(payload, "ts_ms", value_path)?,
         transaction,
         key_change: None,
@@ -811,20 +825,22 @@ fn string_field(source: &Map<String, Json>, field: &str) -> Option<String> {
     }
 }
 
-fn lenient_i64(json: Option<&Json>, path: &str) -> Result<Option<i64>, CodecError> {
+/// An integer field `field` of the object at `parent`, written as a number or a string.
+fn lenient_i64(json: Option<&Json>, parent: &str, field: &str) -> Result<Option<i64>, CodecError> {
+    let path = || join(parent, field);
     match json {
         None | Some(Json::Null) => Ok(None),
         Some(Json::Number(n)) => n
             .as_i64()
             .map(Some)
-            .ok_or_else(|| CodecError::new(path, format!("expected an integer, found {n}"))),
+            .ok_or_else(|| CodecError::new(path(), format!("expected an integer, found {n}"))),
         Some(Json::String(s)) => s
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| CodecError::new(path, format!("expected an integer, found the string {s:?}"))),
+            .map_err(|_| CodecError::new(path(), format!("expected an integer, found the string {s:?}"))),
         Some(other) => Err(CodecError::new(
-            path,
+            path(),
             format!("expected an integer, found {}", kind(other)),
         )),
     }
@@ -875,7 +891,7 @@ fn source_position(
     source: &Map<String, Json>,
     path: &str,
 ) -> Result<SourcePosition, CodecError> {
-    let int = |field: &str| lenient_i64(source.get(field), &join(path, field));
+    let int = |field: &str| lenient_i64(source.get(field), path, field);
     Ok(match connector {
         "postgresql" => SourcePosition::Postgres {
             lsn: int("lsn")?

@@ -185,7 +185,7 @@ type FastHash = foldhash::fast::RandomState;
 pub struct RecordMapper {
     decoder: Decoder,
     /// Schema (or MySQL database) → table name → table id.
-    names: HashMap<String, HashMap<String, TableId>>,
+    names: HashMap<String, HashMap<String, TableId, FastHash>, FastHash>,
     /// The tables, table id `n` at index `n - 1`.
     tables: Vec<Table>,
     partitions: Vec<PartitionCursor>,
