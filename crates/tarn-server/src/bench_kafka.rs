@@ -13,8 +13,8 @@
 //!    second for `--freshness-seconds`; each one's latency is the time from its produce call
 //!    to the lake commit that holds its offset (from then on queries see it). p50 and p99.
 //!
-//! Peak RSS: sampled while tarn consumes the backlog, and the process's peak, which includes
-//! the encoded backlog the run holds before (about 900 MiB with schemas).
+//! Peak RSS: sampled while tarn consumes the backlog, and the process's peak (the backlog is
+//! encoded and produced 20,000 changes at a time, so that the run's own memory stays small).
 //!
 //! Every figure comes with the build profile (`tarn bench` prints it); only the release
 //! profile's figures belong in BENCHMARKS.md.
@@ -105,28 +105,35 @@ fn order(id: u64, step: u64) -> Vec<Value> {
     ]
 }
 
-/// Encodes `events` changes: inserts of new ids (60 %), then updates (30 %) and deletes
-/// (10 %) of them, then one insert per partition. Returns the records with their partitions,
-/// and how many change events they hold.
-fn backlog(
+/// Encodes changes `part` of a backlog of `events` changes: inserts of new ids (60 %), then
+/// updates (30 %) and deletes (10 %) of them, then (changes `events..events + partitions`)
+/// one insert per partition. The backlog is made and produced a part at a time, so that the
+/// run never holds all of it (about 900 MiB with schemas). Returns the records with their
+/// partitions.
+fn backlog_part(
     encoder: &TableEncoder,
     events: u64,
     partitions: i32,
-) -> Result<(Vec<(i32, tarn_cdc::debezium::Message)>, u64)> {
+    part: std::ops::Range<u64>,
+) -> Result<Vec<(i32, tarn_cdc::debezium::Message)>> {
     let inserts = (events * 6 / 10).max(1);
-    let mut out = Vec::with_capacity(events as usize * 11 / 10);
-    let mut lsn = 0x100_0000u64;
-    for n in 0..events {
-        lsn += 0x40;
+    let mut out = Vec::with_capacity((part.end - part.start) as usize * 11 / 10);
+    for n in part {
         let info = SourceInfo {
             db: "shop".into(),
-            position: Lsn(lsn).into(),
-            tx_id: Some(n as i64),
+            position: Lsn(0x100_0000 + (n + 1) * 0x40).into(),
+            tx_id: (n < events).then_some(n as i64),
             commit_time_micros: 1_765_000_000_000_000,
             snapshot: Default::default(),
             transaction: None,
         };
-        let (id, row, change) = if n < inserts {
+        // Every partition ends with a change, not a tombstone: a tombstone carries nothing
+        // to commit, so the lake's offsets reach a partition's end only with a change after
+        // it.
+        let (id, row, change) = if n >= events {
+            let id = 5_000_000 * partitions as u64 + (n - events);
+            (id, order(id, 0), 'c')
+        } else if n < inserts {
             (n, order(n, 0), 'c')
         } else if n % 4 != 0 {
             let id = n % inserts;
@@ -148,25 +155,7 @@ fn backlog(
             out.push((partition, m));
         }
     }
-    // Every partition ends with a change, not a tombstone: a tombstone carries nothing to
-    // commit, so the lake's offsets reach a partition's end only with a change after it.
-    for p in 0..partitions as u64 {
-        lsn += 0x40;
-        let info = SourceInfo {
-            db: "shop".into(),
-            position: Lsn(lsn).into(),
-            tx_id: None,
-            commit_time_micros: 1_765_000_000_000_000,
-            snapshot: Default::default(),
-            transaction: None,
-        };
-        let id = 5_000_000 * partitions as u64 + p;
-        let row = order(id, 0);
-        for m in encoder.encode(Change::Create { after: &row }, &info, 0)? {
-            out.push(((id % partitions as u64) as i32, m));
-        }
-    }
-    Ok((out, events + partitions as u64))
+    Ok(out)
 }
 
 /// Produces `records` (idempotent producer, many in flight, order kept per partition);
@@ -277,22 +266,32 @@ pub async fn run(config: &Config, options: &KafkaBenchOptions, dir: &Path) -> Re
 
     // 1. The backlog.
     let started = Instant::now();
-    let (records, events) = backlog(&encoder, options.events, options.partitions)?;
-    let next = produce(&broker, &records).await?;
+    let events = options.events + options.partitions as u64;
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut produced = 0usize;
+    for start in (0..events).step_by(20_000) {
+        let records = backlog_part(
+            &encoder,
+            options.events,
+            options.partitions,
+            start..(start + 20_000).min(events),
+        )?;
+        for (p, n) in produce(&broker, &records).await? {
+            let entry = next.entry(p).or_insert(0);
+            *entry = (*entry).max(n);
+        }
+        produced += records.len();
+    }
     println!(
-        "backlog: {events} change events in {} records produced in {:.1}s",
-        records.len(),
+        "backlog: {events} change events in {produced} records produced in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     let (read, seconds) =
-        tokio::task::block_in_place(|| drain(&broker, &topic, options.partitions, records.len() as u64))?;
+        tokio::task::block_in_place(|| drain(&broker, &topic, options.partitions, produced as u64))?;
     let reference = read as f64 / seconds;
     println!(
         "  reference (rdkafka consumer, to nothing): {read} records in {seconds:.2}s = {reference:.0} records/s"
     );
-    // The encoded backlog is not needed any more; keep it out of tarn's memory figures.
-    let produced = records.len();
-    drop(records);
 
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot empty {}", dir.display()))?;
@@ -412,8 +411,7 @@ pub async fn run(config: &Config, options: &KafkaBenchOptions, dir: &Path) -> Re
     if let Some(rss) = crate::measure::peak_rss() {
         match tarn_rss {
             Some(tarn) => println!(
-                "peak RSS: {tarn} while tarn consumed the backlog (sampled every 50 ms); {rss} for the whole run, \
-                 the encoded backlog included"
+                "peak RSS: {tarn} while tarn consumed the backlog (sampled every 50 ms); {rss} for the whole run"
             ),
             None => println!("peak RSS: {rss}"),
         }
