@@ -909,15 +909,6 @@ impl Config {
                 "expected at least one topic (or a ^regex) to consume with source_kind = \"kafka\"".into(),
             );
         }
-        let dead_letters = kafka.dead_letter_topic();
-        if !legal_topic(&dead_letters) {
-            return bad(
-                "cdc.kafka.dead_letter_topic",
-                format!(
-                    "expected a topic name of letters, digits, '.', '_' and '-' (the default is the group followed by .dlq), got {dead_letters:?}"
-                ),
-            );
-        }
         for topic in &kafka.topics {
             if !topic.starts_with('^') && !legal_topic(topic) {
                 return bad(
@@ -930,6 +921,16 @@ impl Config {
         }
         if kafka.group.trim().is_empty() {
             return bad("cdc.kafka.group", "must not be empty".into());
+        }
+        // After the group: the default name is made from it.
+        let dead_letters = kafka.dead_letter_topic();
+        if !legal_topic(&dead_letters) {
+            return bad(
+                "cdc.kafka.dead_letter_topic",
+                format!(
+                    "expected a topic name of letters, digits, '.', '_' and '-' (the default is the group followed by .dlq), got {dead_letters:?}"
+                ),
+            );
         }
         let timeout = parse_duration("cdc.kafka.session_timeout", &kafka.session_timeout)?;
         if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(3600) {
