@@ -122,10 +122,18 @@ impl Cdc {
             .collect()
     }
 
-    /// Rows of `query` in the lake through tarn's SQL; `None` while the table is missing.
+    /// Rows of `query` in the lake through tarn's SQL; `None` while the table is missing, or
+    /// when the query takes more than 20 s (the caller's deadline then decides, instead of a
+    /// hung test).
     pub(crate) async fn lake_rows(&self, query: &str) -> Option<Vec<String>> {
-        self.lake.session.refresh().await.ok()?;
-        crate::query(&self.lake.session, query).await.ok()
+        let rows = async {
+            self.lake.session.refresh().await.ok()?;
+            crate::query(&self.lake.session, query).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(20), rows)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Waits until `lake_query` over the lake returns what `source_query` returns in
