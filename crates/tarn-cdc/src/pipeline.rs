@@ -507,8 +507,29 @@ async fn run_once(
         "kafka" if config.cdc.kafka.archive => crate::kafka::archive::run(config, lake, &ctx).await,
         #[cfg(feature = "kafka")]
         "kafka" => {
-            let source = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
-            drive_with(source, lake_sink(config, lake.clone()), lake, &ctx).await
+            let consumer = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
+            if !consumer.group_mode() {
+                return drive_with(consumer, lake_sink(config, lake.clone()), lake, &ctx).await;
+            }
+            // Group mode: a rebalance, or a commit fenced by another worker, restarts the run
+            // on the same consumer (leaving the group would rebalance every worker again);
+            // what was not committed is discarded and read again from the lake's offsets.
+            loop {
+                let source = consumer.fresh();
+                let generation = consumer.rebalances();
+                let result = drive_with(source, lake_sink(config, lake.clone()), lake.clone(), &ctx).await;
+                match result {
+                    Err(e) if consumer.rebalanced_since(generation) && !stop.is_cancelled() => {
+                        tracing::info!(reason = %e, "restarting the run on the consumer group's new assignment");
+                    }
+                    Err(e) if e.kind() == ErrorKind::CommitConflict && !stop.is_cancelled() => {
+                        tracing::warn!(error = %e, "restarting the run from the lake's offsets");
+                        metrics::counter!("tarn_cdc_restarts_total").increment(1);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => return other,
+                }
+            }
         }
         #[cfg(not(feature = "kafka"))]
         "kafka" => Err(Error::new(

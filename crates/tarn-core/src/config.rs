@@ -288,6 +288,10 @@ pub struct KafkaSourceConfig {
     /// `earliest` or `latest` (with lake tables, a partition nothing knows starts at its
     /// beginning, and the tables skip what they hold).
     pub start: String,
+    /// Which partitions this worker reads: `all` (every partition of the topics, one worker
+    /// per pipeline) or `group` (the consumer group splits the partitions among the workers
+    /// running the pipeline with the same group, and moves them as workers come and go).
+    pub assignment: String,
     /// Archive the topics' records unchanged (key, value, headers, topic, partition, offset,
     /// timestamp) as Parquet files of the Iceberg table `archive_table`, instead of applying
     /// them as change events (`tarn ingest kafka --archive`; see docs/kafka-archive.md).
@@ -440,6 +444,7 @@ impl Config {
                     group: "tarn".into(),
                     session_timeout: "10s".into(),
                     start: "earliest".into(),
+                    assignment: "all".into(),
                     archive: false,
                     archive_table: "kafka_archive".into(),
                     dead_letter_topic: None,
@@ -945,6 +950,18 @@ impl Config {
                 format!("expected earliest or latest, got {:?}", kafka.start),
             );
         }
+        if !matches!(kafka.assignment.as_str(), "all" | "group") {
+            return bad(
+                "cdc.kafka.assignment",
+                format!("expected all or group, got {:?}", kafka.assignment),
+            );
+        }
+        if kafka.archive && kafka.assignment != "all" {
+            return bad(
+                "cdc.kafka.assignment",
+                "the archive reads every partition of its topics itself: expected all with cdc.kafka.archive".into(),
+            );
+        }
         if kafka.archive && !consumed {
             return bad(
                 "cdc.kafka.archive",
@@ -1255,6 +1272,7 @@ mod tests {
             (vec![("cdc.kafka.brokers", "nohost")], "cdc.kafka.brokers"),
             (vec![("cdc.kafka.topics", "[\"a b\"]")], "cdc.kafka.topics"),
             (vec![("cdc.kafka.start", "middle")], "cdc.kafka.start"),
+            (vec![("cdc.kafka.assignment", "some")], "cdc.kafka.assignment"),
             (
                 vec![("cdc.kafka.session_timeout", "soon")],
                 "cdc.kafka.session_timeout",

@@ -103,6 +103,28 @@ impl RowDelta {
     }
 }
 
+/// A check of the table a commit is about to land on, run on every attempt against the
+/// metadata the compare-and-swap will replace: an error aborts the commit (nothing is written
+/// that stays), and the properties it returns go into the new snapshot's summary (caller keys
+/// of the change's own summary are overridden). Writers that share a table use it to fence
+/// each other: the CDC sink checks that no other worker advanced the source positions it is
+/// about to record, and records its positions merged with the ones the table holds.
+#[derive(Clone)]
+pub struct CommitGuard(Arc<dyn Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync>);
+
+impl CommitGuard {
+    /// A guard running `check`.
+    pub fn new(check: impl Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(check))
+    }
+}
+
+impl std::fmt::Debug for CommitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitGuard")
+    }
+}
+
 /// A rewrite (compaction): files replaced by files holding the same live rows.
 #[derive(Debug, Clone, Default)]
 pub struct Rewrite {
@@ -389,6 +411,17 @@ impl Lake {
     /// table's current snapshot; see the module doc for validation and retries. An empty
     /// delta commits nothing and returns the current table.
     pub async fn commit_row_delta(&self, base: &Table, delta: RowDelta) -> Result<Table> {
+        self.commit_row_delta_guarded(base, delta, None).await
+    }
+
+    /// [`Lake::commit_row_delta`] with `guard` checked against the table on every attempt
+    /// (see [`CommitGuard`]). An empty delta commits nothing and checks nothing.
+    pub async fn commit_row_delta_guarded(
+        &self,
+        base: &Table,
+        delta: RowDelta,
+        guard: Option<&CommitGuard>,
+    ) -> Result<Table> {
         if delta.is_empty() {
             return self.refresh(base).await;
         }
@@ -439,7 +472,7 @@ impl Lake {
             merge_manifests: false,
             summary: delta.summary,
         };
-        self.produce_snapshot(base, change, Validation::RowDelta { referenced })
+        self.produce_snapshot(base, change, Validation::RowDelta { referenced }, guard)
             .await
     }
 
@@ -498,7 +531,7 @@ impl Lake {
             merge_manifests: true,
             summary: rewrite.summary,
         };
-        self.produce_snapshot(base, change, Validation::Rewrite).await
+        self.produce_snapshot(base, change, Validation::Rewrite, None).await
     }
 
     /// Commits `overwrite` as one snapshot on top of the table's current snapshot: operation
@@ -507,6 +540,17 @@ impl Lake {
     /// take the new snapshot's sequence number). The only check against concurrent commits is
     /// that the removed files are still live; rows other writers appended meanwhile stay.
     pub async fn commit_overwrite(&self, base: &Table, overwrite: Overwrite) -> Result<Table> {
+        self.commit_overwrite_guarded(base, overwrite, None).await
+    }
+
+    /// [`Lake::commit_overwrite`] with `guard` checked against the table on every attempt
+    /// (see [`CommitGuard`]).
+    pub async fn commit_overwrite_guarded(
+        &self,
+        base: &Table,
+        overwrite: Overwrite,
+        guard: Option<&CommitGuard>,
+    ) -> Result<Table> {
         if overwrite.is_empty() {
             return self.refresh(base).await;
         }
@@ -545,7 +589,7 @@ impl Lake {
             merge_manifests: true,
             summary: overwrite.summary,
         };
-        self.produce_snapshot(base, change, Validation::Overwrite).await
+        self.produce_snapshot(base, change, Validation::Overwrite, guard).await
     }
 
     /// Makes `new_schema` the current schema of the table (no snapshot). Field ids are the
@@ -691,7 +735,14 @@ impl Lake {
     }
 
     /// The snapshot producer behind row deltas and rewrites.
-    async fn produce_snapshot(&self, base: &Table, change: Change, validation: Validation) -> Result<Table> {
+    async fn produce_snapshot(
+        &self,
+        base: &Table,
+        mut change: Change,
+        validation: Validation,
+        guard: Option<&CommitGuard>,
+    ) -> Result<Table> {
+        let own_summary = change.summary.clone();
         let ident = base.identifier().clone();
         if base.metadata().format_version() != FormatVersion::V2 {
             return Err(Error::new(
@@ -731,11 +782,18 @@ impl Lake {
                     .await?;
                 self.validate(base_snapshot_id, &current, &validation, &carried.removed)
                     .await?;
-                Ok::<_, Error>(carried)
+                let guarded = guard.map(|g| (g.0)(&current)).transpose()?;
+                Ok::<_, Error>((carried, guarded))
             }
             .await;
             let carried = match checked {
-                Ok(carried) => carried,
+                Ok((carried, guarded)) => {
+                    if let Some(extra) = guarded {
+                        change.summary = own_summary.clone();
+                        change.summary.extend(extra);
+                    }
+                    carried
+                }
                 Err(e) => {
                     // Manifests written by an earlier attempt are no one's now.
                     if let Some(files) = added.take() {
@@ -1497,6 +1555,53 @@ mod tests {
             expected(&[(1, "a", "eu"), (2, "b", "us")])
         );
         assert_eq!(summary(&after_second)["total-records"], "2");
+    }
+
+    /// A guard sees the table the commit lands on (another writer's commit included), adds
+    /// to the summary what it computes from it, and its refusal leaves the table unchanged.
+    #[tokio::test]
+    async fn a_guard_checks_the_table_the_commit_lands_on() {
+        let t = TestLake::new().await;
+        let other = t.other_writer().await;
+        let base = t.create("g", &[]).await;
+        let (after_other, _) = insert(&other, &base, vec![kv_batch(&[(1, "a", "eu")])]).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let guard = {
+            let seen = seen.clone();
+            CommitGuard::new(move |current: &Table| {
+                let id = current.metadata().current_snapshot_id();
+                seen.lock().unwrap().push(id);
+                Ok(HashMap::from([("seen".to_string(), format!("{id:?}"))]))
+            })
+        };
+        // Planned on `base`, landing on the other writer's snapshot.
+        let (data_files, _) = write(&base, vec![kv_batch(&[(2, "b", "us")])]).await;
+        let delta = |data_files| RowDelta {
+            data_files,
+            summary: HashMap::from([("seen".to_string(), "mine".to_string()), ("k".into(), "v".into())]),
+            ..RowDelta::default()
+        };
+        let landed = t
+            .lake
+            .commit_row_delta_guarded(&base, delta(data_files), Some(&guard))
+            .await
+            .unwrap();
+        let other_id = after_other.metadata().current_snapshot_id();
+        assert_eq!(*seen.lock().unwrap(), vec![other_id]);
+        assert_eq!(summary(&landed)["seen"], format!("{other_id:?}"));
+        assert_eq!(summary(&landed)["k"], "v");
+        // A refusal: nothing committed.
+        let refuse = CommitGuard::new(|_: &Table| Err(conflict("fenced".into())));
+        let (data_files, _) = write(&landed, vec![kv_batch(&[(3, "c", "us")])]).await;
+        let err = t
+            .lake
+            .commit_row_delta_guarded(&landed, delta(data_files), Some(&refuse))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict);
+        let now = t.lake.load_table(landed.identifier()).await.unwrap();
+        assert_eq!(now.metadata_location(), landed.metadata_location());
+        assert_eq!(iceberg_rows(&now).await, expected(&[(1, "a", "eu"), (2, "b", "us")]));
     }
 
     /// A data file of `table` and the index position of its rows.

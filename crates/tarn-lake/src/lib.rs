@@ -22,7 +22,7 @@ pub mod storage;
 mod writer;
 
 pub use cache::DataFiles;
-pub use commit::{Overwrite, Rewrite, RowDelta};
+pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
 pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{

@@ -27,7 +27,13 @@ pub enum IngestCommand {
     /// Exactly once: every lake commit records the partitions' offsets in the tables'
     /// snapshot summaries; a restart seeks each partition to what the tables hold (then the
     /// group's committed offsets; `--start` only without lake tables). The group's offsets are committed after
-    /// each lake commit, for monitoring (and KEDA's Kafka scaler). A record that is not a
+    /// each lake commit, for monitoring (and KEDA's Kafka scaler).
+    ///
+    /// Scale-out: with `--assignment group`, workers running the same pipeline with the same
+    /// `--group` split the partitions. At a rebalance each worker discards what it has not
+    /// committed and goes on from the offsets the lake holds for its new partitions; every
+    /// commit is fenced (a worker that committed a partition another worker took over meanwhile
+    /// is refused and restarts), so no change is applied twice or lost. A record that is not a
     /// change event goes to the dead-letter topic (`--dead-letter-topic`, default
     /// GROUP.dlq, created when missing) with Kafka Connect's `__connect.errors.*` headers
     /// naming its topic, partition, offset and the reason; its partition goes on.
@@ -66,6 +72,11 @@ pub struct KafkaArgs {
     /// `cdc.kafka.start`).
     #[arg(long, value_parser = ["earliest", "latest"])]
     start: Option<String>,
+    /// Which partitions this worker reads (default `cdc.kafka.assignment`): `all` of them, or
+    /// those the consumer group gives it — run several workers with the same config and
+    /// `--group` and they split the partitions, and take over a stopped worker's.
+    #[arg(long, value_parser = ["all", "group"])]
+    assignment: Option<String>,
     /// Archive every record unchanged (Parquet files of an append-only Iceberg table)
     /// instead of applying change events (default `cdc.kafka.archive`); `--start` then
     /// decides only where a new archive starts.
@@ -104,6 +115,9 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
     }
     if let Some(group) = &args.group {
         kafka.group.clone_from(group);
+    }
+    if let Some(assignment) = &args.assignment {
+        kafka.assignment.clone_from(assignment);
     }
     if let Some(start) = &args.start {
         kafka.start.clone_from(start);

@@ -15,19 +15,22 @@
 //! `tarn_kafka_records_per_second` is that rate over the last few seconds, all partitions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use serde::Deserialize;
 
 use crate::pipeline::PartitionReport;
 use crate::position::KafkaOffsets;
 
-/// The consumer's librdkafka context: keeps each partition's end from the statistics.
+/// The consumer's librdkafka context: keeps each partition's end from the statistics, and
+/// counts the consumer group's rebalances (`cdc.kafka.assignment = "group"`).
 #[derive(Clone, Default)]
 pub struct WatermarkContext {
     ends: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    rebalances: Arc<AtomicU64>,
 }
 
 /// What the context reads of librdkafka's statistics JSON.
@@ -77,9 +80,34 @@ impl ClientContext for WatermarkContext {
     }
 }
 
-impl ConsumerContext for WatermarkContext {}
+impl ConsumerContext for WatermarkContext {
+    /// Counts the rebalance (the source restarts its pipeline on the new assignment: see
+    /// [`super`]'s module doc) and logs it. Partitions are assigned at the group's committed
+    /// offsets; the source seeks them to the lake's.
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
+        let list = |l: &rdkafka::TopicPartitionList| {
+            l.elements()
+                .iter()
+                .map(|e| format!("{}:{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(l) => tracing::info!(partitions = %list(l), "consumer group assigned partitions"),
+            Rebalance::Revoke(l) => tracing::info!(partitions = %list(l), "consumer group revoked partitions"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
+        }
+        metrics::counter!("tarn_kafka_rebalances_total").increment(1);
+    }
+}
 
 impl WatermarkContext {
+    /// Rebalances seen so far.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::SeqCst)
+    }
+
     /// Each partition of `delivered` with its end and lag; sets the Prometheus gauges.
     pub fn report(&self, delivered: &KafkaOffsets) -> Vec<PartitionReport> {
         let ends = self.ends.lock().expect("watermarks poisoned");

@@ -76,6 +76,10 @@ pub struct KafkaSource {
     dead_letter_topic: String,
     pipeline: String,
     timeout: Duration,
+    /// `cdc.kafka.assignment = "group"`: the group splits the partitions among workers.
+    group_mode: bool,
+    /// The consumer's rebalance count when this run started (group mode).
+    generation: u64,
     /// Reading since [`ChangeSource::start`].
     reader: Option<Reader>,
     /// Every partition's next offset delivered to the pipeline.
@@ -142,11 +146,128 @@ impl KafkaSource {
             // Metadata requests: long enough for a slow broker, short enough to report a
             // wrong address promptly.
             timeout: session.min(Duration::from_secs(10)),
+            group_mode: kafka.assignment == "group",
+            generation: 0,
             reader: None,
             delivered: KafkaOffsets::new(),
             records: (0, Instant::now()),
             next_lag: Instant::now(),
         })
+    }
+
+    /// A source for another run of the pipeline on the same consumer (group mode: the
+    /// consumer stays in the group, so a restart after a rebalance does not cause another).
+    pub fn fresh(&self) -> Self {
+        Self {
+            consumer: self.consumer.clone(),
+            client: self.client.clone(),
+            lake: self.lake.clone(),
+            brokers: self.brokers.clone(),
+            group: self.group.clone(),
+            topics: self.topics.clone(),
+            start: self.start.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            pipeline: self.pipeline.clone(),
+            timeout: self.timeout,
+            group_mode: self.group_mode,
+            generation: 0,
+            reader: None,
+            delivered: KafkaOffsets::new(),
+            records: (0, Instant::now()),
+            next_lag: Instant::now(),
+        }
+    }
+
+    /// Whether the consumer group rebalanced since a run started at `generation`.
+    pub fn rebalanced_since(&self, generation: u64) -> bool {
+        self.group_mode && self.consumer.context().rebalances() != generation
+    }
+
+    /// The consumer's rebalance count: what [`KafkaSource::rebalanced_since`] compares.
+    pub fn rebalances(&self) -> u64 {
+        self.consumer.context().rebalances()
+    }
+
+    /// Whether the group splits the partitions among workers (`cdc.kafka.assignment`).
+    pub fn group_mode(&self) -> bool {
+        self.group_mode
+    }
+
+    fn rebalanced_error(&self) -> Error {
+        Error::new(
+            ErrorKind::Source,
+            format!(
+                "consumer group {} rebalanced; the pipeline restarts on its new partitions from the offsets the lake holds",
+                self.group
+            ),
+        )
+    }
+
+    /// Group mode: joins the group (once per consumer) and returns the partitions it assigned
+    /// to this worker so far (none before the first rebalance).
+    async fn group_partitions(&self) -> Result<Vec<TopicPartition>> {
+        // The topics must exist: a clear error instead of an empty assignment.
+        let all = self.partitions().await?;
+        if self.consumer.subscription().map(|s| s.count()).unwrap_or(0) == 0 {
+            let mut topics: Vec<&str> = Vec::new();
+            for tp in &all {
+                if !topics.contains(&tp.topic.as_str()) {
+                    topics.push(&tp.topic);
+                }
+            }
+            self.consumer
+                .subscribe(&topics)
+                .map_err(|e| kafka_error(format!("cannot join consumer group {}", self.group), e))?;
+            tracing::info!(group = %self.group, topics = ?topics, "joined the consumer group");
+        }
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| kafka_error("cannot read the consumer's assignment".into(), e))?;
+        Ok(assignment
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect())
+    }
+
+    /// Group mode: moves the assigned partitions to `offsets` (librdkafka refuses a seek
+    /// until an assignment is applied, so this retries for a while).
+    async fn seek(&self, offsets: TopicPartitionList) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        let timeout = self.timeout;
+        let mut pending = offsets;
+        loop {
+            let list = pending.clone();
+            let result = self
+                .blocking(move |c| c.seek_partitions(list, timeout))
+                .await?
+                .map_err(|e| kafka_error("cannot seek the assigned partitions".into(), e))?;
+            let mut failed = TopicPartitionList::new();
+            let mut last = None;
+            for e in result.elements() {
+                if let Err(err) = e.error() {
+                    let offset = pending
+                        .find_partition(e.topic(), e.partition())
+                        .map_or(Offset::Invalid, |p| p.offset());
+                    failed
+                        .add_partition_offset(e.topic(), e.partition(), offset)
+                        .map_err(|e| kafka_error("cannot seek".into(), e))?;
+                    last = Some(format!("{}:{}: {err}", e.topic(), e.partition()));
+                }
+            }
+            let Some(last) = last else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    format!("cannot seek the assigned partitions to the lake's offsets: {last}"),
+                ));
+            }
+            pending = failed;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Runs a blocking librdkafka call off the async threads.
@@ -324,7 +445,12 @@ impl ChangeSource for KafkaSource {
         _sink: &mut K,
         ctx: &SourceContext<'_>,
     ) -> Result<Option<Position>> {
-        let partitions = self.partitions().await?;
+        self.generation = self.rebalances();
+        let partitions = if self.group_mode {
+            self.group_partitions().await?
+        } else {
+            self.partitions().await?
+        };
         let tables = self.lake_offsets(ctx.config).await?;
         let group = self.group_offsets(&partitions).await?;
         let mut assignment = TopicPartitionList::new();
@@ -351,9 +477,16 @@ impl ChangeSource for KafkaSource {
         )?;
         dead_letters.ensure_topic(&self.client, self.timeout).await?;
         let mapper = RecordMapper::starting_at(start.clone(), &tables);
-        self.consumer
-            .assign(&assignment)
-            .map_err(|e| kafka_error("cannot assign the Kafka partitions".into(), e))?;
+        if !self.group_mode {
+            self.consumer
+                .assign(&assignment)
+                .map_err(|e| kafka_error("cannot assign the Kafka partitions".into(), e))?;
+        } else if !partitions.is_empty() {
+            self.seek(assignment).await?;
+        }
+        if self.rebalanced_since(self.generation) {
+            return Err(self.rebalanced_error());
+        }
         tracing::info!(
             partitions = partitions.len(),
             lake_tables = tables.len(),
@@ -367,12 +500,16 @@ impl ChangeSource for KafkaSource {
             mapper,
             dead_letters,
             self.brokers.clone(),
+            self.group_mode.then_some(self.generation),
         ));
         Ok(Some(Position::Kafka(start)))
     }
 
     async fn next(&mut self, ctx: &SourceContext<'_>, deadline: Instant) -> Result<Next> {
         let batch = loop {
+            if self.rebalanced_since(self.generation) {
+                return Err(self.rebalanced_error());
+            }
             let reader = self
                 .reader
                 .as_mut()

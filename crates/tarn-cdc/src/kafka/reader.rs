@@ -63,6 +63,7 @@ impl Reader {
         mapper: RecordMapper,
         dead_letters: DeadLetterTopic,
         brokers: String,
+        generation: Option<u64>,
     ) -> Self {
         let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
         let task = tokio::spawn(async move {
@@ -71,6 +72,7 @@ impl Reader {
                 mapper,
                 dead_letters,
                 brokers,
+                generation,
                 next_lag: Instant::now(),
             };
             loop {
@@ -101,6 +103,9 @@ struct ReaderState {
     mapper: RecordMapper,
     dead_letters: DeadLetterTopic,
     brokers: String,
+    /// Group mode: the rebalance count the run started at; a record read after another
+    /// rebalance ends the run (it restarts on the new assignment).
+    generation: Option<u64>,
     next_lag: Instant,
 }
 
@@ -125,6 +130,15 @@ impl ReaderState {
                     format!("cannot consume from {}: {e}", self.brokers),
                 )
             })?;
+            if let Some(generation) = self.generation
+                && self.consumer.context().rebalances() != generation
+            {
+                // The source notices it too and restarts the run; nothing of this batch counts.
+                return Err(Error::new(
+                    ErrorKind::Source,
+                    "the consumer group rebalanced while reading",
+                ));
+            }
             let headers: Vec<(&str, Option<&[u8]>)> = message
                 .headers()
                 .map(|h| h.iter().map(|h| (h.key, h.value)).collect())

@@ -45,7 +45,7 @@ mod snapshot;
 mod summary;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use iceberg::spec::{DataContentType, DataFile};
@@ -66,6 +66,7 @@ pub use self::summary::{
 };
 use self::summary::{attnums_of, creation_properties, idle_property};
 use crate::index::{KeyEncoder, KeyIndex, RowLocation, key_types};
+use crate::position::KafkaOffsets;
 use crate::source::{KeyKind, Position, SourceEvent, TableId, TableSpec};
 use crate::value::builder::arrow_schema;
 
@@ -532,8 +533,11 @@ async fn commit_table(
     if state.truncated {
         let (old_data, old_deletes) = current_files(&state.table).await?;
         if !old_data.is_empty() || !old_deletes.is_empty() {
+            // Fenced like the row delta below, recording nothing: the position holds only
+            // once the rows after the truncate are committed too.
+            let fence = kafka_fence(pipeline, state, &position, None);
             state.table = lake
-                .commit_overwrite(
+                .commit_overwrite_guarded(
                     &state.table,
                     tarn_lake::Overwrite {
                         removed_data_files: old_data,
@@ -541,6 +545,7 @@ async fn commit_table(
                         added_data_files: Vec::new(),
                         summary: HashMap::new(),
                     },
+                    fence.as_ref(),
                 )
                 .await?;
         }
@@ -574,8 +579,10 @@ async fn commit_table(
         deletes = delete_files.iter().map(DataFile::record_count).sum::<u64>(),
         "committing"
     );
+    let recorded = Arc::new(Mutex::new(None));
+    let fence = kafka_fence(pipeline, state, &position, Some((commit_time, recorded.clone())));
     state.table = lake
-        .commit_row_delta(
+        .commit_row_delta_guarded(
             &state.table,
             RowDelta {
                 data_files,
@@ -583,13 +590,68 @@ async fn commit_table(
                 referenced_data_files: referenced,
                 summary,
             },
+            fence.as_ref(),
         )
         .await?;
-    state.hold(position);
+    let recorded = recorded.lock().expect("fence poisoned").take();
+    state.hold(recorded.unwrap_or(position));
     state.dirty = false;
     state.counters.commits += 1;
     metrics::counter!("tarn_cdc_commits_total", "table" => state.ident.to_string()).increment(1);
     Ok(())
+}
+
+/// The fence of a commit of Kafka offsets to `state`'s table; `None` for other positions.
+///
+/// Workers of one consumer group may write the same table, each the partitions the group
+/// gave it, and a partition changes hands at a rebalance while its old owner may still be
+/// committing what it read. So the commit checks, against the table it lands on, that no
+/// other writer advanced any partition it records beyond what this sink last saw the table
+/// hold for it (a commit conflict otherwise: its changes are discarded and the pipeline
+/// restarts from the offsets the table holds), and records its offsets merged with the
+/// ones the table holds for the other partitions. With `record` (the source commit time and
+/// where to put the merged offsets) the merged offsets go into the summary; without, the
+/// commit only checks.
+fn kafka_fence(
+    pipeline: &str,
+    state: &TableState,
+    position: &Position,
+    record: Option<(i64, Arc<Mutex<Option<Position>>>)>,
+) -> Option<tarn_lake::CommitGuard> {
+    let committing = position.kafka()?.clone();
+    let held = state.position.as_ref().and_then(Position::kafka).cloned().unwrap_or_default();
+    let pipeline = pipeline.to_string();
+    let target = state.ident.to_string();
+    Some(tarn_lake::CommitGuard::new(move |current: &Table| {
+        let table_holds = match table_position(current, &pipeline).0 {
+            Some(Position::Kafka(o)) => o,
+            _ => KafkaOffsets::new(),
+        };
+        for (tp, _) in committing.iter() {
+            let (theirs, ours) = (table_holds.get(tp), held.get(tp));
+            if theirs > ours {
+                return Err(Error::new(
+                    ErrorKind::CommitConflict,
+                    format!(
+                        "fenced: another worker of pipeline {pipeline} committed {}:{} into {target} up to offset {} \
+                         while this one held it at {}; the changes read since are discarded and the pipeline \
+                         restarts from the offsets the table holds",
+                        tp.topic,
+                        tp.partition,
+                        theirs.unwrap_or_default(),
+                        ours.map_or("none".to_string(), |o| o.to_string()),
+                    ),
+                ));
+            }
+        }
+        let Some((commit_time, recorded)) = &record else {
+            return Ok(HashMap::new());
+        };
+        let merged = Position::Kafka(table_holds.merged(&committing));
+        let summary = commit_summary(&pipeline, &merged, Some(*commit_time));
+        *recorded.lock().expect("fence poisoned") = Some(merged);
+        Ok(summary)
+    }))
 }
 
 /// Where each row of a written batch went, in batch order. CDC tables are unpartitioned, so a

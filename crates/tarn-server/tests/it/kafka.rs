@@ -1020,3 +1020,262 @@ async fn an_aborted_transaction_sent_again_applies_once() {
     assert_eq!(report.events_total, changes, "{report:?}");
     handle.stop().await.unwrap();
 }
+
+/// A running `tarn ingest kafka` whose output (logs on stdout, errors on stderr) is collected
+/// as it goes.
+struct Worker {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(mut command: std::process::Command) -> Self {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let collect = |stream: Box<dyn std::io::Read + Send>| {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let readers = vec![
+            collect(Box::new(child.stdout.take().unwrap())),
+            collect(Box::new(child.stderr.take().unwrap())),
+        ];
+        Self { child, log, readers }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The partitions of the group's last assignment to this worker, if it had one.
+    fn assigned(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("consumer group assigned partitions"))?;
+        let list = line.split("partitions=").nth(1)?.split_whitespace().next().unwrap_or("");
+        Some(list.trim_matches('"').to_string())
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to end; its whole log.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::task::block_in_place(|| self.child.wait()).unwrap();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        (status, self.log())
+    }
+}
+
+/// Two workers of one consumer group split four partitions while changes keep coming: the
+/// second joins mid-stream (a rebalance revokes partitions from the first while it holds
+/// uncommitted rows), then the first is killed (its partitions move to the second). The lake
+/// ends equal to the messages: every upsert, delete and key change once, and no row of a
+/// keyless table twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_the_partitions_across_rebalances() {
+    let broker = tokio::task::block_in_place(broker);
+    let mut items = Table::new("group_items", true, 4);
+    let log_spec = Arc::new(TableSpec {
+        key_kind: KeyKind::FullRow,
+        columns: items_spec("group_log")
+            .columns
+            .iter()
+            .map(|c| ColumnSpec {
+                key: false,
+                not_null: false,
+                ..c.clone()
+            })
+            .collect(),
+        ..(*items_spec("group_log")).clone()
+    });
+    let log = TableEncoder::new(&EncoderConfig::new("shop", SourceConnector::Postgres), log_spec);
+    tokio::task::block_in_place(|| {
+        broker.create_topic(&items.topic(), 4).unwrap();
+        broker.create_topic(log.topic(), 4).unwrap();
+    });
+    let (lake, _) = kafka_lake(&broker.bootstrap(), &["unused"]).await;
+    let items_topic = items.topic();
+    let worker = || {
+        let mut command = std::process::Command::new(crate::tarn_bin());
+        command
+            .args(["--data-dir", &lake.path().display().to_string()])
+            .args(["--set", "cdc.flush.interval=200ms"])
+            .args(["--set", "cdc.table_name={schema}_{table}"])
+            .args(["--set", "cdc.kafka.session_timeout=6s"])
+            .args(["--set", "maintenance.auto=false"])
+            .args(["ingest", "kafka", "--brokers", &broker.bootstrap()])
+            .args(["--group", "tarn_group_it", "--assignment", "group"])
+            .args(["--topic", &items_topic, "--topic", log.topic()])
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .env("NO_COLOR", "1");
+        Worker::spawn(command)
+    };
+    let items_sql = "SELECT id, v FROM cdc.public_group_items ORDER BY id";
+    let log_sql = "SELECT id, v FROM cdc.public_group_log ORDER BY id, v";
+    let mut log_lines: Vec<String> = Vec::new();
+    let mut next_log_id = 0i64;
+    // One wave: upserts, deletes and a key change over 40 keys, and four keyless rows.
+    let mut wave = |n: i64| {
+        let ops: Vec<Op<'_>> = (0..40)
+            .map(|i| match (n + i) % 5 {
+                0 => Op::Delete(i),
+                4 if i + 40 < 80 => Op::Rekey(i, i + 40, "moved"),
+                _ => Op::Upsert(i, "w"),
+            })
+            .collect();
+        let ops: Vec<Op<'_>> = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Upsert(i, _) if n % 2 == 0 => Op::Upsert(i, "even"),
+                Op::Upsert(i, _) => Op::Upsert(i, "odd"),
+                other => other,
+            })
+            .collect();
+        let (mut records, _) = items.records(&ops);
+        for i in 0..4 {
+            let id = next_log_id;
+            next_log_id += 1;
+            let v = format!("wave {n}");
+            log_lines.push(format!("{id}|{v}"));
+            let info = SourceInfo {
+                db: "shop".into(),
+                position: tarn_cdc::position::Lsn(0x10_0000 + id as u64 * 16).into(),
+                tx_id: Some(id),
+                commit_time_micros: 1_700_000_000_000_000,
+                snapshot: Default::default(),
+                transaction: None,
+            };
+            for m in log.encode(Change::Create { after: &row(id, &v) }, &info, 0).unwrap() {
+                records.push(Record {
+                    partition: i,
+                    topic: m.topic,
+                    key: m.key,
+                    value: m.value,
+                    headers: m.headers,
+                });
+            }
+        }
+        produce(&broker, &records);
+    };
+    let mut n = 0;
+    wave(n);
+    let first = worker();
+    // Waves keep coming until `done` holds; then the lake must catch up exactly.
+    async fn until(what: &str, mut done: impl FnMut() -> bool, mut each: impl FnMut(), logs: impl Fn() -> String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; logs:\n{}",
+                logs()
+            );
+            each();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    until(
+        "the first worker to be assigned all four partitions",
+        || first.assigned().is_some_and(|p| p.split(',').count() == 8),
+        || {},
+        || first.log(),
+    )
+    .await;
+    for _ in 0..5 {
+        n += 1;
+        wave(n);
+    }
+    let second = worker();
+    until(
+        "both workers to hold partitions",
+        || {
+            let (a, b) = (first.assigned(), second.assigned());
+            let count = |p: &Option<String>| p.as_deref().map_or(0, |p| p.split(',').filter(|s| !s.is_empty()).count());
+            count(&a) > 0 && count(&b) > 0 && count(&a) + count(&b) == 8
+        },
+        || {
+            n += 1;
+            wave(n);
+        },
+        || format!("first:\n{}\nsecond:\n{}", first.log(), second.log()),
+    )
+    .await;
+    let split = (first.assigned().unwrap(), second.assigned().unwrap());
+    for _ in 0..10 {
+        n += 1;
+        wave(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first worker dies mid-stream; the second takes over its partitions.
+    first.signal("-KILL");
+    let (_, first_log) = first.wait();
+    for _ in 0..10 {
+        n += 1;
+        wave(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(
+        "the second worker to hold every partition",
+        || second.assigned().is_some_and(|p| p.split(',').count() == 8),
+        || {},
+        || format!("first:\n{first_log}\nsecond:\n{}", second.log()),
+    )
+    .await;
+    n += 1;
+    wave(n);
+    let expected_items = items.expected_lines();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got_items = rows_now(&lake, items_sql).await;
+        let got_log = rows_now(&lake, log_sql).await;
+        assert!(
+            got_log.len() <= log_lines.len(),
+            "the keyless table has rows twice: {} rows of {}",
+            got_log.len(),
+            log_lines.len()
+        );
+        let mut sorted_log = log_lines.clone();
+        sorted_log.sort_by_key(|l| {
+            let (id, v) = l.split_once('|').unwrap();
+            (id.parse::<i64>().unwrap(), v.to_string())
+        });
+        if got_items == expected_items && got_log == sorted_log {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "items {got_items:?} (expected {expected_items:?}); log has {} of {} rows",
+            got_log.len(),
+            sorted_log.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.signal("-TERM");
+    let (status, second_log) = second.wait();
+    assert!(status.success(), "{second_log}");
+    eprintln!(
+        "{n} waves; split {split:?}; first worker's rebalances: {}, second's: {}, fenced commits: {}",
+        first_log.matches("consumer group assigned partitions").count(),
+        second_log.matches("consumer group assigned partitions").count(),
+        first_log.matches("fenced").count() + second_log.matches("fenced").count(),
+    );
+    assert!(first_log.contains("consumer group revoked partitions"), "{first_log}");
+}
