@@ -959,7 +959,8 @@ impl Config {
         if kafka.archive && kafka.assignment != "all" {
             return bad(
                 "cdc.kafka.assignment",
-                "the archive reads every partition of its topics itself: expected all with cdc.kafka.archive".into(),
+                "the archive reads every partition of its topics itself: expected all with cdc.kafka.archive"
+                    .into(),
             );
         }
         if kafka.archive && !consumed {

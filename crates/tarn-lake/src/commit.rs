@@ -110,7 +110,10 @@ impl RowDelta {
 /// each other: the CDC sink checks that no other worker advanced the source positions it is
 /// about to record, and records its positions merged with the ones the table holds.
 #[derive(Clone)]
-pub struct CommitGuard(Arc<dyn Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync>);
+pub struct CommitGuard(Arc<GuardFn>);
+
+/// What a [`CommitGuard`] runs: the table the commit lands on → summary properties, or why not.
+type GuardFn = dyn Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync;
 
 impl CommitGuard {
     /// A guard running `check`.
@@ -531,7 +534,8 @@ impl Lake {
             merge_manifests: true,
             summary: rewrite.summary,
         };
-        self.produce_snapshot(base, change, Validation::Rewrite, None).await
+        self.produce_snapshot(base, change, Validation::Rewrite, None)
+            .await
     }
 
     /// Commits `overwrite` as one snapshot on top of the table's current snapshot: operation
@@ -589,7 +593,8 @@ impl Lake {
             merge_manifests: true,
             summary: overwrite.summary,
         };
-        self.produce_snapshot(base, change, Validation::Overwrite, guard).await
+        self.produce_snapshot(base, change, Validation::Overwrite, guard)
+            .await
     }
 
     /// Makes `new_schema` the current schema of the table (no snapshot). Field ids are the
@@ -1601,7 +1606,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::CommitConflict);
         let now = t.lake.load_table(landed.identifier()).await.unwrap();
         assert_eq!(now.metadata_location(), landed.metadata_location());
-        assert_eq!(iceberg_rows(&now).await, expected(&[(1, "a", "eu"), (2, "b", "us")]));
+        assert_eq!(
+            iceberg_rows(&now).await,
+            expected(&[(1, "a", "eu"), (2, "b", "us")])
+        );
     }
 
     /// A data file of `table` and the index position of its rows.

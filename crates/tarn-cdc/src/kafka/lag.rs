@@ -94,8 +94,12 @@ impl ConsumerContext for WatermarkContext {
                 .join(",")
         };
         match rebalance {
-            Rebalance::Assign(l) => tracing::info!(partitions = %list(l), "consumer group assigned partitions"),
-            Rebalance::Revoke(l) => tracing::info!(partitions = %list(l), "consumer group revoked partitions"),
+            Rebalance::Assign(l) => {
+                tracing::info!(partitions = %list(l), "consumer group assigned partitions")
+            }
+            Rebalance::Revoke(l) => {
+                tracing::info!(partitions = %list(l), "consumer group revoked partitions")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
         }
         metrics::counter!("tarn_kafka_rebalances_total").increment(1);

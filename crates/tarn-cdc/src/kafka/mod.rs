@@ -28,11 +28,20 @@
 //! commit, for monitoring (`kafka-consumer-groups`, lag exporters) and as the fallback above;
 //! a failed group commit is logged, not fatal.
 //!
-//! **Partitions.** The source assigns itself every partition of the configured topics
-//! (names, or one `^regex` matched against the broker's topics at start) instead of joining
-//! the group's rebalancing: one worker per group for now. Several workers splitting
-//! partitions, with revoked partitions' pending rows committed or discarded, is a later
-//! piece; so are topics created after start that a regex would match.
+//! **Partitions.** With `cdc.kafka.assignment = "all"` (the default) the source assigns
+//! itself every partition of the configured topics (names, or one `^regex` matched against
+//! the broker's topics at start): one worker per pipeline. With `"group"`, workers running
+//! the same pipeline with the same group subscribe, and Kafka's group protocol splits the
+//! partitions among them. A rebalance (a worker joining, leaving or dying) restarts each
+//! worker's run on the same consumer (leaving the group would rebalance everyone again):
+//! what it read and did not commit is discarded, and its partitions are sought to the
+//! offsets the lake holds, exactly as at start. Since a worker may be committing a
+//! partition's rows while the group hands that partition to another, every lake commit of
+//! Kafka offsets is fenced by the catalog's compare-and-swap (see the sink's `kafka_fence`):
+//! a commit recording a partition that another worker advanced since this one attached
+//! the table is refused, and the run restarts from the lake; a commit records its own
+//! partitions merged with the offsets the table holds for the others. Topics created after
+//! start that a regex would match are not picked up.
 //!
 //! The consumer reads `read_committed`, never creates topics (`allow.auto.create.topics=false`:
 //! a missing topic is an error naming it), and waits at most `fetch.wait.max.ms=100` on the

@@ -619,7 +619,12 @@ fn kafka_fence(
     record: Option<(i64, Arc<Mutex<Option<Position>>>)>,
 ) -> Option<tarn_lake::CommitGuard> {
     let committing = position.kafka()?.clone();
-    let held = state.position.as_ref().and_then(Position::kafka).cloned().unwrap_or_default();
+    let held = state
+        .position
+        .as_ref()
+        .and_then(Position::kafka)
+        .cloned()
+        .unwrap_or_default();
     let pipeline = pipeline.to_string();
     let target = state.ident.to_string();
     Some(tarn_lake::CommitGuard::new(move |current: &Table| {
@@ -680,4 +685,82 @@ fn placements(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use tarn_core::Config;
+
+    use super::*;
+    use crate::position::TopicPartition;
+    use crate::scripted::testing::{lake_rows, row, table};
+
+    fn offsets(pairs: &[(i32, i64)]) -> Position {
+        let mut o = KafkaOffsets::new();
+        for &(p, offset) in pairs {
+            o.insert(TopicPartition::new("t", p), offset);
+        }
+        Position::Kafka(o)
+    }
+
+    /// One transaction of partition `partition` ending at `end`, inserting `id`.
+    async fn apply(sink: &mut LakeSink, partition: i32, end: i64, commit: Position, id: i64) {
+        sink.apply(SourceEvent::Begin {
+            commit_position: offsets(&[(partition, end)]),
+        })
+        .await
+        .unwrap();
+        sink.apply(SourceEvent::Insert {
+            table: 1,
+            new: row(id, Some("v")),
+        })
+        .await
+        .unwrap();
+        sink.apply(SourceEvent::Commit {
+            position: commit,
+            commit_time_micros: 1,
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Two workers of one consumer group write one table: each commit records its own
+    /// partitions merged with the other's, and a worker that commits a partition the other
+    /// advanced meanwhile (it was moved by a rebalance) is fenced, leaving the table as it was.
+    #[tokio::test]
+    async fn workers_sharing_a_table_are_fenced_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(dir.path());
+        config.cdc.pipeline = "group".into();
+        config.maintenance.auto = false;
+        let lake = Lake::open(&config).await.unwrap();
+        let sink = || crate::pipeline::lake_sink(&config, lake.clone());
+        let (mut a, mut b) = (sink(), sink());
+        a.attach(table(1, "items")).await.unwrap();
+        b.attach(table(1, "items")).await.unwrap();
+        // `a` owns partition 0, `b` partition 1.
+        apply(&mut a, 0, 10, offsets(&[(0, 10)]), 1).await;
+        a.flush().await.unwrap();
+        apply(&mut b, 1, 5, offsets(&[(1, 5)]), 2).await;
+        b.flush().await.unwrap();
+        let ident = a.lake_ident(&table(1, "items"));
+        let held = |t: &Table| table_position(t, "group").0;
+        let t = lake.load_table(&ident).await.unwrap();
+        assert_eq!(held(&t), Some(offsets(&[(0, 10), (1, 5)])), "merged offsets");
+        // Partition 1 moves to `a` (it restarts: a fresh sink attached now), while `b` still
+        // holds uncommitted rows of it.
+        apply(&mut b, 1, 8, offsets(&[(1, 8)]), 3).await;
+        let mut a = sink();
+        a.attach(table(1, "items")).await.unwrap();
+        apply(&mut a, 1, 8, offsets(&[(0, 10), (1, 8)]), 3).await;
+        a.flush().await.unwrap();
+        // `b`'s commit of partition 1 would apply offsets 5..8 a second time: fenced.
+        let err = b.flush().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+        assert!(err.to_string().contains("fenced"), "{err}");
+        let t = lake.load_table(&ident).await.unwrap();
+        assert_eq!(held(&t), Some(offsets(&[(0, 10), (1, 8)])));
+        let rows = lake_rows(&config, &table(1, "items")).await;
+        assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), ["1", "2", "3"]);
+    }
 }

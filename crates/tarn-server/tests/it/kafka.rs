@@ -1063,8 +1063,16 @@ impl Worker {
     /// The partitions of the group's last assignment to this worker, if it had one.
     fn assigned(&self) -> Option<String> {
         let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains("consumer group assigned partitions"))?;
-        let list = line.split("partitions=").nth(1)?.split_whitespace().next().unwrap_or("");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("consumer group assigned partitions"))?;
+        let list = line
+            .split("partitions=")
+            .nth(1)?
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         Some(list.trim_matches('"').to_string())
     }
 
@@ -1164,7 +1172,10 @@ async fn two_workers_split_the_partitions_across_rebalances() {
                 snapshot: Default::default(),
                 transaction: None,
             };
-            for m in log.encode(Change::Create { after: &row(id, &v) }, &info, 0).unwrap() {
+            for m in log
+                .encode(Change::Create { after: &row(id, &v) }, &info, 0)
+                .unwrap()
+            {
                 records.push(Record {
                     partition: i,
                     topic: m.topic,
@@ -1180,7 +1191,12 @@ async fn two_workers_split_the_partitions_across_rebalances() {
     wave(n);
     let first = worker();
     // Waves keep coming until `done` holds; then the lake must catch up exactly.
-    async fn until(what: &str, mut done: impl FnMut() -> bool, mut each: impl FnMut(), logs: impl Fn() -> String) {
+    async fn until(
+        what: &str,
+        mut done: impl FnMut() -> bool,
+        mut each: impl FnMut(),
+        logs: impl Fn() -> String,
+    ) {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while !done() {
             assert!(
@@ -1208,7 +1224,10 @@ async fn two_workers_split_the_partitions_across_rebalances() {
         "both workers to hold partitions",
         || {
             let (a, b) = (first.assigned(), second.assigned());
-            let count = |p: &Option<String>| p.as_deref().map_or(0, |p| p.split(',').filter(|s| !s.is_empty()).count());
+            let count = |p: &Option<String>| {
+                p.as_deref()
+                    .map_or(0, |p| p.split(',').filter(|s| !s.is_empty()).count())
+            };
             count(&a) > 0 && count(&b) > 0 && count(&a) + count(&b) == 8
         },
         || {
@@ -1277,5 +1296,8 @@ async fn two_workers_split_the_partitions_across_rebalances() {
         second_log.matches("consumer group assigned partitions").count(),
         first_log.matches("fenced").count() + second_log.matches("fenced").count(),
     );
-    assert!(first_log.contains("consumer group revoked partitions"), "{first_log}");
+    assert!(
+        first_log.contains("consumer group revoked partitions"),
+        "{first_log}"
+    );
 }
