@@ -292,6 +292,12 @@ pub struct KafkaSourceConfig {
     /// per pipeline) or `group` (the consumer group splits the partitions among the workers
     /// running the pipeline with the same group, and moves them as workers come and go).
     pub assignment: String,
+    /// What the records are: `debezium` (change events: upserts, deletes, truncates) or
+    /// `json` (plain JSON objects, each appended as a row of its topic's table).
+    pub format: String,
+    /// `format = "json"`: the columns, `"name type"` in PostgreSQL type names (e.g.
+    /// `"amount numeric(10,2)"`); other fields are ignored. Empty: inferred from the records.
+    pub columns: Vec<String>,
     /// Archive the topics' records unchanged (key, value, headers, topic, partition, offset,
     /// timestamp) as Parquet files of the Iceberg table `archive_table`, instead of applying
     /// them as change events (`tarn ingest kafka --archive`; see docs/kafka-archive.md).
@@ -445,6 +451,8 @@ impl Config {
                     session_timeout: "10s".into(),
                     start: "earliest".into(),
                     assignment: "all".into(),
+                    format: "debezium".into(),
+                    columns: Vec::new(),
                     archive: false,
                     archive_table: "kafka_archive".into(),
                     dead_letter_topic: None,
@@ -956,6 +964,18 @@ impl Config {
                 format!("expected all or group, got {:?}", kafka.assignment),
             );
         }
+        if !matches!(kafka.format.as_str(), "debezium" | "json") {
+            return bad(
+                "cdc.kafka.format",
+                format!("expected debezium or json, got {:?}", kafka.format),
+            );
+        }
+        if !kafka.columns.is_empty() && kafka.format != "json" {
+            return bad(
+                "cdc.kafka.columns",
+                "columns describe plain JSON records: expected cdc.kafka.format = \"json\" (change events carry their own schema)".into(),
+            );
+        }
         if kafka.archive && kafka.assignment != "all" {
             return bad(
                 "cdc.kafka.assignment",
@@ -1274,6 +1294,11 @@ mod tests {
             (vec![("cdc.kafka.topics", "[\"a b\"]")], "cdc.kafka.topics"),
             (vec![("cdc.kafka.start", "middle")], "cdc.kafka.start"),
             (vec![("cdc.kafka.assignment", "some")], "cdc.kafka.assignment"),
+            (vec![("cdc.kafka.format", "avro")], "cdc.kafka.format"),
+            (
+                vec![("cdc.kafka.columns", "[\"id bigint\"]")],
+                "cdc.kafka.columns",
+            ),
             (
                 vec![("cdc.kafka.session_timeout", "soon")],
                 "cdc.kafka.session_timeout",

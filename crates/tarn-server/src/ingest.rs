@@ -15,7 +15,8 @@ use tarn_core::Config;
 /// Ingest streams into the lake.
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
-    /// Consume Kafka topics of Debezium change events into Iceberg tables, exactly once.
+    /// Consume Kafka topics of Debezium change events (or plain JSON) into Iceberg tables,
+    /// exactly once.
     ///
     /// Reads the topics tarn publishes or a real Debezium connector writes (PostgreSQL, MySQL,
     /// SQL Server envelopes; JSON with or without the embedded schema). Each source table
@@ -28,6 +29,11 @@ pub enum IngestCommand {
     /// snapshot summaries; a restart seeks each partition to what the tables hold (then the
     /// group's committed offsets; `--start` only without lake tables). The group's offsets are committed after
     /// each lake commit, for monitoring (and KEDA's Kafka scaler).
+    ///
+    /// Plain JSON topics (`--format json`): each record's value, a JSON object, is appended
+    /// as a row of its topic's table, keyed by partition and offset (a replay replaces
+    /// itself); columns from `--column`, or inferred (a new field adds a column). A value
+    /// that does not fit its column goes to the dead-letter topic.
     ///
     /// Scale-out: with `--assignment group`, workers running the same pipeline with the same
     /// `--group` split the partitions. At a rebalance each worker discards what it has not
@@ -77,6 +83,17 @@ pub struct KafkaArgs {
     /// `--group` and they split the partitions, and take over a stopped worker's.
     #[arg(long, value_parser = ["all", "group"])]
     assignment: Option<String>,
+    /// What the records are (default `cdc.kafka.format`): `debezium` change events, or
+    /// `json` objects, each appended as a row of its topic's table (`kafka_<topic>` by the
+    /// default table name), with `_kafka_partition`, `_kafka_offset` and `_kafka_timestamp`
+    /// columns beside the fields.
+    #[arg(long, value_parser = ["debezium", "json"])]
+    format: Option<String>,
+    /// With `--format json`: a column, `"NAME TYPE"` in PostgreSQL type names (e.g. `"amount
+    /// numeric(10,2)"`); repeatable. Other fields are ignored. Default `cdc.kafka.columns`;
+    /// none: the columns are inferred from the records and grow with new fields.
+    #[arg(long = "column", value_name = "NAME TYPE")]
+    columns: Vec<String>,
     /// Archive every record unchanged (Parquet files of an append-only Iceberg table)
     /// instead of applying change events (default `cdc.kafka.archive`); `--start` then
     /// decides only where a new archive starts.
@@ -115,6 +132,12 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
     }
     if let Some(group) = &args.group {
         kafka.group.clone_from(group);
+    }
+    if let Some(format) = &args.format {
+        kafka.format.clone_from(format);
+    }
+    if !args.columns.is_empty() {
+        kafka.columns.clone_from(&args.columns);
     }
     if let Some(assignment) = &args.assignment {
         kafka.assignment.clone_from(assignment);

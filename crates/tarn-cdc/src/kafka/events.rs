@@ -199,6 +199,8 @@ pub struct RecordMapper {
     open: Option<OpenTransaction>,
     /// Records skipped as replays.
     pub duplicates: u64,
+    /// Plain JSON topics (`cdc.kafka.format = "json"`): records are rows, not change events.
+    plain: Option<super::plain::PlainMapper>,
 }
 
 impl RecordMapper {
@@ -227,6 +229,13 @@ impl RecordMapper {
             }
         }
         mapper
+    }
+
+    /// This mapper reading plain JSON records as rows (see [`super::plain`]) instead of change
+    /// events.
+    pub fn plain(mut self, mapper: super::plain::PlainMapper) -> Self {
+        self.plain = Some(mapper);
+        self
     }
 
     /// Every partition's next offset delivered so far (from the start offsets on).
@@ -274,6 +283,9 @@ impl RecordMapper {
         record: &Record<'_>,
         headers: &[(&str, Option<&[u8]>)],
     ) -> Result<(), Rejected> {
+        if self.plain.is_some() {
+            return self.map_plain(slot, record);
+        }
         let change = match self.decoder.decode(record.key, record.value, headers, None) {
             Ok(Decoded::Tombstone { .. }) => return Ok(()),
             Ok(Decoded::Change(change)) => change,
@@ -324,6 +336,27 @@ impl RecordMapper {
         if let Some(event) = event {
             self.push_change(slot, record.offset, millis.saturating_mul(1000), event);
         }
+        Ok(())
+    }
+
+    /// A plain JSON record: one row appended to its topic's table.
+    fn map_plain(&mut self, slot: usize, record: &Record<'_>) -> Result<(), Rejected> {
+        let next_id = TableId::try_from(self.tables.len() + 1).expect("fewer than 2^32 tables");
+        let plain = self.plain.as_mut().expect("a plain mapper");
+        let Some(mapped) = plain.map(record, next_id)? else {
+            return Ok(());
+        };
+        if let Some(spec) = mapped.relation {
+            self.finish();
+            self.install(mapped.table, spec.clone(), None);
+            self.events.push(SourceEvent::Relation(spec));
+        }
+        let micros = record.timestamp_ms.unwrap_or_default().saturating_mul(1000);
+        let insert = SourceEvent::Insert {
+            table: mapped.table,
+            new: mapped.row,
+        };
+        self.push_change(slot, record.offset, micros, insert);
         Ok(())
     }
 

@@ -51,6 +51,7 @@ pub mod archive;
 pub mod dead_letter;
 pub mod events;
 pub mod lag;
+pub mod plain;
 pub mod reader;
 pub mod sink;
 
@@ -87,6 +88,8 @@ pub struct KafkaSource {
     timeout: Duration,
     /// `cdc.kafka.assignment = "group"`: the group splits the partitions among workers.
     group_mode: bool,
+    /// `cdc.kafka.format = "json"`: the columns of plain JSON records (empty: inferred).
+    plain: Option<Vec<plain::PlainColumn>>,
     /// The consumer's rebalance count when this run started (group mode).
     generation: u64,
     /// Reading since [`ChangeSource::start`].
@@ -108,6 +111,10 @@ impl KafkaSource {
     pub fn connect(config: &Config, lake: Lake, status: &PipelineStatus) -> Result<Self> {
         let kafka = &config.cdc.kafka;
         let session = tarn_core::config::parse_duration("cdc.kafka.session_timeout", &kafka.session_timeout)?;
+        let plain = (kafka.format == "json")
+            .then(|| plain::parse_columns(&kafka.columns))
+            .transpose()
+            .map_err(|e| Error::new(ErrorKind::Config, format!("key `cdc.kafka.columns`: {e}")))?;
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &kafka.brokers)
@@ -156,6 +163,7 @@ impl KafkaSource {
             // wrong address promptly.
             timeout: session.min(Duration::from_secs(10)),
             group_mode: kafka.assignment == "group",
+            plain,
             generation: 0,
             reader: None,
             delivered: KafkaOffsets::new(),
@@ -179,6 +187,7 @@ impl KafkaSource {
             pipeline: self.pipeline.clone(),
             timeout: self.timeout,
             group_mode: self.group_mode,
+            plain: self.plain.clone(),
             generation: 0,
             reader: None,
             delivered: KafkaOffsets::new(),
@@ -409,6 +418,33 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// The pipeline's lake tables of plain JSON records (inferred columns) and their fields.
+    async fn plain_tables(&self, config: &Config) -> Result<Vec<(String, Vec<plain::PlainColumn>)>> {
+        let ns = iceberg::NamespaceIdent::new(config.cdc.namespace.clone());
+        if !self.lake.namespace_exists(&ns).await? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for ident in self.lake.list_tables(&ns).await? {
+            let table = self.lake.load_table(&ident).await?;
+            let Some(source) = crate::sink::source_table(&table) else {
+                continue;
+            };
+            let Some(name) = source.strip_prefix("kafka.") else {
+                continue;
+            };
+            if table.metadata().properties().get(SUMMARY_PIPELINE) != Some(&config.cdc.pipeline) {
+                continue;
+            }
+            let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+                .map_err(|e| tarn_lake::iceberg_error(format!("cannot read the schema of {ident}"), e))?;
+            if let Some(fields) = plain::PlainMapper::fields_of(&schema) {
+                out.push((name.to_string(), fields));
+            }
+        }
+        Ok(out)
+    }
+
     /// The group's committed offsets of `partitions`.
     async fn group_offsets(&self, partitions: &[TopicPartition]) -> Result<KafkaOffsets> {
         let mut list = TopicPartitionList::new();
@@ -485,7 +521,16 @@ impl ChangeSource for KafkaSource {
             &self.pipeline,
         )?;
         dead_letters.ensure_topic(&self.client, self.timeout).await?;
-        let mapper = RecordMapper::starting_at(start.clone(), &tables);
+        let mut mapper = RecordMapper::starting_at(start.clone(), &tables);
+        if let Some(columns) = &self.plain {
+            let mut rows = plain::PlainMapper::new(columns.clone());
+            if columns.is_empty() {
+                for (name, fields) in self.plain_tables(ctx.config).await? {
+                    rows.knows(&name, fields);
+                }
+            }
+            mapper = mapper.plain(rows);
+        }
         if !self.group_mode {
             self.consumer
                 .assign(&assignment)

@@ -1301,3 +1301,87 @@ async fn two_workers_split_the_partitions_across_rebalances() {
         "{first_log}"
     );
 }
+
+/// Plain JSON topics (`cdc.kafka.format = "json"`): objects appended as rows over two
+/// partitions, columns inferred and growing with a new field, a record that does not fit its
+/// column dead-lettered; a restart with more records appends only those. (Configured columns
+/// are unit-tested in `tarn_cdc::kafka::plain`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_json_topics_append_rows_exactly_once() {
+    let broker = tokio::task::block_in_place(broker);
+    tokio::task::block_in_place(|| {
+        broker.create_topic("web.clicks", 2).unwrap();
+        broker.create_topic("shop.orders", 1).unwrap();
+    });
+    let (lake, config) = kafka_lake(&broker.bootstrap(), &["web.clicks", "shop.orders"]).await;
+    let mut config = config;
+    config.cdc.kafka.format = "json".into();
+    let json = |topic: &str, partition: i32, value: &str| Record {
+        topic: topic.into(),
+        partition,
+        key: None,
+        value: Some(value.as_bytes().to_vec()),
+        headers: Vec::new(),
+    };
+    let mut records: Vec<Record> = (0..10)
+        .map(|i| {
+            json(
+                "web.clicks",
+                i % 2,
+                &format!(r#"{{"user": {i}, "page": "/p{i}", "meta": {{"a": [1, 2]}}}}"#),
+            )
+        })
+        .collect();
+    // An integer column cannot take 2.5: dead-lettered, not committed.
+    records.push(json("web.clicks", 0, r#"{"user": 2.5}"#));
+    records.push(json("web.clicks", 1, r#"{"user": 11, "ms": 1.25}"#));
+    records.push(json(
+        "shop.orders",
+        0,
+        r#"{"id": 1, "amount": "12.50", "at": "2026-12-06T10:00:00Z"}"#,
+    ));
+    produce(&broker, &records);
+    let clicks = "SELECT user, page, meta, ms FROM cdc.kafka_web_clicks ORDER BY user";
+    let mut expected: Vec<String> = (0..10)
+        .map(|i| format!("{i}|/p{i}|{{\"a\":[1,2]}}|NULL"))
+        .collect();
+    expected.push("11|NULL|NULL|1.25".into());
+    let mut handle = spawn(&config).await;
+    let status = wait_rows(&handle, &lake, clicks, &expected).await;
+    assert_eq!(status.dead_letters, 1, "{status:?}");
+    // Every row once, at its own partition and offset.
+    let keys = rows_now(
+        &lake,
+        "SELECT count(*), count(DISTINCT (_kafka_partition, _kafka_offset)), min(_kafka_timestamp) IS NOT NULL FROM cdc.kafka_web_clicks",
+    )
+    .await;
+    assert_eq!(keys, ["11|11|true"]);
+    // Inferred types: integers are bigint, other numbers double.
+    let types = rows_now(
+        &lake,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'kafka_web_clicks' ORDER BY ordinal_position",
+    )
+    .await;
+    assert!(
+        types.contains(&"user|Int64".to_string()) && types.contains(&"ms|Float64".to_string()),
+        "{types:?}"
+    );
+    wait_rows(
+        &handle,
+        &lake,
+        "SELECT id, amount, at FROM cdc.kafka_shop_orders",
+        // Inferred from a string: text, as written.
+        &["1|12.50|2026-12-06T10:00:00Z".to_string()],
+    )
+    .await;
+    handle.stop().await.unwrap();
+
+    // A restart appends only the new records.
+    produce(&broker, &[json("web.clicks", 0, r#"{"user": 12}"#)]);
+    expected.push("12|NULL|NULL|NULL".into());
+    let mut handle = spawn(&config).await;
+    wait_rows(&handle, &lake, clicks, &expected).await;
+    handle.stop().await.unwrap();
+    let count = rows_now(&lake, "SELECT count(*) FROM cdc.kafka_web_clicks").await;
+    assert_eq!(count, ["12"]);
+}
