@@ -83,6 +83,7 @@ impl ScriptedSource {
         for txn in script.iter().filter(|t| t.end > from) {
             events.push(SourceEvent::Begin {
                 commit_position: txn.commit.into(),
+                transaction_id: None,
             });
             events.extend(txn.changes.iter().cloned());
             events.push(SourceEvent::Commit {

@@ -173,6 +173,9 @@ pub enum SourceEvent {
     Begin {
         /// Where the transaction commits.
         commit_position: Position,
+        /// The source's transaction id (PostgreSQL's xid), where it has one; published as
+        /// Debezium's `source.txId`.
+        transaction_id: Option<i64>,
     },
     /// The schema of a table, before its first change and after every schema change.
     Relation(Arc<TableSpec>),

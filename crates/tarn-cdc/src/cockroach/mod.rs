@@ -723,6 +723,7 @@ impl ChangefeedSource {
         });
         sink.apply(SourceEvent::Begin {
             commit_position: at.into(),
+            transaction_id: None,
         })
         .await?;
         sink.apply(SourceEvent::Truncate {
@@ -814,6 +815,7 @@ impl ChangefeedSource {
         }
         events.push(SourceEvent::Begin {
             commit_position: position.into(),
+            transaction_id: None,
         });
         self.changed_since_mark |= !changes.is_empty();
         for m in &changes {

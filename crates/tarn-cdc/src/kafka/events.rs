@@ -391,6 +391,7 @@ impl RecordMapper {
                 // Its position is set when the transaction closes.
                 self.events.push(SourceEvent::Begin {
                     commit_position: Position::Kafka(KafkaOffsets::new()),
+                    transaction_id: None,
                 });
             }
         }
@@ -405,6 +406,7 @@ impl RecordMapper {
         let tp = self.partitions[t.partition].tp.clone();
         self.events[t.begin] = SourceEvent::Begin {
             commit_position: Position::Kafka(KafkaOffsets::new().with(tp, t.end)),
+            transaction_id: None,
         };
         self.events.push(SourceEvent::Commit {
             position: Position::Kafka(self.delivered()),
@@ -702,7 +704,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 SourceEvent::Relation(_) => "relation".into(),
-                SourceEvent::Begin { commit_position } => format!("begin {commit_position}"),
+                SourceEvent::Begin { commit_position, .. } => format!("begin {commit_position}"),
                 SourceEvent::Insert { .. } => "insert".into(),
                 SourceEvent::Update { .. } => "update".into(),
                 SourceEvent::Delete { .. } => "delete".into(),

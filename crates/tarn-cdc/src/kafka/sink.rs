@@ -42,7 +42,8 @@
 //!
 //! **What differs from Debezium's PostgreSQL connector**, documented in `docs/kafka.md`:
 //! `source.lsn` is the transaction's commit LSN for each of its events (tarn's sources pass
-//! commit positions), `source.txId` is absent, and a source transaction larger than the
+//! commit positions; `source.txId` is the transaction's xid, as Debezium's), and a source
+//! transaction larger than the
 //! spill threshold is produced before its commit arrives, its events stamped with the time
 //! they were read instead of the commit time.
 
@@ -133,6 +134,8 @@ pub struct KafkaSink {
     /// A Kafka transaction is open.
     open: bool,
     txn_commit: Option<Position>,
+    /// The source transaction id of the transaction being applied (`source.txId`).
+    txn_id: Option<i64>,
     in_transaction: bool,
     held: Vec<Held>,
     held_bytes: usize,
@@ -238,6 +241,7 @@ impl KafkaSink {
             created_topics: HashSet::new(),
             open: false,
             txn_commit: None,
+            txn_id: None,
             in_transaction: false,
             held: Vec::new(),
             held_bytes: 0,
@@ -427,7 +431,7 @@ impl KafkaSink {
         let source = SourceInfo {
             db: self.db.clone(),
             position: position.clone(),
-            tx_id: None,
+            tx_id: self.txn_id,
             commit_time_micros: commit_time,
             snapshot: SnapshotMarker::False,
             transaction: None,
@@ -749,8 +753,12 @@ impl ChangeSink for KafkaSink {
 
     async fn apply(&mut self, event: SourceEvent) -> Result<()> {
         match event {
-            SourceEvent::Begin { commit_position } => {
+            SourceEvent::Begin {
+                commit_position,
+                transaction_id,
+            } => {
                 self.txn_commit = Some(commit_position);
+                self.txn_id = transaction_id;
                 self.in_transaction = true;
             }
             SourceEvent::Commit {
@@ -760,6 +768,7 @@ impl ChangeSink for KafkaSink {
                 self.produce_held(&position, commit_time_micros).await?;
                 self.in_transaction = false;
                 self.txn_commit = None;
+                self.txn_id = None;
                 self.last_commit = Some((position, commit_time_micros));
             }
             SourceEvent::Keepalive { .. } => {}

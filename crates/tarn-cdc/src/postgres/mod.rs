@@ -258,8 +258,9 @@ impl PostgresSource {
     /// Turns a raw message into an event; `None` for messages that carry nothing for tarn.
     pub async fn convert(&mut self, event: ReplicationEvent) -> Result<Option<SourceEvent>> {
         Ok(match event {
-            ReplicationEvent::Begin { final_lsn, .. } => Some(SourceEvent::Begin {
+            ReplicationEvent::Begin { final_lsn, xid, .. } => Some(SourceEvent::Begin {
                 commit_position: Lsn(final_lsn.as_u64()).into(),
+                transaction_id: Some(i64::from(xid)),
             }),
             ReplicationEvent::Commit {
                 end_lsn,

@@ -156,6 +156,7 @@ mod tests {
     async fn commit(sink: &mut LakeSink, at: u64, changes: Vec<SourceEvent>) {
         sink.apply(SourceEvent::Begin {
             commit_position: Lsn(at).into(),
+            transaction_id: None,
         })
         .await
         .unwrap();

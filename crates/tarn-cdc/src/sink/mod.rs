@@ -308,7 +308,7 @@ impl LakeSink {
     /// Applies one event of the stream.
     pub async fn apply(&mut self, event: SourceEvent) -> Result<()> {
         match event {
-            SourceEvent::Begin { commit_position } => {
+            SourceEvent::Begin { commit_position, .. } => {
                 self.txn_commit = Some(commit_position);
                 self.in_transaction = true;
             }
@@ -707,6 +707,7 @@ mod tests {
     async fn apply(sink: &mut LakeSink, partition: i32, end: i64, commit: Position, id: i64) {
         sink.apply(SourceEvent::Begin {
             commit_position: offsets(&[(partition, end)]),
+            transaction_id: None,
         })
         .await
         .unwrap();

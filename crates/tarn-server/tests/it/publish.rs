@@ -197,6 +197,12 @@ fn check_topic_of(reads: &[Read], schemas: bool, table: &str, connector: &str) -
             if connector == "postgresql" {
                 assert_eq!(source["db"], "app", "{table}: source.db");
                 assert!(source["lsn"].as_i64().is_some(), "{table}: source.lsn");
+                // Streamed changes carry their transaction's xid, as Debezium's do.
+                assert_eq!(
+                    source["txId"].as_i64().is_some(),
+                    op != "r",
+                    "{table}: source.txId of a {op} event: {source}"
+                );
             } else {
                 assert!(source["ts_hlc"].as_str().is_some(), "{table}: source.ts_hlc");
             }
