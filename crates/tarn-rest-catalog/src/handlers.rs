@@ -582,10 +582,12 @@ pub(crate) async fn commit_transaction(State(state): State<RestState>, p: Params
 /// table; with purge, its files too.
 pub(crate) async fn drop_table(State(state): State<RestState>, p: Params, Query(q): QueryParams) -> Handled {
     let ident = table_param(&params(&state, p)?)?;
-    let purge = match q.get("purgeRequested").map(String::as_str) {
+    // pyiceberg sends Python's `True`.
+    let purge = match q.get("purgeRequested").map(|v| v.to_ascii_lowercase()).as_deref() {
         None | Some("false") => false,
         Some("true") => true,
-        Some(other) => {
+        Some(_) => {
+            let other = &q["purgeRequested"];
             return Err(RestError::bad_request(format!(
                 "invalid purgeRequested {other:?}: expected true or false"
             )));
