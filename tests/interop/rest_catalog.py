@@ -10,11 +10,12 @@ Subcommands (all print one JSON document on stdout):
              the table's rows through pyiceberg's RestCatalog and DuckDB's ATTACH (TYPE
              iceberg): {"pyiceberg": [...], "duckdb": [...], "snapshots": N}.
   append     --uri URI --table NS.T --ids 1,2,3
-             appends rows (id, "py-<id>") with pyiceberg.
+             appends rows with pyiceberg: the id, "py-<id>" in the first other string column.
   concurrent --uri URI --table NS.T --writers W --appends A
-             W threads, each appending A single-row batches with its own ids; every commit
-             either lands or fails with CommitFailedException. Prints the ids that landed,
-             the number of 409s, and the rows pyiceberg reads afterwards.
+             W threads, each appending A single-row batches with its own ids; every append
+             either lands or fails with CommitFailedException (pyiceberg itself refreshes and
+             retries an append whose commit got 409 a few times first). Prints the ids that
+             landed, the appends that failed, and the ids pyiceberg reads afterwards.
   duckdb     --uri URI
              what DuckDB's REST attach lists: schemas and tables.
 
@@ -193,7 +194,12 @@ def append(args):
     schema = table.schema().as_arrow()
     data = {f.name: [None] * len(ids) for f in schema}
     data["id"] = ids
-    data["name"] = [f"py-{i}" for i in ids]
+    # The first string column after the id says who wrote the row.
+    text = next(
+        f.name for f in schema
+        if f.name != "id" and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    )
+    data[text] = [f"py-{i}" for i in ids]
     table.append(pa.Table.from_pydict(data, schema=schema))
     print(json.dumps({"appended": ids}))
 
