@@ -184,7 +184,11 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     tracing::info!(
         pg = %pg.local_addr()?,
         http = %http_addr,
-        iceberg_rest = config.rest_catalog.enabled.then(|| format!("http://{http_addr}/iceberg")).unwrap_or_else(|| "off".into()),
+        iceberg_rest = %if config.rest_catalog.enabled {
+            format!("http://{http_addr}/iceberg")
+        } else {
+            "off".to_string()
+        },
         catalog = %tarn_core::config::redact_url(&config.catalog_url()),
         warehouse = %config.warehouse_url(),
         "tarn serving"
