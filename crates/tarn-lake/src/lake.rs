@@ -751,6 +751,81 @@ mod tests {
         shareable::<Lake>();
     }
 
+    /// [`Lake::swap_metadata_locations`] on `lake`, whose namespace `t` has tables `a` and `b`.
+    async fn check_swaps_are_all_or_nothing(lake: &Lake) {
+        let (a, b) = (crate::testing::ident("a"), crate::testing::ident("b"));
+        let a0 = lake.current_metadata_location(&a).await.unwrap();
+        let b0 = lake.current_metadata_location(&b).await.unwrap();
+        let swap = |ident: &TableIdent, expected: Option<&str>, new: &str| MetadataSwap {
+            ident: ident.clone(),
+            expected: expected.map(str::to_string),
+            new_location: new.to_string(),
+        };
+        // b no longer holds what the swap expects: neither table moves.
+        let stale = [swap(&a, Some(&a0), "a1"), swap(&b, Some("elsewhere"), "b1")];
+        assert!(!lake.swap_metadata_locations(&stale).await.unwrap());
+        assert_eq!(lake.current_metadata_location(&a).await.unwrap(), a0);
+        // Creating a table that exists fails the whole swap too.
+        let exists = [swap(&a, Some(&a0), "a1"), swap(&b, None, "b1")];
+        assert!(!lake.swap_metadata_locations(&exists).await.unwrap());
+        assert_eq!(lake.current_metadata_location(&a).await.unwrap(), a0);
+        let c = crate::testing::ident("c");
+        let good = [
+            swap(&a, Some(&a0), "a1"),
+            swap(&b, Some(&b0), "b1"),
+            swap(&c, None, "c0"),
+        ];
+        assert!(lake.swap_metadata_locations(&good).await.unwrap());
+        for (ident, location) in [(&a, "a1"), (&b, "b1"), (&c, "c0")] {
+            assert_eq!(lake.current_metadata_location(ident).await.unwrap(), location);
+        }
+    }
+
+    #[tokio::test]
+    async fn swaps_of_several_tables_are_all_or_nothing() {
+        let t = crate::testing::TestLake::new().await;
+        t.create("a", &[]).await;
+        t.create("b", &[]).await;
+        check_swaps_are_all_or_nothing(&t.lake).await;
+    }
+
+    #[tokio::test]
+    async fn swaps_of_several_tables_are_all_or_nothing_on_postgres() {
+        let pg = tarn_test_utils::start_postgres().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(dir.path());
+        config.catalog.url = Some(pg.url("postgres"));
+        let lake = Lake::open(&config).await.unwrap();
+        lake.create_namespace(&NamespaceIdent::new("t".into()), true)
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            lake.create_table(
+                &crate::testing::ident(name),
+                &crate::testing::kv_schema(),
+                &TableLayout::default(),
+            )
+            .await
+            .unwrap();
+        }
+        check_swaps_are_all_or_nothing(&lake).await;
+    }
+
+    #[tokio::test]
+    async fn namespace_properties_are_removed_but_not_the_marker() {
+        let t = crate::testing::TestLake::new().await;
+        let ns = NamespaceIdent::new("p".into());
+        t.lake
+            .catalog()
+            .create_namespace(&ns, HashMap::from([("owner".to_string(), "me".to_string())]))
+            .await
+            .unwrap();
+        let keys = ["owner".to_string(), "exists".to_string(), "nope".to_string()];
+        let removed = t.lake.remove_namespace_properties(&ns, &keys).await.unwrap();
+        assert_eq!(removed, ["owner"]);
+        assert!(t.lake.namespace_exists(&ns).await.unwrap());
+    }
+
     #[test]
     fn table_names() {
         let t = parse_table_name("sales.orders").unwrap();
