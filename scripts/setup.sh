@@ -42,7 +42,7 @@ command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
 PY_PACKAGES=(
   'pyiceberg[sql-sqlite,sql-postgres,pyarrow]==0.12.0'
-  'duckdb==1.5.5' 'duckdb-extension-iceberg==1.5.5' 'duckdb-extension-avro==1.5.5' 'pytz'
+  'duckdb==1.5.5' 'duckdb-extension-iceberg==1.5.5' 'duckdb-extension-avro==1.5.5' 'duckdb-extension-httpfs==1.5.5' 'pytz'
   'psycopg[binary]>=3.2,<4'
   'moto[server]>=5,<6'
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'

@@ -72,6 +72,20 @@ pub struct Config {
     pub cdc: CdcConfig,
     /// Table maintenance: compaction, snapshot expiry, orphan-file removal.
     pub maintenance: MaintenanceConfig,
+    /// The Iceberg REST catalog `tarn serve` serves on its HTTP listener.
+    pub rest_catalog: RestCatalogConfig,
+}
+
+/// The Iceberg REST catalog of `tarn serve`: the catalog's tables for every engine that speaks
+/// the protocol (Spark, Trino, Flink, DuckDB, pyiceberg), under `/iceberg` on
+/// `server.http_listen`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestCatalogConfig {
+    /// Serve it. On by default. It has no authentication yet: whoever reaches
+    /// `server.http_listen` may change every table, so keep that address private (the default
+    /// is loopback) or turn this off.
+    pub enabled: bool,
 }
 
 /// The Iceberg catalog: a SQL database in the layout of Iceberg's JDBC catalog.
@@ -471,6 +485,7 @@ impl Config {
                 },
                 transforms: Vec::new(),
             },
+            rest_catalog: RestCatalogConfig { enabled: true },
             maintenance: MaintenanceConfig {
                 auto: true,
                 interval: "5m".into(),

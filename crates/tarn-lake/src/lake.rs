@@ -191,6 +191,12 @@ impl Lake {
         self.catalog.clone()
     }
 
+    /// File access with the catalog's storage settings: how metadata files of tables not
+    /// yet in the catalog (a staged create) are written.
+    pub fn file_io(&self) -> &FileIO {
+        &self.file_io
+    }
+
     /// The object stores table files live on.
     pub fn stores(&self) -> &ObjectStores {
         &self.stores
@@ -324,12 +330,7 @@ impl Lake {
 
     /// `ident` with `metadata`, read from or just written to `location`; kept as the table's
     /// latest, so the next load finds it without reading the metadata file (again).
-    pub(crate) fn open_table(
-        &self,
-        ident: &TableIdent,
-        location: String,
-        metadata: TableMetadata,
-    ) -> Result<Table> {
+    pub fn open_table(&self, ident: &TableIdent, location: String, metadata: TableMetadata) -> Result<Table> {
         let table = Table::builder()
             .file_io(self.file_io.clone())
             .identifier(ident.clone())
@@ -575,7 +576,7 @@ impl Lake {
     }
 
     /// The metadata location the catalog holds for `ident` right now.
-    pub(crate) async fn current_metadata_location(&self, ident: &TableIdent) -> Result<String> {
+    pub async fn current_metadata_location(&self, ident: &TableIdent) -> Result<String> {
         let query = self.sql(&format!(
             "SELECT metadata_location FROM iceberg_tables WHERE {CATALOG_WHERE}"
         ));
@@ -628,6 +629,118 @@ impl Lake {
     }
 }
 
+/// One table's catalog pointer change in [`Lake::swap_metadata_locations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataSwap {
+    /// The table.
+    pub ident: TableIdent,
+    /// The metadata location the catalog must still hold; `None`: the table must not exist
+    /// yet, and the swap inserts its catalog row (the commit of a staged create).
+    pub expected: Option<String>,
+    /// The metadata file to point the table at.
+    pub new_location: String,
+}
+
+impl Lake {
+    /// Swaps the metadata locations of several tables in one catalog transaction: either every
+    /// table still held its `expected` location (or did not exist, for `None`) and all now point
+    /// at their new files, or nothing changed and the result is `Ok(false)`. The same
+    /// conditional `UPDATE` as every other commit, so engines committing through the SQL
+    /// catalog directly exclude these swaps as they exclude each other.
+    ///
+    /// Atomicity is the catalog database's: one SQLite or PostgreSQL transaction.
+    pub async fn swap_metadata_locations(&self, swaps: &[MetadataSwap]) -> Result<bool> {
+        let failed =
+            |e: sqlx::Error| Error::new(ErrorKind::Catalog, "cannot commit to the catalog").with_source(e);
+        let update = self.sql(&format!(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE {CATALOG_WHERE} AND metadata_location = ?"
+        ));
+        let insert = self.sql(
+            "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
+             metadata_location, previous_metadata_location, iceberg_type) VALUES (?, ?, ?, ?, NULL, 'TABLE')",
+        );
+        let mut tx = self.pool.begin().await.map_err(failed)?;
+        for swap in swaps {
+            let applied = match &swap.expected {
+                Some(expected) => sqlx::query(&update)
+                    .bind(swap.new_location.clone())
+                    .bind(expected.clone())
+                    .bind(self.name.clone())
+                    .bind(swap.ident.namespace().join("."))
+                    .bind(swap.ident.name().to_string())
+                    .bind(expected.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .map(|r| r.rows_affected() == 1),
+                None => match sqlx::query(&insert)
+                    .bind(self.name.clone())
+                    .bind(swap.ident.namespace().join("."))
+                    .bind(swap.ident.name().to_string())
+                    .bind(swap.new_location.clone())
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(r) => Ok(r.rows_affected() == 1),
+                    // Another writer created the table first.
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => Ok(false),
+                    Err(e) => Err(e),
+                },
+            };
+            match applied {
+                Ok(true) => {}
+                Ok(false) => {
+                    tx.rollback().await.map_err(failed)?;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    return Err(failed(e).with_context("table", &swap.ident));
+                }
+            }
+        }
+        tx.commit().await.map_err(failed)?;
+        for swap in swaps {
+            metrics::counter!("tarn_commits_total", "table" => swap.ident.to_string()).increment(1);
+        }
+        Ok(true)
+    }
+
+    /// Removes the properties `keys` of namespace `ns`; returns those it had. The `exists`
+    /// marker row the JDBC catalog layout keeps for every namespace stays: without it an empty
+    /// namespace would vanish.
+    pub async fn remove_namespace_properties(
+        &self,
+        ns: &NamespaceIdent,
+        keys: &[String],
+    ) -> Result<Vec<String>> {
+        let query = self.sql(
+            "DELETE FROM iceberg_namespace_properties \
+             WHERE catalog_name = ? AND namespace = ? AND property_key = ?",
+        );
+        let mut removed = Vec::new();
+        for key in keys.iter().filter(|k| k.as_str() != "exists") {
+            let result = sqlx::query(&query)
+                .bind(self.name.clone())
+                .bind(ns.join("."))
+                .bind(key.clone())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Catalog,
+                        format!("cannot remove property {key:?} of namespace {}", ns.join(".")),
+                    )
+                    .with_source(e)
+                })?;
+            if result.rows_affected() > 0 {
+                removed.push(key.clone());
+            }
+        }
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +749,81 @@ mod tests {
     fn lake_is_shareable() {
         fn shareable<T: Clone + Send + Sync + 'static>() {}
         shareable::<Lake>();
+    }
+
+    /// [`Lake::swap_metadata_locations`] on `lake`, whose namespace `t` has tables `a` and `b`.
+    async fn check_swaps_are_all_or_nothing(lake: &Lake) {
+        let (a, b) = (crate::testing::ident("a"), crate::testing::ident("b"));
+        let a0 = lake.current_metadata_location(&a).await.unwrap();
+        let b0 = lake.current_metadata_location(&b).await.unwrap();
+        let swap = |ident: &TableIdent, expected: Option<&str>, new: &str| MetadataSwap {
+            ident: ident.clone(),
+            expected: expected.map(str::to_string),
+            new_location: new.to_string(),
+        };
+        // b no longer holds what the swap expects: neither table moves.
+        let stale = [swap(&a, Some(&a0), "a1"), swap(&b, Some("elsewhere"), "b1")];
+        assert!(!lake.swap_metadata_locations(&stale).await.unwrap());
+        assert_eq!(lake.current_metadata_location(&a).await.unwrap(), a0);
+        // Creating a table that exists fails the whole swap too.
+        let exists = [swap(&a, Some(&a0), "a1"), swap(&b, None, "b1")];
+        assert!(!lake.swap_metadata_locations(&exists).await.unwrap());
+        assert_eq!(lake.current_metadata_location(&a).await.unwrap(), a0);
+        let c = crate::testing::ident("c");
+        let good = [
+            swap(&a, Some(&a0), "a1"),
+            swap(&b, Some(&b0), "b1"),
+            swap(&c, None, "c0"),
+        ];
+        assert!(lake.swap_metadata_locations(&good).await.unwrap());
+        for (ident, location) in [(&a, "a1"), (&b, "b1"), (&c, "c0")] {
+            assert_eq!(lake.current_metadata_location(ident).await.unwrap(), location);
+        }
+    }
+
+    #[tokio::test]
+    async fn swaps_of_several_tables_are_all_or_nothing() {
+        let t = crate::testing::TestLake::new().await;
+        t.create("a", &[]).await;
+        t.create("b", &[]).await;
+        check_swaps_are_all_or_nothing(&t.lake).await;
+    }
+
+    #[tokio::test]
+    async fn swaps_of_several_tables_are_all_or_nothing_on_postgres() {
+        let pg = tarn_test_utils::start_postgres().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(dir.path());
+        config.catalog.url = Some(pg.url("postgres"));
+        let lake = Lake::open(&config).await.unwrap();
+        lake.create_namespace(&NamespaceIdent::new("t".into()), true)
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            lake.create_table(
+                &crate::testing::ident(name),
+                &crate::testing::kv_schema(),
+                &TableLayout::default(),
+            )
+            .await
+            .unwrap();
+        }
+        check_swaps_are_all_or_nothing(&lake).await;
+    }
+
+    #[tokio::test]
+    async fn namespace_properties_are_removed_but_not_the_marker() {
+        let t = crate::testing::TestLake::new().await;
+        let ns = NamespaceIdent::new("p".into());
+        t.lake
+            .catalog()
+            .create_namespace(&ns, HashMap::from([("owner".to_string(), "me".to_string())]))
+            .await
+            .unwrap();
+        let keys = ["owner".to_string(), "exists".to_string(), "nope".to_string()];
+        let removed = t.lake.remove_namespace_properties(&ns, &keys).await.unwrap();
+        assert_eq!(removed, ["owner"]);
+        assert!(t.lake.namespace_exists(&ns).await.unwrap());
     }
 
     #[test]

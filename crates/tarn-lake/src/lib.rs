@@ -24,7 +24,7 @@ mod writer;
 pub use cache::DataFiles;
 pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
-pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
+pub use lake::{Lake, MetadataSwap, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{
     CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,
     ProgressFn, RewrittenGroup,

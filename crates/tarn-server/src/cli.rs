@@ -65,7 +65,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Serve the Postgres wire endpoint and HTTP (/healthz, /metrics) until SIGINT/SIGTERM.
+    /// Serve the Postgres wire endpoint and HTTP until SIGINT/SIGTERM.
+    ///
+    /// SQL over the Postgres wire protocol on server.pg_listen. On server.http_listen:
+    /// /healthz, /metrics (Prometheus), /cdc/status, and the Iceberg REST catalog under
+    /// /iceberg — point Spark, Trino, Flink, DuckDB or pyiceberg at
+    /// http://HTTP_LISTEN/iceberg (e.g. pyiceberg `uri`, DuckDB `ENDPOINT`, Spark
+    /// `spark.sql.catalog.NAME.uri`). The REST catalog has no authentication yet: keep
+    /// server.http_listen private (loopback by default) or turn it off with
+    /// `--set rest_catalog.enabled=false`. See docs/rest-catalog.md.
     Serve,
     /// Load Parquet, CSV or JSON-lines files into a table, creating it if needed.
     Load {

@@ -1,5 +1,6 @@
-//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`)
-//! until SIGINT or SIGTERM.
+//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
+//! `/cdc/status`, and the Iceberg REST catalog under `/iceberg` unless
+//! `rest_catalog.enabled = false`) until SIGINT or SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tarn_cdc::pipeline::{PipelineHandle, PipelineStatus, RunOptions};
 use tarn_core::Config;
 use tarn_query::TarnSession;
@@ -52,10 +53,29 @@ async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<s
 }
 
 /// Installs the Prometheus recorder; every `metrics::` call from here on is exported.
+/// The REST catalog's request latency is a histogram with fixed buckets (other timings are
+/// summaries).
 pub fn install_metrics() -> Result<PrometheusHandle> {
     PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(tarn_rest_catalog::LATENCY_METRIC.to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")
+}
+
+/// The Iceberg REST catalog's routes, to nest under `/iceberg`, when `rest_catalog.enabled`.
+fn rest_catalog(config: &Config, session: &TarnSession) -> Option<Router> {
+    if !config.rest_catalog.enabled {
+        return None;
+    }
+    let lake = session.lake().clone();
+    let options = tarn_rest_catalog::RestCatalogOptions::for_lake(&lake, config.write.commit_retries);
+    Some(tarn_rest_catalog::router(lake, options))
 }
 
 /// The Postgres wire endpoint and the HTTP endpoint, running as tasks until their shutdown
@@ -89,6 +109,10 @@ impl Endpoints {
                 session: session.clone(),
                 cdc,
             });
+        let app = match rest_catalog(config, &session) {
+            Some(catalog) => app.nest("/iceberg", catalog),
+            None => app,
+        };
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(http, app)
@@ -150,9 +174,21 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             "no users configured and auth.trust_loopback is off: nobody can connect; add [[auth.users]] or set auth.trust_loopback = true"
         );
     }
+    let http_addr = http.local_addr()?;
+    if config.rest_catalog.enabled && !http_addr.ip().is_loopback() {
+        tracing::warn!(
+            %http_addr,
+            "the Iceberg REST catalog (/iceberg) has no authentication yet: whoever reaches {http_addr} can change every table; keep server.http_listen private or set rest_catalog.enabled = false"
+        );
+    }
     tracing::info!(
         pg = %pg.local_addr()?,
-        http = %http.local_addr()?,
+        http = %http_addr,
+        iceberg_rest = %if config.rest_catalog.enabled {
+            format!("http://{http_addr}/iceberg")
+        } else {
+            "off".to_string()
+        },
         catalog = %tarn_core::config::redact_url(&config.catalog_url()),
         warehouse = %config.warehouse_url(),
         "tarn serving"

@@ -15,6 +15,7 @@ mod local_postgres;
 mod pgwire;
 #[cfg(feature = "kafka")]
 mod publish;
+mod rest_catalog;
 mod slt;
 mod sql;
 mod transform;

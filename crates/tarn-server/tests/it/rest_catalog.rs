@@ -1,0 +1,567 @@
+//! The Iceberg REST catalog of `tarn serve`, with real clients: pyiceberg's `RestCatalog`,
+//! DuckDB's REST attach, raw HTTP for the error model, and tarn's own SQL over the Postgres
+//! wire endpoint on the same catalog.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tarn_test_utils::{free_port, run_python, wait_for_port};
+
+/// A `tarn serve` process with the REST catalog on free loopback ports; killed on drop.
+struct RestServer {
+    child: Child,
+    pg_port: u16,
+    http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RestServer {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("tarn-rest-").tempdir().unwrap();
+        let (pg_port, http_port) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("tarn.toml"),
+            format!(
+                "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+                 [auth]\ntrust_loopback = true\n[log]\nformat = \"json\"\nlevel = \"tarn_rest_catalog=debug,info\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("serve")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            pg_port,
+            http_port,
+            dir,
+        };
+        for port in [pg_port, http_port] {
+            if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
+                panic!("tarn serve did not start: {e}\n{}", server.log());
+            }
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// The catalog URL clients are given.
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/iceberg", self.http_port)
+    }
+
+    /// A tarn SQL client over the Postgres wire endpoint.
+    async fn sql(&self) -> tokio_postgres::Client {
+        let config = format!("host=127.0.0.1 port={} user=tarn dbname=tarn", self.pg_port);
+        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// One HTTP request; returns the status and the body as JSON (`null` when empty).
+    fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
+        let body = body.unwrap_or("");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer None\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status: u16 = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let payload = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let value = if payload.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(payload).unwrap_or_else(|e| panic!("{method} {path}: {e}: {payload:?}"))
+        };
+        (status, value)
+    }
+
+    fn python(&self, args: &[&str]) -> Value {
+        let uri = self.uri();
+        let mut all: Vec<&str> = vec![args[0], "--uri", &uri];
+        all.extend_from_slice(&args[1..]);
+        let out = run_python("rest_catalog.py", &all).unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap()
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows of a query as `a|b|c` lines (NULL as `NULL`), every column cast to text by the query.
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_pyiceberg_duckdb_and_tarn_sql_share_tables() {
+    let server = RestServer::start();
+    let seen = server.python(&["pyiceberg"]);
+    assert_eq!(seen["duplicate_namespace"], "NamespaceAlreadyExistsError");
+    assert_eq!(strings(&seen["namespaces"]), ["a1", "a2", "a3", "public", "py"]);
+    assert_eq!(strings(&seen["children_of_py"]), ["py.nested"]);
+    assert_eq!(seen["py_properties"], json!({"owner": "pyiceberg"}));
+    assert_eq!(
+        seen["properties_update"],
+        json!({"updated": ["team"], "removed": ["owner"], "missing": ["nope"]})
+    );
+    assert_eq!(seen["py_properties_after"], json!({"team": "data"}));
+    assert_eq!(seen["missing_namespace"], "NoSuchNamespaceError");
+    assert_eq!(seen["duplicate_table"], "TableAlreadyExistsError");
+    // append 1,2,3; overwrite id 3 with 4,5; delete id 2; add column `note`; append 6.
+    assert_eq!(
+        seen["events"],
+        json!([
+            ["1", "a", "1.5", null],
+            ["4", "d", "4.0", null],
+            ["5", "e", "5.0", null],
+            ["6", "f", "6.0", "evolved"]
+        ])
+    );
+    assert_eq!(seen["events_schema_id"], 1);
+    assert_eq!(seen["table_exists"], json!([true, false]));
+    assert_eq!(seen["staged"], json!([["10", "staged", "1.0"]]));
+    assert_eq!(seen["renamed"], json!([["7", "g", "7.0"]]));
+    assert_eq!(seen["old_name_gone"], "NoSuchTableError");
+    assert_eq!(seen["drop_non_empty_namespace"], "NamespaceNotEmptyError");
+    assert_eq!(seen["purged_files_left"], 0, "purge deletes the table's files");
+    assert_eq!(strings(&seen["tables"]), ["py.events", "py.staged"]);
+    assert_eq!(strings(&seen["namespaces_after"]), ["a1", "a2", "public", "py"]);
+
+    // tarn's SQL sees what pyiceberg wrote: its deletes, overwrite and evolved schema.
+    let sql = server.sql().await;
+    assert_eq!(
+        rows(&sql, "SELECT id, name, score, note FROM py.events ORDER BY id").await,
+        ["1|a|1.5|NULL", "4|d|4.0|NULL", "5|e|5.0|NULL", "6|f|6.0|evolved"]
+    );
+    // pyiceberg and DuckDB (through the REST catalog) read what tarn's SQL wrote.
+    sql.batch_execute(
+        "CREATE SCHEMA sq; CREATE TABLE sq.orders (id BIGINT NOT NULL, region VARCHAR, amount DOUBLE); \
+         INSERT INTO sq.orders VALUES (1, 'eu', 10.5), (2, 'us', NULL); \
+         INSERT INTO sq.orders VALUES (3, NULL, 3.25); \
+         INSERT INTO py.events (id, name) VALUES (100, 'tarn')",
+    )
+    .await
+    .unwrap();
+    let orders = server.python(&["read", "--table", "sq.orders"]);
+    let expected = json!([["1", "eu", "10.5"], ["2", "us", null], ["3", null, "3.25"]]);
+    assert_eq!(orders["pyiceberg"], expected);
+    assert_eq!(orders["duckdb"], expected);
+    assert_eq!(orders["snapshots"], 2);
+    let events = server.python(&["read", "--table", "py.events"]);
+    assert_eq!(events["pyiceberg"], events["duckdb"]);
+    assert_eq!(events["pyiceberg"].as_array().unwrap().len(), 5);
+    assert!(
+        events["pyiceberg"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["100", "tarn", null, null]))
+    );
+    // pyiceberg appends to the table tarn created; tarn sees it.
+    server.python(&["append", "--table", "sq.orders", "--ids", "4,5"]);
+    assert_eq!(
+        rows(&sql, "SELECT id, region FROM sq.orders ORDER BY id").await,
+        ["1|eu", "2|us", "3|NULL", "4|py-4", "5|py-5"]
+    );
+    let listed = server.python(&["duckdb"]);
+    assert_eq!(
+        strings(&listed["tables"]),
+        ["py.events", "py.staged", "sq.orders"]
+    );
+
+    let (status, metrics) = {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        (text.lines().next().unwrap_or_default().to_string(), text)
+    };
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        metrics.contains(
+            "tarn_catalog_requests_total{route=\"POST /iceberg/v1/{prefix}/namespaces/{namespace}/tables/{table}\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tarn_catalog_request_duration_seconds_bucket{route="),
+        "{metrics}"
+    );
+}
+
+/// The body's error type and code; panics when the body is not the specification's envelope.
+fn error_of(body: &Value) -> (String, u64) {
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    (
+        error["type"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error type: {body}"))
+            .to_string(),
+        error["code"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_bad_input_gets_the_spec_errors_and_changes_nothing() {
+    let server = RestServer::start();
+    let v1 = "/iceberg/v1/tarn";
+    let (status, config) = server.http("GET", "/iceberg/v1/config?warehouse=anything", None);
+    assert_eq!(status, 200);
+    assert_eq!(config["overrides"]["prefix"], "tarn");
+
+    // Malformed JSON, a missing field.
+    let (status, body) = server.http(
+        "POST",
+        &format!("{v1}/namespaces"),
+        Some("{\"namespace\": [\"a\""),
+    );
+    assert_eq!(
+        (status, error_of(&body)),
+        (400, ("BadRequestException".into(), 400))
+    );
+    let (status, body) = server.http("POST", &format!("{v1}/namespaces"), Some("{}"));
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("namespace"),
+        "{body}"
+    );
+
+    let (status, _) = server.http(
+        "POST",
+        &format!("{v1}/namespaces"),
+        Some(r#"{"namespace": ["ns"]}"#),
+    );
+    assert_eq!(status, 200);
+    // Unknown namespace and table.
+    let (status, body) = server.http("GET", &format!("{v1}/namespaces/nope/tables"), None);
+    assert_eq!(
+        (status, error_of(&body).0),
+        (404, "NoSuchNamespaceException".into())
+    );
+    let (status, body) = server.http("GET", &format!("{v1}/namespaces/ns/tables/nope"), None);
+    assert_eq!((status, error_of(&body).0), (404, "NoSuchTableException".into()));
+    let (status, body) = server.http("GET", &format!("{v1}/namespaces/a%1Fb"), None);
+    assert_eq!(
+        (status, error_of(&body).0),
+        (404, "NoSuchNamespaceException".into())
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("a.b"),
+        "{body}"
+    );
+    let (status, _) = server.http("HEAD", &format!("{v1}/namespaces/nope"), None);
+    assert_eq!(status, 404);
+    let (status, body) = server.http("GET", "/iceberg/v1/elsewhere/namespaces", None);
+    assert_eq!(
+        (status, error_of(&body).0),
+        (404, "NoSuchWarehouseException".into())
+    );
+    let (status, body) = server.http("GET", "/iceberg/v1/tarn/views", None);
+    assert_eq!(status, 404);
+    error_of(&body);
+
+    // A table, then commits whose requirements fail: 409 and the catalog unchanged.
+    let create = json!({
+        "name": "t",
+        "schema": {"type": "struct", "schema-id": 0, "fields": [
+            {"id": 1, "name": "id", "required": true, "type": "long"},
+            {"id": 2, "name": "v", "required": false, "type": "string"}
+        ]}
+    });
+    let (status, created) = server.http(
+        "POST",
+        &format!("{v1}/namespaces/ns/tables"),
+        Some(&create.to_string()),
+    );
+    assert_eq!(status, 200, "{created}");
+    let location = created["metadata-location"].as_str().unwrap().to_string();
+    let uuid = created["metadata"]["table-uuid"].as_str().unwrap().to_string();
+    let (status, body) = server.http(
+        "POST",
+        &format!("{v1}/namespaces/ns/tables"),
+        Some(&create.to_string()),
+    );
+    assert_eq!(
+        (status, error_of(&body).0),
+        (409, "AlreadyExistsException".into())
+    );
+
+    let table = format!("{v1}/namespaces/ns/tables/t");
+    let set = |requirements: Value| {
+        json!({"requirements": requirements, "updates": [{"action": "set-properties", "updates": {"k": "v"}}]})
+            .to_string()
+    };
+    for requirement in [
+        json!({"type": "assert-current-schema-id", "current-schema-id": 7}),
+        json!({"type": "assert-table-uuid", "uuid": "00000000-0000-0000-0000-000000000000"}),
+        json!({"type": "assert-ref-snapshot-id", "ref": "main", "snapshot-id": 42}),
+        json!({"type": "assert-last-assigned-field-id", "last-assigned-field-id": 9}),
+        json!({"type": "assert-last-assigned-partition-id", "last-assigned-partition-id": 1001}),
+        json!({"type": "assert-default-spec-id", "default-spec-id": 3}),
+        json!({"type": "assert-default-sort-order-id", "default-sort-order-id": 5}),
+        json!({"type": "assert-create"}),
+    ] {
+        let (status, body) = server.http("POST", &table, Some(&set(json!([requirement.clone()]))));
+        assert_eq!(
+            (status, error_of(&body)),
+            (409, ("CommitFailedException".into(), 409)),
+            "{requirement}: {body}"
+        );
+    }
+    // An update that does not apply: 400.
+    let bad_update =
+        json!({"requirements": [], "updates": [{"action": "set-current-schema", "schema-id": 42}]});
+    let (status, body) = server.http("POST", &table, Some(&bad_update.to_string()));
+    assert_eq!((status, error_of(&body).0), (400, "BadRequestException".into()));
+    let (_, loaded) = server.http("GET", &table, None);
+    assert_eq!(
+        loaded["metadata-location"],
+        location.as_str(),
+        "failed commits change nothing"
+    );
+
+    // Requirements that hold: the commit lands.
+    let good = set(json!([
+        {"type": "assert-table-uuid", "uuid": uuid},
+        {"type": "assert-ref-snapshot-id", "ref": "main", "snapshot-id": null},
+        {"type": "assert-current-schema-id", "current-schema-id": 0}
+    ]));
+    let (status, committed) = server.http("POST", &table, Some(&good));
+    assert_eq!(status, 200, "{committed}");
+    let after = committed["metadata-location"].as_str().unwrap().to_string();
+    assert_ne!(after, location);
+    assert!(after.contains("/metadata/00001-"), "{after}");
+    assert_eq!(committed["metadata"]["properties"]["k"], "v");
+
+    // A transaction with one failing change commits none of them.
+    let (status, _) = server.http(
+        "POST",
+        &format!("{v1}/namespaces/ns/tables"),
+        Some(&create.to_string().replace("\"t\"", "\"u\"")),
+    );
+    assert_eq!(status, 200);
+    let transaction = json!({"table-changes": [
+        {"identifier": {"namespace": ["ns"], "name": "u"}, "requirements": [],
+         "updates": [{"action": "set-properties", "updates": {"tx": "1"}}]},
+        {"identifier": {"namespace": ["ns"], "name": "t"},
+         "requirements": [{"type": "assert-current-schema-id", "current-schema-id": 3}],
+         "updates": [{"action": "set-properties", "updates": {"tx": "1"}}]}
+    ]});
+    let (status, body) = server.http(
+        "POST",
+        &format!("{v1}/transactions/commit"),
+        Some(&transaction.to_string()),
+    );
+    assert_eq!((status, error_of(&body).0), (409, "CommitFailedException".into()));
+    let (_, u) = server.http("GET", &format!("{v1}/namespaces/ns/tables/u"), None);
+    assert!(u["metadata"]["properties"].get("tx").is_none(), "{u}");
+    let ok = transaction
+        .to_string()
+        .replace("\"current-schema-id\":3", "\"current-schema-id\":0");
+    let (status, _) = server.http("POST", &format!("{v1}/transactions/commit"), Some(&ok));
+    assert_eq!(status, 204);
+    for name in ["t", "u"] {
+        let (_, loaded) = server.http("GET", &format!("{v1}/namespaces/ns/tables/{name}"), None);
+        assert_eq!(loaded["metadata"]["properties"]["tx"], "1", "{name}");
+    }
+
+    // Namespace rules.
+    let (status, body) = server.http("DELETE", &format!("{v1}/namespaces/ns"), None);
+    assert_eq!(
+        (status, error_of(&body).0),
+        (409, "NamespaceNotEmptyException".into())
+    );
+    let (status, body) = server.http(
+        "POST",
+        &format!("{v1}/namespaces/ns/properties"),
+        Some(r#"{"removals": ["a"], "updates": {"a": "1"}}"#),
+    );
+    assert_eq!(
+        (status, error_of(&body).0),
+        (422, "UnprocessableEntityException".into())
+    );
+    // Rename onto an existing table, into a missing namespace.
+    let rename = |to_ns: &str, to: &str| {
+        json!({"source": {"namespace": ["ns"], "name": "t"}, "destination": {"namespace": [to_ns], "name": to}})
+            .to_string()
+    };
+    let (status, body) = server.http("POST", &format!("{v1}/tables/rename"), Some(&rename("ns", "u")));
+    assert_eq!(
+        (status, error_of(&body).0),
+        (409, "AlreadyExistsException".into())
+    );
+    let (status, body) = server.http("POST", &format!("{v1}/tables/rename"), Some(&rename("nope", "t")));
+    assert_eq!(
+        (status, error_of(&body).0),
+        (404, "NoSuchNamespaceException".into())
+    );
+    // Metrics reports are accepted.
+    let (status, _) = server.http(
+        "POST",
+        &format!("{table}/metrics"),
+        Some(r#"{"report-type": "scan-report"}"#),
+    );
+    assert_eq!(status, 204);
+    // Register the table's current metadata under another name; drop; pagination.
+    let register = json!({"name": "again", "metadata-location": after}).to_string();
+    let (status, body) = server.http("POST", &format!("{v1}/namespaces/ns/register"), Some(&register));
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = server.http(
+        "GET",
+        &format!("{v1}/namespaces/ns/tables?pageToken=&pageSize=2"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(page["identifiers"].as_array().unwrap().len(), 2);
+    let token = page["next-page-token"].as_str().unwrap().to_string();
+    let (_, rest) = server.http(
+        "GET",
+        &format!("{v1}/namespaces/ns/tables?pageToken={token}&pageSize=2"),
+        None,
+    );
+    assert_eq!(rest["identifiers"], json!([{"namespace": ["ns"], "name": "u"}]));
+    assert!(rest["next-page-token"].is_null());
+    let (status, _) = server.http("DELETE", &format!("{v1}/namespaces/ns/tables/again"), None);
+    assert_eq!(status, 204);
+    let (status, body) = server.http("DELETE", &format!("{v1}/namespaces/ns/tables/again"), None);
+    assert_eq!((status, error_of(&body).0), (404, "NoSuchTableException".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_concurrent_writers_lose_nothing() {
+    let server = RestServer::start();
+    let sql = server.sql().await;
+    sql.batch_execute("CREATE SCHEMA c; CREATE TABLE c.t (id BIGINT NOT NULL, name VARCHAR)")
+        .await
+        .unwrap();
+    // pyiceberg appends from 4 threads while tarn's SQL inserts through the same catalog.
+    let uri = server.uri();
+    let writers = tokio::task::spawn_blocking(move || {
+        run_python(
+            "rest_catalog.py",
+            &[
+                "concurrent",
+                "--uri",
+                &uri,
+                "--table",
+                "c.t",
+                "--writers",
+                "4",
+                "--appends",
+                "6",
+            ],
+        )
+    });
+    let mut tarn_ids = Vec::new();
+    for i in 0..10 {
+        let id = 90_000 + i;
+        sql.batch_execute(&format!("INSERT INTO c.t VALUES ({id}, 'tarn')"))
+            .await
+            .unwrap();
+        tarn_ids.push(id);
+    }
+    let out = writers
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    let seen: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let landed: Vec<i64> = seen["landed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let conflicts = seen["conflicts"].as_u64().unwrap();
+    assert_eq!(
+        landed.len() as u64 + conflicts,
+        24,
+        "every append lands or gets 409: {seen}"
+    );
+    assert!(!landed.is_empty(), "{seen}");
+    let mut expected: Vec<i64> = landed.iter().copied().chain(tarn_ids).collect();
+    expected.sort_unstable();
+    let ids: Vec<i64> = rows(&sql, "SELECT id FROM c.t ORDER BY id")
+        .await
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    assert_eq!(ids, expected, "each successful append exactly once, nothing else");
+    let mut py_ids: Vec<i64> = seen["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    py_ids.sort_unstable();
+    // pyiceberg's read after its writers finished may predate tarn's last inserts.
+    assert!(py_ids.iter().all(|i| ids.contains(i)), "{py_ids:?} {ids:?}");
+    // pyiceberg refreshes and retries an append whose commit got 409, so the server's 409s are
+    // counted from its request log.
+    let commit_409s = server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            let f = &l["fields"];
+            f["message"] == "iceberg rest request" && f["method"] == "POST" && f["status"] == 409
+        })
+        .count();
+    eprintln!(
+        "concurrent writers: {} pyiceberg appends landed, {conflicts} failed, {commit_409s} commits answered 409, 10 tarn inserts",
+        landed.len()
+    );
+}
