@@ -140,9 +140,12 @@ pub(crate) fn render(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     lines
 }
 
-/// The `tarn` binary under test.
+/// The `tarn` binary under test: the one cargo built with the tests, or `TARN_TEST_BIN` (for
+/// checkouts that share one target directory, where the last build's binary wins).
 pub(crate) fn tarn_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tarn"))
+    std::env::var_os("TARN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tarn")))
 }
 
 /// Runs `tarn` with `--data-dir dir` and `args`; returns (exit ok, stdout, stderr).
