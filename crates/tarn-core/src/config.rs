@@ -74,6 +74,27 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// The Iceberg REST catalog `tarn serve` serves on its HTTP listener.
     pub rest_catalog: RestCatalogConfig,
+    /// DataHub: the lake's tables, their schemas and lineage, and the pipelines, as DataHub
+    /// metadata (`tarn catalog export datahub`, and `tarn serve` pushing changes to a GMS).
+    pub datahub: DatahubConfig,
+}
+
+/// Where and how tarn describes itself to DataHub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatahubConfig {
+    /// DataHub's GMS, e.g. `http://datahub-gms:8080`. Set: `tarn serve` pushes every change of
+    /// the lake's metadata there (checked every `interval`). Unset: nothing is pushed.
+    pub gms_url: Option<String>,
+    /// The GMS's personal access token (sent as `Authorization: Bearer`); redacted in
+    /// `config show`. Prefer `TARN_DATAHUB__TOKEN`.
+    pub token: Option<String>,
+    /// DataHub's environment (fabric) of every URN, e.g. `PROD`, `DEV`.
+    pub env: String,
+    /// DataHub's platform instance of the lake's datasets, when several lakes share a DataHub.
+    pub platform_instance: Option<String>,
+    /// How often `tarn serve` looks for changes to push, e.g. `30s`.
+    pub interval: String,
 }
 
 /// The Iceberg REST catalog of `tarn serve`: the catalog's tables for every engine that speaks
@@ -486,6 +507,13 @@ impl Config {
                 transforms: Vec::new(),
             },
             rest_catalog: RestCatalogConfig { enabled: true },
+            datahub: DatahubConfig {
+                gms_url: None,
+                token: None,
+                env: "PROD".into(),
+                platform_instance: None,
+                interval: "30s".into(),
+            },
             maintenance: MaintenanceConfig {
                 auto: true,
                 interval: "5m".into(),
@@ -614,6 +642,33 @@ impl Config {
         if self.catalog.name.trim().is_empty() {
             return bad("catalog.name", "must not be empty".into());
         }
+        if let Some(gms) = &self.datahub.gms_url {
+            match url::Url::parse(gms) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return bad(
+                        "datahub.gms_url",
+                        format!("expected an http:// or https:// URL, got {gms:?}"),
+                    );
+                }
+            }
+        }
+        if self.datahub.env.is_empty()
+            || !self
+                .datahub
+                .env
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            return bad(
+                "datahub.env",
+                format!(
+                    "expected an upper-case DataHub fabric like PROD or DEV, got {:?}",
+                    self.datahub.env
+                ),
+            );
+        }
+        parse_duration("datahub.interval", &self.datahub.interval)?;
         if let Some(warehouse) = &self.storage.warehouse {
             match url::Url::parse(warehouse) {
                 Ok(u) if matches!(u.scheme(), "file" | "s3" | "s3a") => {
@@ -1107,6 +1162,7 @@ impl Config {
         for secret in [
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,
+            &mut shown.datahub.token,
         ] {
             if secret.is_some() {
                 *secret = Some("***".into());

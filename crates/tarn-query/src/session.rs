@@ -360,7 +360,10 @@ impl TarnSession {
                 }
                 .await;
                 match written {
-                    Ok(outcome) => Ok(command("SELECT", Some(outcome.rows))),
+                    Ok(outcome) => {
+                        self.record_lineage(&ident, create.input.as_ref()).await;
+                        Ok(command("SELECT", Some(outcome.rows)))
+                    }
                     Err(e) => {
                         if let Err(drop_err) = self.lake.drop_table(&ident, true).await {
                             tracing::warn!(table = %ident, error = %drop_err, "cannot drop table after failed CREATE TABLE AS");
@@ -372,11 +375,18 @@ impl TarnSession {
             }
             LogicalPlan::Dml(DmlStatement {
                 op: WriteOp::Insert(_),
+                ref table_name,
+                ref input,
                 ..
             }) => {
+                let target = self.reference_ident(table_name).ok();
+                let input = input.clone();
                 let df = self.ctx.execute_logical_plan(plan).await.map_err(from_df_error)?;
                 let batches = df.collect().await.map_err(from_df_error)?;
                 let rows = count_of(&batches);
+                if let Some(target) = target {
+                    self.record_lineage(&target, &input).await;
+                }
                 Ok(command("INSERT 0", Some(rows)))
             }
             LogicalPlan::Dml(dml) => Err(Error::new(
@@ -421,6 +431,41 @@ impl TarnSession {
                     None => stream,
                 }))
             }
+        }
+    }
+
+    /// Records the lake tables `input` reads as upstream of `target` (see [`crate::lineage`]).
+    /// The statement has committed: a failure here is logged, not returned.
+    async fn record_lineage(&self, target: &TableIdent, input: &LogicalPlan) {
+        let read: std::collections::BTreeSet<String> = crate::lineage::scanned_tables(input)
+            .iter()
+            .filter_map(|r| self.reference_ident(r).ok())
+            .filter(|ident| ident != target && ident.namespace().to_url_string() != "information_schema")
+            .map(|ident| format!("{}.{}", ident.namespace().join("."), ident.name()))
+            .collect();
+        if read.is_empty() {
+            return;
+        }
+        let result = async {
+            let table = self.lake.load_table(target).await?;
+            let mut upstream = crate::lineage::upstream_of(&table);
+            let before = upstream.len();
+            upstream.extend(read);
+            if upstream.len() == before {
+                return Ok(());
+            }
+            let value = crate::lineage::upstream_property(&upstream);
+            self.lake
+                .set_properties(
+                    target,
+                    HashMap::from([(crate::lineage::PROPERTY_UPSTREAM.to_string(), value)]),
+                )
+                .await
+                .map(|_| ())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(table = %target, error = %e, "cannot record the table's lineage");
         }
     }
 

@@ -74,6 +74,10 @@ enum Command {
     /// `spark.sql.catalog.NAME.uri`). The REST catalog has no authentication yet: keep
     /// server.http_listen private (loopback by default) or turn it off with
     /// `--set rest_catalog.enabled=false`. See docs/rest-catalog.md.
+    ///
+    /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
+    /// pipelines) to DataHub, and then what changes, every `datahub.interval`
+    /// (docs/datahub.md).
     Serve,
     /// Load Parquet, CSV or JSON-lines files into a table, creating it if needed.
     Load {
@@ -99,6 +103,9 @@ enum Command {
     /// Inspect tables.
     #[command(subcommand)]
     Table(TableCommand),
+    /// The catalog's metadata for other tools: DataHub.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -142,6 +149,42 @@ enum TableCommand {
         /// NAMESPACE.TABLE
         table: String,
     },
+    /// Show where a table's rows come from and which tables are computed from it: the lake
+    /// tables `CREATE TABLE ... AS SELECT` and `INSERT INTO ... SELECT` read (recorded in
+    /// the table property `tarn.lineage.upstream`), and the source table CDC copies.
+    Lineage {
+        /// NAMESPACE.TABLE
+        table: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Export the catalog's metadata to another system.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Push the catalog's metadata to another system now.
+    #[command(subcommand)]
+    Push(PushCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// Write every table (properties, schema, lineage) and CDC pipeline as DataHub metadata
+    /// change proposals to FILE (DataHub's MCP file format: `datahub ingest` with a file
+    /// source reads it; `datahub check metadata-file FILE` checks it). See docs/datahub.md.
+    Datahub {
+        /// The JSON file to write.
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Send every table and CDC pipeline as DataHub metadata change proposals to the GMS
+    /// `datahub.gms_url` names, with `datahub.token`. `tarn serve` does this by itself, every
+    /// `datahub.interval`, when `datahub.gms_url` is set. See docs/datahub.md.
+    Datahub,
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,7 +332,26 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
         }
         Command::Table(cmd) => {
             let lake = Lake::open(&config).await?;
-            table_command(&lake, cmd).await?;
+            table_command(&lake, &config, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog(CatalogCommand::Export(ExportCommand::Datahub { file })) => {
+            let lake = Lake::open(&config).await?;
+            let mcps = crate::datahub::collect(&lake, &config).await?;
+            crate::datahub::write_file(&file, &mcps)?;
+            eprintln!("wrote {} aspects to {}", mcps.len(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog(CatalogCommand::Push(PushCommand::Datahub)) => {
+            let Some(gms) = crate::datahub::Gms::from_config(&config)? else {
+                anyhow::bail!(
+                    "key `datahub.gms_url` is not set: nowhere to push (e.g. --set datahub.gms_url=http://datahub-gms:8080)"
+                );
+            };
+            let lake = Lake::open(&config).await?;
+            let mcps = crate::datahub::collect(&lake, &config).await?;
+            let n = gms.emit_all(&mcps).await?;
+            eprintln!("pushed {n} aspects to DataHub");
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
@@ -366,8 +428,13 @@ async fn repl(session: &TarnSession, format: Format, config: &Config) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-async fn table_command(lake: &Lake, cmd: TableCommand) -> Result<()> {
+async fn table_command(lake: &Lake, config: &Config, cmd: TableCommand) -> Result<()> {
     match cmd {
+        TableCommand::Lineage { table } => {
+            for line in crate::datahub::lineage_lines(lake, config, &table).await? {
+                println!("{line}");
+            }
+        }
         TableCommand::List { namespace } => {
             let tables = match namespace {
                 Some(ns) => {

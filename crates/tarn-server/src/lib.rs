@@ -23,6 +23,7 @@ pub mod bench_kafka;
 pub mod bench_publish;
 pub mod cdc;
 pub mod cli;
+pub mod datahub;
 pub mod demo;
 #[cfg(feature = "kafka")]
 pub mod ingest;

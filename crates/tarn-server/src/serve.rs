@@ -204,6 +204,16 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         )
     });
     let pipeline_status = pipeline.as_ref().map(|p| p.status().clone());
+    // DataHub, when configured: every change of the lake's metadata, pushed by a task of its own.
+    if let Some(gms) = crate::datahub::Gms::from_config(config)? {
+        tracing::info!(gms = ?config.datahub.gms_url, every = %config.datahub.interval, "pushing metadata changes to DataHub");
+        tokio::spawn(crate::datahub::sync(
+            session.lake().clone(),
+            config.clone(),
+            gms,
+            shutdown.clone(),
+        ));
+    }
     let mut endpoints = Endpoints::start(config, session, metrics, pipeline_status, (pg, http), &shutdown)?;
     // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {

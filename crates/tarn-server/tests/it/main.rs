@@ -7,6 +7,7 @@ mod catalog;
 mod cdc;
 mod cli;
 mod cockroach;
+mod datahub;
 mod demo;
 mod interop;
 #[cfg(feature = "kafka")]
