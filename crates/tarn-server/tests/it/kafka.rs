@@ -1092,6 +1092,16 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A failing test leaves no worker behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Two workers of one consumer group split four partitions while changes keep coming: the
 /// second joins mid-stream (a rebalance revokes partitions from the first while it holds
 /// uncommitted rows), then the first is killed (its partitions move to the second). The lake
