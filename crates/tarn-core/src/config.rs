@@ -183,6 +183,59 @@ pub struct AuthConfig {
     pub trust_loopback: bool,
     /// Users allowed to connect with SCRAM-SHA-256 passwords.
     pub users: Vec<UserConfig>,
+    /// OIDC single sign-on: bearer tokens (JWTs) of this issuer are accepted as identities —
+    /// in `Authorization: Bearer` on HTTP, as the password on the Postgres wire endpoint.
+    pub oidc: Option<OidcConfig>,
+    /// Accept a password or token sent in clear (the Postgres wire endpoint asks for one when
+    /// OIDC is on) from a non-loopback address over a connection without TLS. Off: such a
+    /// login is refused before the secret is sent.
+    #[serde(default)]
+    pub allow_plaintext_passwords: bool,
+}
+
+/// An OIDC issuer whose tokens are identities (Keycloak, Entra ID, Okta, Dex, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The issuer URL, exactly as tokens carry it in `iss` (for Keycloak
+    /// `https://HOST/realms/REALM`); its discovery document is
+    /// `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The audience tokens must carry in `aud` (the client id tarn is registered as).
+    pub audience: String,
+    /// The claim naming the user.
+    pub user_claim: String,
+    /// Claims holding the principal's groups/roles, as dotted paths into the token; `{audience}`
+    /// is replaced by `audience`. Keycloak's realm and client roles, and `groups`, by default.
+    pub groups_claims: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub clock_skew: String,
+    /// The shortest time between two fetches of the issuer's keys (a token naming an unknown
+    /// key fetches them again, at most this often).
+    pub refresh_min: String,
+    /// A PEM file of CA certificates to trust for the issuer's HTTPS (beside the system's).
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for the issuer.
+    pub timeout: String,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            user_claim: "preferred_username".into(),
+            groups_claims: vec![
+                "realm_access.roles".into(),
+                "resource_access.{audience}.roles".into(),
+                "groups".into(),
+            ],
+            clock_skew: "30s".into(),
+            refresh_min: "30s".into(),
+            ca_file: None,
+            timeout: "5s".into(),
+        }
+    }
 }
 
 /// A user of the SQL endpoint.
@@ -744,6 +797,33 @@ impl Config {
                 return bad(&format!("auth.users[{i}].name"), "must not be empty".into());
             }
         }
+        if let Some(oidc) = &self.auth.oidc {
+            match url::Url::parse(&oidc.issuer) {
+                Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_host(&u)) => {}
+                _ => {
+                    return bad(
+                        "auth.oidc.issuer",
+                        format!(
+                            "expected the issuer's https:// URL (http:// only on loopback), got {:?}",
+                            oidc.issuer
+                        ),
+                    );
+                }
+            }
+            if oidc.audience.is_empty() {
+                return bad(
+                    "auth.oidc.audience",
+                    "must name the client id tokens are issued for (their `aud`)".into(),
+                );
+            }
+            for (key, value) in [
+                ("auth.oidc.clock_skew", &oidc.clock_skew),
+                ("auth.oidc.refresh_min", &oidc.refresh_min),
+                ("auth.oidc.timeout", &oidc.timeout),
+            ] {
+                parse_duration(key, value)?;
+            }
+        }
         self.validate_cdc()?;
         for (key, value) in [
             ("maintenance.interval", &self.maintenance.interval),
@@ -1172,6 +1252,16 @@ impl Config {
             user.password = "***".into();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+/// Whether `url`'s host is a loopback address or `localhost`.
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
     }
 }
 
