@@ -196,6 +196,9 @@ async fn good_tokens_name_their_user_and_roles() {
     assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
 }
 
+/// What a refused token's error must be.
+type Expect = fn(&TokenError) -> bool;
+
 #[tokio::test]
 async fn bad_tokens_are_refused_each_with_its_reason() {
     let rsa = Signer::rsa("rsa-1", RSA1);
@@ -206,7 +209,7 @@ async fn bad_tokens_are_refused_each_with_its_reason() {
         change(&mut c);
         rsa.sign(&c)
     };
-    let cases: Vec<(&str, String, fn(&TokenError) -> bool)> = vec![
+    let cases: Vec<(&str, String, Expect)> = vec![
         ("expired", with(&|c| c["exp"] = json!(now() - 120)), |e| {
             matches!(e, TokenError::Expired)
         }),
