@@ -6,7 +6,8 @@
 //! - its statements: `CREATE TABLE` (with `PARTITIONED BY` in the simple query protocol),
 //!   `CREATE TABLE AS`, `CREATE SCHEMA`, `DROP TABLE`, `DROP SCHEMA` as Iceberg catalog
 //!   operations, and `FOR VERSION AS OF` time travel;
-//! - authentication: SCRAM-SHA-256 against the users in the config; connections from loopback
+//! - authentication: SCRAM-SHA-256 against the users in the config; with `auth.oidc`, an OIDC
+//!   token (JWT) as the password for everyone else (module `login`); connections from loopback
 //!   addresses are trusted without a password only when `auth.trust_loopback` is set;
 //! - SQLSTATE codes for errors (`42601` syntax, `42P01` unknown table, `40001` commit
 //!   conflict, ...), so clients can tell errors apart;
@@ -52,6 +53,8 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tarn_core::config::AuthConfig;
+
+mod login;
 use tarn_core::{Error, ErrorKind};
 use tarn_query::result_names::{self, ResultNames};
 use tarn_query::{Output, TarnSession, from_df_error};
@@ -571,12 +574,25 @@ impl NoopStartupHandler for TrustStartup {
     }
 }
 
-/// Trusts loopback clients when configured; asks everyone else for a SCRAM password.
+/// How a connection logs in, decided at its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginKind {
+    /// A trusted loopback client: no credentials.
+    Trusted,
+    /// A configured user: SCRAM.
+    Scram,
+    /// Anyone else while OIDC is on: a token in the password field ([`login`]).
+    Token,
+}
+
+/// Trusts loopback clients when configured; asks configured users for a SCRAM password and,
+/// with OIDC on, everyone else for a token ([`login`]).
 struct TarnStartup {
     trust_loopback: bool,
-    trusted: std::sync::Mutex<Option<bool>>,
+    kind: std::sync::Mutex<Option<LoginKind>>,
     trust: TrustStartup,
     scram: SASLAuthStartupHandler<DefaultServerParameterProvider>,
+    token: login::TokenLogin,
 }
 
 #[async_trait]
@@ -587,14 +603,28 @@ impl StartupHandler for TarnStartup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let trusted = {
-            let mut decided = self.trusted.lock().expect("startup state poisoned");
-            *decided.get_or_insert_with(|| self.trust_loopback && client.socket_addr().ip().is_loopback())
+        let kind = {
+            let mut decided = self.kind.lock().expect("startup state poisoned");
+            *decided.get_or_insert_with(|| {
+                let user = match &message {
+                    PgWireFrontendMessage::Startup(s) => {
+                        s.parameters.get("user").cloned().unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
+                if self.trust_loopback && client.socket_addr().ip().is_loopback() {
+                    LoginKind::Trusted
+                } else if self.token.auth.accepts_tokens() && !self.token.auth.is_user(&user) {
+                    LoginKind::Token
+                } else {
+                    LoginKind::Scram
+                }
+            })
         };
-        if trusted {
-            self.trust.on_startup(client, message).await
-        } else {
-            self.scram.on_startup(client, message).await
+        match kind {
+            LoginKind::Trusted => self.trust.on_startup(client, message).await,
+            LoginKind::Scram => self.scram.on_startup(client, message).await,
+            LoginKind::Token => self.token.on_startup(client, message).await,
         }
     }
 }
@@ -603,6 +633,8 @@ struct TarnHandlers {
     simple: Arc<TarnSimpleQuery>,
     extended: Arc<TarnExtendedQuery>,
     auth_source: Arc<ConfigAuthSource>,
+    authenticator: Arc<tarn_auth::Authenticator>,
+    allow_plaintext: bool,
     trust_loopback: bool,
     connections: Arc<ConnectionManager>,
     cancel: Arc<TarnCancel>,
@@ -621,7 +653,14 @@ impl PgWireServerHandlers for TarnHandlers {
         let params = Arc::new(DefaultServerParameterProvider::default());
         Arc::new(TarnStartup {
             trust_loopback: self.trust_loopback,
-            trusted: std::sync::Mutex::new(None),
+            kind: std::sync::Mutex::new(None),
+            token: login::TokenLogin {
+                auth: self.authenticator.clone(),
+                allow_plaintext: self.allow_plaintext,
+                params: params.clone(),
+                connections: self.connections.clone(),
+                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+            },
             trust: TrustStartup {
                 connections: self.connections.clone(),
             },
@@ -679,6 +718,10 @@ pub async fn run(
             inner: service,
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
+        authenticator: Arc::new(
+            tarn_auth::Authenticator::new(&auth).map_err(|e| std::io::Error::other(e.to_string()))?,
+        ),
+        allow_plaintext: auth.allow_plaintext_passwords,
         trust_loopback: auth.trust_loopback,
         connections: connections.clone(),
         cancel: Arc::new(TarnCancel {

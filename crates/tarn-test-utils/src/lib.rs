@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 pub mod cockroach;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod oidc;
 pub mod tls;
 
 /// The workspace root.

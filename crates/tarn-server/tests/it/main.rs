@@ -13,6 +13,7 @@ mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod local_postgres;
+mod oidc;
 mod pgwire;
 #[cfg(feature = "kafka")]
 mod publish;

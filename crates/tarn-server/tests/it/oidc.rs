@@ -1,0 +1,227 @@
+//! Logging in to `tarn serve`'s Postgres wire endpoint with an OIDC token as the password:
+//! a test issuer (HTTPS on loopback, fixed RSA and EC keys, `tarn_test_utils::oidc`), and the
+//! clients users bring — tokio-postgres, psql, psycopg. Good tokens log in; each bad one is
+//! refused with SQLSTATE 28P01 and a message naming why; configured users keep SCRAM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tarn_test_utils::oidc::{EC1, Issuer, RSA1, RSA2, Signer, issuer, now};
+use tarn_test_utils::{free_port, wait_for_port};
+
+struct Served {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(issuer: &Issuer) -> Served {
+    let dir = tempfile::Builder::new().prefix("tarn-oidc-").tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!(
+            "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [[auth.users]]\nname = \"svc\"\npassword = \"svc-pw\"\n\
+             [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n",
+            issuer.url,
+            issuer.ca_file.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let child = Command::new(crate::tarn_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("serve")
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        panic!("tarn serve did not start: {e}\n{log}");
+    }
+    Served { child, port, dir }
+}
+
+/// tokio-postgres logs in as `user` with `password` and runs `SELECT 40 + 2`: the answer, or
+/// (SQLSTATE, message).
+async fn tokio_postgres(port: u16, user: &str, password: &str) -> Result<i32, (String, String)> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("tarn");
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+            Ok(row.get::<_, i64>(0) as i32)
+        }
+        Err(e) => {
+            let db = e.as_db_error().expect("a server error");
+            Err((db.code().code().to_string(), db.message().to_string()))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_tokens_log_in_over_the_wire_and_bad_ones_are_refused() {
+    let rsa = Signer::rsa("rsa-1", RSA1);
+    let ec = Signer::ec("ec-1", EC1);
+    let issuer = issuer(vec![rsa.clone(), ec.clone()]).await;
+    let served = serve(&issuer);
+    let port = served.port;
+
+    // Good tokens, RSA and EC, with every client.
+    for signer in [&rsa, &ec] {
+        let token = signer.sign(&issuer.claims("ana"));
+        assert_eq!(
+            tokio_postgres(port, "ana", &token).await,
+            Ok(42),
+            "{}",
+            signer.kid
+        );
+    }
+    let token = rsa.sign(&issuer.claims("ana"));
+    let psql = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "ana",
+            "-d",
+            "tarn",
+        ])
+        .args(["-X", "-At", "-c", "SELECT 40 + 2"])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    assert!(psql.status.success(), "{}", String::from_utf8_lossy(&psql.stderr));
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "42");
+    let psycopg = |user: &str, password: &str| -> Value {
+        let out = tokio::task::block_in_place(|| {
+            tarn_test_utils::run_python(
+                "pg_login.py",
+                &[
+                    "--port",
+                    &port.to_string(),
+                    "--user",
+                    user,
+                    "--password",
+                    password,
+                ],
+            )
+        })
+        .unwrap();
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    assert_eq!(psycopg("ana", &token), json!({"ok": true, "rows": [[42]]}));
+
+    // A configured user still logs in with its password (SCRAM).
+    assert_eq!(tokio_postgres(port, "svc", "svc-pw").await, Ok(42));
+    let (code, message) = tokio_postgres(port, "svc", "wrong").await.unwrap_err();
+    assert_eq!(code, "28P01", "{message}");
+
+    // Each bad token: 28P01 and why.
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut c = issuer.claims("ana");
+        change(&mut c);
+        rsa.sign(&c)
+    };
+    let none_token = {
+        use base64::Engine;
+        let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&issuer.claims("ana")))
+    };
+    let cases = [
+        ("expired", with(&|c| c["exp"] = json!(now() - 120)), "expired"),
+        (
+            "not yet valid",
+            with(&|c| c["nbf"] = json!(now() + 120)),
+            "not valid yet",
+        ),
+        (
+            "wrong audience",
+            with(&|c| c["aud"] = json!("superset")),
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            with(&|c| c["iss"] = json!("https://evil.example/realms/tarn")),
+            "issuer",
+        ),
+        (
+            "forged",
+            Signer::rsa("rsa-1", RSA2).sign(&issuer.claims("ana")),
+            "signature does not verify",
+        ),
+        (
+            "unknown kid",
+            Signer::rsa("rsa-9", RSA2).sign(&issuer.claims("ana")),
+            "does not publish",
+        ),
+        ("alg none", none_token, "algorithm none is not accepted"),
+        (
+            "another user's token",
+            rsa.sign(&issuer.claims("bob")),
+            "the token is for user \"bob\"",
+        ),
+    ];
+    for (what, token, reason) in cases {
+        let (code, message) = tokio_postgres(port, "ana", &token).await.unwrap_err();
+        assert_eq!(code, "28P01", "{what}: {message}");
+        assert!(message.contains(reason), "{what}: {message}");
+    }
+    let refused = psycopg("ana", &with(&|c| c["exp"] = json!(now() - 120)));
+    // libpq reports a failed login as a connection failure carrying the server's message.
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("FATAL:  token refused: the token has expired"),
+        "{refused}"
+    );
+    // Not a token and not a configured user's password.
+    let (code, message) = tokio_postgres(port, "ana", "hunter2").await.unwrap_err();
+    assert_eq!(
+        (code.as_str(), message.contains("password authentication failed")),
+        ("28P01", true)
+    );
+    let log = std::fs::read_to_string(served.dir.path().join("serve.log")).unwrap();
+    assert!(
+        log.contains("logged in") && log.contains("login refused"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_issuer_refuses_token_logins_and_says_so() {
+    let mut issuer = issuer(vec![Signer::rsa("rsa-1", RSA1)]).await;
+    let good_url = issuer.url.clone();
+    // Point tarn at a port nothing listens on (same CA, same path).
+    let port = free_port();
+    issuer.url = format!("https://127.0.0.1:{port}/realms/tarn");
+    let served = serve(&issuer);
+    issuer.url = good_url;
+    let token = Signer::rsa("rsa-1", RSA1).sign(&issuer.claims("ana"));
+    let (code, message) = tokio_postgres(served.port, "ana", &token).await.unwrap_err();
+    assert_eq!(code, "28P01", "{message}");
+    assert!(message.contains("cannot reach the OIDC issuer"), "{message}");
+}
