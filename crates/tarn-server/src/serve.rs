@@ -100,19 +100,28 @@ impl Endpoints {
         shutdown: &CancellationToken,
     ) -> Result<Self> {
         let (pg_addr, http_addr) = (pg.local_addr()?, http.local_addr()?);
-        let app = Router::new()
+        let state = HttpState {
+            metrics,
+            session: session.clone(),
+            cdc,
+        };
+        let open = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_page))
+            .with_state(state.clone());
+        let mut guarded = Router::new()
             .route("/cdc/status", get(cdc_status))
-            .with_state(HttpState {
-                metrics,
-                session: session.clone(),
-                cdc,
-            });
-        let app = match rest_catalog(config, &session) {
-            Some(catalog) => app.nest("/iceberg", catalog),
-            None => app,
-        };
+            .with_state(state);
+        if let Some(catalog) = rest_catalog(config, &session) {
+            guarded = guarded.nest("/iceberg", catalog);
+        }
+        // With OIDC on, the APIs that show or change data take a bearer token (health and
+        // metrics stay open for probes and scrapers).
+        if config.auth.oidc.is_some() {
+            let auth = Arc::new(tarn_auth::Authenticator::new(&config.auth)?);
+            guarded = guarded.layer(axum::middleware::from_fn_with_state(auth, require_token));
+        }
+        let app = open.merge(guarded);
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(http, app)
@@ -154,6 +163,47 @@ impl Endpoints {
     pub(crate) async fn join(self) {
         let _ = self.http_task.await;
         let _ = self.pg_task.await;
+    }
+}
+
+/// Lets a request through with a valid bearer token (its [`tarn_auth::Principal`] in the
+/// request's extensions), or answers 401 with the reason, in the Iceberg REST error shape
+/// (which REST clients show) and a `WWW-Authenticate` header.
+async fn require_token(
+    State(auth): State<Arc<tarn_auth::Authenticator>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let outcome = match header.strip_prefix("Bearer ").map(str::trim) {
+        Some(token) if !token.is_empty() && token != "None" => {
+            auth.token(token).await.map_err(|e| e.to_string())
+        }
+        _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
+    };
+    match outcome {
+        Ok(principal) => {
+            request.extensions_mut().insert(Arc::new(principal));
+            next.run(request).await
+        }
+        Err(reason) => {
+            metrics::counter!("tarn_http_auth_failures_total").increment(1);
+            let body = serde_json::json!({
+                "error": {"message": reason, "type": "NotAuthorizedException", "code": 401}
+            });
+            (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                axum::Json(body),
+            )
+                .into_response()
+        }
     }
 }
 

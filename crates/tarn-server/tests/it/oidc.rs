@@ -13,7 +13,30 @@ use tarn_test_utils::{free_port, wait_for_port};
 struct Served {
     child: Child,
     port: u16,
+    http: u16,
     dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// `GET path` with an optional `Authorization` header: (status, body).
+    fn get(&self, path: &str, authorization: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
 }
 
 impl Drop for Served {
@@ -52,7 +75,13 @@ fn serve(issuer: &Issuer) -> Served {
         let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
         panic!("tarn serve did not start: {e}\n{log}");
     }
-    Served { child, port, dir }
+    wait_for_port(http, Duration::from_secs(30)).unwrap();
+    Served {
+        child,
+        port,
+        http,
+        dir,
+    }
 }
 
 /// tokio-postgres logs in as `user` with `password` and runs `SELECT 40 + 2`: the answer, or
@@ -209,6 +238,30 @@ async fn oidc_tokens_log_in_over_the_wire_and_bad_ones_are_refused() {
         log.contains("logged in") && log.contains("login refused"),
         "{log}"
     );
+
+    // HTTP: the APIs take a bearer token; health and metrics stay open.
+    let bearer = format!("Bearer {}", rsa.sign(&issuer.claims("ana")));
+    assert_eq!(served.get("/healthz", None).0, 200);
+    assert_eq!(served.get("/metrics", None).0, 200);
+    for path in ["/cdc/status", "/iceberg/v1/config"] {
+        for refused in [
+            None,
+            Some("Bearer None"),
+            Some("Basic YW5hOng="),
+            Some("Bearer nope.nope.nope"),
+        ] {
+            let (status, body) = served.get(path, refused);
+            assert_eq!(status, 401, "{path} with {refused:?}: {body}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["type"], "NotAuthorizedException", "{body}");
+        }
+        let (status, body) = served.get(path, Some(&bearer));
+        assert_ne!(status, 401, "{path}: {body}");
+    }
+    let expired = format!("Bearer {}", with(&|c| c["exp"] = json!(now() - 120)));
+    let (status, body) = served.get("/iceberg/v1/config", Some(&expired));
+    assert_eq!(status, 401);
+    assert!(body.contains("the token has expired"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
