@@ -450,7 +450,10 @@ mod tests {
         }
         for location in ["file://otherhost/w/f", "file:relative/f", "relative/f"] {
             let err = stores.resolve(location).unwrap_err();
-            assert!(err.to_string().contains("unsupported location"), "{location}: {err}");
+            assert!(
+                err.to_string().contains("unsupported location"),
+                "{location}: {err}"
+            );
         }
     }
 
@@ -459,7 +462,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = ObjectStoreStorage::new(HashMap::new());
         let hadoop = format!("file:{}/t/f.bin", dir.path().display());
-        storage.write(&hadoop, Bytes::from_static(b"spark")).await.unwrap();
+        storage
+            .write(&hadoop, Bytes::from_static(b"spark"))
+            .await
+            .unwrap();
         let uri = format!("file://{}/t/f.bin", dir.path().display());
         assert_eq!(&storage.read(&uri).await.unwrap()[..], b"spark");
         assert!(storage.exists(&hadoop).await.unwrap());

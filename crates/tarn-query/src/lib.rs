@@ -13,6 +13,7 @@ mod runtime_filter;
 mod session;
 pub mod sql_ext;
 mod stats;
+mod v3_scan;
 pub mod write;
 
 pub use session::{DEFAULT_SCHEMA, Output, TarnSession, from_df_error, lake_schema};

@@ -11,7 +11,8 @@
 //! and column-statistics pruning from the manifests) and then read them with DataFusion's own
 //! Parquet reader: byte-range splits across cores, row-group and page pruning, and row counts
 //! for the join planner. Other scans use `iceberg-datafusion`'s reader, which applies delete
-//! files and maps columns by field id across schema changes.
+//! files and maps columns by field id across schema changes; scans of format-v3 tables go
+//! through [`crate::v3_scan`], which adds deletion vectors to what that reader applies.
 //!
 //! Table names with a suffix select something other than the current snapshot:
 //! `"orders@<snapshot-id>"` reads that snapshot (time travel), `"orders$snapshots"`,
@@ -230,13 +231,16 @@ impl SchemaProvider for LakeSchemaProvider {
                         }
                     )));
                 }
-                Arc::new(
-                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
-                        .await
-                        .map_err(|e| {
-                            df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
-                        })?,
-                )
+                let inner = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), id)
+                    .await
+                    .map_err(|e| {
+                        df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
+                    })?;
+                if crate::v3_scan::needs_v3_scan(&table) {
+                    Arc::new(crate::v3_scan::V3SnapshotTable::new(table, id, inner))
+                } else {
+                    Arc::new(inner)
+                }
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
         };
@@ -518,7 +522,17 @@ impl TableProvider for LakeTable {
         if let Some(plan) = self.native_scan(state, projection, filters, limit).await? {
             return Ok(plan);
         }
-        let plan = self.scan.scan(state, projection, filters, limit).await?;
+        let plan: Arc<dyn ExecutionPlan> = if crate::v3_scan::needs_v3_scan(&self.table) {
+            Arc::new(crate::v3_scan::V3ScanExec::new(
+                self.table.clone(),
+                None,
+                &self.scan.schema(),
+                projection,
+                filters,
+            )?)
+        } else {
+            self.scan.scan(state, projection, filters, limit).await?
+        };
         let target = match projection {
             Some(p) => self.schema.project(p)?,
             None => self.schema.as_ref().clone(),
