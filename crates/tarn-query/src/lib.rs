@@ -13,6 +13,7 @@ mod runtime_filter;
 mod session;
 pub mod sql_ext;
 mod stats;
+pub mod uuid_column;
 mod v3_scan;
 pub mod write;
 
