@@ -32,7 +32,8 @@ Spark's tables, each one class of table another engine writes:
 
 pyiceberg's tables:
   py.evolved         schema evolution (add, rename, drop, int->long, float->double) and
-                     partition evolution (identity, then bucket) with appends in between
+                     partition evolution (identity on one column, then on another; pyiceberg computes bucket and
+                     truncate only with the optional pyiceberg-core) with appends in between
   py.deleted         rows deleted by pyiceberg (copy-on-write: files rewritten) and overwritten
   py.uuids           a `uuid` column
 """
@@ -99,10 +100,15 @@ def spark_session(args):
 
 
 def spark_rows(spark, table):
+    from pyspark.sql.types import TimestampType
+
     df = spark.table(table)
+    # Spark gives timestamps with time zone as naive datetimes in the session zone (UTC).
+    zoned = [isinstance(f.dataType, TimestampType) for f in df.schema.fields]
     return {
         "columns": df.columns,
-        "rows": [[norm(v) for v in row] for row in df.collect()],
+        "rows": [[norm(v) + "Z" if z and v is not None else norm(v) for v, z in zip(row, zoned)]
+                 for row in df.collect()],
     }
 
 
@@ -188,7 +194,7 @@ def spark_evolved(spark):
                  TBLPROPERTIES ('format-version'='2', 'write.delete.mode'='merge-on-read')""")
     spark.sql("""INSERT INTO spark.evolved VALUES
         (1, 10, 'one', 1.5, 1.25, 'x', TIMESTAMP_NTZ '2026-01-01 01:00:00'),
-        (2, 20, 'two', 2.5, 2.50, 'y', TIMESTAMP_NTZ '2026-01-02 02:00:00'),
+        (2, 20, 'two', 2.5, 2.50, 'y', TIMESTAMP_NTZ '2026-01-01 02:00:00'),
         (3, 30, 'three', 3.5, 3.75, 'z', TIMESTAMP_NTZ '2026-02-03 03:00:00')""")
     spark.sql("ALTER TABLE spark.evolved ADD COLUMN extra STRING")
     spark.sql("ALTER TABLE spark.evolved RENAME COLUMN name TO label")
@@ -205,7 +211,8 @@ def spark_evolved(spark):
     spark.sql("ALTER TABLE spark.evolved ADD COLUMN later INT")
     spark.sql("""INSERT INTO spark.evolved VALUES
         (6, 60, 'six', 6.5, 6.00, TIMESTAMP_NTZ '2026-04-06 06:00:00', 'e6', 66)""")
-    # Deletes of rows in files of the first and the second spec.
+    # Deletes of rows in files of the first spec (a position delete: row 1 shares the file)
+    # and of the second.
     spark.sql("DELETE FROM spark.evolved WHERE id IN (2, 5)")
 
 
@@ -277,12 +284,15 @@ def py_write(args):
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.expressions import EqualTo, In
     from pyiceberg.schema import Schema
-    from pyiceberg.transforms import BucketTransform, IdentityTransform
+    from pyiceberg.transforms import IdentityTransform
     from pyiceberg.types import (DoubleType, FloatType, IntegerType, LongType, NestedField,
                                  StringType, UUIDType)
 
     cat = SqlCatalog(args.name, uri=f"sqlite:///{args.db}", warehouse=args.warehouse)
     cat.create_namespace("py")
+
+    def rows(table, data):
+        return pa.Table.from_pydict(data, schema=table.schema().as_arrow())
 
     # Schema and partition evolution.
     schema = Schema(
@@ -293,10 +303,8 @@ def py_write(args):
         NestedField(5, "gone", StringType()),
     )
     t = cat.create_table("py.evolved", schema=schema)
-    t.append(pa.table({
-        "id": pa.array([1, 2], pa.int64()), "small": pa.array([10, 20], pa.int32()),
-        "name": ["one", "two"], "ratio": pa.array([1.5, 2.5], pa.float32()), "gone": ["x", "y"],
-    }))
+    t.append(rows(t, {"id": [1, 2], "small": [10, 20], "name": ["one", "two"], "ratio": [1.5, 2.5],
+                      "gone": ["x", "y"]}))
     with t.update_schema() as u:
         u.add_column("extra", StringType())
         u.rename_column("name", "label")
@@ -305,37 +313,28 @@ def py_write(args):
         u.update_column("ratio", DoubleType())
     with t.update_spec() as s:
         s.add_field("label", IdentityTransform(), "label")
-    t.append(pa.table({
-        "id": pa.array([3], pa.int64()), "small": pa.array([3000000000], pa.int64()),
-        "label": ["three"], "ratio": pa.array([3.25], pa.float64()), "extra": ["e3"],
-    }))
+    t.append(rows(t, {"id": [3], "small": [3000000000], "label": ["three"], "ratio": [3.25],
+                      "extra": ["e3"]}))
     with t.update_spec() as s:
         s.remove_field("label")
-        s.add_field("id", BucketTransform(4), "id_bucket")
-    t.append(pa.table({
-        "id": pa.array([4], pa.int64()), "small": pa.array([None], pa.int64()),
-        "label": [None], "ratio": pa.array([None], pa.float64()), "extra": ["e4"],
-    }))
+        s.add_field("extra", IdentityTransform(), "extra")
+    t.append(rows(t, {"id": [4, 5], "small": [None, 5], "label": [None, "five"], "ratio": [None, 0.5],
+                      "extra": ["e4", None]}))
 
     # Deletes (copy-on-write) and an overwrite.
     d = cat.create_table("py.deleted", schema=Schema(
         NestedField(1, "id", LongType(), required=True), NestedField(2, "kind", StringType())))
-    arrow_schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("kind", pa.string())])
-    d.append(pa.table({"id": list(range(1, 11)), "kind": ["a", "b"] * 5}, schema=arrow_schema))
-    d.append(pa.table({"id": [11, 12], "kind": ["c", "c"]}, schema=arrow_schema))
+    d.append(rows(d, {"id": list(range(1, 11)), "kind": ["a", "b"] * 5}))
+    d.append(rows(d, {"id": [11, 12], "kind": ["c", "c"]}))
     d.delete(In("id", [2, 3, 11]))
-    d.overwrite(pa.table({"id": [20, 21], "kind": ["b", "b"]}, schema=arrow_schema),
-                overwrite_filter=EqualTo("kind", "b"))
+    d.overwrite(rows(d, {"id": [20, 21], "kind": ["b", "b"]}), overwrite_filter=EqualTo("kind", "b"))
 
     # A uuid column.
     u = cat.create_table("py.uuids", schema=Schema(
         NestedField(1, "id", LongType(), required=True), NestedField(2, "u", UUIDType())))
     values = [uuid.UUID("f81d4fae-7dec-11d0-a765-00a0c91e6bf6"), None,
               uuid.UUID("123e4567-e89b-12d3-a456-426614174000")]
-    u.append(pa.table({
-        "id": pa.array([1, 2, 3], pa.int64()),
-        "u": pa.array([v.bytes if v else None for v in values], pa.binary(16)),
-    }, schema=pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("u", pa.binary(16))])))
+    u.append(rows(u, {"id": [1, 2, 3], "u": [v.bytes if v else None for v in values]}))
 
     out = {f"py.{n}": py_rows(cat.load_table(f"py.{n}")) for n in ("evolved", "deleted", "uuids")}
     print(json.dumps(out))

@@ -8,6 +8,7 @@ mod cdc;
 mod cli;
 mod cockroach;
 mod demo;
+mod foreign;
 mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;
