@@ -14,6 +14,10 @@ Subcommands (all print one JSON object on stdout: {"<ns.table>": {"columns": [..
                one Spark session: reads the tables.
   py-write     --db FILE --warehouse URL --name CATALOG
                creates the `py` namespace's tables with pyiceberg and reads them with it.
+  pg-uuid      --port P --user U --password W
+               reads py.uuids over the Postgres wire protocol with psycopg: the simple
+               protocol, the extended protocol with text and with binary results; prints the
+               column type OIDs and values each way.
 
 Spark's tables, each one class of table another engine writes:
   spark.plain        format v2, partitioned by identity and days(); locations as Hadoop writes
@@ -340,15 +344,50 @@ def py_write(args):
     print(json.dumps(out))
 
 
+# --- psycopg over tarn's Postgres wire endpoint ---------------------------------------------
+
+def pg_uuid(args):
+    import psycopg
+
+    conninfo = f"host=127.0.0.1 port={args.port} user={args.user} password={args.password} dbname=tarn"
+    query = "SELECT id, u FROM py.uuids ORDER BY id"
+    out = {}
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        res = conn.pgconn.exec_(query.encode())
+        out["simple"] = {
+            "oids": [res.ftype(i) for i in range(res.nfields)],
+            "rows": [[None if res.get_value(r, c) is None else res.get_value(r, c).decode()
+                      for c in range(res.nfields)] for r in range(res.ntuples)],
+        }
+        for name, binary in (("extended_text", False), ("extended_binary", True)):
+            with conn.cursor(binary=binary) as cur:
+                cur.execute("SELECT id, u FROM py.uuids WHERE id >= %s ORDER BY id", (1,))
+                out[name] = {
+                    "oids": [d.type_code for d in cur.description],
+                    "rows": [[norm(v) if not isinstance(v, uuid.UUID) else str(v) for v in row]
+                             for row in cur.fetchall()],
+                    "python_types": sorted({type(row[1]).__name__ for row in cur.execute(
+                        "SELECT id, u FROM py.uuids WHERE u IS NOT NULL AND id >= %s", (1,)).fetchall()}),
+                }
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM py.uuids WHERE u = %s", ("123e4567-e89b-12d3-a456-426614174000",))
+            out["by_text_parameter"] = [r[0] for r in cur.fetchall()]
+    print(json.dumps(out))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["spark-write", "spark-read", "py-write"])
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--warehouse", required=True)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("command", choices=["spark-write", "spark-read", "py-write", "pg-uuid"])
+    parser.add_argument("--db")
+    parser.add_argument("--warehouse")
+    parser.add_argument("--name")
     parser.add_argument("--tables", default="")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--user")
+    parser.add_argument("--password")
     args = parser.parse_args()
-    {"spark-write": spark_write, "spark-read": spark_read, "py-write": py_write}[args.command](args)
+    {"spark-write": spark_write, "spark-read": spark_read, "py-write": py_write,
+     "pg-uuid": pg_uuid}[args.command](args)
 
 
 if __name__ == "__main__":

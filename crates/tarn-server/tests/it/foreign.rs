@@ -211,3 +211,39 @@ async fn foreign_pyiceberg_tables_read_as_pyiceberg_reads_them() {
         ["3"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_uuid_columns_are_uuids_over_pgwire() {
+    let served = crate::pgwire::Served::start(false);
+    let dir = served.dir();
+    let db = dir.join("catalog.db").display().to_string();
+    let warehouse = format!("file://{}", dir.join("warehouse").display());
+    run_python(
+        "foreign_tables.py",
+        &["py-write", "--db", &db, "--warehouse", &warehouse, "--name", "tarn"],
+    )
+    .unwrap();
+    let port = served.pg_port.to_string();
+    let out = run_python(
+        "foreign_tables.py",
+        &["pg-uuid", "--port", &port, "--user", "analyst", "--password", "s3cret-pw"],
+    )
+    .unwrap();
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = serde_json::json!([
+        ["1", "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"],
+        ["2", null],
+        ["3", "123e4567-e89b-12d3-a456-426614174000"]
+    ]);
+    for way in ["simple", "extended_text", "extended_binary"] {
+        assert_eq!(seen[way]["oids"], serde_json::json!([20, 2950]), "{way}: int8, uuid");
+        assert_eq!(seen[way]["rows"], rows, "{way}");
+    }
+    // psycopg turned the values into Python UUIDs, in text and in binary.
+    assert_eq!(seen["extended_text"]["python_types"], serde_json::json!(["UUID"]));
+    assert_eq!(seen["extended_binary"]["python_types"], serde_json::json!(["UUID"]));
+    assert_eq!(seen["by_text_parameter"], serde_json::json!([3]));
+    let (ok, out, err) = served.psql("SELECT u FROM py.uuids WHERE id = 1");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "f81d4fae-7dec-11d0-a765-00a0c91e6bf6");
+}
