@@ -242,9 +242,12 @@ impl QueryHook for QueryResultHook {
         let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
             client.metadata(),
         ));
-        let encoded =
-            datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(df, &Format::UnifiedText, Some(options))
-                .await;
+        let encoded = datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(
+            df,
+            &Format::UnifiedText,
+            Some(options),
+        )
+        .await;
         Some(encoded.map(|r| uuid_wire::with_uuid_types(Response::Query(r), &uuids)))
     }
 

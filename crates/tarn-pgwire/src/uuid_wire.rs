@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::Schema;
 use bytes::{Buf, BufMut, BytesMut};
+use datafusion::arrow::datatypes::Schema;
 use datafusion_postgres::pgwire;
 use futures::StreamExt;
 use pgwire::api::Type;
@@ -44,10 +44,16 @@ pub(crate) fn uuid_fields(fields: Vec<FieldInfo>, uuids: &[usize]) -> Vec<FieldI
             if !uuids.contains(&i) {
                 return f;
             }
-            FieldInfo::new(f.name().to_string(), f.table_id(), f.column_id(), Type::UUID, f.format())
-                .with_format_options(f.format_options().clone())
-                .with_type_size(16)
-                .with_type_modifier(f.type_modifier())
+            FieldInfo::new(
+                f.name().to_string(),
+                f.table_id(),
+                f.column_id(),
+                Type::UUID,
+                f.format(),
+            )
+            .with_format_options(f.format_options().clone())
+            .with_type_size(16)
+            .with_type_modifier(f.type_modifier())
         })
         .collect()
 }
@@ -92,7 +98,10 @@ fn binary_uuids(row: DataRow, columns: &[usize]) -> PgWireResult<DataRow> {
                 PgWireError::UserError(Box::new(ErrorInfo::new(
                     "ERROR".into(),
                     "22P02".into(),
-                    format!("invalid input syntax for type uuid: {:?}", String::from_utf8_lossy(&value)),
+                    format!(
+                        "invalid input syntax for type uuid: {:?}",
+                        String::from_utf8_lossy(&value)
+                    ),
                 )))
             })?;
             out.put_i32(16);

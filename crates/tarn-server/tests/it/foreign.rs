@@ -155,6 +155,15 @@ async fn foreign_spark_tables_read_as_spark_reads_them_and_take_tarn_inserts() {
             .await,
         ["1"]
     );
+    // Time travel to the current snapshot of the v3 table applies its deletion vectors too.
+    let snapshot = t
+        .query("SELECT snapshot_id FROM spark.\"dv$snapshots\" ORDER BY committed_at DESC LIMIT 1")
+        .await;
+    assert_eq!(
+        t.query(&format!("SELECT count(*) FROM spark.\"dv@{}\"", snapshot[0]))
+            .await,
+        [writer_rows(&spark, "spark.dv").1.len().to_string()]
+    );
     // The equality delete by `id` does not hide the row re-inserted after it.
     assert_eq!(t.query("SELECT note FROM spark.eq WHERE id = 4").await, ["again"]);
 
@@ -220,13 +229,29 @@ async fn foreign_uuid_columns_are_uuids_over_pgwire() {
     let warehouse = format!("file://{}", dir.join("warehouse").display());
     run_python(
         "foreign_tables.py",
-        &["py-write", "--db", &db, "--warehouse", &warehouse, "--name", "tarn"],
+        &[
+            "py-write",
+            "--db",
+            &db,
+            "--warehouse",
+            &warehouse,
+            "--name",
+            "tarn",
+        ],
     )
     .unwrap();
     let port = served.pg_port.to_string();
     let out = run_python(
         "foreign_tables.py",
-        &["pg-uuid", "--port", &port, "--user", "analyst", "--password", "s3cret-pw"],
+        &[
+            "pg-uuid",
+            "--port",
+            &port,
+            "--user",
+            "analyst",
+            "--password",
+            "s3cret-pw",
+        ],
     )
     .unwrap();
     let seen: Value = serde_json::from_str(out.trim()).unwrap();
@@ -236,12 +261,19 @@ async fn foreign_uuid_columns_are_uuids_over_pgwire() {
         ["3", "123e4567-e89b-12d3-a456-426614174000"]
     ]);
     for way in ["simple", "extended_text", "extended_binary"] {
-        assert_eq!(seen[way]["oids"], serde_json::json!([20, 2950]), "{way}: int8, uuid");
+        assert_eq!(
+            seen[way]["oids"],
+            serde_json::json!([20, 2950]),
+            "{way}: int8, uuid"
+        );
         assert_eq!(seen[way]["rows"], rows, "{way}");
     }
     // psycopg turned the values into Python UUIDs, in text and in binary.
     assert_eq!(seen["extended_text"]["python_types"], serde_json::json!(["UUID"]));
-    assert_eq!(seen["extended_binary"]["python_types"], serde_json::json!(["UUID"]));
+    assert_eq!(
+        seen["extended_binary"]["python_types"],
+        serde_json::json!(["UUID"])
+    );
     assert_eq!(seen["by_text_parameter"], serde_json::json!([3]));
     let (ok, out, err) = served.psql("SELECT u FROM py.uuids WHERE id = 1");
     assert!(ok, "{err}");
