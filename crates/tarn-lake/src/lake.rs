@@ -115,7 +115,7 @@ impl Lake {
         } else {
             (url.clone(), SqlBindStyle::DollarNumeric)
         };
-        if let Some(dir) = warehouse.strip_prefix("file://") {
+        if let Some(dir) = crate::storage::local_path(&warehouse) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::new(ErrorKind::Storage, "cannot create the warehouse directory")
                     .with_context("dir", dir)

@@ -14,6 +14,7 @@
 mod cache;
 pub mod commit;
 pub mod deletes;
+pub mod deletion_vector;
 mod lake;
 pub mod layout;
 pub mod maintain;
@@ -24,6 +25,7 @@ mod writer;
 pub use cache::DataFiles;
 pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
+pub use deletion_vector::{DeletionVector, DeletionVectors};
 pub use lake::{Lake, MetadataSwap, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{
     CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,

@@ -4,6 +4,12 @@
 //! `object_store` store and a path inside it; it serves both the Iceberg file IO (metadata,
 //! manifests, data files) and DataFusion (files read by `tarn load`).
 //!
+//! Local locations come in the forms other engines write them: `file:///dir/f` (pyiceberg,
+//! tarn), `file:/dir/f` (Hadoop's `Path`, hence Spark, Flink and Iceberg's Java catalogs),
+//! `file://localhost/dir/f` (RFC 8089) and a bare absolute path. All name the same file, so a
+//! table whose metadata mixes them (Spark wrote `file:/`, tarn appended with the table's own
+//! prefix) reads as one.
+//!
 //! `iceberg` 0.10 ships only local-filesystem and in-memory storage and leaves other backends
 //! to a pluggable [`Storage`] trait, so tarn writes its own [`ObjectStoreStorage`] that
 //! implements that trait over `object_store`. Writes go through `object_store`'s buffered
@@ -115,13 +121,9 @@ impl ObjectStores {
                 base_url: format!("s3://{bucket}"),
             });
         }
-        let file_path = if let Some(rest) = location.strip_prefix("file://") {
-            rest
-        } else if location.starts_with('/') {
-            location
-        } else {
+        let Some(file_path) = local_path(location) else {
             return Err(invalid(format!(
-                "unsupported location {location:?}: expected file://, an absolute path or s3://"
+                "unsupported location {location:?}: expected file:/, file://, an absolute path or s3://"
             )));
         };
         let path = ObjectPath::parse(file_path.trim_start_matches('/'))
@@ -170,6 +172,21 @@ impl ObjectStores {
         );
         buckets.insert(bucket.to_string(), store.clone());
         Ok(store)
+    }
+}
+
+/// The absolute path a local `location` names: `file:///p`, `file://localhost/p`, Hadoop's
+/// `file:/p`, or `/p` itself; `None` for other schemes and for `file://host/p` on another host.
+pub(crate) fn local_path(location: &str) -> Option<&str> {
+    let Some(rest) = location.strip_prefix("file:") else {
+        return location.starts_with('/').then_some(location);
+    };
+    match rest.strip_prefix("//") {
+        // `file:///p`: an empty authority.
+        Some(after) if after.starts_with('/') => Some(after),
+        Some(after) => after.strip_prefix("localhost").filter(|p| p.starts_with('/')),
+        // `file:/p`: no authority at all, as Hadoop writes it.
+        None => rest.starts_with('/').then_some(rest),
     }
 }
 
@@ -416,6 +433,42 @@ mod tests {
             .await
             .unwrap();
         assert!(!storage.exists(&path).await.unwrap());
+    }
+
+    #[test]
+    fn local_locations_in_every_spelling_name_one_file() {
+        let stores = ObjectStores::new(HashMap::new());
+        for location in [
+            "file:///w/ns/t/data/f.parquet",
+            "file:/w/ns/t/data/f.parquet",
+            "file://localhost/w/ns/t/data/f.parquet",
+            "/w/ns/t/data/f.parquet",
+        ] {
+            let resolved = stores.resolve(location).unwrap();
+            assert_eq!(resolved.path.as_ref(), "w/ns/t/data/f.parquet", "{location}");
+            assert_eq!(resolved.base_url, "file:///", "{location}");
+        }
+        for location in ["file://otherhost/w/f", "file:relative/f", "relative/f"] {
+            let err = stores.resolve(location).unwrap_err();
+            assert!(
+                err.to_string().contains("unsupported location"),
+                "{location}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hadoop_style_locations_read_and_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = ObjectStoreStorage::new(HashMap::new());
+        let hadoop = format!("file:{}/t/f.bin", dir.path().display());
+        storage
+            .write(&hadoop, Bytes::from_static(b"spark"))
+            .await
+            .unwrap();
+        let uri = format!("file://{}/t/f.bin", dir.path().display());
+        assert_eq!(&storage.read(&uri).await.unwrap()[..], b"spark");
+        assert!(storage.exists(&hadoop).await.unwrap());
     }
 
     #[test]

@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef as ArrowSchemaRef;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef as ArrowSchemaRef};
 use iceberg::arrow::{FieldMatchMode, RecordBatchPartitionSplitter, schema_to_arrow_schema};
 use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, DataFile, DataFileFormat, PartitionKey, PartitionSpecRef, Struct};
@@ -225,6 +225,14 @@ fn conform(schema: &ArrowSchemaRef, table: &str, batch: RecordBatch) -> Result<R
         }
         if column.data_type() == field.data_type() {
             columns.push(column.clone());
+        } else if field.data_type() == &DataType::FixedSizeBinary(16) && column.data_type().is_string() {
+            // A `uuid` column, which tarn's SQL shows as text.
+            columns.push(uuid_bytes(column).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("column {} of table {table} holds UUIDs: {e}", field.name()),
+                )
+            })?);
         } else {
             let cast = arrow::compute::cast(column, field.data_type()).map_err(|e| {
                 Error::new(
@@ -247,6 +255,29 @@ fn conform(schema: &ArrowSchemaRef, table: &str, batch: RecordBatch) -> Result<R
             format!("rows do not fit table {}: {e}", table),
         )
     })
+}
+
+/// UUIDs in any text form `uuid` parses as 16-byte values.
+fn uuid_bytes(column: &ArrayRef) -> std::result::Result<ArrayRef, String> {
+    let text = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+    let text = text
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .ok_or("expected text")?;
+    let values = text
+        .iter()
+        .map(|v| {
+            v.map(|s| {
+                uuid::Uuid::parse_str(s)
+                    .map(|u| u.as_bytes().to_vec())
+                    .map_err(|e| format!("{s:?} is not a UUID ({e})"))
+            })
+            .transpose()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let array = arrow::array::FixedSizeBinaryArray::try_from_sparse_iter_with_size(values.into_iter(), 16)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(array))
 }
 
 /// Rows of one written batch that went into one data file, in order: row `i` of `batch` is

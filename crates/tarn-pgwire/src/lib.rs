@@ -14,12 +14,15 @@
 //! - PostgreSQL's names for result columns (`count`, not `count(*)`; see
 //!   [`tarn_query::result_names`]) in the simple and the extended protocol, repeated names
 //!   included;
+//! - `uuid` columns described as PostgreSQL's `uuid` (OID 2950), in text or binary form
+//!   (module `uuid_wire`);
 //! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)` and
 //!   `timestamp with time zone` in psql's `\d`;
 //! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
 //!   fires, so tests bind `127.0.0.1:0`.
 
 mod pg_catalog;
+mod uuid_wire;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -192,6 +195,82 @@ impl QueryHook for CatalogHook {
         if is_catalog_statement(statement) {
             return Some(run_catalog(&self.session, statement).await);
         }
+        None
+    }
+}
+
+/// Queries in the simple protocol, run as `datafusion-postgres` runs them, with `uuid` columns
+/// described as such (module `uuid_wire`): the hook sees the planned schema, the default path does
+/// not.
+struct QueryResultHook;
+
+/// The client metadata key `datafusion-postgres` keeps `SET statement_timeout` under.
+const STATEMENT_TIMEOUT_MS: &str = "statement_timeout_ms";
+
+#[async_trait]
+impl QueryHook for QueryResultHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        if !matches!(statement, Statement::Query(_)) {
+            return None;
+        }
+        let sql = statement.to_string();
+        let timeout = client
+            .metadata()
+            .get(STATEMENT_TIMEOUT_MS)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        let planned = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, ctx.sql(&sql)).await {
+                Ok(planned) => planned,
+                Err(_) => {
+                    return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".into(),
+                        "57014".into(),
+                        "canceling statement due to statement timeout".into(),
+                    )))));
+                }
+            },
+            None => ctx.sql(&sql).await,
+        };
+        let df = match planned {
+            Ok(df) => df,
+            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+        };
+        let uuids = uuid_wire::uuid_columns(df.schema().as_arrow());
+        let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
+            client.metadata(),
+        ));
+        let encoded = datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(
+            df,
+            &Format::UnifiedText,
+            Some(options),
+        )
+        .await;
+        Some(encoded.map(|r| uuid_wire::with_uuid_types(Response::Query(r), &uuids)))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
         None
     }
 }
@@ -401,6 +480,16 @@ fn names_of(statement: &PlannedStatement) -> Option<ResultNames> {
         .and_then(|(statement, _)| ResultNames::of(statement))
 }
 
+/// The UUID columns of a statement parsed for the extended protocol.
+fn uuids_of(statement: &PlannedStatement) -> Vec<usize> {
+    match &statement.1 {
+        Some((_, plan)) if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_)) => {
+            uuid_wire::uuid_columns(plan.schema().as_arrow())
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// `datafusion-postgres`'s parser for the extended protocol, with PostgreSQL's names in the
 /// row descriptions (repeated select items are planned by [`CatalogHook`]).
 struct TarnParser {
@@ -433,6 +522,7 @@ impl QueryParser for TarnParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         let fields = self.inner.get_result_schema(statement, column_format)?;
+        let fields = uuid_wire::uuid_fields(fields, &uuids_of(statement));
         Ok(named_fields(fields, names_of(statement).as_ref()))
     }
 }
@@ -466,6 +556,7 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
+        let response = uuid_wire::with_uuid_types(response, &uuids_of(&portal.statement.statement));
         Ok(with_names(
             response,
             names_of(&portal.statement.statement).as_ref(),
@@ -700,6 +791,7 @@ pub async fn run(
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
+        Arc::new(QueryResultHook),
     ];
     let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
     let connections = Arc::new(ConnectionManager::new());

@@ -11,7 +11,8 @@
 //! and column-statistics pruning from the manifests) and then read them with DataFusion's own
 //! Parquet reader: byte-range splits across cores, row-group and page pruning, and row counts
 //! for the join planner. Other scans use `iceberg-datafusion`'s reader, which applies delete
-//! files and maps columns by field id across schema changes.
+//! files and maps columns by field id across schema changes; scans of format-v3 tables go
+//! through [`crate::v3_scan`], which adds deletion vectors to what that reader applies.
 //!
 //! Table names with a suffix select something other than the current snapshot:
 //! `"orders@<snapshot-id>"` reads that snapshot (time travel), `"orders$snapshots"`,
@@ -26,6 +27,7 @@ use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, Statistics};
 use datafusion::common::{DataFusionError, Result as DFResult};
@@ -40,6 +42,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::empty::EmptyExec;
@@ -230,13 +233,16 @@ impl SchemaProvider for LakeSchemaProvider {
                         }
                     )));
                 }
-                Arc::new(
-                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
-                        .await
-                        .map_err(|e| {
-                            df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
-                        })?,
-                )
+                let inner = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), id)
+                    .await
+                    .map_err(|e| {
+                        df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
+                    })?;
+                if crate::v3_scan::needs_v3_scan(&table) {
+                    Arc::new(crate::v3_scan::V3SnapshotTable::new(table, id, inner))
+                } else {
+                    Arc::new(inner)
+                }
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
         };
@@ -298,16 +304,23 @@ pub struct LakeTable {
     table: iceberg::table::Table,
     scan: IcebergStaticTableProvider,
     /// The table's columns as DataFusion sees them: strings and binaries as view types, which
-    /// DataFusion compares, hashes and filters fastest.
+    /// DataFusion compares, hashes and filters fastest; `uuid` columns as UUID text.
     schema: SchemaRef,
+    /// Whether the table has `uuid` columns, which DataFusion's Parquet reader cannot give
+    /// their text form.
+    has_uuids: bool,
 }
 
-/// `schema` with top-level `Utf8`/`Binary` columns as `Utf8View`/`BinaryView`.
-fn view_schema(schema: &Schema) -> Schema {
+/// `schema` with top-level `Utf8`/`Binary` columns as `Utf8View`/`BinaryView`, and the
+/// columns named in `uuids` (Iceberg `uuid` columns) as UUID text ([`crate::uuid_column`]).
+fn view_schema(schema: &Schema, uuids: &BTreeSet<String>) -> Schema {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|f| {
+            if uuids.contains(f.name()) && f.data_type() == &DataType::FixedSizeBinary(16) {
+                return crate::uuid_column::uuid_text_field(f);
+            }
             let dt = match f.data_type() {
                 DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
                 DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
@@ -319,7 +332,25 @@ fn view_schema(schema: &Schema) -> Schema {
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
-/// Casts `plan`'s columns to `target` where their types differ.
+/// The names of the top-level `uuid` columns of `table`'s current schema.
+fn uuid_columns(table: &iceberg::table::Table) -> BTreeSet<String> {
+    table
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.field_type.as_ref(),
+                iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Uuid)
+            )
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Casts `plan`'s columns to `target` where their types differ (16-byte UUIDs to their text).
 fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn ExecutionPlan>> {
     let input = plan.schema();
     if input.fields().len() != target.fields().len()
@@ -340,6 +371,14 @@ fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn Ex
             let column: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(from.name(), i));
             let expr: Arc<dyn PhysicalExpr> = if from.data_type() == to.data_type() {
                 column
+            } else if crate::uuid_column::is_uuid_field(to) {
+                Arc::new(ScalarFunctionExpr::new(
+                    to.name(),
+                    crate::uuid_column::uuid_text_udf(),
+                    vec![column],
+                    to.clone(),
+                    Arc::new(ConfigOptions::default()),
+                ))
             } else {
                 Arc::new(CastExpr::new(column, to.data_type().clone(), None))
             };
@@ -355,13 +394,15 @@ impl LakeTable {
         let scan = IcebergStaticTableProvider::try_new_from_table(table.clone())
             .await
             .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))?;
-        let schema = Arc::new(view_schema(&scan.schema()));
+        let uuids = uuid_columns(&table);
+        let schema = Arc::new(view_schema(&scan.schema(), &uuids));
         Ok(Self {
             lake,
             ident,
             table,
             scan,
             schema,
+            has_uuids: !uuids.is_empty(),
         })
     }
 
@@ -375,7 +416,7 @@ impl LakeTable {
         limit: Option<usize>,
     ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
         let metadata = self.table.metadata();
-        if metadata.schemas_iter().count() != 1 {
+        if metadata.schemas_iter().count() != 1 || self.has_uuids {
             return Ok(None);
         }
         let started = std::time::Instant::now();
@@ -518,7 +559,17 @@ impl TableProvider for LakeTable {
         if let Some(plan) = self.native_scan(state, projection, filters, limit).await? {
             return Ok(plan);
         }
-        let plan = self.scan.scan(state, projection, filters, limit).await?;
+        let plan: Arc<dyn ExecutionPlan> = if crate::v3_scan::needs_v3_scan(&self.table) {
+            Arc::new(crate::v3_scan::V3ScanExec::new(
+                self.table.clone(),
+                None,
+                &self.scan.schema(),
+                projection,
+                filters,
+            )?)
+        } else {
+            self.scan.scan(state, projection, filters, limit).await?
+        };
         let target = match projection {
             Some(p) => self.schema.project(p)?,
             None => self.schema.as_ref().clone(),

@@ -9,6 +9,7 @@ mod cli;
 mod cockroach;
 mod datahub;
 mod demo;
+mod foreign;
 mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;

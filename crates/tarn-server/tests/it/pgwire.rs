@@ -6,9 +6,9 @@ use std::time::Duration;
 use tarn_test_utils::{free_port, wait_for, wait_for_port, workspace_root};
 
 /// A `tarn serve` process on free loopback ports; killed on drop.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    pg_port: u16,
+    pub(crate) pg_port: u16,
     http_port: u16,
     _dir: tempfile::TempDir,
 }
@@ -17,7 +17,7 @@ const USER: &str = "analyst";
 const PASSWORD: &str = "s3cret-pw";
 
 impl Served {
-    fn start(trust_loopback: bool) -> Self {
+    pub(crate) fn start(trust_loopback: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("tarn-serve-").tempdir().unwrap();
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::write(
@@ -51,11 +51,16 @@ impl Served {
         }
     }
 
+    /// The served lake's data directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     fn url(&self) -> String {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/tarn", self.pg_port)
     }
 
-    fn psql(&self, sql: &str) -> (bool, String, String) {
+    pub(crate) fn psql(&self, sql: &str) -> (bool, String, String) {
         let out = Command::new("psql")
             .arg(self.url())
             .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
