@@ -12,6 +12,7 @@
 //! maintenance ([`Lake::compact`], [`Lake::expire_snapshots`], [`Lake::remove_orphan_files`]).
 
 mod cache;
+pub mod catalog;
 pub mod commit;
 pub mod deletes;
 mod lake;
@@ -22,9 +23,10 @@ pub mod storage;
 mod writer;
 
 pub use cache::DataFiles;
+pub use catalog::{CatalogBackend, CatalogKind, MetadataSwap};
 pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
-pub use lake::{Lake, MetadataSwap, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
+pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{
     CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,
     ProgressFn, RewrittenGroup,
