@@ -1288,6 +1288,22 @@ impl Config {
         Ok(())
     }
 
+    /// The catalog in a few words for people: the SQL catalog's URL (password redacted), or
+    /// which REST catalog or metastore.
+    pub fn catalog_description(&self) -> String {
+        match self.catalog.kind {
+            CatalogKind::Sql => redact_url(&self.catalog_url()),
+            CatalogKind::Rest => format!(
+                "Iceberg REST catalog {}",
+                self.catalog.rest.uri.as_deref().unwrap_or_default()
+            ),
+            CatalogKind::Hms => format!(
+                "Hive Metastore {}",
+                self.catalog.hms.uri.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
     /// The catalog URL, defaulting to `DATA_DIR/catalog.db`.
     pub fn catalog_url(&self) -> String {
         match &self.catalog.url {

@@ -8,9 +8,13 @@
 //! given field ids (renames, type promotion, identifier fields) cannot go through it. This
 //! module builds those commits from the crate's public spec types: it writes manifests
 //! (`ManifestWriter`), a manifest list (`ManifestListWriter::v2`), the new `TableMetadata`
-//! (`TableMetadataBuilder`) as `<location>/metadata/<version>-<uuid>.metadata.json`, and swaps
-//! the catalog row with the same conditional `UPDATE ... WHERE metadata_location = <read>` as
-//! the SQL catalog, so tarn and other engines on the same catalog exclude each other.
+//! (`TableMetadataBuilder`) with the changes that made it, and hands both to the lake's
+//! [`crate::CatalogBackend`]: the SQL catalog writes it as
+//! `<location>/metadata/<version>-<uuid>.metadata.json` and swaps the catalog row with the same
+//! conditional `UPDATE ... WHERE metadata_location = <read>` as the SQL catalog itself; a REST
+//! catalog gets the changes as a commit whose requirements say "the table is as read" (a 409 is
+//! a lost race); a Hive Metastore moves the table's `metadata_location` under a table lock. So
+//! tarn and other engines on the same catalog exclude each other (see [`crate::catalog`]).
 //!
 //! Contract of every commit here:
 //!

@@ -372,8 +372,19 @@ impl Lake {
             ),
         ]);
         properties.extend(layout.properties.clone());
+        // A metastore names a database's location the Hadoop way (`file:/dir`); the table's
+        // own location keeps the warehouse's form.
+        let location = (self.catalog_kind() == CatalogKind::Hms).then(|| {
+            format!(
+                "{}/{}.db/{}",
+                self.warehouse,
+                ident.namespace().join("."),
+                ident.name()
+            )
+        });
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
+            .location_opt(location)
             .schema(schema)
             .partition_spec(spec)
             .sort_order(sort)

@@ -1,5 +1,6 @@
-//! Iceberg tables on object storage: the storage layer, the SQL catalog, partition layouts,
-//! data and delete file writers, tarn's own commits and table maintenance.
+//! Iceberg tables on object storage: the storage layer, the catalog (SQL, Iceberg REST or Hive
+//! Metastore, behind [`CatalogBackend`]), partition layouts, data and delete file writers,
+//! tarn's own commits and table maintenance.
 //!
 //! [`Lake`] is the entry point: open it from a [`tarn_core::Config`], then create, load, list,
 //! append to and drop tables. Table files are Parquet plus Iceberg format-v2 metadata, so any

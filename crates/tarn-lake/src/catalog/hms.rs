@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hive_metastore::{
-    CheckLockRequest, LockComponent, LockLevel, LockRequest, LockState, LockType, ThriftHiveMetastoreClient,
-    ThriftHiveMetastoreClientBuilder, UnlockRequest,
+    CheckLockRequest, DataOperationType, LockComponent, LockLevel, LockRequest, LockState, LockType,
+    ThriftHiveMetastoreClient, ThriftHiveMetastoreClientBuilder, UnlockRequest,
 };
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_hms::{
@@ -156,6 +156,9 @@ impl HmsBackend {
                 level: LockLevel::TABLE,
                 dbname: database(ident)?.into(),
                 tablename: Some(ident.name().to_string().into()),
+                // Not part of a Hive transaction, as Iceberg's own Hive lock says.
+                operation_type: Some(DataOperationType::NO_TXN),
+                is_acid: Some(false),
                 ..Default::default()
             }],
             user: "tarn".into(),

@@ -68,6 +68,7 @@ pub struct MetadataCommit<'a> {
 
 /// What became of a [`MetadataCommit`].
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per commit, moved once
 pub enum CommitOutcome {
     /// The catalog now points at `location`, holding `metadata`.
     Committed {
