@@ -109,16 +109,84 @@ pub struct RestCatalogConfig {
     pub enabled: bool,
 }
 
-/// The Iceberg catalog: a SQL database in the layout of Iceberg's JDBC catalog.
+/// The Iceberg catalog: by default a SQL database in the layout of Iceberg's JDBC catalog;
+/// or any Iceberg REST catalog, or a Hive Metastore (`kind`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
+    /// Which catalog holds the tables: `sql` (default), `rest` or `hms`.
+    #[serde(default)]
+    pub kind: CatalogKind,
     /// `sqlite://FILE` or `postgres://user:pass@host:port/db`. Default: `DATA_DIR/catalog.db`.
+    /// Only for `kind = "sql"`.
     pub url: Option<String>,
     /// The catalog name (the `catalog_name` column), shared by every engine that opens it.
     pub name: String,
     /// Connection pool size.
     pub max_connections: u32,
+    /// An Iceberg REST catalog (`kind = "rest"`).
+    #[serde(default)]
+    pub rest: RestClientConfig,
+    /// A Hive Metastore (`kind = "hms"`).
+    #[serde(default)]
+    pub hms: HmsConfig,
+}
+
+/// Which catalog holds tarn's tables.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    /// A SQL database in the layout of Iceberg's JDBC catalog (`catalog.url`).
+    #[default]
+    Sql,
+    /// An Iceberg REST catalog (`catalog.rest.*`): Lakekeeper, Polaris, Unity, another
+    /// `tarn serve`.
+    Rest,
+    /// A Hive Metastore (`catalog.hms.*`).
+    Hms,
+}
+
+impl std::fmt::Display for CatalogKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sql => "sql",
+            Self::Rest => "rest",
+            Self::Hms => "hms",
+        })
+    }
+}
+
+/// How tarn reaches an Iceberg REST catalog. The keys follow the Iceberg REST catalog
+/// properties of the same names (`uri`, `warehouse`, `token`, `credential`,
+/// `oauth2-server-uri`, `scope`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestClientConfig {
+    /// The catalog's base URL, the part before `/v1/...`, e.g. `http://host:8181/catalog`
+    /// (Lakekeeper), `http://host:8181/api/catalog` (Polaris), `http://host:8433/iceberg` (tarn).
+    pub uri: Option<String>,
+    /// The warehouse to ask the catalog for (`GET /v1/config?warehouse=...`): a name (Lakekeeper,
+    /// Polaris, Unity) or a location, as the catalog expects.
+    pub warehouse: Option<String>,
+    /// A bearer token sent with every request. Redacted in `config show`.
+    pub token: Option<String>,
+    /// OAuth2 client credentials `client_id:client_secret`, exchanged for a token at
+    /// `oauth2_server_uri`. Redacted in `config show`.
+    pub credential: Option<String>,
+    /// The OAuth2 token endpoint; default `<uri>/v1/oauth/tokens`.
+    pub oauth2_server_uri: Option<String>,
+    /// The OAuth2 scope asked for; default `catalog` (Polaris wants `PRINCIPAL_ROLE:ALL`).
+    pub scope: Option<String>,
+}
+
+/// How tarn reaches a Hive Metastore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HmsConfig {
+    /// The metastore's thrift address `host:port` (default port 9083).
+    pub uri: Option<String>,
+    /// The thrift transport: `buffered` (Hive's default) or `framed`.
+    pub thrift_transport: Option<String>,
 }
 
 /// Object storage for table files.
@@ -478,9 +546,12 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             catalog: CatalogConfig {
+                kind: CatalogKind::Sql,
                 url: None,
                 name: "tarn".into(),
                 max_connections: 10,
+                rest: RestClientConfig::default(),
+                hms: HmsConfig::default(),
             },
             storage: StorageConfig {
                 warehouse: None,
@@ -695,6 +766,7 @@ impl Config {
         if self.catalog.name.trim().is_empty() {
             return bad("catalog.name", "must not be empty".into());
         }
+        self.validate_catalog_kind()?;
         if let Some(gms) = &self.datahub.gms_url {
             match url::Url::parse(gms) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1215,6 +1287,103 @@ impl Config {
         Ok(())
     }
 
+    /// The settings of `catalog.kind`: a REST catalog needs `catalog.rest.uri` (an http(s) URL),
+    /// a Hive Metastore `catalog.hms.uri` (`host:port`) and a warehouse location.
+    fn validate_catalog_kind(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::new(ErrorKind::Config, format!("key `{key}`: {msg}")));
+        match self.catalog.kind {
+            CatalogKind::Sql => {}
+            CatalogKind::Rest => {
+                let rest = &self.catalog.rest;
+                let Some(uri) = &rest.uri else {
+                    return bad(
+                        "catalog.rest.uri",
+                        "catalog.kind = \"rest\" needs the REST catalog's URL, e.g. http://host:8181/catalog"
+                            .into(),
+                    );
+                };
+                for (key, value) in [
+                    ("catalog.rest.uri", Some(uri)),
+                    ("catalog.rest.oauth2_server_uri", rest.oauth2_server_uri.as_ref()),
+                ] {
+                    let Some(value) = value else { continue };
+                    match url::Url::parse(value) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                        _ => {
+                            return bad(key, format!("expected an http:// or https:// URL, got {value:?}"));
+                        }
+                    }
+                }
+                if rest.token.is_some() && rest.credential.is_some() {
+                    return bad(
+                        "catalog.rest.credential",
+                        "set either catalog.rest.token or catalog.rest.credential, not both".into(),
+                    );
+                }
+                if rest.oauth2_server_uri.is_some() && rest.credential.is_none() {
+                    return bad(
+                        "catalog.rest.oauth2_server_uri",
+                        "needs catalog.rest.credential (client_id:client_secret) to exchange for a token"
+                            .into(),
+                    );
+                }
+            }
+            CatalogKind::Hms => {
+                let Some(uri) = &self.catalog.hms.uri else {
+                    return bad(
+                        "catalog.hms.uri",
+                        "catalog.kind = \"hms\" needs the metastore's thrift address, e.g. metastore:9083"
+                            .into(),
+                    );
+                };
+                let address = uri.strip_prefix("thrift://").unwrap_or(uri);
+                if address
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return bad(
+                        "catalog.hms.uri",
+                        format!("expected host:port or thrift://host:port, got {uri:?}"),
+                    );
+                }
+                if let Some(t) = &self.catalog.hms.thrift_transport
+                    && !matches!(t.as_str(), "buffered" | "framed")
+                {
+                    return bad(
+                        "catalog.hms.thrift_transport",
+                        format!("expected buffered or framed, got {t:?}"),
+                    );
+                }
+            }
+        }
+        if self.catalog.kind != CatalogKind::Sql && self.catalog.url.is_some() {
+            return bad(
+                "catalog.url",
+                format!(
+                    "is the SQL catalog's database; with catalog.kind = \"{}\" leave it unset",
+                    self.catalog.kind
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The catalog in a few words for people: the SQL catalog's URL (password redacted), or
+    /// which REST catalog or metastore.
+    pub fn catalog_description(&self) -> String {
+        match self.catalog.kind {
+            CatalogKind::Sql => redact_url(&self.catalog_url()),
+            CatalogKind::Rest => format!(
+                "Iceberg REST catalog {}",
+                self.catalog.rest.uri.as_deref().unwrap_or_default()
+            ),
+            CatalogKind::Hms => format!(
+                "Hive Metastore {}",
+                self.catalog.hms.uri.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
     /// The catalog URL, defaulting to `DATA_DIR/catalog.db`.
     pub fn catalog_url(&self) -> String {
         match &self.catalog.url {
@@ -1243,10 +1412,18 @@ impl Config {
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,
             &mut shown.datahub.token,
+            &mut shown.catalog.rest.token,
         ] {
             if secret.is_some() {
                 *secret = Some("***".into());
             }
+        }
+        // The client id of `client_id:client_secret` is no secret; it says who tarn is.
+        if let Some(credential) = &mut shown.catalog.rest.credential {
+            *credential = match credential.split_once(':') {
+                Some((id, _)) => format!("{id}:***"),
+                None => "***".into(),
+            };
         }
         for user in &mut shown.auth.users {
             user.password = "***".into();
@@ -1683,5 +1860,61 @@ mod tests {
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn rest_catalog_secrets_are_redacted() {
+        for (auth, shown_as) in [
+            ("token = \"hunter2\"", "token = \"***\""),
+            ("credential = \"tarn:hunter2\"", "credential = \"tarn:***\""),
+        ] {
+            let c = load(
+                Some(&format!(
+                    "[catalog]\nkind = \"rest\"\n[catalog.rest]\nuri = \"http://127.0.0.1:8181/catalog\"\n{auth}\n"
+                )),
+                &[],
+                &[],
+            )
+            .unwrap();
+            let shown = c.to_redacted_toml();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains(shown_as), "{shown}");
+        }
+    }
+
+    #[test]
+    fn catalog_kinds_name_the_missing_key() {
+        let err = load(Some("[catalog]\nkind = \"rest\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("catalog.rest.uri"), "{err}");
+        let err = load(Some("[catalog]\nkind = \"hms\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("catalog.hms.uri"), "{err}");
+        let err = load(
+            Some("[catalog]\nkind = \"rest\"\n[catalog.rest]\nuri = \"ftp://x\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("catalog.rest.uri"), "{err}");
+        let err = load(Some("[catalog]\nkind = \"glue\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("catalog.kind"), "{err}");
+        let ok = load(
+            Some("[catalog]\nkind = \"hms\"\n[catalog.hms]\nuri = \"thrift://127.0.0.1:9083\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.catalog.kind, CatalogKind::Hms);
+        let env = load(
+            None,
+            &[
+                ("TARN_CATALOG__KIND", "rest"),
+                ("TARN_CATALOG__REST__URI", "http://127.0.0.1:1/iceberg"),
+                ("TARN_CATALOG__REST__TOKEN", "t"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(env.catalog.kind, CatalogKind::Rest);
+        assert_eq!(env.catalog.rest.token.as_deref(), Some("t"));
     }
 }

@@ -8,9 +8,13 @@
 //! given field ids (renames, type promotion, identifier fields) cannot go through it. This
 //! module builds those commits from the crate's public spec types: it writes manifests
 //! (`ManifestWriter`), a manifest list (`ManifestListWriter::v2`), the new `TableMetadata`
-//! (`TableMetadataBuilder`) as `<location>/metadata/<version>-<uuid>.metadata.json`, and swaps
-//! the catalog row with the same conditional `UPDATE ... WHERE metadata_location = <read>` as
-//! the SQL catalog, so tarn and other engines on the same catalog exclude each other.
+//! (`TableMetadataBuilder`) with the changes that made it, and hands both to the lake's
+//! [`crate::CatalogBackend`]: the SQL catalog writes it as
+//! `<location>/metadata/<version>-<uuid>.metadata.json` and swaps the catalog row with the same
+//! conditional `UPDATE ... WHERE metadata_location = <read>` as the SQL catalog itself; a REST
+//! catalog gets the changes as a commit whose requirements say "the table is as read" (a 409 is
+//! a lost race); a Hive Metastore moves the table's `metadata_location` under a table lock. So
+//! tarn and other engines on the same catalog exclude each other (see [`crate::catalog`]).
 //!
 //! Contract of every commit here:
 //!
@@ -59,7 +63,6 @@
 //!   write them); tables are format v2.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,14 +70,17 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
     ManifestListWriter, ManifestWriterBuilder, NestedFieldRef, Operation, PrimitiveType, Schema, Snapshot,
-    SnapshotRef, Summary, TableMetadata, TableMetadataBuilder, Type,
+    SnapshotRef, Summary, TableMetadata, TableMetadataBuildResult, TableMetadataBuilder, Type,
 };
 use iceberg::table::Table;
-use iceberg::{MetadataLocation, TableIdent};
+use iceberg::{TableIdent, TableRequirement};
 use tarn_core::{Error, ErrorKind, Result};
 use uuid::Uuid;
 
 use crate::cache::DataFiles;
+use crate::catalog::{
+    CommitOutcome, MetadataCommit, schema_requirements, snapshot_requirements, table_requirements,
+};
 use crate::lake::{Lake, iceberg_error};
 use crate::rows::{FileEntry, for_each_position_delete, path_bounds};
 
@@ -633,12 +639,12 @@ impl Lake {
                     .set_properties(properties.clone())
                     .map_err(|e| iceberg_error(format!("invalid properties for {ident}"), e))?;
             }
-            let metadata = builder
+            let built = builder
                 .build()
-                .map_err(|e| iceberg_error(format!("invalid schema for {ident}"), e))?
-                .metadata;
+                .map_err(|e| iceberg_error(format!("invalid schema for {ident}"), e))?;
+            let requirements = schema_requirements(current.metadata());
             if let Some(table) = self
-                .write_and_swap(&current, metadata, &mut AttemptFiles::default())
+                .write_and_swap(&current, built, requirements, &mut AttemptFiles::default())
                 .await?
             {
                 tracing::info!(table = %ident, schema_id = table.metadata().current_schema_id(), "schema evolved");
@@ -654,16 +660,16 @@ impl Lake {
         let mut current = self.load_table(ident).await?;
         let mut attempt = 0u32;
         loop {
-            let metadata = TableMetadataBuilder::new_from_metadata(
+            let built = TableMetadataBuilder::new_from_metadata(
                 current.metadata().clone(),
                 current.metadata_location().map(str::to_string),
             )
             .set_properties(props.clone())
             .and_then(|b| b.build())
-            .map_err(|e| iceberg_error(format!("invalid properties for {ident}"), e))?
-            .metadata;
+            .map_err(|e| iceberg_error(format!("invalid properties for {ident}"), e))?;
+            let requirements = table_requirements(current.metadata());
             if let Some(table) = self
-                .write_and_swap(&current, metadata, &mut AttemptFiles::default())
+                .write_and_swap(&current, built, requirements, &mut AttemptFiles::default())
                 .await?
             {
                 return Ok(table);
@@ -697,46 +703,41 @@ impl Lake {
         Ok(attempt + 1)
     }
 
-    /// Writes `metadata` as the next metadata file of `current` and swaps the catalog row.
-    /// `Ok(None)`: another writer won; the metadata file and `attempt` files are deleted.
+    /// Lands `built` (the new metadata and the changes that made it from `current`'s) through
+    /// the catalog: the SQL catalog writes the next metadata file and swaps the table's row, a
+    /// REST catalog applies the changes if `requirements` still hold (see [`crate::catalog`]).
+    /// `Ok(None)`: another writer won; the files of the attempt are deleted. On an error the
+    /// commit may or may not have landed, and the files stay.
     async fn write_and_swap(
         &self,
         current: &Table,
-        metadata: TableMetadata,
+        built: TableMetadataBuildResult,
+        requirements: Vec<TableRequirement>,
         attempt: &mut AttemptFiles,
     ) -> Result<Option<Table>> {
         let ident = current.identifier();
-        let current_location = current.metadata_location().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("table {ident} was loaded without a metadata location"),
-            )
-        })?;
-        let location = MetadataLocation::from_str(current_location)
-            .map_err(|e| iceberg_error(format!("unexpected metadata location of {ident}"), e))?
-            .with_next_version()
-            .with_new_metadata(&metadata);
-        let location_text = location.to_string();
-        metadata
-            .write_to(current.file_io(), &location)
-            .await
-            .map_err(|e| iceberg_error(format!("cannot write metadata file {location_text}"), e))?;
-        attempt.0.push(location_text.clone());
-        if self
-            .swap_metadata_location(ident, current_location, &location_text)
-            .await?
-        {
-            let table = self.open_table(ident, location_text, metadata)?;
-            metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
-            return Ok(Some(table));
-        }
-        // Lost: nothing references the attempt's files.
-        for path in attempt.0.drain(..) {
-            if let Err(e) = current.file_io().delete(&path).await {
-                tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
+        let commit = MetadataCommit {
+            current,
+            metadata: built.metadata,
+            updates: built.changes,
+            requirements,
+        };
+        match self.backend().commit(commit, &mut attempt.0).await? {
+            CommitOutcome::Committed { location, metadata } => {
+                let table = self.open_table(ident, location, metadata)?;
+                metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
+                Ok(Some(table))
+            }
+            CommitOutcome::Conflict => {
+                // Lost: nothing references the attempt's files.
+                for path in attempt.0.drain(..) {
+                    if let Err(e) = current.file_io().delete(&path).await {
+                        tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
+                    }
+                }
+                Ok(None)
             }
         }
-        Ok(None)
     }
 
     /// The snapshot producer behind row deltas and rewrites.
@@ -1283,15 +1284,15 @@ impl Lake {
             .with_summary(summary)
             .with_schema_id(metadata.current_schema_id())
             .build();
-        let new_metadata = TableMetadataBuilder::new_from_metadata(
+        let built = TableMetadataBuilder::new_from_metadata(
             metadata.clone(),
             current.metadata_location().map(str::to_string),
         )
         .set_branch_snapshot(snapshot, MAIN_BRANCH)
         .and_then(|b| b.build())
-        .map_err(|e| iceberg_error(format!("cannot add a snapshot to {ident}"), e))?
-        .metadata;
-        self.write_and_swap(current, new_metadata, files).await
+        .map_err(|e| iceberg_error(format!("cannot add a snapshot to {ident}"), e))?;
+        self.write_and_swap(current, built, snapshot_requirements(metadata), files)
+            .await
     }
 }
 

@@ -1,17 +1,12 @@
-//! The lake: an Iceberg catalog persisted in SQL plus the object storage its tables live on.
+//! The lake: an Iceberg catalog plus the object storage its tables live on.
 //!
-//! The catalog is `iceberg-catalog-sql`'s `SqlCatalog`: the table layout of Iceberg's JDBC
-//! catalog (`iceberg_tables`, `iceberg_namespace_properties`), so pyiceberg's `SqlCatalog` and
-//! Spark's `JdbcCatalog` open the very same database. SQLite by default, PostgreSQL when
-//! `catalog.url` is a `postgres://` URL. A commit is a compare-and-swap of the table's
-//! `metadata_location` (`UPDATE ... WHERE metadata_location = <the one we read>`): of two racing
-//! writers one wins, the other reloads the table, re-applies its change and tries again, up to
-//! `write.commit_retries` times, then fails with a commit-conflict error. Nothing is lost.
-//!
-//! Besides the catalog, a `Lake` holds its own small connection pool to the catalog database:
-//! commits the `iceberg` crate cannot express (row deltas, rewrites, schema changes with given
-//! field ids; see [`crate::commit`]) swap `metadata_location` through it with the same
-//! conditional `UPDATE` the catalog uses.
+//! The catalog is a [`CatalogBackend`] (see [`crate::catalog`]): by default the SQL catalog
+//! (`iceberg-catalog-sql`, the table layout of Iceberg's JDBC catalog, so pyiceberg's
+//! `SqlCatalog` and Spark's `JdbcCatalog` open the very same database), or an Iceberg REST
+//! catalog, or a Hive Metastore (`catalog.kind`). A commit is a compare-and-swap of the
+//! table's metadata: of two racing writers one wins, the other reloads the table, re-applies
+//! its change and tries again, up to `write.commit_retries` times, then fails with a
+//! commit-conflict error. Nothing is lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,18 +17,13 @@ use iceberg::io::{FileIO, FileIOBuilder};
 use iceberg::spec::{DataFile, FormatVersion, Schema, TableMetadata, TableProperties};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, Runtime, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
-use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
+use iceberg::{Catalog, NamespaceIdent, Runtime, TableCreation, TableIdent};
 use tarn_core::{Config, Error, ErrorKind, Result};
 
 use crate::cache::{DataFiles, TableCache};
+use crate::catalog::{CatalogBackend, CatalogKind, MetadataSwap};
 use crate::layout::{self, PartitionField, SortKey};
 use crate::storage::{ObjectStoreStorageFactory, ObjectStores, s3_properties};
-
-/// How long opening the catalog database may take before tarn gives up with an error.
-const CATALOG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a new table looks like besides its columns.
 #[derive(Debug, Clone, Default)]
@@ -49,12 +39,8 @@ pub struct TableLayout {
 /// The catalog and storage of one tarn installation.
 #[derive(Debug, Clone)]
 pub struct Lake {
-    catalog: Arc<SqlCatalog>,
-    /// tarn's own connection pool to the catalog database, for the compare-and-swap commits
-    /// the `iceberg` crate's `Transaction` cannot express (see [`crate::commit`]).
-    pool: AnyPool,
-    /// PostgreSQL binds `$1, $2, ...`; SQLite `?`.
-    dollar_binds: bool,
+    /// The catalog: where tables' metadata is, and how commits land (see [`crate::catalog`]).
+    backend: Arc<dyn CatalogBackend>,
     stores: ObjectStores,
     /// The same file access the catalog has, for reading tables' metadata files.
     file_io: FileIO,
@@ -98,23 +84,7 @@ pub fn parse_table_name(name: &str) -> Result<TableIdent> {
 impl Lake {
     /// Opens (creating on first use) the catalog and warehouse that `config` names.
     pub async fn open(config: &Config) -> Result<Self> {
-        let url = config.catalog_url();
         let warehouse = config.warehouse_url();
-        let (uri, bind_style) = if let Some(path) = url.strip_prefix("sqlite://") {
-            if let Some(parent) = std::path::Path::new(path).parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::new(ErrorKind::Catalog, "cannot create the catalog directory")
-                        .with_context("dir", parent.display())
-                        .with_source(e)
-                })?;
-            }
-            let sep = if path.contains('?') { '&' } else { '?' };
-            (format!("sqlite://{path}{sep}mode=rwc"), SqlBindStyle::QMark)
-        } else {
-            (url.clone(), SqlBindStyle::DollarNumeric)
-        };
         if let Some(dir) = crate::storage::local_path(&warehouse) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::new(ErrorKind::Storage, "cannot create the warehouse directory")
@@ -122,59 +92,30 @@ impl Lake {
                     .with_source(e)
             })?;
         }
-        let mut props = s3_properties(&config.storage.s3);
-        props.insert(
-            "pool.max-connections".into(),
-            config.catalog.max_connections.to_string(),
-        );
+        let props = s3_properties(&config.storage.s3);
         let stores = ObjectStores::new(props.clone());
         let file_io = FileIOBuilder::new(Arc::new(ObjectStoreStorageFactory))
             .with_props(props.clone())
             .build();
-        let dollar_binds = bind_style == SqlBindStyle::DollarNumeric;
-        let catalog = tokio::time::timeout(
-            CATALOG_CONNECT_TIMEOUT,
-            SqlCatalogBuilder::default()
-                .uri(uri.clone())
-                .warehouse_location(warehouse.clone())
-                .sql_bind_style(bind_style)
-                .props(props)
-                .with_storage_factory(Arc::new(ObjectStoreStorageFactory))
-                .load(config.catalog.name.clone(), HashMap::new()),
-        )
-        .await
-        .map_err(|_| {
-            Error::new(ErrorKind::Catalog, "timed out connecting to the catalog database")
-                .with_context("catalog.url", tarn_core::config::redact_url(&url))
-        })?
-        .map_err(|e| {
-            Error::new(ErrorKind::Catalog, "cannot open the catalog database")
-                .with_context("catalog.url", tarn_core::config::redact_url(&url))
-                .with_source(e)
-        })?;
-        // The catalog above installed sqlx's `Any` drivers and created the catalog tables.
-        sqlx::any::install_default_drivers();
-        let pool = tokio::time::timeout(
-            CATALOG_CONNECT_TIMEOUT,
-            AnyPoolOptions::new()
-                .max_connections(config.catalog.max_connections.clamp(1, 4))
-                .idle_timeout(Duration::from_secs(30))
-                .connect(&uri),
-        )
-        .await
-        .map_err(|_| {
-            Error::new(ErrorKind::Catalog, "timed out connecting to the catalog database")
-                .with_context("catalog.url", tarn_core::config::redact_url(&url))
-        })?
-        .map_err(|e| {
-            Error::new(ErrorKind::Catalog, "cannot open the catalog database")
-                .with_context("catalog.url", tarn_core::config::redact_url(&url))
-                .with_source(e)
-        })?;
+        let backend: Arc<dyn CatalogBackend> = match config.catalog.kind {
+            CatalogKind::Sql => {
+                Arc::new(crate::catalog::sql::SqlBackend::open(config, &warehouse, props).await?)
+            }
+            CatalogKind::Rest => Arc::new(crate::catalog::rest::RestBackend::open(config, props).await?),
+            #[cfg(feature = "hms")]
+            CatalogKind::Hms => {
+                Arc::new(crate::catalog::hms::HmsBackend::open(config, &warehouse, props).await?)
+            }
+            #[cfg(not(feature = "hms"))]
+            CatalogKind::Hms => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "catalog.kind = \"hms\": this tarn was built without the `hms` feature",
+                ));
+            }
+        };
         Ok(Self {
-            catalog: Arc::new(catalog),
-            pool,
-            dollar_binds,
+            backend,
             stores,
             file_io,
             tables: Arc::default(),
@@ -188,7 +129,17 @@ impl Lake {
 
     /// The catalog, for engines that take an `iceberg::Catalog`.
     pub fn catalog(&self) -> Arc<dyn Catalog> {
-        self.catalog.clone()
+        self.backend.catalog()
+    }
+
+    /// Which kind of catalog holds the tables.
+    pub fn catalog_kind(&self) -> CatalogKind {
+        self.backend.kind()
+    }
+
+    /// The catalog backend, for tarn's own commits (see [`crate::commit`]).
+    pub(crate) fn backend(&self) -> &dyn CatalogBackend {
+        self.backend.as_ref()
     }
 
     /// File access with the catalog's storage settings: how metadata files of tables not
@@ -225,7 +176,7 @@ impl Lake {
     /// Top-level namespaces, sorted.
     pub async fn list_namespaces(&self) -> Result<Vec<NamespaceIdent>> {
         let mut all = self
-            .catalog
+            .catalog()
             .list_namespaces(None)
             .await
             .map_err(|e| iceberg_error("cannot list namespaces", e))?;
@@ -235,7 +186,7 @@ impl Lake {
 
     /// Whether namespace `ns` exists.
     pub async fn namespace_exists(&self, ns: &NamespaceIdent) -> Result<bool> {
-        self.catalog
+        self.catalog()
             .namespace_exists(ns)
             .await
             .map_err(|e| iceberg_error(format!("cannot look up namespace {}", ns.join(".")), e))
@@ -252,7 +203,7 @@ impl Lake {
                 format!("schema {} already exists", ns.join(".")),
             ));
         }
-        match self.catalog.create_namespace(ns, HashMap::new()).await {
+        match self.catalog().create_namespace(ns, HashMap::new()).await {
             Ok(_) => Ok(()),
             // Lost a race with another creator.
             Err(e) if if_not_exists && e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => Ok(()),
@@ -282,7 +233,7 @@ impl Lake {
                 ),
             ));
         }
-        self.catalog
+        self.catalog()
             .drop_namespace(ns)
             .await
             .map_err(|e| iceberg_error(format!("cannot drop schema {}", ns.join(".")), e))
@@ -291,7 +242,7 @@ impl Lake {
     /// Tables of namespace `ns`, sorted by name.
     pub async fn list_tables(&self, ns: &NamespaceIdent) -> Result<Vec<TableIdent>> {
         let mut tables = self
-            .catalog
+            .catalog()
             .list_tables(ns)
             .await
             .map_err(|e| iceberg_error(format!("cannot list tables of {}", ns.join(".")), e))?;
@@ -310,7 +261,7 @@ impl Lake {
 
     /// Whether `ident` exists.
     pub async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
-        self.catalog
+        self.catalog()
             .table_exists(ident)
             .await
             .map_err(|e| iceberg_error(format!("cannot look up table {ident}"), e))
@@ -318,13 +269,17 @@ impl Lake {
 
     /// Loads the current metadata of `ident`.
     pub async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        let location = self.current_metadata_location(ident).await?;
+        let current = self.backend.current_metadata(ident).await?;
+        let location = current.location;
         if let Some(table) = self.tables.get(ident, &location) {
             return Ok(table);
         }
-        let metadata = TableMetadata::read_from(&self.file_io, &location)
-            .await
-            .map_err(|e| iceberg_error(format!("cannot load table {ident} from {location}"), e))?;
+        let metadata = match current.metadata {
+            Some(metadata) => metadata,
+            None => TableMetadata::read_from(&self.file_io, &location)
+                .await
+                .map_err(|e| iceberg_error(format!("cannot load table {ident} from {location}"), e))?,
+        };
         self.open_table(ident, location, metadata)
     }
 
@@ -417,8 +372,19 @@ impl Lake {
             ),
         ]);
         properties.extend(layout.properties.clone());
+        // A metastore names a database's location the Hadoop way (`file:/dir`); the table's
+        // own location keeps the warehouse's form.
+        let location = (self.catalog_kind() == CatalogKind::Hms).then(|| {
+            format!(
+                "{}/{}.db/{}",
+                self.warehouse,
+                ident.namespace().join("."),
+                ident.name()
+            )
+        });
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
+            .location_opt(location)
             .schema(schema)
             .partition_spec(spec)
             .sort_order(sort)
@@ -435,7 +401,7 @@ impl Lake {
                 ),
             ));
         }
-        self.catalog
+        self.catalog()
             .create_table(ident.namespace(), creation)
             .await
             .map_err(|e| {
@@ -456,7 +422,7 @@ impl Lake {
         } else {
             None
         };
-        self.catalog.drop_table(ident).await.map_err(|e| {
+        self.catalog().drop_table(ident).await.map_err(|e| {
             if e.kind() == iceberg::ErrorKind::TableNotFound {
                 Error::new(ErrorKind::NotFound, format!("table {ident} does not exist"))
             } else {
@@ -474,12 +440,24 @@ impl Lake {
 
     /// Commits `files` to `ident` as one append snapshot with `summary` properties, retrying
     /// on commit conflicts. Returns the table as committed.
+    ///
+    /// Through the `iceberg` crate's fast append and the catalog's own commit; a Hive
+    /// Metastore's catalog crate cannot commit, so there it is tarn's own row delta.
     pub async fn append(
         &self,
         ident: &TableIdent,
         files: Vec<DataFile>,
         summary: HashMap<String, String>,
     ) -> Result<Table> {
+        if self.catalog_kind() == CatalogKind::Hms {
+            let table = self.load_table(ident).await?;
+            let delta = crate::RowDelta {
+                data_files: files,
+                summary,
+                ..crate::RowDelta::default()
+            };
+            return self.commit_row_delta(&table, delta).await;
+        }
         let mut attempt = 0u32;
         loop {
             let table = self.load_table(ident).await?;
@@ -491,7 +469,7 @@ impl Lake {
             let tx = action
                 .apply(tx)
                 .map_err(|e| iceberg_error(format!("cannot append to {ident}"), e))?;
-            match tx.commit(self.catalog.as_ref()).await {
+            match tx.commit(self.catalog().as_ref()).await {
                 Ok(table) => {
                     self.remember(&table);
                     metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
@@ -546,164 +524,33 @@ pub fn iceberg_schema_with_keys(schema: &ArrowSchema, key_columns: &[&str]) -> R
         .map_err(|e| iceberg_error("invalid key columns", e))
 }
 
-/// The catalog row of a table, for tarn's own compare-and-swap commits.
-const CATALOG_WHERE: &str = "catalog_name = ? AND table_namespace = ? AND table_name = ? \
-     AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)";
-
 impl Lake {
     /// `write.commit_retries`: how often a commit that lost a race is re-applied.
     pub(crate) fn commit_retries(&self) -> u32 {
         self.commit_retries
     }
 
-    /// `query` with `?` placeholders in the catalog database's bind style.
-    fn sql(&self, query: &str) -> String {
-        if !self.dollar_binds {
-            return query.to_string();
-        }
-        let mut out = String::with_capacity(query.len() + 8);
-        let mut n = 0;
-        for c in query.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
     /// The metadata location the catalog holds for `ident` right now.
     pub async fn current_metadata_location(&self, ident: &TableIdent) -> Result<String> {
-        let query = self.sql(&format!(
-            "SELECT metadata_location FROM iceberg_tables WHERE {CATALOG_WHERE}"
-        ));
-        let row: Option<(Option<String>,)> = sqlx::query_as(&query)
-            .bind(self.name.clone())
-            .bind(ident.namespace().join("."))
-            .bind(ident.name().to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Catalog, format!("cannot look up table {ident}")).with_source(e)
-            })?;
-        match row {
-            Some((Some(location),)) => Ok(location),
-            _ => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("table {ident} does not exist"),
-            )),
-        }
+        Ok(self.backend.current_metadata(ident).await?.location)
     }
 
-    /// Points `ident` at `new_location` if the catalog still holds `expected`: the same
-    /// conditional `UPDATE` the SQL catalog commits with, so tarn's commits and those of other
-    /// engines on the same catalog exclude each other. `Ok(false)`: another writer won.
-    pub(crate) async fn swap_metadata_location(
-        &self,
-        ident: &TableIdent,
-        expected: &str,
-        new_location: &str,
-    ) -> Result<bool> {
-        let query = self.sql(&format!(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE {CATALOG_WHERE} AND metadata_location = ?"
-        ));
-        let result = sqlx::query(&query)
-            .bind(new_location.to_string())
-            .bind(expected.to_string())
-            .bind(self.name.clone())
-            .bind(ident.namespace().join("."))
-            .bind(ident.name().to_string())
-            .bind(expected.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Catalog, format!("cannot commit to table {ident}"))
-                    .with_context("metadata", new_location)
-                    .with_source(e)
-            })?;
-        Ok(result.rows_affected() == 1)
-    }
-}
-
-/// One table's catalog pointer change in [`Lake::swap_metadata_locations`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetadataSwap {
-    /// The table.
-    pub ident: TableIdent,
-    /// The metadata location the catalog must still hold; `None`: the table must not exist
-    /// yet, and the swap inserts its catalog row (the commit of a staged create).
-    pub expected: Option<String>,
-    /// The metadata file to point the table at.
-    pub new_location: String,
-}
-
-impl Lake {
     /// Swaps the metadata locations of several tables in one catalog transaction: either every
     /// table still held its `expected` location (or did not exist, for `None`) and all now point
     /// at their new files, or nothing changed and the result is `Ok(false)`. The same
     /// conditional `UPDATE` as every other commit, so engines committing through the SQL
     /// catalog directly exclude these swaps as they exclude each other.
     ///
-    /// Atomicity is the catalog database's: one SQLite or PostgreSQL transaction.
+    /// Atomicity is the catalog database's: one SQLite or PostgreSQL transaction. Only the SQL
+    /// catalog can (a REST catalog or a metastore commits updates, not locations).
     pub async fn swap_metadata_locations(&self, swaps: &[MetadataSwap]) -> Result<bool> {
-        let failed =
-            |e: sqlx::Error| Error::new(ErrorKind::Catalog, "cannot commit to the catalog").with_source(e);
-        let update = self.sql(&format!(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
-             WHERE {CATALOG_WHERE} AND metadata_location = ?"
-        ));
-        let insert = self.sql(
-            "INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, \
-             metadata_location, previous_metadata_location, iceberg_type) VALUES (?, ?, ?, ?, NULL, 'TABLE')",
-        );
-        let mut tx = self.pool.begin().await.map_err(failed)?;
-        for swap in swaps {
-            let applied = match &swap.expected {
-                Some(expected) => sqlx::query(&update)
-                    .bind(swap.new_location.clone())
-                    .bind(expected.clone())
-                    .bind(self.name.clone())
-                    .bind(swap.ident.namespace().join("."))
-                    .bind(swap.ident.name().to_string())
-                    .bind(expected.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map(|r| r.rows_affected() == 1),
-                None => match sqlx::query(&insert)
-                    .bind(self.name.clone())
-                    .bind(swap.ident.namespace().join("."))
-                    .bind(swap.ident.name().to_string())
-                    .bind(swap.new_location.clone())
-                    .execute(&mut *tx)
-                    .await
-                {
-                    Ok(r) => Ok(r.rows_affected() == 1),
-                    // Another writer created the table first.
-                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => Ok(false),
-                    Err(e) => Err(e),
-                },
-            };
-            match applied {
-                Ok(true) => {}
-                Ok(false) => {
-                    tx.rollback().await.map_err(failed)?;
-                    return Ok(false);
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(failed(e).with_context("table", &swap.ident));
-                }
+        let swapped = self.backend.swap_metadata_locations(swaps).await?;
+        if swapped {
+            for swap in swaps {
+                metrics::counter!("tarn_commits_total", "table" => swap.ident.to_string()).increment(1);
             }
         }
-        tx.commit().await.map_err(failed)?;
-        for swap in swaps {
-            metrics::counter!("tarn_commits_total", "table" => swap.ident.to_string()).increment(1);
-        }
-        Ok(true)
+        Ok(swapped)
     }
 
     /// Removes the properties `keys` of namespace `ns`; returns those it had. The `exists`
@@ -714,30 +561,7 @@ impl Lake {
         ns: &NamespaceIdent,
         keys: &[String],
     ) -> Result<Vec<String>> {
-        let query = self.sql(
-            "DELETE FROM iceberg_namespace_properties \
-             WHERE catalog_name = ? AND namespace = ? AND property_key = ?",
-        );
-        let mut removed = Vec::new();
-        for key in keys.iter().filter(|k| k.as_str() != "exists") {
-            let result = sqlx::query(&query)
-                .bind(self.name.clone())
-                .bind(ns.join("."))
-                .bind(key.clone())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Catalog,
-                        format!("cannot remove property {key:?} of namespace {}", ns.join(".")),
-                    )
-                    .with_source(e)
-                })?;
-            if result.rows_affected() > 0 {
-                removed.push(key.clone());
-            }
-        }
-        Ok(removed)
+        self.backend.remove_namespace_properties(ns, keys).await
     }
 }
 

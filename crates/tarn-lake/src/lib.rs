@@ -1,5 +1,6 @@
-//! Iceberg tables on object storage: the storage layer, the SQL catalog, partition layouts,
-//! data and delete file writers, tarn's own commits and table maintenance.
+//! Iceberg tables on object storage: the storage layer, the catalog (SQL, Iceberg REST or Hive
+//! Metastore, behind [`CatalogBackend`]), partition layouts, data and delete file writers,
+//! tarn's own commits and table maintenance.
 //!
 //! [`Lake`] is the entry point: open it from a [`tarn_core::Config`], then create, load, list,
 //! append to and drop tables. Table files are Parquet plus Iceberg format-v2 metadata, so any
@@ -12,6 +13,7 @@
 //! maintenance ([`Lake::compact`], [`Lake::expire_snapshots`], [`Lake::remove_orphan_files`]).
 
 mod cache;
+pub mod catalog;
 pub mod commit;
 pub mod deletes;
 pub mod deletion_vector;
@@ -23,10 +25,11 @@ pub mod storage;
 mod writer;
 
 pub use cache::DataFiles;
+pub use catalog::{CatalogBackend, CatalogKind, MetadataSwap};
 pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
 pub use deletion_vector::{DeletionVector, DeletionVectors};
-pub use lake::{Lake, MetadataSwap, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
+pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{
     CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,
     ProgressFn, RewrittenGroup,

@@ -16,7 +16,8 @@ use crate::load::load_with_progress;
 use crate::output::{Format, print_stream};
 
 /// tarn: a datalake in one binary — Iceberg tables on object storage, a SQL catalog other
-/// engines share, and SQL over it all (CLI and Postgres wire protocol).
+/// engines share (or any Iceberg REST catalog or Hive Metastore: `catalog.kind`, see
+/// docs/catalogs.md), and SQL over it all (CLI and Postgres wire protocol).
 #[derive(Debug, Parser)]
 #[command(name = "tarn", version, propagate_version = true)]
 pub struct Cli {
@@ -393,7 +394,7 @@ async fn repl(session: &TarnSession, format: Format, config: &Config) -> Result<
     let _ = editor.load_history(&history);
     println!(
         "tarn SQL ({}); end statements with ';', \\q to quit.",
-        tarn_core::config::redact_url(&config.catalog_url())
+        config.catalog_description()
     );
     let mut buffer = String::new();
     loop {

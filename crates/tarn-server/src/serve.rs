@@ -73,6 +73,11 @@ fn rest_catalog(config: &Config, session: &TarnSession) -> Option<Router> {
     if !config.rest_catalog.enabled {
         return None;
     }
+    if config.catalog.kind != tarn_core::config::CatalogKind::Sql {
+        // Its commits swap the SQL catalog's rows; clients can use the catalog tarn uses.
+        tracing::info!(catalog = %config.catalog_description(), "not serving /iceberg: tarn's REST catalog needs catalog.kind = \"sql\"");
+        return None;
+    }
     let lake = session.lake().clone();
     let options = tarn_rest_catalog::RestCatalogOptions::for_lake(&lake, config.write.commit_retries);
     Some(tarn_rest_catalog::router(lake, options))

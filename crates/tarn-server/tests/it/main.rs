@@ -4,6 +4,7 @@
 #[cfg(feature = "kafka")]
 mod archive;
 mod catalog;
+mod catalog_kind;
 mod cdc;
 mod cli;
 mod cockroach;
