@@ -188,6 +188,16 @@ def duckdb_list(args):
     print(json.dumps({"tables": [f"{s}.{t}" for s, t in tables]}))
 
 
+def duckdb_insert(args):
+    """DuckDB inserts rows (id, 'duck') into a table through the REST catalog."""
+    ns, name = args.table.rsplit(".", 1)
+    con = duckdb_connection(args.uri)
+    for i in args.ids.split(","):
+        con.execute(f'INSERT INTO lake."{ns}"."{name}" (id, region) VALUES ({int(i)}, \'duck\')')
+    rows = con.execute(f'SELECT id, region FROM lake."{ns}"."{name}" ORDER BY id').fetchall()
+    print(json.dumps({"rows": [[r[0], r[1]] for r in rows]}))
+
+
 def append(args):
     table = catalog(args.uri).load_table(args.table)
     ids = [int(i) for i in args.ids.split(",")]
@@ -236,7 +246,7 @@ def concurrent(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["pyiceberg", "read", "append", "concurrent", "duckdb"])
+    parser.add_argument("command", choices=["pyiceberg", "read", "append", "concurrent", "duckdb", "duckdb-insert"])
     parser.add_argument("--uri", required=True)
     parser.add_argument("--table")
     parser.add_argument("--ids")
@@ -249,6 +259,7 @@ def main():
         "append": append,
         "concurrent": concurrent,
         "duckdb": duckdb_list,
+        "duckdb-insert": duckdb_insert,
     }[args.command](args)
 
 

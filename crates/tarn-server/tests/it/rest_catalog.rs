@@ -212,6 +212,13 @@ async fn rest_catalog_pyiceberg_duckdb_and_tarn_sql_share_tables() {
         rows(&sql, "SELECT id, region FROM sq.orders ORDER BY id").await,
         ["1|eu", "2|us", "3|NULL", "4|py-4", "5|py-5"]
     );
+    // DuckDB inserts through the REST catalog too; tarn sees its rows.
+    let duck = server.python(&["duckdb-insert", "--table", "sq.orders", "--ids", "6,7"]);
+    assert_eq!(duck["rows"].as_array().unwrap().len(), 7, "{duck}");
+    assert_eq!(
+        rows(&sql, "SELECT id, region FROM sq.orders WHERE id > 5 ORDER BY id").await,
+        ["6|duck", "7|duck"]
+    );
     let listed = server.python(&["duckdb"]);
     assert_eq!(
         strings(&listed["tables"]),
