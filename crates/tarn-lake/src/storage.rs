@@ -1,6 +1,6 @@
 //! Object storage for table files, through the `object_store` crate.
 //!
-//! [`ObjectStores`] resolves a location (`file:///dir/f`, `/dir/f`, `s3://bucket/key`) to an
+//! [`ObjectStores`] resolves a location (`file:///dir/f`, `file:/dir/f`, `/dir/f`, `s3://bucket/key`) to an
 //! `object_store` store and a path inside it; it serves both the Iceberg file IO (metadata,
 //! manifests, data files) and DataFusion (files read by `tarn load`).
 //!
@@ -115,13 +115,19 @@ impl ObjectStores {
                 base_url: format!("s3://{bucket}"),
             });
         }
+        // `file:///dir/f`, or Hadoop's `file:/dir/f` (Spark and other JVM engines write
+        // locations that way), or a bare absolute path.
         let file_path = if let Some(rest) = location.strip_prefix("file://") {
+            rest
+        } else if let Some(rest) = location.strip_prefix("file:")
+            && rest.starts_with('/')
+        {
             rest
         } else if location.starts_with('/') {
             location
         } else {
             return Err(invalid(format!(
-                "unsupported location {location:?}: expected file://, an absolute path or s3://"
+                "unsupported location {location:?}: expected file://, file:/, an absolute path or s3://"
             )));
         };
         let path = ObjectPath::parse(file_path.trim_start_matches('/'))
@@ -416,6 +422,17 @@ mod tests {
             .await
             .unwrap();
         assert!(!storage.exists(&path).await.unwrap());
+    }
+
+    #[test]
+    fn hadoop_file_locations_are_local_paths() {
+        let stores = ObjectStores::new(HashMap::new());
+        for location in ["file:/w/ns/t/data/a.parquet", "file:///w/ns/t/data/a.parquet", "/w/ns/t/data/a.parquet"] {
+            let resolved = stores.resolve(location).unwrap();
+            assert_eq!(resolved.path.as_ref(), "w/ns/t/data/a.parquet", "{location}");
+            assert_eq!(resolved.base_url, "file:///");
+        }
+        assert!(stores.resolve("file:relative/x").is_err());
     }
 
     #[test]
