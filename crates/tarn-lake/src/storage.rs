@@ -427,7 +427,11 @@ mod tests {
     #[test]
     fn hadoop_file_locations_are_local_paths() {
         let stores = ObjectStores::new(HashMap::new());
-        for location in ["file:/w/ns/t/data/a.parquet", "file:///w/ns/t/data/a.parquet", "/w/ns/t/data/a.parquet"] {
+        for location in [
+            "file:/w/ns/t/data/a.parquet",
+            "file:///w/ns/t/data/a.parquet",
+            "/w/ns/t/data/a.parquet",
+        ] {
             let resolved = stores.resolve(location).unwrap();
             assert_eq!(resolved.path.as_ref(), "w/ns/t/data/a.parquet", "{location}");
             assert_eq!(resolved.base_url, "file:///");
