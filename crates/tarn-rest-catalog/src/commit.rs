@@ -113,7 +113,7 @@ pub(crate) async fn commit(
         }
         discard(lake, &staged).await;
         let names: Vec<String> = changes.iter().map(|c| display_table(&c.ident)).collect();
-        metrics::counter!("tarn_catalog_commit_conflicts_total").increment(1);
+        metrics::counter!(crate::COMMIT_CONFLICTS_METRIC).increment(1);
         if attempt >= retries {
             return Err(RestError::commit_failed(format!(
                 "other writers committed to {} first {} times in a row",

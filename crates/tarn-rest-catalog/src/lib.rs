@@ -52,6 +52,9 @@ pub use storage::{ACCESS_DELEGATION_HEADER, StorageAccess};
 pub const REQUESTS_METRIC: &str = "tarn_catalog_requests_total";
 /// The name of the request latency histogram (seconds), label `route`.
 pub const LATENCY_METRIC: &str = "tarn_catalog_request_duration_seconds";
+/// The name of the counter of commits whose catalog swap lost a race (each re-checked and
+/// retried on the new metadata).
+pub const COMMIT_CONFLICTS_METRIC: &str = "tarn_catalog_commit_conflicts_total";
 
 /// One request as an [`Authorizer`] sees it.
 #[derive(Debug)]
