@@ -638,11 +638,11 @@ mod tests {
             .unwrap();
         assert_eq!(eu_file.record_count(), 3);
         assert_eq!(eu_file.partition().fields().len(), 1);
-        // Rows that do not fit the table are refused, naming it.
+        // Rows that do not fit the table (a column it does not have) are refused, naming it.
         let mut writer = PositionedDataWriter::new(&table, "w").unwrap();
         let bad = RecordBatch::try_new(
             Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-                "id",
+                "other",
                 arrow_schema::DataType::Int64,
                 false,
             )])),
