@@ -29,7 +29,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration;
 
 use iceberg::spec::{FormatVersion, SortOrder, TableMetadata, TableMetadataBuilder};
 use iceberg::{MetadataLocation, NamespaceIdent, TableIdent, TableRequirement, TableUpdate};
@@ -123,7 +122,7 @@ pub(crate) async fn commit(
         }
         attempt += 1;
         tracing::debug!(tables = %names.join(", "), attempt, "REST commit lost a race; re-checking requirements");
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt.min(20)))).await;
+        tokio::time::sleep(tarn_lake::commit::retry_backoff(attempt - 1)).await;
     }
 }
 
