@@ -18,6 +18,20 @@ Subcommands (all print one JSON document on stdout):
              landed, the appends that failed, and the ids pyiceberg reads afterwards.
   duckdb     --uri URI
              what DuckDB's REST attach lists: schemas and tables.
+  retrying   --uri URI [--uri URI2 ...] --table NS.T --writers W --appends A
+             W threads (thread w uses catalog w mod the number of URIs: several tarn replicas),
+             each appending A single-row batches; an append whose commit gets 409 reloads the
+             table and tries again (up to 50 times). Prints the ids that landed, the 409s met,
+             appends given up, and the ids pyiceberg reads afterwards.
+  cdc-side   --uri URI --table NS.T --side NS.S --rounds N
+             beside a CDC pipeline committing to NS.T: one thread adds an optional column
+             `ext_note` to NS.T, then sets property ext.round.<i> on it N times; another appends
+             N rows to NS.S. Each commit that gets 409 is reloaded and retried. Prints the
+             properties and rows that landed and the 409s met.
+  s3         --uri URI
+             with nothing but the catalog URL (no S3 settings of its own): creates s3ns.t,
+             appends, overwrites, reads back. Prints the rows, where the files are and which
+             storage settings the catalog handed pyiceberg's file IO.
 
 Rows are lists of strings (None for NULL), sorted.
 """
@@ -26,6 +40,8 @@ import datetime
 import glob
 import json
 import os
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -244,15 +260,147 @@ def concurrent(args):
     }))
 
 
+def with_retries(fn, attempts=50):
+    """Runs fn() until it does not raise CommitFailedException; returns (ok, 409s met)."""
+    conflicts = 0
+    for _ in range(attempts):
+        try:
+            fn()
+            return True, conflicts
+        except CommitFailedException:
+            conflicts += 1
+            time.sleep(random.uniform(0.005, 0.05))
+    return False, conflicts
+
+
+def retrying(args):
+    catalogs = [catalog(u) for u in args.uri]
+
+    def writer(w):
+        cat = catalogs[w % len(catalogs)]
+        landed, conflicts, gave_up = [], 0, 0
+
+        for a in range(args.appends):
+            row_id = w * 1000 + a
+
+            def attempt():
+                table = cat.load_table(args.table)
+                schema = table.schema().as_arrow()
+                data = {f.name: [None] for f in schema}
+                data["id"] = [row_id]
+                data["name"] = [f"w{w}"]
+                table.append(pa.Table.from_pydict(data, schema=schema))
+
+            ok, c = with_retries(attempt)
+            conflicts += c
+            if ok:
+                landed.append(row_id)
+            else:
+                gave_up += 1
+        return landed, conflicts, gave_up
+
+    with ThreadPoolExecutor(max_workers=args.writers) as pool:
+        results = list(pool.map(writer, range(args.writers)))
+    table = catalogs[0].load_table(args.table)
+    ids = sorted(int(r[0]) for r in rows_of(table.scan(selected_fields=("id",)).to_arrow()))
+    print(json.dumps({
+        "landed": sorted(i for landed, _, _ in results for i in landed),
+        "conflicts": sum(c for _, c, _ in results),
+        "gave_up": sum(g for _, _, g in results),
+        "ids": ids,
+    }))
+
+
+def cdc_side(args):
+    cat = catalog(args.uri)
+    out = {"conflicts": 0, "gave_up": 0}
+
+    def cdc_table():
+        def evolve():
+            with cat.load_table(args.table).update_schema() as update:
+                update.add_column("ext_note", StringType(), doc="added by pyiceberg beside CDC")
+
+        ok, c = with_retries(evolve)
+        landed = ["ext_note"] if ok else []
+        conflicts, gave_up = c, 0 if ok else 1
+        for i in range(args.rounds):
+            def set_round(i=i):
+                cat.load_table(args.table).transaction().set_properties({f"ext.round.{i}": str(i)}).commit_transaction()
+
+            ok, c = with_retries(set_round)
+            conflicts += c
+            if ok:
+                landed.append(f"ext.round.{i}")
+            else:
+                gave_up += 1
+        return landed, conflicts, gave_up
+
+    def side_table():
+        landed, conflicts, gave_up = [], 0, 0
+        for i in range(args.rounds):
+            def add(i=i):
+                t = cat.load_table(args.side)
+                t.append(pa.Table.from_pydict({"id": [i], "name": [f"side-{i}"]}, schema=t.schema().as_arrow()))
+
+            ok, c = with_retries(add)
+            conflicts += c
+            if ok:
+                landed.append(i)
+            else:
+                gave_up += 1
+        return landed, conflicts, gave_up
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cdc_future = pool.submit(cdc_table)
+        side_future = pool.submit(side_table)
+        changes, c1, g1 = cdc_future.result()
+        appended, c2, g2 = side_future.result()
+    out["cdc_table_changes"] = changes
+    out["side_appended"] = appended
+    out["conflicts"] = c1 + c2
+    out["gave_up"] = g1 + g2
+    table = cat.load_table(args.table)
+    out["cdc_properties"] = sorted(k for k in table.properties if k.startswith("ext."))
+    out["cdc_columns"] = [f.name for f in table.schema().fields]
+    print(json.dumps(out))
+
+
+def s3(args):
+    cat = catalog(args.uri)
+    out = {"config": {k: v for k, v in cat.properties.items() if k.startswith(("s3.", "client."))}}
+    cat.create_namespace("s3ns")
+    t = cat.create_table("s3ns.t", schema=EVENTS)
+    t.append(arrow([(1, "a", 1.0), (2, "b", 2.0), (3, "c", 3.0)]))
+    t.overwrite(arrow([(4, "d", 4.0)]), overwrite_filter=EqualTo("id", 2))
+    t = cat.load_table("s3ns.t")
+    out["rows"] = rows_of(t.scan().to_arrow())
+    out["location"] = t.location()
+    out["data_files"] = sorted(task.file.file_path for task in t.scan().plan_files())
+    # What the table's file IO was configured with: catalog defaults, the table's config and
+    # its storage credentials. Secrets are reported as present or not.
+    props = t.io.properties
+    out["table_io"] = {
+        k: ("<set>" if "secret" in k else v) for k, v in props.items() if k.startswith(("s3.", "client."))
+    }
+    print(json.dumps(out))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["pyiceberg", "read", "append", "concurrent", "duckdb", "duckdb-insert"])
-    parser.add_argument("--uri", required=True)
+    parser.add_argument(
+        "command",
+        choices=["pyiceberg", "read", "append", "concurrent", "duckdb", "duckdb-insert", "retrying", "cdc-side", "s3"],
+    )
+    parser.add_argument("--uri", required=True, action="append")
     parser.add_argument("--table")
+    parser.add_argument("--side")
     parser.add_argument("--ids")
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--appends", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.command != "retrying":
+        args.uri = args.uri[0]
     {
         "pyiceberg": pyiceberg_scenario,
         "read": read,
@@ -260,6 +408,9 @@ def main():
         "concurrent": concurrent,
         "duckdb": duckdb_list,
         "duckdb-insert": duckdb_insert,
+        "retrying": retrying,
+        "cdc-side": cdc_side,
+        "s3": s3,
     }[args.command](args)
 
 

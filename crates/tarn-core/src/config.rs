@@ -107,6 +107,12 @@ pub struct RestCatalogConfig {
     /// `server.http_listen` may change every table, so keep that address private (the default
     /// is loopback) or turn this off.
     pub enabled: bool,
+    /// Hand the static S3 keys of `storage.s3` (`access_key_id`, `secret_access_key`,
+    /// `session_token`) to every client that asks for vended credentials (the
+    /// `X-Iceberg-Access-Delegation: vended-credentials` header), in `loadTable`'s `config` and
+    /// `storage-credentials`, so engines need nothing but the catalog URL. Off by default: it
+    /// gives every client of the catalog tarn's own keys to the whole bucket.
+    pub vend_credentials: bool,
 }
 
 /// The Iceberg catalog: by default a SQL database in the layout of Iceberg's JDBC catalog;
@@ -630,7 +636,10 @@ impl Config {
                 },
                 transforms: Vec::new(),
             },
-            rest_catalog: RestCatalogConfig { enabled: true },
+            rest_catalog: RestCatalogConfig {
+                enabled: true,
+                vend_credentials: false,
+            },
             datahub: DatahubConfig {
                 gms_url: None,
                 token: None,

@@ -238,7 +238,10 @@ fn random_snapshot_id(metadata: &TableMetadata) -> i64 {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
+/// How long a writer whose catalog swap lost a race waits before its `attempt`-th retry:
+/// 10 ms doubling to 1 s, plus up to half again of jitter. Every commit path of tarn (its own
+/// writers, the REST catalog's commits) waits the same way.
+pub fn retry_backoff(attempt: u32) -> Duration {
     let base = 10u64.saturating_mul(1 << attempt.min(7)).min(1000);
     // A little jitter keeps two retrying writers from colliding again.
     let jitter = u64::from(Uuid::new_v4().as_u128() as u16) % (base / 2 + 1);
@@ -699,7 +702,7 @@ impl Lake {
             )));
         }
         tracing::debug!(table = %ident, attempt, "commit conflict, retrying");
-        tokio::time::sleep(backoff(attempt)).await;
+        tokio::time::sleep(retry_backoff(attempt)).await;
         Ok(attempt + 1)
     }
 

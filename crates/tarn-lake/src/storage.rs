@@ -1,6 +1,6 @@
 //! Object storage for table files, through the `object_store` crate.
 //!
-//! [`ObjectStores`] resolves a location (`file:///dir/f`, `/dir/f`, `s3://bucket/key`) to an
+//! [`ObjectStores`] resolves a location (`file:///dir/f`, `file:/dir/f`, `/dir/f`, `s3://bucket/key`) to an
 //! `object_store` store and a path inside it; it serves both the Iceberg file IO (metadata,
 //! manifests, data files) and DataFusion (files read by `tarn load`).
 //!

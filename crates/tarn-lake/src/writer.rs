@@ -199,7 +199,13 @@ impl DataWriter {
 
 /// Gives `batch` the table's schema (field ids, names), casting where types differ only in
 /// representation (e.g. `Utf8View` → `Utf8`). A NULL in a required column is an error.
+///
+/// Columns match by position. Rows with fewer columns than the table match by name instead
+/// when every column they have is one of the table's: the table's other columns must be
+/// optional and are NULL. That is how a writer whose rows come from elsewhere (CDC from a
+/// source table) keeps writing after another engine added an optional column to the lake table.
 fn conform(schema: &ArrowSchemaRef, table: &str, batch: RecordBatch) -> Result<RecordBatch> {
+    let batch = widen_by_name(schema, batch);
     if batch.num_columns() != schema.fields().len() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -278,6 +284,35 @@ fn uuid_bytes(column: &ArrayRef) -> std::result::Result<ArrayRef, String> {
     let array = arrow::array::FixedSizeBinaryArray::try_from_sparse_iter_with_size(values.into_iter(), 16)
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(array))
+}
+
+/// `batch` with the table's columns in the table's order, the table's columns it lacks as
+/// NULL, when it has fewer columns than the table, each named as one of the table's, and every
+/// column it lacks is optional; else `batch` unchanged (and [`conform`] names the mismatch).
+fn widen_by_name(schema: &ArrowSchemaRef, batch: RecordBatch) -> RecordBatch {
+    let have = batch.schema();
+    if batch.num_columns() >= schema.fields().len()
+        || have.fields().iter().any(|f| schema.index_of(f.name()).is_err())
+    {
+        return batch;
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        match have.index_of(field.name()) {
+            Ok(i) => {
+                columns.push(batch.column(i).clone());
+                fields.push(have.field(i).clone());
+            }
+            Err(_) if field.is_nullable() => {
+                columns.push(arrow::array::new_null_array(field.data_type(), batch.num_rows()));
+                fields.push(field.as_ref().clone());
+            }
+            Err(_) => return batch,
+        }
+    }
+    let widened = Arc::new(arrow::datatypes::Schema::new(fields));
+    RecordBatch::try_new(widened, columns).unwrap_or(batch)
 }
 
 /// Rows of one written batch that went into one data file, in order: row `i` of `batch` is
@@ -528,6 +563,46 @@ mod tests {
             .to_vec()
     }
 
+    #[test]
+    fn rows_without_an_added_optional_column_get_null_there() {
+        use arrow::array::StringArray;
+        use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+        let table: ArrowSchemaRef = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let rows = |fields: Vec<Field>, columns: Vec<arrow::array::ArrayRef>| {
+            RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), columns).unwrap()
+        };
+        let id = || Arc::new(Int64Array::from(vec![1, 2])) as arrow::array::ArrayRef;
+        let name = || Arc::new(StringArray::from(vec!["a", "b"])) as arrow::array::ArrayRef;
+        // Columns in another order, one missing: matched by name, the missing one NULL.
+        let narrow = rows(
+            vec![
+                Field::new("name", DataType::Utf8, true),
+                Field::new("id", DataType::Int64, false),
+            ],
+            vec![name(), id()],
+        );
+        let widened = conform(&table, "t", narrow).unwrap();
+        assert_eq!(widened.schema(), table);
+        assert_eq!(ids(&widened), vec![1, 2]);
+        assert_eq!(widened.column(2).null_count(), 2);
+        // A column the table does not have, or a missing required one: still an error.
+        let unknown = rows(
+            vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("other", DataType::Utf8, true),
+            ],
+            vec![id(), name()],
+        );
+        let err = conform(&table, "t", unknown).unwrap_err().to_string();
+        assert!(err.contains("has 3 columns, the rows have 2"), "{err}");
+        let no_id = rows(vec![Field::new("name", DataType::Utf8, true)], vec![name()]);
+        assert!(conform(&table, "t", no_id).is_err());
+    }
+
     #[tokio::test]
     async fn positions_and_rolling() {
         let t = TestLake::new().await;
@@ -594,11 +669,11 @@ mod tests {
             .unwrap();
         assert_eq!(eu_file.record_count(), 3);
         assert_eq!(eu_file.partition().fields().len(), 1);
-        // Rows that do not fit the table are refused, naming it.
+        // Rows that do not fit the table (a column it does not have) are refused, naming it.
         let mut writer = PositionedDataWriter::new(&table, "w").unwrap();
         let bad = RecordBatch::try_new(
             Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-                "id",
+                "other",
                 arrow_schema::DataType::Int64,
                 false,
             )])),

@@ -29,7 +29,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration;
 
 use iceberg::spec::{FormatVersion, SortOrder, TableMetadata, TableMetadataBuilder};
 use iceberg::{MetadataLocation, NamespaceIdent, TableIdent, TableRequirement, TableUpdate};
@@ -113,7 +112,7 @@ pub(crate) async fn commit(
         }
         discard(lake, &staged).await;
         let names: Vec<String> = changes.iter().map(|c| display_table(&c.ident)).collect();
-        metrics::counter!("tarn_catalog_commit_conflicts_total").increment(1);
+        metrics::counter!(crate::COMMIT_CONFLICTS_METRIC).increment(1);
         if attempt >= retries {
             return Err(RestError::commit_failed(format!(
                 "other writers committed to {} first {} times in a row",
@@ -123,7 +122,7 @@ pub(crate) async fn commit(
         }
         attempt += 1;
         tracing::debug!(tables = %names.join(", "), attempt, "REST commit lost a race; re-checking requirements");
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt.min(20)))).await;
+        tokio::time::sleep(tarn_lake::commit::retry_backoff(attempt - 1)).await;
     }
 }
 

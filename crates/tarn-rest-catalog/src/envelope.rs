@@ -17,6 +17,14 @@ pub(crate) struct CatalogConfig {
     pub(crate) endpoints: Vec<String>,
 }
 
+/// `GET .../tables/{table}/credentials`.
+#[derive(Debug, Serialize)]
+pub(crate) struct LoadCredentialsResponse {
+    /// Credentials by location prefix; empty when none are vended.
+    #[serde(rename = "storage-credentials")]
+    pub(crate) storage_credentials: Vec<iceberg_catalog_rest::StorageCredential>,
+}
+
 /// `POST /v1/transactions/commit`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -26,8 +34,8 @@ pub(crate) struct CommitTransactionRequest {
 }
 
 /// The routes `GET /v1/config` announces. Iceberg's Java client only calls what is announced
-/// once a server announces anything, so this list is exact: views, scan planning and
-/// credential vending are absent because they are not served.
+/// once a server announces anything, so this list is exact: views and scan planning are absent
+/// because they are not served.
 pub(crate) const ENDPOINTS: &[&str] = &[
     "GET /v1/{prefix}/namespaces",
     "POST /v1/{prefix}/namespaces",
@@ -43,6 +51,7 @@ pub(crate) const ENDPOINTS: &[&str] = &[
     "DELETE /v1/{prefix}/namespaces/{namespace}/tables/{table}",
     "POST /v1/{prefix}/namespaces/{namespace}/register",
     "POST /v1/{prefix}/namespaces/{namespace}/tables/{table}/metrics",
+    "GET /v1/{prefix}/namespaces/{namespace}/tables/{table}/credentials",
     "POST /v1/{prefix}/tables/rename",
     "POST /v1/{prefix}/transactions/commit",
 ];

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use iceberg::spec::{FormatVersion, TableMetadata, TableMetadataBuilder, TableProperties};
@@ -23,7 +23,7 @@ use tarn_lake::MetadataSwap;
 
 use crate::RestState;
 use crate::commit::{self, TableChange};
-use crate::envelope::{CatalogConfig, CommitTransactionRequest, ENDPOINTS};
+use crate::envelope::{CatalogConfig, CommitTransactionRequest, ENDPOINTS, LoadCredentialsResponse};
 use crate::error::{RestError, display_namespace, display_table};
 
 type Params = Result<Path<HashMap<String, String>>, PathRejection>;
@@ -147,11 +147,12 @@ fn paginate<T>(
     Ok((rest.into_iter().map(|(_, t)| t).collect(), next))
 }
 
-/// `GET /v1/config`: the prefix, and the routes served. The `warehouse` parameter is accepted
-/// and ignored: a tarn server serves one catalog.
+/// `GET /v1/config`: the prefix, the routes served, and as defaults the object-store settings
+/// clients need for the tables' files (never credentials: those are per table, when vended).
+/// The `warehouse` parameter is accepted and ignored: a tarn server serves one catalog.
 pub(crate) async fn get_config(State(state): State<RestState>) -> Handled {
     Ok(json(&CatalogConfig {
-        defaults: HashMap::new(),
+        defaults: state.options.storage.settings().clone(),
         overrides: HashMap::from([("prefix".to_string(), state.options.prefix.clone())]),
         endpoints: ENDPOINTS.iter().map(|e| (*e).to_string()).collect(),
     }))
@@ -366,19 +367,31 @@ pub(crate) async fn list_tables(State(state): State<RestState>, p: Params, Query
     }))
 }
 
-fn load_result(metadata_location: Option<String>, metadata: TableMetadata) -> LoadTableResult {
+/// A table as `loadTable` (and create, register) answers it: with the storage settings for its
+/// files, and vended credentials when switched on and asked for ([`crate::storage`]).
+fn load_result(
+    state: &RestState,
+    headers: &HeaderMap,
+    metadata_location: Option<String>,
+    metadata: TableMetadata,
+) -> LoadTableResult {
+    let storage = &state.options.storage;
     LoadTableResult {
+        config: storage.table_config(metadata.location(), headers),
+        storage_credentials: storage.storage_credentials(metadata.location(), headers),
         metadata_location,
         metadata,
-        // Where storage settings and vended credentials for the table's files go.
-        config: HashMap::new(),
-        storage_credentials: None,
     }
 }
 
 /// `POST /v1/{prefix}/namespaces/{namespace}/tables`: creates the table, or with
 /// `stage-create` only returns the metadata it would have (the commit creates it).
-pub(crate) async fn create_table(State(state): State<RestState>, p: Params, bytes: Bytes) -> Handled {
+pub(crate) async fn create_table(
+    State(state): State<RestState>,
+    p: Params,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Handled {
     let ns = namespace_param(&params(&state, p)?)?;
     let request: CreateTableRequest = body(&bytes, "CreateTableRequest")?;
     let ident = table_ident(ns.clone(), &request.name)?;
@@ -429,7 +442,7 @@ pub(crate) async fn create_table(State(state): State<RestState>, p: Params, byte
         .map_err(|e| RestError::from_iceberg(&what, &e))?
         .metadata;
     if request.stage_create == Some(true) {
-        return Ok(json(&load_result(None, metadata)));
+        return Ok(json(&load_result(&state, &headers, None, metadata)));
     }
     let location =
         commit::next_metadata_location(None, &metadata).map_err(|e| RestError::from_iceberg(&what, &e))?;
@@ -440,7 +453,7 @@ pub(crate) async fn create_table(State(state): State<RestState>, p: Params, byte
         .map_err(|e| RestError::internal(format!("{what}: cannot write {text}: {e}")))?;
     insert_row(&state, &ident, None, &text).await?;
     let _ = state.lake.open_table(&ident, text.clone(), metadata.clone());
-    Ok(json(&load_result(Some(text), metadata)))
+    Ok(json(&load_result(&state, &headers, Some(text), metadata)))
 }
 
 /// Points `ident` at `location` in the catalog: a new row when `expected` is `None`.
@@ -477,7 +490,12 @@ async fn insert_row(
 
 /// `POST /v1/{prefix}/namespaces/{namespace}/register`: adds a table whose metadata file
 /// exists already; with `overwrite`, repoints an existing one.
-pub(crate) async fn register_table(State(state): State<RestState>, p: Params, bytes: Bytes) -> Handled {
+pub(crate) async fn register_table(
+    State(state): State<RestState>,
+    p: Params,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Handled {
     let ns = namespace_param(&params(&state, p)?)?;
     let request: RegisterTableRequest = body(&bytes, "RegisterTableRequest")?;
     let ident = table_ident(ns.clone(), &request.name)?;
@@ -502,21 +520,89 @@ pub(crate) async fn register_table(State(state): State<RestState>, p: Params, by
         )));
     }
     insert_row(&state, &ident, current, &request.metadata_location).await?;
-    Ok(json(&load_result(Some(request.metadata_location), metadata)))
+    Ok(json(&load_result(
+        &state,
+        &headers,
+        Some(request.metadata_location),
+        metadata,
+    )))
 }
 
-/// `GET /v1/{prefix}/namespaces/{namespace}/tables/{table}`: the current metadata and where it
-/// is. (`snapshots=refs` is answered with all snapshots, which the specification allows.)
-pub(crate) async fn load_table(State(state): State<RestState>, p: Params) -> Handled {
+/// `GET /v1/{prefix}/namespaces/{namespace}/tables/{table}`: the current metadata, where it
+/// is, and how to reach its files. `snapshots=refs` leaves out the snapshots no branch or tag
+/// points at (clients load them with `snapshots=all` when they need history); `all`, the
+/// default, returns every snapshot. (`If-None-Match` is not answered with 304: the full body
+/// always comes back, which the specification allows.)
+pub(crate) async fn load_table(
+    State(state): State<RestState>,
+    p: Params,
+    Query(q): QueryParams,
+    headers: HeaderMap,
+) -> Handled {
+    let ident = table_param(&params(&state, p)?)?;
+    let only_refs = match q.get("snapshots").map(String::as_str) {
+        None | Some("all") => false,
+        Some("refs") => true,
+        Some(other) => {
+            return Err(RestError::bad_request(format!(
+                "invalid snapshots {other:?}: expected all or refs"
+            )));
+        }
+    };
+    let table = state.lake.load_table(&ident).await.map_err(|e| match e.kind() {
+        ErrorKind::NotFound => RestError::no_such_table(&ident),
+        _ => RestError::from_lake(&e),
+    })?;
+    let result = load_result(
+        &state,
+        &headers,
+        table.metadata_location().map(str::to_string),
+        table.metadata().clone(),
+    );
+    if !only_refs {
+        return Ok(json(&result));
+    }
+    let mut value = serde_json::to_value(&result)
+        .map_err(|e| RestError::internal(format!("cannot encode table {}: {e}", display_table(&ident))))?;
+    referenced_snapshots_only(&mut value["metadata"]);
+    Ok(json(&value))
+}
+
+/// Drops from a table metadata document the snapshots that no ref (branch or tag) points at.
+/// The snapshot log keeps its entries, as Iceberg's own `snapshots=refs` does.
+fn referenced_snapshots_only(metadata: &mut serde_json::Value) {
+    let referenced: Vec<serde_json::Value> = metadata["refs"]
+        .as_object()
+        .map(|refs| refs.values().map(|r| r["snapshot-id"].clone()).collect())
+        .unwrap_or_default();
+    if let Some(snapshots) = metadata
+        .get_mut("snapshots")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        snapshots.retain(|s| referenced.contains(&s["snapshot-id"]));
+    }
+}
+
+/// `GET /v1/{prefix}/namespaces/{namespace}/tables/{table}/credentials`: the credentials for the
+/// table's files, when vending is on and the request asks for it (empty otherwise).
+pub(crate) async fn load_credentials(
+    State(state): State<RestState>,
+    p: Params,
+    headers: HeaderMap,
+) -> Handled {
     let ident = table_param(&params(&state, p)?)?;
     let table = state.lake.load_table(&ident).await.map_err(|e| match e.kind() {
         ErrorKind::NotFound => RestError::no_such_table(&ident),
         _ => RestError::from_lake(&e),
     })?;
-    Ok(json(&load_result(
-        table.metadata_location().map(str::to_string),
-        table.metadata().clone(),
-    )))
+    let location = table.metadata().location();
+    Ok(json(&LoadCredentialsResponse {
+        storage_credentials: state
+            .options
+            .storage
+            .storage_credentials(location, &headers)
+            .unwrap_or_default(),
+    }))
 }
 
 /// `HEAD /v1/{prefix}/namespaces/{namespace}/tables/{table}`: 204 or 404.
@@ -682,6 +768,21 @@ mod tests {
         assert!(parse_namespace("").is_err());
         assert!(parse_namespace("a\u{1f}").is_err());
         assert!(parse_namespace("a.b").is_err());
+    }
+
+    #[test]
+    fn refs_mode_keeps_referenced_snapshots() {
+        let mut metadata = serde_json::json!({
+            "refs": {"main": {"snapshot-id": 3, "type": "branch"}, "audit": {"snapshot-id": 2, "type": "branch"}},
+            "snapshots": [{"snapshot-id": 1}, {"snapshot-id": 2}, {"snapshot-id": 3}],
+            "snapshot-log": [{"snapshot-id": 1}, {"snapshot-id": 3}]
+        });
+        referenced_snapshots_only(&mut metadata);
+        assert_eq!(
+            metadata["snapshots"],
+            serde_json::json!([{"snapshot-id": 2}, {"snapshot-id": 3}])
+        );
+        assert_eq!(metadata["snapshot-log"].as_array().unwrap().len(), 2);
     }
 
     #[test]

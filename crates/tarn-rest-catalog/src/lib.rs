@@ -31,6 +31,7 @@ mod commit;
 mod envelope;
 mod error;
 mod handlers;
+mod storage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,11 +46,15 @@ use axum::routing::{get, post};
 use tarn_lake::Lake;
 
 pub use error::RestError;
+pub use storage::{ACCESS_DELEGATION_HEADER, StorageAccess};
 
 /// The name of the request counter: labels `route` (method and matched path) and `status`.
 pub const REQUESTS_METRIC: &str = "tarn_catalog_requests_total";
 /// The name of the request latency histogram (seconds), label `route`.
 pub const LATENCY_METRIC: &str = "tarn_catalog_request_duration_seconds";
+/// The name of the counter of commits whose catalog swap lost a race (each re-checked and
+/// retried on the new metadata).
+pub const COMMIT_CONFLICTS_METRIC: &str = "tarn_catalog_commit_conflicts_total";
 
 /// One request as an [`Authorizer`] sees it.
 #[derive(Debug)]
@@ -97,15 +102,29 @@ pub struct RestCatalogOptions {
     /// How often a commit whose catalog swap lost a race is re-validated and re-applied
     /// before the client gets 409.
     pub commit_retries: u32,
+    /// The object-store settings (and vended credentials) clients are given for the tables'
+    /// files.
+    pub storage: StorageAccess,
 }
 
 impl RestCatalogOptions {
-    /// Options for `lake`: its catalog name as the prefix, no authorization.
+    /// Options for `lake`: its catalog name as the prefix, no authorization, no storage
+    /// settings for clients.
     pub fn for_lake(lake: &Lake, commit_retries: u32) -> Self {
         Self {
             prefix: lake.name().to_string(),
             authorizer: Arc::new(AllowAll),
             commit_retries,
+            storage: StorageAccess::default(),
+        }
+    }
+
+    /// Options for the lake `config` opens: [`Self::for_lake`] with the storage settings (and,
+    /// when `rest_catalog.vend_credentials` is on, the credentials) of `config`.
+    pub fn for_config(lake: &Lake, config: &tarn_core::Config) -> Self {
+        Self {
+            storage: StorageAccess::from_config(config),
+            ..Self::for_lake(lake, config.write.commit_retries)
         }
     }
 }
@@ -152,6 +171,10 @@ pub fn router(lake: Lake, options: RestCatalogOptions) -> Router {
                     .head(handlers::table_exists)
                     .post(handlers::commit_table)
                     .delete(handlers::drop_table),
+            )
+            .route(
+                &format!("{base}/namespaces/{{namespace}}/tables/{{table}}/credentials"),
+                get(handlers::load_credentials),
             )
             .route(
                 &format!("{base}/namespaces/{{namespace}}/tables/{{table}}/metrics"),

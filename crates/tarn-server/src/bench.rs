@@ -140,6 +140,23 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The Iceberg REST catalog: `loadTable` and commit latency (p50, p99) and throughput with
+    /// concurrent clients, against the same operations on the SQL catalog directly.
+    Catalog {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Timed operations per client in each phase.
+        #[arg(long, default_value_t = 500)]
+        operations: usize,
+        /// Keep the catalog in a private PostgreSQL (started from the system's binaries)
+        /// instead of SQLite.
+        #[arg(long)]
+        postgres: bool,
+        /// Where the lake goes; default `DATA_DIR/bench/catalog`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// PostgreSQL → Kafka (`cdc.sink = "kafka"`): the initial copy against `psql \copy`, a
     /// change backlog published in Kafka transactions against `pg_recvlogical` draining the
     /// same backlog, and freshness from a PostgreSQL commit through Kafka to visibility in
@@ -261,6 +278,25 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 cockroach_contract: false,
             };
             crate::bench_publish::run(&config, options, partitions).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Catalog {
+            clients,
+            operations,
+            postgres,
+            dir,
+        } => {
+            if clients == 0 || operations == 0 {
+                bail!("--clients and --operations must be positive");
+            }
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("catalog"));
+            let options = crate::bench_catalog::CatalogBenchOptions {
+                clients,
+                operations,
+                postgres,
+                dir,
+            };
+            crate::bench_catalog::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Cdc {

@@ -9,13 +9,14 @@
 //! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
-//! - [`bench`] and [`bench_cdc`]: `tarn bench tpch` and `tarn bench cdc`; `bench_kafka`
-//!   (feature `kafka`): `tarn bench kafka`;
+//! - [`bench`], [`bench_cdc`] and [`bench_catalog`]: `tarn bench tpch`, `tarn bench cdc` and
+//!   `tarn bench catalog`; `bench_kafka` (feature `kafka`): `tarn bench kafka`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
 //! - [`measure`]: what the benchmarks report about the process itself.
 
 pub mod bench;
+pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;

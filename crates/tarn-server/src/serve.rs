@@ -79,7 +79,7 @@ fn rest_catalog(config: &Config, session: &TarnSession) -> Option<Router> {
         return None;
     }
     let lake = session.lake().clone();
-    let options = tarn_rest_catalog::RestCatalogOptions::for_lake(&lake, config.write.commit_retries);
+    let options = tarn_rest_catalog::RestCatalogOptions::for_config(&lake, config);
     Some(tarn_rest_catalog::router(lake, options))
 }
 
@@ -235,6 +235,17 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             %http_addr,
             "the Iceberg REST catalog (/iceberg) has no authentication yet: whoever reaches {http_addr} can change every table; keep server.http_listen private or set rest_catalog.enabled = false"
         );
+    }
+    if config.rest_catalog.enabled && config.rest_catalog.vend_credentials {
+        if config.storage.s3.access_key_id.is_some() && config.storage.s3.secret_access_key.is_some() {
+            tracing::warn!(
+                "rest_catalog.vend_credentials is on: every client of the Iceberg REST catalog that asks for vended credentials gets storage.s3's keys, with access to the whole bucket"
+            );
+        } else {
+            tracing::warn!(
+                "rest_catalog.vend_credentials is on but storage.s3 has no access_key_id and secret_access_key: no credentials are vended"
+            );
+        }
     }
     tracing::info!(
         pg = %pg.local_addr()?,

@@ -104,6 +104,17 @@ impl SqlBackend {
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| cannot_open().with_source(e))?;
+        if !dollar_binds {
+            // SQLite: write-ahead logging, so readers (every table load looks the catalog row
+            // up) never block a commit's swap and concurrent committers wait their turn instead
+            // of failing with "database is locked" (in the default rollback-journal mode a
+            // writer waits for all readers to finish, and under a few concurrent writers the
+            // busy timeout runs out). The mode is kept in the file; other engines opening the
+            // catalog (pyiceberg, Spark's JDBC catalog) work with it on the same machine.
+            if let Err(e) = sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await {
+                tracing::warn!(error = %e, "cannot switch the SQLite catalog to write-ahead logging; concurrent commits may fail with \"database is locked\"");
+            }
+        }
         Ok(Self {
             catalog: Arc::new(catalog),
             pool,

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tarn_test_utils::{free_port, run_python, wait_for_port};
+use tarn_test_utils::{PostgresServer, S3Server, free_port, run_python, wait_for_port};
 
 /// A `tarn serve` process with the REST catalog on free loopback ports; killed on drop.
 struct RestServer {
@@ -19,13 +19,19 @@ struct RestServer {
 
 impl RestServer {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With more of `tarn.toml` (tables of its own, e.g. `[catalog]`, `[storage]`, `[cdc]`).
+    fn start_with(extra_toml: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("tarn-rest-").tempdir().unwrap();
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::write(
             dir.path().join("tarn.toml"),
             format!(
                 "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
-                 [auth]\ntrust_loopback = true\n[log]\nformat = \"json\"\nlevel = \"tarn_rest_catalog=debug,info\"\n"
+                 [auth]\ntrust_loopback = true\n[log]\nformat = \"json\"\nlevel = \"tarn_rest_catalog=debug,info\"\n\
+                 {extra_toml}\n"
             ),
         )
         .unwrap();
@@ -34,6 +40,8 @@ impl RestServer {
             .arg("--data-dir")
             .arg(dir.path())
             .arg("serve")
+            .env_remove("TARN_CONFIG")
+            .env_remove("TARN_DATA_DIR")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -73,11 +81,16 @@ impl RestServer {
 
     /// One HTTP request; returns the status and the body as JSON (`null` when empty).
     fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.http_with(method, path, body, "")
+    }
+
+    /// [`Self::http`] with more header lines (each ending in `\r\n`).
+    fn http_with(&self, method: &str, path: &str, body: Option<&str>, headers: &str) -> (u16, Value) {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
         let body = body.unwrap_or("");
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer None\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer None\r\n{headers}\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
@@ -571,4 +584,519 @@ async fn rest_catalog_concurrent_writers_lose_nothing() {
         "concurrent writers: {} pyiceberg appends landed, {conflicts} failed, {commit_409s} commits answered 409, 10 tarn inserts",
         landed.len()
     );
+}
+
+/// The JSON document a `tests/interop` script printed last; panics with the servers' logs.
+fn script_json(result: anyhow::Result<String>, servers: &[&RestServer]) -> Value {
+    let out = result.unwrap_or_else(|e| {
+        let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
+        panic!("{e}\n{}", logs.join("\n----\n"))
+    });
+    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Rows a script printed (lists of strings or null) as `a|b|c` lines, NULL as `NULL`, in the
+/// order printed.
+fn printed_rows(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of rows: {value}"))
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+/// A counter's value summed over its label sets, from the server's `/metrics`.
+fn metric_sum(server: &RestServer, name: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Spark 3.5 (Iceberg 1.10's REST client, `snapshot-loading-mode=refs`) writes through tarn's
+/// catalog — INSERT, MERGE INTO, DELETE FROM, UPDATE with merge-on-read position deletes, on a
+/// table tarn created and on one Spark created (partitioned, with a branch) — and tarn's SQL
+/// reads exactly what Spark reads; then tarn inserts and Spark reads that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_spark_merge_delete_and_tarn_reads_the_same() {
+    let server = RestServer::start();
+    let sql = server.sql().await;
+    sql.batch_execute(
+        "CREATE SCHEMA sq; \
+         CREATE TABLE sq.accounts (id BIGINT NOT NULL, owner VARCHAR, balance DECIMAL(10,2)); \
+         INSERT INTO sq.accounts VALUES (1, 'alice', 10.00), (2, 'bob', 20.00)",
+    )
+    .await
+    .unwrap();
+    let uri = server.uri();
+    let run = {
+        let uri = uri.clone();
+        tokio::task::spawn_blocking(move || {
+            run_python(
+                "rest_spark.py",
+                &["write", "--uri", &uri, "--tarn-table", "sq.accounts"],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let seen = script_json(run, &[&server]);
+    // What Spark itself reads after its writes.
+    assert_eq!(
+        printed_rows(&seen["tarn_table"]),
+        ["1|ALICE|10.00", "2|bob|25.50", "5|erin|50.00", "6|frank|60.00"]
+    );
+    assert_eq!(
+        printed_rows(&seen["accounts"]),
+        [
+            "1|ann|11.00|2026-01-01",
+            "4|di|40.00|NULL",
+            "7|new|70.00|2026-02-01"
+        ]
+    );
+    assert_eq!(printed_rows(&seen["audit_branch"]), ["4", "7", "9"]);
+    // Merge-on-read: Spark's commits added position delete files (content 1) beside data files.
+    assert_eq!(seen["tarn_table_files"], json!([0, 1]), "{seen}");
+    assert_eq!(seen["accounts_files"], json!([0, 1]), "{seen}");
+    assert_eq!(strings(&seen["namespaces"]), ["public", "sp", "sq"]);
+
+    // tarn's SQL reads exactly what Spark reads (main, not the branch).
+    assert_eq!(
+        rows(&sql, "SELECT id, owner, balance FROM sq.accounts ORDER BY id").await,
+        printed_rows(&seen["tarn_table"])
+    );
+    assert_eq!(
+        rows(
+            &sql,
+            "SELECT id, owner, balance, opened FROM sp.accounts ORDER BY id"
+        )
+        .await,
+        printed_rows(&seen["accounts"])
+    );
+
+    // `snapshots=refs` leaves out what no branch points at; `all` has Spark's whole history.
+    let path = "/iceberg/v1/tarn/namespaces/sp/tables/accounts";
+    let (status, all) = server.http("GET", path, None);
+    assert_eq!(status, 200);
+    let (status, refs) = server.http("GET", &format!("{path}?snapshots=refs"), None);
+    assert_eq!(status, 200);
+    let count = |v: &Value| v["metadata"]["snapshots"].as_array().map_or(0, Vec::len);
+    assert_eq!(count(&all) as u64, seen["accounts_snapshots"].as_u64().unwrap());
+    assert_eq!(count(&refs), 2, "main and audit: {}", refs["metadata"]["refs"]);
+    assert!(count(&all) > 2);
+    let (status, body) = server.http("GET", &format!("{path}?snapshots=some"), None);
+    assert_eq!((status, error_of(&body).0), (400, "BadRequestException".into()));
+
+    // tarn writes to Spark's table; Spark reads it.
+    sql.batch_execute("INSERT INTO sp.accounts VALUES (8, 'from-tarn', 8.00, DATE '2026-03-01')")
+        .await
+        .unwrap();
+    let run = tokio::task::spawn_blocking(move || {
+        run_python(
+            "rest_spark.py",
+            &["read", "--uri", &uri, "--table", "sp.accounts"],
+        )
+    })
+    .await
+    .unwrap();
+    let read = script_json(run, &[&server]);
+    assert_eq!(
+        printed_rows(&read["rows"]),
+        [
+            "1|ann|11.00|2026-01-01",
+            "4|di|40.00|NULL",
+            "7|new|70.00|2026-02-01",
+            "8|from-tarn|8.00|2026-03-01"
+        ]
+    );
+}
+
+/// Two `tarn serve` replicas on one PostgreSQL catalog and one warehouse: pyiceberg writers
+/// commit through both at once (each 409 reloaded and retried) while tarn's SQL inserts through
+/// both. Every append lands exactly once and both replicas read the same table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_two_replicas_on_one_postgres_catalog_lose_nothing() {
+    let pg = tokio::task::block_in_place(PostgresServer::start_temporary).unwrap();
+    pg.psql("postgres", "CREATE DATABASE catalog").unwrap();
+    let shared = tempfile::Builder::new()
+        .prefix("tarn-replicas-")
+        .tempdir()
+        .unwrap();
+    let extra = format!(
+        "[catalog]\nurl = \"{}\"\n[storage]\nwarehouse = \"file://{}/warehouse\"\n",
+        pg.url("catalog"),
+        shared.path().display()
+    );
+    let a = RestServer::start_with(&extra);
+    let b = RestServer::start_with(&extra);
+    let (sql_a, sql_b) = (a.sql().await, b.sql().await);
+    sql_a
+        .batch_execute("CREATE SCHEMA c; CREATE TABLE c.t (id BIGINT NOT NULL, name VARCHAR)")
+        .await
+        .unwrap();
+    let (uri_a, uri_b) = (a.uri(), b.uri());
+    let writers = tokio::task::spawn_blocking(move || {
+        run_python(
+            "rest_catalog.py",
+            &[
+                "retrying",
+                "--uri",
+                &uri_a,
+                "--uri",
+                &uri_b,
+                "--table",
+                "c.t",
+                "--writers",
+                "4",
+                "--appends",
+                "8",
+            ],
+        )
+    });
+    let mut tarn_ids = Vec::new();
+    for i in 0..12 {
+        let id = 90_000 + i;
+        let via = if i % 2 == 0 { &sql_a } else { &sql_b };
+        via.batch_execute(&format!("INSERT INTO c.t VALUES ({id}, 'tarn')"))
+            .await
+            .unwrap_or_else(|e| panic!("tarn insert {id}: {e}"));
+        tarn_ids.push(id);
+    }
+    let seen = script_json(writers.await.unwrap(), &[&a, &b]);
+    assert_eq!(seen["gave_up"], 0, "{seen}");
+    let landed: Vec<i64> = seen["landed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let mut all_py: Vec<i64> = (0..4).flat_map(|w| (0..8).map(move |a| w * 1000 + a)).collect();
+    all_py.sort_unstable();
+    assert_eq!(landed, all_py, "every append landed: {seen}");
+    let mut expected: Vec<i64> = landed.into_iter().chain(tarn_ids).collect();
+    expected.sort_unstable();
+    for (name, sql) in [("a", &sql_a), ("b", &sql_b)] {
+        let ids: Vec<i64> = rows(sql, "SELECT id FROM c.t ORDER BY id")
+            .await
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect();
+        assert_eq!(
+            ids, expected,
+            "replica {name}: each append exactly once, nothing else"
+        );
+    }
+    // Both replicas served commits, and they raced: 409s to clients (pyiceberg reloads and
+    // retries those itself, the script a few more times) or swaps lost and retried by a server.
+    let (ca, cb) = (commit_statuses(&a), commit_statuses(&b));
+    assert!(ca.contains(&200) && cb.contains(&200), "{ca:?} {cb:?}");
+    let answered_409 = ca.iter().chain(&cb).filter(|s| **s == 409).count();
+    let lost_swaps = metric_sum(&a, "tarn_catalog_commit_conflicts_total")
+        + metric_sum(&b, "tarn_catalog_commit_conflicts_total");
+    eprintln!(
+        "two replicas: 32 pyiceberg appends + 12 tarn inserts landed; {answered_409} commits answered 409, \
+         {lost_swaps} catalog swaps lost and retried by the servers"
+    );
+}
+
+/// The statuses of the commits (`POST`s) a server answered, from its request log.
+fn commit_statuses(server: &RestServer) -> Vec<u64> {
+    server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            let f = &l["fields"];
+            f["message"] == "iceberg rest request" && f["method"] == "POST"
+        })
+        .map(|l| l["fields"]["status"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// tarn's CDC pipeline (in `tarn serve`) streams a PostgreSQL table into the lake while
+/// pyiceberg, through the REST catalog, adds a column to that table and sets its properties
+/// round after round, and appends to another table of the same namespace. Every commit lands
+/// (409s reloaded and retried), no commit undoes another's, and the CDC table still equals
+/// PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_cdc_and_pyiceberg_commit_side_by_side() {
+    let pg = tokio::task::block_in_place(PostgresServer::start_temporary).unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE accounts (id INT PRIMARY KEY, owner TEXT, balance NUMERIC(10,2)); \
+         INSERT INTO accounts SELECT g, 'owner-' || g, g FROM generate_series(1, 200) g;",
+    )
+    .unwrap();
+    let server = RestServer::start_with(&format!(
+        "[cdc]\nsource = \"{}\"\ntables = [\"public.accounts\"]\n[cdc.flush]\ninterval = \"100ms\"\n",
+        pg.url("app")
+    ));
+    let sql = server.sql().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = sql.simple_query("SELECT count(*) FROM cdc.accounts").await.ok();
+        let n = count.and_then(|m| {
+            m.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+        });
+        if n.as_deref() == Some("200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no initial snapshot\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sql.batch_execute("CREATE TABLE cdc.side (id BIGINT NOT NULL, name VARCHAR)")
+        .await
+        .unwrap();
+    let count = |query: &'static str| {
+        let sql = &sql;
+        async move { rows(sql, query).await[0].parse::<u64>().unwrap() }
+    };
+    let snapshots_before = count("SELECT count(*) FROM cdc.\"accounts$snapshots\"").await;
+
+    // A workload on PostgreSQL for as long as pyiceberg writes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = pg.url("app");
+    let workload = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 20 {
+                let statements = format!(
+                    "UPDATE accounts SET balance = balance + 1, owner = 'upd-{i}' WHERE id = {}; \
+                     INSERT INTO accounts VALUES ({}, 'new-{i}', {i}); \
+                     DELETE FROM accounts WHERE id = {};",
+                    i % 200 + 1,
+                    1000 + i,
+                    1000 + i - 3
+                );
+                let out = Command::new("psql")
+                    .args([&url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statements])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            i
+        }
+    });
+    let uri = server.uri();
+    let run = tokio::task::spawn_blocking(move || {
+        run_python(
+            "rest_catalog.py",
+            &[
+                "cdc-side",
+                "--uri",
+                &uri,
+                "--table",
+                "cdc.accounts",
+                "--side",
+                "cdc.side",
+                "--rounds",
+                "30",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let workload_rounds = workload.join().unwrap();
+    let seen = script_json(run, &[&server]);
+    assert_eq!(seen["gave_up"], 0, "{seen}");
+    let mut expected_changes = vec!["ext_note".to_string()];
+    expected_changes.extend((0..30).map(|i| format!("ext.round.{i}")));
+    assert_eq!(strings(&seen["cdc_table_changes"]), expected_changes);
+    assert_eq!(seen["side_appended"].as_array().unwrap().len(), 30);
+    let mut properties: Vec<String> = (0..30).map(|i| format!("ext.round.{i}")).collect();
+    properties.sort();
+    assert_eq!(
+        strings(&seen["cdc_properties"]),
+        properties,
+        "no property lost to a CDC commit"
+    );
+    assert!(
+        strings(&seen["cdc_columns"]).contains(&"ext_note".to_string()),
+        "{seen}"
+    );
+
+    // The lake catches up and equals PostgreSQL; the column pyiceberg added is there, empty.
+    let source = || {
+        let out = Command::new("psql")
+            .args([
+                &pg.url("app"),
+                "-X",
+                "-At",
+                "-P",
+                "null=NULL",
+                "-c",
+                "SELECT id, owner, balance FROM accounts ORDER BY id",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let expected = source();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lake = rows(&sql, "SELECT id, owner, balance FROM cdc.accounts ORDER BY id").await;
+        if lake == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lake did not catch up: {} rows vs {} in PostgreSQL\n{}",
+            lake.len(),
+            expected.len(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        rows(
+            &sql,
+            "SELECT count(*) FROM cdc.accounts WHERE ext_note IS NOT NULL"
+        )
+        .await,
+        ["0"]
+    );
+    assert_eq!(rows(&sql, "SELECT count(*) FROM cdc.side").await, ["30"]);
+    let snapshots_after = count("SELECT count(*) FROM cdc.\"accounts$snapshots\"").await;
+    // CDC committed while pyiceberg did (the property rounds are metadata-only commits).
+    assert!(
+        snapshots_after >= snapshots_before + 3,
+        "{snapshots_before} -> {snapshots_after}"
+    );
+    let answered_409 = commit_statuses(&server).iter().filter(|s| **s == 409).count();
+    eprintln!(
+        "CDC beside pyiceberg: {workload_rounds} workload rounds, CDC snapshots {snapshots_before} -> {snapshots_after}, \
+         {answered_409} commits answered 409, {} catalog swaps lost and retried by the server",
+        metric_sum(&server, "tarn_catalog_commit_conflicts_total")
+    );
+}
+
+/// A warehouse on S3 (moto): the catalog hands out the bucket's endpoint, region and
+/// path-style, and with `rest_catalog.vend_credentials` the keys, so pyiceberg and DuckDB given
+/// nothing but the catalog URL write and read the table's files in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_s3_warehouse_needs_only_the_catalog_url() {
+    let s3 = tokio::task::block_in_place(|| S3Server::start("lake")).unwrap();
+    let server = RestServer::start_with(&format!(
+        "[storage]\nwarehouse = \"s3://lake/wh\"\n\
+         [storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"tarn-key\"\n\
+         secret_access_key = \"tarn-secret\"\npath_style = true\nallow_http = true\n\
+         [rest_catalog]\nvend_credentials = true\n",
+        s3.endpoint()
+    ));
+    let (status, config) = server.http("GET", "/iceberg/v1/config", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        config["defaults"],
+        json!({"s3.endpoint": s3.endpoint(), "s3.region": "us-east-1", "client.region": "us-east-1",
+               "s3.path-style-access": "true"}),
+        "settings, never keys, for every client"
+    );
+    // pyiceberg with no S3 settings or AWS credentials of its own.
+    let clean = |args: Vec<String>| {
+        let out = Command::new(tarn_test_utils::python().unwrap())
+            .arg(tarn_test_utils::workspace_root().join("tests/interop/rest_catalog.py"))
+            .args(&args)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(anyhow::anyhow!(
+                "rest_catalog.py {args:?} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let uri = server.uri();
+    let seen = script_json(clean(vec!["s3".into(), "--uri".into(), uri.clone()]), &[&server]);
+    assert_eq!(printed_rows(&seen["rows"]), ["1|a|1.0", "3|c|3.0", "4|d|4.0"]);
+    assert_eq!(seen["location"], "s3://lake/wh/s3ns/t");
+    let files = strings(&seen["data_files"]);
+    assert!(!files.is_empty());
+    assert!(
+        files.iter().all(|f| f.starts_with("s3://lake/wh/s3ns/t/data/")),
+        "{files:?}"
+    );
+    assert_eq!(seen["table_io"]["s3.endpoint"], s3.endpoint());
+    assert_eq!(seen["table_io"]["s3.access-key-id"], "tarn-key", "vended: {seen}");
+    assert_eq!(seen["table_io"]["s3.secret-access-key"], "<set>");
+    // DuckDB, also given only the URL, reads what pyiceberg wrote; so does tarn.
+    let read = script_json(
+        clean(vec![
+            "read".into(),
+            "--uri".into(),
+            uri,
+            "--table".into(),
+            "s3ns.t".into(),
+        ]),
+        &[&server],
+    );
+    assert_eq!(read["duckdb"], seen["rows"]);
+    assert_eq!(read["pyiceberg"], seen["rows"]);
+    let sql = server.sql().await;
+    assert_eq!(
+        rows(&sql, "SELECT id, name, score FROM s3ns.t ORDER BY id").await,
+        ["1|a|1.0", "3|c|3.0", "4|d|4.0"]
+    );
+
+    // Keys only for requests that ask for vended credentials.
+    let path = "/iceberg/v1/tarn/namespaces/s3ns/tables/t";
+    let (status, plain) = server.http("GET", path, None);
+    assert_eq!(status, 200);
+    assert_eq!(plain["config"]["s3.endpoint"], s3.endpoint());
+    assert!(plain["config"].get("s3.secret-access-key").is_none(), "{plain}");
+    assert!(plain.get("storage-credentials").is_none(), "{plain}");
+    let asking = "X-Iceberg-Access-Delegation: vended-credentials\r\n";
+    let (_, vended) = server.http_with("GET", path, None, asking);
+    assert_eq!(vended["config"]["s3.secret-access-key"], "tarn-secret");
+    assert_eq!(
+        vended["storage-credentials"],
+        json!([{"prefix": "s3://lake/wh/s3ns/t", "config": {
+            "s3.access-key-id": "tarn-key", "s3.secret-access-key": "tarn-secret"}}])
+    );
+    let (status, credentials) = server.http_with("GET", &format!("{path}/credentials"), None, asking);
+    assert_eq!(status, 200);
+    assert_eq!(credentials["storage-credentials"], vended["storage-credentials"]);
+    let (_, none) = server.http("GET", &format!("{path}/credentials"), None);
+    assert_eq!(none["storage-credentials"], json!([]));
 }
