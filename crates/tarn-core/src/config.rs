@@ -905,6 +905,17 @@ impl Config {
                 format!("expected text or json, got {:?}", self.log.format),
             );
         }
+        if self.policy.file.is_some() && self.policy.opa_url.is_some() {
+            return bad(
+                "policy.opa_url",
+                "set either policy.file (evaluated in process) or policy.opa_url (an OPA server), not both"
+                    .into(),
+            );
+        }
+        if self.policy.package.trim().is_empty() {
+            return bad("policy.package", "must not be empty".into());
+        }
+        parse_duration("policy.timeout", &self.policy.timeout)?;
         for (i, user) in self.auth.users.iter().enumerate() {
             if user.name.is_empty() {
                 return bad(&format!("auth.users[{i}].name"), "must not be empty".into());
