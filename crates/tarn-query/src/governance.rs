@@ -90,6 +90,9 @@ fn df_error(e: Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// What a principal may see of the lake: tables by schema, and schemas.
+type Visible = (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>);
+
 /// Schemas that hold no lake tables.
 const SYSTEM_SCHEMAS: [&str; 2] = ["information_schema", "pg_catalog"];
 
@@ -193,7 +196,7 @@ impl Governance {
     fn visible(
         &self,
         principal: &Principal,
-    ) -> Result<(BTreeMap<String, BTreeSet<String>>, BTreeSet<String>)> {
+    ) -> Result<Visible> {
         let schemas: Vec<String> = self
             .catalog
             .schema_names()
@@ -311,7 +314,7 @@ struct Pass<'a> {
     principal: &'a Principal,
     config: &'a ConfigOptions,
     read: BTreeMap<TableReference, BTreeSet<String>>,
-    visible: Option<(BTreeMap<String, BTreeSet<String>>, BTreeSet<String>)>,
+    visible: Option<Visible>,
 }
 
 impl Pass<'_> {
