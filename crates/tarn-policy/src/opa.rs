@@ -43,6 +43,8 @@ impl OpaServer {
             url.trim_end_matches('/'),
             package.replace('.', "/")
         );
+        // The process-wide TLS provider reqwest's rustls needs (the one the rest of tarn uses).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()

@@ -257,3 +257,24 @@ fn a_policy_without_the_package_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("package trino"), "{err}");
 }
+
+#[test]
+fn an_unreachable_opa_server_denies_with_a_clear_error() {
+    // Nothing listens on port 9 of loopback (discard, never served on test machines).
+    let opa =
+        crate::OpaServer::new("http://127.0.0.1:9", "trino", std::time::Duration::from_secs(2)).unwrap();
+    let p = Policy::new(Arc::new(opa));
+    let err = p.allows(&user("alice", &[]), "ExecuteQuery", None).unwrap_err();
+    let PolicyError::Evaluation(message) = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        message.contains("OPA at http://127.0.0.1:9/v1/data/trino/allow"),
+        "{message}"
+    );
+    assert!(
+        message.contains("cannot be reached") || message.contains("no answer"),
+        "{message}"
+    );
+    assert!(err.to_string().starts_with("access denied"), "{err}");
+}
