@@ -193,10 +193,7 @@ impl Governance {
     }
 
     /// The lake's (schema, table) names the current principal may see, and its schemas.
-    fn visible(
-        &self,
-        principal: &Principal,
-    ) -> Result<Visible> {
+    fn visible(&self, principal: &Principal) -> Result<Visible> {
         let schemas: Vec<String> = self
             .catalog
             .schema_names()
