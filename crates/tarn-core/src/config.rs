@@ -65,6 +65,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Who may connect to the SQL endpoint.
     pub auth: AuthConfig,
+    /// Authorization: who may read and change what, column masks and row filters
+    /// (docs/governance.md). Without a policy every authenticated user may do everything.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
     /// Change data capture from an OLTP database (`tarn cdc run`, and `tarn serve` when
@@ -265,6 +269,42 @@ pub struct AuthConfig {
     /// login is refused before the secret is sent.
     #[serde(default)]
     pub allow_plaintext_passwords: bool,
+}
+
+/// Authorization policies in Rego, with the input and output contract of Trino's OPA access
+/// control (docs/governance.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A `.rego` file, or a directory whose `.rego` files are loaded (not recursively).
+    /// Once set, everything the policy does not allow is denied.
+    pub file: Option<PathBuf>,
+    /// An OPA server's base URL (e.g. `http://127.0.0.1:8181`), asked over its data API
+    /// instead of evaluating `file` in process.
+    pub opa_url: Option<String>,
+    /// The Rego package holding the rules `allow`, `batch`, `rowFilters`, `columnMask`,
+    /// `batchColumnMasks` (Trino's documentation uses `trino`).
+    pub package: String,
+    /// How long to wait for `opa_url`.
+    pub timeout: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            opa_url: None,
+            package: "trino".into(),
+            timeout: "2s".into(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Whether a policy decides (a file or an OPA server is configured).
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some() || self.opa_url.is_some()
+    }
 }
 
 /// An OIDC issuer whose tokens are identities (Keycloak, Entra ID, Okta, Dex, ...).
@@ -574,6 +614,7 @@ impl Config {
                 max_connections: 100,
             },
             auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
             log: LogConfig {
                 format: "text".into(),
                 level: "info".into(),
@@ -873,6 +914,17 @@ impl Config {
                 format!("expected text or json, got {:?}", self.log.format),
             );
         }
+        if self.policy.file.is_some() && self.policy.opa_url.is_some() {
+            return bad(
+                "policy.opa_url",
+                "set either policy.file (evaluated in process) or policy.opa_url (an OPA server), not both"
+                    .into(),
+            );
+        }
+        if self.policy.package.trim().is_empty() {
+            return bad("policy.package", "must not be empty".into());
+        }
+        parse_duration("policy.timeout", &self.policy.timeout)?;
         for (i, user) in self.auth.users.iter().enumerate() {
             if user.name.is_empty() {
                 return bad(&format!("auth.users[{i}].name"), "must not be empty".into());

@@ -29,6 +29,8 @@ pub enum ErrorKind {
     Source,
     /// An operation was cancelled before it committed.
     Cancelled,
+    /// The principal may not do this: a policy denied it (SQLSTATE 42501, HTTP 403).
+    PermissionDenied,
     /// Anything else: a bug or an unexpected state.
     Internal,
 }
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Query => "query",
             ErrorKind::Source => "source",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::Internal => "internal",
         }
     }

@@ -51,14 +51,17 @@ use pgwire::api::results::{FieldInfo, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireConnectionState,
+    PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tarn_core::config::AuthConfig;
 
 mod login;
+use tarn_auth::Principal;
 use tarn_core::{Error, ErrorKind};
+use tarn_query::governance::with_principal;
 use tarn_query::result_names::{self, ResultNames};
 use tarn_query::{Output, TarnSession, from_df_error};
 use tokio::net::TcpListener;
@@ -76,6 +79,7 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
         ErrorKind::Storage => "58030",
         ErrorKind::Catalog | ErrorKind::Source => "08006",
         ErrorKind::Config => "F0000",
+        ErrorKind::PermissionDenied => "42501",
         ErrorKind::InvalidInput => {
             let m = message.to_ascii_lowercase();
             if m.contains("syntax error") || m.contains("expected") && m.contains("found") {
@@ -146,6 +150,12 @@ impl QueryHook for CatalogHook {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Err(e) = self.session.authorize_statement(statement) {
+            return Some(Err(user_error(&e)));
+        }
+        if let Err(e) = self.session.authorize_explain(statement).await {
+            return Some(Err(user_error(&e)));
+        }
         if is_catalog_statement(statement) {
             return Some(run_catalog(&self.session, statement).await);
         }
@@ -161,6 +171,12 @@ impl QueryHook for CatalogHook {
         ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if let Err(e) = self.session.authorize_statement(statement) {
+            return Some(Err(user_error(&e)));
+        }
+        if let Err(e) = self.session.authorize_explain(statement).await {
+            return Some(Err(user_error(&e)));
+        }
         if is_catalog_statement(statement) {
             return Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
                 produce_one_row: false,
@@ -393,6 +409,18 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         metrics::counter!("tarn_pgwire_queries_total").increment(1);
+        with_principal(principal_of(client), self.run_query(client, query)).await
+    }
+}
+
+impl TarnSimpleQuery {
+    async fn run_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: pgwire::api::store::PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let statements = match TarnSession::prepare(query) {
             Ok(s) => s,
             // Let DataFusion's parser report what it makes of it.
@@ -555,7 +583,12 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let response = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
+        let principal = principal_of(client);
+        let response = with_principal(
+            principal,
+            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+        )
+        .await?;
         let response = uuid_wire::with_uuid_types(response, &uuids_of(&portal.statement.statement));
         Ok(with_names(
             response,
@@ -654,6 +687,15 @@ impl AuthSource for ConfigAuthSource {
     }
 }
 
+/// The principal a connection logged in as ([`login`] for tokens, [`TarnStartup`] for SCRAM
+/// and trusted logins).
+fn principal_of<C: ClientInfo + ?Sized>(client: &C) -> Option<Arc<Principal>> {
+    client
+        .session_extensions()
+        .get::<Arc<Principal>>()
+        .map(|p| p.as_ref().clone())
+}
+
 /// Accepts a connection without a password (loopback clients, when configured).
 struct TrustStartup {
     connections: Arc<ConnectionManager>,
@@ -713,10 +755,28 @@ impl StartupHandler for TarnStartup {
             })
         };
         match kind {
-            LoginKind::Trusted => self.trust.on_startup(client, message).await,
-            LoginKind::Scram => self.scram.on_startup(client, message).await,
-            LoginKind::Token => self.token.on_startup(client, message).await,
+            LoginKind::Trusted => self.trust.on_startup(client, message).await?,
+            LoginKind::Scram => self.scram.on_startup(client, message).await?,
+            LoginKind::Token => self.token.on_startup(client, message).await?,
         }
+        // A token login has put its principal (user and groups) in the session; a SCRAM or
+        // trusted login is the user the connection named, without groups.
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) && principal_of(client).is_none() {
+            let user = LoginInfo::from_client_info(client)
+                .user()
+                .unwrap_or_default()
+                .to_string();
+            let method = match kind {
+                LoginKind::Trusted => tarn_auth::Method::Trusted,
+                _ => tarn_auth::Method::Password,
+            };
+            client.session_extensions().insert(Arc::new(Principal {
+                user,
+                groups: Vec::new(),
+                method,
+            }));
+        }
+        Ok(())
     }
 }
 

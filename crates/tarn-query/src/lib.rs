@@ -6,6 +6,7 @@
 //! crate.
 
 mod filter_order;
+pub mod governance;
 pub mod lineage;
 pub mod load;
 pub mod provider;

@@ -29,10 +29,13 @@ use iceberg::{NamespaceIdent, TableIdent};
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::{Lake, TableLayout};
 
+use crate::governance::{Governance, PolicyRule};
 use crate::provider::LakeCatalogProvider;
 use crate::result_names::{ResultNames, alias_repeats};
 use crate::sql_ext::{self, RewrittenStatement};
 use crate::write::{WriteProgress, write_and_commit};
+use tarn_auth::Principal;
+use tarn_policy::{Policy, TableName};
 
 /// The schema unqualified table names resolve to.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -66,6 +69,11 @@ pub struct TarnSession {
     ctx: SessionContext,
     lake: Lake,
     catalog: Arc<LakeCatalogProvider>,
+    /// The policy every plan passes ([`crate::governance`]); none: everything is allowed.
+    governance: Option<Arc<Governance>>,
+    /// Who statements run for, when this session says (`tarn sql --as`); otherwise whoever
+    /// the calling task runs for ([`crate::governance::with_principal`]).
+    principal: Option<Arc<Principal>>,
 }
 
 /// Maps a DataFusion error to tarn's, unwrapping tarn errors DataFusion carried.
@@ -108,6 +116,12 @@ fn strip_df_prefixes(message: &str) -> String {
 impl TarnSession {
     /// A session over `lake`; creates the `public` namespace on first use.
     pub async fn new(lake: Lake) -> Result<Self> {
+        Self::with_policy(lake, None).await
+    }
+
+    /// A session over `lake` whose statements `policy` authorizes (module
+    /// [`crate::governance`]); with `None`, everything is allowed.
+    pub async fn with_policy(lake: Lake, policy: Option<Policy>) -> Result<Self> {
         // DataFusion's own settings may be tuned with `DATAFUSION_*` environment variables
         // (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=4`); see docs/serving.md.
         let mut config = SessionConfig::from_env()
@@ -125,19 +139,141 @@ impl TarnSession {
         // Times with a zone are in UTC, as in PostgreSQL with `TimeZone = UTC`: `now()` and
         // `current_timestamp` are `timestamptz`, `TIMESTAMPTZ` columns keep the zone.
         config.options_mut().execution.time_zone = Some("+00:00".into());
-        let state = SessionStateBuilder::new()
+        let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
+        let governance = policy.map(|policy| {
+            Arc::new(Governance::new(
+                policy,
+                lake.name(),
+                DEFAULT_SCHEMA,
+                catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>,
+            ))
+        });
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
-            .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters));
+        if let Some(g) = &governance {
+            // Last, so it sees the plan as the other analyzer rules leave it (views inlined,
+            // types coerced).
+            state = state.with_analyzer_rule(Arc::new(PolicyRule::new(g.clone())));
+        }
+        let ctx = SessionContext::new_with_state(state.build());
         ctx.register_catalog(lake.name(), catalog.clone());
         let public = NamespaceIdent::new(DEFAULT_SCHEMA.to_string());
         lake.create_namespace(&public, true).await?;
         catalog.refresh().await?;
-        Ok(Self { ctx, lake, catalog })
+        Ok(Self {
+            ctx,
+            lake,
+            catalog,
+            governance,
+            principal: None,
+        })
+    }
+
+    /// This session running its statements for `principal` (`tarn sql --as USER`).
+    pub fn for_principal(&self, principal: Principal) -> Self {
+        Self {
+            principal: Some(Arc::new(principal)),
+            ..self.clone()
+        }
+    }
+
+    /// The policy's decisions, when a policy is configured.
+    pub fn governance(&self) -> Option<&Arc<Governance>> {
+        self.governance.as_ref()
+    }
+
+    /// Refuses, when a policy is configured, statements that neither the policy rule nor
+    /// tarn's catalog statements cover (endpoints that hand statements to DataFusion
+    /// themselves call this first): views, functions, `ALTER`, ... which DataFusion would run
+    /// on its own.
+    pub fn authorize_statement(&self, statement: &Statement) -> Result<()> {
+        if self.governance.is_none() {
+            return Ok(());
+        }
+        let covered = matches!(
+            statement,
+            Statement::Query(_)
+                | Statement::Insert(_)
+                | Statement::Delete(_)
+                | Statement::Update { .. }
+                | Statement::Explain { .. }
+                | Statement::ExplainTable { .. }
+                | Statement::Set(_)
+                | Statement::ShowVariable { .. }
+                | Statement::ShowVariables { .. }
+                | Statement::ShowTables { .. }
+                | Statement::ShowColumns { .. }
+                | Statement::StartTransaction { .. }
+                | Statement::Commit { .. }
+                | Statement::Rollback { .. }
+                | Statement::Declare { .. }
+                | Statement::Fetch { .. }
+                | Statement::Close { .. }
+                | Statement::Deallocate { .. }
+                | Statement::Discard { .. }
+                | Statement::CreateTable(_)
+                | Statement::CreateSchema { .. }
+        ) || matches!(statement, Statement::Drop { object_type, .. } if matches!(object_type, ObjectType::Table | ObjectType::Schema));
+        if covered {
+            return Ok(());
+        }
+        let text = statement.to_string();
+        let words: Vec<&str> = text.split_whitespace().take(2).collect();
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "access denied: {} statements are not allowed while a policy is configured",
+                words.join(" ").to_ascii_uppercase()
+            ),
+        ))
+    }
+
+    /// With a policy configured, refuses `EXPLAIN` of a statement the policy would refuse:
+    /// DataFusion's verbose `EXPLAIN` shows an analyzer rule's error as a line of the plan
+    /// rather than failing, so the explained statement is authorized first.
+    pub async fn authorize_explain(&self, statement: &Statement) -> Result<()> {
+        let (Some(_), Statement::Explain { statement, .. }) = (&self.governance, statement) else {
+            return Ok(());
+        };
+        self.authorize_plan(DFStatement::Statement(statement.clone()))
+            .await
+    }
+
+    async fn authorize_plan(&self, statement: DFStatement) -> Result<()> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await.map_err(from_df_error)?;
+        state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map(|_| ())
+            .map_err(from_df_error)
+    }
+
+    fn check(&self, operation: &str, resource: serde_json::Value, what: &str) -> Result<()> {
+        match &self.governance {
+            Some(g) => g.check(operation, Some(resource), what),
+            None => Ok(()),
+        }
+    }
+
+    fn table_resource(&self, ident: &TableIdent) -> (serde_json::Value, String) {
+        let name = TableName {
+            catalog: self.lake.name().to_string(),
+            schema: ident.namespace().join("."),
+            table: ident.name().to_string(),
+        };
+        (name.resource(None), name.to_string())
+    }
+
+    fn schema_resource(&self, ns: &NamespaceIdent) -> (serde_json::Value, String) {
+        let schema = ns.join(".");
+        (
+            tarn_policy::schema_resource(self.lake.name(), &schema),
+            format!("{}.{schema}", self.lake.name()),
+        )
     }
 
     /// The DataFusion context, for endpoints that plan statements themselves.
@@ -181,8 +317,12 @@ impl TarnSession {
         Ok(out)
     }
 
-    /// Runs one prepared statement.
+    /// Runs one prepared statement (for this session's principal, when it has one).
     pub async fn run(&self, statement: &RewrittenStatement) -> Result<Output> {
+        crate::governance::with_principal(self.principal.clone(), self.run_statement(statement)).await
+    }
+
+    async fn run_statement(&self, statement: &RewrittenStatement) -> Result<Output> {
         let started = std::time::Instant::now();
         self.catalog.refresh().await?;
         let refreshed = started.elapsed();
@@ -214,6 +354,12 @@ impl TarnSession {
             }
             _ => None,
         };
+        if let DFStatement::Statement(s) = &parsed {
+            self.authorize_statement(s)?;
+        }
+        if let (Some(_), DFStatement::Explain(explain)) = (&self.governance, &parsed) {
+            self.authorize_plan(explain.statement.as_ref().clone()).await?;
+        }
         if let DFStatement::Statement(s) = &parsed
             && let Some(output) = self.run_catalog_statement(s).await?
         {
@@ -262,6 +408,8 @@ impl TarnSession {
                     }
                 };
                 let ns = self.namespace_of(name)?;
+                let (resource, what) = self.schema_resource(&ns);
+                self.check("CreateSchema", resource, &what)?;
                 self.lake.create_namespace(&ns, *if_not_exists).await?;
                 Ok(Some(command("CREATE SCHEMA", None)))
             }
@@ -275,6 +423,8 @@ impl TarnSession {
                 ObjectType::Table => {
                     for name in names {
                         let ident = self.table_ident(name)?;
+                        let (resource, what) = self.table_resource(&ident);
+                        self.check("DropTable", resource, &what)?;
                         if *if_exists && !self.lake.table_exists(&ident).await? {
                             continue;
                         }
@@ -285,6 +435,8 @@ impl TarnSession {
                 ObjectType::Schema => {
                     for name in names {
                         let ns = self.namespace_of(name)?;
+                        let (resource, what) = self.schema_resource(&ns);
+                        self.check("DropSchema", resource, &what)?;
                         self.lake.drop_namespace(&ns, *if_exists).await?;
                     }
                     Ok(Some(command("DROP SCHEMA", None)))
@@ -304,6 +456,8 @@ impl TarnSession {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let ident = self.reference_ident(&create.name)?;
+                let (resource, what) = self.table_resource(&ident);
+                self.check("CreateTable", resource, &what)?;
                 if create.or_replace {
                     return Err(Error::new(
                         ErrorKind::InvalidInput,

@@ -24,8 +24,8 @@
 //! `CommitTransactionRequest`) are written here.
 //!
 //! Authentication and authorization: one seam, [`Authorizer`], asked before every request;
-//! [`AllowAll`] is the only implementation for now (the `Authorization` header, e.g.
-//! pyiceberg's `Bearer None`, is ignored). Governance plugs in there.
+//! [`AllowAll`] lets everything through (the `Authorization` header, e.g. pyiceberg's
+//! `Bearer None`, is ignored); `tarn serve` plugs its policy in there when one is configured.
 
 mod commit;
 mod envelope;
@@ -67,6 +67,9 @@ pub struct CatalogRequest<'a> {
     pub params: &'a HashMap<String, String>,
     /// The request headers (`Authorization`, ...).
     pub headers: &'a HeaderMap,
+    /// The request's extensions: what middleware in front of the catalog put there (`tarn
+    /// serve`'s bearer-token check puts the caller's principal).
+    pub extensions: &'a axum::http::Extensions,
 }
 
 /// Decides whether a request may proceed: the seam where authentication (bearer tokens,
@@ -222,6 +225,7 @@ async fn observe(
             route: &route,
             params: &params,
             headers: request.headers(),
+            extensions: request.extensions(),
         })
         .await
         .err();

@@ -65,6 +65,15 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Run as this user under the configured policy (`[policy]`, docs/governance.md):
+        /// its grants, column masks and row filters apply. Without it, `tarn sql` runs as the
+        /// operator of the data directory, whom no policy restricts (they can read the files).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+        /// A group (role) of the `--as` user, as policies see it in
+        /// `input.context.identity.groups`; repeatable.
+        #[arg(long = "group", value_name = "GROUP", requires = "as_user")]
+        groups: Vec<String>,
     },
     /// Serve the Postgres wire endpoint and HTTP until SIGINT/SIGTERM.
     ///
@@ -110,6 +119,9 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Authorization policies (`[policy]`, docs/governance.md).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -192,6 +204,28 @@ enum PushCommand {
 enum ConfigCommand {
     /// Print the effective configuration, secrets redacted.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Evaluate a policy against recorded inputs, like `opa test`.
+    ///
+    /// POLICY is a `.rego` file or a directory of them (as `policy.file`). CASES is a JSON
+    /// lines file, one case per line: `{"name": "...", "rule": "allow", "input": {...},
+    /// "expect": true}` — `rule` is one of Trino's (`allow`, `batch`, `rowFilters`,
+    /// `columnMask`, `batchColumnMasks`; `allow` when absent), `input` the request document
+    /// (`{"context": {"identity": ...}, "action": ...}`), `expect` the rule's value (`null`
+    /// for undefined; sets compare in any order). Prints each case; exits 1 when one fails.
+    Test {
+        /// The policy: a `.rego` file or a directory.
+        policy: PathBuf,
+        /// The recorded inputs and expected answers (JSON lines).
+        #[arg(long)]
+        cases: PathBuf,
+        /// The Rego package of the rules (default `policy.package`, `trino`).
+        #[arg(long)]
+        package: Option<String>,
+    },
 }
 
 /// Entry point: parse, run, map errors to exit code 1.
@@ -279,14 +313,53 @@ async fn open(config: &Config) -> Result<TarnSession> {
     Ok(TarnSession::new(lake).await?)
 }
 
+/// A session whose statements the configured policy authorizes (`[policy]`); without one,
+/// everything is allowed, and the log says so.
+pub(crate) async fn open_governed(config: &Config) -> Result<TarnSession> {
+    let policy = crate::policy::load(config)?;
+    let lake = Lake::open(config).await?;
+    Ok(TarnSession::with_policy(lake, policy).await?)
+}
+
 async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
     match cli.command {
+        Command::Policy(PolicyCommand::Test {
+            policy,
+            cases,
+            package,
+        }) => {
+            let package = package.unwrap_or_else(|| config.policy.package.clone());
+            crate::policy::test(&policy, &cases, &package)
+        }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sql { sql, format } => {
-            let session = open(&config).await?;
+        Command::Sql {
+            sql,
+            format,
+            as_user,
+            groups,
+        } => {
+            let session = match as_user {
+                Some(user) => {
+                    let session = open_governed(&config).await?;
+                    if session.governance().is_none() {
+                        tracing::warn!(
+                            "--as {user}: no policy is configured ([policy]), so nothing is restricted"
+                        );
+                    }
+                    let mut groups = groups;
+                    groups.sort();
+                    groups.dedup();
+                    session.for_principal(tarn_auth::Principal {
+                        user,
+                        groups,
+                        method: tarn_auth::Method::Trusted,
+                    })
+                }
+                None => open(&config).await?,
+            };
             match sql {
                 Some(sql) => {
                     let sql = if sql == "-" {
@@ -302,7 +375,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
         }
         Command::Serve => {
             let metrics = crate::serve::install_metrics()?;
-            let session = open(&config).await?;
+            let session = open_governed(&config).await?;
             crate::serve::serve(&config, session, metrics).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -32,6 +32,7 @@ pub mod load;
 pub mod maintain;
 pub mod measure;
 pub mod output;
+pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
 pub mod tail;

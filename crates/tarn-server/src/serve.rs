@@ -79,7 +79,13 @@ fn rest_catalog(config: &Config, session: &TarnSession) -> Option<Router> {
         return None;
     }
     let lake = session.lake().clone();
-    let options = tarn_rest_catalog::RestCatalogOptions::for_config(&lake, config);
+    let mut options = tarn_rest_catalog::RestCatalogOptions::for_config(&lake, config);
+    if let Some(governance) = session.governance() {
+        options.authorizer = Arc::new(crate::policy::PolicyAuthorizer::new(
+            governance.policy().clone(),
+            lake.clone(),
+        ));
+    }
     Some(tarn_rest_catalog::router(lake, options))
 }
 

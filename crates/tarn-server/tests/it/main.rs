@@ -11,6 +11,7 @@ mod cockroach;
 mod datahub;
 mod demo;
 mod foreign;
+mod governance;
 mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;

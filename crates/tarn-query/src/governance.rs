@@ -1,0 +1,728 @@
+//! The one place statements are authorized: every plan the session runs — from the Postgres
+//! wire endpoint (simple and extended protocol), `tarn sql`, or anything else planning on the
+//! session's context — passes DataFusion's analyzer, and [`PolicyRule`], the last analyzer
+//! rule, decides on the resolved logical plan with the session's [`Policy`]:
+//!
+//! - `ExecuteQuery` for every statement; `SelectFromColumns` for each table read, with the
+//!   columns the statement reads of it (worked out by DataFusion's projection pruning on a
+//!   copy of the plan), wherever the table appears — subqueries, CTEs, joins, unions, the
+//!   input of `INSERT`, `CREATE TABLE AS` and `COPY`, inside `EXPLAIN`; `InsertIntoTable`,
+//!   `DeleteFromTable`, `UpdateTableColumns` for writes; tarn's `CopyTo` (resource
+//!   `{"file": {"path"}}`) for `COPY ... TO`;
+//! - row filters (`GetRowFilters`) become a `Filter` directly above the table's scan, and
+//!   column masks (`GetColumnMask`) a `Projection` above that, which replaces each masked
+//!   column by its mask (cast to the column's type) under the column's own name. Everything
+//!   the statement does with the table happens above, so no query shape sees an unmasked value
+//!   or a filtered row. The scan's table is wrapped ([`PolicedTable`]) so a plan analyzed twice
+//!   (the extended protocol optimizes before it executes) is rewritten once;
+//! - `information_schema` (`tables`, `columns`, `views`, `schemata`) and `pg_catalog`
+//!   (`pg_tables`, `pg_class`, `pg_namespace`) get a `Filter` keeping only the lake's tables
+//!   and schemas the policy lets the principal see (`FilterTables`, `FilterSchemas`);
+//! - Iceberg metadata tables (`t$snapshots`, `t$manifests`) are asked as the table
+//!   `t$manifests` (as Trino's Iceberg connector names them) and refused when `t` has a row
+//!   filter or mask for the principal, since their statistics show values.
+//!
+//! Catalog statements tarn runs itself (`CREATE TABLE`, `CREATE SCHEMA`, `DROP ...`) are
+//! checked by the session through [`Governance::check`] before they run.
+//!
+//! Who asks travels with the task: an endpoint runs a statement inside [`with_principal`].
+//! With a policy configured, a plan analyzed outside of one is refused.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{Column, Constraints, DFSchema, Statistics, TableReference};
+use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::expr_rewriter::normalize_col;
+use datafusion::logical_expr::{
+    Expr, Filter, LogicalPlan, Projection, TableProviderFilterPushDown, TableScan, WriteOp, cast, lit,
+};
+use datafusion::optimizer::analyzer::AnalyzerRule;
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
+use datafusion::optimizer::optimize_projections::OptimizeProjections;
+use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+use datafusion::physical_plan::ExecutionPlan;
+use serde_json::json;
+use tarn_auth::Principal;
+use tarn_core::{Error, ErrorKind, Result};
+use tarn_policy::{Policy, PolicyError, TableName};
+
+tokio::task_local! {
+    static PRINCIPAL: Arc<Principal>;
+}
+
+/// Runs `f` on behalf of `principal` (when given; otherwise on behalf of whoever the caller
+/// runs for).
+pub async fn with_principal<F: Future>(principal: Option<Arc<Principal>>, f: F) -> F::Output {
+    match principal {
+        Some(p) => PRINCIPAL.scope(p, f).await,
+        None => f.await,
+    }
+}
+
+/// The principal the current task runs for.
+pub fn current_principal() -> Option<Arc<Principal>> {
+    PRINCIPAL.try_with(Arc::clone).ok()
+}
+
+/// A policy denial or failure as tarn's error.
+pub fn policy_error(e: PolicyError) -> Error {
+    match e {
+        PolicyError::Denied(_) | PolicyError::Evaluation(_) => {
+            Error::new(ErrorKind::PermissionDenied, e.to_string())
+        }
+        PolicyError::Load { .. } => Error::new(ErrorKind::Config, e.to_string()),
+    }
+}
+
+fn df_error(e: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// What a principal may see of the lake: tables by schema, and schemas.
+type Visible = (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>);
+
+/// Schemas that hold no lake tables.
+const SYSTEM_SCHEMAS: [&str; 2] = ["information_schema", "pg_catalog"];
+
+/// The session's policy and what deciding needs.
+pub struct Governance {
+    policy: Policy,
+    catalog_name: String,
+    default_schema: String,
+    catalog: Arc<dyn CatalogProvider>,
+    /// Parses mask and row filter expressions (DataFusion's functions, PostgreSQL dialect).
+    expressions: SessionState,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Governance({:?})", self.policy)
+    }
+}
+
+impl Governance {
+    /// Decisions of `policy` over the tables of `catalog` (named `catalog_name`).
+    pub fn new(
+        policy: Policy,
+        catalog_name: &str,
+        default_schema: &str,
+        catalog: Arc<dyn CatalogProvider>,
+    ) -> Self {
+        let mut config = datafusion::execution::context::SessionConfig::new();
+        config.options_mut().sql_parser.dialect = datafusion::common::config::Dialect::PostgreSQL;
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        Self {
+            policy,
+            catalog_name: catalog_name.to_string(),
+            default_schema: default_schema.to_string(),
+            catalog,
+            expressions: SessionStateBuilder::new()
+                .with_config(config)
+                .with_default_features()
+                .build(),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The principal of the current task, or an error: with a policy, nothing runs for nobody.
+    pub fn principal(&self) -> Result<Arc<Principal>> {
+        current_principal().ok_or_else(|| {
+            Error::new(
+                ErrorKind::PermissionDenied,
+                "access denied: the statement runs for no principal, and a policy is configured",
+            )
+        })
+    }
+
+    /// Checks `operation` on `resource` for the current principal; `what` names the object in
+    /// the error.
+    pub fn check(&self, operation: &str, resource: Option<serde_json::Value>, what: &str) -> Result<()> {
+        let principal = self.principal()?;
+        let decided = self
+            .policy
+            .check(&principal, operation, resource, what)
+            .map_err(policy_error);
+        log_decision(&principal, operation, what, &decided);
+        decided
+    }
+
+    /// The policy's name of table `table` in schema `schema`.
+    pub fn table_name(&self, schema: &str, table: &str) -> TableName {
+        TableName {
+            catalog: self.catalog_name.clone(),
+            schema: schema.to_string(),
+            table: table.to_string(),
+        }
+    }
+
+    /// Whether `table` has a row filter or column mask for the current principal (a reader of
+    /// its files would bypass them).
+    pub fn is_restricted(&self, table: &TableName, columns: &[(String, String)]) -> Result<Option<String>> {
+        let principal = self.principal()?;
+        let filters = self.policy.row_filters(&principal, table).map_err(policy_error)?;
+        if !filters.is_empty() {
+            return Ok(Some(format!("it has a row filter for {principal}")));
+        }
+        let masks = self
+            .policy
+            .column_masks(&principal, table, columns)
+            .map_err(policy_error)?;
+        if let Some((i, _)) = masks.first() {
+            return Ok(Some(format!(
+                "its column {} is masked for {principal}",
+                columns[*i].0
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The lake's (schema, table) names the current principal may see, and its schemas.
+    fn visible(&self, principal: &Principal) -> Result<Visible> {
+        let schemas: Vec<String> = self
+            .catalog
+            .schema_names()
+            .into_iter()
+            .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
+            .collect();
+        let mut tables = Vec::new();
+        for schema in &schemas {
+            if let Some(provider) = self.catalog.schema(schema) {
+                for table in provider.table_names() {
+                    tables.push((schema.clone(), table));
+                }
+            }
+        }
+        let resources: Vec<_> = tables
+            .iter()
+            .map(|(s, t)| self.table_name(s, t).resource(None))
+            .collect();
+        let mut visible: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for i in self
+            .policy
+            .filter(principal, "FilterTables", &resources)
+            .map_err(policy_error)?
+        {
+            if let Some((s, t)) = tables.get(i) {
+                visible.entry(s.clone()).or_default().insert(t.clone());
+            }
+        }
+        let schema_resources: Vec<_> = schemas
+            .iter()
+            .map(|s| tarn_policy::schema_resource(&self.catalog_name, s))
+            .collect();
+        let visible_schemas = self
+            .policy
+            .filter(principal, "FilterSchemas", &schema_resources)
+            .map_err(policy_error)?
+            .into_iter()
+            .filter_map(|i| schemas.get(i).cloned())
+            .collect();
+        Ok((visible, visible_schemas))
+    }
+}
+
+fn log_decision(principal: &Principal, operation: &str, what: &str, decided: &Result<()>) {
+    match decided {
+        Ok(()) => {
+            tracing::debug!(target: "tarn::audit", user = %principal.user, groups = ?principal.groups, operation, object = what, decision = "allow", "authorized")
+        }
+        Err(e) => {
+            tracing::info!(target: "tarn::audit", user = %principal.user, groups = ?principal.groups, operation, object = what, decision = "deny", reason = %e, "denied")
+        }
+    }
+}
+
+/// The analyzer rule that authorizes plans and applies masks and row filters (module doc).
+#[derive(Debug)]
+pub struct PolicyRule {
+    governance: Arc<Governance>,
+}
+
+impl PolicyRule {
+    /// The rule deciding with `governance`.
+    pub fn new(governance: Arc<Governance>) -> Self {
+        Self { governance }
+    }
+}
+
+impl AnalyzerRule for PolicyRule {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> DFResult<LogicalPlan> {
+        let g = &self.governance;
+        let principal = g.principal().map_err(df_error)?;
+        let mut pass = Pass {
+            g,
+            principal: &principal,
+            config,
+            read: columns_read(&plan),
+            visible: None,
+        };
+        pass.check("ExecuteQuery", None, "a statement")?;
+        plan.apply_with_subqueries(|node| {
+            pass.check_writes(node)?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let rewritten = plan.transform_up_with_subqueries(|node| match node {
+            LogicalPlan::TableScan(scan) => pass.scan(scan),
+            other => Ok(Transformed::no(other)),
+        })?;
+        Ok(rewritten.data)
+    }
+
+    fn name(&self) -> &str {
+        "tarn_policy"
+    }
+}
+
+/// The columns each table reference is read for, as DataFusion's projection pruning works
+/// them out on a copy of the plan; references it cannot tell for are absent (all columns).
+fn columns_read(plan: &LogicalPlan) -> BTreeMap<TableReference, BTreeSet<String>> {
+    let mut read: BTreeMap<TableReference, BTreeSet<String>> = BTreeMap::new();
+    let Ok(pruned) = OptimizeProjections::new().rewrite(plan.clone(), &OptimizerContext::new()) else {
+        return read;
+    };
+    let _ = pruned.data.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let entry = read.entry(scan.table_name.clone()).or_default();
+            entry.extend(scan.projected_schema.fields().iter().map(|f| f.name().clone()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    read
+}
+
+struct Pass<'a> {
+    g: &'a Governance,
+    principal: &'a Principal,
+    config: &'a ConfigOptions,
+    read: BTreeMap<TableReference, BTreeSet<String>>,
+    visible: Option<Visible>,
+}
+
+impl Pass<'_> {
+    fn check(&self, operation: &str, resource: Option<serde_json::Value>, what: &str) -> DFResult<()> {
+        let decided = self
+            .g
+            .policy
+            .check(self.principal, operation, resource, what)
+            .map_err(policy_error);
+        log_decision(self.principal, operation, what, &decided);
+        decided.map_err(df_error)
+    }
+
+    /// (schema, table) of a reference, resolved against the session's defaults; `None` for
+    /// another catalog.
+    fn resolve(&self, reference: &TableReference) -> (String, String, String) {
+        let resolved = reference
+            .clone()
+            .resolve(&self.g.catalog_name, &self.g.default_schema);
+        (
+            resolved.catalog.to_string(),
+            resolved.schema.to_string(),
+            resolved.table.to_string(),
+        )
+    }
+
+    fn policy_table(&self, reference: &TableReference) -> TableName {
+        let (catalog, schema, table) = self.resolve(reference);
+        TableName {
+            catalog,
+            schema,
+            table,
+        }
+    }
+
+    fn check_writes(&self, node: &LogicalPlan) -> DFResult<()> {
+        match node {
+            LogicalPlan::Dml(dml) => {
+                let table = self.policy_table(&dml.table_name);
+                let operation = match &dml.op {
+                    WriteOp::Insert(InsertOp::Append) => "InsertIntoTable",
+                    WriteOp::Insert(_) => "InsertIntoTable",
+                    WriteOp::Delete => "DeleteFromTable",
+                    WriteOp::Update => "UpdateTableColumns",
+                    WriteOp::Ctas => "CreateTable",
+                    WriteOp::Truncate => "TruncateTable",
+                };
+                let resource = if operation == "UpdateTableColumns" {
+                    let columns: Vec<String> = dml
+                        .target
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect();
+                    table.resource(Some(&columns))
+                } else {
+                    table.resource(None)
+                };
+                self.check(operation, Some(resource), &table.to_string())
+            }
+            LogicalPlan::Copy(copy) => self.check(
+                "CopyTo",
+                Some(json!({ "file": { "path": copy.output_url } })),
+                &format!("to {}", copy.output_url),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn scan(&mut self, scan: TableScan) -> DFResult<Transformed<LogicalPlan>> {
+        let provider = source_as_provider(&scan.source)?;
+        if provider.as_any().is::<PolicedTable>() {
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        }
+        let (catalog, schema, table) = self.resolve(&scan.table_name);
+        if catalog == self.g.catalog_name && SYSTEM_SCHEMAS.contains(&schema.as_str()) {
+            return self.listing(scan, provider, &schema, &table);
+        }
+        let (base, is_metadata) = match table.split_once('$') {
+            Some((base, _)) => (base.to_string(), true),
+            None => (table.split('@').next().unwrap_or(&table).to_string(), false),
+        };
+        let asked = TableName {
+            catalog: catalog.clone(),
+            schema: schema.clone(),
+            table: if is_metadata { table.clone() } else { base.clone() },
+        };
+        let source_schema = provider.schema();
+        let read: Vec<String> = match self.read.get(&scan.table_name) {
+            Some(columns) => source_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|c| columns.contains(c))
+                .collect(),
+            None => source_schema.fields().iter().map(|f| f.name().clone()).collect(),
+        };
+        self.check(
+            "SelectFromColumns",
+            Some(asked.resource(Some(&read))),
+            &format!("{asked} (columns {})", read.join(", ")),
+        )?;
+        let base_table = TableName {
+            catalog,
+            schema,
+            table: base,
+        };
+        let filters = self
+            .g
+            .policy
+            .row_filters(self.principal, &base_table)
+            .map_err(|e| df_error(policy_error(e)))?;
+        if is_metadata {
+            // Unknown columns count as masked: refused rather than guessed.
+            let masked = match self.base_columns(&base_table) {
+                Some(columns) => !self
+                    .g
+                    .policy
+                    .column_masks(self.principal, &base_table, &columns)
+                    .map_err(|e| df_error(policy_error(e)))?
+                    .is_empty(),
+                None => true,
+            };
+            if !filters.is_empty() || masked {
+                return Err(df_error(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "access denied: metadata table {asked} is not readable by {}: {base_table} has a row filter or column mask for them, which its metadata would bypass",
+                        self.principal
+                    ),
+                )));
+            }
+            return Ok(Transformed::yes(LogicalPlan::TableScan(policed(scan, provider)?)));
+        }
+        let columns: Vec<(String, String)> = source_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), trino_type(f.data_type())))
+            .collect();
+        let masks = self
+            .g
+            .policy
+            .column_masks(self.principal, &base_table, &columns)
+            .map_err(|e| df_error(policy_error(e)))?;
+        self.restrict(scan, provider, source_schema, &filters, &masks, &base_table)
+    }
+
+    /// The columns of `table` (its current schema), for the masks of a metadata table's base;
+    /// `None` when they cannot be looked up here (the lookup is async: it blocks this worker
+    /// thread, which only a multi-threaded runtime allows).
+    fn base_columns(&self, table: &TableName) -> Option<Vec<(String, String)>> {
+        let schema = self.g.catalog.schema(&table.schema)?;
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        let provider = tokio::task::block_in_place(|| handle.block_on(schema.table(&table.table)));
+        match provider {
+            Ok(Some(p)) => Some(
+                p.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), trino_type(f.data_type())))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// `scan` with its row filters and column masks applied above it.
+    fn restrict(
+        &self,
+        scan: TableScan,
+        provider: Arc<dyn TableProvider>,
+        source_schema: SchemaRef,
+        filters: &[String],
+        masks: &[(usize, String)],
+        table: &TableName,
+    ) -> DFResult<Transformed<LogicalPlan>> {
+        if filters.is_empty() && masks.is_empty() {
+            return Ok(Transformed::yes(LogicalPlan::TableScan(policed(scan, provider)?)));
+        }
+        let reference = scan.table_name.clone();
+        let projection = scan.projection.clone();
+        let fetch = scan.fetch;
+        // The whole table, so filters and masks may use every column.
+        let full = TableScan::try_new(
+            reference.clone(),
+            provider_as_source(Arc::new(PolicedTable { inner: provider })),
+            None,
+            scan.filters.clone(),
+            None,
+        )?;
+        let full_schema = DFSchema::try_from_qualified_schema(reference.clone(), &source_schema)?;
+        let mut plan = LogicalPlan::TableScan(full);
+        for filter in filters {
+            let predicate = self
+                .g
+                .expressions
+                .create_logical_expr(filter, &full_schema)
+                .map_err(|e| {
+                    df_error(Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!("access denied: the row filter {filter:?} of {table} does not plan: {e}"),
+                    ))
+                })?;
+            // Qualified with the table, so nothing above can mistake its columns.
+            let predicate = normalize_col(predicate, &plan)?;
+            plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
+        }
+        if !masks.is_empty() {
+            let exprs = source_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, field)| {
+                    let column = Expr::Column(Column::new(Some(reference.clone()), field.name()));
+                    match masks.iter().find(|(m, _)| *m == i) {
+                        Some((_, mask)) => {
+                            let masked = self.g.expressions.create_logical_expr(mask, &full_schema).map_err(|e| {
+                                df_error(Error::new(
+                                    ErrorKind::PermissionDenied,
+                                    format!(
+                                        "access denied: the mask {mask:?} of column {} of {table} does not plan: {e}",
+                                        field.name()
+                                    ),
+                                ))
+                            })?;
+                            let masked = normalize_col(masked, &plan)?;
+                            Ok(cast(masked, field.data_type().clone())
+                                .alias_qualified(Some(reference.clone()), field.name()))
+                        }
+                        None => Ok(column),
+                    }
+                })
+                .collect::<DFResult<Vec<_>>>()?;
+            plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?);
+        }
+        if let Some(indices) = projection {
+            let exprs = indices
+                .iter()
+                .map(|i| {
+                    Expr::Column(Column::new(
+                        Some(reference.clone()),
+                        source_schema.field(*i).name(),
+                    ))
+                })
+                .collect::<Vec<_>>();
+            plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?);
+        }
+        if let Some(n) = fetch {
+            plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+                .limit(0, Some(n))?
+                .build()?;
+        }
+        // The new expressions get the coercions the analyzer gave the rest of the plan.
+        let plan = TypeCoercion::new().analyze(plan, self.config)?;
+        Ok(Transformed::yes(plan))
+    }
+
+    /// A scan of a listing (`information_schema`, `pg_catalog`): only what the principal may
+    /// see of the lake.
+    fn listing(
+        &mut self,
+        scan: TableScan,
+        provider: Arc<dyn TableProvider>,
+        schema: &str,
+        table: &str,
+    ) -> DFResult<Transformed<LogicalPlan>> {
+        let (schema_column, table_column) = match (schema, table) {
+            ("information_schema", "tables" | "columns" | "views") => ("table_schema", Some("table_name")),
+            ("information_schema", "schemata") => ("schema_name", None),
+            ("pg_catalog", "pg_tables") => ("schemaname", Some("tablename")),
+            ("pg_catalog", "pg_views") => ("schemaname", Some("viewname")),
+            ("pg_catalog", "pg_namespace") => ("nspname", None),
+            ("pg_catalog", "pg_class") => ("", Some("relname")),
+            _ => return Ok(Transformed::yes(LogicalPlan::TableScan(policed(scan, provider)?))),
+        };
+        if self.visible.is_none() {
+            self.visible = Some(self.g.visible(self.principal).map_err(df_error)?);
+        }
+        let (tables, schemas) = self.visible.as_ref().expect("computed");
+        let reference = scan.table_name.clone();
+        let column = |name: &str| Expr::Column(Column::new(Some(reference.clone()), name));
+        let system =
+            |name: &str| column(name).in_list(SYSTEM_SCHEMAS.iter().map(|s| lit(*s)).collect(), false);
+        let predicate = match table_column {
+            None => {
+                let mut names: Vec<Expr> = schemas.iter().map(|s| lit(s.clone())).collect();
+                names.extend(SYSTEM_SCHEMAS.iter().map(|s| lit(*s)));
+                column(schema_column).in_list(names, false)
+            }
+            Some(table_column) if schema_column.is_empty() => {
+                // pg_class names no schema: keep system relations (not ordinary tables) and
+                // tables whose name some visible table has.
+                let names: Vec<Expr> = tables.values().flatten().map(|t| lit(t.clone())).collect();
+                let kinds = column("relkind").not_eq(lit("r"));
+                if names.is_empty() {
+                    kinds
+                } else {
+                    kinds.or(column(table_column).in_list(names, false))
+                }
+            }
+            Some(table_column) => tables.iter().fold(system(schema_column), |acc, (s, names)| {
+                let names = names.iter().map(|t| lit(t.clone())).collect();
+                acc.or(column(schema_column)
+                    .eq(lit(s.clone()))
+                    .and(column(table_column).in_list(names, false)))
+            }),
+        };
+        let scan = policed(scan, provider)?;
+        let plan = LogicalPlan::Filter(Filter::try_new(
+            predicate,
+            Arc::new(LogicalPlan::TableScan(scan)),
+        )?);
+        let plan = TypeCoercion::new().analyze(plan, self.config)?;
+        Ok(Transformed::yes(plan))
+    }
+}
+
+/// `scan` reading through [`PolicedTable`].
+fn policed(scan: TableScan, provider: Arc<dyn TableProvider>) -> DFResult<TableScan> {
+    Ok(TableScan {
+        source: provider_as_source(Arc::new(PolicedTable { inner: provider })),
+        ..scan
+    })
+}
+
+/// Trino's name of a column type, for `columnType` in `GetColumnMask` requests.
+fn trino_type(data_type: &DataType) -> String {
+    use DataType as T;
+    match data_type {
+        T::Boolean => "boolean".into(),
+        T::Int8 => "tinyint".into(),
+        T::Int16 => "smallint".into(),
+        T::Int32 => "integer".into(),
+        T::Int64 => "bigint".into(),
+        T::Float32 => "real".into(),
+        T::Float64 => "double".into(),
+        T::Decimal128(p, s) => format!("decimal({p},{s})"),
+        T::Utf8 | T::LargeUtf8 | T::Utf8View => "varchar".into(),
+        T::Binary | T::LargeBinary | T::BinaryView | T::FixedSizeBinary(_) => "varbinary".into(),
+        T::Date32 | T::Date64 => "date".into(),
+        T::Time32(_) | T::Time64(_) => "time(6)".into(),
+        T::Timestamp(_, None) => "timestamp(6)".into(),
+        T::Timestamp(_, Some(_)) => "timestamp(6) with time zone".into(),
+        other => other.to_string().to_ascii_lowercase(),
+    }
+}
+
+/// A table the policy rule has handled: reads go to the table it wraps; the wrapper only marks
+/// the scan, so a second analysis of the same plan leaves it alone.
+#[derive(Debug)]
+pub struct PolicedTable {
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for PolicedTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.inner.get_table_definition()
+    }
+
+    fn get_logical_plan(&'_ self) -> Option<Cow<'_, LogicalPlan>> {
+        self.inner.get_logical_plan()
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> DFResult<datafusion::catalog::ScanResult> {
+        self.inner.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+}

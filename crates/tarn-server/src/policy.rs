@@ -1,0 +1,270 @@
+//! Loading the configured policy (`[policy]`) and `tarn policy test`.
+
+use anyhow::Result;
+use tarn_core::config::Config;
+use tarn_policy::Policy;
+
+/// The policy `[policy]` configures, or `None` (everything allowed, which the log says). A
+/// policy that does not load is an error naming the file and line: tarn does not start
+/// without the policy it was told to enforce.
+pub fn load(config: &Config) -> Result<Option<Policy>> {
+    match Policy::from_config(&config.policy) {
+        Ok(Some(policy)) => {
+            tracing::info!(policy = %policy.describe(), "authorization: policy loaded; what it does not allow is denied");
+            Ok(Some(policy))
+        }
+        Ok(None) => {
+            tracing::info!(
+                "authorization: no policy configured ([policy] file or opa_url): every authenticated user may read and change every table"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot load the policy: {e}")),
+    }
+}
+
+/// The REST catalog's authorizer under a policy: each request is the Trino operation it is
+/// (`loadTable` is `SelectFromColumns` on every column, `createTable` `CreateTable`, a commit
+/// `InsertIntoTable`, ...), asked for the principal `tarn serve`'s bearer-token check found.
+///
+/// `loadTable` hands out the table's metadata and with it its files: an engine reading those
+/// cannot be masked or filtered, so a table with a row filter or column mask for the caller
+/// is refused (403), saying why. Without a principal (no `auth.oidc`), every request is
+/// refused: under a policy nobody is anonymous.
+pub struct PolicyAuthorizer {
+    policy: Policy,
+    lake: tarn_lake::Lake,
+}
+
+impl PolicyAuthorizer {
+    /// Decides REST catalog requests on `lake` with `policy`.
+    pub fn new(policy: Policy, lake: tarn_lake::Lake) -> Self {
+        Self { policy, lake }
+    }
+
+    fn table(&self, schema: &str, table: &str) -> tarn_policy::TableName {
+        tarn_policy::TableName {
+            catalog: self.lake.name().to_string(),
+            schema: schema.to_string(),
+            table: table.to_string(),
+        }
+    }
+}
+
+fn forbidden(message: String) -> tarn_rest_catalog::RestError {
+    tarn_rest_catalog::RestError::new(axum::http::StatusCode::FORBIDDEN, "ForbiddenException", message)
+}
+
+fn denied(e: tarn_policy::PolicyError) -> tarn_rest_catalog::RestError {
+    forbidden(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
+    async fn authorize(
+        &self,
+        request: &tarn_rest_catalog::CatalogRequest<'_>,
+    ) -> Result<(), tarn_rest_catalog::RestError> {
+        use axum::http::Method;
+        let Some(principal) = request
+            .extensions
+            .get::<std::sync::Arc<tarn_auth::Principal>>()
+            .cloned()
+        else {
+            return Err(tarn_rest_catalog::RestError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "NotAuthorizedException",
+                "a policy is configured: the REST catalog serves only callers with an OIDC bearer token (auth.oidc)",
+            ));
+        };
+        let p = &principal;
+        let schema = request.params.get("namespace").map(|n| n.replace('\u{1f}', "."));
+        let table = request.params.get("table");
+        // The route as declared, after `/v1` (the router may be nested, e.g. under `/iceberg`).
+        let route = request.route.split_once("/v1").map_or(request.route, |(_, r)| r);
+        let route = route.strip_prefix("/{prefix}").unwrap_or(route);
+        let method = request.method;
+        let catalog = self.lake.name().to_string();
+        let check = |operation: &str, resource: Option<serde_json::Value>, what: &str| {
+            self.policy.check(p, operation, resource, what).map_err(denied)
+        };
+        match (method, route, schema.as_deref(), table) {
+            (_, "/config", _, _) => Ok(()),
+            (&Method::GET, "/namespaces", _, _) => check(
+                "ShowSchemas",
+                Some(tarn_policy::catalog_resource(&catalog)),
+                &catalog,
+            ),
+            (&Method::POST, "/namespaces", _, _) => check("CreateSchema", None, "a schema"),
+            (_, "/namespaces/{namespace}" | "/namespaces/{namespace}/properties", Some(s), _) => {
+                let operation = match *method {
+                    Method::DELETE => "DropSchema",
+                    Method::POST => "SetSchemaProperties",
+                    _ => "ShowTables",
+                };
+                check(
+                    operation,
+                    Some(tarn_policy::schema_resource(&catalog, s)),
+                    &format!("{catalog}.{s}"),
+                )
+            }
+            (&Method::GET, "/namespaces/{namespace}/tables", Some(s), _) => check(
+                "ShowTables",
+                Some(tarn_policy::schema_resource(&catalog, s)),
+                &format!("{catalog}.{s}"),
+            ),
+            (
+                &Method::POST,
+                "/namespaces/{namespace}/tables" | "/namespaces/{namespace}/register",
+                Some(s),
+                _,
+            ) => check(
+                "CreateTable",
+                Some(tarn_policy::schema_resource(&catalog, s)),
+                &format!("a table in {catalog}.{s}"),
+            ),
+            (_, "/namespaces/{namespace}/tables/{table}", Some(s), Some(t)) => {
+                let name = self.table(s, t);
+                match *method {
+                    Method::DELETE => check("DropTable", Some(name.resource(None)), &name.to_string()),
+                    Method::POST => check("InsertIntoTable", Some(name.resource(None)), &name.to_string()),
+                    Method::HEAD => check("FilterTables", Some(name.resource(None)), &name.to_string()),
+                    _ => self.load_table(p, &name).await,
+                }
+            }
+            (_, "/namespaces/{namespace}/tables/{table}/metrics", _, _) => Ok(()),
+            (_, "/tables/rename", _, _) => check("RenameTable", None, "a table"),
+            _ => Err(forbidden(format!(
+                "{method} {} is not allowed while a policy is configured",
+                request.route
+            ))),
+        }
+    }
+}
+
+impl PolicyAuthorizer {
+    /// `loadTable`: `SelectFromColumns` on all columns, and no mask or row filter for the
+    /// caller (the files would bypass them).
+    async fn load_table(
+        &self,
+        principal: &tarn_auth::Principal,
+        name: &tarn_policy::TableName,
+    ) -> Result<(), tarn_rest_catalog::RestError> {
+        let ident = iceberg::TableIdent::new(
+            iceberg::NamespaceIdent::new(name.schema.clone()),
+            name.table.clone(),
+        );
+        let table = match self.lake.load_table(&ident).await {
+            Ok(t) => t,
+            // Let the handler answer 404 in the catalog's words; a missing table shows nothing.
+            Err(_) => return Ok(()),
+        };
+        let columns: Vec<(String, String)> = table
+            .metadata()
+            .current_schema()
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), f.field_type.to_string()))
+            .collect();
+        let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+        self.policy
+            .check(
+                principal,
+                "SelectFromColumns",
+                Some(name.resource(Some(&names))),
+                &name.to_string(),
+            )
+            .map_err(denied)?;
+        let filters = self.policy.row_filters(principal, name).map_err(denied)?;
+        let masks = self
+            .policy
+            .column_masks(principal, name, &columns)
+            .map_err(denied)?;
+        if !filters.is_empty() || !masks.is_empty() {
+            let why = if filters.is_empty() {
+                format!("its column {} is masked", columns[masks[0].0].0)
+            } else {
+                "it has a row filter".to_string()
+            };
+            tracing::info!(target: "tarn::audit", user = %principal.user, operation = "loadTable", object = %name, decision = "deny", reason = %why, "denied");
+            return Err(forbidden(format!(
+                "access denied: {name} cannot be handed out to {principal}: {why} for them, and an engine reading its files directly cannot be masked or filtered; query it through tarn's SQL endpoint instead"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `tarn policy test`: evaluates `policy` on each case of `cases` (module docs of the
+/// command); prints one line per case and a summary.
+pub fn test(
+    policy: &std::path::Path,
+    cases: &std::path::Path,
+    package: &str,
+) -> Result<std::process::ExitCode> {
+    use tarn_policy::{Decide, Rule};
+    let rego = tarn_policy::RegoPolicy::from_path(policy, package).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = std::fs::read_to_string(cases)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cases.display()))?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", cases.display(), n + 1);
+        let case: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{at}: not JSON: {e}"))?;
+        let name = case
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| at.clone(), str::to_string);
+        let rule = match case.get("rule").and_then(|v| v.as_str()).unwrap_or("allow") {
+            "allow" => Rule::Allow,
+            "batch" => Rule::Batch,
+            "rowFilters" => Rule::RowFilters,
+            "columnMask" => Rule::ColumnMask,
+            "batchColumnMasks" => Rule::BatchColumnMasks,
+            other => anyhow::bail!(
+                "{at}: unknown rule {other:?} (allow, batch, rowFilters, columnMask, batchColumnMasks)"
+            ),
+        };
+        let input = case
+            .get("input")
+            .ok_or_else(|| anyhow::anyhow!("{at}: no \"input\""))?;
+        let expect = normalized(case.get("expect").cloned().unwrap_or(serde_json::Value::Null));
+        match rego.query(rule, input) {
+            Ok(got) => {
+                let got = normalized(got.unwrap_or(serde_json::Value::Null));
+                if got == expect {
+                    passed += 1;
+                    println!("ok    {name}");
+                } else {
+                    failed += 1;
+                    println!("FAIL  {name}: {} expected {expect}, got {got}", rule.name());
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name}: {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// Sets come back as sorted arrays; expectations may list them in any order.
+fn normalized(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Array(mut items) => {
+            items.sort_by_key(|v| v.to_string());
+            serde_json::Value::Array(items)
+        }
+        other => other,
+    }
+}
