@@ -298,17 +298,64 @@ const MAX_CACHED_SCHEMAS: usize = 64;
 ///
 /// A message written as `JsonConverter` writes it — `{"schema":` then a schema the decoder
 /// knows, byte for byte, then `,"payload":` — is split by comparing its bytes with the known
-/// schema's text: the schema is neither parsed nor scanned again, only the payload is. Other
-/// layouts (whitespace, fields in another order) take the general path.
+/// schema's text: the schema is neither parsed nor scanned again, only the payload is, and
+/// that straight from its text into rows ([`super::envelope`], the direct path). Other
+/// layouts (whitespace, fields in another order, a schema not seen yet) and anything the
+/// direct path declines take the general path: the JSON parsed into a `serde_json::Value`
+/// and read from there.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    /// Schema JSON text → parsed schema, most recently used first.
-    schemas: Vec<(Box<[u8]>, Arc<ConnectSchema>)>,
+    /// Schemas by their JSON text, most recently used first.
+    schemas: Vec<KnownSchema>,
     /// Inferred specs, most recently used first, with the envelope schema holding the row
     /// schema they were inferred from (kept alive, so that its address identifies it).
     specs: Vec<CachedSpec>,
     /// The last hint and the row and key schemas tarn writes for it.
-    hint: Option<(TableSpec, ConnectSchema, ConnectSchema)>,
+    hint: Option<Arc<HintSchemas>>,
+}
+
+/// A schema the decoder has parsed.
+#[derive(Debug)]
+struct KnownSchema {
+    /// Its JSON text, as the message had it.
+    text: Box<[u8]>,
+    schema: Arc<ConnectSchema>,
+    /// Whether the direct path can read rows with it: the struct a row is read with (the
+    /// schema itself for a key, the `after` struct for an envelope) has no name twice.
+    direct: Direct,
+}
+
+/// Whether the direct path can read a key, or a change event, with a schema.
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    key: bool,
+    envelope: bool,
+}
+
+impl Direct {
+    fn of(schema: &ConnectSchema) -> Self {
+        Self {
+            key: distinct_names(schema),
+            envelope: row_schema_of(schema).is_none_or(distinct_names),
+        }
+    }
+}
+
+/// Whether no two fields of `schema` have the same name.
+fn distinct_names(schema: &ConnectSchema) -> bool {
+    let mut names: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    names.windows(2).all(|w| w[0] != w[1])
+}
+
+/// A hint and the schemas tarn's encoder writes for it.
+#[derive(Debug)]
+struct HintSchemas {
+    spec: TableSpec,
+    row: ConnectSchema,
+    key: ConnectSchema,
+    /// No column name twice (the direct path reads rows only then).
+    distinct: bool,
 }
 
 /// A spec inferred from a row schema for one table and key.
@@ -346,23 +393,46 @@ fn touch<T>(list: &mut [T], i: usize) {
     }
 }
 
+/// A message split for the direct path: its schema (if wrapped) and its payload's text.
+struct Split<'b> {
+    schema: Option<Arc<ConnectSchema>>,
+    payload: &'b [u8],
+}
+
 impl Decoder {
     /// A decoder with nothing cached.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// `bytes` as `{"schema":<a known schema>,"payload":<payload>}`: the schema and the
-    /// payload's bytes, without looking at the schema's.
-    fn split_known<'b>(&mut self, bytes: &'b [u8]) -> Option<(Arc<ConnectSchema>, &'b [u8])> {
+    /// `bytes` as `{"schema":<a known schema>,"payload":<payload>}`: the schema, what the
+    /// direct path can do with it, and the payload's bytes, without looking at the schema's.
+    fn split_known<'b>(&mut self, bytes: &'b [u8]) -> Option<(Arc<ConnectSchema>, Direct, &'b [u8])> {
         let rest = bytes.strip_prefix(br#"{"schema":"#)?;
-        let (i, payload) = self.schemas.iter().enumerate().find_map(|(i, (text, _))| {
-            let payload = rest.strip_prefix(&**text)?.strip_prefix(br#","payload":"#)?;
+        let (i, payload) = self.schemas.iter().enumerate().find_map(|(i, known)| {
+            let payload = rest.strip_prefix(&*known.text)?.strip_prefix(br#","payload":"#)?;
             Some((i, payload))
         })?;
         let payload = payload.trim_ascii_end().strip_suffix(b"}")?;
         touch(&mut self.schemas, i);
-        Some((self.schemas[0].1.clone(), payload))
+        Some((self.schemas[0].schema.clone(), self.schemas[0].direct, payload))
+    }
+
+    /// `bytes` split for the direct path (`key`: a record key, else a value); `None` when it
+    /// needs the general path.
+    fn split_direct<'b>(&mut self, bytes: &'b [u8], key: bool) -> Option<Split<'b>> {
+        if let Some((schema, direct, payload)) = self.split_known(bytes) {
+            let readable = if key { direct.key } else { direct.envelope };
+            return readable.then_some(Split {
+                schema: Some(schema),
+                payload,
+            });
+        }
+        // A wrapper around a schema not seen yet, or not in JsonConverter's layout.
+        (!looks_wrapped(bytes)).then_some(Split {
+            schema: None,
+            payload: bytes,
+        })
     }
 
     fn parse(&mut self, bytes: &[u8], path: &str) -> Result<Parsed, CodecError> {
@@ -372,7 +442,7 @@ impl Decoder {
                 format!("not JSON ({e}); a Debezium event is a JSON document"),
             )
         };
-        if let Some((schema, payload)) = self.split_known(bytes)
+        if let Some((schema, _, payload)) = self.split_known(bytes)
             && let Ok(payload) = serde_json::from_slice::<Json>(payload)
         {
             // (A payload that does not parse alone takes the general path, for its error.)
@@ -415,15 +485,22 @@ impl Decoder {
     }
 
     fn schema(&mut self, text: &str, path: &str) -> Result<Arc<ConnectSchema>, CodecError> {
-        if let Some(i) = self.schemas.iter().position(|(t, _)| **t == *text.as_bytes()) {
+        if let Some(i) = self.schemas.iter().position(|k| *k.text == *text.as_bytes()) {
             touch(&mut self.schemas, i);
-            return Ok(self.schemas[0].1.clone());
+            return Ok(self.schemas[0].schema.clone());
         }
         let json: Json =
             serde_json::from_str(text).map_err(|e| CodecError::new(path, format!("not JSON ({e})")))?;
         let schema = Arc::new(ConnectSchema::from_json(&json, path)?);
         self.schemas.truncate(MAX_CACHED_SCHEMAS - 1);
-        self.schemas.insert(0, (text.as_bytes().into(), schema.clone()));
+        self.schemas.insert(
+            0,
+            KnownSchema {
+                text: text.as_bytes().into(),
+                direct: Direct::of(&schema),
+                schema: schema.clone(),
+            },
+        );
         Ok(schema)
     }
 
@@ -465,17 +542,87 @@ impl Decoder {
     }
 
     /// The row and key schemas tarn's encoder writes for `hint`.
-    fn hint_schemas(&mut self, hint: Option<&TableSpec>) -> Option<(&ConnectSchema, &ConnectSchema)> {
+    fn hint_schemas(&mut self, hint: Option<&TableSpec>) -> Option<Arc<HintSchemas>> {
         let hint = hint?;
-        if self.hint.as_ref().is_none_or(|(cached, _, _)| cached != hint) {
-            self.hint = Some((hint.clone(), hint_struct(hint), hint_key_struct(hint)));
+        if self.hint.as_ref().is_none_or(|cached| cached.spec != *hint) {
+            let mut names: Vec<&str> = hint.columns.iter().map(|c| c.name.as_str()).collect();
+            names.sort_unstable();
+            self.hint = Some(Arc::new(HintSchemas {
+                spec: hint.clone(),
+                row: hint_struct(hint),
+                key: hint_key_struct(hint),
+                distinct: names.windows(2).all(|w| w[0] != w[1]),
+            }));
         }
-        self.hint.as_ref().map(|(_, row, key)| (row, key))
+        self.hint.clone()
     }
 
     /// Decodes one Kafka record. `headers` are the record's headers (`None` values allowed);
     /// `hint` is the table's spec when the caller knows it, to read messages without schemas.
     pub fn decode(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        hint: Option<&TableSpec>,
+    ) -> Result<Decoded, CodecError> {
+        match self.decode_direct(key, value, headers, hint) {
+            Some(decoded) => Ok(decoded),
+            None => self.decode_general(key, value, headers, hint),
+        }
+    }
+
+    /// [`Decoder::decode`] by the direct path ([`super::envelope`]): `None` when the record
+    /// needs the general path (see that module's contract).
+    pub(crate) fn decode_direct(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        hint: Option<&TableSpec>,
+    ) -> Option<Decoded> {
+        if headers
+            .iter()
+            .any(|(name, _)| *name == NEW_KEY_HEADER || *name == OLD_KEY_HEADER)
+        {
+            return None;
+        }
+        let hint = self.hint_schemas(hint);
+        if hint.as_ref().is_some_and(|h| !h.distinct) {
+            return None;
+        }
+        let key = match key.filter(|k| !k.is_empty()) {
+            Some(bytes) => Some(self.split_direct(bytes, true)?),
+            None => None,
+        };
+        let value = match value.filter(|v| !v.is_empty()) {
+            Some(bytes) => Some(self.split_direct(bytes, false)?),
+            None => None,
+        };
+        let key_schema = key.as_ref().and_then(|k| k.schema.as_deref());
+        let key_row = match &key {
+            Some(k) => {
+                let schema = key_schema
+                    .filter(|s| s.schema_type == SchemaType::Struct)
+                    .or(hint.as_deref().map(|h| &h.key));
+                super::envelope::read_key(k.payload, schema, k.schema.is_none())?
+            }
+            None => None,
+        };
+        let Some(value) = value else {
+            return Some(Decoded::Tombstone { key: key_row });
+        };
+        let envelope = value.schema.as_deref();
+        let rows = envelope
+            .and_then(row_schema_of)
+            .or(hint.as_deref().map(|h| &h.row));
+        let mut change = super::envelope::read_change(value.payload, envelope, rows, key_row)?;
+        self.attach_spec(&mut change, value.schema.as_ref(), key_schema);
+        Some(Decoded::Change(Box::new(change)))
+    }
+
+    /// [`Decoder::decode`] by the general path: the JSON parsed into `serde_json::Value`s.
+    pub(crate) fn decode_general(
         &mut self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
@@ -505,13 +652,9 @@ impl Decoder {
             let parsed = self.parse(bytes, &path)?;
             key_change = Some((make, parsed, path));
         }
-        let hint_schemas = self
-            .hint_schemas(hint)
-            .map(|(row, key)| (row.clone(), key.clone()));
-        let (hint_row, hint_key) = match &hint_schemas {
-            Some((row, key)) => (Some(row), Some(key)),
-            None => (None, None),
-        };
+        let hint = self.hint_schemas(hint);
+        let hint_row = hint.as_deref().map(|h| &h.row);
+        let hint_key = hint.as_deref().map(|h| &h.key);
         let key_change = match key_change {
             Some((make, parsed, path)) => {
                 Some(make(read_key(&parsed, hint_key, &path)?.ok_or_else(|| {
@@ -534,24 +677,39 @@ impl Decoder {
         };
         let mut change = decode_envelope(&value, key_row, hint_row)?;
         change.key_change = key_change;
-        // The row schema: the envelope's `after` (or `before`) struct.
-        if let Some(envelope) = &value.schema
-            && let Some(row_schema) = row_schema_of(envelope)
-        {
-            let key_names: Vec<&str> = match key.as_ref().and_then(|k| k.schema.as_deref()) {
-                Some(schema) if schema.schema_type == SchemaType::Struct => {
-                    schema.fields.iter().map(|f| f.name.as_str()).collect()
-                }
-                _ => change
-                    .key
-                    .as_ref()
-                    .map(|k| k.columns.iter().map(|(n, _)| n.as_str()).collect())
-                    .unwrap_or_default(),
-            };
-            let spec = self.spec(envelope, row_schema, &change.table, &key_names);
-            change.spec = Some(spec);
-        }
+        self.attach_spec(
+            &mut change,
+            value.schema.as_ref(),
+            key.as_ref().and_then(|k| k.schema.as_deref()),
+        );
         Ok(Decoded::Change(Box::new(change)))
+    }
+
+    /// Gives `change` the spec of its embedded row schema (the envelope's `after`, or
+    /// `before`, struct), keyed by the key schema's fields (else the key row's columns).
+    fn attach_spec(
+        &mut self,
+        change: &mut DecodedChange,
+        envelope: Option<&Arc<ConnectSchema>>,
+        key_schema: Option<&ConnectSchema>,
+    ) {
+        let Some(envelope) = envelope else {
+            return;
+        };
+        let Some(row_schema) = row_schema_of(envelope) else {
+            return;
+        };
+        let key_names: Vec<&str> = match key_schema {
+            Some(schema) if schema.schema_type == SchemaType::Struct => {
+                schema.fields.iter().map(|f| f.name.as_str()).collect()
+            }
+            _ => change
+                .key
+                .as_ref()
+                .map(|k| k.columns.iter().map(|(n, _)| n.as_str()).collect())
+                .unwrap_or_default(),
+        };
+        change.spec = Some(self.spec(envelope, row_schema, &change.table, &key_names));
     }
 }
 
@@ -610,11 +768,7 @@ fn decode_envelope(
         )
     })?;
 
-    let source_path = if wrapped {
-        "value.payload.source"
-    } else {
-        "value.source"
-    };
+    let source_path = source_path(wrapped);
     let source_schema = value.schema.as_ref().and_then(|s| s.field_schema("source"));
     let source = match payload.get("source") {
         Some(Json::Object(source)) => source,
@@ -631,30 +785,7 @@ fn decode_envelope(
             ));
         }
     };
-    let table = table_identity(source, source_schema, source_path)?;
-    let position = source_position(&table.connector, source, source_path)?;
-    let snapshot = match source.get("snapshot") {
-        None | Some(Json::Null) => SnapshotMarker::False,
-        Some(Json::Bool(b)) => {
-            if *b {
-                SnapshotMarker::True
-            } else {
-                SnapshotMarker::False
-            }
-        }
-        Some(Json::String(s)) => SnapshotMarker::parse(s).ok_or_else(|| {
-            CodecError::new(
-                join(source_path, "snapshot"),
-                format!("expected one of {}, found {s:?}", SnapshotMarker::ALLOWED),
-            )
-        })?,
-        Some(other) => {
-            return Err(CodecError::new(
-                join(source_path, "snapshot"),
-                format!("expected a string or a boolean, found {}", kind(other)),
-            ));
-        }
-    };
+    let (table, position, snapshot) = read_source(source, source_schema, source_path)?;
 
     // The row schema: embedded, else the hint's.
     let schema_for_rows = value.schema.as_deref().and_then(row_schema_of).or(hint_row);
@@ -674,56 +805,8 @@ fn decode_envelope(
     };
     let before = row("before")?;
     let after = row("after")?;
-    match op {
-        Op::Create | Op::Read if after.is_none() => {
-            return Err(CodecError::new(
-                join(value_path, "after"),
-                format!("an {op} event needs the new row in after"),
-            ));
-        }
-        Op::Update if after.is_none() => {
-            return Err(CodecError::new(
-                join(value_path, "after"),
-                "an update event needs after",
-            ));
-        }
-        Op::Delete if before.is_none() && key_row.is_none() => {
-            return Err(CodecError::new(
-                join(value_path, "before"),
-                "a delete event needs the old row in before, or a key",
-            ));
-        }
-        _ => {}
-    }
-
-    let int = |object: &Map<String, Json>, field: &str, path: &str| -> Result<Option<i64>, CodecError> {
-        lenient_i64(object.get(field), path, field)
-    };
-    let transaction = match payload.get("transaction") {
-        None | Some(Json::Null) => None,
-        Some(Json::Object(t)) => {
-            let path = join(value_path, "transaction");
-            Some(TransactionBlock {
-                id: match t.get("id") {
-                    Some(Json::String(s)) => s.clone(),
-                    other => {
-                        return Err(CodecError::new(
-                            join(&path, "id"),
-                            format!("expected a string, found {}", other.map_or("nothing", kind)),
-                        ));
-                    }
-                },
-                total_order: int(t, "total_order", &path)?.unwrap_or(0),
-                data_collection_order: int(t, "data_collection_order", &path)?.unwrap_or(0),
-            })
-        }
-        Some(other) => {
-            return Err(CodecError::new(
-                join(value_path, "transaction"),
-                format!("expected an object, found {}", kind(other)),
-            ));
-        }
-    };
+    check_rows(op, &before, &after, &key_row, value_path)?;
+    let transaction = transaction_block(payload.get("transaction"), value_path)?;
 
     Ok(DecodedChange {
         op,
@@ -733,12 +816,115 @@ fn decode_envelope(
         after,
         position,
         snapshot,
-        source_ts_ms: int(source, "ts_ms", source_path)?,
-        ts_ms: int(payload, "ts_ms", value_path)?,
+        source_ts_ms: lenient_i64(source.field("ts_ms"), source_path, "ts_ms")?,
+        ts_ms: lenient_i64(payload.field("ts_ms"), value_path, "ts_ms")?,
         transaction,
         key_change: None,
         spec: None,
     })
+}
+
+/// The path of the `source` block, in a message with its schema (`wrapped`) or without.
+pub(super) fn source_path(wrapped: bool) -> &'static str {
+    if wrapped {
+        "value.payload.source"
+    } else {
+        "value.source"
+    }
+}
+
+/// What a `source` block says: the table, the position, the snapshot marker.
+pub(super) fn read_source(
+    source: &impl SourceFields,
+    source_schema: Option<&ConnectSchema>,
+    source_path: &str,
+) -> Result<(TableIdentity, SourcePosition, SnapshotMarker), CodecError> {
+    let table = table_identity(source, source_schema, source_path)?;
+    let position = source_position(&table.connector, source, source_path)?;
+    let snapshot = match source.field("snapshot") {
+        None | Some(FieldRef::Json(Json::Null)) => SnapshotMarker::False,
+        Some(FieldRef::Json(Json::Bool(b))) => {
+            if *b {
+                SnapshotMarker::True
+            } else {
+                SnapshotMarker::False
+            }
+        }
+        Some(FieldRef::Str(s)) => SnapshotMarker::parse(s).ok_or_else(|| {
+            CodecError::new(
+                join(source_path, "snapshot"),
+                format!("expected one of {}, found {s:?}", SnapshotMarker::ALLOWED),
+            )
+        })?,
+        Some(FieldRef::Json(other)) => {
+            return Err(CodecError::new(
+                join(source_path, "snapshot"),
+                format!("expected a string or a boolean, found {}", kind(other)),
+            ));
+        }
+    };
+    Ok((table, position, snapshot))
+}
+
+/// Whether `op` has the rows it needs: the new row for `c`, `r` and `u`, the old row or a
+/// key for `d`.
+pub(super) fn check_rows(
+    op: Op,
+    before: &Option<DecodedRow>,
+    after: &Option<DecodedRow>,
+    key_row: &Option<DecodedRow>,
+    value_path: &str,
+) -> Result<(), CodecError> {
+    match op {
+        Op::Create | Op::Read if after.is_none() => Err(CodecError::new(
+            join(value_path, "after"),
+            format!("an {op} event needs the new row in after"),
+        )),
+        Op::Update if after.is_none() => Err(CodecError::new(
+            join(value_path, "after"),
+            "an update event needs after",
+        )),
+        Op::Delete if before.is_none() && key_row.is_none() => Err(CodecError::new(
+            join(value_path, "before"),
+            "a delete event needs the old row in before, or a key",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The envelope's `transaction` block (`json`), if it has one.
+pub(super) fn transaction_block(
+    json: Option<&Json>,
+    value_path: &str,
+) -> Result<Option<TransactionBlock>, CodecError> {
+    match json {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Object(t)) => {
+            let path = join(value_path, "transaction");
+            Ok(Some(TransactionBlock {
+                id: match t.get("id") {
+                    Some(Json::String(s)) => s.clone(),
+                    other => {
+                        return Err(CodecError::new(
+                            join(&path, "id"),
+                            format!("expected a string, found {}", other.map_or("nothing", kind)),
+                        ));
+                    }
+                },
+                total_order: lenient_i64(t.field("total_order"), &path, "total_order")?.unwrap_or(0),
+                data_collection_order: lenient_i64(
+                    t.field("data_collection_order"),
+                    &path,
+                    "data_collection_order",
+                )?
+                .unwrap_or(0),
+            }))
+        }
+        Some(other) => Err(CodecError::new(
+            join(value_path, "transaction"),
+            format!("expected an object, found {}", kind(other)),
+        )),
+    }
 }
 
 /// The struct schema tarn's encoder writes for `spec`'s rows.
@@ -817,29 +1003,64 @@ fn read_row(json: &Json, schema: Option<&ConnectSchema>, path: &str) -> Result<D
     Ok(DecodedRow { columns })
 }
 
-fn string_field(source: &Map<String, Json>, field: &str) -> Option<String> {
-    match source.get(field)? {
-        Json::String(s) => Some(s.clone()),
-        Json::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A field of an object as the readers below take it: a string, or another JSON value.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FieldRef<'j> {
+    /// A string.
+    Str(&'j str),
+    /// Any other value (never a string).
+    Json(&'j Json),
+}
+
+impl<'j> FieldRef<'j> {
+    fn of(json: &'j Json) -> Self {
+        match json {
+            Json::String(s) => FieldRef::Str(s),
+            other => FieldRef::Json(other),
+        }
+    }
+}
+
+/// The fields of an object: a parsed JSON object, or the `source` block that
+/// [`super::envelope`] reads straight from a message's text.
+pub(super) trait SourceFields {
+    /// The value of `name`; of a field given twice, the last (as a parsed object keeps it).
+    fn field(&self, name: &str) -> Option<FieldRef<'_>>;
+}
+
+impl SourceFields for Map<String, Json> {
+    fn field(&self, name: &str) -> Option<FieldRef<'_>> {
+        self.get(name).map(FieldRef::of)
+    }
+}
+
+fn string_field(source: &impl SourceFields, field: &str) -> Option<String> {
+    match source.field(field)? {
+        FieldRef::Str(s) => Some(s.to_string()),
+        FieldRef::Json(Json::Number(n)) => Some(n.to_string()),
+        FieldRef::Json(_) => None,
     }
 }
 
 /// An integer field `field` of the object at `parent`, written as a number or a string.
-fn lenient_i64(json: Option<&Json>, parent: &str, field: &str) -> Result<Option<i64>, CodecError> {
+pub(super) fn lenient_i64(
+    json: Option<FieldRef<'_>>,
+    parent: &str,
+    field: &str,
+) -> Result<Option<i64>, CodecError> {
     let path = || join(parent, field);
     match json {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::Number(n)) => n
+        None | Some(FieldRef::Json(Json::Null)) => Ok(None),
+        Some(FieldRef::Json(Json::Number(n))) => n
             .as_i64()
             .map(Some)
             .ok_or_else(|| CodecError::new(path(), format!("expected an integer, found {n}"))),
-        Some(Json::String(s)) => s
+        Some(FieldRef::Str(s)) => s
             .trim()
             .parse()
             .map(Some)
             .map_err(|_| CodecError::new(path(), format!("expected an integer, found the string {s:?}"))),
-        Some(other) => Err(CodecError::new(
+        Some(FieldRef::Json(other)) => Err(CodecError::new(
             path(),
             format!("expected an integer, found {}", kind(other)),
         )),
@@ -847,7 +1068,7 @@ fn lenient_i64(json: Option<&Json>, parent: &str, field: &str) -> Result<Option<
 }
 
 fn table_identity(
-    source: &Map<String, Json>,
+    source: &impl SourceFields,
     schema: Option<&ConnectSchema>,
     path: &str,
 ) -> Result<TableIdentity, CodecError> {
@@ -861,11 +1082,12 @@ fn table_identity(
                 .map(str::to_string)
         })
         .or_else(|| {
-            if source.contains_key("lsn") {
+            let has = |field: &str| source.field(field).is_some();
+            if has("lsn") {
                 Some("postgresql".into())
-            } else if source.contains_key("file") && source.contains_key("pos") {
+            } else if has("file") && has("pos") {
                 Some("mysql".into())
-            } else if source.contains_key("change_lsn") || source.contains_key("commit_lsn") {
+            } else if has("change_lsn") || has("commit_lsn") {
                 Some("sqlserver".into())
             } else {
                 None
@@ -888,10 +1110,10 @@ fn table_identity(
 
 fn source_position(
     connector: &str,
-    source: &Map<String, Json>,
+    source: &impl SourceFields,
     path: &str,
 ) -> Result<SourcePosition, CodecError> {
-    let int = |field: &str| lenient_i64(source.get(field), path, field);
+    let int = |field: &str| lenient_i64(source.field(field), path, field);
     Ok(match connector {
         "postgresql" => SourcePosition::Postgres {
             lsn: int("lsn")?

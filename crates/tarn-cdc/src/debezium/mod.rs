@@ -40,6 +40,7 @@
 pub mod connect;
 pub mod decode;
 pub mod encode;
+mod envelope;
 pub mod types;
 pub mod validate;
 pub mod values;

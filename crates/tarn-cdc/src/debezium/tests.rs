@@ -1207,3 +1207,387 @@ fn one_decoder_for_many_tables_and_wrapper_orders() {
     assert_eq!(c.after.unwrap().text("first_name"), Some("Anne"));
     assert_eq!(c.spec.unwrap().columns.len(), 4);
 }
+
+/// `JsonConverter`'s byte layout of `text` (`{"schema":...,"payload":...}`, the parts' own
+/// text kept), the layout the direct path reads; unwrapped messages as they are.
+fn compact_wrapper(text: &str) -> String {
+    let parts: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(text).unwrap();
+    match (parts.len(), parts.get("schema"), parts.get("payload")) {
+        (2, Some(schema), Some(payload)) => {
+            format!(r#"{{"schema":{},"payload":{}}}"#, schema.get(), payload.get())
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Decodes a record with `decoder` (which knows its schemas by now) by the direct path, and
+/// with a fresh decoder by the general path: the direct path must decline or agree. Whether
+/// it read the record.
+fn direct_agrees(
+    decoder: &mut super::Decoder,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+    hint: Option<&TableSpec>,
+) -> bool {
+    let general = super::Decoder::new().decode_general(key, value, headers, hint);
+    // The one entry point gives the general path's answer, errors included.
+    assert_eq!(
+        decoder.decode(key, value, headers, hint),
+        general,
+        "{}",
+        String::from_utf8_lossy(value.unwrap_or_default())
+    );
+    match decoder.decode_direct(key, value, headers, hint) {
+        Some(direct) => {
+            assert_eq!(
+                Ok(direct),
+                general,
+                "{}",
+                String::from_utf8_lossy(value.unwrap_or_default())
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn direct_path_agrees_with_the_general_path_on_every_fixture() {
+    let fixtures = [
+        fixture!("mysql-create-value.serde-with-schema.json"),
+        fixture!("mysql-delete-value.derived.json"),
+        fixture!("mysql-update-value.derived.json"),
+        fixture!("pg-create-value.docs.json"),
+        fixture!("pg-delete-value.derived.json"),
+        fixture!("pg-truncate-value.derived.json"),
+        fixture!("pg-update-value.derived.json"),
+        fixture!("pg-update-value.recorded-3.1.3.json"),
+        fixture!("sqlserver-create-value.docs.json"),
+        fixture!("sqlserver-delete-value.derived.json"),
+        fixture!("sqlserver-update-value.derived.json"),
+    ];
+    let mysql_key = compact_wrapper(fixture!("mysql-key.tutorial.json"));
+    let keys: [Option<&[u8]>; 4] = [
+        None,
+        Some(br#"{"id":1}"#),
+        Some(br#"{"id":1,"id":2}"#),
+        Some(mysql_key.as_bytes()),
+    ];
+    let mut decoder = super::Decoder::new();
+    let mut read = 0;
+    for text in fixtures {
+        let compact = compact_wrapper(text);
+        for (value, is_compact) in [(text, text.trim_end() == compact), (compact.as_str(), true)] {
+            for key in keys {
+                // Twice: the first decode of a schema takes the general path and caches it.
+                decoder.decode(key, Some(value.as_bytes()), &[], None).unwrap();
+                let direct = direct_agrees(&mut decoder, key, Some(value.as_bytes()), &[], None);
+                // Pretty-printed wrappers and a key field given twice take the general path.
+                let repeated = key == Some(br#"{"id":1,"id":2}"#);
+                assert_eq!(direct, is_compact && !repeated, "{value} with key {key:?}");
+                read += usize::from(direct);
+            }
+        }
+    }
+    assert!(read >= 2 * 11 * 3 / 2, "the direct path read {read} records");
+    // Tombstones.
+    for key in keys {
+        let repeated = key == Some(br#"{"id":1,"id":2}"#);
+        assert_eq!(direct_agrees(&mut decoder, key, None, &[], None), !repeated);
+        assert_eq!(direct_agrees(&mut decoder, key, Some(b""), &[], None), !repeated);
+        assert_eq!(direct_agrees(&mut decoder, key, Some(b"null"), &[], None), false);
+    }
+}
+
+#[test]
+fn direct_path_agrees_on_every_column_type_and_change() {
+    let (spec, rows) = every_type();
+    for schemas in [true, false] {
+        let encoder = TableEncoder::new(
+            &EncoderConfig {
+                schemas,
+                ..EncoderConfig::new("tarn", SourceConnector::Postgres)
+            },
+            spec.clone(),
+        );
+        let src = source(SnapshotMarker::First);
+        let mut messages = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            messages.extend(
+                encoder
+                    .encode(Change::Create { after: row }, &src, NOW_NANOS)
+                    .unwrap(),
+            );
+            let previous = &rows[(i + 1) % rows.len()];
+            messages.extend(
+                encoder
+                    .encode(
+                        Change::Update {
+                            before: Some(previous),
+                            after: row,
+                        },
+                        &src,
+                        NOW_NANOS,
+                    )
+                    .unwrap(),
+            );
+            messages.extend(
+                encoder
+                    .encode(Change::Delete { before: row }, &src, NOW_NANOS)
+                    .unwrap(),
+            );
+        }
+        messages.extend(encoder.encode(Change::Truncate, &src, NOW_NANOS).unwrap());
+        let mut decoder = super::Decoder::new();
+        let (mut read, mut declined) = (0, 0);
+        for hint in [None, Some(&*spec)] {
+            for m in &messages {
+                let headers: Vec<(&str, Option<&[u8]>)> = m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+                    .collect();
+                decoder
+                    .decode(m.key.as_deref(), m.value.as_deref(), &headers, hint)
+                    .unwrap();
+                if direct_agrees(&mut decoder, m.key.as_deref(), m.value.as_deref(), &headers, hint) {
+                    read += 1;
+                } else {
+                    declined += 1;
+                }
+            }
+        }
+        // Key changes (headers) are the general path's; every other record is read directly.
+        let with_headers = messages.iter().filter(|m| !m.headers.is_empty()).count();
+        assert_eq!(
+            (read, declined),
+            (2 * (messages.len() - with_headers), 2 * with_headers),
+            "schemas {schemas}"
+        );
+    }
+}
+
+/// Malformed messages of a schema the decoder knows: the direct path declines them, so their
+/// errors (and their field paths) are the general path's.
+#[test]
+fn direct_path_declines_what_the_general_path_refuses() {
+    let schema = r#"{"type":"struct","fields":[{"type":"struct","optional":true,"field":"after","fields":[{"type":"int32","field":"id"},{"type":"bytes","name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2"},"optional":true,"field":"amount"}]},{"type":"string","field":"op"}]}"#;
+    let wrapped = |payload: &str| format!(r#"{{"schema":{schema},"payload":{payload}}}"#);
+    let mut decoder = super::Decoder::new();
+    let good = wrapped(&format!(
+        r#"{{{SOURCE},"op":"c","after":{{"id":1,"amount":"AQ=="}}}}"#
+    ));
+    decoder.decode(None, Some(good.as_bytes()), &[], None).unwrap();
+    assert!(direct_agrees(
+        &mut decoder,
+        None,
+        Some(good.as_bytes()),
+        &[],
+        None
+    ));
+    let cases = [
+        (r#"{"op":"c","after":{"id":"one"},SRC}"#, "value.payload.after.id"),
+        (
+            r#"{"op":"c","after":{"id":1,"amount":"%%%"},SRC}"#,
+            "value.payload.after.amount",
+        ),
+        (r#"{"op":"c","after":{"id":1,"extra":2},SRC}"#, ""),
+        (r#"{"op":"c","after":{"amount":"AQ==","id":1},SRC}"#, ""),
+        (r#"{"op":"c","after":{"id":1,"id":2},SRC}"#, ""),
+        (r#"{"op":"c","op":"u","after":{"id":1},SRC}"#, ""),
+        (r#"{"op":"x","after":{"id":1},SRC}"#, "value.payload.op"),
+        (r#"{"op":5,"after":{"id":1},SRC}"#, "value.payload.op"),
+        (r#"{"op":"c","after":null,SRC}"#, "value.payload.after"),
+        (r#"{"op":"c","after":[1],SRC}"#, "value.payload.after"),
+        (r#"{"op":"c","after":{"id":1}}"#, "value.payload.source"),
+        (
+            r#"{"op":"c","after":{"id":1},"source":[]}"#,
+            "value.payload.source",
+        ),
+        (
+            r#"{"op":"c","after":{"id":1},"ts_ms":"soon",SRC}"#,
+            "value.payload.ts_ms",
+        ),
+        (
+            r#"{"op":"c","after":{"id":1},"transaction":{"id":5},SRC}"#,
+            "value.payload.transaction.id",
+        ),
+        (
+            r#"{"op":"c","after":{"id":1},"source":{"connector":"postgresql","lsn":-1}}"#,
+            "value.payload.source.lsn",
+        ),
+        (r#"{"op":"c","after":{"id":1},SRC} trailing"#, "value"),
+        (r#"{"op":"c","after":{"id":1},SRC"#, "value"),
+    ];
+    for (payload, path) in cases {
+        let value = wrapped(&payload.replace("SRC", SOURCE));
+        assert_eq!(
+            decoder.decode_direct(None, Some(value.as_bytes()), &[], None),
+            None,
+            "{value}"
+        );
+        let general = super::Decoder::new().decode_general(None, Some(value.as_bytes()), &[], None);
+        assert_eq!(
+            decoder.decode(None, Some(value.as_bytes()), &[], None),
+            general,
+            "{value}"
+        );
+        if !path.is_empty() {
+            assert_eq!(general.unwrap_err().path, path, "{value}");
+        }
+    }
+    // Unwrapped: an object of exactly schema and payload is a wrapper to the general path.
+    let unwrapped = format!(r#"{{"payload":{{{SOURCE},"op":"c","after":{{"id":1}}}},"schema":null}}"#);
+    assert_eq!(
+        decoder.decode_direct(None, Some(unwrapped.as_bytes()), &[], None),
+        None
+    );
+    assert_eq!(
+        decoder.decode_direct(Some(br#"{"payload":{"id":1},"schema":null}"#), None, &[], None),
+        None
+    );
+}
+
+/// Every leaf of a message (of a schema the decoder knows) replaced by values of the wrong
+/// kind: the direct path declines or agrees with the general path.
+#[test]
+fn direct_path_agrees_on_hostile_values() {
+    let (spec, rows) = every_type();
+    let encoder = TableEncoder::new(
+        &EncoderConfig::new("tarn", SourceConnector::Postgres),
+        spec.clone(),
+    );
+    let m = encoder
+        .encode(
+            Change::Create { after: &rows[0] },
+            &source(SnapshotMarker::False),
+            NOW_NANOS,
+        )
+        .unwrap();
+    let value = std::str::from_utf8(m[0].value.as_deref().unwrap()).unwrap();
+    let parts: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(value).unwrap();
+    let schema = parts["schema"].get();
+    let payload: serde_json::Value = serde_json::from_str(parts["payload"].get()).unwrap();
+    let weird = [
+        serde_json::json!(null),
+        serde_json::json!(i64::MIN),
+        serde_json::json!("x"),
+        serde_json::json!(-1),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(1e308),
+        serde_json::json!(1.5),
+        serde_json::json!(""),
+        serde_json::json!("__debezium_unavailable_value"),
+        serde_json::json!("-99999999999-01-01T00:00:00Z"),
+        serde_json::json!([]),
+        serde_json::json!([[1]]),
+        serde_json::json!({}),
+        serde_json::json!(true),
+    ];
+    let mut paths = Vec::new();
+    collect_paths(&payload, String::new(), &mut paths);
+    let mut decoder = super::Decoder::new();
+    decoder
+        .decode(m[0].key.as_deref(), Some(value.as_bytes()), &[], None)
+        .unwrap();
+    let mut read = 0;
+    for path in &paths {
+        for w in &weird {
+            let mut p = payload.clone();
+            *p.pointer_mut(path).unwrap() = w.clone();
+            // serde_json writes keys sorted: the rows' fields come out of schema order, which
+            // the direct path declines. Written in schema order too, it reads them.
+            let sorted = format!(r#"{{"schema":{schema},"payload":{p}}}"#);
+            let ordered = format!(
+                r#"{{"schema":{schema},"payload":{}}}"#,
+                in_schema_order(&p, &spec)
+            );
+            for bytes in [sorted, ordered] {
+                for hint in [None, Some(&*spec)] {
+                    if direct_agrees(
+                        &mut decoder,
+                        m[0].key.as_deref(),
+                        Some(bytes.as_bytes()),
+                        &[],
+                        hint,
+                    ) {
+                        read += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        read > paths.len() * 2,
+        "the direct path read {read} of the messages"
+    );
+}
+
+/// The payload `p` as JSON text with the fields of `before` and `after` in `spec`'s order.
+fn in_schema_order(p: &serde_json::Value, spec: &TableSpec) -> String {
+    let Some(object) = p.as_object() else {
+        return p.to_string();
+    };
+    let fields: Vec<String> = object
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::Object(row) if k == "before" || k == "after" => {
+                    let mut cells: Vec<(usize, String)> = row
+                        .iter()
+                        .map(|(c, v)| {
+                            let at = spec
+                                .columns
+                                .iter()
+                                .position(|s| &s.name == c)
+                                .unwrap_or(usize::MAX);
+                            (at, format!("{}:{v}", serde_json::Value::from(c.as_str())))
+                        })
+                        .collect();
+                    cells.sort();
+                    format!(
+                        "{{{}}}",
+                        cells.into_iter().map(|(_, c)| c).collect::<Vec<_>>().join(",")
+                    )
+                }
+                other => other.to_string(),
+            };
+            format!("{}:{text}", serde_json::Value::from(k.as_str()))
+        })
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+proptest! {
+    /// Random damage to a message of a schema the decoder knows: the direct path declines
+    /// or agrees with the general path.
+    #[test]
+    fn direct_path_agrees_on_mutated_messages(
+        flips in proptest::collection::vec((0usize..4000, any::<u8>()), 0..4),
+        cut in 0usize..64,
+        schemas in any::<bool>(),
+    ) {
+        let (spec, rows) = every_type();
+        let encoder = TableEncoder::new(
+            &EncoderConfig { schemas, ..EncoderConfig::new("tarn", SourceConnector::Postgres) },
+            spec.clone(),
+        );
+        let m = encoder.encode(Change::Create { after: &rows[0] }, &source(SnapshotMarker::False), NOW_NANOS).unwrap();
+        let original = m[0].value.clone().unwrap();
+        let mut decoder = super::Decoder::new();
+        decoder.decode(m[0].key.as_deref(), Some(&original), &[], None).unwrap();
+        let mut value = original.clone();
+        // Damage the payload (the schema must stay known for the direct path to try).
+        let payload_at = original.len() - original.len() / 3;
+        for (at, byte) in flips {
+            let at = payload_at + at % (original.len() - payload_at);
+            value[at] = byte;
+        }
+        value.truncate(value.len() - cut % 8);
+        direct_agrees(&mut decoder, m[0].key.as_deref(), Some(&value), &[], None);
+        direct_agrees(&mut decoder, m[0].key.as_deref(), Some(&value), &[], Some(&spec));
+    }
+}

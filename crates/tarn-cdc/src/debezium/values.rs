@@ -850,6 +850,26 @@ pub fn read_value(schema: Option<&ConnectSchema>, json: &Json, path: &str) -> Re
     Ok(Value::Text(Bytes::from(text)))
 }
 
+/// [`read_value`] of the JSON string `s`, without the `Json` value it would take: the cells of
+/// rows read straight from a message's text ([`super::envelope`]) come here. Strings of the
+/// common schemas (`string` with its logical names, `Decimal`) are read in place; others
+/// go through [`read_value`], so the two agree by construction.
+pub(crate) fn read_str(schema: Option<&ConnectSchema>, s: &str, path: &str) -> Result<Value, CodecError> {
+    if s == UNAVAILABLE_VALUE {
+        return Ok(Value::Unchanged);
+    }
+    let text = match schema {
+        // generic_text
+        None => s.to_owned(),
+        Some(schema) => match schema.schema_type {
+            SchemaType::String => string_text(schema, s, path)?,
+            SchemaType::Bytes if schema.logical_name() == DECIMAL => decimal_text(schema, s, path)?,
+            _ => return read_value(Some(schema), &Json::String(s.to_owned()), path),
+        },
+    };
+    Ok(Value::Text(Bytes::from(text)))
+}
+
 fn is_unavailable(schema: Option<&ConnectSchema>, json: &Json) -> bool {
     match json {
         Json::String(s) if s == UNAVAILABLE_VALUE => true,
@@ -932,7 +952,10 @@ fn expect_str<'j>(json: &'j Json, schema: &ConnectSchema, path: &str) -> Result<
 }
 
 fn expect_base64(json: &Json, schema: &ConnectSchema, path: &str) -> Result<Vec<u8>, CodecError> {
-    let s = expect_str(json, schema, path)?;
+    base64_of(expect_str(json, schema, path)?, schema, path)
+}
+
+fn base64_of(s: &str, schema: &ConnectSchema, path: &str) -> Result<Vec<u8>, CodecError> {
     BASE64
         .decode(s)
         .map_err(|e| bad(path, format!("expected base64 for {}: {e}", describe(schema))))
@@ -1010,10 +1033,9 @@ fn read_text(schema: &ConnectSchema, json: &Json, path: &str) -> Result<String, 
             // decimal.format=NUMERIC writes a JSON number.
             Json::Number(n) => n.to_string(),
             _ => {
-                let scale = scale_of(schema, path)?;
-                let bytes = expect_base64(json, schema, path)?;
-                twos_complement_to_decimal(&bytes, scale)
-                    .ok_or_else(|| bad(path, "a Decimal needs between 1 and 4096 bytes"))?
+                // The scale is checked before the value's kind.
+                scale_of(schema, path)?;
+                decimal_text(schema, expect_str(json, schema, path)?, path)?
             }
         },
         SchemaType::Bytes if logical == BITS => {
@@ -1030,41 +1052,7 @@ fn read_text(schema: &ConnectSchema, json: &Json, path: &str) -> Result<String, 
             }
             out
         }
-        SchemaType::String => {
-            let s = expect_str(json, schema, path)?;
-            match logical {
-                ZONED_TIMESTAMP if s == "infinity" || s == "-infinity" => s.into(),
-                ZONED_TIMESTAMP | ISO_TIMESTAMP => {
-                    let iso = parse_iso(s)
-                        .filter(|iso| iso.time.is_some())
-                        .ok_or_else(|| bad(path, format!("expected an ISO-8601 timestamp, found {s:?}")))?;
-                    iso_to_pg(&iso, logical == ZONED_TIMESTAMP)
-                }
-                ISO_DATE => {
-                    let iso = parse_iso(s)
-                        .filter(|iso| iso.time.is_none())
-                        .ok_or_else(|| bad(path, format!("expected an ISO-8601 date, found {s:?}")))?;
-                    iso_to_pg(&iso, false)
-                }
-                ZONED_TIME | ISO_TIME => {
-                    let ((hms, fraction), rest) = split_time(s)
-                        .filter(|(_, rest)| {
-                            rest.is_empty() || *rest == "Z" || parse_offset_seconds(rest).is_some()
-                        })
-                        .ok_or_else(|| bad(path, format!("expected an ISO-8601 time, found {s:?}")))?;
-                    let mut out = hms;
-                    if !fraction.is_empty() {
-                        out.push('.');
-                        out.push_str(fraction);
-                    }
-                    if logical == ZONED_TIME {
-                        out.push_str(&pg_offset(if rest.is_empty() { "Z" } else { rest }));
-                    }
-                    out
-                }
-                _ => s.into(),
-            }
-        }
+        SchemaType::String => string_text(schema, expect_str(json, schema, path)?, path)?,
         SchemaType::Struct if logical == VARIABLE_SCALE_DECIMAL => {
             let scale_schema = ConnectSchema::new(SchemaType::Int32);
             let scale = json
@@ -1128,6 +1116,50 @@ fn read_text(schema: &ConnectSchema, json: &Json, path: &str) -> Result<String, 
             json.to_string()
         }
     })
+}
+
+/// The text of the string `s` under `schema`, a `string` schema (its logical names: ISO-8601
+/// timestamps, dates and times become PostgreSQL's text forms; others are as they are).
+fn string_text(schema: &ConnectSchema, s: &str, path: &str) -> Result<String, CodecError> {
+    let logical = schema.logical_name();
+    Ok(match logical {
+        ZONED_TIMESTAMP if s == "infinity" || s == "-infinity" => s.into(),
+        ZONED_TIMESTAMP | ISO_TIMESTAMP => {
+            let iso = parse_iso(s)
+                .filter(|iso| iso.time.is_some())
+                .ok_or_else(|| bad(path, format!("expected an ISO-8601 timestamp, found {s:?}")))?;
+            iso_to_pg(&iso, logical == ZONED_TIMESTAMP)
+        }
+        ISO_DATE => {
+            let iso = parse_iso(s)
+                .filter(|iso| iso.time.is_none())
+                .ok_or_else(|| bad(path, format!("expected an ISO-8601 date, found {s:?}")))?;
+            iso_to_pg(&iso, false)
+        }
+        ZONED_TIME | ISO_TIME => {
+            let ((hms, fraction), rest) = split_time(s)
+                .filter(|(_, rest)| rest.is_empty() || *rest == "Z" || parse_offset_seconds(rest).is_some())
+                .ok_or_else(|| bad(path, format!("expected an ISO-8601 time, found {s:?}")))?;
+            let mut out = hms;
+            if !fraction.is_empty() {
+                out.push('.');
+                out.push_str(fraction);
+            }
+            if logical == ZONED_TIME {
+                out.push_str(&pg_offset(if rest.is_empty() { "Z" } else { rest }));
+            }
+            out
+        }
+        _ => s.into(),
+    })
+}
+
+/// The decimal text of `s`, the base64 of a `Decimal`'s unscaled value, at `schema`'s scale.
+fn decimal_text(schema: &ConnectSchema, s: &str, path: &str) -> Result<String, CodecError> {
+    let scale = scale_of(schema, path)?;
+    let bytes = base64_of(s, schema, path)?;
+    twos_complement_to_decimal(&bytes, scale)
+        .ok_or_else(|| bad(path, "a Decimal needs between 1 and 4096 bytes"))
 }
 
 /// A bit string (`0101`) from Debezium's little-endian `Bits` bytes, padded to `length`
