@@ -292,7 +292,11 @@ pub async fn run(base: &Config, options: &CatalogBenchOptions) -> Result<()> {
         let throughput = rest.ops_per_second() / direct.ops_per_second();
         println!("ratio REST/direct: p50 {p50:.2}  p99 {p99:.2}  throughput {throughput:.2}");
         if !load {
-            println!("lost catalog swaps, retried on the new metadata: direct {lake_lost}, REST {rest_lost}");
+            println!(
+                "lost catalog swaps, retried on the new metadata: direct {lake_lost}, REST {rest_lost}; \
+                 REST commits answered 409 and sent again by the client: {}",
+                answered_409.load(std::sync::atomic::Ordering::Relaxed)
+            );
         }
         summary.push((phase, direct, rest));
     }
