@@ -5,7 +5,7 @@
 //! enough of an updated or deleted row to find it again: no primary key and a replica
 //! identity other than `FULL` (or a unique index chosen with `REPLICA IDENTITY USING INDEX`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tarn_core::{Error, ErrorKind, Result};
@@ -316,13 +316,18 @@ pub struct ColumnInfo {
     pub not_null: bool,
     /// Part of the primary key.
     pub in_primary_key: bool,
+    /// A dropped column (PostgreSQL keeps its attribute number, under a placeholder name).
+    pub dropped: bool,
+    /// A generated column, which the stream leaves out.
+    pub generated: bool,
 }
 
 /// Maps the columns of a Relation message to a spec, keeping what the stream says (names,
-/// types) and the catalog's NOT NULL flags, attribute numbers and primary key where the names
-/// still match. A Relation message flags the replica identity's columns: the primary key (or
-/// the chosen index) — or every column under `REPLICA IDENTITY FULL`, where the key is the
-/// primary key if there is one and the whole row otherwise.
+/// types) and the catalog's NOT NULL flags, attribute numbers and primary key (see
+/// [`relation_attnums`] for how each column finds its attribute number). A Relation message
+/// flags the replica identity's columns: the primary key (or the chosen index) — or every
+/// column under `REPLICA IDENTITY FULL`, where the key is the primary key if there is one and
+/// the whole row otherwise.
 pub fn spec_from_relation(
     relation: &super::pgoutput::Relation,
     previous: Option<&TableSpec>,
@@ -332,15 +337,24 @@ pub fn spec_from_relation(
 ) -> Result<TableSpec> {
     let full = matches!(relation.replica_identity, super::pgoutput::ReplicaIdentity::Full);
     let qualified = format!("{}.{}", relation.namespace, relation.name);
+    let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+    let attnums = relation_attnums(&names, catalog, previous);
     let mut columns = Vec::with_capacity(relation.columns.len());
-    for c in &relation.columns {
+    for (c, attnum) in relation.columns.iter().zip(attnums) {
         let column_type = types.resolve(
             &format!("{qualified}.{}", c.name),
             c.type_oid,
             c.type_modifier,
             options,
         )?;
-        let info = catalog.get(&c.name).copied().unwrap_or_default();
+        let info = catalog
+            .values()
+            .find(|i| attnum != 0 && i.attnum == attnum && !i.dropped)
+            .copied()
+            .unwrap_or(ColumnInfo {
+                attnum,
+                ..ColumnInfo::default()
+            });
         columns.push(ColumnSpec {
             name: c.name.clone(),
             column_type,
@@ -348,7 +362,7 @@ pub fn spec_from_relation(
             not_null: info.not_null,
             type_oid: c.type_oid,
             type_name: types.name(c.type_oid),
-            attnum: info.attnum,
+            attnum,
         });
     }
     let key_kind = if columns.iter().any(|c| c.key) {
@@ -364,7 +378,6 @@ pub fn spec_from_relation(
             ),
         ));
     };
-    let _ = previous;
     Ok(TableSpec {
         id: relation.id,
         schema: relation.namespace.clone(),
@@ -374,13 +387,183 @@ pub fn spec_from_relation(
     })
 }
 
-/// What the catalog says of a table's live columns now, by name.
+/// The attribute number of each column of a Relation message (`names`, in the order the
+/// message lists them); 0 where it cannot be told.
+///
+/// The message carries no attribute numbers, and the catalog only answers for now, which may
+/// be ahead of the stream (a later `ALTER TABLE` renamed or dropped the column) — so a name is
+/// first looked up in `catalog`, then checked and completed against what is certain:
+/// - pgoutput lists a table's live columns in attribute-number order, so only the heaviest
+///   increasing run of the catalog's numbers is kept (numbers the previous spec agrees with
+///   count double): the others belong to a later column that reuses the name;
+/// - a name `previous` (the table's last spec) has is that column, where its number fits;
+/// - numbers are given out in increasing order and never reused, so the columns between two
+///   known ones have numbers between theirs: when the catalog has exactly as many numbers
+///   there (live or dropped) as there are unknown columns, those are theirs; else when the
+///   previous spec has exactly as many columns there that the message no longer names, the
+///   columns were renamed. After the last known column they may also be new columns, so there
+///   the previous columns must also still be live.
+///
+/// Without this a column renamed twice before the stream reached the first rename would look
+/// new, and the lake would lose its values (a new Iceberg field, NULL for every older row).
+pub(crate) fn relation_attnums(
+    names: &[&str],
+    catalog: &HashMap<String, ColumnInfo>,
+    previous: Option<&TableSpec>,
+) -> Vec<i16> {
+    let mut attnums: Vec<i16> = names
+        .iter()
+        .map(|n| catalog.get(*n).filter(|i| !i.dropped).map_or(0, |i| i.attnum))
+        .collect();
+    // A number the previous spec agrees with weighs more.
+    let weights: Vec<usize> = names
+        .iter()
+        .zip(&attnums)
+        .map(|(n, a)| {
+            let agrees = previous.is_some_and(|p| p.columns.iter().any(|c| c.name == *n && c.attnum == *a));
+            if agrees { 2 } else { 1 }
+        })
+        .collect();
+    keep_increasing(&mut attnums, &weights);
+    // A name the previous spec has is that column, where its number fits the order.
+    for i in 0..attnums.len() {
+        if attnums[i] != 0 {
+            continue;
+        }
+        let Some(a) = previous
+            .and_then(|p| p.columns.iter().find(|c| c.name == names[i]))
+            .map(|c| c.attnum)
+        else {
+            continue;
+        };
+        let lo = attnums[..i].iter().rev().find(|a| **a != 0).copied().unwrap_or(0);
+        let hi = attnums[i + 1..]
+            .iter()
+            .find(|a| **a != 0)
+            .copied()
+            .unwrap_or(i16::MAX);
+        if lo < a && a < hi {
+            attnums[i] = a;
+        }
+    }
+    let live: HashSet<i16> = catalog
+        .values()
+        .filter(|i| !i.dropped)
+        .map(|i| i.attnum)
+        .collect();
+    let mut start = 0;
+    while start < attnums.len() {
+        if attnums[start] != 0 {
+            start += 1;
+            continue;
+        }
+        let end = (start..attnums.len())
+            .find(|&i| attnums[i] != 0)
+            .unwrap_or(attnums.len());
+        let lo = if start == 0 { 0 } else { attnums[start - 1] };
+        let hi = attnums.get(end).copied();
+        let within = |a: i16| a > lo && hi.is_none_or(|hi| a < hi) && !attnums.contains(&a);
+        // Every number the table ever gave out there (live or dropped), when they are exactly
+        // as many as the unknown columns.
+        let mut every: Vec<i16> = catalog
+            .values()
+            .filter(|i| !i.generated)
+            .map(|i| i.attnum)
+            .filter(|a| within(*a))
+            .collect();
+        every.sort_unstable();
+        // Else the previous spec's columns there that the message no longer names.
+        let renamed: Vec<i16> = previous
+            .into_iter()
+            .flat_map(|p| &p.columns)
+            .filter(|c| within(c.attnum) && !names.contains(&c.name.as_str()))
+            .filter(|c| hi.is_some() || live.contains(&c.attnum))
+            .map(|c| c.attnum)
+            .collect();
+        if every.len() == end - start {
+            attnums[start..end].copy_from_slice(&every);
+        } else if renamed.len() == end - start {
+            attnums[start..end].copy_from_slice(&renamed);
+        }
+        start = end;
+    }
+    attnums
+}
+
+/// Keeps the heaviest strictly increasing run of the known (non-zero) numbers of `attnums`
+/// (each weighing its `weights` entry), setting the others to 0.
+fn keep_increasing(attnums: &mut [i16], weights: &[usize]) {
+    let n = attnums.len();
+    // best[i]: weight of the heaviest increasing run of known numbers ending at i; from[i]:
+    // its previous element.
+    let mut best = vec![0usize; n];
+    let mut from = vec![None; n];
+    for i in (0..n).filter(|&i| attnums[i] != 0) {
+        best[i] = weights[i];
+        for j in (0..i).filter(|&j| attnums[j] != 0 && attnums[j] < attnums[i]) {
+            if best[j] + weights[i] > best[i] {
+                best[i] = best[j] + weights[i];
+                from[i] = Some(j);
+            }
+        }
+    }
+    let mut keep = vec![false; n];
+    let mut at = (0..n)
+        .filter(|&i| best[i] > 0)
+        .max_by_key(|&i| (best[i], std::cmp::Reverse(i)));
+    while let Some(i) = at {
+        keep[i] = true;
+        at = from[i];
+    }
+    for (a, keep) in attnums.iter_mut().zip(keep) {
+        if !keep {
+            *a = 0;
+        }
+    }
+}
+
+/// Waits until transaction `xid` — committed, as the stream is decoding it — is visible to
+/// new snapshots of `client`'s session.
+///
+/// PostgreSQL writes a commit record (which logical decoding may send at once) before it
+/// makes the transaction visible and then releases the transaction's lock, so the lock's
+/// release is the moment its catalog changes (an `ALTER TABLE` renaming a column) can be read.
+/// Gives up with a warning after a few seconds (a synchronous standby configuration that
+/// waits for tarn itself), reading the catalog as it is.
+pub async fn wait_until_visible(client: &Client, xid: u32) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let xid = i64::from(xid);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND transactionid::text::bigint = $1",
+                &[&xid],
+            )
+            .await
+            .map_err(|e| query_error("cannot read pg_locks", e))?;
+        if row.get::<_, i64>(0) == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                xid,
+                "the transaction being decoded is not visible yet; reading the catalog as it is"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// What the catalog says of a table's columns now, by name: the live ones, and the dropped
+/// ones under PostgreSQL's placeholder names.
 pub async fn column_info(client: &Client, oid: u32) -> Result<HashMap<String, ColumnInfo>> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.attnum, a.attnotnull, coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+            "SELECT a.attname::text, a.attnum, a.attnotnull, coalesce(a.attnum = ANY(pk.indkey::int2[]), false), \
+                    a.attisdropped, a.attgenerated::text <> '' \
              FROM pg_attribute a LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+             WHERE a.attrelid = $1 AND a.attnum > 0",
             &[&oid],
         )
         .await
@@ -394,6 +577,8 @@ pub async fn column_info(client: &Client, oid: u32) -> Result<HashMap<String, Co
                     attnum: r.get(1),
                     not_null: r.get(2),
                     in_primary_key: r.get(3),
+                    dropped: r.get(4),
+                    generated: r.get(5),
                 },
             )
         })
@@ -403,6 +588,97 @@ pub async fn column_info(client: &Client, oid: u32) -> Result<HashMap<String, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Live columns, and `dropped` attribute numbers.
+    fn info(pairs: &[(&str, i16)], dropped: &[i16]) -> HashMap<String, ColumnInfo> {
+        let live = pairs.iter().map(|(n, a)| {
+            (
+                n.to_string(),
+                ColumnInfo {
+                    attnum: *a,
+                    ..ColumnInfo::default()
+                },
+            )
+        });
+        let gone = dropped.iter().map(|a| {
+            (
+                format!("........pg.dropped.{a}........"),
+                ColumnInfo {
+                    attnum: *a,
+                    dropped: true,
+                    ..ColumnInfo::default()
+                },
+            )
+        });
+        live.chain(gone).collect()
+    }
+
+    fn previous(pairs: &[(&str, i16)]) -> TableSpec {
+        TableSpec {
+            id: 1,
+            schema: "public".into(),
+            name: "items".into(),
+            columns: pairs
+                .iter()
+                .map(|(n, a)| ColumnSpec::new(n, ColumnType::Text, *a == 1, *a))
+                .collect(),
+            key_kind: KeyKind::PrimaryKey,
+        }
+    }
+
+    #[test]
+    fn relation_attnums_from_the_catalog_and_the_previous_spec() {
+        let items = previous(&[("id", 1), ("name", 2), ("qty", 3)]);
+        let names = ["id", "title", "qty", "color"];
+        // The catalog agrees with the stream.
+        let now = info(&[("id", 1), ("title", 2), ("qty", 3), ("color", 4)], &[]);
+        assert_eq!(relation_attnums(&names, &now, Some(&items)), vec![1, 2, 3, 4]);
+        // The catalog is behind (the renaming transaction not yet visible): `title` is the
+        // column between `id` and `qty`, `color` is new.
+        let behind = info(&[("id", 1), ("name", 2), ("qty", 3)], &[]);
+        assert_eq!(relation_attnums(&names, &behind, Some(&items)), vec![1, 2, 3, 0]);
+        // The catalog is ahead: `title` renamed again, `qty` dropped, `name` reused.
+        let ahead = info(&[("id", 1), ("label", 2), ("name", 5)], &[3, 4]);
+        assert_eq!(
+            relation_attnums(&["id", "title", "qty"], &ahead, Some(&items)),
+            vec![1, 2, 3]
+        );
+        // Without a previous spec, the numbers after `id` are as many as the unknown columns
+        // only when no column was added since.
+        assert_eq!(relation_attnums(&names, &ahead, None), vec![1, 0, 0, 0]);
+        let since = info(&[("id", 1), ("label", 2)], &[3, 4]);
+        assert_eq!(relation_attnums(&names, &since, None), vec![1, 2, 3, 4]);
+        // A name the catalog gives to a later column does not go back in the order.
+        let reused = info(&[("id", 1), ("qty", 3), ("name", 7)], &[2, 4, 5, 6]);
+        assert_eq!(
+            relation_attnums(&["id", "name", "qty"], &reused, Some(&items)),
+            vec![1, 2, 3]
+        );
+        // The last column renamed twice, and a column added since: the previous spec's last
+        // column is still live, so it was renamed.
+        let last = info(&[("id", 1), ("name", 2), ("amount", 3), ("extra", 4)], &[]);
+        assert_eq!(
+            relation_attnums(&["id", "name", "total"], &last, Some(&items)),
+            vec![1, 2, 3]
+        );
+        // ... but dropped in the catalog, with a column added since: it cannot be told from a
+        // new column.
+        let dropped = info(&[("id", 1), ("name", 2), ("extra", 4)], &[3]);
+        assert_eq!(
+            relation_attnums(&["id", "name", "total"], &dropped, Some(&items)),
+            vec![1, 2, 0]
+        );
+        // Two numbers between known columns, one column, and the previous spec has both
+        // columns (one was dropped, one renamed): left unknown.
+        let wide = previous(&[("id", 1), ("a", 2), ("b", 3), ("z", 4)]);
+        let now = info(&[("id", 1), ("z", 4)], &[2, 3]);
+        assert_eq!(
+            relation_attnums(&["id", "c", "z"], &now, Some(&wide)),
+            vec![1, 0, 4]
+        );
+        // Without a previous spec, the catalog's numbers alone place `title`.
+        assert_eq!(relation_attnums(&names, &behind, None), vec![1, 2, 3, 0]);
+    }
 
     #[test]
     fn patterns() {

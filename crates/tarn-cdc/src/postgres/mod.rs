@@ -61,6 +61,8 @@ pub struct PostgresSource {
     ignored: HashSet<u32>,
     /// The newest position the stream reached.
     received: Lsn,
+    /// The transaction being decoded (from its Begin message).
+    xid: Option<u32>,
 }
 
 impl PostgresSource {
@@ -92,6 +94,7 @@ impl PostgresSource {
             relations: HashMap::new(),
             ignored: HashSet::new(),
             received: Lsn::default(),
+            xid: None,
         })
     }
 
@@ -258,10 +261,13 @@ impl PostgresSource {
     /// Turns a raw message into an event; `None` for messages that carry nothing for tarn.
     pub async fn convert(&mut self, event: ReplicationEvent) -> Result<Option<SourceEvent>> {
         Ok(match event {
-            ReplicationEvent::Begin { final_lsn, xid, .. } => Some(SourceEvent::Begin {
-                commit_position: Lsn(final_lsn.as_u64()).into(),
-                transaction_id: Some(i64::from(xid)),
-            }),
+            ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                self.xid = Some(xid);
+                Some(SourceEvent::Begin {
+                    commit_position: Lsn(final_lsn.as_u64()).into(),
+                    transaction_id: Some(i64::from(xid)),
+                })
+            }
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
@@ -305,6 +311,11 @@ impl PostgresSource {
                 // Types created after start-up (a new enum, a domain) need a reload.
                 if relation.columns.iter().any(|c| !self.types.contains(c.type_oid)) {
                     self.types = TypeCache::load(&self.client).await?;
+                }
+                // The stream sends a transaction once its commit record is on disk, a moment
+                // before other sessions see it: read the catalog after it, not before.
+                if let Some(xid) = self.xid {
+                    catalog::wait_until_visible(&self.client, xid).await?;
                 }
                 let attnums = catalog::column_info(&self.client, relation.id).await?;
                 let previous = self.relations.get(&relation.id).cloned();
