@@ -205,6 +205,8 @@ fn drain(broker: &Broker, topic: &str, partitions: i32, records: u64) -> Result<
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "100")
+        // As tarn's consumer sets it, so that both read a backlog at the broker's pace.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .context("cannot create the reference consumer")?;
     let mut assignment = TopicPartitionList::new();
