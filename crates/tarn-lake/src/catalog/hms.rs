@@ -9,6 +9,9 @@
 //! point it at the new file (keeping the old one as `previous_metadata_location`) with
 //! `alter_table`, release the lock. A different location is a lost race.
 //!
+//! The same commit serves the `iceberg` crate's transactions (snapshot expiry among them):
+//! [`CommittingHmsCatalog`] is `HmsCatalog` with its `update_table` done this way.
+//!
 //! The lock keeps out every writer that locks too (Spark, Trino, Flink through Iceberg's
 //! `HiveCatalog` with its default `engine.hive.lock-enabled`); a metastore without the
 //! transaction tables that locks need (`hive.txn.manager`) fails the lock call, and tarn
@@ -24,7 +27,8 @@ use hive_metastore::{
     CheckLockRequest, DataOperationType, LockComponent, LockLevel, LockRequest, LockState, LockType,
     ThriftHiveMetastoreClient, ThriftHiveMetastoreClientBuilder, UnlockRequest,
 };
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent};
 use iceberg_catalog_hms::{
     HMS_CATALOG_PROP_THRIFT_TRANSPORT, HMS_CATALOG_PROP_URI, HMS_CATALOG_PROP_WAREHOUSE, HmsCatalog,
     HmsCatalogBuilder,
@@ -45,6 +49,7 @@ const PREVIOUS_METADATA_LOCATION: &str = "previous_metadata_location";
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Hive Metastore; see the module doc.
+#[derive(Clone)]
 pub(crate) struct HmsBackend {
     catalog: Arc<HmsCatalog>,
     client: ThriftHiveMetastoreClient,
@@ -257,7 +262,7 @@ impl CatalogBackend for HmsBackend {
     }
 
     fn catalog(&self) -> Arc<dyn Catalog> {
-        self.catalog.clone()
+        Arc::new(CommittingHmsCatalog(self.clone()))
     }
 
     async fn current_metadata(&self, ident: &TableIdent) -> Result<CurrentMetadata> {
@@ -323,5 +328,131 @@ impl CatalogBackend for HmsBackend {
             })?;
         }
         Ok(removed)
+    }
+}
+
+/// `HmsCatalog` whose `update_table` commits as [`HmsBackend::commit`] does (the crate's own
+/// answers "not supported"), so the `iceberg` crate's transactions work on a metastore.
+#[derive(Debug)]
+struct CommittingHmsCatalog(HmsBackend);
+
+fn to_iceberg(e: Error) -> iceberg::Error {
+    let kind = if e.kind() == ErrorKind::CommitConflict {
+        iceberg::ErrorKind::CatalogCommitConflicts
+    } else {
+        iceberg::ErrorKind::Unexpected
+    };
+    iceberg::Error::new(kind, e.to_string())
+        .with_retryable(kind == iceberg::ErrorKind::CatalogCommitConflicts)
+}
+
+#[async_trait]
+impl Catalog for CommittingHmsCatalog {
+    async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> iceberg::Result<Vec<NamespaceIdent>> {
+        self.0.catalog.list_namespaces(parent).await
+    }
+
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<Namespace> {
+        self.0.catalog.create_namespace(namespace, properties).await
+    }
+
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
+        self.0.catalog.get_namespace(namespace).await
+    }
+
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+        self.0.catalog.namespace_exists(namespace).await
+    }
+
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.0.catalog.update_namespace(namespace, properties).await
+    }
+
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+        self.0.catalog.drop_namespace(namespace).await
+    }
+
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+        self.0.catalog.list_tables(namespace).await
+    }
+
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> iceberg::Result<Table> {
+        self.0.catalog.create_table(namespace, creation).await
+    }
+
+    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+        self.0.catalog.load_table(table).await
+    }
+
+    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.0.catalog.drop_table(table).await
+    }
+
+    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.0.catalog.purge_table(table).await
+    }
+
+    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
+        self.0.catalog.table_exists(table).await
+    }
+
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.0.catalog.rename_table(src, dest).await
+    }
+
+    async fn register_table(&self, table: &TableIdent, metadata_location: String) -> iceberg::Result<Table> {
+        self.0.catalog.register_table(table, metadata_location).await
+    }
+
+    async fn update_table(&self, mut commit: TableCommit) -> iceberg::Result<Table> {
+        let ident = commit.identifier().clone();
+        let current = self.0.catalog.load_table(&ident).await?;
+        let requirements = commit.take_requirements();
+        let updates = commit.take_updates();
+        for requirement in &requirements {
+            requirement.check(Some(current.metadata()))?;
+        }
+        let mut builder = current
+            .metadata()
+            .clone()
+            .into_builder(current.metadata_location().map(str::to_string));
+        for update in updates.clone() {
+            builder = update.apply(builder)?;
+        }
+        let metadata = builder.build()?.metadata;
+        let mut written = Vec::new();
+        let commit = MetadataCommit {
+            current: &current,
+            metadata,
+            updates,
+            requirements,
+        };
+        match self.0.commit(commit, &mut written).await.map_err(to_iceberg)? {
+            CommitOutcome::Committed { .. } => self.0.catalog.load_table(&ident).await,
+            CommitOutcome::Conflict => {
+                for path in written {
+                    if let Err(e) = current.file_io().delete(&path).await {
+                        tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
+                    }
+                }
+                Err(iceberg::Error::new(
+                    iceberg::ErrorKind::CatalogCommitConflicts,
+                    format!("table {ident} changed in the Hive Metastore during the commit"),
+                )
+                .with_retryable(true))
+            }
+        }
     }
 }

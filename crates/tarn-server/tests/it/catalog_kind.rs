@@ -725,6 +725,28 @@ async fn catalog_kind_hms_on_a_real_hive_metastore() {
         rows(&other, "SELECT * FROM h.t ORDER BY id").await,
         ["1|a", "2|b", "3|c", "4|d"]
     );
+    // Snapshot expiry goes through the `iceberg` crate's transaction, committed the same way:
+    // every snapshot but the last goes, and the files only they reached with them.
+    let snapshots = || async { rows(&other, "SELECT count(*) FROM \"h\".\"t$snapshots\"").await };
+    assert_eq!(snapshots().await, ["4"]);
+    let expired = lake
+        .expire_snapshots(
+            &ident,
+            &tarn_lake::ExpireOptions {
+                older_than: chrono::Utc::now() + chrono::Duration::seconds(1),
+                retain_last: 1,
+                progress: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired.expired_snapshots.len(), 3, "{expired:?}");
+    assert!(expired.deleted_data_files >= 3, "{expired:?}");
+    assert_eq!(snapshots().await, ["1"]);
+    assert_eq!(
+        rows(&other, "SELECT * FROM h.t ORDER BY id").await,
+        ["1|a", "2|b", "3|c", "4|d"]
+    );
     let err = Lake::open(&config_for(
         client.path(),
         &[
