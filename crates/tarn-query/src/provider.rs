@@ -238,10 +238,16 @@ impl SchemaProvider for LakeSchemaProvider {
                     .map_err(|e| {
                         df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
                     })?;
-                if crate::v3_scan::needs_v3_scan(&table) {
+                let uuids = snapshot_uuid_columns(&table, id);
+                let provider: Arc<dyn TableProvider> = if crate::v3_scan::needs_v3_scan(&table) {
                     Arc::new(crate::v3_scan::V3SnapshotTable::new(table, id, inner))
                 } else {
                     Arc::new(inner)
+                };
+                if uuids.is_empty() {
+                    provider
+                } else {
+                    Arc::new(UuidTextTable::new(provider, &uuids))
                 }
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
@@ -334,9 +340,23 @@ fn view_schema(schema: &Schema, uuids: &BTreeSet<String>) -> Schema {
 
 /// The names of the top-level `uuid` columns of `table`'s current schema.
 fn uuid_columns(table: &iceberg::table::Table) -> BTreeSet<String> {
-    table
-        .metadata()
-        .current_schema()
+    uuid_fields(table.metadata().current_schema())
+}
+
+/// The names of the top-level `uuid` columns of the schema snapshot `id` of `table` was
+/// written with (the current schema if it names none).
+fn snapshot_uuid_columns(table: &iceberg::table::Table, id: i64) -> BTreeSet<String> {
+    let metadata = table.metadata();
+    let schema = metadata
+        .snapshot_by_id(id)
+        .and_then(|s| s.schema_id())
+        .and_then(|sid| metadata.schema_by_id(sid))
+        .unwrap_or_else(|| metadata.current_schema());
+    uuid_fields(schema)
+}
+
+fn uuid_fields(schema: &iceberg::spec::Schema) -> BTreeSet<String> {
+    schema
         .as_struct()
         .fields()
         .iter()
@@ -598,6 +618,55 @@ impl TableProvider for LakeTable {
             self.ident.clone(),
             input,
         )))
+    }
+}
+
+/// A table read through another provider (a snapshot of a table, for time travel) with its
+/// `uuid` columns as UUID text, as [`LakeTable`] shows them.
+#[derive(Debug)]
+struct UuidTextTable {
+    inner: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+}
+
+impl UuidTextTable {
+    fn new(inner: Arc<dyn TableProvider>, uuids: &BTreeSet<String>) -> Self {
+        let schema = Arc::new(view_schema(&inner.schema(), uuids));
+        Self { inner, schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for UuidTextTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        let target = match projection {
+            Some(p) => self.schema.project(p)?,
+            None => self.schema.as_ref().clone(),
+        };
+        cast_to(plan, &target)
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
     }
 }
 

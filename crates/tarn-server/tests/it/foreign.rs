@@ -155,6 +155,18 @@ async fn foreign_spark_tables_read_as_spark_reads_them_and_take_tarn_inserts() {
             .await,
         ["1"]
     );
+    // Time travel shows `uuid` columns as UUIDs too.
+    let snapshot = t
+        .query("SELECT snapshot_id FROM spark.\"uuids$snapshots\" ORDER BY committed_at DESC LIMIT 1")
+        .await;
+    assert_eq!(
+        t.query(&format!(
+            "SELECT u FROM spark.\"uuids@{}\" WHERE u = 'f81d4fae-7dec-11d0-a765-00a0c91e6bf6'",
+            snapshot[0]
+        ))
+        .await,
+        ["f81d4fae-7dec-11d0-a765-00a0c91e6bf6"]
+    );
     // Time travel to the current snapshot of the v3 table applies its deletion vectors too.
     let snapshot = t
         .query("SELECT snapshot_id FROM spark.\"dv$snapshots\" ORDER BY committed_at DESC LIMIT 1")
