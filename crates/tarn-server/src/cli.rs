@@ -298,7 +298,14 @@ fn init_logging(config: &Config, level: &str, to_stdout: bool) {
     // transaction in progress" after a retried serialization failure: noise.
     let filter = EnvFilter::try_from_env("TARN_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},sqlx::postgres::notice=error")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal;
+    // Colour only for a terminal: piped into a file or `tail`, escape sequences are noise.
+    let ansi = if to_stdout {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     let json = config.log.format == "json";
     match (json, to_stdout) {
         (true, true) => builder.json().with_writer(std::io::stdout).init(),

@@ -826,6 +826,11 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
         );
         assert!(ok, "tarn maintain failed: {err}\n{out}");
         assert!(out.contains("cdc.accounts"), "{out}");
+        // Piped, the log has no colour escape sequences.
+        assert!(
+            !err.contains('\u{1b}'),
+            "escape sequences in the piped log: {err:?}"
+        );
         compactions += out.matches("compacted:").count();
         if let Some(keys) = cdc.lake_rows(twice).await {
             assert!(
