@@ -660,8 +660,10 @@ pub async fn run(
     )?;
     let tarn_url = format!("postgres://demo@{}/{}", endpoints.pg_addr, config.catalog.name);
     out.line(&format!(
-        "• tarn serves SQL on {} (Postgres wire) and http://{} (/metrics, /cdc/status)",
-        endpoints.pg_addr, endpoints.http_addr
+        "• tarn serves SQL on {} (Postgres wire) and {}://{} (/metrics, /cdc/status)",
+        endpoints.pg_addr,
+        if endpoints.tls { "https" } else { "http" },
+        endpoints.http_addr
     ));
 
     // 5. The workload.
