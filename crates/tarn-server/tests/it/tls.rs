@@ -155,7 +155,11 @@ fn psql_psycopg_and_jdbc_verify_full_against_the_test_ca() {
         "{seen}"
     );
     let seen = psycopg(&["--user", USER, "--password", PASSWORD, "--sslmode", "disable"]);
-    assert_eq!(seen["sqlstate"], "28000", "{seen}");
+    assert_eq!(seen["ok"], false);
+    assert!(
+        seen["error"].as_str().unwrap().contains("accepts only TLS connections"),
+        "{seen}"
+    );
 
     // pgjdbc: `ssl=true` verifies the chain and the host name (its default sslmode with ssl on
     // is verify-full).
