@@ -47,7 +47,13 @@ mod tests {
         for loopback in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
             assert_eq!(secret_may_cross(ip(loopback), false, false), Ok(()), "{loopback}");
         }
-        for remote in ["10.0.0.7", "192.168.1.2", "2001:db8::1", "::ffff:10.0.0.7", "0.0.0.0"] {
+        for remote in [
+            "10.0.0.7",
+            "192.168.1.2",
+            "2001:db8::1",
+            "::ffff:10.0.0.7",
+            "0.0.0.0",
+        ] {
             let refused = secret_may_cross(ip(remote), false, false).unwrap_err();
             assert_eq!(refused.peer, ip(remote));
             let message = refused.to_string();

@@ -964,11 +964,7 @@ impl Config {
             parse_duration("server.tls.reload_interval", &tls.reload_interval)?;
         }
         if !self.auth.certificate_users.is_empty()
-            && self
-                .server
-                .tls
-                .as_ref()
-                .is_none_or(|t| t.client_ca.is_none())
+            && self.server.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
         {
             return bad(
                 "auth.certificate_users",
@@ -1956,6 +1952,41 @@ mod tests {
     fn bad_toml_names_line() {
         let err = load(Some("[write]\ntarget_file_size = = 3\n"), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        // From the environment and flags, as from the file.
+        let c = load(
+            None,
+            &[
+                ("TARN_SERVER__TLS__CERT", "/etc/tarn/server.crt"),
+                ("TARN_SERVER__TLS__KEY", "/etc/tarn/server.key"),
+            ],
+            &[("server.tls.reload_interval", "0s")],
+        )
+        .unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert.as_deref(), Some(Path::new("/etc/tarn/server.crt")));
+        assert!(tls.require, "TLS, once configured, is required by default");
+        assert_eq!(tls.reload_interval, "0s");
+        assert_eq!(load(None, &[], &[]).unwrap().server.tls, None);
+
+        let err = load(Some("[server.tls]\ncert = \"/etc/tarn/server.crt\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("server.tls.key"), "{err}");
+        let err = load(
+            Some("[server.tls]\ncert = \"a\"\nkey = \"b\"\nreload_interval = \"often\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.tls.reload_interval"), "{err}");
+        let err = load(Some("[auth.certificate_users]\n\"cn\" = \"ana\"\n"), &[], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("auth.certificate_users")
+                && err.to_string().contains("server.tls.client_ca"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -790,7 +790,9 @@ impl StartupHandler for TarnStartup {
                     _ => String::new(),
                 };
                 let certified = client.is_secure()
-                    && client.client_certificates().is_some_and(|chain| !chain.is_empty());
+                    && client
+                        .client_certificates()
+                        .is_some_and(|chain| !chain.is_empty());
                 if certified {
                     LoginKind::Certificate
                 } else if self.trust_loopback && client.socket_addr().ip().is_loopback() {

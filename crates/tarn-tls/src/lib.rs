@@ -219,7 +219,11 @@ fn read_all(files: &TlsFiles) -> Result<Vec<Vec<u8>>, TlsError> {
     Ok(contents)
 }
 
-fn certificates(key: &'static str, file: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(
+    key: &'static str,
+    file: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(key, file, format!("not a PEM certificate file: {e}")))?;
@@ -279,21 +283,40 @@ fn build(files: &TlsFiles, contents: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
     let builder = || {
         ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| bad("server.tls.cert", &files.cert, format!("no TLS version to offer: {e}")))
+            .map_err(|e| {
+                bad(
+                    "server.tls.cert",
+                    &files.cert,
+                    format!("no TLS version to offer: {e}"),
+                )
+            })
     };
     let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
     let mut pgwire = match (&files.client_ca, contents.get(2)) {
         (Some(ca_file), Some(ca_pem)) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in certificates("server.tls.client_ca", ca_file, ca_pem)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| bad("server.tls.client_ca", ca_file, format!("not a usable CA certificate: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    bad(
+                        "server.tls.client_ca",
+                        ca_file,
+                        format!("not a usable CA certificate: {e}"),
+                    )
+                })?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| bad("server.tls.client_ca", ca_file, format!("cannot verify clients with it: {e}")))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| {
+                bad(
+                    "server.tls.client_ca",
+                    ca_file,
+                    format!("cannot verify clients with it: {e}"),
+                )
+            })?;
             builder()?.with_client_cert_verifier(verifier)
         }
         _ => builder()?.with_no_client_auth(),

@@ -20,7 +20,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn material(with_client_ca: bool) -> Material {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca("tarn test CA").unwrap();
-    let (cert, key) = leaf(&ca, "127.0.0.1", &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+    let (cert, key) = leaf(
+        &ca,
+        "127.0.0.1",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )
+    .unwrap();
     let files = TlsFiles {
         cert: write(dir.path(), "server.crt", &cert),
         key: write(dir.path(), "server.key", &key),
@@ -33,12 +39,13 @@ fn material(with_client_ca: bool) -> Material {
 fn presented(tls: &ServerTls) -> Vec<u8> {
     let resolver = tls.current().https.cert_resolver.clone();
     // A resolver of one certificate answers any hello; build one from a real client's.
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    let client =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny))
+            .with_no_client_auth();
     let mut conn = rustls::ClientConnection::new(Arc::new(client), "127.0.0.1".try_into().unwrap()).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
@@ -87,7 +94,10 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
 }
 
 #[test]
@@ -103,14 +113,20 @@ fn loads_and_names_each_bad_file() {
     };
     let e = ServerTls::load(missing).unwrap_err();
     assert_eq!(e.key, "server.tls.cert");
-    assert!(e.to_string().contains("absent.crt") && e.to_string().contains("cannot read it"), "{e}");
+    assert!(
+        e.to_string().contains("absent.crt") && e.to_string().contains("cannot read it"),
+        "{e}"
+    );
 
     let not_pem = TlsFiles {
         cert: write(m.dir.path(), "garbage.crt", "hello\n"),
         ..m.files.clone()
     };
     let e = ServerTls::load(not_pem).unwrap_err();
-    assert_eq!((e.key, e.file.file_name().unwrap().to_str().unwrap()), ("server.tls.cert", "garbage.crt"));
+    assert_eq!(
+        (e.key, e.file.file_name().unwrap().to_str().unwrap()),
+        ("server.tls.cert", "garbage.crt")
+    );
     assert!(e.problem.contains("no PEM certificate"), "{e}");
 
     // A certificate where the key should be.
@@ -150,7 +166,13 @@ fn reload_replaces_a_changed_set_and_keeps_the_old_one_when_the_new_one_is_bad()
 
     // A half-written rotation: the new certificate, the old key.
     let ca = make_ca("rotated CA").unwrap();
-    let (cert, key) = leaf(&ca, "127.0.0.1", &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+    let (cert, key) = leaf(
+        &ca,
+        "127.0.0.1",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )
+    .unwrap();
     std::fs::write(&m.files.cert, &cert).unwrap();
     let e = tls.reload().unwrap_err();
     assert_eq!(e.key, "server.tls.key");

@@ -27,7 +27,10 @@ struct Served {
 impl Served {
     /// Serves with `tls`'s certificate; `extra` lines go into `[server.tls]`.
     fn start(tls: &ListenerTls, extra: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("tarn-tls-serve-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("tarn-tls-serve-")
+            .tempdir()
+            .unwrap();
         let (pg, http) = (free_port(), free_port());
         std::fs::write(
             dir.path().join("tarn.toml"),
@@ -151,13 +154,19 @@ fn psql_psycopg_and_jdbc_verify_full_against_the_test_ca() {
     ]);
     assert_eq!(seen["ok"], false);
     assert!(
-        seen["error"].as_str().unwrap().contains("certificate verify failed"),
+        seen["error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate verify failed"),
         "{seen}"
     );
     let seen = psycopg(&["--user", USER, "--password", PASSWORD, "--sslmode", "disable"]);
     assert_eq!(seen["ok"], false);
     assert!(
-        seen["error"].as_str().unwrap().contains("accepts only TLS connections"),
+        seen["error"]
+            .as_str()
+            .unwrap()
+            .contains("accepts only TLS connections"),
         "{seen}"
     );
 
@@ -240,8 +249,18 @@ fn client_certificate_logs_in_its_user() {
     let out = tarn_test_utils::run_python(
         "pg_login.py",
         &[
-            "--port", &port, "--user", "loader", "--sslmode", "verify-full", "--sslrootcert", &ca,
-            "--sslcert", &cert, "--sslkey", &key,
+            "--port",
+            &port,
+            "--user",
+            "loader",
+            "--sslmode",
+            "verify-full",
+            "--sslrootcert",
+            &ca,
+            "--sslcert",
+            &cert,
+            "--sslkey",
+            &key,
         ],
     )
     .unwrap();
@@ -249,7 +268,9 @@ fn client_certificate_logs_in_its_user() {
     assert_eq!(seen["rows"], serde_json::json!([[42]]), "{seen}");
 
     // Without a certificate, the same user needs a password it does not have.
-    let (ok, _, err) = s.psql(&format!("user=loader password=x sslmode=verify-full sslrootcert={ca}"));
+    let (ok, _, err) = s.psql(&format!(
+        "user=loader password=x sslmode=verify-full sslrootcert={ca}"
+    ));
     assert!(!ok);
     assert!(err.contains("password authentication failed"), "{err}");
 }
@@ -279,7 +300,11 @@ async fn https_on_every_http_api() {
         ("/cdc/status", "no CDC pipeline"),
     ] {
         let url = format!("https://127.0.0.1:{}{path}", s.http);
-        let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
         let body = response.text().await.unwrap();
         assert!(body.contains(expected), "{url}: {body}");
     }
@@ -346,7 +371,10 @@ async fn presented(stream: tokio::net::TcpStream, ca: &Path, alpn: &[u8]) -> Vec
 fn der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
 }
 
 /// Waits until `check` holds, polling, or fails after `timeout` with `what`.
@@ -368,7 +396,10 @@ where
 #[tokio::test]
 async fn certificates_reload_without_restart() {
     // On SIGHUP (no periodic check), and when the files change (a short periodic check).
-    for (extra, signal) in [("reload_interval = \"0s\"", true), ("reload_interval = \"100ms\"", false)] {
+    for (extra, signal) in [
+        ("reload_interval = \"0s\"", true),
+        ("reload_interval = \"100ms\"", false),
+    ] {
         let tls = listener_tls(CLIENT_CN).unwrap();
         let s = Served::start(&tls, extra);
         let first = der(&std::fs::read_to_string(&tls.cert_file).unwrap());
@@ -455,11 +486,19 @@ fn start_up_names_the_file_that_cannot_be_used() {
     let cases = [
         (
             format!("cert = \"{}\"\nkey = \"{}\"", path(&tls.cert_file), path(&absent)),
-            vec!["server.tls.key".to_string(), path(&absent), "cannot read it".into()],
+            vec![
+                "server.tls.key".to_string(),
+                path(&absent),
+                "cannot read it".into(),
+            ],
         ),
         (
             format!("cert = \"{}\"\nkey = \"{}\"", path(&garbage), path(&tls.key_file)),
-            vec!["server.tls.cert".to_string(), path(&garbage), "no PEM certificate".into()],
+            vec![
+                "server.tls.cert".to_string(),
+                path(&garbage),
+                "no PEM certificate".into(),
+            ],
         ),
         (
             // The client certificate's key where the server's should be.
@@ -468,7 +507,10 @@ fn start_up_names_the_file_that_cannot_be_used() {
                 path(&tls.cert_file),
                 path(&tls.client_key_file)
             ),
-            vec!["server.tls.key".to_string(), "does not fit the certificate".into()],
+            vec![
+                "server.tls.key".to_string(),
+                "does not fit the certificate".into(),
+            ],
         ),
         (
             format!("cert = \"{}\"", path(&tls.cert_file)),
