@@ -488,6 +488,10 @@ fn demo_config(base: &Config, dir: Option<&Path>, source: &str) -> Config {
     config.cdc.exclude = Vec::new();
     config.cdc.snapshot = "initial".into();
     config.auth.trust_loopback = true;
+    // The demo's own checks connect over loopback without TLS; others may still use TLS.
+    if let Some(tls) = &mut config.server.tls {
+        tls.require = false;
+    }
     config
 }
 

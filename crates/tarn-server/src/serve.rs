@@ -304,6 +304,17 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         );
     }
     let http_addr = http.local_addr()?;
+    let pg_addr = pg.local_addr()?;
+    if config.server.tls.is_none()
+        && !config.auth.allow_plaintext_passwords
+        && !(pg_addr.ip().is_loopback() && http_addr.ip().is_loopback())
+    {
+        tracing::warn!(
+            %pg_addr,
+            %http_addr,
+            "server.tls is not set: clients on other machines cannot log in with a password or token over plain TCP; configure server.tls (docs/serving.md, \"TLS\")"
+        );
+    }
     if config.rest_catalog.enabled && !http_addr.ip().is_loopback() {
         tracing::warn!(
             %http_addr,
@@ -402,5 +413,71 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A route behind [`require_token`] with an issuer nobody listens on: a token that gets as
+    /// far as validation fails with "cannot reach"; one refused for its transport never does.
+    async fn status_and_message(peer: &str, encrypted: bool, allow_plaintext: bool) -> (StatusCode, String) {
+        let port = tarn_test_utils::free_port();
+        let auth = tarn_core::config::AuthConfig {
+            oidc: Some(tarn_core::config::OidcConfig {
+                issuer: format!("http://127.0.0.1:{port}/realms/data"),
+                audience: "tarn".into(),
+                timeout: "2s".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = Arc::new(TokenCheck {
+            auth: tarn_auth::Authenticator::new(&auth).unwrap(),
+            allow_plaintext,
+        });
+        let app = Router::new()
+            .route("/cdc/status", get(|| async { "through" }))
+            .layer(axum::middleware::from_fn_with_state(check, require_token));
+        let mut request = axum::http::Request::get("/cdc/status")
+            .header(
+                "authorization",
+                "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+            )
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(crate::http::Transport {
+            peer: peer.parse().unwrap(),
+            encrypted,
+        });
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_over_plain_http_from_another_machine_is_refused_unread() {
+        let (status, body) = status_and_message("10.1.2.3:40000", false, false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            body.contains("must not cross a connection without TLS from 10.1.2.3")
+                && body.contains("auth.allow_plaintext_passwords"),
+            "{body}"
+        );
+        // Over TLS, from loopback, or where allowed, the token goes on to the issuer.
+        for (peer, encrypted, allow) in [
+            ("10.1.2.3:40000", true, false),
+            ("127.0.0.1:40000", false, false),
+            ("[::1]:40000", false, false),
+            ("10.1.2.3:40000", false, true),
+        ] {
+            let (status, body) = status_and_message(peer, encrypted, allow).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{peer}");
+            assert!(!body.contains("without TLS"), "{peer}: {body}");
+            assert!(body.contains("issuer"), "{peer}: {body}");
+        }
     }
 }
