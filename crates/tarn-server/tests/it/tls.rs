@@ -368,6 +368,14 @@ async fn presented(stream: tokio::net::TcpStream, ca: &Path, alpn: &[u8]) -> Vec
     tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
 }
 
+/// Replaces `path`'s contents at once (a new file renamed over it), as certificate managers
+/// do, so that no reload reads it half-written.
+fn replace(path: &Path, text: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, text).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
 fn der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -408,8 +416,8 @@ async fn certificates_reload_without_restart() {
 
         let (cert, key) = tls.new_server_cert().unwrap();
         // The key first: a reload in between sees a key that does not fit and keeps the old set.
-        std::fs::write(&tls.key_file, &key).unwrap();
-        std::fs::write(&tls.cert_file, &cert).unwrap();
+        replace(&tls.key_file, &key);
+        replace(&tls.cert_file, &cert);
         if signal {
             let sent = Command::new("kill")
                 .args(["-HUP", &s.child.id().to_string()])
@@ -436,30 +444,41 @@ async fn certificates_reload_without_restart() {
         assert!(s.log().contains("TLS certificates reloaded"), "{}", s.log());
 
         // A broken file: the reload fails, is logged and counted, and the last good set stays.
-        std::fs::write(&tls.cert_file, "not a certificate\n").unwrap();
+        replace(&tls.cert_file, "not a certificate\n");
         if signal {
             Command::new("kill")
                 .args(["-HUP", &s.child.id().to_string()])
                 .status()
                 .unwrap();
         }
-        let client = https_client(&tls.ca_file);
-        let metrics = format!("https://127.0.0.1:{http}/metrics");
-        eventually("a failed reload in the metrics", Duration::from_secs(30), || {
-            let (client, metrics) = (client.clone(), metrics.clone());
+        // Waits on this file's own error (a reload between the two writes above may have
+        // failed too, on the key).
+        eventually("the failed reload in the log", Duration::from_secs(30), || {
+            let log = s.log();
             async move {
-                let body = client.get(&metrics).send().await.unwrap().text().await.unwrap();
-                body.lines()
-                    .any(|l| l.starts_with("tarn_tls_reloads_total{outcome=\"failed\"}"))
+                log.contains("TLS certificates not reloaded")
+                    && log.contains("server.tls.cert")
+                    && log.contains("holds no PEM certificate")
             }
         })
         .await;
-        assert_eq!(https_certificate(http, &tls.ca_file).await, second);
+        let client = https_client(&tls.ca_file);
+        let metrics = client
+            .get(format!("https://127.0.0.1:{http}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(
-            s.log().contains("TLS certificates not reloaded") && s.log().contains("server.tls.cert"),
-            "{}",
-            s.log()
+            metrics
+                .lines()
+                .any(|l| l.starts_with("tarn_tls_reloads_total{outcome=\"failed\"}")),
+            "{metrics}"
         );
+        assert_eq!(https_certificate(http, &tls.ca_file).await, second);
+        assert_eq!(pgwire_certificate(pg, &tls.ca_file).await, second);
     }
 }
 
