@@ -12,16 +12,22 @@
 //!   `exp`/`nbf` within the configured clock skew; the user from `auth.oidc.user_claim`, the
 //!   groups from `auth.oidc.groups_claims` (Keycloak's realm and client roles by default).
 //!
+//! - a **client certificate** (`server.tls.client_ca`) logs in as the user its common name
+//!   maps to ([`Authenticator::certificate_user`]).
+//!
 //! Nothing falls back to "allow": an issuer that cannot be reached refuses the token, with an
-//! error that says so.
+//! error that says so. A password or token is accepted over plain TCP only from loopback
+//! ([`secret_may_cross`]) unless `auth.allow_plaintext_passwords` says otherwise.
 
 pub mod oidc;
+mod transport;
 
 use std::fmt;
 
 use tarn_core::config::AuthConfig;
 
 pub use oidc::{TokenError, Validator};
+pub use transport::{PlaintextSecretRefused, secret_may_cross};
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum Method {
     Token,
     /// A loopback connection trusted without credentials (`auth.trust_loopback`).
     Trusted,
+    /// A client certificate signed by `server.tls.client_ca`.
+    Certificate,
 }
 
 /// Who is asking: what policies decide on.
@@ -71,6 +79,7 @@ pub fn looks_like_jwt(secret: &str) -> bool {
 pub struct Authenticator {
     users: Vec<(String, String)>,
     oidc: Option<Validator>,
+    certificate_users: std::collections::BTreeMap<String, String>,
 }
 
 /// Why credentials were refused.
@@ -97,7 +106,17 @@ impl Authenticator {
                 .map(|u| (u.name.clone(), u.password.clone()))
                 .collect(),
             oidc: auth.oidc.as_ref().map(Validator::new).transpose()?,
+            certificate_users: auth.certificate_users.clone(),
         })
+    }
+
+    /// The user a client certificate with common name `common_name` logs in as
+    /// (`auth.certificate_users`, or the user of that name).
+    pub fn certificate_user(&self, common_name: &str) -> String {
+        self.certificate_users
+            .get(common_name)
+            .cloned()
+            .unwrap_or_else(|| common_name.to_string())
     }
 
     /// Whether OIDC tokens are accepted.
@@ -182,5 +201,16 @@ mod tests {
             Err(AuthError::BadPassword(_))
         ));
         assert!(matches!(a.token("x.y.z").await, Err(AuthError::NoIssuer)));
+    }
+
+    #[test]
+    fn certificate_common_names_map_to_users() {
+        let auth = AuthConfig {
+            certificate_users: [("etl.example.com".to_string(), "etl".to_string())].into(),
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::new(&auth).unwrap();
+        assert_eq!(a.certificate_user("etl.example.com"), "etl");
+        assert_eq!(a.certificate_user("ana"), "ana");
     }
 }

@@ -251,6 +251,44 @@ pub struct ServerConfig {
     pub http_listen: String,
     /// Most concurrent SQL connections; 0 for no limit.
     pub max_connections: usize,
+    /// TLS on both listeners (`server.tls.cert` and `server.tls.key`); plain TCP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on the Postgres wire endpoint and the HTTP endpoint (docs/serving.md, "TLS").
+///
+/// The files are read at start-up (an unreadable or invalid one stops tarn, naming it) and
+/// again on SIGHUP and every `reload_interval`; a changed set that is valid replaces the old
+/// one for new connections, an invalid one is logged and the old one kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM: its own certificate first, then intermediates.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates, PEM, whose client certificates the Postgres wire endpoint accepts: a
+    /// client presenting one logs in as the user its common name names
+    /// (`auth.certificate_users`), without a password. No client certificates when absent.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse Postgres wire connections that do not negotiate TLS (SQLSTATE 28000). The HTTP
+    /// endpoint speaks only HTTPS once TLS is configured.
+    pub require: bool,
+    /// How often the files are checked for changes, e.g. `1m`; `0s` only on SIGHUP.
+    pub reload_interval: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            require: true,
+            reload_interval: "1m".into(),
+        }
+    }
 }
 
 /// Authentication of the SQL endpoint.
@@ -264,11 +302,16 @@ pub struct AuthConfig {
     /// OIDC single sign-on: bearer tokens (JWTs) of this issuer are accepted as identities —
     /// in `Authorization: Bearer` on HTTP, as the password on the Postgres wire endpoint.
     pub oidc: Option<OidcConfig>,
-    /// Accept a password or token sent in clear (the Postgres wire endpoint asks for one when
-    /// OIDC is on) from a non-loopback address over a connection without TLS. Off: such a
-    /// login is refused before the secret is sent.
+    /// Accept a password or token from a non-loopback address over a connection without TLS:
+    /// a SCRAM or clear-text password or an OIDC token on the Postgres wire endpoint, a bearer
+    /// token on HTTP. Off: such a login is refused (on the Postgres wire endpoint before the
+    /// secret is sent). Only for a network trusted end to end.
     #[serde(default)]
     pub allow_plaintext_passwords: bool,
+    /// Client certificates (`server.tls.client_ca`): the user a certificate's common name logs
+    /// in as, by common name. A common name not listed logs in as the user of that name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificate_users: BTreeMap<String, String>,
 }
 
 /// Authorization policies in Rego, with the input and output contract of Trino's OPA access
@@ -612,6 +655,7 @@ impl Config {
                 pg_listen: "127.0.0.1:5433".into(),
                 http_listen: "127.0.0.1:8433".into(),
                 max_connections: 100,
+                tls: None,
             },
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
@@ -907,6 +951,25 @@ impl Config {
                     format!("expected HOST:PORT with an IP address, got {addr:?}"),
                 );
             }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, file) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if file.as_ref().is_none_or(|f| f.as_os_str().is_empty()) {
+                    return bad(
+                        key,
+                        "must name a PEM file: TLS needs both server.tls.cert and server.tls.key".into(),
+                    );
+                }
+            }
+            parse_duration("server.tls.reload_interval", &tls.reload_interval)?;
+        }
+        if !self.auth.certificate_users.is_empty()
+            && self.server.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return bad(
+                "auth.certificate_users",
+                "client certificates need server.tls.client_ca (the CA that signs them)".into(),
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad(
@@ -1889,6 +1952,41 @@ mod tests {
     fn bad_toml_names_line() {
         let err = load(Some("[write]\ntarget_file_size = = 3\n"), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        // From the environment and flags, as from the file.
+        let c = load(
+            None,
+            &[
+                ("TARN_SERVER__TLS__CERT", "/etc/tarn/server.crt"),
+                ("TARN_SERVER__TLS__KEY", "/etc/tarn/server.key"),
+            ],
+            &[("server.tls.reload_interval", "0s")],
+        )
+        .unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert.as_deref(), Some(Path::new("/etc/tarn/server.crt")));
+        assert!(tls.require, "TLS, once configured, is required by default");
+        assert_eq!(tls.reload_interval, "0s");
+        assert_eq!(load(None, &[], &[]).unwrap().server.tls, None);
+
+        let err = load(Some("[server.tls]\ncert = \"/etc/tarn/server.crt\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("server.tls.key"), "{err}");
+        let err = load(
+            Some("[server.tls]\ncert = \"a\"\nkey = \"b\"\nreload_interval = \"often\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.tls.reload_interval"), "{err}");
+        let err = load(Some("[auth.certificate_users]\n\"cn\" = \"ana\"\n"), &[], &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("auth.certificate_users")
+                && err.to_string().contains("server.tls.client_ca"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   `CREATE TABLE AS`, `CREATE SCHEMA`, `DROP TABLE`, `DROP SCHEMA` as Iceberg catalog
 //!   operations, and `FOR VERSION AS OF` time travel;
 //! - authentication: SCRAM-SHA-256 against the users in the config; with `auth.oidc`, an OIDC
-//!   token (JWT) as the password for everyone else (module `login`); connections from loopback
-//!   addresses are trusted without a password only when `auth.trust_loopback` is set;
+//!   token (JWT) as the password for everyone else; with `server.tls.client_ca`, a client
+//!   certificate (module `login`); connections from loopback addresses are trusted without a
+//!   password only when `auth.trust_loopback` is set;
 //! - SQLSTATE codes for errors (`42601` syntax, `42P01` unknown table, `40001` commit
 //!   conflict, ...), so clients can tell errors apart;
 //! - PostgreSQL's names for result columns (`count`, not `count(*)`; see
@@ -18,8 +19,14 @@
 //!   (module `uuid_wire`);
 //! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)` and
 //!   `timestamp with time zone` in psql's `\d`;
-//! - `run(listener, session, auth, shutdown)`: serves on a bound listener until `shutdown`
-//!   fires, so tests bind `127.0.0.1:0`.
+//! - TLS (`server.tls`, crate `tarn_tls`): an SSLRequest (or PostgreSQL 17's direct TLS) is
+//!   answered with the certificate current at that moment, so a reload needs no restart;
+//!   with `server.tls.require` a connection without TLS is refused (SQLSTATE 28000), and a
+//!   password or token is never asked for over plain TCP from a non-loopback address unless
+//!   `auth.allow_plaintext_passwords` is set;
+//! - `run(listener, session, auth, shutdown)` and `serve(listener, session, options,
+//!   shutdown)`: serve on a bound listener until `shutdown` fires, so tests bind
+//!   `127.0.0.1:0`.
 
 mod pg_catalog;
 mod uuid_wire;
@@ -710,6 +717,8 @@ impl NoopStartupHandler for TrustStartup {
 /// How a connection logs in, decided at its first message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LoginKind {
+    /// A client certificate verified against `server.tls.client_ca` ([`login`]).
+    Certificate,
     /// A trusted loopback client: no credentials.
     Trusted,
     /// A configured user: SCRAM.
@@ -718,14 +727,49 @@ enum LoginKind {
     Token,
 }
 
-/// Trusts loopback clients when configured; asks configured users for a SCRAM password and,
-/// with OIDC on, everyone else for a token ([`login`]).
+/// Refuses plain connections when TLS is required; logs in a verified client certificate's
+/// user; trusts loopback clients when configured; asks configured users for a SCRAM password
+/// and, with OIDC on, everyone else for a token ([`login`]) — a password or token only where
+/// it may cross the connection ([`tarn_auth::secret_may_cross`]).
 struct TarnStartup {
     trust_loopback: bool,
+    require_tls: bool,
+    allow_plaintext: bool,
     kind: std::sync::Mutex<Option<LoginKind>>,
     trust: TrustStartup,
     scram: SASLAuthStartupHandler<DefaultServerParameterProvider>,
     token: login::TokenLogin,
+    certificate: login::CertificateLogin,
+}
+
+impl TarnStartup {
+    /// Refuses a connection at its startup message when it may not log in over this transport:
+    /// without TLS where TLS is required, or (for a password or token) without TLS from a
+    /// non-loopback address.
+    fn check_transport<C: ClientInfo>(&self, client: &C, kind: LoginKind) -> PgWireResult<()> {
+        let refused = |message: String| {
+            metrics::counter!("tarn_pgwire_auth_failures_total").increment(1);
+            tracing::info!(peer = %client.socket_addr(), reason = %message, "connection refused");
+            Err(login::fatal("28000", message))
+        };
+        if self.require_tls && !client.is_secure() {
+            return refused(
+                "this server accepts only TLS connections (server.tls.require): connect with \
+                 sslmode=verify-full (or require, verify-ca)"
+                    .into(),
+            );
+        }
+        if matches!(kind, LoginKind::Scram | LoginKind::Token)
+            && let Err(e) = tarn_auth::secret_may_cross(
+                client.socket_addr().ip(),
+                client.is_secure(),
+                self.allow_plaintext,
+            )
+        {
+            return refused(e.to_string());
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -745,7 +789,13 @@ impl StartupHandler for TarnStartup {
                     }
                     _ => String::new(),
                 };
-                if self.trust_loopback && client.socket_addr().ip().is_loopback() {
+                let certified = client.is_secure()
+                    && client
+                        .client_certificates()
+                        .is_some_and(|chain| !chain.is_empty());
+                if certified {
+                    LoginKind::Certificate
+                } else if self.trust_loopback && client.socket_addr().ip().is_loopback() {
                     LoginKind::Trusted
                 } else if self.token.auth.accepts_tokens() && !self.token.auth.is_user(&user) {
                     LoginKind::Token
@@ -754,7 +804,11 @@ impl StartupHandler for TarnStartup {
                 }
             })
         };
+        if matches!(message, PgWireFrontendMessage::Startup(_)) {
+            self.check_transport(client, kind)?;
+        }
         match kind {
+            LoginKind::Certificate => self.certificate.on_startup(client, message).await?,
             LoginKind::Trusted => self.trust.on_startup(client, message).await?,
             LoginKind::Scram => self.scram.on_startup(client, message).await?,
             LoginKind::Token => self.token.on_startup(client, message).await?,
@@ -768,7 +822,8 @@ impl StartupHandler for TarnStartup {
                 .to_string();
             let method = match kind {
                 LoginKind::Trusted => tarn_auth::Method::Trusted,
-                _ => tarn_auth::Method::Password,
+                LoginKind::Certificate => tarn_auth::Method::Certificate,
+                LoginKind::Scram | LoginKind::Token => tarn_auth::Method::Password,
             };
             client.session_extensions().insert(Arc::new(Principal {
                 user,
@@ -787,6 +842,7 @@ struct TarnHandlers {
     authenticator: Arc<tarn_auth::Authenticator>,
     allow_plaintext: bool,
     trust_loopback: bool,
+    require_tls: bool,
     connections: Arc<ConnectionManager>,
     cancel: Arc<TarnCancel>,
 }
@@ -804,10 +860,17 @@ impl PgWireServerHandlers for TarnHandlers {
         let params = Arc::new(DefaultServerParameterProvider::default());
         Arc::new(TarnStartup {
             trust_loopback: self.trust_loopback,
+            require_tls: self.require_tls,
+            allow_plaintext: self.allow_plaintext,
             kind: std::sync::Mutex::new(None),
             token: login::TokenLogin {
                 auth: self.authenticator.clone(),
-                allow_plaintext: self.allow_plaintext,
+                params: params.clone(),
+                connections: self.connections.clone(),
+                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+            },
+            certificate: login::CertificateLogin {
+                auth: self.authenticator.clone(),
                 params: params.clone(),
                 connections: self.connections.clone(),
                 pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
@@ -830,8 +893,8 @@ impl PgWireServerHandlers for TarnHandlers {
     }
 }
 
-/// Serves the Postgres wire protocol on `listener` until `shutdown` is cancelled. Open
-/// connections are dropped at shutdown.
+/// Serves the Postgres wire protocol on `listener` over plain TCP until `shutdown` is
+/// cancelled ([`serve`] without TLS). Open connections are dropped at shutdown.
 pub async fn run(
     listener: TcpListener,
     session: TarnSession,
@@ -839,6 +902,43 @@ pub async fn run(
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let options = ServeOptions {
+        auth,
+        max_connections,
+        tls: None,
+        require_tls: false,
+    };
+    serve(listener, session, options, shutdown).await
+}
+
+/// How [`serve`] serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Who may log in (`[auth]`).
+    pub auth: AuthConfig,
+    /// Most concurrent connections; 0 for no limit (`server.max_connections`).
+    pub max_connections: usize,
+    /// TLS (`server.tls`): clients that send an SSLRequest negotiate it with the certificate
+    /// current at that moment; client certificates when it verifies them.
+    pub tls: Option<Arc<tarn_tls::ServerTls>>,
+    /// Refuse connections that do not negotiate TLS (`server.tls.require`).
+    pub require_tls: bool,
+}
+
+/// Serves the Postgres wire protocol on `listener` until `shutdown` is cancelled. Open
+/// connections are dropped at shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    session: TarnSession,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let ServeOptions {
+        auth,
+        max_connections,
+        tls,
+        require_tls,
+    } = options;
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
@@ -875,6 +975,7 @@ pub async fn run(
         ),
         allow_plaintext: auth.allow_plaintext_passwords,
         trust_loopback: auth.trust_loopback,
+        require_tls,
         connections: connections.clone(),
         cancel: Arc::new(TarnCancel {
             inner: DefaultCancelHandler::new(connections),
@@ -907,11 +1008,13 @@ pub async fn run(
             None => None,
         };
         let handlers = handlers.clone();
+        // Taken per connection: a reload serves the next connection with the new certificate.
+        let acceptor = tls.as_ref().map(|t| t.pgwire_acceptor());
         metrics::counter!("tarn_pgwire_connections_total").increment(1);
         tasks.spawn(async move {
             let _permit = permit;
             metrics::gauge!("tarn_pgwire_connections_open").increment(1.0);
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
             metrics::gauge!("tarn_pgwire_connections_open").decrement(1.0);

@@ -88,6 +88,14 @@ enum Command {
     /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
     /// pipelines) to DataHub, and then what changes, every `datahub.interval`
     /// (docs/datahub.md).
+    ///
+    /// TLS on both listeners: `--set server.tls.cert=server.crt --set server.tls.key=server.key`
+    /// (PEM). The HTTP endpoint then speaks only HTTPS, and Postgres wire connections without
+    /// TLS are refused unless `server.tls.require=false`; `server.tls.client_ca` lets clients
+    /// log in with a certificate. The files are read again on SIGHUP and when they change
+    /// (every `server.tls.reload_interval`, 1m), without a restart. A password or token is
+    /// never accepted over plain TCP from a non-loopback address unless
+    /// `auth.allow_plaintext_passwords=true`. See docs/serving.md, "TLS".
     Serve,
     /// Load Parquet, CSV or JSON-lines files into a table, creating it if needed.
     Load {

@@ -488,6 +488,10 @@ fn demo_config(base: &Config, dir: Option<&Path>, source: &str) -> Config {
     config.cdc.exclude = Vec::new();
     config.cdc.snapshot = "initial".into();
     config.auth.trust_loopback = true;
+    // The demo's own checks connect over loopback without TLS; others may still use TLS.
+    if let Some(tls) = &mut config.server.tls {
+        tls.require = false;
+    }
     config
 }
 
@@ -660,8 +664,10 @@ pub async fn run(
     )?;
     let tarn_url = format!("postgres://demo@{}/{}", endpoints.pg_addr, config.catalog.name);
     out.line(&format!(
-        "• tarn serves SQL on {} (Postgres wire) and http://{} (/metrics, /cdc/status)",
-        endpoints.pg_addr, endpoints.http_addr
+        "• tarn serves SQL on {} (Postgres wire) and {}://{} (/metrics, /cdc/status)",
+        endpoints.pg_addr,
+        if endpoints.tls { "https" } else { "http" },
+        endpoints.http_addr
     ));
 
     // 5. The workload.

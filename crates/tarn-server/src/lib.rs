@@ -26,6 +26,7 @@ pub mod cdc;
 pub mod cli;
 pub mod datahub;
 pub mod demo;
+mod http;
 #[cfg(feature = "kafka")]
 pub mod ingest;
 pub mod load;

@@ -1,6 +1,11 @@
 //! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
 //! `/cdc/status`, and the Iceberg REST catalog under `/iceberg` unless
 //! `rest_catalog.enabled = false`) until SIGINT or SIGTERM.
+//!
+//! With `server.tls`, both listeners speak TLS with the same certificate, read again on SIGHUP
+//! and when the files change (crate `tarn_tls`): the Postgres wire endpoint after an
+//! SSLRequest (plain connections refused unless `server.tls.require = false`), the HTTP
+//! endpoint as HTTPS only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,8 +101,11 @@ pub(crate) struct Endpoints {
     pub(crate) pg_addr: std::net::SocketAddr,
     /// Where the HTTP endpoint listens.
     pub(crate) http_addr: std::net::SocketAddr,
+    /// Whether both endpoints speak TLS.
+    pub(crate) tls: bool,
     http_task: JoinHandle<Result<()>>,
     pg_task: JoinHandle<Result<()>>,
+    reload_task: Option<JoinHandle<()>>,
 }
 
 impl Endpoints {
@@ -111,6 +119,21 @@ impl Endpoints {
         shutdown: &CancellationToken,
     ) -> Result<Self> {
         let (pg_addr, http_addr) = (pg.local_addr()?, http.local_addr()?);
+        let tls = load_tls(config)?;
+        let reload_task = match (&tls, &config.server.tls) {
+            (Some(tls), Some(settings)) => {
+                let every = tarn_core::config::parse_duration(
+                    "server.tls.reload_interval",
+                    &settings.reload_interval,
+                )?;
+                Some(
+                    tls.clone()
+                        .watch(Some(every), shutdown.clone())
+                        .context("cannot install the SIGHUP handler that reloads TLS certificates")?,
+                )
+            }
+            _ => None,
+        };
         let state = HttpState {
             metrics,
             session: session.clone(),
@@ -129,25 +152,31 @@ impl Endpoints {
         // With OIDC on, the APIs that show or change data take a bearer token (health and
         // metrics stay open for probes and scrapers).
         if config.auth.oidc.is_some() {
-            let auth = Arc::new(tarn_auth::Authenticator::new(&config.auth)?);
-            guarded = guarded.layer(axum::middleware::from_fn_with_state(auth, require_token));
+            let check = Arc::new(TokenCheck {
+                auth: tarn_auth::Authenticator::new(&config.auth)?,
+                allow_plaintext: config.auth.allow_plaintext_passwords,
+            });
+            guarded = guarded.layer(axum::middleware::from_fn_with_state(check, require_token));
         }
         let app = open.merge(guarded);
-        let http_shutdown = shutdown.clone();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
-                .context("the HTTP endpoint failed")
+        let http_task = tokio::spawn({
+            let (tls, shutdown) = (tls.clone(), shutdown.clone());
+            async move {
+                crate::http::serve(http, app, tls, shutdown)
+                    .await
+                    .context("the HTTP endpoint failed")
+            }
         });
         let pg_task = tokio::spawn({
-            let (auth, max, shutdown) = (
-                config.auth.clone(),
-                config.server.max_connections,
-                shutdown.clone(),
-            );
+            let options = tarn_pgwire::ServeOptions {
+                auth: config.auth.clone(),
+                max_connections: config.server.max_connections,
+                tls: tls.clone(),
+                require_tls: config.server.tls.as_ref().is_some_and(|t| t.require),
+            };
+            let shutdown = shutdown.clone();
             async move {
-                tarn_pgwire::run(pg, session, auth, max, shutdown)
+                tarn_pgwire::serve(pg, session, options, shutdown)
                     .await
                     .context("the Postgres wire endpoint failed")
             }
@@ -155,8 +184,10 @@ impl Endpoints {
         Ok(Self {
             pg_addr,
             http_addr,
+            tls: tls.is_some(),
             http_task,
             pg_task,
+            reload_task,
         })
     }
 
@@ -174,14 +205,42 @@ impl Endpoints {
     pub(crate) async fn join(self) {
         let _ = self.http_task.await;
         let _ = self.pg_task.await;
+        if let Some(reload) = self.reload_task {
+            let _ = reload.await;
+        }
     }
+}
+
+/// `server.tls`'s certificates, read now: a file that is missing, unreadable or invalid stops
+/// the start, naming the key and the file.
+fn load_tls(config: &Config) -> Result<Option<Arc<tarn_tls::ServerTls>>> {
+    let Some(settings) = &config.server.tls else {
+        return Ok(None);
+    };
+    let tls = tarn_tls::ServerTls::load(tarn_tls::TlsFiles::from_config(settings))
+        .context("cannot set up TLS on the listeners")?;
+    tracing::info!(
+        cert = %settings.cert.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+        client_certificates = tls.verifies_clients(),
+        require = settings.require,
+        "TLS on the Postgres wire and HTTP endpoints"
+    );
+    Ok(Some(Arc::new(tls)))
+}
+
+/// What [`require_token`] checks a bearer token with.
+struct TokenCheck {
+    auth: tarn_auth::Authenticator,
+    /// `auth.allow_plaintext_passwords`.
+    allow_plaintext: bool,
 }
 
 /// Lets a request through with a valid bearer token (its [`tarn_auth::Principal`] in the
 /// request's extensions), or answers 401 with the reason, in the Iceberg REST error shape
-/// (which REST clients show) and a `WWW-Authenticate` header.
+/// (which REST clients show) and a `WWW-Authenticate` header. A token that came over plain
+/// TCP from a non-loopback address is refused unread ([`tarn_auth::secret_may_cross`]).
 async fn require_token(
-    State(auth): State<Arc<tarn_auth::Authenticator>>,
+    State(check): State<Arc<TokenCheck>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -192,9 +251,18 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let transport = request.extensions().get::<crate::http::Transport>().copied();
     let outcome = match header.strip_prefix("Bearer ").map(str::trim) {
         Some(token) if !token.is_empty() && token != "None" => {
-            auth.token(token).await.map_err(|e| e.to_string())
+            // Every request comes through `http::serve`, which says how it arrived; one that
+            // does not say is treated as plain TCP from elsewhere.
+            let (peer, encrypted) = transport.map_or((std::net::Ipv4Addr::UNSPECIFIED.into(), false), |t| {
+                (t.peer.ip(), t.encrypted)
+            });
+            match tarn_auth::secret_may_cross(peer, encrypted, check.allow_plaintext) {
+                Ok(()) => check.auth.token(token).await.map_err(|e| e.to_string()),
+                Err(refused) => Err(refused.to_string()),
+            }
         }
         _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
     };
@@ -236,6 +304,17 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         );
     }
     let http_addr = http.local_addr()?;
+    let pg_addr = pg.local_addr()?;
+    if config.server.tls.is_none()
+        && !config.auth.allow_plaintext_passwords
+        && !(pg_addr.ip().is_loopback() && http_addr.ip().is_loopback())
+    {
+        tracing::warn!(
+            %pg_addr,
+            %http_addr,
+            "server.tls is not set: clients on other machines cannot log in with a password or token over plain TCP; configure server.tls (docs/serving.md, \"TLS\")"
+        );
+    }
     if config.rest_catalog.enabled && !http_addr.ip().is_loopback() {
         tracing::warn!(
             %http_addr,
@@ -257,7 +336,8 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         pg = %pg.local_addr()?,
         http = %http_addr,
         iceberg_rest = %if config.rest_catalog.enabled {
-            format!("http://{http_addr}/iceberg")
+            let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{http_addr}/iceberg")
         } else {
             "off".to_string()
         },
@@ -333,5 +413,71 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A route behind [`require_token`] with an issuer nobody listens on: a token that gets as
+    /// far as validation fails with "cannot reach"; one refused for its transport never does.
+    async fn status_and_message(peer: &str, encrypted: bool, allow_plaintext: bool) -> (StatusCode, String) {
+        let port = tarn_test_utils::free_port();
+        let auth = tarn_core::config::AuthConfig {
+            oidc: Some(tarn_core::config::OidcConfig {
+                issuer: format!("http://127.0.0.1:{port}/realms/data"),
+                audience: "tarn".into(),
+                timeout: "2s".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = Arc::new(TokenCheck {
+            auth: tarn_auth::Authenticator::new(&auth).unwrap(),
+            allow_plaintext,
+        });
+        let app = Router::new()
+            .route("/cdc/status", get(|| async { "through" }))
+            .layer(axum::middleware::from_fn_with_state(check, require_token));
+        let mut request = axum::http::Request::get("/cdc/status")
+            .header(
+                "authorization",
+                "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+            )
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(crate::http::Transport {
+            peer: peer.parse().unwrap(),
+            encrypted,
+        });
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_over_plain_http_from_another_machine_is_refused_unread() {
+        let (status, body) = status_and_message("10.1.2.3:40000", false, false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            body.contains("must not cross a connection without TLS from 10.1.2.3")
+                && body.contains("auth.allow_plaintext_passwords"),
+            "{body}"
+        );
+        // Over TLS, from loopback, or where allowed, the token goes on to the issuer.
+        for (peer, encrypted, allow) in [
+            ("10.1.2.3:40000", true, false),
+            ("127.0.0.1:40000", false, false),
+            ("[::1]:40000", false, false),
+            ("10.1.2.3:40000", false, true),
+        ] {
+            let (status, body) = status_and_message(peer, encrypted, allow).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{peer}");
+            assert!(!body.contains("without TLS"), "{peer}: {body}");
+            assert!(body.contains("issuer"), "{peer}: {body}");
+        }
     }
 }

@@ -1,15 +1,15 @@
-//! TLS for a test PostgreSQL: a CA made on the spot (rcgen), a server certificate for
-//! 127.0.0.1 signed by it, a client certificate, and a second, unrelated CA — written where
-//! the server and the client read them, then `ssl = on` with a configuration reload.
+//! TLS for tests: a CA made on the spot (rcgen), a server certificate for 127.0.0.1 signed by
+//! it, a client certificate, and a second, unrelated CA — written where the server and the
+//! client read them. For a test PostgreSQL ([`enable_tls`]), then `ssl = on` with a
+//! configuration reload; for tarn's own listeners ([`listener_tls`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+pub use rcgen::ExtendedKeyUsagePurpose;
 
 use crate::PostgresServer;
 
@@ -128,4 +128,69 @@ pub fn enable_tls(pg: &PostgresServer) -> Result<ClientTls> {
     }
     pg.psql("postgres", "SELECT pg_reload_conf()")?;
     Ok(client)
+}
+
+/// TLS material for a tarn listener under test, in one temporary directory.
+pub struct ListenerTls {
+    /// Keeps the files.
+    pub dir: tempfile::TempDir,
+    /// The CA that signed the server's and the client's certificates, to sign more.
+    pub ca: Ca,
+    /// `ca`'s certificate.
+    pub ca_file: PathBuf,
+    /// A CA that signed neither.
+    pub other_ca_file: PathBuf,
+    /// The server's certificate, for 127.0.0.1, ::1 and localhost.
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// A client certificate with common name `client_cn`.
+    pub client_cert_file: PathBuf,
+    /// Its key.
+    pub client_key_file: PathBuf,
+}
+
+impl ListenerTls {
+    /// A new server certificate and key signed by `ca` (e.g. for a reload): (certificate PEM,
+    /// key PEM).
+    pub fn new_server_cert(&self) -> Result<(String, String)> {
+        leaf(
+            &self.ca,
+            "127.0.0.1",
+            &["127.0.0.1", "::1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+}
+
+/// Makes the files of [`ListenerTls`], the client certificate for `client_cn`.
+pub fn listener_tls(client_cn: &str) -> Result<ListenerTls> {
+    let dir = tempfile::Builder::new().prefix("tarn-tls-").tempdir()?;
+    let ca = make_ca("tarn test CA")?;
+    let other_ca = make_ca("some other CA")?;
+    let (cert, key) = leaf(
+        &ca,
+        "127.0.0.1",
+        &["127.0.0.1", "::1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_cert, client_key) = leaf(&ca, client_cn, &[], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let file = |name: &str, text: &str, mode: u32| -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        Ok(path)
+    };
+    Ok(ListenerTls {
+        ca_file: file("ca.crt", &ca.pem, 0o644)?,
+        other_ca_file: file("other-ca.crt", &other_ca.pem, 0o644)?,
+        cert_file: file("server.crt", &cert, 0o644)?,
+        key_file: file("server.key", &key, 0o600)?,
+        client_cert_file: file("client.crt", &client_cert, 0o644)?,
+        // libpq refuses a client key that others can read.
+        client_key_file: file("client.key", &client_key, 0o600)?,
+        ca,
+        dir,
+    })
 }

@@ -23,6 +23,7 @@ mod publish;
 mod rest_catalog;
 mod slt;
 mod sql;
+mod tls;
 mod transform;
 
 use std::collections::HashMap;
