@@ -81,9 +81,10 @@ enum Command {
     /// /healthz, /metrics (Prometheus), /cdc/status, and the Iceberg REST catalog under
     /// /iceberg — point Spark, Trino, Flink, DuckDB or pyiceberg at
     /// http://HTTP_LISTEN/iceberg (e.g. pyiceberg `uri`, DuckDB `ENDPOINT`, Spark
-    /// `spark.sql.catalog.NAME.uri`). The REST catalog has no authentication yet: keep
-    /// server.http_listen private (loopback by default) or turn it off with
-    /// `--set rest_catalog.enabled=false`. See docs/rest-catalog.md.
+    /// `spark.sql.catalog.NAME.uri`). With [auth.oidc] every HTTP API takes bearer tokens;
+    /// without it the REST catalog is open to whoever reaches server.http_listen: keep it
+    /// private (loopback by default) or turn it off with `--set rest_catalog.enabled=false`.
+    /// See docs/rest-catalog.md.
     ///
     /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
     /// pipelines) to DataHub, and then what changes, every `datahub.interval`

@@ -315,10 +315,10 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             "server.tls is not set: clients on other machines cannot log in with a password or token over plain TCP; configure server.tls (docs/serving.md, \"TLS\")"
         );
     }
-    if config.rest_catalog.enabled && !http_addr.ip().is_loopback() {
+    if config.rest_catalog.enabled && !http_addr.ip().is_loopback() && config.auth.oidc.is_none() {
         tracing::warn!(
             %http_addr,
-            "the Iceberg REST catalog (/iceberg) has no authentication yet: whoever reaches {http_addr} can change every table; keep server.http_listen private or set rest_catalog.enabled = false"
+            "the Iceberg REST catalog (/iceberg) takes requests without a token when auth.oidc is not set: whoever reaches {http_addr} can change every table; set [auth.oidc], keep server.http_listen private or set rest_catalog.enabled = false"
         );
     }
     if config.rest_catalog.enabled && config.rest_catalog.vend_credentials {
