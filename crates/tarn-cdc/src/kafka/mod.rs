@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tarn_core::{Config, Error, ErrorKind, Result};
 use tarn_lake::Lake;
@@ -114,6 +115,34 @@ pub struct KafkaSource {
 
 fn kafka_error(what: String, e: rdkafka::error::KafkaError) -> Error {
     Error::new(ErrorKind::Source, format!("{what}: {e}"))
+}
+
+/// The error for a topic the brokers' metadata names with an error: missing ACLs said as such
+/// (a broker that hides unauthorized topics answers "unknown topic" instead, which tarn also
+/// says), anything else with the broker's own words.
+fn topic_refused(topic: &str, error: RDKafkaErrorCode, brokers: &str, group: &str) -> Error {
+    match error {
+        RDKafkaErrorCode::TopicAuthorizationFailed => Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "the Kafka brokers {brokers} refused access to topic {topic:?} (topic authorization failed): \
+                 the principal tarn connects as needs the Describe and Read ACLs on the topic, and Read on \
+                 consumer group {group:?}"
+            ),
+        ),
+        RDKafkaErrorCode::UnknownTopicOrPartition => Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "Kafka topic {topic:?} does not exist on brokers {brokers}, or the principal tarn connects as \
+                 may not see it (Describe ACL) (tarn does not create the topics it consumes; create it, or fix \
+                 cdc.kafka.topics)"
+            ),
+        ),
+        other => Error::new(
+            ErrorKind::Source,
+            format!("the Kafka brokers {brokers} answered for topic {topic:?}: {other}"),
+        ),
+    }
 }
 
 impl KafkaSource {
@@ -375,6 +404,14 @@ impl KafkaSource {
                     .filter(|t| t.error().is_none() && re.is_match(t.name()))
                     .collect()
             } else {
+                if let Some(error) = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == wanted)
+                    .and_then(|t| t.error())
+                {
+                    return Err(topic_refused(wanted, error.into(), &self.brokers, &self.group));
+                }
                 metadata
                     .topics()
                     .iter()
@@ -682,6 +719,28 @@ impl ChangeSource for KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_topics_name_the_acls() {
+        let e = topic_refused(
+            "shop.orders",
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            "b:9092",
+            "tarn",
+        );
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        let text = e.to_string();
+        assert!(
+            text.contains("\"shop.orders\"") && text.contains("Describe and Read ACLs"),
+            "{text}"
+        );
+        assert!(text.contains("consumer group \"tarn\""), "{text}");
+        let e = topic_refused("x", RDKafkaErrorCode::UnknownTopicOrPartition, "b:9092", "tarn");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = topic_refused("x", RDKafkaErrorCode::LeaderNotAvailable, "b:9092", "tarn");
+        assert!(e.to_string().contains("answered for topic \"x\""), "{e}");
+    }
 
     #[test]
     fn a_partition_starts_at_what_every_table_holds() {
