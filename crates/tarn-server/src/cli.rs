@@ -318,7 +318,19 @@ async fn open(config: &Config) -> Result<TarnSession> {
 pub(crate) async fn open_governed(config: &Config) -> Result<TarnSession> {
     let policy = crate::policy::load(config)?;
     let lake = Lake::open(config).await?;
-    Ok(TarnSession::with_policy(lake, policy).await?)
+    let audit = if config.audit.enabled {
+        Some(tarn_query::audit::AuditSettings::from_config(&config.audit)?)
+    } else {
+        None
+    };
+    Ok(TarnSession::with_governance(lake, policy, audit).await?)
+}
+
+/// Appends the session's last audit records; a failure is logged (the log lines hold them).
+pub(crate) async fn close_session(session: &TarnSession) {
+    if let Err(e) = session.close().await {
+        tracing::warn!(error = %e, "cannot append the last audit records to tarn_audit.events (their log lines are written)");
+    }
 }
 
 async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
@@ -367,10 +379,17 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
                     } else {
                         sql
                     };
-                    run_sql(&session, &sql, format).await?;
+                    let ran = run_sql(&session, &sql, format).await;
+                    // The audit trail's last records (a denial too) are appended before exit.
+                    close_session(&session).await;
+                    ran?;
                     Ok(ExitCode::SUCCESS)
                 }
-                None => repl(&session, format, &config).await,
+                None => {
+                    let ran = repl(&session, format, &config).await;
+                    close_session(&session).await;
+                    ran
+                }
             }
         }
         Command::Serve => {

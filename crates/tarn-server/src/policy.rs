@@ -31,15 +31,53 @@ pub fn load(config: &Config) -> Result<Option<Policy>> {
 /// cannot be masked or filtered, so a table with a row filter or column mask for the caller
 /// is refused (403), saying why. Without a principal (no `auth.oidc`), every request is
 /// refused: under a policy nobody is anonymous.
+///
+/// The audit trail (`tarn_audit`) follows its own rule first, as on the SQL endpoint: the
+/// auditor role may list and load it, nobody may create, commit to or drop anything in it.
 pub struct PolicyAuthorizer {
     policy: Policy,
+    governance: std::sync::Arc<tarn_query::governance::Governance>,
     lake: tarn_lake::Lake,
 }
 
 impl PolicyAuthorizer {
-    /// Decides REST catalog requests on `lake` with `policy`.
-    pub fn new(policy: Policy, lake: tarn_lake::Lake) -> Self {
-        Self { policy, lake }
+    /// Decides REST catalog requests on `lake` with `governance`'s policy.
+    pub fn new(
+        governance: std::sync::Arc<tarn_query::governance::Governance>,
+        lake: tarn_lake::Lake,
+    ) -> Self {
+        Self {
+            policy: governance.policy().clone(),
+            governance,
+            lake,
+        }
+    }
+
+    /// The audit trail's rule for a request on schema `schema`: `None` when the policy
+    /// decides.
+    fn audit_rule(
+        &self,
+        principal: &tarn_auth::Principal,
+        method: &axum::http::Method,
+        schema: Option<&str>,
+    ) -> Option<Result<(), tarn_rest_catalog::RestError>> {
+        if schema != Some(tarn_query::audit::AUDIT_SCHEMA) {
+            return None;
+        }
+        let reads = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+        Some(if !reads {
+            Err(forbidden(format!(
+                "access denied: {method} on {}: the audit trail is append-only; nobody changes it through the catalog",
+                tarn_query::audit::AUDIT_SCHEMA
+            )))
+        } else if self.governance.is_auditor(principal) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "access denied: {} is readable only by members of the auditor role, not by {principal}",
+                tarn_query::audit::AUDIT_SCHEMA
+            )))
+        })
     }
 
     fn table(&self, schema: &str, table: &str) -> tarn_policy::TableName {
@@ -85,6 +123,9 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
         let route = route.strip_prefix("/{prefix}").unwrap_or(route);
         let method = request.method;
         let catalog = self.lake.name().to_string();
+        if let Some(decided) = self.audit_rule(p, method, schema.as_deref()) {
+            return decided;
+        }
         let check = |operation: &str, resource: Option<serde_json::Value>, what: &str| {
             self.policy.check(p, operation, resource, what).map_err(denied)
         };

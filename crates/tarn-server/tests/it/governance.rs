@@ -17,7 +17,7 @@ use tokio_postgres::types::Type;
 /// hidden table.
 const SECRETS: [&str; 5] = ["secret.example", "hidden-us", "777777", "888888", "salar"];
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 package trino
 
 import rego.v1

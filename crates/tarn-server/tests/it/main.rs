@@ -3,6 +3,7 @@
 
 #[cfg(feature = "kafka")]
 mod archive;
+mod audit;
 mod catalog;
 mod catalog_kind;
 mod cdc;

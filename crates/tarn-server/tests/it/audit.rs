@@ -1,0 +1,161 @@
+//! The audit trail (docs/governance.md, "Audit"): decisions (allowed and denied) and writes of
+//! statements run under a policy land in `tarn_audit.events` and as JSON log lines; only the
+//! auditor role reads the table, even when the policy allows the caller everything; nobody
+//! writes, drops or alters it through SQL.
+
+/// `tarn sql --as USER --group G... SQL`: (ok, stdout, stderr).
+fn sql_as(dir: &std::path::Path, user: &str, groups: &[&str], sql: &str) -> (bool, String, String) {
+    let mut args = vec!["sql", "--as", user, "--format", "csv"];
+    for g in groups {
+        args.extend(["--group", g]);
+    }
+    args.push(sql);
+    crate::tarn(dir, &args)
+}
+
+#[test]
+fn audit_records_decisions_and_writes_and_only_the_auditor_reads_them() {
+    let dir = tempfile::Builder::new().prefix("tarn-audit-").tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("policy.rego"), crate::governance::POLICY).unwrap();
+    std::fs::write(
+        d.join("tarn.toml"),
+        format!(
+            "[log]\nformat = \"json\"\n[policy]\nfile = \"{}\"\n[audit]\nauditor_role = \"compliance\"\n",
+            d.join("policy.rego").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "CREATE SCHEMA sales; CREATE TABLE sales.orders (id BIGINT, region VARCHAR, amount BIGINT);
+             INSERT INTO sales.orders VALUES (1, 'eu', 10), (2, 'us', 20)",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    // An allowed read, a denied read, a write.
+    let (ok, out, err) = sql_as(
+        d,
+        "ana",
+        &["analyst"],
+        "SELECT id FROM sales.orders WHERE amount > 5",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["1"], "{out}");
+    // The decision is a JSON log line with the principal, operations, tables and fingerprint.
+    let line = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "tarn::audit")
+        .unwrap_or_else(|| panic!("no tarn::audit JSON line in {err}"));
+    let fields = &line["fields"];
+    assert_eq!(fields["user"], "ana", "{line}");
+    assert_eq!(fields["decision"], "allow", "{line}");
+    assert_eq!(fields["tables"], "tarn.sales.orders", "{line}");
+    assert!(
+        fields["operations"]
+            .as_str()
+            .unwrap()
+            .contains("SelectFromColumns"),
+        "{line}"
+    );
+    assert_eq!(
+        fields["statement"], "select id from sales.orders where amount > ?",
+        "{line}"
+    );
+    assert_eq!(fields["fingerprint"].as_str().map(str::len), Some(16), "{line}");
+
+    let (ok, _, err) = sql_as(d, "zed", &[], "SELECT * FROM sales.orders");
+    assert!(!ok);
+    assert!(err.contains("access denied"), "{err}");
+    let (ok, _, err) = sql_as(
+        d,
+        "root",
+        &["admin"],
+        "INSERT INTO sales.orders VALUES (3, 'eu', 30), (4, 'eu', 40)",
+    );
+    assert!(ok, "{err}");
+
+    // The admin, whom the policy allows everything, may not read the trail, list it, or change it.
+    let (ok, _, err) = sql_as(d, "root", &["admin"], "SELECT * FROM tarn_audit.events");
+    assert!(!ok, "a non-auditor read the audit trail");
+    assert!(
+        err.contains("access denied") && err.contains("compliance"),
+        "{err}"
+    );
+    let (ok, out, err) = sql_as(
+        d,
+        "root",
+        &["admin"],
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'tarn_audit'",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "the trail is listed for a non-auditor: {out}"
+    );
+    for (groups, statement) in [
+        (
+            &["admin"][..],
+            "INSERT INTO tarn_audit.events (event_id) VALUES ('forged')",
+        ),
+        (&["admin"][..], "DROP TABLE tarn_audit.events"),
+        (&["compliance"][..], "DROP TABLE tarn_audit.events"),
+        (&["compliance"][..], "DROP SCHEMA tarn_audit"),
+        (
+            &["compliance", "admin"][..],
+            "CREATE TABLE tarn_audit.fake AS SELECT 1 AS x",
+        ),
+        (
+            &["compliance", "admin"][..],
+            "INSERT INTO tarn_audit.events SELECT * FROM tarn_audit.events",
+        ),
+        (
+            &["compliance", "admin"][..],
+            "ALTER TABLE tarn_audit.events RENAME TO gone",
+        ),
+    ] {
+        let (ok, _, err) = sql_as(d, "root", groups, statement);
+        assert!(!ok, "{statement} ran for {groups:?}");
+        assert!(err.contains("access denied"), "{statement}: {err}");
+    }
+
+    // The auditor reads every record: the allowed read, the denial, the write with its rows,
+    // and the refused attempts on the trail itself.
+    let (ok, out, err) = sql_as(
+        d,
+        "audrey",
+        &["compliance"],
+        "SELECT user_name, kind, decision, tables, rows_written, statement, reason FROM tarn_audit.events ORDER BY event_time",
+    );
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    let has = |f: &dyn Fn(&str) -> bool| rows.iter().any(|r| f(r));
+    assert!(
+        has(&|r| r.starts_with(
+            "ana,decision,allow,tarn.sales.orders,,select id from sales.orders where amount > ?"
+        )),
+        "{out}"
+    );
+    assert!(
+        has(&|r| r.starts_with("zed,decision,deny,tarn.sales.orders") && r.contains("access denied")),
+        "{out}"
+    );
+    assert!(
+        has(&|r| r.starts_with(
+            r#"root,write,allow,tarn.sales.orders,2,"insert into sales.orders values (?, ?, ?), (?, ?, ?)""#
+        )),
+        "{out}"
+    );
+    assert!(
+        has(&|r| r.starts_with("root,decision,deny,tarn.tarn_audit.events") && r.contains("compliance")),
+        "{out}"
+    );
+    assert!(has(&|r| r.contains("drop schema tarn_audit")), "{out}");
+    // No literal of any statement is in the trail.
+    assert!(!out.contains("'eu'") && !out.contains("forged"), "{out}");
+}
