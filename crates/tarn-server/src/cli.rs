@@ -210,19 +210,33 @@ enum ConfigCommand {
 enum PolicyCommand {
     /// Evaluate a policy against recorded inputs, like `opa test`.
     ///
-    /// POLICY is a `.rego` file or a directory of them (as `policy.file`). CASES is a JSON
+    /// POLICY is a `.rego` file, a role file (`.toml`) or a directory of them (as
+    /// `policy.file`). CASES is a JSON
     /// lines file, one case per line: `{"name": "...", "rule": "allow", "input": {...},
     /// "expect": true}` — `rule` is one of Trino's (`allow`, `batch`, `rowFilters`,
     /// `columnMask`, `batchColumnMasks`; `allow` when absent), `input` the request document
     /// (`{"context": {"identity": ...}, "action": ...}`), `expect` the rule's value (`null`
     /// for undefined; sets compare in any order). Prints each case; exits 1 when one fails.
     Test {
-        /// The policy: a `.rego` file or a directory.
+        /// The policy: a `.rego` file, a role file (`.toml`) or a directory.
         policy: PathBuf,
         /// The recorded inputs and expected answers (JSON lines).
         #[arg(long)]
         cases: PathBuf,
         /// The Rego package of the rules (default `policy.package`, `trino`).
+        #[arg(long)]
+        package: Option<String>,
+    },
+    /// Print the Rego a role file compiles to.
+    ///
+    /// A role file (TOML: `[users]`, and per role under `[roles.NAME]`: `all`, `unrestricted`,
+    /// `grants`, `row_filters`, `masks`, `topics`; docs/governance.md, "Role files") is
+    /// accepted by `policy.file` as a `.rego` file is; tarn evaluates the Rego printed here.
+    /// Errors name the file and line.
+    Compile {
+        /// The role file (`.toml`).
+        file: PathBuf,
+        /// The Rego package to compile into (default `policy.package`, `trino`).
         #[arg(long)]
         package: Option<String>,
     },
@@ -342,6 +356,15 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
         }) => {
             let package = package.unwrap_or_else(|| config.policy.package.clone());
             crate::policy::test(&policy, &cases, &package)
+        }
+        Command::Policy(PolicyCommand::Compile { file, package }) => {
+            let package = package.unwrap_or_else(|| config.policy.package.clone());
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the role file {}", file.display()))?;
+            let rego = tarn_policy::role_file::compile(&file.display().to_string(), &text, &package)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{rego}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.to_redacted_toml());
