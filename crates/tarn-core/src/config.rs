@@ -409,6 +409,13 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CdcConfig {
+    /// Who the pipeline runs as for topic ACLs (`PublishToTopic`, `ConsumeFromTopic`; see
+    /// docs/governance.md, "Topic ACLs"); default `pipeline:<pipeline>`.
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The roles (groups) of `principal`.
+    #[serde(default)]
+    pub principal_roles: Vec<String>,
     /// The source: `postgres://user:password@host:port/database` (query parameters `sslmode`,
     /// `sslrootcert`, `application_name` understood). The password is redacted in
     /// `config show`. Unset: no CDC.
@@ -654,6 +661,8 @@ impl Config {
                 level: "info".into(),
             },
             cdc: CdcConfig {
+                principal: None,
+                principal_roles: Vec::new(),
                 source: None,
                 pipeline: "main".into(),
                 slot: None,

@@ -150,6 +150,12 @@ pub fn schema_resource(catalog: &str, schema: &str) -> Value {
     json!({ "schema": { "catalogName": catalog, "schemaName": schema } })
 }
 
+/// `{"topic": {"name": ...}}`: a Kafka topic, for tarn's `PublishToTopic` and
+/// `ConsumeFromTopic` (Trino has no topics).
+pub fn topic_resource(name: &str) -> Value {
+    json!({ "topic": { "name": name } })
+}
+
 /// `{"catalog": {"name": ...}}`.
 pub fn catalog_resource(catalog: &str) -> Value {
     json!({ "catalog": { "name": catalog } })

@@ -227,6 +227,28 @@ enum PolicyCommand {
         #[arg(long)]
         package: Option<String>,
     },
+    /// Print the broker ACLs equivalent to the topic grants of the policy.
+    ///
+    /// Asks the configured policy (`[policy]`) whether each principal may `PublishToTopic` and
+    /// `ConsumeFromTopic` each topic, and prints a `kafka-acls.sh` command line per grant
+    /// (`Read`/`Describe` to consume, with `Read` on the consumer group `cdc.kafka.group`;
+    /// `Write`/`Describe` to publish, with the pipeline's transactional id), for a broker that
+    /// should enforce the same as tarn does. A topic ending in `*` becomes a prefixed ACL.
+    KafkaAcls {
+        /// A principal: `USER` or `USER:ROLE,ROLE`; repeatable. Default: the pipeline's
+        /// (`cdc.principal` with `cdc.principal_roles`).
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// A topic (`NAME` or `PREFIX*`); repeatable. Default: the topics the configured
+        /// pipelines use (`cdc.kafka.topics` and its dead-letter topic; `<topic_prefix>.*` and
+        /// the positions topic when publishing).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// The brokers, for the command lines (default `cdc.kafka.brokers`, else
+        /// `cdc.publish.brokers`).
+        #[arg(long)]
+        bootstrap_server: Option<String>,
+    },
     /// Print the Rego a role file compiles to.
     ///
     /// A role file (TOML: `[users]`, and per role under `[roles.NAME]`: `all`, `unrestricted`,
@@ -356,6 +378,16 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
         }) => {
             let package = package.unwrap_or_else(|| config.policy.package.clone());
             crate::policy::test(&policy, &cases, &package)
+        }
+        Command::Policy(PolicyCommand::KafkaAcls {
+            principals,
+            topics,
+            bootstrap_server,
+        }) => {
+            for line in crate::policy::kafka_acls(&config, &principals, &topics, bootstrap_server)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Compile { file, package }) => {
             let package = package.unwrap_or_else(|| config.policy.package.clone());

@@ -309,3 +309,64 @@ fn normalized(value: serde_json::Value) -> serde_json::Value {
         other => other,
     }
 }
+
+/// `tarn policy kafka-acls`: the broker ACLs equivalent to what the configured policy grants
+/// `principals` (`USER` or `USER:ROLE,ROLE`; default the pipeline's) on `topics` (default the
+/// configured pipelines' topics).
+pub fn kafka_acls(
+    config: &Config,
+    principals: &[String],
+    topics: &[String],
+    bootstrap: Option<String>,
+) -> Result<Vec<String>> {
+    use tarn_cdc::topic_acl;
+    let policy = Policy::from_config(&config.policy)
+        .map_err(|e| anyhow::anyhow!("cannot load the policy: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no policy is configured ([policy] file or opa_url): every principal may use every topic"
+            )
+        })?;
+    let principals: Vec<tarn_auth::Principal> = if principals.is_empty() {
+        vec![topic_acl::pipeline_principal(config)]
+    } else {
+        principals
+            .iter()
+            .map(|p| {
+                let (user, roles) = p.split_once(':').unwrap_or((p, ""));
+                tarn_auth::Principal {
+                    user: user.to_string(),
+                    groups: roles
+                        .split(',')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    method: tarn_auth::Method::Trusted,
+                }
+            })
+            .collect()
+    };
+    let topics = if topics.is_empty() {
+        topic_acl::configured_topics(config)
+    } else {
+        topics.to_vec()
+    };
+    if topics.is_empty() {
+        anyhow::bail!("no topics: pass --topic, or configure cdc.kafka.topics or cdc.sink = \"kafka\"");
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| {
+        if config.cdc.kafka.brokers.is_empty() {
+            config.cdc.publish.brokers.clone()
+        } else {
+            config.cdc.kafka.brokers.clone()
+        }
+    });
+    Ok(topic_acl::broker_acls(
+        &policy,
+        &principals,
+        &topics,
+        &bootstrap,
+        &config.cdc.kafka.group,
+        &format!("tarn-cdc-{}", config.cdc.pipeline),
+    )?)
+}

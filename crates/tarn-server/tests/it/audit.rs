@@ -218,3 +218,79 @@ fn role_file_policy_is_enforced_and_compiles_to_rego() {
     let (ok, _, err) = crate::tarn(d, &["policy", "compile", d.join("policy.toml").to_str().unwrap()]);
     assert!(!ok && err.contains("policy.toml:3:"), "{err}");
 }
+
+/// Topic ACLs: `tarn ingest kafka` whose principal the policy does not let consume its topic
+/// refuses to start, naming the topic and principal (before contacting any broker); `tarn
+/// policy kafka-acls` prints the broker ACLs of the grants.
+#[cfg(feature = "kafka")]
+#[test]
+fn a_kafka_pipeline_the_policy_denies_refuses_to_start() {
+    let dir = tempfile::Builder::new().prefix("tarn-topics-").tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("policy.toml"),
+        "[roles.ingest]\ntopics = [{ name = \"orders\", allow = [\"consume\"] }, { name = \"orders.dlq\", allow = [\"publish\"] }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("tarn.toml"),
+        format!(
+            "[policy]\nfile = \"{}\"\n[cdc]\nprincipal = \"etl\"\nprincipal_roles = [\"ingest\"]\n[cdc.kafka]\ngroup = \"orders\"\n",
+            d.join("policy.toml").display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (ok, _, err) = crate::tarn(
+        d,
+        &[
+            "ingest",
+            "kafka",
+            "--brokers",
+            "127.0.0.1:9",
+            "--topic",
+            "payments",
+        ],
+    );
+    assert!(!ok, "a denied pipeline started");
+    assert!(
+        err.contains("access denied")
+            && err.contains("ConsumeFromTopic")
+            && err.contains("\"payments\"")
+            && err.contains("etl"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "policy",
+            "kafka-acls",
+            "--topic",
+            "orders",
+            "--topic",
+            "orders.dlq",
+            "--topic",
+            "payments",
+            "--bootstrap-server",
+            "kafka:9092",
+        ],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let base = "kafka-acls.sh --bootstrap-server kafka:9092 --add --allow-principal User:etl";
+    assert!(
+        lines.contains(&format!("{base} --operation Read --operation Describe --topic orders").as_str()),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&format!("{base} --operation Write --operation Describe --topic orders.dlq").as_str()),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&format!("{base} --operation Read --group orders").as_str()),
+        "{out}"
+    );
+    assert!(!out.contains("payments"), "{out}");
+}
