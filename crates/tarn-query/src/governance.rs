@@ -217,7 +217,7 @@ impl Governance {
 
     /// Whether `principal` is a member of the auditor role.
     pub fn is_auditor(&self, principal: &Principal) -> bool {
-        principal.groups.iter().any(|g| *g == self.auditor_role)
+        principal.groups.contains(&self.auditor_role)
     }
 
     /// The audit table's own rule for `operation` on something in `schema`.

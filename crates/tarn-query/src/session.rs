@@ -211,6 +211,11 @@ impl TarnSession {
         self.governance.as_ref()
     }
 
+    /// The principal this session runs its statements for, when it says (`tarn sql --as`).
+    pub fn principal(&self) -> Option<Arc<Principal>> {
+        self.principal.clone()
+    }
+
     /// Appends the audit records still buffered and stops the audit trail's task: call once,
     /// when the session's process shuts down.
     pub async fn close(&self) -> Result<()> {
