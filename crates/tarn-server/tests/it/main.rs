@@ -16,6 +16,7 @@ mod governance;
 mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod keycloak;
 mod local_postgres;
 mod oidc;
 mod pgwire;
