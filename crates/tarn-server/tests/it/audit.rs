@@ -294,3 +294,66 @@ fn a_kafka_pipeline_the_policy_denies_refuses_to_start() {
     );
     assert!(!out.contains("payments"), "{out}");
 }
+
+/// `tarn serve`: statements over the Postgres wire protocol (simple and extended) are recorded
+/// with their fingerprints, and the records reach the table on the flush interval while the
+/// server runs (no shutdown needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_of_the_wire_endpoint_are_appended_while_serving() {
+    use tarn_test_utils::oidc::{RSA1, Signer, issuer};
+    let issuer = issuer(vec![Signer::rsa("rsa-1", RSA1)]).await;
+    let (served, _) = crate::governance::serve(&issuer);
+    let client = crate::governance::connect(served.port, "svc", "svc-pw").await;
+    client
+        .simple_query("SELECT id FROM sales.orders WHERE amount > 20")
+        .await
+        .unwrap();
+    let rows = client
+        .query("SELECT email FROM sales.customers WHERE id = $1", &[&1i64])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(client.simple_query("SELECT * FROM hr.salaries").await.is_err());
+
+    // The operator (plain `tarn sql`, no policy) reads the trail as the server appends it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let out = loop {
+        let (ok, out, err) = crate::tarn(
+            served.dir.path(),
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "SELECT decision, tables, fingerprint, statement FROM tarn_audit.events WHERE user_name = 'svc' ORDER BY event_time",
+            ],
+        );
+        if ok && out.contains("hr.salaries") && out.contains("sales.customers where id = $1") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the records did not reach tarn_audit.events: {out}{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("allow,tarn.sales.orders,")
+            && l.ends_with(",select id from sales.orders where amount > ?")),
+        "{out}"
+    );
+    let extended: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.ends_with("select email from sales.customers where id = $1"))
+        .collect();
+    assert_eq!(
+        extended.len(),
+        1,
+        "the extended protocol's statement recorded once: {out}"
+    );
+    assert!(extended[0].starts_with("allow,tarn.sales.customers,"), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("deny,tarn.hr.salaries,")),
+        "{out}"
+    );
+}

@@ -54,12 +54,11 @@ columnMask := {"expression": "'****' || substr(email, strpos(email, '@') - 1, 1)
 }
 "#;
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     http: u16,
-    #[allow(dead_code)]
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Served {
@@ -108,7 +107,7 @@ fn write_config(dir: &std::path::Path, issuer: &Issuer, port: u16, http: u16) {
 }
 
 /// The lake with its tables (written by the operator, whom no policy restricts), served.
-fn serve(issuer: &Issuer) -> (Served, i64) {
+pub(crate) fn serve(issuer: &Issuer) -> (Served, i64) {
     let dir = tempfile::Builder::new().prefix("tarn-gov-").tempdir().unwrap();
     let (port, http) = (free_port(), free_port());
     write_config(dir.path(), issuer, port, http);
@@ -167,7 +166,7 @@ fn serve(issuer: &Issuer) -> (Served, i64) {
     )
 }
 
-async fn connect(port: u16, user: &str, password: &str) -> tokio_postgres::Client {
+pub(crate) async fn connect(port: u16, user: &str, password: &str) -> tokio_postgres::Client {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
