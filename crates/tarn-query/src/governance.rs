@@ -270,6 +270,23 @@ impl Governance {
         AuditRecord::new(kind, principal, self.policy.describe())
     }
 
+    /// Records a decision made outside the session (the REST catalog's requests): what was
+    /// asked, of which tables, and why it was denied (`None`: allowed).
+    pub fn record_decision(
+        &self,
+        principal: &Principal,
+        operations: Vec<String>,
+        tables: Vec<String>,
+        denied: Option<String>,
+    ) {
+        let mut record = self.new_record(RecordKind::Decision, principal);
+        record.operations = operations;
+        record.tables = tables;
+        record.allowed = denied.is_none();
+        record.reason = denied;
+        self.record(record);
+    }
+
     /// Records that the current principal's statement wrote `rows` rows to `table` with
     /// `operation` (after its commit).
     pub fn record_write(&self, operation: &str, table: &str, rows: u64) {

@@ -103,7 +103,6 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
         &self,
         request: &tarn_rest_catalog::CatalogRequest<'_>,
     ) -> Result<(), tarn_rest_catalog::RestError> {
-        use axum::http::Method;
         let Some(principal) = request
             .extensions
             .get::<std::sync::Arc<tarn_auth::Principal>>()
@@ -115,7 +114,34 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
                 "a policy is configured: the REST catalog serves only callers with an OIDC bearer token (auth.oidc)",
             ));
         };
-        let p = &principal;
+        let decided = self.decide(request, &principal).await;
+        // The audit trail: one record per request, named by its route.
+        let catalog = self.lake.name();
+        let schema = request.params.get("namespace").map(|n| n.replace('\u{1f}', "."));
+        let tables: Vec<String> = match (schema, request.params.get("table")) {
+            (Some(s), Some(t)) => vec![format!("{catalog}.{s}.{t}")],
+            (Some(s), None) => vec![format!("{catalog}.{s}")],
+            _ => Vec::new(),
+        };
+        let reason = decided.as_ref().err().map(ToString::to_string);
+        self.governance.record_decision(
+            &principal,
+            vec![format!("REST {} {}", request.method, request.route)],
+            tables,
+            reason,
+        );
+        decided
+    }
+}
+
+impl PolicyAuthorizer {
+    async fn decide(
+        &self,
+        request: &tarn_rest_catalog::CatalogRequest<'_>,
+        principal: &std::sync::Arc<tarn_auth::Principal>,
+    ) -> Result<(), tarn_rest_catalog::RestError> {
+        use axum::http::Method;
+        let p = principal;
         let schema = request.params.get("namespace").map(|n| n.replace('\u{1f}', "."));
         let table = request.params.get("table");
         // The route as declared, after `/v1` (the router may be nested, e.g. under `/iceberg`).

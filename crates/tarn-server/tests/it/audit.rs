@@ -301,7 +301,8 @@ fn a_kafka_pipeline_the_policy_denies_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_of_the_wire_endpoint_are_appended_while_serving() {
     use tarn_test_utils::oidc::{RSA1, Signer, issuer};
-    let issuer = issuer(vec![Signer::rsa("rsa-1", RSA1)]).await;
+    let rsa = Signer::rsa("rsa-1", RSA1);
+    let issuer = issuer(vec![rsa.clone()]).await;
     let (served, _) = crate::governance::serve(&issuer);
     let client = crate::governance::connect(served.port, "svc", "svc-pw").await;
     client
@@ -337,6 +338,41 @@ async fn audit_records_of_the_wire_endpoint_are_appended_while_serving() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     let lines: Vec<&str> = out.lines().collect();
+
+    // The REST catalog: the audit table is loaded by the auditor only, even an admin is refused;
+    // its requests are recorded too.
+    let token = |user: &str, roles: &[&str]| {
+        let mut claims = issuer.claims(user);
+        claims["realm_access"]["roles"] = serde_json::json!(roles);
+        rsa.sign(&claims)
+    };
+    let path = "/iceberg/v1/namespaces/tarn_audit/tables/events";
+    let (status, body) = served.get(path, &token("root", &["admin"]));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("auditor"), "{body}");
+    let (status, body) = served.get(path, &token("audrey", &["auditor"]));
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = crate::tarn(
+            served.dir.path(),
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "SELECT user_name, decision, operations FROM tarn_audit.events WHERE operations LIKE 'REST %'",
+            ],
+        );
+        if ok && out.contains("root,deny,REST GET") && out.contains("audrey,allow,REST GET") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no REST records: {out}{err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
     assert!(
         lines.iter().any(|l| l.starts_with("allow,tarn.sales.orders,")
             && l.ends_with(",select id from sales.orders where amount > ?")),

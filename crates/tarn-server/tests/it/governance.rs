@@ -63,7 +63,7 @@ pub(crate) struct Served {
 
 impl Served {
     /// `GET path` with a bearer token: (status, body).
-    fn get(&self, path: &str, token: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str, token: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
         write!(
