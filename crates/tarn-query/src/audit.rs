@@ -243,7 +243,7 @@ pub struct AuditLog {
     lake: Lake,
     settings: AuditSettings,
     buffer: Mutex<Vec<Stamped>>,
-    wake: Notify,
+    wake: Arc<Notify>,
     closed: AtomicBool,
     dropped: AtomicU64,
     /// One flush at a time, in order.
@@ -293,24 +293,25 @@ impl AuditLog {
             lake,
             settings,
             buffer: Mutex::new(Vec::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
         });
+        // The task holds the log only while it flushes: a log dropped without `close` ends it.
         let weak = Arc::downgrade(&log);
+        let wake = log.wake.clone();
         let interval = log.settings.flush_interval;
         let task = tokio::spawn(async move {
             loop {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(interval) => {}
+                }
                 let Some(log) = weak.upgrade() else { return };
                 if log.closed.load(Ordering::Acquire) {
                     return;
-                }
-                let woken = log.wake.notified();
-                tokio::select! {
-                    () = woken => {}
-                    () = tokio::time::sleep(interval) => {}
                 }
                 if let Err(e) = log.flush().await {
                     tracing::warn!(error = %e, "cannot append audit records to {AUDIT_SCHEMA}.{AUDIT_TABLE}; they are kept and tried again");
