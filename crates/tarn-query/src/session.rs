@@ -361,7 +361,8 @@ impl TarnSession {
     pub async fn run(&self, statement: &RewrittenStatement) -> Result<Output> {
         crate::governance::with_principal(
             self.principal.clone(),
-            crate::audit::with_statement(&statement.sql, self.run_statement(statement)),
+            // Boxed: the statement's future is large, and a caller's stack holds only a pointer.
+            crate::audit::with_statement(&statement.sql, Box::pin(self.run_statement(statement))),
         )
         .await
     }
