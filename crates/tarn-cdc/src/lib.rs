@@ -35,5 +35,6 @@ pub mod postgres;
 pub mod scripted;
 pub mod sink;
 pub mod source;
+pub mod topic_acl;
 pub mod transform;
 pub mod value;

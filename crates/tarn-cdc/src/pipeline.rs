@@ -498,6 +498,10 @@ async fn run_once(
         r.state = "starting".into();
         r.pipeline = config.cdc.pipeline.clone();
     });
+    // Topic ACLs: a pipeline the policy does not allow its topics refuses to start.
+    if config.cdc.source_kind == "kafka" {
+        crate::topic_acl::TopicAccess::from_config(config)?.check_ingest(config)?;
+    }
     match config.cdc.source_kind.as_str() {
         "cockroachdb" => {
             let source = crate::cockroach::ChangefeedSource::connect(config, status).await?;

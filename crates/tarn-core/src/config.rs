@@ -69,6 +69,10 @@ pub struct Config {
     /// (docs/governance.md). Without a policy every authenticated user may do everything.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The audit trail of authorization decisions and writes (`tarn_audit.events`,
+    /// docs/governance.md), kept while a policy is configured.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
     /// Change data capture from an OLTP database (`tarn cdc run`, and `tarn serve` when
@@ -343,6 +347,35 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The audit trail: every authorization decision and every write by a statement, as JSON log
+/// lines (target `tarn::audit`) and rows of the Iceberg table `tarn_audit.events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Whether decisions and writes are recorded while a policy is configured.
+    pub enabled: bool,
+    /// The role (group) whose members may read `tarn_audit.events`, whatever the policy says;
+    /// nobody else reads it, and nobody writes, alters or drops it through SQL.
+    pub auditor_role: String,
+    /// How long records wait in memory before they are appended, e.g. `5s`. A crash loses at
+    /// most this much of the table's records (the log lines are written at once).
+    pub flush_interval: String,
+    /// Records held in memory at most; beyond, records are dropped from the table (never from
+    /// the log) and counted in `tarn_audit_dropped_total`.
+    pub max_buffered: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auditor_role: "auditor".into(),
+            flush_interval: "5s".into(),
+            max_buffered: 100_000,
+        }
+    }
+}
+
 impl PolicyConfig {
     /// Whether a policy decides (a file or an OPA server is configured).
     pub fn is_configured(&self) -> bool {
@@ -419,6 +452,13 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CdcConfig {
+    /// Who the pipeline runs as for topic ACLs (`PublishToTopic`, `ConsumeFromTopic`; see
+    /// docs/governance.md, "Topic ACLs"); default `pipeline:<pipeline>`.
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// The roles (groups) of `principal`.
+    #[serde(default)]
+    pub principal_roles: Vec<String>,
     /// The source: `postgres://user:password@host:port/database` (query parameters `sslmode`,
     /// `sslrootcert`, `application_name` understood). The password is redacted in
     /// `config show`. Unset: no CDC.
@@ -659,11 +699,14 @@ impl Config {
             },
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
+            audit: AuditConfig::default(),
             log: LogConfig {
                 format: "text".into(),
                 level: "info".into(),
             },
             cdc: CdcConfig {
+                principal: None,
+                principal_roles: Vec::new(),
                 source: None,
                 pipeline: "main".into(),
                 slot: None,
@@ -988,6 +1031,13 @@ impl Config {
             return bad("policy.package", "must not be empty".into());
         }
         parse_duration("policy.timeout", &self.policy.timeout)?;
+        parse_duration("audit.flush_interval", &self.audit.flush_interval)?;
+        if self.audit.auditor_role.trim().is_empty() {
+            return bad("audit.auditor_role", "must not be empty".into());
+        }
+        if self.audit.max_buffered == 0 {
+            return bad("audit.max_buffered", "must be at least 1".into());
+        }
         for (i, user) in self.auth.users.iter().enumerate() {
             if user.name.is_empty() {
                 return bad(&format!("auth.users[{i}].name"), "must not be empty".into());

@@ -447,7 +447,11 @@ impl TarnSimpleQuery {
             } else {
                 let names = ResultNames::of_sql(&statement.sql);
                 let sql = self.with_repeats_aliased(&statement.sql);
-                let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql).await;
+                let result = tarn_query::audit::with_statement(
+                    &statement.sql,
+                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
+                )
+                .await;
                 let result = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -591,9 +595,13 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let principal = principal_of(client);
+        let sql = portal.statement.statement.0.clone();
         let response = with_principal(
             principal,
-            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+            tarn_query::audit::with_statement(
+                &sql,
+                ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+            ),
         )
         .await?;
         let response = uuid_wire::with_uuid_types(response, &uuids_of(&portal.statement.statement));

@@ -23,11 +23,13 @@
 //! Two implementations of [`Decide`] answer these rules: [`RegoPolicy`] evaluates `.rego`
 //! files in process with `regorus` (Rego v1, and v0 for files that only parse as v0, as the
 //! examples of Trino's documentation do); [`OpaServer`] asks an OPA server over its data API.
-//! [`Policy`] turns the answers into decisions; nothing falls back to "allow": an error
+//! A role file ([`role_file`], TOML: grants, masks and row filters per role) compiles to Rego
+//! and is evaluated as such. [`Policy`] turns the answers into decisions; nothing falls back to "allow": an error
 //! deciding is a denial that says why.
 
 mod opa;
 mod rego;
+pub mod role_file;
 
 use std::sync::Arc;
 
@@ -146,6 +148,12 @@ impl TableName {
 /// `{"schema": {...}}`.
 pub fn schema_resource(catalog: &str, schema: &str) -> Value {
     json!({ "schema": { "catalogName": catalog, "schemaName": schema } })
+}
+
+/// `{"topic": {"name": ...}}`: a Kafka topic, for tarn's `PublishToTopic` and
+/// `ConsumeFromTopic` (Trino has no topics).
+pub fn topic_resource(name: &str) -> Value {
+    json!({ "topic": { "name": name } })
 }
 
 /// `{"catalog": {"name": ...}}`.

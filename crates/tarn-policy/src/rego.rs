@@ -40,7 +40,8 @@ impl std::fmt::Debug for RegoPolicy {
     }
 }
 
-/// The `.rego` files `path` names: itself, or those directly in it, sorted.
+/// The policy files `path` names: itself, or the `.rego` and `.toml` (role file,
+/// [`crate::role_file`]) files directly in it, sorted.
 fn rego_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let load_error = |message: String| PolicyError::Load {
         path: path.display().to_string(),
@@ -53,11 +54,11 @@ fn rego_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| load_error(format!("cannot list it: {e}")))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "rego"))
+        .filter(|p| p.extension().is_some_and(|e| e == "rego") || crate::role_file::is_role_file(p))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(load_error("the directory holds no .rego file".into()));
+        return Err(load_error("the directory holds no .rego or .toml file".into()));
     }
     Ok(files)
 }
@@ -84,7 +85,14 @@ impl RegoPolicy {
                 path: file.display().to_string(),
                 message: format!("cannot read it: {e}"),
             })?;
-            sources.push((file.display().to_string(), text));
+            let name = file.display().to_string();
+            if crate::role_file::is_role_file(&file) {
+                // A role file: its Rego, named after it (a compile error names its line).
+                let rego = crate::role_file::compile(&name, &text, package)?;
+                sources.push((format!("{name}.rego"), rego));
+            } else {
+                sources.push((name, text));
+            }
         }
         Self::from_sources(sources, package)
     }

@@ -27,6 +27,12 @@
 //!
 //! Who asks travels with the task: an endpoint runs a statement inside [`with_principal`].
 //! With a policy configured, a plan analyzed outside of one is refused.
+//!
+//! The audit table (`tarn_audit.events`, [`crate::audit`]) is decided here before the policy
+//! is asked: members of the auditor role read it whatever the policy says, nobody else reads
+//! it or sees it listed whatever the policy says, and nobody writes, creates, alters or drops
+//! anything in `tarn_audit` through SQL. Each analysis records one audit record (operations,
+//! tables, decision) and each catalog statement's check one more.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -57,6 +63,8 @@ use serde_json::json;
 use tarn_auth::Principal;
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_policy::{Policy, PolicyError, TableName};
+
+use crate::audit::{AUDIT_SCHEMA, AuditLog, AuditRecord, RecordKind};
 
 tokio::task_local! {
     static PRINCIPAL: Arc<Principal>;
@@ -104,6 +112,63 @@ pub struct Governance {
     catalog: Arc<dyn CatalogProvider>,
     /// Parses mask and row filter expressions (DataFusion's functions, PostgreSQL dialect).
     expressions: SessionState,
+    /// Where decisions are recorded, when auditing is on.
+    audit: Option<Arc<AuditLog>>,
+    /// Whose members read the audit table.
+    auditor_role: String,
+}
+
+/// What the audit table's own rule says of an operation, before any policy.
+enum AuditGuard {
+    /// Not about the audit table: the policy decides.
+    Ask,
+    /// An auditor reading it: allowed whatever the policy says.
+    Allow,
+    /// Refused whatever the policy says, and why.
+    Deny(String),
+}
+
+/// Operations that only read or list.
+fn is_read(operation: &str) -> bool {
+    matches!(
+        operation,
+        "SelectFromColumns"
+            | "FilterTables"
+            | "FilterColumns"
+            | "FilterSchemas"
+            | "ShowTables"
+            | "ShowSchemas"
+            | "ShowColumns"
+            | "GetRowFilters"
+            | "GetColumnMask"
+    )
+}
+
+/// The schema a policy resource names (`table.schemaName` or `schema.schemaName`).
+fn resource_schema(resource: Option<&serde_json::Value>) -> Option<&str> {
+    let resource = resource?;
+    resource
+        .get("table")
+        .or_else(|| resource.get("schema"))
+        .and_then(|r| r.get("schemaName"))
+        .and_then(serde_json::Value::as_str)
+}
+
+/// The table a policy resource names, as `catalog.schema.table`.
+fn resource_table(resource: Option<&serde_json::Value>) -> Option<String> {
+    let table = resource?.get("table")?;
+    let part = |k: &str| {
+        table
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    };
+    Some(format!(
+        "{}.{}.{}",
+        part("catalogName"),
+        part("schemaName"),
+        part("tableName")
+    ))
 }
 
 impl std::fmt::Debug for Governance {
@@ -132,7 +197,131 @@ impl Governance {
                 .with_config(config)
                 .with_default_features()
                 .build(),
+            audit: None,
+            auditor_role: crate::audit::AuditSettings::default().auditor_role,
         }
+    }
+
+    /// These decisions recorded in `audit` (none: not recorded), with `auditor_role`'s members
+    /// the only readers of the audit table.
+    pub fn with_audit(mut self, audit: Option<Arc<AuditLog>>, auditor_role: &str) -> Self {
+        self.audit = audit;
+        self.auditor_role = auditor_role.to_string();
+        self
+    }
+
+    /// The audit trail, when auditing is on.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// Whether `principal` is a member of the auditor role.
+    pub fn is_auditor(&self, principal: &Principal) -> bool {
+        principal.groups.contains(&self.auditor_role)
+    }
+
+    /// The audit table's own rule for `operation` on something in `schema`.
+    fn audit_guard(&self, principal: &Principal, operation: &str, schema: Option<&str>) -> AuditGuard {
+        if schema != Some(AUDIT_SCHEMA) {
+            return AuditGuard::Ask;
+        }
+        if !is_read(operation) {
+            return AuditGuard::Deny(format!(
+                "access denied: {operation} on {AUDIT_SCHEMA}: the audit trail is append-only; nobody writes, alters or drops it through SQL"
+            ));
+        }
+        if self.is_auditor(principal) {
+            AuditGuard::Allow
+        } else {
+            AuditGuard::Deny(format!(
+                "access denied: {operation} on {AUDIT_SCHEMA} is not allowed for user {principal}: only members of the role {} read the audit trail",
+                self.auditor_role
+            ))
+        }
+    }
+
+    /// The decision on `operation` for `principal`: the audit table's rule, then the policy.
+    fn decide(
+        &self,
+        principal: &Principal,
+        operation: &str,
+        resource: Option<serde_json::Value>,
+        what: &str,
+    ) -> Result<()> {
+        match self.audit_guard(principal, operation, resource_schema(resource.as_ref())) {
+            AuditGuard::Allow => Ok(()),
+            AuditGuard::Deny(why) => Err(Error::new(ErrorKind::PermissionDenied, why)),
+            AuditGuard::Ask => self
+                .policy
+                .check(principal, operation, resource, what)
+                .map_err(policy_error),
+        }
+    }
+
+    /// Records `record` in the audit trail, when auditing is on.
+    fn record(&self, record: AuditRecord) {
+        if let Some(audit) = &self.audit {
+            audit.record(record);
+        }
+    }
+
+    /// A record of the current statement for `principal`.
+    fn new_record(&self, kind: RecordKind, principal: &Principal) -> AuditRecord {
+        AuditRecord::new(kind, principal, self.policy.describe())
+    }
+
+    /// Records a decision made outside the session (the REST catalog's requests): what was
+    /// asked, of which tables, and why it was denied (`None`: allowed).
+    pub fn record_decision(
+        &self,
+        principal: &Principal,
+        operations: Vec<String>,
+        tables: Vec<String>,
+        denied: Option<String>,
+    ) {
+        let mut record = self.new_record(RecordKind::Decision, principal);
+        record.operations = operations;
+        record.tables = tables;
+        record.allowed = denied.is_none();
+        record.reason = denied;
+        self.record(record);
+    }
+
+    /// Records that the current principal's statement wrote `rows` rows to `table` with
+    /// `operation` (after its commit).
+    pub fn record_write(&self, operation: &str, table: &str, rows: u64) {
+        let Some(principal) = current_principal() else {
+            return;
+        };
+        self.record_write_for(
+            &principal,
+            crate::audit::current_statement(),
+            operation,
+            table,
+            rows,
+        );
+    }
+
+    /// Records that `principal`'s `statement` wrote `rows` rows to `table` (after its commit).
+    pub fn record_write_for(
+        &self,
+        principal: &Principal,
+        statement: Option<Arc<crate::audit::Fingerprint>>,
+        operation: &str,
+        table: &str,
+        rows: u64,
+    ) {
+        let mut record = self.new_record(RecordKind::Write, principal);
+        record.statement = statement;
+        record.operations.push(operation.to_string());
+        record.tables.push(table.to_string());
+        record.rows = Some(rows);
+        self.record(record);
+    }
+
+    /// The catalog's name, as policies and audit records name tables.
+    pub fn catalog_name(&self) -> &str {
+        &self.catalog_name
     }
 
     /// The policy.
@@ -154,11 +343,18 @@ impl Governance {
     /// the error.
     pub fn check(&self, operation: &str, resource: Option<serde_json::Value>, what: &str) -> Result<()> {
         let principal = self.principal()?;
-        let decided = self
-            .policy
-            .check(&principal, operation, resource, what)
-            .map_err(policy_error);
-        log_decision(&principal, operation, what, &decided);
+        let mut record = self.new_record(RecordKind::Decision, &principal);
+        record.operations.push(operation.to_string());
+        record.tables.extend(resource_table(resource.as_ref()));
+        if record.tables.is_empty() {
+            record.tables.push(what.to_string());
+        }
+        let decided = self.decide(&principal, operation, resource, what);
+        if let Err(e) = &decided {
+            record.allowed = false;
+            record.reason = Some(e.to_string());
+        }
+        self.record(record);
         decided
     }
 
@@ -194,11 +390,13 @@ impl Governance {
 
     /// The lake's (schema, table) names the current principal may see, and its schemas.
     fn visible(&self, principal: &Principal) -> Result<Visible> {
+        let auditor = self.is_auditor(principal);
         let schemas: Vec<String> = self
             .catalog
             .schema_names()
             .into_iter()
             .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
+            .filter(|s| s != AUDIT_SCHEMA || auditor)
             .collect();
         let mut tables = Vec::new();
         for schema in &schemas {
@@ -237,17 +435,6 @@ impl Governance {
     }
 }
 
-fn log_decision(principal: &Principal, operation: &str, what: &str, decided: &Result<()>) {
-    match decided {
-        Ok(()) => {
-            tracing::debug!(target: "tarn::audit", user = %principal.user, groups = ?principal.groups, operation, object = what, decision = "allow", "authorized")
-        }
-        Err(e) => {
-            tracing::info!(target: "tarn::audit", user = %principal.user, groups = ?principal.groups, operation, object = what, decision = "deny", reason = %e, "denied")
-        }
-    }
-}
-
 /// The analyzer rule that authorizes plans and applies masks and row filters (module doc).
 #[derive(Debug)]
 pub struct PolicyRule {
@@ -265,28 +452,41 @@ impl AnalyzerRule for PolicyRule {
     fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> DFResult<LogicalPlan> {
         let g = &self.governance;
         let principal = g.principal().map_err(df_error)?;
+        // A plan analyzed again (the extended protocol) was decided and recorded already.
+        let again = is_policed(&plan);
         let mut pass = Pass {
             g,
             principal: &principal,
             config,
             read: columns_read(&plan),
             visible: None,
+            record: g.new_record(RecordKind::Decision, &principal),
         };
-        pass.check("ExecuteQuery", None, "a statement")?;
-        plan.apply_with_subqueries(|node| {
-            pass.check_writes(node)?;
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        let rewritten = plan.transform_up_with_subqueries(|node| match node {
-            LogicalPlan::TableScan(scan) => pass.scan(scan),
-            other => Ok(Transformed::no(other)),
-        })?;
-        Ok(rewritten.data)
+        let decided = pass.authorize(plan);
+        if !again || !pass.record.allowed {
+            g.record(pass.record);
+        }
+        decided
     }
 
     fn name(&self) -> &str {
         "tarn_policy"
     }
+}
+
+/// Whether `plan` reads a table the rule has handled already.
+fn is_policed(plan: &LogicalPlan) -> bool {
+    let mut policed = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && source_as_provider(&scan.source).is_ok_and(|p| p.as_any().is::<PolicedTable>())
+        {
+            policed = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    policed
 }
 
 /// The columns each table reference is read for, as DataFusion's projection pruning works
@@ -312,16 +512,38 @@ struct Pass<'a> {
     config: &'a ConfigOptions,
     read: BTreeMap<TableReference, BTreeSet<String>>,
     visible: Option<Visible>,
+    /// What this analysis asked and decided, for the audit trail.
+    record: AuditRecord,
 }
 
 impl Pass<'_> {
-    fn check(&self, operation: &str, resource: Option<serde_json::Value>, what: &str) -> DFResult<()> {
-        let decided = self
-            .g
-            .policy
-            .check(self.principal, operation, resource, what)
-            .map_err(policy_error);
-        log_decision(self.principal, operation, what, &decided);
+    fn authorize(&mut self, plan: LogicalPlan) -> DFResult<LogicalPlan> {
+        self.check("ExecuteQuery", None, "a statement")?;
+        plan.apply_with_subqueries(|node| {
+            self.check_writes(node)?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let rewritten = plan.transform_up_with_subqueries(|node| match node {
+            LogicalPlan::TableScan(scan) => self.scan(scan),
+            other => Ok(Transformed::no(other)),
+        })?;
+        Ok(rewritten.data)
+    }
+
+    fn check(&mut self, operation: &str, resource: Option<serde_json::Value>, what: &str) -> DFResult<()> {
+        if !self.record.operations.iter().any(|o| o == operation) {
+            self.record.operations.push(operation.to_string());
+        }
+        if let Some(table) = resource_table(resource.as_ref())
+            && !self.record.tables.contains(&table)
+        {
+            self.record.tables.push(table);
+        }
+        let decided = self.g.decide(self.principal, operation, resource, what);
+        if let Err(e) = &decided {
+            self.record.allowed = false;
+            self.record.reason = Some(e.to_string());
+        }
         decided.map_err(df_error)
     }
 
@@ -347,7 +569,7 @@ impl Pass<'_> {
         }
     }
 
-    fn check_writes(&self, node: &LogicalPlan) -> DFResult<()> {
+    fn check_writes(&mut self, node: &LogicalPlan) -> DFResult<()> {
         match node {
             LogicalPlan::Dml(dml) => {
                 let table = self.policy_table(&dml.table_name);
@@ -415,6 +637,10 @@ impl Pass<'_> {
             Some(asked.resource(Some(&read))),
             &format!("{asked} (columns {})", read.join(", ")),
         )?;
+        if schema == AUDIT_SCHEMA {
+            // An auditor (the check refused everyone else): the trail as it is.
+            return Ok(Transformed::yes(LogicalPlan::TableScan(policed(scan, provider)?)));
+        }
         let base_table = TableName {
             catalog,
             schema,

@@ -5,6 +5,7 @@
 //! PostgreSQL's names. The Postgres wire endpoint and the CLI are both thin layers over this
 //! crate.
 
+pub mod audit;
 mod filter_order;
 pub mod governance;
 pub mod lineage;

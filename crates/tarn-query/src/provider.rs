@@ -762,6 +762,18 @@ impl ExecutionPlan for LakeInsertExec {
             .collect::<DFResult<Vec<_>>>()?;
         let lake = self.lake.clone();
         let ident = self.ident.clone();
+        // Who writes, for the audit trail: the task's principal and statement, taken now (the
+        // stream may be polled elsewhere).
+        let audit = context
+            .session_config()
+            .get_extension::<crate::governance::Governance>()
+            .map(|g| {
+                (
+                    g,
+                    crate::governance::current_principal(),
+                    crate::audit::current_statement(),
+                )
+            });
         let once = futures::stream::once(async move {
             let outcome = write_and_commit(
                 &lake,
@@ -772,6 +784,10 @@ impl ExecutionPlan for LakeInsertExec {
             )
             .await
             .map_err(df_error)?;
+            if let Some((g, Some(principal), statement)) = audit {
+                let table = format!("{}.{}", g.catalog_name(), ident);
+                g.record_write_for(&principal, statement, "InsertIntoTable", &table, outcome.rows);
+            }
             let rows: ArrayRef = Arc::new(UInt64Array::from(vec![outcome.rows]));
             Ok(RecordBatch::try_new(count_schema(), vec![rows])?)
         });

@@ -29,6 +29,7 @@ use iceberg::{NamespaceIdent, TableIdent};
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::{Lake, TableLayout};
 
+use crate::audit::{AuditLog, AuditSettings};
 use crate::governance::{Governance, PolicyRule};
 use crate::provider::LakeCatalogProvider;
 use crate::result_names::{ResultNames, alias_repeats};
@@ -122,6 +123,17 @@ impl TarnSession {
     /// A session over `lake` whose statements `policy` authorizes (module
     /// [`crate::governance`]); with `None`, everything is allowed.
     pub async fn with_policy(lake: Lake, policy: Option<Policy>) -> Result<Self> {
+        Self::with_governance(lake, policy, None).await
+    }
+
+    /// A session over `lake` whose statements `policy` authorizes, with every decision and
+    /// write recorded in the audit trail ([`crate::audit`]) when `audit` is given and a policy
+    /// is. Call [`Self::close`] at the end, so the last records are appended.
+    pub async fn with_governance(
+        lake: Lake,
+        policy: Option<Policy>,
+        audit: Option<AuditSettings>,
+    ) -> Result<Self> {
         // DataFusion's own settings may be tuned with `DATAFUSION_*` environment variables
         // (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=4`); see docs/serving.md.
         let mut config = SessionConfig::from_env()
@@ -141,13 +153,27 @@ impl TarnSession {
         config.options_mut().execution.time_zone = Some("+00:00".into());
         let catalog = Arc::new(LakeCatalogProvider::new(lake.clone()));
         let governance = policy.map(|policy| {
-            Arc::new(Governance::new(
-                policy,
-                lake.name(),
-                DEFAULT_SCHEMA,
-                catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>,
-            ))
+            let auditor_role = audit.as_ref().map_or_else(
+                || AuditSettings::default().auditor_role,
+                |a| a.auditor_role.clone(),
+            );
+            let log = audit
+                .clone()
+                .map(|settings| AuditLog::start(lake.clone(), settings));
+            Arc::new(
+                Governance::new(
+                    policy,
+                    lake.name(),
+                    DEFAULT_SCHEMA,
+                    catalog.clone() as Arc<dyn datafusion::catalog::CatalogProvider>,
+                )
+                .with_audit(log, &auditor_role),
+            )
         });
+        if let Some(g) = &governance {
+            // Writes executed by DataFusion (`INSERT`) record their rows through it.
+            config = config.with_extension(g.clone());
+        }
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -183,6 +209,20 @@ impl TarnSession {
     /// The policy's decisions, when a policy is configured.
     pub fn governance(&self) -> Option<&Arc<Governance>> {
         self.governance.as_ref()
+    }
+
+    /// The principal this session runs its statements for, when it says (`tarn sql --as`).
+    pub fn principal(&self) -> Option<Arc<Principal>> {
+        self.principal.clone()
+    }
+
+    /// Appends the audit records still buffered and stops the audit trail's task: call once,
+    /// when the session's process shuts down.
+    pub async fn close(&self) -> Result<()> {
+        match self.governance.as_ref().and_then(|g| g.audit()) {
+            Some(audit) => audit.close().await,
+            None => Ok(()),
+        }
     }
 
     /// Refuses, when a policy is configured, statements that neither the policy rule nor
@@ -319,7 +359,12 @@ impl TarnSession {
 
     /// Runs one prepared statement (for this session's principal, when it has one).
     pub async fn run(&self, statement: &RewrittenStatement) -> Result<Output> {
-        crate::governance::with_principal(self.principal.clone(), self.run_statement(statement)).await
+        crate::governance::with_principal(
+            self.principal.clone(),
+            // Boxed: the statement's future is large, and a caller's stack holds only a pointer.
+            crate::audit::with_statement(&statement.sql, Box::pin(self.run_statement(statement))),
+        )
+        .await
     }
 
     async fn run_statement(&self, statement: &RewrittenStatement) -> Result<Output> {
@@ -515,6 +560,9 @@ impl TarnSession {
                 .await;
                 match written {
                     Ok(outcome) => {
+                        if let Some(g) = &self.governance {
+                            g.record_write("CreateTableAsSelect", &what, outcome.rows);
+                        }
                         self.record_lineage(&ident, create.input.as_ref()).await;
                         Ok(command("SELECT", Some(outcome.rows)))
                     }

@@ -157,6 +157,24 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Policies: the latency a policy adds per statement (p50, p99) in process (Rego), with
+    /// the audit trail, and over OPA's HTTP API, beside the same statements with no policy in
+    /// the same run.
+    Policy {
+        /// Timed rounds; each runs every statement once per mode.
+        #[arg(long, default_value_t = 300)]
+        iterations: usize,
+        /// A real OPA server with the benchmark's policy (`tarn bench policy --print-policy`)
+        /// loaded under package `trino`; default an HTTP stand-in in this process.
+        #[arg(long)]
+        opa_url: Option<String>,
+        /// Print the policy measured (Rego) and exit.
+        #[arg(long)]
+        print_policy: bool,
+        /// Where the lake goes; default `DATA_DIR/bench/policy`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// PostgreSQL → Kafka (`cdc.sink = "kafka"`): the initial copy against `psql \copy`, a
     /// change backlog published in Kafka transactions against `pg_recvlogical` draining the
     /// same backlog, and freshness from a PostgreSQL commit through Kafka to visibility in
@@ -278,6 +296,25 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 cockroach_contract: false,
             };
             crate::bench_publish::run(&config, options, partitions).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Policy {
+            iterations,
+            opa_url,
+            print_policy,
+            dir,
+        } => {
+            if print_policy {
+                print!("{}", crate::bench_policy::POLICY);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("policy"));
+            let options = crate::bench_policy::PolicyBenchOptions {
+                iterations,
+                dir,
+                opa_url,
+            };
+            crate::bench_policy::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Catalog {

@@ -219,19 +219,55 @@ enum ConfigCommand {
 enum PolicyCommand {
     /// Evaluate a policy against recorded inputs, like `opa test`.
     ///
-    /// POLICY is a `.rego` file or a directory of them (as `policy.file`). CASES is a JSON
+    /// POLICY is a `.rego` file, a role file (`.toml`) or a directory of them (as
+    /// `policy.file`). CASES is a JSON
     /// lines file, one case per line: `{"name": "...", "rule": "allow", "input": {...},
     /// "expect": true}` — `rule` is one of Trino's (`allow`, `batch`, `rowFilters`,
     /// `columnMask`, `batchColumnMasks`; `allow` when absent), `input` the request document
     /// (`{"context": {"identity": ...}, "action": ...}`), `expect` the rule's value (`null`
     /// for undefined; sets compare in any order). Prints each case; exits 1 when one fails.
     Test {
-        /// The policy: a `.rego` file or a directory.
+        /// The policy: a `.rego` file, a role file (`.toml`) or a directory.
         policy: PathBuf,
         /// The recorded inputs and expected answers (JSON lines).
         #[arg(long)]
         cases: PathBuf,
         /// The Rego package of the rules (default `policy.package`, `trino`).
+        #[arg(long)]
+        package: Option<String>,
+    },
+    /// Print the broker ACLs equivalent to the topic grants of the policy.
+    ///
+    /// Asks the configured policy (`[policy]`) whether each principal may `PublishToTopic` and
+    /// `ConsumeFromTopic` each topic, and prints a `kafka-acls.sh` command line per grant
+    /// (`Read`/`Describe` to consume, with `Read` on the consumer group `cdc.kafka.group`;
+    /// `Write`/`Describe` to publish, with the pipeline's transactional id), for a broker that
+    /// should enforce the same as tarn does. A topic ending in `*` becomes a prefixed ACL.
+    KafkaAcls {
+        /// A principal: `USER` or `USER:ROLE,ROLE`; repeatable. Default: the pipeline's
+        /// (`cdc.principal` with `cdc.principal_roles`).
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// A topic (`NAME` or `PREFIX*`); repeatable. Default: the topics the configured
+        /// pipelines use (`cdc.kafka.topics` and its dead-letter topic; `<topic_prefix>.*` and
+        /// the positions topic when publishing).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// The brokers, for the command lines (default `cdc.kafka.brokers`, else
+        /// `cdc.publish.brokers`).
+        #[arg(long)]
+        bootstrap_server: Option<String>,
+    },
+    /// Print the Rego a role file compiles to.
+    ///
+    /// A role file (TOML: `[users]`, and per role under `[roles.NAME]`: `all`, `unrestricted`,
+    /// `grants`, `row_filters`, `masks`, `topics`; docs/governance.md, "Role files") is
+    /// accepted by `policy.file` as a `.rego` file is; tarn evaluates the Rego printed here.
+    /// Errors name the file and line.
+    Compile {
+        /// The role file (`.toml`).
+        file: PathBuf,
+        /// The Rego package to compile into (default `policy.package`, `trino`).
         #[arg(long)]
         package: Option<String>,
     },
@@ -334,7 +370,19 @@ async fn open(config: &Config) -> Result<TarnSession> {
 pub(crate) async fn open_governed(config: &Config) -> Result<TarnSession> {
     let policy = crate::policy::load(config)?;
     let lake = Lake::open(config).await?;
-    Ok(TarnSession::with_policy(lake, policy).await?)
+    let audit = if config.audit.enabled {
+        Some(tarn_query::audit::AuditSettings::from_config(&config.audit)?)
+    } else {
+        None
+    };
+    Ok(TarnSession::with_governance(lake, policy, audit).await?)
+}
+
+/// Appends the session's last audit records; a failure is logged (the log lines hold them).
+pub(crate) async fn close_session(session: &TarnSession) {
+    if let Err(e) = session.close().await {
+        tracing::warn!(error = %e, "cannot append the last audit records to tarn_audit.events (their log lines are written)");
+    }
 }
 
 async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
@@ -346,6 +394,25 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
         }) => {
             let package = package.unwrap_or_else(|| config.policy.package.clone());
             crate::policy::test(&policy, &cases, &package)
+        }
+        Command::Policy(PolicyCommand::KafkaAcls {
+            principals,
+            topics,
+            bootstrap_server,
+        }) => {
+            for line in crate::policy::kafka_acls(&config, &principals, &topics, bootstrap_server)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Compile { file, package }) => {
+            let package = package.unwrap_or_else(|| config.policy.package.clone());
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the role file {}", file.display()))?;
+            let rego = tarn_policy::role_file::compile(&file.display().to_string(), &text, &package)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{rego}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.to_redacted_toml());
@@ -383,10 +450,17 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
                     } else {
                         sql
                     };
-                    run_sql(&session, &sql, format).await?;
+                    let ran = run_sql(&session, &sql, format).await;
+                    // The audit trail's last records (a denial too) are appended before exit.
+                    close_session(&session).await;
+                    ran?;
                     Ok(ExitCode::SUCCESS)
                 }
-                None => repl(&session, format, &config).await,
+                None => {
+                    let ran = repl(&session, format, &config).await;
+                    close_session(&session).await;
+                    ran
+                }
             }
         }
         Command::Serve => {

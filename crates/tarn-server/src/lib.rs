@@ -20,6 +20,7 @@ pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+pub mod bench_policy;
 #[cfg(feature = "kafka")]
 pub mod bench_publish;
 pub mod cdc;

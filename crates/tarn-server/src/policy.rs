@@ -31,15 +31,53 @@ pub fn load(config: &Config) -> Result<Option<Policy>> {
 /// cannot be masked or filtered, so a table with a row filter or column mask for the caller
 /// is refused (403), saying why. Without a principal (no `auth.oidc`), every request is
 /// refused: under a policy nobody is anonymous.
+///
+/// The audit trail (`tarn_audit`) follows its own rule first, as on the SQL endpoint: the
+/// auditor role may list and load it, nobody may create, commit to or drop anything in it.
 pub struct PolicyAuthorizer {
     policy: Policy,
+    governance: std::sync::Arc<tarn_query::governance::Governance>,
     lake: tarn_lake::Lake,
 }
 
 impl PolicyAuthorizer {
-    /// Decides REST catalog requests on `lake` with `policy`.
-    pub fn new(policy: Policy, lake: tarn_lake::Lake) -> Self {
-        Self { policy, lake }
+    /// Decides REST catalog requests on `lake` with `governance`'s policy.
+    pub fn new(
+        governance: std::sync::Arc<tarn_query::governance::Governance>,
+        lake: tarn_lake::Lake,
+    ) -> Self {
+        Self {
+            policy: governance.policy().clone(),
+            governance,
+            lake,
+        }
+    }
+
+    /// The audit trail's rule for a request on schema `schema`: `None` when the policy
+    /// decides.
+    fn audit_rule(
+        &self,
+        principal: &tarn_auth::Principal,
+        method: &axum::http::Method,
+        schema: Option<&str>,
+    ) -> Option<Result<(), tarn_rest_catalog::RestError>> {
+        if schema != Some(tarn_query::audit::AUDIT_SCHEMA) {
+            return None;
+        }
+        let reads = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+        Some(if !reads {
+            Err(forbidden(format!(
+                "access denied: {method} on {}: the audit trail is append-only; nobody changes it through the catalog",
+                tarn_query::audit::AUDIT_SCHEMA
+            )))
+        } else if self.governance.is_auditor(principal) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "access denied: {} is readable only by members of the auditor role, not by {principal}",
+                tarn_query::audit::AUDIT_SCHEMA
+            )))
+        })
     }
 
     fn table(&self, schema: &str, table: &str) -> tarn_policy::TableName {
@@ -65,7 +103,6 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
         &self,
         request: &tarn_rest_catalog::CatalogRequest<'_>,
     ) -> Result<(), tarn_rest_catalog::RestError> {
-        use axum::http::Method;
         let Some(principal) = request
             .extensions
             .get::<std::sync::Arc<tarn_auth::Principal>>()
@@ -77,7 +114,34 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
                 "a policy is configured: the REST catalog serves only callers with an OIDC bearer token (auth.oidc)",
             ));
         };
-        let p = &principal;
+        let decided = self.decide(request, &principal).await;
+        // The audit trail: one record per request, named by its route.
+        let catalog = self.lake.name();
+        let schema = request.params.get("namespace").map(|n| n.replace('\u{1f}', "."));
+        let tables: Vec<String> = match (schema, request.params.get("table")) {
+            (Some(s), Some(t)) => vec![format!("{catalog}.{s}.{t}")],
+            (Some(s), None) => vec![format!("{catalog}.{s}")],
+            _ => Vec::new(),
+        };
+        let reason = decided.as_ref().err().map(ToString::to_string);
+        self.governance.record_decision(
+            &principal,
+            vec![format!("REST {} {}", request.method, request.route)],
+            tables,
+            reason,
+        );
+        decided
+    }
+}
+
+impl PolicyAuthorizer {
+    async fn decide(
+        &self,
+        request: &tarn_rest_catalog::CatalogRequest<'_>,
+        principal: &std::sync::Arc<tarn_auth::Principal>,
+    ) -> Result<(), tarn_rest_catalog::RestError> {
+        use axum::http::Method;
+        let p = principal;
         let schema = request.params.get("namespace").map(|n| n.replace('\u{1f}', "."));
         let table = request.params.get("table");
         // The route as declared, after `/v1` (the router may be nested, e.g. under `/iceberg`).
@@ -85,6 +149,9 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
         let route = route.strip_prefix("/{prefix}").unwrap_or(route);
         let method = request.method;
         let catalog = self.lake.name().to_string();
+        if let Some(decided) = self.audit_rule(p, method, schema.as_deref()) {
+            return decided;
+        }
         let check = |operation: &str, resource: Option<serde_json::Value>, what: &str| {
             self.policy.check(p, operation, resource, what).map_err(denied)
         };
@@ -267,4 +334,65 @@ fn normalized(value: serde_json::Value) -> serde_json::Value {
         }
         other => other,
     }
+}
+
+/// `tarn policy kafka-acls`: the broker ACLs equivalent to what the configured policy grants
+/// `principals` (`USER` or `USER:ROLE,ROLE`; default the pipeline's) on `topics` (default the
+/// configured pipelines' topics).
+pub fn kafka_acls(
+    config: &Config,
+    principals: &[String],
+    topics: &[String],
+    bootstrap: Option<String>,
+) -> Result<Vec<String>> {
+    use tarn_cdc::topic_acl;
+    let policy = Policy::from_config(&config.policy)
+        .map_err(|e| anyhow::anyhow!("cannot load the policy: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no policy is configured ([policy] file or opa_url): every principal may use every topic"
+            )
+        })?;
+    let principals: Vec<tarn_auth::Principal> = if principals.is_empty() {
+        vec![topic_acl::pipeline_principal(config)]
+    } else {
+        principals
+            .iter()
+            .map(|p| {
+                let (user, roles) = p.split_once(':').unwrap_or((p, ""));
+                tarn_auth::Principal {
+                    user: user.to_string(),
+                    groups: roles
+                        .split(',')
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    method: tarn_auth::Method::Trusted,
+                }
+            })
+            .collect()
+    };
+    let topics = if topics.is_empty() {
+        topic_acl::configured_topics(config)
+    } else {
+        topics.to_vec()
+    };
+    if topics.is_empty() {
+        anyhow::bail!("no topics: pass --topic, or configure cdc.kafka.topics or cdc.sink = \"kafka\"");
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| {
+        if config.cdc.kafka.brokers.is_empty() {
+            config.cdc.publish.brokers.clone()
+        } else {
+            config.cdc.kafka.brokers.clone()
+        }
+    });
+    Ok(topic_acl::broker_acls(
+        &policy,
+        &principals,
+        &topics,
+        &bootstrap,
+        &config.cdc.kafka.group,
+        &format!("tarn-cdc-{}", config.cdc.pipeline),
+    )?)
 }

@@ -87,7 +87,7 @@ fn rest_catalog(config: &Config, session: &TarnSession) -> Option<Router> {
     let mut options = tarn_rest_catalog::RestCatalogOptions::for_config(&lake, config);
     if let Some(governance) = session.governance() {
         options.authorizer = Arc::new(crate::policy::PolicyAuthorizer::new(
-            governance.policy().clone(),
+            governance.clone(),
             lake.clone(),
         ));
     }
@@ -366,6 +366,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             shutdown.clone(),
         ));
     }
+    let closing = session.clone();
     let mut endpoints = Endpoints::start(config, session, metrics, pipeline_status, (pg, http), &shutdown)?;
     // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {
@@ -402,6 +403,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     {
         tracing::warn!("endpoints did not stop within 10s");
     }
+    crate::cli::close_session(&closing).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -87,6 +87,8 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Consumes `cdc.kafka.topics` into the lake; see the module doc.
 pub struct KafkaSource {
+    /// Topic ACLs of the pipeline's principal.
+    access: crate::topic_acl::TopicAccess,
     consumer: Arc<StreamConsumer<WatermarkContext>>,
     /// Connection settings shared by the consumer, the dead-letter producer and admin calls.
     client: ClientConfig,
@@ -192,6 +194,7 @@ impl KafkaSource {
             r.publication = String::new();
         });
         Ok(Self {
+            access: crate::topic_acl::TopicAccess::from_config(config)?,
             consumer: Arc::new(consumer),
             client,
             lake,
@@ -218,6 +221,7 @@ impl KafkaSource {
     /// consumer stays in the group, so a restart after a rebalance does not cause another).
     pub fn fresh(&self) -> Self {
         Self {
+            access: self.access.clone(),
             consumer: self.consumer.clone(),
             client: self.client.clone(),
             lake: self.lake.clone(),
@@ -398,11 +402,18 @@ impl KafkaSource {
                         format!("key `cdc.kafka.topics`: {wanted:?} is not a regular expression: {e}"),
                     )
                 })?;
-                metadata
+                let matched: Vec<_> = metadata
                     .topics()
                     .iter()
                     .filter(|t| t.error().is_none() && re.is_match(t.name()))
-                    .collect()
+                    .collect();
+                // Topic ACLs of the topics the pattern resolves to (literal names were
+                // checked when the pipeline started).
+                for topic in &matched {
+                    self.access
+                        .check(crate::topic_acl::TopicOperation::Consume, topic.name())?;
+                }
+                matched
             } else {
                 if let Some(error) = metadata
                     .topics()

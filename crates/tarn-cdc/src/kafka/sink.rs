@@ -47,6 +47,7 @@
 //! spill threshold is produced before its commit arrives, its events stamped with the time
 //! they were read instead of the commit time.
 
+use crate::topic_acl::{TopicAccess, TopicOperation};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,8 @@ pub struct KafkaSink {
     partitions: i32,
     replication: i32,
     positions_topic: String,
+    /// Topic ACLs of the pipeline's principal.
+    access: TopicAccess,
     timeout: Duration,
     flush_interval: Duration,
     /// Positions read from the positions topic at start, by `schema.table`.
@@ -163,6 +166,11 @@ impl KafkaSink {
     pub async fn connect(config: &Config, status: &PipelineStatus) -> Result<Self> {
         let cdc = &config.cdc;
         let publish = &cdc.publish;
+        // Topic ACLs: the positions topic is written and read back; tables' topics are checked
+        // as tables attach.
+        let access = TopicAccess::from_config(config)?;
+        access.check(TopicOperation::Publish, &publish.positions_topic)?;
+        access.check(TopicOperation::Consume, &publish.positions_topic)?;
         let txn_timeout = tarn_core::config::parse_duration(
             "cdc.publish.transaction_timeout",
             &publish.transaction_timeout,
@@ -225,6 +233,7 @@ impl KafkaSink {
             );
         });
         let mut sink = Self {
+            access,
             producer: Arc::new(producer),
             admin,
             brokers: publish.brokers.clone(),
@@ -734,6 +743,7 @@ impl ChangeSink for KafkaSink {
     async fn attach(&mut self, spec: Arc<TableSpec>) -> Result<Attached> {
         let encoder = Arc::new(TableEncoder::new(&self.encoding, spec.clone()));
         let topic = encoder.topic().to_string();
+        self.access.check(TopicOperation::Publish, &topic)?;
         self.ensure_topic(&topic, self.partitions, false).await?;
         let position = self.published.get(&spec.qualified()).map(|(p, _)| p.clone());
         let table = KafkaTable {

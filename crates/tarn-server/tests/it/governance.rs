@@ -17,7 +17,7 @@ use tokio_postgres::types::Type;
 /// hidden table.
 const SECRETS: [&str; 5] = ["secret.example", "hidden-us", "777777", "888888", "salar"];
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 package trino
 
 import rego.v1
@@ -54,17 +54,16 @@ columnMask := {"expression": "'****' || substr(email, strpos(email, '@') - 1, 1)
 }
 "#;
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     http: u16,
-    #[allow(dead_code)]
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Served {
     /// `GET path` with a bearer token: (status, body).
-    fn get(&self, path: &str, token: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str, token: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
         write!(
@@ -108,7 +107,7 @@ fn write_config(dir: &std::path::Path, issuer: &Issuer, port: u16, http: u16) {
 }
 
 /// The lake with its tables (written by the operator, whom no policy restricts), served.
-fn serve(issuer: &Issuer) -> (Served, i64) {
+pub(crate) fn serve(issuer: &Issuer) -> (Served, i64) {
     let dir = tempfile::Builder::new().prefix("tarn-gov-").tempdir().unwrap();
     let (port, http) = (free_port(), free_port());
     write_config(dir.path(), issuer, port, http);
@@ -167,7 +166,7 @@ fn serve(issuer: &Issuer) -> (Served, i64) {
     )
 }
 
-async fn connect(port: u16, user: &str, password: &str) -> tokio_postgres::Client {
+pub(crate) async fn connect(port: u16, user: &str, password: &str) -> tokio_postgres::Client {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")

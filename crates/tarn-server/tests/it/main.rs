@@ -3,6 +3,7 @@
 
 #[cfg(feature = "kafka")]
 mod archive;
+mod audit;
 mod catalog;
 mod catalog_kind;
 mod cdc;
@@ -15,6 +16,7 @@ mod governance;
 mod interop;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod keycloak;
 mod local_postgres;
 mod oidc;
 mod pgwire;

@@ -1,0 +1,313 @@
+//! Topic ACLs: whether a pipeline may publish to or consume from a Kafka topic, decided by the
+//! configured policy (`[policy]`) for the pipeline's principal (`cdc.principal`, with
+//! `cdc.principal_roles`), with tarn's operations `PublishToTopic` and `ConsumeFromTopic` on
+//! the resource `{"topic": {"name"}}` in Trino's contract otherwise.
+//!
+//! Checked where tarn's Kafka pipelines start — the topics `tarn ingest kafka` consumes (and
+//! the dead-letter topic it publishes to), the positions topic and each table's topic of a
+//! publishing pipeline before its first record — so a pipeline the policy does not allow
+//! refuses to start (or to open the topic), saying which topic and principal. Without a
+//! policy, everything is allowed, as for statements.
+
+use tarn_auth::{Method, Principal};
+use tarn_core::config::Config;
+use tarn_core::{Error, ErrorKind, Result};
+use tarn_policy::{Policy, PolicyError, topic_resource};
+
+/// What a pipeline does with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicOperation {
+    /// Produces records to it.
+    Publish,
+    /// Reads records from it.
+    Consume,
+}
+
+impl TopicOperation {
+    /// The operation's name in policies.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicOperation::Publish => "PublishToTopic",
+            TopicOperation::Consume => "ConsumeFromTopic",
+        }
+    }
+}
+
+/// The topic decisions of one pipeline.
+#[derive(Debug, Clone)]
+pub struct TopicAccess {
+    policy: Option<Policy>,
+    principal: Principal,
+}
+
+/// The principal a pipeline runs as: `cdc.principal` (default `pipeline:<name>`) with
+/// `cdc.principal_roles`.
+pub fn pipeline_principal(config: &Config) -> Principal {
+    let mut groups = config.cdc.principal_roles.clone();
+    groups.sort();
+    groups.dedup();
+    Principal {
+        user: config
+            .cdc
+            .principal
+            .clone()
+            .unwrap_or_else(|| format!("pipeline:{}", config.cdc.pipeline)),
+        groups,
+        method: Method::Trusted,
+    }
+}
+
+impl TopicAccess {
+    /// Decisions of `policy` (none: everything allowed) for `principal`.
+    pub fn new(policy: Option<Policy>, principal: Principal) -> Self {
+        Self { policy, principal }
+    }
+
+    /// The decisions `config` configures: its policy, for the pipeline's principal.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let policy = Policy::from_config(&config.policy)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot load the policy: {e}")))?;
+        Ok(Self::new(policy, pipeline_principal(config)))
+    }
+
+    /// The principal deciding.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// `Ok` when the principal may `operation` `topic`; a `PermissionDenied` error naming
+    /// both otherwise (also when the policy cannot decide).
+    pub fn check(&self, operation: TopicOperation, topic: &str) -> Result<()> {
+        let Some(policy) = &self.policy else { return Ok(()) };
+        let decided = policy.check(
+            &self.principal,
+            operation.name(),
+            Some(topic_resource(topic)),
+            &format!("on Kafka topic {topic:?}"),
+        );
+        match decided {
+            Ok(()) => {
+                tracing::debug!(target: "tarn::audit", user = %self.principal.user, operation = operation.name(), topic, decision = "allow", "topic authorized");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(target: "tarn::audit", user = %self.principal.user, operation = operation.name(), topic, decision = "deny", reason = %e, "topic denied");
+                let hint = match e {
+                    PolicyError::Denied(_) => format!(
+                        " (the pipeline runs as {}: set cdc.principal and cdc.principal_roles, or grant {} on the topic in the policy)",
+                        self.principal,
+                        operation.name()
+                    ),
+                    _ => String::new(),
+                };
+                Err(Error::new(ErrorKind::PermissionDenied, format!("{e}{hint}")))
+            }
+        }
+    }
+
+    /// [`Self::check`] for the topics `cdc.kafka.topics` names literally (a `^regex` is
+    /// checked per matching topic when the consumer resolves it), and the dead-letter topic.
+    pub fn check_ingest(&self, config: &Config) -> Result<()> {
+        let kafka = &config.cdc.kafka;
+        for topic in kafka.topics.iter().filter(|t| !t.starts_with('^')) {
+            self.check(TopicOperation::Consume, topic)?;
+        }
+        if !kafka.archive && kafka.format != "json" {
+            self.check(TopicOperation::Publish, &kafka.dead_letter_topic())?;
+        }
+        Ok(())
+    }
+}
+
+/// The topics the pipelines of `config` use: what `tarn ingest kafka` consumes (literal names)
+/// and its dead-letter topic; what a publishing pipeline writes (`<topic_prefix>.*`, a prefix)
+/// and its positions topic. A name ending in `*` stands for a prefix.
+pub fn configured_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    let kafka = &config.cdc.kafka;
+    topics.extend(kafka.topics.iter().filter(|t| !t.starts_with('^')).cloned());
+    if !topics.is_empty() {
+        topics.push(kafka.dead_letter_topic());
+    }
+    if config.cdc.sink.contains("kafka") {
+        let prefix = config
+            .cdc
+            .publish
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| config.cdc.pipeline.clone());
+        topics.push(format!("{prefix}.*"));
+        topics.push(config.cdc.publish.positions_topic.clone());
+    }
+    topics.dedup();
+    topics
+}
+
+/// The broker ACLs equivalent to what `policy` grants `principals` on `topics`: one
+/// `kafka-acls.sh` command line per principal, topic and operation granted (`Read` and
+/// `Describe` for `ConsumeFromTopic`, plus `Read` on the consumer group `group`; `Write` and
+/// `Describe` for `PublishToTopic`, plus the pipeline's transactional id). A topic ending in
+/// `*` is asked of the policy as written and becomes a `prefixed` ACL.
+pub fn broker_acls(
+    policy: &Policy,
+    principals: &[Principal],
+    topics: &[String],
+    bootstrap: &str,
+    group: &str,
+    transactional_id: &str,
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for principal in principals {
+        let base = format!(
+            "kafka-acls.sh --bootstrap-server {bootstrap} --add --allow-principal User:{}",
+            principal.user
+        );
+        let (mut consumes, mut publishes) = (false, false);
+        for topic in topics {
+            let pattern = match topic.strip_suffix('*') {
+                Some(prefix) => format!("--resource-pattern-type prefixed --topic {prefix}"),
+                None => format!("--topic {topic}"),
+            };
+            for operation in [TopicOperation::Consume, TopicOperation::Publish] {
+                let allowed = policy
+                    .allows(principal, operation.name(), Some(topic_resource(topic)))
+                    .map_err(|e| Error::new(ErrorKind::PermissionDenied, e.to_string()))?;
+                if !allowed {
+                    continue;
+                }
+                let kafka_operation = match operation {
+                    TopicOperation::Consume => {
+                        consumes = true;
+                        "Read"
+                    }
+                    TopicOperation::Publish => {
+                        publishes = true;
+                        "Write"
+                    }
+                };
+                lines.push(format!(
+                    "{base} --operation {kafka_operation} --operation Describe {pattern}"
+                ));
+            }
+        }
+        if consumes {
+            lines.push(format!("{base} --operation Read --group {group}"));
+        }
+        if publishes {
+            lines.push(format!(
+                "{base} --operation Write --operation Describe --transactional-id {transactional_id}"
+            ));
+        }
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn access(user: &str, roles: &[&str]) -> TopicAccess {
+        let rego = tarn_policy::role_file::compile(
+            "topics.toml",
+            r#"
+[roles.ingest]
+topics = [{ name = "orders", allow = ["consume"] }, { name = "orders.dlq", allow = ["publish"] }]
+[roles.publisher]
+topics = [{ name = "shop.*", allow = ["publish"] }]
+"#,
+            "trino",
+        )
+        .unwrap();
+        let policy =
+            tarn_policy::RegoPolicy::from_sources(vec![("topics.rego".into(), rego)], "trino").unwrap();
+        let mut config = Config::defaults(".");
+        config.cdc.principal = Some(user.into());
+        config.cdc.principal_roles = roles.iter().map(|r| r.to_string()).collect();
+        TopicAccess::new(Some(Policy::new(Arc::new(policy))), pipeline_principal(&config))
+    }
+
+    #[test]
+    fn topic_operations_are_decided_by_the_policy_for_the_pipeline_principal() {
+        let ingest = access("etl", &["ingest"]);
+        ingest.check(TopicOperation::Consume, "orders").unwrap();
+        let e = ingest.check(TopicOperation::Publish, "orders").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        let message = e.to_string();
+        assert!(
+            message.contains("PublishToTopic") && message.contains("\"orders\"") && message.contains("etl"),
+            "{message}"
+        );
+        let publisher = access("cdc", &["publisher"]);
+        publisher
+            .check(TopicOperation::Publish, "shop.public.orders")
+            .unwrap();
+        assert!(
+            publisher
+                .check(TopicOperation::Consume, "shop.public.orders")
+                .is_err()
+        );
+        assert!(
+            publisher
+                .check(TopicOperation::Publish, "other.public.orders")
+                .is_err()
+        );
+        // No role, nothing; no policy, everything.
+        assert!(
+            access("nobody", &[])
+                .check(TopicOperation::Consume, "orders")
+                .is_err()
+        );
+        let open = TopicAccess::new(None, pipeline_principal(&Config::defaults(".")));
+        open.check(TopicOperation::Publish, "anything").unwrap();
+        assert_eq!(open.principal().user, "pipeline:main");
+    }
+
+    #[test]
+    fn broker_acls_list_what_the_policy_grants_each_principal() {
+        let etl = access("etl", &["ingest"]).principal().clone();
+        let cdc = access("cdc", &["publisher"]).principal().clone();
+        let nobody = access("nobody", &[]).principal().clone();
+        let policy = access("x", &[]).policy.unwrap();
+        let topics = ["orders".to_string(), "orders.dlq".into(), "shop.*".into()];
+        let lines = broker_acls(
+            &policy,
+            &[etl, cdc, nobody],
+            &topics,
+            "kafka:9092",
+            "orders",
+            "tarn-cdc-main",
+        )
+        .unwrap();
+        let base = "kafka-acls.sh --bootstrap-server kafka:9092 --add --allow-principal";
+        assert_eq!(
+            lines,
+            [
+                format!("{base} User:etl --operation Read --operation Describe --topic orders"),
+                format!("{base} User:etl --operation Write --operation Describe --topic orders.dlq"),
+                format!("{base} User:etl --operation Read --group orders"),
+                format!(
+                    "{base} User:etl --operation Write --operation Describe --transactional-id tarn-cdc-main"
+                ),
+                format!(
+                    "{base} User:cdc --operation Write --operation Describe --resource-pattern-type prefixed --topic shop."
+                ),
+                format!(
+                    "{base} User:cdc --operation Write --operation Describe --transactional-id tarn-cdc-main"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn ingest_checks_the_configured_topics_and_the_dead_letter_topic() {
+        let mut config = Config::defaults(".");
+        config.cdc.kafka.topics = vec!["orders".into()];
+        config.cdc.kafka.group = "orders".into();
+        access("etl", &["ingest"]).check_ingest(&config).unwrap();
+        config.cdc.kafka.topics = vec!["orders".into(), "payments".into()];
+        let e = access("etl", &["ingest"]).check_ingest(&config).unwrap_err();
+        assert!(e.to_string().contains("\"payments\""), "{e}");
+    }
+}
