@@ -5,7 +5,8 @@
 //! `INSERT` goes through DataFusion's planner (type coercion, column mapping) into
 //! [`crate::provider::LakeTable::insert_into`]. `CREATE SCHEMA`, `CREATE TABLE` (with tarn's
 //! `PARTITIONED BY` / `SORTED BY`), `CREATE TABLE AS SELECT`, `DROP TABLE` and `DROP SCHEMA`
-//! are handled here as catalog operations. Every statement that writes is one Iceberg commit;
+//! are handled here as catalog operations. `DELETE`, `UPDATE` and `MERGE` are planned and
+//! committed by [`crate::row_level`]. Every statement that writes is one Iceberg commit;
 //! a failing `CREATE TABLE AS SELECT` drops the table it created.
 
 use std::collections::HashMap;
@@ -66,11 +67,11 @@ impl std::fmt::Debug for Output {
 /// A SQL session over one lake.
 #[derive(Clone)]
 pub struct TarnSession {
-    ctx: SessionContext,
-    lake: Lake,
-    catalog: Arc<LakeCatalogProvider>,
+    pub(crate) ctx: SessionContext,
+    pub(crate) lake: Lake,
+    pub(crate) catalog: Arc<LakeCatalogProvider>,
     /// The policy every plan passes ([`crate::governance`]); none: everything is allowed.
-    governance: Option<Arc<Governance>>,
+    pub(crate) governance: Option<Arc<Governance>>,
     /// Who statements run for, when this session says (`tarn sql --as`); otherwise whoever
     /// the calling task runs for ([`crate::governance::with_principal`]).
     principal: Option<Arc<Principal>>,
@@ -199,6 +200,7 @@ impl TarnSession {
                 | Statement::Insert(_)
                 | Statement::Delete(_)
                 | Statement::Update { .. }
+                | Statement::Merge(_)
                 | Statement::Explain { .. }
                 | Statement::ExplainTable { .. }
                 | Statement::Set(_)
@@ -361,6 +363,11 @@ impl TarnSession {
             self.authorize_plan(explain.statement.as_ref().clone()).await?;
         }
         if let DFStatement::Statement(s) = &parsed
+            && let Some(output) = self.run_row_level(s).await?
+        {
+            return Ok(output);
+        }
+        if let DFStatement::Statement(s) = &parsed
             && let Some(output) = self.run_catalog_statement(s).await?
         {
             self.catalog.refresh().await?;
@@ -491,7 +498,7 @@ impl TarnSession {
                 let layout = TableLayout {
                     partition: statement.partition.clone(),
                     sort: statement.sort.clone(),
-                    properties: HashMap::new(),
+                    properties: statement.properties.clone().into_iter().collect(),
                 };
                 self.lake.create_table(&ident, &schema, &layout).await?;
                 self.catalog.refresh().await?;
@@ -590,7 +597,7 @@ impl TarnSession {
 
     /// Records the lake tables `input` reads as upstream of `target` (see [`crate::lineage`]).
     /// The statement has committed: a failure here is logged, not returned.
-    async fn record_lineage(&self, target: &TableIdent, input: &LogicalPlan) {
+    pub(crate) async fn record_lineage(&self, target: &TableIdent, input: &LogicalPlan) {
         let read: std::collections::BTreeSet<String> = crate::lineage::scanned_tables(input)
             .iter()
             .filter_map(|r| self.reference_ident(r).ok())
@@ -642,7 +649,7 @@ impl TarnSession {
         })
     }
 
-    fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
+    pub(crate) fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
         let reference = TableReference::from(name.to_string().as_str());
         self.reference_ident(&reference)
     }
@@ -701,7 +708,7 @@ fn with_names(stream: SendableRecordBatchStream, names: &ResultNames) -> Sendabl
     ))
 }
 
-fn command(tag: &str, rows: Option<u64>) -> Output {
+pub(crate) fn command(tag: &str, rows: Option<u64>) -> Output {
     Output::Command {
         tag: match rows {
             Some(n) => format!("{tag} {n}"),
