@@ -301,7 +301,7 @@ impl Parsed {
             let Some(i) = columns.iter().position(|c| *c == column) else {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("column \"{column}\" not found in table {}", self.target),
+                    format!("column \"{column}\" not found in relation {}", self.target),
                 ));
             };
             if out.insert(i, format!("({})", assignment.value)).is_some() {
@@ -460,7 +460,7 @@ impl Parsed {
                                 let Some(i) = columns.iter().position(|c| c == target) else {
                                     return Err(Error::new(
                                         ErrorKind::InvalidInput,
-                                        format!("column \"{target}\" not found in table {}", self.target),
+                                        format!("column \"{target}\" not found in relation {}", self.target),
                                     ));
                                 };
                                 if values[i].iter().any(|(c, _)| *c == code) {
