@@ -27,11 +27,21 @@
 //! delta; `copy-on-write` rewrites every data file holding an affected row without it (and with
 //! the new rows) and commits an overwrite that replaces those files.
 //!
-//! Conflicts are serializable: the commit lands only if every snapshot committed since the one
-//! the statement read is an `append` (new rows only, e.g. a CDC batch of inserts, which a blind
-//! writer orders after this statement). Any other commit meanwhile — a CDC pipeline's updates or
-//! deletes, another statement, a compaction — may have changed or removed rows the statement
-//! read, so the statement is re-run on the new snapshot, up to [`ATTEMPTS`] times, then fails
+//! Conflicts are serializable. The statement read snapshot S; its commit carries a
+//! [`CommitGuard`] that validates every snapshot committed since S against what the statement
+//! did, on each attempt of the compare-and-swap, so the commit lands only on validated ones:
+//!
+//! - an `append` (new rows only) never conflicts: the statement did not read those rows, and
+//!   the appender did not read what the statement writes, so the statement orders before it;
+//! - a compaction (`replace`: the same rows in other files) or a commit of tarn's CDC sink
+//!   (blind writes of the source's changes) conflicts only when it deleted one of the rows the
+//!   statement deletes or rewrites, or added equality deletes — a CDC pipeline updating other
+//!   rows of the same files does not hold the statement up;
+//! - any other commit (another statement, another engine) may have read and changed anything
+//!   the statement read, and conflicts;
+//! - files the statement deletes from must still be live (the commit itself checks).
+//!
+//! On a conflict the statement re-runs on the new snapshot, up to [`ATTEMPTS`] times, then fails
 //! with a commit conflict (SQLSTATE 40001). A concurrent change is never overwritten.
 //!
 //! A target row matched by more than one source row of an `UPDATE ... FROM` or a `MERGE` is an
@@ -554,42 +564,6 @@ impl Changes {
     }
 }
 
-/// A guard passing only when every snapshot after `base` (up to the one the commit lands on) is
-/// an append (see the module doc).
-fn serializable_guard(kind: Kind, ident: TableIdent, base: Option<i64>) -> CommitGuard {
-    CommitGuard::new(move |current: &Table| {
-        let metadata = current.metadata();
-        let mut id = metadata.current_snapshot_id();
-        while id != base {
-            let snapshot = id.and_then(|i| metadata.snapshot_by_id(i));
-            let Some(snapshot) = snapshot else {
-                return Err(Error::new(
-                    ErrorKind::CommitConflict,
-                    format!(
-                        "{} of {ident} read snapshot {}, which is no longer in the table's history",
-                        kind.name(),
-                        base.map_or("none".into(), |b| b.to_string())
-                    ),
-                ));
-            };
-            let operation = &snapshot.summary().operation;
-            if *operation != Operation::Append {
-                return Err(Error::new(
-                    ErrorKind::CommitConflict,
-                    format!(
-                        "{} of {ident} conflicts with snapshot {} ({}), committed after the snapshot it read",
-                        kind.name(),
-                        snapshot.snapshot_id(),
-                        operation.as_str()
-                    ),
-                ));
-            }
-            id = snapshot.parent_snapshot_id();
-        }
-        Ok(HashMap::new())
-    })
-}
-
 impl TarnSession {
     /// Runs `statement` if it is a `DELETE`, `UPDATE` or `MERGE`; `None` for other statements.
     pub(crate) async fn run_row_level(&self, statement: &Statement) -> Result<Option<Output>> {
@@ -759,37 +733,36 @@ impl TarnSession {
         if changes.deletes.is_empty() && changes.inserted == 0 {
             return Ok(command(parsed.kind.name(), Some(count)));
         }
-        let base = table.metadata().current_snapshot_id();
-        let guard = serializable_guard(parsed.kind, ident.clone(), base);
-        let summary = HashMap::from([(
+        let mut summary = HashMap::from([(
             "tarn.statement".to_string(),
             parsed.kind.name().to_ascii_lowercase(),
         )]);
+        if let Some(read) = table.metadata().current_snapshot_id() {
+            // The snapshot the statement read: its parent when nothing landed in between.
+            summary.insert("tarn.statement.read-snapshot-id".to_string(), read.to_string());
+        }
         let referenced: HashSet<String> = changes.deletes.iter().map(|(p, _)| p.to_string()).collect();
-        let committed = match mode {
+        let ours = changes.deletes.clone();
+        let mut written: Vec<String> = Vec::new();
+        let change = match mode {
             WriteMode::MergeOnRead => {
                 let data_files = changes.writer.close().await?;
-                let delete_files =
-                    tarn_lake::write_position_deletes(&table, &prefix, changes.deletes).await?;
-                let written: Vec<String> = data_files
-                    .iter()
-                    .chain(&delete_files)
-                    .map(|f| f.file_path().to_string())
-                    .collect();
-                let committed = self
-                    .lake
-                    .commit_row_delta_guarded(
-                        &table,
-                        RowDelta {
-                            data_files,
-                            delete_files,
-                            referenced_data_files: referenced,
-                            summary,
-                        },
-                        Some(&guard),
-                    )
-                    .await;
-                (committed, written)
+                written.extend(data_files.iter().map(|f| f.file_path().to_string()));
+                let delete_files = tarn_lake::write_position_deletes(&table, &prefix, changes.deletes).await;
+                let delete_files = match delete_files {
+                    Ok(files) => files,
+                    Err(e) => {
+                        self.delete_files(&written).await;
+                        return Err(e);
+                    }
+                };
+                written.extend(delete_files.iter().map(|f| f.file_path().to_string()));
+                Change::RowDelta(RowDelta {
+                    data_files,
+                    delete_files,
+                    referenced_data_files: referenced.clone(),
+                    summary,
+                })
             }
             WriteMode::CopyOnWrite => {
                 let mut writer = changes.writer;
@@ -803,6 +776,7 @@ impl TarnSession {
                 )
                 .await?;
                 let added = writer.close().await?;
+                written.extend(added.iter().map(|f| f.file_path().to_string()));
                 let live = self.lake.current_data_files(&table).await?;
                 let removed = referenced
                     .iter()
@@ -817,37 +791,160 @@ impl TarnSession {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let written: Vec<String> = added.iter().map(|f| f.file_path().to_string()).collect();
-                let committed = self
-                    .lake
-                    .commit_overwrite_guarded(
-                        &table,
-                        Overwrite {
-                            removed_data_files: removed,
-                            removed_delete_files: Vec::new(),
-                            added_data_files: added,
-                            summary,
-                        },
-                        Some(&guard),
-                    )
-                    .await;
-                (committed, written)
+                Change::Overwrite(Overwrite {
+                    removed_data_files: removed,
+                    removed_delete_files: Vec::new(),
+                    added_data_files: added,
+                    summary,
+                })
             }
         };
-        match committed {
-            (Ok(_), _) => {}
-            (Err(e), written) => {
-                for path in written {
-                    if let Err(cleanup) = self.lake.file_io().delete(&path).await {
-                        tracing::warn!(file = %path, error = %cleanup, "cannot delete a file of a failed statement");
-                    }
-                }
-                return Err(e);
-            }
+        if let Err(e) = self
+            .commit_serializable(parsed.kind, &table, change, ours, referenced)
+            .await
+        {
+            self.delete_files(&written).await;
+            return Err(e);
         }
         self.record_lineage(ident, &plan).await;
         Ok(command(parsed.kind.name(), Some(count)))
     }
+}
+
+/// What a statement commits.
+enum Change {
+    RowDelta(RowDelta),
+    Overwrite(Overwrite),
+}
+
+/// The summary key tarn's CDC sink records its pipeline under (`tarn_cdc`'s
+/// `SUMMARY_PIPELINE`): its commits are blind writes of the source's changes.
+const CDC_PIPELINE_KEY: &str = "tarn.cdc.pipeline";
+
+impl TarnSession {
+    /// Commits `change`, planned on `base`, serializably (see the module doc): a guard validates
+    /// every snapshot committed since `base` with [`check_concurrent`] before the commit lands
+    /// on it; a real conflict is a [`ErrorKind::CommitConflict`] error, on which the statement
+    /// re-runs.
+    async fn commit_serializable(
+        &self,
+        kind: Kind,
+        base: &Table,
+        change: Change,
+        ours: Vec<(Arc<str>, u64)>,
+        referenced: HashSet<String>,
+    ) -> Result<()> {
+        let validated = Arc::new(tokio::sync::Mutex::new(base.metadata().current_snapshot_id()));
+        let (ours, referenced) = (Arc::new(ours), Arc::new(referenced));
+        let lake = self.lake.clone();
+        let guard = CommitGuard::new_async(move |current: Table| {
+            let (lake, validated, ours, referenced) =
+                (lake.clone(), validated.clone(), ours.clone(), referenced.clone());
+            async move {
+                let mut validated = validated.lock().await;
+                check_concurrent(&lake, kind, *validated, &current, &ours, &referenced).await?;
+                // The next attempt (after a lost race) validates only what landed since.
+                *validated = current.metadata().current_snapshot_id();
+                Ok(HashMap::new())
+            }
+        });
+        match change {
+            Change::RowDelta(delta) => {
+                self.lake
+                    .commit_row_delta_guarded(base, delta, Some(&guard))
+                    .await?;
+            }
+            Change::Overwrite(overwrite) => {
+                self.lake
+                    .commit_overwrite_guarded(base, overwrite, Some(&guard))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes files a failed statement wrote (best effort: orphan removal finds any left).
+    async fn delete_files(&self, paths: &[String]) {
+        for path in paths {
+            if let Err(e) = self.lake.file_io().delete(path).await {
+                tracing::warn!(file = %path, error = %e, "cannot delete a file of a failed statement");
+            }
+        }
+    }
+}
+
+/// Whether the snapshots committed after snapshot `from` (the one the statement read, or the
+/// last one validated) up to `current` leave the statement's reads valid: appends always do; a
+/// compaction (`replace`) or a CDC commit does unless it deleted one of the rows the statement
+/// deletes or rewrites (`ours`, in the data files `referenced`) or added equality deletes; any
+/// other commit (another statement, another engine) may have read and changed anything, so it
+/// conflicts.
+async fn check_concurrent(
+    lake: &Lake,
+    kind: Kind,
+    from: Option<i64>,
+    current: &Table,
+    ours: &[(Arc<str>, u64)],
+    referenced: &HashSet<String>,
+) -> Result<()> {
+    let ident = current.identifier();
+    let metadata = current.metadata();
+    let conflict = |why: String| {
+        Error::new(
+            ErrorKind::CommitConflict,
+            format!(
+                "{} of {ident} conflicts with a concurrent commit: {why}",
+                kind.name()
+            ),
+        )
+    };
+    let mut id = metadata.current_snapshot_id();
+    let mut rows_to_check = false;
+    while id != from {
+        let Some(snapshot) = id.and_then(|i| metadata.snapshot_by_id(i)) else {
+            return Err(conflict(format!(
+                "snapshot {} it read is no longer in the table's history",
+                from.map_or("none".into(), |b| b.to_string())
+            )));
+        };
+        let summary = snapshot.summary();
+        match summary.operation {
+            Operation::Append => {}
+            Operation::Replace => rows_to_check = true,
+            _ if summary.additional_properties.contains_key(CDC_PIPELINE_KEY) => rows_to_check = true,
+            ref other => {
+                return Err(conflict(format!(
+                    "snapshot {} ({}) changed rows after the snapshot it read",
+                    snapshot.snapshot_id(),
+                    other.as_str()
+                )));
+            }
+        }
+        id = snapshot.parent_snapshot_id();
+    }
+    if !rows_to_check {
+        return Ok(());
+    }
+    let since = from
+        .and_then(|id| metadata.snapshot_by_id(id))
+        .map_or(0, |s| s.sequence_number());
+    let deleted = lake.deletes_since(current, since, referenced).await?;
+    if let Some(file) = deleted.equality_files.first() {
+        return Err(conflict(format!(
+            "equality delete file {file} may delete the rows it changes"
+        )));
+    }
+    if let Some((path, pos)) = ours.iter().find(|(path, pos)| {
+        deleted
+            .positions
+            .get(path.as_ref())
+            .is_some_and(|gone| gone.contains(pos))
+    }) {
+        return Err(conflict(format!(
+            "row {pos} of data file {path} was changed meanwhile"
+        )));
+    }
+    Ok(())
 }
 
 /// Adds the changes of one batch of the read query to `changes`.
