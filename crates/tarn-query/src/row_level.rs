@@ -982,26 +982,23 @@ async fn collect_batch(
     };
     let mut keep = Vec::with_capacity(rows);
     for (i, action) in actions.iter().enumerate() {
-        match action {
-            Some(RowAction::Delete | RowAction::Update) => {
-                if files.is_null(i) || positions.is_null(i) {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        "an affected row came without its data file and position",
-                    ));
-                }
-                let path = files.value(i);
-                let path = match paths.get(path) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p: Arc<str> = Arc::from(path);
-                        paths.insert(path.to_string(), p.clone());
-                        p
-                    }
-                };
-                changes.deletes.push((path, positions.value(i) as u64));
+        if let Some(RowAction::Delete | RowAction::Update) = action {
+            if files.is_null(i) || positions.is_null(i) {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "an affected row came without its data file and position",
+                ));
             }
-            _ => {}
+            let path = files.value(i);
+            let path = match paths.get(path) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<str> = Arc::from(path);
+                    paths.insert(path.to_string(), p.clone());
+                    p
+                }
+            };
+            changes.deletes.push((path, positions.value(i) as u64));
         }
         match action {
             Some(RowAction::Delete) => changes.deleted += 1,
