@@ -376,6 +376,10 @@ impl Pass<'_> {
                     WriteOp::Ctas => "CreateTable",
                     WriteOp::Truncate => "TruncateTable",
                 };
+                if matches!(dml.op, WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace)) {
+                    // An overwrite removes the rows it replaces.
+                    self.check("DeleteFromTable", Some(table.resource(None)), &table.to_string())?;
+                }
                 let resource = if operation == "UpdateTableColumns" {
                     let columns: Vec<String> = dml
                         .target

@@ -633,16 +633,21 @@ impl TableProvider for LakeTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} into Iceberg table {} is not supported; use INSERT INTO",
-                self.ident
-            )));
-        }
+        let overwrite = match insert_op {
+            InsertOp::Append => false,
+            InsertOp::Overwrite => true,
+            InsertOp::Replace => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "{insert_op} into Iceberg table {} is not supported; use INSERT INTO or INSERT OVERWRITE",
+                    self.ident
+                )));
+            }
+        };
         Ok(Arc::new(LakeInsertExec::new(
             self.lake.clone(),
             self.ident.clone(),
             input,
+            overwrite,
         )))
     }
 }
@@ -706,11 +711,14 @@ pub(crate) fn only_child(
     Ok(child)
 }
 
-/// Writes its input into a table and commits it as one snapshot; outputs the row count.
+/// Writes its input into a table and commits it as one snapshot; outputs the row count. With
+/// `overwrite` (`INSERT OVERWRITE`) the commit replaces the partitions the rows fall into
+/// ([`crate::write::write_and_overwrite`]).
 pub struct LakeInsertExec {
     lake: Lake,
     ident: TableIdent,
     input: Arc<dyn ExecutionPlan>,
+    overwrite: bool,
     properties: Arc<PlanProperties>,
 }
 
@@ -725,7 +733,7 @@ pub(crate) fn count_schema() -> SchemaRef {
 }
 
 impl LakeInsertExec {
-    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>) -> Self {
+    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>, overwrite: bool) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(count_schema()),
             Partitioning::UnknownPartitioning(1),
@@ -736,6 +744,7 @@ impl LakeInsertExec {
             lake,
             ident,
             input,
+            overwrite,
             properties,
         }
     }
@@ -743,7 +752,11 @@ impl LakeInsertExec {
 
 impl DisplayAs for LakeInsertExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LakeInsertExec: table={}", self.ident)
+        write!(
+            f,
+            "LakeInsertExec: table={} overwrite={}",
+            self.ident, self.overwrite
+        )
     }
 }
 
@@ -773,7 +786,12 @@ impl ExecutionPlan for LakeInsertExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let child = only_child("LakeInsertExec", children)?;
-        Ok(Arc::new(Self::new(self.lake.clone(), self.ident.clone(), child)))
+        Ok(Arc::new(Self::new(
+            self.lake.clone(),
+            self.ident.clone(),
+            child,
+            self.overwrite,
+        )))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
@@ -788,15 +806,14 @@ impl ExecutionPlan for LakeInsertExec {
             .collect::<DFResult<Vec<_>>>()?;
         let lake = self.lake.clone();
         let ident = self.ident.clone();
+        let overwrite = self.overwrite;
         let once = futures::stream::once(async move {
-            let outcome = write_and_commit(
-                &lake,
-                &ident,
-                streams,
-                HashMap::new(),
-                Arc::new(WriteProgress::default()),
-            )
-            .await
+            let progress = Arc::new(WriteProgress::default());
+            let outcome = if overwrite {
+                crate::write::write_and_overwrite(&lake, &ident, streams, progress).await
+            } else {
+                write_and_commit(&lake, &ident, streams, HashMap::new(), progress).await
+            }
             .map_err(df_error)?;
             let rows: ArrayRef = Arc::new(UInt64Array::from(vec![outcome.rows]));
             Ok(RecordBatch::try_new(count_schema(), vec![rows])?)
