@@ -5,7 +5,8 @@
 //! `INSERT` goes through DataFusion's planner (type coercion, column mapping) into
 //! [`crate::provider::LakeTable::insert_into`]. `CREATE SCHEMA`, `CREATE TABLE` (with tarn's
 //! `PARTITIONED BY` / `SORTED BY`), `CREATE TABLE AS SELECT`, `DROP TABLE` and `DROP SCHEMA`
-//! are handled here as catalog operations. `DELETE`, `UPDATE` and `MERGE` are planned and
+//! are handled here as catalog operations; `CREATE OR REPLACE TABLE` of an existing table
+//! replaces its rows in one overwrite commit. `DELETE`, `UPDATE` and `MERGE` are planned and
 //! committed by [`crate::row_level`]. Every statement that writes is one Iceberg commit;
 //! a failing `CREATE TABLE AS SELECT` drops the table it created.
 
@@ -465,11 +466,8 @@ impl TarnSession {
                 let ident = self.reference_ident(&create.name)?;
                 let (resource, what) = self.table_resource(&ident);
                 self.check("CreateTable", resource, &what)?;
-                if create.or_replace {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("CREATE OR REPLACE TABLE is not supported for {ident}: drop it first"),
-                    ));
+                if create.or_replace && self.lake.table_exists(&ident).await? {
+                    return self.replace_table(&ident, &create, statement, names).await;
                 }
                 if self.lake.table_exists(&ident).await? {
                     if create.if_not_exists {
@@ -593,6 +591,63 @@ impl TarnSession {
                 }))
             }
         }
+    }
+
+    /// `CREATE OR REPLACE TABLE t [AS query]` of an existing table with the same columns: its
+    /// rows are replaced by the query's (none without one) in one overwrite commit, so readers
+    /// see the old rows or the new ones, and the table keeps its history. Changing the columns
+    /// or the layout this way is refused (drop the table first).
+    async fn replace_table(
+        &self,
+        ident: &TableIdent,
+        create: &datafusion::logical_expr::CreateMemoryTable,
+        statement: &RewrittenStatement,
+        names: Option<&ResultNames>,
+    ) -> Result<Output> {
+        let (resource, what) = self.table_resource(ident);
+        self.check("DropTable", resource, &what)?;
+        if !statement.partition.is_empty() || !statement.sort.is_empty() || !statement.properties.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "CREATE OR REPLACE TABLE with PARTITIONED BY, SORTED BY or TBLPROPERTIES is not supported for {ident}: drop it first"
+                ),
+            ));
+        }
+        let mut columns = create.input.schema().inner().clone();
+        if let Some(names) = names {
+            columns = names.apply_to_schema(&columns);
+        }
+        let wanted = lake_schema(&columns)?;
+        let table = self.lake.load_table(ident).await?;
+        let existing = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(|e| tarn_lake::iceberg_error(format!("cannot map the schema of {ident}"), e))?;
+        let same = wanted.fields().len() == existing.fields().len()
+            && wanted.fields().iter().zip(existing.fields()).all(|(w, e)| {
+                w.name() == e.name()
+                    && w.is_nullable() == e.is_nullable()
+                    && lake_type_matches(w.data_type(), e.data_type())
+            });
+        if !same {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "CREATE OR REPLACE TABLE {ident} would change its columns, which is not supported: drop it first"
+                ),
+            ));
+        }
+        let df = DataFrame::new(self.ctx.state(), create.input.as_ref().clone());
+        let streams = df.execute_stream_partitioned().await.map_err(from_df_error)?;
+        let outcome = crate::write::write_and_overwrite(
+            &self.lake,
+            ident,
+            streams,
+            crate::write::OverwriteScope::Table,
+            Arc::new(WriteProgress::default()),
+        )
+        .await?;
+        self.record_lineage(ident, create.input.as_ref()).await;
+        Ok(command("SELECT", Some(outcome.rows)))
     }
 
     /// Records the lake tables `input` reads as upstream of `target` (see [`crate::lineage`]).
@@ -730,6 +785,21 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Whether a column of type `wanted` (a [`lake_schema`] type) is stored as a column the
+/// table's schema reads as `existing`.
+fn lake_type_matches(wanted: &DataType, existing: &DataType) -> bool {
+    use DataType as T;
+    wanted == existing
+        || matches!(
+            (wanted, existing),
+            (T::LargeBinary | T::Binary, T::LargeBinary | T::Binary) | (T::Utf8, T::LargeUtf8)
+        )
+        || match (wanted, existing) {
+            (T::List(a), T::List(b)) => lake_type_matches(a.data_type(), b.data_type()),
+            _ => false,
+        }
 }
 
 /// The schema a table gets for rows of `schema`: every type mapped to one Iceberg has.

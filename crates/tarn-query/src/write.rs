@@ -76,12 +76,23 @@ pub async fn write_and_commit(
     })
 }
 
-/// Writes every stream of `streams` into `ident` and replaces, in one commit, the partitions
-/// the rows fall into (the whole table when it has no partitions): see the module doc.
+/// What an overwrite replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverwriteScope {
+    /// The partitions the new rows fall into (`INSERT OVERWRITE`); the whole table when it
+    /// has no partitions.
+    Partitions,
+    /// Every row (`CREATE OR REPLACE TABLE ... AS`).
+    Table,
+}
+
+/// Writes every stream of `streams` into `ident` and replaces, in one commit, what `scope`
+/// says: see the module doc.
 pub async fn write_and_overwrite(
     lake: &Lake,
     ident: &TableIdent,
     streams: Vec<SendableRecordBatchStream>,
+    scope: OverwriteScope,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
     let (table, files) = write_files(lake, ident, streams, progress).await?;
@@ -89,7 +100,7 @@ pub async fn write_and_overwrite(
     let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     let count = files.len();
     let metadata = table.metadata();
-    let whole = metadata.default_partition_spec().is_unpartitioned();
+    let whole = scope == OverwriteScope::Table || metadata.default_partition_spec().is_unpartitioned();
     if !whole && metadata.partition_specs_iter().count() > 1 {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -104,7 +115,14 @@ pub async fn write_and_overwrite(
         removed_data_files: live_data.into_iter().filter(|f| in_replaced(f)).collect(),
         removed_delete_files: live_deletes.into_iter().filter(|f| in_replaced(f)).collect(),
         added_data_files: files,
-        summary: HashMap::from([("tarn.statement".to_string(), "insert-overwrite".to_string())]),
+        summary: HashMap::from([(
+            "tarn.statement".to_string(),
+            match scope {
+                OverwriteScope::Partitions => "insert-overwrite",
+                OverwriteScope::Table => "replace-table",
+            }
+            .to_string(),
+        )]),
     };
     let committed = lake.commit_overwrite(&table, overwrite).await?;
     metrics::counter!("tarn_data_files_written_total").increment(count as u64);
