@@ -66,6 +66,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
@@ -114,17 +115,35 @@ impl RowDelta {
 /// that stays), and the properties it returns go into the new snapshot's summary (caller keys
 /// of the change's own summary are overridden). Writers that share a table use it to fence
 /// each other: the CDC sink checks that no other worker advanced the source positions it is
-/// about to record, and records its positions merged with the ones the table holds.
+/// about to record, and records its positions merged with the ones the table holds; a
+/// row-level SQL statement checks what the snapshots committed since it read the table deleted
+/// (an async check, [`CommitGuard::new_async`]).
 #[derive(Clone)]
 pub struct CommitGuard(Arc<GuardFn>);
 
 /// What a [`CommitGuard`] runs: the table the commit lands on → summary properties, or why not.
-type GuardFn = dyn Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync;
+type GuardFn = dyn Fn(&Table) -> BoxFuture<'static, Result<HashMap<String, String>>> + Send + Sync;
 
 impl CommitGuard {
     /// A guard running `check`.
     pub fn new(check: impl Fn(&Table) -> Result<HashMap<String, String>> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(check))
+        Self(Arc::new(move |table: &Table| {
+            let checked = check(table);
+            Box::pin(async move { checked })
+        }))
+    }
+
+    /// A guard running `check`, which may read the table's files.
+    pub fn new_async<F, Fut>(check: F) -> Self
+    where
+        F: Fn(Table) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<HashMap<String, String>>> + Send + 'static,
+    {
+        Self(Arc::new(move |table: &Table| Box::pin(check(table.clone()))))
+    }
+
+    async fn check(&self, table: &Table) -> Result<HashMap<String, String>> {
+        (self.0)(table).await
     }
 }
 
@@ -791,7 +810,10 @@ impl Lake {
                     .await?;
                 self.validate(base_snapshot_id, &current, &validation, &carried.removed)
                     .await?;
-                let guarded = guard.map(|g| (g.0)(&current)).transpose()?;
+                let guarded = match guard {
+                    Some(g) => Some(g.check(&current).await?),
+                    None => None,
+                };
                 Ok::<_, Error>((carried, guarded))
             }
             .await;

@@ -313,6 +313,33 @@ impl Lake {
             .map_err(|e| iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e))
     }
 
+    /// Every live data file and delete file of `table`'s current snapshot, read from its
+    /// manifests.
+    pub async fn live_files(table: &Table) -> Result<(Vec<DataFile>, Vec<DataFile>)> {
+        let metadata = table.metadata();
+        let Some(snapshot) = metadata.current_snapshot() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let ice = |e| iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e);
+        let list = table.manifest_list_reader(snapshot).load().await.map_err(ice)?;
+        let (mut data, mut deletes) = (Vec::new(), Vec::new());
+        for manifest_file in list.entries() {
+            let manifest = manifest_file.load_manifest(table.file_io()).await.map_err(ice)?;
+            for entry in manifest.entries() {
+                if !entry.is_alive() {
+                    continue;
+                }
+                let file = entry.data_file().clone();
+                if file.content_type() == iceberg::spec::DataContentType::Data {
+                    data.push(file);
+                } else {
+                    deletes.push(file);
+                }
+            }
+        }
+        Ok((data, deletes))
+    }
+
     /// The data files of `table`'s current snapshot if this process has them already.
     pub(crate) fn known_data_files(&self, table: &Table) -> Option<DataFiles> {
         self.tables.known_data_files(table)

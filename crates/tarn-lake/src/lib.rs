@@ -34,7 +34,7 @@ pub use maintain::{
     CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,
     ProgressFn, RewrittenGroup,
 };
-pub use rows::{LiveRows, POS_COLUMN};
+pub use rows::{DeletesSince, LiveRows, POS_COLUMN};
 pub use writer::{
     DataWriter, PositionedDataWriter, WrittenRows, parquet_compression, table_target_file_size,
 };

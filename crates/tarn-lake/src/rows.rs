@@ -11,6 +11,9 @@
 //!   filtered after decoding.
 //! - [`Lake::read_rows_at`] reads the rows at given positions of one data file (point lookups
 //!   through the Parquet page index), regardless of deletes.
+//! - [`Lake::deletes_since`] reads which rows of given data files other writers deleted after
+//!   a snapshot: how a row-level statement tells a concurrent change of the rows it rewrites
+//!   from one of other rows of the same files.
 //!
 //! Columns are matched by Iceberg field id, so renamed columns are found under their new name,
 //! columns added after a file was written read as NULL, and promoted types (`int` → `long`,
@@ -39,7 +42,9 @@ use arrow_schema::{DataType, Field, FieldRef, Schema as ArrowSchema, SchemaRef a
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::{DataContentType, DataFile, ManifestEntryRef, PrimitiveLiteral, SnapshotRef, Struct};
+use iceberg::spec::{
+    DataContentType, DataFile, ManifestContentType, ManifestEntryRef, PrimitiveLiteral, SnapshotRef, Struct,
+};
 use iceberg::table::Table;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::{
@@ -64,6 +69,16 @@ const POS_FIELD_ID: i32 = 2_147_483_645;
 const BATCH_ROWS: usize = 8192;
 /// Manifests read at once.
 const MANIFEST_CONCURRENCY: usize = 8;
+
+/// Deletes committed after a snapshot, as far as they touch some data files
+/// ([`Lake::deletes_since`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeletesSince {
+    /// Positions deleted, by data file (only the files asked about).
+    pub positions: HashMap<String, HashSet<u64>>,
+    /// Equality delete files committed since: they may delete any row.
+    pub equality_files: Vec<String>,
+}
 
 /// Live rows of one data file: the requested columns plus `_pos`.
 #[derive(Debug, Clone)]
@@ -854,6 +869,87 @@ impl Lake {
             }
         });
         Ok(stream.boxed())
+    }
+
+    /// The position deletes live in `table`'s current snapshot that were committed after the
+    /// snapshot with sequence number `since_sequence` and point into `files`, and the equality
+    /// delete files committed after it. Delete files whose metadata shows they point elsewhere
+    /// are not read.
+    pub async fn deletes_since(
+        &self,
+        table: &Table,
+        since_sequence: i64,
+        files: &HashSet<String>,
+    ) -> Result<DeletesSince> {
+        let mut out = DeletesSince::default();
+        let Some(snapshot) = table.metadata().current_snapshot() else {
+            return Ok(out);
+        };
+        let name = table.identifier().to_string();
+        let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
+            iceberg_error(
+                format!(
+                    "cannot read the manifest list of snapshot {} of {name}",
+                    snapshot.snapshot_id()
+                ),
+                e,
+            )
+        })?;
+        // Only delete manifests written after the snapshot can hold deletes committed after it.
+        let io = table.file_io().clone();
+        let recent: Vec<_> = list
+            .entries()
+            .iter()
+            .filter(|m| m.content == ManifestContentType::Deletes && m.sequence_number > since_sequence)
+            .cloned()
+            .collect();
+        let manifests: Vec<_> = futures::stream::iter(recent)
+            .map(|manifest| {
+                let io = io.clone();
+                let name = name.clone();
+                async move {
+                    manifest.load_manifest(&io).await.map_err(|e| {
+                        iceberg_error(
+                            format!("cannot read manifest {} of {name}", manifest.manifest_path),
+                            e,
+                        )
+                    })
+                }
+            })
+            .buffered(MANIFEST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for manifest in manifests {
+            for entry in manifest.entries() {
+                if !entry.is_alive() || entry.sequence_number().unwrap_or(0) <= since_sequence {
+                    continue;
+                }
+                let file = entry.data_file();
+                match file.content_type() {
+                    DataContentType::EqualityDeletes => out.equality_files.push(file.file_path().to_string()),
+                    DataContentType::PositionDeletes => {
+                        let touches = match (single_referenced_file(file), path_bounds(file)) {
+                            (Some(only), _) => files.contains(&only),
+                            (None, Some((lo, hi))) => files
+                                .iter()
+                                .any(|f| lo.as_str() <= f.as_str() && f.as_str() <= hi.as_str()),
+                            (None, None) => true,
+                        };
+                        if !touches {
+                            continue;
+                        }
+                        for_each_position_delete(self.stores(), file, |path, pos| {
+                            if files.contains(path) {
+                                out.positions.entry(path.to_string()).or_default().insert(pos);
+                            }
+                        })
+                        .await?;
+                    }
+                    DataContentType::Data => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The rows at `positions` of data file `data_file` of `table`, with `columns` (matched by

@@ -99,6 +99,8 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
                 "42804"
             } else if m.contains("not null") {
                 "23502"
+            } else if m.contains("cannot affect row a second time") {
+                "21000"
             } else if m.contains("specified more than once") {
                 "42701"
             } else if m.contains("not supported") || m.contains("not implemented") {
@@ -120,10 +122,15 @@ fn user_error(e: &Error) -> PgWireError {
     )))
 }
 
-/// Whether tarn (not DataFusion) runs this statement.
+/// Whether tarn (not DataFusion) runs this statement: catalog statements, and the row-level
+/// `DELETE`, `UPDATE` and `MERGE` (`tarn_query::row_level`).
 fn is_catalog_statement(statement: &Statement) -> bool {
     match statement {
-        Statement::CreateTable(_) | Statement::CreateSchema { .. } => true,
+        Statement::CreateTable(_)
+        | Statement::CreateSchema { .. }
+        | Statement::Delete(_)
+        | Statement::Update(_)
+        | Statement::Merge(_) => true,
         Statement::Drop { object_type, .. } => {
             matches!(object_type, ObjectType::Table | ObjectType::Schema)
         }

@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
@@ -388,6 +388,23 @@ impl Governance {
         Ok(None)
     }
 
+    /// The first of `columns` of `table` with a column mask for the current principal,
+    /// described for an error message; `None` when none is masked.
+    pub fn masked_column(&self, table: &TableName, columns: &[Field]) -> Result<Option<String>> {
+        let principal = self.principal()?;
+        let typed: Vec<(String, String)> = columns
+            .iter()
+            .map(|f| (f.name().clone(), trino_type(f.data_type())))
+            .collect();
+        let masks = self
+            .policy
+            .column_masks(&principal, table, &typed)
+            .map_err(policy_error)?;
+        Ok(masks
+            .first()
+            .map(|(i, _)| format!("column {} is masked for {principal}", typed[*i].0)))
+    }
+
     /// The lake's (schema, table) names the current principal may see, and its schemas.
     fn visible(&self, principal: &Principal) -> Result<Visible> {
         let auditor = self.is_auditor(principal);
@@ -581,6 +598,10 @@ impl Pass<'_> {
                     WriteOp::Ctas => "CreateTable",
                     WriteOp::Truncate => "TruncateTable",
                 };
+                if matches!(dml.op, WriteOp::Insert(InsertOp::Overwrite | InsertOp::Replace)) {
+                    // An overwrite removes the rows it replaces.
+                    self.check("DeleteFromTable", Some(table.resource(None)), &table.to_string())?;
+                }
                 let resource = if operation == "UpdateTableColumns" {
                     let columns: Vec<String> = dml
                         .target
@@ -628,9 +649,14 @@ impl Pass<'_> {
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
-                .filter(|c| columns.contains(c))
+                .filter(|c| columns.contains(c) && !crate::row_level::is_row_id_column(c))
                 .collect(),
-            None => source_schema.fields().iter().map(|f| f.name().clone()).collect(),
+            None => source_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|c| !crate::row_level::is_row_id_column(c))
+                .collect(),
         };
         self.check(
             "SelectFromColumns",

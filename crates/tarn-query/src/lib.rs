@@ -12,6 +12,7 @@ pub mod lineage;
 pub mod load;
 pub mod provider;
 pub mod result_names;
+pub mod row_level;
 mod runtime_filter;
 mod session;
 pub mod sql_ext;

@@ -72,7 +72,10 @@ pub struct LakeCatalogProvider {
     lake: Lake,
     names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
     /// Schemas that are not Iceberg namespaces, registered by the endpoint (`pg_catalog`).
-    system: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    system: Arc<RwLock<HashMap<String, Arc<dyn SchemaProvider>>>>,
+    /// The table a row-level statement writes, pinned at the snapshot it reads, which this
+    /// catalog shows with its rows' identities ([`crate::row_level::RowIdTable`]).
+    row_ids: Option<iceberg::table::Table>,
 }
 
 impl LakeCatalogProvider {
@@ -81,7 +84,20 @@ impl LakeCatalogProvider {
         Self {
             lake,
             names: Arc::default(),
-            system: RwLock::default(),
+            system: Arc::default(),
+            row_ids: None,
+        }
+    }
+
+    /// This catalog with `table` (pinned at its current snapshot) read as a
+    /// [`crate::row_level::RowIdTable`]: its columns plus each row's data file and position.
+    /// Names, system schemas and every other table are shared with `self`.
+    pub(crate) fn with_row_ids(&self, table: iceberg::table::Table) -> Self {
+        Self {
+            lake: self.lake.clone(),
+            names: self.names.clone(),
+            system: self.system.clone(),
+            row_ids: Some(table),
         }
     }
 
@@ -144,6 +160,7 @@ impl CatalogProvider for LakeCatalogProvider {
             namespace,
             names: self.names.clone(),
             key: name.to_string(),
+            row_ids: self.row_ids.clone(),
         }))
     }
 }
@@ -155,6 +172,7 @@ pub struct LakeSchemaProvider {
     namespace: NamespaceIdent,
     names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
     key: String,
+    row_ids: Option<iceberg::table::Table>,
 }
 
 /// A table name split into the table and what of it is asked for.
@@ -209,6 +227,14 @@ impl SchemaProvider for LakeSchemaProvider {
             TableSelector::Current(t) | TableSelector::Snapshot(t, _) | TableSelector::Metadata(t, _) => *t,
         };
         let ident = TableIdent::new(self.namespace.clone(), base.to_string());
+        if let (TableSelector::Current(_), Some(pinned)) = (&selector, &self.row_ids)
+            && pinned.identifier() == &ident
+        {
+            return Ok(Some(Arc::new(crate::row_level::RowIdTable::new(
+                self.lake.clone(),
+                pinned.clone(),
+            )?)));
+        }
         let started = std::time::Instant::now();
         let table = match self.lake.load_table(&ident).await {
             Ok(table) => table,
@@ -319,7 +345,7 @@ pub struct LakeTable {
 
 /// `schema` with top-level `Utf8`/`Binary` columns as `Utf8View`/`BinaryView`, and the
 /// columns named in `uuids` (Iceberg `uuid` columns) as UUID text ([`crate::uuid_column`]).
-fn view_schema(schema: &Schema, uuids: &BTreeSet<String>) -> Schema {
+pub(crate) fn view_schema(schema: &Schema, uuids: &BTreeSet<String>) -> Schema {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -339,7 +365,7 @@ fn view_schema(schema: &Schema, uuids: &BTreeSet<String>) -> Schema {
 }
 
 /// The names of the top-level `uuid` columns of `table`'s current schema.
-fn uuid_columns(table: &iceberg::table::Table) -> BTreeSet<String> {
+pub(crate) fn uuid_columns(table: &iceberg::table::Table) -> BTreeSet<String> {
     uuid_fields(table.metadata().current_schema())
 }
 
@@ -371,7 +397,7 @@ fn uuid_fields(schema: &iceberg::spec::Schema) -> BTreeSet<String> {
 }
 
 /// Casts `plan`'s columns to `target` where their types differ (16-byte UUIDs to their text).
-fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn ExecutionPlan>> {
+pub(crate) fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn ExecutionPlan>> {
     let input = plan.schema();
     if input.fields().len() != target.fields().len()
         || input
@@ -607,16 +633,21 @@ impl TableProvider for LakeTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
-            return Err(DataFusionError::NotImplemented(format!(
-                "{insert_op} into Iceberg table {} is not supported; use INSERT INTO",
-                self.ident
-            )));
-        }
+        let overwrite = match insert_op {
+            InsertOp::Append => false,
+            InsertOp::Overwrite => true,
+            InsertOp::Replace => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "{insert_op} into Iceberg table {} is not supported; use INSERT INTO or INSERT OVERWRITE",
+                    self.ident
+                )));
+            }
+        };
         Ok(Arc::new(LakeInsertExec::new(
             self.lake.clone(),
             self.ident.clone(),
             input,
+            overwrite,
         )))
     }
 }
@@ -680,11 +711,14 @@ pub(crate) fn only_child(
     Ok(child)
 }
 
-/// Writes its input into a table and commits it as one snapshot; outputs the row count.
+/// Writes its input into a table and commits it as one snapshot; outputs the row count. With
+/// `overwrite` (`INSERT OVERWRITE`) the commit replaces the partitions the rows fall into
+/// ([`crate::write::write_and_overwrite`]).
 pub struct LakeInsertExec {
     lake: Lake,
     ident: TableIdent,
     input: Arc<dyn ExecutionPlan>,
+    overwrite: bool,
     properties: Arc<PlanProperties>,
 }
 
@@ -694,12 +728,12 @@ impl fmt::Debug for LakeInsertExec {
     }
 }
 
-fn count_schema() -> SchemaRef {
+pub(crate) fn count_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
 }
 
 impl LakeInsertExec {
-    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>) -> Self {
+    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>, overwrite: bool) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(count_schema()),
             Partitioning::UnknownPartitioning(1),
@@ -710,6 +744,7 @@ impl LakeInsertExec {
             lake,
             ident,
             input,
+            overwrite,
             properties,
         }
     }
@@ -717,7 +752,11 @@ impl LakeInsertExec {
 
 impl DisplayAs for LakeInsertExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LakeInsertExec: table={}", self.ident)
+        write!(
+            f,
+            "LakeInsertExec: table={} overwrite={}",
+            self.ident, self.overwrite
+        )
     }
 }
 
@@ -747,7 +786,12 @@ impl ExecutionPlan for LakeInsertExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let child = only_child("LakeInsertExec", children)?;
-        Ok(Arc::new(Self::new(self.lake.clone(), self.ident.clone(), child)))
+        Ok(Arc::new(Self::new(
+            self.lake.clone(),
+            self.ident.clone(),
+            child,
+            self.overwrite,
+        )))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
@@ -774,15 +818,21 @@ impl ExecutionPlan for LakeInsertExec {
                     crate::audit::current_statement(),
                 )
             });
+        let overwrite = self.overwrite;
         let once = futures::stream::once(async move {
-            let outcome = write_and_commit(
-                &lake,
-                &ident,
-                streams,
-                HashMap::new(),
-                Arc::new(WriteProgress::default()),
-            )
-            .await
+            let progress = Arc::new(WriteProgress::default());
+            let outcome = if overwrite {
+                crate::write::write_and_overwrite(
+                    &lake,
+                    &ident,
+                    streams,
+                    crate::write::OverwriteScope::Partitions,
+                    progress,
+                )
+                .await
+            } else {
+                write_and_commit(&lake, &ident, streams, HashMap::new(), progress).await
+            }
             .map_err(df_error)?;
             if let Some((g, Some(principal), statement)) = audit {
                 let table = format!("{}.{}", g.catalog_name(), ident);

@@ -5,7 +5,9 @@
 //! `INSERT` goes through DataFusion's planner (type coercion, column mapping) into
 //! [`crate::provider::LakeTable::insert_into`]. `CREATE SCHEMA`, `CREATE TABLE` (with tarn's
 //! `PARTITIONED BY` / `SORTED BY`), `CREATE TABLE AS SELECT`, `DROP TABLE` and `DROP SCHEMA`
-//! are handled here as catalog operations. Every statement that writes is one Iceberg commit;
+//! are handled here as catalog operations; `CREATE OR REPLACE TABLE` of an existing table
+//! replaces its rows in one overwrite commit. `DELETE`, `UPDATE` and `MERGE` are planned and
+//! committed by [`crate::row_level`]. Every statement that writes is one Iceberg commit;
 //! a failing `CREATE TABLE AS SELECT` drops the table it created.
 
 use std::collections::HashMap;
@@ -67,11 +69,11 @@ impl std::fmt::Debug for Output {
 /// A SQL session over one lake.
 #[derive(Clone)]
 pub struct TarnSession {
-    ctx: SessionContext,
-    lake: Lake,
-    catalog: Arc<LakeCatalogProvider>,
+    pub(crate) ctx: SessionContext,
+    pub(crate) lake: Lake,
+    pub(crate) catalog: Arc<LakeCatalogProvider>,
     /// The policy every plan passes ([`crate::governance`]); none: everything is allowed.
-    governance: Option<Arc<Governance>>,
+    pub(crate) governance: Option<Arc<Governance>>,
     /// Who statements run for, when this session says (`tarn sql --as`); otherwise whoever
     /// the calling task runs for ([`crate::governance::with_principal`]).
     principal: Option<Arc<Principal>>,
@@ -239,6 +241,7 @@ impl TarnSession {
                 | Statement::Insert(_)
                 | Statement::Delete(_)
                 | Statement::Update { .. }
+                | Statement::Merge(_)
                 | Statement::Explain { .. }
                 | Statement::ExplainTable { .. }
                 | Statement::Set(_)
@@ -406,6 +409,11 @@ impl TarnSession {
             self.authorize_plan(explain.statement.as_ref().clone()).await?;
         }
         if let DFStatement::Statement(s) = &parsed
+            && let Some(output) = self.run_row_level(s).await?
+        {
+            return Ok(output);
+        }
+        if let DFStatement::Statement(s) = &parsed
             && let Some(output) = self.run_catalog_statement(s).await?
         {
             self.catalog.refresh().await?;
@@ -503,11 +511,8 @@ impl TarnSession {
                 let ident = self.reference_ident(&create.name)?;
                 let (resource, what) = self.table_resource(&ident);
                 self.check("CreateTable", resource, &what)?;
-                if create.or_replace {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("CREATE OR REPLACE TABLE is not supported for {ident}: drop it first"),
-                    ));
+                if create.or_replace && self.lake.table_exists(&ident).await? {
+                    return self.replace_table(&ident, &create, statement, names).await;
                 }
                 if self.lake.table_exists(&ident).await? {
                     if create.if_not_exists {
@@ -536,7 +541,7 @@ impl TarnSession {
                 let layout = TableLayout {
                     partition: statement.partition.clone(),
                     sort: statement.sort.clone(),
-                    properties: HashMap::new(),
+                    properties: statement.properties.clone().into_iter().collect(),
                 };
                 self.lake.create_table(&ident, &schema, &layout).await?;
                 self.catalog.refresh().await?;
@@ -636,9 +641,66 @@ impl TarnSession {
         }
     }
 
+    /// `CREATE OR REPLACE TABLE t [AS query]` of an existing table with the same columns: its
+    /// rows are replaced by the query's (none without one) in one overwrite commit, so readers
+    /// see the old rows or the new ones, and the table keeps its history. Changing the columns
+    /// or the layout this way is refused (drop the table first).
+    async fn replace_table(
+        &self,
+        ident: &TableIdent,
+        create: &datafusion::logical_expr::CreateMemoryTable,
+        statement: &RewrittenStatement,
+        names: Option<&ResultNames>,
+    ) -> Result<Output> {
+        let (resource, what) = self.table_resource(ident);
+        self.check("DropTable", resource, &what)?;
+        if !statement.partition.is_empty() || !statement.sort.is_empty() || !statement.properties.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "CREATE OR REPLACE TABLE with PARTITIONED BY, SORTED BY or TBLPROPERTIES is not supported for {ident}: drop it first"
+                ),
+            ));
+        }
+        let mut columns = create.input.schema().inner().clone();
+        if let Some(names) = names {
+            columns = names.apply_to_schema(&columns);
+        }
+        let wanted = lake_schema(&columns)?;
+        let table = self.lake.load_table(ident).await?;
+        let existing = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(|e| tarn_lake::iceberg_error(format!("cannot map the schema of {ident}"), e))?;
+        let same = wanted.fields().len() == existing.fields().len()
+            && wanted.fields().iter().zip(existing.fields()).all(|(w, e)| {
+                w.name() == e.name()
+                    && w.is_nullable() == e.is_nullable()
+                    && lake_type_matches(w.data_type(), e.data_type())
+            });
+        if !same {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "CREATE OR REPLACE TABLE {ident} would change its columns, which is not supported: drop it first"
+                ),
+            ));
+        }
+        let df = DataFrame::new(self.ctx.state(), create.input.as_ref().clone());
+        let streams = df.execute_stream_partitioned().await.map_err(from_df_error)?;
+        let outcome = crate::write::write_and_overwrite(
+            &self.lake,
+            ident,
+            streams,
+            crate::write::OverwriteScope::Table,
+            Arc::new(WriteProgress::default()),
+        )
+        .await?;
+        self.record_lineage(ident, create.input.as_ref()).await;
+        Ok(command("SELECT", Some(outcome.rows)))
+    }
+
     /// Records the lake tables `input` reads as upstream of `target` (see [`crate::lineage`]).
     /// The statement has committed: a failure here is logged, not returned.
-    async fn record_lineage(&self, target: &TableIdent, input: &LogicalPlan) {
+    pub(crate) async fn record_lineage(&self, target: &TableIdent, input: &LogicalPlan) {
         let read: std::collections::BTreeSet<String> = crate::lineage::scanned_tables(input)
             .iter()
             .filter_map(|r| self.reference_ident(r).ok())
@@ -690,7 +752,7 @@ impl TarnSession {
         })
     }
 
-    fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
+    pub(crate) fn table_ident(&self, name: &ObjectName) -> Result<TableIdent> {
         let reference = TableReference::from(name.to_string().as_str());
         self.reference_ident(&reference)
     }
@@ -749,7 +811,7 @@ fn with_names(stream: SendableRecordBatchStream, names: &ResultNames) -> Sendabl
     ))
 }
 
-fn command(tag: &str, rows: Option<u64>) -> Output {
+pub(crate) fn command(tag: &str, rows: Option<u64>) -> Output {
     Output::Command {
         tag: match rows {
             Some(n) => format!("{tag} {n}"),
@@ -771,6 +833,21 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Whether a column of type `wanted` (a [`lake_schema`] type) is stored as a column the
+/// table's schema reads as `existing`.
+fn lake_type_matches(wanted: &DataType, existing: &DataType) -> bool {
+    use DataType as T;
+    wanted == existing
+        || matches!(
+            (wanted, existing),
+            (T::LargeBinary | T::Binary, T::LargeBinary | T::Binary) | (T::Utf8, T::LargeUtf8)
+        )
+        || match (wanted, existing) {
+            (T::List(a), T::List(b)) => lake_type_matches(a.data_type(), b.data_type()),
+            _ => false,
+        }
 }
 
 /// The schema a table gets for rows of `schema`: every type mapped to one Iceberg has.

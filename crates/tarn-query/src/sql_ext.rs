@@ -3,11 +3,15 @@
 //! - `CREATE TABLE ... PARTITIONED BY (day(ts), bucket(16, id))` and `SORTED BY (ts DESC)`:
 //!   Iceberg partition transforms and sort order, in the syntax Spark and Trino use. The
 //!   clauses are taken out of the statement and returned beside it.
+//! - `CREATE TABLE ... TBLPROPERTIES ('write.delete.mode' = 'copy-on-write', ...)`: Iceberg
+//!   table properties, in Spark's syntax; taken out and returned beside the statement.
 //! - `FROM t FOR VERSION AS OF <snapshot-id>` (time travel): rewritten to the table name
 //!   `"t@<snapshot-id>"`, which may also be written directly.
 //!
 //! Working on tokens (sqlparser's tokenizer) rather than text means string literals, quoted
 //! identifiers and comments that contain these words are left alone.
+
+use std::collections::BTreeMap;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -24,6 +28,8 @@ pub struct RewrittenStatement {
     pub partition: Vec<PartitionField>,
     /// `SORTED BY` keys of a `CREATE TABLE`.
     pub sort: Vec<SortKey>,
+    /// `TBLPROPERTIES` of a `CREATE TABLE`.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Splits `sql` into statements and applies tarn's rewrites to each. Empty statements are
@@ -82,6 +88,7 @@ fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
                 }
             }
         }
+        result.properties = take_properties(&mut tokens)?;
     }
     rewrite_time_travel(&mut tokens)?;
     result.sql = tokens
@@ -164,6 +171,59 @@ fn take_clause(tokens: &mut Vec<Token>, keyword: &str) -> Result<Option<Vec<Stri
     Ok(None)
 }
 
+/// Removes `TBLPROPERTIES ('k' = 'v', ...)` at parenthesis depth 0 and returns the pairs.
+fn take_properties(tokens: &mut Vec<Token>) -> Result<BTreeMap<String, String>> {
+    let sig = significant(tokens);
+    let mut depth = 0i32;
+    let mut start = None;
+    for (n, &i) in sig.iter().enumerate() {
+        match &tokens[i] {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            t if depth == 0 && is_word(t, "TBLPROPERTIES") => {
+                start = Some(n);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(n) = start else {
+        return Ok(BTreeMap::new());
+    };
+    let syntax = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "syntax error: expected TBLPROPERTIES ('key' = 'value', ...) in CREATE TABLE",
+        )
+    };
+    let mut properties = BTreeMap::new();
+    let at = |k: usize| sig.get(k).map(|&j| &tokens[j]);
+    if at(n + 1) != Some(&Token::LParen) {
+        return Err(syntax());
+    }
+    let mut k = n + 2;
+    loop {
+        match (at(k), at(k + 1), at(k + 2)) {
+            (
+                Some(Token::SingleQuotedString(key)),
+                Some(Token::Eq),
+                Some(Token::SingleQuotedString(value)),
+            ) => {
+                properties.insert(key.clone(), value.clone());
+            }
+            _ => return Err(syntax()),
+        }
+        match at(k + 3) {
+            Some(Token::Comma) => k += 4,
+            Some(Token::RParen) => break,
+            _ => return Err(syntax()),
+        }
+    }
+    let (first, last) = (sig[n], sig[k + 3]);
+    tokens.drain(first..=last);
+    Ok(properties)
+}
+
 /// `name FOR VERSION AS OF 123` → `"name@123"`.
 fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
     loop {
@@ -232,6 +292,18 @@ mod tests {
         assert_eq!(out[0].partition[1].transform, Transform::Bucket(16));
         assert!(out[0].sort[0].descending);
         assert_eq!(out[1].sql, "SELECT 1");
+    }
+
+    #[test]
+    fn table_properties_are_extracted() {
+        let out = rewrite(
+            "CREATE TABLE t (a INT) TBLPROPERTIES ('write.delete.mode' = 'copy-on-write', 'x' = 'y')",
+        )
+        .unwrap();
+        assert_eq!(out[0].sql, "CREATE TABLE t (a INT)");
+        assert_eq!(out[0].properties["write.delete.mode"], "copy-on-write");
+        assert_eq!(out[0].properties["x"], "y");
+        assert!(rewrite("CREATE TABLE t (a INT) TBLPROPERTIES ('k')").is_err());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! writers are committed together in one snapshot, and only if every writer succeeded: a failed
 //! or cancelled write commits nothing, so the table stays exactly as it was. Dropping the
 //! returned future aborts the writer tasks.
+//!
+//! `INSERT OVERWRITE` ([`write_and_overwrite`]) is a dynamic partition overwrite, as in Spark
+//! and Hive: the partitions the new rows fall into are replaced (their data files and the
+//! delete files of those partitions removed) in the same commit that adds the new files; other
+//! partitions keep their rows; a table without partitions is replaced whole.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +54,94 @@ pub async fn write_and_commit(
     summary: HashMap<String, String>,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
+    let (_, files) = write_files(lake, ident, streams, progress).await?;
+    let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+    let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+    let count = files.len();
+    if files.is_empty() {
+        return Ok(WriteOutcome {
+            rows: 0,
+            files: 0,
+            file_bytes: 0,
+            snapshot_id: None,
+        });
+    }
+    let committed = lake.append(ident, files, summary).await?;
+    metrics::counter!("tarn_data_files_written_total").increment(count as u64);
+    Ok(WriteOutcome {
+        rows,
+        files: count,
+        file_bytes,
+        snapshot_id: committed.metadata().current_snapshot_id(),
+    })
+}
+
+/// What an overwrite replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverwriteScope {
+    /// The partitions the new rows fall into (`INSERT OVERWRITE`); the whole table when it
+    /// has no partitions.
+    Partitions,
+    /// Every row (`CREATE OR REPLACE TABLE ... AS`).
+    Table,
+}
+
+/// Writes every stream of `streams` into `ident` and replaces, in one commit, what `scope`
+/// says: see the module doc.
+pub async fn write_and_overwrite(
+    lake: &Lake,
+    ident: &TableIdent,
+    streams: Vec<SendableRecordBatchStream>,
+    scope: OverwriteScope,
+    progress: Arc<WriteProgress>,
+) -> Result<WriteOutcome> {
+    let (table, files) = write_files(lake, ident, streams, progress).await?;
+    let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+    let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
+    let count = files.len();
+    let metadata = table.metadata();
+    let whole = scope == OverwriteScope::Table || metadata.default_partition_spec().is_unpartitioned();
+    if !whole && metadata.partition_specs_iter().count() > 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("INSERT OVERWRITE into {ident}, whose partitioning has changed, is not supported"),
+        ));
+    }
+    let replaced: std::collections::HashSet<iceberg::spec::Struct> =
+        files.iter().map(|f| f.partition().clone()).collect();
+    let (live_data, live_deletes) = Lake::live_files(&table).await?;
+    let in_replaced = |f: &iceberg::spec::DataFile| whole || replaced.contains(f.partition());
+    let overwrite = tarn_lake::Overwrite {
+        removed_data_files: live_data.into_iter().filter(|f| in_replaced(f)).collect(),
+        removed_delete_files: live_deletes.into_iter().filter(|f| in_replaced(f)).collect(),
+        added_data_files: files,
+        summary: HashMap::from([(
+            "tarn.statement".to_string(),
+            match scope {
+                OverwriteScope::Partitions => "insert-overwrite",
+                OverwriteScope::Table => "replace-table",
+            }
+            .to_string(),
+        )]),
+    };
+    let committed = lake.commit_overwrite(&table, overwrite).await?;
+    metrics::counter!("tarn_data_files_written_total").increment(count as u64);
+    Ok(WriteOutcome {
+        rows,
+        files: count,
+        file_bytes,
+        snapshot_id: committed.metadata().current_snapshot_id(),
+    })
+}
+
+/// Writes every stream of `streams` as data files of `ident` (one writer task per stream);
+/// returns the table as loaded for writing and the files, not committed.
+async fn write_files(
+    lake: &Lake,
+    ident: &TableIdent,
+    streams: Vec<SendableRecordBatchStream>,
+    progress: Arc<WriteProgress>,
+) -> Result<(iceberg::table::Table, Vec<iceberg::spec::DataFile>)> {
     let table = lake.load_table(ident).await?;
     let prefix = uuid::Uuid::new_v4().to_string();
     let mut tasks = JoinSet::new();
@@ -75,23 +168,5 @@ pub async fn write_and_commit(
             joined.map_err(|e| Error::new(ErrorKind::Internal, "a writer task failed").with_source(e))??;
         files.extend(written);
     }
-    let rows: u64 = files.iter().map(|f| f.record_count()).sum();
-    let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
-    let count = files.len();
-    if files.is_empty() {
-        return Ok(WriteOutcome {
-            rows: 0,
-            files: 0,
-            file_bytes: 0,
-            snapshot_id: None,
-        });
-    }
-    let committed = lake.append(ident, files, summary).await?;
-    metrics::counter!("tarn_data_files_written_total").increment(count as u64);
-    Ok(WriteOutcome {
-        rows,
-        files: count,
-        file_bytes,
-        snapshot_id: committed.metadata().current_snapshot_id(),
-    })
+    Ok((table, files))
 }

@@ -48,7 +48,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use iceberg::spec::{DataContentType, DataFile};
+use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::{NamespaceIdent, TableIdent};
 use tarn_core::{Error, ErrorKind, Result, failpoint};
@@ -457,30 +457,10 @@ impl LakeSink {
     }
 }
 
-/// Every live data file and delete file of a table's current snapshot.
+/// Every live data file and delete file of a table's current snapshot
+/// ([`Lake::live_files`]).
 pub async fn current_files(table: &Table) -> Result<(Vec<DataFile>, Vec<DataFile>)> {
-    let metadata = table.metadata();
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let ice = |e| tarn_lake::iceberg_error(format!("cannot read the manifests of {}", table.identifier()), e);
-    let list = table.manifest_list_reader(snapshot).load().await.map_err(ice)?;
-    let (mut data, mut deletes) = (Vec::new(), Vec::new());
-    for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(table.file_io()).await.map_err(ice)?;
-        for entry in manifest.entries() {
-            if !entry.is_alive() {
-                continue;
-            }
-            let file = entry.data_file().clone();
-            if file.content_type() == DataContentType::Data {
-                data.push(file);
-            } else {
-                deletes.push(file);
-            }
-        }
-    }
-    Ok((data, deletes))
+    Lake::live_files(table).await
 }
 
 /// Reads the key columns of the live rows of `state.table` (all files, or `only` these) into

@@ -23,6 +23,7 @@ mod pgwire;
 #[cfg(feature = "kafka")]
 mod publish;
 mod rest_catalog;
+mod row_level;
 mod slt;
 mod sql;
 mod tls;

@@ -74,7 +74,7 @@ impl Served {
     }
 
     /// A tokio-postgres client logged in with the configured user.
-    async fn client(&self) -> tokio_postgres::Client {
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
         let config = format!(
             "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
             self.pg_port
