@@ -27,7 +27,7 @@ use std::fmt;
 use tarn_core::config::AuthConfig;
 
 pub use oidc::{TokenError, Validator};
-pub use transport::{PlaintextSecretRefused, secret_may_cross};
+pub use transport::{PlaintextSecretRefused, is_loopback_peer, secret_may_cross};
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,13 @@ pub struct PlaintextSecretRefused {
     pub peer: IpAddr,
 }
 
+/// Whether `peer` is on this machine: a loopback address, also as an IPv4 address mapped into
+/// IPv6 (`::ffff:127.0.0.1`, as a dual-stack listener reports it). What `auth.trust_loopback`
+/// and [`secret_may_cross`] mean by loopback.
+pub fn is_loopback_peer(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
 /// Whether a password or token from `peer` may be accepted on a connection that is
 /// (`encrypted`) or is not under TLS; `allow_plaintext` is `auth.allow_plaintext_passwords`.
 /// An IPv4 address mapped into IPv6 (`::ffff:127.0.0.1`, as a dual-stack listener reports it)
@@ -27,7 +34,7 @@ pub fn secret_may_cross(
     encrypted: bool,
     allow_plaintext: bool,
 ) -> Result<(), PlaintextSecretRefused> {
-    if encrypted || allow_plaintext || peer.to_canonical().is_loopback() {
+    if encrypted || allow_plaintext || is_loopback_peer(peer) {
         Ok(())
     } else {
         Err(PlaintextSecretRefused { peer })
@@ -45,6 +52,7 @@ mod tests {
     #[test]
     fn plain_secrets_only_from_loopback_unless_allowed() {
         for loopback in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback_peer(ip(loopback)), "{loopback}");
             assert_eq!(secret_may_cross(ip(loopback), false, false), Ok(()), "{loopback}");
         }
         for remote in [
@@ -54,6 +62,7 @@ mod tests {
             "::ffff:10.0.0.7",
             "0.0.0.0",
         ] {
+            assert!(!is_loopback_peer(ip(remote)), "{remote}");
             let refused = secret_may_cross(ip(remote), false, false).unwrap_err();
             assert_eq!(refused.peer, ip(remote));
             let message = refused.to_string();

@@ -810,7 +810,7 @@ impl StartupHandler for TarnStartup {
                         .is_some_and(|chain| !chain.is_empty());
                 if certified {
                     LoginKind::Certificate
-                } else if self.trust_loopback && client.socket_addr().ip().is_loopback() {
+                } else if self.trust_loopback && tarn_auth::is_loopback_peer(client.socket_addr().ip()) {
                     LoginKind::Trusted
                 } else if self.token.auth.accepts_tokens() && !self.token.auth.is_user(&user) {
                     LoginKind::Token
