@@ -751,12 +751,7 @@ impl Lake {
                 Ok(Some(table))
             }
             CommitOutcome::Conflict => {
-                // Lost: nothing references the attempt's files.
-                for path in attempt.0.drain(..) {
-                    if let Err(e) = current.file_io().delete(&path).await {
-                        tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
-                    }
-                }
+                crate::catalog::delete_lost_files(current, attempt.0.drain(..)).await;
                 Ok(None)
             }
         }

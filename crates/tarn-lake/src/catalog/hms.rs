@@ -442,11 +442,7 @@ impl Catalog for CommittingHmsCatalog {
         match self.0.commit(commit, &mut written).await.map_err(to_iceberg)? {
             CommitOutcome::Committed { .. } => self.0.catalog.load_table(&ident).await,
             CommitOutcome::Conflict => {
-                for path in written {
-                    if let Err(e) = current.file_io().delete(&path).await {
-                        tracing::warn!(table = %ident, file = %path, error = %e, "cannot delete file of a lost commit");
-                    }
-                }
+                super::delete_lost_files(&current, written).await;
                 Err(iceberg::Error::new(
                     iceberg::ErrorKind::CatalogCommitConflicts,
                     format!("table {ident} changed in the Hive Metastore during the commit"),

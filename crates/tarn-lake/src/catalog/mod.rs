@@ -151,6 +151,16 @@ pub fn schema_requirements(current: &TableMetadata) -> Vec<TableRequirement> {
     ]
 }
 
+/// Deletes the files a lost commit attempt on `table` wrote (nothing references them); a file
+/// that cannot be deleted is logged and left for orphan removal.
+pub(crate) async fn delete_lost_files(table: &Table, paths: impl IntoIterator<Item = String>) {
+    for path in paths {
+        if let Err(e) = table.file_io().delete(&path).await {
+            tracing::warn!(table = %table.identifier(), file = %path, error = %e, "cannot delete file of a lost commit");
+        }
+    }
+}
+
 /// The requirements of a property change: only that it is still the same table.
 pub fn table_requirements(current: &TableMetadata) -> Vec<TableRequirement> {
     vec![TableRequirement::UuidMatch { uuid: current.uuid() }]
