@@ -24,10 +24,13 @@
 //!   with `server.tls.require` a connection without TLS is refused (SQLSTATE 28000), and a
 //!   password or token is never asked for over plain TCP from a non-loopback address unless
 //!   `auth.allow_plaintext_passwords` is set;
+//! - `COPY ... TO STDOUT` (psql's `\copy`, pgjdbc's `CopyManager`, psycopg's `copy`) and
+//!   DataFusion's `COPY (query) TO 'file' STORED AS ...` (module `copy`), governed as queries;
 //! - `run(listener, session, auth, shutdown)` and `serve(listener, session, options,
 //!   shutdown)`: serve on a bound listener until `shutdown` fires, so tests bind
 //!   `127.0.0.1:0`.
 
+mod copy;
 mod pg_catalog;
 mod uuid_wire;
 
@@ -448,6 +451,17 @@ impl TarnSimpleQuery {
         let token = self.running.start(key.clone());
         let mut responses = Vec::new();
         for statement in statements {
+            match copy::run(&self.session, &statement.sql).await {
+                Some(Ok(response)) => {
+                    responses.push(response);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.running.finish(&key);
+                    return Err(e);
+                }
+                None => {}
+            }
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
@@ -555,6 +569,11 @@ impl QueryParser for TarnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        // `COPY` is run by tarn when the portal executes (module `copy`); DataFusion cannot
+        // plan it.
+        if copy::classify(sql).is_some() {
+            return Ok((sql.to_string(), None));
+        }
         self.inner.parse_sql(client, sql, types).await
     }
 
@@ -577,6 +596,7 @@ impl QueryParser for TarnParser {
 /// [`TarnParser`].
 struct TarnExtendedQuery {
     inner: Arc<DfSessionService>,
+    session: TarnSession,
     parser: Arc<TarnParser>,
 }
 
@@ -603,6 +623,11 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
     {
         let principal = principal_of(client);
         let sql = portal.statement.statement.0.clone();
+        if portal.statement.statement.1.is_none()
+            && let Some(copied) = with_principal(principal.clone(), copy::run(&self.session, &sql)).await
+        {
+            return copied;
+        }
         let response = with_principal(
             principal,
             tarn_query::audit::with_statement(
@@ -983,6 +1008,7 @@ pub async fn serve(
                 inner: ExtendedQueryHandler::query_parser(service.as_ref()),
             }),
             inner: service,
+            session,
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         authenticator: Arc::new(
