@@ -29,6 +29,9 @@
 //!   `127.0.0.1:0`.
 
 mod pg_catalog;
+pub mod pg_functions;
+mod pg_relations;
+mod pg_rewrite;
 mod uuid_wire;
 
 use std::collections::HashMap;
@@ -317,6 +320,7 @@ async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResu
 struct TarnSimpleQuery {
     session: TarnSession,
     inner: Arc<DfSessionService>,
+    catalog: Arc<CatalogQueries>,
     running: Arc<RunningQueries>,
     /// The parser `inner` uses, to see statements as it will plan them.
     compatibility: PostgresCompatibilityParser,
@@ -453,7 +457,11 @@ impl TarnSimpleQuery {
                 responses.push(tag_of(output));
             } else {
                 let names = ResultNames::of_sql(&statement.sql);
-                let sql = self.with_repeats_aliased(&statement.sql);
+                let rewritten = self.catalog.prepare(&statement.sql).await.map_err(|e| {
+                    self.running.finish(&key);
+                    PgWireError::ApiError(Box::new(e))
+                })?;
+                let sql = self.with_repeats_aliased(rewritten.as_deref().unwrap_or(&statement.sql));
                 let result = tarn_query::audit::with_statement(
                     &statement.sql,
                     SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
@@ -537,9 +545,30 @@ fn uuids_of(statement: &PlannedStatement) -> Vec<usize> {
 }
 
 /// `datafusion-postgres`'s parser for the extended protocol, with PostgreSQL's names in the
-/// row descriptions (repeated select items are planned by [`CatalogHook`]).
+/// row descriptions (repeated select items are planned by [`CatalogHook`]) and catalog queries
+/// rewritten ([`CatalogQueries`]).
 struct TarnParser {
     inner: Arc<datafusion_postgres::Parser>,
+    catalog: Arc<CatalogQueries>,
+}
+
+/// Catalog queries (`pg_catalog`, `information_schema`): the described relations refreshed
+/// and the statement rewritten ([`pg_rewrite`]) before it is planned.
+struct CatalogQueries {
+    ctx: SessionContext,
+    relations: Arc<pg_relations::Relations>,
+}
+
+impl CatalogQueries {
+    /// `sql` rewritten for planning, when it reads the catalog and something changes; the
+    /// relations are refreshed first (for the principal of the current task).
+    async fn prepare(&self, sql: &str) -> datafusion::error::Result<Option<String>> {
+        if !pg_rewrite::reads_catalog(sql) {
+            return Ok(None);
+        }
+        let token = self.relations.refresh(&self.ctx.state()).await?;
+        Ok(pg_rewrite::rewrite(sql, &token))
+    }
 }
 
 #[async_trait]
@@ -555,7 +584,12 @@ impl QueryParser for TarnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        self.inner.parse_sql(client, sql, types).await
+        let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        self.inner
+            .parse_sql(client, rewritten.as_deref().unwrap_or(sql), types)
+            .await
     }
 
     fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -957,8 +991,12 @@ pub async fn serve(
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
-    pg_catalog::install(&ctx, session.lake().name())
+    let relations = pg_catalog::install(&ctx, session.lake().name(), session.governance().cloned())
         .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
+    let catalog = Arc::new(CatalogQueries {
+        ctx: ctx.clone(),
+        relations,
+    });
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(CatalogHook {
             session: session.clone(),
@@ -975,12 +1013,14 @@ pub async fn serve(
         simple: Arc::new(TarnSimpleQuery {
             session: session.clone(),
             inner: service.clone(),
+            catalog: catalog.clone(),
             running: running.clone(),
             compatibility: PostgresCompatibilityParser::new(),
         }),
         extended: Arc::new(TarnExtendedQuery {
             parser: Arc::new(TarnParser {
                 inner: ExtendedQueryHandler::query_parser(service.as_ref()),
+                catalog,
             }),
             inner: service,
         }),

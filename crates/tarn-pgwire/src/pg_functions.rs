@@ -1,0 +1,257 @@
+//! PostgreSQL functions BI tools call while they connect and read the catalog, which neither
+//! DataFusion nor the emulated `pg_catalog` has (or has in a form clients cannot read):
+//!
+//! - `version()`: `PostgreSQL 15.0 (tarn <version>) on <arch>-linux, ...`, as servers that speak
+//!   PostgreSQL's protocol name themselves, so SQLAlchemy's and other dialects read a server
+//!   version (DataFusion's own answer names no PostgreSQL version, and they refuse it);
+//! - `pg_type_is_visible(oid)`, `pg_function_is_visible(oid)`: true (one search path);
+//! - `pg_get_serial_sequence(table, column)`: NULL (no sequences);
+//! - `json_build_object(k, v, ...)`: a JSON object as text;
+//! - `format(fmt, args...)` with `%s`, `%I` (identifier), `%L` (literal) and `%%`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::pg_relations::quote_ident;
+
+/// The PostgreSQL major version tarn answers as: what its catalog emulates.
+pub const POSTGRES_VERSION: &str = "15.0";
+
+/// `version()`'s text.
+pub fn version_text() -> String {
+    format!(
+        "PostgreSQL {POSTGRES_VERSION} (tarn {}) on {}-unknown-linux-gnu, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// Registers the functions on `ctx` (over DataFusion's own `version`).
+pub fn install(ctx: &SessionContext) {
+    for f in [
+        Function::Version,
+        Function::TypeIsVisible,
+        Function::FunctionIsVisible,
+        Function::SerialSequence,
+        Function::JsonBuildObject,
+        Function::Format,
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(PgFunction::new(f)));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Function {
+    Version,
+    TypeIsVisible,
+    FunctionIsVisible,
+    SerialSequence,
+    JsonBuildObject,
+    Format,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgFunction {
+    function: Function,
+    signature: Signature,
+}
+
+impl PgFunction {
+    fn new(function: Function) -> Self {
+        let signature = match function {
+            Function::Version => Signature::exact(vec![], Volatility::Stable),
+            Function::TypeIsVisible | Function::FunctionIsVisible => Signature::any(1, Volatility::Stable),
+            Function::SerialSequence => Signature::any(2, Volatility::Stable),
+            Function::JsonBuildObject => Signature::one_of(
+                vec![TypeSignature::VariadicAny, TypeSignature::Nullary],
+                Volatility::Stable,
+            ),
+            Function::Format => Signature::variadic_any(Volatility::Stable),
+        };
+        Self { function, signature }
+    }
+}
+
+impl ScalarUDFImpl for PgFunction {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        match self.function {
+            Function::Version => "version",
+            Function::TypeIsVisible => "pg_type_is_visible",
+            Function::FunctionIsVisible => "pg_function_is_visible",
+            Function::SerialSequence => "pg_get_serial_sequence",
+            Function::JsonBuildObject => "json_build_object",
+            Function::Format => "format",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.function {
+            Function::TypeIsVisible | Function::FunctionIsVisible => DataType::Boolean,
+            _ => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let texts = arrays
+            .iter()
+            .map(|a| {
+                let t = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+                Ok(t.as_string::<i32>().clone())
+            })
+            .collect::<Result<Vec<StringArray>>>()?;
+        let out: ArrayRef = match self.function {
+            Function::Version => Arc::new(StringArray::from(vec![version_text(); rows.max(1)])),
+            Function::TypeIsVisible | Function::FunctionIsVisible => {
+                Arc::new(BooleanArray::from(vec![true; rows]))
+            }
+            Function::SerialSequence => Arc::new(StringArray::new_null(rows)),
+            Function::JsonBuildObject => {
+                if arrays.len() % 2 != 0 {
+                    return Err(DataFusionError::Plan(
+                        "json_build_object takes an even number of arguments (key, value, ...)".into(),
+                    ));
+                }
+                let json: StringArray = (0..rows)
+                    .map(|row| {
+                        let mut object = serde_json::Map::new();
+                        for pair in arrays.chunks(2).zip(texts.chunks(2)) {
+                            let ((_, values), (keys, texts)) =
+                                ((&pair.0[0], &pair.0[1]), (&pair.1[0], &pair.1[1]));
+                            let key = keys
+                                .is_valid(row)
+                                .then(|| keys.value(row).to_string())
+                                .unwrap_or_default();
+                            object.insert(key, json_value(values, texts, row));
+                        }
+                        Some(serde_json::Value::Object(object).to_string())
+                    })
+                    .collect();
+                Arc::new(json)
+            }
+            Function::Format => {
+                let Some((template, values)) = texts.split_first() else {
+                    return Err(DataFusionError::Plan("format takes a format string".into()));
+                };
+                let out: StringArray = (0..rows)
+                    .map(|row| {
+                        if !template.is_valid(row) {
+                            return Ok(None);
+                        }
+                        let args: Vec<Option<&str>> = values
+                            .iter()
+                            .map(|v| v.is_valid(row).then(|| v.value(row)))
+                            .collect();
+                        format_text(template.value(row), &args).map(Some)
+                    })
+                    .collect::<Result<StringArray>>()?;
+                Arc::new(out)
+            }
+        };
+        if self.function == Function::Version && rows == 0 {
+            return Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(
+                Some(version_text()),
+            )));
+        }
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// The JSON value of row `row` of `values` (its text form in `texts`).
+fn json_value(values: &ArrayRef, texts: &StringArray, row: usize) -> serde_json::Value {
+    if !values.is_valid(row) {
+        return serde_json::Value::Null;
+    }
+    match values.data_type() {
+        DataType::Boolean => serde_json::Value::Bool(values.as_boolean().value(row)),
+        t if t.is_numeric() => serde_json::from_str(texts.value(row))
+            .unwrap_or_else(|_| serde_json::Value::String(texts.value(row).to_string())),
+        _ => serde_json::Value::String(texts.value(row).to_string()),
+    }
+}
+
+/// PostgreSQL's `format()` for `%s`, `%I`, `%L` and `%%`; a NULL argument is empty for `%s`,
+/// `NULL` for `%L`, and an error for `%I`, as in PostgreSQL.
+fn format_text(template: &str, args: &[Option<&str>]) -> Result<String> {
+    let mut out = String::new();
+    let mut next = 0;
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let spec = chars
+            .next()
+            .ok_or_else(|| DataFusionError::Plan("format: unterminated format specifier".into()))?;
+        if spec == '%' {
+            out.push('%');
+            continue;
+        }
+        let arg = args
+            .get(next)
+            .ok_or_else(|| DataFusionError::Plan("format: too few arguments".into()))?;
+        next += 1;
+        match spec {
+            's' => out.push_str(arg.unwrap_or_default()),
+            'I' => match arg {
+                Some(a) => out.push_str(&quote_ident(a)),
+                None => {
+                    return Err(DataFusionError::Plan(
+                        "format: a NULL cannot be an identifier (%I)".into(),
+                    ));
+                }
+            },
+            'L' => match arg {
+                Some(a) => out.push_str(&format!("'{}'", a.replace('\'', "''"))),
+                None => out.push_str("NULL"),
+            },
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "format: unrecognized format specifier \"{other}\""
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_quotes_identifiers_and_literals_as_postgresql() {
+        assert_eq!(
+            format_text("%I.%I", &[Some("shop"), Some("Orders")]).unwrap(),
+            "shop.\"Orders\""
+        );
+        assert_eq!(
+            format_text("%s=%L %%", &[Some("a"), Some("it's")]).unwrap(),
+            "a='it''s' %"
+        );
+        assert!(format_text("%I", &[None]).is_err());
+    }
+
+    #[test]
+    fn version_names_a_postgresql_version_first() {
+        assert!(version_text().starts_with("PostgreSQL 15.0 (tarn "));
+    }
+}
