@@ -308,6 +308,110 @@ impl QueryHook for QueryResultHook {
     }
 }
 
+/// `SHOW` of the settings clients read when they connect (SQLAlchemy's
+/// `standard_conforming_strings`, Metabase's `timezone`, JDBC's `transaction isolation level`),
+/// answered as PostgreSQL answers them; other `SHOW`s go on to `datafusion-postgres`.
+struct ShowSettingsHook;
+
+/// The column and value `SHOW <statement>` answers with, for the settings [`ShowSettingsHook`]
+/// answers.
+fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync)) -> Option<(String, String)> {
+    let Statement::ShowVariable { variable } = statement else {
+        return None;
+    };
+    let name = variable
+        .iter()
+        .map(|v| v.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (column, value) = match name.as_str() {
+        "timezone" | "time zone" => (
+            "TimeZone",
+            client
+                .metadata()
+                .get("timezone")
+                .cloned()
+                .unwrap_or_else(|| "UTC".into()),
+        ),
+        "standard_conforming_strings" | "integer_datetimes" => (name.as_str(), "on".into()),
+        "server_version" => ("server_version", pg_functions::POSTGRES_VERSION.into()),
+        "server_version_num" => ("server_version_num", "150000".into()),
+        "server_encoding" | "client_encoding" => (name.as_str(), "UTF8".into()),
+        "transaction isolation level" | "transaction_isolation" => {
+            ("transaction_isolation", "read committed".into())
+        }
+        "transaction_read_only" | "default_transaction_read_only" => (name.as_str(), "off".into()),
+        "max_identifier_length" => ("max_identifier_length", "63".into()),
+        _ => return None,
+    };
+    Some((column.to_string(), value))
+}
+
+/// The query answering `SHOW` with `value` in a column named `column`.
+fn setting_query(column: &str, value: &str) -> String {
+    format!(
+        "SELECT '{}' AS \"{}\"",
+        value.replace('\'', "''"),
+        column.replace('"', "\"\"")
+    )
+}
+
+#[async_trait]
+impl QueryHook for ShowSettingsHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let (column, value) = shown_setting(statement, &*client)?;
+        let df = match ctx.sql(&setting_query(&column, &value)).await {
+            Ok(df) => df,
+            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+        };
+        Some(
+            datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(df, &Format::UnifiedText, None)
+                .await
+                .map(Response::Query),
+        )
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        let (column, value) = shown_setting(statement, client)?;
+        Some(
+            ctx.state()
+                .create_logical_plan(&setting_query(&column, &value))
+                .await
+                .map_err(|e| PgWireError::ApiError(Box::new(e))),
+        )
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        plan: &LogicalPlan,
+        _params: &ParamValues,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        shown_setting(statement, &*client)?;
+        let df = match ctx.execute_logical_plan(plan.clone()).await {
+            Ok(df) => df,
+            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+        };
+        Some(
+            datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(df, &Format::UnifiedText, None)
+                .await
+                .map(Response::Query),
+        )
+    }
+}
+
 async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResult<Response> {
     metrics::counter!("tarn_pgwire_statements_total", "kind" => "catalog").increment(1);
     match session.run_sql(&statement.to_string()).await {
@@ -557,6 +661,9 @@ struct TarnParser {
 struct CatalogQueries {
     ctx: SessionContext,
     relations: Arc<pg_relations::Relations>,
+    /// `datafusion-postgres`'s parser: the statements it replaces whole (its answers to some
+    /// of psql's and pgcli's catalog queries) are left for it to recognize.
+    compatibility: PostgresCompatibilityParser,
 }
 
 impl CatalogQueries {
@@ -567,7 +674,27 @@ impl CatalogQueries {
             return Ok(None);
         }
         let token = self.relations.refresh(&self.ctx.state()).await?;
+        if self.replaced_whole(sql) {
+            return Ok(None);
+        }
         Ok(pg_rewrite::rewrite(sql, &token))
+    }
+
+    /// Whether `datafusion-postgres` replaces `sql` (or a part of it) by a statement of its own:
+    /// its parse differs from the same rules applied to the statements as written.
+    fn replaced_whole(&self, sql: &str) -> bool {
+        use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+        let (Ok(replaced), Ok(written)) = (
+            self.compatibility.parse(sql),
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql),
+        ) else {
+            return false;
+        };
+        let written: Vec<Statement> = written
+            .into_iter()
+            .map(|s| self.compatibility.rewrite(s))
+            .collect();
+        replaced != written
     }
 }
 
@@ -906,7 +1033,10 @@ impl PgWireServerHandlers for TarnHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        let params = Arc::new(DefaultServerParameterProvider::default());
+        // The PostgreSQL version `version()` names and the catalog emulates.
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = pg_functions::POSTGRES_VERSION.to_string();
+        let params = Arc::new(params);
         Arc::new(TarnStartup {
             trust_loopback: self.trust_loopback,
             require_tls: self.require_tls,
@@ -996,11 +1126,13 @@ pub async fn serve(
     let catalog = Arc::new(CatalogQueries {
         ctx: ctx.clone(),
         relations,
+        compatibility: PostgresCompatibilityParser::new(),
     });
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(CatalogHook {
             session: session.clone(),
         }),
+        Arc::new(ShowSettingsHook),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),

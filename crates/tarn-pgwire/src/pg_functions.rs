@@ -7,7 +7,12 @@
 //! - `pg_type_is_visible(oid)`, `pg_function_is_visible(oid)`: true (one search path);
 //! - `pg_get_serial_sequence(table, column)`: NULL (no sequences);
 //! - `json_build_object(k, v, ...)`: a JSON object as text;
-//! - `format(fmt, args...)` with `%s`, `%I` (identifier), `%L` (literal) and `%%`.
+//! - `format(fmt, args...)` with `%s`, `%I` (identifier), `%L` (literal) and `%%`;
+//! - `pg_get_expr(expr, relation)`: the expression's text, NULL for NULL (the emulation answers
+//!   `''`, so `pg_get_expr(indpred, indrelid) IS NULL`, "no partial index", never held);
+//! - `pg_size_pretty(bytes)` as PostgreSQL rounds (`8192 bytes`, `16 kB`, `10 MB`);
+//! - `pg_get_function_result(oid)`, `pg_get_function_arguments(oid)`: NULL (psql's `\df` lists
+//!   functions outside `pg_catalog`, and tarn has no user-defined functions).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -43,6 +48,10 @@ pub fn install(ctx: &SessionContext) {
         Function::SerialSequence,
         Function::JsonBuildObject,
         Function::Format,
+        Function::GetExpr,
+        Function::SizePretty,
+        Function::FunctionResult,
+        Function::FunctionArguments,
     ] {
         ctx.register_udf(ScalarUDF::new_from_impl(PgFunction::new(f)));
     }
@@ -56,6 +65,10 @@ enum Function {
     SerialSequence,
     JsonBuildObject,
     Format,
+    GetExpr,
+    SizePretty,
+    FunctionResult,
+    FunctionArguments,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -68,13 +81,17 @@ impl PgFunction {
     fn new(function: Function) -> Self {
         let signature = match function {
             Function::Version => Signature::exact(vec![], Volatility::Stable),
-            Function::TypeIsVisible | Function::FunctionIsVisible => Signature::any(1, Volatility::Stable),
+            Function::TypeIsVisible
+            | Function::FunctionIsVisible
+            | Function::SizePretty
+            | Function::FunctionResult
+            | Function::FunctionArguments => Signature::any(1, Volatility::Stable),
             Function::SerialSequence => Signature::any(2, Volatility::Stable),
             Function::JsonBuildObject => Signature::one_of(
                 vec![TypeSignature::VariadicAny, TypeSignature::Nullary],
                 Volatility::Stable,
             ),
-            Function::Format => Signature::variadic_any(Volatility::Stable),
+            Function::Format | Function::GetExpr => Signature::variadic_any(Volatility::Stable),
         };
         Self { function, signature }
     }
@@ -93,6 +110,10 @@ impl ScalarUDFImpl for PgFunction {
             Function::SerialSequence => "pg_get_serial_sequence",
             Function::JsonBuildObject => "json_build_object",
             Function::Format => "format",
+            Function::GetExpr => "pg_get_expr",
+            Function::SizePretty => "pg_size_pretty",
+            Function::FunctionResult => "pg_get_function_result",
+            Function::FunctionArguments => "pg_get_function_arguments",
         }
     }
 
@@ -122,7 +143,23 @@ impl ScalarUDFImpl for PgFunction {
             Function::TypeIsVisible | Function::FunctionIsVisible => {
                 Arc::new(BooleanArray::from(vec![true; rows]))
             }
-            Function::SerialSequence => Arc::new(StringArray::new_null(rows)),
+            Function::SerialSequence | Function::FunctionResult | Function::FunctionArguments => {
+                Arc::new(StringArray::new_null(rows))
+            }
+            Function::SizePretty => {
+                let bytes = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+                Arc::new(
+                    bytes
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .iter()
+                        .map(|b| b.map(size_pretty))
+                        .collect::<StringArray>(),
+                )
+            }
+            Function::GetExpr => match texts.first() {
+                Some(expr) => Arc::new(expr.clone()),
+                None => return Err(DataFusionError::Plan("pg_get_expr takes an expression".into())),
+            },
             Function::JsonBuildObject => {
                 if arrays.len() % 2 != 0 {
                     return Err(DataFusionError::Plan(
@@ -172,6 +209,26 @@ impl ScalarUDFImpl for PgFunction {
         }
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// `bytes` as `pg_size_pretty` shows it: bytes below 10 kB, then the largest unit (kB, MB, GB,
+/// TB, PB) that keeps the number under 10240, rounded half away from zero.
+fn size_pretty(bytes: i64) -> String {
+    if bytes.abs() < 10 * 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes;
+    for unit in ["kB", "MB", "GB", "TB"] {
+        // Halve once more than the unit needs, then round: PostgreSQL's rounding.
+        let half = value / 512;
+        let rounded = (half + half.signum()) / 2;
+        if rounded.abs() < 10 * 1024 {
+            return format!("{rounded} {unit}");
+        }
+        value /= 1024;
+    }
+    let half = value / 512;
+    format!("{} PB", (half + half.signum()) / 2)
 }
 
 /// The JSON value of row `row` of `values` (its text form in `texts`).
@@ -248,6 +305,13 @@ mod tests {
             "a='it''s' %"
         );
         assert!(format_text("%I", &[None]).is_err());
+    }
+
+    #[test]
+    fn sizes_print_as_pg_size_pretty() {
+        assert_eq!(size_pretty(8192), "8192 bytes");
+        assert_eq!(size_pretty(16 * 1024), "16 kB");
+        assert_eq!(size_pretty(10 * 1024 * 1024 + 600 * 1024), "11 MB");
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl DescribedTable {
     ) -> Self {
         let schema = match (&emulated, kind) {
             (Some(e), Kind::PgClass) => with_reloptions(&e.schema()),
-            (Some(e), Kind::PgIndex) => with_lists(&e.schema(), &["indkey"]),
+            (Some(e), Kind::PgIndex) => with_lists(&e.schema(), &["indkey", "indoption"]),
             (Some(e), Kind::PgConstraint) => with_lists(&e.schema(), &["conkey", "confkey"]),
             (Some(e), _) => e.schema(),
             (None, Kind::Columns) => columns_schema(),
@@ -527,7 +527,7 @@ impl TableProvider for DescribedTable {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::View
+        self.emulated.as_ref().map_or(TableType::View, |e| e.table_type())
     }
 
     async fn scan(
@@ -864,8 +864,9 @@ fn pg_index_batch(schema: &SchemaRef, relations: &[Relation]) -> Result<RecordBa
             "indisunique" | "indisprimary" | "indimmediate" | "indisvalid" | "indisready" | "indislive" => {
                 Cell::Bool(true)
             }
+            "indoption" => Cell::Ints(vec![0; keys.len()]),
             "indkey" => Cell::Ints(keys),
-            "indcollation" | "indclass" | "indoption" => text(zeros),
+            "indcollation" | "indclass" => text(zeros),
             "indexprs" | "indpred" => Cell::Null,
             _ => Cell::Bool(false),
         }
@@ -1094,6 +1095,8 @@ pub(crate) enum Lookup {
     IndexDef,
     /// `expr::regclass`: a name's oid, or an oid's name.
     Regclass,
+    /// `pg_table_size(oid)`: the bytes of the table's current snapshot (data and delete files).
+    TableSize,
 }
 
 impl Lookup {
@@ -1105,6 +1108,7 @@ impl Lookup {
             Self::ConstraintDef => "pg_get_constraintdef",
             Self::IndexDef => "pg_get_indexdef",
             Self::Regclass => "tarn_regclass",
+            Self::TableSize => "pg_table_size",
         }
     }
 
@@ -1113,12 +1117,13 @@ impl Lookup {
         format!("tarn_granted_{}", self.public_name())
     }
 
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::ColDescription,
         Self::ObjDescription,
         Self::ConstraintDef,
         Self::IndexDef,
         Self::Regclass,
+        Self::TableSize,
     ];
 }
 
@@ -1207,6 +1212,11 @@ impl LookupFunction {
                     quote_ident(&r.name),
                     r.quoted_columns()
                 )))
+            }
+            Lookup::TableSize => {
+                let oid = int(0)?;
+                let r = relations.iter().find(|r| i64::from(r.oid) == oid)?;
+                Some(Scalar::Int(r.description.size_bytes.unwrap_or(0)))
             }
             Lookup::Regclass => match args.first()? {
                 Some(Scalar::Int(oid)) => {
@@ -1375,6 +1385,8 @@ impl ScalarUDFImpl for LookupFunction {
                 .is_some_and(|t| matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8));
         Ok(if regclass_of_name {
             DataType::Int32
+        } else if self.lookup == Lookup::TableSize {
+            DataType::Int64
         } else {
             DataType::Utf8
         })
@@ -1403,7 +1415,17 @@ impl ScalarUDFImpl for LookupFunction {
                 self.answer(&relations, &args)
             })
             .collect();
-        let array: ArrayRef = if return_type == DataType::Int32 {
+        let array: ArrayRef = if return_type == DataType::Int64 {
+            Arc::new(
+                answers
+                    .iter()
+                    .map(|a| match a {
+                        Some(Scalar::Int(v)) => Some(*v),
+                        _ => None,
+                    })
+                    .collect::<datafusion::arrow::array::Int64Array>(),
+            )
+        } else if return_type == DataType::Int32 {
             Arc::new(
                 answers
                     .iter()

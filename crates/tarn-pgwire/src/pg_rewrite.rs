@@ -5,13 +5,16 @@
 //!   tarn's relations ([`crate::pg_relations`]): DataFusion answers `information_schema` itself,
 //!   without keys and with Arrow's type names;
 //! - `col_description`, `obj_description`, `pg_get_constraintdef`, `pg_get_indexdef` and
-//!   `expr::regclass` (of anything but a literal or parameter, which the emulation handles
-//!   through `pg_class`) call tarn's look-up functions with the grant token of the statement's
+//!   `expr::regclass` (of anything but a parameter, which the emulation looks up in
+//!   `pg_class`) call tarn's look-up functions with the grant token of the statement's
 //!   principal (see [`crate::pg_relations`]);
 //! - the set-returning `generate_subscripts(a, 1)` and `information_schema._pg_expandarray(a)`
 //!   (pgjdbc's and Metabase's key and index queries) become `unnest`s, which DataFusion zips
 //!   as PostgreSQL runs several set-returning functions in one select list; `(x).f` on a
 //!   composite becomes `get_field(x, 'f')`;
+//! - psql's `array(select 'toast.' || x from unnest(tc.reloptions) x)` (the options of a
+//!   table's TOAST table, which tarn's tables do not have) is an empty `text[]`: DataFusion has
+//!   no `ARRAY(subquery)`;
 //! - a boolean catalog column compared with `'t'` or `'f'` (`ix.indisprimary = 'f'`) is
 //!   compared with `true` or `false`: DataFusion does not read text as a boolean there.
 
@@ -146,13 +149,10 @@ fn is_boolean_catalog_column(expr: &Expr) -> bool {
     .any(|p| name.starts_with(p))
 }
 
-fn is_literal_or_parameter(expr: &Expr) -> bool {
+fn is_parameter(expr: &Expr) -> bool {
     match expr {
-        Expr::Value(v) => matches!(
-            v.value,
-            Value::Placeholder(_) | Value::SingleQuotedString(_) | Value::EscapedStringLiteral(_)
-        ),
-        Expr::Nested(inner) => is_literal_or_parameter(inner),
+        Expr::Value(v) => matches!(v.value, Value::Placeholder(_)),
+        Expr::Nested(inner) => is_parameter(inner),
         _ => false,
     }
 }
@@ -166,6 +166,15 @@ impl Rewriter {
         match expr {
             Expr::Function(f) => {
                 let (name, schema) = function_name(&f.name);
+                if name == "array"
+                    && let FunctionArguments::Subquery(query) = &f.args
+                    && query
+                        .to_string()
+                        .to_ascii_lowercase()
+                        .contains("unnest(tc.reloptions)")
+                {
+                    return parse_expr("CAST(NULL AS TEXT[])");
+                }
                 let args = function_args(&f.args)?;
                 if name == "_pg_expandarray" && matches!(schema.as_deref(), None | Some("information_schema"))
                 {
@@ -214,7 +223,7 @@ impl Rewriter {
                     // `x::regclass::oid`, its inner cast rewritten already.
                     return Some(subject.clone());
                 }
-                if !regclass || is_literal_or_parameter(subject) {
+                if !regclass || is_parameter(subject) {
                     return None;
                 }
                 parse_expr(&format!(
@@ -344,8 +353,13 @@ mod tests {
     }
 
     #[test]
-    fn literal_regclass_and_plain_queries_are_left_alone() {
-        assert_eq!(rewrite("SELECT 'shop.orders'::regclass::oid", "t"), None);
+    fn parameters_and_plain_queries_are_left_alone() {
+        assert_eq!(rewrite("SELECT $1::regclass::oid", "t"), None);
+        let out = rewrite("SELECT 1 FROM d WHERE d.classoid = 'pg_class'::regclass", "t").unwrap();
+        assert!(
+            out.contains("tarn_granted_tarn_regclass('pg_class', 't')"),
+            "{out}"
+        );
         assert_eq!(rewrite("SELECT 1", "t"), None);
         assert_eq!(rewrite("SELECT a[1] FROM t", "t"), None);
     }

@@ -445,6 +445,9 @@ pub struct TableDescription {
     pub comment: Option<String>,
     /// Column comments: the Iceberg fields' docs, by top-level column name.
     pub column_comments: BTreeMap<String, String>,
+    /// The size of the current snapshot's data and delete files (its summary's
+    /// `total-files-size`), when the table has a snapshot.
+    pub size_bytes: Option<i64>,
 }
 
 /// The [`TableDescription`] of `provider` when it is a lake table at its current snapshot;
@@ -466,6 +469,13 @@ pub fn describe_table(provider: &dyn TableProvider) -> Option<TableDescription> 
             .iter()
             .filter_map(|f| f.doc.as_ref().map(|d| (f.name.clone(), d.clone())))
             .collect(),
+        size_bytes: metadata.current_snapshot().map(|s| {
+            let summary = &s.summary().additional_properties;
+            ["total-files-size", "total-delete-files-size"]
+                .iter()
+                .filter_map(|k| summary.get(*k).and_then(|v| v.parse::<i64>().ok()))
+                .sum()
+        }),
     })
 }
 
