@@ -33,6 +33,7 @@ pub mod pg_functions;
 mod pg_relations;
 mod pg_rewrite;
 mod uuid_wire;
+mod wire_types;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -203,16 +204,19 @@ impl QueryHook for CatalogHook {
         if let Err(e) = self.session.refresh().await {
             return Some(Err(user_error(&e)));
         }
-        let mut planned = statement.clone();
-        if !result_names::alias_repeats(&mut planned) {
+        if !matches!(statement, Statement::Query(_)) {
             return None;
         }
+        let mut planned = statement.clone();
+        result_names::alias_repeats(&mut planned);
         // The statement itself stays as the client wrote it: its result names are worked out
-        // from it (`TarnParser::get_result_schema`).
+        // from it (`TarnParser::get_result_schema`). Columns the wire cannot carry as they are
+        // get cast (module `wire_types`).
         let plan = ctx
             .state()
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(planned)))
             .await
+            .and_then(wire_types::sendable_plan)
             .map_err(|e| PgWireError::ApiError(Box::new(e)));
         Some(plan)
     }
@@ -270,7 +274,7 @@ impl QueryHook for QueryResultHook {
             },
             None => ctx.sql(&sql).await,
         };
-        let df = match planned {
+        let df = match planned.and_then(wire_types::sendable_frame) {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
         };

@@ -34,6 +34,8 @@ use crate::pg_relations::{DescribedTable, Kind, Lookup, LookupFunction, Relation
 
 /// PostgreSQL's type OID of `numeric`.
 const NUMERIC: i32 = 1700;
+/// PostgreSQL's type OID of `uuid`.
+const UUID: i32 = 2950;
 /// PostgreSQL's type OID of `timestamptz`.
 const TIMESTAMPTZ: i32 = 1184;
 
@@ -225,8 +227,11 @@ impl PgAttribute {
     }
 }
 
-/// Every column of every table as `(name, type)`, in the order of the emulated `pg_attribute`.
-async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String, DataType)>> {
+/// A column's name, Arrow type, and whether it is a UUID (text marked in its field's metadata).
+type ColumnType = (String, DataType, bool);
+
+/// Every column of every table, in the order of the emulated `pg_attribute`.
+async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<ColumnType>> {
     let mut columns = Vec::new();
     for catalog_name in catalogs.catalog_names() {
         let Some(catalog) = catalogs.catalog(&catalog_name) else {
@@ -238,13 +243,13 @@ async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String,
             };
             for table_name in schema.table_names() {
                 if let Some(table) = schema.table(&table_name).await? {
-                    columns.extend(
-                        table
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| (f.name().clone(), f.data_type().clone())),
-                    );
+                    columns.extend(table.schema().fields().iter().map(|f| {
+                        (
+                            f.name().clone(),
+                            f.data_type().clone(),
+                            tarn_query::uuid_column::is_uuid_field(f),
+                        )
+                    }));
                 }
             }
         }
@@ -254,7 +259,7 @@ async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String,
 
 /// `batch` (rows of the emulated `pg_attribute`) with PostgreSQL's type and modifier for the
 /// columns of `types`, row by row; unchanged when a row's name differs from its column's.
-fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBatch> {
+fn correct(batch: RecordBatch, types: &[ColumnType]) -> Result<RecordBatch> {
     let column = |name: &str| {
         batch
             .schema()
@@ -272,7 +277,7 @@ fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBat
     if names
         .iter()
         .zip(types)
-        .any(|(name, (column, _))| name != Some(column.as_str()))
+        .any(|(name, (column, _, _))| name != Some(column.as_str()))
     {
         return Ok(batch);
     }
@@ -302,7 +307,15 @@ fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBat
             .collect()
     };
     let (mut aligns, mut storages) = (strings(align_at), strings(storage_at));
-    for (row, (_, data_type)) in types.iter().enumerate() {
+    for (row, (_, data_type, uuid)) in types.iter().enumerate() {
+        if *uuid {
+            oids[row] = UUID;
+            lens[row] = 16;
+            byvals[row] = false;
+            aligns[row] = "c".into();
+            storages[row] = "p".into();
+            continue;
+        }
         match data_type {
             DataType::Decimal32(p, s)
             | DataType::Decimal64(p, s)
