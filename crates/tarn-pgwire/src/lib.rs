@@ -51,7 +51,6 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use futures::{Sink, StreamExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
@@ -883,14 +882,33 @@ fn principal_of<C: ClientInfo + ?Sized>(client: &C) -> Option<Arc<Principal>> {
         .map(|p| p.as_ref().clone())
 }
 
-/// Accepts a connection without a password (loopback clients, when configured).
+/// Accepts a connection without a password (loopback clients, when configured), with the
+/// server parameters every other login sends (`server_version` 15.0).
 struct TrustStartup {
     connections: Arc<ConnectionManager>,
+    params: Arc<DefaultServerParameterProvider>,
+    pids: pgwire::api::RandomPidSecretKeyGenerator,
 }
 
-impl NoopStartupHandler for TrustStartup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
+#[async_trait]
+impl StartupHandler for TrustStartup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(ref startup) = message else {
+            return Ok(());
+        };
+        pgwire::api::auth::protocol_negotiation(client, startup).await?;
+        pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+        let (pid, secret) = pgwire::api::PidSecretKeyGenerator::generate(&self.pids, client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.connections.register(pid, secret);
+        client.session_extensions().insert(handle);
+        client.session_extensions().insert(guard);
+        pgwire::api::auth::finish_authentication(client, self.params.as_ref()).await
     }
 }
 
@@ -1060,6 +1078,8 @@ impl PgWireServerHandlers for TarnHandlers {
             },
             trust: TrustStartup {
                 connections: self.connections.clone(),
+                params: params.clone(),
+                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
             },
             scram: SASLAuthStartupHandler::new(params)
                 .with_scram(ScramAuth::new(self.auth_source.clone()))
