@@ -42,56 +42,56 @@ pub fn version_text() -> String {
 /// Registers the functions on `ctx` (over DataFusion's own `version`).
 pub fn install(ctx: &SessionContext) {
     for f in [
-        Function::Version,
-        Function::TypeIsVisible,
-        Function::FunctionIsVisible,
-        Function::SerialSequence,
-        Function::JsonBuildObject,
-        Function::Format,
-        Function::GetExpr,
-        Function::SizePretty,
-        Function::FunctionResult,
-        Function::FunctionArguments,
+        PgName::Version,
+        PgName::TypeIsVisible,
+        PgName::ProcIsVisible,
+        PgName::SerialSequence,
+        PgName::JsonBuildObject,
+        PgName::Format,
+        PgName::GetExpr,
+        PgName::SizePretty,
+        PgName::ProcResult,
+        PgName::ProcArguments,
     ] {
         ctx.register_udf(ScalarUDF::new_from_impl(PgFunction::new(f)));
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Function {
+enum PgName {
     Version,
     TypeIsVisible,
-    FunctionIsVisible,
+    ProcIsVisible,
     SerialSequence,
     JsonBuildObject,
     Format,
     GetExpr,
     SizePretty,
-    FunctionResult,
-    FunctionArguments,
+    ProcResult,
+    ProcArguments,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct PgFunction {
-    function: Function,
+    function: PgName,
     signature: Signature,
 }
 
 impl PgFunction {
-    fn new(function: Function) -> Self {
+    fn new(function: PgName) -> Self {
         let signature = match function {
-            Function::Version => Signature::exact(vec![], Volatility::Stable),
-            Function::TypeIsVisible
-            | Function::FunctionIsVisible
-            | Function::SizePretty
-            | Function::FunctionResult
-            | Function::FunctionArguments => Signature::any(1, Volatility::Stable),
-            Function::SerialSequence => Signature::any(2, Volatility::Stable),
-            Function::JsonBuildObject => Signature::one_of(
+            PgName::Version => Signature::exact(vec![], Volatility::Stable),
+            PgName::TypeIsVisible
+            | PgName::ProcIsVisible
+            | PgName::SizePretty
+            | PgName::ProcResult
+            | PgName::ProcArguments => Signature::any(1, Volatility::Stable),
+            PgName::SerialSequence => Signature::any(2, Volatility::Stable),
+            PgName::JsonBuildObject => Signature::one_of(
                 vec![TypeSignature::VariadicAny, TypeSignature::Nullary],
                 Volatility::Stable,
             ),
-            Function::Format | Function::GetExpr => Signature::variadic_any(Volatility::Stable),
+            PgName::Format | PgName::GetExpr => Signature::variadic_any(Volatility::Stable),
         };
         Self { function, signature }
     }
@@ -104,16 +104,16 @@ impl ScalarUDFImpl for PgFunction {
 
     fn name(&self) -> &str {
         match self.function {
-            Function::Version => "version",
-            Function::TypeIsVisible => "pg_type_is_visible",
-            Function::FunctionIsVisible => "pg_function_is_visible",
-            Function::SerialSequence => "pg_get_serial_sequence",
-            Function::JsonBuildObject => "json_build_object",
-            Function::Format => "format",
-            Function::GetExpr => "pg_get_expr",
-            Function::SizePretty => "pg_size_pretty",
-            Function::FunctionResult => "pg_get_function_result",
-            Function::FunctionArguments => "pg_get_function_arguments",
+            PgName::Version => "version",
+            PgName::TypeIsVisible => "pg_type_is_visible",
+            PgName::ProcIsVisible => "pg_function_is_visible",
+            PgName::SerialSequence => "pg_get_serial_sequence",
+            PgName::JsonBuildObject => "json_build_object",
+            PgName::Format => "format",
+            PgName::GetExpr => "pg_get_expr",
+            PgName::SizePretty => "pg_size_pretty",
+            PgName::ProcResult => "pg_get_function_result",
+            PgName::ProcArguments => "pg_get_function_arguments",
         }
     }
 
@@ -123,7 +123,7 @@ impl ScalarUDFImpl for PgFunction {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.function {
-            Function::TypeIsVisible | Function::FunctionIsVisible => DataType::Boolean,
+            PgName::TypeIsVisible | PgName::ProcIsVisible => DataType::Boolean,
             _ => DataType::Utf8,
         })
     }
@@ -139,14 +139,12 @@ impl ScalarUDFImpl for PgFunction {
             })
             .collect::<Result<Vec<StringArray>>>()?;
         let out: ArrayRef = match self.function {
-            Function::Version => Arc::new(StringArray::from(vec![version_text(); rows.max(1)])),
-            Function::TypeIsVisible | Function::FunctionIsVisible => {
-                Arc::new(BooleanArray::from(vec![true; rows]))
-            }
-            Function::SerialSequence | Function::FunctionResult | Function::FunctionArguments => {
+            PgName::Version => Arc::new(StringArray::from(vec![version_text(); rows.max(1)])),
+            PgName::TypeIsVisible | PgName::ProcIsVisible => Arc::new(BooleanArray::from(vec![true; rows])),
+            PgName::SerialSequence | PgName::ProcResult | PgName::ProcArguments => {
                 Arc::new(StringArray::new_null(rows))
             }
-            Function::SizePretty => {
+            PgName::SizePretty => {
                 let bytes = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
                 Arc::new(
                     bytes
@@ -156,11 +154,11 @@ impl ScalarUDFImpl for PgFunction {
                         .collect::<StringArray>(),
                 )
             }
-            Function::GetExpr => match texts.first() {
+            PgName::GetExpr => match texts.first() {
                 Some(expr) => Arc::new(expr.clone()),
                 None => return Err(DataFusionError::Plan("pg_get_expr takes an expression".into())),
             },
-            Function::JsonBuildObject => {
+            PgName::JsonBuildObject => {
                 if arrays.len() % 2 != 0 {
                     return Err(DataFusionError::Plan(
                         "json_build_object takes an even number of arguments (key, value, ...)".into(),
@@ -172,10 +170,11 @@ impl ScalarUDFImpl for PgFunction {
                         for pair in arrays.chunks(2).zip(texts.chunks(2)) {
                             let ((_, values), (keys, texts)) =
                                 ((&pair.0[0], &pair.0[1]), (&pair.1[0], &pair.1[1]));
-                            let key = keys
-                                .is_valid(row)
-                                .then(|| keys.value(row).to_string())
-                                .unwrap_or_default();
+                            let key = if keys.is_valid(row) {
+                                keys.value(row).to_string()
+                            } else {
+                                String::new()
+                            };
                             object.insert(key, json_value(values, texts, row));
                         }
                         Some(serde_json::Value::Object(object).to_string())
@@ -183,7 +182,7 @@ impl ScalarUDFImpl for PgFunction {
                     .collect();
                 Arc::new(json)
             }
-            Function::Format => {
+            PgName::Format => {
                 let Some((template, values)) = texts.split_first() else {
                     return Err(DataFusionError::Plan("format takes a format string".into()));
                 };
@@ -202,7 +201,7 @@ impl ScalarUDFImpl for PgFunction {
                 Arc::new(out)
             }
         };
-        if self.function == Function::Version && rows == 0 {
+        if self.function == PgName::Version && rows == 0 {
             return Ok(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Utf8(
                 Some(version_text()),
             )));
