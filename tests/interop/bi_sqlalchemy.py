@@ -4,7 +4,8 @@ venv `scripts/setup.sh` makes for it (`.venv-superset`). Usage: `bi_sqlalchemy.p
 Connects as Superset does (`postgresql+psycopg2://`), reflects with `sqlalchemy.inspect` what
 Superset's dataset editor reads (schemas, tables, views, columns with types and comments, primary
 key, foreign keys, indexes, unique and check constraints, table comment), reflects a `Table`, and
-reads `shop.every_type` to show each column's type OID and Python value. Prints one JSON document.
+reads `shop.every_type` to show each column's type OID and Python value, and connects scoped to a
+schema (`options=-csearch_path=shop`, as Superset's SQL Lab does). Prints one JSON document.
 """
 import argparse
 import json
@@ -59,6 +60,19 @@ def main():
             sa.text("SELECT count(*) FROM shop.orders WHERE customer = :who"), {"who": "ada"}
         ).scalar()
         out["count"] = count
+    # A schema chosen in SQL Lab: Superset connects with `options=-csearch_path=<schema>`.
+    scoped = sa.create_engine(
+        f"postgresql+psycopg2://superset@127.0.0.1:{args.port}/tarn",
+        connect_args={"options": "-csearch_path=shop"},
+    )
+    with scoped.connect() as connection:
+        out["scoped"] = {
+            "default_schema": scoped.dialect.default_schema_name,
+            "tables": sa.inspect(scoped).get_table_names(),
+            "count": connection.execute(sa.text("SELECT count(*) FROM orders")).scalar(),
+        }
+        connection.exec_driver_sql("SET search_path TO public")
+        out["scoped"]["after_set"] = connection.execute(sa.text("SELECT current_schema()")).scalar()
     print(json.dumps(out))
 
 

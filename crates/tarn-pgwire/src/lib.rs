@@ -316,6 +316,71 @@ impl QueryHook for QueryResultHook {
 /// answered as PostgreSQL answers them; other `SHOW`s go on to `datafusion-postgres`.
 struct ShowSettingsHook;
 
+/// `SET search_path TO a, b` (identifiers or strings): kept for the connection, which its
+/// statements then resolve unqualified table names with ([`CatalogQueries`]).
+struct SearchPathHook;
+
+/// The `search_path` a `SET` statement sets, if it is one.
+fn set_search_path(statement: &Statement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{Expr, Set};
+    let Statement::Set(Set::SingleAssignment { variable, values, .. }) = statement else {
+        return None;
+    };
+    if !variable.to_string().eq_ignore_ascii_case("search_path") {
+        return None;
+    }
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Expr::Identifier(i) if i.quote_style.is_some() => format!("\"{}\"", i.value),
+            Expr::Identifier(i) => i.value.clone(),
+            Expr::Value(v) => v.clone().into_string().unwrap_or_else(|| v.to_string()),
+            other => other.to_string(),
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+#[async_trait]
+impl QueryHook for SearchPathHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let path = set_search_path(statement)?;
+        client.metadata_mut().insert("search_path".into(), path);
+        Some(Ok(Response::Execution(Tag::new("SET"))))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        set_search_path(statement)?;
+        Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(datafusion::common::DFSchema::empty()),
+        })))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let path = set_search_path(statement)?;
+        client.metadata_mut().insert("search_path".into(), path);
+        Some(Ok(Response::Execution(Tag::new("SET"))))
+    }
+}
+
 /// The column and value `SHOW <statement>` answers with, for the settings [`ShowSettingsHook`]
 /// answers.
 fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync)) -> Option<(String, String)> {
@@ -345,6 +410,15 @@ fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync))
         }
         "transaction_read_only" | "default_transaction_read_only" => (name.as_str(), "off".into()),
         "max_identifier_length" => ("max_identifier_length", "63".into()),
+        "search_path" => {
+            let path = pg_rewrite::search_path(client.metadata());
+            let shown = if path.is_empty() {
+                format!("\"$user\", {}", tarn_query::DEFAULT_SCHEMA)
+            } else {
+                path.join(", ")
+            };
+            ("search_path", shown)
+        }
         _ => return None,
     };
     Some((column.to_string(), value))
@@ -564,10 +638,14 @@ impl TarnSimpleQuery {
                 responses.push(tag_of(output));
             } else {
                 let names = ResultNames::of_sql(&statement.sql);
-                let rewritten = self.catalog.prepare(&statement.sql).await.map_err(|e| {
-                    self.running.finish(&key);
-                    PgWireError::ApiError(Box::new(e))
-                })?;
+                let rewritten = self
+                    .catalog
+                    .prepare(&statement.sql, client.metadata())
+                    .await
+                    .map_err(|e| {
+                        self.running.finish(&key);
+                        PgWireError::ApiError(Box::new(e))
+                    })?;
                 let sql = self.with_repeats_aliased(rewritten.as_deref().unwrap_or(&statement.sql));
                 let result = tarn_query::audit::with_statement(
                     &statement.sql,
@@ -663,6 +741,8 @@ struct TarnParser {
 /// and the statement rewritten ([`pg_rewrite`]) before it is planned.
 struct CatalogQueries {
     ctx: SessionContext,
+    /// The lake's catalog, where `search_path` schemas are looked up.
+    catalog: String,
     relations: Arc<pg_relations::Relations>,
     /// `datafusion-postgres`'s parser: the statements it replaces whole (its answers to some
     /// of psql's and pgcli's catalog queries) are left for it to recognize.
@@ -670,17 +750,36 @@ struct CatalogQueries {
 }
 
 impl CatalogQueries {
-    /// `sql` rewritten for planning, when it reads the catalog and something changes; the
-    /// relations are refreshed first (for the principal of the current task).
-    async fn prepare(&self, sql: &str) -> datafusion::error::Result<Option<String>> {
+    /// `sql` rewritten for planning when something changes: for the connection's
+    /// `search_path` (in `metadata`), and when it reads the catalog (the relations are refreshed
+    /// first, for the principal of the current task).
+    async fn prepare(
+        &self,
+        sql: &str,
+        metadata: &HashMap<String, String>,
+    ) -> datafusion::error::Result<Option<String>> {
+        let with_path = self.with_search_path(sql, metadata);
+        let sql = with_path.as_deref().unwrap_or(sql);
         if !pg_rewrite::reads_catalog(sql) {
-            return Ok(None);
+            return Ok(with_path);
         }
         let token = self.relations.refresh(&self.ctx.state()).await?;
         if self.replaced_whole(sql) {
-            return Ok(None);
+            return Ok(with_path);
         }
-        Ok(pg_rewrite::rewrite(sql, &token))
+        Ok(pg_rewrite::rewrite(sql, &token).or(with_path))
+    }
+
+    /// `sql` with the connection's `search_path` applied ([`pg_rewrite::with_search_path`]);
+    /// `None` when the path is unset or the default schema alone.
+    fn with_search_path(&self, sql: &str, metadata: &HashMap<String, String>) -> Option<String> {
+        let path = pg_rewrite::search_path(metadata);
+        if path.is_empty() || path == [tarn_query::DEFAULT_SCHEMA] {
+            return None;
+        }
+        let catalog = self.ctx.catalog(&self.catalog)?;
+        let exists = |schema: &str, table: &str| catalog.schema(schema).is_some_and(|s| s.table_exist(table));
+        pg_rewrite::with_search_path(sql, &path, &exists)
     }
 
     /// Whether `datafusion-postgres` replaces `sql` (or a part of it) by a statement of its own:
@@ -714,7 +813,7 @@ impl QueryParser for TarnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql))
+        let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql, client.metadata()))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         self.inner
@@ -1149,6 +1248,7 @@ pub async fn serve(
         .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     let catalog = Arc::new(CatalogQueries {
         ctx: ctx.clone(),
+        catalog: session.lake().name().to_string(),
         relations,
         compatibility: PostgresCompatibilityParser::new(),
     });
@@ -1157,6 +1257,7 @@ pub async fn serve(
             session: session.clone(),
         }),
         Arc::new(ShowSettingsHook),
+        Arc::new(SearchPathHook),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),

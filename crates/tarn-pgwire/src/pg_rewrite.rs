@@ -17,12 +17,16 @@
 //!   no `ARRAY(subquery)`;
 //! - a boolean catalog column compared with `'t'` or `'f'` (`ix.indisprimary = 'f'`) is
 //!   compared with `true` or `false`: DataFusion does not read text as a boolean there.
+//!
+//! And for every statement of a connection whose `search_path` is not the default: unqualified
+//! table names resolve in the path's schemas ([`with_search_path`]).
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    AccessExpr, BinaryOperator, CastKind, Expr, FunctionArguments, Ident, ObjectName, ObjectNamePart,
-    Statement, Value, VisitMut, VisitorMut,
+    AccessExpr, BinaryOperator, CastKind, Expr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query,
+    Statement, Value, Visit, VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -70,6 +74,136 @@ pub(crate) fn rewrite(sql: &str, token: &str) -> Option<String> {
 struct Rewriter {
     token: String,
     changed: bool,
+}
+
+/// The schemas of a connection's `search_path` (`SET search_path TO shop, public`, or the
+/// startup option `-c search_path=shop`), in order, without `"$user"`; empty when unset.
+pub(crate) fn search_path(metadata: &std::collections::HashMap<String, String>) -> Vec<String> {
+    let value = metadata.get("search_path").cloned().or_else(|| {
+        // libpq's `options` startup parameter: `-c search_path=shop` or `-csearch_path=shop`.
+        let options = metadata.get("options")?;
+        let at = options.find("search_path=")?;
+        let rest = &options[at + "search_path=".len()..];
+        Some(rest.split(" -").next().unwrap_or(rest).trim().to_string())
+    });
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().trim_matches('\'').to_string())
+        .map(|s| match s.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+            Some(quoted) => quoted.to_string(),
+            None => s.to_ascii_lowercase(),
+        })
+        .filter(|s| !s.is_empty() && s != "$user")
+        .collect()
+}
+
+/// `sql` with its unqualified table names qualified by the first schema of `search_path` that
+/// has the table (`exists(schema, table)`), and `current_schema()` answered with the first
+/// schema; `None` when nothing changes. DataFusion resolves unqualified names in the session's
+/// default schema, shared by every connection; this makes each connection's own `search_path`
+/// hold, as it does in PostgreSQL (Superset sets it for a schema chosen in SQL Lab).
+pub(crate) fn with_search_path(
+    sql: &str,
+    search_path: &[String],
+    exists: &dyn Fn(&str, &str) -> bool,
+) -> Option<String> {
+    let first = search_path.first()?;
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut ctes = CteNames::default();
+    for statement in &statements {
+        let _ = statement.visit(&mut ctes);
+    }
+    let mut rewriter = SearchPath {
+        search_path,
+        first,
+        exists,
+        ctes: ctes.0,
+        changed: false,
+    };
+    for statement in &mut statements {
+        let _ = statement.visit(&mut rewriter);
+    }
+    rewriter.changed.then(|| {
+        statements
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(";\n")
+    })
+}
+
+/// The names `WITH` gives its queries, which are no tables to qualify.
+#[derive(Default)]
+struct CteNames(BTreeSet<String>);
+
+impl Visitor for CteNames {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Self::Break> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.0.insert(cte.alias.name.value.to_ascii_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+struct SearchPath<'a> {
+    search_path: &'a [String],
+    first: &'a str,
+    exists: &'a dyn Fn(&str, &str) -> bool,
+    ctes: BTreeSet<String>,
+    changed: bool,
+}
+
+impl VisitorMut for SearchPath<'_> {
+    type Break = ();
+
+    fn post_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<Self::Break> {
+        let [ObjectNamePart::Identifier(table)] = relation.0.as_slice() else {
+            return ControlFlow::Continue(());
+        };
+        let name = if table.quote_style.is_some() {
+            table.value.clone()
+        } else {
+            table.value.to_ascii_lowercase()
+        };
+        if self.ctes.contains(&name) {
+            return ControlFlow::Continue(());
+        }
+        if let Some(schema) = self.search_path.iter().find(|s| (self.exists)(s, &name)) {
+            relation.0.insert(
+                0,
+                ObjectNamePart::Identifier(Ident::with_quote('"', schema.clone())),
+            );
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<Self::Break> {
+        let is_current_schema = match expr {
+            Expr::Function(f) => {
+                function_name(&f.name).0 == "current_schema"
+                    && match &f.args {
+                        FunctionArguments::None => true,
+                        FunctionArguments::List(list) => list.args.is_empty(),
+                        FunctionArguments::Subquery(_) => false,
+                    }
+            }
+            Expr::Identifier(i) => i.quote_style.is_none() && i.value.eq_ignore_ascii_case("current_schema"),
+            _ => false,
+        };
+        if is_current_schema
+            && let Some(literal) = parse_expr(&format!("'{}'", self.first.replace('\'', "''")))
+        {
+            *expr = literal;
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// The last part of `name`, lower case, and whether the name has no other part or names
@@ -340,6 +474,36 @@ mod tests {
             out.contains("unnest(generate_series(1, cardinality(ix.indkey)))"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn search_path_qualifies_tables_but_not_ctes() {
+        let path = vec!["shop".to_string(), "public".to_string()];
+        let exists =
+            |schema: &str, table: &str| matches!((schema, table), ("shop", "orders") | ("public", "plain"));
+        let out = with_search_path(
+            "WITH o AS (SELECT * FROM orders) SELECT current_schema(), * FROM o JOIN plain ON true JOIN nope ON true",
+            &path,
+            &exists,
+        )
+        .unwrap();
+        assert!(out.contains("FROM \"shop\".orders"), "{out}");
+        assert!(out.contains("JOIN \"public\".plain"), "{out}");
+        assert!(out.contains("FROM o JOIN"), "{out}");
+        assert!(out.contains("JOIN nope"), "{out}");
+        assert!(out.contains("SELECT 'shop'"), "{out}");
+    }
+
+    #[test]
+    fn search_path_comes_from_set_or_startup_options() {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert(
+            "options".to_string(),
+            "-c search_path=Shop,\"$user\" -c x=1".to_string(),
+        );
+        assert_eq!(search_path(&metadata), ["shop"]);
+        metadata.insert("search_path".to_string(), "\"Mixed\", public".to_string());
+        assert_eq!(search_path(&metadata), ["Mixed", "public"]);
     }
 
     #[test]

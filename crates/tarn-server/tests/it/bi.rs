@@ -242,6 +242,11 @@ fn sqlalchemy_superset_stack_reflects_keys_comments_and_types() {
         assert_eq!(seen["values"][1][i], Value::Null, "{name}: {seen}");
     }
     assert_eq!(seen["count"], 1);
+    // Scoped to a schema with `search_path`, as Superset's SQL Lab connects.
+    assert_eq!(
+        seen["scoped"],
+        json!({"default_schema": "shop", "tables": ["every_type", "orders"], "count": 1, "after_set": "public"})
+    );
 }
 
 /// The fixture's blocks: (name, expected column labels).
