@@ -413,6 +413,12 @@ impl Governance {
         self.visible(&principal)
     }
 
+    /// What `principal` may see of the lake (tables by schema, and schemas), as listings show
+    /// it: for listings made outside a statement (the REST catalog's).
+    pub fn visible_to(&self, principal: &Principal) -> Result<Visible> {
+        self.visible(principal)
+    }
+
     /// The lake's (schema, table) names the current principal may see, and its schemas.
     fn visible(&self, principal: &Principal) -> Result<Visible> {
         let auditor = self.is_auditor(principal);

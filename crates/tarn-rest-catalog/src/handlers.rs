@@ -162,6 +162,7 @@ pub(crate) async fn get_config(State(state): State<RestState>) -> Handled {
 /// namespaces without it).
 pub(crate) async fn list_namespaces(
     State(state): State<RestState>,
+    extensions: axum::http::Extensions,
     p: Params,
     Query(q): QueryParams,
 ) -> Handled {
@@ -171,6 +172,11 @@ pub(crate) async fn list_namespaces(
         None => None,
     };
     let children = child_namespaces(&state, parent.as_ref()).await?;
+    let children = state
+        .options
+        .authorizer
+        .visible_namespaces(&extensions, children)
+        .await?;
     let keyed = children
         .into_iter()
         .map(|ns| (ns.as_ref().join("\u{1f}"), ns))
@@ -351,7 +357,12 @@ pub(crate) async fn update_namespace_properties(
 }
 
 /// `GET /v1/{prefix}/namespaces/{namespace}/tables`.
-pub(crate) async fn list_tables(State(state): State<RestState>, p: Params, Query(q): QueryParams) -> Handled {
+pub(crate) async fn list_tables(
+    State(state): State<RestState>,
+    extensions: axum::http::Extensions,
+    p: Params,
+    Query(q): QueryParams,
+) -> Handled {
     let ns = namespace_param(&params(&state, p)?)?;
     require_namespace(&state, &ns).await?;
     let tables = state
@@ -359,6 +370,11 @@ pub(crate) async fn list_tables(State(state): State<RestState>, p: Params, Query
         .list_tables(&ns)
         .await
         .map_err(|e| RestError::from_lake(&e))?;
+    let tables = state
+        .options
+        .authorizer
+        .visible_tables(&extensions, tables)
+        .await?;
     let keyed = tables.into_iter().map(|t| (t.name().to_string(), t)).collect();
     let (identifiers, next_page_token) = paginate(keyed, &q)?;
     Ok(json(&ListTablesResponse {

@@ -23,7 +23,8 @@
 //! Only the envelopes that crate keeps private or lacks (`CatalogConfig`, the error envelope,
 //! `CommitTransactionRequest`) are written here.
 //!
-//! Authentication and authorization: one seam, [`Authorizer`], asked before every request;
+//! Authentication and authorization: one seam, [`Authorizer`], asked before every request
+//! (and for the listings, which tables and namespaces the caller may see);
 //! [`AllowAll`] lets everything through (the `Authorization` header, e.g. pyiceberg's
 //! `Bearer None`, is ignored); `tarn serve` plugs its policy in there when one is configured.
 
@@ -79,6 +80,26 @@ pub struct CatalogRequest<'a> {
 pub trait Authorizer: Send + Sync + 'static {
     /// `Ok(())` lets the request through.
     async fn authorize(&self, request: &CatalogRequest<'_>) -> Result<(), RestError>;
+
+    /// Of the tables a listing (`GET .../namespaces/{namespace}/tables`) found, the ones the
+    /// caller (`extensions`, as in [`CatalogRequest::extensions`]) may see. All by default.
+    async fn visible_tables(
+        &self,
+        _extensions: &axum::http::Extensions,
+        tables: Vec<iceberg::TableIdent>,
+    ) -> Result<Vec<iceberg::TableIdent>, RestError> {
+        Ok(tables)
+    }
+
+    /// Of the namespaces a listing (`GET .../namespaces`) found, the ones the caller may see.
+    /// All by default.
+    async fn visible_namespaces(
+        &self,
+        _extensions: &axum::http::Extensions,
+        namespaces: Vec<iceberg::NamespaceIdent>,
+    ) -> Result<Vec<iceberg::NamespaceIdent>, RestError> {
+        Ok(namespaces)
+    }
 }
 
 /// Lets every request through and ignores credentials (pyiceberg sends

@@ -99,6 +99,44 @@ fn denied(e: tarn_policy::PolicyError) -> tarn_rest_catalog::RestError {
 
 #[async_trait::async_trait]
 impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
+    async fn visible_tables(
+        &self,
+        extensions: &axum::http::Extensions,
+        tables: Vec<iceberg::TableIdent>,
+    ) -> Result<Vec<iceberg::TableIdent>, tarn_rest_catalog::RestError> {
+        let (visible, _) = self.visible(extensions)?;
+        Ok(tables
+            .into_iter()
+            .filter(|t| {
+                visible
+                    .get(&t.namespace().join("."))
+                    .is_some_and(|names| names.contains(t.name()))
+            })
+            .collect())
+    }
+
+    async fn visible_namespaces(
+        &self,
+        extensions: &axum::http::Extensions,
+        namespaces: Vec<iceberg::NamespaceIdent>,
+    ) -> Result<Vec<iceberg::NamespaceIdent>, tarn_rest_catalog::RestError> {
+        let (tables, schemas) = self.visible(extensions)?;
+        Ok(namespaces
+            .into_iter()
+            .filter(|ns| {
+                // A parent of a visible namespace stays, so a client can walk down to it.
+                let name = ns.join(".");
+                let prefix = format!("{name}.");
+                schemas.contains(&name)
+                    || tables.contains_key(&name)
+                    || schemas
+                        .iter()
+                        .chain(tables.keys())
+                        .any(|s| s.starts_with(&prefix))
+            })
+            .collect())
+    }
+
     async fn authorize(
         &self,
         request: &tarn_rest_catalog::CatalogRequest<'_>,
@@ -135,6 +173,26 @@ impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
 }
 
 impl PolicyAuthorizer {
+    /// What the caller of a request may see of the lake, as the SQL endpoint's listings show
+    /// it (`FilterTables`, `FilterSchemas`; the audit trail to its auditors only).
+    fn visible(
+        &self,
+        extensions: &axum::http::Extensions,
+    ) -> Result<tarn_query::governance::Visible, tarn_rest_catalog::RestError> {
+        let principal = extensions
+            .get::<std::sync::Arc<tarn_auth::Principal>>()
+            .ok_or_else(|| {
+                tarn_rest_catalog::RestError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "NotAuthorizedException",
+                    "a policy is configured: the REST catalog serves only callers with an OIDC bearer token (auth.oidc)",
+                )
+            })?;
+        self.governance
+            .visible_to(principal)
+            .map_err(|e| forbidden(e.to_string()))
+    }
+
     async fn decide(
         &self,
         request: &tarn_rest_catalog::CatalogRequest<'_>,

@@ -32,7 +32,7 @@ analyst if input.context.identity.user == "svc"
 
 allow if admin
 
-allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas"}
+allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas", "ShowSchemas", "ShowTables"}
 
 allow if {
 	input.context.identity.user == "svc"
@@ -122,7 +122,8 @@ pub(crate) fn serve(issuer: &Issuer) -> (Served, i64) {
         CREATE TABLE sales.customers (id BIGINT, email VARCHAR, region VARCHAR);
         INSERT INTO sales.customers VALUES (1, 'ana@secret.example', 'eu'), (2, 'bob@secret.example', 'us');
         CREATE TABLE hr.salaries (name VARCHAR, salary BIGINT);
-        INSERT INTO hr.salaries VALUES ('ana', 100)";
+        INSERT INTO hr.salaries VALUES ('ana', 100);
+        CREATE TABLE hr.customers (id BIGINT, hidden_rating BIGINT)";
     let (ok, _, err) = crate::tarn(dir.path(), &["sql", setup]);
     assert!(ok, "{err}");
     let (ok, first, err) = crate::tarn(
@@ -298,6 +299,13 @@ async fn governance_bypass_suite_masks_and_filters_every_query_shape() {
         ("SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'hr'".into(), None),
         ("SHOW TABLES".into(), None),
         ("SELECT relname FROM pg_catalog.pg_class WHERE relname = 'salaries'".into(), Some(vec![])),
+        // A hidden table with a visible table's name (hr.customers, sales.customers): only the
+        // visible one is listed, and only its columns.
+        ("SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.relname = 'customers'".into(), Some(vec!["sales"])),
+        ("SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+          WHERE c.relname = 'customers' AND a.attnum > 0 ORDER BY a.attnum".into(), Some(vec!["id", "email", "region"])),
+        ("SELECT count(*) FROM pg_catalog.pg_attribute WHERE attname = 'hidden_rating'".into(), Some(vec!["0"])),
         ("SELECT schemaname, tablename FROM pg_catalog.pg_tables WHERE schemaname = 'hr'".into(), Some(vec![])),
         ("EXPLAIN SELECT * FROM sales.customers".into(), None),
         ("EXPLAIN ANALYZE SELECT email FROM sales.customers".into(), None),
@@ -506,6 +514,29 @@ async fn governance_bypass_suite_masks_and_filters_every_query_shape() {
     let admin = rsa.sign(&claims);
     let (status, body) = served.get("/iceberg/v1/namespaces/sales/tables/customers", &admin);
     assert_eq!(status, 200, "{body}");
+    // Its listings show what the caller may see, as information_schema does.
+    let listed = |path: &str, token: &str| {
+        let (status, body) = served.get(path, token);
+        assert_eq!(status, 200, "{path}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut names: Vec<String> = body["identifiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        listed("/iceberg/v1/namespaces/sales/tables", &token),
+        ["customers", "orders"]
+    );
+    assert!(listed("/iceberg/v1/namespaces/hr/tables", &token).is_empty());
+    assert_eq!(
+        listed("/iceberg/v1/namespaces/hr/tables", &admin),
+        ["customers", "salaries"]
+    );
 
     // psql's listing of the hidden schema shows nothing to the analyst.
     let token = rsa.sign(&issuer.claims("ana"));
