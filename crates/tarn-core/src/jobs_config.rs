@@ -101,7 +101,12 @@ impl JobsConfig {
         if let Some(url) = &self.alerts.webhook_url {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => return bad("jobs.alerts.webhook_url", "expected an http:// or https:// URL".into()),
+                _ => {
+                    return bad(
+                        "jobs.alerts.webhook_url",
+                        "expected an http:// or https:// URL".into(),
+                    );
+                }
             }
         }
         if let Some(url) = &self.alerts.smtp_url {

@@ -291,10 +291,19 @@ pub fn global_args() -> Vec<std::ffi::OsString> {
 /// Entry point: parse, run, map errors to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut globals: Vec<std::ffi::OsString> = vec!["--data-dir".into(), std::path::absolute(&cli.data_dir).unwrap_or_else(|_| cli.data_dir.clone()).into()];
+    let mut globals: Vec<std::ffi::OsString> = vec![
+        "--data-dir".into(),
+        std::path::absolute(&cli.data_dir)
+            .unwrap_or_else(|_| cli.data_dir.clone())
+            .into(),
+    ];
     if let Some(config) = &cli.config {
         globals.push("--config".into());
-        globals.push(std::path::absolute(config).unwrap_or_else(|_| config.clone()).into());
+        globals.push(
+            std::path::absolute(config)
+                .unwrap_or_else(|_| config.clone())
+                .into(),
+        );
     }
     for kv in &cli.overrides {
         globals.push("--set".into());

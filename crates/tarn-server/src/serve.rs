@@ -372,9 +372,10 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     }
     // The jobs' API, and the scheduler (active in one replica at a time) unless turned off.
     let jobs = crate::jobs::Jobs::open(config, session.clone()).await?;
-    let scheduler = config.jobs.scheduler.then(|| {
-        tokio::spawn(jobs.clone().scheduler(shutdown.clone()))
-    });
+    let scheduler = config
+        .jobs
+        .scheduler
+        .then(|| tokio::spawn(jobs.clone().scheduler(shutdown.clone())));
     let closing = session.clone();
     let mut endpoints = Endpoints::start(
         config,

@@ -99,8 +99,12 @@ impl Alerter {
             let body = serde_json::json!({ "text": alert.text() });
             match self.http.post(url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => done.push("webhook".to_string()),
-                Ok(r) => tracing::warn!(status = %r.status(), job = %alert.job, "the alert webhook refused the alert"),
-                Err(e) => tracing::warn!(error = %e, job = %alert.job, "cannot send the alert to the webhook"),
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), job = %alert.job, "the alert webhook refused the alert")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %alert.job, "cannot send the alert to the webhook")
+                }
             }
         }
         if let (Some(smtp), Some(from)) = (&self.smtp, &self.from)
@@ -108,14 +112,21 @@ impl Alerter {
         {
             match self.email(smtp, from, alert).await {
                 Ok(()) => done.push(format!("email to {}", self.to.len())),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), job = %alert.job, "cannot send the alert email"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), job = %alert.job, "cannot send the alert email")
+                }
             }
         }
         tracing::info!(kind = alert.kind, job = %alert.job, run = %alert.run_id, delivered = ?done, "alert");
         done
     }
 
-    async fn email(&self, smtp: &AsyncSmtpTransport<Tokio1Executor>, from: &Mailbox, alert: &Alert) -> Result<()> {
+    async fn email(
+        &self,
+        smtp: &AsyncSmtpTransport<Tokio1Executor>,
+        from: &Mailbox,
+        alert: &Alert,
+    ) -> Result<()> {
         let mut builder = Message::builder().from(from.clone()).subject(alert.subject());
         for to in &self.to {
             builder = builder.to(to.clone());
@@ -123,7 +134,9 @@ impl Alerter {
         let message = builder
             .body(alert.text())
             .context("cannot build the alert email")?;
-        smtp.send(message).await.context("the SMTP server refused the alert")?;
+        smtp.send(message)
+            .await
+            .context("the SMTP server refused the alert")?;
         Ok(())
     }
 }

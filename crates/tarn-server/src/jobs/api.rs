@@ -52,7 +52,11 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 }
 
 fn internal(e: &anyhow::Error) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", format!("{e:#}"))
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalServerError",
+        format!("{e:#}"),
+    )
 }
 
 type Caller = Option<Extension<Arc<Principal>>>;
@@ -69,9 +73,12 @@ fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> R
             "a policy is configured: the jobs API serves only callers with an OIDC bearer token (auth.oidc)",
         ));
     };
-    let decided = governance
-        .policy()
-        .check(principal, operation, Some(json!({"job": {"name": job}})), &format!("job {job}"));
+    let decided = governance.policy().check(
+        principal,
+        operation,
+        Some(json!({"job": {"name": job}})),
+        &format!("job {job}"),
+    );
     governance.record_decision(
         principal,
         vec![format!("{operation} job {job}")],
@@ -82,6 +89,13 @@ fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> R
 }
 
 async fn list(State(state): State<ApiState>, caller: Caller) -> Response {
+    if state.governance.is_some() && caller.is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "NotAuthorizedException",
+            "a policy is configured: the jobs API serves only callers with an OIDC bearer token (auth.oidc)",
+        );
+    }
     let (jobs, errors) = state.jobs.load();
     let now = Utc::now();
     let mut out = Vec::new();
@@ -104,7 +118,11 @@ async fn list(State(state): State<ApiState>, caller: Caller) -> Response {
         }));
     }
     // Unreadable files name paths: only where no policy restricts callers.
-    let errors = if state.governance.is_none() { errors } else { Vec::new() };
+    let errors = if state.governance.is_none() {
+        errors
+    } else {
+        Vec::new()
+    };
     Json(json!({"jobs": out, "errors": errors})).into_response()
 }
 
@@ -127,7 +145,13 @@ async fn trigger(
     let body: TriggerBody = match body {
         Some(Json(v)) => match serde_json::from_value(v) {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequestException", format!("request body: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequestException",
+                    format!("request body: {e}"),
+                );
+            }
         },
         None => TriggerBody::default(),
     };
@@ -137,7 +161,13 @@ async fn trigger(
     };
     let date = match body.logical_date.as_deref().map(parse_when).transpose() {
         Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequestException", format!("logical_date: {e:#}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestException",
+                format!("logical_date: {e:#}"),
+            );
+        }
     };
     match state
         .jobs
@@ -154,24 +184,44 @@ struct Limit {
     limit: Option<i64>,
 }
 
-async fn runs(State(state): State<ApiState>, caller: Caller, Path(job): Path<String>, Query(q): Query<Limit>) -> Response {
+async fn runs(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(job): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
     if let Err(r) = authorize(&state, &caller, "ViewJob", &job) {
         return r;
     }
-    match state.jobs.store().runs(Some(&job), q.limit.unwrap_or(50).clamp(1, 1000)).await {
+    match state
+        .jobs
+        .store()
+        .runs(Some(&job), q.limit.unwrap_or(50).clamp(1, 1000))
+        .await
+    {
         Ok(runs) => Json(json!({"runs": runs})).into_response(),
         Err(e) => internal(&e),
     }
 }
 
-async fn run(State(state): State<ApiState>, caller: Caller, Path((job, run_id)): Path<(String, String)>) -> Response {
+async fn run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((job, run_id)): Path<(String, String)>,
+) -> Response {
     if let Err(r) = authorize(&state, &caller, "ViewJob", &job) {
         return r;
     }
     let store = state.jobs.store();
     let run = match store.run(&run_id).await {
         Ok(Some(r)) if r.job == job => r,
-        Ok(_) => return error(StatusCode::NOT_FOUND, "NoSuchRunException", format!("job {job} has no run {run_id}")),
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NoSuchRunException",
+                format!("job {job} has no run {run_id}"),
+            );
+        }
         Err(e) => return internal(&e),
     };
     let (tasks, tries) = match (store.tasks(&run_id).await, store.tries(&run_id).await) {
@@ -200,7 +250,13 @@ async fn logs(
     let store = state.jobs.store();
     match store.run(&run_id).await {
         Ok(Some(r)) if r.job == job => {}
-        Ok(_) => return error(StatusCode::NOT_FOUND, "NoSuchRunException", format!("job {job} has no run {run_id}")),
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NoSuchRunException",
+                format!("job {job} has no run {run_id}"),
+            );
+        }
         Err(e) => return internal(&e),
     }
     match store.logs(&run_id, q.task.as_deref(), q.try_number).await {

@@ -111,7 +111,10 @@ async fn command(cmd: JobsCommand, config: &Config, jobs: &Arc<Jobs>) -> Result<
             let (list, errors) = jobs.load();
             let now = Utc::now();
             if list.is_empty() && errors.is_empty() {
-                eprintln!("no jobs in {} (jobs.dir)", config.jobs.dir(&config.data_dir).display());
+                eprintln!(
+                    "no jobs in {} (jobs.dir)",
+                    config.jobs.dir(&config.data_dir).display()
+                );
             }
             for job in &list {
                 let last = jobs.store().runs(Some(&job.name), 1).await?;
@@ -169,7 +172,10 @@ async fn command(cmd: JobsCommand, config: &Config, jobs: &Arc<Jobs>) -> Result<
                     }
                     let runs = jobs.backfill(&job, parse_when(&from)?, parse_when(&to)?).await?;
                     if runs.is_empty() {
-                        bail!("no interval of {}'s schedule starts between {from} and {to}", job.name);
+                        bail!(
+                            "no interval of {}'s schedule starts between {from} and {to}",
+                            job.name
+                        );
                     }
                     runs
                 }
@@ -205,9 +211,18 @@ async fn command(cmd: JobsCommand, config: &Config, jobs: &Arc<Jobs>) -> Result<
                 }
             }
             signal.abort();
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        JobsCommand::History { job, run, limit, json } => {
+        JobsCommand::History {
+            job,
+            run,
+            limit,
+            json,
+        } => {
             if let Some(run_id) = run {
                 let r = jobs
                     .store()

@@ -29,7 +29,15 @@ pub struct TryLog {
     run_id: String,
     task_id: String,
     try_number: i64,
-    next: Arc<AtomicI64>,
+}
+
+/// Line numbers: one sequence per process, starting at the process's start time in
+/// microseconds, so lines written to one try's log by several writers (its output streams, the
+/// driver, a later owner recovering it) never collide and sort in the order written.
+fn next_line_no() -> i64 {
+    static NEXT: std::sync::OnceLock<AtomicI64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| AtomicI64::new(chrono::Utc::now().timestamp_micros()))
+        .fetch_add(1, Ordering::Relaxed)
 }
 
 impl TryLog {
@@ -40,7 +48,6 @@ impl TryLog {
             run_id: run_id.into(),
             task_id: task_id.into(),
             try_number,
-            next: Arc::new(AtomicI64::new(1)),
         }
     }
 
@@ -48,7 +55,7 @@ impl TryLog {
     pub async fn line(&self, line: impl Into<String>) {
         let line = line.into();
         tracing::debug!(run = %self.run_id, task = %self.task_id, try_number = self.try_number, "{line}");
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = next_line_no();
         if let Err(e) = self
             .store
             .log(&self.run_id, &self.task_id, self.try_number, n, &line)
@@ -215,13 +222,9 @@ async fn execute(cx: &TryContext) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let args = crate::maintain::MaintainArgs::new(tables, *compact, *expire, *orphans, false);
             let mut lines = Vec::new();
-            let done = crate::maintain::maintain(
-                cx.session.lake(),
-                &cx.config,
-                &args,
-                false,
-                &mut |l| lines.push(l),
-            )
+            let done = crate::maintain::maintain(cx.session.lake(), &cx.config, &args, false, &mut |l| {
+                lines.push(l)
+            })
             .await;
             for l in lines {
                 cx.log.line(l).await;
@@ -238,9 +241,7 @@ async fn execute(cx: &TryContext) -> Result<()> {
             let url = render(cx, "url", url)?;
             let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                 .map_err(|_| anyhow!("task `{}`: method {method:?} is not an HTTP method", cx.task.id))?;
-            let client = reqwest::Client::builder()
-                .timeout(cx.task.timeout)
-                .build()?;
+            let client = reqwest::Client::builder().timeout(cx.task.timeout).build()?;
             let mut request = client.request(method.clone(), &url);
             for (k, v) in headers {
                 request = request.header(k.as_str(), render(cx, "headers", v)?);
@@ -307,7 +308,11 @@ async fn run_sql(cx: &TryContext, sql: &str) -> Result<()> {
     let session = session_for(cx);
     for (i, statement) in TarnSession::prepare(sql)?.into_iter().enumerate() {
         let n = i + 1;
-        match session.run(&statement).await.with_context(|| format!("statement {n}"))? {
+        match session
+            .run(&statement)
+            .await
+            .with_context(|| format!("statement {n}"))?
+        {
             Output::Rows(mut stream) => {
                 let mut rows = 0usize;
                 while let Some(batch) = stream.next().await {
@@ -357,7 +362,9 @@ async fn run_child(cx: &TryContext, mut cmd: tokio::process::Command, what: &str
             .set_try_pid(&cx.run_id, &cx.task.id, cx.try_number, pid)
             .await?;
     }
-    cx.log.line(format!("started {what} (process group {})", pid.unwrap_or(0))).await;
+    cx.log
+        .line(format!("started {what} (process group {})", pid.unwrap_or(0)))
+        .await;
     let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, log: TryLog| async move {
         if let Some(s) = stream {
             let mut lines = BufReader::new(s).lines();
@@ -367,11 +374,17 @@ async fn run_child(cx: &TryContext, mut cmd: tokio::process::Command, what: &str
         }
     };
     let out = tokio::spawn(pump(
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         cx.log.clone(),
     ));
     let err = tokio::spawn(pump(
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         cx.log.clone(),
     ));
     let status = tokio::select! {

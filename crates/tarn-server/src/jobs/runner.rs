@@ -126,7 +126,10 @@ impl Jobs {
     ) -> Result<Run> {
         let now = Utc::now();
         let date = logical_date.unwrap_or(now);
-        let end = job.next_fire(date).filter(|_| logical_date.is_some()).unwrap_or(date);
+        let end = job
+            .next_fire(date)
+            .filter(|_| logical_date.is_some())
+            .unwrap_or(date);
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let run = Run {
             run_id: format!("{}__{trigger}__{}__{suffix}", job.name, stamp(now)),
@@ -157,7 +160,10 @@ impl Jobs {
     /// Queues a run for each interval of `job`'s schedule starting in `[from, to]`.
     pub async fn backfill(&self, job: &Job, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<Run>> {
         if job.schedule.is_none() {
-            bail!("job {} has no schedule: backfill needs its intervals (or run it with --date)", job.name);
+            bail!(
+                "job {} has no schedule: backfill needs its intervals (or run it with --date)",
+                job.name
+            );
         }
         let mut runs = Vec::new();
         let mut start = job
@@ -206,7 +212,11 @@ impl Jobs {
                         log.line(format!("{} took the run over: killing process group {pid}, which the stopped owner {} left running", self.owner, t.owner)).await;
                         kill_group(pid).await;
                         if group_alive(pid) {
-                            bail!("process group {pid} of task {} (run {}) does not die; not starting another try", t.task_id, run.run_id);
+                            bail!(
+                                "process group {pid} of task {} (run {}) does not die; not starting another try",
+                                t.task_id,
+                                run.run_id
+                            );
                         }
                     }
                 } else {
@@ -221,7 +231,15 @@ impl Jobs {
                 _ => ("failed", None),
             };
             self.store
-                .end_try(&run.run_id, &t.task_id, t.try_number, "failed", Some(&reason), state, next)
+                .end_try(
+                    &run.run_id,
+                    &t.task_id,
+                    t.try_number,
+                    "failed",
+                    Some(&reason),
+                    state,
+                    next,
+                )
                 .await?;
             if state == "failed" {
                 self.alert(job, run, Some(&t.task_id), reason).await;
@@ -301,7 +319,12 @@ impl Jobs {
         tracing::info!(job = %job.name, run = %run_id, owner = %self.owner, "driving run");
         // The heartbeat, and self-fencing when it cannot be renewed in time.
         let beat = {
-            let (store, owner, cancel, run_id) = (self.store.clone(), self.owner.clone(), cancel.clone(), run_id.clone());
+            let (store, owner, cancel, run_id) = (
+                self.store.clone(),
+                self.owner.clone(),
+                cancel.clone(),
+                run_id.clone(),
+            );
             let (every, fence) = (self.ttl / 3, self.ttl * 2 / 3);
             tokio::spawn(async move {
                 let mut last_ok = tokio::time::Instant::now();
@@ -335,7 +358,12 @@ impl Jobs {
         outcome
     }
 
-    async fn drive_tasks(self: &Arc<Self>, run: &Run, job: &Arc<Job>, cancel: &CancellationToken) -> Result<()> {
+    async fn drive_tasks(
+        self: &Arc<Self>,
+        run: &Run,
+        job: &Arc<Job>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let run_id = &run.run_id;
         let mut params = job.params.clone();
         if let Some(serde_json::Value::Object(extra)) = &run.params {
@@ -458,12 +486,15 @@ impl Jobs {
                 let kind = task.kind.name();
                 running.spawn(async move {
                     let _permit = permit;
-                    log.line(format!("try {try_number} of {kind} task {id} started")).await;
+                    log.line(format!("try {try_number} of {kind} task {id} started"))
+                        .await;
                     let outcome = run_try(cx).await;
                     (id, try_number, outcome)
                 });
             }
-            let wait = (next_wake - Utc::now()).to_std().unwrap_or(Duration::from_millis(10));
+            let wait = (next_wake - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(10));
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     let (id, try_number, outcome) = done.context("a task's try panicked")?;
@@ -488,7 +519,14 @@ impl Jobs {
 
     /// Records the end of try `try_number` of `task_id`: success, a retry after backoff, or
     /// the task's failure (alerted).
-    async fn record(&self, run: &Run, job: &Job, task_id: &str, try_number: i64, outcome: Result<()>) -> Result<()> {
+    async fn record(
+        &self,
+        run: &Run,
+        job: &Job,
+        task_id: &str,
+        try_number: i64,
+        outcome: Result<()>,
+    ) -> Result<()> {
         let task = job.task(task_id).context("a task left the job")?;
         let log = TryLog::new(self.store.clone(), &run.run_id, task_id, try_number);
         match outcome {
@@ -521,16 +559,28 @@ impl Jobs {
                         )
                         .await?;
                 } else {
-                    log.line(format!("try {try_number} failed: {reason}; no retries left")).await;
+                    log.line(format!("try {try_number} failed: {reason}; no retries left"))
+                        .await;
                     self.store
-                        .end_try(&run.run_id, task_id, try_number, "failed", Some(&reason), "failed", None)
+                        .end_try(
+                            &run.run_id,
+                            task_id,
+                            try_number,
+                            "failed",
+                            Some(&reason),
+                            "failed",
+                            None,
+                        )
                         .await?;
                     tracing::warn!(job = %job.name, run = %run.run_id, task = task_id, error = %reason, "task failed");
                     self.alert(
                         job,
                         run,
                         Some(task_id),
-                        format!("task {task_id} failed after {try_number} tr{}: {reason}", if try_number == 1 { "y" } else { "ies" }),
+                        format!(
+                            "task {task_id} failed after {try_number} tr{}: {reason}",
+                            if try_number == 1 { "y" } else { "ies" }
+                        ),
                     )
                     .await;
                 }
@@ -564,7 +614,10 @@ impl Jobs {
             }
         } else if let Some(end) = job.previous_fire(now) {
             // No run yet and no catch-up: the latest complete interval.
-            if let Some(start) = job.schedule.as_ref().and_then(|c| c.find_previous_occurrence(&end, false).ok())
+            if let Some(start) = job
+                .schedule
+                .as_ref()
+                .and_then(|c| c.find_previous_occurrence(&end, false).ok())
                 && job.start.is_none_or(|s| s <= start)
             {
                 intervals.push((start, end));
@@ -641,7 +694,11 @@ impl Jobs {
                 tracing::info!(owner = %self.owner, active = ?holder.map(|h| h.0), "standing by: another scheduler is active");
             }
             active = holds;
-            if active && let Err(e) = self.tick_active(&mut drivers, &mut driving, &mut reported, &shutdown).await {
+            if active
+                && let Err(e) = self
+                    .tick_active(&mut drivers, &mut driving, &mut reported, &shutdown)
+                    .await
+            {
                 tracing::warn!(error = %format!("{e:#}"), "scheduler tick failed");
             }
             tokio::select! {
@@ -677,7 +734,8 @@ impl Jobs {
                 tracing::error!(error = %e, "a job file cannot be read; its job does not run");
             }
         }
-        let jobs: HashMap<String, Arc<Job>> = jobs.into_iter().map(|j| (j.name.clone(), Arc::new(j))).collect();
+        let jobs: HashMap<String, Arc<Job>> =
+            jobs.into_iter().map(|j| (j.name.clone(), Arc::new(j))).collect();
         let now = Utc::now();
         for job in jobs.values() {
             if let Err(e) = self.schedule_due(job, now).await {

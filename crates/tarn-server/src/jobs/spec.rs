@@ -372,7 +372,10 @@ impl Job {
         for t in &tasks {
             for d in &t.depends_on {
                 if !seen.contains(d) {
-                    bail!("{at}: task `{}` depends on `{d}`, which is not a task of the job", t.id);
+                    bail!(
+                        "{at}: task `{}` depends on `{d}`, which is not a task of the job",
+                        t.id
+                    );
                 }
             }
         }
@@ -535,7 +538,10 @@ mod tests {
         assert_eq!(job.tasks[1].retries, 5);
         assert_eq!(job.params["region"], "eu");
         let t = parse_time("2026-12-01T06:00:00Z").unwrap();
-        assert_eq!(job.next_fire(t).unwrap(), parse_time("2026-12-02T06:00:00Z").unwrap());
+        assert_eq!(
+            job.next_fire(t).unwrap(),
+            parse_time("2026-12-02T06:00:00Z").unwrap()
+        );
         assert_eq!(job.previous_fire(t).unwrap(), t);
     }
 
@@ -543,7 +549,10 @@ mod tests {
     fn bad_job_files_name_the_file_task_and_key() {
         let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
         let e = err("[[tasks]]\nid = \"a\"\nkind = \"sql\"\nsql = \"x\"\ntabel = 1\n");
-        assert!(e.contains("jobs/daily.toml: task `a`") && e.contains("tabel"), "{e}");
+        assert!(
+            e.contains("jobs/daily.toml: task `a`") && e.contains("tabel"),
+            "{e}"
+        );
         let e = err("[[tasks]]\nid = \"a\"\nkind = \"spark\"\n");
         assert!(e.contains("task `a`") && e.contains("spark"), "{e}");
         let e = err("[[tasks]]\nid = \"a\"\nkind = \"sql\"\nsql = \"x\"\ndepends_on = [\"b\"]\n");

@@ -326,9 +326,9 @@ impl Store {
 
     /// Gives lease `name` up, when `holder` holds it.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        sqlx::query(&self.sql(
-            "UPDATE tarn_scheduler_lease SET expires_at = 0 WHERE name = ? AND holder = ?",
-        ))
+        sqlx::query(
+            &self.sql("UPDATE tarn_scheduler_lease SET expires_at = 0 WHERE name = ? AND holder = ?"),
+        )
         .bind(name)
         .bind(holder)
         .execute(&self.pool)
@@ -338,12 +338,11 @@ impl Store {
 
     /// Who holds lease `name` and until when.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<(String, DateTime<Utc>)>> {
-        let row = sqlx::query(&self.sql(
-            "SELECT holder, expires_at FROM tarn_scheduler_lease WHERE name = ?",
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(&self.sql("SELECT holder, expires_at FROM tarn_scheduler_lease WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(r) => Some((r.try_get("holder")?, to_time(r.try_get("expires_at")?))),
             None => None,
@@ -418,14 +417,12 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
             }
-            None => {
-                sqlx::query(&self.sql(&format!(
-                    "SELECT {RUN_COLUMNS} FROM tarn_job_runs ORDER BY created_at DESC, logical_date DESC LIMIT ?"
-                )))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            None => sqlx::query(&self.sql(&format!(
+                "SELECT {RUN_COLUMNS} FROM tarn_job_runs ORDER BY created_at DESC, logical_date DESC LIMIT ?"
+            )))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?,
         };
         rows.iter().map(run_from).collect()
     }
@@ -443,12 +440,13 @@ impl Store {
 
     /// The end of the latest scheduled interval of `job`.
     pub async fn last_scheduled_end(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query(&self.sql(
-            "SELECT MAX(interval_end) FROM tarn_job_runs WHERE job = ? AND run_trigger = 'scheduled'",
-        ))
-        .bind(job)
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query(&self.sql(
+                "SELECT MAX(interval_end) FROM tarn_job_runs WHERE job = ? AND run_trigger = 'scheduled'",
+            ))
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?.map(to_time))
     }
 
@@ -487,7 +485,13 @@ impl Store {
     }
 
     /// Ends run `run_id` in `state` (`success`, `failed`), when `owner` owns it.
-    pub async fn finish_run(&self, run_id: &str, owner: &str, state: &str, error: Option<&str>) -> Result<bool> {
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<bool> {
         let n = sqlx::query(&self.sql(
             "UPDATE tarn_job_runs SET state = ?, finished_at = ?, error = ? \
              WHERE run_id = ? AND owner = ? AND state = 'running'",
@@ -518,9 +522,9 @@ impl Store {
 
     /// Marks run `run_id`'s SLA missed; true only for the first caller.
     pub async fn mark_sla_missed(&self, run_id: &str) -> Result<bool> {
-        let n = sqlx::query(&self.sql(
-            "UPDATE tarn_job_runs SET sla_missed = 1 WHERE run_id = ? AND sla_missed = 0",
-        ))
+        let n = sqlx::query(
+            &self.sql("UPDATE tarn_job_runs SET sla_missed = 1 WHERE run_id = ? AND sla_missed = 0"),
+        )
         .bind(run_id)
         .execute(&self.pool)
         .await?
@@ -577,7 +581,13 @@ impl Store {
 
     /// Starts the next try of task `task_id` when it is `pending` or `up_for_retry` with try
     /// number `expected_try`; the new try's number, or `None` when someone else changed it.
-    pub async fn start_try(&self, run_id: &str, task_id: &str, expected_try: i64, owner: &str) -> Result<Option<i64>> {
+    pub async fn start_try(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        expected_try: i64,
+        owner: &str,
+    ) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(&self.sql(
             "UPDATE tarn_job_tasks SET state = 'running', try_number = try_number + 1, next_try_at = NULL \
@@ -611,9 +621,10 @@ impl Store {
 
     /// Records the process group a try's command runs in.
     pub async fn set_try_pid(&self, run_id: &str, task_id: &str, try_number: i64, pid: i64) -> Result<()> {
-        sqlx::query(&self.sql(
-            "UPDATE tarn_job_tries SET pid = ? WHERE run_id = ? AND task_id = ? AND try_number = ?",
-        ))
+        sqlx::query(
+            &self
+                .sql("UPDATE tarn_job_tries SET pid = ? WHERE run_id = ? AND task_id = ? AND try_number = ?"),
+        )
         .bind(pid)
         .bind(run_id)
         .bind(task_id)
@@ -678,8 +689,15 @@ impl Store {
 
     // ---- logs
 
-    /// Appends line `line_no` to a try's log.
-    pub async fn log(&self, run_id: &str, task_id: &str, try_number: i64, line_no: i64, line: &str) -> Result<()> {
+    /// Appends line `line_no` (unique within the try, increasing) to a try's log.
+    pub async fn log(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        try_number: i64,
+        line_no: i64,
+        line: &str,
+    ) -> Result<()> {
         sqlx::query(&self.sql(
             "INSERT INTO tarn_job_logs (run_id, task_id, try_number, line_no, at, line) VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT DO NOTHING",
@@ -696,11 +714,16 @@ impl Store {
     }
 
     /// The log of run `run_id` (of one task and try, when given), in order.
-    pub async fn logs(&self, run_id: &str, task_id: Option<&str>, try_number: Option<i64>) -> Result<Vec<LogLine>> {
+    pub async fn logs(
+        &self,
+        run_id: &str,
+        task_id: Option<&str>,
+        try_number: Option<i64>,
+    ) -> Result<Vec<LogLine>> {
         let rows = sqlx::query(&self.sql(
             "SELECT task_id, try_number, at, line FROM tarn_job_logs WHERE run_id = ? \
              AND (? IS NULL OR task_id = ?) AND (? IS NULL OR try_number = ?) \
-             ORDER BY at, task_id, try_number, line_no",
+             ORDER BY line_no",
         ))
         .bind(run_id)
         .bind(task_id)

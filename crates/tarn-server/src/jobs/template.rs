@@ -103,12 +103,18 @@ mod tests {
             &params,
         );
         assert_eq!(
-            c.render("sql", "WHERE day = '{{ds}}' AND r = '{{ params.region }}' -- {{ data_interval_end }} {{try_number}}")
-                .unwrap(),
+            c.render(
+                "sql",
+                "WHERE day = '{{ds}}' AND r = '{{ params.region }}' -- {{ data_interval_end }} {{try_number}}"
+            )
+            .unwrap(),
             "WHERE day = '2026-12-01' AND r = 'eu' -- 2026-12-02T00:00:00Z 2"
         );
         let e = c.render("task `load`: sql", "{{ dss }}").unwrap_err().to_string();
         assert!(e.contains("task `load`: sql") && e.contains("dss"), "{e}");
-        assert!(c.env().contains(&("TARN_PARAM_REGION".to_string(), "eu".to_string())));
+        assert!(
+            c.env()
+                .contains(&("TARN_PARAM_REGION".to_string(), "eu".to_string()))
+        );
     }
 }
