@@ -742,6 +742,7 @@ async fn of_two_scheduler_replicas_one_is_active_and_the_other_takes_over() {
 /// A `tarn serve` on free loopback ports; killed on drop.
 struct Server {
     child: Child,
+    pg_port: u16,
     http_port: u16,
     dir: tempfile::TempDir,
 }
@@ -764,6 +765,7 @@ impl Server {
             .unwrap();
         let server = Self {
             child,
+            pg_port,
             http_port,
             dir,
         };
@@ -944,5 +946,129 @@ async fn sql_tasks_run_as_the_jobs_principal_under_the_policy_and_the_api_needs_
             .unwrap()
             .contains("OIDC bearer token"),
         "{body}"
+    );
+}
+
+/// Runs `program` with `args` and `envs`; panics with its output unless it succeeds.
+fn run_ok(program: &Path, args: &[&str], envs: &[(&str, String)], cwd: &Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{text}",
+        program.display()
+    );
+    text
+}
+
+#[tokio::test]
+async fn airflow_drives_tarn_with_the_packages_operators() {
+    let root = tarn_test_utils::workspace_root();
+    let venv = root.join(".venv-airflow/bin");
+    assert!(
+        venv.join("airflow").exists(),
+        "no Airflow in {}: run scripts/setup.sh",
+        venv.display()
+    );
+    let dir = data_dir("");
+    let (ok, _, err) = crate::tarn(
+        dir.path(),
+        &[
+            "sql",
+            "CREATE SCHEMA airflow; CREATE TABLE airflow.events (day VARCHAR, source VARCHAR)",
+        ],
+    );
+    assert!(ok, "{err}");
+    write_job(
+        dir.path(),
+        "nightly",
+        "[params]\nsource = \"tarn-job\"\n[[tasks]]\nid = \"mark\"\nkind = \"sql\"\nsql = \"INSERT INTO airflow.events VALUES ('{{ ds }}', '{{ params.source }}')\"\n",
+    );
+    let server = Server::start(dir);
+    tarn_test_utils::wait_for_port(server.pg_port, Duration::from_secs(30)).unwrap();
+    let pg = format!("127.0.0.1:{}", server.pg_port);
+    let http = format!("http://127.0.0.1:{}", server.http_port);
+    let home = tempfile::Builder::new()
+        .prefix("tarn-airflow-")
+        .tempdir()
+        .unwrap();
+    let package = root.join("integrations/airflow");
+    let (host, port) = pg.rsplit_once(':').unwrap();
+    let conn = serde_json::json!({
+        "conn_type": "postgres", "host": host, "port": port.parse::<u16>().unwrap(),
+        "login": "airflow", "schema": "tarn", "extra": {"http_url": http},
+    });
+    let envs = [
+        ("AIRFLOW_HOME", home.path().display().to_string()),
+        ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".to_string()),
+        (
+            "AIRFLOW__CORE__DAGS_FOLDER",
+            package.join("example_dags").display().to_string(),
+        ),
+        (
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            format!("sqlite:///{}/airflow.db", home.path().display()),
+        ),
+        ("AIRFLOW__CORE__UNIT_TEST_MODE", "False".to_string()),
+        ("AIRFLOW_CONN_TARN_DEFAULT", conn.to_string()),
+        ("PYTHONPATH", package.join("src").display().to_string()),
+        ("TARN_TEST_DSN", format!("postgresql://airflow@{pg}/tarn")),
+        ("TARN_TEST_HTTP", http.clone()),
+        (
+            "PATH",
+            format!("{}:{}", venv.display(), std::env::var("PATH").unwrap_or_default()),
+        ),
+    ];
+    // The package's own tests: the client and the hook.
+    let out = run_ok(
+        &venv.join("python"),
+        &["-m", "unittest", "discover", "-s", "tests", "-v"],
+        &envs,
+        &package,
+    );
+    assert!(out.contains("OK") && !out.contains("skipped"), "{out}");
+    // Airflow 3 on SQLite runs the example DAG against tarn.
+    run_ok(&venv.join("airflow"), &["db", "migrate"], &envs, home.path());
+    let out = run_ok(
+        &venv.join("airflow"),
+        &["dags", "test", "tarn_example", "2026-12-01"],
+        &envs,
+        home.path(),
+    );
+    assert!(!out.contains("state=failed") && !out.contains("FAILED"), "{out}");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host={host} port={port} user=airflow dbname=tarn"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let rows: Vec<String> = client
+        .query(
+            "SELECT source FROM airflow.events WHERE day = '2026-12-01' ORDER BY source",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    // The SQL operator's row and the tarn job's row, for the DAG run's logical date.
+    assert_eq!(rows, ["airflow", "tarn-job"], "{out}");
+    let store = store(server.dir.path()).await;
+    let runs = store.runs(Some("nightly"), 10).await.unwrap();
+    assert!(
+        runs.iter()
+            .any(|r| r.state == "success" && r.logical_date.format("%Y-%m-%d").to_string() == "2026-12-01"),
+        "{runs:#?}"
     );
 }
