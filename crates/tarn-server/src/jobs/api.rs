@@ -62,16 +62,16 @@ fn internal(e: &anyhow::Error) -> Response {
 type Caller = Option<Extension<Arc<Principal>>>;
 
 /// Asks the policy whether the caller may do `operation` on `job`; records the decision.
-fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> Result<(), Response> {
+fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> Result<(), Box<Response>> {
     let Some(governance) = &state.governance else {
         return Ok(());
     };
     let Some(Extension(principal)) = caller else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "NotAuthorizedException",
             "a policy is configured: the jobs API serves only callers with an OIDC bearer token (auth.oidc)",
-        ));
+        )));
     };
     let decided = governance.policy().check(
         principal,
@@ -85,7 +85,7 @@ fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> R
         Vec::new(),
         decided.as_ref().err().map(ToString::to_string),
     );
-    decided.map_err(|e| error(StatusCode::FORBIDDEN, "ForbiddenException", e.to_string()))
+    decided.map_err(|e| Box::new(error(StatusCode::FORBIDDEN, "ForbiddenException", e.to_string())))
 }
 
 async fn list(State(state): State<ApiState>, caller: Caller) -> Response {
@@ -140,7 +140,7 @@ async fn trigger(
     body: Option<Json<Value>>,
 ) -> Response {
     if let Err(r) = authorize(&state, &caller, "RunJob", &job) {
-        return r;
+        return *r;
     }
     let body: TriggerBody = match body {
         Some(Json(v)) => match serde_json::from_value(v) {
@@ -191,7 +191,7 @@ async fn runs(
     Query(q): Query<Limit>,
 ) -> Response {
     if let Err(r) = authorize(&state, &caller, "ViewJob", &job) {
-        return r;
+        return *r;
     }
     match state
         .jobs
@@ -210,7 +210,7 @@ async fn run(
     Path((job, run_id)): Path<(String, String)>,
 ) -> Response {
     if let Err(r) = authorize(&state, &caller, "ViewJob", &job) {
-        return r;
+        return *r;
     }
     let store = state.jobs.store();
     let run = match store.run(&run_id).await {
@@ -245,7 +245,7 @@ async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Response {
     if let Err(r) = authorize(&state, &caller, "ViewJob", &job) {
-        return r;
+        return *r;
     }
     let store = state.jobs.store();
     match store.run(&run_id).await {

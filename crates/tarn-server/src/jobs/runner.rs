@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::alert::{Alert, Alerter};
 use super::exec::{TryContext, TryLog, group_alive, kill_group, run_try};
 use super::spec::{Job, load_dir};
-use super::store::{Run, Store, TaskState, now_ms, to_time};
+use super::store::{Run, Store, TaskState, TryEnd, now_ms, to_time};
 use super::template::Context as Template;
 
 /// The lease row of the active scheduler.
@@ -230,16 +230,14 @@ impl Jobs {
                 Some(task) if t.try_number <= i64::from(task.retries) => ("up_for_retry", Some(now_ms())),
                 _ => ("failed", None),
             };
+            let end = TryEnd {
+                try_state: "failed",
+                error: Some(&reason),
+                task_state: state,
+                next_try_at: next,
+            };
             self.store
-                .end_try(
-                    &run.run_id,
-                    &t.task_id,
-                    t.try_number,
-                    "failed",
-                    Some(&reason),
-                    state,
-                    next,
-                )
+                .end_try(&run.run_id, &t.task_id, t.try_number, end)
                 .await?;
             if state == "failed" {
                 self.alert(job, run, Some(&t.task_id), reason).await;
@@ -532,9 +530,13 @@ impl Jobs {
         match outcome {
             Ok(()) => {
                 log.line(format!("try {try_number} succeeded")).await;
-                self.store
-                    .end_try(&run.run_id, task_id, try_number, "success", None, "success", None)
-                    .await?;
+                let end = TryEnd {
+                    try_state: "success",
+                    error: None,
+                    task_state: "success",
+                    next_try_at: None,
+                };
+                self.store.end_try(&run.run_id, task_id, try_number, end).await?;
             }
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -547,31 +549,23 @@ impl Jobs {
                         task.retries
                     ))
                     .await;
-                    self.store
-                        .end_try(
-                            &run.run_id,
-                            task_id,
-                            try_number,
-                            "failed",
-                            Some(&reason),
-                            "up_for_retry",
-                            Some(now_ms() + millis(delay)),
-                        )
-                        .await?;
+                    let end = TryEnd {
+                        try_state: "failed",
+                        error: Some(&reason),
+                        task_state: "up_for_retry",
+                        next_try_at: Some(now_ms() + millis(delay)),
+                    };
+                    self.store.end_try(&run.run_id, task_id, try_number, end).await?;
                 } else {
                     log.line(format!("try {try_number} failed: {reason}; no retries left"))
                         .await;
-                    self.store
-                        .end_try(
-                            &run.run_id,
-                            task_id,
-                            try_number,
-                            "failed",
-                            Some(&reason),
-                            "failed",
-                            None,
-                        )
-                        .await?;
+                    let end = TryEnd {
+                        try_state: "failed",
+                        error: Some(&reason),
+                        task_state: "failed",
+                        next_try_at: None,
+                    };
+                    self.store.end_try(&run.run_id, task_id, try_number, end).await?;
                     tracing::warn!(job = %job.name, run = %run.run_id, task = task_id, error = %reason, "task failed");
                     self.alert(
                         job,

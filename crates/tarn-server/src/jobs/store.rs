@@ -152,6 +152,19 @@ pub struct Try {
     pub error: Option<String>,
 }
 
+/// How a try ended, and what its task is now.
+#[derive(Debug, Clone, Copy)]
+pub struct TryEnd<'a> {
+    /// The try: `success` or `failed`.
+    pub try_state: &'a str,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+    /// The task: `success`, `failed`, or `up_for_retry` (with `next_try_at`).
+    pub task_state: &'a str,
+    /// When the next try is due.
+    pub next_try_at: Option<i64>,
+}
+
 /// A line of a try's log.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
@@ -634,18 +647,20 @@ impl Store {
         Ok(())
     }
 
-    /// Ends try `try_number` of a task: the try `success`/`failed`, the task `task_state`
-    /// (`success`, `failed`, `up_for_retry` with `next_try_at`).
+    /// Ends try `try_number` of a task as `end` says.
     pub async fn end_try(
         &self,
         run_id: &str,
         task_id: &str,
         try_number: i64,
-        try_state: &str,
-        error: Option<&str>,
-        task_state: &str,
-        next_try_at: Option<i64>,
+        end: TryEnd<'_>,
     ) -> Result<bool> {
+        let TryEnd {
+            try_state,
+            error,
+            task_state,
+            next_try_at,
+        } = end;
         let mut tx = self.pool.begin().await?;
         sqlx::query(&self.sql(
             "UPDATE tarn_job_tries SET state = ?, finished_at = ?, error = ? \

@@ -184,9 +184,12 @@ impl Webhook {
 
 /// A minimal SMTP receiver (RFC 5321's commands a client sends, answered with success): every
 /// message's envelope recipients and DATA.
+/// Messages received: envelope recipients and DATA.
+type Mailbox = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
 struct Smtp {
     port: u16,
-    messages: Arc<Mutex<Vec<(Vec<String>, String)>>>,
+    messages: Mailbox,
 }
 
 impl Smtp {
@@ -471,6 +474,81 @@ async fn a_failing_task_retries_with_backoff_then_alerts_by_webhook_and_email() 
         "{data}"
     );
     assert!(data.contains(&run.run_id), "{data}");
+}
+
+#[tokio::test]
+async fn concurrency_limits_http_tasks_and_timeouts_that_kill_the_command() {
+    let target = Webhook::start();
+    let dir = data_dir("");
+    let d = dir.path();
+    let marks = d.join("marks");
+    write_job(
+        d,
+        "limits",
+        &format!(
+            r#"
+            max_active_tasks = 1
+            [[tasks]]
+            id = "a"
+            kind = "shell"
+            command = "echo a-start >> {marks}; sleep 1; echo a-end >> {marks}"
+            [[tasks]]
+            id = "b"
+            kind = "shell"
+            command = "echo b-start >> {marks}; sleep 1; echo b-end >> {marks}"
+            [[tasks]]
+            id = "ping"
+            kind = "http"
+            depends_on = ["a", "b"]
+            url = "{url}"
+            method = "post"
+            body = '{{"text": "ran {{{{ ds }}}} as {{{{ task }}}}"}}'
+            headers = {{ "Content-Type" = "application/json" }}
+            [[tasks]]
+            id = "hang"
+            kind = "shell"
+            depends_on = ["ping"]
+            command = "sleep 60; echo woke >> {marks}"
+            timeout = "1s"
+            "#,
+            marks = marks.display(),
+            url = target.url()
+        ),
+    );
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "limits", "--date", "2026-12-03"]);
+    assert!(!ok, "the timed-out task fails the run: {out}{err}");
+    // One task at a time: each task's lines together.
+    let lines: Vec<String> = std::fs::read_to_string(&marks)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines[0].split('-').next(),
+        lines[1].split('-').next(),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].ends_with("-start") && lines[1].ends_with("-end"),
+        "{lines:?}"
+    );
+    assert_eq!(target.texts(), ["ran 2026-12-03 as ping"]);
+    let store = store(d).await;
+    let run = store.runs(Some("limits"), 1).await.unwrap().remove(0);
+    let tries = store.tries(&run.run_id).await.unwrap();
+    let hang = try_of(&tries, "hang", 1);
+    assert_eq!(hang.error.as_deref(), Some("timed out after 1s"), "{hang:?}");
+    // The command's whole process group was killed: its `sleep` too.
+    let pgid = hang.pid.expect("the command's process group is recorded");
+    assert!(
+        !tarn_server::jobs::exec::group_alive(pgid),
+        "process group {pgid} still runs"
+    );
+    assert!(
+        (hang.finished_at.unwrap() - hang.started_at).num_seconds() < 10,
+        "{hang:?}"
+    );
 }
 
 #[tokio::test]
