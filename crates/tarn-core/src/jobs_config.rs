@@ -144,3 +144,55 @@ impl JobsConfig {
         self.dir.clone().unwrap_or_else(|| data_dir.join("jobs"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn load(overrides: &[(&str, &str)]) -> crate::Result<Config> {
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(std::path::Path::new("/nonexistent"), None, Vec::new(), &overrides)
+    }
+
+    #[test]
+    fn jobs_keys_are_validated_naming_the_key_and_secrets_redacted() {
+        let e = load(&[("jobs.tick", "soon")]).unwrap_err().to_string();
+        assert!(e.contains("jobs.tick"), "{e}");
+        let e = load(&[("jobs.tick", "10s"), ("jobs.lease_ttl", "15s")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.lease_ttl") && e.contains("twice"), "{e}");
+        let e = load(&[("jobs.alerts.smtp_url", "mail.example.com")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.alerts.smtp_url"), "{e}");
+        let e = load(&[("jobs.alerts.smtp_url", "smtp://mail:25")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs.alerts.email_to"), "{e}");
+        let e = load(&[("jobs.alerts.webhok_url", "x")]).unwrap_err().to_string();
+        assert!(e.contains("webhok_url"), "{e}");
+        let config = load(&[
+            ("jobs.alerts.smtp_url", "smtp://alerts:hunter2@mail:587"),
+            ("jobs.alerts.email_to", "[\"oncall@example.com\"]"),
+            (
+                "jobs.alerts.webhook_url",
+                "https://hooks.example.com/T000/B000/secret",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.jobs.alerts.email_to, ["oncall@example.com"]);
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("B000/secret"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.jobs.dir(std::path::Path::new("/data")),
+            std::path::Path::new("/data/jobs")
+        );
+    }
+}

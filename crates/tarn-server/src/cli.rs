@@ -78,13 +78,17 @@ enum Command {
     /// Serve the Postgres wire endpoint and HTTP until SIGINT/SIGTERM.
     ///
     /// SQL over the Postgres wire protocol on server.pg_listen. On server.http_listen:
-    /// /healthz, /metrics (Prometheus), /cdc/status, and the Iceberg REST catalog under
+    /// /healthz, /metrics (Prometheus), /cdc/status, the jobs API under /jobs (docs/jobs.md),
+    /// and the Iceberg REST catalog under
     /// /iceberg — point Spark, Trino, Flink, DuckDB or pyiceberg at
     /// http://HTTP_LISTEN/iceberg (e.g. pyiceberg `uri`, DuckDB `ENDPOINT`, Spark
     /// `spark.sql.catalog.NAME.uri`). With [auth.oidc] every HTTP API takes bearer tokens;
     /// without it the REST catalog is open to whoever reaches server.http_listen: keep it
     /// private (loopback by default) or turn it off with `--set rest_catalog.enabled=false`.
     /// See docs/rest-catalog.md.
+    ///
+    /// Runs the scheduler of `jobs.dir`'s jobs (one active among replicas sharing the catalog
+    /// database) unless `jobs.scheduler = false`.
     ///
     /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
     /// pipelines) to DataHub, and then what changes, every `datahub.interval`

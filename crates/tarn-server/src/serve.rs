@@ -1,6 +1,7 @@
 //! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
-//! `/cdc/status`, and the Iceberg REST catalog under `/iceberg` unless
-//! `rest_catalog.enabled = false`) until SIGINT or SIGTERM.
+//! `/cdc/status`, the jobs API under `/jobs`, and the Iceberg REST catalog under `/iceberg`
+//! unless `rest_catalog.enabled = false`) until SIGINT or SIGTERM, with the jobs' scheduler
+//! (`crate::jobs`) unless `jobs.scheduler = false`.
 //!
 //! With `server.tls`, both listeners speak TLS with the same certificate, read again on SIGHUP
 //! and when the files change (crate `tarn_tls`): the Postgres wire endpoint after an

@@ -193,7 +193,11 @@ impl Jobs {
         }
         let run = self.store.run(run_id).await?.context("the run vanished")?;
         let job = self.job(&run.job)?;
-        self.drive(run, job, shutdown).await?;
+        self.drive(run, job, shutdown.clone()).await?;
+        if shutdown.is_cancelled() {
+            // Stopped before its end: the active scheduler may take it over at once.
+            let _ = self.store.heartbeat(run_id, &self.owner, 0).await;
+        }
         self.store.run(run_id).await?.context("the run vanished")
     }
 

@@ -1150,3 +1150,39 @@ async fn airflow_drives_tarn_with_the_packages_operators() {
         "{runs:#?}"
     );
 }
+
+#[tokio::test]
+async fn run_history_logs_and_the_lease_live_in_a_postgresql_catalog_too() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let dir = data_dir(&format!("[catalog]\nurl = \"{}\"\n", pg.url("postgres")));
+    let d = dir.path();
+    write_job(
+        d,
+        "second_time",
+        "[[tasks]]\nid = \"try\"\nkind = \"shell\"\nretries = 1\nretry_delay = \"100ms\"\ncommand = \"echo try $TARN_TRY_NUMBER; test $TARN_TRY_NUMBER -ge 2\"\n",
+    );
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "second_time", "--param", "x=1"]);
+    assert!(ok, "{out}{err}");
+    // Two processes migrating the same database: idempotent.
+    let (store, again) = tokio::join!(store(d), store(d));
+    let run = again.runs(Some("second_time"), 1).await.unwrap().remove(0);
+    assert_eq!(run.state, "success");
+    assert_eq!(run.params, Some(serde_json::json!({"x": "1"})));
+    let tries = store.tries(&run.run_id).await.unwrap();
+    assert_eq!(
+        tries.iter().map(|t| t.state.as_str()).collect::<Vec<_>>(),
+        ["failed", "success"]
+    );
+    let logs = store.logs(&run.run_id, Some("try"), Some(2)).await.unwrap();
+    assert!(logs.iter().any(|l| l.line == "try 2"), "{logs:#?}");
+    let ttl = Duration::from_secs(60);
+    assert!(store.acquire_lease("test", "one", ttl).await.unwrap());
+    assert!(!again.acquire_lease("test", "two", ttl).await.unwrap());
+    assert!(store.acquire_lease("test", "one", ttl).await.unwrap(), "renewal");
+    store.release_lease("test", "one").await.unwrap();
+    assert!(
+        again.acquire_lease("test", "two", ttl).await.unwrap(),
+        "taken after release"
+    );
+    assert_eq!(store.lease_holder("test").await.unwrap().unwrap().0, "two");
+}
