@@ -568,6 +568,56 @@ mod tests {
     }
 
     #[test]
+    fn every_task_kind_parses() {
+        let job = parse(
+            r#"
+            [[tasks]]
+            id = "sync"
+            kind = "airbyte"
+            connector = "source-faker"
+            config = "faker/config.json"
+            catalog = "faker/catalog.json"
+            namespace = "faker"
+            [[tasks]]
+            id = "export"
+            kind = "export"
+            sql = "SELECT 1"
+            path = "exports/{{ ds }}"
+            [[tasks]]
+            id = "ping"
+            kind = "http"
+            url = "http://127.0.0.1:1/x"
+            [[tasks]]
+            id = "m"
+            kind = "maintain"
+            "#,
+        )
+        .unwrap();
+        let kinds: Vec<&str> = job.tasks.iter().map(|t| t.kind.name()).collect();
+        assert_eq!(kinds, ["airbyte", "export", "http", "maintain"]);
+        match &job.tasks[0].kind {
+            TaskKind::Airbyte {
+                connector, namespace, ..
+            } => {
+                assert_eq!(
+                    (connector.as_str(), namespace.as_str()),
+                    ("source-faker", "faker")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match &job.tasks[2].kind {
+            TaskKind::Http { method, .. } => assert_eq!(method, "GET"),
+            other => panic!("{other:?}"),
+        }
+        let e = format!(
+            "{:#}",
+            parse("[[tasks]]\nid = \"s\"\nkind = \"airbyte\"\nconnector = \"x\"\n").unwrap_err()
+        );
+        assert!(e.contains("task `s`") && e.contains("config"), "{e}");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let job = parse(
             "retry_delay = \"1s\"\nmax_retry_delay = \"5s\"\n[[tasks]]\nid = \"a\"\nkind = \"shell\"\ncommand = \"true\"\n",

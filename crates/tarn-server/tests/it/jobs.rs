@@ -1186,3 +1186,101 @@ async fn run_history_logs_and_the_lease_live_in_a_postgresql_catalog_too() {
     );
     assert_eq!(store.lease_holder("test").await.unwrap().unwrap().0, "two");
 }
+
+#[tokio::test]
+async fn the_jobs_api_asks_the_policy_about_the_tokens_principal() {
+    use tarn_test_utils::oidc::{RSA1, Signer, issuer};
+    let issuer = issuer(vec![Signer::rsa("rsa-1", RSA1)]).await;
+    let signer = Signer::rsa("rsa-1", RSA1);
+    let policy_dir = tempfile::Builder::new()
+        .prefix("tarn-jobs-policy-")
+        .tempdir()
+        .unwrap();
+    let policy = policy_dir.path().join("policy.rego");
+    std::fs::write(
+        &policy,
+        r#"package trino
+
+import rego.v1
+
+default allow := false
+
+allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas"}
+
+allow if {
+	input.action.operation == "ViewJob"
+	"analyst" in input.context.identity.groups
+	input.action.resource.job.name != "secret"
+}
+
+allow if {
+	input.action.operation == "RunJob"
+	input.context.identity.user == "ana"
+	input.action.resource.job.name == "hello"
+}
+"#,
+    )
+    .unwrap();
+    let dir = data_dir(&format!(
+        "[policy]\nfile = \"{}\"\n[auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n",
+        policy.display(),
+        issuer.url,
+        issuer.ca_file.display()
+    ));
+    for name in ["hello", "secret"] {
+        write_job(
+            dir.path(),
+            name,
+            "[[tasks]]\nid = \"t\"\nkind = \"shell\"\ncommand = \"true\"\n",
+        );
+    }
+    let server = Server::start(dir);
+    let http = reqwest::Client::new();
+    let bearer = |user: &str| format!("Bearer {}", signer.sign(&issuer.claims(user)));
+    let (ana, bob) = (bearer("ana"), bearer("bob"));
+    // No token: the endpoint's middleware refuses.
+    let none = http.get(server.url("/jobs")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    // Listing shows only what the policy lets the caller view.
+    let listed: serde_json::Value = http
+        .get(server.url("/jobs"))
+        .header("Authorization", &ana)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello"], "{listed}");
+    let hidden = http
+        .get(server.url("/jobs/secret/runs"))
+        .header("Authorization", &ana)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 403);
+    // Running: ana may run hello, bob may not.
+    let refused = http
+        .post(server.url("/jobs/hello/runs"))
+        .header("Authorization", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("RunJob") && message.contains("bob"), "{message}");
+    let allowed = http
+        .post(server.url("/jobs/hello/runs"))
+        .header("Authorization", &ana)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 201, "{}", server.log());
+}
