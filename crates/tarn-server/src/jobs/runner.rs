@@ -287,6 +287,7 @@ impl Jobs {
         }
         match self.store.mark_sla_missed(&run.run_id).await {
             Ok(true) => {
+                metrics::counter!("tarn_job_sla_misses_total", "job" => job.name.clone()).increment(1);
                 let alert = Alert {
                     kind: "sla_miss",
                     job: job.name.clone(),
@@ -420,6 +421,8 @@ impl Jobs {
                     self.store
                         .finish_run(run_id, &self.owner, state, error.as_deref())
                         .await?;
+                    metrics::counter!("tarn_job_runs_total", "job" => job.name.clone(), "state" => state)
+                        .increment(1);
                     let finished = self.store.run(run_id).await?.context("the run vanished")?;
                     self.check_sla(job, &finished, finished.finished_at).await;
                     tracing::info!(job = %job.name, run = %run_id, state, "run finished");
@@ -534,6 +537,8 @@ impl Jobs {
         match outcome {
             Ok(()) => {
                 log.line(format!("try {try_number} succeeded")).await;
+                metrics::counter!("tarn_job_tries_total", "job" => job.name.clone(), "state" => "success")
+                    .increment(1);
                 let end = TryEnd {
                     try_state: "success",
                     error: None,
@@ -544,6 +549,8 @@ impl Jobs {
             }
             Err(e) => {
                 let reason = format!("{e:#}");
+                metrics::counter!("tarn_job_tries_total", "job" => job.name.clone(), "state" => "failed")
+                    .increment(1);
                 if try_number <= i64::from(task.retries) {
                     let delay = task.backoff(u32::try_from(try_number + 1).unwrap_or(u32::MAX));
                     log.line(format!(
@@ -692,6 +699,7 @@ impl Jobs {
                 tracing::info!(owner = %self.owner, active = ?holder.map(|h| h.0), "standing by: another scheduler is active");
             }
             active = holds;
+            metrics::gauge!("tarn_scheduler_active").set(if active { 1.0 } else { 0.0 });
             if active
                 && let Err(e) = self
                     .tick_active(&mut drivers, &mut driving, &mut reported, &shutdown)

@@ -938,6 +938,19 @@ async fn the_http_api_lists_triggers_and_shows_runs_and_logs() {
         "{lines:?}\n{}",
         server.log()
     );
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tarn_job_runs_total{job=\"hello\",state=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tarn_scheduler_active 1"), "{metrics}");
     let runs: serde_json::Value = http
         .get(server.url("/jobs/hello/runs"))
         .send()
