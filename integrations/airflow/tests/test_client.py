@@ -7,6 +7,7 @@ test also needs Airflow and ``AIRFLOW_CONN_TARN_DEFAULT``.
 """
 
 import os
+import time
 import unittest
 
 from tarn_airflow.client import TarnClient, TarnError
@@ -57,6 +58,34 @@ class HookTest(unittest.TestCase):
         ok, message = hook.test_connection()
         self.assertTrue(ok, message)
         self.assertEqual(hook.run_sql("SELECT 40 + 2"), [(42,)])
+
+
+@unittest.skipUnless(os.environ.get("AIRFLOW_CONN_TARN_DEFAULT"), "needs Airflow and its tarn connection")
+class OperatorTest(unittest.TestCase):
+    def test_a_failed_tarn_run_fails_the_operator_with_its_error(self):
+        from airflow.exceptions import AirflowException
+
+        from tarn_airflow.operators import TarnJobOperator
+
+        operator = TarnJobOperator(task_id="doomed", job="doomed", logical_date="2026-11-02",
+                                   poll_interval=0.2, timeout=120)
+        with self.assertRaises(AirflowException) as caught:
+            operator.execute({})
+        message = str(caught.exception)
+        self.assertIn("ended failed", message)
+        self.assertIn("boom", message)
+
+    def test_without_waiting_the_run_id_is_returned_and_the_sensor_waits(self):
+        from tarn_airflow.operators import TarnJobOperator, TarnJobRunSensor
+
+        run_id = TarnJobOperator(task_id="go", job="nightly", logical_date="2026-11-03",
+                                 params_={"source": "sensor"}, wait=False).execute({})
+        self.assertIn("nightly__manual__", run_id)
+        sensor = TarnJobRunSensor(task_id="wait", job="nightly", run_id=run_id)
+        deadline = time.monotonic() + 120
+        while not sensor.poke({}):
+            self.assertLess(time.monotonic(), deadline, "the run did not end")
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -1084,6 +1084,11 @@ async fn airflow_drives_tarn_with_the_packages_operators() {
         "nightly",
         "[params]\nsource = \"tarn-job\"\n[[tasks]]\nid = \"mark\"\nkind = \"sql\"\nsql = \"INSERT INTO airflow.events VALUES ('{{ ds }}', '{{ params.source }}')\"\n",
     );
+    write_job(
+        dir.path(),
+        "doomed",
+        "[[tasks]]\nid = \"fail\"\nkind = \"shell\"\ncommand = \"echo boom; exit 1\"\n",
+    );
     let server = Server::start(dir);
     tarn_test_utils::wait_for_port(server.pg_port, Duration::from_secs(30)).unwrap();
     let pg = format!("127.0.0.1:{}", server.pg_port);

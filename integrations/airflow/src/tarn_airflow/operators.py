@@ -40,14 +40,20 @@ class TarnSqlOperator(BaseOperator):
 
 
 def _fail_with_logs(hook: TarnHook, log, job: str, detail: dict):
+    """Logs the failed tasks' tarn logs and raises with the run's error and their last lines."""
     run = detail["run"]
-    failed = [t["task_id"] for t in detail["tasks"] if t["state"] != "success"]
+    failed = [t["task_id"] for t in detail["tasks"] if t["state"] == "failed"]
+    tail = []
     for task in failed:
-        for line in hook.get_client().get_logs(job, run["run_id"], task):
+        lines = hook.get_client().get_logs(job, run["run_id"], task)
+        for line in lines:
             log.info("[tarn %s try %s] %s", task, line["try_number"], line["line"])
-    raise AirflowException(
-        f"tarn run {run['run_id']} of job {job} ended {run['state']}: "
-        f"{run.get('error') or ', '.join(failed)}")
+        tail.extend(f"{task}: {line['line']}" for line in lines[-5:])
+    message = (f"tarn run {run['run_id']} of job {job} ended {run['state']}: "
+               f"{run.get('error') or ', '.join(failed)}")
+    if tail:
+        message += "\n" + "\n".join(tail)
+    raise AirflowException(message)
 
 
 class TarnJobOperator(BaseOperator):
