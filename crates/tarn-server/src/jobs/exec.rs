@@ -343,8 +343,29 @@ fn resolve(job_file: &Path, path: &str) -> String {
 
 /// Runs a child process in a process group of its own, its output lines into the log; kills
 /// the whole group on cancellation.
-async fn run_child(cx: &TryContext, mut cmd: tokio::process::Command, what: &str) -> Result<()> {
-    cmd.stdin(Stdio::null())
+/// The gate a child process passes before it runs its command: `sh` reads one line from its
+/// standard input, which tarn writes only after it has recorded the child's process group with
+/// the try. A tarn that dies before that closes the pipe, the read fails, and the command never
+/// starts — so no command runs that a later owner could not find and stop.
+const GATE: &str = "read -r _ || exit 125; exec \"$@\"";
+
+async fn run_child(cx: &TryContext, inner: tokio::process::Command, what: &str) -> Result<()> {
+    let inner = inner.as_std();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(GATE)
+        .arg("tarn-gate")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    if let Some(dir) = inner.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -356,15 +377,20 @@ async fn run_child(cx: &TryContext, mut cmd: tokio::process::Command, what: &str
         cmd.env("TARN_BIN", exe);
     }
     let mut child = cmd.spawn().with_context(|| format!("cannot start {what}"))?;
-    let pid = child.id().map(i64::from);
-    if let Some(pid) = pid {
-        cx.store
-            .set_try_pid(&cx.run_id, &cx.task.id, cx.try_number, pid)
-            .await?;
-    }
-    cx.log
-        .line(format!("started {what} (process group {})", pid.unwrap_or(0)))
-        .await;
+    let pid = child
+        .id()
+        .map(i64::from)
+        .context("the child process ended at once")?;
+    cx.store
+        .set_try_pid(&cx.run_id, &cx.task.id, cx.try_number, pid)
+        .await?;
+    // Recorded: open the gate, and leave the command an empty standard input.
+    let mut stdin = child.stdin.take().context("no pipe to the child")?;
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .with_context(|| format!("cannot start {what}"))?;
+    drop(stdin);
+    cx.log.line(format!("started {what} (process group {pid})")).await;
     let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, log: TryLog| async move {
         if let Some(s) = stream {
             let mut lines = BufReader::new(s).lines();
@@ -390,9 +416,7 @@ async fn run_child(cx: &TryContext, mut cmd: tokio::process::Command, what: &str
     let status = tokio::select! {
         s = child.wait() => s.context("cannot wait for the child process")?,
         () = cx.cancel.cancelled() => {
-            if let Some(pid) = pid {
-                kill_group(pid).await;
-            }
+            kill_group(pid).await;
             let _ = child.wait().await;
             let _ = out.await;
             let _ = err.await;
