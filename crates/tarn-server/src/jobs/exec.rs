@@ -153,6 +153,17 @@ async fn execute(cx: &TryContext) -> Result<()> {
             }
             if let Some(dir) = target.strip_prefix("file://") {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+            } else {
+                // The bucket's store (storage.s3's endpoint and keys), for DataFusion's COPY.
+                let resolved = cx
+                    .session
+                    .lake()
+                    .stores()
+                    .resolve(&target)
+                    .map_err(|e| anyhow!("task `{}`: cannot write to {target}: {e}", cx.task.id))?;
+                let base = url::Url::parse(&resolved.base_url)
+                    .with_context(|| format!("task `{}`: bad URL {target}", cx.task.id))?;
+                tarn_query::load::register_store(&cx.session, &base, resolved.store);
             }
             let copy = format!(
                 "COPY ({}) TO '{target}' STORED AS PARQUET",

@@ -1302,3 +1302,52 @@ allow if {
         .unwrap();
     assert_eq!(allowed.status(), 201, "{}", server.log());
 }
+
+#[tokio::test]
+async fn export_writes_parquet_to_the_bucket_and_load_reads_it_back() {
+    let s3 = tarn_test_utils::S3Server::start("lake").unwrap();
+    let dir = data_dir(&format!(
+        "[storage]\nwarehouse = \"s3://lake/warehouse\"\n[storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+         access_key_id = \"test\"\nsecret_access_key = \"test\"\npath_style = true\nallow_http = true\n",
+        s3.endpoint()
+    ));
+    let d = dir.path();
+    let (ok, _, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "CREATE SCHEMA shop; CREATE TABLE shop.orders (id BIGINT, amount BIGINT); INSERT INTO shop.orders VALUES (1, 10), (2, 20), (3, 30)",
+        ],
+    );
+    assert!(ok, "{err}");
+    write_job(
+        d,
+        "roundtrip",
+        r#"
+        [[tasks]]
+        id = "export"
+        kind = "export"
+        sql = "SELECT id, amount * 2 AS doubled FROM shop.orders WHERE id >= 2"
+        path = "exports/{{ ds }}"
+        [[tasks]]
+        id = "reload"
+        kind = "load"
+        depends_on = ["export"]
+        paths = ["s3://lake/warehouse/exports/{{ ds }}/*.parquet"]
+        table = "shop.doubled"
+        "#,
+    );
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "roundtrip", "--date", "2026-12-04"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT id, doubled FROM shop.doubled ORDER BY id",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["2,40", "3,60"]);
+}
