@@ -2,8 +2,6 @@
 //! (`POST {"text": ...}`) and email over SMTP (`lettre`), as `jobs.alerts` configures. A
 //! destination that cannot be reached is logged; it never fails the run.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result, anyhow};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -140,6 +138,3 @@ impl Alerter {
         Ok(())
     }
 }
-
-/// How long to wait for alert delivery at most when shutting down.
-pub const DRAIN: Duration = Duration::from_secs(5);

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::alert::{Alert, Alerter};
 use super::exec::{TryContext, TryLog, group_alive, kill_group, run_try};
 use super::spec::{Job, load_dir};
-use super::store::{Run, Store, TaskState, TryEnd, now_ms, to_time};
+use super::store::{Run, Store, TaskState, TryEnd, now_ms};
 use super::template::Context as Template;
 
 /// The lease row of the active scheduler.
@@ -811,9 +811,4 @@ pub fn next_due(job: &Job, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// A time given on the command line or to the API.
 pub fn parse_when(value: &str) -> Result<DateTime<Utc>> {
     super::spec::parse_time(value)
-}
-
-/// `ms` as UTC, for callers outside.
-pub fn time(ms: i64) -> DateTime<Utc> {
-    to_time(ms)
 }
