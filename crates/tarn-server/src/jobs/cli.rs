@@ -205,7 +205,7 @@ async fn command(cmd: JobsCommand, config: &Config, jobs: &Arc<Jobs>) -> Result<
                 for t in jobs.store().tasks(&done.run_id).await? {
                     println!("    {:<24} {:<16} tries {}", t.task_id, t.state, t.try_number);
                 }
-                failed |= done.state != "success";
+                failed |= done.state != super::store::RunState::Success;
                 if stop.is_cancelled() {
                     bail!("interrupted; the run is left for the scheduler to resume");
                 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::alert::{Alert, Alerter};
 use super::exec::{TryContext, TryLog, group_alive, kill_group, run_try};
 use super::spec::{Job, load_dir};
-use super::store::{Run, Store, TaskState, TryEnd, now_ms};
+use super::store::{Run, RunState, Store, TaskState, TaskStatus, TryEnd, now_ms};
 use super::template::Context as Template;
 
 /// The lease row of the active scheduler.
@@ -138,7 +138,7 @@ impl Jobs {
             logical_date: date,
             interval_start: date,
             interval_end: end,
-            state: "queued".into(),
+            state: RunState::Queued,
             params,
             created_at: now,
             started_at: None,
@@ -205,7 +205,7 @@ impl Jobs {
     /// them on this machine, then records each failed, to be retried as its task allows.
     async fn recover(&self, run: &Run, job: &Job) -> Result<()> {
         for t in self.store.tries(&run.run_id).await? {
-            if t.state != "running" {
+            if t.state != TaskStatus::Running {
                 continue;
             }
             let log = TryLog::new(self.store.clone(), &run.run_id, &t.task_id, t.try_number);
@@ -231,11 +231,13 @@ impl Jobs {
             log.line(reason.clone()).await;
             let task = job.task(&t.task_id);
             let (state, next) = match task {
-                Some(task) if t.try_number <= i64::from(task.retries) => ("up_for_retry", Some(now_ms())),
-                _ => ("failed", None),
+                Some(task) if t.try_number <= i64::from(task.retries) => {
+                    (TaskStatus::UpForRetry, Some(now_ms()))
+                }
+                _ => (TaskStatus::Failed, None),
             };
             let end = TryEnd {
-                try_state: "failed",
+                try_state: TaskStatus::Failed,
                 error: Some(&reason),
                 task_state: state,
                 next_try_at: next,
@@ -243,7 +245,7 @@ impl Jobs {
             self.store
                 .end_try(&run.run_id, &t.task_id, t.try_number, end)
                 .await?;
-            if state == "failed" {
+            if state == TaskStatus::Failed {
                 self.alert(job, run, Some(&t.task_id), reason).await;
             }
         }
@@ -391,41 +393,43 @@ impl Jobs {
                 .into_iter()
                 .map(|t| (t.task_id.clone(), t))
                 .collect();
-            let state_of = |id: &str| states.get(id).map_or("pending", |s| s.state.as_str());
+            let state_of = |id: &str| states.get(id).map_or(TaskStatus::Pending, |s| s.state);
             for task in &job.tasks {
-                if state_of(&task.id) == "pending"
+                if state_of(&task.id) == TaskStatus::Pending
                     && task
                         .depends_on
                         .iter()
-                        .any(|d| matches!(state_of(d), "failed" | "upstream_failed"))
+                        .any(|d| matches!(state_of(d), TaskStatus::Failed | TaskStatus::UpstreamFailed))
                 {
                     self.store.mark_upstream_failed(run_id, &task.id).await?;
                 }
             }
-            let terminal = |s: &str| matches!(s, "success" | "failed" | "upstream_failed");
             let current = self.store.run(run_id).await?.context("the run vanished")?;
             self.check_sla(job, &current, None).await;
             if running.is_empty() {
                 let states = self.store.tasks(run_id).await?;
-                if states.iter().all(|t| terminal(&t.state)) {
+                if states.iter().all(|t| t.state.is_terminal()) {
                     let failed: Vec<&str> = states
                         .iter()
-                        .filter(|t| t.state != "success")
+                        .filter(|t| t.state != TaskStatus::Success)
                         .map(|t| t.task_id.as_str())
                         .collect();
                     let (state, error) = if failed.is_empty() {
-                        ("success", None)
+                        (RunState::Success, None)
                     } else {
-                        ("failed", Some(format!("tasks not done: {}", failed.join(", "))))
+                        (
+                            RunState::Failed,
+                            Some(format!("tasks not done: {}", failed.join(", "))),
+                        )
                     };
                     self.store
                         .finish_run(run_id, &self.owner, state, error.as_deref())
                         .await?;
-                    metrics::counter!("tarn_job_runs_total", "job" => job.name.clone(), "state" => state)
+                    metrics::counter!("tarn_job_runs_total", "job" => job.name.clone(), "state" => state.as_str())
                         .increment(1);
                     let finished = self.store.run(run_id).await?.context("the run vanished")?;
                     self.check_sla(job, &finished, finished.finished_at).await;
-                    tracing::info!(job = %job.name, run = %run_id, state, "run finished");
+                    tracing::info!(job = %job.name, run = %run_id, state = state.as_str(), "run finished");
                     return Ok(());
                 }
             }
@@ -439,9 +443,9 @@ impl Jobs {
                 let Some(state) = states.get(&task.id) else {
                     continue;
                 };
-                let ready = match state.state.as_str() {
-                    "pending" => task.depends_on.iter().all(|d| state_of(d) == "success"),
-                    "up_for_retry" => match state.next_try_at {
+                let ready = match state.state {
+                    TaskStatus::Pending => task.depends_on.iter().all(|d| state_of(d) == TaskStatus::Success),
+                    TaskStatus::UpForRetry => match state.next_try_at {
                         Some(at) if at > now => {
                             next_wake = next_wake.min(at);
                             false
@@ -540,9 +544,9 @@ impl Jobs {
                 metrics::counter!("tarn_job_tries_total", "job" => job.name.clone(), "state" => "success")
                     .increment(1);
                 let end = TryEnd {
-                    try_state: "success",
+                    try_state: TaskStatus::Success,
                     error: None,
-                    task_state: "success",
+                    task_state: TaskStatus::Success,
                     next_try_at: None,
                 };
                 self.store.end_try(&run.run_id, task_id, try_number, end).await?;
@@ -561,9 +565,9 @@ impl Jobs {
                     ))
                     .await;
                     let end = TryEnd {
-                        try_state: "failed",
+                        try_state: TaskStatus::Failed,
                         error: Some(&reason),
-                        task_state: "up_for_retry",
+                        task_state: TaskStatus::UpForRetry,
                         next_try_at: Some(now_ms() + millis(delay)),
                     };
                     self.store.end_try(&run.run_id, task_id, try_number, end).await?;
@@ -571,9 +575,9 @@ impl Jobs {
                     log.line(format!("try {try_number} failed: {reason}; no retries left"))
                         .await;
                     let end = TryEnd {
-                        try_state: "failed",
+                        try_state: TaskStatus::Failed,
                         error: Some(&reason),
-                        task_state: "failed",
+                        task_state: TaskStatus::Failed,
                         next_try_at: None,
                     };
                     self.store.end_try(&run.run_id, task_id, try_number, end).await?;
@@ -637,7 +641,7 @@ impl Jobs {
                 logical_date: start,
                 interval_start: start,
                 interval_end: end,
-                state: "queued".into(),
+                state: RunState::Queued,
                 params: None,
                 created_at: Utc::now(),
                 started_at: None,
@@ -748,7 +752,7 @@ impl Jobs {
                 tracing::warn!(job = %job.name, error = %format!("{e:#}"), "cannot schedule the job's runs");
             }
         }
-        let running = self.store.runs_in_state("running").await?;
+        let running = self.store.runs_in_state(RunState::Running).await?;
         let mut active_runs: HashMap<String, usize> = HashMap::new();
         for r in &running {
             *active_runs.entry(r.job.clone()).or_default() += 1;
@@ -758,20 +762,20 @@ impl Jobs {
             .into_iter()
             .filter(|r| r.heartbeat_at.is_none_or(|h| h < stale) && !driving.contains_key(&r.run_id))
             .collect::<Vec<_>>();
-        let queued = self.store.runs_in_state("queued").await?;
+        let queued = self.store.runs_in_state(RunState::Queued).await?;
         for run in orphans.into_iter().chain(queued) {
             if driving.contains_key(&run.run_id) {
                 continue;
             }
             let Some(job) = jobs.get(&run.job) else {
-                if run.state == "queued" {
+                if run.state == RunState::Queued {
                     self.store
                         .fail_queued_run(&run.run_id, &format!("job {} is not in jobs.dir", run.job))
                         .await?;
                 }
                 continue;
             };
-            if run.state == "queued" {
+            if run.state == RunState::Queued {
                 self.check_sla(job, &run, None).await;
                 let n = active_runs.entry(run.job.clone()).or_default();
                 if *n >= job.max_active_runs {
@@ -782,7 +786,7 @@ impl Jobs {
             if !self.store.claim_run(&run.run_id, &self.owner, stale).await? {
                 continue;
             }
-            if run.state == "running" {
+            if run.state == RunState::Running {
                 tracing::warn!(run = %run.run_id, previous = ?run.owner, "taking over a run whose owner stopped renewing it");
             }
             let token = shutdown.child_token();

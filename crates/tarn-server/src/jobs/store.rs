@@ -73,6 +73,84 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
     ],
 )];
 
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for the active scheduler (or `tarn jobs run`) to drive it.
+    Queued,
+    /// Driven by its owner.
+    Running,
+    /// Every task succeeded.
+    Success,
+    /// A task failed for good (or its job is gone).
+    Failed,
+}
+
+/// Where a task of a run, or one try of it, is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting for its dependencies.
+    Pending,
+    /// A try runs.
+    Running,
+    /// A try failed; the next is due at `next_try_at`.
+    UpForRetry,
+    /// Done.
+    Success,
+    /// Its last try failed.
+    Failed,
+    /// A task it depends on failed.
+    UpstreamFailed,
+}
+
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $name {
+            /// The state as stored and shown.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+
+            fn parse(text: &str) -> Result<Self> {
+                match text {
+                    $($text => Ok($name::$variant),)*
+                    other => anyhow::bail!("unknown {} {other:?} in the job tables", stringify!($name)),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(RunState { Queued => "queued", Running => "running", Success => "success", Failed => "failed" });
+text_enum!(TaskStatus {
+    Pending => "pending",
+    Running => "running",
+    UpForRetry => "up_for_retry",
+    Success => "success",
+    Failed => "failed",
+    UpstreamFailed => "upstream_failed",
+});
+
+impl TaskStatus {
+    /// Whether nothing more happens to the task.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Success | TaskStatus::Failed | TaskStatus::UpstreamFailed
+        )
+    }
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -98,8 +176,8 @@ pub struct Run {
     pub interval_start: DateTime<Utc>,
     /// The data interval's end (a scheduled run's due time).
     pub interval_end: DateTime<Utc>,
-    /// `queued`, `running`, `success` or `failed`.
-    pub state: String,
+    /// Where it is.
+    pub state: RunState,
     /// Parameters given when it was triggered (JSON object), over the job's.
     pub params: Option<serde_json::Value>,
     /// When it was created.
@@ -123,8 +201,8 @@ pub struct Run {
 pub struct TaskState {
     /// The task's id.
     pub task_id: String,
-    /// `pending`, `running`, `up_for_retry`, `success`, `failed` or `upstream_failed`.
-    pub state: String,
+    /// Where it is.
+    pub state: TaskStatus,
     /// Tries started.
     pub try_number: i64,
     /// When the next try is due (`up_for_retry`).
@@ -139,7 +217,7 @@ pub struct Try {
     /// 1, 2, ...
     pub try_number: i64,
     /// `running`, `success` or `failed`.
-    pub state: String,
+    pub state: TaskStatus,
     /// The process that ran it.
     pub owner: String,
     /// The process group of a command it ran.
@@ -155,12 +233,12 @@ pub struct Try {
 /// How a try ended, and what its task is now.
 #[derive(Debug, Clone, Copy)]
 pub struct TryEnd<'a> {
-    /// The try: `success` or `failed`.
-    pub try_state: &'a str,
+    /// The try: `Success` or `Failed`.
+    pub try_state: TaskStatus,
     /// Why it failed.
     pub error: Option<&'a str>,
-    /// The task: `success`, `failed`, or `up_for_retry` (with `next_try_at`).
-    pub task_state: &'a str,
+    /// The task: `Success`, `Failed`, or `UpForRetry` (with `next_try_at`).
+    pub task_state: TaskStatus,
     /// When the next try is due.
     pub next_try_at: Option<i64>,
 }
@@ -197,7 +275,7 @@ fn run_from(row: &AnyRow) -> Result<Run> {
         logical_date: to_time(row.try_get("logical_date")?),
         interval_start: to_time(row.try_get("interval_start")?),
         interval_end: to_time(row.try_get("interval_end")?),
-        state: row.try_get("state")?,
+        state: RunState::parse(&row.try_get::<String, _>("state")?)?,
         params: params.and_then(|p| serde_json::from_str(&p).ok()),
         created_at: to_time(row.try_get("created_at")?),
         started_at: row.try_get::<Option<i64>, _>("started_at")?.map(to_time),
@@ -377,7 +455,7 @@ impl Store {
         .bind(run.logical_date.timestamp_millis())
         .bind(run.interval_start.timestamp_millis())
         .bind(run.interval_end.timestamp_millis())
-        .bind(&run.state)
+        .bind(run.state.as_str())
         .bind(run.params.as_ref().map(ToString::to_string))
         .bind(run.created_at.timestamp_millis())
         .bind(run.started_at.map(|t| t.timestamp_millis()))
@@ -441,11 +519,11 @@ impl Store {
     }
 
     /// Runs in `state`, oldest logical date first.
-    pub async fn runs_in_state(&self, state: &str) -> Result<Vec<Run>> {
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>> {
         let rows = sqlx::query(&self.sql(&format!(
             "SELECT {RUN_COLUMNS} FROM tarn_job_runs WHERE state = ? ORDER BY logical_date, created_at"
         )))
-        .bind(state)
+        .bind(state.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from).collect()
@@ -497,19 +575,19 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Ends run `run_id` in `state` (`success`, `failed`), when `owner` owns it.
+    /// Ends run `run_id` in `state` (`Success`, `Failed`), when `owner` owns it.
     pub async fn finish_run(
         &self,
         run_id: &str,
         owner: &str,
-        state: &str,
+        state: RunState,
         error: Option<&str>,
     ) -> Result<bool> {
         let n = sqlx::query(&self.sql(
             "UPDATE tarn_job_runs SET state = ?, finished_at = ?, error = ? \
              WHERE run_id = ? AND owner = ? AND state = 'running'",
         ))
-        .bind(state)
+        .bind(state.as_str())
         .bind(now_ms())
         .bind(error)
         .bind(run_id)
@@ -559,7 +637,7 @@ impl Store {
             .map(|r| {
                 Ok(TaskState {
                     task_id: r.try_get("task_id")?,
-                    state: r.try_get("state")?,
+                    state: TaskStatus::parse(&r.try_get::<String, _>("state")?)?,
                     try_number: r.try_get("try_number")?,
                     next_try_at: r.try_get::<Option<i64>, _>("next_try_at")?.map(to_time),
                 })
@@ -581,7 +659,7 @@ impl Store {
                 Ok(Try {
                     task_id: r.try_get("task_id")?,
                     try_number: r.try_get("try_number")?,
-                    state: r.try_get("state")?,
+                    state: TaskStatus::parse(&r.try_get::<String, _>("state")?)?,
                     owner: r.try_get("owner")?,
                     pid: r.try_get("pid")?,
                     started_at: to_time(r.try_get("started_at")?),
@@ -666,7 +744,7 @@ impl Store {
             "UPDATE tarn_job_tries SET state = ?, finished_at = ?, error = ? \
              WHERE run_id = ? AND task_id = ? AND try_number = ? AND state = 'running'",
         ))
-        .bind(try_state)
+        .bind(try_state.as_str())
         .bind(now_ms())
         .bind(error)
         .bind(run_id)
@@ -678,7 +756,7 @@ impl Store {
             "UPDATE tarn_job_tasks SET state = ?, next_try_at = ? \
              WHERE run_id = ? AND task_id = ? AND try_number = ? AND state = 'running'",
         ))
-        .bind(task_state)
+        .bind(task_state.as_str())
         .bind(next_try_at)
         .bind(run_id)
         .bind(task_id)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tarn_server::jobs::store::{Run, Store, Try};
+use tarn_server::jobs::store::{Run, RunState, Store, TaskStatus, Try};
 
 /// A data directory with a `tarn.toml` (short ticks and lease) and an empty `jobs/`.
 fn data_dir(extra_toml: &str) -> tempfile::TempDir {
@@ -59,7 +59,7 @@ async fn successful_runs(store: &Store, job: &str) -> Vec<Run> {
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| r.state == "success")
+        .filter(|r| r.state == RunState::Success)
         .collect();
     runs.sort_by_key(|r| r.logical_date);
     runs
@@ -341,7 +341,7 @@ async fn a_dag_of_sql_load_maintain_and_export_runs_on_cron_in_dependency_order(
         assert_eq!(tries.len(), 4, "{tries:#?}");
         let (stage, load) = (try_of(&tries, "stage", 1), try_of(&tries, "load", 1));
         let (maintain, export) = (try_of(&tries, "maintain", 1), try_of(&tries, "export", 1));
-        assert!(tries.iter().all(|t| t.state == "success"), "{tries:#?}");
+        assert!(tries.iter().all(|t| t.state == TaskStatus::Success), "{tries:#?}");
         assert!(stage.finished_at.unwrap() <= load.started_at, "{tries:#?}");
         assert!(load.finished_at.unwrap() <= maintain.started_at, "{tries:#?}");
         assert!(load.finished_at.unwrap() <= export.started_at, "{tries:#?}");
@@ -387,7 +387,7 @@ async fn a_dag_of_sql_load_maintain_and_export_runs_on_cron_in_dependency_order(
             let tries = store.tries(&r.run_id).await.unwrap();
             n += tries
                 .iter()
-                .filter(|t| t.task_id == "load" && t.state == "success")
+                .filter(|t| t.task_id == "load" && t.state == TaskStatus::Success)
                 .count();
         }
         n
@@ -427,13 +427,12 @@ async fn a_failing_task_retries_with_backoff_then_alerts_by_webhook_and_email() 
     assert!(out.contains("failed") && out.contains("upstream_failed"), "{out}");
     let store = store(d).await;
     let run = store.runs(Some("flaky"), 1).await.unwrap().remove(0);
-    assert_eq!(run.state, "failed");
+    assert_eq!(run.state, RunState::Failed);
     let tries = store.tries(&run.run_id).await.unwrap();
     assert_eq!(tries.len(), 3, "one try and two retries: {tries:#?}");
     assert!(
-        tries
-            .iter()
-            .all(|t| t.state == "failed" && t.error.as_deref().unwrap_or_default().contains("exited with")),
+        tries.iter().all(|t| t.state == TaskStatus::Failed
+            && t.error.as_deref().unwrap_or_default().contains("exited with")),
         "{tries:#?}"
     );
     // Exponential backoff: 400 ms, then 800 ms.
@@ -568,7 +567,7 @@ async fn a_run_past_its_sla_alerts_while_it_still_runs() {
     assert!(out.contains("SLA missed"), "{out}");
     let store = store(d).await;
     let run = store.runs(Some("slow"), 1).await.unwrap().remove(0);
-    assert!(run.sla_missed && run.state == "success", "{run:?}");
+    assert!(run.sla_missed && run.state == RunState::Success, "{run:?}");
     let bodies = webhook.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1, "one SLA alert: {bodies:?}");
     let (at, body) = &bodies[0];
@@ -715,12 +714,12 @@ async fn kill_9_of_the_scheduler_mid_run_resumes_the_run_without_two_tries_at_on
         Duration::from_secs(90),
         || async {
             let r = store.run(&run_id).await.unwrap()?;
-            matches!(r.state.as_str(), "success" | "failed").then_some(r)
+            matches!(r.state, RunState::Success | RunState::Failed).then_some(r)
         },
     )
     .await;
     assert!(b.stop().success());
-    assert_eq!(run.state, "success", "{run:?}\n{}", b.log());
+    assert_eq!(run.state, RunState::Success, "{run:?}\n{}", b.log());
     assert_eq!(owner_pid(run.owner.as_deref().unwrap()), b.pid());
     // The first try was killed before the second started: it never ended, and the second
     // found the lock free.
@@ -728,16 +727,16 @@ async fn kill_9_of_the_scheduler_mid_run_resumes_the_run_without_two_tries_at_on
     assert_eq!(lines, ["first", "start 1", "start 2", "end 2"], "{lines:?}");
     let tries = store.tries(&run_id).await.unwrap();
     assert_eq!(tries.len(), 3, "{tries:#?}");
-    assert_eq!(try_of(&tries, "first", 1).state, "success");
+    assert_eq!(try_of(&tries, "first", 1).state, TaskStatus::Success);
     let interrupted = try_of(&tries, "slow", 1);
-    assert_eq!(interrupted.state, "failed");
+    assert_eq!(interrupted.state, TaskStatus::Failed);
     assert!(
         interrupted.error.as_deref().unwrap().contains("interrupted"),
         "{interrupted:?}"
     );
     assert_eq!(owner_pid(&interrupted.owner), a.child.id());
     let second = try_of(&tries, "slow", 2);
-    assert_eq!(second.state, "success");
+    assert_eq!(second.state, TaskStatus::Success);
     assert!(
         second.started_at >= interrupted.finished_at.unwrap(),
         "{tries:#?}"
@@ -1164,7 +1163,8 @@ async fn airflow_drives_tarn_with_the_packages_operators() {
     let runs = store.runs(Some("nightly"), 10).await.unwrap();
     assert!(
         runs.iter()
-            .any(|r| r.state == "success" && r.logical_date.format("%Y-%m-%d").to_string() == "2026-12-01"),
+            .any(|r| r.state == RunState::Success
+                && r.logical_date.format("%Y-%m-%d").to_string() == "2026-12-01"),
         "{runs:#?}"
     );
 }
@@ -1184,7 +1184,7 @@ async fn run_history_logs_and_the_lease_live_in_a_postgresql_catalog_too() {
     // Two processes migrating the same database: idempotent.
     let (store, again) = tokio::join!(store(d), store(d));
     let run = again.runs(Some("second_time"), 1).await.unwrap().remove(0);
-    assert_eq!(run.state, "success");
+    assert_eq!(run.state, RunState::Success);
     assert_eq!(run.params, Some(serde_json::json!({"x": "1"})));
     let tries = store.tries(&run.run_id).await.unwrap();
     assert_eq!(
