@@ -4,7 +4,8 @@
 # pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka) and a
 # Python venv in .venv with the independent readers and clients the interoperability tests
 # use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
-# Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg).
+# Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg), and a
+# second venv, .venv-superset, with the SQLAlchemy 1.4 + psycopg2 stack Superset 6 runs on.
 #
 # `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
 #
@@ -60,6 +61,16 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q "${PY_PACKAGES[@]}"
   touch "$stamp"
+fi
+# Superset 6's database stack (SQLAlchemy 1.4, psycopg2) for the BI tests, in a venv of its own:
+# the main venv's tools want SQLAlchemy 2.
+SUPERSET_PACKAGES=('sqlalchemy==1.4.54' 'psycopg2-binary==2.9.9')
+superset_stamp=".venv-superset/.tarn-setup-$(printf '%s\n' "${SUPERSET_PACKAGES[@]}" | sha1sum | cut -c1-12)"
+if [ ! -f "$superset_stamp" ]; then
+  echo "setup: creating .venv-superset (SQLAlchemy 1.4 + psycopg2, as Superset 6 pins them)"
+  python3 -m venv .venv-superset
+  .venv-superset/bin/pip install -q "${SUPERSET_PACKAGES[@]}"
+  touch "$superset_stamp"
 fi
 # Apache Airflow 3 (integrations/airflow's test runs `airflow dags test` on SQLite) in a venv of
 # its own: its ~140 pinned dependencies (SQLAlchemy, pydantic, ...) would fight the main venv's.

@@ -2,7 +2,8 @@
 
 Usage: pg_clients.py --port P [--user U --password W]
 Runs DDL, a parameterized INSERT and SELECT (extended protocol, server-side binding),
-an aggregate's column names, a prepared statement executed twice, and an error; prints JSON
+an aggregate's column names, a prepared statement executed twice, COPY ... TO STDOUT (CSV and
+binary), and an error; prints JSON
 with what it saw.
 """
 import argparse
@@ -35,6 +36,12 @@ def main():
             for i in (1, 2):
                 cur.execute("SELECT name FROM psy WHERE id = %s", (i,), prepare=True)
                 out.setdefault("prepared", []).append(cur.fetchone()[0])
+            # COPY ... TO STDOUT, as text and as binary rows decoded by psycopg.
+            with cur.copy("COPY (SELECT id, name FROM psy ORDER BY id) TO STDOUT (FORMAT csv, HEADER)") as copy:
+                out["copy_csv"] = b"".join(bytes(chunk) for chunk in copy).decode()
+            with cur.copy("COPY (SELECT id, name FROM psy ORDER BY id) TO STDOUT (FORMAT binary)") as copy:
+                copy.set_types(["int8", "text"])
+                out["copy_binary"] = [list(row) for row in copy.rows()]
             try:
                 cur.execute("SELECT * FROM no_such_table")
                 out["error"] = None

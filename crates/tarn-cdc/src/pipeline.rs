@@ -500,7 +500,10 @@ async fn run_once(
     });
     // Topic ACLs: a pipeline the policy does not allow its topics refuses to start.
     if config.cdc.source_kind == "kafka" {
-        crate::topic_acl::TopicAccess::from_config(config)?.check_ingest(config)?;
+        crate::topic_acl::TopicAccess::from_config(config)?
+            .audited(config, &lake)?
+            .check_ingest(config)
+            .await?;
     }
     match config.cdc.source_kind.as_str() {
         "cockroachdb" => {
@@ -568,12 +571,12 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
     match config.cdc.sink.as_str() {
         #[cfg(feature = "kafka")]
         "kafka" => {
-            let kafka = crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?;
+            let kafka = crate::kafka::sink::KafkaSink::connect(config, &lake, ctx.status).await?;
             drive_with(source, kafka, lake, ctx).await
         }
         #[cfg(feature = "kafka")]
         "lake+kafka" => {
-            let kafka = crate::kafka::sink::KafkaSink::connect(config, ctx.status).await?;
+            let kafka = crate::kafka::sink::KafkaSink::connect(config, &lake, ctx.status).await?;
             let both = crate::sink::Both::new(lake_sink(config, lake.clone()), kafka);
             drive_with(source, both, lake, ctx).await
         }

@@ -8,11 +8,19 @@
 //! publishing pipeline before its first record — so a pipeline the policy does not allow
 //! refuses to start (or to open the topic), saying which topic and principal. Without a
 //! policy, everything is allowed, as for statements.
+//!
+//! With a policy and `[audit]` on, each decision is also a record of the audit trail
+//! (`tarn_audit.events`, kind `decision`, the topic as `topic:<name>` among its tables),
+//! appended before the check returns, so a pipeline refused at start leaves its record.
+
+use std::sync::Arc;
 
 use tarn_auth::{Method, Principal};
 use tarn_core::config::Config;
 use tarn_core::{Error, ErrorKind, Result};
+use tarn_lake::Lake;
 use tarn_policy::{Policy, PolicyError, topic_resource};
+use tarn_query::audit::{AuditLog, AuditRecord, AuditSettings, RecordKind};
 
 /// What a pipeline does with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,8 @@ impl TopicOperation {
 pub struct TopicAccess {
     policy: Option<Policy>,
     principal: Principal,
+    /// Where decisions are recorded, when auditing is on.
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// The principal a pipeline runs as: `cdc.principal` (default `pipeline:<name>`) with
@@ -60,7 +70,11 @@ pub fn pipeline_principal(config: &Config) -> Principal {
 impl TopicAccess {
     /// Decisions of `policy` (none: everything allowed) for `principal`.
     pub fn new(policy: Option<Policy>, principal: Principal) -> Self {
-        Self { policy, principal }
+        Self {
+            policy,
+            principal,
+            audit: None,
+        }
     }
 
     /// The decisions `config` configures: its policy, for the pipeline's principal.
@@ -70,6 +84,16 @@ impl TopicAccess {
         Ok(Self::new(policy, pipeline_principal(config)))
     }
 
+    /// These decisions recorded in `lake`'s audit trail too, when a policy decides them and
+    /// `[audit]` is on.
+    pub fn audited(mut self, config: &Config, lake: &Lake) -> Result<Self> {
+        if self.policy.is_some() && config.audit.enabled {
+            let settings = AuditSettings::from_config(&config.audit)?;
+            self.audit = Some(AuditLog::start(lake.clone(), settings));
+        }
+        Ok(self)
+    }
+
     /// The principal deciding.
     pub fn principal(&self) -> &Principal {
         &self.principal
@@ -77,7 +101,7 @@ impl TopicAccess {
 
     /// `Ok` when the principal may `operation` `topic`; a `PermissionDenied` error naming
     /// both otherwise (also when the policy cannot decide).
-    pub fn check(&self, operation: TopicOperation, topic: &str) -> Result<()> {
+    pub async fn check(&self, operation: TopicOperation, topic: &str) -> Result<()> {
         let Some(policy) = &self.policy else { return Ok(()) };
         let decided = policy.check(
             &self.principal,
@@ -85,6 +109,20 @@ impl TopicAccess {
             Some(topic_resource(topic)),
             &format!("on Kafka topic {topic:?}"),
         );
+        if let Some(audit) = &self.audit {
+            let mut record = AuditRecord::new(RecordKind::Decision, &self.principal, policy.describe());
+            record.statement = None;
+            record.operations.push(operation.name().to_string());
+            record.tables.push(format!("topic:{topic}"));
+            if let Err(e) = &decided {
+                record.allowed = false;
+                record.reason = Some(e.to_string());
+            }
+            audit.record(record);
+            if let Err(e) = audit.flush().await {
+                tracing::warn!(error = %e, topic, "cannot append a topic decision to the audit table (its log line is written)");
+            }
+        }
         match decided {
             Ok(()) => {
                 tracing::debug!(target: "tarn::audit", user = %self.principal.user, operation = operation.name(), topic, decision = "allow", "topic authorized");
@@ -107,13 +145,14 @@ impl TopicAccess {
 
     /// [`Self::check`] for the topics `cdc.kafka.topics` names literally (a `^regex` is
     /// checked per matching topic when the consumer resolves it), and the dead-letter topic.
-    pub fn check_ingest(&self, config: &Config) -> Result<()> {
+    pub async fn check_ingest(&self, config: &Config) -> Result<()> {
         let kafka = &config.cdc.kafka;
         for topic in kafka.topics.iter().filter(|t| !t.starts_with('^')) {
-            self.check(TopicOperation::Consume, topic)?;
+            self.check(TopicOperation::Consume, topic).await?;
         }
         if !kafka.archive && kafka.format != "json" {
-            self.check(TopicOperation::Publish, &kafka.dead_letter_topic())?;
+            self.check(TopicOperation::Publish, &kafka.dead_letter_topic())
+                .await?;
         }
         Ok(())
     }
@@ -228,11 +267,11 @@ topics = [{ name = "shop.*", allow = ["publish"] }]
         TopicAccess::new(Some(Policy::new(Arc::new(policy))), pipeline_principal(&config))
     }
 
-    #[test]
-    fn topic_operations_are_decided_by_the_policy_for_the_pipeline_principal() {
+    #[tokio::test]
+    async fn topic_operations_are_decided_by_the_policy_for_the_pipeline_principal() {
         let ingest = access("etl", &["ingest"]);
-        ingest.check(TopicOperation::Consume, "orders").unwrap();
-        let e = ingest.check(TopicOperation::Publish, "orders").unwrap_err();
+        ingest.check(TopicOperation::Consume, "orders").await.unwrap();
+        let e = ingest.check(TopicOperation::Publish, "orders").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied);
         let message = e.to_string();
         assert!(
@@ -242,25 +281,29 @@ topics = [{ name = "shop.*", allow = ["publish"] }]
         let publisher = access("cdc", &["publisher"]);
         publisher
             .check(TopicOperation::Publish, "shop.public.orders")
+            .await
             .unwrap();
         assert!(
             publisher
                 .check(TopicOperation::Consume, "shop.public.orders")
+                .await
                 .is_err()
         );
         assert!(
             publisher
                 .check(TopicOperation::Publish, "other.public.orders")
+                .await
                 .is_err()
         );
         // No role, nothing; no policy, everything.
         assert!(
             access("nobody", &[])
                 .check(TopicOperation::Consume, "orders")
+                .await
                 .is_err()
         );
         let open = TopicAccess::new(None, pipeline_principal(&Config::defaults(".")));
-        open.check(TopicOperation::Publish, "anything").unwrap();
+        open.check(TopicOperation::Publish, "anything").await.unwrap();
         assert_eq!(open.principal().user, "pipeline:main");
     }
 
@@ -300,14 +343,17 @@ topics = [{ name = "shop.*", allow = ["publish"] }]
         );
     }
 
-    #[test]
-    fn ingest_checks_the_configured_topics_and_the_dead_letter_topic() {
+    #[tokio::test]
+    async fn ingest_checks_the_configured_topics_and_the_dead_letter_topic() {
         let mut config = Config::defaults(".");
         config.cdc.kafka.topics = vec!["orders".into()];
         config.cdc.kafka.group = "orders".into();
-        access("etl", &["ingest"]).check_ingest(&config).unwrap();
+        access("etl", &["ingest"]).check_ingest(&config).await.unwrap();
         config.cdc.kafka.topics = vec!["orders".into(), "payments".into()];
-        let e = access("etl", &["ingest"]).check_ingest(&config).unwrap_err();
+        let e = access("etl", &["ingest"])
+            .check_ingest(&config)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("\"payments\""), "{e}");
     }
 }

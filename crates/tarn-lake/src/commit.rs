@@ -142,6 +142,18 @@ impl CommitGuard {
         Self(Arc::new(move |table: &Table| Box::pin(check(table.clone()))))
     }
 
+    /// A guard running this one and then `other`; the commit records what both return.
+    pub fn and(self, other: CommitGuard) -> Self {
+        Self::new_async(move |table: Table| {
+            let (first, second) = (self.clone(), other.clone());
+            async move {
+                let mut properties = first.check(&table).await?;
+                properties.extend(second.check(&table).await?);
+                Ok(properties)
+            }
+        })
+    }
+
     async fn check(&self, table: &Table) -> Result<HashMap<String, String>> {
         (self.0)(table).await
     }

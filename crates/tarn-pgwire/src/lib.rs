@@ -24,12 +24,19 @@
 //!   with `server.tls.require` a connection without TLS is refused (SQLSTATE 28000), and a
 //!   password or token is never asked for over plain TCP from a non-loopback address unless
 //!   `auth.allow_plaintext_passwords` is set;
+//! - `COPY ... TO STDOUT` (psql's `\copy`, pgjdbc's `CopyManager`, psycopg's `copy`) and
+//!   DataFusion's `COPY (query) TO 'file' STORED AS ...` (module `copy`), governed as queries;
 //! - `run(listener, session, auth, shutdown)` and `serve(listener, session, options,
 //!   shutdown)`: serve on a bound listener until `shutdown` fires, so tests bind
 //!   `127.0.0.1:0`.
 
+mod copy;
 mod pg_catalog;
+pub mod pg_functions;
+mod pg_relations;
+mod pg_rewrite;
 mod uuid_wire;
+mod wire_types;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -47,7 +54,6 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
 use futures::{Sink, StreamExt};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
@@ -200,16 +206,19 @@ impl QueryHook for CatalogHook {
         if let Err(e) = self.session.refresh().await {
             return Some(Err(user_error(&e)));
         }
-        let mut planned = statement.clone();
-        if !result_names::alias_repeats(&mut planned) {
+        if !matches!(statement, Statement::Query(_)) {
             return None;
         }
+        let mut planned = statement.clone();
+        result_names::alias_repeats(&mut planned);
         // The statement itself stays as the client wrote it: its result names are worked out
-        // from it (`TarnParser::get_result_schema`).
+        // from it (`TarnParser::get_result_schema`). Columns the wire cannot carry as they are
+        // get cast (module `wire_types`).
         let plan = ctx
             .state()
             .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(planned)))
             .await
+            .and_then(wire_types::sendable_plan)
             .map_err(|e| PgWireError::ApiError(Box::new(e)));
         Some(plan)
     }
@@ -267,7 +276,7 @@ impl QueryHook for QueryResultHook {
             },
             None => ctx.sql(&sql).await,
         };
-        let df = match planned {
+        let df = match planned.and_then(wire_types::sendable_frame) {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
         };
@@ -305,6 +314,184 @@ impl QueryHook for QueryResultHook {
     }
 }
 
+/// `SHOW` of the settings clients read when they connect (SQLAlchemy's
+/// `standard_conforming_strings`, Metabase's `timezone`, JDBC's `transaction isolation level`),
+/// answered as PostgreSQL answers them; other `SHOW`s go on to `datafusion-postgres`.
+struct ShowSettingsHook;
+
+/// `SET search_path TO a, b` (identifiers or strings): kept for the connection, which its
+/// statements then resolve unqualified table names with ([`CatalogQueries`]).
+struct SearchPathHook;
+
+/// The `search_path` a `SET` statement sets, if it is one.
+fn set_search_path(statement: &Statement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{Expr, Set};
+    let Statement::Set(Set::SingleAssignment { variable, values, .. }) = statement else {
+        return None;
+    };
+    if !variable.to_string().eq_ignore_ascii_case("search_path") {
+        return None;
+    }
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Expr::Identifier(i) if i.quote_style.is_some() => format!("\"{}\"", i.value),
+            Expr::Identifier(i) => i.value.clone(),
+            Expr::Value(v) => v.clone().into_string().unwrap_or_else(|| v.to_string()),
+            other => other.to_string(),
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+#[async_trait]
+impl QueryHook for SearchPathHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let path = set_search_path(statement)?;
+        client.metadata_mut().insert("search_path".into(), path);
+        Some(Ok(Response::Execution(Tag::new("SET"))))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        set_search_path(statement)?;
+        Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(datafusion::common::DFSchema::empty()),
+        })))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let path = set_search_path(statement)?;
+        client.metadata_mut().insert("search_path".into(), path);
+        Some(Ok(Response::Execution(Tag::new("SET"))))
+    }
+}
+
+/// The column and value `SHOW <statement>` answers with, for the settings [`ShowSettingsHook`]
+/// answers.
+fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync)) -> Option<(String, String)> {
+    let Statement::ShowVariable { variable } = statement else {
+        return None;
+    };
+    let name = variable
+        .iter()
+        .map(|v| v.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (column, value) = match name.as_str() {
+        "timezone" | "time zone" => (
+            "TimeZone",
+            client
+                .metadata()
+                .get("timezone")
+                .cloned()
+                .unwrap_or_else(|| "UTC".into()),
+        ),
+        "standard_conforming_strings" | "integer_datetimes" => (name.as_str(), "on".into()),
+        "server_version" => ("server_version", pg_functions::POSTGRES_VERSION.into()),
+        "server_version_num" => ("server_version_num", "150000".into()),
+        "server_encoding" | "client_encoding" => (name.as_str(), "UTF8".into()),
+        "transaction isolation level" | "transaction_isolation" => {
+            ("transaction_isolation", "read committed".into())
+        }
+        "transaction_read_only" | "default_transaction_read_only" => (name.as_str(), "off".into()),
+        "max_identifier_length" => ("max_identifier_length", "63".into()),
+        "search_path" => {
+            let path = pg_rewrite::search_path(client.metadata());
+            let shown = if path.is_empty() {
+                format!("\"$user\", {}", tarn_query::DEFAULT_SCHEMA)
+            } else {
+                path.join(", ")
+            };
+            ("search_path", shown)
+        }
+        _ => return None,
+    };
+    Some((column.to_string(), value))
+}
+
+/// The query answering `SHOW` with `value` in a column named `column`.
+fn setting_query(column: &str, value: &str) -> String {
+    format!(
+        "SELECT '{}' AS \"{}\"",
+        value.replace('\'', "''"),
+        column.replace('"', "\"\"")
+    )
+}
+
+#[async_trait]
+impl QueryHook for ShowSettingsHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let (column, value) = shown_setting(statement, &*client)?;
+        let df = match ctx.sql(&setting_query(&column, &value)).await {
+            Ok(df) => df,
+            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+        };
+        Some(
+            datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(df, &Format::UnifiedText, None)
+                .await
+                .map(Response::Query),
+        )
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        let (column, value) = shown_setting(statement, client)?;
+        Some(
+            ctx.state()
+                .create_logical_plan(&setting_query(&column, &value))
+                .await
+                .map_err(|e| PgWireError::ApiError(Box::new(e))),
+        )
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        plan: &LogicalPlan,
+        _params: &ParamValues,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        shown_setting(statement, &*client)?;
+        let df = match ctx.execute_logical_plan(plan.clone()).await {
+            Ok(df) => df,
+            Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
+        };
+        Some(
+            datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(df, &Format::UnifiedText, None)
+                .await
+                .map(Response::Query),
+        )
+    }
+}
+
 async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResult<Response> {
     metrics::counter!("tarn_pgwire_statements_total", "kind" => "catalog").increment(1);
     match session.run_sql(&statement.to_string()).await {
@@ -317,6 +504,7 @@ async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResu
 struct TarnSimpleQuery {
     session: TarnSession,
     inner: Arc<DfSessionService>,
+    catalog: Arc<CatalogQueries>,
     running: Arc<RunningQueries>,
     /// The parser `inner` uses, to see statements as it will plan them.
     compatibility: PostgresCompatibilityParser,
@@ -448,12 +636,31 @@ impl TarnSimpleQuery {
         let token = self.running.start(key.clone());
         let mut responses = Vec::new();
         for statement in statements {
+            match copy::run(&self.session, &statement.sql).await {
+                Some(Ok(response)) => {
+                    responses.push(response);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.running.finish(&key);
+                    return Err(e);
+                }
+                None => {}
+            }
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
                 let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
                 responses.push(tag_of(output));
             } else {
                 let names = ResultNames::of_sql(&statement.sql);
-                let sql = self.with_repeats_aliased(&statement.sql);
+                let rewritten = self
+                    .catalog
+                    .prepare(&statement.sql, client.metadata())
+                    .await
+                    .map_err(|e| {
+                        self.running.finish(&key);
+                        PgWireError::ApiError(Box::new(e))
+                    })?;
+                let sql = self.with_repeats_aliased(rewritten.as_deref().unwrap_or(&statement.sql));
                 let result = tarn_query::audit::with_statement(
                     &statement.sql,
                     SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
@@ -537,9 +744,74 @@ fn uuids_of(statement: &PlannedStatement) -> Vec<usize> {
 }
 
 /// `datafusion-postgres`'s parser for the extended protocol, with PostgreSQL's names in the
-/// row descriptions (repeated select items are planned by [`CatalogHook`]).
+/// row descriptions (repeated select items are planned by [`CatalogHook`]) and catalog queries
+/// rewritten ([`CatalogQueries`]).
 struct TarnParser {
     inner: Arc<datafusion_postgres::Parser>,
+    catalog: Arc<CatalogQueries>,
+}
+
+/// Catalog queries (`pg_catalog`, `information_schema`): the described relations refreshed
+/// and the statement rewritten ([`pg_rewrite`]) before it is planned.
+struct CatalogQueries {
+    ctx: SessionContext,
+    /// The lake's catalog, where `search_path` schemas are looked up.
+    catalog: String,
+    relations: Arc<pg_relations::Relations>,
+    /// `datafusion-postgres`'s parser: the statements it replaces whole (its answers to some
+    /// of psql's and pgcli's catalog queries) are left for it to recognize.
+    compatibility: PostgresCompatibilityParser,
+}
+
+impl CatalogQueries {
+    /// `sql` rewritten for planning when something changes: for the connection's
+    /// `search_path` (in `metadata`), and when it reads the catalog (the relations are refreshed
+    /// first, for the principal of the current task).
+    async fn prepare(
+        &self,
+        sql: &str,
+        metadata: &HashMap<String, String>,
+    ) -> datafusion::error::Result<Option<String>> {
+        let with_path = self.with_search_path(sql, metadata);
+        let sql = with_path.as_deref().unwrap_or(sql);
+        if !pg_rewrite::reads_catalog(sql) {
+            return Ok(with_path);
+        }
+        let token = self.relations.refresh(&self.ctx.state()).await?;
+        if self.replaced_whole(sql) {
+            return Ok(with_path);
+        }
+        Ok(pg_rewrite::rewrite(sql, &token).or(with_path))
+    }
+
+    /// `sql` with the connection's `search_path` applied ([`pg_rewrite::with_search_path`]);
+    /// `None` when the path is unset or the default schema alone.
+    fn with_search_path(&self, sql: &str, metadata: &HashMap<String, String>) -> Option<String> {
+        let path = pg_rewrite::search_path(metadata);
+        if path.is_empty() || path == [tarn_query::DEFAULT_SCHEMA] {
+            return None;
+        }
+        let catalog = self.ctx.catalog(&self.catalog)?;
+        let exists = |schema: &str, table: &str| catalog.schema(schema).is_some_and(|s| s.table_exist(table));
+        pg_rewrite::with_search_path(sql, &path, &exists)
+    }
+
+    /// Whether `datafusion-postgres` replaces `sql` (or a part of it) by a statement of its own:
+    /// its parse differs from the same rules applied to the statements as written.
+    fn replaced_whole(&self, sql: &str) -> bool {
+        use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+        let (Ok(replaced), Ok(written)) = (
+            self.compatibility.parse(sql),
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql),
+        ) else {
+            return false;
+        };
+        let written: Vec<Statement> = written
+            .into_iter()
+            .map(|s| self.compatibility.rewrite(s))
+            .collect();
+        replaced != written
+    }
 }
 
 #[async_trait]
@@ -555,7 +827,17 @@ impl QueryParser for TarnParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        self.inner.parse_sql(client, sql, types).await
+        // `COPY` is run by tarn when the portal executes (module `copy`); DataFusion cannot
+        // plan it.
+        if copy::classify(sql).is_some() {
+            return Ok((sql.to_string(), None));
+        }
+        let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql, client.metadata()))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        self.inner
+            .parse_sql(client, rewritten.as_deref().unwrap_or(sql), types)
+            .await
     }
 
     fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -577,6 +859,7 @@ impl QueryParser for TarnParser {
 /// [`TarnParser`].
 struct TarnExtendedQuery {
     inner: Arc<DfSessionService>,
+    session: TarnSession,
     parser: Arc<TarnParser>,
 }
 
@@ -603,6 +886,11 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
     {
         let principal = principal_of(client);
         let sql = portal.statement.statement.0.clone();
+        if portal.statement.statement.1.is_none()
+            && let Some(copied) = with_principal(principal.clone(), copy::run(&self.session, &sql)).await
+        {
+            return copied;
+        }
         let response = with_principal(
             principal,
             tarn_query::audit::with_statement(
@@ -718,14 +1006,33 @@ fn principal_of<C: ClientInfo + ?Sized>(client: &C) -> Option<Arc<Principal>> {
         .map(|p| p.as_ref().clone())
 }
 
-/// Accepts a connection without a password (loopback clients, when configured).
+/// Accepts a connection without a password (loopback clients, when configured), with the
+/// server parameters every other login sends (`server_version` 15.0).
 struct TrustStartup {
     connections: Arc<ConnectionManager>,
+    params: Arc<DefaultServerParameterProvider>,
+    pids: pgwire::api::RandomPidSecretKeyGenerator,
 }
 
-impl NoopStartupHandler for TrustStartup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
+#[async_trait]
+impl StartupHandler for TrustStartup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(ref startup) = message else {
+            return Ok(());
+        };
+        pgwire::api::auth::protocol_negotiation(client, startup).await?;
+        pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+        let (pid, secret) = pgwire::api::PidSecretKeyGenerator::generate(&self.pids, client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.connections.register(pid, secret);
+        client.session_extensions().insert(handle);
+        client.session_extensions().insert(guard);
+        pgwire::api::auth::finish_authentication(client, self.params.as_ref()).await
     }
 }
 
@@ -872,7 +1179,10 @@ impl PgWireServerHandlers for TarnHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        let params = Arc::new(DefaultServerParameterProvider::default());
+        // The PostgreSQL version `version()` names and the catalog emulates.
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = pg_functions::POSTGRES_VERSION.to_string();
+        let params = Arc::new(params);
         Arc::new(TarnStartup {
             trust_loopback: self.trust_loopback,
             require_tls: self.require_tls,
@@ -892,6 +1202,8 @@ impl PgWireServerHandlers for TarnHandlers {
             },
             trust: TrustStartup {
                 connections: self.connections.clone(),
+                params: params.clone(),
+                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
             },
             scram: SASLAuthStartupHandler::new(params)
                 .with_scram(ScramAuth::new(self.auth_source.clone()))
@@ -957,12 +1269,20 @@ pub async fn serve(
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
-    pg_catalog::install(&ctx, session.lake().name())
+    let relations = pg_catalog::install(&ctx, session.lake().name(), session.governance().cloned())
         .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
+    let catalog = Arc::new(CatalogQueries {
+        ctx: ctx.clone(),
+        catalog: session.lake().name().to_string(),
+        relations,
+        compatibility: PostgresCompatibilityParser::new(),
+    });
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(CatalogHook {
             session: session.clone(),
         }),
+        Arc::new(ShowSettingsHook),
+        Arc::new(SearchPathHook),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),
@@ -975,14 +1295,17 @@ pub async fn serve(
         simple: Arc::new(TarnSimpleQuery {
             session: session.clone(),
             inner: service.clone(),
+            catalog: catalog.clone(),
             running: running.clone(),
             compatibility: PostgresCompatibilityParser::new(),
         }),
         extended: Arc::new(TarnExtendedQuery {
             parser: Arc::new(TarnParser {
                 inner: ExtendedQueryHandler::query_parser(service.as_ref()),
+                catalog,
             }),
             inner: service,
+            session,
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         authenticator: Arc::new(

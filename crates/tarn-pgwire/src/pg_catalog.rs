@@ -30,8 +30,12 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
+use crate::pg_relations::{DescribedTable, Kind, Lookup, LookupFunction, Relations};
+
 /// PostgreSQL's type OID of `numeric`.
 const NUMERIC: i32 = 1700;
+/// PostgreSQL's type OID of `uuid`.
+const UUID: i32 = 2950;
 /// PostgreSQL's type OID of `timestamptz`.
 const TIMESTAMPTZ: i32 = 1184;
 
@@ -41,35 +45,58 @@ pub fn numeric_typmod(precision: u8, scale: i8) -> i32 {
 }
 
 /// Installs the corrections on `ctx`, whose catalog `catalog` already has the emulated
-/// `pg_catalog` schema and functions.
-pub fn install(ctx: &SessionContext, catalog: &str) -> Result<()> {
+/// `pg_catalog` schema and functions, with tarn's relations and functions
+/// ([`crate::pg_relations`], [`crate::pg_functions`]) for `governance`.
+pub(crate) fn install(
+    ctx: &SessionContext,
+    catalog: &str,
+    governance: Option<Arc<tarn_query::governance::Governance>>,
+) -> Result<Arc<Relations>> {
     let catalog_provider = ctx
         .catalog(catalog)
         .ok_or_else(|| DataFusionError::Plan(format!("catalog {catalog} does not exist")))?;
     let emulated = catalog_provider
         .schema("pg_catalog")
         .ok_or_else(|| DataFusionError::Plan(format!("catalog {catalog} has no pg_catalog schema")))?;
+    let relations = Arc::new(Relations::new(
+        emulated.clone(),
+        ctx.state().catalog_list().clone(),
+        governance,
+    ));
     catalog_provider.register_schema(
         "pg_catalog",
         Arc::new(PgCatalog {
             emulated,
             catalogs: ctx.state().catalog_list().clone(),
+            relations: relations.clone(),
         }),
     )?;
+    for lookup in Lookup::ALL {
+        for granted in [false, true] {
+            ctx.register_udf(ScalarUDF::new_from_impl(LookupFunction::new(
+                lookup,
+                granted,
+                relations.clone(),
+            )));
+        }
+    }
+    crate::pg_functions::install(ctx);
     let format_type = ctx
         .udf("format_type")
         .map_err(|e| DataFusionError::Plan(format!("the emulated format_type is missing: {e}")))?;
     ctx.register_udf(ScalarUDF::new_from_impl(FormatType {
         emulated: format_type.as_ref().clone(),
     }));
-    Ok(())
+    Ok(relations)
 }
 
-/// The emulated `pg_catalog` schema with tarn's `pg_attribute`.
+/// The emulated `pg_catalog` schema with tarn's `pg_attribute` and relations
+/// ([`crate::pg_relations`]).
 #[derive(Debug)]
 struct PgCatalog {
     emulated: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
+    relations: Arc<Relations>,
 }
 
 #[async_trait]
@@ -83,7 +110,18 @@ impl SchemaProvider for PgCatalog {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let table = self.emulated.table(name).await?;
+        let table = if self.emulated.table_exist(name) {
+            self.emulated.table(name).await?
+        } else {
+            None
+        };
+        if let Some(kind) = Kind::of(name) {
+            return Ok(Some(Arc::new(DescribedTable::new(
+                kind,
+                table,
+                self.relations.clone(),
+            ))));
+        }
         if !name.eq_ignore_ascii_case("pg_attribute") {
             return Ok(table);
         }
@@ -91,20 +129,23 @@ impl SchemaProvider for PgCatalog {
             Arc::new(PgAttribute {
                 emulated,
                 catalogs: self.catalogs.clone(),
+                relations: self.relations.clone(),
             }) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.emulated.table_exist(name)
+        self.emulated.table_exist(name) || Kind::of(name).is_some()
     }
 }
 
-/// `pg_attribute` with type modifiers and `timestamptz`; see the module doc.
+/// `pg_attribute` with type modifiers and `timestamptz`, and without the columns of tables the
+/// principal may not see; see the module doc.
 #[derive(Debug)]
 struct PgAttribute {
     emulated: Arc<dyn TableProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
+    relations: Arc<Relations>,
 }
 
 #[async_trait]
@@ -145,14 +186,52 @@ impl TableProvider for PgAttribute {
             // The catalog changed between the two walks: the emulation's rows as they are.
             batches
         };
+        let batches = self.visible_rows(batches)?;
         MemTable::try_new(self.schema(), vec![batches])?
             .scan(state, projection, filters, limit)
             .await
     }
 }
 
-/// Every column of every table as `(name, type)`, in the order of the emulated `pg_attribute`.
-async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String, DataType)>> {
+impl PgAttribute {
+    /// `batches` without the rows of tables the current principal may not see.
+    fn visible_rows(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let visible = self.relations.visibility()?;
+        let hidden: std::collections::HashSet<i32> = self
+            .relations
+            .snapshot()
+            .relations
+            .iter()
+            .filter(|r| !self.relations.shows(r, &visible))
+            .map(|r| r.oid)
+            .collect();
+        if hidden.is_empty() {
+            return Ok(batches);
+        }
+        batches
+            .into_iter()
+            .map(|batch| {
+                let at = batch
+                    .schema()
+                    .index_of("attrelid")
+                    .map_err(|e| DataFusionError::Plan(format!("the emulated pg_attribute changed: {e}")))?;
+                let keep: BooleanArray = batch
+                    .column(at)
+                    .as_primitive::<Int32Type>()
+                    .iter()
+                    .map(|oid| Some(!oid.is_some_and(|o| hidden.contains(&o))))
+                    .collect();
+                Ok(datafusion::arrow::compute::filter_record_batch(&batch, &keep)?)
+            })
+            .collect()
+    }
+}
+
+/// A column's name, Arrow type, and whether it is a UUID (text marked in its field's metadata).
+type ColumnType = (String, DataType, bool);
+
+/// Every column of every table, in the order of the emulated `pg_attribute`.
+async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<ColumnType>> {
     let mut columns = Vec::new();
     for catalog_name in catalogs.catalog_names() {
         let Some(catalog) = catalogs.catalog(&catalog_name) else {
@@ -164,13 +243,13 @@ async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String,
             };
             for table_name in schema.table_names() {
                 if let Some(table) = schema.table(&table_name).await? {
-                    columns.extend(
-                        table
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| (f.name().clone(), f.data_type().clone())),
-                    );
+                    columns.extend(table.schema().fields().iter().map(|f| {
+                        (
+                            f.name().clone(),
+                            f.data_type().clone(),
+                            tarn_query::uuid_column::is_uuid_field(f),
+                        )
+                    }));
                 }
             }
         }
@@ -180,7 +259,7 @@ async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<(String,
 
 /// `batch` (rows of the emulated `pg_attribute`) with PostgreSQL's type and modifier for the
 /// columns of `types`, row by row; unchanged when a row's name differs from its column's.
-fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBatch> {
+fn correct(batch: RecordBatch, types: &[ColumnType]) -> Result<RecordBatch> {
     let column = |name: &str| {
         batch
             .schema()
@@ -198,7 +277,7 @@ fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBat
     if names
         .iter()
         .zip(types)
-        .any(|(name, (column, _))| name != Some(column.as_str()))
+        .any(|(name, (column, _, _))| name != Some(column.as_str()))
     {
         return Ok(batch);
     }
@@ -228,7 +307,15 @@ fn correct(batch: RecordBatch, types: &[(String, DataType)]) -> Result<RecordBat
             .collect()
     };
     let (mut aligns, mut storages) = (strings(align_at), strings(storage_at));
-    for (row, (_, data_type)) in types.iter().enumerate() {
+    for (row, (_, data_type, uuid)) in types.iter().enumerate() {
+        if *uuid {
+            oids[row] = UUID;
+            lens[row] = 16;
+            byvals[row] = false;
+            aligns[row] = "c".into();
+            storages[row] = "p".into();
+            continue;
+        }
         match data_type {
             DataType::Decimal32(p, s)
             | DataType::Decimal64(p, s)

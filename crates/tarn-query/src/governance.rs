@@ -99,7 +99,7 @@ fn df_error(e: Error) -> DataFusionError {
 }
 
 /// What a principal may see of the lake: tables by schema, and schemas.
-type Visible = (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>);
+pub type Visible = (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>);
 
 /// Schemas that hold no lake tables.
 const SYSTEM_SCHEMAS: [&str; 2] = ["information_schema", "pg_catalog"];
@@ -403,6 +403,14 @@ impl Governance {
         Ok(masks
             .first()
             .map(|(i, _)| format!("column {} is masked for {principal}", typed[*i].0)))
+    }
+
+    /// What the principal the current task runs for may see of the lake (tables by schema,
+    /// and schemas), as listings show it: for catalog tables and functions that describe lake
+    /// tables (the Postgres wire endpoint's `pg_constraint`, `pg_index`, `pg_description`, ...).
+    pub fn visible_to_current(&self) -> Result<Visible> {
+        let principal = self.principal()?;
+        self.visible(&principal)
     }
 
     /// The lake's (schema, table) names the current principal may see, and its schemas.

@@ -434,6 +434,51 @@ pub(crate) fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
+/// What a lake table says of itself beyond its columns, for catalogs that describe tables to
+/// clients (the Postgres wire endpoint's `pg_constraint`, `pg_index`, `pg_description`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableDescription {
+    /// The primary key: the Iceberg schema's identifier fields (a CDC table's key), in the
+    /// schema's order, as top-level column names.
+    pub key_columns: Vec<String>,
+    /// The table's comment: its `comment` property.
+    pub comment: Option<String>,
+    /// Column comments: the Iceberg fields' docs, by top-level column name.
+    pub column_comments: BTreeMap<String, String>,
+    /// The size of the current snapshot's data and delete files (its summary's
+    /// `total-files-size`), when the table has a snapshot.
+    pub size_bytes: Option<i64>,
+}
+
+/// The [`TableDescription`] of `provider` when it is a lake table at its current snapshot;
+/// `None` for anything else (metadata tables, time travel, other catalogs' tables).
+pub fn describe_table(provider: &dyn TableProvider) -> Option<TableDescription> {
+    let table = provider.as_any().downcast_ref::<LakeTable>()?;
+    let metadata = table.table.metadata();
+    let schema = metadata.current_schema();
+    let fields = schema.as_struct().fields();
+    let keys: BTreeSet<i32> = schema.identifier_field_ids().collect();
+    Some(TableDescription {
+        key_columns: fields
+            .iter()
+            .filter(|f| keys.contains(&f.id))
+            .map(|f| f.name.clone())
+            .collect(),
+        comment: metadata.properties().get("comment").cloned(),
+        column_comments: fields
+            .iter()
+            .filter_map(|f| f.doc.as_ref().map(|d| (f.name.clone(), d.clone())))
+            .collect(),
+        size_bytes: metadata.current_snapshot().map(|s| {
+            let summary = &s.summary().additional_properties;
+            ["total-files-size", "total-delete-files-size"]
+                .iter()
+                .filter_map(|k| summary.get(*k).and_then(|v| v.parse::<i64>().ok()))
+                .sum()
+        }),
+    })
+}
+
 impl LakeTable {
     async fn new(lake: Lake, table: iceberg::table::Table) -> DFResult<Self> {
         let ident = table.identifier().clone();

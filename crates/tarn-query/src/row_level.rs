@@ -730,7 +730,9 @@ impl TarnSession {
             changes.deleted = changes.deletes.len() as u64;
         }
         let count = changes.count();
+        let counts = (changes.inserted, changes.updated, changes.deleted);
         if changes.deletes.is_empty() && changes.inserted == 0 {
+            self.audit_row_level(parsed.kind, ident, counts);
             return Ok(command(parsed.kind.name(), Some(count)));
         }
         let mut summary = HashMap::from([(
@@ -806,8 +808,37 @@ impl TarnSession {
             self.delete_files(&written).await;
             return Err(e);
         }
+        self.audit_row_level(parsed.kind, ident, counts);
         self.record_lineage(ident, &plan).await;
         Ok(command(parsed.kind.name(), Some(count)))
+    }
+
+    /// The audit trail's write records of a committed row-level statement: one per kind of
+    /// change with its rows (`inserted`, `updated`, `deleted`), the statement's own kind when
+    /// it changed nothing.
+    fn audit_row_level(&self, kind: Kind, ident: &TableIdent, (inserted, updated, deleted): (u64, u64, u64)) {
+        let Some(g) = &self.governance else { return };
+        let table = g
+            .table_name(&ident.namespace().join("."), ident.name())
+            .to_string();
+        let changed = [
+            ("InsertIntoTable", inserted),
+            ("UpdateTableColumns", updated),
+            ("DeleteFromTable", deleted),
+        ];
+        let mut any = false;
+        for (operation, rows) in changed.into_iter().filter(|(_, rows)| *rows > 0) {
+            g.record_write(operation, &table, rows);
+            any = true;
+        }
+        if !any {
+            let operation = match kind {
+                Kind::Delete => "DeleteFromTable",
+                Kind::Update => "UpdateTableColumns",
+                Kind::Merge => "MergeIntoTable",
+            };
+            g.record_write(operation, &table, 0);
+        }
     }
 }
 

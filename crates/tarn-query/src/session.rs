@@ -694,6 +694,9 @@ impl TarnSession {
             Arc::new(WriteProgress::default()),
         )
         .await?;
+        if let Some(g) = &self.governance {
+            g.record_write("CreateTableAsSelect", &what, outcome.rows);
+        }
         self.record_lineage(ident, create.input.as_ref()).await;
         Ok(command("SELECT", Some(outcome.rows)))
     }

@@ -194,7 +194,7 @@ impl KafkaSource {
             r.publication = String::new();
         });
         Ok(Self {
-            access: crate::topic_acl::TopicAccess::from_config(config)?,
+            access: crate::topic_acl::TopicAccess::from_config(config)?.audited(config, &lake)?,
             consumer: Arc::new(consumer),
             client,
             lake,
@@ -394,6 +394,7 @@ impl KafkaSource {
                 )
             })?;
         let mut out = Vec::new();
+        let mut resolved: Vec<String> = Vec::new();
         for wanted in &self.topics {
             let found: Vec<_> = if let Some(pattern) = wanted.strip_prefix('^') {
                 let re = regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
@@ -408,11 +409,8 @@ impl KafkaSource {
                     .filter(|t| t.error().is_none() && re.is_match(t.name()))
                     .collect();
                 // Topic ACLs of the topics the pattern resolves to (literal names were
-                // checked when the pipeline started).
-                for topic in &matched {
-                    self.access
-                        .check(crate::topic_acl::TopicOperation::Consume, topic.name())?;
-                }
+                // checked when the pipeline started), asked once the metadata is let go.
+                resolved.extend(matched.iter().map(|t| t.name().to_string()));
                 matched
             } else {
                 if let Some(error) = metadata
@@ -447,6 +445,12 @@ impl KafkaSource {
                     }
                 }
             }
+        }
+        drop(metadata);
+        for topic in resolved {
+            self.access
+                .check(crate::topic_acl::TopicOperation::Consume, &topic)
+                .await?;
         }
         Ok(out)
     }

@@ -163,14 +163,18 @@ fn now_micros() -> i64 {
 impl KafkaSink {
     /// Connects the producer of `config.cdc.publish` (fencing an earlier producer of the
     /// pipeline and aborting what it left open) and reads the published positions.
-    pub async fn connect(config: &Config, status: &PipelineStatus) -> Result<Self> {
+    pub async fn connect(config: &Config, lake: &tarn_lake::Lake, status: &PipelineStatus) -> Result<Self> {
         let cdc = &config.cdc;
         let publish = &cdc.publish;
         // Topic ACLs: the positions topic is written and read back; tables' topics are checked
         // as tables attach.
-        let access = TopicAccess::from_config(config)?;
-        access.check(TopicOperation::Publish, &publish.positions_topic)?;
-        access.check(TopicOperation::Consume, &publish.positions_topic)?;
+        let access = TopicAccess::from_config(config)?.audited(config, lake)?;
+        access
+            .check(TopicOperation::Publish, &publish.positions_topic)
+            .await?;
+        access
+            .check(TopicOperation::Consume, &publish.positions_topic)
+            .await?;
         let txn_timeout = tarn_core::config::parse_duration(
             "cdc.publish.transaction_timeout",
             &publish.transaction_timeout,
@@ -743,7 +747,7 @@ impl ChangeSink for KafkaSink {
     async fn attach(&mut self, spec: Arc<TableSpec>) -> Result<Attached> {
         let encoder = Arc::new(TableEncoder::new(&self.encoding, spec.clone()));
         let topic = encoder.topic().to_string();
-        self.access.check(TopicOperation::Publish, &topic)?;
+        self.access.check(TopicOperation::Publish, &topic).await?;
         self.ensure_topic(&topic, self.partitions, false).await?;
         let position = self.published.get(&spec.qualified()).map(|(p, _)| p.clone());
         let table = KafkaTable {

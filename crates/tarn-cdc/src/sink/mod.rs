@@ -560,7 +560,10 @@ async fn commit_table(
         "committing"
     );
     let recorded = Arc::new(Mutex::new(None));
-    let fence = kafka_fence(pipeline, state, &position, Some((commit_time, recorded.clone())));
+    let guard = match kafka_fence(pipeline, state, &position, Some((commit_time, recorded.clone()))) {
+        Some(fence) => foreign_rows_guard(pipeline, state).and(fence),
+        None => foreign_rows_guard(pipeline, state),
+    };
     state.table = lake
         .commit_row_delta_guarded(
             &state.table,
@@ -570,7 +573,7 @@ async fn commit_table(
                 referenced_data_files: referenced,
                 summary,
             },
-            fence.as_ref(),
+            Some(&guard),
         )
         .await?;
     let recorded = recorded.lock().expect("fence poisoned").take();
@@ -579,6 +582,86 @@ async fn commit_table(
     state.counters.commits += 1;
     metrics::counter!("tarn_cdc_commits_total", "table" => state.ident.to_string()).increment(1);
     Ok(())
+}
+
+/// Refuses a commit onto rows another writer added since the key index last matched the
+/// table (`state.table`).
+///
+/// The index knows the rows this pipeline wrote. A row-level statement or another engine
+/// that adds rows to the table — an `UPDATE` (old version deleted, new one added), a `MERGE`
+/// or `INSERT` of a key the source also has — leaves the index pointing at the replaced
+/// version or knowing nothing of the new one, so the next change of that key from the source
+/// would delete the wrong version and leave the key twice. So the commit checks the snapshots
+/// between the indexed one and the one it lands on: snapshots of this pipeline (any worker),
+/// rewrites (`replace`: compaction moves rows without changing them; a stale position then
+/// fails the commit's referenced-file check) and snapshots that only delete rows (a delete of
+/// a row the index still names is harmless: deleting it again changes nothing) pass; any
+/// other snapshot that added rows is a commit conflict, and the pipeline restarts from what
+/// the lake holds, rebuilding the index with those rows. A snapshot between the two that is
+/// no longer in the metadata (expired) cannot be told, and is a conflict too.
+fn foreign_rows_guard(pipeline: &str, state: &TableState) -> tarn_lake::CommitGuard {
+    use iceberg::spec::Operation;
+    let indexed = state
+        .table
+        .metadata()
+        .current_snapshot()
+        .map(|s| (s.snapshot_id(), s.sequence_number()));
+    let pipeline = pipeline.to_string();
+    let target = state.ident.to_string();
+    tarn_lake::CommitGuard::new(move |current: &Table| {
+        let metadata = current.metadata();
+        let conflict = |what: String| {
+            Err(Error::new(
+                ErrorKind::CommitConflict,
+                format!(
+                    "{what} of {target} since this pipeline's last commit; restarting from the lake so its key index learns them"
+                ),
+            ))
+        };
+        let mut next = metadata.current_snapshot();
+        while let Some(snapshot) = next {
+            if indexed.is_some_and(|(id, sequence)| {
+                snapshot.snapshot_id() == id || snapshot.sequence_number() <= sequence
+            }) {
+                break;
+            }
+            let summary = snapshot.summary();
+            let ours = summary.additional_properties.get(SUMMARY_PIPELINE) == Some(&pipeline);
+            // Writers leave zero counters out; one that keeps no counters at all (no
+            // `total-records` either) may have added rows.
+            let counters = &summary.additional_properties;
+            let added_rows = match counters.get("added-records") {
+                Some(n) => n.parse::<u64>().unwrap_or(1),
+                None if counters.contains_key("total-records") => 0,
+                None => 1,
+            };
+            if !ours && summary.operation != Operation::Replace && added_rows > 0 {
+                let writer = summary
+                    .additional_properties
+                    .get("tarn.statement")
+                    .or_else(|| summary.additional_properties.get(SUMMARY_PIPELINE))
+                    .map_or_else(
+                        || "another writer".to_string(),
+                        |w| format!("another writer ({w})"),
+                    );
+                return conflict(format!(
+                    "{writer} added {added_rows} rows in snapshot {}",
+                    snapshot.snapshot_id()
+                ));
+            }
+            next = match snapshot.parent_snapshot_id() {
+                Some(parent) => match metadata.snapshot_by_id(parent) {
+                    Some(s) => Some(s),
+                    None if indexed.is_some() => {
+                        return conflict(format!("snapshot {parent} expired"));
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+        }
+        Ok(HashMap::new())
+    })
 }
 
 /// The fence of a commit of Kafka offsets to `state`'s table; `None` for other positions.

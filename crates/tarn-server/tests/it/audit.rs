@@ -78,6 +78,17 @@ fn audit_records_decisions_and_writes_and_only_the_auditor_reads_them() {
         "INSERT INTO sales.orders VALUES (3, 'eu', 30), (4, 'eu', 40)",
     );
     assert!(ok, "{err}");
+    // Row-level writes: a record per kind of change, with its rows.
+    for statement in [
+        "UPDATE sales.orders SET amount = 11 WHERE id = 1",
+        "DELETE FROM sales.orders WHERE region = 'nowhere'",
+        "MERGE INTO sales.orders t USING (SELECT 2 AS id UNION ALL SELECT 5) s ON t.id = s.id \
+         WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'eu', 50)",
+        "CREATE OR REPLACE TABLE sales.orders AS SELECT * FROM sales.orders WHERE id <> 3",
+    ] {
+        let (ok, _, err) = sql_as(d, "root", &["admin"], statement);
+        assert!(ok, "{statement}: {err}");
+    }
 
     // The admin, whom the policy allows everything, may not read the trail, list it, or change it.
     let (ok, _, err) = sql_as(d, "root", &["admin"], "SELECT * FROM tarn_audit.events");
@@ -149,6 +160,22 @@ fn audit_records_decisions_and_writes_and_only_the_auditor_reads_them() {
         has(&|r| r.starts_with(
             r#"root,write,allow,tarn.sales.orders,2,"insert into sales.orders values (?, ?, ?), (?, ?, ?)""#
         )),
+        "{out}"
+    );
+    for expected in [
+        "root,write,allow,tarn.sales.orders,1,update sales.orders set amount = ? where id = ?",
+        "root,write,allow,tarn.sales.orders,0,delete from sales.orders where region = ?",
+        "root,write,allow,tarn.sales.orders,1,\"merge into sales.orders t using",
+        "root,write,allow,tarn.sales.orders,3,create or replace table sales.orders as select",
+    ] {
+        assert!(has(&|r| r.starts_with(expected)), "{expected}: {out}");
+    }
+    // The MERGE deleted one row and inserted one: two records.
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.starts_with("root,write,allow,tarn.sales.orders,1,\"merge into"))
+            .count(),
+        2,
         "{out}"
     );
     assert!(
@@ -261,6 +288,19 @@ fn a_kafka_pipeline_the_policy_denies_refuses_to_start() {
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // The refusal is in the audit trail, for the auditor.
+    let (ok, out, err) = sql_as(
+        d,
+        "audrey",
+        &["auditor"],
+        "SELECT user_name, kind, decision, operations, tables FROM tarn_audit.events",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l == "etl,decision,deny,ConsumeFromTopic,topic:payments"),
+        "{out}"
+    );
 
     let (ok, out, err) = crate::tarn(
         d,

@@ -35,6 +35,11 @@ allow if admin
 allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas"}
 
 allow if {
+	input.context.identity.user == "svc"
+	input.action.operation == "CopyTo"
+}
+
+allow if {
 	analyst
 	input.action.operation in {"SelectFromColumns", "FilterTables", "FilterColumns"}
 	input.action.resource.table.schemaName == "sales"
@@ -229,6 +234,17 @@ async fn extended(
         .collect())
 }
 
+/// The text of `COPY ... TO STDOUT` as the client receives it; the error's message otherwise.
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    use futures::TryStreamExt;
+    let stream = client.copy_out(sql).await.map_err(|e| sqlstate(&e).1)?;
+    let chunks: Vec<_> = stream.try_collect().await.map_err(|e| sqlstate(&e).1)?;
+    Ok(chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c.as_ref()))
+        .collect())
+}
+
 fn sqlstate(e: &tokio_postgres::Error) -> (String, String) {
     match e.as_db_error() {
         Some(db) => (db.code().code().to_string(), db.message().to_string()),
@@ -363,6 +379,75 @@ async fn governance_bypass_suite_masks_and_filters_every_query_shape() {
         let (code, message) = extended(&ana, sql, &[]).await.expect_err(sql);
         assert_eq!(code, "42501", "{sql} (extended): {message}");
     }
+
+    // COPY ... TO a file: refused without `CopyTo`; with it (svc), the file holds what a query
+    // would show — masked values, filtered rows — and a hidden table stays hidden.
+    let out = served.dir.path().join("copied");
+    std::fs::create_dir_all(&out).unwrap();
+    let copy =
+        |what: &str, file: &str| format!("COPY {what} TO '{}' STORED AS CSV", out.join(file).display());
+    for sql in [
+        copy("(SELECT * FROM sales.customers)", "ana.csv"),
+        copy("sales.orders", "ana-orders.csv"),
+    ] {
+        let (code, message) = simple(&ana, &sql).await.expect_err(&sql);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("CopyTo"), "{sql}: {message}");
+    }
+    for (sql, file, expected) in [
+        (
+            copy("(SELECT id, email FROM sales.customers ORDER BY id)", "c.csv"),
+            "c.csv",
+            "id,email\n1,****a\n2,****b\n",
+        ),
+        (copy("sales.orders", "o.csv"), "o.csv", ""),
+        (
+            copy(
+                "(SELECT email, count(*) AS n FROM sales.customers GROUP BY email ORDER BY email)",
+                "g.csv",
+            ),
+            "g.csv",
+            "email,n\n****a,1\n****b,1\n",
+        ),
+    ] {
+        simple(&svc, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql:?}: {e:?}"));
+        let written = std::fs::read_to_string(out.join(file)).unwrap();
+        assert_clean(&sql, std::slice::from_ref(&written));
+        if expected.is_empty() {
+            let mut ids: Vec<&str> = written
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').next())
+                .collect();
+            ids.sort_unstable();
+            assert_eq!(ids, ["1", "3", "5"], "{sql}: {written}");
+        } else {
+            assert_eq!(written, expected, "{sql}");
+        }
+    }
+    let sql = copy("hr.salaries", "s.csv");
+    let (code, message) = simple(&svc, &sql).await.expect_err(&sql);
+    assert_eq!(code, "42501", "{sql}: {message}");
+    assert!(!out.join("s.csv").exists());
+    // COPY ... TO STDOUT (psql's \copy) needs only what a query needs, and sends what a query
+    // would show.
+    for (sql, expected) in [
+        (
+            "COPY (SELECT id, email FROM sales.customers ORDER BY id) TO STDOUT (FORMAT csv, HEADER)",
+            "id,email\n1,****a\n2,****b\n",
+        ),
+        ("COPY sales.customers (email) TO STDOUT", "****a\n****b\n"),
+        (
+            "COPY (SELECT id FROM sales.orders ORDER BY id) TO STDOUT",
+            "1\n3\n5\n",
+        ),
+    ] {
+        assert_eq!(copy_out(&ana, sql).await.unwrap(), expected, "{sql}");
+    }
+    let message = copy_out(&ana, "COPY hr.salaries TO STDOUT").await.unwrap_err();
+    assert!(message.contains("denied"), "{message}");
 
     // Deny by default: a user without the role reads nothing, but may run statements that read
     // no table.

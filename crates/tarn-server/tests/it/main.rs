@@ -4,6 +4,7 @@
 #[cfg(feature = "kafka")]
 mod archive;
 mod audit;
+mod bi;
 mod catalog;
 mod catalog_kind;
 mod cdc;

@@ -212,6 +212,8 @@ fn psycopg_and_jdbc_clients() {
     assert_eq!(seen["names"], serde_json::json!(["count", "sum", "max", "count"]));
     assert_eq!(seen["prepared"], serde_json::json!(["one", "two"]));
     assert_eq!(seen["error"], "42P01");
+    assert_eq!(seen["copy_csv"], "id,name\n1,one\n2,two\n");
+    assert_eq!(seen["copy_binary"], serde_json::json!([[1, "one"], [2, "two"]]));
 
     let jar = std::fs::read_dir("/usr/share/java")
         .unwrap()
@@ -237,6 +239,22 @@ fn psycopg_and_jdbc_clients() {
     );
     assert!(stdout.contains("name=seven"), "{stdout}");
     assert!(stdout.contains("table=jdbc_t"), "{stdout}");
+
+    // pgjdbc's CopyManager.
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(&jar)
+        .arg(workspace_root().join("tests/interop/JdbcCopy.java"))
+        .args([&s.pg_port.to_string(), USER, PASSWORD])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "rows=1\nid,name\n7,seven\n");
 }
 
 #[test]
@@ -428,4 +446,123 @@ fn psql_describe_shows_postgresql_types() {
         tarn_columns.contains(&"amount numeric(10,2)".to_string()),
         "{out}"
     );
+}
+
+/// `COPY ... TO STDOUT` sends what PostgreSQL sends for the same rows: the same statements,
+/// through psql's `\copy` and tokio-postgres, against tarn and a real PostgreSQL, in text and
+/// CSV (with tabs, quotes, commas, backslashes, newlines and NULLs in the values), and a binary
+/// COPY that tokio-postgres's decoder reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_sends_what_postgresql_sends() {
+    use futures::TryStreamExt;
+    let s = Served::start(false);
+    let tarn = s.client().await;
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let reference = reference_client(&pg).await;
+    let rows = "INSERT INTO c VALUES (1, 'plain', 1.5, true, DATE '2024-01-02'), \
+        (2, 'tab' || chr(9) || 'quote \" comma, end', NULL, false, NULL), \
+        (3, NULL, -0.25, NULL, DATE '2024-12-31'), \
+        (4, 'back\\slash' || chr(10) || 'line ;', 12345.625, true, DATE '1999-03-04')";
+    tarn.batch_execute(&format!(
+        "CREATE TABLE c (id BIGINT, name VARCHAR, score DOUBLE, ok BOOLEAN, day DATE); {rows}"
+    ))
+    .await
+    .unwrap();
+    reference
+        .batch_execute(&format!(
+            "CREATE TABLE c (id BIGINT, name VARCHAR, score DOUBLE PRECISION, ok BOOLEAN, day DATE); {rows}"
+        ))
+        .await
+        .unwrap();
+    async fn copied(client: &tokio_postgres::Client, sql: &str) -> String {
+        let chunks: Vec<_> = client
+            .copy_out(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c.as_ref()))
+            .collect()
+    }
+    for sql in [
+        "COPY c TO STDOUT",
+        "COPY (SELECT * FROM c ORDER BY id) TO STDOUT",
+        "COPY (SELECT * FROM c ORDER BY id) TO STDOUT (FORMAT csv, HEADER)",
+        "COPY (SELECT id, name FROM c ORDER BY id) TO STDOUT WITH (FORMAT csv, DELIMITER ';', NULL 'n/a', FORCE_QUOTE (id, name))",
+        "COPY (SELECT name, id FROM c ORDER BY id) TO STDOUT (DELIMITER '|', NULL '')",
+        "COPY (SELECT * FROM c WHERE id > 100) TO STDOUT (FORMAT csv, HEADER)",
+        "COPY c (id, day) TO STDOUT csv header",
+    ] {
+        let expected = copied(&reference, sql).await;
+        let mut got = copied(&tarn, sql).await;
+        if sql == "COPY c TO STDOUT" {
+            // A table's rows come in no particular order.
+            let mut lines: Vec<&str> = got.split_inclusive('\n').collect();
+            lines.sort_unstable();
+            got = lines.concat();
+        }
+        assert_eq!(got, expected, "{sql}");
+    }
+
+    // psql's \copy sends the pre-9.0 spelling and writes the file on the client.
+    let file = s.dir().join("copied.csv");
+    let (ok, out, err) = s.psql(&format!(
+        "\\copy (SELECT id, name FROM c ORDER BY id) to '{}' csv header",
+        file.display()
+    ));
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "COPY 4", "{out}");
+    let expected = copied(
+        &reference,
+        "COPY (SELECT id, name FROM c ORDER BY id) TO STDOUT csv header",
+    )
+    .await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), expected);
+
+    // Binary: read back by tokio-postgres's decoder.
+    let types = [
+        tokio_postgres::types::Type::INT8,
+        tokio_postgres::types::Type::TEXT,
+    ];
+    let stream = tarn
+        .copy_out("COPY (SELECT id, name FROM c ORDER BY id) TO STDOUT (FORMAT binary)")
+        .await
+        .unwrap();
+    let rows: Vec<tokio_postgres::binary_copy::BinaryCopyOutRow> =
+        tokio_postgres::binary_copy::BinaryCopyOutStream::new(stream, &types)
+            .try_collect()
+            .await
+            .unwrap();
+    let decoded: Vec<(i64, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(decoded.len(), 4);
+    assert_eq!(decoded[0], (1, Some("plain".into())));
+    assert_eq!(decoded[2], (3, None));
+
+    // What tarn does not run is refused, saying what to use.
+    for (sql, hint) in [
+        ("COPY c FROM STDIN", "tarn load"),
+        ("COPY c TO '/tmp/x.csv' (FORMAT csv)", "STORED AS"),
+        ("COPY c TO STDOUT (FORMAT xml)", "not recognized"),
+        // No policy: no user writes files on the server.
+        (
+            "COPY (SELECT 1) TO '/tmp/tarn-copy-refused.csv' STORED AS CSV",
+            "no policy",
+        ),
+        ("COPY nope TO STDOUT", "nope"),
+    ] {
+        let e = tarn
+            .copy_out(sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} ran"));
+        let message = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string());
+        assert!(message.contains(hint), "{sql}: {message}");
+    }
+    // The session stays usable.
+    assert_eq!(copied(&tarn, "COPY (SELECT 42) TO STDOUT").await, "42\n");
 }
