@@ -72,4 +72,15 @@ if [ ! -f "$superset_stamp" ]; then
   .venv-superset/bin/pip install -q "${SUPERSET_PACKAGES[@]}"
   touch "$superset_stamp"
 fi
+# Apache Airflow 3 (integrations/airflow's test runs `airflow dags test` on SQLite) in a venv of
+# its own: its ~140 pinned dependencies (SQLAlchemy, pydantic, ...) would fight the main venv's.
+AIRFLOW_PACKAGES=('apache-airflow==3.3.2' 'psycopg[binary]>=3.2,<4')
+airflow_stamp=".venv-airflow/.tarn-setup-$(printf '%s\n' "${AIRFLOW_PACKAGES[@]}" | sha1sum | cut -c1-12)"
+if [ ! -f "$airflow_stamp" ]; then
+  echo "setup: creating the Airflow venv in .venv-airflow"
+  python3 -m venv .venv-airflow
+  .venv-airflow/bin/pip install -q --upgrade pip
+  .venv-airflow/bin/pip install -q "${AIRFLOW_PACKAGES[@]}"
+  touch "$airflow_stamp"
+fi
 echo "setup: ready"

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::jobs_config::{AlertsConfig, JobsConfig};
 use crate::{Error, ErrorKind, Result};
 
 /// The name of the config file looked for in the data directory.
@@ -85,6 +86,10 @@ pub struct Config {
     /// DataHub: the lake's tables, their schemas and lineage, and the pipelines, as DataHub
     /// metadata (`tarn catalog export datahub`, and `tarn serve` pushing changes to a GMS).
     pub datahub: DatahubConfig,
+    /// The scheduler: jobs of tasks in files, cron schedules, retries, SLAs, alerts
+    /// (docs/jobs.md).
+    #[serde(default)]
+    pub jobs: JobsConfig,
 }
 
 /// Where and how tarn describes itself to DataHub.
@@ -785,6 +790,7 @@ impl Config {
                 retain_snapshots: 10,
                 orphan_age: "1d".into(),
             },
+            jobs: JobsConfig::default(),
         }
     }
 
@@ -904,6 +910,7 @@ impl Config {
             return bad("catalog.name", "must not be empty".into());
         }
         self.validate_catalog_kind()?;
+        self.jobs.validate()?;
         if let Some(gms) = &self.datahub.gms_url {
             match url::Url::parse(gms) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1582,6 +1589,11 @@ impl Config {
         let mut shown = self.clone();
         shown.catalog.url = shown.catalog.url.as_deref().map(redact_url);
         shown.cdc.source = shown.cdc.source.as_deref().map(redact_url);
+        shown.jobs.alerts.smtp_url = shown.jobs.alerts.smtp_url.as_deref().map(redact_url);
+        // A Slack webhook's URL is its secret.
+        if shown.jobs.alerts.webhook_url.is_some() {
+            shown.jobs.alerts.webhook_url = Some("***".into());
+        }
         for secret in [
             &mut shown.storage.s3.secret_access_key,
             &mut shown.storage.s3.session_token,

@@ -7,6 +7,7 @@
 pub mod config;
 mod error;
 pub mod failpoint;
+mod jobs_config;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

@@ -207,6 +207,10 @@ impl Lake {
             Ok(_) => Ok(()),
             // Lost a race with another creator.
             Err(e) if if_not_exists && e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => Ok(()),
+            // The SQL catalog reports a lost race as a unique-constraint violation of
+            // `iceberg_namespace_properties` (two processes starting on a new catalog): it
+            // exists now, which is all `if_not_exists` asks.
+            Err(_) if if_not_exists && self.namespace_exists(ns).await.unwrap_or(false) => Ok(()),
             Err(e) => Err(iceberg_error(format!("cannot create schema {}", ns.join(".")), e)),
         }
     }

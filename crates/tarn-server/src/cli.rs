@@ -78,13 +78,17 @@ enum Command {
     /// Serve the Postgres wire endpoint and HTTP until SIGINT/SIGTERM.
     ///
     /// SQL over the Postgres wire protocol on server.pg_listen. On server.http_listen:
-    /// /healthz, /metrics (Prometheus), /cdc/status, and the Iceberg REST catalog under
+    /// /healthz, /metrics (Prometheus), /cdc/status, the jobs API under /jobs (docs/jobs.md),
+    /// and the Iceberg REST catalog under
     /// /iceberg — point Spark, Trino, Flink, DuckDB or pyiceberg at
     /// http://HTTP_LISTEN/iceberg (e.g. pyiceberg `uri`, DuckDB `ENDPOINT`, Spark
     /// `spark.sql.catalog.NAME.uri`). With [auth.oidc] every HTTP API takes bearer tokens;
     /// without it the REST catalog is open to whoever reaches server.http_listen: keep it
     /// private (loopback by default) or turn it off with `--set rest_catalog.enabled=false`.
     /// See docs/rest-catalog.md.
+    ///
+    /// Runs the scheduler of `jobs.dir`'s jobs (one active among replicas sharing the catalog
+    /// database) unless `jobs.scheduler = false`.
     ///
     /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
     /// pipelines) to DataHub, and then what changes, every `datahub.interval`
@@ -149,6 +153,12 @@ enum Command {
     #[cfg(feature = "kafka")]
     #[command(subcommand)]
     Ingest(crate::ingest::IngestCommand),
+    /// Jobs: DAGs of tasks (sql, load, maintain, export, http, shell, airbyte) in TOML files
+    /// under `jobs.dir`, run on cron schedules by the scheduler of `tarn serve` (or
+    /// `tarn jobs scheduler`) or on demand, with retries, timeouts, SLAs and alerts; run history
+    /// and logs in the catalog database. See docs/jobs.md.
+    #[command(subcommand)]
+    Jobs(crate::jobs::cli::JobsCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -273,9 +283,37 @@ enum PolicyCommand {
     },
 }
 
+/// The global options this process was started with (`--data-dir`, `--config`, `--set`), for
+/// the `tarn` processes it starts itself (a job's `airbyte` task).
+static GLOBAL_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// The global options to give a child `tarn` so that it sees the same configuration.
+pub fn global_args() -> Vec<std::ffi::OsString> {
+    GLOBAL_ARGS.get().cloned().unwrap_or_default()
+}
+
 /// Entry point: parse, run, map errors to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut globals: Vec<std::ffi::OsString> = vec![
+        "--data-dir".into(),
+        std::path::absolute(&cli.data_dir)
+            .unwrap_or_else(|_| cli.data_dir.clone())
+            .into(),
+    ];
+    if let Some(config) = &cli.config {
+        globals.push("--config".into());
+        globals.push(
+            std::path::absolute(config)
+                .unwrap_or_else(|_| config.clone())
+                .into(),
+        );
+    }
+    for kv in &cli.overrides {
+        globals.push("--set".into());
+        globals.push(kv.into());
+    }
+    let _ = GLOBAL_ARGS.set(globals);
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(*shell, &mut Cli::command(), "tarn", &mut std::io::stdout());
         return ExitCode::SUCCESS;
@@ -294,7 +332,9 @@ pub fn main() -> ExitCode {
     let long_running = ingesting
         || matches!(
             cli.command,
-            Command::Serve | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
+            Command::Serve
+                | Command::Cdc(crate::cdc::CdcCommand::Run { .. })
+                | Command::Jobs(crate::jobs::cli::JobsCommand::Scheduler)
         );
     // The demo prints its own progress on stdout; only warnings and errors are logged.
     let default_level = if matches!(cli.command, Command::Demo(_)) {
@@ -526,6 +566,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             crate::demo::run(args, &config, metrics).await
         }
         Command::Maintain(args) => crate::maintain::run(args, &config).await,
+        Command::Jobs(cmd) => crate::jobs::cli::run(cmd, &config).await,
         Command::Bench(cmd) => crate::bench::run(cmd, config).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -659,6 +659,7 @@ pub async fn run(
         session.clone(),
         metrics,
         Some(pipeline.status().clone()),
+        None,
         (pg_listener, http_listener),
         &endpoints_stop,
     )?;

@@ -8,6 +8,7 @@
 //! - `ingest` (feature `kafka`): `tarn ingest kafka` — Debezium change-event topics into the lake;
 //! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
+//! - [`jobs`]: `tarn jobs` and the scheduler of `tarn serve` — DAGs of tasks on cron schedules;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
 //! - [`bench`], [`bench_cdc`] and [`bench_catalog`]: `tarn bench tpch`, `tarn bench cdc` and
 //!   `tarn bench catalog`; `bench_kafka` (feature `kafka`): `tarn bench kafka`;
@@ -30,6 +31,7 @@ pub mod demo;
 mod http;
 #[cfg(feature = "kafka")]
 pub mod ingest;
+pub mod jobs;
 pub mod load;
 pub mod maintain;
 pub mod measure;

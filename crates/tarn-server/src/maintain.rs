@@ -78,16 +78,44 @@ async fn targets(lake: &Lake, names: &[String]) -> Result<Vec<TableIdent>> {
 
 /// Runs `tarn maintain`.
 pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
-    let all = !args.compact && !args.expire && !args.orphans;
     let lake = Lake::open(config).await?;
-    let tables = targets(&lake, &args.targets).await?;
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    maintain(&lake, config, &args, show, &mut |line| println!("{line}")).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl MaintainArgs {
+    /// The maintenance of `targets` (tables `ns.table` or namespaces; every table when empty):
+    /// all three steps unless `compact`, `expire` or `orphans` choose some.
+    pub fn new(targets: Vec<String>, compact: bool, expire: bool, orphans: bool, dry_run: bool) -> Self {
+        Self {
+            targets,
+            compact,
+            expire,
+            orphans,
+            dry_run,
+        }
+    }
+}
+
+/// The maintenance `args` asks for, on `lake`: what each step did, as lines to `out` (what
+/// `tarn maintain` prints, and a scheduled `maintain` task's log); progress bars when `show`.
+pub async fn maintain(
+    lake: &Lake,
+    config: &Config,
+    args: &MaintainArgs,
+    show: bool,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<()> {
+    let all = !args.compact && !args.expire && !args.orphans;
+    let tables = targets(lake, &args.targets).await?;
     let m = &config.maintenance;
     let now = chrono::Utc::now();
     let age = |key: &str| chrono::Duration::from_std(m.duration(key)).unwrap_or(chrono::Duration::hours(1));
     for ident in tables {
-        println!("{ident}");
+        out(format!("{ident}"));
         if all || args.compact {
-            let (bar, progress) = progress_bar(true);
+            let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .compact(
                     &ident,
@@ -103,7 +131,7 @@ pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
             bar.finish_and_clear();
             let outcome = outcome?;
             match outcome.snapshot_id {
-                Some(id) => println!(
+                Some(id) => out(format!(
                     "  compacted: {} data file(s) and {} delete file(s) into {}; {} rows rewritten, {} deleted rows purged; {:.1} MB read, {:.1} MB written (snapshot {id})",
                     outcome.removed_data_files.len(),
                     outcome.removed_delete_files.len(),
@@ -112,12 +140,12 @@ pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
                     outcome.rows_purged,
                     outcome.bytes_read as f64 / 1e6,
                     outcome.bytes_written as f64 / 1e6,
-                ),
-                None => println!("  compaction: nothing to do"),
+                )),
+                None => out("  compaction: nothing to do".to_string()),
             }
         }
         if all || args.expire {
-            let (bar, progress) = progress_bar(true);
+            let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .expire_snapshots(
                     &ident,
@@ -130,7 +158,7 @@ pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
                 .await;
             bar.finish_and_clear();
             let outcome = outcome?;
-            println!(
+            out(format!(
                 "  expired {} snapshot(s); deleted {} manifest list(s), {} manifest(s), {} data file(s), {} delete file(s), {:.1} MB",
                 outcome.expired_snapshots.len(),
                 outcome.deleted_manifest_lists,
@@ -138,10 +166,10 @@ pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
                 outcome.deleted_data_files,
                 outcome.deleted_delete_files,
                 outcome.deleted_bytes as f64 / 1e6
-            );
+            ));
         }
         if all || args.orphans {
-            let (bar, progress) = progress_bar(true);
+            let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .remove_orphan_files(
                     &ident,
@@ -154,19 +182,19 @@ pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
                 .await;
             bar.finish_and_clear();
             let outcome = outcome?;
-            println!(
+            out(format!(
                 "  {} {} orphan file(s) of {} listed ({:.1} MB)",
                 if args.dry_run { "would delete" } else { "deleted" },
                 outcome.orphans.len(),
                 outcome.files_listed,
                 outcome.orphan_bytes as f64 / 1e6
-            );
+            ));
             if args.dry_run {
                 for path in &outcome.orphans {
-                    println!("    {path}");
+                    out(format!("    {path}"));
                 }
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

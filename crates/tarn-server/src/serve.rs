@@ -1,6 +1,7 @@
 //! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
-//! `/cdc/status`, and the Iceberg REST catalog under `/iceberg` unless
-//! `rest_catalog.enabled = false`) until SIGINT or SIGTERM.
+//! `/cdc/status`, the jobs API under `/jobs`, and the Iceberg REST catalog under `/iceberg`
+//! unless `rest_catalog.enabled = false`) until SIGINT or SIGTERM, with the jobs' scheduler
+//! (`crate::jobs`) unless `jobs.scheduler = false`.
 //!
 //! With `server.tls`, both listeners speak TLS with the same certificate, read again on SIGHUP
 //! and when the files change (crate `tarn_tls`): the Postgres wire endpoint after an
@@ -115,6 +116,7 @@ impl Endpoints {
         session: TarnSession,
         metrics: PrometheusHandle,
         cdc: Option<Arc<PipelineStatus>>,
+        jobs: Option<Arc<crate::jobs::Jobs>>,
         (pg, http): (TcpListener, TcpListener),
         shutdown: &CancellationToken,
     ) -> Result<Self> {
@@ -146,6 +148,9 @@ impl Endpoints {
         let mut guarded = Router::new()
             .route("/cdc/status", get(cdc_status))
             .with_state(state);
+        if let Some(jobs) = jobs {
+            guarded = guarded.merge(crate::jobs::api::router(jobs, session.governance().cloned()));
+        }
         if let Some(catalog) = rest_catalog(config, &session) {
             guarded = guarded.nest("/iceberg", catalog);
         }
@@ -366,8 +371,22 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             shutdown.clone(),
         ));
     }
+    // The jobs' API, and the scheduler (active in one replica at a time) unless turned off.
+    let jobs = crate::jobs::Jobs::open(config, session.clone()).await?;
+    let scheduler = config
+        .jobs
+        .scheduler
+        .then(|| tokio::spawn(jobs.clone().scheduler(shutdown.clone())));
     let closing = session.clone();
-    let mut endpoints = Endpoints::start(config, session, metrics, pipeline_status, (pg, http), &shutdown)?;
+    let mut endpoints = Endpoints::start(
+        config,
+        session,
+        metrics,
+        pipeline_status,
+        Some(jobs),
+        (pg, http),
+        &shutdown,
+    )?;
     // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {
         match pipeline.as_mut() {
@@ -391,6 +410,11 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     }
     let drain = async {
         endpoints.join().await;
+        if let Some(s) = scheduler
+            && let Ok(Err(e)) = s.await
+        {
+            tracing::error!(error = %format!("{e:#}"), "scheduler");
+        }
         if let Some(p) = pipeline.as_mut()
             && let Err(e) = p.finished().await
         {

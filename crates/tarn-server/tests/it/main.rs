@@ -15,6 +15,7 @@ mod demo;
 mod foreign;
 mod governance;
 mod interop;
+mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod keycloak;
