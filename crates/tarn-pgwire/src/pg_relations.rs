@@ -13,6 +13,9 @@
 //!   `obj_description`, `col_description` and the joins on `pg_description` answer;
 //! - `information_schema.columns` as PostgreSQL shows it (`data_type` `bigint`, `udt_name`
 //!   `int8`, `is_identity`, ...), which Metabase's sync reads;
+//! - `pg_attribute` from the same snapshot, with PostgreSQL's type, length and modifier of each
+//!   column (the emulation's loses the oids it gave schemas each time it is scanned, so a
+//!   schema's oid would change between two statements);
 //! - `pg_class.reloptions`, and `int2vector`/`int2[]` columns (`indkey`, `conkey`) as arrays
 //!   so `unnest`, `= ANY(...)` and subscripts work on them;
 //! - the functions that look things up by oid or name (`col_description`, `obj_description`,
@@ -531,8 +534,8 @@ impl DescribedTable {
         let emulated = self.emulated_rows(state).await?;
         let mut batches = match self.kind {
             Kind::PgClass => pg_class_rows(&self.schema, emulated, &relations, &self.relations)?,
-            Kind::PgIndex => convert_lists(&self.schema, emulated, ' ')?,
-            Kind::PgConstraint => convert_lists(&self.schema, emulated, ',')?,
+            Kind::PgIndex => convert_lists(&self.schema, emulated)?,
+            Kind::PgConstraint => convert_lists(&self.schema, emulated)?,
             _ => emulated,
         };
         let ours = match self.kind {
@@ -612,11 +615,7 @@ fn with_lists(schema: &Schema, names: &[&str]) -> SchemaRef {
 }
 
 /// `batches` in `schema`: text columns that became lists parsed (`1 2`, `{1,2}`).
-fn convert_lists(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    _separator: char,
-) -> Result<Vec<RecordBatch>> {
+fn convert_lists(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     batches
         .into_iter()
         .map(|batch| {
