@@ -11,7 +11,7 @@ import java.util.*;
  *       {@code schema|...}, {@code table|...}, {@code column|...}, {@code pk|...}.
  *   <li>{@code queries FILE}: runs each block of FILE (see tests/fixtures/metabase_sync_queries.sql)
  *       on a read-only connection with auto-commit off (pgjdbc sends BEGIN READ ONLY), binding the
- *       block's parameters as strings. Prints {@code #name}, {@code columns|a|b|...}, then
+ *       block's parameters as strings ({@code @namespace:NAME}: the oid of schema NAME, as a long). Prints {@code #name}, {@code columns|a|b|...}, then
  *       {@code row|v1|v2|...} per row; an error prints {@code error|SQLSTATE|message} and stops.
  * </ul>
  */
@@ -83,10 +83,28 @@ public class BiJdbc {
         c.commit();
     }
 
+    /** The oid of schema {@code name}, as DBeaver reads it before it lists the schema. */
+    static long namespaceOid(Connection c, String name) throws SQLException {
+        try (PreparedStatement p = c.prepareStatement("SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = ?")) {
+            p.setString(1, name);
+            try (ResultSet r = p.executeQuery()) {
+                if (!r.next()) throw new SQLException("no schema " + name);
+                return r.getLong(1);
+            }
+        }
+    }
+
     static void run(Connection c, String name, String sql, List<String> params) throws SQLException {
         System.out.println("#" + name);
         try (PreparedStatement p = c.prepareStatement(sql)) {
-            for (int i = 0; i < params.size(); i++) p.setString(i + 1, params.get(i));
+            for (int i = 0; i < params.size(); i++) {
+                String param = params.get(i);
+                if (param.startsWith("@namespace:")) {
+                    p.setLong(i + 1, namespaceOid(c, param.substring("@namespace:".length())));
+                } else {
+                    p.setString(i + 1, param);
+                }
+            }
             if (!p.execute()) {
                 System.out.println("columns");
                 return;

@@ -17,8 +17,14 @@
 //!   included;
 //! - `uuid` columns described as PostgreSQL's `uuid` (OID 2950), in text or binary form
 //!   (module `uuid_wire`);
-//! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)` and
-//!   `timestamp with time zone` in psql's `\d`;
+//! - corrections to the emulated `pg_catalog` (module `pg_catalog`): `numeric(p,s)`,
+//!   `timestamp with time zone` and `uuid` in psql's `\d`;
+//! - what BI tools read (docs/bi-tools.md): `version()` and `server_version` name PostgreSQL
+//!   15 (module `pg_functions`); primary keys (Iceberg identifier fields), comments, sizes and
+//!   PostgreSQL's `information_schema` in the catalog, governed like listings (module
+//!   `pg_relations`); catalog queries rewritten where DataFusion cannot plan them as clients
+//!   write them (module `pg_rewrite`); `SHOW` of connection settings; a connection's
+//!   `search_path`; `fixed(n)` columns sent as `bytea` (module `wire_types`);
 //! - TLS (`server.tls`, crate `tarn_tls`): an SSLRequest (or PostgreSQL 17's direct TLS) is
 //!   answered with the certificate current at that moment, so a reload needs no restart;
 //!   with `server.tls.require` a connection without TLS is refused (SQLSTATE 28000), and a

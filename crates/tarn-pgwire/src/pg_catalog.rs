@@ -1,43 +1,29 @@
-//! tarn's corrections to the `pg_catalog` that `datafusion-pg-catalog` emulates, so psql's
-//! `\d`, JDBC's `getColumns` and BI tools describe columns as PostgreSQL would:
+//! tarn's `pg_catalog`: the one `datafusion-pg-catalog` emulates, with tarn's relations and
+//! functions over it ([`crate::pg_relations`], [`crate::pg_functions`]), so psql's `\d`, JDBC's
+//! `getColumns` and BI tools describe tables as PostgreSQL would:
 //!
-//! - `pg_attribute.atttypmod` carries a `DECIMAL(p,s)` column's precision and scale the way
-//!   PostgreSQL packs them (`((p << 16) | s) + 4`; the emulation has `-1`, "no modifier", for
-//!   every column), and a column with a time zone is `timestamptz` (1184; the emulation falls
-//!   back to `text`).
+//! - `pg_attribute` is tarn's (`pg_relations`): `atttypmod` carries a `DECIMAL(p,s)` column's
+//!   precision and scale the way PostgreSQL packs them (`((p << 16) | s) + 4`), a column with a
+//!   time zone is `timestamptz` (1184), a UUID column `uuid` (2950);
 //! - `format_type(oid, typmod)` renders `numeric(p,s)` with the scale also when it is 0
 //!   (`numeric(10,0)`, as PostgreSQL does); every other type is rendered by the emulation.
-//!
-//! The emulated `pg_attribute` is computed per query from the catalog, table by table; tarn
-//! walks the catalog in the same order to know each row's Arrow type, and leaves the rows as
-//! they are if the walk does not line up with them (a table created in between).
 
 use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int16Array, Int32Array, RecordBatch, StringArray,
-};
-use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
-use datafusion::catalog::{CatalogProviderList, SchemaProvider, Session, TableProvider};
-use datafusion::datasource::{MemTable, TableType};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature};
 use datafusion::prelude::SessionContext;
 
 use crate::pg_relations::{DescribedTable, Kind, Lookup, LookupFunction, Relations};
 
 /// PostgreSQL's type OID of `numeric`.
 const NUMERIC: i32 = 1700;
-/// PostgreSQL's type OID of `uuid`.
-const UUID: i32 = 2950;
-/// PostgreSQL's type OID of `timestamptz`.
-const TIMESTAMPTZ: i32 = 1184;
 
 /// PostgreSQL's `atttypmod` of a `numeric(precision, scale)` column.
 pub fn numeric_typmod(precision: u8, scale: i8) -> i32 {
@@ -67,7 +53,6 @@ pub(crate) fn install(
         "pg_catalog",
         Arc::new(PgCatalog {
             emulated,
-            catalogs: ctx.state().catalog_list().clone(),
             relations: relations.clone(),
         }),
     )?;
@@ -90,12 +75,10 @@ pub(crate) fn install(
     Ok(relations)
 }
 
-/// The emulated `pg_catalog` schema with tarn's `pg_attribute` and relations
-/// ([`crate::pg_relations`]).
+/// The emulated `pg_catalog` schema with tarn's relations ([`crate::pg_relations`]).
 #[derive(Debug)]
 struct PgCatalog {
     emulated: Arc<dyn SchemaProvider>,
-    catalogs: Arc<dyn CatalogProviderList>,
     relations: Arc<Relations>,
 }
 
@@ -122,223 +105,12 @@ impl SchemaProvider for PgCatalog {
                 self.relations.clone(),
             ))));
         }
-        if !name.eq_ignore_ascii_case("pg_attribute") {
-            return Ok(table);
-        }
-        Ok(table.map(|emulated| {
-            Arc::new(PgAttribute {
-                emulated,
-                catalogs: self.catalogs.clone(),
-                relations: self.relations.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+        Ok(table)
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.emulated.table_exist(name) || Kind::of(name).is_some()
     }
-}
-
-/// `pg_attribute` with type modifiers and `timestamptz`, and without the columns of tables the
-/// principal may not see; see the module doc.
-#[derive(Debug)]
-struct PgAttribute {
-    emulated: Arc<dyn TableProvider>,
-    catalogs: Arc<dyn CatalogProviderList>,
-    relations: Arc<Relations>,
-}
-
-#[async_trait]
-impl TableProvider for PgAttribute {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.emulated.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.emulated.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = self.emulated.scan(state, None, &[], None).await?;
-        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
-        let types = column_types(self.catalogs.as_ref()).await?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let batches = if rows == types.len() {
-            let mut seen = 0;
-            let mut corrected = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let rows = batch.num_rows();
-                corrected.push(correct(batch, &types[seen..seen + rows])?);
-                seen += rows;
-            }
-            corrected
-        } else {
-            // The catalog changed between the two walks: the emulation's rows as they are.
-            batches
-        };
-        let batches = self.visible_rows(batches)?;
-        MemTable::try_new(self.schema(), vec![batches])?
-            .scan(state, projection, filters, limit)
-            .await
-    }
-}
-
-impl PgAttribute {
-    /// `batches` without the rows of tables the current principal may not see.
-    fn visible_rows(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-        let visible = self.relations.visibility()?;
-        let hidden: std::collections::HashSet<i32> = self
-            .relations
-            .snapshot()
-            .relations
-            .iter()
-            .filter(|r| !self.relations.shows(r, &visible))
-            .map(|r| r.oid)
-            .collect();
-        if hidden.is_empty() {
-            return Ok(batches);
-        }
-        batches
-            .into_iter()
-            .map(|batch| {
-                let at = batch
-                    .schema()
-                    .index_of("attrelid")
-                    .map_err(|e| DataFusionError::Plan(format!("the emulated pg_attribute changed: {e}")))?;
-                let keep: BooleanArray = batch
-                    .column(at)
-                    .as_primitive::<Int32Type>()
-                    .iter()
-                    .map(|oid| Some(!oid.is_some_and(|o| hidden.contains(&o))))
-                    .collect();
-                Ok(datafusion::arrow::compute::filter_record_batch(&batch, &keep)?)
-            })
-            .collect()
-    }
-}
-
-/// A column's name, Arrow type, and whether it is a UUID (text marked in its field's metadata).
-type ColumnType = (String, DataType, bool);
-
-/// Every column of every table, in the order of the emulated `pg_attribute`.
-async fn column_types(catalogs: &dyn CatalogProviderList) -> Result<Vec<ColumnType>> {
-    let mut columns = Vec::new();
-    for catalog_name in catalogs.catalog_names() {
-        let Some(catalog) = catalogs.catalog(&catalog_name) else {
-            continue;
-        };
-        for schema_name in catalog.schema_names() {
-            let Some(schema) = catalog.schema(&schema_name) else {
-                continue;
-            };
-            for table_name in schema.table_names() {
-                if let Some(table) = schema.table(&table_name).await? {
-                    columns.extend(table.schema().fields().iter().map(|f| {
-                        (
-                            f.name().clone(),
-                            f.data_type().clone(),
-                            tarn_query::uuid_column::is_uuid_field(f),
-                        )
-                    }));
-                }
-            }
-        }
-    }
-    Ok(columns)
-}
-
-/// `batch` (rows of the emulated `pg_attribute`) with PostgreSQL's type and modifier for the
-/// columns of `types`, row by row; unchanged when a row's name differs from its column's.
-fn correct(batch: RecordBatch, types: &[ColumnType]) -> Result<RecordBatch> {
-    let column = |name: &str| {
-        batch
-            .schema()
-            .index_of(name)
-            .map_err(|e| DataFusionError::Plan(format!("the emulated pg_attribute changed: {e}")))
-    };
-    let (name_at, oid_at, len_at, typmod_at) = (
-        column("attname")?,
-        column("atttypid")?,
-        column("attlen")?,
-        column("atttypmod")?,
-    );
-    let (byval_at, align_at, storage_at) = (column("attbyval")?, column("attalign")?, column("attstorage")?);
-    let names = batch.column(name_at).as_string::<i32>();
-    if names
-        .iter()
-        .zip(types)
-        .any(|(name, (column, _, _))| name != Some(column.as_str()))
-    {
-        return Ok(batch);
-    }
-    let mut oids: Vec<i32> = batch.column(oid_at).as_primitive::<Int32Type>().values().to_vec();
-    let mut lens: Vec<i16> = batch
-        .column(len_at)
-        .as_primitive::<datafusion::arrow::datatypes::Int16Type>()
-        .values()
-        .to_vec();
-    let mut typmods: Vec<i32> = batch
-        .column(typmod_at)
-        .as_primitive::<Int32Type>()
-        .values()
-        .to_vec();
-    let mut byvals: Vec<bool> = batch
-        .column(byval_at)
-        .as_boolean()
-        .iter()
-        .map(|b| b.unwrap_or(false))
-        .collect();
-    let strings = |at: usize| -> Vec<String> {
-        batch
-            .column(at)
-            .as_string::<i32>()
-            .iter()
-            .map(|s| s.unwrap_or_default().to_string())
-            .collect()
-    };
-    let (mut aligns, mut storages) = (strings(align_at), strings(storage_at));
-    for (row, (_, data_type, uuid)) in types.iter().enumerate() {
-        if *uuid {
-            oids[row] = UUID;
-            lens[row] = 16;
-            byvals[row] = false;
-            aligns[row] = "c".into();
-            storages[row] = "p".into();
-            continue;
-        }
-        match data_type {
-            DataType::Decimal32(p, s)
-            | DataType::Decimal64(p, s)
-            | DataType::Decimal128(p, s)
-            | DataType::Decimal256(p, s) => typmods[row] = numeric_typmod(*p, *s),
-            DataType::Timestamp(_, Some(_)) => {
-                oids[row] = TIMESTAMPTZ;
-                lens[row] = 8;
-                byvals[row] = true;
-                aligns[row] = "d".into();
-                storages[row] = "p".into();
-            }
-            _ => {}
-        }
-    }
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    columns[oid_at] = Arc::new(Int32Array::from(oids));
-    columns[len_at] = Arc::new(Int16Array::from(lens));
-    columns[typmod_at] = Arc::new(Int32Array::from(typmods));
-    columns[byval_at] = Arc::new(BooleanArray::from(byvals));
-    columns[align_at] = Arc::new(StringArray::from(aligns));
-    columns[storage_at] = Arc::new(StringArray::from(storages));
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// `format_type(oid, typmod)`: the emulation's, with `numeric(p,s)` always showing the scale.

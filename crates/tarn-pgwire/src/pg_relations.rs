@@ -13,6 +13,9 @@
 //!   `obj_description`, `col_description` and the joins on `pg_description` answer;
 //! - `information_schema.columns` as PostgreSQL shows it (`data_type` `bigint`, `udt_name`
 //!   `int8`, `is_identity`, ...), which Metabase's sync reads;
+//! - `pg_attribute` from the same snapshot, with PostgreSQL's type, length and modifier of each
+//!   column (the emulation's loses the oids it gave schemas each time it is scanned, so a
+//!   schema's oid would change between two statements);
 //! - `pg_class.reloptions`, and `int2vector`/`int2[]` columns (`indkey`, `conkey`) as arrays
 //!   so `unnest`, `= ANY(...)` and subscripts work on them;
 //! - the functions that look things up by oid or name (`col_description`, `obj_description`,
@@ -137,6 +140,8 @@ impl Relation {
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub(crate) relations: Vec<Relation>,
+    /// The `pg_catalog` relations themselves, for `pg_attribute` (always visible).
+    pub(crate) system: Vec<Relation>,
 }
 
 /// What one principal may see, for the look-up functions.
@@ -154,6 +159,8 @@ pub(crate) struct Relations {
     catalogs: Arc<dyn CatalogProviderList>,
     governance: Option<Arc<Governance>>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// When the snapshot was taken.
+    taken: Mutex<Option<std::time::Instant>>,
     /// Grants by principal (user and groups).
     grants: Mutex<HashMap<String, Grant>>,
 }
@@ -172,6 +179,7 @@ impl Relations {
             catalogs,
             governance,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            taken: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
         }
     }
@@ -252,6 +260,7 @@ impl Relations {
     pub(crate) async fn refresh(&self, state: &dyn Session) -> Result<String> {
         let snapshot = self.load(state).await?;
         *self.snapshot.write().expect("snapshot lock poisoned") = Arc::new(snapshot);
+        *self.taken.lock().expect("snapshot time lock poisoned") = Some(std::time::Instant::now());
         let Some(governance) = &self.governance else {
             return Ok(String::new());
         };
@@ -271,6 +280,20 @@ impl Relations {
         });
         grant.visible = visible;
         Ok(grant.token.clone())
+    }
+
+    /// Takes a new snapshot unless the last one is younger than a second: a statement prepared
+    /// long ago (a client's cached prepared statement) still reads the catalogs as they are.
+    pub(crate) async fn refresh_if_stale(&self, state: &dyn Session) -> Result<()> {
+        let fresh = self
+            .taken
+            .lock()
+            .expect("snapshot time lock poisoned")
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        if !fresh {
+            self.refresh(state).await?;
+        }
+        Ok(())
     }
 
     async fn load(&self, state: &dyn Session) -> Result<Snapshot> {
@@ -298,15 +321,13 @@ impl Relations {
                 }
             }
         }
-        let mut relations = Vec::new();
+        let (mut relations, mut system) = (Vec::new(), Vec::new());
         for catalog_name in self.catalogs.catalog_names() {
             let Some(catalog) = self.catalogs.catalog(&catalog_name) else {
                 continue;
             };
             for schema_name in catalog.schema_names() {
-                if schema_name == "pg_catalog" || schema_name == "information_schema" {
-                    continue;
-                }
+                let is_system = schema_name == "pg_catalog" || schema_name == "information_schema";
                 let Some(schema) = catalog.schema(&schema_name) else {
                     continue;
                 };
@@ -329,7 +350,7 @@ impl Relations {
                             uuid: tarn_query::uuid_column::is_uuid_field(f),
                         })
                         .collect();
-                    relations.push(Relation {
+                    let relation = Relation {
                         oid,
                         namespace_oid,
                         catalog: catalog_name.clone(),
@@ -337,11 +358,16 @@ impl Relations {
                         name: table_name.clone(),
                         columns,
                         description: tarn_query::provider::describe_table(table.as_ref()).unwrap_or_default(),
-                    });
+                    };
+                    if is_system {
+                        system.push(relation);
+                    } else {
+                        relations.push(relation);
+                    }
                 }
             }
         }
-        Ok(Snapshot { relations })
+        Ok(Snapshot { relations, system })
     }
 
     async fn scan_emulated(&self, state: &dyn Session, name: &str) -> Result<Vec<RecordBatch>> {
@@ -423,6 +449,7 @@ pub(crate) fn pg_type(data_type: &DataType, uuid: bool) -> (i32, &'static str, &
 /// Which relation a [`DescribedTable`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    PgAttribute,
     PgClass,
     PgIndex,
     PgConstraint,
@@ -436,6 +463,7 @@ impl Kind {
     /// The relation `name` of `pg_catalog` that tarn answers itself.
     pub(crate) fn of(name: &str) -> Option<Self> {
         Some(match name.to_ascii_lowercase().as_str() {
+            "pg_attribute" => Self::PgAttribute,
             "pg_class" => Self::PgClass,
             "pg_index" => Self::PgIndex,
             "pg_constraint" => Self::PgConstraint,
@@ -494,16 +522,24 @@ impl DescribedTable {
     }
 
     async fn rows(&self, state: &dyn Session) -> Result<Vec<RecordBatch>> {
+        self.relations.refresh_if_stale(state).await?;
         let relations = self.relations.visible_relations()?;
+        if self.kind == Kind::PgAttribute {
+            // Not the emulation's: scanning it forgets the oids the emulation gave schemas, so
+            // a schema's oid would change between two statements.
+            let mut all = relations;
+            all.extend(self.relations.snapshot().system.iter().cloned());
+            return Ok(vec![pg_attribute_batch(&self.schema, &all)?]);
+        }
         let emulated = self.emulated_rows(state).await?;
         let mut batches = match self.kind {
             Kind::PgClass => pg_class_rows(&self.schema, emulated, &relations, &self.relations)?,
-            Kind::PgIndex => convert_lists(&self.schema, emulated, ' ')?,
-            Kind::PgConstraint => convert_lists(&self.schema, emulated, ',')?,
+            Kind::PgIndex => convert_lists(&self.schema, emulated)?,
+            Kind::PgConstraint => convert_lists(&self.schema, emulated)?,
             _ => emulated,
         };
         let ours = match self.kind {
-            Kind::PgClass => None,
+            Kind::PgClass | Kind::PgAttribute => None,
             Kind::PgIndex => Some(pg_index_batch(&self.schema, &relations)?),
             Kind::PgConstraint => Some(pg_constraint_batch(&self.schema, &relations)?),
             Kind::PgDescription => Some(pg_description_batch(&self.schema, &relations)?),
@@ -579,11 +615,7 @@ fn with_lists(schema: &Schema, names: &[&str]) -> SchemaRef {
 }
 
 /// `batches` in `schema`: text columns that became lists parsed (`1 2`, `{1,2}`).
-fn convert_lists(
-    schema: &SchemaRef,
-    batches: Vec<RecordBatch>,
-    _separator: char,
-) -> Result<Vec<RecordBatch>> {
+fn convert_lists(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     batches
         .into_iter()
         .map(|batch| {
@@ -848,6 +880,63 @@ fn pg_class_rows(
         }
     })?);
     Ok(out)
+}
+
+/// How PostgreSQL stores a column of `data_type`: (type oid, `attlen`, `attbyval`, `attalign`,
+/// `attstorage`, `atttypmod`, `attcollation`, `attndims`).
+#[allow(clippy::type_complexity)]
+fn attribute_facts(column: &ColumnInfo) -> (i32, i16, bool, &'static str, &'static str, i32, i32, i32) {
+    use DataType as T;
+    let (oid, _, _) = pg_type(&column.data_type, column.uuid);
+    let typmod = match &column.data_type {
+        T::Decimal32(p, s) | T::Decimal64(p, s) | T::Decimal128(p, s) | T::Decimal256(p, s) => {
+            crate::pg_catalog::numeric_typmod(*p, *s)
+        }
+        _ => -1,
+    };
+    let (len, byval, align, storage) = match oid {
+        16 => (1, true, "c", "p"),
+        21 => (2, true, "s", "p"),
+        23 | 700 | 1082 => (4, true, "i", "p"),
+        20 | 701 | 1083 | 1114 | 1184 => (8, true, "d", "p"),
+        1186 => (16, false, "d", "p"),
+        2950 => (16, false, "c", "p"),
+        1700 => (-1, false, "i", "m"),
+        _ => (-1, false, "i", "x"),
+    };
+    let collation = if oid == 25 { 100 } else { 0 };
+    let dims = i32::from(oid == 1009);
+    (oid, len, byval, align, storage, typmod, collation, dims)
+}
+
+fn pg_attribute_batch(schema: &SchemaRef, relations: &[Relation]) -> Result<RecordBatch> {
+    let rows: Vec<(&Relation, usize, &ColumnInfo)> = relations
+        .iter()
+        .flat_map(|r| r.columns.iter().enumerate().map(move |(i, c)| (r, i, c)))
+        .collect();
+    build_batch(schema, rows.len(), |column, row| {
+        let (r, i, c) = rows[row];
+        let (oid, len, byval, align, storage, typmod, collation, dims) = attribute_facts(c);
+        match column {
+            "attrelid" => Cell::Int(r.oid.into()),
+            "attname" => text(c.name.clone()),
+            "atttypid" => Cell::Int(oid.into()),
+            "attstattarget" | "attcacheoff" => Cell::Int(-1),
+            "attlen" => Cell::Int(len.into()),
+            "attnum" => Cell::Int(i64::try_from(i + 1).unwrap_or(0)),
+            "attndims" => Cell::Int(dims.into()),
+            "atttypmod" => Cell::Int(typmod.into()),
+            "attbyval" => Cell::Bool(byval),
+            "attalign" => text(align),
+            "attstorage" => text(storage),
+            "attnotnull" => Cell::Bool(!c.nullable),
+            "attislocal" => Cell::Bool(true),
+            "attcollation" => Cell::Int(collation.into()),
+            "attidentity" | "attgenerated" => text(""),
+            "attinhcount" => Cell::Int(0),
+            _ => Cell::Null,
+        }
+    })
 }
 
 fn pg_index_batch(schema: &SchemaRef, relations: &[Relation]) -> Result<RecordBatch> {
