@@ -5,6 +5,8 @@
 //!   PostgreSQL packs them (`((p << 16) | s) + 4`; the emulation has `-1`, "no modifier", for
 //!   every column), and a column with a time zone is `timestamptz` (1184; the emulation falls
 //!   back to `text`).
+//! - `tarn_stat_activity` (crate `tarn_query::workload`) is served here, so it resolves as
+//!   `pg_catalog.tarn_stat_activity` and, unqualified, as the endpoint rewrites it.
 //! - `format_type(oid, typmod)` renders `numeric(p,s)` with the scale also when it is 0
 //!   (`numeric(10,0)`, as PostgreSQL does); every other type is rendered by the emulation.
 //!
@@ -42,7 +44,7 @@ pub fn numeric_typmod(precision: u8, scale: i8) -> i32 {
 
 /// Installs the corrections on `ctx`, whose catalog `catalog` already has the emulated
 /// `pg_catalog` schema and functions.
-pub fn install(ctx: &SessionContext, catalog: &str) -> Result<()> {
+pub fn install(ctx: &SessionContext, catalog: &str, activity: Arc<dyn TableProvider>) -> Result<()> {
     let catalog_provider = ctx
         .catalog(catalog)
         .ok_or_else(|| DataFusionError::Plan(format!("catalog {catalog} does not exist")))?;
@@ -53,6 +55,7 @@ pub fn install(ctx: &SessionContext, catalog: &str) -> Result<()> {
         "pg_catalog",
         Arc::new(PgCatalog {
             emulated,
+            activity,
             catalogs: ctx.state().catalog_list().clone(),
         }),
     )?;
@@ -69,6 +72,8 @@ pub fn install(ctx: &SessionContext, catalog: &str) -> Result<()> {
 #[derive(Debug)]
 struct PgCatalog {
     emulated: Arc<dyn SchemaProvider>,
+    /// `tarn_stat_activity` (crate `tarn_query::workload`).
+    activity: Arc<dyn TableProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
 }
 
@@ -79,10 +84,15 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_names(&self) -> Vec<String> {
-        self.emulated.table_names()
+        let mut names = self.emulated.table_names();
+        names.push(tarn_query::workload::ACTIVITY_TABLE.to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name.eq_ignore_ascii_case(tarn_query::workload::ACTIVITY_TABLE) {
+            return Ok(Some(self.activity.clone()));
+        }
         let table = self.emulated.table(name).await?;
         if !name.eq_ignore_ascii_case("pg_attribute") {
             return Ok(table);
@@ -96,7 +106,7 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.emulated.table_exist(name)
+        name.eq_ignore_ascii_case(tarn_query::workload::ACTIVITY_TABLE) || self.emulated.table_exist(name)
     }
 }
 

@@ -87,6 +87,9 @@ pub fn from_df_error(e: DataFusionError) -> Error {
     {
         return Error::new(tarn.kind(), tarn.to_string());
     }
+    if let DataFusionError::ResourcesExhausted(message) = root {
+        return crate::workload::out_of_memory(message);
+    }
     let kind = match root {
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
             ErrorKind::InvalidInput
@@ -198,6 +201,16 @@ impl TarnSession {
             governance,
             principal: None,
         })
+    }
+
+    /// This session executing with `workload`'s memory pool and spill directory (every
+    /// statement of every connection draws from it; see [`crate::workload`]).
+    pub fn with_workload(mut self, workload: &crate::workload::Workload) -> Self {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(workload.runtime().clone())
+            .build();
+        self.ctx = SessionContext::new_with_state(state);
+        self
     }
 
     /// This session running its statements for `principal` (`tarn sql --as USER`).
