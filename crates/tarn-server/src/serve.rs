@@ -113,13 +113,10 @@ pub(crate) struct Endpoints {
 
 /// The tokio runtime the Postgres wire endpoint, and so every statement's planning and
 /// execution (DataFusion spawns its tasks on the runtime it runs on), runs on: its own
-/// threads (`query.threads`), at a lower scheduling priority (nice 10), so change data
-/// capture, Kafka ingest, the scheduler and the HTTP endpoint on the main runtime keep their
+/// threads (`query.threads`), so change data capture, Kafka ingest, the scheduler and the
+/// HTTP endpoint on the main runtime are never queued behind a query's tasks and keep their
 /// latency while queries saturate the CPU (docs/workload.md).
 pub(crate) struct QueryRuntime(Option<tokio::runtime::Runtime>);
-
-/// The nice value of the query runtime's threads.
-const QUERY_NICE: i32 = 10;
 
 impl QueryRuntime {
     pub(crate) fn start(threads: usize) -> Result<Self> {
@@ -132,12 +129,6 @@ impl QueryRuntime {
             .worker_threads(threads)
             .thread_name("tarn-query")
             .enable_all()
-            .on_thread_start(|| {
-                // Linux applies a thread id's nice value to that thread alone.
-                if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), QUERY_NICE) {
-                    tracing::debug!(error = %e, "cannot lower the priority of a query thread");
-                }
-            })
             .build()
             .context("cannot start the query runtime")?;
         Ok(Self(Some(runtime)))

@@ -284,3 +284,55 @@ async fn statement_timeout_cancels_with_57014_and_the_session_stays_usable() {
     let one: i64 = client.query_one("SELECT count(*) FROM generate_series(1, 3)", &[]).await.unwrap().get(0);
     assert_eq!(one, 3);
 }
+
+/// The p99 ratio line of `tarn bench workload`'s output.
+fn ratio_of(output: &str) -> f64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("freshness p99 ratio load/idle: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in the benchmark's output:\n{output}"))
+}
+
+#[test]
+fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
+    // The benchmark's CDC part: one `tarn serve` with a pipeline from a private PostgreSQL,
+    // freshness probes idle and then while eight connections run heavy queries in a loop.
+    let dir = tempfile::Builder::new().prefix("tarn-wlm-bench-").tempdir().unwrap();
+    let bench_dir = dir.path().join("bench");
+    let started = Instant::now();
+    let (ok, stdout, stderr) = crate::tarn(
+        dir.path(),
+        &[
+            "bench",
+            "workload",
+            "--sf",
+            "0",
+            "--seconds",
+            "10",
+            "--load",
+            "8",
+            "--dir",
+            bench_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "tarn bench workload failed:\n{stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(240), "{:?}", started.elapsed());
+    let probes = |label: &str| -> usize {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("freshness {label}: ")))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} line:\n{stdout}"))
+    };
+    assert!(probes("idle") >= 20 && probes("under load") >= 20, "{stdout}");
+    // The load really ran.
+    let completed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("load: "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no load line:\n{stdout}"));
+    assert!(completed >= 1, "{stdout}");
+    let ratio = ratio_of(&stdout);
+    assert!(ratio <= 2.0, "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}");
+}
