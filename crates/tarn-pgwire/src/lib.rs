@@ -84,6 +84,7 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
         ErrorKind::AlreadyExists => "42P07",
         ErrorKind::CommitConflict => "40001",
         ErrorKind::Cancelled => "57014",
+        ErrorKind::OutOfMemory if message.contains("query.spill_limit") => "53100",
         ErrorKind::OutOfMemory => "53200",
         ErrorKind::TooManyStatements => "53300",
         ErrorKind::Storage => "58030",
@@ -953,6 +954,7 @@ impl CloneForMessage for datafusion::error::DataFusionError {
             E::Plan(m) => E::Plan(m.clone()),
             E::SchemaError(..) => E::Plan(root.to_string()),
             E::NotImplemented(m) => E::NotImplemented(m.clone()),
+            E::ResourcesExhausted(m) => E::ResourcesExhausted(m.clone()),
             E::ArrowError(..) => E::Plan(format!("type error: {root}")),
             E::External(inner) => match inner.downcast_ref::<Error>() {
                 Some(t) => E::External(Box::new(Error::new(t.kind(), t.to_string()))),
@@ -1016,11 +1018,16 @@ fn principal_of<C: ClientInfo + ?Sized>(client: &C) -> Option<Arc<Principal>> {
 /// Accepts a connection without a password (loopback clients, when configured).
 struct TrustStartup {
     connections: Arc<ConnectionManager>,
+    pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
 }
 
 impl NoopStartupHandler for TrustStartup {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.connections.clone())
+    }
+
+    fn pid_secret_key_generator(&self) -> &dyn pgwire::api::PidSecretKeyGenerator {
+        self.pids.as_ref()
     }
 }
 
@@ -1155,6 +1162,9 @@ struct TarnHandlers {
     require_tls: bool,
     connections: Arc<ConnectionManager>,
     cancel: Arc<TarnCancel>,
+    /// One sequence of process ids for every login kind, so each connection's pid is its own
+    /// (`tarn_stat_activity`, `pg_cancel_backend`).
+    pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
 }
 
 impl PgWireServerHandlers for TarnHandlers {
@@ -1177,19 +1187,21 @@ impl PgWireServerHandlers for TarnHandlers {
                 auth: self.authenticator.clone(),
                 params: params.clone(),
                 connections: self.connections.clone(),
-                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+                pids: self.pids.clone(),
             },
             certificate: login::CertificateLogin {
                 auth: self.authenticator.clone(),
                 params: params.clone(),
                 connections: self.connections.clone(),
-                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+                pids: self.pids.clone(),
             },
             trust: TrustStartup {
                 connections: self.connections.clone(),
+                pids: self.pids.clone(),
             },
             scram: SASLAuthStartupHandler::new(params)
                 .with_scram(ScramAuth::new(self.auth_source.clone()))
+                .with_pid_secret_key_generator(self.pids.clone())
                 .with_connection_manager(self.connections.clone()),
         })
     }
@@ -1302,6 +1314,7 @@ pub async fn serve(
             inner: DefaultCancelHandler::new(connections),
             running,
         }),
+        pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
     });
     let limiter = (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
     let mut tasks = tokio::task::JoinSet::new();

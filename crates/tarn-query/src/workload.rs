@@ -670,8 +670,16 @@ impl MemoryPool for StatementMemory {
 /// [`out_of_memory`] names.
 static CONFIGURED_LIMIT: AtomicUsize = AtomicUsize::new(0);
 
-/// A DataFusion error that ran out of memory, as tarn's 53200 error naming the limit.
+/// A DataFusion error that ran out of memory (or of spill space), as tarn's error naming the
+/// limit: 53200, or 53100 for spill space.
 pub fn out_of_memory(message: &str) -> Error {
+    if message.contains("disk space") || message.contains("temp directory") {
+        let message = message.trim_start_matches("Resources exhausted: ");
+        return Error::new(
+            ErrorKind::OutOfMemory,
+            format!("out of spill space: the statements' spill files would exceed query.spill_limit: {message}"),
+        );
+    }
     let limit = match CONFIGURED_LIMIT.load(Ordering::Relaxed) {
         0 => "unlimited".to_string(),
         n => human_bytes(n),

@@ -49,7 +49,7 @@ pub struct WorkloadBenchOptions {
 }
 
 /// A query that keeps one core busy for a few seconds, with little memory.
-const HEAVY: &str = "SELECT count(*), sum(x % 7) FROM generate_series(1, 40000000) AS t(x)";
+const HEAVY: &str = "SELECT count(*), sum(x % 7) FROM generate_series(1, 20000000) AS t(x)";
 
 /// Runs the benchmark, printing as it goes.
 pub async fn run(config: &Config, options: &WorkloadBenchOptions) -> Result<()> {
@@ -72,6 +72,23 @@ pub async fn run(config: &Config, options: &WorkloadBenchOptions) -> Result<()> 
 struct ServeProcess {
     child: Child,
     pg_port: u16,
+    http_port: u16,
+}
+
+impl ServeProcess {
+    /// A gauge of its `/metrics`.
+    async fn gauge(&self, name: &str) -> Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
 }
 
 impl Drop for ServeProcess {
@@ -120,7 +137,19 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
             .spawn()
             .context("cannot start tarn serve")?,
         pg_port,
+        http_port,
     };
+    // tarn serve listens once it has set up its catalog (the `public` schema among it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "tarn serve did not listen within 60 s; its log is {}",
+                data_dir.join("serve.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let observer_config = Config::load(&data_dir, None, std::iter::empty(), &[])?;
     let session = TarnSession::new(Lake::open(&observer_config).await?).await?;
     // The pipeline's snapshot makes the table.
@@ -170,6 +199,10 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_at = Instant::now();
     let loaded = probes(&source, &session, &mut seq, options.seconds).await?;
+    let (running, queued) = (
+        serve.gauge("tarn_query_running").await?,
+        serve.gauge("tarn_query_queued").await?,
+    );
     let done = completed.load(std::sync::atomic::Ordering::Relaxed);
     let secs = loaded_at.elapsed().as_secs_f64();
     stop.cancel();
@@ -177,7 +210,10 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
         let _ = l.await;
     }
     print_freshness("under load", &loaded, Some(&idle));
-    println!("load: {done} heavy queries completed in {secs:.1}s ({:.2}/s)", done as f64 / secs);
+    println!(
+        "load: {running} running, {queued} queued at the end; {done} heavy queries completed in {secs:.1}s ({:.2}/s)",
+        done as f64 / secs
+    );
     println!(
         "freshness p99 ratio load/idle: {:.2}",
         percentile(&loaded, 0.99) / percentile(&idle, 0.99)

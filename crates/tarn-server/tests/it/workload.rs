@@ -277,7 +277,7 @@ async fn statement_timeout_cancels_with_57014_and_the_session_stays_usable() {
     assert!(metric(&served, "tarn_query_timeouts_total") >= 2.0);
     // The extended protocol is held to it too.
     let err = client
-        .query_one("SELECT count(*) FROM generate_series(1, $1::BIGINT)", &[&100_000_000_000_i64])
+        .query_one(ENDLESS, &[])
         .await
         .expect_err("the extended protocol's timeout");
     assert_eq!(code_and_message(&err).0, "57014");
@@ -325,14 +325,15 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
             .and_then(|l| l.split(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {label} line:\n{stdout}"))
     };
-    assert!(probes("idle") >= 20 && probes("under load") >= 20, "{stdout}");
-    // The load really ran.
-    let completed: u64 = stdout
+    assert!(probes("idle") >= 10 && probes("under load") >= 10, "{stdout}");
+    // The load really ran: every slot busy (twice the cores), the rest queued.
+    let running: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("load: "))
         .and_then(|l| l.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no load line:\n{stdout}"));
-    assert!(completed >= 1, "{stdout}");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(running >= cores.min(8), "{stdout}");
     let ratio = ratio_of(&stdout);
     assert!(ratio <= 2.0, "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}");
 }
