@@ -309,7 +309,7 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
             "--sf",
             "0",
             "--seconds",
-            "10",
+            "15",
             "--load",
             "8",
             "--dir",
