@@ -116,6 +116,9 @@ pub struct QueryConfig {
     /// The default `statement_timeout` of a session (`0`: none); `SET statement_timeout`
     /// changes it per session. A statement running longer is cancelled (SQLSTATE 57014).
     pub statement_timeout: String,
+    /// The default `idle_in_transaction_session_timeout` (`0`: none): a connection idle in an
+    /// open transaction for longer is closed. `SET` per session.
+    pub idle_in_transaction_session_timeout: String,
     /// Worker threads of the runtime that executes statements, apart from the threads of the
     /// pipelines and the HTTP endpoint. 0: the CPU count.
     pub threads: usize,
@@ -145,6 +148,7 @@ impl Default for QueryConfig {
             queue_size: 64,
             queue_timeout: "60s".into(),
             statement_timeout: "0".into(),
+            idle_in_transaction_session_timeout: "0".into(),
             threads: 0,
             roles: BTreeMap::new(),
         }
@@ -190,6 +194,10 @@ impl QueryConfig {
         parse_size("query.spill_limit", &self.spill_limit)?;
         parse_duration("query.queue_timeout", &self.queue_timeout)?;
         self.statement_timeout()?;
+        parse_timeout(
+            "query.idle_in_transaction_session_timeout",
+            &self.idle_in_transaction_session_timeout,
+        )?;
         for (role, limits) in &self.roles {
             if let Some(t) = &limits.statement_timeout {
                 parse_timeout(&format!("query.roles.{role}.statement_timeout"), t)?;

@@ -28,6 +28,7 @@
 //!   shutdown)`: serve on a bound listener until `shutdown` fires, so tests bind
 //!   `127.0.0.1:0`.
 
+mod idle;
 mod pg_catalog;
 mod uuid_wire;
 
@@ -343,6 +344,7 @@ async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResu
 struct TarnSimpleQuery {
     session: TarnSession,
     workload: Arc<Workload>,
+    connections: Arc<idle::Connections>,
     inner: Arc<DfSessionService>,
     running: Arc<RunningQueries>,
     /// The parser `inner` uses, to see statements as it will plan them.
@@ -428,6 +430,8 @@ impl RunningQueries {
 struct Held {
     statement: StatementGuard,
     _admission: Option<workload::Admission>,
+    /// The connection is busy until the rows are sent ([`idle`]).
+    _busy: Option<idle::Busy>,
 }
 
 /// The 57014 error of a statement stopped for `reason`.
@@ -541,6 +545,10 @@ impl TarnSimpleQuery {
         let mut responses = Vec::new();
         for statement in statements {
             let class = classify(&self.compatibility, &statement.sql);
+            let busy = self
+                .connections
+                .get(client.socket_addr())
+                .map(|c| c.begin(transaction_effect(&self.compatibility, &statement.sql)));
             let running = self.workload.begin(
                 pid,
                 principal.as_ref().map_or("", |p| p.user.as_str()),
@@ -565,6 +573,7 @@ impl TarnSimpleQuery {
             let held = Held {
                 statement: guard,
                 _admission: admission,
+                _busy: busy,
             };
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
                 let ran = tokio::select! {
@@ -637,6 +646,11 @@ fn statement_timeout<C: ClientInfo + ?Sized>(
         Some(ms) => Some(std::time::Duration::from_millis(ms)),
         None => workload.default_timeout(roles),
     }
+}
+
+/// Whether `sql` opens (`Some(true)`) or ends (`Some(false)`) a transaction ([`idle`]).
+fn transaction_effect(parser: &PostgresCompatibilityParser, sql: &str) -> Option<bool> {
+    parser.parse(sql).ok()?.iter().filter_map(idle::transaction_effect).last()
 }
 
 /// Whether `sql` waits for an admission slot: statements that read only the catalog
@@ -829,6 +843,7 @@ struct TarnExtendedQuery {
     parser: Arc<TarnParser>,
     workload: Arc<Workload>,
     running: Arc<RunningQueries>,
+    connections: Arc<idle::Connections>,
 }
 
 #[async_trait]
@@ -867,6 +882,10 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
             token.clone(),
         );
         let guard = StatementGuard(running.clone());
+        let busy = self
+            .connections
+            .get(client.socket_addr())
+            .map(|c| c.begin(transaction_effect(&self.parser.compatibility, &sql)));
         let admission = match classify(&self.parser.compatibility, &sql) {
             StatementClass::Light => {
                 running.mark_running();
@@ -901,6 +920,7 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
             let held = Held {
                 statement: guard,
                 _admission: admission,
+                _busy: busy,
             };
             cancellable(response, Some(held), &token, &self.running, &key)
         } else {
@@ -1251,6 +1271,13 @@ pub struct ServeOptions {
     pub workload: Arc<Workload>,
 }
 
+/// `socket`, and a second handle of it that can shut it down.
+fn split_for_watchdog(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let second = socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, second))
+}
+
 /// Serves the Postgres wire protocol on `listener` until `shutdown` is cancelled. Open
 /// connections are dropped at shutdown.
 pub async fn serve(
@@ -1273,7 +1300,11 @@ pub async fn serve(
         .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     // With a policy, users may cancel only their own statements.
     ctx.register_udf(workload.cancel_backend_udf(session.governance().is_some()));
+    let idle_connections = Arc::new(idle::Connections::new(workload.settings().idle_in_transaction_timeout));
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(idle::IdleTimeoutHook {
+            connections: idle_connections.clone(),
+        }),
         Arc::new(CatalogHook {
             session: session.clone(),
         }),
@@ -1289,6 +1320,7 @@ pub async fn serve(
         simple: Arc::new(TarnSimpleQuery {
             session: session.clone(),
             workload: workload.clone(),
+            connections: idle_connections.clone(),
             inner: service.clone(),
             running: running.clone(),
             compatibility: PostgresCompatibilityParser::new(),
@@ -1301,6 +1333,7 @@ pub async fn serve(
             inner: service,
             workload,
             running: running.clone(),
+            connections: idle_connections.clone(),
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         authenticator: Arc::new(
@@ -1345,8 +1378,19 @@ pub async fn serve(
         // Taken per connection: a reload serves the next connection with the new certificate.
         let acceptor = tls.as_ref().map(|t| t.pgwire_acceptor());
         metrics::counter!("tarn_pgwire_connections_total").increment(1);
+        // A second handle of the socket, for `idle_in_transaction_session_timeout`'s watchdog.
+        let (socket, watchdog) = match split_for_watchdog(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot set up the connection");
+                continue;
+            }
+        };
+        let done = CancellationToken::new();
+        idle_connections.open(addr, watchdog, done.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            let _done = done.drop_guard();
             metrics::gauge!("tarn_pgwire_connections_open").increment(1.0);
             if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");

@@ -69,6 +69,8 @@ pub struct WorkloadSettings {
     pub queue_timeout: Duration,
     /// The default `statement_timeout`.
     pub statement_timeout: Option<Duration>,
+    /// The default `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_timeout: Option<Duration>,
     /// Per role: most running statements (0: none) and the default timeout.
     pub roles: BTreeMap<String, (usize, Option<Duration>)>,
 }
@@ -97,6 +99,10 @@ impl WorkloadSettings {
             queue_size: config.queue_size,
             queue_timeout: tarn_core::config::parse_duration("query.queue_timeout", &config.queue_timeout)?,
             statement_timeout: config.statement_timeout()?,
+            idle_in_transaction_timeout: parse_timeout(
+                "query.idle_in_transaction_session_timeout",
+                &config.idle_in_transaction_session_timeout,
+            )?,
             roles,
         })
     }
@@ -234,6 +240,7 @@ impl Workload {
             queue_size: 0,
             queue_timeout: Duration::from_secs(60),
             statement_timeout: None,
+            idle_in_transaction_timeout: None,
             roles: BTreeMap::new(),
         })
         .expect("an unlimited workload")
@@ -918,6 +925,7 @@ mod tests {
             queue_size: queue,
             queue_timeout: timeout,
             statement_timeout: None,
+            idle_in_transaction_timeout: None,
             roles: BTreeMap::from([("analyst".to_string(), (1, Some(Duration::from_secs(5))))]),
         }
     }

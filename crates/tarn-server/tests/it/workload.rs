@@ -337,3 +337,40 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
     let ratio = ratio_of(&stdout);
     assert!(ratio <= 2.0, "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
+    let served = Served::start_with(false, "[query]\nidle_in_transaction_session_timeout = \"0\"\n");
+    let idle = served.client().await;
+    let outside = served.client().await;
+    let working = served.client().await;
+    for c in [&idle, &outside, &working] {
+        rows(c, "SET idle_in_transaction_session_timeout = '500ms'").await.unwrap();
+    }
+    rows(&working, "SET statement_timeout = '1500ms'").await.unwrap();
+    rows(&idle, "BEGIN").await.unwrap();
+    rows(&working, "BEGIN").await.unwrap();
+    // A statement running longer than the idle timeout inside a transaction is not idleness.
+    let err = rows(&working, ENDLESS).await.expect_err("stopped by its statement_timeout");
+    assert_eq!(code_and_message(&err).0, "57014");
+    // Still open (the failed transaction is aborted, as in PostgreSQL).
+    rows(&working, "ROLLBACK").await.unwrap();
+    assert_eq!(rows(&working, "SELECT 2").await.unwrap(), vec!["2"]);
+    // The connection idle in its transaction is closed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !idle.is_closed() {
+        assert!(Instant::now() < deadline, "the idle transaction's connection is still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rows(&idle, "SELECT 1").await.is_err());
+    // Connections idle outside a transaction stay, however long they were idle.
+    assert!(!outside.is_closed() && !working.is_closed());
+    assert_eq!(rows(&outside, "SELECT 1").await.unwrap(), vec!["1"]);
+    assert_eq!(rows(&working, "SELECT 3").await.unwrap(), vec!["3"]);
+    assert!(metric(&served, "tarn_query_idle_in_transaction_closed_total") >= 1.0);
+    // A bad value names the setting.
+    let err = rows(&outside, "SET idle_in_transaction_session_timeout = 'soon'").await.unwrap_err();
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "22023");
+    assert!(message.contains("idle_in_transaction_session_timeout"), "{message}");
+}
