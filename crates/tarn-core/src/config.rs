@@ -173,10 +173,14 @@ impl QueryConfig {
         }
         if let Some(percent) = value.strip_suffix('%') {
             return match percent.trim().parse::<f64>() {
-                Ok(p) if p > 0.0 && p <= 100.0 => Ok(MemoryLimit::Bytes((machine_memory as f64 * p / 100.0) as u64)),
+                Ok(p) if p > 0.0 && p <= 100.0 => {
+                    Ok(MemoryLimit::Bytes((machine_memory as f64 * p / 100.0) as u64))
+                }
                 _ => Err(Error::new(
                     ErrorKind::Config,
-                    format!("key `query.memory_limit`: expected a share of memory between 0% and 100%, got {value:?}"),
+                    format!(
+                        "key `query.memory_limit`: expected a share of memory between 0% and 100%, got {value:?}"
+                    ),
                 )),
             };
         }
@@ -220,7 +224,9 @@ pub fn parse_timeout(key: &str, value: &str) -> Result<Option<std::time::Duratio
 /// PostgreSQL's; `MiB`, `GiB` accepted too); errors name `key`.
 pub fn parse_size(key: &str, value: &str) -> Result<u64> {
     let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
     let (number, unit) = v.split_at(split);
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,

@@ -92,12 +92,21 @@ impl Connections {
 
     /// The state of the connection from `peer`, when it is open.
     pub(crate) fn get(&self, peer: SocketAddr) -> Option<Arc<ConnectionState>> {
-        self.states.lock().expect("connections poisoned").get(&peer).cloned()
+        self.states
+            .lock()
+            .expect("connections poisoned")
+            .get(&peer)
+            .cloned()
     }
 
     /// Registers the connection from `peer` and starts its watchdog over `socket` (a second
     /// handle of the connection's socket); the watchdog stops when `done` fires.
-    pub(crate) fn open(self: &Arc<Self>, peer: SocketAddr, socket: std::net::TcpStream, done: CancellationToken) {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        socket: std::net::TcpStream,
+        done: CancellationToken,
+    ) {
         let state = Arc::new(ConnectionState {
             in_transaction: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -112,7 +121,11 @@ impl Connections {
         let connections = self.clone();
         tokio::spawn(async move {
             watch(&state, &socket, &done).await;
-            connections.states.lock().expect("connections poisoned").remove(&peer);
+            connections
+                .states
+                .lock()
+                .expect("connections poisoned")
+                .remove(&peer);
         });
     }
 }
@@ -121,7 +134,9 @@ impl Connections {
 async fn watch(state: &ConnectionState, socket: &std::net::TcpStream, done: &CancellationToken) {
     loop {
         let timeout = state.timeout_ms.load(Ordering::SeqCst);
-        let armed = timeout > 0 && state.in_transaction.load(Ordering::SeqCst) && state.active.load(Ordering::SeqCst) == 0;
+        let armed = timeout > 0
+            && state.in_transaction.load(Ordering::SeqCst)
+            && state.active.load(Ordering::SeqCst) == 0;
         let since = *state.idle_since.lock().expect("connection state poisoned");
         let deadline = async {
             if armed {
@@ -192,7 +207,9 @@ impl IdleTimeoutHook {
             return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
                 "22023".into(),
-                format!("invalid value for parameter \"{SETTING}\": {value} (expected milliseconds, or a duration like 5s)"),
+                format!(
+                    "invalid value for parameter \"{SETTING}\": {value} (expected milliseconds, or a duration like 5s)"
+                ),
             )))));
         };
         if let Some(state) = self.connections.get(peer) {

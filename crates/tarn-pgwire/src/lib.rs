@@ -612,7 +612,11 @@ impl TarnSimpleQuery {
                 for r in result {
                     let r = with_names(r, names.as_ref());
                     // The statement stays listed (and holds its slot) while its rows are sent.
-                    let hold = if matches!(r, Response::Query(_)) { held.take() } else { None };
+                    let hold = if matches!(r, Response::Query(_)) {
+                        held.take()
+                    } else {
+                        None
+                    };
                     responses.push(cancellable(r, hold, &token, &self.running, &key));
                 }
             }
@@ -627,7 +631,11 @@ impl TarnSimpleQuery {
 /// The roles limits apply to for `principal`: its user and its groups.
 fn roles_of(principal: Option<&Principal>) -> Vec<String> {
     principal
-        .map(|p| std::iter::once(p.user.clone()).chain(p.groups.iter().cloned()).collect())
+        .map(|p| {
+            std::iter::once(p.user.clone())
+                .chain(p.groups.iter().cloned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -650,7 +658,12 @@ fn statement_timeout<C: ClientInfo + ?Sized>(
 
 /// Whether `sql` opens (`Some(true)`) or ends (`Some(false)`) a transaction ([`idle`]).
 fn transaction_effect(parser: &PostgresCompatibilityParser, sql: &str) -> Option<bool> {
-    parser.parse(sql).ok()?.iter().filter_map(idle::transaction_effect).last()
+    parser
+        .parse(sql)
+        .ok()?
+        .iter()
+        .filter_map(idle::transaction_effect)
+        .next_back()
 }
 
 /// Whether `sql` waits for an admission slot: statements that read only the catalog
@@ -712,7 +725,11 @@ impl datafusion::sql::sqlparser::ast::Visitor for RelationVisitor<'_> {
         use datafusion::sql::sqlparser::ast::TableFactor;
         let light = match factor {
             TableFactor::Table { name, args, .. } => {
-                let parts: Vec<String> = name.0.iter().map(|p| p.to_string().to_ascii_lowercase()).collect();
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .map(|p| p.to_string().to_ascii_lowercase())
+                    .collect();
                 args.is_none()
                     && match parts.as_slice() {
                         [table] => table.starts_with("pg_") || table == workload::ACTIVITY_TABLE,
@@ -1272,7 +1289,9 @@ pub struct ServeOptions {
 }
 
 /// `socket`, and a second handle of it that can shut it down.
-fn split_for_watchdog(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+fn split_for_watchdog(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
     let socket = socket.into_std()?;
     let second = socket.try_clone()?;
     Ok((tokio::net::TcpStream::from_std(socket)?, second))
@@ -1300,7 +1319,9 @@ pub async fn serve(
         .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     // With a policy, users may cancel only their own statements.
     ctx.register_udf(workload.cancel_backend_udf(session.governance().is_some()));
-    let idle_connections = Arc::new(idle::Connections::new(workload.settings().idle_in_transaction_timeout));
+    let idle_connections = Arc::new(idle::Connections::new(
+        workload.settings().idle_in_transaction_timeout,
+    ));
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(idle::IdleTimeoutHook {
             connections: idle_connections.clone(),

@@ -38,8 +38,8 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerMode};
 use datafusion::execution::memory_pool::{
-    FairSpillPool, MemoryConsumer, MemoryLimit as PoolLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
-    UnboundedMemoryPool,
+    FairSpillPool, MemoryConsumer, MemoryLimit as PoolLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool, UnboundedMemoryPool,
 };
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::Expr;
@@ -95,7 +95,11 @@ impl WorkloadSettings {
             memory_limit,
             spill_dir: config.spill_dir.clone().unwrap_or_else(|| data_dir.join("spill")),
             spill_limit: parse_size("query.spill_limit", &config.spill_limit)?,
-            max_concurrent: if config.max_concurrent == 0 { 2 * cpus } else { config.max_concurrent },
+            max_concurrent: if config.max_concurrent == 0 {
+                2 * cpus
+            } else {
+                config.max_concurrent
+            },
             queue_size: config.queue_size,
             queue_timeout: tarn_core::config::parse_duration("query.queue_timeout", &config.queue_timeout)?,
             statement_timeout: config.statement_timeout()?,
@@ -184,15 +188,22 @@ impl Workload {
         // Spill files of an earlier process that did not stop cleanly are garbage: each
         // process spills in a `datafusion-*` directory of its own below this one (DataFusion's
         // disk manager), removed when it stops. Nothing else in the directory is touched.
-        for entry in std::fs::read_dir(&settings.spill_dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&settings.spill_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if entry.file_name().to_string_lossy().starts_with("datafusion-") {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
         std::fs::create_dir_all(&settings.spill_dir).map_err(|e| {
-            Error::new(ErrorKind::Config, "cannot create the spill directory (query.spill_dir)")
-                .with_context("dir", settings.spill_dir.display())
-                .with_source(e)
+            Error::new(
+                ErrorKind::Config,
+                "cannot create the spill directory (query.spill_dir)",
+            )
+            .with_context("dir", settings.spill_dir.display())
+            .with_source(e)
         })?;
         let top = NonZeroUsize::new(3).expect("3 > 0");
         let pool: Arc<dyn MemoryPool> = match settings.memory_limit {
@@ -207,7 +218,12 @@ impl Workload {
                     .with_max_temp_directory_size(settings.spill_limit),
             )
             .build_arc()
-            .map_err(|e| Error::new(ErrorKind::Config, format!("cannot set up query memory and spilling: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot set up query memory and spilling: {e}"),
+                )
+            })?;
         let role_slots = settings
             .roles
             .iter()
@@ -313,7 +329,10 @@ impl Workload {
     }
 
     fn end(&self, statement: &Statement) {
-        self.statements.lock().expect("statement list poisoned").remove(&statement.id);
+        self.statements
+            .lock()
+            .expect("statement list poisoned")
+            .remove(&statement.id);
         let (spilled, spills) = statement.spilled();
         if spills > 0 {
             metrics::counter!("tarn_query_spills_total").increment(spills as u64);
@@ -326,8 +345,10 @@ impl Workload {
     /// full or the wait passes `query.queue_timeout`, and stops when the statement is cancelled
     /// or times out meanwhile.
     pub async fn admit(&self, statement: &Statement, roles: &[String]) -> Result<Admission> {
-        let mut role_sems: Vec<(&String, &Arc<Semaphore>)> =
-            roles.iter().filter_map(|r| self.role_slots.get_key_value(r)).collect();
+        let mut role_sems: Vec<(&String, &Arc<Semaphore>)> = roles
+            .iter()
+            .filter_map(|r| self.role_slots.get_key_value(r))
+            .collect();
         role_sems.sort_by(|a, b| a.0.cmp(b.0));
         role_sems.dedup_by(|a, b| a.0 == b.0);
         // Free slots: no queue.
@@ -364,9 +385,20 @@ impl Workload {
         let wait = async {
             let mut permits = Vec::new();
             for (_, sem) in &role_sems {
-                permits.push(Arc::clone(sem).acquire_owned().await.expect("semaphore never closed"));
+                permits.push(
+                    Arc::clone(sem)
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore never closed"),
+                );
             }
-            permits.push(self.slots.clone().acquire_owned().await.expect("semaphore never closed"));
+            permits.push(
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed"),
+            );
             permits
         };
         let outcome = tokio::select! {
@@ -412,7 +444,12 @@ impl Workload {
 
     /// The statements, oldest first.
     pub fn statements(&self) -> Vec<Arc<Statement>> {
-        self.statements.lock().expect("statement list poisoned").values().cloned().collect()
+        self.statements
+            .lock()
+            .expect("statement list poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Cancels the statements of connection `pid`; `may` decides per statement (by its user)
@@ -424,7 +461,9 @@ impl Workload {
             if !may(&s) {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
-                    format!("permission denied to cancel the statement of process {pid}: it runs for another user"),
+                    format!(
+                        "permission denied to cancel the statement of process {pid}: it runs for another user"
+                    ),
                 ));
             }
             s.cancel(StopReason::Cancelled);
@@ -511,7 +550,10 @@ impl Statement {
 
     /// Stops it (the endpoint ends its rows with 57014).
     pub fn cancel(&self, reason: StopReason) {
-        self.reason.lock().expect("statement poisoned").get_or_insert(reason);
+        self.reason
+            .lock()
+            .expect("statement poisoned")
+            .get_or_insert(reason);
         self.token.cancel();
     }
 
@@ -684,7 +726,9 @@ pub fn out_of_memory(message: &str) -> Error {
         let message = message.trim_start_matches("Resources exhausted: ");
         return Error::new(
             ErrorKind::OutOfMemory,
-            format!("out of spill space: the statements' spill files would exceed query.spill_limit: {message}"),
+            format!(
+                "out of spill space: the statements' spill files would exceed query.spill_limit: {message}"
+            ),
         );
     }
     let limit = match CONFIGURED_LIMIT.load(Ordering::Relaxed) {
@@ -749,7 +793,9 @@ impl CancelBackend {
         let caller = crate::governance::current_principal();
         let restricted = self.restricted;
         workload
-            .cancel_pid(pid, |s| !restricted || caller.as_ref().is_some_and(|c| c.user == s.user))
+            .cancel_pid(pid, |s| {
+                !restricted || caller.as_ref().is_some_and(|c| c.user == s.user)
+            })
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
@@ -782,7 +828,10 @@ impl datafusion::logical_expr::ScalarUDFImpl for CancelBackend {
             && let Ok(ScalarValue::Int32(Some(pid))) = value.cast_to(&DataType::Int32)
         {
             let done = self.cancel(pid)?;
-            return Ok(ExprSimplifyResult::Simplified(Expr::Literal(ScalarValue::Boolean(Some(done)), None)));
+            return Ok(ExprSimplifyResult::Simplified(Expr::Literal(
+                ScalarValue::Boolean(Some(done)),
+                None,
+            )));
         }
         Ok(ExprSimplifyResult::Original(args))
     }
@@ -802,7 +851,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for CancelBackend {
                 None => None,
             });
         }
-        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            BooleanArray::from(out),
+        )))
     }
 }
 
@@ -852,12 +903,18 @@ fn micros(t: SystemTime) -> i64 {
 fn activity_batch(statements: &[Arc<Statement>]) -> DfResult<RecordBatch> {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from_iter_values(statements.iter().map(|s| s.pid))),
-        Arc::new(StringArray::from_iter_values(statements.iter().map(|s| s.user.as_str()))),
-        Arc::new(StringArray::from_iter_values(statements.iter().map(|s| match s.state() {
-            StatementState::Queued => "queued",
-            StatementState::Running => "active",
-        }))),
-        Arc::new(StringArray::from_iter_values(statements.iter().map(|s| s.query.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            statements.iter().map(|s| s.user.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(statements.iter().map(
+            |s| match s.state() {
+                StatementState::Queued => "queued",
+                StatementState::Running => "active",
+            },
+        ))),
+        Arc::new(StringArray::from_iter_values(
+            statements.iter().map(|s| s.query.as_str()),
+        )),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(statements.iter().map(|s| micros(s.started)))
                 .with_timezone("+00:00"),
@@ -870,15 +927,22 @@ fn activity_batch(statements: &[Arc<Statement>]) -> DfResult<RecordBatch> {
             )
             .with_timezone("+00:00"),
         ),
-        Arc::new(Int64Array::from_iter(
-            statements
-                .iter()
-                .map(|s| s.timeout.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))),
+        Arc::new(Int64Array::from_iter(statements.iter().map(|s| {
+            s.timeout
+                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+        }))),
+        Arc::new(Int64Array::from_iter_values(
+            statements.iter().map(|s| s.memory().0 as i64),
         )),
-        Arc::new(Int64Array::from_iter_values(statements.iter().map(|s| s.memory().0 as i64))),
-        Arc::new(Int64Array::from_iter_values(statements.iter().map(|s| s.memory().1 as i64))),
-        Arc::new(Int64Array::from_iter_values(statements.iter().map(|s| s.spilled().0 as i64))),
-        Arc::new(Int64Array::from_iter_values(statements.iter().map(|s| s.spilled().1 as i64))),
+        Arc::new(Int64Array::from_iter_values(
+            statements.iter().map(|s| s.memory().1 as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            statements.iter().map(|s| s.spilled().0 as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            statements.iter().map(|s| s.spilled().1 as i64),
+        )),
     ];
     RecordBatch::try_new(activity_schema(), cols).map_err(DataFusionError::from)
 }
@@ -904,7 +968,11 @@ impl TableProvider for ActivityTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let statements = self.workload.upgrade().map(|w| w.statements()).unwrap_or_default();
+        let statements = self
+            .workload
+            .upgrade()
+            .map(|w| w.statements())
+            .unwrap_or_default();
         let batch = activity_batch(&statements)?;
         MemTable::try_new(activity_schema(), vec![vec![batch]])?
             .scan(state, projection, filters, limit)
@@ -966,7 +1034,10 @@ mod tests {
         let b = w.begin(2, "u", "b", None, CancellationToken::new());
         let err = w.admit(&b, &roles).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TooManyStatements);
-        assert!(err.to_string().contains("query.roles.analyst.max_concurrent"), "{err}");
+        assert!(
+            err.to_string().contains("query.roles.analyst.max_concurrent"),
+            "{err}"
+        );
         // Another role is not held back.
         let c = w.begin(3, "v", "c", None, CancellationToken::new());
         w.admit(&c, &[]).await.unwrap();
@@ -980,7 +1051,13 @@ mod tests {
         let w = Workload::new(settings(1, 4, Duration::from_secs(30))).unwrap();
         let a = w.begin(1, "u", "a", None, CancellationToken::new());
         let _first = w.admit(&a, &[]).await.unwrap();
-        let b = w.begin(2, "u", "b", Some(Duration::from_millis(50)), CancellationToken::new());
+        let b = w.begin(
+            2,
+            "u",
+            "b",
+            Some(Duration::from_millis(50)),
+            CancellationToken::new(),
+        );
         let err = w.admit(&b, &[]).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
         assert!(err.to_string().contains("statement timeout"), "{err}");

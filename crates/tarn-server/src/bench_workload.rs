@@ -55,7 +55,8 @@ const HEAVY: &str = "SELECT count(*), sum(x % 7) FROM generate_series(1, 2000000
 /// Runs the benchmark, printing as it goes.
 pub async fn run(config: &Config, options: &WorkloadBenchOptions) -> Result<()> {
     if options.dir.exists() {
-        std::fs::remove_dir_all(&options.dir).with_context(|| format!("cannot clear {}", options.dir.display()))?;
+        std::fs::remove_dir_all(&options.dir)
+            .with_context(|| format!("cannot clear {}", options.dir.display()))?;
     }
     std::fs::create_dir_all(&options.dir)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -142,7 +143,10 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
     };
     // tarn serve listens once it has set up its catalog (the `public` schema among it).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", pg_port))
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
             bail!(
                 "tarn serve did not listen within 60 s; its log is {}",
@@ -248,14 +252,24 @@ async fn probe_rows(lake: &Lake) -> Option<i64> {
     let ident = iceberg::TableIdent::from_strs(["cdc", "bench_probe"]).ok()?;
     let table = lake.load_table(&ident).await.ok()?;
     match table.metadata().current_snapshot() {
-        Some(snapshot) => snapshot.summary().additional_properties.get("total-records")?.parse().ok(),
+        Some(snapshot) => snapshot
+            .summary()
+            .additional_properties
+            .get("total-records")?
+            .parse()
+            .ok(),
         None => Some(0),
     }
 }
 
 /// Commit-to-visibility times (sorted, seconds) of probes committed every 100 ms for `seconds`:
 /// from the commit in PostgreSQL until the lake's catalog names a snapshot holding the row.
-async fn probes(source: &tokio_postgres::Client, lake: &Lake, seq: &mut i64, seconds: u64) -> Result<Vec<f64>> {
+async fn probes(
+    source: &tokio_postgres::Client,
+    lake: &Lake,
+    seq: &mut i64,
+    seconds: u64,
+) -> Result<Vec<f64>> {
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut samples = Vec::new();
     while Instant::now() < until {
@@ -296,7 +310,8 @@ async fn tpch_with_budget(config: &Config, options: &WorkloadBenchOptions) -> Re
     let limited = TarnSession::new(lake.clone()).await?.with_workload(&workload);
     let unlimited = TarnSession::new(lake.clone()).await?;
     for s in [&limited, &unlimited] {
-        s.run_sql("SET datafusion.catalog.default_schema = 'tpch'").await?;
+        s.run_sql("SET datafusion.catalog.default_schema = 'tpch'")
+            .await?;
     }
     println!(
         "\n== TPC-H sf {}: query.memory_limit = {} against unlimited (best of {} after a warm-up, alternating) ==",

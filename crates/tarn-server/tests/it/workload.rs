@@ -27,7 +27,9 @@ async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>,
 
 /// The SQLSTATE and message of a failed statement.
 fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 
@@ -104,14 +106,19 @@ async fn a_256mb_budget_spills_sorts_and_aggregations_and_refuses_what_cannot_fi
     assert_eq!(rows(&client, "SELECT 41 + 1").await.unwrap(), vec!["42"]);
     let other = served.client().await;
     assert_eq!(
-        rows(&other, "SELECT count(*) FROM generate_series(1, 1000)").await.unwrap(),
+        rows(&other, "SELECT count(*) FROM generate_series(1, 1000)")
+            .await
+            .unwrap(),
         vec!["1000"]
     );
     // And with no statement running, no memory is held.
     assert_eq!(
-        rows(&other, "SELECT count(*) FROM tarn_stat_activity WHERE memory_bytes > 0")
-            .await
-            .unwrap(),
+        rows(
+            &other,
+            "SELECT count(*) FROM tarn_stat_activity WHERE memory_bytes > 0"
+        )
+        .await
+        .unwrap(),
         vec!["0"]
     );
 }
@@ -129,13 +136,19 @@ async fn wait_activity(
 ) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
-        let now = rows(client, "SELECT pid, state, query FROM tarn_stat_activity ORDER BY query_start")
-            .await
-            .unwrap();
+        let now = rows(
+            client,
+            "SELECT pid, state, query FROM tarn_stat_activity ORDER BY query_start",
+        )
+        .await
+        .unwrap();
         if check(&now) {
             return now;
         }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}; activity: {now:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; activity: {now:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -166,9 +179,12 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
         }));
         if i < 6 {
             let expected = i + 1;
-            wait_activity(&watcher, Duration::from_secs(30), "the statement is listed", |r| {
-                count_state(r, "active") + count_state(r, "queued") == expected
-            })
+            wait_activity(
+                &watcher,
+                Duration::from_secs(30),
+                "the statement is listed",
+                |r| count_state(r, "active") + count_state(r, "queued") == expected,
+            )
             .await;
         }
     }
@@ -197,9 +213,13 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
     assert_eq!(metric(&served, "tarn_query_queued"), 4.0);
     // Catalog queries and statements without tables do not wait behind them.
     let started = Instant::now();
-    let tables = rows(&watcher, "SELECT count(*) FROM information_schema.tables").await.unwrap();
+    let tables = rows(&watcher, "SELECT count(*) FROM information_schema.tables")
+        .await
+        .unwrap();
     assert_eq!(tables.len(), 1);
-    rows(&watcher, "SELECT relname FROM pg_catalog.pg_class LIMIT 1").await.unwrap();
+    rows(&watcher, "SELECT relname FROM pg_catalog.pg_class LIMIT 1")
+        .await
+        .unwrap();
     rows(&watcher, "SELECT 1").await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -215,12 +235,17 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
         .unwrap()
         .to_string();
     assert_eq!(
-        rows(&watcher, &format!("SELECT pg_cancel_backend({running_pid})")).await.unwrap(),
+        rows(&watcher, &format!("SELECT pg_cancel_backend({running_pid})"))
+            .await
+            .unwrap(),
         vec!["t"]
     );
-    let after = wait_activity(&watcher, Duration::from_secs(30), "a queued statement takes the slot", |r| {
-        count_state(r, "active") == 2 && count_state(r, "queued") == 3
-    })
+    let after = wait_activity(
+        &watcher,
+        Duration::from_secs(30),
+        "a queued statement takes the slot",
+        |r| count_state(r, "active") == 2 && count_state(r, "queued") == 3,
+    )
     .await;
     assert!(
         !after.iter().any(|r| r.starts_with(&format!("{running_pid}|"))),
@@ -231,14 +256,22 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
     for r in &after {
         if r.contains("generate_series") {
             let pid = r.split('|').next().unwrap();
-            rows(&watcher, &format!("SELECT pg_cancel_backend({pid})")).await.unwrap();
+            rows(&watcher, &format!("SELECT pg_cancel_backend({pid})"))
+                .await
+                .unwrap();
         }
     }
     for h in waiting {
-        let (_, r) = tokio::time::timeout(Duration::from_secs(30), h).await.expect("cancelled in time").unwrap();
+        let (_, r) = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("cancelled in time")
+            .unwrap();
         cancelled_codes.push(code_and_message(&r.expect_err("cancelled")).0);
     }
-    assert!(cancelled_codes.iter().all(|c| c == "57014"), "{cancelled_codes:?}");
+    assert!(
+        cancelled_codes.iter().all(|c| c == "57014"),
+        "{cancelled_codes:?}"
+    );
     wait_activity(&watcher, Duration::from_secs(30), "nothing left", |r| {
         count_state(r, "active") + count_state(r, "queued") == 0
     })
@@ -256,16 +289,29 @@ async fn statement_timeout_cancels_with_57014_and_the_session_stays_usable() {
     let started = Instant::now();
     let err = rows(&client, ENDLESS).await.expect_err("the role's timeout");
     let (code, message) = code_and_message(&err);
-    assert_eq!((code.as_str(), message.as_str()), ("57014", "canceling statement due to statement timeout"));
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("57014", "canceling statement due to statement timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 
     rows(&client, "SET statement_timeout = '500ms'").await.unwrap();
-    assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["500ms"]);
+    assert_eq!(
+        rows(&client, "SHOW statement_timeout").await.unwrap(),
+        vec!["500ms"]
+    );
     let started = Instant::now();
     let err = rows(&client, ENDLESS).await.expect_err("the session's timeout");
     let took = started.elapsed();
     assert_eq!(code_and_message(&err).0, "57014");
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
     // The session goes on; the cancelled statement is gone from the list.
     assert_eq!(rows(&client, "SELECT 1 + 1").await.unwrap(), vec!["2"]);
     assert_eq!(
@@ -281,7 +327,11 @@ async fn statement_timeout_cancels_with_57014_and_the_session_stays_usable() {
         .await
         .expect_err("the extended protocol's timeout");
     assert_eq!(code_and_message(&err).0, "57014");
-    let one: i64 = client.query_one("SELECT count(*) FROM generate_series(1, 3)", &[]).await.unwrap().get(0);
+    let one: i64 = client
+        .query_one("SELECT count(*) FROM generate_series(1, 3)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(one, 3);
 }
 
@@ -298,7 +348,10 @@ fn ratio_of(output: &str) -> f64 {
 fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
     // The benchmark's CDC part: one `tarn serve` with a pipeline from a private PostgreSQL,
     // freshness probes idle and then while eight connections run heavy queries in a loop.
-    let dir = tempfile::Builder::new().prefix("tarn-wlm-bench-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-wlm-bench-")
+        .tempdir()
+        .unwrap();
     let bench_dir = dir.path().join("bench");
     let started = Instant::now();
     let (ok, stdout, stderr) = crate::tarn(
@@ -317,7 +370,11 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
         ],
     );
     assert!(ok, "tarn bench workload failed:\n{stdout}\n{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(240), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "{:?}",
+        started.elapsed()
+    );
     let probes = |label: &str| -> usize {
         stdout
             .lines()
@@ -335,7 +392,10 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     assert!(running >= cores.min(8), "{stdout}");
     let ratio = ratio_of(&stdout);
-    assert!(ratio <= 2.0, "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}");
+    assert!(
+        ratio <= 2.0,
+        "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,13 +405,17 @@ async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
     let outside = served.client().await;
     let working = served.client().await;
     for c in [&idle, &outside, &working] {
-        rows(c, "SET idle_in_transaction_session_timeout = '500ms'").await.unwrap();
+        rows(c, "SET idle_in_transaction_session_timeout = '500ms'")
+            .await
+            .unwrap();
     }
     rows(&working, "SET statement_timeout = '1500ms'").await.unwrap();
     rows(&idle, "BEGIN").await.unwrap();
     rows(&working, "BEGIN").await.unwrap();
     // A statement running longer than the idle timeout inside a transaction is not idleness.
-    let err = rows(&working, ENDLESS).await.expect_err("stopped by its statement_timeout");
+    let err = rows(&working, ENDLESS)
+        .await
+        .expect_err("stopped by its statement_timeout");
     assert_eq!(code_and_message(&err).0, "57014");
     // Still open (the failed transaction is aborted, as in PostgreSQL).
     rows(&working, "ROLLBACK").await.unwrap();
@@ -359,7 +423,10 @@ async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
     // The connection idle in its transaction is closed.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !idle.is_closed() {
-        assert!(Instant::now() < deadline, "the idle transaction's connection is still open");
+        assert!(
+            Instant::now() < deadline,
+            "the idle transaction's connection is still open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(rows(&idle, "SELECT 1").await.is_err());
@@ -369,8 +436,13 @@ async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
     assert_eq!(rows(&working, "SELECT 3").await.unwrap(), vec!["3"]);
     assert!(metric(&served, "tarn_query_idle_in_transaction_closed_total") >= 1.0);
     // A bad value names the setting.
-    let err = rows(&outside, "SET idle_in_transaction_session_timeout = 'soon'").await.unwrap_err();
+    let err = rows(&outside, "SET idle_in_transaction_session_timeout = 'soon'")
+        .await
+        .unwrap_err();
     let (code, message) = code_and_message(&err);
     assert_eq!(code, "22023");
-    assert!(message.contains("idle_in_transaction_session_timeout"), "{message}");
+    assert!(
+        message.contains("idle_in_transaction_session_timeout"),
+        "{message}"
+    );
 }
