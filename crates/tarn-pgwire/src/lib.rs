@@ -262,15 +262,21 @@ async fn execute(
         Some(options),
     )?);
     let (state, plan) = df.into_parts();
-    let physical = state.create_physical_plan(&plan).await.map_err(api)?;
-    let task = match &statement {
-        Some(s) => {
-            s.set_plan(physical.clone());
-            s.task_context(datafusion::execution::TaskContext::from(&state))
-        }
-        None => state.task_ctx(),
-    };
-    let batches = datafusion::physical_plan::execute_stream(physical, task).map_err(api)?;
+    let batches = workload::execute_with_fallback(
+        state,
+        &plan,
+        |state| match &statement {
+            Some(s) => s.task_context(datafusion::execution::TaskContext::from(state)),
+            None => state.task_ctx(),
+        },
+        |physical| {
+            if let Some(s) = &statement {
+                s.set_plan(physical.clone());
+            }
+        },
+    )
+    .await
+    .map_err(api)?;
     let encoding = fields.clone();
     let rows = batches
         .map(move |batch| {

@@ -632,20 +632,13 @@ impl TarnSession {
                 }
                 let (state, plan) = df.into_parts();
                 let started = std::time::Instant::now();
-                let optimized = state.optimize(&plan).map_err(from_df_error)?;
-                let optimized_at = started.elapsed();
-                let physical = state
-                    .query_planner()
-                    .create_physical_plan(&optimized, &state)
+                let stream = crate::workload::execute_with_fallback(state, &plan, |s| s.task_ctx(), |_| {})
                     .await
                     .map_err(from_df_error)?;
                 tracing::debug!(
-                    optimize_ms = optimized_at.as_secs_f64() * 1e3,
-                    physical_ms = (started.elapsed() - optimized_at).as_secs_f64() * 1e3,
-                    "query planned"
+                    first_batch_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "query planned and started"
                 );
-                let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
-                    .map_err(from_df_error)?;
                 Ok(Output::Rows(match names {
                     Some(names) => with_names(stream, names),
                     None => stream,

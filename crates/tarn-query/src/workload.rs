@@ -715,6 +715,50 @@ impl MemoryPool for StatementMemory {
     }
 }
 
+/// Plans `plan` and starts executing it (with `task`'s runtime, default the state's), waiting
+/// for its first batch. When that runs out of memory — a hash join's build side, which cannot
+/// spill, is built before the first row — and hash joins were preferred, the statement is
+/// planned again with sort-merge joins, which spill, and started once more
+/// (`tarn_query_replanned_total`); its first attempt's memory is freed first. `on_plan` sees
+/// each physical plan (for its spill metrics).
+pub async fn execute_with_fallback(
+    state: datafusion::execution::SessionState,
+    plan: &datafusion::logical_expr::LogicalPlan,
+    task: impl Fn(&datafusion::execution::SessionState) -> Arc<TaskContext>,
+    on_plan: impl Fn(&Arc<dyn ExecutionPlan>),
+) -> DfResult<datafusion::execution::SendableRecordBatchStream> {
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use futures::StreamExt;
+    let mut state = state;
+    let mut retried = false;
+    loop {
+        let physical = state.create_physical_plan(plan).await?;
+        on_plan(&physical);
+        let mut stream = datafusion::physical_plan::execute_stream(physical, task(&state))?;
+        let first = stream.next().await;
+        let exhausted = matches!(&first, Some(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(m) if !m.contains("disk space")));
+        if exhausted && !retried && state.config_options().optimizer.prefer_hash_join {
+            drop(stream);
+            retried = true;
+            metrics::counter!("tarn_query_replanned_total").increment(1);
+            tracing::info!(
+                "statement out of memory with hash joins: planning it again with sort-merge joins, which spill"
+            );
+            let mut config = state.config().clone();
+            config.options_mut().optimizer.prefer_hash_join = false;
+            state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
+                .with_config(config)
+                .build();
+            continue;
+        }
+        let schema = stream.schema();
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(first).chain(stream),
+        )));
+    }
+}
+
 /// The memory budget of the last [`Workload`] made (the process's), 0 for none: what
 /// [`out_of_memory`] names.
 static CONFIGURED_LIMIT: AtomicUsize = AtomicUsize::new(0);
