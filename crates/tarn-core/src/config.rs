@@ -90,6 +90,164 @@ pub struct Config {
     /// (docs/jobs.md).
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Workload management of SQL statements: memory budget and spilling, admission control,
+    /// timeouts and per-role limits (docs/workload.md).
+    #[serde(default)]
+    pub query: QueryConfig,
+}
+
+/// Workload management of the SQL endpoint (docs/workload.md): how much memory statements may
+/// use together and where they spill, how many run at once and how many wait, and how long
+/// one may run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// The memory budget of all running statements together: bytes with a unit (`512MB`,
+    /// `4GB`; units are 1024-based as in PostgreSQL), a share of the machine's memory (`50%`,
+    /// of the cgroup's limit when there is one), or `unlimited`. Sorts, aggregations and joins
+    /// that reach it spill to `spill_dir`; a statement that still cannot fit fails with
+    /// SQLSTATE 53200.
+    pub memory_limit: String,
+    /// Where statements spill; default `<data_dir>/spill`. Emptied at start.
+    pub spill_dir: Option<PathBuf>,
+    /// Most bytes all spill files together may hold, e.g. `100GB`.
+    pub spill_limit: String,
+    /// Most statements running at once; the rest wait in a queue. 0: twice the CPU count.
+    pub max_concurrent: usize,
+    /// Most statements waiting for a slot; one more is refused with SQLSTATE 53300.
+    pub queue_size: usize,
+    /// Longest a statement waits in the queue before it is refused (53300), e.g. `60s`.
+    pub queue_timeout: String,
+    /// The default `statement_timeout` of a session (`0`: none); `SET statement_timeout`
+    /// changes it per session. A statement running longer is cancelled (SQLSTATE 57014).
+    pub statement_timeout: String,
+    /// The default `idle_in_transaction_session_timeout` (`0`: none): a connection idle in an
+    /// open transaction for longer is closed. `SET` per session.
+    pub idle_in_transaction_session_timeout: String,
+    /// Worker threads of the runtime that executes statements, apart from the threads of the
+    /// pipelines and the HTTP endpoint. 0: the CPU count.
+    pub threads: usize,
+    /// Limits per role (a user name or a group of the principal), e.g.
+    /// `[query.roles.analyst] max_concurrent = 2`. A principal in several roles is held to
+    /// each of them.
+    pub roles: BTreeMap<String, RoleLimits>,
+}
+
+/// Limits of the statements of one role (`[query.roles.NAME]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleLimits {
+    /// Most statements of this role running at once (0: only the global limit).
+    pub max_concurrent: usize,
+    /// The role's default `statement_timeout`, in place of `query.statement_timeout`.
+    pub statement_timeout: Option<String>,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: "50%".into(),
+            spill_dir: None,
+            spill_limit: "100GB".into(),
+            max_concurrent: 0,
+            queue_size: 64,
+            queue_timeout: "60s".into(),
+            statement_timeout: "0".into(),
+            idle_in_transaction_session_timeout: "0".into(),
+            threads: 0,
+            roles: BTreeMap::new(),
+        }
+    }
+}
+
+/// A memory budget: bytes, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// No limit.
+    Unlimited,
+    /// At most this many bytes.
+    Bytes(u64),
+}
+
+impl QueryConfig {
+    /// `memory_limit` resolved against the machine's memory (`machine_memory`, bytes).
+    pub fn memory_limit(&self, machine_memory: u64) -> Result<MemoryLimit> {
+        let value = self.memory_limit.trim();
+        if value.eq_ignore_ascii_case("unlimited") || value == "0" {
+            return Ok(MemoryLimit::Unlimited);
+        }
+        if let Some(percent) = value.strip_suffix('%') {
+            return match percent.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => {
+                    Ok(MemoryLimit::Bytes((machine_memory as f64 * p / 100.0) as u64))
+                }
+                _ => Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "key `query.memory_limit`: expected a share of memory between 0% and 100%, got {value:?}"
+                    ),
+                )),
+            };
+        }
+        parse_size("query.memory_limit", value).map(MemoryLimit::Bytes)
+    }
+
+    /// `statement_timeout`, or `None` for no timeout.
+    pub fn statement_timeout(&self) -> Result<Option<std::time::Duration>> {
+        parse_timeout("query.statement_timeout", &self.statement_timeout)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        self.memory_limit(1 << 30)?;
+        parse_size("query.spill_limit", &self.spill_limit)?;
+        parse_duration("query.queue_timeout", &self.queue_timeout)?;
+        self.statement_timeout()?;
+        parse_timeout(
+            "query.idle_in_transaction_session_timeout",
+            &self.idle_in_transaction_session_timeout,
+        )?;
+        for (role, limits) in &self.roles {
+            if let Some(t) = &limits.statement_timeout {
+                parse_timeout(&format!("query.roles.{role}.statement_timeout"), t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A timeout: `0` is none, otherwise a duration (`500ms`, `30s`, `5m`); errors name `key`.
+pub fn parse_timeout(key: &str, value: &str) -> Result<Option<std::time::Duration>> {
+    if value.trim() == "0" {
+        return Ok(None);
+    }
+    let d = parse_duration(key, value)?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// Parses a size like `512MB`, `4GB`, `100kB` or plain bytes (units 1024-based, as
+/// PostgreSQL's; `MiB`, `GiB` accepted too); errors name `key`.
+pub fn parse_size(key: &str, value: &str) -> Result<u64> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => u64::MAX,
+    };
+    match number.parse::<f64>() {
+        Ok(n) if factor != u64::MAX && n >= 0.0 => Ok((n * factor as f64) as u64),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!("key `{key}`: expected a size like 512MB or 4GB, got {value:?}"),
+        )),
+    }
 }
 
 /// Where and how tarn describes itself to DataHub.
@@ -780,6 +938,7 @@ impl Config {
                 platform_instance: None,
                 interval: "30s".into(),
             },
+            query: QueryConfig::default(),
             maintenance: MaintenanceConfig {
                 auto: true,
                 interval: "5m".into(),
@@ -1038,6 +1197,7 @@ impl Config {
             return bad("policy.package", "must not be empty".into());
         }
         parse_duration("policy.timeout", &self.policy.timeout)?;
+        self.query.validate()?;
         parse_duration("audit.flush_interval", &self.audit.flush_interval)?;
         if self.audit.auditor_role.trim().is_empty() {
             return bad("audit.auditor_role", "must not be empty".into());

@@ -31,6 +31,11 @@ pub enum ErrorKind {
     Cancelled,
     /// The principal may not do this: a policy denied it (SQLSTATE 42501, HTTP 403).
     PermissionDenied,
+    /// A statement needed more memory than `query.memory_limit` leaves it (SQLSTATE 53200).
+    OutOfMemory,
+    /// A statement was refused by admission control: its queue is full or it waited past
+    /// `query.queue_timeout` (SQLSTATE 53300).
+    TooManyStatements,
     /// Anything else: a bug or an unexpected state.
     Internal,
 }
@@ -50,6 +55,8 @@ impl ErrorKind {
             ErrorKind::Source => "source",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::OutOfMemory => "out of memory",
+            ErrorKind::TooManyStatements => "too many statements",
             ErrorKind::Internal => "internal",
         }
     }

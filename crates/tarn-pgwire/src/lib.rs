@@ -37,6 +37,7 @@
 //!   `127.0.0.1:0`.
 
 mod copy;
+mod idle;
 mod pg_catalog;
 pub mod pg_functions;
 mod pg_relations;
@@ -82,6 +83,7 @@ use tarn_auth::Principal;
 use tarn_core::{Error, ErrorKind};
 use tarn_query::governance::with_principal;
 use tarn_query::result_names::{self, ResultNames};
+use tarn_query::workload::{self, StatementClass, StatementGuard, StopReason, Workload};
 use tarn_query::{Output, TarnSession, from_df_error};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +97,9 @@ pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
         ErrorKind::AlreadyExists => "42P07",
         ErrorKind::CommitConflict => "40001",
         ErrorKind::Cancelled => "57014",
+        ErrorKind::OutOfMemory if message.contains("query.spill_limit") => "53100",
+        ErrorKind::OutOfMemory => "53200",
+        ErrorKind::TooManyStatements => "53300",
         ErrorKind::Storage => "58030",
         ErrorKind::Catalog | ErrorKind::Source => "08006",
         ErrorKind::Config => "F0000",
@@ -252,6 +257,55 @@ struct QueryResultHook;
 /// The client metadata key `datafusion-postgres` keeps `SET statement_timeout` under.
 const STATEMENT_TIMEOUT_MS: &str = "statement_timeout_ms";
 
+tokio::task_local! {
+    /// The statement the simple query protocol is running ([`TarnSimpleQuery::run_query`]).
+    static CURRENT_STATEMENT: Arc<workload::Statement>;
+}
+
+/// Plans and executes `df` with `statement`'s own view of the memory pool (so
+/// `tarn_stat_activity` shows what it holds and spills), its rows encoded as text.
+async fn execute(
+    df: datafusion::dataframe::DataFrame,
+    statement: Option<Arc<workload::Statement>>,
+    options: Arc<pgwire::types::format::FormatOptions>,
+) -> PgWireResult<pgwire::api::results::QueryResponse> {
+    use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+    let api = |e: datafusion::error::DataFusionError| PgWireError::ApiError(Box::new(e));
+    let fields = Arc::new(arrow_schema_to_pg_fields(
+        df.schema().as_arrow(),
+        &Format::UnifiedText,
+        Some(options),
+    )?);
+    let (state, plan) = df.into_parts();
+    let batches = workload::execute_with_fallback(
+        state,
+        &plan,
+        |state| match &statement {
+            Some(s) => s.task_context(datafusion::execution::TaskContext::from(state)),
+            None => state.task_ctx(),
+        },
+        |physical| {
+            if let Some(s) = &statement {
+                s.set_plan(physical.clone());
+            }
+        },
+    )
+    .await
+    .map_err(api)?;
+    let encoding = fields.clone();
+    let rows = batches
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + Sync> =
+                match batch {
+                    Ok(batch) => encode_recordbatch(encoding.clone(), batch),
+                    Err(e) => Box::new(std::iter::once(Err(PgWireError::ApiError(Box::new(e))))),
+                };
+            futures::stream::iter(rows)
+        })
+        .flatten();
+    Ok(pgwire::api::results::QueryResponse::new(fields, rows))
+}
+
 #[async_trait]
 impl QueryHook for QueryResultHook {
     async fn handle_simple_query(
@@ -264,25 +318,9 @@ impl QueryHook for QueryResultHook {
             return None;
         }
         let sql = statement.to_string();
-        let timeout = client
-            .metadata()
-            .get(STATEMENT_TIMEOUT_MS)
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .map(std::time::Duration::from_millis);
-        let planned = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, ctx.sql(&sql)).await {
-                Ok(planned) => planned,
-                Err(_) => {
-                    return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                        "ERROR".into(),
-                        "57014".into(),
-                        "canceling statement due to statement timeout".into(),
-                    )))));
-                }
-            },
-            None => ctx.sql(&sql).await,
-        };
-        let df = match planned.and_then(wire_types::sendable_frame) {
+        // The statement's deadline and cancellation are watched around this hook
+        // (`TarnSimpleQuery::run_query`) and on its rows ([`cancellable`]).
+        let df = match ctx.sql(&sql).await.and_then(wire_types::sendable_frame) {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
         };
@@ -290,12 +328,7 @@ impl QueryHook for QueryResultHook {
         let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
             client.metadata(),
         ));
-        let encoded = datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe(
-            df,
-            &Format::UnifiedText,
-            Some(options),
-        )
-        .await;
+        let encoded = execute(df, CURRENT_STATEMENT.try_with(Arc::clone).ok(), options).await;
         Some(encoded.map(|r| uuid_wire::with_uuid_types(Response::Query(r), &uuids)))
     }
 
@@ -509,6 +542,8 @@ async fn run_catalog(session: &TarnSession, statement: &Statement) -> PgWireResu
 /// The simple query protocol with tarn's SQL extensions applied before DataFusion parses.
 struct TarnSimpleQuery {
     session: TarnSession,
+    workload: Arc<Workload>,
+    connections: Arc<idle::Connections>,
     inner: Arc<DfSessionService>,
     catalog: Arc<CatalogQueries>,
     running: Arc<RunningQueries>,
@@ -524,13 +559,39 @@ impl TarnSimpleQuery {
         let Ok(mut statements) = self.compatibility.parse(sql) else {
             return sql.into();
         };
-        if let [statement] = statements.as_mut_slice()
-            && result_names::alias_repeats(statement)
-        {
-            return statement.to_string().into();
+        if let [statement] = statements.as_mut_slice() {
+            let aliased = result_names::alias_repeats(statement);
+            if qualify_activity(statement) || aliased {
+                return statement.to_string().into();
+            }
         }
         sql.into()
     }
+}
+
+/// Qualifies an unqualified `tarn_stat_activity` as `pg_catalog.tarn_stat_activity`, where it
+/// is served; says whether it did.
+fn qualify_activity(statement: &mut Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, VisitMut, VisitorMut};
+    struct Qualify(bool);
+    impl VisitorMut for Qualify {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &mut ObjectName) -> std::ops::ControlFlow<()> {
+            if let [part] = name.0.as_slice()
+                && part.to_string().eq_ignore_ascii_case(workload::ACTIVITY_TABLE)
+            {
+                *name = ObjectName(vec![
+                    ObjectNamePart::Identifier(Ident::new("pg_catalog")),
+                    part.clone(),
+                ]);
+                self.0 = true;
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut visitor = Qualify(false);
+    let _ = statement.visit(&mut visitor);
+    visitor.0
 }
 
 /// The cancellation token of each connection's running query, by (pid, secret key).
@@ -564,10 +625,33 @@ impl RunningQueries {
     }
 }
 
-/// Makes `response`'s rows stop with `57014 query_canceled` when `token` fires, and forgets
-/// the token once the rows are sent.
+/// What a statement holds while its rows are sent: its line in `tarn_stat_activity` and its
+/// admission slot. Dropped when the rows end, which frees the plan's memory too.
+struct Held {
+    statement: StatementGuard,
+    _admission: Option<workload::Admission>,
+    /// The connection is busy until the rows are sent ([`idle`]).
+    _busy: Option<idle::Busy>,
+}
+
+/// The 57014 error of a statement stopped for `reason`.
+fn stop_error(reason: StopReason) -> PgWireError {
+    match reason {
+        StopReason::Cancelled => PgWireError::QueryCanceled,
+        StopReason::Timeout => PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "57014".into(),
+            reason.message().into(),
+        ))),
+    }
+}
+
+/// Makes `response`'s rows stop with `57014` when the statement is cancelled (`token`, or
+/// `pg_cancel_backend`) or its `statement_timeout` passes, and forgets the token and the
+/// statement once the rows are sent.
 fn cancellable(
     response: Response,
+    held: Option<Held>,
     token: &CancellationToken,
     running: &Arc<RunningQueries>,
     key: &(i32, Vec<u8>),
@@ -576,14 +660,29 @@ fn cancellable(
         return response;
     };
     let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
-    let stop = token.clone();
+    let statement = held.as_ref().map(|h| h.statement.0.clone());
+    let stop = {
+        let (token, statement) = (token.clone(), statement.clone());
+        async move {
+            match statement {
+                Some(s) => {
+                    s.stopped().await;
+                }
+                None => token.cancelled().await,
+            }
+        }
+    };
     let tail = token.clone();
     let (running, key) = (running.clone(), key.clone());
     query.data_rows = Box::pin(
-        rows.take_until(stop.cancelled_owned()).chain(
+        rows.take_until(stop).chain(
             futures::stream::once(async move {
                 running.finish(&key);
-                tail.is_cancelled().then_some(Err(PgWireError::QueryCanceled))
+                drop(held);
+                match statement.and_then(|s| s.stop_reason()) {
+                    Some(reason) => Some(Err(stop_error(reason))),
+                    None => tail.is_cancelled().then_some(Err(PgWireError::QueryCanceled)),
+                }
             })
             .filter_map(futures::future::ready),
         ),
@@ -640,6 +739,9 @@ impl TarnSimpleQuery {
         let (pid, secret) = client.pid_and_secret_key();
         let key = (pid, secret.to_bytes().to_vec());
         let token = self.running.start(key.clone());
+        let principal = principal_of(client);
+        let roles = roles_of(principal.as_deref());
+        let timeout = statement_timeout(client, &self.workload, &roles);
         let mut responses = Vec::new();
         for statement in statements {
             match copy::run(&self.session, &statement.sql).await {
@@ -653,8 +755,49 @@ impl TarnSimpleQuery {
                 }
                 None => {}
             }
+            let class = classify(&self.compatibility, &statement.sql);
+            let busy = self
+                .connections
+                .get(client.socket_addr())
+                .map(|c| c.begin(transaction_effect(&self.compatibility, &statement.sql)));
+            let running = self.workload.begin(
+                pid,
+                principal.as_ref().map_or("", |p| p.user.as_str()),
+                &statement.sql,
+                timeout,
+                token.clone(),
+            );
+            let guard = StatementGuard(running.clone());
+            let admission = match class {
+                StatementClass::Light => {
+                    running.mark_running();
+                    None
+                }
+                StatementClass::Heavy => match self.workload.admit(&running, &roles).await {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        self.running.finish(&key);
+                        return Err(user_error(&e));
+                    }
+                },
+            };
+            let held = Held {
+                statement: guard,
+                _admission: admission,
+                _busy: busy,
+            };
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
-                let output = self.session.run(&statement).await.map_err(|e| user_error(&e))?;
+                let ran = tokio::select! {
+                    ran = self.session.run(&statement) => ran.map_err(|e| user_error(&e)),
+                    reason = running.stopped() => Err(stop_error(reason)),
+                };
+                let output = match ran {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.running.finish(&key);
+                        return Err(e);
+                    }
+                };
                 responses.push(tag_of(output));
             } else {
                 let names = ResultNames::of_sql(&statement.sql);
@@ -667,11 +810,16 @@ impl TarnSimpleQuery {
                         PgWireError::ApiError(Box::new(e))
                     })?;
                 let sql = self.with_repeats_aliased(rewritten.as_deref().unwrap_or(&statement.sql));
-                let result = tarn_query::audit::with_statement(
-                    &statement.sql,
-                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
-                )
-                .await;
+                let result = tokio::select! {
+                    result = CURRENT_STATEMENT.scope(
+                        running.clone(),
+                        tarn_query::audit::with_statement(
+                            &statement.sql,
+                            SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
+                        ),
+                    ) => result,
+                    reason = running.stopped() => Err(stop_error(reason)),
+                };
                 let result = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -679,17 +827,146 @@ impl TarnSimpleQuery {
                         return Err(e);
                     }
                 };
-                responses.extend(
-                    result
-                        .into_iter()
-                        .map(|r| cancellable(with_names(r, names.as_ref()), &token, &self.running, &key)),
-                );
+                let mut held = Some(held);
+                for r in result {
+                    let r = with_names(r, names.as_ref());
+                    // The statement stays listed (and holds its slot) while its rows are sent.
+                    let hold = if matches!(r, Response::Query(_)) {
+                        held.take()
+                    } else {
+                        None
+                    };
+                    responses.push(cancellable(r, hold, &token, &self.running, &key));
+                }
             }
         }
         if !responses.iter().any(|r| matches!(r, Response::Query(_))) {
             self.running.finish(&key);
         }
         Ok(responses)
+    }
+}
+
+/// The roles limits apply to for `principal`: its user and its groups.
+fn roles_of(principal: Option<&Principal>) -> Vec<String> {
+    principal
+        .map(|p| {
+            std::iter::once(p.user.clone())
+                .chain(p.groups.iter().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The connection's `statement_timeout`: what it `SET`, else its roles' or the configured
+/// default.
+fn statement_timeout<C: ClientInfo + ?Sized>(
+    client: &C,
+    workload: &Workload,
+    roles: &[String],
+) -> Option<std::time::Duration> {
+    match client
+        .metadata()
+        .get(STATEMENT_TIMEOUT_MS)
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        None => workload.default_timeout(roles),
+    }
+}
+
+/// Whether `sql` opens (`Some(true)`) or ends (`Some(false)`) a transaction ([`idle`]).
+fn transaction_effect(parser: &PostgresCompatibilityParser, sql: &str) -> Option<bool> {
+    parser
+        .parse(sql)
+        .ok()?
+        .iter()
+        .filter_map(idle::transaction_effect)
+        .next_back()
+}
+
+/// Whether `sql` waits for an admission slot: statements that read only the catalog
+/// (`pg_catalog`, `information_schema`, `tarn_stat_activity`) or no table, `SET`, `SHOW`,
+/// transaction control and `EXPLAIN` without `ANALYZE` run at once; the rest queue.
+fn classify(parser: &PostgresCompatibilityParser, sql: &str) -> StatementClass {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let Ok(statements) = parser.parse(sql) else {
+        return StatementClass::Heavy;
+    };
+    let mut class = StatementClass::Light;
+    for statement in &statements {
+        let reads = match statement {
+            Statement::Query(_) => true,
+            Statement::Explain { analyze, .. } => {
+                if *analyze {
+                    return StatementClass::Heavy;
+                }
+                false
+            }
+            Statement::Set(_)
+            | Statement::ShowVariable { .. }
+            | Statement::ShowVariables { .. }
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowSchemas { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Discard { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Close { .. }
+            | Statement::CreateSchema { .. }
+            | Statement::ExplainTable { .. } => false,
+            _ => return StatementClass::Heavy,
+        };
+        if !reads {
+            continue;
+        }
+        let mut heavy = false;
+        let _ = statement.visit(&mut RelationVisitor(&mut heavy));
+        if heavy {
+            class = StatementClass::Heavy;
+        }
+    }
+    class
+}
+
+/// Marks a statement heavy when it reads a relation outside the catalog, or a table function.
+struct RelationVisitor<'a>(&'a mut bool);
+
+impl datafusion::sql::sqlparser::ast::Visitor for RelationVisitor<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(
+        &mut self,
+        factor: &datafusion::sql::sqlparser::ast::TableFactor,
+    ) -> std::ops::ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::TableFactor;
+        let light = match factor {
+            TableFactor::Table { name, args, .. } => {
+                let parts: Vec<String> = name
+                    .0
+                    .iter()
+                    .map(|p| p.to_string().to_ascii_lowercase())
+                    .collect();
+                args.is_none()
+                    && match parts.as_slice() {
+                        [table] => table.starts_with("pg_") || table == workload::ACTIVITY_TABLE,
+                        [.., schema, _] => {
+                            matches!(schema.trim_matches('"'), "pg_catalog" | "information_schema")
+                        }
+                        [] => true,
+                    }
+            }
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => true,
+            _ => false,
+        };
+        if light {
+            std::ops::ControlFlow::Continue(())
+        } else {
+            *self.0 = true;
+            std::ops::ControlFlow::Break(())
+        }
     }
 }
 
@@ -755,6 +1032,8 @@ fn uuids_of(statement: &PlannedStatement) -> Vec<usize> {
 struct TarnParser {
     inner: Arc<datafusion_postgres::Parser>,
     catalog: Arc<CatalogQueries>,
+    /// To qualify `tarn_stat_activity` ([`qualify_activity`]).
+    compatibility: PostgresCompatibilityParser,
 }
 
 /// Catalog queries (`pg_catalog`, `information_schema`): the described relations refreshed
@@ -838,6 +1117,13 @@ impl QueryParser for TarnParser {
         if copy::classify(sql).is_some() {
             return Ok((sql.to_string(), None));
         }
+        if sql.to_ascii_lowercase().contains(workload::ACTIVITY_TABLE)
+            && let Ok(mut statements) = self.compatibility.parse(sql)
+            && let [statement] = statements.as_mut_slice()
+            && qualify_activity(statement)
+        {
+            return self.inner.parse_sql(client, &statement.to_string(), types).await;
+        }
         let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql, client.metadata()))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
@@ -867,6 +1153,9 @@ struct TarnExtendedQuery {
     inner: Arc<DfSessionService>,
     session: TarnSession,
     parser: Arc<TarnParser>,
+    workload: Arc<Workload>,
+    running: Arc<RunningQueries>,
+    connections: Arc<idle::Connections>,
 }
 
 #[async_trait]
@@ -897,14 +1186,64 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         {
             return copied;
         }
-        let response = with_principal(
-            principal,
-            tarn_query::audit::with_statement(
-                &sql,
-                ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
-            ),
-        )
-        .await?;
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes().to_vec());
+        let token = self.running.start(key.clone());
+        let roles = roles_of(principal.as_deref());
+        let timeout = statement_timeout(client, &self.workload, &roles);
+        let running = self.workload.begin(
+            pid,
+            principal.as_ref().map_or("", |p| p.user.as_str()),
+            &sql,
+            timeout,
+            token.clone(),
+        );
+        let guard = StatementGuard(running.clone());
+        let busy = self
+            .connections
+            .get(client.socket_addr())
+            .map(|c| c.begin(transaction_effect(&self.parser.compatibility, &sql)));
+        let admission = match classify(&self.parser.compatibility, &sql) {
+            StatementClass::Light => {
+                running.mark_running();
+                None
+            }
+            StatementClass::Heavy => match self.workload.admit(&running, &roles).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.running.finish(&key);
+                    return Err(user_error(&e));
+                }
+            },
+        };
+        let response = tokio::select! {
+            response = with_principal(
+                principal,
+                tarn_query::audit::with_statement(
+                    &sql,
+                    ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+                ),
+            ) => response,
+            reason = running.stopped() => Err(stop_error(reason)),
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.running.finish(&key);
+                return Err(e);
+            }
+        };
+        let response = if matches!(response, Response::Query(_)) {
+            let held = Held {
+                statement: guard,
+                _admission: admission,
+                _busy: busy,
+            };
+            cancellable(response, Some(held), &token, &self.running, &key)
+        } else {
+            self.running.finish(&key);
+            response
+        };
         let response = uuid_wire::with_uuid_types(response, &uuids_of(&portal.statement.statement));
         Ok(with_names(
             response,
@@ -952,6 +1291,7 @@ impl CloneForMessage for datafusion::error::DataFusionError {
             E::Plan(m) => E::Plan(m.clone()),
             E::SchemaError(..) => E::Plan(root.to_string()),
             E::NotImplemented(m) => E::NotImplemented(m.clone()),
+            E::ResourcesExhausted(m) => E::ResourcesExhausted(m.clone()),
             E::ArrowError(..) => E::Plan(format!("type error: {root}")),
             E::External(inner) => match inner.downcast_ref::<Error>() {
                 Some(t) => E::External(Box::new(Error::new(t.kind(), t.to_string()))),
@@ -1017,7 +1357,7 @@ fn principal_of<C: ClientInfo + ?Sized>(client: &C) -> Option<Arc<Principal>> {
 struct TrustStartup {
     connections: Arc<ConnectionManager>,
     params: Arc<DefaultServerParameterProvider>,
-    pids: pgwire::api::RandomPidSecretKeyGenerator,
+    pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
 }
 
 #[async_trait]
@@ -1033,7 +1373,7 @@ impl StartupHandler for TrustStartup {
         };
         pgwire::api::auth::protocol_negotiation(client, startup).await?;
         pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
-        let (pid, secret) = pgwire::api::PidSecretKeyGenerator::generate(&self.pids, client);
+        let (pid, secret) = pgwire::api::PidSecretKeyGenerator::generate(self.pids.as_ref(), client);
         client.set_pid_and_secret_key(pid, secret.clone());
         let (handle, guard) = self.connections.register(pid, secret);
         client.session_extensions().insert(handle);
@@ -1173,6 +1513,9 @@ struct TarnHandlers {
     require_tls: bool,
     connections: Arc<ConnectionManager>,
     cancel: Arc<TarnCancel>,
+    /// One sequence of process ids for every login kind, so each connection's pid is its own
+    /// (`tarn_stat_activity`, `pg_cancel_backend`).
+    pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
 }
 
 impl PgWireServerHandlers for TarnHandlers {
@@ -1198,21 +1541,22 @@ impl PgWireServerHandlers for TarnHandlers {
                 auth: self.authenticator.clone(),
                 params: params.clone(),
                 connections: self.connections.clone(),
-                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+                pids: self.pids.clone(),
             },
             certificate: login::CertificateLogin {
                 auth: self.authenticator.clone(),
                 params: params.clone(),
                 connections: self.connections.clone(),
-                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+                pids: self.pids.clone(),
             },
             trust: TrustStartup {
                 connections: self.connections.clone(),
                 params: params.clone(),
-                pids: pgwire::api::RandomPidSecretKeyGenerator::default(),
+                pids: self.pids.clone(),
             },
             scram: SASLAuthStartupHandler::new(params)
                 .with_scram(ScramAuth::new(self.auth_source.clone()))
+                .with_pid_secret_key_generator(self.pids.clone())
                 .with_connection_manager(self.connections.clone()),
         })
     }
@@ -1240,6 +1584,7 @@ pub async fn run(
         max_connections,
         tls: None,
         require_tls: false,
+        workload: Workload::unlimited(),
     };
     serve(listener, session, options, shutdown).await
 }
@@ -1256,6 +1601,18 @@ pub struct ServeOptions {
     pub tls: Option<Arc<tarn_tls::ServerTls>>,
     /// Refuse connections that do not negotiate TLS (`server.tls.require`).
     pub require_tls: bool,
+    /// Memory budget, admission, timeouts and `tarn_stat_activity` (`[query]`); the session
+    /// should execute with its pool ([`TarnSession::with_workload`]).
+    pub workload: Arc<Workload>,
+}
+
+/// `socket`, and a second handle of it that can shut it down.
+fn split_for_watchdog(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let second = socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, second))
 }
 
 /// Serves the Postgres wire protocol on `listener` until `shutdown` is cancelled. Open
@@ -1271,19 +1628,33 @@ pub async fn serve(
         max_connections,
         tls,
         require_tls,
+        workload,
     } = options;
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
-    let relations = pg_catalog::install(&ctx, session.lake().name(), session.governance().cloned())
-        .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
+    let relations = pg_catalog::install(
+        &ctx,
+        session.lake().name(),
+        session.governance().cloned(),
+        workload.activity_table(),
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     let catalog = Arc::new(CatalogQueries {
         ctx: ctx.clone(),
         catalog: session.lake().name().to_string(),
         relations,
         compatibility: PostgresCompatibilityParser::new(),
     });
+    // With a policy, users may cancel only their own statements.
+    ctx.register_udf(workload.cancel_backend_udf(session.governance().is_some()));
+    let idle_connections = Arc::new(idle::Connections::new(
+        workload.settings().idle_in_transaction_timeout,
+    ));
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(idle::IdleTimeoutHook {
+            connections: idle_connections.clone(),
+        }),
         Arc::new(CatalogHook {
             session: session.clone(),
         }),
@@ -1300,6 +1671,8 @@ pub async fn serve(
     let handlers = Arc::new(TarnHandlers {
         simple: Arc::new(TarnSimpleQuery {
             session: session.clone(),
+            workload: workload.clone(),
+            connections: idle_connections.clone(),
             inner: service.clone(),
             catalog: catalog.clone(),
             running: running.clone(),
@@ -1309,9 +1682,13 @@ pub async fn serve(
             parser: Arc::new(TarnParser {
                 inner: ExtendedQueryHandler::query_parser(service.as_ref()),
                 catalog,
+                compatibility: PostgresCompatibilityParser::new(),
             }),
             inner: service,
             session,
+            workload,
+            running: running.clone(),
+            connections: idle_connections.clone(),
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
         authenticator: Arc::new(
@@ -1325,6 +1702,7 @@ pub async fn serve(
             inner: DefaultCancelHandler::new(connections),
             running,
         }),
+        pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
     });
     let limiter = (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -1355,8 +1733,19 @@ pub async fn serve(
         // Taken per connection: a reload serves the next connection with the new certificate.
         let acceptor = tls.as_ref().map(|t| t.pgwire_acceptor());
         metrics::counter!("tarn_pgwire_connections_total").increment(1);
+        // A second handle of the socket, for `idle_in_transaction_session_timeout`'s watchdog.
+        let (socket, watchdog) = match split_for_watchdog(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot set up the connection");
+                continue;
+            }
+        };
+        let done = CancellationToken::new();
+        idle_connections.open(addr, watchdog, done.clone());
         tasks.spawn(async move {
             let _permit = permit;
+            let _done = done.drop_guard();
             metrics::gauge!("tarn_pgwire_connections_open").increment(1.0);
             if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");

@@ -37,7 +37,7 @@ pub(crate) struct TokenLogin {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) params: Arc<DefaultServerParameterProvider>,
     pub(crate) connections: Arc<ConnectionManager>,
-    pub(crate) pids: RandomPidSecretKeyGenerator,
+    pub(crate) pids: Arc<RandomPidSecretKeyGenerator>,
 }
 
 pub(crate) fn fatal(code: &str, message: String) -> PgWireError {
@@ -114,7 +114,7 @@ pub(crate) struct CertificateLogin {
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) params: Arc<DefaultServerParameterProvider>,
     pub(crate) connections: Arc<ConnectionManager>,
-    pub(crate) pids: RandomPidSecretKeyGenerator,
+    pub(crate) pids: Arc<RandomPidSecretKeyGenerator>,
 }
 
 #[async_trait]

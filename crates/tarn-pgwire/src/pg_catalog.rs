@@ -5,6 +5,8 @@
 //! - `pg_attribute` is tarn's (`pg_relations`): `atttypmod` carries a `DECIMAL(p,s)` column's
 //!   precision and scale the way PostgreSQL packs them (`((p << 16) | s) + 4`), a column with a
 //!   time zone is `timestamptz` (1184), a UUID column `uuid` (2950);
+//! - `tarn_stat_activity` (crate `tarn_query::workload`) is served here, so it resolves as
+//!   `pg_catalog.tarn_stat_activity` and, unqualified, as the endpoint rewrites it.
 //! - `format_type(oid, typmod)` renders `numeric(p,s)` with the scale also when it is 0
 //!   (`numeric(10,0)`, as PostgreSQL does); every other type is rendered by the emulation.
 
@@ -32,11 +34,13 @@ pub fn numeric_typmod(precision: u8, scale: i8) -> i32 {
 
 /// Installs the corrections on `ctx`, whose catalog `catalog` already has the emulated
 /// `pg_catalog` schema and functions, with tarn's relations and functions
-/// ([`crate::pg_relations`], [`crate::pg_functions`]) for `governance`.
+/// ([`crate::pg_relations`], [`crate::pg_functions`]) for `governance`, and
+/// `tarn_stat_activity` (`activity`).
 pub(crate) fn install(
     ctx: &SessionContext,
     catalog: &str,
     governance: Option<Arc<tarn_query::governance::Governance>>,
+    activity: Arc<dyn TableProvider>,
 ) -> Result<Arc<Relations>> {
     let catalog_provider = ctx
         .catalog(catalog)
@@ -54,6 +58,7 @@ pub(crate) fn install(
         Arc::new(PgCatalog {
             emulated,
             relations: relations.clone(),
+            activity,
         }),
     )?;
     for lookup in Lookup::ALL {
@@ -80,6 +85,8 @@ pub(crate) fn install(
 struct PgCatalog {
     emulated: Arc<dyn SchemaProvider>,
     relations: Arc<Relations>,
+    /// `tarn_stat_activity` (crate `tarn_query::workload`).
+    activity: Arc<dyn TableProvider>,
 }
 
 #[async_trait]
@@ -89,10 +96,15 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_names(&self) -> Vec<String> {
-        self.emulated.table_names()
+        let mut names = self.emulated.table_names();
+        names.push(tarn_query::workload::ACTIVITY_TABLE.to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name.eq_ignore_ascii_case(tarn_query::workload::ACTIVITY_TABLE) {
+            return Ok(Some(self.activity.clone()));
+        }
         let table = if self.emulated.table_exist(name) {
             self.emulated.table(name).await?
         } else {
@@ -109,7 +121,9 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.emulated.table_exist(name) || Kind::of(name).is_some()
+        name.eq_ignore_ascii_case(tarn_query::workload::ACTIVITY_TABLE)
+            || self.emulated.table_exist(name)
+            || Kind::of(name).is_some()
     }
 }
 

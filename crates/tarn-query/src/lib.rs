@@ -19,6 +19,7 @@ pub mod sql_ext;
 mod stats;
 pub mod uuid_column;
 mod v3_scan;
+pub mod workload;
 pub mod write;
 
 pub use session::{DEFAULT_SCHEMA, Output, TarnSession, from_df_error, lake_schema};

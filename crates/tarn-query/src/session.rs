@@ -87,6 +87,9 @@ pub fn from_df_error(e: DataFusionError) -> Error {
     {
         return Error::new(tarn.kind(), tarn.to_string());
     }
+    if let DataFusionError::ResourcesExhausted(message) = root {
+        return crate::workload::out_of_memory(message);
+    }
     let kind = match root {
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
             ErrorKind::InvalidInput
@@ -198,6 +201,16 @@ impl TarnSession {
             governance,
             principal: None,
         })
+    }
+
+    /// This session executing with `workload`'s memory pool and spill directory (every
+    /// statement of every connection draws from it; see [`crate::workload`]).
+    pub fn with_workload(mut self, workload: &crate::workload::Workload) -> Self {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(workload.runtime().clone())
+            .build();
+        self.ctx = SessionContext::new_with_state(state);
+        self
     }
 
     /// This session running its statements for `principal` (`tarn sql --as USER`).
@@ -619,20 +632,13 @@ impl TarnSession {
                 }
                 let (state, plan) = df.into_parts();
                 let started = std::time::Instant::now();
-                let optimized = state.optimize(&plan).map_err(from_df_error)?;
-                let optimized_at = started.elapsed();
-                let physical = state
-                    .query_planner()
-                    .create_physical_plan(&optimized, &state)
+                let stream = crate::workload::execute_with_fallback(state, &plan, |s| s.task_ctx(), |_| {})
                     .await
                     .map_err(from_df_error)?;
                 tracing::debug!(
-                    optimize_ms = optimized_at.as_secs_f64() * 1e3,
-                    physical_ms = (started.elapsed() - optimized_at).as_secs_f64() * 1e3,
-                    "query planned"
+                    first_batch_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "query planned and started"
                 );
-                let stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
-                    .map_err(from_df_error)?;
                 Ok(Output::Rows(match names {
                     Some(names) => with_names(stream, names),
                     None => stream,

@@ -27,7 +27,7 @@ use tarn_query::load::LoadOptions;
 use tarn_query::{Output, TarnSession};
 
 const SCHEMA_SQL: &str = include_str!("../../../benches/tpch/schema.sql");
-const QUERIES: [&str; 22] = [
+pub(crate) const QUERIES: [&str; 22] = [
     include_str!("../../../benches/tpch/q01.sql"),
     include_str!("../../../benches/tpch/q02.sql"),
     include_str!("../../../benches/tpch/q03.sql"),
@@ -175,6 +175,35 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Workload management: CDC freshness (p50, p99) in one `tarn serve` idle and while
+    /// connections run heavy queries in a loop, and TPC-H with `query.memory_limit` against
+    /// unlimited, in the same run. Starts a private PostgreSQL.
+    Workload {
+        /// Seconds of each freshness phase.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Connections running heavy queries in the loaded phase.
+        #[arg(long, default_value_t = 8)]
+        load: usize,
+        /// The CDC flush interval (`cdc.flush.interval`).
+        #[arg(long, default_value = "200ms")]
+        flush_interval: String,
+        /// TPC-H scale factor of the memory-budget part; 0 skips it.
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// `query.memory_limit` of the limited TPC-H runs.
+        #[arg(long, default_value = "512MB")]
+        memory_limit: String,
+        /// Timed runs per TPC-H query and mode (after one warm-up).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Skip the CDC freshness part.
+        #[arg(long)]
+        no_cdc: bool,
+        /// Where the lakes and the private PostgreSQL go; default `DATA_DIR/bench/workload`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// PostgreSQL → Kafka (`cdc.sink = "kafka"`): the initial copy against `psql \copy`, a
     /// change backlog published in Kafka transactions against `pg_recvlogical` draining the
     /// same backlog, and freshness from a PostgreSQL commit through Kafka to visibility in
@@ -296,6 +325,32 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 cockroach_contract: false,
             };
             crate::bench_publish::run(&config, options, partitions).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Workload {
+            seconds,
+            load,
+            flush_interval,
+            sf,
+            memory_limit,
+            runs,
+            no_cdc,
+            dir,
+        } => {
+            if sf < 0.0 || load == 0 || seconds == 0 {
+                bail!("--sf must not be negative, --load and --seconds must be positive");
+            }
+            let options = crate::bench_workload::WorkloadBenchOptions {
+                seconds,
+                load,
+                flush_interval,
+                sf,
+                memory_limit,
+                runs: runs.max(1),
+                no_cdc,
+                dir: dir.unwrap_or_else(|| crate::bench_workload::default_dir(&config)),
+            };
+            crate::bench_workload::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Policy {
@@ -528,7 +583,7 @@ async fn tpch(base: &Config, options: &TpchOptions, dir: &Path) -> Result<()> {
 
 /// Generates the data as CSV in `dir/csv` and loads it into a fresh lake at `config.data_dir`,
 /// printing load throughput.
-async fn generate_and_load(config: &Config, sf: f64, dir: &Path) -> Result<Lake> {
+pub(crate) async fn generate_and_load(config: &Config, sf: f64, dir: &Path) -> Result<Lake> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -583,7 +638,7 @@ async fn generate_and_load(config: &Config, sf: f64, dir: &Path) -> Result<Lake>
     Ok(lake)
 }
 
-async fn query_rows(session: &TarnSession, sql: &str) -> Result<usize> {
+pub(crate) async fn query_rows(session: &TarnSession, sql: &str) -> Result<usize> {
     match session.run_sql(sql).await? {
         Output::Rows(stream) => {
             let batches: Vec<_> = stream.try_collect().await.map_err(tarn_query::from_df_error)?;

@@ -24,6 +24,7 @@ pub mod bench_kafka;
 pub mod bench_policy;
 #[cfg(feature = "kafka")]
 pub mod bench_publish;
+pub mod bench_workload;
 pub mod cdc;
 pub mod cli;
 pub mod datahub;

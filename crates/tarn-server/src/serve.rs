@@ -107,6 +107,46 @@ pub(crate) struct Endpoints {
     http_task: JoinHandle<Result<()>>,
     pg_task: JoinHandle<Result<()>>,
     reload_task: Option<JoinHandle<()>>,
+    /// The runtime SQL statements execute on; kept apart from the pipelines' (see
+    /// [`QueryRuntime`]).
+    query_runtime: QueryRuntime,
+}
+
+/// The tokio runtime the Postgres wire endpoint, and so every statement's planning and
+/// execution (DataFusion spawns its tasks on the runtime it runs on), runs on: its own
+/// threads (`query.threads`), so change data capture, Kafka ingest, the scheduler and the
+/// HTTP endpoint on the main runtime are never queued behind a query's tasks and keep their
+/// latency while queries saturate the CPU (docs/workload.md).
+pub(crate) struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    pub(crate) fn start(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        } else {
+            threads
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tarn-query")
+            .enable_all()
+            .build()
+            .context("cannot start the query runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("query runtime running").handle()
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code would block; its tasks have stopped by now.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Endpoints {
@@ -121,6 +161,18 @@ impl Endpoints {
         shutdown: &CancellationToken,
     ) -> Result<Self> {
         let (pg_addr, http_addr) = (pg.local_addr()?, http.local_addr()?);
+        let workload = tarn_query::workload::Workload::new(
+            tarn_query::workload::WorkloadSettings::from_config(&config.query, &config.data_dir)?,
+        )?;
+        let session = session.with_workload(&workload);
+        tracing::info!(
+            memory_limit = %workload.settings().memory_limit.map_or_else(|| "unlimited".to_string(), tarn_query::workload::human_bytes),
+            max_concurrent = workload.settings().max_concurrent,
+            queue_size = workload.settings().queue_size,
+            spill_dir = %workload.settings().spill_dir.display(),
+            "query workload limits"
+        );
+        let query_runtime = QueryRuntime::start(config.query.threads)?;
         let tls = load_tls(config)?;
         let reload_task = match (&tls, &config.server.tls) {
             (Some(tls), Some(settings)) => {
@@ -172,12 +224,13 @@ impl Endpoints {
                     .context("the HTTP endpoint failed")
             }
         });
-        let pg_task = tokio::spawn({
+        let pg_task = query_runtime.handle().spawn({
             let options = tarn_pgwire::ServeOptions {
                 auth: config.auth.clone(),
                 max_connections: config.server.max_connections,
                 tls: tls.clone(),
                 require_tls: config.server.tls.as_ref().is_some_and(|t| t.require),
+                workload,
             };
             let shutdown = shutdown.clone();
             async move {
@@ -193,6 +246,7 @@ impl Endpoints {
             http_task,
             pg_task,
             reload_task,
+            query_runtime,
         })
     }
 
@@ -213,6 +267,7 @@ impl Endpoints {
         if let Some(reload) = self.reload_task {
             let _ = reload.await;
         }
+        drop(self.query_runtime);
     }
 }
 

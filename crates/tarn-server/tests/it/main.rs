@@ -30,6 +30,7 @@ mod slt;
 mod sql;
 mod tls;
 mod transform;
+mod workload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -13,18 +13,23 @@ pub(crate) struct Served {
     _dir: tempfile::TempDir,
 }
 
-const USER: &str = "analyst";
-const PASSWORD: &str = "s3cret-pw";
+pub(crate) const USER: &str = "analyst";
+pub(crate) const PASSWORD: &str = "s3cret-pw";
 
 impl Served {
     pub(crate) fn start(trust_loopback: bool) -> Self {
+        Self::start_with(trust_loopback, "")
+    }
+
+    /// [`Self::start`] with `extra` appended to its `tarn.toml` (more sections).
+    pub(crate) fn start_with(trust_loopback: bool, extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("tarn-serve-").tempdir().unwrap();
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::write(
             dir.path().join("tarn.toml"),
             format!(
                 "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
-                 [auth]\ntrust_loopback = {trust_loopback}\n[[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+                 [auth]\ntrust_loopback = {trust_loopback}\n[[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n{extra}"
             ),
         )
         .unwrap();
@@ -56,7 +61,7 @@ impl Served {
         self._dir.path()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/tarn", self.pg_port)
     }
 
@@ -86,7 +91,7 @@ impl Served {
         client
     }
 
-    fn http_get(&self, path: &str) -> String {
+    pub(crate) fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
         write!(

@@ -1,0 +1,468 @@
+//! Workload management in a real `tarn serve` (docs/workload.md): the memory budget with
+//! spilling and SQLSTATE 53200, admission control (53300), `statement_timeout` (57014),
+//! `tarn_stat_activity` and `pg_cancel_backend`.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::pgwire::Served;
+
+/// Rows of `sql` (simple protocol) as text, columns joined by `|`.
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The SQLSTATE and message of a failed statement.
+fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// A metric's value in `/metrics` (summed over its label sets), 0 when absent.
+fn metric(served: &Served, name: &str) -> f64 {
+    served
+        .http_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 1.5 million rows of ~210 bytes (about 300 MiB in memory): more than a 256 MB budget holds.
+/// `s` is unique per row for `mod = 1500000`, shared by two rows for `mod = 750000`.
+fn wide_rows(modulus: u64) -> String {
+    format!(
+        "SELECT x, concat(lpad(CAST((x * 7919) % {modulus} AS VARCHAR), 8, '0'), repeat('x', 200)) AS s \
+         FROM generate_series(1, 1500000) AS t(x)"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256mb_budget_spills_sorts_and_aggregations_and_refuses_what_cannot_fit() {
+    let served = Served::start_with(false, "[query]\nmemory_limit = \"256MB\"\n");
+    let client = served.client().await;
+    // A sort of all rows (under a window function, so it is not a top-k): it spills, and the
+    // order is right (no row follows a larger one).
+    let sorted = rows(
+        &client,
+        &format!(
+            "SELECT count(*), sum(CASE WHEN prev > s THEN 1 ELSE 0 END) \
+             FROM (SELECT s, lag(s) OVER (ORDER BY s) AS prev FROM ({}) AS w) AS o",
+            wide_rows(1_500_000)
+        ),
+    )
+    .await
+    .expect("the sort completes by spilling");
+    assert_eq!(sorted, vec!["1500000|0"]);
+    // An aggregation over 750 000 groups of two rows each.
+    let grouped = rows(
+        &client,
+        &format!(
+            "SELECT count(*), sum(c), min(c), max(c) FROM (SELECT s, count(*) AS c FROM ({}) AS w GROUP BY s) AS g",
+            wide_rows(750_000)
+        ),
+    )
+    .await
+    .expect("the aggregation completes by spilling");
+    assert_eq!(grouped, vec!["750000|1500000|2|2"]);
+    assert!(
+        metric(&served, "tarn_query_spills_total") > 0.0,
+        "nothing spilled under a 256 MB budget:\n{}",
+        served.http_get("/metrics")
+    );
+    // The build side of a hash join cannot spill: the join is planned again as a sort-merge
+    // join, which spills. With four sorts merging at once it may still not fit in 256 MB: then
+    // it fails cleanly with 53200; when it completes, its count is right.
+    let joined = rows(
+        &client,
+        &format!(
+            "SELECT count(*) FROM ({rows}) AS a JOIN ({rows}) AS b ON a.s = b.s",
+            rows = wide_rows(1_500_000)
+        ),
+    )
+    .await;
+    match joined {
+        Ok(count) => assert_eq!(count, vec!["1500000"]),
+        Err(e) => {
+            let (code, message) = code_and_message(&e);
+            assert_eq!(code, "53200", "{message}");
+            assert!(message.contains("query.memory_limit (256.0 MiB)"), "{message}");
+        }
+    }
+    assert!(metric(&served, "tarn_query_replanned_total") >= 1.0);
+    // An aggregate's state cannot spill at all: the statement fails with 53200, naming the
+    // operator and the limit.
+    let err = rows(
+        &client,
+        &format!(
+            "SELECT length(string_agg(s, ',')) FROM ({}) AS a",
+            wide_rows(1_500_000)
+        ),
+    )
+    .await
+    .expect_err("one string of the whole input exceeds the budget");
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "53200", "{message}");
+    assert!(
+        message.contains("query.memory_limit (256.0 MiB)") && message.contains("AggregateStream"),
+        "{message}"
+    );
+    // The process is still up and serves this session and others.
+    assert_eq!(rows(&client, "SELECT 41 + 1").await.unwrap(), vec!["42"]);
+    let other = served.client().await;
+    assert_eq!(
+        rows(&other, "SELECT count(*) FROM generate_series(1, 1000)")
+            .await
+            .unwrap(),
+        vec!["1000"]
+    );
+    // And with no statement running, no memory is held.
+    assert_eq!(
+        rows(
+            &other,
+            "SELECT count(*) FROM tarn_stat_activity WHERE memory_bytes > 0"
+        )
+        .await
+        .unwrap(),
+        vec!["0"]
+    );
+}
+
+/// A statement that runs for minutes unless stopped.
+const ENDLESS: &str = "SELECT count(*) FROM generate_series(1, 100000000000)";
+
+/// Polls `tarn_stat_activity` (through `client`) until `check` accepts its rows
+/// (`state|query`), or fails after `within`.
+async fn wait_activity(
+    client: &tokio_postgres::Client,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = rows(
+            client,
+            "SELECT pid, state, query FROM tarn_stat_activity ORDER BY query_start",
+        )
+        .await
+        .unwrap();
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; activity: {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count_state(rows: &[String], state: &str) -> usize {
+    rows.iter()
+        .filter(|r| r.split('|').nth(1) == Some(state) && r.contains("generate_series"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() {
+    let served = Served::start_with(
+        false,
+        "[query]\nmax_concurrent = 2\nqueue_size = 4\nqueue_timeout = \"5m\"\n",
+    );
+    let watcher = served.client().await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(served.client().await);
+    }
+    let mut heavy = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        heavy.push(tokio::spawn(async move {
+            // Queued ones enter one after the other, so the queue fills in order.
+            let r = rows(&client, &format!("{ENDLESS} -- heavy {i}")).await;
+            (client, r)
+        }));
+        if i < 6 {
+            let expected = i + 1;
+            wait_activity(
+                &watcher,
+                Duration::from_secs(30),
+                "the statement is listed",
+                |r| count_state(r, "active") + count_state(r, "queued") == expected,
+            )
+            .await;
+        }
+    }
+    // Two run, four wait, two are refused at once with 53300 naming the limits.
+    let activity = wait_activity(&watcher, Duration::from_secs(30), "two refused", |_| {
+        heavy.iter().filter(|h| h.is_finished()).count() == 2
+    })
+    .await;
+    assert_eq!(count_state(&activity, "active"), 2, "{activity:#?}");
+    assert_eq!(count_state(&activity, "queued"), 4, "{activity:#?}");
+    let mut waiting = Vec::new();
+    for h in heavy {
+        if h.is_finished() {
+            let (_, r) = h.await.unwrap();
+            let (code, message) = code_and_message(&r.expect_err("refused"));
+            assert_eq!(code, "53300", "{message}");
+            assert!(
+                message.contains("query.max_concurrent") && message.contains("query.queue_size"),
+                "{message}"
+            );
+        } else {
+            waiting.push(h);
+        }
+    }
+    assert!(metric(&served, "tarn_query_rejected_total") >= 2.0);
+    assert_eq!(metric(&served, "tarn_query_queued"), 4.0);
+    // Catalog queries and statements without tables do not wait behind them.
+    let started = Instant::now();
+    let tables = rows(&watcher, "SELECT count(*) FROM information_schema.tables")
+        .await
+        .unwrap();
+    assert_eq!(tables.len(), 1);
+    rows(&watcher, "SELECT relname FROM pg_catalog.pg_class LIMIT 1")
+        .await
+        .unwrap();
+    rows(&watcher, "SELECT 1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "catalog queries took {:?} while the slots were full",
+        started.elapsed()
+    );
+    // pg_cancel_backend stops a running statement (57014 for its client) and a queued one
+    // takes its slot.
+    let running_pid = activity
+        .iter()
+        .find(|r| r.split('|').nth(1) == Some("active") && r.contains("generate_series"))
+        .and_then(|r| r.split('|').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        rows(&watcher, &format!("SELECT pg_cancel_backend({running_pid})"))
+            .await
+            .unwrap(),
+        vec!["t"]
+    );
+    let after = wait_activity(
+        &watcher,
+        Duration::from_secs(30),
+        "a queued statement takes the slot",
+        |r| count_state(r, "active") == 2 && count_state(r, "queued") == 3,
+    )
+    .await;
+    assert!(
+        !after.iter().any(|r| r.starts_with(&format!("{running_pid}|"))),
+        "{after:#?}"
+    );
+    // Stop the rest: cancel every listed statement.
+    let mut cancelled_codes = Vec::new();
+    for r in &after {
+        if r.contains("generate_series") {
+            let pid = r.split('|').next().unwrap();
+            rows(&watcher, &format!("SELECT pg_cancel_backend({pid})"))
+                .await
+                .unwrap();
+        }
+    }
+    for h in waiting {
+        let (_, r) = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("cancelled in time")
+            .unwrap();
+        cancelled_codes.push(code_and_message(&r.expect_err("cancelled")).0);
+    }
+    assert!(
+        cancelled_codes.iter().all(|c| c == "57014"),
+        "{cancelled_codes:?}"
+    );
+    wait_activity(&watcher, Duration::from_secs(30), "nothing left", |r| {
+        count_state(r, "active") + count_state(r, "queued") == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_cancels_with_57014_and_the_session_stays_usable() {
+    // The role's default applies until the session sets its own.
+    let served = Served::start_with(
+        false,
+        "[query]\nstatement_timeout = \"0\"\n[query.roles.analyst]\nstatement_timeout = \"1s\"\n",
+    );
+    let client = served.client().await;
+    let started = Instant::now();
+    let err = rows(&client, ENDLESS).await.expect_err("the role's timeout");
+    let (code, message) = code_and_message(&err);
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("57014", "canceling statement due to statement timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    rows(&client, "SET statement_timeout = '500ms'").await.unwrap();
+    assert_eq!(
+        rows(&client, "SHOW statement_timeout").await.unwrap(),
+        vec!["500ms"]
+    );
+    let started = Instant::now();
+    let err = rows(&client, ENDLESS).await.expect_err("the session's timeout");
+    let took = started.elapsed();
+    assert_eq!(code_and_message(&err).0, "57014");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // The session goes on; the cancelled statement is gone from the list.
+    assert_eq!(rows(&client, "SELECT 1 + 1").await.unwrap(), vec!["2"]);
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM tarn_stat_activity WHERE query LIKE '%100000000000%' AND query NOT LIKE '%tarn_stat_activity%'")
+            .await
+            .unwrap(),
+        vec!["0"]
+    );
+    assert!(metric(&served, "tarn_query_timeouts_total") >= 2.0);
+    // The extended protocol is held to it too.
+    let err = client
+        .query_one(ENDLESS, &[])
+        .await
+        .expect_err("the extended protocol's timeout");
+    assert_eq!(code_and_message(&err).0, "57014");
+    let one: i64 = client
+        .query_one("SELECT count(*) FROM generate_series(1, 3)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(one, 3);
+}
+
+/// The p99 ratio line of `tarn bench workload`'s output.
+fn ratio_of(output: &str) -> f64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("freshness p99 ratio load/idle: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in the benchmark's output:\n{output}"))
+}
+
+#[test]
+fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
+    // The benchmark's CDC part: one `tarn serve` with a pipeline from a private PostgreSQL,
+    // freshness probes idle and then while eight connections run heavy queries in a loop.
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-wlm-bench-")
+        .tempdir()
+        .unwrap();
+    let bench_dir = dir.path().join("bench");
+    let started = Instant::now();
+    let (ok, stdout, stderr) = crate::tarn(
+        dir.path(),
+        &[
+            "bench",
+            "workload",
+            "--sf",
+            "0",
+            "--seconds",
+            "15",
+            "--load",
+            "8",
+            "--dir",
+            bench_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "tarn bench workload failed:\n{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "{:?}",
+        started.elapsed()
+    );
+    let probes = |label: &str| -> usize {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("freshness {label}: ")))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} line:\n{stdout}"))
+    };
+    assert!(probes("idle") >= 10 && probes("under load") >= 10, "{stdout}");
+    // The load really ran: every slot busy (twice the cores), the rest queued.
+    let running: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("load: "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no load line:\n{stdout}"));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(running >= cores.min(8), "{stdout}");
+    let ratio = ratio_of(&stdout);
+    assert!(
+        ratio <= 2.0,
+        "freshness p99 under load is {ratio:.2}x its idle figure:\n{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
+    let served = Served::start_with(false, "[query]\nidle_in_transaction_session_timeout = \"0\"\n");
+    let idle = served.client().await;
+    let outside = served.client().await;
+    let working = served.client().await;
+    for c in [&idle, &outside, &working] {
+        rows(c, "SET idle_in_transaction_session_timeout = '500ms'")
+            .await
+            .unwrap();
+    }
+    rows(&working, "SET statement_timeout = '1500ms'").await.unwrap();
+    rows(&idle, "BEGIN").await.unwrap();
+    rows(&working, "BEGIN").await.unwrap();
+    // A statement running longer than the idle timeout inside a transaction is not idleness.
+    let err = rows(&working, ENDLESS)
+        .await
+        .expect_err("stopped by its statement_timeout");
+    assert_eq!(code_and_message(&err).0, "57014");
+    // Still open (the failed transaction is aborted, as in PostgreSQL).
+    rows(&working, "ROLLBACK").await.unwrap();
+    assert_eq!(rows(&working, "SELECT 2").await.unwrap(), vec!["2"]);
+    // The connection idle in its transaction is closed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !idle.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle transaction's connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rows(&idle, "SELECT 1").await.is_err());
+    // Connections idle outside a transaction stay, however long they were idle.
+    assert!(!outside.is_closed() && !working.is_closed());
+    assert_eq!(rows(&outside, "SELECT 1").await.unwrap(), vec!["1"]);
+    assert_eq!(rows(&working, "SELECT 3").await.unwrap(), vec!["3"]);
+    assert!(metric(&served, "tarn_query_idle_in_transaction_closed_total") >= 1.0);
+    // A bad value names the setting.
+    let err = rows(&outside, "SET idle_in_transaction_session_timeout = 'soon'")
+        .await
+        .unwrap_err();
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "22023");
+    assert!(
+        message.contains("idle_in_transaction_session_timeout"),
+        "{message}"
+    );
+}
