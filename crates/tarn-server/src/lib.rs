@@ -33,6 +33,7 @@ pub mod ingest;
 pub mod load;
 pub mod maintain;
 pub mod measure;
+pub mod metric_help;
 pub mod output;
 pub mod policy;
 pub mod serve;

@@ -1,4 +1,4 @@
-//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
+//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`,
 //! `/cdc/status`, and the Iceberg REST catalog under `/iceberg` unless
 //! `rest_catalog.enabled = false`) until SIGINT or SIGTERM.
 //!
@@ -30,12 +30,20 @@ struct HttpState {
     cdc: Option<Arc<PipelineStatus>>,
 }
 
-async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
+/// Liveness: the process answers HTTP. It does not look at the catalog, so that a catalog
+/// database that is down for a while makes replicas unready (`/readyz`), not restarted.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the catalog answers, so the process can plan and commit queries. 503 with the
+/// reason otherwise.
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     match state.session.lake().list_namespaces().await {
-        Ok(_) => (StatusCode::OK, "ok\n".into()),
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("catalog unavailable: {e}\n"),
+            format!("not ready: catalog unavailable: {e}\n"),
         ),
     }
 }
@@ -61,7 +69,7 @@ async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<s
 /// The REST catalog's request latency is a histogram with fixed buckets (other timings are
 /// summaries).
 pub fn install_metrics() -> Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(tarn_rest_catalog::LATENCY_METRIC.to_string()),
             &[
@@ -70,7 +78,9 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         )
         .context("invalid histogram buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    crate::metric_help::describe_all();
+    Ok(handle)
 }
 
 /// The Iceberg REST catalog's routes, to nest under `/iceberg`, when `rest_catalog.enabled`.
@@ -141,6 +151,7 @@ impl Endpoints {
         };
         let open = Router::new()
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_page))
             .with_state(state.clone());
         let mut guarded = Router::new()
@@ -149,8 +160,8 @@ impl Endpoints {
         if let Some(catalog) = rest_catalog(config, &session) {
             guarded = guarded.nest("/iceberg", catalog);
         }
-        // With OIDC on, the APIs that show or change data take a bearer token (health and
-        // metrics stay open for probes and scrapers).
+        // With OIDC on, the APIs that show or change data take a bearer token (health,
+        // readiness and metrics stay open for probes and scrapers).
         if config.auth.oidc.is_some() {
             let check = Arc::new(TokenCheck {
                 auth: tarn_auth::Authenticator::new(&config.auth)?,
