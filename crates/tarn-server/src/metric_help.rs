@@ -91,7 +91,17 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("tarn_audit_dropped_total", Counter, None, "Audit records lost because the audit writer fell behind."),
     ("tarn_datahub_aspects_sent_total", Counter, None, "Metadata aspects pushed to DataHub."),
     ("tarn_datahub_errors_total", Counter, None, "Failed pushes to DataHub."),
+    // The scheduler (`tarn serve` with [jobs]).
+    ("tarn_job_runs_total", Counter, None, "Job runs that ended, by job and state (success, failed)."),
+    ("tarn_job_tries_total", Counter, None, "Task tries that ended, by job and state (success, failed)."),
+    ("tarn_job_sla_misses_total", Counter, None, "Job runs that missed their SLA, by job."),
+    ("tarn_scheduler_active", Gauge, None, "1 in the replica that holds the scheduler lease, 0 in the others."),
 ];
+
+/// The names of every metric described here.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    METRICS.iter().map(|m| m.0)
+}
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe_all() {

@@ -18,6 +18,7 @@ mod interop;
 mod kafka;
 mod keycloak;
 mod local_postgres;
+mod observability;
 mod oidc;
 mod pgwire;
 #[cfg(feature = "kafka")]
