@@ -231,6 +231,9 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
         "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
+        // Aggregations, which may precede their `by (...)` clause: `sum by (le) (...)`.
+        "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile",
+        "count_values", "limitk", "limit_ratio",
     ];
     let mut names = BTreeSet::new();
     let chars: Vec<char> = expr.chars().collect();
