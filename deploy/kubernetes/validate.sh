@@ -101,6 +101,26 @@ else
   fail "an unknown ScaledObject field and a mistyped ServiceMonitor field are refused" "$out"
 fi
 
+printf '\n== Containerfile (not built here: see docs/deploy.md)\n'
+check "multi-stage, non-root user 10001 as the manifests' runAsUser, the ports they declare" \
+  "$venv/bin/python" - "$repo/Containerfile" "$tmp/prod.yaml" <<'PY'
+import re, sys, yaml
+text = open(sys.argv[1]).read()
+froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+assert len(froms) >= 2, f"one stage only: {froms}"
+users = re.findall(r"^USER\s+(\S+)", text, re.M)
+assert users and users[-1].split(":")[0] not in ("0", "root"), f"the runtime stage runs as {users}"
+uid = int(users[-1].split(":")[0])
+exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
+for d in yaml.safe_load_all(open(sys.argv[2])):
+    if d and d["kind"] == "Deployment":
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsUser"] == uid, f"{d['metadata']['name']}: runAsUser != {uid}"
+        for c in pod["containers"]:
+            for port in c.get("ports", []):
+                assert port["containerPort"] in exposed, f"{d['metadata']['name']}: port {port['containerPort']} not EXPOSEd"
+PY
+
 printf '\n== deploy/kubernetes/kafka-consumer\n'
 check "kafka-consumer/check.py" "$venv/bin/python" "$here/kafka-consumer/check.py"
 

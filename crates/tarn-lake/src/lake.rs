@@ -502,7 +502,8 @@ impl Lake {
                     metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
                     // The table's conflict counter exists (at 0) from its first commit, so an alert on
                     // its increase sees the first conflict too.
-                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string()).increment(0);
+                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string())
+                        .increment(0);
                     return Ok(table);
                 }
                 Err(e)
@@ -580,7 +581,8 @@ impl Lake {
                 metrics::counter!("tarn_commits_total", "table" => swap.ident.to_string()).increment(1);
                 // The table's conflict counter exists (at 0) from its first commit, so an alert on
                 // its increase sees the first conflict too.
-                metrics::counter!("tarn_commit_conflicts_total", "table" => swap.ident.to_string()).increment(0);
+                metrics::counter!("tarn_commit_conflicts_total", "table" => swap.ident.to_string())
+                    .increment(0);
             }
         }
         Ok(swapped)

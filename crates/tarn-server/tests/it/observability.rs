@@ -18,17 +18,38 @@ use tarn_test_utils::{PostgresServer, free_port, wait_for_port, workspace_root};
 const EXPORTED_ELSEWHERE: &[(&str, &str)] = &[
     ("up", "Prometheus itself"),
     ("pg_replication_slot_slot_current_wal_lsn", "postgres_exporter"),
-    ("pg_replication_slot_slot_confirmed_flush_lsn", "postgres_exporter"),
+    (
+        "pg_replication_slot_slot_confirmed_flush_lsn",
+        "postgres_exporter",
+    ),
     ("pg_replication_slot_slot_is_active", "postgres_exporter"),
     ("kafka_consumergroup_lag", "kafka_exporter"),
     ("tarn_kafka_consumer_lag", "tarn ingest kafka --metrics-listen"),
     ("tarn_kafka_records_total", "tarn ingest kafka --metrics-listen"),
-    ("tarn_kafka_dead_letters_total", "tarn ingest kafka --metrics-listen"),
-    ("tarn_pgwire_auth_failures_total", "tarn serve, after the first refused login"),
-    ("tarn_cdc_restarts_total", "tarn serve, after the first pipeline restart"),
-    ("tarn_maintenance_files_rewritten_total", "tarn maintain and automatic maintenance"),
-    ("tarn_maintenance_snapshots_expired_total", "tarn maintain and automatic maintenance"),
-    ("tarn_maintenance_bytes_deleted_total", "tarn maintain and automatic maintenance"),
+    (
+        "tarn_kafka_dead_letters_total",
+        "tarn ingest kafka --metrics-listen",
+    ),
+    (
+        "tarn_pgwire_auth_failures_total",
+        "tarn serve, after the first refused login",
+    ),
+    (
+        "tarn_cdc_restarts_total",
+        "tarn serve, after the first pipeline restart",
+    ),
+    (
+        "tarn_maintenance_files_rewritten_total",
+        "tarn maintain and automatic maintenance",
+    ),
+    (
+        "tarn_maintenance_snapshots_expired_total",
+        "tarn maintain and automatic maintenance",
+    ),
+    (
+        "tarn_maintenance_bytes_deleted_total",
+        "tarn maintain and automatic maintenance",
+    ),
     ("tarn_scheduler_active", "tarn serve with [jobs]"),
     ("tarn_job_runs_total", "tarn serve with [jobs]"),
     ("tarn_job_tries_total", "tarn serve with [jobs]"),
@@ -70,11 +91,21 @@ fn alert_rules_pass_promtool_and_fire_in_its_unit_tests() {
     let tmp = tempfile::tempdir().unwrap();
     let tests = std::fs::read_to_string(dir.join("tests/tarn.rules.test.yml"))
         .unwrap()
-        .replace("../rules/tarn.rules.yml", &dir.join("rules/tarn.rules.yml").display().to_string())
-        .replacen("- eval_time: 16m\n        alertname: TarnCdcLagHigh", "- eval_time: 15m\n        alertname: TarnCdcLagHigh", 1);
+        .replace(
+            "../rules/tarn.rules.yml",
+            &dir.join("rules/tarn.rules.yml").display().to_string(),
+        )
+        .replacen(
+            "- eval_time: 16m\n        alertname: TarnCdcLagHigh",
+            "- eval_time: 15m\n        alertname: TarnCdcLagHigh",
+            1,
+        );
     std::fs::write(tmp.path().join("t.yml"), tests).unwrap();
     let (ok, out) = promtool(&["test", "rules", "t.yml"], tmp.path());
-    assert!(!ok && out.contains("TarnCdcLagHigh"), "a wrong expectation passed:\n{out}");
+    assert!(
+        !ok && out.contains("TarnCdcLagHigh"),
+        "a wrong expectation passed:\n{out}"
+    );
 }
 
 /// A `tarn serve` with a CDC pipeline from `pg`, on free loopback ports; killed on drop.
@@ -178,8 +209,14 @@ impl Prometheus {
         .unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -191,7 +228,8 @@ impl Prometheus {
             _dir: dir,
         };
         if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
-            let log = std::fs::read_to_string(prometheus._dir.path().join("prometheus.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(prometheus._dir.path().join("prometheus.log")).unwrap_or_default();
             panic!("prometheus did not start: {e}\n{log}");
         }
         prometheus
@@ -230,10 +268,32 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 /// and grouping clauses that are not functions, keywords or durations.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
         // Aggregations, which may precede their `by (...)` clause: `sum by (le) (...)`.
-        "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile",
-        "count_values", "limitk", "limit_ratio",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "limitk",
+        "limit_ratio",
     ];
     let mut names = BTreeSet::new();
     let chars: Vec<char> = expr.chars().collect();
@@ -260,7 +320,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             i += 1;
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -269,14 +330,18 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 j += 1;
             }
             let call = j < chars.len() && chars[j] == '(';
-            if matches!(word.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right") {
+            if matches!(
+                word.as_str(),
+                "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+            ) {
                 skip_parens = true;
             } else if !call && !KEYWORDS.contains(&word.as_str()) {
                 names.insert(word);
             }
         } else if c.is_ascii_digit() || c == '.' {
             // A number (1e-9, 0.99) or a duration.
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '-') {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '-')
+            {
                 i += 1;
             }
         } else {
@@ -297,11 +362,27 @@ fn promql_metric_names_are_found() {
 /// Every panel query of every dashboard: (dashboard file, panel title, expression).
 fn dashboard_queries() -> Vec<(String, String, String)> {
     let dir = workspace_root().join("deploy/grafana/dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for want in ["tarn-overview.json", "tarn-cdc-kafka.json", "tarn-sql.json", "tarn-lake.json", "tarn-jobs.json"] {
-        assert!(names.iter().any(|n| n == want), "no dashboard {want} in {}", dir.display());
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "tarn-overview.json",
+        "tarn-cdc-kafka.json",
+        "tarn-sql.json",
+        "tarn-lake.json",
+        "tarn-jobs.json",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no dashboard {want} in {}",
+            dir.display()
+        );
     }
     let mut uids = BTreeSet::new();
     let mut queries = Vec::new();
@@ -309,30 +390,53 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
             .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
-        assert!(uids.insert(dashboard["uid"].as_str().unwrap().to_string()), "{name}: uid used twice");
-        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}: no title");
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_string()),
+            "{name}: uid used twice"
+        );
+        assert!(
+            dashboard["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: no title"
+        );
         let variables: Vec<&str> = dashboard["templating"]["list"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v["name"].as_str().unwrap())
             .collect();
-        assert_eq!(variables, ["datasource", "job", "instance"], "{name}: template variables");
+        assert_eq!(
+            variables,
+            ["datasource", "job", "instance"],
+            "{name}: template variables"
+        );
         let panels = dashboard["panels"].as_array().unwrap();
         let mut ids = BTreeSet::new();
         for panel in panels {
-            assert!(ids.insert(panel["id"].as_u64().unwrap()), "{name}: panel id used twice");
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "{name}: panel id used twice"
+            );
             let grid = &panel["gridPos"];
-            assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24, "{name}: panel wider than the grid");
+            assert!(
+                grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24,
+                "{name}: panel wider than the grid"
+            );
             if panel["type"] == "row" {
                 continue;
             }
             let title = panel["title"].as_str().unwrap().to_string();
-            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{name}/{title}: data source");
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{name}/{title}: data source"
+            );
             let targets = panel["targets"].as_array().unwrap();
             assert!(!targets.is_empty(), "{name}/{title}: no query");
             for target in targets {
-                queries.push((name.clone(), title.clone(), target["expr"].as_str().unwrap().to_string()));
+                queries.push((
+                    name.clone(),
+                    title.clone(),
+                    target["expr"].as_str().unwrap().to_string(),
+                ));
             }
         }
     }
@@ -348,7 +452,12 @@ fn as_grafana_sends(expr: &str) -> String {
 }
 
 /// Fetches `url` until it answers 200 and `check` accepts the body, or panics after `timeout`.
-async fn wait_body(http: &reqwest::Client, url: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+async fn wait_body(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    check: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -381,14 +490,20 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
     // Liveness and readiness.
     let health = http.get(served.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready = wait_body(&http, &served.url("/readyz"), Duration::from_secs(30), |b| b.contains("ready")).await;
+    let ready = wait_body(&http, &served.url("/readyz"), Duration::from_secs(30), |b| {
+        b.contains("ready")
+    })
+    .await;
     assert_eq!(ready, "ready\n");
 
     // SQL load: DDL, writes (commits, files, rows), reads, an error.
     let (ok, out) = served.psql("CREATE TABLE sales (id BIGINT NOT NULL, region VARCHAR, amount DOUBLE)");
     assert!(ok, "{out}\n{}", served.log());
     for i in 0..10 {
-        let (ok, out) = served.psql(&format!("INSERT INTO sales VALUES ({i}, 'eu', {i}.5), ({}, 'us', 1.0)", i + 100));
+        let (ok, out) = served.psql(&format!(
+            "INSERT INTO sales VALUES ({i}, 'eu', {i}.5), ({}, 'us', 1.0)",
+            i + 100
+        ));
         assert!(ok, "{out}");
     }
     let (ok, out) = served.psql("SELECT count(*) FROM sales");
@@ -399,13 +514,19 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
     pg.psql("app", "INSERT INTO orders SELECT g, 'late' FROM generate_series(51, 80) g; UPDATE orders SET status = 'paid' WHERE id <= 10;")
         .unwrap();
     // The REST catalog.
-    for path in ["/iceberg/v1/config", "/iceberg/v1/namespaces", "/iceberg/v1/namespaces/nope"] {
+    for path in [
+        "/iceberg/v1/config",
+        "/iceberg/v1/namespaces",
+        "/iceberg/v1/namespaces/nope",
+    ] {
         http.get(served.url(path)).send().await.unwrap();
     }
 
     // /metrics once CDC has streamed the changes: the lag and event counters are there.
     let metrics = wait_body(&http, &served.url("/metrics"), Duration::from_secs(90), |m| {
-        m.contains("tarn_cdc_events_total") && m.contains("tarn_cdc_lag_seconds") && m.contains("tarn_cdc_commit_seconds")
+        m.contains("tarn_cdc_events_total")
+            && m.contains("tarn_cdc_lag_seconds")
+            && m.contains("tarn_cdc_commit_seconds")
     })
     .await;
     let scrape = served.dir.path().join("metrics.prom");
@@ -416,7 +537,11 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         .arg(format!("promtool check metrics < '{}'", scrape.display()))
         .output()
         .unwrap();
-    let lint = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool check metrics:\n{lint}\n{metrics}");
     assert!(metrics.contains("# HELP tarn_commits_total "), "{metrics}");
     let exposed = exposed_names(&metrics);
@@ -437,18 +562,27 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
     let prometheus = Prometheus::start(&format!("127.0.0.1:{}", served.http_port));
     let deadline = Instant::now() + Duration::from_secs(60);
     let commits = loop {
-        let (status, answer) = prometheus.query(&http, "sum(tarn_commits_total{job=\"tarn\"})").await;
+        let (status, answer) = prometheus
+            .query(&http, "sum(tarn_commits_total{job=\"tarn\"})")
+            .await;
         assert_eq!(status, 200, "{answer}");
         if let Some(v) = answer["data"]["result"][0]["value"][1].as_str() {
             break v.parse::<f64>().unwrap();
         }
-        assert!(Instant::now() < deadline, "Prometheus has no tarn_commits_total after 60 s: {answer}");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus has no tarn_commits_total after 60 s: {answer}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     // 10 INSERTs and the CDC pipeline's commits.
     assert!(commits >= 10.0, "sum(tarn_commits_total) = {commits}");
     let (_, answer) = prometheus.query(&http, "tarn_pgwire_queries_total").await;
-    let queries: f64 = answer["data"]["result"][0]["value"][1].as_str().unwrap().parse().unwrap();
+    let queries: f64 = answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(queries >= 13.0, "tarn_pgwire_queries_total = {queries}");
     // The rules loaded and evaluate without errors.
     let rules: serde_json::Value = http
@@ -463,12 +597,20 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
     assert!(groups.len() >= 5, "{rules}");
     for group in groups {
         for rule in group["rules"].as_array().unwrap() {
-            assert_ne!(rule["health"], "err", "rule {} fails: {}", rule["name"], rule["lastError"]);
+            assert_ne!(
+                rule["health"], "err",
+                "rule {} fails: {}",
+                rule["name"], rule["lastError"]
+            );
         }
     }
     // A parse error is an error: the check below can fail.
     let (status, answer) = prometheus.query(&http, "sum(rate(tarn_commits_total[1m])").await;
-    assert_eq!((status, answer["errorType"].as_str()), (400, Some("bad_data")), "{answer}");
+    assert_eq!(
+        (status, answer["errorType"].as_str()),
+        (400, Some("bad_data")),
+        "{answer}"
+    );
 
     // Every dashboard query parses, and names metrics tarn exports.
     let help: BTreeSet<&str> = tarn_server::metric_help::names().collect();
@@ -498,5 +640,9 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         }
     }
     assert!(problems.is_empty(), "dashboard queries:\n{}", problems.join("\n"));
-    assert!(queries.len() >= 40 && from_scrape >= 30, "{} queries, {from_scrape} names from the live scrape", queries.len());
+    assert!(
+        queries.len() >= 40 && from_scrape >= 30,
+        "{} queries, {from_scrape} names from the live scrape",
+        queries.len()
+    );
 }
