@@ -228,7 +228,7 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "tarn_cdc_lag_seconds",
         Gauge,
         Some(Unit::Seconds),
-        "Age of the newest change the lake holds behind the source's clock: how stale the lake is.",
+        "Seconds from the source commit of the last change committed to the lake until that lake commit, set at each commit.",
     ),
     (
         "tarn_cdc_lag_bytes",
