@@ -108,7 +108,8 @@ fn alert_rules_pass_promtool_and_fire_in_its_unit_tests() {
     );
 }
 
-/// A `tarn serve` with a CDC pipeline from `pg`, on free loopback ports; killed on drop.
+/// A `tarn serve` on free loopback ports, with `extra` appended to its tarn.toml; killed on
+/// drop.
 struct Served {
     child: Child,
     pg_port: u16,
@@ -117,15 +118,14 @@ struct Served {
 }
 
 impl Served {
-    fn start(source: &str) -> Self {
+    fn start(extra: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("tarn-obs-").tempdir().unwrap();
         let (pg_port, http_port) = (free_port(), free_port());
         std::fs::write(
             dir.path().join("tarn.toml"),
             format!(
                 "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
-                 [auth]\ntrust_loopback = true\n\
-                 [cdc]\nsource = \"{source}\"\nflush = {{ interval = \"200ms\" }}\n"
+                 [auth]\ntrust_loopback = true\n{extra}"
             ),
         )
         .unwrap();
@@ -235,6 +235,13 @@ impl Prometheus {
         prometheus
     }
 
+    /// Waits until Prometheus says it is ready: it listens before its storage is open, and
+    /// answers queries with a plain-text 503 until then.
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        let url = format!("http://127.0.0.1:{}/-/ready", self.port);
+        wait_body(http, &url, Duration::from_secs(60), |_| true).await;
+    }
+
     /// `/api/v1/query`: the HTTP status and the JSON answer.
     async fn query(&self, http: &reqwest::Client, expr: &str) -> (u16, serde_json::Value) {
         let response = http
@@ -244,7 +251,10 @@ impl Prometheus {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        let body = response.text().await.unwrap();
+        let answer = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Prometheus answered {status} {body:?} to {expr:?}: {e}"));
+        (status, answer)
     }
 }
 
@@ -474,6 +484,38 @@ async fn wait_body(
     panic!("{url} did not answer as expected within {timeout:?}; last:\n{last}");
 }
 
+/// `/healthz` answers while the process runs; `/readyz` only while the catalog answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_catalog_and_healthz_does_not() {
+    crate::init_logs();
+    let pg = PostgresServer::start_temporary().unwrap();
+    pg.psql("postgres", "CREATE DATABASE catalog").unwrap();
+    let served = Served::start(&format!("[catalog]\nurl = \"{}\"\n", pg.url("catalog")));
+    let http = reqwest::Client::new();
+    let ready = wait_body(&http, &served.url("/readyz"), Duration::from_secs(30), |b| {
+        b == "ready\n"
+    })
+    .await;
+    assert_eq!(ready, "ready\n");
+    // The catalog database goes away.
+    drop(pg);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (status, body) = loop {
+        let r = http.get(served.url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 503, "{body}\n{}", served.log());
+    assert!(body.contains("catalog unavailable"), "{body}");
+    let health = http.get(served.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_metrics() {
     crate::init_logs();
@@ -484,7 +526,10 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, status TEXT); INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 50) g;",
     )
     .unwrap();
-    let served = Served::start(&pg.url("app"));
+    let served = Served::start(&format!(
+        "[cdc]\nsource = \"{}\"\nflush = {{ interval = \"200ms\" }}\n",
+        pg.url("app")
+    ));
     let http = reqwest::Client::new();
 
     // Liveness and readiness.
@@ -560,6 +605,7 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
 
     // A real Prometheus scrapes tarn and answers PromQL over its metrics.
     let prometheus = Prometheus::start(&format!("127.0.0.1:{}", served.http_port));
+    prometheus.wait_ready(&http).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let commits = loop {
         let (status, answer) = prometheus
