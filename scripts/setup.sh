@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tarn's build, demo and tests need on a fresh Debian machine with Rust:
 # system packages (PostgreSQL with logical replication, the JDBC driver and a JRE for the
-# pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka) and a
+# pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka, Prometheus
+# for the observability tests) and a
 # Python venv in .venv with the independent readers and clients the interoperability tests
 # use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
 # Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg), and a
@@ -28,6 +29,9 @@ if ! $demo_only; then
   command -v javac >/dev/null || need_apt+=(default-jdk-headless)
   # Spark's JdbcCatalog on tarn's SQLite catalog (tests of tables other engines wrote).
   [ -e /usr/share/java/sqlite-jdbc.jar ] || need_apt+=(libxerial-sqlite-jdbc-java)
+  # Prometheus and promtool: the observability tests scrape tarn, check and unit-test the
+  # alert rules (deploy/prometheus) and parse the dashboards' queries.
+  command -v promtool >/dev/null || need_apt+=(prometheus)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"

@@ -414,7 +414,7 @@ pub struct WriteConfig {
 pub struct ServerConfig {
     /// Address of the Postgres wire protocol endpoint.
     pub pg_listen: String,
-    /// Address of the HTTP endpoint (`/healthz`, `/metrics`).
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub http_listen: String,
     /// Most concurrent SQL connections; 0 for no limit.
     pub max_connections: usize,

@@ -760,6 +760,9 @@ impl Lake {
             CommitOutcome::Committed { location, metadata } => {
                 let table = self.open_table(ident, location, metadata)?;
                 metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
+                // The table's conflict counter exists (at 0) from its first commit, so an alert on
+                // its increase sees the first conflict too.
+                metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string()).increment(0);
                 Ok(Some(table))
             }
             CommitOutcome::Conflict => {

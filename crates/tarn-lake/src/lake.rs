@@ -504,6 +504,10 @@ impl Lake {
                 Ok(table) => {
                     self.remember(&table);
                     metrics::counter!("tarn_commits_total", "table" => ident.to_string()).increment(1);
+                    // The table's conflict counter exists (at 0) from its first commit, so an alert on
+                    // its increase sees the first conflict too.
+                    metrics::counter!("tarn_commit_conflicts_total", "table" => ident.to_string())
+                        .increment(0);
                     return Ok(table);
                 }
                 Err(e)
@@ -579,6 +583,10 @@ impl Lake {
         if swapped {
             for swap in swaps {
                 metrics::counter!("tarn_commits_total", "table" => swap.ident.to_string()).increment(1);
+                // The table's conflict counter exists (at 0) from its first commit, so an alert on
+                // its increase sees the first conflict too.
+                metrics::counter!("tarn_commit_conflicts_total", "table" => swap.ident.to_string())
+                    .increment(0);
             }
         }
         Ok(swapped)

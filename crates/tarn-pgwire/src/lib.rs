@@ -1733,6 +1733,8 @@ pub async fn serve(
         // Taken per connection: a reload serves the next connection with the new certificate.
         let acceptor = tls.as_ref().map(|t| t.pgwire_acceptor());
         metrics::counter!("tarn_pgwire_connections_total").increment(1);
+        // Exported at 0 from the first connection on, so that a rate of errors has a series.
+        metrics::counter!("tarn_pgwire_errors_total").increment(0);
         // A second handle of the socket, for `idle_in_transaction_session_timeout`'s watchdog.
         let (socket, watchdog) = match split_for_watchdog(socket) {
             Ok(s) => s,

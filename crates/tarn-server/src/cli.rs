@@ -78,8 +78,8 @@ enum Command {
     /// Serve the Postgres wire endpoint and HTTP until SIGINT/SIGTERM.
     ///
     /// SQL over the Postgres wire protocol on server.pg_listen. On server.http_listen:
-    /// /healthz, /metrics (Prometheus), /cdc/status, the jobs API under /jobs (docs/jobs.md),
-    /// and the Iceberg REST catalog under
+    /// /healthz, /readyz, /metrics (Prometheus), /cdc/status, the jobs API under /jobs
+    /// (docs/jobs.md), and the Iceberg REST catalog under
     /// /iceberg — point Spark, Trino, Flink, DuckDB or pyiceberg at
     /// http://HTTP_LISTEN/iceberg (e.g. pyiceberg `uri`, DuckDB `ENDPOINT`, Spark
     /// `spark.sql.catalog.NAME.uri`). With [auth.oidc] every HTTP API takes bearer tokens;

@@ -36,6 +36,7 @@ pub mod jobs;
 pub mod load;
 pub mod maintain;
 pub mod measure;
+pub mod metric_help;
 pub mod output;
 pub mod policy;
 pub mod serve;

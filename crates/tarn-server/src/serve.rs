@@ -1,7 +1,7 @@
-//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/metrics`,
-//! `/cdc/status`, the jobs API under `/jobs`, and the Iceberg REST catalog under `/iceberg`
-//! unless `rest_catalog.enabled = false`) until SIGINT or SIGTERM, with the jobs' scheduler
-//! (`crate::jobs`) unless `jobs.scheduler = false`.
+//! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/readyz`,
+//! `/metrics`, `/cdc/status`, the jobs API under `/jobs`, and the Iceberg REST catalog under
+//! `/iceberg` unless `rest_catalog.enabled = false`) until SIGINT or SIGTERM, with the jobs'
+//! scheduler (`crate::jobs`) unless `jobs.scheduler = false`.
 //!
 //! With `server.tls`, both listeners speak TLS with the same certificate, read again on SIGHUP
 //! and when the files change (crate `tarn_tls`): the Postgres wire endpoint after an
@@ -31,12 +31,20 @@ struct HttpState {
     cdc: Option<Arc<PipelineStatus>>,
 }
 
-async fn healthz(State(state): State<HttpState>) -> (StatusCode, String) {
+/// Liveness: the process answers HTTP. It does not look at the catalog, so that a catalog
+/// database that is down for a while makes replicas unready (`/readyz`), not restarted.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the catalog answers, so the process can plan and commit queries. 503 with the
+/// reason otherwise.
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     match state.session.lake().list_namespaces().await {
-        Ok(_) => (StatusCode::OK, "ok\n".into()),
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("catalog unavailable: {e}\n"),
+            format!("not ready: catalog unavailable: {e}\n"),
         ),
     }
 }
@@ -62,7 +70,7 @@ async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<s
 /// The REST catalog's request latency is a histogram with fixed buckets (other timings are
 /// summaries).
 pub fn install_metrics() -> Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(tarn_rest_catalog::LATENCY_METRIC.to_string()),
             &[
@@ -71,7 +79,9 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         )
         .context("invalid histogram buckets")?
         .install_recorder()
-        .context("cannot install the metrics recorder")
+        .context("cannot install the metrics recorder")?;
+    crate::metric_help::describe_all();
+    Ok(handle)
 }
 
 /// The Iceberg REST catalog's routes, to nest under `/iceberg`, when `rest_catalog.enabled`.
@@ -195,6 +205,7 @@ impl Endpoints {
         };
         let open = Router::new()
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_page))
             .with_state(state.clone());
         let mut guarded = Router::new()
@@ -206,8 +217,8 @@ impl Endpoints {
         if let Some(catalog) = rest_catalog(config, &session) {
             guarded = guarded.nest("/iceberg", catalog);
         }
-        // With OIDC on, the APIs that show or change data take a bearer token (health and
-        // metrics stay open for probes and scrapers).
+        // With OIDC on, the APIs that show or change data take a bearer token (health,
+        // readiness and metrics stay open for probes and scrapers).
         if config.auth.oidc.is_some() {
             let check = Arc::new(TokenCheck {
                 auth: tarn_auth::Authenticator::new(&config.auth)?,
@@ -356,6 +367,9 @@ pub(crate) async fn bind(addr: &str, key: &str) -> Result<TcpListener> {
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHandle) -> Result<()> {
     let shutdown = CancellationToken::new();
+    // Before the ports open: a client (or an orchestrator) that sees them open may signal at
+    // once, and must get a clean shutdown, not the default action of SIGTERM.
+    let mut signals = ShutdownSignals::install();
     let pg = bind(&config.server.pg_listen, "server.pg_listen").await?;
     let http = bind(&config.server.http_listen, "server.http_listen").await?;
     if config.auth.users.is_empty() && !config.auth.trust_loopback {
@@ -450,7 +464,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         }
     };
     let early = tokio::select! {
-        () = shutdown_signal() => {
+        () = signals.recv() => {
             tracing::info!("shutting down");
             None
         }
@@ -489,11 +503,32 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    ShutdownSignals::install().recv().await
+}
+
+/// SIGINT and SIGTERM, caught from [`ShutdownSignals::install`] on (a signal before
+/// [`ShutdownSignals::recv`] is awaited is not lost).
+pub(crate) struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Catches the signals from now on.
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        }
+    }
+
+    /// Resolves on the first of them.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 

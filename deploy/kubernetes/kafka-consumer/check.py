@@ -32,7 +32,7 @@ def check(ok, what):
 def main():
     here = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).parent)
     objects = {}
-    for path in sorted(here.glob("*.yaml")):
+    for path in sorted(p for p in here.glob("*.yaml") if p.name != "kustomization.yaml"):
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
         except yaml.YAMLError as e:

@@ -20,6 +20,7 @@ mod jobs;
 mod kafka;
 mod keycloak;
 mod local_postgres;
+mod observability;
 mod oidc;
 mod pgwire;
 #[cfg(feature = "kafka")]
