@@ -5,7 +5,8 @@
 //! - [`cli`]: argument parsing and the dispatch of each command ([`cli::main`] is the binary);
 //! - [`serve`]: `tarn serve` — the Postgres wire endpoint, HTTP, the CDC pipeline;
 //! - [`cdc`]: `tarn cdc` — run, inspect and remove a change-data-capture pipeline;
-//! - `ingest` (feature `kafka`): `tarn ingest kafka` — Debezium change-event topics into the lake;
+//! - [`ingest`]: `tarn ingest kafka` (feature `kafka`) — Debezium change-event topics into the
+//!   lake; `tarn ingest airbyte` — Airbyte source connectors into the lake ([`airbyte`]);
 //! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
@@ -15,6 +16,7 @@
 //! - [`output`]: query results as a table, CSV or JSON;
 //! - [`measure`]: what the benchmarks report about the process itself.
 
+pub mod airbyte;
 pub mod bench;
 pub mod bench_catalog;
 pub mod bench_cdc;
@@ -28,7 +30,6 @@ pub mod cli;
 pub mod datahub;
 pub mod demo;
 mod http;
-#[cfg(feature = "kafka")]
 pub mod ingest;
 pub mod load;
 pub mod maintain;
