@@ -64,8 +64,9 @@ pub struct AirbyteArgs {
     /// visible at the same path inside the container).
     #[arg(long, value_name = "COMMAND")]
     connector: String,
-    /// The connector's configuration (JSON, as its `spec` describes).
-    #[arg(long, value_name = "CONFIG.json")]
+    /// The connector's configuration (JSON, as its `spec` describes). tarn's own config file
+    /// is then given by `TARN_CONFIG` or the global `--config` before `ingest`.
+    #[arg(long = "config", id = "connector_config", value_name = "CONFIG.json")]
     config: PathBuf,
     /// A configured catalog (JSON: `{"streams": [{"stream": ..., "sync_mode": ...,
     /// "destination_sync_mode": ..., "primary_key": ..., "cursor_field": ...}]}`). Without it,
@@ -117,11 +118,18 @@ enum Mode {
 
 impl Mode {
     fn of(configured: &Value, name: &str) -> Result<Self> {
-        let sync = configured.get("sync_mode").and_then(Value::as_str).unwrap_or("full_refresh");
+        let sync = configured
+            .get("sync_mode")
+            .and_then(Value::as_str)
+            .unwrap_or("full_refresh");
         let dest = configured
             .get("destination_sync_mode")
             .and_then(Value::as_str)
-            .unwrap_or(if sync == "incremental" { "append" } else { "overwrite" });
+            .unwrap_or(if sync == "incremental" {
+                "append"
+            } else {
+                "overwrite"
+            });
         Ok(match (sync, dest) {
             ("full_refresh", "overwrite" | "overwrite_dedup") => Mode::FullOverwrite,
             ("full_refresh", "append") => Mode::FullAppend,
@@ -190,7 +198,8 @@ impl WorkDir {
 
     fn write(&self, name: &str, value: &Value) -> Result<PathBuf> {
         let path = self.0.join(name);
-        std::fs::write(&path, serde_json::to_vec(value)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_vec(value)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 }
@@ -210,7 +219,8 @@ fn uuid_like() -> String {
 }
 
 fn read_json(path: &Path, flag: &str) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{flag}: {} is not valid JSON", path.display()))
 }
 
@@ -221,12 +231,20 @@ async fn check(connector: &Connector, config: &Path) -> Result<()> {
     let status = statuses
         .first()
         .and_then(|m| m.get("connectionStatus"))
-        .ok_or_else(|| anyhow!("the connector {:?} (check) reported no connection status", connector.name()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "the connector {:?} (check) reported no connection status",
+                connector.name()
+            )
+        })?;
     if status.get("status").and_then(Value::as_str) != Some("SUCCEEDED") {
         bail!(
             "the connector {:?} cannot connect with this config (check): {}",
             connector.name(),
-            status.get("message").and_then(Value::as_str).unwrap_or("(no message)")
+            status
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)")
         );
     }
     tracing::info!(connector = connector.name(), "check succeeded");
@@ -235,12 +253,19 @@ async fn check(connector: &Connector, config: &Path) -> Result<()> {
 
 /// Discovers the streams and configures each in the best mode it supports.
 async fn discover(connector: &Connector, config: &Path) -> Result<Value> {
-    let catalogs = connector.collect("discover", &[("--config", config)], "CATALOG").await?;
+    let catalogs = connector
+        .collect("discover", &[("--config", config)], "CATALOG")
+        .await?;
     let streams = catalogs
         .first()
         .and_then(|m| m.pointer("/catalog/streams"))
         .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("the connector {:?} (discover) printed no catalog", connector.name()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "the connector {:?} (discover) printed no catalog",
+                connector.name()
+            )
+        })?;
     let configured: Vec<Value> = streams
         .iter()
         .map(|stream| {
@@ -248,7 +273,9 @@ async fn discover(connector: &Connector, config: &Path) -> Result<Value> {
                 .get("supported_sync_modes")
                 .and_then(Value::as_array)
                 .is_some_and(|m| m.iter().any(|m| m == "incremental"));
-            let cursor = stream.get("default_cursor_field").filter(|c| c.as_array().is_some_and(|c| !c.is_empty()));
+            let cursor = stream
+                .get("default_cursor_field")
+                .filter(|c| c.as_array().is_some_and(|c| !c.is_empty()));
             let source_cursor = stream.get("source_defined_cursor").and_then(Value::as_bool) == Some(true);
             let key = stream
                 .get("source_defined_primary_key")
@@ -278,16 +305,26 @@ fn select_streams(mut catalog: Value, wanted: &[String]) -> Result<Value> {
         .ok_or_else(|| anyhow!("the catalog has no \"streams\" array"))?;
     for s in streams.iter() {
         if s.pointer("/stream/name").and_then(Value::as_str).is_none() {
-            bail!("a stream of the catalog has no stream.name: {}", truncate(&s.to_string(), 200));
+            bail!(
+                "a stream of the catalog has no stream.name: {}",
+                truncate(&s.to_string(), 200)
+            );
         }
     }
     if !wanted.is_empty() {
         let names: Vec<String> = streams
             .iter()
-            .filter_map(|s| s.pointer("/stream/name").and_then(Value::as_str).map(str::to_string))
+            .filter_map(|s| {
+                s.pointer("/stream/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .collect();
         if let Some(missing) = wanted.iter().find(|w| !names.contains(w)) {
-            bail!("--stream {missing}: the catalog has no such stream (it has {})", names.join(", "));
+            bail!(
+                "--stream {missing}: the catalog has no such stream (it has {})",
+                names.join(", ")
+            );
         }
         streams.retain(|s| {
             s.pointer("/stream/name")
@@ -345,7 +382,12 @@ async fn sync(
     let mut streams: HashMap<String, StreamSync> = HashMap::new();
     let mut order = Vec::new();
     let mut states = Vec::new();
-    for configured in catalog.get("streams").and_then(Value::as_array).into_iter().flatten() {
+    for configured in catalog
+        .get("streams")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let name = configured
             .pointer("/stream/name")
             .and_then(Value::as_str)
@@ -353,7 +395,10 @@ async fn sync(
             .to_string();
         let mode = Mode::of(configured, &name)?;
         let ident = TableIdent::new(ns.clone(), format!("{}{}", args.prefix, name));
-        let json_schema = configured.pointer("/stream/json_schema").cloned().unwrap_or_else(|| json!({}));
+        let json_schema = configured
+            .pointer("/stream/json_schema")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
         let (fields, shape) = schema::columns(&json_schema);
         let wrap = fields.len() == 1 && fields[0].name() == DATA_COLUMN;
         let table = ensure_table(lake, &ident, &name, fields).await?;
@@ -371,7 +416,11 @@ async fn sync(
                 bail!("stream {name}: primary key column {k:?} is not a column of {ident}");
             }
         }
-        let committed_state = if mode.incremental() { stored_state(&table) } else { None };
+        let committed_state = if mode.incremental() {
+            stored_state(&table)
+        } else {
+            None
+        };
         if let Some(state) = &committed_state {
             tracing::info!(stream = name, table = %ident, "resuming from the state the table holds");
             states.push(state.clone());
@@ -462,17 +511,25 @@ async fn read_messages(
         match message_type(&message) {
             "RECORD" => {
                 let record = message.get("record").cloned().unwrap_or_default();
-                let name = record.get("stream").and_then(Value::as_str).unwrap_or_default().to_string();
-                let stream = streams
-                    .get_mut(&name)
-                    .ok_or_else(|| anyhow!("the connector sent a record of stream {name:?}, which is not in the catalog"))?;
+                let name = record
+                    .get("stream")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let stream = streams.get_mut(&name).ok_or_else(|| {
+                    anyhow!("the connector sent a record of stream {name:?}, which is not in the catalog")
+                })?;
                 current_stream = Some(name);
                 stream.add(record, args).await?;
                 total += 1;
                 if last_progress.elapsed() >= Duration::from_secs(5) {
                     last_progress = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(0.001);
-                    tracing::info!(records = total, rate = format!("{:.0}/s", total as f64 / secs), "syncing");
+                    tracing::info!(
+                        records = total,
+                        rate = format!("{:.0}/s", total as f64 / secs),
+                        "syncing"
+                    );
                 }
             }
             "STATE" => {
@@ -514,7 +571,10 @@ async fn read_messages(
                         stream.map(|s| format!(" in stream {s}")).unwrap_or_default()
                     );
                 }
-                if let Some(name) = message.pointer("/trace/stream_status/stream_descriptor").and_then(descriptor_name) {
+                if let Some(name) = message
+                    .pointer("/trace/stream_status/stream_descriptor")
+                    .and_then(descriptor_name)
+                {
                     current_stream = Some(name);
                 }
                 log_message(&message);
@@ -527,7 +587,10 @@ async fn read_messages(
 
 impl StreamSync {
     async fn add(&mut self, record: Value, args: &AirbyteArgs) -> Result<()> {
-        let emitted_at = record.get("emitted_at").and_then(Value::as_f64).unwrap_or_default();
+        let emitted_at = record
+            .get("emitted_at")
+            .and_then(Value::as_f64)
+            .unwrap_or_default();
         let mut data = record.get("data").cloned().unwrap_or(Value::Null);
         if self.wrap {
             data = json!({ DATA_COLUMN: data });
@@ -564,7 +627,11 @@ impl StreamSync {
     }
 
     fn key_of(&self, data: &Value) -> Result<String> {
-        let values: Vec<&Value> = self.key.iter().map(|k| data.get(k).unwrap_or(&Value::Null)).collect();
+        let values: Vec<&Value> = self
+            .key
+            .iter()
+            .map(|k| data.get(k).unwrap_or(&Value::Null))
+            .collect();
         if values.iter().all(|v| v.is_null()) {
             bail!(
                 "stream {}: record {} has no primary key ({}): {}",
@@ -672,7 +739,12 @@ impl StreamSync {
         self.commit_rows_with(lake, args, Some(state)).await
     }
 
-    async fn commit_rows_with(&mut self, lake: &Lake, args: &AirbyteArgs, state: Option<Value>) -> Result<()> {
+    async fn commit_rows_with(
+        &mut self,
+        lake: &Lake,
+        args: &AirbyteArgs,
+        state: Option<Value>,
+    ) -> Result<()> {
         tarn_core::failpoint::hit("airbyte.before_commit").await?;
         let summary = self.summary(state.as_ref());
         let table = match self.mode {
@@ -682,9 +754,16 @@ impl StreamSync {
                 self.close_writer().await?;
                 let files = std::mem::take(&mut self.files);
                 if files.is_empty() {
-                    // Nothing new, but the state moved on: record it in a snapshot of its own.
-                    lake.commit_row_delta(&self.table, RowDelta { summary, ..RowDelta::default() })
-                        .await?
+                    // Nothing new: an empty delta commits nothing (the state is not recorded
+                    // alone; resuming from the previous one reads no records again).
+                    lake.commit_row_delta(
+                        &self.table,
+                        RowDelta {
+                            summary,
+                            ..RowDelta::default()
+                        },
+                    )
+                    .await?
                 } else {
                     lake.append(&self.ident, files, summary).await?
                 }
@@ -703,13 +782,22 @@ impl StreamSync {
     }
 
     /// Replaces the rows of the pending records' keys with them: one row delta.
-    async fn upsert(&mut self, lake: &Lake, args: &AirbyteArgs, summary: HashMap<String, String>) -> Result<Table> {
+    async fn upsert(
+        &mut self,
+        lake: &Lake,
+        args: &AirbyteArgs,
+        summary: HashMap<String, String>,
+    ) -> Result<Table> {
         let batches = self.decode_pending(args.batch_rows)?;
         let table = lake.load_table(&self.ident).await?;
         let key_types: Vec<SortField> = self
             .key
             .iter()
-            .map(|k| Ok(SortField::new(self.schema.field_with_name(k)?.data_type().clone())))
+            .map(|k| {
+                Ok(SortField::new(
+                    self.schema.field_with_name(k)?.data_type().clone(),
+                ))
+            })
             .collect::<Result<_>>()?;
         let converter = RowConverter::new(key_types).context("cannot compare primary keys")?;
         let key_columns = |batch: &RecordBatch| -> Result<Vec<arrow::array::ArrayRef>> {
@@ -830,7 +918,9 @@ fn primary_key(configured: &Value, name: &str) -> Result<Vec<String>> {
         .or_else(|| configured.pointer("/stream/source_defined_primary_key"))
         .and_then(Value::as_array)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| anyhow!("stream {name}: append_dedup needs a primary key (primary_key in the catalog)"))?;
+        .ok_or_else(|| {
+            anyhow!("stream {name}: append_dedup needs a primary key (primary_key in the catalog)")
+        })?;
     key.iter()
         .map(|path| match path.as_array().map(Vec::as_slice) {
             Some([Value::String(column)]) => Ok(column.clone()),
@@ -843,7 +933,12 @@ fn primary_key(configured: &Value, name: &str) -> Result<Vec<String>> {
 
 /// The table of a stream: created from its columns (and `_airbyte_emitted_at`), or the
 /// existing one with columns the stream gained added.
-async fn ensure_table(lake: &Lake, ident: &TableIdent, stream: &str, mut fields: Vec<Field>) -> Result<Table> {
+async fn ensure_table(
+    lake: &Lake,
+    ident: &TableIdent,
+    stream: &str,
+    mut fields: Vec<Field>,
+) -> Result<Table> {
     fields.push(Field::new(
         EMITTED_AT,
         DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
@@ -868,7 +963,13 @@ async fn ensure_table(lake: &Lake, ident: &TableIdent, stream: &str, mut fields:
 }
 
 /// Adds `added` (optional columns) to `table`'s schema.
-async fn evolve(lake: &Lake, table: &Table, ident: &TableIdent, stream: &str, added: &[Field]) -> Result<Table> {
+async fn evolve(
+    lake: &Lake,
+    table: &Table,
+    ident: &TableIdent,
+    stream: &str,
+    added: &[Field],
+) -> Result<Table> {
     let metadata = table.metadata();
     let mut next_id = metadata.last_column_id() + 1;
     let with_ids: Vec<Field> = added.iter().map(|f| assign_ids(f, &mut next_id)).collect();
@@ -896,7 +997,9 @@ fn assign_ids(field: &Field, next: &mut i32) -> Field {
     let id = *next;
     *next += 1;
     let dt = match field.data_type() {
-        DataType::Struct(children) => DataType::Struct(children.iter().map(|c| assign_ids(c, next)).collect()),
+        DataType::Struct(children) => {
+            DataType::Struct(children.iter().map(|c| assign_ids(c, next)).collect())
+        }
         DataType::List(item) => DataType::List(Arc::new(assign_ids(item, next))),
         other => other.clone(),
     };
@@ -914,7 +1017,9 @@ fn stored_state(table: &Table) -> Option<Value> {
         if let Some(state) = s.summary().additional_properties.get(STATE_KEY) {
             return serde_json::from_str(state).ok();
         }
-        snapshot = s.parent_snapshot_id().and_then(|p| metadata.snapshot_by_id(p).cloned());
+        snapshot = s
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p).cloned());
     }
     None
 }
@@ -922,7 +1027,12 @@ fn stored_state(table: &Table) -> Option<Value> {
 /// What `--state` hands the connector: the per-stream states as an array; a GLOBAL state
 /// (stored in every table it covered) once; a LEGACY state as its bare `data`.
 fn state_file(states: Vec<Value>) -> Option<Value> {
-    let kind = |s: &Value| s.get("type").and_then(Value::as_str).unwrap_or("LEGACY").to_string();
+    let kind = |s: &Value| {
+        s.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("LEGACY")
+            .to_string()
+    };
     if let Some(legacy) = states.iter().find(|s| kind(s) == "LEGACY") {
         return Some(legacy.get("data").cloned().unwrap_or_default());
     }

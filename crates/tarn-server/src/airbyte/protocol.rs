@@ -38,9 +38,9 @@ impl Connector {
     /// `source-faker` or `docker run --rm -i -v /tmp:/tmp airbyte/source-faker:6.2`.
     pub fn parse(command: &str) -> Result<Self> {
         let mut words = command.split_whitespace().map(str::to_string);
-        let program = words
-            .next()
-            .ok_or_else(|| anyhow!("--connector is empty: give the connector's command, e.g. source-faker"))?;
+        let program = words.next().ok_or_else(|| {
+            anyhow!("--connector is empty: give the connector's command, e.g. source-faker")
+        })?;
         Ok(Self {
             program,
             args: words.collect(),
@@ -138,11 +138,10 @@ impl MessageStream {
     /// The next message; `None` at the end of the output (then call [`Self::finish`]).
     pub async fn next(&mut self) -> Result<Option<Value>> {
         loop {
-            let line = self
-                .lines
-                .next_line()
-                .await
-                .with_context(|| format!("cannot read the output of the connector {:?}", self.connector))?;
+            let line =
+                self.lines.next_line().await.with_context(|| {
+                    format!("cannot read the output of the connector {:?}", self.connector)
+                })?;
             let Some(line) = line else { return Ok(None) };
             self.line_no += 1;
             let trimmed = line.trim();
@@ -150,7 +149,10 @@ impl MessageStream {
                 continue;
             }
             if !trimmed.starts_with('{') {
-                tracing::warn!(line = self.line_no, "the connector printed a line that is not an Airbyte message: {trimmed}");
+                tracing::warn!(
+                    line = self.line_no,
+                    "the connector printed a line that is not an Airbyte message: {trimmed}"
+                );
                 continue;
             }
             let message: Value = serde_json::from_str(trimmed).map_err(|e| {
@@ -164,7 +166,8 @@ impl MessageStream {
             })?;
             match message.get("type").and_then(Value::as_str) {
                 Some(
-                    "RECORD" | "STATE" | "LOG" | "TRACE" | "CATALOG" | "SPEC" | "CONNECTION_STATUS" | "CONTROL",
+                    "RECORD" | "STATE" | "LOG" | "TRACE" | "CATALOG" | "SPEC" | "CONNECTION_STATUS"
+                    | "CONTROL",
                 ) => return Ok(Some(message)),
                 other => bail!(
                     "the connector {:?} ({}) wrote a message of unknown type {} at line {} of its output: {}",

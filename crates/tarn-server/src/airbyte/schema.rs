@@ -110,7 +110,11 @@ pub fn column_type(schema: &Value) -> (DataType, Shape) {
     let json = (DataType::Utf8, Shape::Json);
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect(),
         _ => return json,
     };
     let [kind] = types.as_slice() else {
@@ -187,15 +191,27 @@ mod tests {
             "any": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
         }});
         let (fields, shape) = columns(&schema);
-        let ty = |name: &str| fields.iter().find(|f| f.name() == name).unwrap().data_type().clone();
+        let ty = |name: &str| {
+            fields
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap()
+                .data_type()
+                .clone()
+        };
         assert_eq!(ty("id"), DataType::Int64);
         assert_eq!(ty("price"), DataType::Float64);
         assert_eq!(ty("ok"), DataType::Boolean);
         assert_eq!(ty("day"), DataType::Date32);
-        assert_eq!(ty("at"), DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())));
+        assert_eq!(
+            ty("at"),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+        );
         assert_eq!(ty("local"), DataType::Timestamp(TimeUnit::Microsecond, None));
         assert_eq!(ty("t"), DataType::Time64(TimeUnit::Microsecond));
-        assert!(matches!(ty("address"), DataType::Struct(f) if f.len() == 2 && f[1].data_type() == &DataType::Utf8));
+        assert!(
+            matches!(ty("address"), DataType::Struct(f) if f.len() == 2 && f[1].data_type() == &DataType::Utf8)
+        );
         assert!(matches!(ty("tags"), DataType::List(f) if f.data_type() == &DataType::Utf8));
         for json_column in ["mixed", "free", "any"] {
             assert_eq!(ty(json_column), DataType::Utf8, "{json_column}");
