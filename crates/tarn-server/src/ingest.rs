@@ -81,6 +81,10 @@ pub enum IngestCommand {
     /// connector error, a malformed message or a record that does not fit its schema fails
     /// the sync naming the stream and record, with nothing pending committed.
     ///
+    /// `--config CONFIG.json` after `ingest airbyte` is the connector's configuration (JSON,
+    /// as its `spec` describes; `--print spec` shows it); tarn's own config file goes before
+    /// `ingest` (`tarn --config tarn.toml ingest airbyte ...`) or in `TARN_CONFIG`.
+    ///
     /// See docs/airbyte.md.
     Airbyte(crate::airbyte::AirbyteArgs),
 }

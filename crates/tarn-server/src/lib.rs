@@ -12,12 +12,14 @@
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
 //! - [`bench`], [`bench_cdc`] and [`bench_catalog`]: `tarn bench tpch`, `tarn bench cdc` and
 //!   `tarn bench catalog`; `bench_kafka` (feature `kafka`): `tarn bench kafka`;
+//! - [`bench_airbyte`]: `tarn bench airbyte`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
 //! - [`measure`]: what the benchmarks report about the process itself.
 
 pub mod airbyte;
 pub mod bench;
+pub mod bench_airbyte;
 pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]

@@ -186,6 +186,37 @@ pub async fn run(args: AirbyteArgs, config: Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The configured catalog a sync without `--catalog` uses: every stream `connector`
+/// discovers with `config`, in the best mode it supports.
+pub async fn discovered_catalog(connector: &str, config: &Path) -> Result<Value> {
+    let connector = Connector::parse(connector)?;
+    discover(&connector, &tarn_core::config::absolute(config)).await
+}
+
+/// Syncs as `tarn ingest airbyte` does with `args` (the command's flags, e.g. `["--connector",
+/// "source-faker", ...]`) into `lake`, without `check`; returns the records synced.
+pub async fn sync_with_flags(lake: &Lake, flags: &[String]) -> Result<u64> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: AirbyteArgs,
+    }
+    let args = <Flags as clap::Parser>::try_parse_from(
+        std::iter::once("airbyte".to_string()).chain(flags.iter().cloned()),
+    )?
+    .args;
+    let connector = Connector::parse(&args.connector)?;
+    let config_path = tarn_core::config::absolute(&args.config);
+    let catalog = match &args.catalog {
+        Some(path) => read_json(path, "--catalog")?,
+        None => discover(&connector, &config_path).await?,
+    };
+    let catalog = select_streams(catalog, &args.streams)?;
+    let work = WorkDir::new()?;
+    let summary = sync(lake, &connector, &config_path, &catalog, &args, &work).await?;
+    Ok(summary.iter().map(|(_, (_, rows, _))| rows).sum())
+}
+
 /// A private directory for the catalog and state files handed to the connector.
 struct WorkDir(PathBuf);
 

@@ -530,3 +530,41 @@ async fn faker_full_refresh_and_incremental() {
     let n = own["users"].len();
     assert_eq!(ids(&t, "ff.users").await, format!("{n}|{n}|1|{n}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_properties_add_columns() {
+    let t = TestLake::new().await;
+    let dir = t.path().to_path_buf();
+    let source = test_source();
+    // First with a catalog that knows two of the stream's properties (others are not stored).
+    let mut narrow: Value = serde_json::from_str(
+        &std::fs::read_to_string(items_catalog(&dir, "full.json", "incremental", "append")).unwrap(),
+    )
+    .unwrap();
+    narrow["streams"][0]["stream"]["json_schema"]["properties"] =
+        json!({"id": {"type": "integer"}, "name": {"type": "string"}});
+    let narrow = write_json(&dir, "narrow.json", &narrow).display().to_string();
+    let c3 = write_json(&dir, "c3.json", &json!({"count": 3}));
+    ingest_ok(&t, &source, &c3, "ev", &["--catalog", &narrow]);
+    assert_eq!(
+        t.query("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'ev' AND table_name = 'items'")
+            .await,
+        vec!["3"]
+    );
+    // Then the whole schema: the table gains the columns; old rows read NULL there.
+    let full = dir.join("full.json").display().to_string();
+    let c5 = write_json(&dir, "c5.json", &json!({"count": 5}));
+    let err = ingest_ok(&t, &source, &c5, "ev", &["--catalog", &full]);
+    assert!(err.contains("items: 2 record(s)"), "{err}");
+    assert_eq!(
+        t.query("SELECT id, price, address['city'], tags FROM ev.items ORDER BY id")
+            .await,
+        vec![
+            "1|NULL|NULL|NULL",
+            "2|NULL|NULL|NULL",
+            "3|NULL|NULL|NULL",
+            "4|6.0|city 1|[t0, all]",
+            "5|7.5|city 2|[t1, all]",
+        ]
+    );
+}
