@@ -432,7 +432,8 @@ async fn sync(
             .unwrap_or_else(|| json!({}));
         let (fields, shape) = schema::columns(&json_schema);
         let wrap = fields.len() == 1 && fields[0].name() == DATA_COLUMN;
-        let table = ensure_table(lake, &ident, &name, fields).await?;
+        let table = ensure_table(lake, &ident, &name, fields.clone()).await?;
+        let shape = as_stored(shape, &fields, &table)?;
         let key = if mode == Mode::IncrementalDedup {
             primary_key(configured, &name)?
         } else {
@@ -983,9 +984,19 @@ async fn ensure_table(
     let table = lake.load_table(ident).await?;
     let current = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
         .map_err(|e| anyhow!("cannot map the schema of {ident}: {e}"))?;
+    // The `iceberg` crate's reader cannot fill a list column missing from older data files
+    // with NULLs: on a table with rows, a new column holding a list is stored as JSON text.
+    let has_rows = table.metadata().current_snapshot().is_some();
     let added: Vec<Field> = fields
         .into_iter()
         .filter(|f| current.field_with_name(f.name()).is_err())
+        .map(|f| {
+            if has_rows && holds_list(f.data_type()) {
+                Field::new(f.name(), DataType::Utf8, true)
+            } else {
+                f
+            }
+        })
         .collect();
     if added.is_empty() {
         return Ok(table);
@@ -1074,4 +1085,33 @@ fn state_file(states: Vec<Value>) -> Option<Value> {
         }
     }
     (!out.is_empty()).then_some(Value::Array(out))
+}
+
+fn holds_list(dt: &DataType) -> bool {
+    match dt {
+        DataType::List(_) => true,
+        DataType::Struct(fields) => fields.iter().any(|f| holds_list(f.data_type())),
+        _ => false,
+    }
+}
+
+/// `shape` adjusted to the table as it is: a column the table stores as text while the
+/// stream's schema gives it another type (a list column added to a table with rows, a column
+/// whose shape changed) is stored as JSON text.
+fn as_stored(shape: Shape, fields: &[Field], table: &Table) -> Result<Shape> {
+    let stored = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+        .map_err(|e| anyhow!("cannot map the schema of {}: {e}", table.identifier()))?;
+    let Shape::Struct(mut shapes) = shape else {
+        return Ok(shape);
+    };
+    for field in fields {
+        let as_text = stored
+            .field_with_name(field.name())
+            .is_ok_and(|f| f.data_type() == &DataType::Utf8 && field.data_type() != &DataType::Utf8);
+        if as_text {
+            shapes.retain(|(name, _)| name != field.name());
+            shapes.push((field.name().clone(), Shape::Json));
+        }
+    }
+    Ok(Shape::Struct(shapes))
 }

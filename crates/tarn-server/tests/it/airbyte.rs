@@ -551,7 +551,8 @@ async fn new_properties_add_columns() {
             .await,
         vec!["3"]
     );
-    // Then the whole schema: the table gains the columns; old rows read NULL there.
+    // Then the whole schema: the table gains the columns; old rows read NULL there. (A list
+    // column added to a table with rows is stored as JSON text: docs/airbyte.md.)
     let full = dir.join("full.json").display().to_string();
     let c5 = write_json(&dir, "c5.json", &json!({"count": 5}));
     let err = ingest_ok(&t, &source, &c5, "ev", &["--catalog", &full]);
@@ -563,8 +564,8 @@ async fn new_properties_add_columns() {
             "1|NULL|NULL|NULL",
             "2|NULL|NULL|NULL",
             "3|NULL|NULL|NULL",
-            "4|6.0|city 1|[t0, all]",
-            "5|7.5|city 2|[t1, all]",
+            "4|6.0|city 1|[\"t0\",\"all\"]",
+            "5|7.5|city 2|[\"t1\",\"all\"]",
         ]
     );
 }
