@@ -680,7 +680,6 @@ impl StreamSync {
     fn decode_pending(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>> {
         let records = std::mem::take(&mut self.pending);
         self.pending_keys.clear();
-        let first_record = self.records - self.rows_since_commit.min(self.records);
         let mut out = Vec::new();
         for (chunk_no, chunk) in records.chunks(batch_rows.max(1)).enumerate() {
             match decode(&self.schema, chunk) {
@@ -693,7 +692,6 @@ impl StreamSync {
                         .position(|r| decode(&self.schema, std::slice::from_ref(r)).is_err())
                         .unwrap_or(0);
                     let bad = &chunk[at];
-                    let _ = first_record;
                     let emitted = bad.get(EMITTED_AT).and_then(Value::as_i64).unwrap_or_default() / 1000;
                     let mut shown = bad.clone();
                     if let Some(m) = shown.as_object_mut() {
@@ -1067,7 +1065,8 @@ fn stored_state(table: &Table) -> Option<Value> {
 }
 
 /// What `--state` hands the connector: the per-stream states as an array; a GLOBAL state
-/// (stored in every table it covered) once; a LEGACY state as its bare `data`.
+/// (stored in every table it covered: the first stream's) alone; a LEGACY state as its bare
+/// `data`.
 fn state_file(states: Vec<Value>) -> Option<Value> {
     let kind = |s: &Value| {
         s.get("type")
@@ -1077,6 +1076,9 @@ fn state_file(states: Vec<Value>) -> Option<Value> {
     };
     if let Some(legacy) = states.iter().find(|s| kind(s) == "LEGACY") {
         return Some(legacy.get("data").cloned().unwrap_or_default());
+    }
+    if let Some(global) = states.iter().find(|s| kind(s) == "GLOBAL") {
+        return Some(Value::Array(vec![global.clone()]));
     }
     let mut out: Vec<Value> = Vec::new();
     for state in states {
