@@ -87,4 +87,16 @@ if [ ! -f "$airflow_stamp" ]; then
   .venv-airflow/bin/pip install -q "${AIRFLOW_PACKAGES[@]}"
   touch "$airflow_stamp"
 fi
+# Airbyte's source-faker for `tarn ingest airbyte`'s tests, in a venv of its own: the Airbyte
+# CDK pins versions of pydantic, requests and others that the packages above do not accept.
+# Needs Python < 3.13. (`airbyte-source-file` does not install from PyPI: its pins do not exist.)
+AIRBYTE_PACKAGES=('airbyte-source-faker==7.2.1')
+airbyte_stamp=".venv-airbyte/.tarn-setup-$(printf '%s\n' "${AIRBYTE_PACKAGES[@]}" | sha1sum | cut -c1-12)"
+if [ ! -f "$airbyte_stamp" ]; then
+  echo "setup: creating the Airbyte connector venv in .venv-airbyte (source-faker)"
+  python3 -m venv .venv-airbyte
+  .venv-airbyte/bin/pip install -q --upgrade pip
+  .venv-airbyte/bin/pip install -q "${AIRBYTE_PACKAGES[@]}"
+  touch "$airbyte_stamp"
+fi
 echo "setup: ready"

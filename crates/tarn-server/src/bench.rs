@@ -140,6 +140,24 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Airbyte: `tarn ingest airbyte` records/s beside the connector's own `read` with its
+    /// output to /dev/null (the ceiling), same run, same configured catalog.
+    Airbyte {
+        /// The connector's command, e.g. `source-faker`.
+        #[arg(long, value_name = "COMMAND")]
+        connector: String,
+        /// The connector's configuration (JSON), e.g. `{"count": 100000, "seed": 1}` for
+        /// source-faker.
+        #[arg(long = "config", id = "connector_config", value_name = "CONFIG.json")]
+        config: std::path::PathBuf,
+        /// A configured catalog; default: every stream the connector discovers, in the mode
+        /// `tarn ingest airbyte` would pick.
+        #[arg(long, value_name = "CATALOG.json")]
+        catalog: Option<std::path::PathBuf>,
+        /// Where the lake goes; default `DATA_DIR/bench/airbyte`.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// The Iceberg REST catalog: `loadTable` and commit latency (p50, p99) and throughput with
     /// concurrent clients, against the same operations on the SQL catalog directly.
     Catalog {
@@ -370,6 +388,22 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 opa_url,
             };
             crate::bench_policy::run(&config, &options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Airbyte {
+            connector,
+            config: connector_config,
+            catalog,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("airbyte"));
+            let options = crate::bench_airbyte::AirbyteBenchOptions {
+                connector,
+                config: connector_config,
+                catalog,
+                dir,
+            };
+            crate::bench_airbyte::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Catalog {

@@ -148,9 +148,10 @@ enum Command {
     /// it to Kafka as Debezium change events (`cdc.sink = "kafka"`).
     #[command(subcommand)]
     Cdc(crate::cdc::CdcCommand),
-    /// Ingest streams: Kafka topics of Debezium change events into Iceberg tables
-    /// (`tarn ingest kafka --brokers HOST:PORT --topic TOPIC`).
-    #[cfg(feature = "kafka")]
+    /// Ingest streams: an Airbyte source connector's streams (`tarn ingest airbyte
+    /// --connector source-faker --config CONFIG.json --namespace NS`), Kafka topics of
+    /// Debezium change events (`tarn ingest kafka --brokers HOST:PORT --topic TOPIC`, feature
+    /// `kafka`) into Iceberg tables.
     #[command(subcommand)]
     Ingest(crate::ingest::IngestCommand),
     /// Jobs: DAGs of tasks (sql, load, maintain, export, http, shell, airbyte) in TOML files
@@ -325,8 +326,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Long-running ingestion logs on stdout; `tarn ingest airbyte` keeps stdout for `--print`.
     #[cfg(feature = "kafka")]
-    let ingesting = matches!(cli.command, Command::Ingest(_));
+    let ingesting = matches!(
+        cli.command,
+        Command::Ingest(crate::ingest::IngestCommand::Kafka(_))
+    );
     #[cfg(not(feature = "kafka"))]
     let ingesting = false;
     let long_running = ingesting
@@ -559,7 +564,6 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(cmd) => crate::cdc::run(cmd, config).await,
-        #[cfg(feature = "kafka")]
         Command::Ingest(cmd) => crate::ingest::run(cmd, config).await,
         Command::Demo(args) => {
             let metrics = crate::serve::install_metrics()?;

@@ -1,15 +1,20 @@
-//! `tarn ingest kafka`: Kafka topics of Debezium change events into Iceberg tables, or
-//! (`--archive`) their records unchanged into the raw archive table.
+//! `tarn ingest kafka` (feature `kafka`): Kafka topics of Debezium change events into Iceberg
+//! tables, or (`--archive`) their records unchanged into the raw archive table.
+//! `tarn ingest airbyte`: an Airbyte source connector's streams into Iceberg tables
+//! ([`crate::airbyte`]).
 //!
 //! The flags fill `[cdc.kafka]` and set `cdc.source_kind = "kafka"` over whatever the config
 //! file, `TARN_*` variables and `--set` said; the pipeline then runs exactly as `tarn cdc run`
 //! runs it (same progress line, same stop on Ctrl-C or SIGTERM with a last commit).
 
 use std::process::ExitCode;
+#[cfg(feature = "kafka")]
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+#[cfg(feature = "kafka")]
+use clap::Args;
+use clap::Subcommand;
 use tarn_core::Config;
 
 /// Ingest streams into the lake.
@@ -57,10 +62,35 @@ pub enum IngestCommand {
     ///
     /// Flags override `[cdc.kafka]` of the config; see docs/kafka.md and
     /// docs/kafka-archive.md.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaArgs),
+    /// Run an Airbyte source connector and write its streams into Iceberg tables, exactly
+    /// once.
+    ///
+    /// The connector is any program speaking the Airbyte protocol (a Python connector from
+    /// PyPI such as `source-faker`, or `docker run --rm -i IMAGE` where Docker exists); tarn
+    /// runs `check`, `discover` (without `--catalog`) and `read`, and writes each stream into
+    /// `NS.PREFIX<stream>`, created from the stream's JSON schema (nested objects as structs,
+    /// arrays as lists, unknown or mixed shapes as JSON text; new columns are added).
+    ///
+    /// Sync modes of the configured catalog: full refresh overwrite (one overwrite commit at
+    /// the end) or append; incremental append, or append_dedup (rows replaced by primary key
+    /// through position deletes). Incremental streams commit at the connector's STATE
+    /// messages with the state in the snapshot summary, and the next run passes the states
+    /// back, so a killed sync resumes where the lake is: no record twice, none lost. A
+    /// connector error, a malformed message or a record that does not fit its schema fails
+    /// the sync naming the stream and record, with nothing pending committed.
+    ///
+    /// `--config CONFIG.json` after `ingest airbyte` is the connector's configuration (JSON,
+    /// as its `spec` describes; `--print spec` shows it); tarn's own config file goes before
+    /// `ingest` (`tarn --config tarn.toml ingest airbyte ...`) or in `TARN_CONFIG`.
+    ///
+    /// See docs/airbyte.md.
+    Airbyte(crate::airbyte::AirbyteArgs),
 }
 
 /// `tarn ingest kafka`'s flags.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]` (default `cdc.kafka.brokers`).
@@ -116,11 +146,13 @@ pub struct KafkaArgs {
     duration: Option<Duration>,
 }
 
+#[cfg(feature = "kafka")]
 fn parse_duration(s: &str) -> Result<Duration, String> {
     tarn_core::config::parse_duration("--duration", s).map_err(|e| e.to_string())
 }
 
 /// `config` with the flags of `args` applied, validated.
+#[cfg(feature = "kafka")]
 pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
     config.cdc.source_kind = "kafka".into();
     let kafka = &mut config.cdc.kafka;
@@ -159,6 +191,8 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
 /// Runs a `tarn ingest` command.
 pub async fn run(cmd: IngestCommand, config: Config) -> Result<ExitCode> {
     match cmd {
+        IngestCommand::Airbyte(args) => crate::airbyte::run(args, config).await,
+        #[cfg(feature = "kafka")]
         IngestCommand::Kafka(args) => {
             let config = kafka_config(&args, config)?;
             let metrics = match args.metrics_listen {
@@ -183,6 +217,7 @@ pub async fn run(cmd: IngestCommand, config: Config) -> Result<ExitCode> {
 }
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz` on `addr` until aborted.
+#[cfg(feature = "kafka")]
 async fn serve_metrics(addr: std::net::SocketAddr) -> Result<tokio::task::JoinHandle<()>> {
     use axum::routing::get;
     let handle = crate::serve::install_metrics()?;

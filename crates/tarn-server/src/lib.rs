@@ -5,18 +5,22 @@
 //! - [`cli`]: argument parsing and the dispatch of each command ([`cli::main`] is the binary);
 //! - [`serve`]: `tarn serve` — the Postgres wire endpoint, HTTP, the CDC pipeline;
 //! - [`cdc`]: `tarn cdc` — run, inspect and remove a change-data-capture pipeline;
-//! - `ingest` (feature `kafka`): `tarn ingest kafka` — Debezium change-event topics into the lake;
+//! - [`ingest`]: `tarn ingest kafka` (feature `kafka`) — Debezium change-event topics into the
+//!   lake; `tarn ingest airbyte` — Airbyte source connectors into the lake ([`airbyte`]);
 //! - `tail` (feature `kafka`): `tarn cdc tail` — the change events on a Kafka topic;
 //! - [`demo`]: `tarn demo` — the whole data flow on one machine, from nothing;
 //! - [`jobs`]: `tarn jobs` and the scheduler of `tarn serve` — DAGs of tasks on cron schedules;
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
 //! - [`bench`], [`bench_cdc`] and [`bench_catalog`]: `tarn bench tpch`, `tarn bench cdc` and
 //!   `tarn bench catalog`; `bench_kafka` (feature `kafka`): `tarn bench kafka`;
+//! - [`bench_airbyte`]: `tarn bench airbyte`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
 //! - [`measure`]: what the benchmarks report about the process itself.
 
+pub mod airbyte;
 pub mod bench;
+pub mod bench_airbyte;
 pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
@@ -30,7 +34,6 @@ pub mod cli;
 pub mod datahub;
 pub mod demo;
 mod http;
-#[cfg(feature = "kafka")]
 pub mod ingest;
 pub mod jobs;
 pub mod load;

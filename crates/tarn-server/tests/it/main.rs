@@ -1,6 +1,7 @@
 //! tarn's integration tests: one binary, real parts (PostgreSQL, an S3 server, pyiceberg,
 //! DuckDB, psql, psycopg, pgjdbc, the example shop, the `tarn` binary itself).
 
+mod airbyte;
 #[cfg(feature = "kafka")]
 mod archive;
 mod audit;

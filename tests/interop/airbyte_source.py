@@ -1,0 +1,132 @@
+"""A small Airbyte source connector for tarn's tests, speaking the protocol as its docs
+describe it (one JSON message per line on stdout): spec, check, discover, read.
+
+One stream, `items` (primary key `id`, cursor `id`), with the columns tarn maps: integer,
+number, string, boolean, date, date-time, a nested object, an array, and a free-form value.
+Records are deterministic: record i has id i. A STATE message follows every `state_every`
+records and covers exactly the records before it ({"cursor": last id}); `read --state F`
+resumes after that cursor. So the connector's own output with the same state is the ground
+truth of what a sync must hold.
+
+Config (JSON):
+  count        ids 1..count (default 10)
+  state_every  records between STATE messages (default 5)
+  sleep_ms     pause after each STATE message (default 0)
+  fail         what goes wrong after `fail_after` records: "crash" (exit 1, a message on
+               stderr), "trace" (an error TRACE naming the stream, then exit 1), "malformed"
+               (a truncated JSON line), "violate" (a record whose id is not an integer)
+  fail_after   default 3
+  updates      also emit ids 1..updates again (name "updated") after the others
+"""
+import json
+import sys
+import time
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": ["null", "string"]},
+        "price": {"type": "number"},
+        "active": {"type": "boolean"},
+        "day": {"type": "string", "format": "date"},
+        "at": {"type": "string", "format": "date-time", "airbyte_type": "timestamp_with_timezone"},
+        "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "extra": {},
+    },
+}
+
+
+def emit(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def arg(name):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+
+
+def record(i, name=None):
+    return {
+        "id": i,
+        "name": name or f"item {i}",
+        "price": i * 1.5,
+        "active": i % 2 == 0,
+        "day": f"2026-01-{(i % 28) + 1:02d}",
+        "at": f"2026-01-01T00:00:{i % 60:02d}+00:00",
+        "address": {"city": f"city {i % 3}", "zip": 1000 + i},
+        "tags": [f"t{i % 2}", "all"],
+        "extra": {"n": i} if i % 2 else [i],
+    }
+
+
+def main():
+    command = sys.argv[1]
+    if command == "spec":
+        emit({"type": "SPEC", "spec": {"connectionSpecification": {"type": "object", "properties": {"count": {"type": "integer"}}}}})
+        return
+    config = json.load(open(arg("--config")))
+    if command == "check":
+        ok = config.get("count", 10) >= 0
+        emit({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "SUCCEEDED" if ok else "FAILED", "message": "count must not be negative"}})
+        return
+    stream = {
+        "name": "items",
+        "json_schema": SCHEMA,
+        "supported_sync_modes": ["full_refresh", "incremental"],
+        "source_defined_cursor": True,
+        "default_cursor_field": ["id"],
+        "source_defined_primary_key": [["id"]],
+    }
+    if command == "discover":
+        emit({"type": "CATALOG", "catalog": {"streams": [stream]}})
+        return
+    assert command == "read", command
+    json.load(open(arg("--catalog")))
+    cursor = 0
+    if arg("--state"):
+        for state in json.load(open(arg("--state"))):
+            if state["stream"]["stream_descriptor"]["name"] == "items":
+                cursor = state["stream"]["stream_state"]["cursor"]
+    emit({"type": "LOG", "log": {"level": "INFO", "message": f"reading items after {cursor}"}})
+    emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
+          "stream_status": {"stream_descriptor": {"name": "items"}, "status": "STARTED"}}})
+    count, every = config.get("count", 10), config.get("state_every", 5)
+    fail, fail_after = config.get("fail"), config.get("fail_after", 3)
+    rows = [(i, None) for i in range(cursor + 1, count + 1)]
+    rows += [(i, "updated") for i in range(1, config.get("updates", 0) + 1)]
+    sent = 0
+    for i, name in rows:
+        if fail and sent == fail_after:
+            if fail == "crash":
+                sys.stderr.write("items: lost the connection to the source database\n")
+                sys.exit(1)
+            if fail == "trace":
+                emit({"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": time.time() * 1000, "error": {
+                    "message": "the API refused the token", "internal_message": "HTTP 401",
+                    "failure_type": "config_error", "stream_descriptor": {"name": "items"}}}})
+                sys.exit(1)
+            if fail == "malformed":
+                sys.stdout.write('{"type": "RECORD", "record": {"stream": "items", "data": {"id": \n')
+                sys.stdout.flush()
+                time.sleep(5)
+                sys.exit(0)
+            if fail == "violate":
+                emit({"type": "RECORD", "record": {"stream": "items", "data": dict(record(i), id="not-a-number"), "emitted_at": int(time.time() * 1000)}})
+                fail = None
+                continue
+        emit({"type": "RECORD", "record": {"stream": "items", "data": record(i, name), "emitted_at": int(time.time() * 1000)}})
+        sent += 1
+        if sent % every == 0:
+            emit({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "items"}, "stream_state": {"cursor": i if name is None else count}}}})
+            if config.get("sleep_ms"):
+                time.sleep(config["sleep_ms"] / 1000)
+    last = count if rows else cursor
+    emit({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "items"}, "stream_state": {"cursor": last}}}})
+    emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
+          "stream_status": {"stream_descriptor": {"name": "items"}, "status": "COMPLETE"}}})
+
+
+if __name__ == "__main__":
+    main()
