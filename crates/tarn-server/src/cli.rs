@@ -348,6 +348,7 @@ pub fn main() -> ExitCode {
         config.log.level.as_str()
     };
     init_logging(&config, default_level, long_running);
+    crate::panic_log::install();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -111,6 +111,10 @@ impl Signals {
     }
 }
 
+/// How long the final comparison waits for one table's rows (or tarn's endpoint to accept
+/// the connection) before it gives up.
+const COMPARE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Progress lines on stdout: steps, and the live line (overwritten in place on a terminal).
 struct Console {
     tty: bool,
@@ -858,12 +862,24 @@ pub async fn run(
         ));
 
         // The comparison, through the Postgres wire endpoint.
-        let lake_client = connect("tarn's Postgres wire endpoint", &tarn_url).await?;
+        let lake_client = tokio::time::timeout(COMPARE_TIMEOUT, connect("tarn's Postgres wire endpoint", &tarn_url))
+            .await
+            .map_err(|_| anyhow::anyhow!("tarn's Postgres wire endpoint at {tarn_url} did not answer within {} s", COMPARE_TIMEOUT.as_secs()))??;
         let comparisons = out
             .step(&signals.hurry, "comparing every shop table: PostgreSQL vs the lake (through tarn's Postgres wire endpoint)", async {
                 let mut all = Vec::new();
                 for table in TABLES {
-                    all.push(compare_table(&pg_client, &lake_client, table).await?);
+                    // A read that stops answering fails the demo, naming the table, rather
+                    // than leaving it waiting.
+                    let compared = tokio::time::timeout(COMPARE_TIMEOUT, compare_table(&pg_client, &lake_client, table))
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "comparing {table} took longer than {} s; the lake or PostgreSQL stopped answering",
+                                COMPARE_TIMEOUT.as_secs()
+                            )
+                        })??;
+                    all.push(compared);
                 }
                 Ok(all)
             })

@@ -41,6 +41,7 @@ pub mod maintain;
 pub mod measure;
 pub mod metric_help;
 pub mod output;
+mod panic_log;
 pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
