@@ -18,8 +18,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{SchemaRef, UInt64Type};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, SchemaRef, UInt64Type};
 use bytes::{Bytes, BytesMut};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
@@ -34,7 +34,7 @@ use datafusion_postgres::pgwire;
 use futures::StreamExt;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{
-    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, Response, Tag,
+    CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, FieldFormat, FieldInfo, Response, Tag,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
@@ -473,15 +473,29 @@ impl CopyRows {
     }
 
     fn encode(&mut self, batch: &RecordBatch) -> PgWireResult<()> {
+        // Text and CSV write floating point as PostgreSQL does (`1e+15`, `Infinity`), not as
+        // the value encoder would (`1000000000000000.0`, `inf`); see `text_values`.
+        let columns: Vec<(ArrayRef, Field)> = batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                let field = self.schema.field(i);
+                match (
+                    self.fields[i].format(),
+                    crate::text_values::float_column_as_text(column),
+                ) {
+                    (FieldFormat::Text, Some(text)) => (
+                        text,
+                        Field::new(field.name(), DataType::Utf8, field.is_nullable()),
+                    ),
+                    _ => (column.clone(), field.clone()),
+                }
+            })
+            .collect();
         for row in 0..batch.num_rows() {
-            for (i, column) in batch.columns().iter().enumerate() {
-                encode_value(
-                    &mut self.encoder,
-                    column,
-                    row,
-                    self.schema.field(i),
-                    &self.fields[i],
-                )?;
+            for (i, (column, field)) in columns.iter().enumerate() {
+                encode_value(&mut self.encoder, column, row, field, &self.fields[i])?;
             }
             self.ready.push_back(self.encoder.take_copy());
         }

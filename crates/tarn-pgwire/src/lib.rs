@@ -42,6 +42,7 @@ mod pg_catalog;
 pub mod pg_functions;
 mod pg_relations;
 mod pg_rewrite;
+mod text_values;
 mod uuid_wire;
 mod wire_types;
 
@@ -329,7 +330,11 @@ impl QueryHook for QueryResultHook {
             client.metadata(),
         ));
         let encoded = execute(df, CURRENT_STATEMENT.try_with(Arc::clone).ok(), options).await;
-        Some(encoded.map(|r| uuid_wire::with_uuid_types(Response::Query(r), &uuids)))
+        Some(
+            encoded.map(|r| {
+                text_values::with_postgres_text(uuid_wire::with_uuid_types(Response::Query(r), &uuids))
+            }),
+        )
     }
 
     async fn handle_extended_parse_query(
@@ -1244,7 +1249,10 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
             self.running.finish(&key);
             response
         };
-        let response = uuid_wire::with_uuid_types(response, &uuids_of(&portal.statement.statement));
+        let response = text_values::with_postgres_text(uuid_wire::with_uuid_types(
+            response,
+            &uuids_of(&portal.statement.statement),
+        ));
         Ok(with_names(
             response,
             names_of(&portal.statement.statement).as_ref(),

@@ -14,7 +14,7 @@ use std::panic::PanicHookInfo;
 
 /// Installs the hook; logging must be set up first.
 pub(crate) fn install() {
-    std::panic::set_hook(Box::new(|info| log(info)));
+    std::panic::set_hook(Box::new(log));
 }
 
 fn log(info: &PanicHookInfo<'_>) {

@@ -122,7 +122,7 @@ fn psql_ddl_dml_catalog_and_errors() {
     assert!(ok, "{out}{err}");
     let (ok, out, err) = s.psql("SELECT region, sum(amount) FROM sales GROUP BY region ORDER BY region");
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "eu|2.5\nus|4.0");
+    assert_eq!(out.trim(), "eu|2.5\nus|4");
     // psql's catalog commands.
     let (ok, out, err) = s.psql("\\dt");
     assert!(ok, "{err}");
@@ -457,6 +457,54 @@ fn psql_describe_shows_postgresql_types() {
 /// through psql's `\copy` and tokio-postgres, against tarn and a real PostgreSQL, in text and
 /// CSV (with tabs, quotes, commas, backslashes, newlines and NULLs in the values), and a binary
 /// COPY that tokio-postgres's decoder reads back.
+/// Floating-point and time values in text results read as PostgreSQL writes them, in both
+/// query protocols (pgwire's own spelling was `10000000000.0`, `-inf`, `10:00:00.500000`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn float_and_time_text_is_what_postgresql_sends() {
+    let s = Served::start(false);
+    let tarn = s.client().await;
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let reference = reference_client(&pg).await;
+    let sql = "SELECT CAST(x AS DOUBLE PRECISION) AS d, CAST(x AS REAL) AS r FROM (VALUES \
+        (1e10), (1e14), (1e15), (123456789012345678), (0.0001), (0.00001), (0.1), (1), (1.5), \
+        (-2.25), (123456.7), (1234567), (0)) AS v(x)";
+    let times = "SELECT TIMESTAMP '2024-01-01 10:00:00.120' AS t, TIMESTAMP '2024-01-01 10:00:00' AS w, \
+        TIME '10:00:00.25' AS tm, CAST('Infinity' AS DOUBLE PRECISION) AS inf, \
+        CAST('-Infinity' AS DOUBLE PRECISION) AS ninf, CAST('NaN' AS DOUBLE PRECISION) AS nan";
+    for sql in [sql, times] {
+        let text = |messages: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<Option<String>>> {
+            messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let expected = text(reference.simple_query(sql).await.unwrap());
+        // Simple protocol.
+        assert_eq!(text(tarn.simple_query(sql).await.unwrap()), expected, "{sql}");
+    }
+    // Extended protocol, text results (psycopg 3), read as the text the server sent.
+    let extended = |conninfo: &str| -> serde_json::Value {
+        let out = tarn_test_utils::run_python("pg_text_values.py", &[conninfo, sql, times]).unwrap();
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let tarn_conninfo = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=tarn",
+        s.pg_port
+    );
+    let expected = extended(&pg.url("postgres"));
+    assert_eq!(
+        extended(&tarn_conninfo),
+        expected,
+        "through psycopg's extended protocol"
+    );
+    assert_eq!(expected[0][2][0], "1e+15", "{expected}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_to_stdout_sends_what_postgresql_sends() {
     use futures::TryStreamExt;
@@ -467,7 +515,9 @@ async fn copy_to_stdout_sends_what_postgresql_sends() {
     let rows = "INSERT INTO c VALUES (1, 'plain', 1.5, true, DATE '2024-01-02'), \
         (2, 'tab' || chr(9) || 'quote \" comma, end', NULL, false, NULL), \
         (3, NULL, -0.25, NULL, DATE '2024-12-31'), \
-        (4, 'back\\slash' || chr(10) || 'line ;', 12345.625, true, DATE '1999-03-04')";
+        (4, 'back\\slash' || chr(10) || 'line ;', 12345.625, true, DATE '1999-03-04'), \
+        (5, 'floats', CAST('1e15' AS DOUBLE PRECISION), true, NULL), (6, 'tiny', 1e-7, false, NULL), \
+        (7, 'infinite', CAST('-Infinity' AS DOUBLE PRECISION), NULL, NULL)";
     tarn.batch_execute(&format!(
         "CREATE TABLE c (id BIGINT, name VARCHAR, score DOUBLE, ok BOOLEAN, day DATE); {rows}"
     ))
@@ -519,7 +569,7 @@ async fn copy_to_stdout_sends_what_postgresql_sends() {
         file.display()
     ));
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "COPY 4", "{out}");
+    assert_eq!(out.trim(), "COPY 7", "{out}");
     let expected = copied(
         &reference,
         "COPY (SELECT id, name FROM c ORDER BY id) TO STDOUT csv header",
@@ -542,7 +592,7 @@ async fn copy_to_stdout_sends_what_postgresql_sends() {
             .await
             .unwrap();
     let decoded: Vec<(i64, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(decoded.len(), 4);
+    assert_eq!(decoded.len(), 7);
     assert_eq!(decoded[0], (1, Some("plain".into())));
     assert_eq!(decoded[2], (3, None));
 
