@@ -6,6 +6,7 @@
 //! crate.
 
 pub mod audit;
+mod decimal_literals;
 mod filter_order;
 pub mod governance;
 pub mod lineage;

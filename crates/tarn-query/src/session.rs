@@ -183,7 +183,8 @@ impl TarnSession {
             .with_config(config)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
-            .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters));
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters))
+            .with_analyzer_rule(crate::decimal_literals::ExactDecimalLiterals::rule());
         if let Some(g) = &governance {
             // Last, so it sees the plan as the other analyzer rules leave it (views inlined,
             // types coerced).
