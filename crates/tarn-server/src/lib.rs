@@ -45,3 +45,4 @@ pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
 pub mod tail;
+pub mod upsert;

@@ -12,9 +12,12 @@
 //!   in one overwrite commit at the end of the stream's read;
 //! - full refresh + append: one append commit at the end;
 //! - incremental + append: an append commit at STATE boundaries (see below);
-//! - incremental + append_dedup: at STATE boundaries, the pending records (the last one of each
-//!   primary key) replace the table's rows of the same key: one row-delta commit of new data
-//!   files and position deletes of the old rows.
+//! - incremental + append_dedup: at STATE boundaries, the pending records replace the table's
+//!   rows of the same primary key: one row-delta commit of new data files and position deletes
+//!   of the old rows ([`crate::upsert`]). Of the records of one key, the one with the greatest
+//!   value of the stream's cursor field wins (ties: the later one), in one commit and across
+//!   commits: a record older than the table's row of its key does not replace it (Airbyte's
+//!   dedup semantics). Without a cursor (or with a nested one) the last record received wins.
 //!
 //! Exactly once: a STATE message of a stream covers the records of that stream before it. The
 //! data pending at a STATE boundary is committed with that state in the snapshot summary
@@ -29,7 +32,7 @@
 pub mod protocol;
 pub mod schema;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,9 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
 use clap::Args;
-use futures::StreamExt;
 use iceberg::TableIdent;
 use iceberg::table::Table;
 use serde_json::{Value, json};
@@ -379,9 +380,11 @@ struct StreamSync {
     wrap: bool,
     /// Primary-key columns (dedup mode).
     key: Vec<String>,
-    /// Decoded-not-yet-written records (append modes) or the pending records by key (dedup).
+    /// The cursor column (dedup mode): of several records of a key, the one with the greatest
+    /// cursor wins (ties: the later one). `None`: the last record received wins.
+    cursor: Option<String>,
+    /// Decoded-not-yet-written records (append modes) or every pending record (dedup).
     pending: Vec<Value>,
-    pending_keys: HashMap<String, usize>,
     writer: Option<DataWriter>,
     /// Data files written since the last commit.
     files: Vec<iceberg::spec::DataFile>,
@@ -448,6 +451,16 @@ async fn sync(
                 bail!("stream {name}: primary key column {k:?} is not a column of {ident}");
             }
         }
+        let cursor = if mode == Mode::IncrementalDedup {
+            cursor_column(configured, &name)
+        } else {
+            None
+        };
+        if let Some(c) = &cursor
+            && arrow_schema.field_with_name(c).is_err()
+        {
+            bail!("stream {name}: cursor field {c:?} is not a column of {ident}");
+        }
         let committed_state = if mode.incremental() {
             stored_state(&table)
         } else {
@@ -469,8 +482,8 @@ async fn sync(
                 shape,
                 wrap,
                 key,
+                cursor,
                 pending: Vec::new(),
-                pending_keys: HashMap::new(),
                 writer: None,
                 files: Vec::new(),
                 rows_since_commit: 0,
@@ -641,14 +654,10 @@ impl StreamSync {
         self.records += 1;
         self.rows_since_commit += 1;
         if self.mode == Mode::IncrementalDedup {
-            let key = self.key_of(&data)?;
-            match self.pending_keys.get(&key) {
-                Some(&i) => self.pending[i] = data,
-                None => {
-                    self.pending_keys.insert(key, self.pending.len());
-                    self.pending.push(data);
-                }
-            }
+            self.check_key(&data)?;
+            // Every record is kept: which one of a key wins is decided on typed values, by
+            // cursor, when the records are committed.
+            self.pending.push(data);
             return Ok(());
         }
         self.pending.push(data);
@@ -658,7 +667,7 @@ impl StreamSync {
         Ok(())
     }
 
-    fn key_of(&self, data: &Value) -> Result<String> {
+    fn check_key(&self, data: &Value) -> Result<()> {
         let values: Vec<&Value> = self
             .key
             .iter()
@@ -673,13 +682,12 @@ impl StreamSync {
                 truncate(&data.to_string(), 300)
             );
         }
-        Ok(serde_json::to_string(&values)?)
+        Ok(())
     }
 
     /// Decodes the pending records into batches (at most `batch_rows` rows each).
     fn decode_pending(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>> {
         let records = std::mem::take(&mut self.pending);
-        self.pending_keys.clear();
         let mut out = Vec::new();
         for (chunk_no, chunk) in records.chunks(batch_rows.max(1)).enumerate() {
             match decode(&self.schema, chunk) {
@@ -775,30 +783,19 @@ impl StreamSync {
         args: &AirbyteArgs,
         state: Option<Value>,
     ) -> Result<()> {
+        let (table, mut delta) = self.prepare(lake, args).await?;
         tarn_core::failpoint::hit("airbyte.before_commit").await?;
-        let summary = self.summary(state.as_ref());
-        let table = match self.mode {
-            Mode::IncrementalDedup => self.upsert(lake, args, summary).await?,
-            _ => {
-                self.write_pending(args).await?;
-                self.close_writer().await?;
-                let files = std::mem::take(&mut self.files);
-                if files.is_empty() {
-                    // Nothing new: an empty delta commits nothing (the state is not recorded
-                    // alone; resuming from the previous one reads no records again).
-                    lake.commit_row_delta(
-                        &self.table,
-                        RowDelta {
-                            summary,
-                            ..RowDelta::default()
-                        },
-                    )
-                    .await?
-                } else {
-                    lake.append(&self.ident, files, summary).await?
-                }
-            }
-        };
+        // An empty delta commits nothing (the state is not recorded alone; resuming from the
+        // previous one reads no records that would land again).
+        delta.summary = self.summary(state.as_ref());
+        let table = lake.commit_row_delta(&table, delta).await?;
+        self.committed(table, state);
+        tarn_core::failpoint::hit("airbyte.after_commit").await?;
+        Ok(())
+    }
+
+    /// Bookkeeping after a commit of the pending rows with `state`.
+    fn committed(&mut self, table: Table, state: Option<Value>) {
         tracing::info!(stream = self.name, table = %self.ident, rows = self.rows_since_commit, "committed");
         self.table = table;
         self.rows_since_commit = 0;
@@ -807,91 +804,49 @@ impl StreamSync {
         if state.is_some() {
             self.committed_state = state;
         }
-        tarn_core::failpoint::hit("airbyte.after_commit").await?;
-        Ok(())
     }
 
-    /// Replaces the rows of the pending records' keys with them: one row delta.
-    async fn upsert(
-        &mut self,
-        lake: &Lake,
-        args: &AirbyteArgs,
-        summary: HashMap<String, String>,
-    ) -> Result<Table> {
+    /// The pending rows as a row delta on the table (files written, nothing committed):
+    /// appended rows, or for dedup the winning records and position deletes of the rows they
+    /// replace.
+    async fn prepare(&mut self, lake: &Lake, args: &AirbyteArgs) -> Result<(Table, RowDelta)> {
+        if self.mode == Mode::IncrementalDedup {
+            return self.upsert_delta(lake, args).await;
+        }
+        self.write_pending(args).await?;
+        self.close_writer().await?;
+        let delta = RowDelta {
+            data_files: std::mem::take(&mut self.files),
+            ..RowDelta::default()
+        };
+        Ok((self.table.clone(), delta))
+    }
+
+    /// The pending records of dedup mode as a row delta: of the records of one key, the one
+    /// with the greatest cursor wins (ties: the later one; without a cursor: the last one),
+    /// and it replaces the table's row of that key unless that row's cursor is greater.
+    async fn upsert_delta(&mut self, lake: &Lake, args: &AirbyteArgs) -> Result<(Table, RowDelta)> {
         let batches = self.decode_pending(args.batch_rows)?;
         let table = lake.load_table(&self.ident).await?;
-        let key_types: Vec<SortField> = self
-            .key
-            .iter()
-            .map(|k| {
-                Ok(SortField::new(
-                    self.schema.field_with_name(k)?.data_type().clone(),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let converter = RowConverter::new(key_types).context("cannot compare primary keys")?;
-        let key_columns = |batch: &RecordBatch| -> Result<Vec<arrow::array::ArrayRef>> {
-            self.key
-                .iter()
-                .map(|k| {
-                    batch
-                        .column_by_name(k)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("no key column {k}"))
-                })
-                .collect()
-        };
-        let mut keys = HashSet::new();
-        for batch in &batches {
-            let rows = converter.convert_columns(&key_columns(batch)?)?;
-            keys.extend(rows.iter().map(|r| r.owned()));
-        }
-        // The live rows of those keys: their positions get deleted.
-        let mut deletes = Vec::new();
-        let mut partitions = HashMap::new();
-        if table.metadata().current_snapshot().is_some() {
-            let mut live = lake.scan_live_rows(&table, &self.key, None).await?;
-            while let Some(rows) = live.next().await {
-                let rows = rows?;
-                let n = self.key.len();
-                let columns: Vec<_> = rows.batch.columns()[..n].to_vec();
-                let positions = rows
-                    .batch
-                    .column(n)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .ok_or_else(|| anyhow!("the position column is not Int64"))?
-                    .clone();
-                let converted = converter.convert_columns(&columns)?;
-                let mut hit = false;
-                for (i, row) in converted.iter().enumerate() {
-                    if keys.contains(&row.owned()) {
-                        deletes.push((rows.data_file.clone(), positions.value(i) as u64));
-                        hit = true;
-                    }
-                }
-                if hit {
-                    partitions.insert(rows.data_file.clone(), rows.partition.clone());
-                }
-            }
-        }
         let prefix = format!("airbyte-{}", uuid_like());
-        let mut writer = DataWriter::new(&table, &prefix)?;
-        for batch in batches {
-            writer.write(batch).await?;
+        let upsert = crate::upsert::delta(
+            lake,
+            &table,
+            &self.key,
+            self.cursor.as_deref(),
+            &batches,
+            args.batch_rows,
+            &prefix,
+        )
+        .await?;
+        if upsert.stale_keys > 0 {
+            tracing::info!(
+                stream = self.name,
+                keys = upsert.stale_keys,
+                "records older (by cursor) than the table's rows of their key: skipped"
+            );
         }
-        let data_files = writer.close().await?;
-        let referenced: HashSet<String> = deletes.iter().map(|(f, _)| f.to_string()).collect();
-        deletes.sort_unstable();
-        let delete_files =
-            tarn_lake::write_position_deletes_in_partitions(&table, &prefix, deletes, &partitions).await?;
-        let delta = RowDelta {
-            data_files,
-            delete_files,
-            referenced_data_files: referenced,
-            summary,
-        };
-        Ok(lake.commit_row_delta(&table, delta).await?)
+        Ok((table, upsert.delta))
     }
 }
 
@@ -959,6 +914,30 @@ fn primary_key(configured: &Value, name: &str) -> Result<Vec<String>> {
             )),
         })
         .collect()
+}
+
+/// The cursor column of a dedup stream: the catalog's `cursor_field`, else the stream's
+/// `default_cursor_field`. A nested cursor (a path of several names) is not supported: the
+/// last record received of a key wins then, as without a cursor.
+fn cursor_column(configured: &Value, name: &str) -> Option<String> {
+    let path = configured
+        .get("cursor_field")
+        .filter(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+        .or_else(|| configured.pointer("/stream/default_cursor_field"))
+        .and_then(Value::as_array)?;
+    match path.as_slice() {
+        [] => None,
+        [Value::String(column)] => Some(column.clone()),
+        _ => {
+            let cursor = Value::Array(path.clone()).to_string();
+            tracing::warn!(
+                stream = name,
+                cursor,
+                "a nested cursor field cannot order the records of a key: the last one received wins"
+            );
+            None
+        }
+    }
 }
 
 /// The table of a stream: created from its columns (and `_airbyte_emitted_at`), or the

@@ -569,3 +569,47 @@ async fn new_properties_add_columns() {
         ]
     );
 }
+
+/// `items_catalog` with the stream's `seq` column and `cursor_field: ["seq"]` (dedup).
+fn seq_catalog(dir: &Path) -> PathBuf {
+    let path = items_catalog(dir, "seq.json", "incremental", "append_dedup");
+    let mut catalog: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    catalog["streams"][0]["stream"]["json_schema"]["properties"]["seq"] =
+        json!({"type": ["null", "integer"]});
+    catalog["streams"][0]["cursor_field"] = json!(["seq"]);
+    write_json(dir, "seq.json", &catalog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_keeps_the_record_with_the_greatest_cursor() {
+    let t = TestLake::new().await;
+    let dir = t.path().to_path_buf();
+    let catalog = seq_catalog(&dir).display().to_string();
+    // In one batch: id 1's greatest cursor comes first; id 2's two records tie (the later wins).
+    let first = write_json(
+        &dir,
+        "first.json",
+        &json!({"count": 3, "versions": [
+            {"id": 1, "seq": 5, "name": "five"}, {"id": 1, "seq": 3, "name": "three"},
+            {"id": 2, "seq": 2, "name": "a"}, {"id": 2, "seq": 2, "name": "b"}]}),
+    );
+    ingest_ok(&t, &test_source(), &first, "cd", &["--catalog", &catalog]);
+    assert_eq!(
+        t.query("SELECT id, seq, name FROM cd.items ORDER BY id").await,
+        vec!["1|5|five", "2|2|b", "3|NULL|item 3"]
+    );
+    // Across batches: a record older than the table's row of its key does not replace it;
+    // newer ones (and any value over a NULL cursor) do.
+    let second = write_json(
+        &dir,
+        "second.json",
+        &json!({"count": 3, "versions": [
+            {"id": 1, "seq": 4, "name": "four"}, {"id": 2, "seq": 9, "name": "nine"},
+            {"id": 3, "seq": 1, "name": "one"}, {"id": 4, "seq": 1, "name": "new"}]}),
+    );
+    ingest_ok(&t, &test_source(), &second, "cd", &["--catalog", &catalog]);
+    assert_eq!(
+        t.query("SELECT id, seq, name FROM cd.items ORDER BY id").await,
+        vec!["1|5|five", "2|9|nine", "3|1|one", "4|1|new"]
+    );
+}
