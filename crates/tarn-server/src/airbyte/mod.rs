@@ -28,6 +28,20 @@
 //! twice, none lost. An error (an error TRACE, a malformed line, a non-zero exit, a record that
 //! does not fit its schema) stops the sync and commits nothing of what is pending; what earlier
 //! STATE boundaries committed stays, with its state.
+//!
+//! GLOBAL and LEGACY states cover every stream, so they may only be handed back once every
+//! table holds the rows before them, and Iceberg commits one table at a time. They are
+//! committed as numbered epochs ([`commit_global`]): every incremental stream's files are
+//! written first, then (when more than one table has rows) a journal naming each table's
+//! files and the state, then each table commits its files with the state, the epoch
+//! (`tarn.airbyte.epoch`) and the journal's path (`tarn.airbyte.journal`), then the journal
+//! is removed. The next run resumes from the newest epoch any table holds; if its journal is
+//! still there, the run before was killed between the tables' commits, and the tables that
+//! lack the epoch commit their part from the journal first ([`resume_global`], a roll
+//! forward). So every table holds exactly the rows up to the state handed back. Resuming from
+//! the oldest table's state instead would repeat records in the tables ahead (only dedup
+//! absorbs that), and per-table high-water marks need records in cursor order, which CDC
+//! streams do not promise.
 
 pub mod protocol;
 pub mod schema;
@@ -55,6 +69,10 @@ use schema::{DATA_COLUMN, EMITTED_AT, Shape};
 pub const STATE_KEY: &str = "tarn.airbyte.state";
 /// The snapshot summary key naming the stream a commit came from.
 pub const STREAM_KEY: &str = "tarn.airbyte.stream";
+/// The snapshot summary key numbering the commits of GLOBAL / LEGACY states (epochs).
+pub const EPOCH_KEY: &str = "tarn.airbyte.epoch";
+/// The snapshot summary key naming the journal of an epoch that spans several tables.
+pub const JOURNAL_KEY: &str = "tarn.airbyte.journal";
 
 /// `tarn ingest airbyte`'s flags.
 #[derive(Debug, Args)]
@@ -416,6 +434,7 @@ async fn sync(
     let mut streams: HashMap<String, StreamSync> = HashMap::new();
     let mut order = Vec::new();
     let mut states = Vec::new();
+    let mut globals = Vec::new();
     for configured in catalog
         .get("streams")
         .and_then(Value::as_array)
@@ -461,14 +480,19 @@ async fn sync(
         {
             bail!("stream {name}: cursor field {c:?} is not a column of {ident}");
         }
-        let committed_state = if mode.incremental() {
-            stored_state(&table)
+        let stored = if mode.incremental() {
+            stored_commit(&table)
         } else {
             None
         };
-        if let Some(state) = &committed_state {
-            tracing::info!(stream = name, table = %ident, "resuming from the state the table holds");
-            states.push(state.clone());
+        let committed_state = stored.as_ref().map(|s| s.state.clone());
+        if let Some(stored) = stored {
+            if is_global(&stored.state) {
+                globals.push((ident.clone(), stored));
+            } else {
+                tracing::info!(stream = name, table = %ident, "resuming from the state the table holds");
+                states.push(stored.state);
+            }
         }
         order.push(name.clone());
         streams.insert(
@@ -498,6 +522,26 @@ async fn sync(
     if streams.is_empty() {
         bail!("the catalog has no streams to sync");
     }
+    let mut global = Global {
+        state: None,
+        committed: None,
+        epoch: 0,
+        last_commit: Instant::now(),
+    };
+    if !globals.is_empty() {
+        let (state, epoch) = resume_global(lake, globals).await?;
+        tracing::info!(epoch, "resuming from the GLOBAL/LEGACY state the tables hold");
+        for stream in streams.values_mut() {
+            if stream.mode.incremental() {
+                // A rolled-forward epoch changed the table.
+                stream.table = lake.load_table(&stream.ident).await?;
+                stream.committed_state = Some(state.clone());
+            }
+        }
+        states.push(state.clone());
+        global.committed = Some(state);
+        global.epoch = epoch;
+    }
     let catalog_path = work.write("catalog.json", catalog)?;
     let state_path = match state_file(states) {
         None => None,
@@ -508,7 +552,7 @@ async fn sync(
         cmd_args.push(("--state", state));
     }
     let mut messages = connector.run("read", &cmd_args)?;
-    let read = read_messages(lake, &mut messages, &mut streams, args).await;
+    let read = read_messages(lake, &mut messages, &mut streams, &order, &mut global, args).await;
     if let Err(e) = read {
         messages.kill().await;
         return Err(e);
@@ -529,8 +573,18 @@ async fn sync(
         }
     })?;
     // The connector ended well: every stream's last rows (and state) are committed.
+    let global_mode = global.state.is_some() || global.committed.is_some();
+    if global_mode {
+        // Rows after the last state ride with it, as with per-stream states.
+        if let Some(state) = global.state.take().or_else(|| global.committed.clone()) {
+            commit_global(lake, &mut streams, &order, &mut global, state, args).await?;
+        }
+    }
     for name in &order {
         let stream = streams.get_mut(name).expect("a stream of the catalog");
+        if global_mode && stream.mode.incremental() {
+            continue;
+        }
         finish_stream(lake, stream, args).await?;
     }
     Ok(order
@@ -546,6 +600,8 @@ async fn read_messages(
     lake: &Lake,
     messages: &mut MessageStream,
     streams: &mut HashMap<String, StreamSync>,
+    order: &[String],
+    global: &mut Global,
     args: &AirbyteArgs,
 ) -> Result<()> {
     let mut current_stream: Option<String> = None;
@@ -599,11 +655,28 @@ async fn read_messages(
                         stream.maybe_commit(lake, args).await?;
                     }
                     other => {
-                        // A GLOBAL or LEGACY state covers every stream: all commit with it.
+                        // A GLOBAL or LEGACY state covers every stream: every table commits
+                        // with it, as one epoch (see the module doc).
                         tracing::debug!(kind = other, "a state for every stream");
+                        let mut state = state;
+                        if let Some(obj) = state.as_object_mut() {
+                            obj.remove("sourceStats");
+                            obj.remove("destinationStats");
+                        }
                         for stream in streams.values_mut() {
+                            // Full refresh streams record it with their one commit.
                             stream.state = Some(state.clone());
-                            stream.maybe_commit(lake, args).await?;
+                        }
+                        global.state = Some(state);
+                        let pending: u64 = streams
+                            .values()
+                            .filter(|s| s.mode.incremental())
+                            .map(|s| s.rows_since_commit)
+                            .sum();
+                        if pending >= args.commit_rows || global.last_commit.elapsed() >= args.commit_interval
+                        {
+                            let state = global.state.take().expect("set above");
+                            commit_global(lake, streams, order, global, state, args).await?;
                         }
                     }
                 }
@@ -1028,19 +1101,288 @@ fn assign_ids(field: &Field, next: &mut i32) -> Field {
     )]))
 }
 
+/// The Airbyte state a table's commit holds, with its epoch and journal (GLOBAL / LEGACY).
+struct Stored {
+    state: Value,
+    epoch: u64,
+    journal: Option<String>,
+}
+
 /// The state of the last commit of the table's current snapshot lineage that holds one.
-fn stored_state(table: &Table) -> Option<Value> {
+fn stored_commit(table: &Table) -> Option<Stored> {
     let metadata = table.metadata();
     let mut snapshot = metadata.current_snapshot().cloned();
     while let Some(s) = snapshot {
-        if let Some(state) = s.summary().additional_properties.get(STATE_KEY) {
-            return serde_json::from_str(state).ok();
+        let props = &s.summary().additional_properties;
+        if let Some(state) = props.get(STATE_KEY) {
+            return Some(Stored {
+                state: serde_json::from_str(state).ok()?,
+                epoch: props.get(EPOCH_KEY).and_then(|e| e.parse().ok()).unwrap_or(0),
+                journal: props.get(JOURNAL_KEY).cloned(),
+            });
         }
         snapshot = s
             .parent_snapshot_id()
             .and_then(|p| metadata.snapshot_by_id(p).cloned());
     }
     None
+}
+
+/// Whether `state` is a GLOBAL or LEGACY state (one for every stream).
+fn is_global(state: &Value) -> bool {
+    matches!(
+        state.get("type").and_then(Value::as_str).unwrap_or("LEGACY"),
+        "GLOBAL" | "LEGACY"
+    )
+}
+
+/// The GLOBAL / LEGACY state of a sync: the one received and not committed yet, the last one
+/// committed, and its epoch.
+struct Global {
+    state: Option<Value>,
+    committed: Option<Value>,
+    epoch: u64,
+    last_commit: Instant,
+}
+
+/// One table's part of an epoch, as its journal holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalTable {
+    namespace: Vec<String>,
+    name: String,
+    stream: String,
+    /// Data and delete files, in the Iceberg REST catalog's JSON form of a data file.
+    data_files: Vec<String>,
+    delete_files: Vec<String>,
+    referenced: Vec<String>,
+}
+
+/// The journal of an epoch: what every table commits with `state`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    epoch: u64,
+    state: Value,
+    tables: Vec<JournalTable>,
+}
+
+fn journal_files(table: &Table, files: &[iceberg::spec::DataFile]) -> Result<Vec<String>> {
+    let partition_type = table.metadata().default_partition_type();
+    files
+        .iter()
+        .map(|f| {
+            iceberg::spec::serialize_data_file_to_json(
+                f.clone(),
+                partition_type,
+                iceberg::spec::FormatVersion::V2,
+            )
+            .map_err(|e| anyhow!("cannot write down data file {}: {e}", f.file_path()))
+        })
+        .collect()
+}
+
+fn journal_data_files(table: &Table, files: &[String]) -> Result<Vec<iceberg::spec::DataFile>> {
+    let metadata = table.metadata();
+    files
+        .iter()
+        .map(|f| {
+            iceberg::spec::deserialize_data_file_from_json(
+                f,
+                metadata.default_partition_spec_id(),
+                metadata.default_partition_type(),
+                metadata.current_schema(),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "a data file of the journal of {} does not read back: {e}",
+                    table.identifier()
+                )
+            })
+        })
+        .collect()
+}
+
+fn epoch_summary(stream: &str, state: &Value, epoch: u64, journal: Option<&str>) -> HashMap<String, String> {
+    let mut summary = HashMap::from([
+        ("tarn.operation".to_string(), "airbyte".to_string()),
+        (STREAM_KEY.to_string(), stream.to_string()),
+        (STATE_KEY.to_string(), state.to_string()),
+        (EPOCH_KEY.to_string(), epoch.to_string()),
+    ]);
+    if let Some(journal) = journal {
+        summary.insert(JOURNAL_KEY.to_string(), journal.to_string());
+    }
+    summary
+}
+
+/// Commits the pending rows of every incremental stream with the GLOBAL / LEGACY `state`, as
+/// the next epoch: the files of every table are written first; when more than one table has
+/// rows, a journal listing them is written next to the first table's metadata; then each table
+/// commits its rows with the state, the epoch and the journal's path in the summary. A kill
+/// between those commits is finished by the next run ([`resume_global`]).
+async fn commit_global(
+    lake: &Lake,
+    streams: &mut HashMap<String, StreamSync>,
+    order: &[String],
+    global: &mut Global,
+    state: Value,
+    args: &AirbyteArgs,
+) -> Result<()> {
+    let mut prepared = Vec::new();
+    for name in order {
+        let stream = streams.get_mut(name).expect("a stream of the catalog");
+        if !stream.mode.incremental() {
+            continue;
+        }
+        let (table, delta) = stream.prepare(lake, args).await?;
+        if delta.is_empty() {
+            // Nothing (or only records older than the table's) since the last epoch.
+            stream.rows_since_commit = 0;
+            continue;
+        }
+        prepared.push((name.clone(), table, delta));
+    }
+    if prepared.is_empty() {
+        // Not recorded alone: resuming from the previous state reads no record that would
+        // land again.
+        return Ok(());
+    }
+    let epoch = global.epoch + 1;
+    let journal = if prepared.len() > 1 {
+        let tables = prepared
+            .iter()
+            .map(|(name, table, delta)| {
+                let ident = table.identifier();
+                Ok(JournalTable {
+                    namespace: ident.namespace().clone().inner(),
+                    name: ident.name().to_string(),
+                    stream: name.clone(),
+                    data_files: journal_files(table, &delta.data_files)?,
+                    delete_files: journal_files(table, &delta.delete_files)?,
+                    referenced: delta.referenced_data_files.iter().cloned().collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let journal = Journal {
+            epoch,
+            state: state.clone(),
+            tables,
+        };
+        let path = format!(
+            "{}/metadata/tarn-airbyte-epoch-{epoch}-{}.json",
+            prepared[0].1.metadata().location().trim_end_matches('/'),
+            uuid_like()
+        );
+        lake.file_io()
+            .new_output(&path)
+            .map_err(|e| anyhow!("cannot write the journal {path}: {e}"))?
+            .write(serde_json::to_vec(&journal)?.into())
+            .await
+            .map_err(|e| anyhow!("cannot write the journal {path}: {e}"))?;
+        Some(path)
+    } else {
+        None
+    };
+    tarn_core::failpoint::hit("airbyte.before_commit").await?;
+    for (i, (name, table, mut delta)) in prepared.into_iter().enumerate() {
+        if i > 0 {
+            tarn_core::failpoint::hit("airbyte.between_commits").await?;
+        }
+        delta.summary = epoch_summary(&name, &state, epoch, journal.as_deref());
+        let table = lake.commit_row_delta(&table, delta).await?;
+        let stream = streams.get_mut(&name).expect("a stream of the catalog");
+        stream.committed(table, Some(state.clone()));
+    }
+    if let Some(path) = &journal
+        && let Err(e) = lake.file_io().delete(path).await
+    {
+        tracing::warn!(
+            journal = path,
+            "cannot remove the journal of a committed epoch: {e}"
+        );
+    }
+    for stream in streams.values_mut() {
+        if stream.mode.incremental() {
+            stream.committed_state = Some(state.clone());
+        }
+    }
+    global.epoch = epoch;
+    global.committed = Some(state);
+    global.last_commit = Instant::now();
+    tarn_core::failpoint::hit("airbyte.after_commit").await?;
+    Ok(())
+}
+
+/// Where a sync with GLOBAL / LEGACY states resumes: the state of the newest epoch any table
+/// holds. When that epoch has a journal still there, the run that committed it was killed
+/// before removing it: the tables of the journal that do not hold the epoch yet get their
+/// files committed now (roll forward), so every table holds the rows up to the state.
+async fn resume_global(lake: &Lake, stored: Vec<(TableIdent, Stored)>) -> Result<(Value, u64)> {
+    let (_, newest) = stored
+        .into_iter()
+        .max_by_key(|(_, s)| s.epoch)
+        .expect("called with stored states");
+    let Some(path) = newest.journal.as_deref() else {
+        return Ok((newest.state, newest.epoch));
+    };
+    let exists = lake
+        .file_io()
+        .exists(path)
+        .await
+        .map_err(|e| anyhow!("cannot look for the journal {path}: {e}"))?;
+    if !exists {
+        // Removed after every table committed the epoch.
+        return Ok((newest.state, newest.epoch));
+    }
+    let bytes = lake
+        .file_io()
+        .new_input(path)
+        .map_err(|e| anyhow!("cannot read the journal {path}: {e}"))?
+        .read()
+        .await
+        .map_err(|e| anyhow!("cannot read the journal {path}: {e}"))?;
+    let journal: Journal =
+        serde_json::from_slice(&bytes).with_context(|| format!("the journal {path} is not valid"))?;
+    if journal.epoch != newest.epoch {
+        bail!(
+            "the journal {path} is of epoch {}, the tables name it for epoch {}",
+            journal.epoch,
+            newest.epoch
+        );
+    }
+    for part in &journal.tables {
+        let ns = iceberg::NamespaceIdent::from_vec(part.namespace.clone())
+            .map_err(|e| anyhow!("the journal {path} names a bad namespace: {e}"))?;
+        let ident = TableIdent::new(ns, part.name.clone());
+        let table = lake.load_table(&ident).await?;
+        let held = stored_commit(&table).map(|s| s.epoch).unwrap_or(0);
+        if held >= journal.epoch {
+            continue;
+        }
+        tracing::info!(
+            table = %ident,
+            epoch = journal.epoch,
+            "the last sync was stopped between the commits of one state: committing this table's part"
+        );
+        let delta = RowDelta {
+            data_files: journal_data_files(&table, &part.data_files)?,
+            delete_files: journal_data_files(&table, &part.delete_files)?,
+            referenced_data_files: part.referenced.iter().cloned().collect(),
+            summary: epoch_summary(&part.stream, &journal.state, journal.epoch, Some(path)),
+        };
+        lake.commit_row_delta(&table, delta).await.with_context(|| {
+            format!(
+                "cannot finish the commit of epoch {} to {ident} (journal {path})",
+                journal.epoch
+            )
+        })?;
+    }
+    if let Err(e) = lake.file_io().delete(path).await {
+        tracing::warn!(
+            journal = path,
+            "cannot remove the journal of a committed epoch: {e}"
+        );
+    }
+    Ok((journal.state, journal.epoch))
 }
 
 /// What `--state` hands the connector: the per-stream states as an array; a GLOBAL state
