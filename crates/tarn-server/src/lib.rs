@@ -35,6 +35,7 @@ pub mod datahub;
 pub mod demo;
 mod http;
 pub mod ingest;
+pub mod ingest_sql;
 pub mod jobs;
 pub mod load;
 pub mod maintain;
