@@ -1,6 +1,6 @@
 //! `tarn ingest sql` against a real PostgreSQL: full and incremental runs (append and upsert)
 //! with updates in between, cursor ties at commit boundaries, kill -9 mid-run and resume, and
-//! errors (a bad query, an unreachable database) that leave the table unchanged.
+//! errors (a bad query, an unreachable database) that leave the table unchanged, and TLS.
 
 use std::time::{Duration, Instant};
 
@@ -298,4 +298,27 @@ async fn bad_queries_and_unreachable_sources_leave_the_table_unchanged() {
         );
     }
     assert_eq!(ids(&t, "e.items").await, (1..=10).collect::<Vec<_>>());
+
+    // TLS as for the CDC source: verified against the server's CA; another CA is refused.
+    let tls = tarn_test_utils::tls::enable_tls(&pg).unwrap();
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", tls.ca_file.display());
+    ingest_ok(
+        &t,
+        &verified,
+        &["--query", "SELECT id FROM items", "--table", "e.tls"],
+    );
+    assert_eq!(ids(&t, "e.tls").await, (1..=10).collect::<Vec<_>>());
+    let wrong = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        tls.other_ca_file.display()
+    );
+    let (ok, _, err) = ingest(
+        &t,
+        &wrong,
+        &["--query", "SELECT id FROM items", "--table", "e.tls2"],
+    );
+    assert!(
+        !ok && err.contains("cannot connect to the source database"),
+        "{err}"
+    );
 }
