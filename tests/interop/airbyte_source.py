@@ -2,11 +2,14 @@
 describe it (one JSON message per line on stdout): spec, check, discover, read.
 
 One stream, `items` (primary key `id`, cursor `id`), with the columns tarn maps: integer,
-number, string, boolean, date, date-time, a nested object, an array, and a free-form value.
-Records are deterministic: record i has id i. A STATE message follows every `state_every`
-records and covers exactly the records before it ({"cursor": last id}); `read --state F`
-resumes after that cursor. So the connector's own output with the same state is the ground
-truth of what a sync must hold.
+number, string, boolean, date, date-time, a nested object, an array, and a free-form value;
+optionally a second stream `others` of the same shape. Records are deterministic: record i
+has id i (in each stream, interleaved: items i, others i, items i+1, ...). A STATE message
+follows every `state_every` positions and covers exactly the records before it: per stream
+({"cursor": last id}), or one GLOBAL state (shared_state {"position": last id} and every
+stream's state), or one LEGACY state (data {"position": last id}); `read --state F` resumes
+after it. So the connector's own output with the same state is the ground truth of what a
+sync must hold.
 
 Config (JSON):
   count        ids 1..count (default 10)
@@ -17,6 +20,10 @@ Config (JSON):
                (a truncated JSON line), "violate" (a record whose id is not an integer)
   fail_after   default 3
   updates      also emit ids 1..updates again (name "updated") after the others
+  streams      the streams: ["items"] (default) or ["items", "others"]
+  state_kind   "STREAM" (default), "GLOBAL" or "LEGACY"
+  versions     records emitted after the others, each {"id", "seq", "name"} (the column `seq`
+               is a cursor a configured catalog can name; it is null in the other records)
 """
 import json
 import sys
@@ -34,6 +41,7 @@ SCHEMA = {
         "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}}},
         "tags": {"type": "array", "items": {"type": "string"}},
         "extra": {},
+        "seq": {"type": ["null", "integer"]},
     },
 }
 
@@ -71,29 +79,52 @@ def main():
         ok = config.get("count", 10) >= 0
         emit({"type": "CONNECTION_STATUS", "connectionStatus": {"status": "SUCCEEDED" if ok else "FAILED", "message": "count must not be negative"}})
         return
-    stream = {
-        "name": "items",
+    streams = [{
+        "name": name,
         "json_schema": SCHEMA,
         "supported_sync_modes": ["full_refresh", "incremental"],
         "source_defined_cursor": True,
         "default_cursor_field": ["id"],
         "source_defined_primary_key": [["id"]],
-    }
+    } for name in config.get("streams", ["items"])]
     if command == "discover":
-        emit({"type": "CATALOG", "catalog": {"streams": [stream]}})
+        emit({"type": "CATALOG", "catalog": {"streams": streams}})
         return
     assert command == "read", command
     json.load(open(arg("--catalog")))
-    cursor = 0
+    names = config.get("streams", ["items"])
+    kind = config.get("state_kind", "STREAM")
+    cursors = {n: 0 for n in names}
     if arg("--state"):
-        for state in json.load(open(arg("--state"))):
-            if state["stream"]["stream_descriptor"]["name"] == "items":
-                cursor = state["stream"]["stream_state"]["cursor"]
-    emit({"type": "LOG", "log": {"level": "INFO", "message": f"reading items after {cursor}"}})
-    emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
-          "stream_status": {"stream_descriptor": {"name": "items"}, "status": "STARTED"}}})
+        given = json.load(open(arg("--state")))
+        if isinstance(given, dict):
+            # LEGACY: the bare data blob.
+            cursors = {n: given["position"] for n in names}
+        else:
+            for state in given:
+                if state.get("type") == "GLOBAL":
+                    cursors = {n: state["global"]["shared_state"]["position"] for n in names}
+                elif state["stream"]["stream_descriptor"]["name"] in cursors:
+                    cursors[state["stream"]["stream_descriptor"]["name"]] = state["stream"]["stream_state"]["cursor"]
+    cursor = min(cursors.values())
+    emit({"type": "LOG", "log": {"level": "INFO", "message": f"reading after {cursors}"}})
+    for n in names:
+        emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
+              "stream_status": {"stream_descriptor": {"name": n}, "status": "STARTED"}}})
     count, every = config.get("count", 10), config.get("state_every", 5)
     fail, fail_after = config.get("fail"), config.get("fail_after", 3)
+
+    def state(position):
+        if kind == "GLOBAL":
+            emit({"type": "STATE", "state": {"type": "GLOBAL", "global": {
+                "shared_state": {"position": position},
+                "stream_states": [{"stream_descriptor": {"name": n}, "stream_state": {"cursor": position}} for n in names]}}})
+        elif kind == "LEGACY":
+            emit({"type": "STATE", "state": {"type": "LEGACY", "data": {"position": position}}})
+        else:
+            for n in names:
+                emit({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": n}, "stream_state": {"cursor": position}}}})
+
     rows = [(i, None) for i in range(cursor + 1, count + 1)]
     rows += [(i, "updated") for i in range(1, config.get("updates", 0) + 1)]
     sent = 0
@@ -116,17 +147,21 @@ def main():
                 emit({"type": "RECORD", "record": {"stream": "items", "data": dict(record(i), id="not-a-number"), "emitted_at": int(time.time() * 1000)}})
                 fail = None
                 continue
-        emit({"type": "RECORD", "record": {"stream": "items", "data": record(i, name), "emitted_at": int(time.time() * 1000)}})
+        for n in names:
+            if name is not None or i > cursors[n]:
+                emit({"type": "RECORD", "record": {"stream": n, "data": record(i, name), "emitted_at": int(time.time() * 1000)}})
         sent += 1
         if sent % every == 0:
-            emit({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "items"}, "stream_state": {"cursor": i if name is None else count}}}})
+            state(i if name is None else count)
             if config.get("sleep_ms"):
                 time.sleep(config["sleep_ms"] / 1000)
-    last = count if rows else cursor
-    emit({"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "items"}, "stream_state": {"cursor": last}}}})
-    emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
-          "stream_status": {"stream_descriptor": {"name": "items"}, "status": "COMPLETE"}}})
-
+    for v in config.get("versions", []):
+        emit({"type": "RECORD", "record": {"stream": "items", "data": dict(record(v["id"], v["name"]), seq=v["seq"]),
+              "emitted_at": int(time.time() * 1000)}})
+    state(count if rows or config.get("versions") else cursor)
+    for n in names:
+        emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
+              "stream_status": {"stream_descriptor": {"name": n}, "status": "COMPLETE"}}})
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 //! `tarn ingest kafka` (feature `kafka`): Kafka topics of Debezium change events into Iceberg
 //! tables, or (`--archive`) their records unchanged into the raw archive table.
 //! `tarn ingest airbyte`: an Airbyte source connector's streams into Iceberg tables
-//! ([`crate::airbyte`]).
+//! ([`crate::airbyte`]). `tarn ingest sql`: a query against a PostgreSQL or CockroachDB
+//! database into an Iceberg table ([`crate::ingest_sql`]).
 //!
 //! The flags fill `[cdc.kafka]` and set `cdc.source_kind = "kafka"` over whatever the config
 //! file, `TARN_*` variables and `--set` said; the pipeline then runs exactly as `tarn cdc run`
@@ -87,6 +88,24 @@ pub enum IngestCommand {
     ///
     /// See docs/airbyte.md.
     Airbyte(crate::airbyte::AirbyteArgs),
+    /// Copy the rows of a query against a PostgreSQL or CockroachDB database into an Iceberg
+    /// table, in full or incrementally by a cursor column, exactly once.
+    ///
+    /// The source connects as the CDC source does (`--source postgres://...`, default
+    /// `cdc.source`; TLS by `sslmode`, `sslrootcert`, `sslcert`, `sslkey`) and column types map
+    /// as CDC maps them. Rows stream in batches (`COPY (query) TO STDOUT`) into data files.
+    ///
+    /// Without `--cursor`, each run replaces the table's rows with the query's, in one commit
+    /// at the end. With `--cursor COLUMN`, each run reads the rows whose cursor is greater
+    /// than the high-water mark the table holds, in cursor order, and appends them — or, with
+    /// `--primary-key`, upserts them (the row of the greatest cursor of a key replaces the
+    /// table's row). Commits every `--commit-rows` rows, between two cursor values, with the
+    /// mark in the snapshot summary: a killed run resumes after the last commit, no row twice,
+    /// none skipped. A row that appears later with a cursor at or below the mark is not read
+    /// (appends; upserts re-read the mark's own value).
+    ///
+    /// See docs/ingest-sql.md.
+    Sql(crate::ingest_sql::SqlArgs),
 }
 
 /// `tarn ingest kafka`'s flags.
@@ -192,6 +211,7 @@ pub fn kafka_config(args: &KafkaArgs, mut config: Config) -> Result<Config> {
 pub async fn run(cmd: IngestCommand, config: Config) -> Result<ExitCode> {
     match cmd {
         IngestCommand::Airbyte(args) => crate::airbyte::run(args, config).await,
+        IngestCommand::Sql(args) => crate::ingest_sql::run(args, config).await,
         #[cfg(feature = "kafka")]
         IngestCommand::Kafka(args) => {
             let config = kafka_config(&args, config)?;

@@ -35,6 +35,7 @@ pub mod datahub;
 pub mod demo;
 mod http;
 pub mod ingest;
+pub mod ingest_sql;
 pub mod jobs;
 pub mod load;
 pub mod maintain;
@@ -46,3 +47,4 @@ pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
 pub mod tail;
+pub mod upsert;

@@ -12,9 +12,12 @@
 //!   in one overwrite commit at the end of the stream's read;
 //! - full refresh + append: one append commit at the end;
 //! - incremental + append: an append commit at STATE boundaries (see below);
-//! - incremental + append_dedup: at STATE boundaries, the pending records (the last one of each
-//!   primary key) replace the table's rows of the same key: one row-delta commit of new data
-//!   files and position deletes of the old rows.
+//! - incremental + append_dedup: at STATE boundaries, the pending records replace the table's
+//!   rows of the same primary key: one row-delta commit of new data files and position deletes
+//!   of the old rows ([`crate::upsert`]). Of the records of one key, the one with the greatest
+//!   value of the stream's cursor field wins (ties: the later one), in one commit and across
+//!   commits: a record older than the table's row of its key does not replace it (Airbyte's
+//!   dedup semantics). Without a cursor (or with a nested one) the last record received wins.
 //!
 //! Exactly once: a STATE message of a stream covers the records of that stream before it. The
 //! data pending at a STATE boundary is committed with that state in the snapshot summary
@@ -25,11 +28,25 @@
 //! twice, none lost. An error (an error TRACE, a malformed line, a non-zero exit, a record that
 //! does not fit its schema) stops the sync and commits nothing of what is pending; what earlier
 //! STATE boundaries committed stays, with its state.
+//!
+//! GLOBAL and LEGACY states cover every stream, so they may only be handed back once every
+//! table holds the rows before them, and Iceberg commits one table at a time. They are
+//! committed as numbered epochs ([`commit_global`]): every incremental stream's files are
+//! written first, then (when more than one table has rows) a journal naming each table's
+//! files and the state, then each table commits its files with the state, the epoch
+//! (`tarn.airbyte.epoch`) and the journal's path (`tarn.airbyte.journal`), then the journal
+//! is removed. The next run resumes from the newest epoch any table holds; if its journal is
+//! still there, the run before was killed between the tables' commits, and the tables that
+//! lack the epoch commit their part from the journal first ([`resume_global`], a roll
+//! forward). So every table holds exactly the rows up to the state handed back. Resuming from
+//! the oldest table's state instead would repeat records in the tables ahead (only dedup
+//! absorbs that), and per-table high-water marks need records in cursor order, which CDC
+//! streams do not promise.
 
 pub mod protocol;
 pub mod schema;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,9 +55,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
 use clap::Args;
-use futures::StreamExt;
 use iceberg::TableIdent;
 use iceberg::table::Table;
 use serde_json::{Value, json};
@@ -54,6 +69,10 @@ use schema::{DATA_COLUMN, EMITTED_AT, Shape};
 pub const STATE_KEY: &str = "tarn.airbyte.state";
 /// The snapshot summary key naming the stream a commit came from.
 pub const STREAM_KEY: &str = "tarn.airbyte.stream";
+/// The snapshot summary key numbering the commits of GLOBAL / LEGACY states (epochs).
+pub const EPOCH_KEY: &str = "tarn.airbyte.epoch";
+/// The snapshot summary key naming the journal of an epoch that spans several tables.
+pub const JOURNAL_KEY: &str = "tarn.airbyte.journal";
 
 /// `tarn ingest airbyte`'s flags.
 #[derive(Debug, Args)]
@@ -379,9 +398,11 @@ struct StreamSync {
     wrap: bool,
     /// Primary-key columns (dedup mode).
     key: Vec<String>,
-    /// Decoded-not-yet-written records (append modes) or the pending records by key (dedup).
+    /// The cursor column (dedup mode): of several records of a key, the one with the greatest
+    /// cursor wins (ties: the later one). `None`: the last record received wins.
+    cursor: Option<String>,
+    /// Decoded-not-yet-written records (append modes) or every pending record (dedup).
     pending: Vec<Value>,
-    pending_keys: HashMap<String, usize>,
     writer: Option<DataWriter>,
     /// Data files written since the last commit.
     files: Vec<iceberg::spec::DataFile>,
@@ -413,6 +434,7 @@ async fn sync(
     let mut streams: HashMap<String, StreamSync> = HashMap::new();
     let mut order = Vec::new();
     let mut states = Vec::new();
+    let mut globals = Vec::new();
     for configured in catalog
         .get("streams")
         .and_then(Value::as_array)
@@ -448,14 +470,29 @@ async fn sync(
                 bail!("stream {name}: primary key column {k:?} is not a column of {ident}");
             }
         }
-        let committed_state = if mode.incremental() {
-            stored_state(&table)
+        let cursor = if mode == Mode::IncrementalDedup {
+            cursor_column(configured, &name)
         } else {
             None
         };
-        if let Some(state) = &committed_state {
-            tracing::info!(stream = name, table = %ident, "resuming from the state the table holds");
-            states.push(state.clone());
+        if let Some(c) = &cursor
+            && arrow_schema.field_with_name(c).is_err()
+        {
+            bail!("stream {name}: cursor field {c:?} is not a column of {ident}");
+        }
+        let stored = if mode.incremental() {
+            stored_commit(&table)
+        } else {
+            None
+        };
+        let committed_state = stored.as_ref().map(|s| s.state.clone());
+        if let Some(stored) = stored {
+            if is_global(&stored.state) {
+                globals.push((ident.clone(), stored));
+            } else {
+                tracing::info!(stream = name, table = %ident, "resuming from the state the table holds");
+                states.push(stored.state);
+            }
         }
         order.push(name.clone());
         streams.insert(
@@ -469,8 +506,8 @@ async fn sync(
                 shape,
                 wrap,
                 key,
+                cursor,
                 pending: Vec::new(),
-                pending_keys: HashMap::new(),
                 writer: None,
                 files: Vec::new(),
                 rows_since_commit: 0,
@@ -485,6 +522,26 @@ async fn sync(
     if streams.is_empty() {
         bail!("the catalog has no streams to sync");
     }
+    let mut global = Global {
+        state: None,
+        committed: None,
+        epoch: 0,
+        last_commit: Instant::now(),
+    };
+    if !globals.is_empty() {
+        let (state, epoch) = resume_global(lake, globals).await?;
+        tracing::info!(epoch, "resuming from the GLOBAL/LEGACY state the tables hold");
+        for stream in streams.values_mut() {
+            if stream.mode.incremental() {
+                // A rolled-forward epoch changed the table.
+                stream.table = lake.load_table(&stream.ident).await?;
+                stream.committed_state = Some(state.clone());
+            }
+        }
+        states.push(state.clone());
+        global.committed = Some(state);
+        global.epoch = epoch;
+    }
     let catalog_path = work.write("catalog.json", catalog)?;
     let state_path = match state_file(states) {
         None => None,
@@ -495,7 +552,7 @@ async fn sync(
         cmd_args.push(("--state", state));
     }
     let mut messages = connector.run("read", &cmd_args)?;
-    let read = read_messages(lake, &mut messages, &mut streams, args).await;
+    let read = read_messages(lake, &mut messages, &mut streams, &order, &mut global, args).await;
     if let Err(e) = read {
         messages.kill().await;
         return Err(e);
@@ -516,8 +573,18 @@ async fn sync(
         }
     })?;
     // The connector ended well: every stream's last rows (and state) are committed.
+    let global_mode = global.state.is_some() || global.committed.is_some();
+    if global_mode {
+        // Rows after the last state ride with it, as with per-stream states.
+        if let Some(state) = global.state.take().or_else(|| global.committed.clone()) {
+            commit_global(lake, &mut streams, &order, &mut global, state, args).await?;
+        }
+    }
     for name in &order {
         let stream = streams.get_mut(name).expect("a stream of the catalog");
+        if global_mode && stream.mode.incremental() {
+            continue;
+        }
         finish_stream(lake, stream, args).await?;
     }
     Ok(order
@@ -533,6 +600,8 @@ async fn read_messages(
     lake: &Lake,
     messages: &mut MessageStream,
     streams: &mut HashMap<String, StreamSync>,
+    order: &[String],
+    global: &mut Global,
     args: &AirbyteArgs,
 ) -> Result<()> {
     let mut current_stream: Option<String> = None;
@@ -586,11 +655,28 @@ async fn read_messages(
                         stream.maybe_commit(lake, args).await?;
                     }
                     other => {
-                        // A GLOBAL or LEGACY state covers every stream: all commit with it.
+                        // A GLOBAL or LEGACY state covers every stream: every table commits
+                        // with it, as one epoch (see the module doc).
                         tracing::debug!(kind = other, "a state for every stream");
+                        let mut state = state;
+                        if let Some(obj) = state.as_object_mut() {
+                            obj.remove("sourceStats");
+                            obj.remove("destinationStats");
+                        }
                         for stream in streams.values_mut() {
+                            // Full refresh streams record it with their one commit.
                             stream.state = Some(state.clone());
-                            stream.maybe_commit(lake, args).await?;
+                        }
+                        global.state = Some(state);
+                        let pending: u64 = streams
+                            .values()
+                            .filter(|s| s.mode.incremental())
+                            .map(|s| s.rows_since_commit)
+                            .sum();
+                        if pending >= args.commit_rows || global.last_commit.elapsed() >= args.commit_interval
+                        {
+                            let state = global.state.take().expect("set above");
+                            commit_global(lake, streams, order, global, state, args).await?;
                         }
                     }
                 }
@@ -641,14 +727,10 @@ impl StreamSync {
         self.records += 1;
         self.rows_since_commit += 1;
         if self.mode == Mode::IncrementalDedup {
-            let key = self.key_of(&data)?;
-            match self.pending_keys.get(&key) {
-                Some(&i) => self.pending[i] = data,
-                None => {
-                    self.pending_keys.insert(key, self.pending.len());
-                    self.pending.push(data);
-                }
-            }
+            self.check_key(&data)?;
+            // Every record is kept: which one of a key wins is decided on typed values, by
+            // cursor, when the records are committed.
+            self.pending.push(data);
             return Ok(());
         }
         self.pending.push(data);
@@ -658,7 +740,7 @@ impl StreamSync {
         Ok(())
     }
 
-    fn key_of(&self, data: &Value) -> Result<String> {
+    fn check_key(&self, data: &Value) -> Result<()> {
         let values: Vec<&Value> = self
             .key
             .iter()
@@ -673,13 +755,12 @@ impl StreamSync {
                 truncate(&data.to_string(), 300)
             );
         }
-        Ok(serde_json::to_string(&values)?)
+        Ok(())
     }
 
     /// Decodes the pending records into batches (at most `batch_rows` rows each).
     fn decode_pending(&mut self, batch_rows: usize) -> Result<Vec<RecordBatch>> {
         let records = std::mem::take(&mut self.pending);
-        self.pending_keys.clear();
         let mut out = Vec::new();
         for (chunk_no, chunk) in records.chunks(batch_rows.max(1)).enumerate() {
             match decode(&self.schema, chunk) {
@@ -775,30 +856,19 @@ impl StreamSync {
         args: &AirbyteArgs,
         state: Option<Value>,
     ) -> Result<()> {
+        let (table, mut delta) = self.prepare(lake, args).await?;
         tarn_core::failpoint::hit("airbyte.before_commit").await?;
-        let summary = self.summary(state.as_ref());
-        let table = match self.mode {
-            Mode::IncrementalDedup => self.upsert(lake, args, summary).await?,
-            _ => {
-                self.write_pending(args).await?;
-                self.close_writer().await?;
-                let files = std::mem::take(&mut self.files);
-                if files.is_empty() {
-                    // Nothing new: an empty delta commits nothing (the state is not recorded
-                    // alone; resuming from the previous one reads no records again).
-                    lake.commit_row_delta(
-                        &self.table,
-                        RowDelta {
-                            summary,
-                            ..RowDelta::default()
-                        },
-                    )
-                    .await?
-                } else {
-                    lake.append(&self.ident, files, summary).await?
-                }
-            }
-        };
+        // An empty delta commits nothing (the state is not recorded alone; resuming from the
+        // previous one reads no records that would land again).
+        delta.summary = self.summary(state.as_ref());
+        let table = lake.commit_row_delta(&table, delta).await?;
+        self.committed(table, state);
+        tarn_core::failpoint::hit("airbyte.after_commit").await?;
+        Ok(())
+    }
+
+    /// Bookkeeping after a commit of the pending rows with `state`.
+    fn committed(&mut self, table: Table, state: Option<Value>) {
         tracing::info!(stream = self.name, table = %self.ident, rows = self.rows_since_commit, "committed");
         self.table = table;
         self.rows_since_commit = 0;
@@ -807,91 +877,49 @@ impl StreamSync {
         if state.is_some() {
             self.committed_state = state;
         }
-        tarn_core::failpoint::hit("airbyte.after_commit").await?;
-        Ok(())
     }
 
-    /// Replaces the rows of the pending records' keys with them: one row delta.
-    async fn upsert(
-        &mut self,
-        lake: &Lake,
-        args: &AirbyteArgs,
-        summary: HashMap<String, String>,
-    ) -> Result<Table> {
+    /// The pending rows as a row delta on the table (files written, nothing committed):
+    /// appended rows, or for dedup the winning records and position deletes of the rows they
+    /// replace.
+    async fn prepare(&mut self, lake: &Lake, args: &AirbyteArgs) -> Result<(Table, RowDelta)> {
+        if self.mode == Mode::IncrementalDedup {
+            return self.upsert_delta(lake, args).await;
+        }
+        self.write_pending(args).await?;
+        self.close_writer().await?;
+        let delta = RowDelta {
+            data_files: std::mem::take(&mut self.files),
+            ..RowDelta::default()
+        };
+        Ok((self.table.clone(), delta))
+    }
+
+    /// The pending records of dedup mode as a row delta: of the records of one key, the one
+    /// with the greatest cursor wins (ties: the later one; without a cursor: the last one),
+    /// and it replaces the table's row of that key unless that row's cursor is greater.
+    async fn upsert_delta(&mut self, lake: &Lake, args: &AirbyteArgs) -> Result<(Table, RowDelta)> {
         let batches = self.decode_pending(args.batch_rows)?;
         let table = lake.load_table(&self.ident).await?;
-        let key_types: Vec<SortField> = self
-            .key
-            .iter()
-            .map(|k| {
-                Ok(SortField::new(
-                    self.schema.field_with_name(k)?.data_type().clone(),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let converter = RowConverter::new(key_types).context("cannot compare primary keys")?;
-        let key_columns = |batch: &RecordBatch| -> Result<Vec<arrow::array::ArrayRef>> {
-            self.key
-                .iter()
-                .map(|k| {
-                    batch
-                        .column_by_name(k)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("no key column {k}"))
-                })
-                .collect()
-        };
-        let mut keys = HashSet::new();
-        for batch in &batches {
-            let rows = converter.convert_columns(&key_columns(batch)?)?;
-            keys.extend(rows.iter().map(|r| r.owned()));
-        }
-        // The live rows of those keys: their positions get deleted.
-        let mut deletes = Vec::new();
-        let mut partitions = HashMap::new();
-        if table.metadata().current_snapshot().is_some() {
-            let mut live = lake.scan_live_rows(&table, &self.key, None).await?;
-            while let Some(rows) = live.next().await {
-                let rows = rows?;
-                let n = self.key.len();
-                let columns: Vec<_> = rows.batch.columns()[..n].to_vec();
-                let positions = rows
-                    .batch
-                    .column(n)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .ok_or_else(|| anyhow!("the position column is not Int64"))?
-                    .clone();
-                let converted = converter.convert_columns(&columns)?;
-                let mut hit = false;
-                for (i, row) in converted.iter().enumerate() {
-                    if keys.contains(&row.owned()) {
-                        deletes.push((rows.data_file.clone(), positions.value(i) as u64));
-                        hit = true;
-                    }
-                }
-                if hit {
-                    partitions.insert(rows.data_file.clone(), rows.partition.clone());
-                }
-            }
-        }
         let prefix = format!("airbyte-{}", uuid_like());
-        let mut writer = DataWriter::new(&table, &prefix)?;
-        for batch in batches {
-            writer.write(batch).await?;
+        let upsert = crate::upsert::delta(
+            lake,
+            &table,
+            &self.key,
+            self.cursor.as_deref(),
+            &batches,
+            args.batch_rows,
+            &prefix,
+        )
+        .await?;
+        if upsert.stale_keys > 0 {
+            tracing::info!(
+                stream = self.name,
+                keys = upsert.stale_keys,
+                "records older (by cursor) than the table's rows of their key: skipped"
+            );
         }
-        let data_files = writer.close().await?;
-        let referenced: HashSet<String> = deletes.iter().map(|(f, _)| f.to_string()).collect();
-        deletes.sort_unstable();
-        let delete_files =
-            tarn_lake::write_position_deletes_in_partitions(&table, &prefix, deletes, &partitions).await?;
-        let delta = RowDelta {
-            data_files,
-            delete_files,
-            referenced_data_files: referenced,
-            summary,
-        };
-        Ok(lake.commit_row_delta(&table, delta).await?)
+        Ok((table, upsert.delta))
     }
 }
 
@@ -959,6 +987,30 @@ fn primary_key(configured: &Value, name: &str) -> Result<Vec<String>> {
             )),
         })
         .collect()
+}
+
+/// The cursor column of a dedup stream: the catalog's `cursor_field`, else the stream's
+/// `default_cursor_field`. A nested cursor (a path of several names) is not supported: the
+/// last record received of a key wins then, as without a cursor.
+fn cursor_column(configured: &Value, name: &str) -> Option<String> {
+    let path = configured
+        .get("cursor_field")
+        .filter(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+        .or_else(|| configured.pointer("/stream/default_cursor_field"))
+        .and_then(Value::as_array)?;
+    match path.as_slice() {
+        [] => None,
+        [Value::String(column)] => Some(column.clone()),
+        _ => {
+            let cursor = Value::Array(path.clone()).to_string();
+            tracing::warn!(
+                stream = name,
+                cursor,
+                "a nested cursor field cannot order the records of a key: the last one received wins"
+            );
+            None
+        }
+    }
 }
 
 /// The table of a stream: created from its columns (and `_airbyte_emitted_at`), or the
@@ -1049,19 +1101,288 @@ fn assign_ids(field: &Field, next: &mut i32) -> Field {
     )]))
 }
 
+/// The Airbyte state a table's commit holds, with its epoch and journal (GLOBAL / LEGACY).
+struct Stored {
+    state: Value,
+    epoch: u64,
+    journal: Option<String>,
+}
+
 /// The state of the last commit of the table's current snapshot lineage that holds one.
-fn stored_state(table: &Table) -> Option<Value> {
+fn stored_commit(table: &Table) -> Option<Stored> {
     let metadata = table.metadata();
     let mut snapshot = metadata.current_snapshot().cloned();
     while let Some(s) = snapshot {
-        if let Some(state) = s.summary().additional_properties.get(STATE_KEY) {
-            return serde_json::from_str(state).ok();
+        let props = &s.summary().additional_properties;
+        if let Some(state) = props.get(STATE_KEY) {
+            return Some(Stored {
+                state: serde_json::from_str(state).ok()?,
+                epoch: props.get(EPOCH_KEY).and_then(|e| e.parse().ok()).unwrap_or(0),
+                journal: props.get(JOURNAL_KEY).cloned(),
+            });
         }
         snapshot = s
             .parent_snapshot_id()
             .and_then(|p| metadata.snapshot_by_id(p).cloned());
     }
     None
+}
+
+/// Whether `state` is a GLOBAL or LEGACY state (one for every stream).
+fn is_global(state: &Value) -> bool {
+    matches!(
+        state.get("type").and_then(Value::as_str).unwrap_or("LEGACY"),
+        "GLOBAL" | "LEGACY"
+    )
+}
+
+/// The GLOBAL / LEGACY state of a sync: the one received and not committed yet, the last one
+/// committed, and its epoch.
+struct Global {
+    state: Option<Value>,
+    committed: Option<Value>,
+    epoch: u64,
+    last_commit: Instant,
+}
+
+/// One table's part of an epoch, as its journal holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalTable {
+    namespace: Vec<String>,
+    name: String,
+    stream: String,
+    /// Data and delete files, in the Iceberg REST catalog's JSON form of a data file.
+    data_files: Vec<String>,
+    delete_files: Vec<String>,
+    referenced: Vec<String>,
+}
+
+/// The journal of an epoch: what every table commits with `state`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    epoch: u64,
+    state: Value,
+    tables: Vec<JournalTable>,
+}
+
+fn journal_files(table: &Table, files: &[iceberg::spec::DataFile]) -> Result<Vec<String>> {
+    let partition_type = table.metadata().default_partition_type();
+    files
+        .iter()
+        .map(|f| {
+            iceberg::spec::serialize_data_file_to_json(
+                f.clone(),
+                partition_type,
+                iceberg::spec::FormatVersion::V2,
+            )
+            .map_err(|e| anyhow!("cannot write down data file {}: {e}", f.file_path()))
+        })
+        .collect()
+}
+
+fn journal_data_files(table: &Table, files: &[String]) -> Result<Vec<iceberg::spec::DataFile>> {
+    let metadata = table.metadata();
+    files
+        .iter()
+        .map(|f| {
+            iceberg::spec::deserialize_data_file_from_json(
+                f,
+                metadata.default_partition_spec_id(),
+                metadata.default_partition_type(),
+                metadata.current_schema(),
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "a data file of the journal of {} does not read back: {e}",
+                    table.identifier()
+                )
+            })
+        })
+        .collect()
+}
+
+fn epoch_summary(stream: &str, state: &Value, epoch: u64, journal: Option<&str>) -> HashMap<String, String> {
+    let mut summary = HashMap::from([
+        ("tarn.operation".to_string(), "airbyte".to_string()),
+        (STREAM_KEY.to_string(), stream.to_string()),
+        (STATE_KEY.to_string(), state.to_string()),
+        (EPOCH_KEY.to_string(), epoch.to_string()),
+    ]);
+    if let Some(journal) = journal {
+        summary.insert(JOURNAL_KEY.to_string(), journal.to_string());
+    }
+    summary
+}
+
+/// Commits the pending rows of every incremental stream with the GLOBAL / LEGACY `state`, as
+/// the next epoch: the files of every table are written first; when more than one table has
+/// rows, a journal listing them is written next to the first table's metadata; then each table
+/// commits its rows with the state, the epoch and the journal's path in the summary. A kill
+/// between those commits is finished by the next run ([`resume_global`]).
+async fn commit_global(
+    lake: &Lake,
+    streams: &mut HashMap<String, StreamSync>,
+    order: &[String],
+    global: &mut Global,
+    state: Value,
+    args: &AirbyteArgs,
+) -> Result<()> {
+    let mut prepared = Vec::new();
+    for name in order {
+        let stream = streams.get_mut(name).expect("a stream of the catalog");
+        if !stream.mode.incremental() {
+            continue;
+        }
+        let (table, delta) = stream.prepare(lake, args).await?;
+        if delta.is_empty() {
+            // Nothing (or only records older than the table's) since the last epoch.
+            stream.rows_since_commit = 0;
+            continue;
+        }
+        prepared.push((name.clone(), table, delta));
+    }
+    if prepared.is_empty() {
+        // Not recorded alone: resuming from the previous state reads no record that would
+        // land again.
+        return Ok(());
+    }
+    let epoch = global.epoch + 1;
+    let journal = if prepared.len() > 1 {
+        let tables = prepared
+            .iter()
+            .map(|(name, table, delta)| {
+                let ident = table.identifier();
+                Ok(JournalTable {
+                    namespace: ident.namespace().clone().inner(),
+                    name: ident.name().to_string(),
+                    stream: name.clone(),
+                    data_files: journal_files(table, &delta.data_files)?,
+                    delete_files: journal_files(table, &delta.delete_files)?,
+                    referenced: delta.referenced_data_files.iter().cloned().collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let journal = Journal {
+            epoch,
+            state: state.clone(),
+            tables,
+        };
+        let path = format!(
+            "{}/metadata/tarn-airbyte-epoch-{epoch}-{}.json",
+            prepared[0].1.metadata().location().trim_end_matches('/'),
+            uuid_like()
+        );
+        lake.file_io()
+            .new_output(&path)
+            .map_err(|e| anyhow!("cannot write the journal {path}: {e}"))?
+            .write(serde_json::to_vec(&journal)?.into())
+            .await
+            .map_err(|e| anyhow!("cannot write the journal {path}: {e}"))?;
+        Some(path)
+    } else {
+        None
+    };
+    tarn_core::failpoint::hit("airbyte.before_commit").await?;
+    for (i, (name, table, mut delta)) in prepared.into_iter().enumerate() {
+        if i > 0 {
+            tarn_core::failpoint::hit("airbyte.between_commits").await?;
+        }
+        delta.summary = epoch_summary(&name, &state, epoch, journal.as_deref());
+        let table = lake.commit_row_delta(&table, delta).await?;
+        let stream = streams.get_mut(&name).expect("a stream of the catalog");
+        stream.committed(table, Some(state.clone()));
+    }
+    if let Some(path) = &journal
+        && let Err(e) = lake.file_io().delete(path).await
+    {
+        tracing::warn!(
+            journal = path,
+            "cannot remove the journal of a committed epoch: {e}"
+        );
+    }
+    for stream in streams.values_mut() {
+        if stream.mode.incremental() {
+            stream.committed_state = Some(state.clone());
+        }
+    }
+    global.epoch = epoch;
+    global.committed = Some(state);
+    global.last_commit = Instant::now();
+    tarn_core::failpoint::hit("airbyte.after_commit").await?;
+    Ok(())
+}
+
+/// Where a sync with GLOBAL / LEGACY states resumes: the state of the newest epoch any table
+/// holds. When that epoch has a journal still there, the run that committed it was killed
+/// before removing it: the tables of the journal that do not hold the epoch yet get their
+/// files committed now (roll forward), so every table holds the rows up to the state.
+async fn resume_global(lake: &Lake, stored: Vec<(TableIdent, Stored)>) -> Result<(Value, u64)> {
+    let (_, newest) = stored
+        .into_iter()
+        .max_by_key(|(_, s)| s.epoch)
+        .expect("called with stored states");
+    let Some(path) = newest.journal.as_deref() else {
+        return Ok((newest.state, newest.epoch));
+    };
+    let exists = lake
+        .file_io()
+        .exists(path)
+        .await
+        .map_err(|e| anyhow!("cannot look for the journal {path}: {e}"))?;
+    if !exists {
+        // Removed after every table committed the epoch.
+        return Ok((newest.state, newest.epoch));
+    }
+    let bytes = lake
+        .file_io()
+        .new_input(path)
+        .map_err(|e| anyhow!("cannot read the journal {path}: {e}"))?
+        .read()
+        .await
+        .map_err(|e| anyhow!("cannot read the journal {path}: {e}"))?;
+    let journal: Journal =
+        serde_json::from_slice(&bytes).with_context(|| format!("the journal {path} is not valid"))?;
+    if journal.epoch != newest.epoch {
+        bail!(
+            "the journal {path} is of epoch {}, the tables name it for epoch {}",
+            journal.epoch,
+            newest.epoch
+        );
+    }
+    for part in &journal.tables {
+        let ns = iceberg::NamespaceIdent::from_vec(part.namespace.clone())
+            .map_err(|e| anyhow!("the journal {path} names a bad namespace: {e}"))?;
+        let ident = TableIdent::new(ns, part.name.clone());
+        let table = lake.load_table(&ident).await?;
+        let held = stored_commit(&table).map(|s| s.epoch).unwrap_or(0);
+        if held >= journal.epoch {
+            continue;
+        }
+        tracing::info!(
+            table = %ident,
+            epoch = journal.epoch,
+            "the last sync was stopped between the commits of one state: committing this table's part"
+        );
+        let delta = RowDelta {
+            data_files: journal_data_files(&table, &part.data_files)?,
+            delete_files: journal_data_files(&table, &part.delete_files)?,
+            referenced_data_files: part.referenced.iter().cloned().collect(),
+            summary: epoch_summary(&part.stream, &journal.state, journal.epoch, Some(path)),
+        };
+        lake.commit_row_delta(&table, delta).await.with_context(|| {
+            format!(
+                "cannot finish the commit of epoch {} to {ident} (journal {path})",
+                journal.epoch
+            )
+        })?;
+    }
+    if let Err(e) = lake.file_io().delete(path).await {
+        tracing::warn!(
+            journal = path,
+            "cannot remove the journal of a committed epoch: {e}"
+        );
+    }
+    Ok((journal.state, journal.epoch))
 }
 
 /// What `--state` hands the connector: the per-stream states as an array; a GLOBAL state

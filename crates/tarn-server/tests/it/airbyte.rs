@@ -569,3 +569,182 @@ async fn new_properties_add_columns() {
         ]
     );
 }
+
+/// `items_catalog` with the stream's `seq` column and `cursor_field: ["seq"]` (dedup).
+fn seq_catalog(dir: &Path) -> PathBuf {
+    let path = items_catalog(dir, "seq.json", "incremental", "append_dedup");
+    let mut catalog: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    catalog["streams"][0]["stream"]["json_schema"]["properties"]["seq"] =
+        json!({"type": ["null", "integer"]});
+    catalog["streams"][0]["cursor_field"] = json!(["seq"]);
+    write_json(dir, "seq.json", &catalog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_keeps_the_record_with_the_greatest_cursor() {
+    let t = TestLake::new().await;
+    let dir = t.path().to_path_buf();
+    let catalog = seq_catalog(&dir).display().to_string();
+    // In one batch: id 1's greatest cursor comes first; id 2's two records tie (the later wins).
+    let first = write_json(
+        &dir,
+        "first.json",
+        &json!({"count": 3, "versions": [
+            {"id": 1, "seq": 5, "name": "five"}, {"id": 1, "seq": 3, "name": "three"},
+            {"id": 2, "seq": 2, "name": "a"}, {"id": 2, "seq": 2, "name": "b"}]}),
+    );
+    ingest_ok(&t, &test_source(), &first, "cd", &["--catalog", &catalog]);
+    assert_eq!(
+        t.query("SELECT id, seq, name FROM cd.items ORDER BY id").await,
+        vec!["1|5|five", "2|2|b", "3|NULL|item 3"]
+    );
+    // Across batches: a record older than the table's row of its key does not replace it;
+    // newer ones (and any value over a NULL cursor) do.
+    let second = write_json(
+        &dir,
+        "second.json",
+        &json!({"count": 3, "versions": [
+            {"id": 1, "seq": 4, "name": "four"}, {"id": 2, "seq": 9, "name": "nine"},
+            {"id": 3, "seq": 1, "name": "one"}, {"id": 4, "seq": 1, "name": "new"}]}),
+    );
+    ingest_ok(&t, &test_source(), &second, "cd", &["--catalog", &catalog]);
+    assert_eq!(
+        t.query("SELECT id, seq, name FROM cd.items ORDER BY id").await,
+        vec!["1|5|five", "2|9|nine", "3|1|one", "4|1|new"]
+    );
+}
+
+/// A configured catalog of the test connector's two streams, incremental + append.
+fn two_streams_catalog(dir: &Path) -> PathBuf {
+    let one: Value = serde_json::from_str(
+        &std::fs::read_to_string(items_catalog(dir, "one.json", "incremental", "append")).unwrap(),
+    )
+    .unwrap();
+    let items = one["streams"][0].clone();
+    let mut others = items.clone();
+    others["stream"]["name"] = json!("others");
+    write_json(dir, "two.json", &json!({"streams": [items, others]}))
+}
+
+fn spawn_ingest(t: &TestLake, config: &Path, catalog: &Path, namespace: &str) -> std::process::Child {
+    std::process::Command::new(tarn_bin())
+        .arg("--data-dir")
+        .arg(t.path())
+        .args(["ingest", "airbyte", "--connector", &test_source(), "--config"])
+        .arg(config)
+        .arg("--catalog")
+        .arg(catalog)
+        .args([
+            "--namespace",
+            namespace,
+            "--commit-interval",
+            "0s",
+            "--skip-check",
+        ])
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_and_legacy_states_resume_exactly_once() {
+    let t = TestLake::new().await;
+    let dir = t.path().to_path_buf();
+    let catalog = two_streams_catalog(&dir);
+    let catalog_arg = catalog.display().to_string();
+    for kind in ["GLOBAL", "LEGACY"] {
+        let ns = kind.to_lowercase();
+        let config = write_json(
+            &dir,
+            &format!("{ns}.json"),
+            &json!({"count": 300, "state_every": 20, "sleep_ms": 40, "streams": ["items", "others"],
+                    "state_kind": kind}),
+        );
+        let expected = connector_ids(&config, &catalog);
+        assert_eq!(expected.len(), 600, "{kind}: both streams, 1..300 each");
+
+        // kill -9 mid-sync, once a few epochs are committed.
+        let mut child = spawn_ingest(&t, &config, &catalog, &ns);
+        let items = format!("{ns}.items");
+        let others = format!("{ns}.others");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while snapshot_count(&t, &others).await < 3 {
+            assert!(Instant::now() < deadline, "{kind}: no commits within 60s");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{kind}: the sync ended before it was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let partial = table_ids(&t, &items).await;
+        assert!(partial.len() < 300, "{kind}: the sync finished before the kill");
+        assert_eq!(
+            partial,
+            (1..=partial.len() as i64).collect::<Vec<_>>(),
+            "{kind}: a prefix, once"
+        );
+        let states = stored_states(&t, &items).await;
+        assert_eq!(states.last().unwrap()["type"], kind, "{states:?}");
+
+        // Killed between the two tables' commits of one state: `items` holds the epoch,
+        // `others` does not.
+        let out = std::process::Command::new(tarn_bin())
+            .arg("--data-dir")
+            .arg(t.path())
+            .args(["ingest", "airbyte", "--connector", &test_source(), "--config"])
+            .arg(&config)
+            .args([
+                "--catalog",
+                &catalog_arg,
+                "--namespace",
+                &ns,
+                "--commit-interval",
+                "0s",
+                "--skip-check",
+            ])
+            .env("TARN_FAILPOINTS", "airbyte.between_commits=abort")
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{kind}: the failpoint did not stop the sync"
+        );
+        let (in_items, in_others) = (table_ids(&t, &items).await, table_ids(&t, &others).await);
+        assert!(
+            in_items.len() > in_others.len(),
+            "{kind}: items {} rows, others {} rows",
+            in_items.len(),
+            in_others.len()
+        );
+
+        // Resumed: the half-committed state is finished first, then the sync goes on from it.
+        let err = ingest_ok(
+            &t,
+            &test_source(),
+            &config,
+            &ns,
+            &["--catalog", &catalog_arg, "--commit-interval", "0s"],
+        );
+        assert!(err.contains("committing this table's part"), "{kind}: {err}");
+        assert_eq!(
+            table_ids(&t, &items).await,
+            (1..=300).collect::<Vec<_>>(),
+            "{kind}: items"
+        );
+        assert_eq!(
+            table_ids(&t, &others).await,
+            (1..=300).collect::<Vec<_>>(),
+            "{kind}: others"
+        );
+        // A run with nothing new adds nothing.
+        ingest_ok(&t, &test_source(), &config, &ns, &["--catalog", &catalog_arg]);
+        assert_eq!(table_ids(&t, &others).await.len(), 300, "{kind}");
+    }
+}

@@ -15,6 +15,7 @@ mod datahub;
 mod demo;
 mod foreign;
 mod governance;
+mod ingest_sql;
 mod interop;
 mod jobs;
 #[cfg(feature = "kafka")]
