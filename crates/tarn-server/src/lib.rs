@@ -16,7 +16,8 @@
 //! - [`bench_airbyte`]: `tarn bench airbyte`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
-//! - [`measure`]: what the benchmarks report about the process itself.
+//! - [`measure`]: what the benchmarks report about the process itself;
+//! - [`telemetry`]: spans exported over OTLP (`telemetry.otlp_endpoint`).
 
 pub mod airbyte;
 pub mod bench;
@@ -45,3 +46,4 @@ pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
 pub mod tail;
+pub mod telemetry;
