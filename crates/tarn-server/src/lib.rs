@@ -26,6 +26,7 @@ pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+pub mod bench_observability;
 pub mod bench_policy;
 #[cfg(feature = "kafka")]
 pub mod bench_publish;
