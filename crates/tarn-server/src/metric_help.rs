@@ -455,6 +455,12 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "1 in the replica that holds the scheduler lease, 0 in the others.",
     ),
+    (
+        "tarn_job_runs_queued",
+        Gauge,
+        None,
+        "Runs queued and not started after the scheduler's last tick (their job at max_active_runs, or not yet claimed); 0 on standby replicas, so a sum over replicas counts the queue once.",
+    ),
     // Workload management of SQL statements (docs/workload.md).
     (
         "tarn_query_running",
