@@ -2238,6 +2238,40 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_keys_are_checked() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.telemetry.traces_url(), None);
+        assert!(c.telemetry.metrics);
+        let c = load(
+            None,
+            &[("TARN_TELEMETRY__OTLP_ENDPOINT", "http://collector:4318/")],
+            &[("telemetry.metrics", "false")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert!(!c.telemetry.metrics);
+        let c = load(
+            Some("[telemetry]\notlp_endpoint = \"https://c/v1/traces\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.traces_url().as_deref(), Some("https://c/v1/traces"));
+        let err = load(
+            Some("[telemetry]\notlp_endpoint = \"collector:4318\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let err = load(Some("[telemetry]\notlp_endpoint = \"not a url\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+    }
+
+    #[test]
     fn tls_keys_are_checked() {
         // From the environment and flags, as from the file.
         let c = load(

@@ -352,9 +352,16 @@ pub fn main() -> ExitCode {
         );
     // The demo prints its own progress on stdout; only warnings and errors are logged.
     let default_level = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        "warn".to_string()
+    } else if matches!(cli.command, Command::Maintain(_)) {
+        // `tarn maintain` prints a line per action; the same actions' log lines (compacted,
+        // committed, orphan files) would repeat them.
+        format!(
+            "{},tarn_lake::maintain=warn,tarn_lake::commit=warn",
+            config.log.level
+        )
     } else {
-        config.log.level.as_str()
+        config.log.level.clone()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -366,7 +373,7 @@ pub fn main() -> ExitCode {
     // The span exporter's batch task runs on the runtime.
     let tracer = {
         let _entered = runtime.enter();
-        match init_logging(&config, default_level, long_running) {
+        match init_logging(&config, &default_level, long_running) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e:#}");
