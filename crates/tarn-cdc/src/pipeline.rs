@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tarn_core::{Config, Error, ErrorKind, Result, failpoint};
 use tarn_lake::Lake;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::postgres::change_source::PostgresChangeSource;
 use crate::sink::{ChangeSink, LakeSink, SinkOptions};
@@ -637,6 +638,8 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
     let mut acknowledged = start;
     let mut durable: Option<Position> = None;
     let mut next_tick = Instant::now() + TICK_INTERVAL;
+    // The lag gauges move between commits too: a stalled flush or a long transaction shows.
+    let mut next_lag = Instant::now() + LAG_INTERVAL;
     let maintenance_every = config.maintenance.duration("interval");
     let mut next_maintenance = Instant::now() + maintenance_every;
     // Measured from the start of a commit: a commit that takes a while must not push the
@@ -649,7 +652,7 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
             Instant::now() + Duration::from_secs(3600)
         } else {
             let mut d = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            d = d.min(next_tick);
+            d = d.min(next_tick).min(next_lag);
             if config.maintenance.auto {
                 d = d.min(next_maintenance);
             }
@@ -659,7 +662,10 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
         match source.next(ctx, deadline).await? {
             Next::Stopped => {
                 if !sink.in_transaction()
-                    && let Some(p) = sink.flush().await?
+                    && let Some(p) = {
+                        let span = flush_span(&cdc.pipeline, &sink);
+                        sink.flush().instrument(span).await?
+                    }
                 {
                     source.acknowledge(&p, &mut sink).await?;
                     acknowledged = p.clone();
@@ -736,12 +742,19 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
                 }
             }
         }
+        if Instant::now() >= next_lag {
+            report_lag(&sink, source.received(), &acknowledged);
+            next_lag = Instant::now() + LAG_INTERVAL;
+        }
         if sink.in_transaction() {
             continue;
         }
         if flush_now && sink.pending_since().is_some() {
             let commit_started = Instant::now();
-            if let Some(p) = sink.flush().await? {
+            if let Some(p) = {
+                let span = flush_span(&cdc.pipeline, &sink);
+                sink.flush().instrument(span).await?
+            } {
                 last_commit = commit_started;
                 failpoint::hit("cdc.before_ack").await?;
                 source.acknowledge(&p, &mut sink).await?;
@@ -758,7 +771,10 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
         }
         if config.maintenance.auto && now >= next_maintenance {
             // Commit what is buffered first, so maintenance never races this writer.
-            if let Some(p) = sink.flush().await? {
+            if let Some(p) = {
+                let span = flush_span(&cdc.pipeline, &sink);
+                sink.flush().instrument(span).await?
+            } {
                 source.acknowledge(&p, &mut sink).await?;
                 acknowledged = p.clone();
                 durable = Some(p.clone());
@@ -767,6 +783,34 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
             sink.maintain(&config.maintenance).await?;
             next_maintenance = Instant::now() + maintenance_every;
         }
+    }
+}
+
+/// How often the lag gauges are set between commits.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A CDC flush's span: the pipeline, the changes it commits, and the trace id when traces
+/// are exported.
+fn flush_span(pipeline: &str, sink: &impl ChangeSink) -> tracing::Span {
+    let span = tracing::info_span!(
+        "cdc_flush",
+        pipeline,
+        events = sink.pending_events(),
+        trace_id = tracing::field::Empty
+    );
+    tarn_core::telemetry::record_trace_id(&span);
+    span
+}
+
+/// Sets the lag gauges from where the source is against what is committed, on a timer:
+/// `tarn_cdc_lag_seconds` is the age of the oldest change received and not yet committed (0
+/// when everything received is in the lake), `tarn_cdc_lag_bytes` the WAL between the last
+/// received and the acknowledged position (PostgreSQL sources).
+fn report_lag(sink: &impl ChangeSink, received: Option<Position>, acknowledged: &Position) {
+    let seconds = sink.pending_since().map_or(0.0, |t| t.elapsed().as_secs_f64());
+    metrics::gauge!("tarn_cdc_lag_seconds").set(seconds);
+    if let (Some(received), Some(acked)) = (received.as_ref().and_then(Position::lsn), acknowledged.lsn()) {
+        metrics::gauge!("tarn_cdc_lag_bytes").set(received.0.saturating_sub(acked.0) as f64);
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Traces over OpenTelemetry (docs/observability.md).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Change data capture from an OLTP database (`tarn cdc run`, and `tarn serve` when
     /// `cdc.source` is set).
     pub cdc: CdcConfig,
@@ -611,6 +614,46 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Traces: tarn's spans (a SQL statement, a table commit, a CDC flush) sent to an
+/// OpenTelemetry collector over OTLP/HTTP with protobuf.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP endpoint, e.g. `http://otel-collector:4318` (tarn posts to
+    /// `/v1/traces` under it; a URL ending in `/v1/traces` is used as it is). Unset: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Record metrics for `/metrics` (default true). Off, `/metrics` has the process metrics
+    /// only; `tarn bench observability` measures what recording costs.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            metrics: true,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are posted to, when an endpoint is configured.
+    pub fn traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if endpoint.ends_with("/v1/traces") {
+            endpoint.to_string()
+        } else {
+            format!("{endpoint}/v1/traces")
+        })
+    }
+}
+
 /// Change data capture: one source database streamed into Iceberg tables.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -867,6 +910,7 @@ impl Config {
                 format: "text".into(),
                 level: "info".into(),
             },
+            telemetry: TelemetryConfig::default(),
             cdc: CdcConfig {
                 principal: None,
                 principal_roles: Vec::new(),
@@ -1185,6 +1229,23 @@ impl Config {
                 "log.format",
                 format!("expected text or json, got {:?}", self.log.format),
             );
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                Ok(u) => {
+                    return bad(
+                        "telemetry.otlp_endpoint",
+                        format!("expected an http:// or https:// URL, got scheme {:?}", u.scheme()),
+                    );
+                }
+                Err(e) => {
+                    return bad(
+                        "telemetry.otlp_endpoint",
+                        format!("{endpoint:?} is not a URL: {e}"),
+                    );
+                }
+            }
         }
         if self.policy.file.is_some() && self.policy.opa_url.is_some() {
             return bad(
@@ -2174,6 +2235,40 @@ mod tests {
     fn bad_toml_names_line() {
         let err = load(Some("[write]\ntarget_file_size = = 3\n"), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_keys_are_checked() {
+        let c = load(None, &[], &[]).unwrap();
+        assert_eq!(c.telemetry.traces_url(), None);
+        assert!(c.telemetry.metrics);
+        let c = load(
+            None,
+            &[("TARN_TELEMETRY__OTLP_ENDPOINT", "http://collector:4318/")],
+            &[("telemetry.metrics", "false")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert!(!c.telemetry.metrics);
+        let c = load(
+            Some("[telemetry]\notlp_endpoint = \"https://c/v1/traces\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.traces_url().as_deref(), Some("https://c/v1/traces"));
+        let err = load(
+            Some("[telemetry]\notlp_endpoint = \"collector:4318\"\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let err = load(Some("[telemetry]\notlp_endpoint = \"not a url\"\n"), &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
     }
 
     #[test]

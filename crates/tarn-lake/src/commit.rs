@@ -742,6 +742,7 @@ impl Lake {
     /// REST catalog applies the changes if `requirements` still hold (see [`crate::catalog`]).
     /// `Ok(None)`: another writer won; the files of the attempt are deleted. On an error the
     /// commit may or may not have landed, and the files stay.
+    #[tracing::instrument(name = "commit", skip_all, fields(table = %current.identifier()))]
     async fn write_and_swap(
         &self,
         current: &Table,

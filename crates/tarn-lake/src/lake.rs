@@ -474,6 +474,7 @@ impl Lake {
     ///
     /// Through the `iceberg` crate's fast append and the catalog's own commit; a Hive
     /// Metastore's catalog crate cannot commit, so there it is tarn's own row delta.
+    #[tracing::instrument(name = "commit", skip_all, fields(table = %ident, files = files.len()))]
     pub async fn append(
         &self,
         ident: &TableIdent,
@@ -578,6 +579,7 @@ impl Lake {
     ///
     /// Atomicity is the catalog database's: one SQLite or PostgreSQL transaction. Only the SQL
     /// catalog can (a REST catalog or a metastore commits updates, not locations).
+    #[tracing::instrument(name = "commit", skip_all, fields(tables = swaps.len()))]
     pub async fn swap_metadata_locations(&self, swaps: &[MetadataSwap]) -> Result<bool> {
         let swapped = self.backend.swap_metadata_locations(swaps).await?;
         if swapped {

@@ -80,6 +80,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tarn_core::config::AuthConfig;
 
 mod login;
+pub mod observe;
 use tarn_auth::Principal;
 use tarn_core::{Error, ErrorKind};
 use tarn_query::governance::with_principal;
@@ -88,6 +89,7 @@ use tarn_query::workload::{self, StatementClass, StatementGuard, StopReason, Wor
 use tarn_query::{Output, TarnSession, from_df_error};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The SQLSTATE for a tarn error kind.
 pub fn sqlstate(kind: ErrorKind, message: &str) -> &'static str {
@@ -634,6 +636,8 @@ impl RunningQueries {
 /// admission slot. Dropped when the rows end, which frees the plan's memory too.
 struct Held {
     statement: StatementGuard,
+    /// Records the statement's latency and rows when the rows are sent.
+    _timer: Option<observe::StatementTimer>,
     _admission: Option<workload::Admission>,
     /// The connection is busy until the rows are sent ([`idle`]).
     _busy: Option<idle::Busy>,
@@ -665,6 +669,12 @@ fn cancellable(
         return response;
     };
     let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+    let counted = held.as_ref().and_then(|h| h._timer.as_ref()).map(|t| t.rows());
+    let rows = rows.inspect(move |row| {
+        if let (Some(counted), Ok(_)) = (&counted, row) {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     let statement = held.as_ref().map(|h| h.statement.0.clone());
     let stop = {
         let (token, statement) = (token.clone(), statement.clone());
@@ -721,12 +731,22 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         metrics::counter!("tarn_pgwire_queries_total").increment(1);
-        with_principal(principal_of(client), self.run_query(client, query)).await
+        let kind = observe::statement_kind(&self.compatibility, query);
+        let span = observe::statement_span(kind);
+        let timer = observe::StatementTimer::start(kind, span.clone());
+        with_principal(principal_of(client), self.run_query(client, query, timer))
+            .instrument(span)
+            .await
     }
 }
 
 impl TarnSimpleQuery {
-    async fn run_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn run_query<C>(
+        &self,
+        client: &mut C,
+        query: &str,
+        timer: observe::StatementTimer,
+    ) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: pgwire::api::store::PortalStore,
@@ -748,6 +768,7 @@ impl TarnSimpleQuery {
         let roles = roles_of(principal.as_deref());
         let timeout = statement_timeout(client, &self.workload, &roles);
         let mut responses = Vec::new();
+        let mut timer = Some(timer);
         for statement in statements {
             match copy::run(&self.session, &statement.sql).await {
                 Some(Ok(response)) => {
@@ -772,6 +793,7 @@ impl TarnSimpleQuery {
                 timeout,
                 token.clone(),
             );
+            tracing::Span::current().record("query_id", running.id());
             let guard = StatementGuard(running.clone());
             let admission = match class {
                 StatementClass::Light => {
@@ -788,6 +810,7 @@ impl TarnSimpleQuery {
             };
             let held = Held {
                 statement: guard,
+                _timer: None,
                 _admission: admission,
                 _busy: busy,
             };
@@ -837,7 +860,10 @@ impl TarnSimpleQuery {
                     let r = with_names(r, names.as_ref());
                     // The statement stays listed (and holds its slot) while its rows are sent.
                     let hold = if matches!(r, Response::Query(_)) {
-                        held.take()
+                        held.take().map(|mut h| {
+                            h._timer = timer.take();
+                            h
+                        })
                     } else {
                         None
                     };
@@ -1184,6 +1210,30 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let sql = portal.statement.statement.0.clone();
+        let kind = observe::statement_kind(&self.parser.compatibility, &sql);
+        let span = observe::statement_span(kind);
+        let timer = observe::StatementTimer::start(kind, span.clone());
+        self.run_portal(client, portal, max_rows, timer)
+            .instrument(span)
+            .await
+    }
+}
+
+impl TarnExtendedQuery {
+    async fn run_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PlannedStatement>,
+        max_rows: usize,
+        timer: observe::StatementTimer,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PlannedStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let principal = principal_of(client);
         let sql = portal.statement.statement.0.clone();
         if portal.statement.statement.1.is_none()
@@ -1203,6 +1253,7 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
             timeout,
             token.clone(),
         );
+        tracing::Span::current().record("query_id", running.id());
         let guard = StatementGuard(running.clone());
         let busy = self
             .connections
@@ -1241,6 +1292,7 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         let response = if matches!(response, Response::Query(_)) {
             let held = Held {
                 statement: guard,
+                _timer: Some(timer),
                 _admission: admission,
                 _busy: busy,
             };
@@ -1282,6 +1334,11 @@ impl ErrorHandler for SqlStateErrors {
         }
         tracing::info!(error = %error, "statement failed");
         metrics::counter!("tarn_pgwire_errors_total").increment(1);
+        match error {
+            PgWireError::UserError(info) => observe::count_error(&info.code),
+            PgWireError::QueryCanceled => observe::count_error("57014"),
+            _ => observe::count_error("XX000"),
+        }
     }
 }
 

@@ -260,6 +260,10 @@ impl Governance {
 
     /// Records `record` in the audit trail, when auditing is on.
     fn record(&self, record: AuditRecord) {
+        if matches!(record.kind, RecordKind::Decision) {
+            let result = if record.allowed { "allow" } else { "deny" };
+            metrics::counter!("tarn_governance_decisions_total", "result" => result).increment(1);
+        }
         if let Some(audit) = &self.audit {
             audit.record(record);
         }

@@ -529,6 +529,11 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// Its id, unique in this process (the `query_id` of its span and log lines).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Marks a statement that skips the queue as running.
     pub fn mark_running(&self) {
         self.set_state(StatementState::Running);

@@ -114,6 +114,10 @@ pub enum BenchCommand {
         /// in front of the private PostgreSQL. Figures include the stand-in's own work.
         #[arg(long, conflicts_with = "source")]
         cockroach_contract: bool,
+        /// Record metrics as `tarn serve` does (the Prometheus recorder); off by default.
+        /// `tarn bench observability` compares runs with and without.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Kafka → Iceberg: Debezium change events consumed into the lake (events/s) against a
     /// plain rdkafka consumer draining the same topic, and freshness from produce to lake
@@ -190,6 +194,27 @@ pub enum BenchCommand {
         #[arg(long)]
         print_policy: bool,
         /// Where the lake goes; default `DATA_DIR/bench/policy`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Observability overhead: TPC-H through the Postgres wire endpoint of `tarn serve`, and a
+    /// CDC backlog drained by `tarn bench cdc`, each with metrics, JSON logs and OTLP traces
+    /// (to a sink in this process) on against all off, in the same run, alternating.
+    Observability {
+        /// TPC-H scale factor.
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// Timed runs per query and round (after one warm-up); the best is kept.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Rounds; each runs both modes, their order alternating round to round.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Changes of the CDC backlog in each CDC run; 0 skips the CDC part.
+        #[arg(long, default_value_t = 500_000)]
+        changes: u64,
+        /// Where the TPC-H lake (kept for the next run) and the runs' logs go; default
+        /// `DATA_DIR/bench/observability`.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -345,6 +370,30 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             crate::bench_publish::run(&config, options, partitions).await?;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Observability {
+            sf,
+            runs,
+            rounds,
+            changes,
+            dir,
+        } => {
+            if sf <= 0.0 || runs == 0 || rounds == 0 {
+                bail!("--sf, --runs and --rounds must be positive");
+            }
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("observability"));
+            crate::bench_observability::run(
+                &config,
+                crate::bench_observability::ObservabilityBenchOptions {
+                    sf,
+                    runs,
+                    rounds,
+                    changes,
+                    dir,
+                },
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Workload {
             seconds,
             load,
@@ -434,7 +483,11 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             source,
             dir,
             cockroach_contract,
+            metrics,
         } => {
+            if metrics {
+                crate::serve::install_metrics()?;
+            }
             if rows == 0 || writers == 0 || rate == 0 {
                 bail!("--rows, --writers and --rate must be positive");
             }

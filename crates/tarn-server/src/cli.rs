@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     overrides: Vec<String>,
 
+    /// Log line format: `text` for people, `json` (one object a line) for log shippers; the
+    /// same as `--set log.format=...`.
+    #[arg(long, global = true, env = "TARN_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -314,6 +319,10 @@ pub fn main() -> ExitCode {
         globals.push("--set".into());
         globals.push(kv.into());
     }
+    if let Some(format) = &cli.log_format {
+        globals.push("--log-format".into());
+        globals.push(format.into());
+    }
     let _ = GLOBAL_ARGS.set(globals);
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(*shell, &mut Cli::command(), "tarn", &mut std::io::stdout());
@@ -343,12 +352,17 @@ pub fn main() -> ExitCode {
         );
     // The demo prints its own progress on stdout; only warnings and errors are logged.
     let default_level = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        "warn".to_string()
+    } else if matches!(cli.command, Command::Maintain(_)) {
+        // `tarn maintain` prints a line per action; the same actions' log lines (compacted,
+        // committed, orphan files) would repeat them.
+        format!(
+            "{},tarn_lake::maintain=warn,tarn_lake::commit=warn",
+            config.log.level
+        )
     } else {
-        config.log.level.as_str()
+        config.log.level.clone()
     };
-    init_logging(&config, default_level, long_running);
-    crate::panic_log::install();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -356,13 +370,32 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, config)) {
+    // The span exporter's batch task runs on the runtime.
+    let tracer = {
+        let _entered = runtime.enter();
+        match init_logging(&config, &default_level, long_running) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    crate::panic_log::install();
+    let code = match runtime.block_on(run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Sends the spans still buffered (the batch task runs on the runtime's workers).
+    if let Some(provider) = tracer
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("warning: cannot send the last spans to telemetry.otlp_endpoint: {e}");
     }
+    code
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -374,6 +407,11 @@ fn load_config(cli: &Cli) -> Result<Config> {
                 .map(|(k, v)| (k.trim().to_string(), v.to_string()))
                 .with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))
         })
+        .chain(
+            cli.log_format
+                .iter()
+                .map(|f| Ok(("log.format".to_string(), f.clone()))),
+        )
         .collect::<Result<Vec<_>>>()?;
     Ok(Config::load(
         &cli.data_dir,
@@ -383,8 +421,18 @@ fn load_config(cli: &Cli) -> Result<Config> {
     )?)
 }
 
-fn init_logging(config: &Config, level: &str, to_stdout: bool) {
+/// Installs the log subscriber: text or JSON lines (`log.format`), and, when
+/// `telemetry.otlp_endpoint` is set, an OpenTelemetry layer that exports spans over OTLP/HTTP.
+/// Returns the tracer provider to shut down (flush) at exit. Must run inside the runtime.
+fn init_logging(
+    config: &Config,
+    level: &str,
+    to_stdout: bool,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // sqlx (the catalog, the demo's shop) logs PostgreSQL's NOTICEs, e.g. "there is no
     // transaction in progress" after a retried serialization failure: noise.
     let filter = EnvFilter::try_from_env("TARN_LOG")
@@ -396,14 +444,42 @@ fn init_logging(config: &Config, level: &str, to_stdout: bool) {
     } else {
         std::io::stderr().is_terminal()
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
-    let json = config.log.format == "json";
-    match (json, to_stdout) {
-        (true, true) => builder.json().with_writer(std::io::stdout).init(),
-        (true, false) => builder.json().with_writer(std::io::stderr).init(),
-        (false, true) => builder.with_writer(std::io::stdout).init(),
-        (false, false) => builder.with_writer(std::io::stderr).init(),
-    }
+    let writer = if to_stdout {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    };
+    // JSON: timestamp, level, target, fields (message and the event's own), `span` (the
+    // innermost span's fields: statement, pipeline, table, trace_id) and `spans` (all of them).
+    let fmt = if config.log.format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(writer)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed()
+    };
+    let (otel, provider) = match config.telemetry.traces_url() {
+        Some(url) => {
+            let provider = crate::telemetry::tracer_provider(&url)?;
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tarn"));
+            tarn_core::telemetry::set_trace_id_source(crate::telemetry::trace_id);
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    Ok(provider)
 }
 
 async fn open(config: &Config) -> Result<TarnSession> {
@@ -510,7 +586,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             }
         }
         Command::Serve => {
-            let metrics = crate::serve::install_metrics()?;
+            let metrics = crate::serve::install_metrics_if(config.telemetry.metrics)?;
             let session = open_governed(&config).await?;
             crate::serve::serve(&config, session, metrics).await?;
             Ok(ExitCode::SUCCESS)

@@ -243,7 +243,14 @@ async fn serve_metrics(addr: std::net::SocketAddr) -> Result<tokio::task::JoinHa
     let handle = crate::serve::install_metrics()?;
     let listener = crate::serve::bind(&addr.to_string(), "--metrics-listen").await?;
     let app = axum::Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(move || {
+                let mut text = handle.render();
+                text.push_str(&crate::measure::process_metrics());
+                std::future::ready(text)
+            }),
+        )
         .route("/healthz", get(|| std::future::ready("ok\n")));
     tracing::info!(%addr, "serving /metrics and /healthz");
     Ok(tokio::spawn(async move {

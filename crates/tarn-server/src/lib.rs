@@ -16,7 +16,8 @@
 //! - [`bench_airbyte`]: `tarn bench airbyte`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
-//! - [`measure`]: what the benchmarks report about the process itself.
+//! - [`measure`]: what the benchmarks report about the process itself;
+//! - [`telemetry`]: spans exported over OTLP (`telemetry.otlp_endpoint`).
 
 pub mod airbyte;
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod bench_catalog;
 pub mod bench_cdc;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+pub mod bench_observability;
 pub mod bench_policy;
 #[cfg(feature = "kafka")]
 pub mod bench_publish;
@@ -47,4 +49,5 @@ pub mod policy;
 pub mod serve;
 #[cfg(feature = "kafka")]
 pub mod tail;
+pub mod telemetry;
 pub mod upsert;

@@ -59,6 +59,30 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Statements that ended in an error sent to the client.",
     ),
     (
+        "tarn_sql_statement_duration_seconds",
+        Histogram,
+        Some(Unit::Seconds),
+        "SQL statements on the Postgres wire endpoint by kind (select, insert, update, delete, merge, copy, ddl, set, transaction, explain, other): seconds from receipt until the last row is sent.",
+    ),
+    (
+        "tarn_sql_rows_returned_total",
+        Counter,
+        None,
+        "Rows sent to Postgres wire clients, by statement kind.",
+    ),
+    (
+        "tarn_sql_errors_total",
+        Counter,
+        None,
+        "Statements that failed on the Postgres wire endpoint, by SQLSTATE code and its two-character class.",
+    ),
+    (
+        "tarn_governance_decisions_total",
+        Counter,
+        None,
+        "Authorization decisions of the governance policy (SQL statements and REST catalog requests), by result: allow or deny.",
+    ),
+    (
         "tarn_pgwire_auth_failures_total",
         Counter,
         None,
@@ -228,13 +252,13 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "tarn_cdc_lag_seconds",
         Gauge,
         Some(Unit::Seconds),
-        "Seconds from the source commit of the last change committed to the lake until that lake commit, set at each commit.",
+        "Seconds the lake is behind the source: at each commit, from the source commit of the last change committed until that lake commit; every second between commits, the age of the oldest change received and not yet committed (0 when the lake holds everything received).",
     ),
     (
         "tarn_cdc_lag_bytes",
         Gauge,
         Some(Unit::Bytes),
-        "WAL bytes received from PostgreSQL but not yet committed to the lake and acknowledged.",
+        "WAL bytes received from PostgreSQL but not yet committed to the lake and acknowledged; set at each acknowledgement and every second.",
     ),
     (
         "tarn_cdc_acknowledged_lsn",
@@ -431,6 +455,12 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "1 in the replica that holds the scheduler lease, 0 in the others.",
     ),
+    (
+        "tarn_job_runs_queued",
+        Gauge,
+        None,
+        "Runs queued and not started after the scheduler's last tick (their job at max_active_runs, or not yet claimed); 0 on standby replicas, so a sum over replicas counts the queue once.",
+    ),
     // Workload management of SQL statements (docs/workload.md).
     (
         "tarn_query_running",
@@ -516,6 +546,42 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Connections closed by idle_in_transaction_session_timeout.",
     ),
+];
+
+/// The process metrics `/metrics` appends after tarn's own, under the names Prometheus'
+/// client libraries use (`process_*`, read from `/proc/self`): name, type, help.
+pub const PROCESS: &[(&str, &str, &str)] = &[
+    (
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time the process used, seconds.",
+    ),
+    (
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process, bytes.",
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory of the process, bytes.",
+    ),
+    (
+        "process_open_fds",
+        "gauge",
+        "File descriptors the process has open.",
+    ),
+    (
+        "process_max_fds",
+        "gauge",
+        "The process's limit on open file descriptors (soft limit).",
+    ),
+    (
+        "process_start_time_seconds",
+        "gauge",
+        "When the process started, seconds since the Unix epoch.",
+    ),
+    ("process_threads", "gauge", "Threads of the process."),
 ];
 
 /// The names of every metric described here.

@@ -50,7 +50,9 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn metrics_page(State(state): State<HttpState>) -> String {
-    state.metrics.render()
+    let mut text = state.metrics.render();
+    text.push_str(&crate::measure::process_metrics());
+    text
 }
 
 async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<serde_json::Value>) {
@@ -70,7 +72,24 @@ async fn cdc_status(State(state): State<HttpState>) -> (StatusCode, axum::Json<s
 /// The REST catalog's request latency is a histogram with fixed buckets (other timings are
 /// summaries).
 pub fn install_metrics() -> Result<PrometheusHandle> {
+    install_metrics_if(true)
+}
+
+/// [`install_metrics`] when `record` (`telemetry.metrics`); else a handle of a recorder that is
+/// not installed, so `metrics::` calls do nothing and `/metrics` renders nothing of tarn's.
+pub fn install_metrics_if(record: bool) -> Result<PrometheusHandle> {
+    if !record {
+        return Ok(PrometheusBuilder::new().build_recorder().handle());
+    }
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(tarn_pgwire::observe::DURATION_METRIC.to_string()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ],
+        )
+        .context("invalid histogram buckets")?
         .set_buckets_for_metric(
             Matcher::Full(tarn_rest_catalog::LATENCY_METRIC.to_string()),
             &[

@@ -704,6 +704,10 @@ impl Jobs {
             }
             active = holds;
             metrics::gauge!("tarn_scheduler_active").set(if active { 1.0 } else { 0.0 });
+            if !active {
+                // Only the active scheduler reports its queue: a sum over replicas counts it once.
+                metrics::gauge!("tarn_job_runs_queued").set(0.0);
+            }
             if active
                 && let Err(e) = self
                     .tick_active(&mut drivers, &mut driving, &mut reported, &shutdown)
@@ -763,12 +767,18 @@ impl Jobs {
             .filter(|r| r.heartbeat_at.is_none_or(|h| h < stale) && !driving.contains_key(&r.run_id))
             .collect::<Vec<_>>();
         let queued = self.store.runs_in_state(RunState::Queued).await?;
+        // Runs left waiting after this tick (their job at `max_active_runs`, or claimed
+        // elsewhere): the scheduler's queue.
+        let mut waiting = queued.len();
         for run in orphans.into_iter().chain(queued) {
+            let was_queued = run.state == RunState::Queued;
             if driving.contains_key(&run.run_id) {
+                waiting -= usize::from(was_queued);
                 continue;
             }
             let Some(job) = jobs.get(&run.job) else {
                 if run.state == RunState::Queued {
+                    waiting -= 1;
                     self.store
                         .fail_queued_run(&run.run_id, &format!("job {} is not in jobs.dir", run.job))
                         .await?;
@@ -786,6 +796,7 @@ impl Jobs {
             if !self.store.claim_run(&run.run_id, &self.owner, stale).await? {
                 continue;
             }
+            waiting -= usize::from(was_queued);
             if run.state == RunState::Running {
                 tracing::warn!(run = %run.run_id, previous = ?run.owner, "taking over a run whose owner stopped renewing it");
             }
@@ -803,6 +814,7 @@ impl Jobs {
                 (run_id, result)
             });
         }
+        metrics::gauge!("tarn_job_runs_queued").set(waiting as f64);
         Ok(())
     }
 }

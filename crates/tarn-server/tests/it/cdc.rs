@@ -831,6 +831,11 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
             !err.contains('\u{1b}'),
             "escape sequences in the piped log: {err:?}"
         );
+        // Nor log lines repeating the command's own lines.
+        assert!(
+            !err.contains("tarn_lake::maintain") && !err.contains("tarn_lake::commit"),
+            "log lines repeating tarn maintain's output: {err}"
+        );
         compactions += out.matches("compacted:").count();
         if let Some(keys) = cdc.lake_rows(twice).await {
             assert!(

@@ -526,9 +526,15 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, status TEXT); INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 50) g;",
     )
     .unwrap();
+    // An empty job directory: the scheduler runs and reports its (empty) queue.
+    let jobs = tempfile::Builder::new()
+        .prefix("tarn-obs-jobs-")
+        .tempdir()
+        .unwrap();
     let served = Served::start(&format!(
-        "[cdc]\nsource = \"{}\"\nflush = {{ interval = \"200ms\" }}\n",
-        pg.url("app")
+        "[cdc]\nsource = \"{}\"\nflush = {{ interval = \"200ms\" }}\n[jobs]\ndir = \"{}\"\n",
+        pg.url("app"),
+        jobs.path().display()
     ));
     let http = reqwest::Client::new();
 
@@ -599,9 +605,23 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         "tarn_catalog_requests_total",
         "tarn_catalog_request_duration_seconds_bucket",
         "tarn_cdc_lag_bytes",
+        "tarn_sql_statement_duration_seconds_bucket",
+        "tarn_sql_rows_returned_total",
+        "tarn_sql_errors_total",
+        "tarn_job_runs_queued",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
     ] {
         assert!(exposed.contains(want), "{want} is not on /metrics:\n{metrics}");
     }
+    // Between commits the lag is set on a timer: with the changes committed and nothing
+    // pending, it drops to 0 (at a commit it is the last change's source-to-lake time).
+    wait_body(&http, &served.url("/metrics"), Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "tarn_cdc_lag_seconds 0")
+    })
+    .await;
 
     // A real Prometheus scrapes tarn and answers PromQL over its metrics.
     let prometheus = Prometheus::start(&format!("127.0.0.1:{}", served.http_port));
@@ -630,6 +650,64 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         .parse()
         .unwrap();
     assert!(queries >= 13.0, "tarn_pgwire_queries_total = {queries}");
+    // Statement latency by kind, rows returned, errors by SQLSTATE, process metrics.
+    let value = |answer: &serde_json::Value| -> Vec<(String, f64)> {
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"].to_string(),
+                    r["value"][1].as_str().unwrap().parse::<f64>().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (_, answer) = prometheus
+        .query(
+            &http,
+            "sum by (kind) (tarn_sql_statement_duration_seconds_count{job=\"tarn\"})",
+        )
+        .await;
+    let by_kind = value(&answer);
+    let count = |kind: &str| {
+        by_kind
+            .iter()
+            .find(|(m, _)| m.contains(&format!("\"kind\":\"{kind}\"")))
+            .map_or(0.0, |(_, v)| *v)
+    };
+    assert!(
+        count("insert") >= 10.0 && count("select") >= 2.0 && count("ddl") >= 1.0,
+        "{answer}"
+    );
+    let (_, answer) = prometheus
+        .query(
+            &http,
+            // Over the counts since start (a rate needs statements between two scrapes).
+            "histogram_quantile(0.99, sum by (le) (tarn_sql_statement_duration_seconds_bucket{job=\"tarn\"}))",
+        )
+        .await;
+    assert!(value(&answer).first().is_some_and(|(_, v)| *v > 0.0), "{answer}");
+    let (_, answer) = prometheus
+        .query(&http, "tarn_sql_errors_total{sqlstate=\"42P01\",class=\"42\"}")
+        .await;
+    assert!(value(&answer).first().is_some_and(|(_, v)| *v >= 1.0), "{answer}");
+    let (_, answer) = prometheus
+        .query(&http, "sum(tarn_sql_rows_returned_total{kind=\"select\"})")
+        .await;
+    assert!(value(&answer).first().is_some_and(|(_, v)| *v >= 1.0), "{answer}");
+    let (_, answer) = prometheus
+        .query(&http, "process_resident_memory_bytes{job=\"tarn\"} > 1e6")
+        .await;
+    assert_eq!(value(&answer).len(), 1, "{answer}");
+    let (_, answer) = prometheus
+        .query(
+            &http,
+            "sum(tarn_job_runs_queued{job=\"tarn\"}) + sum(tarn_scheduler_active)",
+        )
+        .await;
+    assert_eq!(value(&answer).first().map(|(_, v)| *v), Some(1.0), "{answer}");
     // The rules loaded and evaluate without errors.
     let rules: serde_json::Value = http
         .get(format!("http://127.0.0.1:{}/api/v1/rules", prometheus.port))
@@ -704,5 +782,153 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         queries.len() >= 40 && from_scrape >= 25,
         "{} queries, {from_scrape} names from the live scrape",
         queries.len()
+    );
+}
+
+/// Spans received by a test OTLP/HTTP receiver: (name, trace id in hex, parent span id or
+/// empty), from the protobuf `ExportTraceServiceRequest`s `tarn serve` posts.
+type Spans = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver on a free loopback port: `POST /v1/traces` decoded with the
+/// OpenTelemetry protocol's own message types.
+async fn otlp_receiver() -> (u16, Spans, tokio::task::JoinHandle<()>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans: Spans = Default::default();
+    let received = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let received = received.clone();
+            async move {
+                assert_eq!(
+                    headers.get("content-type").and_then(|v| v.to_str().ok()),
+                    Some("application/x-protobuf")
+                );
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+                let mut received = received.lock().unwrap();
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|a| a.key == "service.name")
+                        .and_then(|a| a.value.as_ref())
+                        .map(|v| format!("{:?}", v.value));
+                    assert!(
+                        service.as_deref().is_some_and(|s| s.contains("\"tarn\"")),
+                        "service.name: {service:?}"
+                    );
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                            received.push((span.name, trace, span.parent_span_id));
+                        }
+                    }
+                }
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (port, spans, task)
+}
+
+/// With `telemetry.otlp_endpoint`, a statement sent through the Postgres wire endpoint
+/// reaches an OTLP receiver as a `statement` span, an INSERT's commit as a `commit` span in the
+/// same trace; with `log.format = "json"` the statement's log line is JSON with the stable
+/// fields and the span's trace id, and carries no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_reaches_an_otlp_receiver_with_its_trace_id_in_the_json_log() {
+    crate::init_logs();
+    let (port, spans, _receiver) = otlp_receiver().await;
+    let served = Served::start(&format!(
+        "[log]\nformat = \"json\"\nlevel = \"info,tarn::statement=debug\"\n\
+         [telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
+    ));
+    let (ok, out) = served.psql("SELECT 42 AS answer");
+    assert!(ok && out.trim() == "42", "{out}\n{}", served.log());
+    let (ok, out) = served.psql("CREATE TABLE traced (id BIGINT NOT NULL)");
+    assert!(ok, "{out}");
+    let (ok, out) = served.psql("INSERT INTO traced VALUES (1), (2)");
+    assert!(ok, "{out}");
+
+    // The batch exporter sends every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (statement_traces, commit_traces) = loop {
+        let got = spans.lock().unwrap().clone();
+        let statements: Vec<String> = got
+            .iter()
+            .filter(|(name, _, parent)| name == "statement" && parent.is_empty())
+            .map(|(_, trace, _)| trace.clone())
+            .collect();
+        let commits: Vec<String> = got
+            .iter()
+            .filter(|(name, _, parent)| name == "commit" && !parent.is_empty())
+            .map(|(_, trace, _)| trace.clone())
+            .collect();
+        if statements.len() >= 3 && !commits.is_empty() {
+            break (statements, commits);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans received after 60 s: {got:?}\n{}",
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The commit is a child span of the INSERT's statement.
+    assert!(
+        commit_traces.iter().all(|t| statement_traces.contains(t)),
+        "commit traces {commit_traces:?}, statement traces {statement_traces:?}"
+    );
+
+    // The statement's JSON log line: stable fields, the span's kind and trace id.
+    let log = served.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log written to a file:\n{log}"
+    );
+    let finished: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("statement finished"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let select = finished
+        .iter()
+        .find(|l| l["span"]["kind"] == "select")
+        .unwrap_or_else(|| panic!("no log line of the SELECT:\n{log}"));
+    for field in ["timestamp", "level", "target"] {
+        assert!(select[field].is_string(), "{field} missing: {select}");
+    }
+    assert_eq!(select["fields"]["message"], "statement finished", "{select}");
+    assert_eq!(select["fields"]["rows"], 1, "{select}");
+    assert!(select["span"]["query_id"].is_u64(), "{select}");
+    let trace = select["span"]["trace_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no trace_id: {select}"));
+    assert!(
+        statement_traces.iter().any(|t| t == trace),
+        "the log line's trace id {trace} is not a received statement span's: {statement_traces:?}"
+    );
+
+    // The Fluent Bit configurations in deploy/logging read these lines as they are (JSON,
+    // the fields their filters and labels name, the timestamp format).
+    let lines = served.dir.path().join("lines.json");
+    std::fs::write(&lines, &log).unwrap();
+    let out = Command::new(workspace_root().join(".venv/bin/python"))
+        .arg(workspace_root().join("deploy/logging/check.py"))
+        .arg(&lines)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy/logging/check.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
