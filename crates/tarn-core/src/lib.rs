@@ -8,6 +8,7 @@ pub mod config;
 mod error;
 pub mod failpoint;
 mod jobs_config;
+pub mod priority;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
