@@ -130,6 +130,11 @@ pub struct QueryConfig {
     /// Worker threads of the runtime that executes statements, apart from the threads of the
     /// pipelines and the HTTP endpoint. 0: the CPU count.
     pub threads: usize,
+    /// How much lower than the process's the operating system priority (nice value) of the
+    /// query runtime's threads is, 0-19: with the CPU saturated, the pipelines' threads
+    /// (change data capture, Kafka ingest, the scheduler, the HTTP endpoint) get the cores
+    /// first. Linux only; 0 keeps the process's priority.
+    pub thread_nice: i32,
     /// Limits per role (a user name or a group of the principal), e.g.
     /// `[query.roles.analyst] max_concurrent = 2`. A principal in several roles is held to
     /// each of them.
@@ -158,6 +163,7 @@ impl Default for QueryConfig {
             statement_timeout: "0".into(),
             idle_in_transaction_session_timeout: "0".into(),
             threads: 0,
+            thread_nice: 5,
             roles: BTreeMap::new(),
         }
     }
@@ -206,6 +212,7 @@ impl QueryConfig {
         parse_size("query.spill_limit", &self.spill_limit)?;
         parse_duration("query.queue_timeout", &self.queue_timeout)?;
         self.statement_timeout()?;
+        check_nice("query.thread_nice", self.thread_nice)?;
         parse_timeout(
             "query.idle_in_transaction_session_timeout",
             &self.idle_in_transaction_session_timeout,
@@ -216,6 +223,21 @@ impl QueryConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A nice increment (`query.thread_nice`, `maintenance.thread_nice`): 0-19, as `nice -n`;
+/// errors name `key`.
+pub fn check_nice(key: &str, value: i32) -> Result<()> {
+    if (0..=19).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "key `{key}`: expected a nice increment from 0 to 19 (higher runs at lower priority), got {value}"
+            ),
+        ))
     }
 }
 
@@ -873,6 +895,23 @@ pub struct MaintenanceConfig {
     pub retain_snapshots: usize,
     /// Files unreferenced by the table and older than this are deleted, e.g. `1d`.
     pub orphan_age: String,
+    /// Worker threads of the runtime `tarn maintain` and scheduled `maintain` tasks run on
+    /// (at least 1): bounds the cores maintenance takes from the pipelines and queries.
+    #[serde(default = "default_maintenance_threads")]
+    pub threads: usize,
+    /// How much lower than the process's the operating system priority (nice value) of
+    /// maintenance's threads is, 0-19, so it yields the CPU to the pipelines and to queries.
+    /// Linux only.
+    #[serde(default = "default_maintenance_nice")]
+    pub thread_nice: i32,
+}
+
+fn default_maintenance_threads() -> usize {
+    1
+}
+
+fn default_maintenance_nice() -> i32 {
+    10
 }
 
 impl Config {
@@ -992,6 +1031,8 @@ impl Config {
                 snapshot_age: "1h".into(),
                 retain_snapshots: 10,
                 orphan_age: "1d".into(),
+                threads: default_maintenance_threads(),
+                thread_nice: default_maintenance_nice(),
             },
             jobs: JobsConfig::default(),
         }
@@ -1305,6 +1346,10 @@ impl Config {
             ("maintenance.orphan_age", &self.maintenance.orphan_age),
         ] {
             parse_duration(key, value)?;
+        }
+        check_nice("maintenance.thread_nice", self.maintenance.thread_nice)?;
+        if self.maintenance.threads == 0 {
+            return bad("maintenance.threads", "expected at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.maintenance.delete_ratio) {
             return bad(

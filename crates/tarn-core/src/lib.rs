@@ -8,6 +8,7 @@ pub mod config;
 mod error;
 pub mod failpoint;
 mod jobs_config;
+pub mod priority;
 pub mod telemetry;
 
 pub use config::Config;

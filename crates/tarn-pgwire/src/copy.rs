@@ -240,11 +240,12 @@ fn names(columns: &[datafusion::sql::sqlparser::ast::Ident]) -> Vec<String> {
         .collect()
 }
 
-/// Runs `sql` when it is a `COPY` (for the task's principal): its response, or its error as
-/// the client's; `None` for other statements.
-pub(crate) async fn run(session: &TarnSession, sql: &str) -> Option<PgWireResult<Response>> {
+/// Runs `sql`, the `COPY` [`classify`] made `copy` of (for the task's principal): its
+/// response, or its error as the client's. The caller admits it first and watches its
+/// `statement_timeout` and cancellation, while it plans and while its data is sent.
+pub(crate) async fn run(session: &TarnSession, sql: &str, copy: Copy) -> PgWireResult<Response> {
     let user = |e: tarn_core::Error| crate::user_error(&e);
-    Some(match classify(sql)? {
+    match copy {
         Copy::ToStdout { query, format } => {
             tarn_query::audit::with_statement(sql, to_stdout(session, &query, &format))
                 .await
@@ -259,7 +260,7 @@ pub(crate) async fn run(session: &TarnSession, sql: &str) -> Option<PgWireResult
         )),
         Copy::ToFile => to_file(session, sql).await.map_err(user),
         Copy::Refused(why) => Err(refused(why)),
-    })
+    }
 }
 
 /// The client's error for a refused `COPY` (SQLSTATE 0A000, feature not supported).
@@ -306,11 +307,20 @@ async fn to_stdout(
         ready: VecDeque::new(),
         done: false,
     };
+    let mut rows = rows;
+    // The first rows are produced here, while the caller still watches the statement's
+    // timeout and cancellation before anything is sent: a statement stopped before its first
+    // row (an aggregate, a sort) fails with a plain 57014, not in the middle of the copy.
+    let first = match rows.next().await {
+        Some(Err(e)) => return Err(row_error(e)),
+        first => first,
+    };
     let code = if format.kind == Kind::Binary { 1 } else { 0 };
-    let data = futures::stream::unfold(rows, |mut rows| async move {
+    let rest = futures::stream::unfold(rows, |mut rows| async move {
         let next = rows.next().await?;
         Some((next, rows))
     });
+    let data = futures::stream::iter(first).chain(rest);
     Ok(Response::CopyOut(CopyResponse::new(
         code,
         schema.fields().len(),
@@ -500,6 +510,17 @@ impl CopyRows {
             self.ready.push_back(self.encoder.take_copy());
         }
         Ok(())
+    }
+}
+
+/// The error of producing a COPY's rows, with its kind (53200 for memory and so on) kept.
+fn row_error(e: PgWireError) -> tarn_core::Error {
+    match e {
+        PgWireError::ApiError(inner) => match inner.downcast::<datafusion::error::DataFusionError>() {
+            Ok(df) => tarn_query::from_df_error(*df),
+            Err(other) => tarn_core::Error::new(tarn_core::ErrorKind::Query, other.to_string()),
+        },
+        other => tarn_core::Error::new(tarn_core::ErrorKind::Query, other.to_string()),
     }
 }
 

@@ -42,6 +42,7 @@ mod pg_catalog;
 pub mod pg_functions;
 mod pg_relations;
 mod pg_rewrite;
+mod statement_timeout;
 mod text_values;
 mod uuid_wire;
 mod wire_types;
@@ -257,26 +258,27 @@ impl QueryHook for CatalogHook {
 /// not.
 struct QueryResultHook;
 
-/// The client metadata key `datafusion-postgres` keeps `SET statement_timeout` under.
-const STATEMENT_TIMEOUT_MS: &str = "statement_timeout_ms";
-
 tokio::task_local! {
-    /// The statement the simple query protocol is running ([`TarnSimpleQuery::run_query`]).
+    /// The statement being run ([`TarnSimpleQuery::run_query`], [`TarnExtendedQuery`]): its
+    /// plan executes with the statement's view of the memory pool ([`execute`]).
     static CURRENT_STATEMENT: Arc<workload::Statement>;
+    /// The result column formats the extended protocol's portal asks for.
+    static RESULT_FORMAT: Format;
 }
 
 /// Plans and executes `df` with `statement`'s own view of the memory pool (so
-/// `tarn_stat_activity` shows what it holds and spills), its rows encoded as text.
+/// `tarn_stat_activity` shows what it holds and spills), its rows encoded in `format`.
 async fn execute(
     df: datafusion::dataframe::DataFrame,
     statement: Option<Arc<workload::Statement>>,
+    format: &Format,
     options: Arc<pgwire::types::format::FormatOptions>,
 ) -> PgWireResult<pgwire::api::results::QueryResponse> {
     use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
     let api = |e: datafusion::error::DataFusionError| PgWireError::ApiError(Box::new(e));
     let fields = Arc::new(arrow_schema_to_pg_fields(
         df.schema().as_arrow(),
-        &Format::UnifiedText,
+        format,
         Some(options),
     )?);
     let (state, plan) = df.into_parts();
@@ -331,7 +333,13 @@ impl QueryHook for QueryResultHook {
         let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
             client.metadata(),
         ));
-        let encoded = execute(df, CURRENT_STATEMENT.try_with(Arc::clone).ok(), options).await;
+        let encoded = execute(
+            df,
+            CURRENT_STATEMENT.try_with(Arc::clone).ok(),
+            &Format::UnifiedText,
+            options,
+        )
+        .await;
         Some(
             encoded.map(|r| {
                 text_values::with_postgres_text(uuid_wire::with_uuid_types(Response::Query(r), &uuids))
@@ -348,22 +356,46 @@ impl QueryHook for QueryResultHook {
         None
     }
 
+    /// A query of the extended protocol, run as `datafusion-postgres` runs it (parameters
+    /// bound, the portal's result formats) but with the statement's own view of the memory
+    /// pool, so `tarn_stat_activity` shows its memory and spills as for the simple protocol.
     async fn handle_extended_query(
         &self,
-        _statement: &Statement,
-        _plan: &LogicalPlan,
-        _params: &ParamValues,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        statement: &Statement,
+        plan: &LogicalPlan,
+        params: &ParamValues,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        None
+        if !matches!(statement, Statement::Query(_)) {
+            return None;
+        }
+        let running = CURRENT_STATEMENT.try_with(Arc::clone).ok()?;
+        let format = RESULT_FORMAT.try_with(Clone::clone).ok()?;
+        let api = |e: datafusion::error::DataFusionError| PgWireError::ApiError(Box::new(e));
+        let df = match plan.clone().replace_params_with_values(params) {
+            Ok(plan) => ctx.execute_logical_plan(plan).await.map_err(api),
+            Err(e) => Err(api(e)),
+        };
+        let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
+            client.metadata(),
+        ));
+        Some(match df {
+            Ok(df) => execute(df, Some(running), &format, options)
+                .await
+                .map(Response::Query),
+            Err(e) => Err(e),
+        })
     }
 }
 
 /// `SHOW` of the settings clients read when they connect (SQLAlchemy's
 /// `standard_conforming_strings`, Metabase's `timezone`, JDBC's `transaction isolation level`),
 /// answered as PostgreSQL answers them; other `SHOW`s go on to `datafusion-postgres`.
-struct ShowSettingsHook;
+struct ShowSettingsHook {
+    /// For the `statement_timeout` in force (a role's or the server's default).
+    workload: Arc<Workload>,
+}
 
 /// `SET search_path TO a, b` (identifiers or strings): kept for the connection, which its
 /// statements then resolve unqualified table names with ([`CatalogQueries`]).
@@ -432,7 +464,11 @@ impl QueryHook for SearchPathHook {
 
 /// The column and value `SHOW <statement>` answers with, for the settings [`ShowSettingsHook`]
 /// answers.
-fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync)) -> Option<(String, String)> {
+fn shown_setting(
+    statement: &Statement,
+    client: &(dyn ClientInfo + Send + Sync),
+    workload: &Workload,
+) -> Option<(String, String)> {
     let Statement::ShowVariable { variable } = statement else {
         return None;
     };
@@ -459,6 +495,13 @@ fn shown_setting(statement: &Statement, client: &(dyn ClientInfo + Send + Sync))
         }
         "transaction_read_only" | "default_transaction_read_only" => (name.as_str(), "off".into()),
         "max_identifier_length" => ("max_identifier_length", "63".into()),
+        "statement_timeout" => {
+            let roles = roles_of(principal_of(client).as_deref());
+            (
+                "statement_timeout",
+                statement_timeout::show(statement_timeout(client, workload, &roles)),
+            )
+        }
         "search_path" => {
             let path = pg_rewrite::search_path(client.metadata());
             let shown = if path.is_empty() {
@@ -490,7 +533,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        let (column, value) = shown_setting(statement, &*client)?;
+        let (column, value) = shown_setting(statement, &*client, &self.workload)?;
         let df = match ctx.sql(&setting_query(&column, &value)).await {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
@@ -508,7 +551,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        let (column, value) = shown_setting(statement, client)?;
+        let (column, value) = shown_setting(statement, client, &self.workload)?;
         Some(
             ctx.state()
                 .create_logical_plan(&setting_query(&column, &value))
@@ -525,7 +568,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        shown_setting(statement, &*client)?;
+        shown_setting(statement, &*client, &self.workload)?;
         let df = match ctx.execute_logical_plan(plan.clone()).await {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
@@ -655,6 +698,104 @@ fn stop_error(reason: StopReason) -> PgWireError {
     }
 }
 
+/// Who runs a connection's statements and under which limits: taken once per request.
+struct Caller {
+    pid: i32,
+    /// (pid, secret key): the connection in [`RunningQueries`].
+    key: (i32, Vec<u8>),
+    /// Cancels this request's statements (a cancel request, `pg_cancel_backend`).
+    token: CancellationToken,
+    user: String,
+    roles: Vec<String>,
+}
+
+/// What every statement of both protocols — queries, writes and `COPY` alike — passes
+/// before it runs: listed in `tarn_stat_activity`, the connection marked busy ([`idle`]),
+/// and, unless it is light ([`classify`]), admitted through the queue.
+struct Gate<'a> {
+    workload: &'a Arc<Workload>,
+    running: &'a RunningQueries,
+    connections: &'a idle::Connections,
+    parser: &'a PostgresCompatibilityParser,
+}
+
+impl Gate<'_> {
+    /// The caller behind `client`, with a fresh cancellation token for its statements.
+    fn caller<C: ClientInfo + ?Sized>(&self, client: &C) -> Caller {
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes().to_vec());
+        let token = self.running.start(key.clone());
+        let principal = principal_of(client);
+        let roles = roles_of(principal.as_deref());
+        Caller {
+            pid,
+            key,
+            token,
+            user: principal.as_ref().map_or_else(String::new, |p| p.user.clone()),
+            roles,
+        }
+    }
+
+    /// Lists `sql` and waits for its admission; on a refusal (53300) or a stop while queued
+    /// (57014) the caller's token is forgotten and the client's error returned.
+    async fn enter<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        caller: &Caller,
+        sql: &str,
+    ) -> PgWireResult<(Arc<workload::Statement>, Held)> {
+        let busy = self
+            .connections
+            .get(client.socket_addr())
+            .map(|c| c.begin(transaction_effect(self.parser, sql)));
+        let running = self.workload.begin(
+            caller.pid,
+            &caller.user,
+            sql,
+            // Read per statement: a `SET statement_timeout` earlier in the same query string
+            // counts.
+            statement_timeout(client, self.workload, &caller.roles),
+            caller.token.clone(),
+        );
+        tracing::Span::current().record("query_id", running.id());
+        let guard = StatementGuard(running.clone());
+        let admission = match classify(self.parser, sql) {
+            StatementClass::Light => {
+                running.mark_running();
+                None
+            }
+            StatementClass::Heavy => match self.workload.admit(&running, &caller.roles).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.running.finish(&caller.key);
+                    return Err(user_error(&e));
+                }
+            },
+        };
+        Ok((
+            running,
+            Held {
+                statement: guard,
+                _timer: None,
+                _admission: admission,
+                _busy: busy,
+            },
+        ))
+    }
+}
+
+/// `work`, stopped with 57014 when `statement` is cancelled or passes its `statement_timeout`
+/// first.
+async fn until_stopped<T>(
+    statement: &workload::Statement,
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T> {
+    tokio::select! {
+        done = work => done,
+        reason = statement.stopped() => Err(stop_error(reason)),
+    }
+}
+
 /// Makes `response`'s rows stop with `57014` when the statement is cancelled (`token`, or
 /// `pg_cancel_backend`) or its `statement_timeout` passes, and forgets the token and the
 /// statement once the rows are sent.
@@ -665,16 +806,37 @@ fn cancellable(
     running: &Arc<RunningQueries>,
     key: &(i32, Vec<u8>),
 ) -> Response {
-    let Response::Query(mut query) = response else {
-        return response;
-    };
-    let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
-    let counted = held.as_ref().and_then(|h| h._timer.as_ref()).map(|t| t.rows());
-    let rows = rows.inspect(move |row| {
-        if let (Some(counted), Ok(_)) = (&counted, row) {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match response {
+        Response::Query(mut query) => {
+            let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+            let counted = held.as_ref().and_then(|h| h._timer.as_ref()).map(|t| t.rows());
+            let rows = Box::pin(rows.inspect(move |row| {
+                if let (Some(counted), Ok(_)) = (&counted, row) {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+            query.data_rows = Box::pin(stopping(rows, held, token, running, key));
+            Response::Query(query)
         }
-    });
+        // `COPY ... TO STDOUT`: its data is produced while it is sent, like a query's rows.
+        Response::CopyOut(mut copy) => {
+            let data = std::mem::replace(&mut copy.data_stream, Box::pin(futures::stream::empty()));
+            copy.data_stream = Box::pin(stopping(data, held, token, running, key));
+            Response::CopyOut(copy)
+        }
+        other => other,
+    }
+}
+
+/// `items` ending early with 57014 when the statement stops ([`cancellable`]); `held` and the
+/// connection's token are let go when they end.
+fn stopping<T: Send + 'static>(
+    items: std::pin::Pin<Box<dyn futures::Stream<Item = PgWireResult<T>> + Send>>,
+    held: Option<Held>,
+    token: &CancellationToken,
+    running: &Arc<RunningQueries>,
+    key: &(i32, Vec<u8>),
+) -> impl futures::Stream<Item = PgWireResult<T>> + Send + 'static {
     let statement = held.as_ref().map(|h| h.statement.0.clone());
     let stop = {
         let (token, statement) = (token.clone(), statement.clone());
@@ -689,20 +851,17 @@ fn cancellable(
     };
     let tail = token.clone();
     let (running, key) = (running.clone(), key.clone());
-    query.data_rows = Box::pin(
-        rows.take_until(stop).chain(
-            futures::stream::once(async move {
-                running.finish(&key);
-                drop(held);
-                match statement.and_then(|s| s.stop_reason()) {
-                    Some(reason) => Some(Err(stop_error(reason))),
-                    None => tail.is_cancelled().then_some(Err(PgWireError::QueryCanceled)),
-                }
-            })
-            .filter_map(futures::future::ready),
-        ),
-    );
-    Response::Query(query)
+    items.take_until(stop).chain(
+        futures::stream::once(async move {
+            running.finish(&key);
+            drop(held);
+            match statement.and_then(|s| s.stop_reason()) {
+                Some(reason) => Some(Err(stop_error(reason))),
+                None => tail.is_cancelled().then_some(Err(PgWireError::QueryCanceled)),
+            }
+        })
+        .filter_map(futures::future::ready),
+    )
 }
 
 /// Cancels the planning future (pgwire) and the row stream (tarn) of the named connection.
@@ -761,64 +920,36 @@ impl TarnSimpleQuery {
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        let (pid, secret) = client.pid_and_secret_key();
-        let key = (pid, secret.to_bytes().to_vec());
-        let token = self.running.start(key.clone());
-        let principal = principal_of(client);
-        let roles = roles_of(principal.as_deref());
-        let timeout = statement_timeout(client, &self.workload, &roles);
+        let gate = Gate {
+            workload: &self.workload,
+            running: &self.running,
+            connections: &self.connections,
+            parser: &self.compatibility,
+        };
+        let caller = gate.caller(client);
+        let (key, token) = (caller.key.clone(), caller.token.clone());
         let mut responses = Vec::new();
         let mut timer = Some(timer);
         for statement in statements {
-            match copy::run(&self.session, &statement.sql).await {
-                Some(Ok(response)) => {
-                    responses.push(response);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    self.running.finish(&key);
-                    return Err(e);
-                }
-                None => {}
-            }
-            let class = classify(&self.compatibility, &statement.sql);
-            let busy = self
-                .connections
-                .get(client.socket_addr())
-                .map(|c| c.begin(transaction_effect(&self.compatibility, &statement.sql)));
-            let running = self.workload.begin(
-                pid,
-                principal.as_ref().map_or("", |p| p.user.as_str()),
-                &statement.sql,
-                timeout,
-                token.clone(),
-            );
-            tracing::Span::current().record("query_id", running.id());
-            let guard = StatementGuard(running.clone());
-            let admission = match class {
-                StatementClass::Light => {
-                    running.mark_running();
-                    None
-                }
-                StatementClass::Heavy => match self.workload.admit(&running, &roles).await {
-                    Ok(a) => Some(a),
+            let (running, held) = gate.enter(client, &caller, &statement.sql).await?;
+            if let Some(copy) = copy::classify(&statement.sql) {
+                let copied = until_stopped(&running, copy::run(&self.session, &statement.sql, copy)).await;
+                match copied {
+                    Ok(response) => {
+                        responses.push(cancellable(response, Some(held), &token, &self.running, &key))
+                    }
                     Err(e) => {
                         self.running.finish(&key);
-                        return Err(user_error(&e));
+                        return Err(e);
                     }
-                },
-            };
-            let held = Held {
-                statement: guard,
-                _timer: None,
-                _admission: admission,
-                _busy: busy,
-            };
+                }
+                continue;
+            }
             if !statement.partition.is_empty() || !statement.sort.is_empty() {
-                let ran = tokio::select! {
-                    ran = self.session.run(&statement) => ran.map_err(|e| user_error(&e)),
-                    reason = running.stopped() => Err(stop_error(reason)),
-                };
+                let ran = until_stopped(&running, async {
+                    self.session.run(&statement).await.map_err(|e| user_error(&e))
+                })
+                .await;
                 let output = match ran {
                     Ok(o) => o,
                     Err(e) => {
@@ -838,16 +969,17 @@ impl TarnSimpleQuery {
                         PgWireError::ApiError(Box::new(e))
                     })?;
                 let sql = self.with_repeats_aliased(rewritten.as_deref().unwrap_or(&statement.sql));
-                let result = tokio::select! {
-                    result = CURRENT_STATEMENT.scope(
+                let result = until_stopped(
+                    &running,
+                    CURRENT_STATEMENT.scope(
                         running.clone(),
                         tarn_query::audit::with_statement(
                             &statement.sql,
                             SimpleQueryHandler::do_query(self.inner.as_ref(), client, &sql),
                         ),
-                    ) => result,
-                    reason = running.stopped() => Err(stop_error(reason)),
-                };
+                    ),
+                )
+                .await;
                 let result = match result {
                     Ok(r) => r,
                     Err(e) => {
@@ -871,7 +1003,10 @@ impl TarnSimpleQuery {
                 }
             }
         }
-        if !responses.iter().any(|r| matches!(r, Response::Query(_))) {
+        if !responses
+            .iter()
+            .any(|r| matches!(r, Response::Query(_) | Response::CopyOut(_)))
+        {
             self.running.finish(&key);
         }
         Ok(responses)
@@ -889,21 +1024,14 @@ fn roles_of(principal: Option<&Principal>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The connection's `statement_timeout`: what it `SET`, else its roles' or the configured
-/// default.
+/// The connection's `statement_timeout`: what it `SET` (`0`: none), else its roles' or the
+/// configured default.
 fn statement_timeout<C: ClientInfo + ?Sized>(
     client: &C,
     workload: &Workload,
     roles: &[String],
 ) -> Option<std::time::Duration> {
-    match client
-        .metadata()
-        .get(STATEMENT_TIMEOUT_MS)
-        .and_then(|ms| ms.parse::<u64>().ok())
-    {
-        Some(ms) => Some(std::time::Duration::from_millis(ms)),
-        None => workload.default_timeout(roles),
-    }
+    statement_timeout::session_setting(client).unwrap_or_else(|| workload.default_timeout(roles))
 }
 
 /// Whether `sql` opens (`Some(true)`) or ends (`Some(false)`) a transaction ([`idle`]).
@@ -935,6 +1063,7 @@ fn classify(parser: &PostgresCompatibilityParser, sql: &str) -> StatementClass {
                 false
             }
             Statement::Set(_)
+            | Statement::Reset(_)
             | Statement::ShowVariable { .. }
             | Statement::ShowVariables { .. }
             | Statement::ShowTables { .. }
@@ -1236,51 +1365,55 @@ impl TarnExtendedQuery {
     {
         let principal = principal_of(client);
         let sql = portal.statement.statement.0.clone();
-        if portal.statement.statement.1.is_none()
-            && let Some(copied) = with_principal(principal.clone(), copy::run(&self.session, &sql)).await
-        {
-            return copied;
-        }
-        let (pid, secret) = client.pid_and_secret_key();
-        let key = (pid, secret.to_bytes().to_vec());
-        let token = self.running.start(key.clone());
-        let roles = roles_of(principal.as_deref());
-        let timeout = statement_timeout(client, &self.workload, &roles);
-        let running = self.workload.begin(
-            pid,
-            principal.as_ref().map_or("", |p| p.user.as_str()),
-            &sql,
-            timeout,
-            token.clone(),
-        );
-        tracing::Span::current().record("query_id", running.id());
-        let guard = StatementGuard(running.clone());
-        let busy = self
-            .connections
-            .get(client.socket_addr())
-            .map(|c| c.begin(transaction_effect(&self.parser.compatibility, &sql)));
-        let admission = match classify(&self.parser.compatibility, &sql) {
-            StatementClass::Light => {
-                running.mark_running();
-                None
-            }
-            StatementClass::Heavy => match self.workload.admit(&running, &roles).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    self.running.finish(&key);
-                    return Err(user_error(&e));
-                }
-            },
+        let gate = Gate {
+            workload: &self.workload,
+            running: &self.running,
+            connections: &self.connections,
+            parser: &self.parser.compatibility,
         };
-        let response = tokio::select! {
-            response = with_principal(
-                principal,
-                tarn_query::audit::with_statement(
-                    &sql,
-                    ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
-                ),
-            ) => response,
-            reason = running.stopped() => Err(stop_error(reason)),
+        let caller = gate.caller(client);
+        let (key, token) = (caller.key.clone(), caller.token.clone());
+        let (running, mut held) = gate.enter(client, &caller, &sql).await?;
+        held._timer = Some(timer);
+        let copy = portal
+            .statement
+            .statement
+            .1
+            .is_none()
+            .then(|| copy::classify(&sql))
+            .flatten();
+        let response = match copy {
+            Some(copy) => {
+                until_stopped(
+                    &running,
+                    with_principal(principal, copy::run(&self.session, &sql, copy)),
+                )
+                .await
+            }
+            None => {
+                until_stopped(
+                    &running,
+                    with_principal(
+                        principal,
+                        CURRENT_STATEMENT.scope(
+                            running.clone(),
+                            RESULT_FORMAT.scope(
+                                portal.result_column_format.clone(),
+                                tarn_query::audit::with_statement(
+                                    &sql,
+                                    ExtendedQueryHandler::do_query(
+                                        self.inner.as_ref(),
+                                        client,
+                                        portal,
+                                        max_rows,
+                                    ),
+                                ),
+                            ),
+                        ),
+                    ),
+                )
+                .await
+            }
         };
         let response = match response {
             Ok(r) => r,
@@ -1289,13 +1422,7 @@ impl TarnExtendedQuery {
                 return Err(e);
             }
         };
-        let response = if matches!(response, Response::Query(_)) {
-            let held = Held {
-                statement: guard,
-                _timer: Some(timer),
-                _admission: admission,
-                _busy: busy,
-            };
+        let response = if matches!(response, Response::Query(_) | Response::CopyOut(_)) {
             cancellable(response, Some(held), &token, &self.running, &key)
         } else {
             self.running.finish(&key);
@@ -1723,8 +1850,11 @@ pub async fn serve(
         Arc::new(CatalogHook {
             session: session.clone(),
         }),
-        Arc::new(ShowSettingsHook),
+        Arc::new(ShowSettingsHook {
+            workload: workload.clone(),
+        }),
         Arc::new(SearchPathHook),
+        Arc::new(statement_timeout::StatementTimeoutHook),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
         Arc::new(datafusion_postgres::hooks::cursor::CursorStatementHook),

@@ -218,9 +218,10 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Workload management: CDC freshness (p50, p99) in one `tarn serve` idle and while
-    /// connections run heavy queries in a loop, and TPC-H with `query.memory_limit` against
-    /// unlimited, in the same run. Starts a private PostgreSQL.
+    /// Workload management: CDC freshness (p50, p99) in one `tarn serve` idle, while
+    /// connections run heavy queries in a loop and while `tarn maintain --compact` runs in a
+    /// loop, and TPC-H with `query.memory_limit` against unlimited, in the same run. Starts a
+    /// private PostgreSQL.
     Workload {
         /// Seconds of each freshness phase.
         #[arg(long, default_value_t = 20)]
@@ -243,6 +244,10 @@ pub enum BenchCommand {
         /// Skip the CDC freshness part.
         #[arg(long)]
         no_cdc: bool,
+        /// Skip the freshness phases under compaction (`tarn maintain --compact` in a loop,
+        /// at the pipelines' priority and with the `maintenance` defaults).
+        #[arg(long)]
+        no_compaction: bool,
         /// Where the lakes and the private PostgreSQL go; default `DATA_DIR/bench/workload`.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -402,6 +407,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             memory_limit,
             runs,
             no_cdc,
+            no_compaction,
             dir,
         } => {
             if sf < 0.0 || load == 0 || seconds == 0 {
@@ -415,6 +421,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 memory_limit,
                 runs: runs.max(1),
                 no_cdc,
+                compaction: !no_compaction,
                 dir: dir.unwrap_or_else(|| crate::bench_workload::default_dir(&config)),
             };
             crate::bench_workload::run(&config, &options).await?;

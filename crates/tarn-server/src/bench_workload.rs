@@ -8,7 +8,9 @@
 //!    commit-to-visibility p50 and p99, first with the server idle, then
 //!    while `--load` connections run CPU-heavy queries in a loop through its Postgres wire
 //!    endpoint. The ratio load/idle is the figure; the idle run of the same process is its
-//!    reference.
+//!    reference. Then, unless `--no-compaction`, while `tarn maintain --compact` rewrites a
+//!    table of the same lake in a loop: at the pipelines' priority with a thread per core, and
+//!    with the defaults (`maintenance.threads` 1, `maintenance.thread_nice` 10).
 //! 2. **TPC-H with a memory budget.** The 22 queries at `--sf` run with `query.memory_limit`
 //!    at `--memory-limit` and unlimited, alternately on the same lake: the geometric means and
 //!    their ratio.
@@ -45,6 +47,8 @@ pub struct WorkloadBenchOptions {
     pub runs: usize,
     /// Skip the CDC part.
     pub no_cdc: bool,
+    /// Measure freshness while compaction runs too.
+    pub compaction: bool,
     /// Where the lakes and the private PostgreSQL go.
     pub dir: PathBuf,
 }
@@ -223,10 +227,120 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
         "freshness p99 ratio load/idle: {:.2}",
         percentile(&loaded, 0.99) / percentile(&idle, 0.99)
     );
+    if options.compaction {
+        compaction_phases(options, &source, &lake, &mut seq, &data_dir, &idle).await?;
+    }
     drop(serve);
     drop(source);
     drop(pg);
     Ok(())
+}
+
+/// Rows of the table compaction rewrites over and over in the maintenance phases.
+const CHURN_ROWS: u64 = 3_000_000;
+
+/// CDC freshness while `tarn maintain --compact` runs in a loop beside the `tarn serve` of
+/// `data_dir`: first with maintenance at the pipelines' priority and a worker per core, then
+/// with the defaults (one worker, `maintenance.thread_nice` 10).
+async fn compaction_phases(
+    options: &WorkloadBenchOptions,
+    source: &tokio_postgres::Client,
+    lake: &Lake,
+    seq: &mut i64,
+    data_dir: &std::path::Path,
+    idle: &[f64],
+) -> Result<()> {
+    // A table whose files stay "small" (8 MiB targets, every file below
+    // maintenance.small_file_bytes): each compaction rewrites all of it again.
+    let mut churn_config = Config::load(data_dir, None, std::iter::empty(), &[])?;
+    churn_config.write.target_file_size = 8 << 20;
+    let writer = TarnSession::new(Lake::open(&churn_config).await?).await?;
+    writer.run_sql("CREATE SCHEMA IF NOT EXISTS bench").await?;
+    writer
+        .run_sql(&format!(
+            "CREATE TABLE bench.churn AS SELECT x AS id, md5(CAST(x AS VARCHAR)) AS s, x * 0.5 AS v \
+             FROM generate_series(1, {CHURN_ROWS}) AS t(x)"
+        ))
+        .await?;
+    drop(writer);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for (label, settings) in [
+        (
+            format!("compaction at the pipelines' priority ({cores} threads, nice +0)"),
+            vec![
+                "maintenance.thread_nice=0".to_string(),
+                format!("maintenance.threads={cores}"),
+            ],
+        ),
+        (
+            "compaction with the defaults (1 thread, nice +10)".to_string(),
+            Vec::new(),
+        ),
+    ] {
+        println!("\n-- {label}: tarn maintain --compact bench.churn ({CHURN_ROWS} rows) in a loop --");
+        let stop = CancellationToken::new();
+        let looper = tokio::spawn(compaction_loop(data_dir.to_path_buf(), settings, stop.clone()));
+        // Let the first round get going before measuring.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let samples = probes(source, lake, seq, options.seconds).await?;
+        stop.cancel();
+        let (rounds, busy) = looper.await.context("the compaction loop panicked")??;
+        print_freshness("under compaction", &samples, Some(idle));
+        println!(
+            "compaction: {rounds} rounds completed, {:.1}s each on average; freshness p99 ratio compaction/idle: {:.2}",
+            busy / rounds.max(1) as f64,
+            percentile(&samples, 0.99) / percentile(idle, 0.99)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `tarn maintain --compact bench.churn` with `settings` (`--set` pairs) until `stop`;
+/// the rounds completed and the seconds they took together.
+async fn compaction_loop(
+    data_dir: PathBuf,
+    settings: Vec<String>,
+    stop: CancellationToken,
+) -> Result<(u64, f64)> {
+    let (mut rounds, mut busy) = (0, 0.0);
+    let log = data_dir.join("maintain.log");
+    while !stop.is_cancelled() {
+        let started = Instant::now();
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--set", "maintenance.small_file_bytes=1073741824"])
+            .args(["--set", "maintenance.min_files=2"]);
+        for kv in &settings {
+            command.args(["--set", kv]);
+        }
+        let status = command
+            .args(["maintain", "--compact", "bench.churn"])
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::options().create(true).append(true).open(&log)?,
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::options().create(true).append(true).open(&log)?,
+            ))
+            .kill_on_drop(true)
+            .status();
+        tokio::select! {
+            status = status => {
+                let status = status.context("cannot run tarn maintain")?;
+                if !status.success() {
+                    bail!("tarn maintain failed ({status}); its output is in {}", log.display());
+                }
+                rounds += 1;
+                busy += started.elapsed().as_secs_f64();
+            }
+            () = stop.cancelled() => break,
+        }
+    }
+    Ok((rounds, busy))
 }
 
 fn print_freshness(label: &str, samples: &[f64], reference: Option<&[f64]>) {

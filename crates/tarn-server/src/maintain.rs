@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use iceberg::{NamespaceIdent, TableIdent};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +13,7 @@ use tarn_core::Config;
 use tarn_lake::{CompactOptions, ExpireOptions, Lake, OrphanOptions, Progress, ProgressFn};
 
 /// Options of `tarn maintain`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct MaintainArgs {
     /// Tables (`ns.table`) or namespaces (`ns`); default every table of the lake.
     targets: Vec<String>,
@@ -80,7 +80,7 @@ async fn targets(lake: &Lake, names: &[String]) -> Result<Vec<TableIdent>> {
 pub async fn run(args: MaintainArgs, config: &Config) -> Result<ExitCode> {
     let lake = Lake::open(config).await?;
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    maintain(&lake, config, &args, show, &mut |line| println!("{line}")).await?;
+    maintain_yielding(&lake, config, &args, show, &mut |line| println!("{line}")).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -96,6 +96,50 @@ impl MaintainArgs {
             dry_run,
         }
     }
+}
+
+/// The runtime maintenance runs on: `maintenance.threads` workers (bounded concurrency) at
+/// `maintenance.thread_nice` below the process's operating system priority, so compaction
+/// yields the CPU to the pipelines and to queries. One per process, made at first use.
+fn maintenance_runtime(config: &Config) -> Result<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime.handle());
+    }
+    let m = &config.maintenance;
+    let runtime = tarn_core::priority::runtime_builder("tarn-maintain", m.threads, m.thread_nice)
+        .build()
+        .context("cannot start the maintenance runtime")?;
+    if let Err(lost) = RUNTIME.set(runtime) {
+        // Another task made it first; dropping a runtime from async code would block.
+        lost.shutdown_background();
+    }
+    Ok(RUNTIME.get().expect("set above").handle())
+}
+
+/// [`maintain`] on the maintenance runtime (see [`maintenance_runtime`]): `tarn maintain` and
+/// scheduled `maintain` tasks run this way, so they yield to the pipelines.
+pub async fn maintain_yielding(
+    lake: &Lake,
+    config: &Config,
+    args: &MaintainArgs,
+    show: bool,
+    out: &mut (dyn FnMut(String) + Send),
+) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = maintenance_runtime(config)?.spawn({
+        let (lake, config, args) = (lake.clone(), config.clone(), args.clone());
+        async move {
+            maintain(&lake, &config, &args, show, &mut |line| {
+                let _ = tx.send(line);
+            })
+            .await
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        out(line);
+    }
+    task.await.context("maintenance panicked")?
 }
 
 /// The maintenance `args` asks for, on `lake`: what each step did, as lines to `out` (what

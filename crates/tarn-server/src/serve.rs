@@ -143,22 +143,21 @@ pub(crate) struct Endpoints {
 
 /// The tokio runtime the Postgres wire endpoint, and so every statement's planning and
 /// execution (DataFusion spawns its tasks on the runtime it runs on), runs on: its own
-/// threads (`query.threads`), so change data capture, Kafka ingest, the scheduler and the
+/// threads (`query.threads`, at `query.thread_nice`), so change data capture, Kafka ingest, the scheduler and the
 /// HTTP endpoint on the main runtime are never queued behind a query's tasks and keep their
 /// latency while queries saturate the CPU (docs/workload.md).
 pub(crate) struct QueryRuntime(Option<tokio::runtime::Runtime>);
 
 impl QueryRuntime {
-    pub(crate) fn start(threads: usize) -> Result<Self> {
+    /// `threads` workers (0: the CPU count), each `nice` steps below the process's operating
+    /// system priority (`query.thread_nice`), so the pipelines' threads get the cores first.
+    pub(crate) fn start(threads: usize, nice: i32) -> Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
         } else {
             threads
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("tarn-query")
-            .enable_all()
+        let runtime = tarn_core::priority::runtime_builder("tarn-query", threads, nice)
             .build()
             .context("cannot start the query runtime")?;
         Ok(Self(Some(runtime)))
@@ -201,7 +200,7 @@ impl Endpoints {
             spill_dir = %workload.settings().spill_dir.display(),
             "query workload limits"
         );
-        let query_runtime = QueryRuntime::start(config.query.threads)?;
+        let query_runtime = QueryRuntime::start(config.query.threads, config.query.thread_nice)?;
         let tls = load_tls(config)?;
         let reload_task = match (&tls, &config.server.tls) {
             (Some(tls), Some(settings)) => {

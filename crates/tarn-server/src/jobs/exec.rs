@@ -233,10 +233,11 @@ async fn execute(cx: &TryContext) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let args = crate::maintain::MaintainArgs::new(tables, *compact, *expire, *orphans, false);
             let mut lines = Vec::new();
-            let done = crate::maintain::maintain(cx.session.lake(), &cx.config, &args, false, &mut |l| {
-                lines.push(l)
-            })
-            .await;
+            let done =
+                crate::maintain::maintain_yielding(cx.session.lake(), &cx.config, &args, false, &mut |l| {
+                    lines.push(l)
+                })
+                .await;
             for l in lines {
                 cx.log.line(l).await;
             }

@@ -466,3 +466,232 @@ async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
         "{message}"
     );
 }
+
+/// `work`'s result, or a failure naming `what` after `secs` seconds.
+async fn within<T>(secs: u64, what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), work)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {secs} s"))
+}
+
+/// The text of `COPY ... TO STDOUT` (tokio-postgres: the extended protocol), or the error.
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    let chunks: Vec<_> = client.copy_out(sql).await?.try_collect().await?;
+    Ok(chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c.as_ref()).into_owned())
+        .collect())
+}
+
+/// A `psql -c` against the endpoint on `port` (the simple protocol): (success, stdout, stderr).
+fn psql(port: u16, command: &str) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", command])
+        .arg(format!(
+            "host=127.0.0.1 port={} user={} password={} dbname=tarn",
+            port,
+            crate::pgwire::USER,
+            crate::pgwire::PASSWORD
+        ))
+        .output()
+        .expect("psql runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_queues_for_a_slot_is_listed_and_times_out_with_57014() {
+    let served = Served::start_with(
+        false,
+        "[query]\nmax_concurrent = 1\nqueue_size = 4\nqueue_timeout = \"5m\"\n",
+    );
+    let (watcher, holder, copier) = (
+        served.client().await,
+        served.client().await,
+        served.client().await,
+    );
+    let holding = tokio::spawn(async move { rows(&holder, &format!("{ENDLESS} -- holder")).await });
+    wait_activity(&watcher, Duration::from_secs(30), "the slot is taken", |r| {
+        count_state(r, "active") == 1
+    })
+    .await;
+    // COPY waits for the slot like any statement, and is listed while it does.
+    let copy_sql = "COPY (SELECT count(*) FROM generate_series(1, 3)) TO STDOUT";
+    let copying = tokio::spawn(async move {
+        let r = copy_out(&copier, copy_sql).await;
+        (copier, r)
+    });
+    let activity = wait_activity(&watcher, Duration::from_secs(30), "COPY queued", |r| {
+        r.iter().any(|l| l.contains("|queued|COPY"))
+    })
+    .await;
+    assert!(!copying.is_finished(), "{activity:#?}");
+    let holder_pid = activity
+        .iter()
+        .find(|r| r.contains("|active|") && r.contains("-- holder"))
+        .and_then(|r| r.split('|').next())
+        .unwrap()
+        .to_string();
+    rows(&watcher, &format!("SELECT pg_cancel_backend({holder_pid})"))
+        .await
+        .unwrap();
+    let held = within(30, "the holder's cancel", holding).await.unwrap();
+    assert_eq!(code_and_message(&held.unwrap_err()).0, "57014");
+    let (copier, copied) = tokio::time::timeout(Duration::from_secs(30), copying)
+        .await
+        .expect("COPY admitted once the slot is free")
+        .unwrap();
+    assert_eq!(copied.unwrap(), "3\n");
+
+    // statement_timeout stops a COPY whose query runs long, in either protocol.
+    within(30, "SET", rows(&copier, "SET statement_timeout = '500ms'"))
+        .await
+        .unwrap();
+    let endless_copy = format!("COPY ({ENDLESS}) TO STDOUT");
+    let started = Instant::now();
+    let err = within(30, "the endless COPY's timeout", copy_out(&copier, &endless_copy))
+        .await
+        .expect_err("timed out");
+    assert_eq!(
+        code_and_message(&err),
+        (
+            "57014".to_string(),
+            "canceling statement due to statement timeout".to_string()
+        )
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let (ok, _, stderr) = within(
+        30,
+        "psql's COPY",
+        tokio::task::spawn_blocking({
+            let (port, command) = (
+                served.pg_port,
+                format!("SET statement_timeout = '500ms'; {endless_copy}"),
+            );
+            move || psql(port, &command)
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !ok && stderr.contains("canceling statement due to statement timeout"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The session goes on and nothing stays listed.
+    assert_eq!(
+        within(30, "a COPY after", copy_out(&copier, copy_sql))
+            .await
+            .unwrap(),
+        "3\n"
+    );
+    wait_activity(&watcher, Duration::from_secs(30), "nothing left", |r| {
+        !r.iter().any(|l| l.contains("COPY") || l.contains("-- holder"))
+    })
+    .await;
+    assert!(metric(&served, "tarn_query_timeouts_total") >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_statements_show_their_memory_and_spills() {
+    let served = Served::start_with(false, "[query]\nmemory_limit = \"256MB\"\n");
+    let (watcher, client) = (served.client().await, served.client().await);
+    // A sort that spills (tokio-postgres: parse, bind, execute), watched while it runs.
+    let sql = format!(
+        "SELECT CAST(max(n) AS BIGINT) AS extended_marker FROM (SELECT row_number() OVER (ORDER BY s DESC) AS n FROM ({}))",
+        wide_rows(1_500_000)
+    );
+    let sorting = tokio::spawn(async move { client.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0)) });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut peak, mut spilled) = (0i64, 0i64);
+    while !sorting.is_finished() {
+        let now = rows(
+            &watcher,
+            "SELECT peak_memory_bytes, spilled_bytes FROM tarn_stat_activity \
+             WHERE query LIKE '%extended_marker%' AND query NOT LIKE '%tarn_stat_activity%'",
+        )
+        .await
+        .unwrap();
+        if let Some(r) = now.first() {
+            let (p, s) = r.split_once('|').unwrap();
+            peak = peak.max(p.parse().unwrap());
+            spilled = spilled.max(s.parse().unwrap());
+        }
+        assert!(Instant::now() < deadline, "the sort did not end within 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sorting.await.unwrap().unwrap(), 1_500_000);
+    assert!(peak > 50 << 20, "peak memory seen {peak}");
+    assert!(spilled > 0, "spilled bytes seen {spilled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_statement_timeout_zero_units_show_and_reset_work_as_in_postgresql() {
+    // A server default, which `0` overrides (no timeout) and RESET restores.
+    let served = Served::start_with(false, "[query]\nstatement_timeout = \"1s\"\n");
+    let client = served.client().await;
+    assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
+    for (set, shown) in [
+        ("SET statement_timeout = 250", "250ms"),
+        ("SET statement_timeout = '1500ms'", "1500ms"),
+        ("SET statement_timeout TO '2s'", "2s"),
+        ("SET statement_timeout = '1.5s'", "1500ms"),
+        ("SET statement_timeout = '1min'", "1min"),
+        ("SET statement_timeout = '0'", "0"),
+    ] {
+        rows(&client, set).await.unwrap();
+        assert_eq!(
+            rows(&client, "SHOW statement_timeout").await.unwrap(),
+            vec![shown],
+            "{set}"
+        );
+    }
+    // 0: no timeout, though the server has one: a 2-second statement completes.
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000) AS t(x) WHERE x % 7 = 3";
+    let started = Instant::now();
+    rows(&client, slow)
+        .await
+        .unwrap_or_else(|e| panic!("cut short after {:?}: {e}", started.elapsed()));
+    // The extended protocol sets and reads the same setting.
+    client
+        .execute("SET statement_timeout = '300ms'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&client, "SHOW statement_timeout").await.unwrap(),
+        vec!["300ms"]
+    );
+    let err = client.query_one(ENDLESS, &[]).await.expect_err("300ms");
+    assert_eq!(code_and_message(&err).0, "57014");
+    // RESET (and DEFAULT) go back to the server's default.
+    rows(&client, "RESET statement_timeout").await.unwrap();
+    assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
+    let err = rows(&client, ENDLESS)
+        .await
+        .expect_err("the server default again");
+    assert_eq!(code_and_message(&err).0, "57014");
+    rows(&client, "SET statement_timeout = 0").await.unwrap();
+    rows(&client, "SET statement_timeout TO DEFAULT").await.unwrap();
+    assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
+    // Nonsense is refused, naming the value; the setting stays.
+    let err = rows(&client, "SET statement_timeout = 'soon'")
+        .await
+        .expect_err("refused");
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "22023", "{message}");
+    assert!(message.contains("\"soon\""), "{message}");
+    assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
+}
