@@ -912,10 +912,8 @@ impl crate::TarnSession {
             let live = current.iter().any(|(n, a)| {
                 n == name && !a.catalog.is_dropped() && (a.configured || &a.catalog.settings().url == url)
             });
-            if !live {
-                if let Err(e) = self.attach(ExternalCatalogSettings::new(name, url), false) {
-                    tracing::warn!(catalog = %name, error = %e, "cannot attach the external catalog");
-                }
+            if !live && let Err(e) = self.attach(ExternalCatalogSettings::new(name, url), false) {
+                tracing::warn!(catalog = %name, error = %e, "cannot attach the external catalog");
             }
         }
         futures::future::join_all(self.federation.catalogs().iter().map(|c| async move {
