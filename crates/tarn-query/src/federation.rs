@@ -1145,3 +1145,16 @@ pub(crate) fn physical_optimizer_rules()
     rules.insert(0, Arc::new(KeepFiltersAboveRemotePlans));
     rules
 }
+
+/// DataFusion's logical optimizer rules with `datafusion-federation`'s rule last.
+///
+/// `datafusion_federation::default_optimizer_rules` puts it right after
+/// `scalar_subquery_to_join`, before filter and projection pushdown: a remote table joined
+/// with a lake table is then federated as a bare scan, and every row and column of it is
+/// fetched. Last, it federates scans that already carry the statement's projection and
+/// filters, which the SQL sent then holds.
+pub(crate) fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    rules.push(Arc::new(datafusion_federation::FederationOptimizerRule::new()));
+    rules
+}

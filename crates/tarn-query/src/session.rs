@@ -186,7 +186,7 @@ impl TarnSession {
             .with_default_features()
             // Federation: the parts of a plan that read one external database only are sent
             // there as one query (crate::federation).
-            .with_optimizer_rules(datafusion_federation::default_optimizer_rules())
+            .with_optimizer_rules(crate::federation::optimizer_rules())
             .with_query_planner(Arc::new(datafusion_federation::FederatedQueryPlanner::new()))
             .with_physical_optimizer_rules(crate::federation::physical_optimizer_rules())
             .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))

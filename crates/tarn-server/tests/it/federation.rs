@@ -120,6 +120,25 @@ async fn explain_shows_filters_and_projections_pushed_down() {
     );
     assert!(sql.contains("LIMIT 5"), "limit not pushed down:\n{plan}");
     assert!(!sql.contains("secret"), "projection not pushed down:\n{plan}");
+
+    // Joined with a lake table: the remote table's columns and filter still go to PostgreSQL.
+    let plan = t
+        .query(
+            "EXPLAIN SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id \
+             WHERE c.region = 'eu'",
+        )
+        .await
+        .join("\n");
+    let sql: Vec<&str> = plan.lines().filter(|l| l.contains("base_sql=")).collect();
+    assert_eq!(sql.len(), 1, "one remote query expected:\n{plan}");
+    assert!(
+        sql[0].contains("WHERE") && sql[0].contains("'eu'"),
+        "filter not pushed down:\n{plan}"
+    );
+    assert!(
+        !sql[0].contains("secret") && !sql[0].contains("\"name\""),
+        "projection not pushed down:\n{plan}"
+    );
 }
 
 /// An unreachable database and a dropped remote table give errors naming the catalog or
