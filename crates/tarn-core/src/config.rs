@@ -97,6 +97,62 @@ pub struct Config {
     /// timeouts and per-role limits (docs/workload.md).
     #[serde(default)]
     pub query: QueryConfig,
+    /// Live PostgreSQL / CockroachDB databases attached as catalogs beside the lake
+    /// (`[[federation]]`, docs/federation.md).
+    #[serde(default)]
+    pub federation: Vec<FederationConfig>,
+}
+
+/// One live database attached as a catalog (`[[federation]]`, docs/federation.md): its tables
+/// are `<name>.<schema>.<table>` in SQL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The catalog's name in SQL: lower-case letters, digits and `_`.
+    pub name: String,
+    /// `postgres://user:password@host:port/database` (query parameters `sslmode` —
+    /// `disable`, `prefer` (the default), `require`, `verify-ca`, `verify-full` — and
+    /// `sslrootcert`, as for the CDC source). The password is redacted in `config show`.
+    pub url: String,
+    /// Connections kept open to the database at most.
+    #[serde(default = "default_federation_pool_size")]
+    pub pool_size: u32,
+    /// How long opening a connection may take (`5s`).
+    #[serde(default = "default_federation_connect_timeout")]
+    pub connect_timeout: String,
+    /// How long one remote query may run (the remote `statement_timeout`); `0`: the server's.
+    #[serde(default = "default_federation_statement_timeout")]
+    pub statement_timeout: String,
+}
+
+fn default_federation_pool_size() -> u32 {
+    8
+}
+
+fn default_federation_connect_timeout() -> String {
+    "10s".into()
+}
+
+fn default_federation_statement_timeout() -> String {
+    "0".into()
+}
+
+impl FederationConfig {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Result<std::time::Duration> {
+        parse_duration(
+            &format!("federation.{}.connect_timeout", self.name),
+            &self.connect_timeout,
+        )
+    }
+
+    /// The remote statement timeout; `None`: the server's.
+    pub fn statement_timeout(&self) -> Result<Option<std::time::Duration>> {
+        parse_timeout(
+            &format!("federation.{}.statement_timeout", self.name),
+            &self.statement_timeout,
+        )
+    }
 }
 
 /// Workload management of the SQL endpoint (docs/workload.md): how much memory statements may
@@ -1035,6 +1091,7 @@ impl Config {
                 thread_nice: default_maintenance_nice(),
             },
             jobs: JobsConfig::default(),
+            federation: Vec::new(),
         }
     }
 
@@ -1155,6 +1212,38 @@ impl Config {
         }
         self.validate_catalog_kind()?;
         self.jobs.validate()?;
+        let mut names = std::collections::BTreeSet::new();
+        for f in &self.federation {
+            let key = format!("federation.{}", f.name);
+            if f.name.is_empty()
+                || !f
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return bad(
+                    "federation.name",
+                    format!("{:?}: use lower-case letters, digits and _", f.name),
+                );
+            }
+            if !names.insert(f.name.clone()) || f.name == self.catalog.name {
+                return bad("federation.name", format!("{:?} names two catalogs", f.name));
+            }
+            match url::Url::parse(&f.url) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+                _ => {
+                    return bad(
+                        &format!("{key}.url"),
+                        format!("expected a postgres:// URL, got {:?}", redact_url(&f.url)),
+                    );
+                }
+            }
+            if f.pool_size == 0 {
+                return bad(&format!("{key}.pool_size"), "must be at least 1".into());
+            }
+            f.connect_timeout()?;
+            f.statement_timeout()?;
+        }
         if let Some(gms) = &self.datahub.gms_url {
             match url::Url::parse(gms) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1855,6 +1944,9 @@ impl Config {
         let mut shown = self.clone();
         shown.catalog.url = shown.catalog.url.as_deref().map(redact_url);
         shown.cdc.source = shown.cdc.source.as_deref().map(redact_url);
+        for f in &mut shown.federation {
+            f.url = redact_url(&f.url);
+        }
         shown.jobs.alerts.smtp_url = shown.jobs.alerts.smtp_url.as_deref().map(redact_url);
         // A Slack webhook's URL is its secret.
         if shown.jobs.alerts.webhook_url.is_some() {

@@ -2,11 +2,12 @@
 //!
 //! [`TarnSession`] runs statements: queries through DataFusion, catalog changes and writes as
 //! Iceberg commits. [`load`] brings files in. [`result_names`] gives result columns
-//! PostgreSQL's names. The Postgres wire endpoint and the CLI are both thin layers over this
+//! PostgreSQL's names. [`federation`] attaches live PostgreSQL / CockroachDB databases as catalogs. The Postgres wire endpoint and the CLI are both thin layers over this
 //! crate.
 
 pub mod audit;
 mod decimal_literals;
+pub mod federation;
 mod filter_order;
 pub mod governance;
 pub mod lineage;

@@ -77,6 +77,8 @@ pub struct TarnSession {
     /// Who statements run for, when this session says (`tarn sql --as`); otherwise whoever
     /// the calling task runs for ([`crate::governance::with_principal`]).
     principal: Option<Arc<Principal>>,
+    /// The external catalogs attached ([`crate::federation`]).
+    pub(crate) federation: Arc<crate::federation::Federation>,
 }
 
 /// Maps a DataFusion error to tarn's, unwrapping tarn errors DataFusion carried.
@@ -182,6 +184,11 @@ impl TarnSession {
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            // Federation: the parts of a plan that read one external database only are sent
+            // there as one query (crate::federation).
+            .with_optimizer_rules(crate::federation::optimizer_rules())
+            .with_query_planner(Arc::new(datafusion_federation::FederatedQueryPlanner::new()))
+            .with_physical_optimizer_rules(crate::federation::physical_optimizer_rules())
             .with_physical_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
             .with_physical_optimizer_rule(Arc::new(crate::runtime_filter::ApplyDynamicFilters))
             .with_analyzer_rule(crate::decimal_literals::ExactDecimalLiterals::rule());
@@ -195,13 +202,16 @@ impl TarnSession {
         let public = NamespaceIdent::new(DEFAULT_SCHEMA.to_string());
         lake.create_namespace(&public, true).await?;
         catalog.refresh().await?;
-        Ok(Self {
+        let session = Self {
             ctx,
             lake,
             catalog,
             governance,
             principal: None,
-        })
+            federation: Arc::new(crate::federation::Federation::default()),
+        };
+        session.sync_external_catalogs().await?;
+        Ok(session)
     }
 
     /// This session executing with `workload`'s memory pool and spill directory (every
@@ -387,6 +397,10 @@ impl TarnSession {
     async fn run_statement(&self, statement: &RewrittenStatement) -> Result<Output> {
         let started = std::time::Instant::now();
         self.catalog.refresh().await?;
+        self.sync_external_catalogs().await?;
+        if let Some(output) = self.run_external_catalog_statement(&statement.sql).await? {
+            return Ok(output);
+        }
         let refreshed = started.elapsed();
         let mut parsed = DFParser::parse_sql_with_dialect(&statement.sql, &PostgreSqlDialect {})
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;

@@ -162,6 +162,24 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Federation: a join of a lake fact table with a dimension table living in PostgreSQL
+    /// (an external catalog), beside the same query in PostgreSQL over copies of both and in
+    /// tarn over lake-only copies, same run. Starts a private PostgreSQL from the system's
+    /// binaries.
+    Federation {
+        /// Rows of the lake's fact table.
+        #[arg(long, default_value_t = 2_000_000)]
+        facts: u64,
+        /// Rows of the live dimension table.
+        #[arg(long, default_value_t = 100_000)]
+        dimensions: u64,
+        /// Timed runs per engine (after one warm-up); the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the lake and the private PostgreSQL go; default `DATA_DIR/bench/federation`.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// The Iceberg REST catalog: `loadTable` and commit latency (p50, p99) and throughput with
     /// concurrent clients, against the same operations on the SQL catalog directly.
     Catalog {
@@ -460,6 +478,24 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 dir,
             };
             crate::bench_airbyte::run(&config, &options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Federation {
+            facts,
+            dimensions,
+            runs,
+            dir,
+        } => {
+            if facts == 0 || dimensions == 0 {
+                bail!("--facts and --dimensions must be positive");
+            }
+            let options = crate::bench_federation::FederationBenchOptions {
+                facts,
+                dimensions,
+                runs,
+                dir: dir.unwrap_or_else(|| config.data_dir.join("bench").join("federation")),
+            };
+            crate::bench_federation::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Catalog {

@@ -484,7 +484,26 @@ fn init_logging(
 
 async fn open(config: &Config) -> Result<TarnSession> {
     let lake = Lake::open(config).await?;
-    Ok(TarnSession::new(lake).await?)
+    Ok(TarnSession::new(lake)
+        .await?
+        .with_external_catalogs(external_catalogs(config)?)?)
+}
+
+/// The external catalogs of the configuration (`[[federation]]`).
+pub(crate) fn external_catalogs(
+    config: &Config,
+) -> Result<Vec<tarn_query::federation::ExternalCatalogSettings>> {
+    config
+        .federation
+        .iter()
+        .map(|f| {
+            let mut settings = tarn_query::federation::ExternalCatalogSettings::new(&f.name, &f.url);
+            settings.pool_size = f.pool_size;
+            settings.connect_timeout = f.connect_timeout()?;
+            settings.statement_timeout = f.statement_timeout()?;
+            Ok(settings)
+        })
+        .collect()
 }
 
 /// A session whose statements the configured policy authorizes (`[policy]`); without one,
@@ -497,7 +516,9 @@ pub(crate) async fn open_governed(config: &Config) -> Result<TarnSession> {
     } else {
         None
     };
-    Ok(TarnSession::with_governance(lake, policy, audit).await?)
+    Ok(TarnSession::with_governance(lake, policy, audit)
+        .await?
+        .with_external_catalogs(external_catalogs(config)?)?)
 }
 
 /// Appends the session's last audit records; a failure is logged (the log lines hold them).

@@ -21,6 +21,19 @@ use Kind::{Counter, Gauge, Histogram};
 
 /// Every metric: name, kind, unit (or `None` for a count), help text.
 const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
+    // Federation: queries sent to external catalogs (docs/federation.md).
+    (
+        "tarn_federation_queries_total",
+        Counter,
+        None,
+        "Queries sent to an external catalog's database, by catalog.",
+    ),
+    (
+        "tarn_federation_cancelled_total",
+        Counter,
+        None,
+        "Remote queries cancelled on an external catalog's database because their statement ended early (cancelled, timed out, client gone), by catalog.",
+    ),
     // SQL over the Postgres wire protocol.
     (
         "tarn_pgwire_connections_total",

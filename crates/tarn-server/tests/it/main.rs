@@ -13,6 +13,7 @@ mod cli;
 mod cockroach;
 mod datahub;
 mod demo;
+mod federation;
 mod foreign;
 mod governance;
 mod ingest_sql;

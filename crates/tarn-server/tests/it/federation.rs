@@ -1,0 +1,288 @@
+//! Federation: a live PostgreSQL attached as a catalog (`CREATE EXTERNAL CATALOG`), joined
+//! with lake tables, its pushdown, its errors, cancellation and governance
+//! (docs/federation.md).
+
+use std::time::{Duration, Instant};
+
+use crate::{TestLake, query};
+use tarn_query::TarnSession;
+
+/// A remote `customers` table, and the lake's `orders` referencing it.
+async fn setup(pg: &tarn_test_utils::PostgresServer, t: &TestLake) {
+    pg.psql(
+        "postgres",
+        "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, region TEXT, secret TEXT); \
+         INSERT INTO customers SELECT i, 'customer ' || i, CASE WHEN i % 3 = 0 THEN 'eu' ELSE 'us' END, 's' || i \
+         FROM generate_series(1, 50) i",
+    )
+    .unwrap();
+    t.exec("CREATE TABLE orders (id BIGINT, customer_id INT, amount BIGINT)")
+        .await;
+    let values: Vec<String> = (1..=200)
+        .map(|i| format!("({i}, {}, {})", i % 60 + 1, i * 7 % 101))
+        .collect();
+    t.exec(&format!("INSERT INTO orders VALUES {}", values.join(", ")))
+        .await;
+    t.exec(&format!(
+        "CREATE EXTERNAL CATALOG shop FROM '{}'",
+        pg.url("postgres")
+    ))
+    .await;
+}
+
+const JOIN: &str = "SELECT c.region, count(*) AS n, sum(o.amount) AS total, min(c.name) AS first \
+                    FROM {orders} o JOIN {customers} c ON o.customer_id = c.id \
+                    WHERE c.id > 2 AND c.region <> 'us' OR c.name = 'customer 7' GROUP BY c.region ORDER BY c.region";
+
+/// A join of a lake table and a live one equals the same join in PostgreSQL over copies of
+/// both; the catalog survives a new session (another process) and is dropped with SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_and_live_tables_join_as_in_postgresql() {
+    crate::init_logs();
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let t = TestLake::new().await;
+    setup(&pg, &t).await;
+    let federated = t
+        .query(
+            &JOIN
+                .replace("{orders}", "orders")
+                .replace("{customers}", "shop.public.customers"),
+        )
+        .await;
+    // The lake's orders copied into PostgreSQL, the same join there.
+    let copy: Vec<String> = t.query("SELECT id, customer_id, amount FROM orders").await;
+    let values: Vec<String> = copy
+        .iter()
+        .map(|l| format!("({})", l.replace('|', ",")))
+        .collect();
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE orders_copy (id BIGINT, customer_id INT, amount BIGINT); INSERT INTO orders_copy VALUES {}",
+            values.join(",")
+        ),
+    )
+    .unwrap();
+    let expected = pg
+        .psql(
+            "postgres",
+            &JOIN
+                .replace("{orders}", "orders_copy")
+                .replace("{customers}", "customers"),
+        )
+        .unwrap();
+    let expected: Vec<String> = expected.lines().map(str::to_string).collect();
+    assert_eq!(federated, expected);
+    assert_eq!(federated.len(), 2, "{federated:?}");
+    assert!(federated[0].starts_with("eu|"), "{federated:?}");
+
+    // Listed beside the lake's tables.
+    let listed = t
+        .query("SELECT table_catalog, table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'shop'")
+        .await;
+    assert!(
+        listed.contains(&"shop|public|customers".to_string()),
+        "{listed:?}"
+    );
+
+    // Kept in the catalog database: a new session (another process) sees it.
+    let other = t.second_session().await;
+    let rows = query(&other, "SELECT count(*) FROM shop.public.customers")
+        .await
+        .unwrap();
+    assert_eq!(rows, vec!["50"]);
+    t.exec("DROP EXTERNAL CATALOG shop").await;
+    let gone = query(&other, "SELECT count(*) FROM shop.public.customers")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(gone.contains("shop"), "{gone}");
+    let again = t.error("DROP EXTERNAL CATALOG shop").await;
+    assert!(again.contains("external catalog shop does not exist"), "{again}");
+}
+
+/// EXPLAIN shows the projection and the filter in the SQL sent to PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_filters_and_projections_pushed_down() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let t = TestLake::new().await;
+    setup(&pg, &t).await;
+    let plan = t
+        .query("EXPLAIN SELECT name FROM shop.public.customers WHERE region = 'eu' LIMIT 5")
+        .await
+        .join("\n");
+    let remote: Vec<&str> = plan.lines().filter(|l| l.contains("SELECT")).collect();
+    assert!(!remote.is_empty(), "no remote SQL in the plan:\n{plan}");
+    let sql = remote.join("\n");
+    assert!(
+        sql.contains("region") && sql.contains("'eu'"),
+        "filter not pushed down:\n{plan}"
+    );
+    assert!(sql.contains("LIMIT 5"), "limit not pushed down:\n{plan}");
+    assert!(!sql.contains("secret"), "projection not pushed down:\n{plan}");
+
+    // Joined with a lake table: the remote table's columns and filter still go to PostgreSQL.
+    let plan = t
+        .query(
+            "EXPLAIN SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id \
+             WHERE c.region = 'eu'",
+        )
+        .await
+        .join("\n");
+    let sql: Vec<&str> = plan.lines().filter(|l| l.contains("base_sql=")).collect();
+    assert_eq!(sql.len(), 1, "one remote query expected:\n{plan}");
+    assert!(
+        sql[0].contains("WHERE") && sql[0].contains("'eu'"),
+        "filter not pushed down:\n{plan}"
+    );
+    assert!(
+        !sql[0].contains("secret") && !sql[0].contains("\"name\""),
+        "projection not pushed down:\n{plan}"
+    );
+}
+
+/// An unreachable database and a dropped remote table give errors naming the catalog or
+/// table; the lake and the other catalog keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_failures_are_named_and_contained() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let t = TestLake::new().await;
+    setup(&pg, &t).await;
+    let port = tarn_test_utils::free_port();
+    t.exec(&format!(
+        "CREATE EXTERNAL CATALOG gone FROM 'postgres://postgres@127.0.0.1:{port}/postgres'"
+    ))
+    .await;
+    let e = t.error("SELECT * FROM gone.public.customers").await;
+    assert!(e.contains("external catalog gone"), "{e}");
+    assert_eq!(
+        t.query("SELECT count(*) FROM shop.public.customers").await,
+        vec!["50"]
+    );
+    assert_eq!(t.query("SELECT count(*) FROM orders").await, vec!["200"]);
+
+    pg.psql("postgres", "CREATE USER app PASSWORD 'right'").unwrap();
+    let e = t.error("CREATE EXTERNAL CATALOG bad FROM 'mysql://x/y'").await;
+    assert!(
+        e.contains("external catalog bad: expected a postgres:// URL"),
+        "{e}"
+    );
+
+    pg.psql("postgres", "DROP TABLE customers").unwrap();
+    let e = t.error("SELECT * FROM shop.public.customers").await;
+    assert!(e.contains("shop.public.customers"), "{e}");
+    assert_eq!(t.query("SELECT count(*) FROM orders").await, vec!["200"]);
+}
+
+/// Dropping a statement (a cancel, a timeout) cancels its query on the remote server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_statement_cancels_the_remote_query() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let t = TestLake::new().await;
+    setup(&pg, &t).await;
+    pg.psql("postgres", "CREATE VIEW slow AS SELECT pg_sleep(60)::text AS x")
+        .unwrap();
+    let session = t.session.clone();
+    let running = tokio::spawn(async move { query(&session, "SELECT * FROM shop.public.slow").await });
+    let active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tarn federation shop' \
+                  AND state = 'active' AND query LIKE '%slow%'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("postgres", active).unwrap().trim() != "1" {
+        assert!(Instant::now() < deadline, "the remote query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("postgres", active).unwrap().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the remote query still runs after the statement was cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const POLICY: &str = r#"
+package trino
+
+import rego.v1
+
+default allow := true
+
+allow := false if {
+	input.context.identity.user == "ann"
+	input.action.operation == "SelectFromColumns"
+	input.action.resource.table.catalogName == "shop"
+	"secret" in input.action.resource.table.columns
+}
+
+columnMask := {"expression": "'***'"} if {
+	input.context.identity.user == "bob"
+	input.action.resource.column.catalogName == "shop"
+	input.action.resource.column.columnName == "name"
+}
+
+rowFilters contains {"expression": "region = 'eu'"} if {
+	input.context.identity.user == "bob"
+	input.action.resource.table.catalogName == "shop"
+}
+"#;
+
+/// The policy applies to foreign tables as to lake tables: a hidden column is refused, a
+/// masked one masked, a row filter filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_apply_to_foreign_tables() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let t = TestLake::new().await;
+    setup(&pg, &t).await;
+    std::fs::write(t.path().join("policy.rego"), POLICY).unwrap();
+    let policy = tarn_policy::Policy::from_config(&tarn_core::config::PolicyConfig {
+        file: Some(t.path().join("policy.rego")),
+        opa_url: None,
+        package: "trino".into(),
+        timeout: "5s".into(),
+    })
+    .unwrap();
+    let lake = tarn_lake::Lake::open(&t.config).await.unwrap();
+    let governed = TarnSession::with_policy(lake, policy).await.unwrap();
+    let as_user = |user: &str| {
+        governed.for_principal(tarn_auth::Principal {
+            user: user.into(),
+            groups: vec![],
+            method: tarn_auth::Method::Password,
+        })
+    };
+    let denied = query(&as_user("ann"), "SELECT id, secret FROM shop.public.customers")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.kind(), tarn_core::ErrorKind::PermissionDenied, "{denied}");
+    assert_eq!(
+        query(&as_user("ann"), "SELECT count(name) FROM shop.public.customers")
+            .await
+            .unwrap(),
+        vec!["50"]
+    );
+    let bob = query(
+        &as_user("bob"),
+        "SELECT DISTINCT name, region FROM shop.public.customers ORDER BY 1, 2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(bob, vec!["***|eu"]);
+    let joined = query(
+        &as_user("bob"),
+        "SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id",
+    )
+    .await
+    .unwrap();
+    let expected = t
+        .query("SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id WHERE c.region = 'eu'")
+        .await;
+    assert_eq!(joined, expected);
+    assert_ne!(expected, vec!["0".to_string()]);
+    // Without the policy, the same join sees every region.
+    let all = t
+        .query("SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id")
+        .await;
+    assert_ne!(all, expected);
+}
