@@ -1369,11 +1369,7 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
     );
     assert!(ok, "{err}");
     std::fs::write(d.join("jobs/orders.csv"), "id,amount\n1,10\n2,20\n").unwrap();
-    std::fs::write(
-        d.join("jobs/source.json"),
-        r#"{"count": 12, "state_every": 5}"#,
-    )
-    .unwrap();
+    std::fs::write(d.join("jobs/source.json"), r#"{"count": 12, "state_every": 5}"#).unwrap();
     let stream = serde_json::json!({
         "name": "items",
         "json_schema": {"type": "object", "properties": {
@@ -1504,3 +1500,97 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
     );
 }
 
+/// `ingest-kafka` checks against a real Kafka-protocol broker (tansu): before the pipeline
+/// ran, the lake holds none of the topic, so the check fails with each partition's lag, is
+/// retried, and fails the run.
+/// (Not yet here: the check passing once `tarn ingest kafka` caught up, `max_age`.)
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_kafka_checks_fail_while_the_lake_is_behind_the_topic_and_pass_once_caught_up() {
+    use tarn_test_utils::kafka::{Broker, Record};
+    let broker = tokio::task::block_in_place(|| {
+        let broker = Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)");
+        broker.create_topic("web.clicks", 2).unwrap();
+        broker
+    });
+    let dir = data_dir(&format!(
+        r#"
+[maintenance]
+auto = false
+[cdc]
+source_kind = "kafka"
+pipeline = "clicks"
+[cdc.flush]
+interval = "100ms"
+[cdc.kafka]
+brokers = "{}"
+topics = ["web.clicks"]
+group = "clicks"
+format = "json"
+session_timeout = "6s"
+"#,
+        broker.bootstrap()
+    ));
+    let d = dir.path();
+    let produce = |from: i32, to: i32| {
+        let records: Vec<Record> = (from..to)
+            .map(|i| Record {
+                topic: "web.clicks".into(),
+                partition: i % 2,
+                key: None,
+                value: Some(format!(r#"{{"user": {i}}}"#).into_bytes()),
+                headers: Vec::new(),
+            })
+            .collect();
+        tokio::task::block_in_place(|| broker.produce(&records).unwrap());
+    };
+    produce(0, 10);
+    write_job(
+        d,
+        "caught-up",
+        r#"
+        [[tasks]]
+        id = "check"
+        kind = "ingest-kafka"
+        retries = 1
+        retry_delay = "100ms"
+        "#,
+    );
+    let store = store(d).await;
+    let latest = |job: &'static str| {
+        let store = store.clone();
+        async move { store.runs(Some(job), 1).await.unwrap().remove(0) }
+    };
+    let logs = |run: String, task: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .logs(&run, Some(task), None)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.line)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+
+    // Nothing in the lake yet: 10 records behind; the task is retried, then the run fails.
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "caught-up"]);
+    assert!(!ok, "{out}{err}");
+    let run = latest("caught-up").await;
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    let tries = store.tries(&run.run_id).await.unwrap();
+    assert_eq!(tries.len(), 2, "{tries:#?}");
+    for t in &tries {
+        assert_eq!(t.state, TaskStatus::Failed, "{tries:#?}");
+        let error = t.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("Kafka pipeline clicks (web.clicks): 10 record(s) behind the topics (max_lag 0)"),
+            "{error}"
+        );
+    }
+    let log = logs(run.run_id.clone(), "check").await;
+    assert!(log.contains("web.clicks:0  lake -  end 5  lag 5"), "{log}");
+    assert!(log.contains("web.clicks:1  lake -  end 5  lag 5"), "{log}");
+}
