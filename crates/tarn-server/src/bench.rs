@@ -180,6 +180,38 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// MERGE: a `MERGE` of changed rows (updates spread over the table, and inserts) into a
+    /// large Iceberg table: its time, the data and delete files it writes, and a full-scan
+    /// aggregate before against after; beside DuckDB doing the same `MERGE` on the same data
+    /// in the same run (`benches/merge_duckdb.py`, Python from the project's venv).
+    Merge {
+        /// Rows of the target table.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Rows of the change set merged into it.
+        #[arg(long, default_value_t = 1_000_000)]
+        changed: u64,
+        /// How many of the changed rows update existing ones (the rest insert new ids);
+        /// default half.
+        #[arg(long)]
+        updates: Option<u64>,
+        /// Timed runs of the scan aggregate (after a warm-up); the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Set `write.merge.mode = copy-on-write` on the target (rewrite the touched data
+        /// files) instead of the default merge-on-read (position delete files).
+        #[arg(long)]
+        copy_on_write: bool,
+        /// Python with duckdb installed, for the reference run; default `.venv/bin/python`.
+        #[arg(long, env = "TARN_BENCH_PYTHON")]
+        python: Option<PathBuf>,
+        /// Skip the DuckDB reference run.
+        #[arg(long)]
+        no_duckdb: bool,
+        /// Where the lake and DuckDB's database go; default `DATA_DIR/bench/merge`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The Iceberg REST catalog: `loadTable` and commit latency (p50, p99) and throughput with
     /// concurrent clients, against the same operations on the SQL catalog directly.
     Catalog {
@@ -496,6 +528,30 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 dir: dir.unwrap_or_else(|| config.data_dir.join("bench").join("federation")),
             };
             crate::bench_federation::run(&config, &options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Merge {
+            rows,
+            changed,
+            updates,
+            runs,
+            copy_on_write,
+            python,
+            no_duckdb,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("merge"));
+            let options = crate::bench_merge::MergeBenchOptions {
+                rows,
+                changed,
+                updates: updates.unwrap_or(changed / 2),
+                runs,
+                copy_on_write,
+                python,
+                no_duckdb,
+                dir,
+            };
+            crate::bench_merge::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Catalog {

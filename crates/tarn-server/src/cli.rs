@@ -159,7 +159,7 @@ enum Command {
     /// `kafka`) into Iceberg tables.
     #[command(subcommand)]
     Ingest(crate::ingest::IngestCommand),
-    /// Jobs: DAGs of tasks (sql, load, maintain, export, http, shell, airbyte) in TOML files
+    /// Jobs: DAGs of tasks (sql, load, maintain, export, http, shell, airbyte, ingest-kafka checks) in TOML files
     /// under `jobs.dir`, run on cron schedules by the scheduler of `tarn serve` (or
     /// `tarn jobs scheduler`) or on demand, with retries, timeouts, SLAs and alerts; run history
     /// and logs in the catalog database. See docs/jobs.md.

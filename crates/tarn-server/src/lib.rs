@@ -13,7 +13,7 @@
 //! - [`maintain`]: `tarn maintain` — compaction, snapshot expiry, orphan-file removal;
 //! - [`bench`], [`bench_cdc`] and [`bench_catalog`]: `tarn bench tpch`, `tarn bench cdc` and
 //!   `tarn bench catalog`; `bench_kafka` (feature `kafka`): `tarn bench kafka`;
-//! - [`bench_airbyte`]: `tarn bench airbyte`;
+//! - [`bench_airbyte`]: `tarn bench airbyte`; [`bench_merge`]: `tarn bench merge`;
 //! - [`load`]: loading files with a progress line (`tarn load`, `tarn bench tpch`);
 //! - [`output`]: query results as a table, CSV or JSON;
 //! - [`measure`]: what the benchmarks report about the process itself;
@@ -27,6 +27,7 @@ pub mod bench_cdc;
 pub mod bench_federation;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+pub mod bench_merge;
 pub mod bench_observability;
 pub mod bench_policy;
 #[cfg(feature = "kafka")]

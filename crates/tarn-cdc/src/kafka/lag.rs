@@ -112,6 +112,15 @@ impl WatermarkContext {
         self.rebalances.load(Ordering::SeqCst)
     }
 
+    /// The end of `topic`'s `partition` from the latest statistics, when known.
+    pub fn end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .expect("watermarks poisoned")
+            .get(&(topic.to_string(), partition))
+            .copied()
+    }
+
     /// Each partition of `delivered` with its end and lag; sets the Prometheus gauges.
     pub fn report(&self, delivered: &KafkaOffsets) -> Vec<PartitionReport> {
         let ends = self.ends.lock().expect("watermarks poisoned");

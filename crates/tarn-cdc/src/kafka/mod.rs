@@ -12,7 +12,9 @@
 //!   at most two polls;
 //! - [`dead_letter`] sends the records that are not change events to the dead-letter topic,
 //!   acknowledged before the lake can record offsets past them;
-//! - [`lag`] measures each partition's lag from the ends the broker's fetch responses carry.
+//! - [`lag`] measures each partition's lag from the ends the broker's fetch responses carry;
+//! - [`check`] measures, from outside a pipeline, how far its lake tables are behind the topics
+//!   (the scheduler's `ingest-kafka` task).
 //!
 //! **Exactly once.** The lake is the source of truth for offsets: each commit records, in
 //! every table it writes, the next offset of every partition consumed so far
@@ -50,6 +52,7 @@
 //! so that a backlog streams instead of arriving in bursts.
 
 pub mod archive;
+pub mod check;
 pub mod dead_letter;
 pub mod events;
 pub mod lag;

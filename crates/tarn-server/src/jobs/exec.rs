@@ -1,7 +1,7 @@
 //! Running one try of one task: each kind's executor, its log, its timeout and cancellation.
 //!
 //! `sql`, `load`, `maintain` and `export` run in this process on the governed session (as the
-//! job's principal); `shell` and `airbyte` run a child process in a process group of its own,
+//! job's principal), and so do `ingest-kafka` checks; `shell` and `airbyte` run a child process in a process group of its own,
 //! whose id is recorded with the try so that a scheduler taking over after a crash can make
 //! sure nothing of the old try still runs before it starts the next one ([`kill_group`]).
 
@@ -313,7 +313,120 @@ async fn execute(cx: &TryContext) -> Result<()> {
                 .current_dir(job_dir(&cx.job.file));
             run_child(cx, cmd, "tarn ingest airbyte").await
         }
+        TaskKind::IngestKafka { .. } => check_kafka(cx).await,
     }
+}
+
+/// An `ingest-kafka` task: how far the Kafka pipeline's lake tables are behind its topics
+/// (`tarn_cdc::kafka::check`), each partition in the log; fails past `max_lag` or `max_age`.
+#[cfg(feature = "kafka")]
+async fn check_kafka(cx: &TryContext) -> Result<()> {
+    let TaskKind::IngestKafka {
+        pipeline,
+        namespace,
+        brokers,
+        topics,
+        group,
+        max_lag,
+        max_age,
+    } = &cx.task.kind
+    else {
+        unreachable!("check_kafka runs ingest-kafka tasks");
+    };
+    let id = &cx.task.id;
+    let mut config = cx.config.clone();
+    if let Some(p) = pipeline {
+        config.cdc.pipeline = render(cx, "pipeline", p)?;
+    }
+    if let Some(n) = namespace {
+        config.cdc.namespace = render(cx, "namespace", n)?;
+    }
+    if let Some(b) = brokers {
+        config.cdc.kafka.brokers = render(cx, "brokers", b)?;
+    }
+    if !topics.is_empty() {
+        config.cdc.kafka.topics = topics
+            .iter()
+            .map(|t| render(cx, "topics", t))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(g) = group {
+        config.cdc.kafka.group = render(cx, "group", g)?;
+    }
+    if config.cdc.kafka.topics.is_empty() {
+        bail!("task `{id}`: no topics to check: set `topics`, or `cdc.kafka.topics` in tarn.toml");
+    }
+    if config.cdc.kafka.brokers.trim().is_empty() {
+        bail!("task `{id}`: no brokers: set `brokers`, or `cdc.kafka.brokers` in tarn.toml");
+    }
+    let max_age = max_age
+        .as_deref()
+        .map(|a| humantime::parse_duration(a.trim()))
+        .transpose()
+        .map_err(|e| anyhow!("task `{id}`: max_age: {e}"))?;
+    let max_lag = max_lag.unwrap_or(if max_age.is_some() { u64::MAX } else { 0 });
+    let status = tarn_cdc::pipeline::PipelineStatus::default();
+    let source = tarn_cdc::kafka::KafkaSource::connect(&config, cx.session.lake().clone(), &status)?;
+    let wait = cx.task.timeout.min(Duration::from_secs(30));
+    let report = source.check(&config, wait).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let age_of = |ms: i64| Duration::from_millis((now_ms - ms).max(0) as u64);
+    for p in &report.partitions {
+        cx.log
+            .line(format!(
+                "{}:{}  lake {}  end {}  lag {}{}",
+                p.topic,
+                p.partition,
+                p.resume.map_or("-".into(), |r| r.to_string()),
+                p.end,
+                p.lag,
+                p.oldest_pending_ms.map_or(String::new(), |ms| format!(
+                    "  oldest record not in the lake {} old",
+                    humantime::format_duration(Duration::from_secs(age_of(ms).as_secs()))
+                ))
+            ))
+            .await;
+    }
+    let lag = report.lag().max(0) as u64;
+    let age = report.oldest_pending_ms().map(age_of);
+    cx.log
+        .line(format!(
+            "pipeline {}: {lag} record(s) not in the lake over {} partition(s), {} lake table(s)",
+            config.cdc.pipeline,
+            report.partitions.len(),
+            report.tables
+        ))
+        .await;
+    let mut failures = Vec::new();
+    if lag > max_lag {
+        failures.push(format!("{lag} record(s) behind the topics (max_lag {max_lag})"));
+    }
+    if let (Some(max), Some(age)) = (max_age, age)
+        && age > max
+    {
+        failures.push(format!(
+            "its oldest record not in the lake is {} old (max_age {})",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max)
+        ));
+    }
+    if !failures.is_empty() {
+        bail!(
+            "Kafka pipeline {} ({}): {}",
+            config.cdc.pipeline,
+            config.cdc.kafka.topics.join(", "),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn check_kafka(cx: &TryContext) -> Result<()> {
+    bail!(
+        "task `{}`: ingest-kafka checks need a build with the `kafka` feature (cargo build --features kafka)",
+        cx.task.id
+    )
 }
 
 async fn run_sql(cx: &TryContext, sql: &str) -> Result<()> {

@@ -158,6 +158,28 @@ pub enum TaskKind {
         /// The namespace the streams land in.
         namespace: String,
     },
+    /// A check of a Kafka ingest pipeline (`tarn ingest kafka`, `cdc.source_kind = "kafka"`):
+    /// fails when its lake tables are more than `max_lag` records behind the topics' ends, or
+    /// when the oldest record not yet in the lake is older than `max_age`.
+    IngestKafka {
+        /// The pipeline whose tables are checked (`cdc.pipeline`); default this process's.
+        pipeline: Option<String>,
+        /// The lake namespace of its tables (`cdc.namespace`); default this process's.
+        namespace: Option<String>,
+        /// Bootstrap servers (`cdc.kafka.brokers`); default this process's.
+        brokers: Option<String>,
+        /// Topics, names or one `^regex` (`cdc.kafka.topics`); default this process's.
+        #[serde(default)]
+        topics: Vec<String>,
+        /// The consumer group whose committed offsets stand in for a table that names none
+        /// (`cdc.kafka.group`); default this process's. Nothing is committed to it.
+        group: Option<String>,
+        /// Most records, over all partitions, not yet in the lake; default 0 (caught up)
+        /// unless `max_age` is set.
+        max_lag: Option<u64>,
+        /// How old (by its Kafka timestamp) the oldest record not yet in the lake may be.
+        max_age: Option<String>,
+    },
 }
 
 fn default_method() -> String {
@@ -175,6 +197,7 @@ impl TaskKind {
             TaskKind::Http { .. } => "http",
             TaskKind::Shell { .. } => "shell",
             TaskKind::Airbyte { .. } => "airbyte",
+            TaskKind::IngestKafka { .. } => "ingest-kafka",
         }
     }
 }
@@ -352,10 +375,18 @@ impl Job {
                 .unwrap_or(default_timeout);
             debug_assert!(COMMON_KEYS.iter().all(|k| !table.contains_key(*k)));
             if !table.contains_key("kind") {
-                bail!("{here}: no `kind` (sql, load, maintain, export, http, shell or airbyte)");
+                bail!(
+                    "{here}: no `kind` (sql, load, maintain, export, http, shell, airbyte or ingest-kafka)"
+                );
             }
             let kind = TaskKind::deserialize(toml::Value::Table(table))
                 .map_err(|e| anyhow!("{here}: {}", e.to_string().trim()))?;
+            if let TaskKind::IngestKafka {
+                max_age: Some(age), ..
+            } = &kind
+            {
+                duration(&format!("{here}: max_age"), age)?;
+            }
             tasks.push(Task {
                 id,
                 depends_on,
