@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what tarn's build, demo and tests need on a fresh Debian machine with Rust:
 # system packages (PostgreSQL with logical replication, the JDBC driver and a JRE for the
-# pgjdbc client test, clang + mold for fast links, make for the bundled librdkafka, Prometheus
+# pgjdbc client test, clang + mold for fast links, OpenSSL headers for federation, make for the bundled librdkafka, Prometheus
 # for the observability tests) and a
 # Python venv in .venv with the independent readers and clients the interoperability tests
 # use (pyiceberg, DuckDB with its Iceberg extension, psycopg, moto's S3 server, the
 # Kubernetes manifest validators, the tansu Kafka-protocol broker, Spark with Iceberg), and a
 # second venv, .venv-superset, with the SQLAlchemy 1.4 + psycopg2 stack Superset 6 runs on.
 #
-# `--demo` installs only what the build and `tarn demo` need (clang, mold, PostgreSQL).
+# `--demo` installs only what the build and `tarn demo` need (clang, mold, OpenSSL headers,
+# PostgreSQL).
 #
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
@@ -21,6 +22,10 @@ command -v clang >/dev/null || need_apt+=(clang)
 command -v mold >/dev/null || need_apt+=(mold)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+# OpenSSL headers: federation's PostgreSQL client (datafusion-table-providers) links
+# native-tls.
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 if ! $demo_only; then
   # The `kafka` feature's bundled librdkafka builds with make.
   command -v make >/dev/null || need_apt+=(make)
