@@ -291,41 +291,75 @@ async fn load_manifests(
     metadata: &TableMetadata,
     snapshot_ids: &[i64],
 ) -> Result<(Vec<String>, HashMap<String, Manifest>)> {
+    load_manifests_of(table, metadata, snapshot_ids, false).await
+}
+
+/// [`load_manifests`] of snapshots just expired: a manifest list or manifest that is gone was
+/// deleted by another process expiring the same snapshots at the same time (a CDC writer's
+/// automatic maintenance beside `tarn maintain`); its files are that process's to delete, so
+/// it is left out rather than failing the expiry.
+async fn load_expired_manifests(
+    table: &Table,
+    metadata: &TableMetadata,
+    snapshot_ids: &[i64],
+) -> Result<(Vec<String>, HashMap<String, Manifest>)> {
+    load_manifests_of(table, metadata, snapshot_ids, true).await
+}
+
+/// Whether `path` no longer exists (an error reading it aside).
+async fn gone(io: &iceberg::io::FileIO, path: &str) -> bool {
+    matches!(io.exists(path).await, Ok(false))
+}
+
+async fn load_manifests_of(
+    table: &Table,
+    metadata: &TableMetadata,
+    snapshot_ids: &[i64],
+    gone_ok: bool,
+) -> Result<(Vec<String>, HashMap<String, Manifest>)> {
     let ident = table.identifier();
+    let io = table.file_io().clone();
     let mut lists = Vec::new();
     let mut manifest_files = HashMap::new();
     for id in snapshot_ids {
         let Some(snapshot) = metadata.snapshot_by_id(*id) else {
             continue;
         };
+        let list = match table.manifest_list_reader(snapshot).load().await {
+            Ok(list) => list,
+            Err(_) if gone_ok && gone(&io, snapshot.manifest_list()).await => continue,
+            Err(e) => {
+                return Err(iceberg_error(
+                    format!("cannot read the manifest list of snapshot {id} of {ident}"),
+                    e,
+                ));
+            }
+        };
         lists.push(snapshot.manifest_list().to_string());
-        let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
-            iceberg_error(
-                format!("cannot read the manifest list of snapshot {id} of {ident}"),
-                e,
-            )
-        })?;
         for m in list.entries() {
             manifest_files
                 .entry(m.manifest_path.clone())
                 .or_insert_with(|| m.clone());
         }
     }
-    let io = table.file_io().clone();
-    let manifests = futures::stream::iter(manifest_files.into_values())
+    let manifests: Vec<Option<(String, Manifest)>> = futures::stream::iter(manifest_files.into_values())
         .map(|m| {
             let io = io.clone();
             async move {
-                let loaded = m.load_manifest(&io).await.map_err(|e| {
-                    iceberg_error(format!("cannot read manifest {} of {ident}", m.manifest_path), e)
-                })?;
-                Ok::<_, Error>((m.manifest_path, loaded))
+                match m.load_manifest(&io).await {
+                    Ok(loaded) => Ok(Some((m.manifest_path, loaded))),
+                    Err(_) if gone_ok && gone(&io, &m.manifest_path).await => Ok(None),
+                    Err(e) => Err(iceberg_error(
+                        format!("cannot read manifest {} of {ident}", m.manifest_path),
+                        e,
+                    )),
+                }
             }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    Ok((lists, manifests))
+    Ok((lists, manifests.into_iter().flatten().collect()))
 }
 
 impl Lake {
@@ -722,7 +756,8 @@ impl Lake {
             reachable.insert(s.statistics_path.as_str());
         }
         // What the expired snapshots reached, minus that.
-        let (expired_lists, expired_manifests) = load_manifests(&before, before.metadata(), &expired).await?;
+        let (expired_lists, expired_manifests) =
+            load_expired_manifests(&before, before.metadata(), &expired).await?;
         let mut doomed: Vec<(String, u64)> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for list in expired_lists {

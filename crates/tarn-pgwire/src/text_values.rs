@@ -65,6 +65,23 @@ pub(crate) fn with_postgres_text(response: Response) -> Response {
 }
 
 fn rewrite_row(row: DataRow, columns: &[Option<Rewrite>]) -> PgWireResult<DataRow> {
+    map_values(row, |i, value| {
+        Ok(match columns.get(i).copied().flatten() {
+            Some(rewrite) => std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| rewrite_value(rewrite, text))
+                .map(String::into_bytes),
+            None => None,
+        })
+    })
+}
+
+/// `row` with each non-NULL value at index `i` replaced by what `f(i, value)` returns (kept
+/// as it was for `None`): a walk over an encoded DataRow's length-prefixed values.
+pub(crate) fn map_values(
+    row: DataRow,
+    mut f: impl FnMut(usize, &[u8]) -> PgWireResult<Option<Vec<u8>>>,
+) -> PgWireResult<DataRow> {
     let mut data = row.data.freeze();
     let mut out = BytesMut::with_capacity(data.len());
     for i in 0..usize::try_from(row.field_count).unwrap_or(0) {
@@ -74,13 +91,8 @@ fn rewrite_row(row: DataRow, columns: &[Option<Rewrite>]) -> PgWireResult<DataRo
             continue;
         }
         let value = data.split_to(len as usize);
-        let rewritten = match columns.get(i).copied().flatten() {
-            Some(rewrite) => std::str::from_utf8(&value)
-                .ok()
-                .and_then(|text| rewrite_value(rewrite, text)),
-            None => None,
-        };
-        let value = rewritten.as_deref().map_or(&value[..], str::as_bytes);
+        let replaced = f(i, &value)?;
+        let value = replaced.as_deref().unwrap_or(&value[..]);
         out.put_i32(value.len() as i32);
         out.put_slice(value);
     }

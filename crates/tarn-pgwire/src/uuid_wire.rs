@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
 use datafusion::arrow::datatypes::Schema;
 use datafusion_postgres::pgwire;
 use futures::StreamExt;
@@ -83,40 +82,29 @@ pub(crate) fn with_uuid_types(response: Response, uuids: &[usize]) -> Response {
 
 /// `row` with the text-encoded values at `columns` replaced by their 16 bytes.
 fn binary_uuids(row: DataRow, columns: &[usize]) -> PgWireResult<DataRow> {
-    let mut data = row.data.freeze();
-    let mut out = BytesMut::with_capacity(data.len());
-    for i in 0..usize::try_from(row.field_count).unwrap_or(0) {
-        let len = data.get_i32();
-        if len < 0 {
-            out.put_i32(len);
-            continue;
+    crate::text_values::map_values(row, |i, value| {
+        if !columns.contains(&i) {
+            return Ok(None);
         }
-        let value = data.split_to(len as usize);
-        if columns.contains(&i) {
-            let text = std::str::from_utf8(&value).ok();
-            let id = text.and_then(|t| uuid::Uuid::parse_str(t).ok()).ok_or_else(|| {
-                PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "ERROR".into(),
-                    "22P02".into(),
-                    format!(
-                        "invalid input syntax for type uuid: {:?}",
-                        String::from_utf8_lossy(&value)
-                    ),
-                )))
-            })?;
-            out.put_i32(16);
-            out.put_slice(id.as_bytes());
-        } else {
-            out.put_i32(len);
-            out.put_slice(&value);
-        }
-    }
-    Ok(DataRow::new(out, row.field_count))
+        let text = std::str::from_utf8(value).ok();
+        let id = text.and_then(|t| uuid::Uuid::parse_str(t).ok()).ok_or_else(|| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "22P02".into(),
+                format!(
+                    "invalid input syntax for type uuid: {:?}",
+                    String::from_utf8_lossy(value)
+                ),
+            )))
+        })?;
+        Ok(Some(id.as_bytes().to_vec()))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{BufMut, BytesMut};
 
     fn row(values: &[Option<&[u8]>]) -> DataRow {
         let mut data = BytesMut::new();

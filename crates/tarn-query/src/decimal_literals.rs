@@ -84,7 +84,8 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
-    async fn one_float(sql: &str) -> f64 {
+    /// A session reading `1.5` as a decimal, as tarn's does, with the rule.
+    fn context() -> SessionContext {
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()
             .with_analyzer_rule(ExactDecimalLiterals::rule())
@@ -96,7 +97,11 @@ mod tests {
             .options_mut()
             .sql_parser
             .parse_float_as_decimal = true;
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        ctx
+    }
+
+    async fn one_float(sql: &str) -> f64 {
+        let batches = context().sql(sql).await.unwrap().collect().await.unwrap();
         datafusion::arrow::util::display::array_value_to_string(batches[0].column(0), 0)
             .unwrap()
             .parse()
@@ -114,18 +119,7 @@ mod tests {
             1e15
         );
         // Nested, and the result column keeps its name.
-        let state = datafusion::execution::SessionStateBuilder::new()
-            .with_default_features()
-            .with_analyzer_rule(ExactDecimalLiterals::rule())
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        ctx.state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .sql_parser
-            .parse_float_as_decimal = true;
-        let df = ctx.sql("SELECT CAST(1e15 AS DOUBLE) + 1").await.unwrap();
+        let df = context().sql("SELECT CAST(1e15 AS DOUBLE) + 1").await.unwrap();
         let name = df.schema().field(0).name().clone();
         let batches = df.collect().await.unwrap();
         assert_eq!(batches[0].schema().field(0).name(), &name);

@@ -1494,7 +1494,7 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
     let loaded: usize = out.lines().nth(1).unwrap().parse().unwrap();
     // (A run the stop interrupted may have staged without loading.)
     assert!(
-        loaded % 2 == 0 && loaded / 2 >= runs.len() && loaded / 2 <= staged,
+        loaded.is_multiple_of(2) && loaded / 2 >= runs.len() && loaded / 2 <= staged,
         "{loaded} rows loaded, {staged} staged, {} runs",
         runs.len()
     );
