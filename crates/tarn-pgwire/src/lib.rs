@@ -213,10 +213,7 @@ impl QueryHook for CatalogHook {
             return Some(Err(user_error(&e)));
         }
         if is_catalog_statement(statement) {
-            return Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
-                produce_one_row: false,
-                schema: Arc::new(datafusion::common::DFSchema::empty()),
-            })));
+            return Some(Ok(no_rows_plan()));
         }
         if let Err(e) = self.session.refresh().await {
             return Some(Err(user_error(&e)));
@@ -442,10 +439,7 @@ impl QueryHook for SearchPathHook {
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         set_search_path(statement)?;
-        Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
-            produce_one_row: false,
-            schema: Arc::new(datafusion::common::DFSchema::empty()),
-        })))
+        Some(Ok(no_rows_plan()))
     }
 
     async fn handle_extended_query(
@@ -1437,6 +1431,15 @@ impl TarnExtendedQuery {
             names_of(&portal.statement.statement).as_ref(),
         ))
     }
+}
+
+/// The plan of a statement a hook answers itself (a `SET` it keeps per session): no rows,
+/// no columns.
+pub(crate) fn no_rows_plan() -> LogicalPlan {
+    LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(datafusion::common::DFSchema::empty()),
+    })
 }
 
 /// Maps DataFusion errors to SQLSTATE-bearing error responses and logs them.

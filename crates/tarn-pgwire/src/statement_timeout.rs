@@ -4,12 +4,11 @@
 //! the server configures one. `RESET` and `DEFAULT` go back to the role's or the server's
 //! default. `SHOW statement_timeout` is answered by `ShowSettingsHook` with the value in force.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::common::{DFSchema, ParamValues};
-use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr, Reset, Set, Statement};
 use datafusion_postgres::QueryHook;
@@ -187,12 +186,7 @@ impl QueryHook for StatementTimeoutHook {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        Some(change(statement)?.map(|_| {
-            LogicalPlan::EmptyRelation(EmptyRelation {
-                produce_one_row: false,
-                schema: Arc::new(DFSchema::empty()),
-            })
-        }))
+        Some(change(statement)?.map(|_| crate::no_rows_plan()))
     }
 
     async fn handle_extended_query(
