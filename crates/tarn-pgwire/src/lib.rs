@@ -939,7 +939,10 @@ impl TarnSimpleQuery {
                 }
                 continue;
             }
-            if !statement.partition.is_empty() || !statement.sort.is_empty() {
+            if !statement.partition.is_empty()
+                || !statement.sort.is_empty()
+                || tarn_query::federation::is_catalog_statement(&statement.sql)
+            {
                 let ran = until_stopped(&running, async {
                     self.session.run(&statement).await.map_err(|e| user_error(&e))
                 })
@@ -1271,6 +1274,10 @@ impl QueryParser for TarnParser {
         if copy::classify(sql).is_some() {
             return Ok((sql.to_string(), None));
         }
+        // Nor `CREATE`/`DROP EXTERNAL CATALOG`: tarn runs it ([`TarnExtendedQuery`]).
+        if tarn_query::federation::is_catalog_statement(sql) {
+            return Ok((sql.to_string(), None));
+        }
         if sql.to_ascii_lowercase().contains(workload::ACTIVITY_TABLE)
             && let Ok(mut statements) = self.compatibility.parse(sql)
             && let [statement] = statements.as_mut_slice()
@@ -1376,7 +1383,27 @@ impl TarnExtendedQuery {
             .is_none()
             .then(|| copy::classify(&sql))
             .flatten();
+        let unplanned = portal.statement.statement.1.is_none();
         let response = match copy {
+            None if unplanned && tarn_query::federation::is_catalog_statement(&sql) => {
+                until_stopped(
+                    &running,
+                    with_principal(principal, async {
+                        let statement = TarnSession::prepare(&sql)
+                            .map_err(|e| user_error(&e))?
+                            .pop()
+                            .ok_or_else(|| {
+                                user_error(&Error::new(ErrorKind::InvalidInput, "empty statement"))
+                            })?;
+                        self.session
+                            .run(&statement)
+                            .await
+                            .map(tag_of)
+                            .map_err(|e| user_error(&e))
+                    }),
+                )
+                .await
+            }
             Some(copy) => {
                 until_stopped(
                     &running,

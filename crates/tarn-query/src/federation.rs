@@ -783,6 +783,13 @@ enum CatalogStatement {
     },
 }
 
+/// Whether `sql` is a `CREATE`/`DROP EXTERNAL CATALOG` statement (well formed or not), which
+/// tarn runs itself ([`TarnSession::run`](crate::TarnSession::run)) because DataFusion's parser
+/// does not know it.
+pub fn is_catalog_statement(sql: &str) -> bool {
+    parse_catalog_statement(sql).is_some()
+}
+
 fn parse_catalog_statement(sql: &str) -> Option<Result<CatalogStatement>> {
     let text = sql.trim().trim_end_matches(';').trim();
     let words: Vec<&str> = text.split_whitespace().collect();

@@ -286,3 +286,73 @@ async fn policies_apply_to_foreign_tables() {
         .await;
     assert_ne!(all, expected);
 }
+
+/// Over the Postgres wire endpoint, `CREATE`/`DROP EXTERNAL CATALOG` run in both protocols
+/// (psql's simple queries, tokio-postgres's prepared statements); a wrong password is named
+/// as such, for that catalog only, and the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_statements_over_both_protocols_and_a_wrong_password() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE USER app PASSWORD 'right'; \
+         CREATE TABLE customers (id INT PRIMARY KEY, name TEXT); \
+         INSERT INTO customers SELECT i, 'customer ' || i FROM generate_series(1, 5) i; \
+         GRANT SELECT ON customers TO app",
+    )
+    .unwrap();
+    // Password logins for `app` over TCP (the harness trusts everyone else).
+    let hba = pg.dir().join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all app 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+
+    let served = crate::pgwire::Served::start(false);
+    let url = |password: &str| format!("postgres://app:{password}@127.0.0.1:{}/postgres", pg.port());
+    // Simple protocol.
+    let (ok, _, err) = served.psql(&format!(
+        "CREATE EXTERNAL CATALOG wrongpw FROM '{}'",
+        url("Wr0ngSecret")
+    ));
+    assert!(ok, "{err}");
+    let (ok, _, err) = served.psql("SELECT count(*) FROM wrongpw.public.customers");
+    assert!(!ok);
+    assert!(err.contains("external catalog wrongpw"), "{err}");
+    assert!(err.to_lowercase().contains("authentication failed"), "{err}");
+    assert!(!err.contains("Wr0ngSecret"), "the password leaked: {err}");
+    // Extended protocol.
+    let client = served.client().await;
+    client
+        .execute(
+            &format!("CREATE EXTERNAL CATALOG rightpw FROM '{}'", url("right")),
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT count(*) FROM rightpw.public.customers WHERE id > $1",
+            &[&2i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 3);
+    let e = client
+        .execute("CREATE EXTERNAL CATALOG rightpw FROM 'postgres://x/y'", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("catalog rightpw already exists")
+            || format!("{e:?}").contains("already exists"),
+        "{e:?}"
+    );
+    client
+        .execute("DROP EXTERNAL CATALOG wrongpw", &[])
+        .await
+        .unwrap();
+    let (ok, out, err) = served.psql("SELECT count(*) FROM rightpw.public.customers");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "5");
+    let (ok, _, err) = served.psql("SELECT count(*) FROM wrongpw.public.customers");
+    assert!(!ok && err.contains("wrongpw"), "{err}");
+}
