@@ -191,6 +191,11 @@ pub struct QueryConfig {
     /// (change data capture, Kafka ingest, the scheduler, the HTTP endpoint) get the cores
     /// first. Linux only; 0 keeps the process's priority.
     pub thread_nice: i32,
+    /// The default `tarn.read_mode` of a session: `latest` reads a CDC pipeline's tables with
+    /// the changes it has not committed yet (when the pipeline runs in this process, `tarn
+    /// serve` with `[cdc]`), `committed` reads the lake only, as other engines see it. `SET
+    /// tarn.read_mode` changes it per session.
+    pub read_mode: String,
     /// Limits per role (a user name or a group of the principal), e.g.
     /// `[query.roles.analyst] max_concurrent = 2`. A principal in several roles is held to
     /// each of them.
@@ -220,6 +225,7 @@ impl Default for QueryConfig {
             idle_in_transaction_session_timeout: "0".into(),
             threads: 0,
             thread_nice: 5,
+            read_mode: "latest".into(),
             roles: BTreeMap::new(),
         }
     }
@@ -269,6 +275,15 @@ impl QueryConfig {
         parse_duration("query.queue_timeout", &self.queue_timeout)?;
         self.statement_timeout()?;
         check_nice("query.thread_nice", self.thread_nice)?;
+        if !matches!(self.read_mode.as_str(), "latest" | "committed") {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "query.read_mode = {:?}: expected \"latest\" or \"committed\"",
+                    self.read_mode
+                ),
+            ));
+        }
         parse_timeout(
             "query.idle_in_transaction_session_timeout",
             &self.idle_in_transaction_session_timeout,
