@@ -70,15 +70,17 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
             "CREATE TABLE items (id int PRIMARY KEY, v text);
              INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g;
              CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
-             INSERT INTO accounts SELECT g, 100 FROM generate_series(1, {ACCOUNTS}) g;"
+             INSERT INTO accounts SELECT g, 100 FROM generate_series(1, {ACCOUNTS}) g;
+             CREATE TABLE noise (id int PRIMARY KEY, n int NOT NULL);
+             INSERT INTO noise SELECT g, 0 FROM generate_series(1, 300) g;"
         ),
     )
     .unwrap();
-    // Nothing commits by time; 300 changes make a commit (the load below crosses it).
+    // Nothing commits by time; 5000 changes make a commit (the load below crosses it).
     let served = Served::start_with(
         true,
         &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"1h\"\nmax_rows = 300\n[maintenance]\nauto = false\n",
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"1h\"\nmax_rows = 5000\n[maintenance]\nauto = false\n",
             pg.url("app")
         ),
     );
@@ -155,12 +157,14 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
 
     // Transfers between accounts, each also deleting and re-inserting an account: every
     // transaction boundary has ACCOUNTS rows summing to TOTAL; half a transaction would not.
+    // Between the debit and the credit each transaction changes 300 other rows, so it reaches
+    // the pipeline in several pieces: a view published within it would show.
     let (source, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     let load = tokio::spawn(async move {
-        for i in 0..600i64 {
+        for i in 0..200i64 {
             let (a, b, c) = (
                 i % ACCOUNTS + 1,
                 (i * 7 + 3) % ACCOUNTS + 1,
@@ -170,6 +174,7 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
                 .batch_execute(&format!(
                     "BEGIN;
                      UPDATE accounts SET balance = balance - 5 WHERE id = {a};
+                     UPDATE noise SET n = n + 1;
                      UPDATE accounts SET balance = balance + 5 WHERE id = {b};
                      WITH d AS (DELETE FROM accounts WHERE id = {c} RETURNING id, balance)
                        INSERT INTO accounts SELECT id, balance FROM d;
@@ -207,7 +212,7 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
     // A transaction over the row threshold commits everything: both modes equal PostgreSQL.
     pg.psql(
         "app",
-        "INSERT INTO items SELECT g, 'bulk' FROM generate_series(100, 499) g",
+        "INSERT INTO items SELECT g, 'bulk' FROM generate_series(100, 5199) g",
     )
     .unwrap();
     let want = source_rows(&pg, "SELECT id, v FROM items ORDER BY id");
