@@ -604,10 +604,10 @@ async fn latest_freshness(
         added.iter().sum::<u64>() as f64 / added.len() as f64 / 1e6
     };
     println!(
-        "latest reads over {} probes: p50 {:.3}s  p99 {:.3}s  max {:.3}s
-         commit freshness (phase 3, flush interval {}): p50 {:.3}s  p99 {:.3}s
-         ratio of p50 latest/commit: {:.3}
-         data files committed by the phase into bench_rows: {} (mean {mean:.1} MB)",
+        "latest reads over {} probes: p50 {:.3}s  p99 {:.3}s  max {:.3}s\n\
+         commit freshness (phase 3, flush interval {}): p50 {:.3}s  p99 {:.3}s\n\
+         ratio of p50 latest/commit: {:.3}\n\
+         data files committed by the phase into bench_rows: {} (mean {mean:.2} MB)",
         fresh.len(),
         percentile(&fresh, 0.5),
         percentile(&fresh, 0.99),
@@ -643,9 +643,11 @@ pub(crate) async fn freshness(
     first: i64,
 ) -> Result<Vec<f64>> {
     let stop = CancellationToken::new();
+    // Each phase's writer its own seed, so its inserted ids do not collide with an earlier
+    // phase's.
     let load = tokio::spawn(writer(
         url.to_string(),
-        104_729 + first as u64,
+        104_729 + (first / 1_000_000_000) as u64 * 7,
         u64::MAX,
         options.rows as i64,
         Some(options.rate),
@@ -682,7 +684,15 @@ pub(crate) async fn freshness(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
-    let _ = load.await;
+    let changes = load
+        .await
+        .context("the load writer panicked")?
+        .context("the load writer failed")?;
+    println!(
+        "load: {changes} changes in {}s ({:.0}/s)",
+        options.freshness_seconds,
+        changes as f64 / options.freshness_seconds.max(1) as f64
+    );
     samples.sort_by(f64::total_cmp);
     Ok(samples)
 }
