@@ -575,9 +575,18 @@ pub fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
     )
 }
 
-/// [`lake_sink`], publishing its pending state where the run's options say.
+/// [`lake_sink`], publishing its pending state where the run's options say. Publishing, it
+/// spills at `cdc.flush.max_bytes` rather than half of it: readers can merge the buffer only
+/// while none of it is in files, and between transactions the commit at `max_bytes` comes
+/// first, so only a transaction larger than that spills (the bound on memory is `max_bytes`).
 fn publishing_sink(config: &Config, lake: Lake, ctx: &SourceContext<'_>) -> LakeSink {
-    lake_sink(config, lake).with_publisher(ctx.options.bridge.clone())
+    let sink = lake_sink(config, lake);
+    match &ctx.options.bridge {
+        Some(_) => sink
+            .with_spill_bytes(config.cdc.flush.max_bytes as usize)
+            .with_publisher(ctx.options.bridge.clone()),
+        None => sink,
+    }
 }
 
 /// Drives a database source into the sink `cdc.sink` names: the lake, or Kafka topics.

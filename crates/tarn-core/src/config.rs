@@ -940,6 +940,11 @@ pub struct ChangefeedConfig {
 pub struct FlushConfig {
     /// Longest time between a change arriving and its commit, e.g. `1s`, `250ms`.
     pub interval: String,
+    /// The interval instead of `interval` when the pipeline runs inside `tarn serve` whose
+    /// sessions read `latest` by default (`query.read_mode`): its queries see uncommitted
+    /// changes (bridge reads), so commits wait for larger files; other engines see changes
+    /// this much later. Set it to `interval`'s value to keep commit freshness.
+    pub bridged_interval: String,
     /// Most buffered changes before a commit.
     pub max_rows: u64,
     /// Most buffered bytes before a commit; also the bound on the writer's memory.
@@ -1037,6 +1042,7 @@ impl Config {
                 snapshot_chunk_rows: 250_000,
                 flush: FlushConfig {
                     interval: "1s".into(),
+                    bridged_interval: "60s".into(),
                     max_rows: 200_000,
                     max_bytes: 64 * 1024 * 1024,
                 },
@@ -1559,6 +1565,9 @@ impl Config {
         let interval = parse_duration("cdc.flush.interval", &cdc.flush.interval)?;
         if interval.is_zero() {
             return bad("cdc.flush.interval", "must be more than 0".into());
+        }
+        if parse_duration("cdc.flush.bridged_interval", &cdc.flush.bridged_interval)?.is_zero() {
+            return bad("cdc.flush.bridged_interval", "must be more than 0".into());
         }
         if cdc.flush.max_rows == 0 {
             return bad("cdc.flush.max_rows", "must be at least 1".into());

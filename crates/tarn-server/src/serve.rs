@@ -449,8 +449,15 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         tracing::info!(pipeline = %config.cdc.pipeline, read_mode = %read_mode, "starting the CDC pipeline");
         let publisher = tarn_cdc::sink::PendingPublisher::new();
         session.bridge().register(publisher.clone());
+        // The endpoint's queries read pending changes: commits can wait for larger files.
+        let mut config = config.clone();
+        if read_mode == tarn_query::bridge::ReadMode::Latest {
+            config.cdc.flush.interval = config.cdc.flush.bridged_interval.clone();
+            tracing::info!(interval = %config.cdc.flush.interval,
+                "the CDC pipeline commits on cdc.flush.bridged_interval: queries here read its pending changes");
+        }
         PipelineHandle::spawn_with(
-            config,
+            &config,
             session.lake().clone(),
             RunOptions {
                 bridge: Some(publisher),

@@ -186,6 +186,12 @@ impl LakeSink {
         }
     }
 
+    /// This sink writing out a table's buffer (inside a transaction) at `bytes` instead.
+    pub fn with_spill_bytes(mut self, bytes: usize) -> Self {
+        self.options.spill_bytes = bytes;
+        self
+    }
+
     /// This sink publishing its pending state at every transaction boundary into `publisher`
     /// (bridge reads; see the `publish` module).
     pub fn with_publisher(mut self, publisher: Option<Arc<PendingPublisher>>) -> Self {

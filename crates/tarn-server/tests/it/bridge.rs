@@ -1,6 +1,7 @@
 //! Bridge reads through `tarn serve` (tarn_query::bridge): a CDC pipeline from a real
-//! PostgreSQL runs in the server's process with a one-hour flush interval, so nothing commits
-//! by time; queries over the Postgres wire endpoint in `latest` mode see the changes it holds,
+//! PostgreSQL runs in the server's process with a one-hour flush interval
+//! (`cdc.flush.bridged_interval`, the one `tarn serve` uses with `latest` reads), so nothing
+//! commits by time; queries over the Postgres wire endpoint in `latest` mode see the changes it holds,
 //! in `committed` mode they do not, a transaction appears whole or not at all (checked under a
 //! load of transactions, across the commits the row threshold makes), no key appears twice,
 //! and once a commit lands both modes and PostgreSQL agree.
@@ -80,7 +81,7 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
     let served = Served::start_with(
         true,
         &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"1h\"\nmax_rows = 5000\n[maintenance]\nauto = false\n",
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\nmax_rows = 5000\n[maintenance]\nauto = false\n",
             pg.url("app")
         ),
     );
