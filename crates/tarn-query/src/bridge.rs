@@ -150,8 +150,6 @@ pub struct PendingChanges {
 pub trait PendingTable: Send + Sync + fmt::Debug {
     /// The Iceberg snapshot the changes sit on (`None`: the table had none).
     fn base_snapshot(&self) -> Option<i64>;
-    /// The source position of the transaction boundary, as text.
-    fn position(&self) -> Option<String>;
     /// The changes as Arrow (computed once); `Err` says why this state cannot be merged (the
     /// table is then read at its last commit).
     fn changes(&self) -> Result<Arc<PendingChanges>, String>;
@@ -243,7 +241,12 @@ impl BridgedTable {
         state: &dyn Session,
         filters: &[Expr],
     ) -> DFResult<Result<Arc<dyn ExecutionPlan>, String>> {
-        let changes = match self.pending.changes() {
+        // Building the batches is CPU work proportional to the buffer: off the async threads.
+        let pending = self.pending.clone();
+        let changes = tokio::task::spawn_blocking(move || pending.changes())
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let changes = match changes {
             Ok(c) => c,
             Err(why) => return Ok(Err(why)),
         };

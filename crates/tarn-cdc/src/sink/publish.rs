@@ -150,10 +150,6 @@ impl PendingTable for TableView {
         self.base_snapshot
     }
 
-    fn position(&self) -> Option<String> {
-        self.position.as_ref().map(ToString::to_string)
-    }
-
     fn changes(&self) -> Result<Arc<PendingChanges>, String> {
         self.changes
             .get_or_init(|| self.materialize().map(Arc::new))
@@ -169,4 +165,129 @@ fn batch_of(names: Vec<String>, arrays: Vec<arrow::array::ArrayRef>) -> Result<R
         .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
         .collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tarn_core::Config;
+    use tarn_lake::Lake;
+
+    use super::*;
+    use crate::position::Lsn;
+    use crate::scripted::testing::{row, table};
+    use crate::source::SourceEvent;
+
+    fn ids(batch: &RecordBatch) -> Vec<String> {
+        let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let mut ids: Vec<String> = column.iter().map(|v| v.unwrap_or("NULL").to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    async fn begin(sink: &mut super::super::LakeSink, lsn: u64) {
+        sink.apply(SourceEvent::Begin {
+            commit_position: Position::Lsn(Lsn(lsn)),
+            transaction_id: None,
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn commit(sink: &mut super::super::LakeSink, lsn: u64) {
+        sink.apply(SourceEvent::Commit {
+            position: Position::Lsn(Lsn(lsn)),
+            commit_time_micros: 1,
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A transaction is published at its commit, not before; the view holds one change per
+    /// key over the snapshot the sink last committed; a flush publishes the new snapshot with
+    /// nothing pending; a sink that ends withdraws its publication.
+    #[tokio::test]
+    async fn transactions_are_published_whole_over_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(dir.path());
+        config.maintenance.auto = false;
+        let lake = Lake::open(&config).await.unwrap();
+        let publisher = PendingPublisher::new();
+        let mut sink =
+            crate::pipeline::lake_sink(&config, lake.clone()).with_publisher(Some(publisher.clone()));
+        sink.attach(table(1, "items")).await.unwrap();
+        let ident = sink.lake_ident(&table(1, "items"));
+        let view = || publisher.pending(&ident).expect("published");
+        assert_eq!(view().base_snapshot(), None);
+        assert_eq!(view().changes().unwrap().keys.num_rows(), 0);
+
+        begin(&mut sink, 10).await;
+        for id in [1, 2, 3] {
+            sink.apply(SourceEvent::Insert {
+                table: 1,
+                new: row(id, Some("a")),
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(
+            view().changes().unwrap().rows.num_rows(),
+            0,
+            "published inside a transaction"
+        );
+        commit(&mut sink, 10).await;
+        let changes = view().changes().unwrap();
+        assert_eq!(ids(&changes.rows), ["1", "2", "3"]);
+        sink.flush().await.unwrap();
+        let committed = lake.load_table(&ident).await.unwrap();
+        let base = committed.metadata().current_snapshot_id();
+        assert!(base.is_some());
+        assert_eq!(view().base_snapshot(), base, "the flush publishes its snapshot");
+        assert_eq!(view().changes().unwrap().keys.num_rows(), 0);
+
+        // Updates of one key, and a delete of a committed row: one change per key.
+        begin(&mut sink, 20).await;
+        for v in ["b", "c", "d"] {
+            sink.apply(SourceEvent::Update {
+                table: 1,
+                old: None,
+                new: row(1, Some(v)),
+            })
+            .await
+            .unwrap();
+        }
+        sink.apply(SourceEvent::Delete {
+            table: 1,
+            old: row(2, None),
+        })
+        .await
+        .unwrap();
+        commit(&mut sink, 20).await;
+        let pinned = view();
+        let changes = pinned.changes().unwrap();
+        assert_eq!(ids(&changes.keys), ["1", "2"]);
+        assert_eq!(ids(&changes.rows), ["1"]);
+        assert_eq!(pinned.base_snapshot(), base);
+
+        // A pinned view stays as it was while the buffer moves on.
+        begin(&mut sink, 30).await;
+        sink.apply(SourceEvent::Insert {
+            table: 1,
+            new: row(4, Some("e")),
+        })
+        .await
+        .unwrap();
+        commit(&mut sink, 30).await;
+        assert_eq!(ids(&pinned.changes().unwrap().keys), ["1", "2"]);
+        assert_eq!(ids(&view().changes().unwrap().keys), ["1", "2", "4"]);
+
+        drop(sink);
+        assert!(
+            publisher.pending(&ident).is_none(),
+            "withdrawn when the sink ends"
+        );
+    }
 }
