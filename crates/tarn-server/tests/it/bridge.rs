@@ -4,7 +4,8 @@
 //! commits by time; queries over the Postgres wire endpoint in `latest` mode see the changes it holds,
 //! in `committed` mode they do not, a transaction appears whole or not at all (checked under a
 //! load of transactions, across the commits the row threshold makes), no key appears twice,
-//! and once a commit lands both modes and PostgreSQL agree.
+//! a pending truncate hides the committed rows, a schema change in flight falls back to the
+//! last commit, and once a commit lands both modes and PostgreSQL agree.
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,51 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
     let want = source_rows(&pg, "SELECT id, balance FROM accounts ORDER BY id");
     wait_rows(&latest, accounts, &want, "the load's end in latest mode").await;
     assert_eq!(rows(&latest, invariant).await.unwrap(), whole);
+
+    // A truncate in the pending window: `latest` shows only the rows after it.
+    pg.psql(
+        "app",
+        "BEGIN; TRUNCATE items; INSERT INTO items VALUES (7, 'after the truncate'); COMMIT;",
+    )
+    .unwrap();
+    let want = source_rows(&pg, "SELECT id, v FROM items ORDER BY id");
+    assert_eq!(want, ["7|after the truncate"]);
+    wait_rows(&latest, items, &want, "a pending truncate").await;
+    let before = rows(&committed, items).await.unwrap();
+    assert!(
+        before.len() > 1,
+        "committed mode still has the rows before the truncate: {before:?}"
+    );
+
+    // Every `latest` read so far merged (none fell back to the last commit).
+    assert!(
+        !served
+            .http_get("/metrics")
+            .contains("tarn_query_bridge_reads_total{result=\"fallback\"}"),
+        "a latest read fell back before the schema change"
+    );
+
+    // A schema change in flight writes the buffer out: `latest` falls back to the last commit
+    // (an earlier boundary) until the next one, counted as such.
+    pg.psql(
+        "app",
+        "ALTER TABLE items ADD COLUMN w int; INSERT INTO items VALUES (8, 'eight', 8);",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !served
+        .http_get("/metrics")
+        .contains("tarn_query_bridge_reads_total{result=\"fallback\"}")
+    {
+        assert!(Instant::now() < deadline, "no fallback read within 60 s");
+        rows(&latest, items).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rows(&latest, items).await.unwrap(),
+        before,
+        "the fallback reads the last commit"
+    );
 
     // A transaction over the row threshold commits everything: both modes equal PostgreSQL.
     pg.psql(
