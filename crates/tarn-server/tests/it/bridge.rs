@@ -7,6 +7,8 @@
 //! a pending truncate hides the committed rows, a schema change in flight falls back to the
 //! last commit, and once a commit lands both modes and PostgreSQL agree.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tarn_test_utils::PostgresServer;
@@ -165,33 +167,44 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let load = tokio::spawn(async move {
-        for i in 0..200i64 {
-            let (a, b, c) = (
-                i % ACCOUNTS + 1,
-                (i * 7 + 3) % ACCOUNTS + 1,
-                (i * 3 + 1) % ACCOUNTS + 1,
-            );
-            source
-                .batch_execute(&format!(
-                    "BEGIN;
-                     UPDATE accounts SET balance = balance - 5 WHERE id = {a};
-                     UPDATE noise SET n = n + 1;
-                     UPDATE accounts SET balance = balance + 5 WHERE id = {b};
-                     WITH d AS (DELETE FROM accounts WHERE id = {c} RETURNING id, balance)
-                       INSERT INTO accounts SELECT id, balance FROM d;
-                     COMMIT;"
-                ))
-                .await
-                .unwrap();
-            // Paced, so the checks below interleave with it (several commits happen meanwhile).
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    // Runs until the checks below have seen at least 200 of its transactions (60,000 changes:
+    // several commits by the row threshold) and made 10 checks, however slow the machine.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let (stop, done) = (stop.clone(), done.clone());
+        async move {
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let (a, b, c) = (
+                    i % ACCOUNTS + 1,
+                    (i * 7 + 3) % ACCOUNTS + 1,
+                    (i * 3 + 1) % ACCOUNTS + 1,
+                );
+                source
+                    .batch_execute(&format!(
+                        "BEGIN;
+                         UPDATE accounts SET balance = balance - 5 WHERE id = {a};
+                         UPDATE noise SET n = n + 1;
+                         UPDATE accounts SET balance = balance + 5 WHERE id = {b};
+                         WITH d AS (DELETE FROM accounts WHERE id = {c} RETURNING id, balance)
+                           INSERT INTO accounts SELECT id, balance FROM d;
+                         COMMIT;"
+                    ))
+                    .await
+                    .unwrap();
+                i += 1;
+                done.store(i as u64, Ordering::Relaxed);
+                // Paced, so the checks interleave with it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     });
     let invariant = "SELECT count(*), count(DISTINCT id), sum(balance) FROM cdc.accounts";
     let whole = [format!("{ACCOUNTS}|{ACCOUNTS}|{TOTAL}")];
     let mut checks = 0;
-    while !load.is_finished() {
+    while checks < 10 || done.load(Ordering::Relaxed) < 200 {
+        assert!(!load.is_finished(), "the load stopped");
         for (mode, client) in [("latest", &latest), ("committed", &committed)] {
             let got = rows(client, invariant).await.unwrap();
             assert_eq!(
@@ -201,11 +214,8 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
         }
         checks += 1;
     }
+    stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    assert!(
-        checks >= 10,
-        "the load ended before it was checked ({checks} checks)"
-    );
     let accounts = "SELECT id, balance FROM cdc.accounts ORDER BY id";
     let want = source_rows(&pg, "SELECT id, balance FROM accounts ORDER BY id");
     wait_rows(&latest, accounts, &want, "the load's end in latest mode").await;
