@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::postgres::change_source::PostgresChangeSource;
-use crate::sink::{ChangeSink, LakeSink, SinkOptions};
+use crate::sink::{ChangeSink, LakeSink, PendingPublisher, SinkOptions};
 use crate::source::CopyProgress;
 use crate::source::{ChangeSource, FlushRule, Next, Position, SourceEvent};
 
@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub resnapshot: bool,
     /// Stop after this long (for demos and benchmarks).
     pub duration: Option<Duration>,
+    /// Where the lake writer publishes its pending state at every transaction boundary, for
+    /// bridge reads by SQL in the same process ([`tarn_query::bridge`]).
+    pub bridge: Option<Arc<PendingPublisher>>,
 }
 
 /// What a running pipeline is doing, for `tarn cdc status`, the console and metrics.
@@ -517,7 +520,7 @@ async fn run_once(
         "kafka" => {
             let consumer = crate::kafka::KafkaSource::connect(config, lake.clone(), status)?;
             if !consumer.group_mode() {
-                return drive_with(consumer, lake_sink(config, lake.clone()), lake, &ctx).await;
+                return drive_with(consumer, publishing_sink(config, lake.clone(), &ctx), lake, &ctx).await;
             }
             // Group mode: a rebalance, or a commit fenced by another worker, restarts the run
             // on the same consumer (leaving the group would rebalance every worker again);
@@ -525,7 +528,13 @@ async fn run_once(
             loop {
                 let source = consumer.fresh();
                 let generation = consumer.rebalances();
-                let result = drive_with(source, lake_sink(config, lake.clone()), lake.clone(), &ctx).await;
+                let result = drive_with(
+                    source,
+                    publishing_sink(config, lake.clone(), &ctx),
+                    lake.clone(),
+                    &ctx,
+                )
+                .await;
                 match result {
                     Err(e) if consumer.rebalanced_since(generation) && !stop.is_cancelled() => {
                         tracing::info!(reason = %e, "restarting the run on the consumer group's new assignment");
@@ -566,6 +575,20 @@ pub fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
     )
 }
 
+/// [`lake_sink`], publishing its pending state where the run's options say. Publishing, it
+/// spills at `cdc.flush.max_bytes` rather than half of it: readers can merge the buffer only
+/// while none of it is in files, and between transactions the commit at `max_bytes` comes
+/// first, so only a transaction larger than that spills (the bound on memory is `max_bytes`).
+fn publishing_sink(config: &Config, lake: Lake, ctx: &SourceContext<'_>) -> LakeSink {
+    let sink = lake_sink(config, lake);
+    match &ctx.options.bridge {
+        Some(_) => sink
+            .with_spill_bytes(config.cdc.flush.max_bytes as usize)
+            .with_publisher(ctx.options.bridge.clone()),
+        None => sink,
+    }
+}
+
 /// Drives a database source into the sink `cdc.sink` names: the lake, or Kafka topics.
 async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<'_>) -> Result<()> {
     let config = ctx.config;
@@ -578,7 +601,7 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
         #[cfg(feature = "kafka")]
         "lake+kafka" => {
             let kafka = crate::kafka::sink::KafkaSink::connect(config, &lake, ctx.status).await?;
-            let both = crate::sink::Both::new(lake_sink(config, lake.clone()), kafka);
+            let both = crate::sink::Both::new(publishing_sink(config, lake.clone(), ctx), kafka);
             drive_with(source, both, lake, ctx).await
         }
         #[cfg(not(feature = "kafka"))]
@@ -587,7 +610,7 @@ async fn drive_into<S: ChangeSource>(source: S, lake: Lake, ctx: &SourceContext<
             "cdc.sink = \"kafka\" needs a tarn built with Kafka support (cargo build --features kafka); \
              this binary was built without it",
         )),
-        _ => drive_with(source, lake_sink(config, lake.clone()), lake, ctx).await,
+        _ => drive_with(source, publishing_sink(config, lake.clone(), ctx), lake, ctx).await,
     }
 }
 

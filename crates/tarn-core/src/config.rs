@@ -191,6 +191,11 @@ pub struct QueryConfig {
     /// (change data capture, Kafka ingest, the scheduler, the HTTP endpoint) get the cores
     /// first. Linux only; 0 keeps the process's priority.
     pub thread_nice: i32,
+    /// The default `tarn.read_mode` of a session: `latest` reads a CDC pipeline's tables with
+    /// the changes it has not committed yet (when the pipeline runs in this process, `tarn
+    /// serve` with `[cdc]`), `committed` reads the lake only, as other engines see it. `SET
+    /// tarn.read_mode` changes it per session.
+    pub read_mode: String,
     /// Limits per role (a user name or a group of the principal), e.g.
     /// `[query.roles.analyst] max_concurrent = 2`. A principal in several roles is held to
     /// each of them.
@@ -220,6 +225,7 @@ impl Default for QueryConfig {
             idle_in_transaction_session_timeout: "0".into(),
             threads: 0,
             thread_nice: 5,
+            read_mode: "latest".into(),
             roles: BTreeMap::new(),
         }
     }
@@ -269,6 +275,15 @@ impl QueryConfig {
         parse_duration("query.queue_timeout", &self.queue_timeout)?;
         self.statement_timeout()?;
         check_nice("query.thread_nice", self.thread_nice)?;
+        if !matches!(self.read_mode.as_str(), "latest" | "committed") {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "query.read_mode = {:?}: expected \"latest\" or \"committed\"",
+                    self.read_mode
+                ),
+            ));
+        }
         parse_timeout(
             "query.idle_in_transaction_session_timeout",
             &self.idle_in_transaction_session_timeout,
@@ -925,6 +940,11 @@ pub struct ChangefeedConfig {
 pub struct FlushConfig {
     /// Longest time between a change arriving and its commit, e.g. `1s`, `250ms`.
     pub interval: String,
+    /// The interval instead of `interval` when the pipeline runs inside `tarn serve` whose
+    /// sessions read `latest` by default (`query.read_mode`): its queries see uncommitted
+    /// changes (bridge reads), so commits wait for larger files; other engines see changes
+    /// this much later. Set it to `interval`'s value to keep commit freshness.
+    pub bridged_interval: String,
     /// Most buffered changes before a commit.
     pub max_rows: u64,
     /// Most buffered bytes before a commit; also the bound on the writer's memory.
@@ -1022,6 +1042,7 @@ impl Config {
                 snapshot_chunk_rows: 250_000,
                 flush: FlushConfig {
                     interval: "1s".into(),
+                    bridged_interval: "60s".into(),
                     max_rows: 200_000,
                     max_bytes: 64 * 1024 * 1024,
                 },
@@ -1544,6 +1565,9 @@ impl Config {
         let interval = parse_duration("cdc.flush.interval", &cdc.flush.interval)?;
         if interval.is_zero() {
             return bad("cdc.flush.interval", "must be more than 0".into());
+        }
+        if parse_duration("cdc.flush.bridged_interval", &cdc.flush.bridged_interval)?.is_zero() {
+            return bad("cdc.flush.bridged_interval", "must be more than 0".into());
         }
         if cdc.flush.max_rows == 0 {
             return bad("cdc.flush.max_rows", "must be at least 1".into());

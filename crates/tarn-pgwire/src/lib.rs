@@ -42,6 +42,7 @@ mod pg_catalog;
 pub mod pg_functions;
 mod pg_relations;
 mod pg_rewrite;
+mod read_mode;
 mod statement_timeout;
 mod text_values;
 mod uuid_wire;
@@ -392,6 +393,8 @@ impl QueryHook for QueryResultHook {
 struct ShowSettingsHook {
     /// For the `statement_timeout` in force (a role's or the server's default).
     workload: Arc<Workload>,
+    /// For the `tarn.read_mode` in force (the server's default).
+    bridge: Arc<tarn_query::bridge::Bridge>,
 }
 
 /// `SET search_path TO a, b` (identifiers or strings): kept for the connection, which its
@@ -462,6 +465,7 @@ fn shown_setting(
     statement: &Statement,
     client: &(dyn ClientInfo + Send + Sync),
     workload: &Workload,
+    bridge: &tarn_query::bridge::Bridge,
 ) -> Option<(String, String)> {
     let Statement::ShowVariable { variable } = statement else {
         return None;
@@ -496,6 +500,13 @@ fn shown_setting(
                 statement_timeout::show(statement_timeout(client, workload, &roles)),
             )
         }
+        "tarn.read_mode" | "tarn read_mode" => (
+            read_mode::NAME,
+            read_mode::session_mode(client)
+                .unwrap_or_else(|| bridge.default_mode())
+                .as_str()
+                .to_string(),
+        ),
         "search_path" => {
             let path = pg_rewrite::search_path(client.metadata());
             let shown = if path.is_empty() {
@@ -527,7 +538,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        let (column, value) = shown_setting(statement, &*client, &self.workload)?;
+        let (column, value) = shown_setting(statement, &*client, &self.workload, &self.bridge)?;
         let df = match ctx.sql(&setting_query(&column, &value)).await {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
@@ -545,7 +556,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        let (column, value) = shown_setting(statement, client, &self.workload)?;
+        let (column, value) = shown_setting(statement, client, &self.workload, &self.bridge)?;
         Some(
             ctx.state()
                 .create_logical_plan(&setting_query(&column, &value))
@@ -562,7 +573,7 @@ impl QueryHook for ShowSettingsHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        shown_setting(statement, &*client, &self.workload)?;
+        shown_setting(statement, &*client, &self.workload, &self.bridge)?;
         let df = match ctx.execute_logical_plan(plan.clone()).await {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
@@ -887,9 +898,13 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         let kind = observe::statement_kind(&self.compatibility, query);
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
-        with_principal(principal_of(client), self.run_query(client, query, timer))
-            .instrument(span)
-            .await
+        let mode = read_mode::session_mode(client);
+        with_principal(
+            principal_of(client),
+            tarn_query::bridge::with_read_mode(mode, self.run_query(client, query, timer)),
+        )
+        .instrument(span)
+        .await
     }
 }
 
@@ -1344,7 +1359,8 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         let kind = observe::statement_kind(&self.parser.compatibility, &sql);
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
-        self.run_portal(client, portal, max_rows, timer)
+        let mode = read_mode::session_mode(client);
+        tarn_query::bridge::with_read_mode(mode, self.run_portal(client, portal, max_rows, timer))
             .instrument(span)
             .await
     }
@@ -1882,8 +1898,11 @@ pub async fn serve(
         }),
         Arc::new(ShowSettingsHook {
             workload: workload.clone(),
+            bridge: session.bridge().clone(),
         }),
         Arc::new(SearchPathHook),
+        // Before `statement_timeout`'s, which answers `RESET ALL` itself.
+        Arc::new(read_mode::ReadModeHook),
         Arc::new(statement_timeout::StatementTimeoutHook),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),

@@ -6,6 +6,7 @@
 //! crate.
 
 pub mod audit;
+pub mod bridge;
 mod decimal_literals;
 pub mod federation;
 mod filter_order;

@@ -59,6 +59,7 @@ use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 use tarn_core::{Error, ErrorKind};
 use tarn_lake::Lake;
 
+use crate::bridge::{Bridge, BridgedTable};
 use crate::write::{WriteProgress, write_and_commit};
 
 /// Wraps a tarn error for DataFusion.
@@ -76,6 +77,8 @@ pub struct LakeCatalogProvider {
     /// The table a row-level statement writes, pinned at the snapshot it reads, which this
     /// catalog shows with its rows' identities ([`crate::row_level::RowIdTable`]).
     row_ids: Option<iceberg::table::Table>,
+    /// The pipelines whose pending changes reads may include ([`crate::bridge`]).
+    bridge: Arc<Bridge>,
 }
 
 impl LakeCatalogProvider {
@@ -86,7 +89,13 @@ impl LakeCatalogProvider {
             names: Arc::default(),
             system: Arc::default(),
             row_ids: None,
+            bridge: Arc::default(),
         }
+    }
+
+    /// The pipelines whose pending changes this catalog's reads may include.
+    pub fn bridge(&self) -> &Arc<Bridge> {
+        &self.bridge
     }
 
     /// This catalog with `table` (pinned at its current snapshot) read as a
@@ -98,6 +107,7 @@ impl LakeCatalogProvider {
             names: self.names.clone(),
             system: self.system.clone(),
             row_ids: Some(table),
+            bridge: self.bridge.clone(),
         }
     }
 
@@ -161,6 +171,7 @@ impl CatalogProvider for LakeCatalogProvider {
             names: self.names.clone(),
             key: name.to_string(),
             row_ids: self.row_ids.clone(),
+            bridge: self.bridge.clone(),
         }))
     }
 }
@@ -173,6 +184,7 @@ pub struct LakeSchemaProvider {
     names: Arc<RwLock<BTreeMap<String, BTreeSet<String>>>>,
     key: String,
     row_ids: Option<iceberg::table::Table>,
+    bridge: Arc<Bridge>,
 }
 
 /// A table name split into the table and what of it is asked for.
@@ -242,7 +254,13 @@ impl SchemaProvider for LakeSchemaProvider {
             Err(e) => return Err(df_error(e)),
         };
         let provider: Arc<dyn TableProvider> = match selector {
-            TableSelector::Current(_) => Arc::new(LakeTable::new(self.lake.clone(), table).await?),
+            TableSelector::Current(_) => {
+                let committed = LakeTable::new(self.lake.clone(), table).await?;
+                match self.bridge.pending(&ident) {
+                    Some(pending) => Arc::new(BridgedTable::new(committed, pending, self.bridge.clone())),
+                    None => Arc::new(committed),
+                }
+            }
             TableSelector::Snapshot(_, id) => {
                 if table.metadata().snapshot_by_id(id).is_none() {
                     let known: Vec<String> = table
@@ -259,22 +277,7 @@ impl SchemaProvider for LakeSchemaProvider {
                         }
                     )));
                 }
-                let inner = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), id)
-                    .await
-                    .map_err(|e| {
-                        df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e))
-                    })?;
-                let uuids = snapshot_uuid_columns(&table, id);
-                let provider: Arc<dyn TableProvider> = if crate::v3_scan::needs_v3_scan(&table) {
-                    Arc::new(crate::v3_scan::V3SnapshotTable::new(table, id, inner))
-                } else {
-                    Arc::new(inner)
-                };
-                if uuids.is_empty() {
-                    provider
-                } else {
-                    Arc::new(UuidTextTable::new(provider, &uuids))
-                }
+                snapshot_provider(&table, id).await?
             }
             TableSelector::Metadata(_, kind) => Arc::new(metadata_table(&table, kind).await?),
         };
@@ -301,6 +304,29 @@ impl SchemaProvider for LakeSchemaProvider {
             self.key
         )))
     }
+}
+
+/// A reader of snapshot `id` of `table` (time travel, the base of a bridge read), its columns
+/// as the snapshot's schema has them.
+pub(crate) async fn snapshot_provider(
+    table: &iceberg::table::Table,
+    id: i64,
+) -> DFResult<Arc<dyn TableProvider>> {
+    let ident = table.identifier();
+    let inner = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), id)
+        .await
+        .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e)))?;
+    let uuids = snapshot_uuid_columns(table, id);
+    let provider: Arc<dyn TableProvider> = if crate::v3_scan::needs_v3_scan(table) {
+        Arc::new(crate::v3_scan::V3SnapshotTable::new(table.clone(), id, inner))
+    } else {
+        Arc::new(inner)
+    };
+    Ok(if uuids.is_empty() {
+        provider
+    } else {
+        Arc::new(UuidTextTable::new(provider, &uuids))
+    })
 }
 
 async fn metadata_table(table: &iceberg::table::Table, kind: MetadataTableType) -> DFResult<MemTable> {
@@ -453,7 +479,11 @@ pub struct TableDescription {
 /// The [`TableDescription`] of `provider` when it is a lake table at its current snapshot;
 /// `None` for anything else (metadata tables, time travel, other catalogs' tables).
 pub fn describe_table(provider: &dyn TableProvider) -> Option<TableDescription> {
-    let table = provider.as_any().downcast_ref::<LakeTable>()?;
+    let any = provider.as_any();
+    let table = match any.downcast_ref::<BridgedTable>() {
+        Some(bridged) => bridged.committed(),
+        None => any.downcast_ref::<LakeTable>()?,
+    };
     let metadata = table.table.metadata();
     let schema = metadata.current_schema();
     let fields = schema.as_struct().fields();
@@ -495,6 +525,21 @@ impl LakeTable {
             schema,
             has_uuids: !uuids.is_empty(),
         })
+    }
+
+    /// The table at the snapshot this provider reads.
+    pub(crate) fn table(&self) -> &iceberg::table::Table {
+        &self.table
+    }
+
+    /// The table's name.
+    pub(crate) fn ident(&self) -> &TableIdent {
+        &self.ident
+    }
+
+    /// The columns as Iceberg's reader gives them (before [`view_schema`]'s types).
+    pub(crate) fn raw_schema(&self) -> SchemaRef {
+        self.scan.schema()
     }
 
     /// DataFusion's Parquet reader over the files Iceberg plans, when that reads the same rows;

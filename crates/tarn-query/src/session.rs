@@ -353,6 +353,12 @@ impl TarnSession {
         &self.lake
     }
 
+    /// The pipelines of this process whose pending changes reads may include, and the default
+    /// read mode ([`crate::bridge`]).
+    pub fn bridge(&self) -> &Arc<crate::bridge::Bridge> {
+        self.catalog.bridge()
+    }
+
     /// Reloads namespace and table names for listings (`SHOW TABLES`, `information_schema`).
     pub async fn refresh(&self) -> Result<()> {
         self.catalog.refresh().await

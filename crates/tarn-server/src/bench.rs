@@ -108,6 +108,11 @@ pub enum BenchCommand {
         /// Where the lake and the private PostgreSQL go; default `DATA_DIR/bench/cdc`.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Flush interval of the latest-read freshness phase: the pipeline publishes its
+        /// pending changes to the SQL session (as under `tarn serve`) and the probes are read
+        /// in `tarn.read_mode = latest`, beside the commit freshness of the default interval.
+        #[arg(long, default_value = "60s")]
+        latest_flush: String,
         /// Also measure the CockroachDB changefeed path (scan rows/s, backlog changes/s,
         /// freshness at the resolved cadence) beside the PostgreSQL path, on the same data:
         /// tarn's CockroachDB source reads a stand-in cluster (the one its contract tests use)
@@ -421,6 +426,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 source,
                 dir,
                 cockroach_contract: false,
+                latest_flush: None,
             };
             crate::bench_publish::run(&config, options, partitions).await?;
             Ok(ExitCode::SUCCESS)
@@ -581,6 +587,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             rate,
             source,
             dir,
+            latest_flush,
             cockroach_contract,
             metrics,
         } => {
@@ -602,6 +609,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                     source,
                     dir,
                     cockroach_contract,
+                    latest_flush: Some(latest_flush),
                 },
             )
             .await?;

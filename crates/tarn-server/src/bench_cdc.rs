@@ -10,7 +10,12 @@
 //! 3. **Freshness**: the pipeline runs with the default 1 s flush interval while writers keep a
 //!    steady load; a probe commits a row every 100 ms in PostgreSQL and polls tarn's SQL until
 //!    it is visible: p50 and p99 of commit-to-visibility.
-//! 4. Peak RSS of the process (pipeline, SQL session and lake) at the end.
+//! 4. **Latest-read freshness** (`--latest-flush`, default 60 s): the pipeline runs with that
+//!    flush interval and publishes its pending changes to the SQL session, as under `tarn
+//!    serve` (`tarn_query::bridge`); the same probes are read in `tarn.read_mode = latest`:
+//!    p50 and p99 of change-to-visibility beside phase 3's commit freshness, with the data
+//!    files the phase committed (their mean size: what the long interval buys).
+//! 5. Peak RSS of the process (pipeline, SQL session and lake) at the end.
 //!
 //! With `--cockroach-contract` the CockroachDB changefeed path runs beside each phase on the
 //! same table and the same backlog: tarn's CockroachDB source reads
@@ -54,6 +59,8 @@ pub struct CdcBenchOptions {
     pub dir: PathBuf,
     /// Measure the CockroachDB changefeed path through the contract stand-in too.
     pub cockroach_contract: bool,
+    /// Flush interval of the latest-read freshness phase; `None` skips it.
+    pub latest_flush: Option<String>,
 }
 
 /// What `tarn bench cdc` measured on the PostgreSQL path (it prints all of it, the references
@@ -72,6 +79,8 @@ pub struct CdcBenchReport {
     pub backlog_seconds: f64,
     /// Commit-to-visibility times of the freshness probes, seconds, sorted.
     pub freshness: Vec<f64>,
+    /// The same through `latest` reads (bridge reads) with the long flush interval.
+    pub latest_freshness: Vec<f64>,
 }
 
 /// The CockroachDB changefeed path of the benchmark: a stand-in cluster in front of the
@@ -537,12 +546,90 @@ pub async fn run(base: &Config, options: CdcBenchOptions) -> Result<CdcBenchRepo
             percentile(&fresh, 0.5) / percentile(&pg_fresh, 0.5)
         );
     }
+    if let Some(interval) = &options.latest_flush {
+        report.latest_freshness =
+            latest_freshness(&config, &lake, &session, &url, &options, interval, &pg_fresh).await?;
+    }
     println!(
         "\npeak RSS: {}",
         crate::measure::peak_rss().unwrap_or_else(|| "unknown".into())
     );
     report.freshness = pg_fresh;
     Ok(report)
+}
+
+/// Phase 4: freshness through `latest` reads with flush interval `interval`, printed beside
+/// the commit freshness `committed` of phase 3.
+async fn latest_freshness(
+    config: &Config,
+    lake: &Lake,
+    session: &TarnSession,
+    url: &str,
+    options: &CdcBenchOptions,
+    interval: &str,
+    committed: &[f64],
+) -> Result<Vec<f64>> {
+    println!(
+        "\n== latest-read freshness: {} changes/s for {}s, flush interval {interval}, tarn.read_mode = latest ==",
+        options.rate, options.freshness_seconds
+    );
+    let mut config = config.clone();
+    config.cdc.flush.interval = interval.to_string();
+    config.validate().context("--latest-flush")?;
+    let files_before = data_files(lake, "bench_rows").await?;
+    let publisher = tarn_cdc::sink::PendingPublisher::new();
+    session.bridge().register(publisher.clone());
+    let mut pipeline = PipelineHandle::spawn(
+        &config,
+        lake.clone(),
+        RunOptions {
+            bridge: Some(publisher),
+            ..RunOptions::default()
+        },
+    );
+    pipeline
+        .wait_until("the stream", Duration::from_secs(600), |r| r.state == "streaming")
+        .await?;
+    let fresh = freshness(url, session, "cdc", options, 2_000_000_000).await?;
+    pipeline.stop().await?;
+    let files_after = data_files(lake, "bench_rows").await?;
+    let added: Vec<u64> = files_after
+        .iter()
+        .filter(|(path, _)| !files_before.iter().any(|(p, _)| p == path))
+        .map(|(_, size)| *size)
+        .collect();
+    let mean = if added.is_empty() {
+        0.0
+    } else {
+        added.iter().sum::<u64>() as f64 / added.len() as f64 / 1e6
+    };
+    println!(
+        "latest reads over {} probes: p50 {:.3}s  p99 {:.3}s  max {:.3}s\n\
+         commit freshness (phase 3, flush interval {}): p50 {:.3}s  p99 {:.3}s\n\
+         ratio of p50 latest/commit: {:.3}\n\
+         data files committed by the phase into bench_rows: {} (mean {mean:.2} MB)",
+        fresh.len(),
+        percentile(&fresh, 0.5),
+        percentile(&fresh, 0.99),
+        fresh.last().copied().unwrap_or(f64::NAN),
+        tarn_core::Config::defaults(&config.data_dir).cdc.flush.interval,
+        percentile(committed, 0.5),
+        percentile(committed, 0.99),
+        percentile(&fresh, 0.5) / percentile(committed, 0.5),
+        added.len(),
+    );
+    Ok(fresh)
+}
+
+/// The live data files of `cdc.<table>` and their sizes.
+async fn data_files(lake: &Lake, table: &str) -> Result<Vec<(String, u64)>> {
+    let ident = iceberg::TableIdent::from_strs(["cdc", table])?;
+    let table = lake.load_table(&ident).await?;
+    let (data, _) = Lake::live_files(&table).await?;
+    Ok(data
+        .iter()
+        .map(|f| (f.file_path().to_string(), f.file_size_in_bytes()))
+        .collect())
 }
 
 /// Commit-to-visibility times (sorted, seconds) of probes committed every 100 ms in the
@@ -556,9 +643,11 @@ pub(crate) async fn freshness(
     first: i64,
 ) -> Result<Vec<f64>> {
     let stop = CancellationToken::new();
+    // Each phase's writer its own seed, so its inserted ids do not collide with an earlier
+    // phase's.
     let load = tokio::spawn(writer(
         url.to_string(),
-        104_729 + first as u64,
+        104_729 + (first / 1_000_000_000) as u64 * 7,
         u64::MAX,
         options.rows as i64,
         Some(options.rate),
@@ -595,7 +684,15 @@ pub(crate) async fn freshness(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
-    let _ = load.await;
+    let changes = load
+        .await
+        .context("the load writer panicked")?
+        .context("the load writer failed")?;
+    println!(
+        "load: {changes} changes in {}s ({:.0}/s)",
+        options.freshness_seconds,
+        changes as f64 / options.freshness_seconds.max(1) as f64
+    );
     samples.sort_by(f64::total_cmp);
     Ok(samples)
 }

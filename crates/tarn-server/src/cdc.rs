@@ -91,7 +91,11 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
             let mut pipeline = PipelineHandle::spawn_with(
                 &config,
                 lake,
-                RunOptions { resnapshot, duration },
+                RunOptions {
+                    resnapshot,
+                    duration,
+                    ..RunOptions::default()
+                },
                 shutdown.clone(),
             );
             let archive = config.cdc.source_kind == "kafka" && config.cdc.kafka.archive;

@@ -474,6 +474,13 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Runs queued and not started after the scheduler's last tick (their job at max_active_runs, or not yet claimed); 0 on standby replicas, so a sum over replicas counts the queue once.",
     ),
+    // Bridge reads: queries over a pipeline's tables with its uncommitted changes (docs/cdc.md).
+    (
+        "tarn_query_bridge_reads_total",
+        Counter,
+        None,
+        "Scans of tables a pipeline in this process writes, by result: merged (the last commit plus the pending changes, tarn.read_mode = latest), committed (the session reads the lake only), fallback (latest asked, but the pending state could not be merged; the last commit was read).",
+    ),
     // Workload management of SQL statements (docs/workload.md).
     (
         "tarn_query_running",

@@ -437,13 +437,32 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         warehouse = %config.warehouse_url(),
         "tarn serving"
     );
-    // The CDC pipeline, when configured, runs beside the endpoints.
+    // The CDC pipeline, when configured, runs beside the endpoints, and publishes its pending
+    // changes for their `latest` reads (tarn_query::bridge).
+    let read_mode = config
+        .query
+        .read_mode
+        .parse::<tarn_query::bridge::ReadMode>()
+        .map_err(|e| anyhow::anyhow!("query.read_mode: {e}"))?;
+    session.bridge().set_default_mode(read_mode);
     let mut pipeline = config.cdc.source.as_ref().map(|_| {
-        tracing::info!(pipeline = %config.cdc.pipeline, "starting the CDC pipeline");
+        tracing::info!(pipeline = %config.cdc.pipeline, read_mode = %read_mode, "starting the CDC pipeline");
+        let publisher = tarn_cdc::sink::PendingPublisher::new();
+        session.bridge().register(publisher.clone());
+        // The endpoint's queries read pending changes: commits can wait for larger files.
+        let mut config = config.clone();
+        if read_mode == tarn_query::bridge::ReadMode::Latest {
+            config.cdc.flush.interval = config.cdc.flush.bridged_interval.clone();
+            tracing::info!(interval = %config.cdc.flush.interval,
+                "the CDC pipeline commits on cdc.flush.bridged_interval: queries here read its pending changes");
+        }
         PipelineHandle::spawn_with(
-            config,
+            &config,
             session.lake().clone(),
-            RunOptions::default(),
+            RunOptions {
+                bridge: Some(publisher),
+                ..RunOptions::default()
+            },
             shutdown.clone(),
         )
     });

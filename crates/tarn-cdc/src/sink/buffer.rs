@@ -31,7 +31,7 @@ use crate::value::builder::{BatchBuilder, ColumnBuilder};
 
 /// One buffered change of a key.
 #[derive(Debug, Clone, PartialEq)]
-enum Change {
+pub(super) enum Change {
     /// The row's new version; `fill_from` names the key whose current lake row supplies
     /// still-unchanged TOASTed values.
     Upsert { row: Row, fill_from: Option<Box<[u8]>> },
@@ -42,15 +42,18 @@ enum Change {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    key_cells: Vec<Value>,
-    change: Change,
+pub(super) struct Entry {
+    pub(super) key_cells: Vec<Value>,
+    pub(super) change: Change,
 }
 
 /// The changes of one table since its last write, one per key; see the module doc.
+///
+/// A persistent map: [`RowBuffer::entries`] hands bridge reads a copy in O(1) that shares
+/// every entry with the buffer ([`super::publish`]).
 #[derive(Debug, Default)]
 pub(super) struct RowBuffer {
-    entries: HashMap<Box<[u8]>, Entry>,
+    entries: imbl::HashMap<Box<[u8]>, Entry>,
 }
 
 /// The buffer's estimate of a row's size.
@@ -63,7 +66,7 @@ fn cell_bytes(row: &Row) -> usize {
         .sum()
 }
 
-fn text_cell(v: &Value) -> Option<&[u8]> {
+pub(super) fn text_cell(v: &Value) -> Option<&[u8]> {
     match v {
         Value::Text(b) | Value::Binary(b) => Some(b.as_ref()),
         Value::Null | Value::Unchanged => None,
@@ -91,6 +94,11 @@ impl RowBuffer {
     /// Whether nothing is buffered.
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The buffered changes as they are now, sharing their entries with the buffer.
+    pub(super) fn entries(&self) -> imbl::HashMap<Box<[u8]>, Entry> {
+        self.entries.clone()
     }
 
     /// Forgets every buffered change (a truncate, a stopped table).
@@ -297,7 +305,7 @@ pub(super) async fn write_pending(lake: &Lake, state: &mut TableState) -> Result
         return Ok(());
     }
     failpoint::hit("cdc.before_write").await?;
-    let entries: Vec<(Box<[u8]>, Entry)> = state.buffer.entries.drain().collect();
+    let entries: Vec<(Box<[u8]>, Entry)> = std::mem::take(&mut state.buffer.entries).into_iter().collect();
     // Index keys of every entry and of every row whose lake version fills unchanged values.
     let mut fill_keys: Vec<Box<[u8]>> = Vec::new();
     let mut fill_cells: Vec<Vec<Value>> = Vec::new();

@@ -34,11 +34,14 @@
 //! - `maintenance`: the automatic maintenance policy ([`LakeSink::maintain`]);
 //! - `schema`: the schema-evolution planner, applied when a table's spec changes;
 //! - `seam`: [`ChangeSink`], the contract the lake sink and the Kafka publisher both keep;
-//! - `both`: [`Both`], two sinks fed by one source (`cdc.sink = "lake+kafka"`).
+//! - `both`: [`Both`], two sinks fed by one source (`cdc.sink = "lake+kafka"`);
+//! - `publish`: [`PendingPublisher`], the pending state published at each transaction
+//!   boundary for bridge reads ([`tarn_query::bridge`]).
 
 mod both;
 mod buffer;
 mod maintenance;
+mod publish;
 mod schema;
 mod seam;
 mod snapshot;
@@ -56,6 +59,7 @@ use tarn_lake::{Lake, RowDelta, TableLayout};
 
 pub use self::both::Both;
 use self::buffer::{RowBuffer, write_pending};
+pub use self::publish::PendingPublisher;
 pub use self::seam::{ChangeSink, TablePosition};
 pub use self::snapshot::{SnapshotPart, SnapshotPartWriter};
 pub(crate) use self::summary::commit_summary;
@@ -152,6 +156,17 @@ pub struct LakeSink {
     pending_events: u64,
     pending_bytes: usize,
     pending_since: Option<Instant>,
+    /// Where bridge reads find the pending state, when SQL runs in this process.
+    publisher: Option<Arc<PendingPublisher>>,
+}
+
+impl Drop for LakeSink {
+    fn drop(&mut self) {
+        // What was not committed is replayed by the next run: readers read the lake meanwhile.
+        if let Some(p) = &self.publisher {
+            p.withdraw();
+        }
+    }
 }
 
 impl LakeSink {
@@ -167,7 +182,59 @@ impl LakeSink {
             pending_events: 0,
             pending_bytes: 0,
             pending_since: None,
+            publisher: None,
         }
+    }
+
+    /// This sink writing out a table's buffer (inside a transaction) at `bytes` instead.
+    pub fn with_spill_bytes(mut self, bytes: usize) -> Self {
+        self.options.spill_bytes = bytes;
+        self
+    }
+
+    /// This sink publishing its pending state at every transaction boundary into `publisher`
+    /// (bridge reads; see the `publish` module).
+    pub fn with_publisher(mut self, publisher: Option<Arc<PendingPublisher>>) -> Self {
+        self.publisher = publisher;
+        self.publish();
+        self
+    }
+
+    /// Publishes every table's pending state, between transactions only.
+    fn publish(&self) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        if self.in_transaction {
+            return;
+        }
+        let position = self.last_commit.as_ref().map(|(p, _)| p.clone());
+        let tables = self
+            .tables
+            .values()
+            .filter(|t| t.stopped.is_none())
+            .map(|t| {
+                let unmergeable = if !t.data_files.is_empty() || !t.deletes.is_empty() {
+                    Some("rows of uncommitted transactions were already written to files")
+                } else if t.spec.key_kind == KeyKind::FullRow {
+                    Some("the table has no primary key")
+                } else {
+                    None
+                };
+                let view = publish::TableView {
+                    base_snapshot: t.table.metadata().current_snapshot_id(),
+                    position: position.clone().or_else(|| t.position.clone()),
+                    truncated: t.truncated,
+                    unmergeable,
+                    spec: t.spec.clone(),
+                    key_columns: t.key_columns.clone(),
+                    entries: t.buffer.entries(),
+                    changes: std::sync::OnceLock::new(),
+                };
+                (t.ident.clone(), Arc::new(view))
+            })
+            .collect();
+        publisher.publish(tables);
     }
 
     /// The lake table a source table lands in.
@@ -262,6 +329,7 @@ impl LakeSink {
         }
         let indexed_rows = state.index.len();
         self.tables.insert(spec.id, state);
+        self.publish();
         Ok(Attached {
             target: ident.to_string(),
             position,
@@ -319,6 +387,7 @@ impl LakeSink {
                 self.in_transaction = false;
                 self.txn_commit = None;
                 self.last_commit = Some((position, commit_time_micros));
+                self.publish();
             }
             SourceEvent::Keepalive { .. } => {}
             SourceEvent::Relation(spec) => self.relation(spec).await?,
@@ -453,6 +522,7 @@ impl LakeSink {
         self.pending_events = 0;
         self.pending_bytes = 0;
         self.pending_since = None;
+        self.publish();
         Ok(Some(position))
     }
 }

@@ -164,6 +164,7 @@ impl LakeSink {
         };
         state.counters.commits += 1;
         metrics::counter!("tarn_cdc_snapshot_rows_total", "table" => state.ident.to_string()).increment(rows);
+        self.publish();
         Ok(rows)
     }
 }

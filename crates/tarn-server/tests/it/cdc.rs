@@ -581,6 +581,7 @@ async fn refusals_and_recovery_are_clear() {
         .start_with(RunOptions {
             resnapshot: true,
             duration: None,
+            ..RunOptions::default()
         })
         .await;
     cdc.wait_same(q, lq, Duration::from_secs(60)).await;

@@ -63,6 +63,7 @@ async fn bench_cdc_runs_under_a_private_directory() {
         source: None,
         dir: private.path().join("bench"),
         cockroach_contract: false,
+        latest_flush: Some("60s".into()),
     };
     let report = tarn_server::bench_cdc::run(&config, options).await.unwrap();
     let placed = report
@@ -79,4 +80,7 @@ async fn bench_cdc_runs_under_a_private_directory() {
     assert!(report.snapshot_seconds > 0.0, "{report:?}");
     assert_eq!(report.backlog_changes, 200, "{report:?}");
     assert!(!report.freshness.is_empty(), "{report:?}");
+    // Probes read through the pipeline's pending changes: visible long before a 60 s flush.
+    assert!(!report.latest_freshness.is_empty(), "{report:?}");
+    assert!(report.latest_freshness.iter().all(|&s| s < 30.0), "{report:?}");
 }

@@ -6,6 +6,7 @@ mod airbyte;
 mod archive;
 mod audit;
 mod bi;
+mod bridge;
 mod catalog;
 mod catalog_kind;
 mod cdc;

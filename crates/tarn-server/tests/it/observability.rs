@@ -532,7 +532,7 @@ async fn prometheus_scrapes_tarn_and_every_dashboard_query_parses_and_names_its_
         .tempdir()
         .unwrap();
     let served = Served::start(&format!(
-        "[cdc]\nsource = \"{}\"\nflush = {{ interval = \"200ms\" }}\n[jobs]\ndir = \"{}\"\n",
+        "[cdc]\nsource = \"{}\"\nflush = {{ interval = \"200ms\", bridged_interval = \"200ms\" }}\n[jobs]\ndir = \"{}\"\n",
         pg.url("app"),
         jobs.path().display()
     ));
