@@ -126,7 +126,7 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
         format!(
             "[server]\npg_listen = \"127.0.0.1:{pg_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
              [auth]\ntrust_loopback = true\n\
-             [cdc]\nsource = \"{url}\"\n[cdc.flush]\ninterval = \"{}\"\n",
+             [cdc]\nsource = \"{url}\"\n[cdc.flush]\ninterval = \"{0}\"\nbridged_interval = \"{0}\"\n",
             options.flush_interval
         ),
     )?;
