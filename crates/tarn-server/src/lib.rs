@@ -35,6 +35,7 @@ pub mod bench_publish;
 pub mod bench_workload;
 pub mod cdc;
 pub mod cli;
+mod console;
 pub mod datahub;
 pub mod demo;
 mod http;

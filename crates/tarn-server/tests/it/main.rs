@@ -11,6 +11,7 @@ mod catalog_kind;
 mod cdc;
 mod cli;
 mod cockroach;
+mod console;
 mod datahub;
 mod demo;
 mod federation;

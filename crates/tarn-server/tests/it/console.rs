@@ -1,0 +1,501 @@
+//! The web console over HTTP (docs/console.md): `tarn serve` with the governance tests'
+//! policy, a SCRAM user with the analyst's rights (`svc`) and one without (`nobody`), the
+//! test OIDC issuer for the code flow with PKCE. Logging in (right and wrong password,
+//! single sign-on), an expired login, a table the user may not read, a query whose row filter
+//! applies, CSV and Parquet downloads read back, a chart saved to the dashboard.
+
+use std::time::{Duration, Instant};
+
+use tarn_test_utils::oidc::{Issuer, RSA1, Signer, issuer};
+use tarn_test_utils::{free_port, wait_for_port};
+
+/// A served lake with the console on.
+pub(crate) struct ConsoleServer {
+    child: std::process::Child,
+    pub(crate) base: String,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Drop for ConsoleServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tarn serve` over the governance tests' tables and policy, the console's logins lasting
+/// `ttl`.
+pub(crate) fn serve(issuer: &Issuer, ttl: &str) -> ConsoleServer {
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-console-")
+        .tempdir()
+        .unwrap();
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(dir.path().join("policy.rego"), crate::governance::POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!(
+            "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [[auth.users]]\nname = \"svc\"\npassword = \"svc-pw\"\n\
+             [[auth.users]]\nname = \"nobody\"\npassword = \"nobody-pw\"\n\
+             [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n\
+             [policy]\nfile = \"{}\"\n\
+             [console]\nsession_ttl = \"{ttl}\"\n",
+            issuer.url,
+            issuer.ca_file.display(),
+            dir.path().join("policy.rego").display()
+        ),
+    )
+    .unwrap();
+    let setup = "CREATE SCHEMA sales; CREATE SCHEMA hr;
+        CREATE TABLE sales.orders (id BIGINT, region VARCHAR, amount BIGINT);
+        INSERT INTO sales.orders VALUES (1, 'eu', 10), (2, 'hidden-us', 777777), (3, 'eu', 30), (5, 'eu', 50);
+        CREATE TABLE hr.salaries (name VARCHAR, salary BIGINT);
+        INSERT INTO hr.salaries VALUES ('ana', 100)";
+    let (ok, _, err) = crate::tarn(dir.path(), &["sql", setup]);
+    assert!(ok, "{err}");
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let child = std::process::Command::new(crate::tarn_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("serve")
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    if let Err(e) = wait_for_port(http, Duration::from_secs(60)) {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        panic!("tarn serve did not start: {e}\n{log}");
+    }
+    ConsoleServer {
+        child,
+        base: format!("http://127.0.0.1:{http}"),
+        dir,
+    }
+}
+
+/// An HTTP client that follows no redirects (the test looks at each).
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The `tarn_console=...` pair of a login's `Set-Cookie`, after checking its attributes.
+fn login_cookie(response: &reqwest::Response) -> String {
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .unwrap_or_else(|| panic!("no Set-Cookie in {response:?}"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/console", "Max-Age="] {
+        assert!(set.contains(attribute), "{attribute} missing: {set}");
+    }
+    assert!(!set.contains("Secure"), "Secure on plain HTTP: {set}");
+    set.split(';').next().unwrap().to_string()
+}
+
+/// Logs in as `user` with `password`: the cookie to send.
+pub(crate) async fn login(http: &reqwest::Client, base: &str, user: &str, password: &str) -> String {
+    let response = http
+        .post(format!("{base}/console/login"))
+        .form(&[("user", user), ("password", password), ("next", "/console/sql")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(location(&response), "/console/sql");
+    login_cookie(&response)
+}
+
+async fn get(http: &reqwest::Client, url: &str, cookie: &str) -> (u16, String, String) {
+    let response = http.get(url).header("cookie", cookie).send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = location(&response);
+    (status, location, response.text().await.unwrap())
+}
+
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = http
+        .post(url)
+        .header("cookie", cookie)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {e}: {text}")),
+    )
+}
+
+async fn download(
+    http: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+    sql: &str,
+    format: &str,
+) -> (u16, String, Vec<u8>) {
+    let response = http
+        .post(format!("{base}/console/download"))
+        .header("cookie", cookie)
+        .form(&[("sql", sql), ("format", format)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let disposition = response
+        .headers()
+        .get("content-disposition")
+        .map(|d| d.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, disposition, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_logs_in_queries_as_the_user_downloads_and_saves_charts() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    let served = serve(&issuer, "3s");
+    let (http, base) = (client(), served.base.clone());
+
+    // Not logged in: to the login page, coming back after; scripts get 401.
+    let (status, to, _) = get(&http, &format!("{base}/console/catalog"), "").await;
+    assert_eq!(
+        (status, to.as_str()),
+        (303, "/console/login?next=%2Fconsole%2Fcatalog")
+    );
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        "",
+        serde_json::json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, page) = get(&http, &format!("{base}/console/login"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("login-password") && page.contains("single sign-on"),
+        "{page}"
+    );
+
+    // A wrong password is refused with pgwire's words.
+    let response = http
+        .post(format!("{base}/console/login"))
+        .form(&[("user", "svc"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("set-cookie").is_none());
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("password authentication failed for user &#34;svc&#34;")
+            || page.contains("password authentication failed for user &quot;svc&quot;"),
+        "{page}"
+    );
+
+    // The catalog: what the analyst may see, not the hr schema.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/console/catalog/sales/orders"), "{page}");
+    assert!(!page.contains("salaries"), "a hidden table is listed: {page}");
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/sales/orders"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    for part in [
+        "id=\"freshness\"",
+        " ago",
+        "region",
+        "long",
+        "id=\"snapshots\"",
+        "added-records=4",
+        ".parquet",
+    ] {
+        assert!(page.contains(part), "{part} missing: {page}");
+    }
+    // A table the user may not read: 403 with the policy's refusal.
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/hr/salaries"), &cookie).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("access denied"), "{page}");
+
+    // A query runs as the user: the row filter applies; the hidden table is refused.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let (status, result) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT id, region, amount FROM sales.orders ORDER BY id"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["columns"], serde_json::json!(["id", "region", "amount"]));
+    assert_eq!(
+        result["rows"],
+        serde_json::json!([["1", "eu", "10"], ["3", "eu", "30"], ["5", "eu", "50"]])
+    );
+    let (status, refused) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT * FROM hr.salaries"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("access denied"),
+        "{refused}"
+    );
+    let (status, bad) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELEC 1"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Downloads hold the same rows.
+    let sql = "SELECT id, region, amount FROM sales.orders ORDER BY id";
+    let (status, disposition, csv) = download(&http, &base, &cookie, sql, "csv").await;
+    assert_eq!(status, 200);
+    assert!(disposition.contains("result.csv"), "{disposition}");
+    assert_eq!(
+        String::from_utf8(csv).unwrap(),
+        "id,region,amount\n1,eu,10\n3,eu,30\n5,eu,50\n"
+    );
+    let (status, disposition, parquet) = download(&http, &base, &cookie, sql, "parquet").await;
+    assert_eq!(status, 200);
+    assert!(disposition.contains("result.parquet"), "{disposition}");
+    let file = served.dir.path().join("result.parquet");
+    std::fs::write(&file, parquet).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 3, 5]);
+    let (status, _, _) = download(&http, &base, &cookie, "SELECT * FROM hr.salaries", "csv").await;
+    assert_eq!(status, 403);
+
+    // A chart, saved to the dashboard and drawn there.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    for kind in ["bar", "line", "area", "scatter", "pie"] {
+        let (status, figure) = post_json(
+            &http,
+            &format!("{base}/console/api/chart"),
+            &cookie,
+            serde_json::json!({"sql": sql, "kind": kind, "x": "region", "y": "amount"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{kind}: {figure}");
+        let trace = &figure["data"][0];
+        let expected = match kind {
+            "bar" => "bar",
+            "pie" => "pie",
+            _ => "scatter",
+        };
+        assert_eq!(trace["type"], expected, "{kind}: {figure}");
+        if kind == "pie" {
+            assert_eq!(trace["values"], serde_json::json!([10.0, 30.0, 50.0]), "{figure}");
+        } else {
+            assert_eq!(trace["y"], serde_json::json!([10.0, 30.0, 50.0]), "{figure}");
+        }
+        if kind == "area" {
+            assert_eq!(trace["fill"], "tozeroy", "{figure}");
+        }
+    }
+    let (status, bad) = post_json(
+        &http,
+        &format!("{base}/console/api/chart"),
+        &cookie,
+        serde_json::json!({"sql": sql, "kind": "bar", "x": "id", "y": "nope"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["error"].as_str().unwrap().contains("no column \"nope\""),
+        "{bad}"
+    );
+    let (status, saved) = post_json(
+        &http,
+        &format!("{base}/console/api/charts"),
+        &cookie,
+        serde_json::json!({"name": "EU amounts", "sql": sql, "kind": "bar", "x": "region", "y": "amount", "dashboard": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{saved}");
+    let id = saved["id"].as_str().unwrap().to_string();
+    let (status, _, page) = get(&http, &format!("{base}/console/dashboard"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("EU amounts") && page.contains(&format!("chart-{id}")),
+        "{page}"
+    );
+    let (status, _, figure) = get(&http, &format!("{base}/console/api/charts/{id}/figure"), &cookie).await;
+    assert_eq!(status, 200, "{figure}");
+    assert!(figure.contains("\"bar\""), "{figure}");
+    // Another user does not see it.
+    let other = login(&http, &base, "nobody", "nobody-pw").await;
+    let (status, _, _) = get(&http, &format!("{base}/console/api/charts/{id}/figure"), &other).await;
+    assert_eq!(status, 404);
+    let (_, _, page) = get(&http, &format!("{base}/console/dashboard"), &other).await;
+    assert!(!page.contains("EU amounts"), "{page}");
+    // A user without rights sees the policy's refusal.
+    let (status, refused) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &other,
+        serde_json::json!({"sql": "SELECT id FROM sales.orders"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("access denied"),
+        "{refused}"
+    );
+
+    // The pipeline and jobs pages answer, and the assets are served from the binary.
+    for page in ["/console/pipeline", "/console/jobs", "/console/sql"] {
+        let (status, _, body) = get(&http, &format!("{base}{page}"), &other).await;
+        assert_eq!(status, 200, "{page}: {body}");
+    }
+    let (status, _, plotly) = get(&http, &format!("{base}/console/assets/plotly.js"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        plotly.len() > 1_000_000 && plotly.contains("newPlot") && !plotly.contains("<script"),
+        "plotly.js: {} bytes",
+        plotly.len()
+    );
+
+    // An expired login goes back to the login page, which says why.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let to = loop {
+        let (status, to, _) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+        if status == 303 {
+            break to;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the login did not expire within 30 s (ttl 3 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        to.starts_with("/console/login?") && to.contains("expired"),
+        "{to}"
+    );
+    let (_, _, page) = get(&http, &format!("{base}{to}"), "").await;
+    assert!(page.contains("Your session has expired"), "{page}");
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        body.to_string().contains("log in again") || body.to_string().contains("not logged in"),
+        "{body}"
+    );
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_logs_in_with_the_oidc_code_flow_and_pkce() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    *issuer.login_as.lock().unwrap() = "olga".into();
+    let served = serve(&issuer, "1h");
+    let (http, base) = (client(), served.base.clone());
+    // Off to the issuer with a state and an S256 challenge.
+    let response = http
+        .get(format!("{base}/console/oidc/start?next=%2Fconsole%2Fsql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    let to = location(&response);
+    let authorize = url::Url::parse(&to).unwrap();
+    assert!(
+        to.starts_with(&format!("{}/protocol/openid-connect/auth?", issuer.url)),
+        "{to}"
+    );
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "tarn");
+    assert_eq!(q["redirect_uri"], format!("{base}/console/oidc/callback"));
+    // The issuer (the browser's session there is olga's) sends the browser back with a code.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&issuer.ca_file).unwrap()).unwrap();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let response = browser.get(&to).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{:?}", response.text().await);
+    let back = location(&response);
+    assert!(
+        back.starts_with(&format!("{base}/console/oidc/callback?code=")),
+        "{back}"
+    );
+    // A forged state is refused; the real one logs in once.
+    let forged = back.replace("state=", "state=x");
+    let response = http.get(&forged).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http.get(&back).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(location(&response), "/console/sql");
+    let cookie = login_cookie(&response);
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+    assert_eq!(status, 200);
+    // The principal is the token's: user olga with the realm's and client's roles.
+    assert!(page.contains("olga (analyst, offline_access, reader)"), "{page}");
+    assert!(
+        page.contains("/console/catalog/sales/orders") && !page.contains("salaries"),
+        "{page}"
+    );
+    // The code was used: a replay is refused.
+    let response = http.get(&back).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(issuer.codes_issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(served);
+}
