@@ -174,6 +174,15 @@ fn time_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A data file's partition values, `a=1, b=x`-like (empty for an unpartitioned table).
+fn partition_text(partition: &iceberg::spec::Struct) -> String {
+    partition
+        .iter()
+        .map(|v| v.map_or_else(|| "null".to_string(), |l| format!("{l:?}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `GET /console/catalog/{namespace}/{table}`.
 pub(crate) async fn table(
     State(console): State<Arc<Console>>,
@@ -317,7 +326,7 @@ pub(crate) async fn table(
             },
             records: f.record_count(),
             bytes: f.file_size_in_bytes(),
-            partition: format!("{:?}", f.partition().fields()),
+            partition: partition_text(f.partition()),
         })
         .collect();
     let mut properties: Vec<(String, String)> = metadata
@@ -332,7 +341,7 @@ pub(crate) async fn table(
         namespace,
         table: name,
         location: metadata.location().to_string(),
-        format_version: format!("{:?}", metadata.format_version()),
+        format_version: metadata.format_version().to_string(),
         freshness,
         last_commit,
         columns,

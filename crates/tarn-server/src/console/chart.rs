@@ -14,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use plotly::common::{Fill, Mode, Title};
+use plotly::layout::{Axis, AxisType};
 use plotly::{Bar, Layout, Pie, Plot, Scatter};
 use serde::Deserialize;
 
@@ -120,7 +121,20 @@ async fn build(
     } else {
         title.to_string()
     };
-    plot.set_layout(Layout::new().title(Title::with_text(title)));
+    let mut layout = Layout::new().title(Title::with_text(title));
+    // Text on the x axis stays categories (plotly would read "1", "3", "5" as numbers).
+    let x_type = schema.field(xi).data_type();
+    if kind != "pie"
+        && (matches!(
+            x_type,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+        ))
+    {
+        layout = layout
+            .x_axis(Axis::new().type_(AxisType::Category))
+            .y_axis(Axis::new().title(Title::with_text(names[yi])));
+    }
+    plot.set_layout(layout);
     serde_json::from_str(&plot.to_json()).map_err(|e| bad(format!("cannot encode the chart: {e}")))
 }
 

@@ -26,6 +26,11 @@ impl Drop for ConsoleServer {
 /// `tarn serve` over the governance tests' tables and policy, the console's logins lasting
 /// `ttl`.
 pub(crate) fn serve(issuer: &Issuer, ttl: &str) -> ConsoleServer {
+    serve_with(issuer, ttl, "")
+}
+
+/// [`serve`] with more configuration (`extra`, TOML appended to tarn.toml).
+pub(crate) fn serve_with(issuer: &Issuer, ttl: &str, extra: &str) -> ConsoleServer {
     let dir = tempfile::Builder::new()
         .prefix("tarn-console-")
         .tempdir()
@@ -40,7 +45,7 @@ pub(crate) fn serve(issuer: &Issuer, ttl: &str) -> ConsoleServer {
              [[auth.users]]\nname = \"nobody\"\npassword = \"nobody-pw\"\n\
              [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n\
              [policy]\nfile = \"{}\"\n\
-             [console]\nsession_ttl = \"{ttl}\"\n",
+             [console]\nsession_ttl = \"{ttl}\"\n{extra}",
             issuer.url,
             issuer.ca_file.display(),
             dir.path().join("policy.rego").display()
@@ -497,5 +502,163 @@ async fn console_logs_in_with_the_oidc_code_flow_and_pkce() {
     let response = http.get(&back).send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(issuer.codes_issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(served);
+}
+
+/// Where the browser test's screenshots go (kept after the run; docs/console/ holds a copy).
+fn screenshot_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboard() {
+    crate::init_logs();
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: run scripts/setup.sh (it installs Debian's chromium and chromium-driver)"
+        );
+    }
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    // A CDC pipeline from a PostgreSQL with changes arriving, for the pipeline page.
+    let pg = tarn_test_utils::PostgresServer::start_temporary().unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, amount INT NOT NULL); \
+         INSERT INTO orders (amount) SELECT g FROM generate_series(1, 100) g",
+    )
+    .unwrap();
+    let served = serve_with(
+        &issuer,
+        "1h",
+        &format!(
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"200ms\"\n",
+            pg.url("app")
+        ),
+    );
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = std::thread::spawn({
+        let (url, writing) = (pg.url("app"), writing.clone());
+        move || {
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::process::Command::new("psql")
+                    .args([
+                        url.as_str(),
+                        "-X",
+                        "-q",
+                        "-c",
+                        "INSERT INTO orders (amount) SELECT g FROM generate_series(1, 20) g",
+                    ])
+                    .output();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let shots = screenshot_dir();
+    let _ = std::fs::remove_dir_all(&shots);
+    println!("console screenshots: {}", shots.display());
+    let base = served.base.clone();
+    let shots_arg = shots.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        tarn_test_utils::run_python(
+            "console_browser.py",
+            &[
+                "--base",
+                &base,
+                "--user",
+                "svc",
+                "--password",
+                "svc-pw",
+                "--table",
+                "sales.orders",
+                "--sql",
+                "SELECT CAST(id AS VARCHAR) AS order_id, amount FROM sales.orders ORDER BY id",
+                "--shots",
+                &shots_arg,
+                "--pipeline",
+                "streaming",
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(served.dir.path().join("serve.log")).unwrap_or_default();
+        panic!("{e:#}\nscreenshots in {}\n{log}", screenshot_dir().display())
+    });
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        seen["login_url"], "/console/login?next=%2Fconsole%2Fcatalog",
+        "{seen}"
+    );
+    assert_eq!(seen["user"], "svc", "{seen}");
+    assert_eq!(
+        seen["tables_listed"],
+        serde_json::json!(["sales.orders"]),
+        "{seen}"
+    );
+    assert_eq!(seen["table_title"], "sales.orders", "{seen}");
+    assert!(seen["freshness"].as_str().unwrap().ends_with(" ago"), "{seen}");
+    assert_eq!(
+        seen["schema_columns"],
+        serde_json::json!(["id", "region", "amount"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["result_columns"],
+        serde_json::json!(["order_id", "amount"]),
+        "{seen}"
+    );
+    // The row filter of the policy applies in the browser's query too.
+    assert_eq!(
+        seen["result_rows"],
+        serde_json::json!([["1", "10"], ["3", "30"], ["5", "50"]]),
+        "{seen}"
+    );
+    assert_eq!(seen["chart_bars"], 3, "{seen}");
+    assert!(
+        seen["saved"].as_str().unwrap().contains("Amount by order"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["dashboard_charts"],
+        serde_json::json!(["Amount by order"]),
+        "{seen}"
+    );
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        seen["pipeline_state"][0].as_str().unwrap().contains("streaming"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["pipeline_tables"],
+        serde_json::json!(["cdc.orders"]),
+        "{seen}"
+    );
+    assert!(
+        seen["refusal"].as_str().unwrap().contains("access denied"),
+        "{seen}"
+    );
+    for page in [
+        "login",
+        "catalog",
+        "table",
+        "sql",
+        "chart",
+        "dashboard",
+        "pipeline",
+        "jobs",
+        "refused",
+    ] {
+        let png = shots.join(format!("{page}.png"));
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{}",
+            png.display()
+        );
+    }
     drop(served);
 }

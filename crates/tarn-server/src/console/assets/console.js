@@ -158,9 +158,12 @@ const tarnConsole = (() => {
         rowOf("pending changes", cdc.pending_events), rowOf("acknowledged", JSON.stringify(cdc.acknowledged)),
       );
       const rows = [];
-      for (const [name, t] of Object.entries(cdc.tables || {})) {
+      const list = Array.isArray(cdc.tables) ? cdc.tables
+        : Object.entries(cdc.tables || {}).map(([name, t]) => Object.assign({ table: name }, t));
+      for (const t of list) {
         const tr = document.createElement("tr");
-        tr.append(el("td", name), el("td", t.state || ""), el("td", JSON.stringify(t)));
+        tr.append(el("td", t.table), el("td", t.stopped ? "stopped: " + t.stopped : "running"),
+          el("td", t.changes), el("td", t.commits), el("td", t.position ? JSON.stringify(t.position) : ""));
         rows.push(tr);
       }
       tables.replaceChildren(...rows);
@@ -169,11 +172,13 @@ const tarnConsole = (() => {
       rate.push(cdc.events_per_second);
       if (times.length > 300) { times.shift(); lag.shift(); rate.shift(); }
       const data2 = [
-        { x: times, y: lag, name: "lag (s)", mode: "lines", type: "scatter" },
-        { x: times, y: rate, name: "changes/s", mode: "lines", type: "scatter", yaxis: "y2" },
+        // Copies: Plotly.react redraws what changed by reference.
+        { x: times.slice(), y: lag.slice(), name: "lag (s)", mode: "lines+markers", type: "scatter" },
+        { x: times.slice(), y: rate.slice(), name: "changes/s", mode: "lines+markers", type: "scatter", yaxis: "y2" },
       ];
       const layout = { yaxis: { title: { text: "lag (s)" } }, yaxis2: { title: { text: "changes/s" }, overlaying: "y", side: "right" } };
       if (drawn) Plotly.react(chart, data2, layout); else { Plotly.newPlot(chart, data2, layout, { displaylogo: false }); drawn = true; chart.dataset.drawn = "true"; }
+      chart.dataset.points = String(times.length);
     }
     function rowOf(k, v) {
       const tr = document.createElement("tr");
