@@ -180,13 +180,16 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// The HTTP status of a tarn error: 403 for a refusal of the policy, 400 for bad SQL, 503
-/// when the workload refuses, 500 otherwise.
+/// when the workload refuses, 408 for a statement stopped (its `statement_timeout`), 500
+/// otherwise.
 fn status_of(e: &tarn_core::Error) -> StatusCode {
     use tarn_core::ErrorKind;
     match e.kind() {
         ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::AlreadyExists => StatusCode::BAD_REQUEST,
-        ErrorKind::TooManyStatements => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::TooManyStatements | ErrorKind::OutOfMemory => StatusCode::SERVICE_UNAVAILABLE,
+        // Cancelled, or past its statement_timeout.
+        ErrorKind::Cancelled => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

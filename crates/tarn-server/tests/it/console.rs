@@ -245,6 +245,20 @@ async fn console_logs_in_queries_as_the_user_downloads_and_saves_charts() {
     let (status, _, page) = get(&http, &format!("{base}/console/catalog/hr/salaries"), &cookie).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("access denied"), "{page}");
+    // So is a job the policy does not let the user see (ViewJob), or run (RunJob).
+    let (status, _, page) = get(&http, &format!("{base}/console/jobs/nightly"), &cookie).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(
+        page.contains("access denied") && page.contains("ViewJob"),
+        "{page}"
+    );
+    let response = http
+        .post(format!("{base}/console/jobs/nightly/trigger"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
 
     // A query runs as the user: the row filter applies; the hidden table is refused.
     let cookie = login(&http, &base, "svc", "svc-pw").await;
@@ -449,8 +463,30 @@ async fn console_logs_in_with_the_oidc_code_flow_and_pkce() {
     crate::init_logs();
     let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
     *issuer.login_as.lock().unwrap() = "olga".into();
-    let served = serve(&issuer, "1h");
+    let served = serve_with(&issuer, "1h", "[query]\nstatement_timeout = \"2s\"\n");
     let (http, base) = (client(), served.base.clone());
+    // The console's statements pass the workload's statement_timeout.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let started = Instant::now();
+    // 3^24 rows (the row filter leaves 3 of orders' 4): far more than 2 s of work.
+    let joined: Vec<String> = (0..24).map(|i| format!("sales.orders o{i}")).collect();
+    let (status, stopped) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": format!("SELECT count(*) FROM {}", joined.join(" CROSS JOIN "))}),
+    )
+    .await;
+    assert_eq!(status, 408, "{stopped}");
+    assert!(
+        stopped["error"].as_str().unwrap().contains("statement timeout"),
+        "{stopped}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     // Off to the issuer with a state and an S256 challenge.
     let response = http
         .get(format!("{base}/console/oidc/start?next=%2Fconsole%2Fsql"))
