@@ -154,6 +154,10 @@ struct TablePage {
     files: Vec<FileRow>,
     files_total: usize,
     properties: Vec<(String, String)>,
+    /// The lake tables its rows were computed from (`namespace`, `table`).
+    upstream: Vec<(String, String)>,
+    /// The source table of change data capture, and its pipeline.
+    cdc_source: String,
     sample_sql: String,
 }
 
@@ -335,7 +339,22 @@ pub(crate) async fn table(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     properties.sort();
+    let upstream = tarn_query::lineage::upstream_of(&table)
+        .into_iter()
+        .map(|t| match t.rsplit_once('.') {
+            Some((ns, name)) => (ns.to_string(), name.to_string()),
+            None => (String::new(), t),
+        })
+        .collect();
+    let property = |key: &str| metadata.properties().get(key).cloned();
+    let cdc_source = match (property("tarn.cdc.source-table"), property("tarn.cdc.pipeline")) {
+        (Some(source), Some(pipeline)) => format!("{source} (pipeline {pipeline})"),
+        (Some(source), None) => source,
+        _ => String::new(),
+    };
     render(&TablePage {
+        upstream,
+        cdc_source,
         frame: Frame::of(&principal, "catalog"),
         sample_sql: format!("SELECT * FROM {namespace}.{name} LIMIT 100"),
         namespace,

@@ -55,6 +55,7 @@ pub(crate) fn serve_with(issuer: &Issuer, ttl: &str, extra: &str) -> ConsoleServ
     let setup = "CREATE SCHEMA sales; CREATE SCHEMA hr;
         CREATE TABLE sales.orders (id BIGINT, region VARCHAR, amount BIGINT);
         INSERT INTO sales.orders VALUES (1, 'eu', 10), (2, 'hidden-us', 777777), (3, 'eu', 30), (5, 'eu', 50);
+        CREATE TABLE sales.totals AS SELECT region, sum(amount) AS total FROM sales.orders GROUP BY region;
         CREATE TABLE hr.salaries (name VARCHAR, salary BIGINT);
         INSERT INTO hr.salaries VALUES ('ana', 100)";
     let (ok, _, err) = crate::tarn(dir.path(), &["sql", setup]);
@@ -241,6 +242,13 @@ async fn console_logs_in_queries_as_the_user_downloads_and_saves_charts() {
     ] {
         assert!(page.contains(part), "{part} missing: {page}");
     }
+    // Lineage: the table a CREATE TABLE AS read.
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/sales/totals"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Computed from <a href=\"/console/catalog/sales/orders\">sales.orders</a>"),
+        "{page}"
+    );
     // A table the user may not read: 403 with the policy's refusal.
     let (status, _, page) = get(&http, &format!("{base}/console/catalog/hr/salaries"), &cookie).await;
     assert_eq!(status, 403, "{page}");
@@ -631,7 +639,7 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
     assert_eq!(seen["user"], "svc", "{seen}");
     assert_eq!(
         seen["tables_listed"],
-        serde_json::json!(["sales.orders"]),
+        serde_json::json!(["sales.orders", "sales.totals"]),
         "{seen}"
     );
     assert_eq!(seen["table_title"], "sales.orders", "{seen}");
