@@ -706,3 +706,23 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
     }
     drop(served);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_off_serves_nothing_under_console() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    // Appended to the [console] section.
+    let served = serve_with(&issuer, "1h", "enabled = false\n");
+    let http = client();
+    // Not found; with [auth.oidc] on, the endpoint asks unknown paths for a bearer token first.
+    for path in ["/console/catalog", "/console/login", "/console/assets/plotly.js"] {
+        let (status, _, body) = get(&http, &format!("{}{path}", served.base), "").await;
+        assert!(matches!(status, 401 | 404), "{path}: {status}");
+        assert!(
+            !body.contains("tarn console") && !body.contains("Plotly"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, _) = get(&http, &format!("{}/healthz", served.base), "").await;
+    assert_eq!(status, 200);
+}
