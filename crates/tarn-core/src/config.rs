@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::console_config::ConsoleConfig;
 pub use crate::jobs_config::{AlertsConfig, JobsConfig};
 use crate::{Error, ErrorKind, Result};
 
@@ -101,6 +102,9 @@ pub struct Config {
     /// (`[[federation]]`, docs/federation.md).
     #[serde(default)]
     pub federation: Vec<FederationConfig>,
+    /// The web console under `/console` (docs/console.md).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 /// One live database attached as a catalog (`[[federation]]`, docs/federation.md): its tables
@@ -1113,6 +1117,7 @@ impl Config {
             },
             jobs: JobsConfig::default(),
             federation: Vec::new(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -1233,6 +1238,7 @@ impl Config {
         }
         self.validate_catalog_kind()?;
         self.jobs.validate()?;
+        self.console.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for f in &self.federation {
             let key = format!("federation.{}", f.name);

@@ -5,6 +5,7 @@
 //! This crate is the bottom of the dependency graph and stays free of heavy dependencies.
 
 pub mod config;
+mod console_config;
 mod error;
 pub mod failpoint;
 mod jobs_config;

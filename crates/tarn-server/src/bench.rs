@@ -234,6 +234,20 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The web console: load time (p50, p95) of the catalog page for a catalog of `--tables`
+    /// tables, beside the same listing through the Postgres wire endpoint
+    /// (`information_schema.tables`) in the same run.
+    Console {
+        /// Tables in the catalog.
+        #[arg(long, default_value_t = 1000)]
+        tables: usize,
+        /// Timed requests of each kind.
+        #[arg(long, default_value_t = 50)]
+        requests: usize,
+        /// Where the lake goes; default `DATA_DIR/bench/console`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Policies: the latency a policy adds per statement (p50, p99) in process (Rego), with
     /// the audit trail, and over OPA's HTTP API, beside the same statements with no policy in
     /// the same run.
@@ -481,6 +495,19 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
                 dir: dir.unwrap_or_else(|| crate::bench_workload::default_dir(&config)),
             };
             crate::bench_workload::run(&config, &options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Console {
+            tables,
+            requests,
+            dir,
+        } => {
+            let options = crate::bench_console::ConsoleBenchOptions {
+                tables,
+                requests,
+                dir: dir.unwrap_or_else(|| config.data_dir.join("bench").join("console")),
+            };
+            crate::bench_console::run(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Policy {

@@ -95,6 +95,10 @@ enum Command {
     /// Runs the scheduler of `jobs.dir`'s jobs (one active among replicas sharing the catalog
     /// database) unless `jobs.scheduler = false`.
     ///
+    /// The web console at http://HTTP_LISTEN/console (catalog browser, SQL editor, charts and
+    /// dashboard, pipeline and jobs pages): users log in with an [[auth.users]] password or
+    /// through the OIDC issuer; `--set console.enabled=false` turns it off (docs/console.md).
+    ///
     /// With `datahub.gms_url` set, pushes the lake's metadata (tables, schemas, lineage, CDC
     /// pipelines) to DataHub, and then what changes, every `datahub.interval`
     /// (docs/datahub.md).

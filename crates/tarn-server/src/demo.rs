@@ -666,7 +666,8 @@ pub async fn run(
         None,
         (pg_listener, http_listener),
         &endpoints_stop,
-    )?;
+    )
+    .await?;
     let tarn_url = format!("postgres://demo@{}/{}", endpoints.pg_addr, config.catalog.name);
     out.line(&format!(
         "• tarn serves SQL on {} (Postgres wire) and {}://{} (/metrics, /cdc/status)",

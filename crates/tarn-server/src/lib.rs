@@ -24,6 +24,7 @@ pub mod bench;
 pub mod bench_airbyte;
 pub mod bench_catalog;
 pub mod bench_cdc;
+pub mod bench_console;
 pub mod bench_federation;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
@@ -35,6 +36,7 @@ pub mod bench_publish;
 pub mod bench_workload;
 pub mod cdc;
 pub mod cli;
+mod console;
 pub mod datahub;
 pub mod demo;
 mod http;

@@ -107,6 +107,19 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Cancel requests received for running queries.",
     ),
+    // The web console (docs/console.md).
+    (
+        "tarn_console_logins_total",
+        Counter,
+        None,
+        "Logins to the web console, by method (password, oidc) and outcome (ok, refused).",
+    ),
+    (
+        "tarn_console_statements_total",
+        Counter,
+        None,
+        "SQL statements run from the web console's editor, charts and downloads, by outcome (ok, error).",
+    ),
     // HTTP and TLS.
     (
         "tarn_http_auth_failures_total",

@@ -1,6 +1,7 @@
 //! `tarn serve`: the Postgres wire endpoint and the HTTP endpoint (`/healthz`, `/readyz`,
-//! `/metrics`, `/cdc/status`, the jobs API under `/jobs`, and the Iceberg REST catalog under
-//! `/iceberg` unless `rest_catalog.enabled = false`) until SIGINT or SIGTERM, with the jobs'
+//! `/metrics`, `/cdc/status`, the jobs API under `/jobs`, the Iceberg REST catalog under
+//! `/iceberg` unless `rest_catalog.enabled = false`, and the web console under `/console`
+//! unless `console.enabled = false`) until SIGINT or SIGTERM, with the jobs'
 //! scheduler (`crate::jobs`) unless `jobs.scheduler = false`.
 //!
 //! With `server.tls`, both listeners speak TLS with the same certificate, read again on SIGHUP
@@ -179,7 +180,7 @@ impl Drop for QueryRuntime {
 
 impl Endpoints {
     /// Starts both endpoints on the bound listeners; `cdc` is the status `/cdc/status` serves.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         config: &Config,
         session: TarnSession,
         metrics: PrometheusHandle,
@@ -216,6 +217,8 @@ impl Endpoints {
             }
             _ => None,
         };
+        let state_cdc = cdc.clone();
+        let console_jobs = jobs.clone();
         let state = HttpState {
             metrics,
             session: session.clone(),
@@ -244,7 +247,21 @@ impl Endpoints {
             });
             guarded = guarded.layer(axum::middleware::from_fn_with_state(check, require_token));
         }
-        let app = open.merge(guarded);
+        let mut app = open.merge(guarded);
+        // The console logs its users in itself (a login cookie, not a bearer token).
+        if let Some(console) = crate::console::router(crate::console::ConsoleSetup {
+            config,
+            session: session.clone(),
+            workload: workload.clone(),
+            query_runtime: query_runtime.handle().clone(),
+            tls: tls.is_some(),
+            cdc: state_cdc,
+            jobs: console_jobs,
+        })
+        .await?
+        {
+            app = app.merge(console);
+        }
         let http_task = tokio::spawn({
             let (tls, shutdown) = (tls.clone(), shutdown.clone());
             async move {
@@ -492,7 +509,8 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         Some(jobs),
         (pg, http),
         &shutdown,
-    )?;
+    )
+    .await?;
     // Run until a signal, or until an endpoint or the pipeline stops by itself (an error).
     let cdc_done = async {
         match pipeline.as_mut() {

@@ -2,15 +2,26 @@
 //! made on the spot), and tokens signed with fixed RSA and EC keys (`oidc-keys/`), so tests of
 //! token logins talk to a real issuer over the real protocol. Keycloak itself does not run on
 //! the test machines; the issuer serves what Keycloak's realm endpoints serve (its URL layout,
-//! its `realm_access` / `resource_access` role claims).
+//! its `realm_access` / `resource_access` role claims), and the authorization code flow with
+//! PKCE of a public client: `.../protocol/openid-connect/auth` hands a code for the user
+//! [`Issuer::login_as`] names (as Keycloak does for a browser that already has a session
+//! there) and `.../token` exchanges it, checking the S256 verifier, the client and the
+//! redirect URI, for an access token of [`Issuer::claims`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+
 use axum::Router;
-use axum::routing::get;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 /// The first RSA key (kid of your choice).
 pub const RSA1: &str = include_str!("../oidc-keys/rsa1.pem");
@@ -75,7 +86,115 @@ pub struct Issuer {
     pub published: Arc<Mutex<Vec<Signer>>>,
     /// How often its keys were fetched.
     pub fetches: Arc<AtomicUsize>,
+    /// Who the authorization endpoint logs in (the user of the browser's session at the
+    /// issuer).
+    pub login_as: Arc<Mutex<String>>,
+    /// Codes handed out and exchanged, for tests to count.
+    pub codes_issued: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
+}
+
+/// A code handed out: its PKCE challenge, client, redirect URI and user.
+struct Grant {
+    challenge: String,
+    client_id: String,
+    redirect_uri: String,
+    user: String,
+}
+
+/// The state of the code flow: codes not yet exchanged.
+#[derive(Clone)]
+struct CodeFlow {
+    url: String,
+    published: Arc<Mutex<Vec<Signer>>>,
+    login_as: Arc<Mutex<String>>,
+    issued: Arc<AtomicUsize>,
+    grants: Arc<Mutex<HashMap<String, Grant>>>,
+}
+
+fn oauth_error(error: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// `GET .../auth`: checks the request and sends the browser back with a code.
+async fn authorize(flow: CodeFlow, q: HashMap<String, String>) -> Response {
+    let param = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if param("response_type") != "code" {
+        return oauth_error("unsupported_response_type", "response_type must be code");
+    }
+    if param("code_challenge_method") != "S256" || param("code_challenge").len() < 43 {
+        return oauth_error(
+            "invalid_request",
+            "PKCE with code_challenge_method S256 is required",
+        );
+    }
+    let redirect_uri = param("redirect_uri");
+    let Ok(mut back) = url::Url::parse(&redirect_uri) else {
+        return oauth_error("invalid_request", "redirect_uri is not a URL");
+    };
+    let code = format!("code-{}", flow.issued.fetch_add(1, Ordering::SeqCst) + 1);
+    let user = flow.login_as.lock().unwrap().clone();
+    flow.grants.lock().unwrap().insert(
+        code.clone(),
+        Grant {
+            challenge: param("code_challenge"),
+            client_id: param("client_id"),
+            redirect_uri,
+            user,
+        },
+    );
+    back.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &param("state"));
+    Redirect::to(back.as_str()).into_response()
+}
+
+/// `POST .../token`: a code (once) for an access token, when verifier, client and redirect
+/// URI match.
+async fn token(flow: CodeFlow, body: axum::body::Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let param = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if param("grant_type") != "authorization_code" {
+        return oauth_error("unsupported_grant_type", "grant_type must be authorization_code");
+    }
+    let Some(grant) = flow.grants.lock().unwrap().remove(&param("code")) else {
+        return oauth_error("invalid_grant", "unknown or used code");
+    };
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(param("code_verifier").as_bytes()));
+    if computed != grant.challenge {
+        return oauth_error("invalid_grant", "PKCE verification failed");
+    }
+    if param("client_id") != grant.client_id || param("redirect_uri") != grant.redirect_uri {
+        return oauth_error(
+            "invalid_grant",
+            "client_id or redirect_uri differ from the authorization request",
+        );
+    }
+    let signer = flow.published.lock().unwrap()[0].clone();
+    let now = now();
+    let claims = json!({
+        "iss": flow.url,
+        "aud": ["tarn", "account"],
+        "azp": grant.client_id,
+        "sub": format!("sub-{}", grant.user),
+        "preferred_username": grant.user,
+        "exp": now + 60,
+        "nbf": now - 5,
+        "iat": now - 5,
+        "realm_access": {"roles": ["analyst", "offline_access"]},
+        "resource_access": {"tarn": {"roles": ["reader"]}},
+    });
+    axum::Json(json!({
+        "access_token": signer.sign(&claims),
+        "token_type": "Bearer",
+        "expires_in": 60,
+    }))
+    .into_response()
 }
 
 /// Starts an issuer publishing `keys`.
@@ -88,6 +207,16 @@ pub async fn issuer(keys: Vec<Signer>) -> Issuer {
     let published = Arc::new(Mutex::new(keys));
     let fetches = Arc::new(AtomicUsize::new(0));
     let (doc_url, jwks_keys, jwks_fetches) = (url.clone(), published.clone(), fetches.clone());
+    let login_as = Arc::new(Mutex::new("ana".to_string()));
+    let codes_issued = Arc::new(AtomicUsize::new(0));
+    let flow = CodeFlow {
+        url: url.clone(),
+        published: published.clone(),
+        login_as: login_as.clone(),
+        issued: codes_issued.clone(),
+        grants: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let token_flow = flow.clone();
     let app = Router::new()
         .route(
             "/realms/tarn/.well-known/openid-configuration",
@@ -97,6 +226,9 @@ pub async fn issuer(keys: Vec<Signer>) -> Issuer {
                     axum::Json(json!({
                         "issuer": url,
                         "jwks_uri": format!("{url}/protocol/openid-connect/certs"),
+                        "authorization_endpoint": format!("{url}/protocol/openid-connect/auth"),
+                        "token_endpoint": format!("{url}/protocol/openid-connect/token"),
+                        "code_challenge_methods_supported": ["S256"],
                         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                     }))
                 }
@@ -109,6 +241,14 @@ pub async fn issuer(keys: Vec<Signer>) -> Issuer {
                 jwks_fetches.fetch_add(1, Ordering::SeqCst);
                 async move { axum::Json(json!({ "keys": keys })) }
             }),
+        )
+        .route(
+            "/realms/tarn/protocol/openid-connect/auth",
+            get(move |Query(q): Query<HashMap<String, String>>| authorize(flow.clone(), q)),
+        )
+        .route(
+            "/realms/tarn/protocol/openid-connect/token",
+            post(move |body: axum::body::Bytes| token(token_flow.clone(), body)),
         );
     // HTTPS with a CA made here.
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -155,6 +295,8 @@ pub async fn issuer(keys: Vec<Signer>) -> Issuer {
         ca_file,
         published,
         fetches,
+        login_as,
+        codes_issued,
         _dir: dir,
     }
 }

@@ -358,8 +358,13 @@ impl Store {
         Ok(())
     }
 
+    /// The catalog database's pool: the console keeps its saved charts beside the job tables.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// `query` with `?` placeholders in the database's bind style.
-    fn sql(&self, query: &str) -> String {
+    pub(crate) fn sql(&self, query: &str) -> String {
         if !self.dollar_binds {
             return query.to_string();
         }

@@ -12,6 +12,7 @@ mod catalog_kind;
 mod cdc;
 mod cli;
 mod cockroach;
+mod console;
 mod datahub;
 mod demo;
 mod federation;

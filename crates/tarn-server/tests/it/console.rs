@@ -1,0 +1,728 @@
+//! The web console over HTTP (docs/console.md): `tarn serve` with the governance tests'
+//! policy, a SCRAM user with the analyst's rights (`svc`) and one without (`nobody`), the
+//! test OIDC issuer for the code flow with PKCE. Logging in (right and wrong password,
+//! single sign-on), an expired login, a table the user may not read, a query whose row filter
+//! applies, CSV and Parquet downloads read back, a chart saved to the dashboard.
+
+use std::time::{Duration, Instant};
+
+use tarn_test_utils::oidc::{Issuer, RSA1, Signer, issuer};
+use tarn_test_utils::{free_port, wait_for_port};
+
+/// A served lake with the console on.
+pub(crate) struct ConsoleServer {
+    child: std::process::Child,
+    pub(crate) base: String,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Drop for ConsoleServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tarn serve` over the governance tests' tables and policy, the console's logins lasting
+/// `ttl`.
+pub(crate) fn serve(issuer: &Issuer, ttl: &str) -> ConsoleServer {
+    serve_with(issuer, ttl, "")
+}
+
+/// [`serve`] with more configuration (`extra`, TOML appended to tarn.toml).
+pub(crate) fn serve_with(issuer: &Issuer, ttl: &str, extra: &str) -> ConsoleServer {
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-console-")
+        .tempdir()
+        .unwrap();
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(dir.path().join("policy.rego"), crate::governance::POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!(
+            "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [[auth.users]]\nname = \"svc\"\npassword = \"svc-pw\"\n\
+             [[auth.users]]\nname = \"nobody\"\npassword = \"nobody-pw\"\n\
+             [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n\
+             [policy]\nfile = \"{}\"\n\
+             [console]\nsession_ttl = \"{ttl}\"\n{extra}",
+            issuer.url,
+            issuer.ca_file.display(),
+            dir.path().join("policy.rego").display()
+        ),
+    )
+    .unwrap();
+    let setup = "CREATE SCHEMA sales; CREATE SCHEMA hr;
+        CREATE TABLE sales.orders (id BIGINT, region VARCHAR, amount BIGINT);
+        INSERT INTO sales.orders VALUES (1, 'eu', 10), (2, 'hidden-us', 777777), (3, 'eu', 30), (5, 'eu', 50);
+        CREATE TABLE sales.totals AS SELECT region, sum(amount) AS total FROM sales.orders GROUP BY region;
+        CREATE TABLE hr.salaries (name VARCHAR, salary BIGINT);
+        INSERT INTO hr.salaries VALUES ('ana', 100)";
+    let (ok, _, err) = crate::tarn(dir.path(), &["sql", setup]);
+    assert!(ok, "{err}");
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let child = std::process::Command::new(crate::tarn_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("serve")
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    if let Err(e) = wait_for_port(http, Duration::from_secs(60)) {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        panic!("tarn serve did not start: {e}\n{log}");
+    }
+    ConsoleServer {
+        child,
+        base: format!("http://127.0.0.1:{http}"),
+        dir,
+    }
+}
+
+/// An HTTP client that follows no redirects (the test looks at each).
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The `tarn_console=...` pair of a login's `Set-Cookie`, after checking its attributes.
+fn login_cookie(response: &reqwest::Response) -> String {
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .unwrap_or_else(|| panic!("no Set-Cookie in {response:?}"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/console", "Max-Age="] {
+        assert!(set.contains(attribute), "{attribute} missing: {set}");
+    }
+    assert!(!set.contains("Secure"), "Secure on plain HTTP: {set}");
+    set.split(';').next().unwrap().to_string()
+}
+
+/// Logs in as `user` with `password`: the cookie to send.
+pub(crate) async fn login(http: &reqwest::Client, base: &str, user: &str, password: &str) -> String {
+    let response = http
+        .post(format!("{base}/console/login"))
+        .form(&[("user", user), ("password", password), ("next", "/console/sql")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(location(&response), "/console/sql");
+    login_cookie(&response)
+}
+
+async fn get(http: &reqwest::Client, url: &str, cookie: &str) -> (u16, String, String) {
+    let response = http.get(url).header("cookie", cookie).send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = location(&response);
+    (status, location, response.text().await.unwrap())
+}
+
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = http
+        .post(url)
+        .header("cookie", cookie)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {e}: {text}")),
+    )
+}
+
+async fn download(
+    http: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+    sql: &str,
+    format: &str,
+) -> (u16, String, Vec<u8>) {
+    let response = http
+        .post(format!("{base}/console/download"))
+        .header("cookie", cookie)
+        .form(&[("sql", sql), ("format", format)])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let disposition = response
+        .headers()
+        .get("content-disposition")
+        .map(|d| d.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, disposition, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_logs_in_queries_as_the_user_downloads_and_saves_charts() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    let served = serve(&issuer, "3s");
+    let (http, base) = (client(), served.base.clone());
+
+    // Not logged in: to the login page, coming back after; scripts get 401.
+    let (status, to, _) = get(&http, &format!("{base}/console/catalog"), "").await;
+    assert_eq!(
+        (status, to.as_str()),
+        (303, "/console/login?next=%2Fconsole%2Fcatalog")
+    );
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        "",
+        serde_json::json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, page) = get(&http, &format!("{base}/console/login"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("login-password") && page.contains("single sign-on"),
+        "{page}"
+    );
+
+    // A wrong password is refused with pgwire's words.
+    let response = http
+        .post(format!("{base}/console/login"))
+        .form(&[("user", "svc"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("set-cookie").is_none());
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("password authentication failed for user &#34;svc&#34;")
+            || page.contains("password authentication failed for user &quot;svc&quot;"),
+        "{page}"
+    );
+
+    // The catalog: what the analyst may see, not the hr schema.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/console/catalog/sales/orders"), "{page}");
+    assert!(!page.contains("salaries"), "a hidden table is listed: {page}");
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/sales/orders"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    for part in [
+        "id=\"freshness\"",
+        " ago",
+        "region",
+        "long",
+        "id=\"snapshots\"",
+        "added-records=4",
+        ".parquet",
+    ] {
+        assert!(page.contains(part), "{part} missing: {page}");
+    }
+    // Lineage: the table a CREATE TABLE AS read.
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/sales/totals"), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Computed from <a href=\"/console/catalog/sales/orders\">sales.orders</a>"),
+        "{page}"
+    );
+    // A table the user may not read: 403 with the policy's refusal.
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog/hr/salaries"), &cookie).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("access denied"), "{page}");
+    // So is a job the policy does not let the user see (ViewJob), or run (RunJob).
+    let (status, _, page) = get(&http, &format!("{base}/console/jobs/nightly"), &cookie).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(
+        page.contains("access denied") && page.contains("ViewJob"),
+        "{page}"
+    );
+    let response = http
+        .post(format!("{base}/console/jobs/nightly/trigger"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
+    // A query runs as the user: the row filter applies; the hidden table is refused.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let (status, result) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT id, region, amount FROM sales.orders ORDER BY id"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["columns"], serde_json::json!(["id", "region", "amount"]));
+    assert_eq!(
+        result["rows"],
+        serde_json::json!([["1", "eu", "10"], ["3", "eu", "30"], ["5", "eu", "50"]])
+    );
+    let (status, refused) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT * FROM hr.salaries"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("access denied"),
+        "{refused}"
+    );
+    let (status, bad) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELEC 1"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Downloads hold the same rows.
+    let sql = "SELECT id, region, amount FROM sales.orders ORDER BY id";
+    let (status, disposition, csv) = download(&http, &base, &cookie, sql, "csv").await;
+    assert_eq!(status, 200);
+    assert!(disposition.contains("result.csv"), "{disposition}");
+    assert_eq!(
+        String::from_utf8(csv).unwrap(),
+        "id,region,amount\n1,eu,10\n3,eu,30\n5,eu,50\n"
+    );
+    let (status, disposition, parquet) = download(&http, &base, &cookie, sql, "parquet").await;
+    assert_eq!(status, 200);
+    assert!(disposition.contains("result.parquet"), "{disposition}");
+    let file = served.dir.path().join("result.parquet");
+    std::fs::write(&file, parquet).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 3, 5]);
+    let (status, _, _) = download(&http, &base, &cookie, "SELECT * FROM hr.salaries", "csv").await;
+    assert_eq!(status, 403);
+
+    // A chart, saved to the dashboard and drawn there.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    for kind in ["bar", "line", "area", "scatter", "pie"] {
+        let (status, figure) = post_json(
+            &http,
+            &format!("{base}/console/api/chart"),
+            &cookie,
+            serde_json::json!({"sql": sql, "kind": kind, "x": "region", "y": "amount"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{kind}: {figure}");
+        let trace = &figure["data"][0];
+        let expected = match kind {
+            "bar" => "bar",
+            "pie" => "pie",
+            _ => "scatter",
+        };
+        assert_eq!(trace["type"], expected, "{kind}: {figure}");
+        if kind == "pie" {
+            assert_eq!(trace["values"], serde_json::json!([10.0, 30.0, 50.0]), "{figure}");
+        } else {
+            assert_eq!(trace["y"], serde_json::json!([10.0, 30.0, 50.0]), "{figure}");
+        }
+        if kind == "area" {
+            assert_eq!(trace["fill"], "tozeroy", "{figure}");
+        }
+    }
+    let (status, bad) = post_json(
+        &http,
+        &format!("{base}/console/api/chart"),
+        &cookie,
+        serde_json::json!({"sql": sql, "kind": "bar", "x": "id", "y": "nope"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        bad["error"].as_str().unwrap().contains("no column \"nope\""),
+        "{bad}"
+    );
+    let (status, saved) = post_json(
+        &http,
+        &format!("{base}/console/api/charts"),
+        &cookie,
+        serde_json::json!({"name": "EU amounts", "sql": sql, "kind": "bar", "x": "region", "y": "amount", "dashboard": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{saved}");
+    let id = saved["id"].as_str().unwrap().to_string();
+    let (status, _, page) = get(&http, &format!("{base}/console/dashboard"), &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("EU amounts") && page.contains(&format!("chart-{id}")),
+        "{page}"
+    );
+    let (status, _, figure) = get(&http, &format!("{base}/console/api/charts/{id}/figure"), &cookie).await;
+    assert_eq!(status, 200, "{figure}");
+    assert!(figure.contains("\"bar\""), "{figure}");
+    // Another user does not see it.
+    let other = login(&http, &base, "nobody", "nobody-pw").await;
+    let (status, _, _) = get(&http, &format!("{base}/console/api/charts/{id}/figure"), &other).await;
+    assert_eq!(status, 404);
+    let (_, _, page) = get(&http, &format!("{base}/console/dashboard"), &other).await;
+    assert!(!page.contains("EU amounts"), "{page}");
+    // A user without rights sees the policy's refusal.
+    let (status, refused) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &other,
+        serde_json::json!({"sql": "SELECT id FROM sales.orders"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("access denied"),
+        "{refused}"
+    );
+
+    // The pipeline and jobs pages answer, and the assets are served from the binary.
+    for page in ["/console/pipeline", "/console/jobs", "/console/sql"] {
+        let (status, _, body) = get(&http, &format!("{base}{page}"), &other).await;
+        assert_eq!(status, 200, "{page}: {body}");
+    }
+    let (status, _, plotly) = get(&http, &format!("{base}/console/assets/plotly.js"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        plotly.len() > 1_000_000 && plotly.contains("newPlot") && !plotly.contains("<script"),
+        "plotly.js: {} bytes",
+        plotly.len()
+    );
+
+    // An expired login goes back to the login page, which says why.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let to = loop {
+        let (status, to, _) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+        if status == 303 {
+            break to;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the login did not expire within 30 s (ttl 3 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        to.starts_with("/console/login?") && to.contains("expired"),
+        "{to}"
+    );
+    let (_, _, page) = get(&http, &format!("{base}{to}"), "").await;
+    assert!(page.contains("Your session has expired"), "{page}");
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT 1"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        body.to_string().contains("log in again") || body.to_string().contains("not logged in"),
+        "{body}"
+    );
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_logs_in_with_the_oidc_code_flow_and_pkce() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    *issuer.login_as.lock().unwrap() = "olga".into();
+    let served = serve_with(&issuer, "1h", "[query]\nstatement_timeout = \"2s\"\n");
+    let (http, base) = (client(), served.base.clone());
+    // The console's statements pass the workload's statement_timeout.
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let started = Instant::now();
+    // 3^24 rows (the row filter leaves 3 of orders' 4): far more than 2 s of work.
+    let joined: Vec<String> = (0..24).map(|i| format!("sales.orders o{i}")).collect();
+    let (status, stopped) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": format!("SELECT count(*) FROM {}", joined.join(" CROSS JOIN "))}),
+    )
+    .await;
+    assert_eq!(status, 408, "{stopped}");
+    assert!(
+        stopped["error"].as_str().unwrap().contains("statement timeout"),
+        "{stopped}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Off to the issuer with a state and an S256 challenge.
+    let response = http
+        .get(format!("{base}/console/oidc/start?next=%2Fconsole%2Fsql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    let to = location(&response);
+    let authorize = url::Url::parse(&to).unwrap();
+    assert!(
+        to.starts_with(&format!("{}/protocol/openid-connect/auth?", issuer.url)),
+        "{to}"
+    );
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "tarn");
+    assert_eq!(q["redirect_uri"], format!("{base}/console/oidc/callback"));
+    // The issuer (the browser's session there is olga's) sends the browser back with a code.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&issuer.ca_file).unwrap()).unwrap();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let response = browser.get(&to).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{:?}", response.text().await);
+    let back = location(&response);
+    assert!(
+        back.starts_with(&format!("{base}/console/oidc/callback?code=")),
+        "{back}"
+    );
+    // A forged state is refused; the real one logs in once.
+    let forged = back.replace("state=", "state=x");
+    let response = http.get(&forged).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http.get(&back).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    assert_eq!(location(&response), "/console/sql");
+    let cookie = login_cookie(&response);
+    let (status, _, page) = get(&http, &format!("{base}/console/catalog"), &cookie).await;
+    assert_eq!(status, 200);
+    // The principal is the token's: user olga with the realm's and client's roles.
+    assert!(page.contains("olga (analyst, offline_access, reader)"), "{page}");
+    assert!(
+        page.contains("/console/catalog/sales/orders") && !page.contains("salaries"),
+        "{page}"
+    );
+    // The code was used: a replay is refused.
+    let response = http.get(&back).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(issuer.codes_issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(served);
+}
+
+/// Where the browser test's screenshots go (kept after the run; docs/console/ holds a copy).
+fn screenshot_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboard() {
+    crate::init_logs();
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: run scripts/setup.sh (it installs Debian's chromium and chromium-driver)"
+        );
+    }
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    // A CDC pipeline from a PostgreSQL with changes arriving, for the pipeline page.
+    let pg = tarn_test_utils::PostgresServer::start_temporary().unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, amount INT NOT NULL); \
+         INSERT INTO orders (amount) SELECT g FROM generate_series(1, 100) g",
+    )
+    .unwrap();
+    let served = serve_with(
+        &issuer,
+        "1h",
+        &format!(
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"200ms\"\n",
+            pg.url("app")
+        ),
+    );
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = std::thread::spawn({
+        let (url, writing) = (pg.url("app"), writing.clone());
+        move || {
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::process::Command::new("psql")
+                    .args([
+                        url.as_str(),
+                        "-X",
+                        "-q",
+                        "-c",
+                        "INSERT INTO orders (amount) SELECT g FROM generate_series(1, 20) g",
+                    ])
+                    .output();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let shots = screenshot_dir();
+    let _ = std::fs::remove_dir_all(&shots);
+    println!("console screenshots: {}", shots.display());
+    let base = served.base.clone();
+    let shots_arg = shots.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        tarn_test_utils::run_python(
+            "console_browser.py",
+            &[
+                "--base",
+                &base,
+                "--user",
+                "svc",
+                "--password",
+                "svc-pw",
+                "--table",
+                "sales.orders",
+                "--sql",
+                "SELECT CAST(id AS VARCHAR) AS order_id, amount FROM sales.orders ORDER BY id",
+                "--shots",
+                &shots_arg,
+                "--pipeline",
+                "streaming",
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(served.dir.path().join("serve.log")).unwrap_or_default();
+        panic!("{e:#}\nscreenshots in {}\n{log}", screenshot_dir().display())
+    });
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        seen["login_url"], "/console/login?next=%2Fconsole%2Fcatalog",
+        "{seen}"
+    );
+    assert_eq!(seen["user"], "svc", "{seen}");
+    assert_eq!(
+        seen["tables_listed"],
+        serde_json::json!(["sales.orders", "sales.totals"]),
+        "{seen}"
+    );
+    assert_eq!(seen["table_title"], "sales.orders", "{seen}");
+    assert!(seen["freshness"].as_str().unwrap().ends_with(" ago"), "{seen}");
+    assert_eq!(
+        seen["schema_columns"],
+        serde_json::json!(["id", "region", "amount"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["result_columns"],
+        serde_json::json!(["order_id", "amount"]),
+        "{seen}"
+    );
+    // The row filter of the policy applies in the browser's query too.
+    assert_eq!(
+        seen["result_rows"],
+        serde_json::json!([["1", "10"], ["3", "30"], ["5", "50"]]),
+        "{seen}"
+    );
+    assert_eq!(seen["chart_bars"], 3, "{seen}");
+    assert!(
+        seen["saved"].as_str().unwrap().contains("Amount by order"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["dashboard_charts"],
+        serde_json::json!(["Amount by order"]),
+        "{seen}"
+    );
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        seen["pipeline_state"][0].as_str().unwrap().contains("streaming"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["pipeline_tables"],
+        serde_json::json!(["cdc.orders"]),
+        "{seen}"
+    );
+    assert!(
+        seen["refusal"].as_str().unwrap().contains("access denied"),
+        "{seen}"
+    );
+    for page in [
+        "login",
+        "catalog",
+        "table",
+        "sql",
+        "chart",
+        "dashboard",
+        "pipeline",
+        "jobs",
+        "refused",
+    ] {
+        let png = shots.join(format!("{page}.png"));
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{}",
+            png.display()
+        );
+    }
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_off_serves_nothing_under_console() {
+    crate::init_logs();
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    // Appended to the [console] section.
+    let served = serve_with(&issuer, "1h", "enabled = false\n");
+    let http = client();
+    // Not found; with [auth.oidc] on, the endpoint asks unknown paths for a bearer token first.
+    for path in ["/console/catalog", "/console/login", "/console/assets/plotly.js"] {
+        let (status, _, body) = get(&http, &format!("{}{path}", served.base), "").await;
+        assert!(matches!(status, 401 | 404), "{path}: {status}");
+        assert!(
+            !body.contains("tarn console") && !body.contains("Plotly"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, _) = get(&http, &format!("{}/healthz", served.base), "").await;
+    assert_eq!(status, 200);
+}
