@@ -1644,8 +1644,14 @@ session_timeout = "6s"
         "{error}"
     );
     let log = logs(run.run_id.clone(), "check").await;
-    assert!(log.contains("web.clicks:0  lake 5  end 8  lag 3  oldest record not in the lake"), "{log}");
-    assert!(log.contains("web.clicks:1  lake 5  end 8  lag 3  oldest record not in the lake"), "{log}");
+    assert!(
+        log.contains("web.clicks:0  lake 5  end 8  lag 3  oldest record not in the lake"),
+        "{log}"
+    );
+    assert!(
+        log.contains("web.clicks:1  lake 5  end 8  lag 3  oldest record not in the lake"),
+        "{log}"
+    );
 
     // `max_age` alone does not bound the lag: the pending records are fresh...
     write_job(
@@ -1676,7 +1682,13 @@ session_timeout = "6s"
     assert!(!ok, "{out}{err}");
     let run = latest("stale").await;
     assert_eq!(run.state, RunState::Failed, "{run:?}");
-    let error = store.tries(&run.run_id).await.unwrap().remove(0).error.unwrap_or_default();
+    let error = store
+        .tries(&run.run_id)
+        .await
+        .unwrap()
+        .remove(0)
+        .error
+        .unwrap_or_default();
     assert!(
         error.contains("Kafka pipeline clicks (web.clicks): its oldest record not in the lake is")
             && error.contains("old (max_age 1ms)"),
