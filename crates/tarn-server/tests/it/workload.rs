@@ -756,9 +756,10 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
     let writers: Vec<_> = (1..=2u64)
         .map(|seed| tokio::spawn(crate::cdc::workload(url.clone(), stop.clone(), seed * 101)))
         .collect();
-    // Compactions whose whole round ran during the stream (a round started before it may
-    // sleep its 10 s without a change to commit).
-    let started_ms = chrono::Utc::now().timestamp_millis() + 11_000;
+    // Commits of the stream from here; compactions whose whole round ran during the stream
+    // (a round started before it may sleep its 10 s without a change to commit).
+    let stream_ms = chrono::Utc::now().timestamp_millis();
+    let started_ms = stream_ms + 11_000;
     // Until the writer's maintenance compacted three times during the stream.
     let config = cdc.config();
     let lake = tarn_lake::Lake::open(&config).await.unwrap();
@@ -809,7 +810,7 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
     let metadata = table.metadata();
     let mut snapshots: Vec<_> = metadata
         .snapshots()
-        .filter(|s| s.timestamp_ms() > started_ms && s.timestamp_ms() < stopped_ms)
+        .filter(|s| s.timestamp_ms() > stream_ms && s.timestamp_ms() < stopped_ms)
         .collect();
     snapshots.sort_by_key(|s| s.timestamp_ms());
     let commits: Vec<i64> = snapshots
@@ -823,7 +824,7 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
         .collect();
     let compacted: Vec<_> = snapshots
         .iter()
-        .filter(|s| s.summary().operation == Operation::Replace)
+        .filter(|s| s.timestamp_ms() > started_ms && s.summary().operation == Operation::Replace)
         .collect();
     assert!(
         compacted.len() >= 3,
