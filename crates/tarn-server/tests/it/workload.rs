@@ -724,28 +724,30 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
     // Its log (on stdout: a long-running command) and its errors, in one file.
     let log_path = dir.join("cdc-run.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(crate::tarn_bin())
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--set", &format!("cdc.source={}", cdc.pg.url("app"))])
-        // Commits once a second: the workload updates rows all over the table, so every commit
-        // touches nearly every file, and a compaction commits without waiting for the writer
-        // only when its rewrite fits between two commits.
-        .args(["--set", "cdc.flush.interval=1s"])
-        .args(["--set", "maintenance.interval=1s"])
-        .args(["--set", "maintenance.min_files=4"])
-        // Every snapshot stays, for the timeline below.
-        .args(["--set", "maintenance.snapshot_age=1h"])
-        .args(["--set", "maintenance.retain_snapshots=100000"])
-        .args(["cdc", "run"])
-        .env("TARN_FAILPOINTS", "cdc.maintenance.table=sleep(10000)")
-        .env("TARN_LOG", "info")
-        .env_remove("TARN_DATA_DIR")
-        .env_remove("TARN_CONFIG")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--set", &format!("cdc.source={}", cdc.pg.url("app"))])
+            // Commits once a second: the workload updates rows all over the table, so every commit
+            // touches nearly every file, and a compaction commits without waiting for the writer
+            // only when its rewrite fits between two commits.
+            .args(["--set", "cdc.flush.interval=1s"])
+            .args(["--set", "maintenance.interval=1s"])
+            .args(["--set", "maintenance.min_files=4"])
+            // Every snapshot stays, for the timeline below.
+            .args(["--set", "maintenance.snapshot_age=1h"])
+            .args(["--set", "maintenance.retain_snapshots=100000"])
+            .args(["cdc", "run"])
+            .env("TARN_FAILPOINTS", "cdc.maintenance.table=sleep(10000)")
+            .env("TARN_LOG", "info")
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let q = "SELECT id, balance, owner FROM accounts ORDER BY id";
     let lq = "SELECT id, balance, owner FROM cdc.accounts ORDER BY id";
@@ -777,7 +779,7 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
         if compactions(&table) >= 3 {
             break;
         }
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             panic!("tarn cdc run exited ({status}):\n{}", log());
         }
         assert!(
@@ -795,9 +797,9 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
     }
     cdc.wait_same(q, lq, Duration::from_secs(90)).await;
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     let log = log();
     assert!(status.success(), "tarn cdc run: {status}\n{log}");
     assert!(
@@ -875,4 +877,14 @@ async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_commi
         compacted.len(),
         log.matches("holding the commit lock").count()
     );
+}
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
