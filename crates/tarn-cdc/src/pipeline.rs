@@ -793,16 +793,8 @@ pub async fn drive<S: ChangeSource, K: ChangeSink>(
             next_tick = Instant::now() + TICK_INTERVAL;
         }
         if config.maintenance.auto && now >= next_maintenance {
-            // Commit what is buffered first, so maintenance never races this writer.
-            if let Some(p) = {
-                let span = flush_span(&cdc.pipeline, &sink);
-                sink.flush().instrument(span).await?
-            } {
-                source.acknowledge(&p, &mut sink).await?;
-                acknowledged = p.clone();
-                durable = Some(p.clone());
-                committed(&sink, p, source.received(), status);
-            }
+            // Starts a round in the background (at maintenance's lower priority) unless one
+            // is running; the next commits go on meanwhile (see the sink's `maintenance`).
             sink.maintain(&config.maintenance).await?;
             next_maintenance = Instant::now() + maintenance_every;
         }

@@ -45,6 +45,25 @@ pub fn runtime_builder(name: &str, threads: usize, nice: i32) -> tokio::runtime:
     builder
 }
 
+/// The process's maintenance runtime: `threads` workers (bounded concurrency) at `nice` steps
+/// below the process's operating system priority (`maintenance.threads`,
+/// `maintenance.thread_nice`), so compaction yields the CPU to the pipelines and to queries.
+/// `tarn maintain`, scheduled `maintain` tasks and the CDC writers' automatic maintenance all
+/// run on it. One per process, made at first use (later calls get that one, whatever their
+/// arguments).
+pub fn maintenance_runtime(threads: usize, nice: i32) -> std::io::Result<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime.handle());
+    }
+    let runtime = runtime_builder("tarn-maintain", threads, nice).build()?;
+    if let Err(lost) = RUNTIME.set(runtime) {
+        // Another thread made it first; dropping a runtime from async code would block.
+        lost.shutdown_background();
+    }
+    Ok(RUNTIME.get().expect("set above").handle())
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

@@ -31,8 +31,8 @@ pub use deletes::{position_delete_schema, write_position_deletes, write_position
 pub use deletion_vector::{DeletionVector, DeletionVectors};
 pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};
 pub use maintain::{
-    CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions, OrphanOutcome, Progress,
-    ProgressFn, RewrittenGroup,
+    CommitHook, CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions,
+    OrphanOutcome, Progress, ProgressFn, RewrittenGroup,
 };
 pub use rows::{DeletesSince, LiveRows, POS_COLUMN};
 pub use writer::{

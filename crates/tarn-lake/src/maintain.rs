@@ -102,7 +102,20 @@ pub struct CompactOptions {
     pub file_prefix: String,
     /// Called after each input file.
     pub progress: Option<ProgressFn>,
+    /// Held for the commit, so that a writer holding it between planning its own position
+    /// deletes and committing them never has a compaction commit under it (the CDC writer's
+    /// automatic maintenance). Planning and rewriting run without it, except on the last of
+    /// `max_attempts`: that one holds it from planning to commit, so a writer whose commits
+    /// keep deleting rows of the files being rewritten cannot make it lose too (the writer
+    /// waits for that one rewrite instead).
+    pub commit_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Called with the committed table and the outcome right after the commit, while
+    /// `commit_lock` is still held.
+    pub on_commit: Option<CommitHook>,
 }
+
+/// See [`CompactOptions::on_commit`].
+pub type CommitHook = Arc<dyn Fn(&Table, &CompactionOutcome) + Send + Sync>;
 
 impl Default for CompactOptions {
     fn default() -> Self {
@@ -114,6 +127,8 @@ impl Default for CompactOptions {
             max_attempts: 8,
             file_prefix: "compact".to_string(),
             progress: None,
+            commit_lock: None,
+            on_commit: None,
         }
     }
 }
@@ -370,6 +385,14 @@ impl Lake {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // The last attempt holds the commit lock throughout (see `commit_lock`).
+            let mut held = match &options.commit_lock {
+                Some(lock) if attempt >= options.max_attempts.max(1) => {
+                    tracing::info!(table = %ident, attempt, "compaction lost to concurrent commits; planning again holding the commit lock");
+                    Some(lock.clone().lock_owned().await)
+                }
+                _ => None,
+            };
             let table = self.load_table(ident).await?;
             if compaction_is_off(&table) {
                 tracing::debug!(table = %ident, "compaction is off for this table ({PROPERTY_COMPACTION})");
@@ -419,9 +442,18 @@ impl Lake {
                 added_data_files: added,
                 summary: HashMap::from([("tarn.maintenance".to_string(), "compact".to_string())]),
             };
+            let commit_lock = match (held.take(), &options.commit_lock) {
+                (Some(guard), _) => Some(guard),
+                (None, Some(lock)) => Some(lock.clone().lock_owned().await),
+                (None, None) => None,
+            };
             match self.commit_rewrite(&table, rewrite).await {
                 Ok(committed) => {
                     outcome.snapshot_id = committed.metadata().current_snapshot_id();
+                    if let Some(hook) = &options.on_commit {
+                        hook(&committed, &outcome);
+                    }
+                    drop(commit_lock);
                     let table_label = ident.to_string();
                     metrics::counter!("tarn_maintenance_compactions_total", "table" => table_label.clone())
                         .increment(1);
@@ -448,6 +480,7 @@ impl Lake {
                     return Ok(outcome);
                 }
                 Err(e) if e.kind() == ErrorKind::CommitConflict => {
+                    drop(commit_lock);
                     // The rewrite was not committed: its files are garbage.
                     delete_unreferenced(&table, &outcome.added_data_files).await;
                     metrics::counter!("tarn_maintenance_conflicts_total", "table" => ident.to_string(), "op" => "compact")
@@ -1241,6 +1274,57 @@ mod tests {
             let key = file.to_string_lossy().trim_start_matches('/').to_string();
             assert!(referenced.contains(&key), "unreferenced file {key}");
         }
+    }
+
+    /// The last attempt holds the commit lock from planning to commit: started while a
+    /// writer holds the lock and commits a delete of rows in the files to rewrite, a
+    /// one-attempt compaction plans after that commit instead of losing to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_attempt_holds_the_commit_lock_and_cannot_lose_to_its_holder() {
+        let t = TestLake::new().await;
+        let (table, index) = busy_table(&t, "locked", &[]).await;
+        let writer = t.other_writer().await;
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let held = lock.clone().lock_owned().await;
+        let handed = Arc::new(Mutex::new(None));
+        let hook: CommitHook = {
+            let handed = handed.clone();
+            Arc::new(move |table: &Table, outcome: &CompactionOutcome| {
+                *handed.lock().unwrap() = Some((table.metadata().current_snapshot_id(), outcome.snapshot_id));
+            })
+        };
+        let lake = t.lake.clone();
+        let compaction = tokio::spawn(async move {
+            lake.compact(
+                &ident("locked"),
+                &CompactOptions {
+                    max_attempts: 1,
+                    commit_lock: Some(lock),
+                    on_commit: Some(hook),
+                    ..options()
+                },
+            )
+            .await
+        });
+        let deleted = delete(&writer, &table, &index, &[4, 5]).await;
+        let expected = iceberg_rows(&deleted).await;
+        drop(held);
+        let outcome = compaction.await.unwrap().unwrap();
+        assert_eq!(outcome.attempts, 1);
+        let after = t.lake.load_table(&ident("locked")).await.unwrap();
+        let snapshot = after.metadata().current_snapshot().unwrap();
+        assert_eq!(Some(snapshot.snapshot_id()), outcome.snapshot_id);
+        assert_eq!(
+            snapshot.parent_snapshot_id(),
+            deleted.metadata().current_snapshot_id(),
+            "planned on the delete"
+        );
+        assert_eq!(iceberg_rows(&after).await, expected);
+        // The hook ran with the committed table.
+        assert_eq!(
+            *handed.lock().unwrap(),
+            Some((outcome.snapshot_id, outcome.snapshot_id))
+        );
     }
 
     #[tokio::test]

@@ -133,9 +133,10 @@ pub struct KafkaArgs {
     #[arg(long, value_parser = ["all", "group"])]
     assignment: Option<String>,
     /// What the records are (default `cdc.kafka.format`): `debezium` change events, or
-    /// `json` objects, each appended as a row of its topic's table (`kafka_<topic>` by the
-    /// default table name), with `_kafka_partition`, `_kafka_offset` and `_kafka_timestamp`
-    /// columns beside the fields.
+    /// `json` objects, each appended as a row of its topic's table (`cdc.table_name` with
+    /// `{schema}` = `kafka` and `{table}` = the topic, `.` and `-` as `_`: `web.clicks` lands
+    /// in `cdc.web_clicks` by default), with `_kafka_partition`, `_kafka_offset` and
+    /// `_kafka_timestamp` columns beside the fields.
     #[arg(long, value_parser = ["debezium", "json"])]
     format: Option<String>,
     /// With `--format json`: a column, `"NAME TYPE"` in PostgreSQL type names (e.g. `"amount

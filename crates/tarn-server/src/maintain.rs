@@ -98,23 +98,13 @@ impl MaintainArgs {
     }
 }
 
-/// The runtime maintenance runs on: `maintenance.threads` workers (bounded concurrency) at
-/// `maintenance.thread_nice` below the process's operating system priority, so compaction
-/// yields the CPU to the pipelines and to queries. One per process, made at first use.
+/// The runtime maintenance runs on ([`tarn_core::priority::maintenance_runtime`]):
+/// `maintenance.threads` workers at `maintenance.thread_nice` below the process's operating
+/// system priority, shared with the CDC writers' automatic maintenance.
 fn maintenance_runtime(config: &Config) -> Result<&'static tokio::runtime::Handle> {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(runtime) = RUNTIME.get() {
-        return Ok(runtime.handle());
-    }
     let m = &config.maintenance;
-    let runtime = tarn_core::priority::runtime_builder("tarn-maintain", m.threads, m.thread_nice)
-        .build()
-        .context("cannot start the maintenance runtime")?;
-    if let Err(lost) = RUNTIME.set(runtime) {
-        // Another task made it first; dropping a runtime from async code would block.
-        lost.shutdown_background();
-    }
-    Ok(RUNTIME.get().expect("set above").handle())
+    tarn_core::priority::maintenance_runtime(m.threads, m.thread_nice)
+        .context("cannot start the maintenance runtime")
 }
 
 /// [`maintain`] on the maintenance runtime (see [`maintenance_runtime`]): `tarn maintain` and

@@ -275,6 +275,18 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Time of one CDC flush: writing the buffered changes and committing them.",
     ),
     (
+        "tarn_cdc_maintenance_rounds_total",
+        Counter,
+        None,
+        "Rounds of a CDC writer's automatic maintenance run in the background, by pipeline and outcome (ok, error).",
+    ),
+    (
+        "tarn_cdc_maintenance_round_seconds",
+        Histogram,
+        Some(Unit::Seconds),
+        "Time of one round of a CDC writer's background maintenance (compaction, expiry, orphans of its tables), by pipeline.",
+    ),
+    (
         "tarn_cdc_lag_seconds",
         Gauge,
         Some(Unit::Seconds),

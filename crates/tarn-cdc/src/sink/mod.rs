@@ -31,7 +31,9 @@
 //!   ([`table_position`]);
 //! - `snapshot`: the snapshot writer of initial copies ([`SnapshotPartWriter`],
 //!   [`LakeSink::finish_snapshot`]);
-//! - `maintenance`: the automatic maintenance policy ([`LakeSink::maintain`]);
+//! - `maintenance`: the automatic maintenance policy, in the background of the writer
+//!   ([`LakeSink::maintain`]), and the commit lock that keeps it apart from the writer's
+//!   commits;
 //! - `schema`: the schema-evolution planner, applied when a table's spec changes;
 //! - `seam`: [`ChangeSink`], the contract the lake sink and the Kafka publisher both keep;
 //! - `both`: [`Both`], two sinks fed by one source (`cdc.sink = "lake+kafka"`);
@@ -130,6 +132,8 @@ struct TableState {
     truncated: bool,
     dirty: bool,
     counters: TableCounters,
+    /// The snapshot the key index was last built on or moved to (see `maintenance`).
+    synced: Option<i64>,
 }
 
 impl TableState {
@@ -158,6 +162,8 @@ pub struct LakeSink {
     pending_since: Option<Instant>,
     /// Where bridge reads find the pending state, when SQL runs in this process.
     publisher: Option<Arc<PendingPublisher>>,
+    /// Automatic maintenance in the background, and the commit lock.
+    background: maintenance::Background,
 }
 
 impl Drop for LakeSink {
@@ -183,6 +189,7 @@ impl LakeSink {
             pending_bytes: 0,
             pending_since: None,
             publisher: None,
+            background: maintenance::Background::default(),
         }
     }
 
@@ -323,6 +330,7 @@ impl LakeSink {
             truncated: false,
             dirty: false,
             counters: TableCounters::default(),
+            synced: None,
         };
         if stopped.is_none() {
             rebuild_index(&self.lake, &mut state, None).await?;
@@ -458,6 +466,8 @@ impl LakeSink {
         if self.pending_bytes < spill {
             return Ok(());
         }
+        // Deletes planned now are committed with the flush: no compaction may commit between.
+        self.hold_commits().await?;
         let lake = self.lake.clone();
         for state in self.tables.values_mut() {
             if state.pending_bytes > 0 {
@@ -474,15 +484,27 @@ impl LakeSink {
     pub async fn mark_idle(&mut self, position: &Position) -> Result<()> {
         let lake = self.lake.clone();
         let pipeline = self.options.pipeline.clone();
-        for state in self.tables.values_mut() {
+        let idle = |state: &TableState| {
             let behind = state.position.as_ref().is_some_and(|p| p < position);
-            if state.dirty || state.stopped.is_some() || !behind {
+            !(state.dirty || state.stopped.is_some() || !behind)
+        };
+        if !self.tables.values().any(idle) {
+            return Ok(());
+        }
+        // The table reloaded below must not move past a compaction the index does not know.
+        let held = self.background.holds();
+        self.hold_commits().await?;
+        for state in self.tables.values_mut() {
+            if !idle(state) {
                 continue;
             }
             state.table = lake
                 .set_properties(&state.ident, idle_property(&pipeline, position))
                 .await?;
             state.position = Some(position.clone());
+        }
+        if !held {
+            self.release_commits();
         }
         Ok(())
     }
@@ -496,6 +518,8 @@ impl LakeSink {
         let Some((position, commit_time)) = self.last_commit.clone() else {
             return Ok(None);
         };
+        // From planning deletes to the commit, no compaction commits (see `maintenance`).
+        self.hold_commits().await?;
         let lake = self.lake.clone();
         let pipeline = self.options.pipeline.clone();
         for state in self.tables.values_mut() {
@@ -519,6 +543,7 @@ impl LakeSink {
             }
         }
         failpoint::hit("cdc.after_commit").await?;
+        self.release_commits();
         self.pending_events = 0;
         self.pending_bytes = 0;
         self.pending_since = None;
@@ -567,6 +592,9 @@ async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSe
             );
         }
         rows += n;
+    }
+    if only.is_none() {
+        state.synced = state.table.metadata().current_snapshot_id();
     }
     tracing::info!(table = %state.ident, rows, seconds = started.elapsed().as_secs_f64(), "key index built");
     Ok(())

@@ -50,7 +50,10 @@ impl LakeSink {
                 Ok(())
             }
             Ok(Some(evolution)) => {
-                // Rows buffered under the old schema go out first.
+                // Rows buffered under the old schema go out first, their deletes planned
+                // under the commit lock (see `maintenance`).
+                self.hold_commits().await?;
+                let state = self.tables.get_mut(&spec.id).expect("attached above");
                 write_pending(&lake, state).await?;
                 let props = attnums_property(evolution.attnums);
                 state.table = lake.evolve_schema(&state.table, evolution.schema, props).await?;

@@ -115,8 +115,8 @@ pub trait ChangeSink: Send + Sync {
         None
     }
 
-    /// Periodic upkeep of what the sink wrote, between flushes (the lake: compaction,
-    /// snapshot expiry, orphan files).
+    /// Periodic upkeep of what the sink wrote (the lake: compaction, snapshot expiry, orphan
+    /// files, started in the background; it does not wait for them).
     fn maintain(&mut self, config: &MaintenanceConfig) -> impl Future<Output = Result<()>> + Send;
 }
 

@@ -120,6 +120,10 @@ impl LakeSink {
     ) -> Result<u64> {
         let pipeline = self.options.pipeline.clone();
         let lake = self.lake.clone();
+        // The files it replaces are read from the table as this sink knows it: no compaction
+        // commits meanwhile (see `maintenance`).
+        let held = self.background.holds();
+        self.hold_commits().await?;
         let state = self.state_mut(id)?;
         failpoint::hit("cdc.snapshot.before_commit").await?;
         let mut data_files = Vec::new();
@@ -163,7 +167,11 @@ impl LakeSink {
             }
         };
         state.counters.commits += 1;
+        state.synced = state.table.metadata().current_snapshot_id();
         metrics::counter!("tarn_cdc_snapshot_rows_total", "table" => state.ident.to_string()).increment(rows);
+        if !held {
+            self.release_commits();
+        }
         self.publish();
         Ok(rows)
     }

@@ -782,8 +782,13 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
          INSERT INTO accounts SELECT g, 100, 'init' FROM generate_series(1, 3000) g;",
     )
     .await;
-    // Aggressive automatic maintenance inside the writer...
+    // Aggressive automatic maintenance beside the writer (in the background: the writer does
+    // not pause for it)...
     cdc.set("maintenance.interval", "1s");
+    // ...which commits once a second: the workload updates rows all over the table, so every
+    // commit touches nearly every file, and a compaction commits only when its rewrite fits
+    // between two commits (with commits every 200 ms, on a loaded machine, hardly ever).
+    cdc.set("cdc.flush.interval", "1s");
     cdc.set("maintenance.min_files", "2");
     cdc.set("maintenance.snapshot_age", "2s");
     cdc.set("maintenance.retain_snapshots", "2");
@@ -804,11 +809,11 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
     let dir = cdc.lake.path().to_path_buf();
     let deadline = Instant::now() + Duration::from_secs(90);
     let twice = "SELECT id, count(*) FROM cdc.accounts GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 5";
-    let (mut runs, mut compactions) = (0, 0);
+    let (mut runs, mut compactions, mut gave_up) = (0, 0, 0);
     while runs < 8 || compactions < 2 {
         assert!(
             Instant::now() < deadline,
-            "`tarn maintain` compacted {compactions} time(s) in {runs} runs within 90 s"
+            "`tarn maintain` compacted {compactions} time(s) in {runs} runs within 90 s ({gave_up} gave up after conflicts)"
         );
         runs += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -825,7 +830,17 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
                 "cdc",
             ],
         );
-        assert!(ok, "tarn maintain failed: {err}\n{out}");
+        // The writer keeps committing while its own maintenance runs in the background, so
+        // a compaction whose every plan lost to an update of its files gives up cleanly
+        // (nothing committed), saying so; the loop runs it again.
+        if !ok {
+            assert!(
+                err.contains("compaction of cdc.accounts conflicted with other commits"),
+                "tarn maintain failed: {err}\n{out}"
+            );
+            gave_up += 1;
+            continue;
+        }
         assert!(out.contains("cdc.accounts"), "{out}");
         // Piped, the log has no colour escape sequences.
         assert!(

@@ -1502,8 +1502,10 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
 
 /// `ingest-kafka` checks against a real Kafka-protocol broker (tansu): before the pipeline
 /// ran, the lake holds none of the topic, so the check fails with each partition's lag, is
-/// retried, and fails the run.
-/// (Not yet here: the check passing once `tarn ingest kafka` caught up, `max_age`.)
+/// retried, and fails the run. `tarn ingest kafka` (a child process on the same `tarn.toml`)
+/// then catches up and the check passes; stopped, with more records produced, the check fails
+/// again with the new lag, while a check bounding only the age (`max_age = "1h"`) passes and
+/// one with `max_age = "1ms"` fails naming the age.
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_kafka_checks_fail_while_the_lake_is_behind_the_topic_and_pass_once_caught_up() {
@@ -1593,4 +1595,178 @@ session_timeout = "6s"
     let log = logs(run.run_id.clone(), "check").await;
     assert!(log.contains("web.clicks:0  lake -  end 5  lag 5"), "{log}");
     assert!(log.contains("web.clicks:1  lake -  end 5  lag 5"), "{log}");
+
+    // `tarn ingest kafka` on the same tarn.toml: once the lake holds all 10 records, the
+    // check passes. (The table is `cdc.web_clicks`: `cdc.table_name` defaults to `{table}`,
+    // and a plain topic's `{table}` is the topic name with `.` as `_`.)
+    let ingest = KafkaIngest::start(d);
+    let lake = tarn_lake::Lake::open(&crate::config_for(d, &[])).await.unwrap();
+    let session = tarn_query::TarnSession::new(lake).await.unwrap();
+    let count = "SELECT count(*), count(DISTINCT (_kafka_partition, _kafka_offset)) FROM cdc.web_clicks";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = crate::query(&session, count).await;
+        if rows.as_ref().is_ok_and(|r| r == &["10|10"]) {
+            break;
+        }
+        ingest.assert_running(&format!("{rows:?}"));
+        assert!(
+            Instant::now() < deadline,
+            "the 10 records not in the lake after 90 s: {rows:?}; tarn ingest kafka logged:\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "caught-up"]);
+    assert!(ok, "{out}{err}\n{}", ingest.log());
+    let run = latest("caught-up").await;
+    assert_eq!(run.state, RunState::Success, "{run:?}");
+    let log = logs(run.run_id.clone(), "check").await;
+    assert!(log.contains("web.clicks:0  lake 5  end 5  lag 0"), "{log}");
+    assert!(log.contains("web.clicks:1  lake 5  end 5  lag 0"), "{log}");
+    assert!(
+        log.contains("pipeline clicks: 0 record(s) not in the lake over 2 partition(s), 1 lake table(s)"),
+        "{log}"
+    );
+
+    // Stopped, and 6 more records produced: behind again, by exactly those.
+    let stderr = ingest.stop();
+    assert!(stderr.contains("stopped: 10 change(s) applied"), "{stderr}");
+    produce(10, 16);
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "caught-up"]);
+    assert!(!ok, "{out}{err}");
+    let run = latest("caught-up").await;
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    let tries = store.tries(&run.run_id).await.unwrap();
+    let error = tries.last().and_then(|t| t.error.clone()).unwrap_or_default();
+    assert!(
+        error.contains("Kafka pipeline clicks (web.clicks): 6 record(s) behind the topics (max_lag 0)"),
+        "{error}"
+    );
+    let log = logs(run.run_id.clone(), "check").await;
+    assert!(
+        log.contains("web.clicks:0  lake 5  end 8  lag 3  oldest record not in the lake"),
+        "{log}"
+    );
+    assert!(
+        log.contains("web.clicks:1  lake 5  end 8  lag 3  oldest record not in the lake"),
+        "{log}"
+    );
+
+    // `max_age` alone does not bound the lag: the pending records are fresh...
+    write_job(
+        d,
+        "fresh",
+        r#"
+        [[tasks]]
+        id = "check"
+        kind = "ingest-kafka"
+        max_age = "1h"
+        "#,
+    );
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "fresh"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(latest("fresh").await.state, RunState::Success);
+    // ...but older than a millisecond.
+    write_job(
+        d,
+        "stale",
+        r#"
+        [[tasks]]
+        id = "check"
+        kind = "ingest-kafka"
+        max_age = "1ms"
+        "#,
+    );
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "stale"]);
+    assert!(!ok, "{out}{err}");
+    let run = latest("stale").await;
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    let error = store
+        .tries(&run.run_id)
+        .await
+        .unwrap()
+        .remove(0)
+        .error
+        .unwrap_or_default();
+    assert!(
+        error.contains("Kafka pipeline clicks (web.clicks): its oldest record not in the lake is")
+            && error.contains("old (max_age 1ms)"),
+        "{error}"
+    );
+}
+
+/// `tarn ingest kafka` as a child process on a data directory's own `tarn.toml`, its stderr
+/// collected (for the failure messages) by a thread.
+#[cfg(feature = "kafka")]
+struct KafkaIngest {
+    child: Mutex<Child>,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaIngest {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["ingest", "kafka"])
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(|l| l.ok()) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            child: Mutex::new(child),
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Panics, with its stderr, when the process has exited.
+    fn assert_running(&self, what: &str) {
+        if let Some(status) = self.child.lock().unwrap().try_wait().unwrap() {
+            panic!("tarn ingest kafka exited ({status}; {what}): {}", self.log());
+        }
+    }
+
+    /// SIGTERM, then waits for it to end; returns its stderr.
+    fn stop(mut self) -> String {
+        let child = self.child.get_mut().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let log = self.log();
+        assert!(status.success(), "tarn ingest kafka: {status}: {log}");
+        log
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Drop for KafkaIngest {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

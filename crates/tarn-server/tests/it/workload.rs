@@ -695,3 +695,196 @@ async fn set_statement_timeout_zero_units_show_and_reset_work_as_in_postgresql()
     assert!(message.contains("\"soon\""), "{message}");
     assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
 }
+
+/// A CDC writer's automatic maintenance runs in the background (docs/maintenance.md): with
+/// `maintenance.auto` on and a steady change stream from a real PostgreSQL, `tarn cdc run`
+/// compacts its table several times while it keeps committing, and the lake ends equal to the
+/// database.
+///
+/// Each table's maintenance is made to take 10 s more (failpoint `cdc.maintenance.table`,
+/// before the real compaction). Had the writer waited for it, as it did when maintenance ran
+/// between its commits, the table's history would have a gap of at least 10 s between two
+/// commits of the pipeline before each compaction. The snapshots' own timestamps must show no
+/// gap of 8 s or more between consecutive commits of the pipeline: commits come every second
+/// plus their own time, and the only wait left is for a compaction that lost four times to
+/// the writer's updates and rewrites this 3000-row table holding the commit lock (well under
+/// a second for the files of a few seconds of commits). The workload updates rows all over
+/// the table, the worst case for compaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_maintenance_compacts_in_the_background_while_the_writer_keeps_committing() {
+    use iceberg::spec::Operation;
+    use tokio_util::sync::CancellationToken;
+
+    let cdc = crate::cdc::Cdc::new(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, owner text);
+         INSERT INTO accounts SELECT g, 100, 'init' FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let dir = cdc.lake.path().to_path_buf();
+    // Its log (on stdout: a long-running command) and its errors, in one file.
+    let log_path = dir.join("cdc-run.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--set", &format!("cdc.source={}", cdc.pg.url("app"))])
+            // Commits once a second: the workload updates rows all over the table, so every commit
+            // touches nearly every file, and a compaction commits without waiting for the writer
+            // only when its rewrite fits between two commits.
+            .args(["--set", "cdc.flush.interval=1s"])
+            .args(["--set", "maintenance.interval=1s"])
+            .args(["--set", "maintenance.min_files=4"])
+            // Every snapshot stays, for the timeline below.
+            .args(["--set", "maintenance.snapshot_age=1h"])
+            .args(["--set", "maintenance.retain_snapshots=100000"])
+            .args(["cdc", "run"])
+            .env("TARN_FAILPOINTS", "cdc.maintenance.table=sleep(10000)")
+            .env("TARN_LOG", "info")
+            .env_remove("TARN_DATA_DIR")
+            .env_remove("TARN_CONFIG")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let q = "SELECT id, balance, owner FROM accounts ORDER BY id";
+    let lq = "SELECT id, balance, owner FROM cdc.accounts ORDER BY id";
+    cdc.wait_same(q, lq, Duration::from_secs(90)).await;
+
+    let url = cdc.pg.url("app");
+    let stop = CancellationToken::new();
+    let writers: Vec<_> = (1..=2u64)
+        .map(|seed| tokio::spawn(crate::cdc::workload(url.clone(), stop.clone(), seed * 101)))
+        .collect();
+    // Commits of the stream from here; compactions whose whole round ran during the stream
+    // (a round started before it may sleep its 10 s without a change to commit).
+    let stream_ms = chrono::Utc::now().timestamp_millis();
+    let started_ms = stream_ms + 11_000;
+    // Until the writer's maintenance compacted three times during the stream.
+    let config = cdc.config();
+    let lake = tarn_lake::Lake::open(&config).await.unwrap();
+    let ident = tarn_lake::parse_table_name("cdc.accounts").unwrap();
+    let compactions = |table: &iceberg::table::Table| {
+        table
+            .metadata()
+            .snapshots()
+            .filter(|s| s.timestamp_ms() > started_ms && s.summary().operation == Operation::Replace)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let table = lake.load_table(&ident).await.unwrap();
+        if compactions(&table) >= 3 {
+            break;
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("tarn cdc run exited ({status}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} compaction(s) within 180 s:\n{}",
+            compactions(&table),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let stopped_ms = chrono::Utc::now().timestamp_millis();
+    for w in writers {
+        w.await.unwrap();
+    }
+    cdc.wait_same(q, lq, Duration::from_secs(90)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let status = tokio::task::block_in_place(|| child.0.wait()).unwrap();
+    let log = log();
+    assert!(status.success(), "tarn cdc run: {status}\n{log}");
+    assert!(
+        log.contains("key index follows the background compaction"),
+        "the writer never moved its index past a compaction:\n{log}"
+    );
+
+    // The timeline, from the table's snapshots.
+    let table = lake.load_table(&ident).await.unwrap();
+    let metadata = table.metadata();
+    let mut snapshots: Vec<_> = metadata
+        .snapshots()
+        .filter(|s| s.timestamp_ms() > stream_ms && s.timestamp_ms() < stopped_ms)
+        .collect();
+    snapshots.sort_by_key(|s| s.timestamp_ms());
+    let commits: Vec<i64> = snapshots
+        .iter()
+        .filter(|s| {
+            s.summary()
+                .additional_properties
+                .contains_key(tarn_cdc::sink::SUMMARY_PIPELINE)
+        })
+        .map(|s| s.timestamp_ms())
+        .collect();
+    let compacted: Vec<_> = snapshots
+        .iter()
+        .filter(|s| s.timestamp_ms() > started_ms && s.summary().operation == Operation::Replace)
+        .collect();
+    assert!(
+        compacted.len() >= 3,
+        "{} compactions during the stream:\n{log}",
+        compacted.len()
+    );
+    for c in &compacted {
+        // Fewer files after than before.
+        let count = |key: &str| -> u64 {
+            c.summary()
+                .additional_properties
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            count("deleted-data-files") > count("added-data-files"),
+            "compaction {} did not reduce the file count: {:?}",
+            c.snapshot_id(),
+            c.summary()
+        );
+        // The writer committed while its maintenance ran.
+        let during = commits
+            .iter()
+            .filter(|&&t| t > c.timestamp_ms() - 10_000 && t < c.timestamp_ms())
+            .count();
+        assert!(
+            during >= 1,
+            "no commit of the pipeline in the 10 s before compaction {}:\n{log}",
+            c.snapshot_id()
+        );
+    }
+    let last = compacted.last().unwrap().timestamp_ms();
+    let gaps: Vec<i64> = commits
+        .windows(2)
+        .filter(|w| w[1] <= last)
+        .map(|w| w[1] - w[0])
+        .collect();
+    let longest = gaps.iter().copied().max().unwrap_or(0);
+    assert!(
+        longest < 8000,
+        "the pipeline did not commit for {longest} ms while its maintenance ran ({} commits):\n{log}",
+        commits.len()
+    );
+    eprintln!(
+        "{} commits, {} compactions ({} planned again holding the commit lock); longest gap between commits {longest} ms",
+        commits.len(),
+        compacted.len(),
+        log.matches("holding the commit lock").count()
+    );
+}
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
