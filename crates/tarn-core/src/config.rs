@@ -947,7 +947,9 @@ pub struct FlushConfig {
     /// The interval instead of `interval` when the pipeline runs inside `tarn serve` whose
     /// sessions read `latest` by default (`query.read_mode`): its queries see uncommitted
     /// changes (bridge reads), so commits wait for larger files; other engines see changes
-    /// this much later. Set it to `interval`'s value to keep commit freshness.
+    /// this much later. Left at its default while `interval` is set to another value than
+    /// its own default, `interval` is used (a configuration asking for fast commits keeps
+    /// them).
     pub bridged_interval: String,
     /// Most buffered changes before a commit.
     pub max_rows: u64,

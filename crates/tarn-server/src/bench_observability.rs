@@ -125,6 +125,25 @@ impl Drop for Sink {
 /// A child `tarn` process, killed when dropped.
 struct ChildProcess(Child);
 
+impl ChildProcess {
+    /// Stops the process as an operator would (SIGTERM), so what it buffered (spans) is sent
+    /// before it exits; killed if it has not exited within 30 s.
+    async fn terminate(self) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let mut this = self;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(this.0.try_wait(), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -265,7 +284,7 @@ async fn prepare_tpch(base: &Config, sf: f64, dir: &Path) -> Result<PathBuf> {
 async fn tpch_run(lake_dir: &Path, mode: Mode, sink: &str, runs: usize, log: &Path) -> Result<f64> {
     let (pg_port, http_port) = (free_port()?, free_port()?);
     let out = std::fs::File::create(log)?;
-    let _serve = ChildProcess(
+    let serve = ChildProcess(
         Command::new(std::env::current_exe()?)
             .arg("--data-dir")
             .arg(lake_dir)
@@ -327,6 +346,8 @@ async fn tpch_run(lake_dir: &Path, mode: Mode, sink: &str, runs: usize, log: &Pa
             bail!("observability on, but /metrics has no tarn_sql_statement_duration_seconds");
         }
     }
+    drop(client);
+    serve.terminate().await;
     Ok((log_sum / crate::bench::QUERIES.len() as f64).exp())
 }
 

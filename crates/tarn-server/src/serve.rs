@@ -469,9 +469,9 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
         // The endpoint's queries read pending changes: commits can wait for larger files.
         let mut config = config.clone();
         if read_mode == tarn_query::bridge::ReadMode::Latest {
-            config.cdc.flush.interval = config.cdc.flush.bridged_interval.clone();
+            config.cdc.flush.interval = bridged_flush_interval(&config);
             tracing::info!(interval = %config.cdc.flush.interval,
-                "the CDC pipeline commits on cdc.flush.bridged_interval: queries here read its pending changes");
+                "the CDC pipeline's flush interval; queries here read its pending changes");
         }
         PipelineHandle::spawn_with(
             &config,
@@ -584,6 +584,20 @@ impl ShutdownSignals {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
+    }
+}
+
+/// The flush interval of a CDC pipeline inside `tarn serve` whose queries read `latest`:
+/// `cdc.flush.bridged_interval` when it was set, else `cdc.flush.interval` when that was set
+/// (a configuration that asks for fast commits keeps them), else the bridged default (the
+/// endpoint's queries see changes before they are committed, so commits wait for larger files).
+fn bridged_flush_interval(config: &Config) -> String {
+    let defaults = Config::defaults(&config.data_dir).cdc.flush;
+    let flush = &config.cdc.flush;
+    if flush.bridged_interval == defaults.bridged_interval && flush.interval != defaults.interval {
+        flush.interval.clone()
+    } else {
+        flush.bridged_interval.clone()
     }
 }
 
