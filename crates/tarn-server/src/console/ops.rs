@@ -215,6 +215,30 @@ pub(crate) async fn trigger(
     }
 }
 
+/// Run `run_id` of `job`, or the page that says why not (no such run, the store failed).
+async fn run_of(
+    jobs: &crate::jobs::Jobs,
+    principal: &Principal,
+    job: &str,
+    run_id: &str,
+) -> Result<crate::jobs::store::Run, Response> {
+    match jobs.store().run(run_id).await {
+        Ok(Some(r)) if r.job == job => Ok(r),
+        Ok(_) => Err(refused(
+            principal,
+            StatusCode::NOT_FOUND,
+            "No such run",
+            &format!("job {job} has no run {run_id}"),
+        )),
+        Err(e) => Err(refused(
+            principal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot read the run",
+            &format!("{e:#}"),
+        )),
+    }
+}
+
 /// `POST /console/jobs/{job}/runs/{run_id}/retry`: a new manual run with the failed run's
 /// logical date and parameters.
 pub(crate) async fn retry(
@@ -228,24 +252,9 @@ pub(crate) async fn retry(
     if let Err(e) = allowed(&console, &principal, "RunJob", &job) {
         return refused(&principal, StatusCode::FORBIDDEN, "Access denied", &e);
     }
-    let run = match jobs.store().run(&run_id).await {
-        Ok(Some(r)) if r.job == job => r,
-        Ok(_) => {
-            return refused(
-                &principal,
-                StatusCode::NOT_FOUND,
-                "No such run",
-                &format!("job {job} has no run {run_id}"),
-            );
-        }
-        Err(e) => {
-            return refused(
-                &principal,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot read the run",
-                &format!("{e:#}"),
-            );
-        }
+    let run = match run_of(jobs, &principal, &job, &run_id).await {
+        Ok(r) => r,
+        Err(page) => return page,
     };
     let spec = match jobs.job(&job) {
         Ok(s) => s,
@@ -317,24 +326,9 @@ pub(crate) async fn run(
         return refused(&principal, StatusCode::FORBIDDEN, "Access denied", &e);
     }
     let store = jobs.store();
-    let run = match store.run(&run_id).await {
-        Ok(Some(r)) if r.job == job => r,
-        Ok(_) => {
-            return refused(
-                &principal,
-                StatusCode::NOT_FOUND,
-                "No such run",
-                &format!("job {job} has no run {run_id}"),
-            );
-        }
-        Err(e) => {
-            return refused(
-                &principal,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Cannot read the run",
-                &format!("{e:#}"),
-            );
-        }
+    let run = match run_of(jobs, &principal, &job, &run_id).await {
+        Ok(r) => r,
+        Err(page) => return page,
     };
     let (tasks, tries, logs) = match (
         store.tasks(&run_id).await,
