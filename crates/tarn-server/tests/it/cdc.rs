@@ -807,13 +807,15 @@ async fn maintenance_beside_a_live_writer_loses_nothing() {
     // delete of the old one together, so a key held twice is a lost delete, caught when the
     // commit that lost it lands rather than as rows that never converge.
     let dir = cdc.lake.path().to_path_buf();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Each `tarn maintain` is a process of its own: on a loaded 2-core machine one run takes
+    // up to 20 s (measured under a concurrent release build).
+    let deadline = Instant::now() + Duration::from_secs(200);
     let twice = "SELECT id, count(*) FROM cdc.accounts GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 5";
     let (mut runs, mut compactions, mut gave_up) = (0, 0, 0);
     while runs < 8 || compactions < 2 {
         assert!(
             Instant::now() < deadline,
-            "`tarn maintain` compacted {compactions} time(s) in {runs} runs within 90 s ({gave_up} gave up after conflicts)"
+            "`tarn maintain` compacted {compactions} time(s) in {runs} runs within 200 s ({gave_up} gave up after conflicts)"
         );
         runs += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
