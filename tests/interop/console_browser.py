@@ -112,6 +112,17 @@ def main():
                                    for r in driver.find_elements(By.CSS_SELECTOR, "#pipeline-tables tbody tr")]
         driver.set_window_size(1280, 1150)
         shot("pipeline")
+        # Every pipeline found from the lake, and the CDC pipeline's history from its commits.
+        driver.get(a.base + "/console/pipelines")
+        wait.until(ec.presence_of_element_located((By.ID, "pipelines")))
+        seen["pipelines"] = [r.find_element(By.TAG_NAME, "td").text
+                             for r in driver.find_elements(By.CSS_SELECTOR, "#pipelines tbody tr")]
+        shot("pipelines")
+        driver.find_element(By.CSS_SELECTOR, "#pipelines a[href^='/console/pipelines/postgres/']").click()
+        wait.until(lambda d: d.find_element(By.ID, "history-chart").get_attribute("data-drawn") == "true")
+        seen["history_tables"] = [r.find_element(By.TAG_NAME, "td").text
+                                  for r in driver.find_elements(By.CSS_SELECTOR, "#pipeline-tables tbody tr")]
+        shot("pipeline_history")
         driver.set_window_size(1280, 860)
         driver.get(a.base + "/console/jobs")
         wait.until(ec.presence_of_element_located((By.ID, "jobs")))

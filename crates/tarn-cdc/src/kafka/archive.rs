@@ -86,7 +86,7 @@ pub const ARCHIVE_SCHEMA_DOC: &str = "topic string, kafka_partition int, kafka_o
      headers list<struct<key string, value binary>>";
 
 /// Table property marking a table as a Kafka archive (tarn refuses to archive into any other).
-pub const PROPERTY_ARCHIVE: &str = "tarn.kafka.archive";
+pub const PROPERTY_ARCHIVE: &str = crate::sink::PROPERTY_KAFKA_ARCHIVE;
 
 /// Where, under the table location, each pipeline lists the files its current flush writes.
 const PENDING_DIR: &str = "archive-pending";

@@ -66,9 +66,9 @@ pub use self::seam::{ChangeSink, TablePosition};
 pub use self::snapshot::{SnapshotPart, SnapshotPartWriter};
 pub(crate) use self::summary::commit_summary;
 pub use self::summary::{
-    PROPERTY_ATTNUMS, PROPERTY_IDLE, PROPERTY_SOURCE_TABLE, PROPERTY_STOPPED, SUMMARY_COMMIT_TIME,
-    SUMMARY_LSN, SUMMARY_PIPELINE, SUMMARY_RESOLVED, SUMMARY_SNAPSHOT, snapshot_pipeline, source_table,
-    stopped_reason, table_position,
+    PROPERTY_ATTNUMS, PROPERTY_IDLE, PROPERTY_KAFKA_ARCHIVE, PROPERTY_SOURCE_TABLE, PROPERTY_STOPPED,
+    SUMMARY_COMMIT_TIME, SUMMARY_KAFKA_OFFSETS, SUMMARY_LSN, SUMMARY_PIPELINE, SUMMARY_RESOLVED,
+    SUMMARY_SNAPSHOT, snapshot_pipeline, source_table, stopped_reason, table_position,
 };
 use self::summary::{attnums_of, creation_properties, idle_property};
 use crate::index::{KeyEncoder, KeyIndex, RowLocation, key_types};

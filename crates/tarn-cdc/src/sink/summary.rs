@@ -56,6 +56,9 @@ pub const PROPERTY_SOURCE_TABLE: &str = "tarn.cdc.source-table";
 /// although no snapshot records it — set when a commit had nothing to write, and for tables
 /// without changes while others moved on ([`super::LakeSink::mark_idle`]).
 pub const PROPERTY_IDLE: &str = "tarn.cdc.idle-position";
+/// Table property marking a table as a Kafka archive (`crate::kafka::archive`; tarn refuses
+/// to archive into any other table).
+pub const PROPERTY_KAFKA_ARCHIVE: &str = "tarn.kafka.archive";
 /// Table property: Iceberg field id → source attribute number, for renames.
 pub const PROPERTY_ATTNUMS: &str = "tarn.cdc.attnums";
 

@@ -1,6 +1,7 @@
 //! The web console, under `/console` on `tarn serve`'s HTTP listener (docs/console.md): a
 //! catalog browser, a SQL editor with result downloads and charts, saved charts on a
-//! dashboard, and pipeline and jobs pages.
+//! dashboard, pipeline pages (this process's CDC pipeline live, and every pipeline's history
+//! from the lake's commits) and jobs pages.
 //!
 //! Pages are rendered on the server from askama templates (`templates/console/`) with a small
 //! script of our own (`assets/console.js`); charts are plotly.js figures built with the
@@ -16,6 +17,7 @@ mod catalog;
 mod chart;
 mod login;
 mod ops;
+mod pipelines;
 mod sql;
 mod store;
 
@@ -51,6 +53,8 @@ pub(crate) struct Console {
     tls: bool,
     max_rows: usize,
     cdc: Option<Arc<PipelineStatus>>,
+    /// `cdc.kafka.brokers`: where the Kafka pipelines' pages read their partitions' ends.
+    kafka_brokers: String,
     jobs: Option<Arc<crate::jobs::Jobs>>,
     store: Option<store::ChartStore>,
 }
@@ -93,6 +97,7 @@ pub(crate) async fn router(setup: ConsoleSetup<'_>) -> anyhow::Result<Option<Rou
         tls: setup.tls,
         max_rows: config.console.max_rows.max(1),
         cdc: setup.cdc,
+        kafka_brokers: config.cdc.kafka.brokers.clone(),
         jobs: setup.jobs,
         store,
     });
@@ -116,6 +121,8 @@ pub(crate) async fn router(setup: ConsoleSetup<'_>) -> anyhow::Result<Option<Rou
         .route("/console/dashboard", get(chart::dashboard))
         .route("/console/pipeline", get(ops::pipeline))
         .route("/console/api/pipeline", get(ops::pipeline_status))
+        .route("/console/pipelines", get(pipelines::list))
+        .route("/console/pipelines/{kind}/{name}", get(pipelines::history))
         .route("/console/jobs", get(ops::jobs))
         .route("/console/jobs/{job}", get(ops::job_runs))
         .route("/console/jobs/{job}/trigger", post(ops::trigger))

@@ -15,7 +15,7 @@ use tarn_test_utils::{python, run_python, workspace_root};
 use crate::{TestLake, tarn, tarn_bin};
 
 /// The test connector's command.
-fn test_source() -> String {
+pub(crate) fn test_source() -> String {
     format!(
         "{} {}",
         python().unwrap().display(),

@@ -562,11 +562,13 @@ async fn killed_flush_files_are_deleted(storage: &[(&str, &str)]) -> (TestLake, 
     produce(&broker, &mut produced);
     let lake = archive_lake_on(&broker.bootstrap(), &["unused"], storage).await;
     let both = ["drop.gone", "drop.kept"];
+    // The killed run archives `drop.gone` alone, so whatever its first flush holds when it is
+    // killed is that topic's (with both topics the first flush may hold `drop.kept` only).
     let child = ingest_archive(
         &lake,
         storage,
         &broker,
-        &both,
+        &["drop.gone"],
         "kafka.archive.before_commit=abort",
     );
     let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();

@@ -577,10 +577,24 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
         &issuer,
         "1h",
         &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\ninterval = \"200ms\"\n",
+            // Into `sales`, which the analyst `svc` may see (its pipeline pages show it).
+            "[cdc]\nsource = \"{}\"\nnamespace = \"sales\"\ntable_name = \"live_{{table}}\"\n\
+             [cdc.flush]\ninterval = \"200ms\"\n",
             pg.url("app")
         ),
     );
+    // Streaming (its table made) before the browser lists the catalog.
+    let http = client();
+    let cookie = login(&http, &served.base, "svc", "svc-pw").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, _, status) = get(&http, &format!("{}/console/api/pipeline", served.base), &cookie).await;
+        if status.contains(r#""state":"streaming""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CDC pipeline is not streaming after 90 s: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = std::thread::spawn({
         let (url, writing) = (pg.url("app"), writing.clone());
@@ -639,7 +653,7 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
     assert_eq!(seen["user"], "svc", "{seen}");
     assert_eq!(
         seen["tables_listed"],
-        serde_json::json!(["sales.orders", "sales.totals"]),
+        serde_json::json!(["sales.live_orders", "sales.orders", "sales.totals"]),
         "{seen}"
     );
     assert_eq!(seen["table_title"], "sales.orders", "{seen}");
@@ -678,7 +692,13 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
     );
     assert_eq!(
         seen["pipeline_tables"],
-        serde_json::json!(["cdc.orders"]),
+        serde_json::json!(["sales.live_orders"]),
+        "{seen}"
+    );
+    assert_eq!(seen["pipelines"], serde_json::json!(["main (live)"]), "{seen}");
+    assert_eq!(
+        seen["history_tables"],
+        serde_json::json!(["sales.live_orders"]),
         "{seen}"
     );
     assert!(
@@ -693,6 +713,8 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
         "chart",
         "dashboard",
         "pipeline",
+        "pipelines",
+        "pipeline_history",
         "jobs",
         "refused",
     ] {
@@ -725,4 +747,183 @@ async fn console_off_serves_nothing_under_console() {
     }
     let (status, _, _) = get(&http, &format!("{}/healthz", served.base), "").await;
     assert_eq!(status, 200);
+}
+
+/// The figure a pipeline's history page embeds (`#history-figure`).
+fn history_figure(page: &str) -> serde_json::Value {
+    let start = page
+        .find(r#"<script type="application/json" id="history-figure">"#)
+        .unwrap_or_else(|| panic!("no history figure in {page}"));
+    let rest = &page[start..];
+    let json = &rest[rest.find('>').unwrap() + 1..rest.find("</script>").unwrap()];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+/// The rows a history figure's trace `name` counts: its rows/s summed back to rows.
+fn rows_drawn(figure: &serde_json::Value, name: &str, bucket_secs: f64) -> f64 {
+    let trace = figure["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no trace {name} in {figure}"));
+    trace["y"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(0.0) * bucket_secs)
+        .sum()
+}
+
+/// The pipelines pages over a Kafka ingest (`tarn ingest kafka` into `sales.web_clicks`, a real
+/// broker) and an Airbyte sync (`tarn ingest airbyte`, the test connector into `sales.items`),
+/// both run as their own processes beside `tarn serve`: listed from the lake, each partition's
+/// lag against the broker, the sync's stream and STATE, the history drawn from the commits;
+/// a user who may see none of their tables sees no pipeline; bad addresses are named.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
+    use tarn_test_utils::kafka::{Broker, Record};
+    crate::init_logs();
+    let broker = tokio::task::block_in_place(|| {
+        let broker = Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)");
+        broker.create_topic("web.clicks", 2).unwrap();
+        broker
+    });
+    let produce = |from: i32, to: i32| {
+        let records: Vec<Record> = (from..to)
+            .map(|i| Record {
+                topic: "web.clicks".into(),
+                partition: i % 2,
+                key: None,
+                value: Some(format!(r#"{{"user": {i}}}"#).into_bytes()),
+                headers: Vec::new(),
+            })
+            .collect();
+        tokio::task::block_in_place(|| broker.produce(&records).unwrap());
+    };
+    produce(0, 10);
+    let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
+    // The Kafka pipeline's tables land in `sales`, which the analyst `svc` may see.
+    let served = serve_with(
+        &issuer,
+        "1h",
+        &format!(
+            "[maintenance]\nauto = false\n\
+             [cdc]\nsource_kind = \"kafka\"\npipeline = \"clicks\"\nnamespace = \"sales\"\n\
+             principal_roles = [\"admin\"]\n\
+             [cdc.flush]\ninterval = \"100ms\"\n\
+             [cdc.kafka]\nbrokers = \"{}\"\ntopics = [\"web.clicks\"]\ngroup = \"clicks\"\n\
+             format = \"json\"\nsession_timeout = \"6s\"\n",
+            broker.bootstrap()
+        ),
+    );
+    let d = served.dir.path();
+    let ingest = crate::jobs::KafkaIngest::start(d);
+    let connector_config = d.join("connector.json");
+    std::fs::write(&connector_config, r#"{"count": 12, "state_every": 5}"#).unwrap();
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "ingest",
+            "airbyte",
+            "--connector",
+            &crate::airbyte::test_source(),
+            "--config",
+            &connector_config.display().to_string(),
+            "--namespace",
+            "sales",
+            "--commit-interval",
+            "0s",
+        ],
+    );
+    assert!(ok, "tarn ingest airbyte: {out}{err}");
+
+    let (http, base) = (client(), served.base.clone());
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    // Until the Kafka pipeline's page shows both partitions caught up with the broker.
+    let page = |path: &str| {
+        let (http, url, cookie) = (http.clone(), format!("{base}{path}"), cookie.clone());
+        async move { get(&http, &url, &cookie).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let kafka_page = loop {
+        let (status, _, body) = page("/console/pipelines/kafka/clicks").await;
+        if status == 200
+            && body.contains("<td>web.clicks</td><td>0</td><td>5</td><td>5</td><td>0</td>")
+            && body.contains("<td>web.clicks</td><td>1</td><td>5</td><td>5</td><td>0</td>")
+        {
+            break body;
+        }
+        ingest.assert_running(&format!("{status}"));
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka pipeline's page did not show the lake caught up in 90 s: {status} {body}\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(kafka_page.contains("sales.web_clicks"), "{kafka_page}");
+    assert!(!kafka_page.contains("partitions-note"), "{kafka_page}");
+    // The commits drawn: every record once, no lag trace missing.
+    let figure = history_figure(&kafka_page);
+    let bucket = 60.0 * 6.0; // 24 h in 240 buckets
+    assert_eq!(rows_drawn(&figure, "rows added/s", bucket).round(), 10.0, "{figure}");
+    assert!(figure["data"].as_array().unwrap().iter().any(|t| t["name"] == "lag at commit (s)"));
+
+    // Stopped, and 6 more records produced: each partition 3 behind.
+    ingest.stop();
+    produce(10, 16);
+    let (_, _, body) = page("/console/pipelines/kafka/clicks").await;
+    for partition in [0, 1] {
+        let row = format!("<td>web.clicks</td><td>{partition}</td><td>5</td><td>8</td><td>3</td>");
+        assert!(body.contains(&row), "{row} in {body}");
+    }
+
+    // The listing: both pipelines, by kind, with the rows of the last hour.
+    let (status, _, listing) = page("/console/pipelines").await;
+    assert_eq!(status, 200, "{listing}");
+    assert!(
+        listing.contains(r#"<a href="/console/pipelines/kafka/clicks">clicks</a>"#),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(r#"<a href="/console/pipelines/airbyte/sales">sales</a>"#),
+        "{listing}"
+    );
+    assert!(listing.contains("<td>Kafka ingest</td><td>1</td>"), "{listing}");
+
+    // The Airbyte sync: its stream, the STATE of its last commit, a commit per STATE.
+    let (status, _, airbyte) = page("/console/pipelines/airbyte/sales").await;
+    assert_eq!(status, 200, "{airbyte}");
+    assert!(airbyte.contains("sales.items"), "{airbyte}");
+    assert!(airbyte.contains("<code>stream items</code>"), "{airbyte}");
+    assert!(airbyte.contains("&#34;cursor&#34;:12") || airbyte.contains("&quot;cursor&quot;:12"), "{airbyte}");
+    let figure = history_figure(&airbyte);
+    assert_eq!(rows_drawn(&figure, "rows added/s", bucket).round(), 12.0, "{figure}");
+    assert_eq!(figure["data"].as_array().unwrap().len(), 2, "no lag for Airbyte: {figure}");
+    // A shorter window has fewer buckets (a minute each).
+    let (status, _, short) = page("/console/pipelines/airbyte/sales?hours=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(rows_drawn(&history_figure(&short), "rows added/s", 60.0).round(), 12.0);
+
+    // Bad addresses are named.
+    let (status, _, body) = page("/console/pipelines/mysql/x").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("pipeline kind &#34;mysql&#34;: expected one of postgres, cockroachdb, cdc, kafka, kafka-archive, airbyte") || body.contains("pipeline kind &quot;mysql&quot;"), "{body}");
+    let (status, _, body) = page("/console/pipelines/kafka/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no Kafka ingest pipeline"), "{body}");
+    let (status, _, body) = page("/console/pipelines/kafka/clicks?hours=-1").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("hours=-1: expected more than 0"), "{body}");
+
+    // A user who may see none of the tables sees no pipeline, and not its page.
+    let nobody = login(&http, &base, "nobody", "nobody-pw").await;
+    let (status, _, body) = get(&http, &format!("{base}/console/pipelines"), &nobody).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("no-pipelines") && !body.contains("clicks"), "{body}");
+    let (status, _, _) = get(&http, &format!("{base}/console/pipelines/kafka/clicks"), &nobody).await;
+    assert_eq!(status, 404);
+    drop(served);
 }

@@ -99,7 +99,7 @@ impl Scheduler {
         self.child.id()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -1699,7 +1699,7 @@ session_timeout = "6s"
 /// `tarn ingest kafka` as a child process on a data directory's own `tarn.toml`, its stderr
 /// collected (for the failure messages) by a thread.
 #[cfg(feature = "kafka")]
-struct KafkaIngest {
+pub(crate) struct KafkaIngest {
     child: Mutex<Child>,
     stderr: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -1707,7 +1707,7 @@ struct KafkaIngest {
 
 #[cfg(feature = "kafka")]
 impl KafkaIngest {
-    fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         let mut child = Command::new(crate::tarn_bin())
             .arg("--data-dir")
             .arg(dir)
@@ -1740,14 +1740,14 @@ impl KafkaIngest {
     }
 
     /// Panics, with its stderr, when the process has exited.
-    fn assert_running(&self, what: &str) {
+    pub(crate) fn assert_running(&self, what: &str) {
         if let Some(status) = self.child.lock().unwrap().try_wait().unwrap() {
             panic!("tarn ingest kafka exited ({status}; {what}): {}", self.log());
         }
     }
 
     /// SIGTERM, then waits for it to end; returns its stderr.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let child = self.child.get_mut().unwrap();
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

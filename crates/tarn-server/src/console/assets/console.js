@@ -189,6 +189,13 @@ const tarnConsole = (() => {
     setInterval(tick, 2000);
   }
 
+  // A pipeline's history: the figure the server built from the lake's commits, in the page.
+  function history() {
+    const target = document.getElementById("history-chart");
+    const figure = JSON.parse(document.getElementById("history-figure").textContent);
+    draw(target, figure).then(() => { target.dataset.drawn = "true"; });
+  }
+
   // The catalog's filter box.
   document.addEventListener("input", (e) => {
     if (e.target.id !== "table-filter") return;
@@ -196,5 +203,5 @@ const tarnConsole = (() => {
     for (const li of document.querySelectorAll("[data-table]")) li.hidden = !li.dataset.table.toLowerCase().includes(q);
   });
 
-  return { editor, dashboard, pipeline };
+  return { editor, dashboard, pipeline, history };
 })();
