@@ -45,22 +45,10 @@ pub(crate) async fn pipeline_status(
 /// Asks the policy, when there is one, whether `principal` may do `operation` on `job`, and
 /// records the decision.
 fn allowed(console: &Console, principal: &Principal, operation: &str, job: &str) -> Result<(), String> {
-    let Some(governance) = console.session.governance() else {
-        return Ok(());
-    };
-    let decided = governance.policy().check(
-        principal,
-        operation,
-        Some(json!({"job": {"name": job}})),
-        &format!("job {job}"),
-    );
-    governance.record_decision(
-        principal,
-        vec![format!("{operation} job {job} (console)")],
-        Vec::new(),
-        decided.as_ref().err().map(ToString::to_string),
-    );
-    decided.map_err(|e| e.to_string())
+    match console.session.governance() {
+        Some(governance) => crate::jobs::api::decide(governance, principal, operation, job, " (console)"),
+        None => Ok(()),
+    }
 }
 
 pub(crate) struct JobRow {

@@ -73,6 +73,20 @@ fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> R
             "a policy is configured: the jobs API serves only callers with an OIDC bearer token (auth.oidc)",
         )));
     };
+    decide(governance, principal, operation, job, "")
+        .map_err(|e| Box::new(error(StatusCode::FORBIDDEN, "ForbiddenException", e)))
+}
+
+/// Asks the policy whether `principal` may do `operation` (`ViewJob`, `RunJob`) on `job`, and
+/// records the decision in the audit trail (`via` says where from, e.g. ` (console)`); the
+/// refusal's text when it may not. Shared by the jobs API and the console's jobs pages.
+pub(crate) fn decide(
+    governance: &Governance,
+    principal: &tarn_auth::Principal,
+    operation: &str,
+    job: &str,
+    via: &str,
+) -> Result<(), String> {
     let decided = governance.policy().check(
         principal,
         operation,
@@ -81,11 +95,11 @@ fn authorize(state: &ApiState, caller: &Caller, operation: &str, job: &str) -> R
     );
     governance.record_decision(
         principal,
-        vec![format!("{operation} job {job}")],
+        vec![format!("{operation} job {job}{via}")],
         Vec::new(),
         decided.as_ref().err().map(ToString::to_string),
     );
-    decided.map_err(|e| Box::new(error(StatusCode::FORBIDDEN, "ForbiddenException", e.to_string())))
+    decided.map_err(|e| e.to_string())
 }
 
 async fn list(State(state): State<ApiState>, caller: Caller) -> Response {
