@@ -29,7 +29,7 @@ use futures::StreamExt;
 use iceberg::NamespaceIdent;
 use iceberg::table::Table;
 use plotly::common::{Mode, Title};
-use plotly::layout::{Axis, AxisType};
+use plotly::layout::{Axis, AxisType, RangeMode};
 use plotly::{Bar, Layout, Plot, Scatter};
 use serde::Deserialize;
 use tarn_cdc::position::KafkaOffsets;
@@ -216,7 +216,11 @@ fn pipelines_of(namespace: &str, name: &str, table: &Table) -> Vec<Pipeline> {
             ((kind, pipeline.clone()), position, String::new())
         } else if let Some(stream) = summary.get(STREAM_KEY) {
             let state = summary.get(STATE_KEY).cloned().unwrap_or_default();
-            ((Kind::Airbyte, namespace.to_string()), format!("stream {stream}"), state)
+            (
+                (Kind::Airbyte, namespace.to_string()),
+                format!("stream {stream}"),
+                state,
+            )
         } else {
             continue;
         };
@@ -244,9 +248,9 @@ fn pipelines_of(namespace: &str, name: &str, table: &Table) -> Vec<Pipeline> {
             part.state = state;
         }
     }
-    let total = metadata
-        .current_snapshot()
-        .map_or(0, |s| summary_count(&s.summary().additional_properties, "total-records"));
+    let total = metadata.current_snapshot().map_or(0, |s| {
+        summary_count(&s.summary().additional_properties, "total-records")
+    });
     // A table CDC created that holds no commit of it yet.
     if found.is_empty()
         && let Some(pipeline) = properties.get(SUMMARY_PIPELINE)
@@ -346,7 +350,12 @@ pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal):
     let pipelines = match discover(&console, &principal).await {
         Ok(p) => p,
         Err(e) => {
-            return refused(&principal, super::status_of(&e), "Cannot list the pipelines", &e.to_string());
+            return refused(
+                &principal,
+                super::status_of(&e),
+                "Cannot list the pipelines",
+                &e.to_string(),
+            );
         }
     };
     let live = live_pipeline(&console);
@@ -358,7 +367,10 @@ pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal):
             kind_label: p.kind.label(),
             name: p.name.clone(),
             tables: p.tables.len(),
-            last_commit: p.last_commit_ms().map(age).unwrap_or_else(|| "no commit yet".into()),
+            last_commit: p
+                .last_commit_ms()
+                .map(age)
+                .unwrap_or_else(|| "no commit yet".into()),
             rows_last_hour: p.rows_since(hour_ago),
             live: !p.kind.is_kafka() && p.kind != Kind::Airbyte && live.as_deref() == Some(p.name.as_str()),
         })
@@ -379,69 +391,68 @@ pub(crate) struct Window {
 /// The history's default window and its limits.
 const DEFAULT_HOURS: f64 = 24.0;
 const MAX_HOURS: f64 = 24.0 * 90.0;
-/// Points on the history's time axis at most (buckets of at least a minute).
+/// Points on the history's time axis at most.
 const MAX_BUCKETS: i64 = 240;
+/// The shortest bucket of the history.
+const MIN_BUCKET_MS: i64 = 10_000;
 
-/// The history chart of `commits`: rows added and deleted per second, bucketed over the
-/// window, and (when the kind has one) the largest lag at commit in each bucket.
+/// The history chart of `commits`: rows added and deleted per second (each bar's hover text
+/// says how many rows), and (when the kind has one) the largest lag at commit of each bucket.
+/// The buckets divide the span from the window's first commit (or `since_ms`, when none) to
+/// `now_ms`, so a pipeline that started an hour ago is not drawn against 23 empty hours.
 fn history_figure(kind: Kind, commits: &[Commit], since_ms: i64, now_ms: i64) -> serde_json::Value {
-    let bucket_ms = ((now_ms - since_ms) / MAX_BUCKETS).max(60_000);
-    let buckets = ((now_ms - since_ms) / bucket_ms + 1) as usize;
+    let in_window: Vec<&Commit> = commits
+        .iter()
+        .filter(|c| c.at_ms >= since_ms && c.at_ms <= now_ms)
+        .collect();
+    let start = in_window.iter().map(|c| c.at_ms).min().unwrap_or(since_ms);
+    let bucket_ms = ((now_ms - start) / MAX_BUCKETS).max(MIN_BUCKET_MS);
+    let buckets = ((now_ms - start) / bucket_ms + 1) as usize;
     let mut added = vec![0u64; buckets];
     let mut deleted = vec![0u64; buckets];
     let mut lag: Vec<Option<i64>> = vec![None; buckets];
-    for c in commits.iter().filter(|c| c.at_ms >= since_ms && c.at_ms <= now_ms) {
-        let i = ((c.at_ms - since_ms) / bucket_ms) as usize;
+    for c in in_window {
+        let i = ((c.at_ms - start) / bucket_ms) as usize;
         added[i] += c.added;
         deleted[i] += c.deleted;
         if let Some(l) = c.lag_ms {
             lag[i] = Some(lag[i].map_or(l, |m: i64| m.max(l)));
         }
     }
-    // Only the span that has commits (plus the time since the last one), so a pipeline that
-    // started an hour ago is not drawn against 23 empty hours.
-    let first = commits
-        .iter()
-        .filter(|c| c.at_ms >= since_ms)
-        .map(|c| ((c.at_ms - since_ms) / bucket_ms) as usize)
-        .min()
-        .unwrap_or(buckets - 1);
-    let times: Vec<String> = (first..buckets)
+    let times: Vec<String> = (0..buckets)
         .map(|i| {
-            chrono::DateTime::from_timestamp_millis(since_ms + i as i64 * bucket_ms)
+            chrono::DateTime::from_timestamp_millis(start + i as i64 * bucket_ms)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                 .unwrap_or_default()
         })
         .collect();
-    let per_second = |v: &[u64]| -> Vec<f64> {
-        v[first..]
+    let bars = |rows: &[u64], name: &str| {
+        let per_second: Vec<f64> = rows
             .iter()
             .map(|n| *n as f64 * 1000.0 / bucket_ms as f64)
-            .collect()
+            .collect();
+        let hover: Vec<String> = rows.iter().map(|n| format!("{n} rows")).collect();
+        Bar::new(times.clone(), per_second)
+            .name(name)
+            .offset_group(name)
+            .hover_text_array(hover)
     };
     let mut plot = Plot::new();
-    plot.add_trace(
-        Bar::new(times.clone(), per_second(&added))
-            .name("rows added/s")
-            .offset_group("rows"),
-    );
-    plot.add_trace(
-        Bar::new(times.clone(), per_second(&deleted))
-            .name("rows deleted/s")
-            .offset_group("deleted"),
-    );
+    plot.add_trace(bars(&added, "rows added/s"));
+    plot.add_trace(bars(&deleted, "rows deleted/s"));
     let mut layout = Layout::new()
         .title(Title::with_text(format!(
             "Commits per {} (from the tables' snapshots)",
             humantime::format_duration(std::time::Duration::from_millis(bucket_ms as u64))
         )))
         .x_axis(Axis::new().type_(AxisType::Date))
-        .y_axis(Axis::new().title(Title::with_text("rows/s")));
+        .y_axis(
+            Axis::new()
+                .title(Title::with_text("rows/s"))
+                .range_mode(RangeMode::ToZero),
+        );
     if kind.has_lag() {
-        let lag_s: Vec<Option<f64>> = lag[first..]
-            .iter()
-            .map(|l| l.map(|ms| ms as f64 / 1000.0))
-            .collect();
+        let lag_s: Vec<Option<f64>> = lag.iter().map(|l| l.map(|ms| ms as f64 / 1000.0)).collect();
         plot.add_trace(
             Scatter::new(times, lag_s)
                 .name("lag at commit (s)")
@@ -452,7 +463,8 @@ fn history_figure(kind: Kind, commits: &[Commit], since_ms: i64, now_ms: i64) ->
             Axis::new()
                 .title(Title::with_text("lag (s)"))
                 .overlaying("y")
-                .side(plotly::common::AxisSide::Right),
+                .side(plotly::common::AxisSide::Right)
+                .range_mode(RangeMode::ToZero),
         );
     }
     plot.set_layout(layout);
@@ -483,7 +495,6 @@ pub(crate) struct PartitionRow {
 #[template(path = "console/pipeline_history.html")]
 struct HistoryPage {
     frame: Frame,
-    kind: &'static str,
     kind_label: &'static str,
     name: String,
     live: bool,
@@ -539,7 +550,12 @@ pub(crate) async fn history(
     let pipelines = match discover(&console, &principal).await {
         Ok(p) => p,
         Err(e) => {
-            return refused(&principal, super::status_of(&e), "Cannot list the pipelines", &e.to_string());
+            return refused(
+                &principal,
+                super::status_of(&e),
+                "Cannot list the pipelines",
+                &e.to_string(),
+            );
         }
     };
     let Some(pipeline) = pipelines.into_iter().find(|p| p.kind == kind && p.name == name) else {
@@ -581,7 +597,10 @@ pub(crate) async fn history(
             table: t.table.clone(),
             position: t.position.clone(),
             state: truncated(&t.state, 400),
-            last_commit: t.last_commit_ms.map(age).unwrap_or_else(|| "no commit yet".into()),
+            last_commit: t
+                .last_commit_ms
+                .map(age)
+                .unwrap_or_else(|| "no commit yet".into()),
             commits: t.commits.len(),
             total_records: t.total_records,
             stopped: t.stopped.clone(),
@@ -589,7 +608,6 @@ pub(crate) async fn history(
         .collect();
     render(&HistoryPage {
         frame: Frame::of(&principal, "pipeline"),
-        kind: kind.slug(),
         kind_label: kind.label(),
         name: pipeline.name,
         live,
@@ -651,7 +669,9 @@ async fn partition_ends(
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     if brokers.trim().is_empty() {
-        return Err("the lag against the broker needs `cdc.kafka.brokers` in the config of this tarn serve".into());
+        return Err(
+            "the lag against the broker needs `cdc.kafka.brokers` in the config of this tarn serve".into(),
+        );
     }
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || {
@@ -664,7 +684,9 @@ async fn partition_ends(
         for (topic, partition) in partitions {
             let (_, high) = consumer
                 .fetch_watermarks(&topic, partition, BROKER_WAIT)
-                .map_err(|e| format!("cannot read the end of {topic}:{partition} from brokers {brokers}: {e}"))?;
+                .map_err(|e| {
+                    format!("cannot read the end of {topic}:{partition} from brokers {brokers}: {e}")
+                })?;
             out.insert((topic, partition), high);
         }
         Ok(out)
@@ -694,34 +716,48 @@ mod tests {
         }
     }
 
+    /// The rows each bar of trace `i` stands for, from its hover text.
+    fn rows(figure: &serde_json::Value, i: usize) -> Vec<u64> {
+        figure["data"][i]["hovertext"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().trim_end_matches(" rows").parse().unwrap())
+            .collect()
+    }
+
     #[test]
     fn history_buckets_rows_per_second_and_the_largest_lag() {
         let now = 1_800_000_000_000;
         let since = now - 3_600_000;
-        // An hour in minute buckets; two commits in one minute, one in another.
+        // Drawn from the first commit on: 3,540 s in 240 buckets of 14.75 s. The first two
+        // commits share the first bucket.
         let commits = [
             commit(since + 60_000, 600, Some(400)),
-            commit(since + 90_000, 1_200, Some(900)),
+            commit(since + 65_000, 1_200, Some(900)),
             commit(since + 30 * 60_000, 60, None),
+            // Outside the window.
+            commit(since - 1, 7, Some(5)),
         ];
         let figure = history_figure(Kind::Postgres, &commits, since, now);
         let data = figure["data"].as_array().unwrap();
         assert_eq!(data.len(), 3, "{figure}");
-        let added: Vec<f64> = data[0]["y"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        // Drawn from the first bucket with a commit; 1,800 rows in a minute = 30 rows/s.
-        assert_eq!(added[0], 30.0);
-        assert_eq!(added[29], 1.0);
-        assert_eq!(added.iter().sum::<f64>(), 31.0);
+        let added = rows(&figure, 0);
+        assert_eq!(added.len(), 241);
+        assert_eq!(added[0], 1_800);
+        assert_eq!(added.iter().sum::<u64>(), 1_860);
+        assert!(
+            (data[0]["y"][0].as_f64().unwrap() - 1_800.0 / 14.75).abs() < 1e-9,
+            "{figure}"
+        );
+        assert_eq!(data[0]["x"][0], "2027-01-15 07:01:00", "{figure}");
         assert_eq!(data[2]["y"][0], 0.9, "the largest lag of the bucket: {figure}");
         assert!(data[2]["y"][1].is_null(), "{figure}");
-        // Airbyte commits have no lag.
-        let figure = history_figure(Kind::Airbyte, &commits, since, now);
+        // Airbyte commits have no lag; a short span has buckets of 10 s at least.
+        let recent = [commit(now - 25_000, 600, None)];
+        let figure = history_figure(Kind::Airbyte, &recent, now - 60_000, now);
         assert_eq!(figure["data"].as_array().unwrap().len(), 2);
+        assert_eq!(rows(&figure, 0), [600, 0, 0]);
     }
 
     #[test]

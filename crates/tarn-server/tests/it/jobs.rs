@@ -99,7 +99,7 @@ impl Scheduler {
         self.child.id()
     }
 
-    pub(crate) fn log(&self) -> String {
+    fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -1735,7 +1735,7 @@ impl KafkaIngest {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
