@@ -270,7 +270,7 @@ pub enum BenchCommand {
     /// CDC backlog drained by `tarn bench cdc`, each with metrics, JSON logs and OTLP traces
     /// (to a sink in this process) on against all off, in the same run, alternating.
     Observability {
-        /// TPC-H scale factor.
+        /// TPC-H scale factor; 0 skips the TPC-H part.
         #[arg(long, default_value_t = 1.0)]
         sf: f64,
         /// Timed runs per query and round (after one warm-up); the best is kept.

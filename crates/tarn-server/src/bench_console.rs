@@ -7,10 +7,11 @@
 //!    HTTP endpoint with the console), a configured user logged in to the console over HTTP
 //!    and connected over the Postgres wire protocol.
 //! 3. `--requests` timed requests each (after a few untimed): `GET /console/catalog` (the
-//!    page listing every namespace and table, rendered) and `SELECT table_schema, table_name
-//!    FROM information_schema.tables` (every row read by the client).
+//!    page listing every namespace and table, rendered), `GET /console/pipelines` (which
+//!    reads every table's metadata to find the pipelines writing them) and `SELECT
+//!    table_schema, table_name FROM information_schema.tables` (every row read by the client).
 //!
-//! Printed: p50 and p95 of each and the ratio console/pgwire. Only the release profile's
+//! Printed: p50 and p95 of each and the ratios console/pgwire. Only the release profile's
 //! figures belong in BENCHMARKS.md.
 
 use std::path::PathBuf;
@@ -159,6 +160,25 @@ async fn measure(
             console.push(elapsed);
         }
     }
+    let mut pipelines = Vec::new();
+    for i in 0..WARMUP + options.requests {
+        let t = Instant::now();
+        let response = http
+            .get(format!("{base_url}/console/pipelines"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET /console/pipelines answered {}", response.status());
+        }
+        let body = response.text().await?;
+        if !body.contains("no-pipelines") {
+            bail!("the pipelines page of a lake without pipelines lists some");
+        }
+        if i >= WARMUP {
+            pipelines.push(t.elapsed().as_secs_f64());
+        }
+    }
     let url = format!(
         "host={} port={} user=bench password=bench-pw dbname={database}",
         pg_addr.ip(),
@@ -193,17 +213,24 @@ async fn measure(
     drop(client);
     let _ = connection.await;
     console.sort_by(f64::total_cmp);
+    pipelines.sort_by(f64::total_cmp);
     pgwire.sort_by(f64::total_cmp);
     println!(
         "{}   ({} KB page)",
         line("console GET /console/catalog (rendered page)", &console),
         page_bytes / 1024
     );
-    println!("{}", line("pgwire information_schema.tables (all rows)", &pgwire));
     println!(
-        "ratio console/pgwire: p50 {:.3}x   p95 {:.3}x",
-        percentile(&console, 0.5) / percentile(&pgwire, 0.5),
-        percentile(&console, 0.95) / percentile(&pgwire, 0.95)
+        "{}",
+        line("console GET /console/pipelines (all metadata)", &pipelines)
     );
+    println!("{}", line("pgwire information_schema.tables (all rows)", &pgwire));
+    for (what, times) in [("catalog", &console), ("pipelines", &pipelines)] {
+        println!(
+            "ratio console {what}/pgwire: p50 {:.3}x   p95 {:.3}x",
+            percentile(times, 0.5) / percentile(&pgwire, 0.5),
+            percentile(times, 0.95) / percentile(&pgwire, 0.95)
+        );
+    }
     Ok(())
 }
