@@ -1061,10 +1061,10 @@ async fn binary_copy_lands_values_as_the_stream_does() {
     running.stop().await;
     assert_eq!(rows.len(), 8, "{rows:?}");
     let strip = |r: &str| r.split_once('|').unwrap().1.to_string();
-    for i in 0..4 {
+    for (i, (copied, streamed)) in rows[..4].iter().zip(&rows[4..]).enumerate() {
         assert_eq!(
-            strip(&rows[i]),
-            strip(&rows[i + 4]),
+            strip(copied),
+            strip(streamed),
             "copy and stream agree on row {}",
             i + 1
         );
