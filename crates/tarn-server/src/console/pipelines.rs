@@ -216,11 +216,7 @@ fn pipelines_of(namespace: &str, name: &str, table: &Table) -> Vec<Pipeline> {
             ((kind, pipeline.clone()), position, String::new())
         } else if let Some(stream) = summary.get(STREAM_KEY) {
             let state = summary.get(STATE_KEY).cloned().unwrap_or_default();
-            (
-                (Kind::Airbyte, namespace.to_string()),
-                format!("stream {stream}"),
-                state,
-            )
+            ((Kind::Airbyte, namespace.to_string()), format!("stream {stream}"), state)
         } else {
             continue;
         };
@@ -248,9 +244,9 @@ fn pipelines_of(namespace: &str, name: &str, table: &Table) -> Vec<Pipeline> {
             part.state = state;
         }
     }
-    let total = metadata.current_snapshot().map_or(0, |s| {
-        summary_count(&s.summary().additional_properties, "total-records")
-    });
+    let total = metadata
+        .current_snapshot()
+        .map_or(0, |s| summary_count(&s.summary().additional_properties, "total-records"));
     // A table CDC created that holds no commit of it yet.
     if found.is_empty()
         && let Some(pipeline) = properties.get(SUMMARY_PIPELINE)
@@ -350,12 +346,7 @@ pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal):
     let pipelines = match discover(&console, &principal).await {
         Ok(p) => p,
         Err(e) => {
-            return refused(
-                &principal,
-                super::status_of(&e),
-                "Cannot list the pipelines",
-                &e.to_string(),
-            );
+            return refused(&principal, super::status_of(&e), "Cannot list the pipelines", &e.to_string());
         }
     };
     let live = live_pipeline(&console);
@@ -367,10 +358,7 @@ pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal):
             kind_label: p.kind.label(),
             name: p.name.clone(),
             tables: p.tables.len(),
-            last_commit: p
-                .last_commit_ms()
-                .map(age)
-                .unwrap_or_else(|| "no commit yet".into()),
+            last_commit: p.last_commit_ms().map(age).unwrap_or_else(|| "no commit yet".into()),
             rows_last_hour: p.rows_since(hour_ago),
             live: !p.kind.is_kafka() && p.kind != Kind::Airbyte && live.as_deref() == Some(p.name.as_str()),
         })
@@ -402,10 +390,7 @@ fn history_figure(kind: Kind, commits: &[Commit], since_ms: i64, now_ms: i64) ->
     let mut added = vec![0u64; buckets];
     let mut deleted = vec![0u64; buckets];
     let mut lag: Vec<Option<i64>> = vec![None; buckets];
-    for c in commits
-        .iter()
-        .filter(|c| c.at_ms >= since_ms && c.at_ms <= now_ms)
-    {
+    for c in commits.iter().filter(|c| c.at_ms >= since_ms && c.at_ms <= now_ms) {
         let i = ((c.at_ms - since_ms) / bucket_ms) as usize;
         added[i] += c.added;
         deleted[i] += c.deleted;
@@ -554,12 +539,7 @@ pub(crate) async fn history(
     let pipelines = match discover(&console, &principal).await {
         Ok(p) => p,
         Err(e) => {
-            return refused(
-                &principal,
-                super::status_of(&e),
-                "Cannot list the pipelines",
-                &e.to_string(),
-            );
+            return refused(&principal, super::status_of(&e), "Cannot list the pipelines", &e.to_string());
         }
     };
     let Some(pipeline) = pipelines.into_iter().find(|p| p.kind == kind && p.name == name) else {
@@ -601,10 +581,7 @@ pub(crate) async fn history(
             table: t.table.clone(),
             position: t.position.clone(),
             state: truncated(&t.state, 400),
-            last_commit: t
-                .last_commit_ms
-                .map(age)
-                .unwrap_or_else(|| "no commit yet".into()),
+            last_commit: t.last_commit_ms.map(age).unwrap_or_else(|| "no commit yet".into()),
             commits: t.commits.len(),
             total_records: t.total_records,
             stopped: t.stopped.clone(),
@@ -674,9 +651,7 @@ async fn partition_ends(
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     if brokers.trim().is_empty() {
-        return Err(
-            "the lag against the broker needs `cdc.kafka.brokers` in the config of this tarn serve".into(),
-        );
+        return Err("the lag against the broker needs `cdc.kafka.brokers` in the config of this tarn serve".into());
     }
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || {
@@ -689,9 +664,7 @@ async fn partition_ends(
         for (topic, partition) in partitions {
             let (_, high) = consumer
                 .fetch_watermarks(&topic, partition, BROKER_WAIT)
-                .map_err(|e| {
-                    format!("cannot read the end of {topic}:{partition} from brokers {brokers}: {e}")
-                })?;
+                .map_err(|e| format!("cannot read the end of {topic}:{partition} from brokers {brokers}: {e}"))?;
             out.insert((topic, partition), high);
         }
         Ok(out)

@@ -592,10 +592,7 @@ async fn console_in_headless_chromium_browses_queries_charts_and_saves_a_dashboa
         if status.contains(r#""state":"streaming""#) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the CDC pipeline is not streaming after 90 s: {status}"
-        );
+        assert!(Instant::now() < deadline, "the CDC pipeline is not streaming after 90 s: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -871,18 +868,8 @@ async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
     // The commits drawn: every record once, no lag trace missing.
     let figure = history_figure(&kafka_page);
     let bucket = 60.0 * 6.0; // 24 h in 240 buckets
-    assert_eq!(
-        rows_drawn(&figure, "rows added/s", bucket).round(),
-        10.0,
-        "{figure}"
-    );
-    assert!(
-        figure["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["name"] == "lag at commit (s)")
-    );
+    assert_eq!(rows_drawn(&figure, "rows added/s", bucket).round(), 10.0, "{figure}");
+    assert!(figure["data"].as_array().unwrap().iter().any(|t| t["name"] == "lag at commit (s)"));
 
     // Stopped, and 6 more records produced: each partition 3 behind.
     ingest.stop();
@@ -911,28 +898,14 @@ async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
     assert_eq!(status, 200, "{airbyte}");
     assert!(airbyte.contains("sales.items"), "{airbyte}");
     assert!(airbyte.contains("<code>stream items</code>"), "{airbyte}");
-    assert!(
-        airbyte.contains("&#34;cursor&#34;:12") || airbyte.contains("&quot;cursor&quot;:12"),
-        "{airbyte}"
-    );
+    assert!(airbyte.contains("&#34;cursor&#34;:12") || airbyte.contains("&quot;cursor&quot;:12"), "{airbyte}");
     let figure = history_figure(&airbyte);
-    assert_eq!(
-        rows_drawn(&figure, "rows added/s", bucket).round(),
-        12.0,
-        "{figure}"
-    );
-    assert_eq!(
-        figure["data"].as_array().unwrap().len(),
-        2,
-        "no lag for Airbyte: {figure}"
-    );
+    assert_eq!(rows_drawn(&figure, "rows added/s", bucket).round(), 12.0, "{figure}");
+    assert_eq!(figure["data"].as_array().unwrap().len(), 2, "no lag for Airbyte: {figure}");
     // A shorter window has fewer buckets (a minute each).
     let (status, _, short) = page("/console/pipelines/airbyte/sales?hours=1").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        rows_drawn(&history_figure(&short), "rows added/s", 60.0).round(),
-        12.0
-    );
+    assert_eq!(rows_drawn(&history_figure(&short), "rows added/s", 60.0).round(), 12.0);
 
     // Bad addresses are named.
     let (status, _, body) = page("/console/pipelines/mysql/x").await;
@@ -949,10 +922,7 @@ async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
     let nobody = login(&http, &base, "nobody", "nobody-pw").await;
     let (status, _, body) = get(&http, &format!("{base}/console/pipelines"), &nobody).await;
     assert_eq!(status, 200);
-    assert!(
-        body.contains("no-pipelines") && !body.contains("clicks"),
-        "{body}"
-    );
+    assert!(body.contains("no-pipelines") && !body.contains("clicks"), "{body}");
     let (status, _, _) = get(&http, &format!("{base}/console/pipelines/kafka/clicks"), &nobody).await;
     assert_eq!(status, 404);
     drop(served);
