@@ -323,8 +323,8 @@ impl BridgedTable {
         filters: &[Expr],
     ) -> DFResult<Result<Arc<dyn ExecutionPlan>, String>> {
         // Building the batches is CPU work proportional to the buffer: off the async threads.
-        let pending = pending.clone();
-        let changes = tokio::task::spawn_blocking(move || pending.changes())
+        let publication = pending.clone();
+        let changes = tokio::task::spawn_blocking(move || publication.changes())
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let changes = match changes {

@@ -1735,7 +1735,7 @@ impl KafkaIngest {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
