@@ -407,8 +407,14 @@ fn decoded_tuple(mut text: &str) -> BTreeMap<String, String> {
 }
 
 /// Every transaction a `test_decoding` slot holds for `public.items`, in commit order: the
-/// end of its commit record (what a pipeline's position counts) and its changes.
+/// end of its commit record (what a pipeline's position counts) and its changes. Decoding
+/// stops at the WAL flushed to disk, which the test cluster (`synchronous_commit=off`) may
+/// leave behind the last commits: a transaction committed synchronously flushes them first.
 async fn decoded_transactions(source: &tokio_postgres::Client, slot: &str) -> Vec<(u64, Vec<Change>)> {
+    source
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT;")
+        .await
+        .unwrap();
     let lines = rows_of(
         source,
         &format!(
@@ -477,12 +483,41 @@ fn check_reads(what: &str, transactions: &[(u64, Vec<Change>)], reads: &[(Rows, 
         if *got != want {
             let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(10).collect();
             let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(10).collect();
+            // Where the answer is PostgreSQL's table, if anywhere: tells a wrong position from
+            // a wrong answer.
+            let mut replay: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+            let mut equal_at = Vec::new();
+            for (at, changes) in transactions {
+                for change in changes {
+                    match change {
+                        Change::Upsert(id, columns) => {
+                            replay.insert(*id, columns.clone());
+                        }
+                        Change::Delete(id) => {
+                            replay.remove(id);
+                        }
+                        Change::Truncate => replay.clear(),
+                    }
+                }
+                let mut rows: Rows = replay.values().map(row_text).collect();
+                rows.sort();
+                if rows == *got {
+                    equal_at.push(format!("{:X}/{:X}", at >> 32, at & 0xffff_ffff));
+                }
+            }
+            let around: Vec<&String> = reads[i.saturating_sub(2)..(i + 3).min(reads.len())]
+                .iter()
+                .map(|(_, p)| p)
+                .collect();
             panic!(
-                "{what}: read {i} at {} is not PostgreSQL's table there ({} rows, want {}): \
-                 extra {extra:?}, missing {missing:?}",
+                "{what}: read {i} of {} at {} is not PostgreSQL's table there ({} rows, want {}): \
+                 extra {extra:?}, missing {missing:?}; the answer is PostgreSQL's table at {equal_at:?}; \
+                 the positions of reads {}..: {around:?}",
+                reads.len(),
                 reads[i].1,
                 got.len(),
-                want.len()
+                want.len(),
+                i.saturating_sub(2)
             );
         }
     }
@@ -724,6 +759,7 @@ async fn latest_reads_equal_the_source_at_their_position() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    tracing::info!(reads = reads.len(), altered = ?altered, truncated = ?truncated, "checking the reads");
     let checked = check_reads("latest", &transactions, &reads);
     check_reads("committed", &transactions, &lake_reads);
     let positions: std::collections::BTreeSet<u64> = reads.iter().map(|(_, p)| lsn(p)).collect();
