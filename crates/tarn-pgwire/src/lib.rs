@@ -500,9 +500,6 @@ fn shown_setting(
                 statement_timeout::show(statement_timeout(client, workload, &roles)),
             )
         }
-        "tarn.read_position" | "tarn read_position" => {
-            (read_mode::POSITION, read_mode::shown_position(client))
-        }
         "tarn.read_mode" | "tarn read_mode" => (
             read_mode::NAME,
             read_mode::session_mode(client)
@@ -902,18 +899,12 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
         let mode = read_mode::session_mode(client);
-        let positions = tarn_query::bridge::ReadPositions::default();
-        let out = with_principal(
+        with_principal(
             principal_of(client),
-            tarn_query::bridge::with_read_positions(
-                positions.clone(),
-                tarn_query::bridge::with_read_mode(mode, self.run_query(client, query, timer)),
-            ),
+            tarn_query::bridge::with_read_mode(mode, self.run_query(client, query, timer)),
         )
         .instrument(span)
-        .await;
-        read_mode::keep_position(client, &positions);
-        out
+        .await
     }
 }
 
@@ -1369,15 +1360,9 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
         let mode = read_mode::session_mode(client);
-        let positions = tarn_query::bridge::ReadPositions::default();
-        let out = tarn_query::bridge::with_read_positions(
-            positions.clone(),
-            tarn_query::bridge::with_read_mode(mode, self.run_portal(client, portal, max_rows, timer)),
-        )
-        .instrument(span)
-        .await;
-        read_mode::keep_position(client, &positions);
-        out
+        tarn_query::bridge::with_read_mode(mode, self.run_portal(client, portal, max_rows, timer))
+            .instrument(span)
+            .await
     }
 }
 

@@ -256,19 +256,9 @@ impl SchemaProvider for LakeSchemaProvider {
         let provider: Arc<dyn TableProvider> = match selector {
             TableSelector::Current(_) => {
                 let committed = LakeTable::new(self.lake.clone(), table).await?;
-                // A pipeline's table, with or without a publication in place, reads through
-                // the bridge, which records the position it read at.
-                let pending = self.bridge.pending(&ident);
-                let position = self.bridge.committed_position(committed.table());
-                if pending.is_some() || position.is_some() {
-                    Arc::new(BridgedTable::new(
-                        committed,
-                        pending,
-                        position,
-                        self.bridge.clone(),
-                    ))
-                } else {
-                    Arc::new(committed)
+                match self.bridge.pending(&ident) {
+                    Some(pending) => Arc::new(BridgedTable::new(committed, pending, self.bridge.clone())),
+                    None => Arc::new(committed),
                 }
             }
             TableSelector::Snapshot(_, id) => {
@@ -681,10 +671,21 @@ impl LakeTable {
     }
 }
 
-impl LakeTable {
-    /// The snapshot read, in [`Self::schema`]'s columns: by Iceberg's reader, or DataFusion's
-    /// Parquet reader where that reads the same rows.
-    async fn scan_snapshot(
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
@@ -710,119 +711,6 @@ impl LakeTable {
             None => self.schema.as_ref().clone(),
         };
         cast_to(plan, &target)
-    }
-
-    /// The columns of the current schema that the snapshot read has not (added since it was
-    /// committed, e.g. by a CDC pipeline's schema change before its next commit): Iceberg's
-    /// scan refuses to select them, and every row of the snapshot has them NULL.
-    fn columns_added_since_snapshot(&self) -> Vec<usize> {
-        let metadata = self.table.metadata();
-        let Some(snapshot) = metadata.current_snapshot() else {
-            return Vec::new();
-        };
-        let Ok(schema) = snapshot.schema(metadata) else {
-            return Vec::new();
-        };
-        if schema.schema_id() == metadata.current_schema_id() {
-            return Vec::new();
-        }
-        self.scan
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| schema.field_by_name(f.name()).is_none())
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    /// [`Self::scan_snapshot`] of the columns the snapshot has, the `added` ones NULL; filters
-    /// on an added column are applied here, over the NULLs.
-    async fn scan_with_added(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        added: &[usize],
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        use datafusion::common::ScalarValue;
-        use datafusion::physical_expr::expressions::Literal;
-        use datafusion::physical_plan::filter::FilterExec;
-        let names: Vec<&String> = added.iter().map(|&i| self.schema.field(i).name()).collect();
-        let (kept, dropped): (Vec<Expr>, Vec<Expr>) = filters
-            .iter()
-            .cloned()
-            .partition(|e| !e.column_refs().iter().any(|c| names.contains(&&c.name)));
-        let present: Vec<usize> = (0..self.schema.fields().len())
-            .filter(|i| !added.contains(i))
-            .collect();
-        let limit = if dropped.is_empty() { limit } else { None };
-        let read = self.scan_snapshot(state, Some(&present), &kept, limit).await?;
-        let full: Vec<(Arc<dyn PhysicalExpr>, String)> = self
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let expr: Arc<dyn PhysicalExpr> = match present.iter().position(|&p| p == i) {
-                    Some(j) => Arc::new(PhysicalColumn::new(f.name(), j)),
-                    None => Arc::new(Literal::new(ScalarValue::try_from(f.data_type())?)),
-                };
-                Ok((expr, f.name().clone()))
-            })
-            .collect::<DFResult<_>>()?;
-        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(full, read)?);
-        if let Some(predicate) = conjunction(dropped) {
-            let schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-            let predicate = state.create_physical_expr(predicate, &schema)?;
-            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
-        }
-        let Some(projection) = projection else {
-            return Ok(plan);
-        };
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
-            .iter()
-            .map(|&i| {
-                let name = self.schema.field(i).name().clone();
-                (
-                    Arc::new(PhysicalColumn::new(&name, i)) as Arc<dyn PhysicalExpr>,
-                    name,
-                )
-            })
-            .collect();
-        Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
-    }
-}
-
-#[async_trait]
-impl TableProvider for LakeTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let added = self.columns_added_since_snapshot();
-        if !added.is_empty() {
-            return self
-                .scan_with_added(state, projection, filters, limit, &added)
-                .await;
-        }
-        self.scan_snapshot(state, projection, filters, limit).await
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {

@@ -33,25 +33,10 @@ impl Served {
             ),
         )
         .unwrap();
-        let child = Self::spawn(dir.path(), pg_port, http_port);
-        Self {
-            child,
-            pg_port,
-            http_port,
-            _dir: dir,
-        }
-    }
-
-    /// Starts `tarn serve` on `dir` and waits until it listens on both ports.
-    fn spawn(dir: &std::path::Path, pg_port: u16, http_port: u16) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serve.log"))
-            .unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
         let child = Command::new(crate::tarn_bin())
             .arg("--data-dir")
-            .arg(dir)
+            .arg(dir.path())
             .arg("serve")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -59,20 +44,16 @@ impl Served {
             .unwrap();
         for port in [pg_port, http_port] {
             if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
-                let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
                 panic!("tarn serve did not start: {e}\n{log}");
             }
         }
-        child
-    }
-
-    /// Kills the process (SIGKILL: no shutdown, nothing flushed), runs `meanwhile`, and
-    /// starts it again on the same data directory and ports.
-    pub(crate) fn kill_and_restart_after(&mut self, meanwhile: impl FnOnce()) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        meanwhile();
-        self.child = Self::spawn(self._dir.path(), self.pg_port, self.http_port);
+        Self {
+            child,
+            pg_port,
+            http_port,
+            _dir: dir,
+        }
     }
 
     /// The served lake's data directory.
