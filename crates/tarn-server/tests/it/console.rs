@@ -792,25 +792,14 @@ fn rows_drawn(figure: &serde_json::Value, name: &str) -> u64 {
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
-    use tarn_test_utils::kafka::{Broker, Record};
+    use tarn_test_utils::kafka::Broker;
     crate::init_logs();
     let broker = tokio::task::block_in_place(|| {
         let broker = Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)");
         broker.create_topic("web.clicks", 2).unwrap();
         broker
     });
-    let produce = |from: i32, to: i32| {
-        let records: Vec<Record> = (from..to)
-            .map(|i| Record {
-                topic: "web.clicks".into(),
-                partition: i % 2,
-                key: None,
-                value: Some(format!(r#"{{"user": {i}}}"#).into_bytes()),
-                headers: Vec::new(),
-            })
-            .collect();
-        tokio::task::block_in_place(|| broker.produce(&records).unwrap());
-    };
+    let produce = |from: i32, to: i32| crate::jobs::produce_clicks(&broker, from, to);
     produce(0, 10);
     let issuer = issuer(vec![Signer::rsa("k1", RSA1)]).await;
     // The Kafka pipeline's tables land in `sales`, which the analyst `svc` may see.

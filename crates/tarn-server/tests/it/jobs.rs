@@ -1509,7 +1509,7 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_kafka_checks_fail_while_the_lake_is_behind_the_topic_and_pass_once_caught_up() {
-    use tarn_test_utils::kafka::{Broker, Record};
+    use tarn_test_utils::kafka::Broker;
     let broker = tokio::task::block_in_place(|| {
         let broker = Broker::start().expect("a tansu broker (bash scripts/setup.sh installs it)");
         broker.create_topic("web.clicks", 2).unwrap();
@@ -1534,18 +1534,7 @@ session_timeout = "6s"
         broker.bootstrap()
     ));
     let d = dir.path();
-    let produce = |from: i32, to: i32| {
-        let records: Vec<Record> = (from..to)
-            .map(|i| Record {
-                topic: "web.clicks".into(),
-                partition: i % 2,
-                key: None,
-                value: Some(format!(r#"{{"user": {i}}}"#).into_bytes()),
-                headers: Vec::new(),
-            })
-            .collect();
-        tokio::task::block_in_place(|| broker.produce(&records).unwrap());
-    };
+    let produce = |from: i32, to: i32| produce_clicks(&broker, from, to);
     produce(0, 10);
     write_job(
         d,
@@ -1694,6 +1683,22 @@ session_timeout = "6s"
             && error.contains("old (max_age 1ms)"),
         "{error}"
     );
+}
+
+/// Produces the JSON records `{"user": i}` for `i` in `from..to` to topic `web.clicks`, record
+/// `i` to partition `i % 2`.
+#[cfg(feature = "kafka")]
+pub(crate) fn produce_clicks(broker: &tarn_test_utils::kafka::Broker, from: i32, to: i32) {
+    let records: Vec<tarn_test_utils::kafka::Record> = (from..to)
+        .map(|i| tarn_test_utils::kafka::Record {
+            topic: "web.clicks".into(),
+            partition: i % 2,
+            key: None,
+            value: Some(format!(r#"{{"user": {i}}}"#).into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    tokio::task::block_in_place(|| broker.produce(&records).unwrap());
 }
 
 /// `tarn ingest kafka` as a child process on a data directory's own `tarn.toml`, its stderr
