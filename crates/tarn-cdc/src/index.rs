@@ -44,11 +44,15 @@ pub enum IndexKey {
 #[derive(Debug)]
 enum Entries {
     Unique {
-        ints: HashMap<i64, RowLocation>,
-        hashes: HashMap<[u64; 2], RowLocation>,
+        ints: Map<i64, RowLocation>,
+        hashes: Map<[u64; 2], RowLocation>,
     },
-    Multi(HashMap<IndexKey, Vec<RowLocation>>),
+    Multi(Map<IndexKey, Vec<RowLocation>>),
 }
+
+/// The maps' hasher: foldhash (randomly seeded) instead of SipHash, which cost about as much
+/// per key as the rest of an insert while a snapshot copy fills the index with every row.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 fn split(hash: u128) -> [u64; 2] {
     [(hash >> 64) as u64, hash as u64]
@@ -171,11 +175,11 @@ impl KeyIndex {
             files: Vec::new(),
             file_numbers: HashMap::new(),
             entries: if multi {
-                Entries::Multi(HashMap::new())
+                Entries::Multi(Map::default())
             } else {
                 Entries::Unique {
-                    ints: HashMap::new(),
-                    hashes: HashMap::new(),
+                    ints: Map::default(),
+                    hashes: Map::default(),
                 }
             },
         }
@@ -214,6 +218,20 @@ impl KeyIndex {
     /// The path of data file number `n`.
     pub fn file_path(&self, n: u32) -> &Arc<str> {
         &self.files[n as usize]
+    }
+
+    /// Records that the rows with `keys` live in data file number `file` at consecutive
+    /// positions from `first_pos` (a batch as one writer wrote it).
+    pub fn insert_run(&mut self, keys: &[IndexKey], file: u32, first_pos: u32) {
+        for (i, key) in keys.iter().enumerate() {
+            self.insert(
+                *key,
+                RowLocation {
+                    file,
+                    pos: first_pos + i as u32,
+                },
+            );
+        }
     }
 
     /// Records that the row with `key` lives at `location`.

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod change_source;
 pub mod connect;
+pub mod copy_binary;
 pub mod copy_text;
 pub mod local;
 pub mod pgoutput;

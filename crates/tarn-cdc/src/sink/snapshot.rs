@@ -21,8 +21,8 @@ use tarn_core::{Error, ErrorKind, Result, failpoint};
 use tarn_lake::{PositionedDataWriter, RowDelta};
 
 use super::summary::snapshot_summary;
-use super::{LakeSink, current_files, placements};
-use crate::index::{KeyEncoder, KeyIndex, RowLocation};
+use super::{LakeSink, current_files};
+use crate::index::{KeyEncoder, KeyIndex};
 use crate::source::BatchWriter;
 use crate::source::{Position, TableId};
 
@@ -59,17 +59,40 @@ impl BatchWriter for SnapshotPartWriter {
             .collect();
         let keys = self.encoder.encode(&key_columns)?;
         let rows = batch.num_rows();
-        let placed = placements(self.writer.write(batch).await?, rows, &self.table)?;
+        let written = self.writer.write(batch).await?;
+        if written.len() > 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "table {} is partitioned; CDC writes unpartitioned tables only",
+                    self.table
+                ),
+            ));
+        }
+        let placed: usize = written.iter().map(|w| w.batch.num_rows()).sum();
+        if placed != rows {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("wrote {placed} rows of {rows} into {}", self.table),
+            ));
+        }
+        // One file number per written run of rows, not one lookup per row.
         let mut index = self.index.lock().expect("snapshot index poisoned");
-        for (key, (path, pos)) in keys.into_iter().zip(placed) {
-            let file = index.file_number(&path);
-            index.insert(
-                key,
-                RowLocation {
-                    file,
-                    pos: pos as u32,
-                },
-            );
+        let mut from = 0;
+        for w in written {
+            let n = w.batch.num_rows();
+            let file = index.file_number(&w.data_file);
+            let first_pos = u32::try_from(w.first_pos).map_err(|_| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "data file {} of {} holds more than 2^32 rows",
+                        w.data_file, self.table
+                    ),
+                )
+            })?;
+            index.insert_run(&keys[from..from + n], file, first_pos);
+            from += n;
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! text output format (see [`super::text`]) and finishes an Arrow array of
 //! [`arrow_type`]`(column type)`; a [`BatchBuilder`] does it for every column of a table and
 //! finishes [`RecordBatch`]es of [`arrow_schema`]. The lake sink builds its data files with
-//! them, and a PostgreSQL snapshot copy builds its batches from `COPY` text with them.
+//! them, and a PostgreSQL snapshot copy builds its batches from `COPY` text with them — or
+//! from `COPY ... (FORMAT binary)` values with [`ColumnBuilder::append_binary`], which lands
+//! a value exactly as its text would (see [`super::binary`]).
 //!
 //! Contract: a value that does not parse, or does not fit the column's type, is an
 //! [`ErrorKind::InvalidInput`] error naming the column, the value (at most 64 bytes of it) and
@@ -28,6 +30,10 @@ use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use tarn_core::{Error, ErrorKind, Result};
 
+use super::binary::{
+    BinaryFormat, numeric_text, read_bool, read_date, read_f32, read_f64, read_i16, read_i32, read_i64,
+    read_oid, read_time, read_timestamp,
+};
 use super::text::{
     DECIMAL_HINT, DECIMAL_NOT_FINITE, DECIMAL_TOO_LARGE, DECIMAL_TOO_PRECISE, ParseError, err, parse_array,
     parse_bool, parse_bytea, parse_date, parse_decimal, parse_f32, parse_f64, parse_i64, parse_time,
@@ -42,6 +48,8 @@ pub struct ColumnBuilder {
     column: String,
     column_type: ColumnType,
     values: Values,
+    /// The text of a binary value read through its text form (`numeric`).
+    scratch: Vec<u8>,
 }
 
 enum Values {
@@ -327,6 +335,7 @@ impl ColumnBuilder {
             column: column.into(),
             column_type: t.clone(),
             values: Values::new(t, capacity),
+            scratch: Vec::new(),
         }
     }
 
@@ -376,6 +385,70 @@ impl ColumnBuilder {
     /// Appends a NULL.
     pub fn append_null(&mut self) {
         self.values.append_null();
+    }
+
+    /// Appends one value in PostgreSQL's binary send format read as `format` (which
+    /// [`BinaryFormat::of`] chose for this column); `None` is NULL. The value lands exactly
+    /// as its text output would through [`ColumnBuilder::append`]; on error (naming the
+    /// column) nothing is appended.
+    pub fn append_binary(&mut self, value: Option<&[u8]>, format: BinaryFormat) -> Result<()> {
+        let Some(v) = value else {
+            self.values.append_null();
+            return Ok(());
+        };
+        if format == BinaryFormat::Numeric {
+            // Through the text numeric_out prints: the text path's checks and messages.
+            let mut text = std::mem::take(&mut self.scratch);
+            let result = match numeric_text(v, &mut text) {
+                Ok(()) => self.append(Some(&text)),
+                Err(reason) => Err(self.binary_error(v, reason)),
+            };
+            self.scratch = text;
+            return result;
+        }
+        let appended = match (&mut self.values, format) {
+            (Values::Bool(b), BinaryFormat::Bool) => read_bool(v).map(|x| b.append_value(x)),
+            (Values::Int16(b), BinaryFormat::Int2) => read_i16(v).map(|x| b.append_value(x.into())),
+            (Values::Int32(b), BinaryFormat::Int4) => read_i32(v).map(|x| b.append_value(x)),
+            (Values::Int64(b), BinaryFormat::Int8) => read_i64(v).map(|x| b.append_value(x)),
+            (Values::Int64(b), BinaryFormat::Oid) => read_oid(v).map(|x| b.append_value(x)),
+            (Values::Float32(b), BinaryFormat::Float4) => read_f32(v).map(|x| b.append_value(x)),
+            (Values::Float64(b), BinaryFormat::Float8) => read_f64(v).map(|x| b.append_value(x)),
+            (Values::Text(b), BinaryFormat::Text) => std::str::from_utf8(v)
+                .map(|x| b.append_value(x))
+                .map_err(|_| err("not valid UTF-8")),
+            (Values::Bytea(b, _), BinaryFormat::Bytea) => {
+                b.append_value(v);
+                Ok(())
+            }
+            (Values::Date(b), BinaryFormat::Date) => read_date(v).map(|x| b.append_value(x)),
+            (Values::Time(b), BinaryFormat::Time) => read_time(v).map(|x| b.append_value(x)),
+            (Values::Timestamp(b) | Values::TimestampTz(b), BinaryFormat::Timestamp) => {
+                read_timestamp(v).map(|x| b.append_value(x))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "column {}: binary format {format:?} does not fit its type {}",
+                        self.column, self.column_type
+                    ),
+                ));
+            }
+        };
+        appended.map_err(|reason| self.binary_error(v, reason))
+    }
+
+    fn binary_error(&self, v: &[u8], reason: ParseError) -> Error {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "column {}: cannot read a binary value of {} bytes as {}: {reason}",
+                self.column,
+                v.len(),
+                self.column_type
+            ),
+        )
     }
 
     /// The number of values appended since the last [`ColumnBuilder::finish`].
@@ -447,6 +520,16 @@ impl BatchBuilder {
     pub fn append(&mut self, row: &[Option<&[u8]>]) -> Result<()> {
         for (builder, cell) in self.builders.iter_mut().zip(row) {
             builder.append(*cell)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Appends one row of binary cells (`None` = NULL), cell `i` read as `formats[i]`
+    /// ([`BinaryFormat::of`] of its column).
+    pub fn append_binary(&mut self, row: &[Option<&[u8]>], formats: &[BinaryFormat]) -> Result<()> {
+        for ((builder, cell), format) in self.builders.iter_mut().zip(row).zip(formats) {
+            builder.append_binary(*cell, *format)?;
         }
         self.rows += 1;
         Ok(())

@@ -13,11 +13,14 @@
 //! - [`builder`]: text values into Arrow arrays ([`builder::ColumnBuilder`]) and rows into
 //!   record batches of a table's schema ([`builder::BatchBuilder`]);
 //! - [`arrow_text`]: Arrow arrays back into text values (a copy's rows published to Kafka).
+//! - [`binary`]: readers of PostgreSQL's binary send format of the common built-in types (the
+//!   snapshot copy's `COPY ... (FORMAT binary)`).
 //!
 //! Which [`ColumnType`] a source column has is the source's business (PostgreSQL and
 //! CockroachDB: `crate::postgres::types` maps type OIDs); everything after that is shared.
 
 pub mod arrow_text;
+pub mod binary;
 pub mod builder;
 pub mod text;
 

@@ -997,6 +997,117 @@ async fn every_type_maps_value_by_value() {
     assert_eq!(duck.as_array().unwrap().len(), 6);
 }
 
+/// Every type the snapshot copies in PostgreSQL's binary format (docs/cdc.md, "Initial
+/// snapshot"), with ordinary values, extremes, clamped values and bytes COPY text escapes.
+const BINARY_TYPES: &str = "
+CREATE TABLE scalars (
+  id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, o oid, dec numeric(10,2), num numeric, r real,
+  d double precision, b boolean, t text, vc varchar(10), c char(5), nm name, j json, by bytea, dt date,
+  tm time, ts timestamp, tstz timestamptz);";
+
+const BINARY_ROWS: [&str; 4] = [
+    "32767, 2147483647, 9223372036854775807, 4294967295, 12345678.90, 1.5, 'NaN', 1e308, true, 'héllo',
+     'varchar', 'ab', 'n', '{\"a\": 1}', '\\xdeadbeef', '2026-11-27', '23:59:59.999999',
+     '2026-11-27 10:00:00.123456', '2026-11-27 10:00:00+02'",
+    "-32768, -2147483648, -9223372036854775808, 0, -99999999.99, 0.000000000000000001, '-Infinity',
+     '-Infinity', false, '', '', '', '', 'null', '\\x', 'infinity', '24:00:00', '-infinity',
+     '1970-01-01 00:00:00-05:30'",
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL, NULL",
+    "0, 0, 0, 1, 0.00, 123456.000100, 1.17549435e-38, 5e-324, true, E'tab\\there\\nnew line \\\\ back',
+     E'a\\tb', 'x\\y', 'n\\m', '[1, 2]', '\\x000a5c09', '-infinity', '00:00:00',
+     '1999-12-31 23:59:59.999999', '0001-01-01 00:00:00+00'",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_copy_lands_values_as_the_stream_does() {
+    let values = |first: i32| {
+        BINARY_ROWS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("({}, {r})", first + i as i32))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let cdc = Cdc::new(&format!(
+        "{BINARY_TYPES} INSERT INTO scalars VALUES {};",
+        values(1)
+    ))
+    .await;
+    let spec_columns = cdc.sql(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'scalars'::regclass AND attnum > 0 \
+         AND atttypid IN (16, 17, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 1700)",
+    );
+    assert_eq!(spec_columns.trim(), "20", "every column has a binary reader");
+    let running = cdc.start().await;
+    cdc.wait_same(
+        "SELECT count(*) FROM scalars",
+        "SELECT count(*) FROM cdc.scalars",
+        Duration::from_secs(60),
+    )
+    .await;
+    // The same values through the stream (text from pgoutput), ids 11-14.
+    cdc.sql(&format!("INSERT INTO scalars VALUES {};", values(11)));
+    cdc.wait_same(
+        "SELECT count(*) FROM scalars",
+        "SELECT count(*) FROM cdc.scalars",
+        Duration::from_secs(60),
+    )
+    .await;
+    let rows = cdc
+        .lake_rows("SELECT * FROM cdc.scalars ORDER BY id")
+        .await
+        .unwrap();
+    running.stop().await;
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    let strip = |r: &str| r.split_once('|').unwrap().1.to_string();
+    for (i, (copied, streamed)) in rows[..4].iter().zip(&rows[4..]).enumerate() {
+        assert_eq!(
+            strip(copied),
+            strip(streamed),
+            "copy and stream agree on row {}",
+            i + 1
+        );
+    }
+    let cells = |r: &str| r.split('|').map(str::to_string).collect::<Vec<_>>();
+    let first = cells(&rows[0]);
+    assert_eq!(
+        first[1..5],
+        ["32767", "2147483647", "9223372036854775807", "4294967295"],
+        "{first:?}"
+    );
+    assert_eq!(first[5..7], ["12345678.90", "1.500000000000000000"], "{first:?}");
+    assert_eq!(
+        first[18..],
+        ["2026-11-27T10:00:00.123456", "2026-11-27T08:00:00Z"],
+        "{first:?}"
+    );
+    let second = cells(&rows[1]);
+    assert_eq!(
+        second[16..],
+        [
+            "9999-12-31",
+            "23:59:59.999999",
+            "0001-01-01T00:00:00",
+            "1970-01-01T05:30:00Z"
+        ],
+        "{second:?}"
+    );
+    assert!(
+        cells(&rows[2])[1..].iter().all(|c| c == "NULL"),
+        "row of NULLs: {}",
+        rows[2]
+    );
+    let fourth = cells(&rows[3]);
+    assert_eq!(fourth[6], "123456.000100000000000000", "{fourth:?}");
+    assert_eq!(fourth[16], "0001-01-01", "{fourth:?}");
+    // The text with a tab, a newline and a backslash, read whole (COPY text escapes them).
+    let text = cdc
+        .lake_rows("SELECT length(t), strpos(t, chr(9)), strpos(t, chr(10)), length(vc) FROM cdc.scalars WHERE id = 4")
+        .await;
+    assert_eq!(text, Some(vec!["24|4|9|3".to_string()]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_types_are_named_by_column() {
     let mut cdc = Cdc::new("CREATE TABLE shapes (id int PRIMARY KEY, p point, label text); INSERT INTO shapes VALUES (1, '(1,2)', 'a');")
