@@ -102,6 +102,11 @@ impl Kind {
         matches!(self, Kind::Postgres | Kind::Cockroach | Kind::Kafka)
     }
 
+    /// Change data capture from a database: the kinds a CDC pipeline of `tarn serve` writes.
+    fn is_cdc(self) -> bool {
+        matches!(self, Kind::Postgres | Kind::Cockroach | Kind::Cdc)
+    }
+
     fn is_kafka(self) -> bool {
         matches!(self, Kind::Kafka | Kind::KafkaArchive)
     }
@@ -320,6 +325,18 @@ async fn discover(console: &Console, principal: &tarn_auth::Principal) -> tarn_c
     Ok(out)
 }
 
+/// [`discover`], or the page saying why the pipelines cannot be listed.
+async fn discovered(console: &Console, principal: &tarn_auth::Principal) -> Result<Vec<Pipeline>, Response> {
+    discover(console, principal).await.map_err(|e| {
+        refused(
+            principal,
+            super::status_of(&e),
+            "Cannot list the pipelines",
+            &e.to_string(),
+        )
+    })
+}
+
 pub(crate) struct PipelineRow {
     kind: &'static str,
     kind_label: &'static str,
@@ -347,16 +364,9 @@ fn live_pipeline(console: &Console) -> Option<String> {
 
 /// `GET /console/pipelines`.
 pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal): Caller) -> Response {
-    let pipelines = match discover(&console, &principal).await {
+    let pipelines = match discovered(&console, &principal).await {
         Ok(p) => p,
-        Err(e) => {
-            return refused(
-                &principal,
-                super::status_of(&e),
-                "Cannot list the pipelines",
-                &e.to_string(),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     let live = live_pipeline(&console);
     let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
@@ -372,7 +382,7 @@ pub(crate) async fn list(State(console): State<Arc<Console>>, Caller(principal):
                 .map(age)
                 .unwrap_or_else(|| "no commit yet".into()),
             rows_last_hour: p.rows_since(hour_ago),
-            live: !p.kind.is_kafka() && p.kind != Kind::Airbyte && live.as_deref() == Some(p.name.as_str()),
+            live: p.kind.is_cdc() && live.as_deref() == Some(p.name.as_str()),
         })
         .collect();
     render(&PipelinesPage {
@@ -547,16 +557,9 @@ pub(crate) async fn history(
             &format!("hours={hours}: expected more than 0 and at most {MAX_HOURS}"),
         );
     }
-    let pipelines = match discover(&console, &principal).await {
+    let pipelines = match discovered(&console, &principal).await {
         Ok(p) => p,
-        Err(e) => {
-            return refused(
-                &principal,
-                super::status_of(&e),
-                "Cannot list the pipelines",
-                &e.to_string(),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     let Some(pipeline) = pipelines.into_iter().find(|p| p.kind == kind && p.name == name) else {
         return refused(
@@ -586,8 +589,7 @@ pub(crate) async fn history(
     } else {
         (Vec::new(), String::new())
     };
-    let live = matches!(kind, Kind::Postgres | Kind::Cockroach | Kind::Cdc)
-        && live_pipeline(&console).as_deref() == Some(name.as_str());
+    let live = kind.is_cdc() && live_pipeline(&console).as_deref() == Some(name.as_str());
     let tables = pipeline
         .tables
         .iter()
