@@ -18,18 +18,34 @@
 //! of this process sets them for its new snapshot from its parent's (see
 //! [`TableCache::seed_data_files`]): a writer that validates its position deletes against the
 //! live data files on every commit reads its manifests once, not once per commit.
+//!
+//! When another process committed, the entry keeps the data files of the snapshot it replaced,
+//! and the new snapshot's are derived from them: each snapshot committed since writes its own
+//! changes (entries `ADDED` and `DELETED` by it) into manifests it adds, so only those are read
+//! (as Iceberg's `Snapshot.addedDataFiles` does), not every manifest of the table. Without it
+//! a statement racing a CDC pipeline that commits every second re-read all manifests on every
+//! commit attempt — seconds on a table with a few hundred manifests, longer than the pipeline
+//! took to commit again, so the statement never landed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::{StreamExt, TryStreamExt};
 use iceberg::TableIdent;
-use iceberg::spec::{DataFile, ManifestContentType, ManifestList};
+use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, ManifestList, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
 use tokio::sync::OnceCell;
+
+use crate::commit::MANIFEST_CONCURRENCY;
 
 /// Tables kept. Each holds its metadata and (through the `iceberg` crate's object cache) the
 /// manifests read while planning its scans.
 pub(crate) const CAPACITY: usize = 64;
+
+/// Snapshots at most between the files an entry knows and the ones asked for that are derived
+/// (one manifest list and the snapshot's own manifests each); further apart, the current
+/// manifests are read instead.
+const DERIVE_LIMIT: usize = 200;
 
 /// The data files of a table's current snapshot by path, with their manifest entries'
 /// statistics.
@@ -39,6 +55,9 @@ pub type DataFiles = Arc<HashMap<String, DataFile>>;
 struct Entry {
     table: Table,
     files: Arc<OnceCell<DataFiles>>,
+    /// The data files of an earlier snapshot of the table (id, files), until the current
+    /// snapshot's are known: what they are derived from.
+    earlier: Option<(i64, DataFiles)>,
     used: u64,
 }
 
@@ -87,16 +106,24 @@ impl TableCache {
         {
             inner.entries.remove(&oldest);
         }
-        let files = inner
-            .entries
-            .get(&ident)
-            .filter(|e| same_snapshot(&e.table, table))
-            .map_or_else(Arc::default, |e| e.files.clone());
+        let (files, earlier) = match inner.entries.get(&ident) {
+            Some(e) if same_snapshot(&e.table, table) => (e.files.clone(), e.earlier.clone()),
+            Some(e) if e.table.metadata().uuid() == table.metadata().uuid() => {
+                let known = e
+                    .table
+                    .metadata()
+                    .current_snapshot_id()
+                    .zip(e.files.get().cloned());
+                (Arc::default(), known.or_else(|| e.earlier.clone()))
+            }
+            _ => (Arc::default(), None),
+        };
         inner.entries.insert(
             ident,
             Entry {
                 table: table.clone(),
                 files,
+                earlier,
                 used: now,
             },
         );
@@ -104,37 +131,67 @@ impl TableCache {
 
     /// The data files of `table`'s current snapshot, if read or seeded already.
     pub(crate) fn known_data_files(&self, table: &Table) -> Option<DataFiles> {
-        self.files_slot(table)?.get().cloned()
+        self.files_slot(table)?.0.get().cloned()
     }
 
     /// Sets the data files of `table`'s current snapshot without reading its manifests: the
     /// commit that made the snapshot knows them (its parent's, minus the files it removed,
     /// plus the files it added). Nothing happens when `table` is not the cached one.
     pub(crate) fn seed_data_files(&self, table: &Table, files: DataFiles) {
-        if let Some(slot) = self.files_slot(table) {
+        if let Some((slot, _)) = self.files_slot(table) {
             // Already set: by a reader, from the same manifests.
             let _ = slot.set(files);
+            self.forget_earlier(table);
         }
     }
 
-    /// The once-filled slot for the data files of `table`, when `table` is the cached one.
-    fn files_slot(&self, table: &Table) -> Option<Arc<OnceCell<DataFiles>>> {
+    /// The once-filled slot for the data files of `table` and the earlier snapshot's files they
+    /// may be derived from, when `table` is the cached one.
+    fn files_slot(&self, table: &Table) -> Option<(Arc<OnceCell<DataFiles>>, Option<(i64, DataFiles)>)> {
         let inner = self.inner.lock().expect("table cache poisoned");
         let entry = inner.entries.get(table.identifier())?;
         (entry.table.metadata_location().is_some()
             && entry.table.metadata_location() == table.metadata_location())
-        .then(|| entry.files.clone())
+        .then(|| (entry.files.clone(), entry.earlier.clone()))
     }
 
-    /// The data files of `table`'s current snapshot, read once per snapshot.
-    pub(crate) async fn data_files(&self, table: &Table) -> iceberg::Result<DataFiles> {
-        match self.files_slot(table) {
-            Some(slot) => slot
-                .get_or_try_init(|| async { read_data_files(table).await.map(Arc::new) })
-                .await
-                .cloned(),
-            None => read_data_files(table).await.map(Arc::new),
+    /// Drops the earlier snapshot's files once `table`'s own are known.
+    fn forget_earlier(&self, table: &Table) {
+        let mut inner = self.inner.lock().expect("table cache poisoned");
+        if let Some(entry) = inner.entries.get_mut(table.identifier())
+            && entry.table.metadata_location() == table.metadata_location()
+        {
+            entry.earlier = None;
         }
+    }
+
+    /// The data files of `table`'s current snapshot, read (or derived from an earlier
+    /// snapshot's) once per snapshot.
+    pub(crate) async fn data_files(&self, table: &Table) -> iceberg::Result<DataFiles> {
+        let Some((slot, earlier)) = self.files_slot(table) else {
+            return read_data_files(table).await.map(Arc::new);
+        };
+        let files = slot
+            .get_or_try_init(|| async {
+                if let Some((id, files)) = &earlier {
+                    match derive_data_files(table, *id, files).await {
+                        Ok(Some(derived)) => return Ok(Arc::new(derived)),
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(
+                            table = %table.identifier(),
+                            error = %e,
+                            "cannot derive the data files from an earlier snapshot; reading them all"
+                        ),
+                    }
+                }
+                read_data_files(table).await.map(Arc::new)
+            })
+            .await
+            .cloned()?;
+        if earlier.is_some() {
+            self.forget_earlier(table);
+        }
+        Ok(files)
     }
 }
 
@@ -148,21 +205,16 @@ fn same_snapshot(a: &Table, b: &Table) -> bool {
 /// Manifest entries of the data files (not delete files) of `table`'s current snapshot.
 async fn read_data_files(table: &Table) -> iceberg::Result<HashMap<String, DataFile>> {
     let mut out = HashMap::new();
-    let metadata = table.metadata();
-    let Some(snapshot) = metadata.current_snapshot() else {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(out);
     };
-    let bytes = table
-        .file_io()
-        .new_input(snapshot.manifest_list())?
-        .read()
-        .await?;
-    let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
-    for manifest in list.entries() {
-        if manifest.content != ManifestContentType::Data {
-            continue;
-        }
-        for entry in manifest.load_manifest(table.file_io()).await?.entries() {
+    let list = read_manifest_list(table, snapshot).await?;
+    let data = list
+        .entries()
+        .iter()
+        .filter(|m| m.content == ManifestContentType::Data);
+    for manifest in load_manifests(table, data).await? {
+        for entry in manifest.entries() {
             if entry.is_alive() {
                 let file = entry.data_file();
                 out.insert(file.file_path().to_string(), file.clone());
@@ -172,9 +224,92 @@ async fn read_data_files(table: &Table) -> iceberg::Result<HashMap<String, DataF
     Ok(out)
 }
 
+/// The data files of `table`'s current snapshot from `base`, those of its ancestor snapshot
+/// `base_id`, and the changes each snapshot since wrote into the manifests it added: its
+/// `ADDED` entries join, its `DELETED` entries leave. `None` when `base_id` is not an ancestor
+/// within [`DERIVE_LIMIT`] snapshots (or a snapshot between was expired).
+async fn derive_data_files(
+    table: &Table,
+    base_id: i64,
+    base: &DataFiles,
+) -> iceberg::Result<Option<HashMap<String, DataFile>>> {
+    let metadata = table.metadata();
+    let mut since: Vec<SnapshotRef> = Vec::new();
+    let mut next = metadata.current_snapshot_id();
+    while next != Some(base_id) {
+        let Some(snapshot) = next.and_then(|id| metadata.snapshot_by_id(id)) else {
+            return Ok(None);
+        };
+        if since.len() == DERIVE_LIMIT {
+            return Ok(None);
+        }
+        next = snapshot.parent_snapshot_id();
+        since.push(snapshot.clone());
+    }
+    let mut files = (**base).clone();
+    for snapshot in since.iter().rev() {
+        let id = snapshot.snapshot_id();
+        let list = read_manifest_list(table, snapshot).await?;
+        let own = list.entries().iter().filter(|m| {
+            m.content == ManifestContentType::Data
+                && m.added_snapshot_id == id
+                && (m.has_added_files() || m.has_deleted_files())
+        });
+        for manifest in load_manifests(table, own).await? {
+            for entry in manifest.entries() {
+                if entry.snapshot_id() != Some(id) {
+                    continue;
+                }
+                let file = entry.data_file();
+                match entry.status() {
+                    ManifestStatus::Added => {
+                        files.insert(file.file_path().to_string(), file.clone());
+                    }
+                    ManifestStatus::Deleted => {
+                        files.remove(file.file_path());
+                    }
+                    ManifestStatus::Existing => {}
+                }
+            }
+        }
+    }
+    Ok(Some(files))
+}
+
+async fn read_manifest_list(table: &Table, snapshot: &SnapshotRef) -> iceberg::Result<ManifestList> {
+    let bytes = table
+        .file_io()
+        .new_input(snapshot.manifest_list())?
+        .read()
+        .await?;
+    ManifestList::parse_with_version(&bytes, table.metadata().format_version())
+}
+
+/// Reads `manifests`, a few at a time, in order.
+async fn load_manifests<'a>(
+    table: &Table,
+    manifests: impl Iterator<Item = &'a ManifestFile>,
+) -> iceberg::Result<Vec<iceberg::spec::Manifest>> {
+    let io = table.file_io().clone();
+    let manifests: Vec<ManifestFile> = manifests.cloned().collect();
+    futures::stream::iter(manifests)
+        .map(move |m| {
+            let io = io.clone();
+            async move { m.load_manifest(&io).await }
+        })
+        .buffered(MANIFEST_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::testing::{TestLake, ident, insert, kv_batch};
+    use std::collections::BTreeSet;
+
+    use crate::Overwrite;
+    use crate::testing::{TestLake, delete, ident, insert, kv_batch, write};
+
+    use super::{derive_data_files, read_data_files};
 
     #[tokio::test]
     async fn loads_reuse_a_table_until_another_writer_commits() {
@@ -207,5 +342,44 @@ mod tests {
         t.lake.drop_table(&ident("cached"), true).await.unwrap();
         let err = t.lake.load_table(&ident("cached")).await.unwrap_err();
         assert_eq!(err.kind(), tarn_core::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn data_files_after_another_writers_commits_are_derived_from_the_known_ones() {
+        let t = TestLake::new().await;
+        let other = t.other_writer().await;
+        let created = t.create("derived", &[]).await;
+        let (mut table, index) = insert(&t.lake, &created, vec![kv_batch(&[(1, "a", "eu")])]).await;
+        let known = t.lake.current_data_files(&table).await.unwrap();
+        let known_id = table.metadata().current_snapshot_id().unwrap();
+        // Another process appends, deletes rows by position, and overwrites the first file.
+        for k in 2..5 {
+            let (next, _) = insert(&other, &table, vec![kv_batch(&[(k, "b", "us")])]).await;
+            table = next;
+        }
+        table = delete(&other, &table, &index, &[1]).await;
+        let removed: Vec<_> = known.values().cloned().collect();
+        let (added, _) = write(&table, vec![kv_batch(&[(20, "d", "eu")])]).await;
+        let overwrite = Overwrite {
+            removed_data_files: removed,
+            removed_delete_files: Vec::new(),
+            added_data_files: added,
+            summary: Default::default(),
+        };
+        other.commit_overwrite(&table, overwrite).await.unwrap();
+
+        let fresh = t.lake.load_table(&ident("derived")).await.unwrap();
+        let full: BTreeSet<String> = read_data_files(&fresh).await.unwrap().into_keys().collect();
+        assert_eq!(full.len(), 4, "three appended files and the overwrite's");
+        let derived = derive_data_files(&fresh, known_id, &known).await.unwrap().unwrap();
+        assert_eq!(derived.keys().cloned().collect::<BTreeSet<_>>(), full);
+        // The cache derives them (the entry knew the first snapshot's files).
+        let cached = t.lake.current_data_files(&fresh).await.unwrap();
+        assert_eq!(cached.keys().cloned().collect::<BTreeSet<_>>(), full);
+        for (path, file) in derived {
+            assert_eq!(file.record_count(), cached[&path].record_count());
+        }
+        // Not an ancestor: no derivation.
+        assert!(derive_data_files(&fresh, 42, &known).await.unwrap().is_none());
     }
 }

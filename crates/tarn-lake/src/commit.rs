@@ -86,7 +86,7 @@ use crate::lake::{Lake, iceberg_error};
 use crate::rows::{FileEntry, for_each_position_delete, path_bounds};
 
 /// Manifests read at once.
-const MANIFEST_CONCURRENCY: usize = 8;
+pub(crate) const MANIFEST_CONCURRENCY: usize = 8;
 
 /// Data and delete files to commit together: new rows, and position deletes for old ones.
 #[derive(Debug, Clone, Default)]
