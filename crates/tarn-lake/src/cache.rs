@@ -57,9 +57,15 @@ struct Entry {
     files: Arc<OnceCell<DataFiles>>,
     /// The data files of an earlier snapshot of the table (id, files), until the current
     /// snapshot's are known: what they are derived from.
-    earlier: Option<(i64, DataFiles)>,
+    earlier: Option<Earlier>,
     used: u64,
 }
+
+/// The data files of snapshot `.0` of a table.
+type Earlier = (i64, DataFiles);
+
+/// A table's once-filled data files slot and the earlier snapshot's files it may be derived from.
+type FilesSlot = (Arc<OnceCell<DataFiles>>, Option<Earlier>);
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -147,7 +153,7 @@ impl TableCache {
 
     /// The once-filled slot for the data files of `table` and the earlier snapshot's files they
     /// may be derived from, when `table` is the cached one.
-    fn files_slot(&self, table: &Table) -> Option<(Arc<OnceCell<DataFiles>>, Option<(i64, DataFiles)>)> {
+    fn files_slot(&self, table: &Table) -> Option<FilesSlot> {
         let inner = self.inner.lock().expect("table cache poisoned");
         let entry = inner.entries.get(table.identifier())?;
         (entry.table.metadata_location().is_some()
@@ -371,7 +377,10 @@ mod tests {
         let fresh = t.lake.load_table(&ident("derived")).await.unwrap();
         let full: BTreeSet<String> = read_data_files(&fresh).await.unwrap().into_keys().collect();
         assert_eq!(full.len(), 4, "three appended files and the overwrite's");
-        let derived = derive_data_files(&fresh, known_id, &known).await.unwrap().unwrap();
+        let derived = derive_data_files(&fresh, known_id, &known)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(derived.keys().cloned().collect::<BTreeSet<_>>(), full);
         // The cache derives them (the entry knew the first snapshot's files).
         let cached = t.lake.current_data_files(&fresh).await.unwrap();

@@ -452,8 +452,11 @@ pub async fn run(cmd: BenchCommand, config: Config) -> Result<ExitCode> {
             changes,
             dir,
         } => {
-            if sf <= 0.0 || runs == 0 || rounds == 0 {
-                bail!("--sf, --runs and --rounds must be positive");
+            if sf.is_nan() || sf < 0.0 || runs == 0 || rounds == 0 {
+                bail!("--sf must not be negative, --runs and --rounds must be positive");
+            }
+            if sf == 0.0 && changes == 0 {
+                bail!("--sf 0 skips the TPC-H part and --changes 0 the CDC part: nothing to measure");
             }
             let dir = dir.unwrap_or_else(|| config.data_dir.join("bench").join("observability"));
             crate::bench_observability::run(

@@ -932,3 +932,15 @@ async fn a_statement_reaches_an_otlp_receiver_with_its_trace_id_in_the_json_log(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_overhead_benchmark_refuses_to_measure_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = crate::tarn(
+        dir.path(),
+        &["bench", "observability", "--sf", "0", "--changes", "0"],
+    );
+    assert!(!ok && err.contains("nothing to measure"), "{err}");
+    let (ok, _, err) = crate::tarn(dir.path(), &["bench", "observability", "--sf=-1"]);
+    assert!(!ok && err.contains("--sf must not be negative"), "{err}");
+}
