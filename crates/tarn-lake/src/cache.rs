@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use iceberg::TableIdent;
-use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, ManifestList, ManifestStatus, SnapshotRef};
+use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
 use tokio::sync::OnceCell;
 
@@ -214,7 +214,7 @@ async fn read_data_files(table: &Table) -> iceberg::Result<HashMap<String, DataF
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(out);
     };
-    let list = read_manifest_list(table, snapshot).await?;
+    let list = table.manifest_list_reader(snapshot).load().await?;
     let data = list
         .entries()
         .iter()
@@ -255,7 +255,7 @@ async fn derive_data_files(
     let mut files = (**base).clone();
     for snapshot in since.iter().rev() {
         let id = snapshot.snapshot_id();
-        let list = read_manifest_list(table, snapshot).await?;
+        let list = table.manifest_list_reader(snapshot).load().await?;
         let own = list.entries().iter().filter(|m| {
             m.content == ManifestContentType::Data
                 && m.added_snapshot_id == id
@@ -280,15 +280,6 @@ async fn derive_data_files(
         }
     }
     Ok(Some(files))
-}
-
-async fn read_manifest_list(table: &Table, snapshot: &SnapshotRef) -> iceberg::Result<ManifestList> {
-    let bytes = table
-        .file_io()
-        .new_input(snapshot.manifest_list())?
-        .read()
-        .await?;
-    ManifestList::parse_with_version(&bytes, table.metadata().format_version())
 }
 
 /// Reads `manifests`, a few at a time, in order.
