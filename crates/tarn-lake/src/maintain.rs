@@ -109,6 +109,12 @@ pub struct CompactOptions {
     /// keep deleting rows of the files being rewritten cannot make it lose too (the writer
     /// waits for that one rewrite instead).
     pub commit_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The runtime the attempt holding `commit_lock` throughout runs on. The writer waits for
+    /// that attempt, so it runs at the writer's priority: on a runtime whose threads run at a
+    /// lowered one (`maintenance.thread_nice`) a machine busy with the writer's own work would
+    /// leave the rewrite waiting for the CPU while the writer waits for the lock (a priority
+    /// inversion: a CDC writer went 11 s without a commit). `None`: the caller's runtime.
+    pub locked_runtime: Option<tokio::runtime::Handle>,
     /// Called with the committed table and the outcome right after the commit, while
     /// `commit_lock` is still held.
     pub on_commit: Option<CommitHook>,
@@ -128,6 +134,7 @@ impl Default for CompactOptions {
             file_prefix: "compact".to_string(),
             progress: None,
             commit_lock: None,
+            locked_runtime: None,
             on_commit: None,
         }
     }
@@ -377,6 +384,23 @@ async fn load_manifests_of(
     Ok((lists, manifests.into_iter().flatten().collect()))
 }
 
+/// How an attempt of [`Lake::compact`] ended.
+enum Attempt {
+    /// Committed, or nothing to do.
+    Done(CompactionOutcome),
+    /// Lost to a concurrent commit; nothing of it was committed.
+    Lost(Error),
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Lake {
     /// Compacts table `ident`; see the module doc. Returns what was rewritten (nothing when
     /// the table does not need it).
@@ -385,106 +409,28 @@ impl Lake {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            // The last attempt holds the commit lock throughout (see `commit_lock`).
-            let mut held = match &options.commit_lock {
-                Some(lock) if attempt >= options.max_attempts.max(1) => {
-                    tracing::info!(table = %ident, attempt, "compaction lost to concurrent commits; planning again holding the commit lock");
-                    Some(lock.clone().lock_owned().await)
+            // The last attempt holds the commit lock throughout (see `commit_lock`), at the
+            // priority of the writer that waits for it (see `locked_runtime`).
+            let locked = options.commit_lock.is_some() && attempt >= options.max_attempts.max(1);
+            let tried = match &options.locked_runtime {
+                Some(runtime) if locked => {
+                    let (lake, table, opts) = (self.clone(), ident.clone(), options.clone());
+                    let task = runtime
+                        .spawn(async move { lake.compact_once(&table, &opts, attempt, started).await });
+                    // Dropped with this call (an aborted maintenance round): so is the attempt.
+                    let _abort = AbortOnDrop(task.abort_handle());
+                    task.await.map_err(|e| {
+                        Error::new(
+                            ErrorKind::Internal,
+                            format!("the compaction of {ident} holding the commit lock stopped: {e}"),
+                        )
+                    })?
                 }
-                _ => None,
+                _ => self.compact_once(ident, options, attempt, started).await,
             };
-            let table = self.load_table(ident).await?;
-            if compaction_is_off(&table) {
-                tracing::debug!(table = %ident, "compaction is off for this table ({PROPERTY_COMPACTION})");
-                return Ok(CompactionOutcome {
-                    attempts: attempt,
-                    ..CompactionOutcome::default()
-                });
-            }
-            let Some(plan) = self.plan_compaction(&table, options).await? else {
-                tracing::debug!(table = %ident, "nothing to compact");
-                return Ok(CompactionOutcome {
-                    attempts: attempt,
-                    ..CompactionOutcome::default()
-                });
-            };
-            let mut outcome = CompactionOutcome {
-                attempts: attempt,
-                removed_delete_files: plan
-                    .removed_deletes
-                    .iter()
-                    .map(|f| f.file_path().to_string())
-                    .collect(),
-                ..CompactionOutcome::default()
-            };
-            let written = self.rewrite_groups(&table, &plan, options, &mut outcome).await;
-            let added = match written {
-                Ok(added) => added,
-                Err(e) => {
-                    delete_unreferenced(&table, &outcome.added_data_files).await;
-                    return Err(e);
-                }
-            };
-            let records: u64 = plan
-                .groups
-                .iter()
-                .flat_map(|(_, files)| files.iter().map(|f| f.file().record_count()))
-                .sum();
-            outcome.rows_purged = records.saturating_sub(outcome.rows_rewritten);
-            let removed_data: Vec<DataFile> = plan
-                .groups
-                .iter()
-                .flat_map(|(_, files)| files.iter().map(|f| f.file().clone()))
-                .collect();
-            let rewrite = Rewrite {
-                removed_data_files: removed_data,
-                removed_delete_files: plan.removed_deletes.clone(),
-                added_data_files: added,
-                summary: HashMap::from([("tarn.maintenance".to_string(), "compact".to_string())]),
-            };
-            let commit_lock = match (held.take(), &options.commit_lock) {
-                (Some(guard), _) => Some(guard),
-                (None, Some(lock)) => Some(lock.clone().lock_owned().await),
-                (None, None) => None,
-            };
-            match self.commit_rewrite(&table, rewrite).await {
-                Ok(committed) => {
-                    outcome.snapshot_id = committed.metadata().current_snapshot_id();
-                    if let Some(hook) = &options.on_commit {
-                        hook(&committed, &outcome);
-                    }
-                    drop(commit_lock);
-                    let table_label = ident.to_string();
-                    metrics::counter!("tarn_maintenance_compactions_total", "table" => table_label.clone())
-                        .increment(1);
-                    metrics::counter!("tarn_maintenance_files_rewritten_total", "table" => table_label.clone())
-                        .increment(outcome.removed_data_files.len() as u64);
-                    metrics::counter!("tarn_maintenance_delete_files_removed_total", "table" => table_label.clone())
-                        .increment(outcome.removed_delete_files.len() as u64);
-                    metrics::counter!("tarn_maintenance_bytes_rewritten_total", "table" => table_label)
-                        .increment(outcome.bytes_read);
-                    tracing::info!(
-                        table = %ident,
-                        snapshot_id = ?outcome.snapshot_id,
-                        removed_data_files = outcome.removed_data_files.len(),
-                        removed_delete_files = outcome.removed_delete_files.len(),
-                        added_data_files = outcome.added_data_files.len(),
-                        rows = outcome.rows_rewritten,
-                        rows_purged = outcome.rows_purged,
-                        bytes_read = outcome.bytes_read,
-                        bytes_written = outcome.bytes_written,
-                        attempts = attempt,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "compacted"
-                    );
-                    return Ok(outcome);
-                }
-                Err(e) if e.kind() == ErrorKind::CommitConflict => {
-                    drop(commit_lock);
-                    // The rewrite was not committed: its files are garbage.
-                    delete_unreferenced(&table, &outcome.added_data_files).await;
-                    metrics::counter!("tarn_maintenance_conflicts_total", "table" => ident.to_string(), "op" => "compact")
-                        .increment(1);
+            match tried? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Lost(e) => {
                     if attempt >= options.max_attempts.max(1) {
                         return Err(Error::new(
                             ErrorKind::CommitConflict,
@@ -500,8 +446,128 @@ impl Lake {
                     // commit land before planning again, a little longer each time.
                     tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
                 }
-                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Attempt `attempt` of [`Lake::compact`]: plans, rewrites and commits, holding the commit
+    /// lock throughout on the last attempt.
+    async fn compact_once(
+        &self,
+        ident: &TableIdent,
+        options: &CompactOptions,
+        attempt: u32,
+        started: std::time::Instant,
+    ) -> Result<Attempt> {
+        let mut held = match &options.commit_lock {
+            Some(lock) if attempt >= options.max_attempts.max(1) => {
+                tracing::info!(table = %ident, attempt, "compaction lost to concurrent commits; planning again holding the commit lock");
+                Some(lock.clone().lock_owned().await)
+            }
+            _ => None,
+        };
+        let began = std::time::Instant::now();
+        let table = self.load_table(ident).await?;
+        if compaction_is_off(&table) {
+            tracing::debug!(table = %ident, "compaction is off for this table ({PROPERTY_COMPACTION})");
+            return Ok(Attempt::Done(CompactionOutcome {
+                attempts: attempt,
+                ..CompactionOutcome::default()
+            }));
+        }
+        let Some(plan) = self.plan_compaction(&table, options).await? else {
+            tracing::debug!(table = %ident, "nothing to compact");
+            return Ok(Attempt::Done(CompactionOutcome {
+                attempts: attempt,
+                ..CompactionOutcome::default()
+            }));
+        };
+        let mut outcome = CompactionOutcome {
+            attempts: attempt,
+            removed_delete_files: plan
+                .removed_deletes
+                .iter()
+                .map(|f| f.file_path().to_string())
+                .collect(),
+            ..CompactionOutcome::default()
+        };
+        let planned_ms = began.elapsed().as_millis() as u64;
+        let written = self.rewrite_groups(&table, &plan, options, &mut outcome).await;
+        let rewritten_ms = began.elapsed().as_millis() as u64;
+        let added = match written {
+            Ok(added) => added,
+            Err(e) => {
+                delete_unreferenced(&table, &outcome.added_data_files).await;
+                return Err(e);
+            }
+        };
+        let records: u64 = plan
+            .groups
+            .iter()
+            .flat_map(|(_, files)| files.iter().map(|f| f.file().record_count()))
+            .sum();
+        outcome.rows_purged = records.saturating_sub(outcome.rows_rewritten);
+        let removed_data: Vec<DataFile> = plan
+            .groups
+            .iter()
+            .flat_map(|(_, files)| files.iter().map(|f| f.file().clone()))
+            .collect();
+        let rewrite = Rewrite {
+            removed_data_files: removed_data,
+            removed_delete_files: plan.removed_deletes.clone(),
+            added_data_files: added,
+            summary: HashMap::from([("tarn.maintenance".to_string(), "compact".to_string())]),
+        };
+        let commit_lock = match (held.take(), &options.commit_lock) {
+            (Some(guard), _) => Some(guard),
+            (None, Some(lock)) => Some(lock.clone().lock_owned().await),
+            (None, None) => None,
+        };
+        match self.commit_rewrite(&table, rewrite).await {
+            Ok(committed) => {
+                outcome.snapshot_id = committed.metadata().current_snapshot_id();
+                if let Some(hook) = &options.on_commit {
+                    hook(&committed, &outcome);
+                }
+                drop(commit_lock);
+                let table_label = ident.to_string();
+                metrics::counter!("tarn_maintenance_compactions_total", "table" => table_label.clone())
+                    .increment(1);
+                metrics::counter!("tarn_maintenance_files_rewritten_total", "table" => table_label.clone())
+                    .increment(outcome.removed_data_files.len() as u64);
+                metrics::counter!("tarn_maintenance_delete_files_removed_total", "table" => table_label.clone())
+                    .increment(outcome.removed_delete_files.len() as u64);
+                metrics::counter!("tarn_maintenance_bytes_rewritten_total", "table" => table_label)
+                    .increment(outcome.bytes_read);
+                tracing::info!(
+                    table = %ident,
+                    snapshot_id = ?outcome.snapshot_id,
+                    removed_data_files = outcome.removed_data_files.len(),
+                    removed_delete_files = outcome.removed_delete_files.len(),
+                    added_data_files = outcome.added_data_files.len(),
+                    rows = outcome.rows_rewritten,
+                    rows_purged = outcome.rows_purged,
+                    bytes_read = outcome.bytes_read,
+                    bytes_written = outcome.bytes_written,
+                    attempts = attempt,
+                    // The last attempt's phases, from its start: planned, rewritten, committed.
+                    planned_ms,
+                    rewritten_ms,
+                    committed_ms = began.elapsed().as_millis() as u64,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compacted"
+                );
+                Ok(Attempt::Done(outcome))
+            }
+            Err(e) if e.kind() == ErrorKind::CommitConflict => {
+                drop(commit_lock);
+                // The rewrite was not committed: its files are garbage.
+                delete_unreferenced(&table, &outcome.added_data_files).await;
+                metrics::counter!("tarn_maintenance_conflicts_total", "table" => ident.to_string(), "op" => "compact")
+                    .increment(1);
+                Ok(Attempt::Lost(e))
+            }
+            Err(e) => Err(e),
         }
     }
 

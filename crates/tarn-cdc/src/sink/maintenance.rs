@@ -24,7 +24,10 @@
 //!   over, all the time, would make every attempt lose, so the last of
 //!   [`ATTEMPTS`] holds the lock from planning to commit: the writer waits for that one
 //!   rewrite, and the compaction cannot lose to it (another process's commit can still make
-//!   it fail; the round then logs why and the next round tries again);
+//!   it fail; the round then logs why and the next round tries again). That attempt runs on
+//!   the writer's runtime, at the writer's priority: at the maintenance runtime's lowered one,
+//!   on a machine kept busy by the very changes the writer applies, the rewrite waited for
+//!   the CPU while the writer waited for it (a writer went 11 s without a commit);
 //! - right after its commit, still holding the lock, a compaction hands the writer what it
 //!   did. Before the writer next plans deletes it moves its index: the rewritten files'
 //!   entries are dropped and the key columns of the written files read in (the only part of
@@ -136,7 +139,11 @@ impl LakeSink {
             self.options.pipeline.clone(),
             idents,
             config.clone(),
-            self.background.commit_lock.clone(),
+            Locked {
+                commit_lock: self.background.commit_lock.clone(),
+                // The writer's: it waits for the compaction holding the lock (`Locked`).
+                runtime: tokio::runtime::Handle::current(),
+            },
             self.background.handed.clone(),
         );
         self.background.round = Some(Round(runtime.spawn(task)));
@@ -272,20 +279,29 @@ fn rewrite_since(table: &Table, synced: Option<i64>) -> Option<i64> {
     None
 }
 
+/// The sink's commit lock, and the runtime of the writer that takes it: a compaction's last
+/// attempt holds the lock from planning to commit (module doc) and runs there, at the writer's
+/// priority rather than the maintenance runtime's lowered one, since the writer waits for it
+/// ([`tarn_lake::CompactOptions::locked_runtime`]).
+struct Locked {
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    runtime: tokio::runtime::Handle,
+}
+
 /// One round: each table in turn (module doc). Failures are logged and counted.
 async fn round(
     lake: Lake,
     pipeline: String,
     idents: Vec<TableIdent>,
     config: MaintenanceConfig,
-    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    locked: Locked,
     handed: Arc<Mutex<Vec<Handed>>>,
 ) {
     let started = Instant::now();
     let mut failed = 0usize;
     let mut compactions = 0usize;
     for ident in &idents {
-        match maintain_table(&lake, ident, &config, &commit_lock, &handed).await {
+        match maintain_table(&lake, ident, &config, &locked, &handed).await {
             Ok(did_compact) => compactions += usize::from(did_compact),
             Err(e) => {
                 failed += 1;
@@ -310,7 +326,7 @@ async fn maintain_table(
     lake: &Lake,
     ident: &TableIdent,
     config: &MaintenanceConfig,
-    commit_lock: &Arc<tokio::sync::Mutex<()>>,
+    locked: &Locked,
     handed: &Arc<Mutex<Vec<Handed>>>,
 ) -> Result<bool> {
     // (A crash test's `sleep(ms)` here makes each table's maintenance take that long.)
@@ -352,7 +368,8 @@ async fn maintain_table(
                 delete_ratio_threshold: config.delete_ratio,
                 file_prefix: format!("compact-{}", uuid::Uuid::new_v4()),
                 max_attempts: ATTEMPTS,
-                commit_lock: Some(commit_lock.clone()),
+                commit_lock: Some(locked.commit_lock.clone()),
+                locked_runtime: Some(locked.runtime.clone()),
                 on_commit: Some(hand_over),
                 ..tarn_lake::CompactOptions::default()
             },
