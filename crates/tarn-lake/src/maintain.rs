@@ -1344,7 +1344,8 @@ mod tests {
 
     /// The last attempt holds the commit lock from planning to commit: started while a
     /// writer holds the lock and commits a delete of rows in the files to rewrite, a
-    /// one-attempt compaction plans after that commit instead of losing to it.
+    /// one-attempt compaction plans after that commit instead of losing to it. That attempt
+    /// runs on `locked_runtime` (the writer's), not on the runtime that called `compact`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_attempt_holds_the_commit_lock_and_cannot_lose_to_its_holder() {
         let t = TestLake::new().await;
@@ -1356,16 +1357,29 @@ mod tests {
         let hook: CommitHook = {
             let handed = handed.clone();
             Arc::new(move |table: &Table, outcome: &CompactionOutcome| {
-                *handed.lock().unwrap() = Some((table.metadata().current_snapshot_id(), outcome.snapshot_id));
+                let thread = std::thread::current().name().map(str::to_string);
+                *handed.lock().unwrap() = Some((
+                    table.metadata().current_snapshot_id(),
+                    outcome.snapshot_id,
+                    thread,
+                ));
             })
         };
+        let writers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-writers")
+            .enable_all()
+            .build()
+            .unwrap();
         let lake = t.lake.clone();
+        let locked_runtime = Some(writers.handle().clone());
         let compaction = tokio::spawn(async move {
             lake.compact(
                 &ident("locked"),
                 &CompactOptions {
                     max_attempts: 1,
                     commit_lock: Some(lock),
+                    locked_runtime,
                     on_commit: Some(hook),
                     ..options()
                 },
@@ -1386,11 +1400,16 @@ mod tests {
             "planned on the delete"
         );
         assert_eq!(iceberg_rows(&after).await, expected);
-        // The hook ran with the committed table.
+        // The hook ran with the committed table, on the writers' runtime.
         assert_eq!(
             *handed.lock().unwrap(),
-            Some((outcome.snapshot_id, outcome.snapshot_id))
+            Some((
+                outcome.snapshot_id,
+                outcome.snapshot_id,
+                Some("the-writers".to_string())
+            ))
         );
+        writers.shutdown_background();
     }
 
     #[tokio::test]
