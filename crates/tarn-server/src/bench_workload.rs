@@ -8,7 +8,8 @@
 //!    commit-to-visibility p50 and p99, first with the server idle, then
 //!    while `--load` connections run CPU-heavy queries in a loop through its Postgres wire
 //!    endpoint. The ratio load/idle is the figure; the idle run of the same process is its
-//!    reference. Then, unless `--no-compaction`, while `tarn maintain --compact` rewrites a
+//!    reference. Beside the probes, a health check (`GET /healthz` on a new connection every
+//!    100 ms, as Kubernetes probes) is timed in both phases, with the same ratio. Then, unless `--no-compaction`, while `tarn maintain --compact` rewrites a
 //!    table of the same lake in a loop: at the pipelines' priority with a thread per core, and
 //!    with the defaults (`maintenance.threads` 1, `maintenance.thread_nice` 10).
 //! 2. **TPC-H with a memory budget.** The 22 queries at `--sf` run with `query.memory_limit`
@@ -177,7 +178,9 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
         options.load, options.flush_interval
     );
     let mut seq = 0;
+    let health = HealthProbe::start(http_port);
     let idle = probes(&source, &lake, &mut seq, options.seconds).await?;
+    let health_idle = health.take()?;
     print_freshness("idle", &idle, None);
 
     let stop = CancellationToken::new();
@@ -207,7 +210,9 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
     // Let the load reach every slot before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_at = Instant::now();
+    health.take()?;
     let loaded = probes(&source, &lake, &mut seq, options.seconds).await?;
+    let health_loaded = health.take()?;
     let (running, queued) = (
         serve.gauge("tarn_query_running").await?,
         serve.gauge("tarn_query_queued").await?,
@@ -227,6 +232,9 @@ async fn freshness_under_load(options: &WorkloadBenchOptions) -> Result<()> {
         "freshness p99 ratio load/idle: {:.2}",
         percentile(&loaded, 0.99) / percentile(&idle, 0.99)
     );
+    print_latency("/healthz idle", &health_idle, None);
+    print_latency("/healthz under load", &health_loaded, Some(&health_idle));
+    drop(health);
     if options.compaction {
         compaction_phases(options, &source, &lake, &mut seq, &data_dir, &idle).await?;
     }
@@ -358,6 +366,96 @@ fn print_freshness(label: &str, samples: &[f64], reference: Option<&[f64]>) {
         ratio(0.99),
         samples.last().copied().unwrap_or(f64::NAN)
     );
+}
+
+/// Latencies (sorted, seconds) of `label`'s requests, beside `reference`'s.
+fn print_latency(label: &str, samples: &[f64], reference: Option<&[f64]>) {
+    let ratio = |p: f64| {
+        reference.map_or(String::new(), |r| {
+            format!(" ({:.2}x idle)", percentile(samples, p) / percentile(r, p))
+        })
+    };
+    println!(
+        "latency {label}: {} requests, p50 {:.4}s{}  p99 {:.4}s{}  max {:.4}s",
+        samples.len(),
+        percentile(samples, 0.5),
+        ratio(0.5),
+        percentile(samples, 0.99),
+        ratio(0.99),
+        samples.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// A health check's view of `tarn serve`: `GET /healthz` on a fresh connection every 100 ms,
+/// as a load balancer or Kubernetes probe does, timed from connect to the end of the answer.
+/// The HTTP endpoint runs on the process's main runtime, apart from the query runtime, so the
+/// query load should not reach it.
+struct HealthProbe {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl HealthProbe {
+    fn start(http_port: u16) -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (out, failure) = (samples.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let started = Instant::now();
+                match health_check(http_port).await {
+                    Ok(()) => out
+                        .lock()
+                        .expect("probe poisoned")
+                        .push(started.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        *failure.lock().expect("probe poisoned") = Some(format!("{e:#}"));
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self {
+            samples,
+            task,
+            failed,
+        }
+    }
+
+    /// The latencies since the last call, sorted; an error if a check failed.
+    fn take(&self) -> Result<Vec<f64>> {
+        if let Some(e) = self.failed.lock().expect("probe poisoned").clone() {
+            bail!("a health check of tarn serve failed: {e}");
+        }
+        let mut samples = std::mem::take(&mut *self.samples.lock().expect("probe poisoned"));
+        samples.sort_by(f64::total_cmp);
+        Ok(samples)
+    }
+}
+
+impl Drop for HealthProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One `GET /healthz`, answered `200 ok` within 10 s.
+async fn health_check(http_port: u16) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "answered {answer:?}");
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), check)
+        .await
+        .context("no answer within 10 s")?
 }
 
 /// The rows of `cdc.bench_probe` in its current snapshot, from the catalog and the snapshot's
