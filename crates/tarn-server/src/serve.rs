@@ -399,8 +399,28 @@ pub(crate) async fn bind(addr: &str, key: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
+/// Refuses what `tarn serve` must not run with: `rest_catalog.vend_credentials` beside a policy
+/// (`[policy]`). Vended credentials are storage.s3's static keys, good for every file of the
+/// bucket, so a principal the policy lets load one table could read the files of every other
+/// table, masked, filtered or hidden (the audit trail's too), around the policy.
+pub fn check_config(config: &Config) -> Result<()> {
+    let policy = config.policy.file.is_some() || config.policy.opa_url.is_some();
+    if config.rest_catalog.enabled && config.rest_catalog.vend_credentials && policy {
+        let key = if config.policy.file.is_some() {
+            "policy.file"
+        } else {
+            "policy.opa_url"
+        };
+        anyhow::bail!(
+            "rest_catalog.vend_credentials = true and {key} are both set: vended credentials are storage.s3's keys to the whole bucket, which would let any client that may load one table read every table's files around the policy; set rest_catalog.vend_credentials = false (docs/governance.md)"
+        );
+    }
+    Ok(())
+}
+
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHandle) -> Result<()> {
+    check_config(config)?;
     let shutdown = CancellationToken::new();
     // Before the ports open: a client (or an orchestrator) that sees them open may signal at
     // once, and must get a clean shutdown, not the default action of SIGTERM.
