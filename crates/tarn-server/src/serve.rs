@@ -341,6 +341,32 @@ struct TokenCheck {
     allow_plaintext: bool,
 }
 
+/// The principal of `authorization` (an `Authorization` header's value), which must be
+/// `Bearer TOKEN` with a token `auth` accepts, or why not. A token that came over plain TCP
+/// from a non-loopback address is refused unread ([`tarn_auth::secret_may_cross`]) unless
+/// `allow_plaintext`. Shared by [`require_token`] and the console's APIs.
+pub(crate) async fn bearer_principal(
+    auth: &tarn_auth::Authenticator,
+    allow_plaintext: bool,
+    authorization: &str,
+    transport: Option<crate::http::Transport>,
+) -> Result<tarn_auth::Principal, String> {
+    match authorization.strip_prefix("Bearer ").map(str::trim) {
+        Some(token) if !token.is_empty() && token != "None" => {
+            // Every request comes through `http::serve`, which says how it arrived; one that
+            // does not say is treated as plain TCP from elsewhere.
+            let (peer, encrypted) = transport.map_or((std::net::Ipv4Addr::UNSPECIFIED.into(), false), |t| {
+                (t.peer.ip(), t.encrypted)
+            });
+            match tarn_auth::secret_may_cross(peer, encrypted, allow_plaintext) {
+                Ok(()) => auth.token(token).await.map_err(|e| e.to_string()),
+                Err(refused) => Err(refused.to_string()),
+            }
+        }
+        _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
+    }
+}
+
 /// Lets a request through with a valid bearer token (its [`tarn_auth::Principal`] in the
 /// request's extensions), or answers 401 with the reason, in the Iceberg REST error shape
 /// (which REST clients show) and a `WWW-Authenticate` header. A token that came over plain
@@ -358,20 +384,7 @@ async fn require_token(
         .unwrap_or_default()
         .to_string();
     let transport = request.extensions().get::<crate::http::Transport>().copied();
-    let outcome = match header.strip_prefix("Bearer ").map(str::trim) {
-        Some(token) if !token.is_empty() && token != "None" => {
-            // Every request comes through `http::serve`, which says how it arrived; one that
-            // does not say is treated as plain TCP from elsewhere.
-            let (peer, encrypted) = transport.map_or((std::net::Ipv4Addr::UNSPECIFIED.into(), false), |t| {
-                (t.peer.ip(), t.encrypted)
-            });
-            match tarn_auth::secret_may_cross(peer, encrypted, check.allow_plaintext) {
-                Ok(()) => check.auth.token(token).await.map_err(|e| e.to_string()),
-                Err(refused) => Err(refused.to_string()),
-            }
-        }
-        _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
-    };
+    let outcome = bearer_principal(&check.auth, check.allow_plaintext, &header, transport).await;
     match outcome {
         Ok(principal) => {
             request.extensions_mut().insert(Arc::new(principal));

@@ -667,7 +667,10 @@ async fn governance_sql_as_user_applies_the_policy_and_a_syntax_error_refuses_to
 /// serve, so the test waits for the process to exit, with a deadline).
 #[test]
 fn serve_refuses_vended_credentials_beside_a_policy() {
-    let dir = tempfile::Builder::new().prefix("tarn-gov-vend-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-gov-vend-")
+        .tempdir()
+        .unwrap();
     let (port, http) = (free_port(), free_port());
     std::fs::write(dir.path().join("policy.rego"), POLICY).unwrap();
     std::fs::write(

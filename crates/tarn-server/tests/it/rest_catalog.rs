@@ -1131,10 +1131,13 @@ async fn rest_catalog_hides_and_guards_tarn_namespace_properties() {
     ))
     .await
     .unwrap();
-    let count = "SELECT count(*)::text FROM shop.public.customers";
+    let count = "SELECT count(*) FROM shop.public.customers";
     assert_eq!(rows(&sql, count).await, vec!["3"]);
 
-    for path in ["/iceberg/v1/namespaces/public", "/iceberg/v1/tarn/namespaces/public"] {
+    for path in [
+        "/iceberg/v1/namespaces/public",
+        "/iceberg/v1/tarn/namespaces/public",
+    ] {
         let (status, body) = server.http("GET", path, None);
         assert_eq!(status, 200, "{body}");
         let text = body.to_string();
