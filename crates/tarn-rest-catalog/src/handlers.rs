@@ -34,6 +34,28 @@ type Handled = Result<Response, RestError>;
 const LEVEL_SEPARATOR: char = '\u{1f}';
 /// The property the JDBC catalog layout keeps on every namespace; not the user's.
 const EXISTS_MARKER: &str = "exists";
+/// The prefix of the namespace properties tarn keeps for itself (e.g.
+/// `tarn.external-catalog.<name>`, an external catalog's connection URL with its password):
+/// never shown to REST clients, and changed only through tarn's SQL, under its authorization.
+const INTERNAL_PREFIX: &str = "tarn.";
+
+/// Whether namespace property `key` is the catalog's own, not a client's.
+fn reserved(key: &str) -> bool {
+    key == EXISTS_MARKER || key.starts_with(INTERNAL_PREFIX)
+}
+
+/// 400 when a client sets or removes one of the catalog's own properties (`keys`).
+fn refuse_reserved<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(), RestError> {
+    match keys.find(|k| reserved(k)) {
+        Some(key) if key == EXISTS_MARKER => Err(RestError::bad_request(format!(
+            "property {EXISTS_MARKER:?} is reserved by the catalog's storage layout"
+        ))),
+        Some(key) => Err(RestError::bad_request(format!(
+            "property {key:?} is reserved: namespace properties starting with {INTERNAL_PREFIX:?} are tarn's own and change only through its SQL"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// The path parameters, with the `{prefix}` checked against the catalog's.
 fn params(state: &RestState, params: Params) -> Result<HashMap<String, String>, RestError> {
@@ -221,11 +243,7 @@ pub(crate) async fn create_namespace(State(state): State<RestState>, p: Params, 
     params(&state, p)?;
     let request: CreateNamespaceRequest = body(&bytes, "CreateNamespaceRequest")?;
     let ns = checked_namespace(&request.namespace)?;
-    if request.properties.contains_key(EXISTS_MARKER) {
-        return Err(RestError::bad_request(format!(
-            "property {EXISTS_MARKER:?} is reserved by the catalog's storage layout"
-        )));
-    }
+    refuse_reserved(request.properties.keys())?;
     if state
         .lake
         .namespace_exists(&ns)
@@ -251,11 +269,11 @@ pub(crate) async fn create_namespace(State(state): State<RestState>, p: Params, 
     }))
 }
 
-/// Namespace properties without the storage layout's marker.
+/// Namespace properties without the storage layout's marker and tarn's own (`tarn.`) keys.
 fn visible(properties: &HashMap<String, String>) -> HashMap<String, String> {
     properties
         .iter()
-        .filter(|(k, _)| k.as_str() != EXISTS_MARKER)
+        .filter(|(k, _)| !reserved(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -325,11 +343,7 @@ pub(crate) async fn update_namespace_properties(
             format!("property {key:?} is both updated and removed"),
         ));
     }
-    if request.updates.contains_key(EXISTS_MARKER) || removals.iter().any(|k| k == EXISTS_MARKER) {
-        return Err(RestError::bad_request(format!(
-            "property {EXISTS_MARKER:?} is reserved by the catalog's storage layout"
-        )));
-    }
+    refuse_reserved(request.updates.keys().chain(removals.iter()))?;
     require_namespace(&state, &ns).await?;
     if !request.updates.is_empty() {
         state

@@ -611,6 +611,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             }
         }
         Command::Serve => {
+            crate::serve::check_config(&config)?;
             let metrics = crate::serve::install_metrics_if(config.telemetry.metrics)?;
             let session = open_governed(&config).await?;
             crate::serve::serve(&config, session, metrics).await?;

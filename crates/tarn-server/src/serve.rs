@@ -341,6 +341,32 @@ struct TokenCheck {
     allow_plaintext: bool,
 }
 
+/// The principal of `authorization` (an `Authorization` header's value), which must be
+/// `Bearer TOKEN` with a token `auth` accepts, or why not. A token that came over plain TCP
+/// from a non-loopback address is refused unread ([`tarn_auth::secret_may_cross`]) unless
+/// `allow_plaintext`. Shared by [`require_token`] and the console's APIs.
+pub(crate) async fn bearer_principal(
+    auth: &tarn_auth::Authenticator,
+    allow_plaintext: bool,
+    authorization: &str,
+    transport: Option<crate::http::Transport>,
+) -> Result<tarn_auth::Principal, String> {
+    match authorization.strip_prefix("Bearer ").map(str::trim) {
+        Some(token) if !token.is_empty() && token != "None" => {
+            // Every request comes through `http::serve`, which says how it arrived; one that
+            // does not say is treated as plain TCP from elsewhere.
+            let (peer, encrypted) = transport.map_or((std::net::Ipv4Addr::UNSPECIFIED.into(), false), |t| {
+                (t.peer.ip(), t.encrypted)
+            });
+            match tarn_auth::secret_may_cross(peer, encrypted, allow_plaintext) {
+                Ok(()) => auth.token(token).await.map_err(|e| e.to_string()),
+                Err(refused) => Err(refused.to_string()),
+            }
+        }
+        _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
+    }
+}
+
 /// Lets a request through with a valid bearer token (its [`tarn_auth::Principal`] in the
 /// request's extensions), or answers 401 with the reason, in the Iceberg REST error shape
 /// (which REST clients show) and a `WWW-Authenticate` header. A token that came over plain
@@ -358,20 +384,7 @@ async fn require_token(
         .unwrap_or_default()
         .to_string();
     let transport = request.extensions().get::<crate::http::Transport>().copied();
-    let outcome = match header.strip_prefix("Bearer ").map(str::trim) {
-        Some(token) if !token.is_empty() && token != "None" => {
-            // Every request comes through `http::serve`, which says how it arrived; one that
-            // does not say is treated as plain TCP from elsewhere.
-            let (peer, encrypted) = transport.map_or((std::net::Ipv4Addr::UNSPECIFIED.into(), false), |t| {
-                (t.peer.ip(), t.encrypted)
-            });
-            match tarn_auth::secret_may_cross(peer, encrypted, check.allow_plaintext) {
-                Ok(()) => check.auth.token(token).await.map_err(|e| e.to_string()),
-                Err(refused) => Err(refused.to_string()),
-            }
-        }
-        _ => Err("this endpoint needs an OIDC bearer token (Authorization: Bearer TOKEN)".to_string()),
-    };
+    let outcome = bearer_principal(&check.auth, check.allow_plaintext, &header, transport).await;
     match outcome {
         Ok(principal) => {
             request.extensions_mut().insert(Arc::new(principal));
@@ -399,8 +412,28 @@ pub(crate) async fn bind(addr: &str, key: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
+/// Refuses what `tarn serve` must not run with: `rest_catalog.vend_credentials` beside a policy
+/// (`[policy]`). Vended credentials are storage.s3's static keys, good for every file of the
+/// bucket, so a principal the policy lets load one table could read the files of every other
+/// table, masked, filtered or hidden (the audit trail's too), around the policy.
+pub fn check_config(config: &Config) -> Result<()> {
+    let policy = config.policy.file.is_some() || config.policy.opa_url.is_some();
+    if config.rest_catalog.enabled && config.rest_catalog.vend_credentials && policy {
+        let key = if config.policy.file.is_some() {
+            "policy.file"
+        } else {
+            "policy.opa_url"
+        };
+        anyhow::bail!(
+            "rest_catalog.vend_credentials = true and {key} are both set: vended credentials are storage.s3's keys to the whole bucket, which would let any client that may load one table read every table's files around the policy; set rest_catalog.vend_credentials = false (docs/governance.md)"
+        );
+    }
+    Ok(())
+}
+
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHandle) -> Result<()> {
+    check_config(config)?;
     let shutdown = CancellationToken::new();
     // Before the ports open: a client (or an orchestrator) that sees them open may signal at
     // once, and must get a clean shutdown, not the default action of SIGTERM.

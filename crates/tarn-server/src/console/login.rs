@@ -155,13 +155,39 @@ impl FromRequestParts<Arc<Console>> for Caller {
     }
 }
 
-/// The logged-in principal of a script's request; without one, 401 with the reason.
+/// The principal of a script's request: with an `Authorization` header, its bearer token's
+/// (validated as the other HTTP APIs validate it, [`crate::serve::bearer_principal`], the
+/// login cookie then not looked at); else the logged-in principal. Without one, 401 with the
+/// reason.
 pub(crate) struct ApiCaller(pub(crate) Arc<Principal>);
 
 impl FromRequestParts<Arc<Console>> for ApiCaller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
+        if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
+            let authorization = authorization.to_str().unwrap_or_default();
+            let transport = parts.extensions.get::<crate::http::Transport>().copied();
+            return match crate::serve::bearer_principal(
+                &console.auth,
+                console.allow_plaintext,
+                authorization,
+                transport,
+            )
+            .await
+            {
+                Ok(principal) => Ok(ApiCaller(Arc::new(principal))),
+                Err(reason) => {
+                    metrics::counter!("tarn_http_auth_failures_total").increment(1);
+                    let mut response = super::json_error(StatusCode::UNAUTHORIZED, reason);
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Bearer"),
+                    );
+                    Err(response)
+                }
+            };
+        }
         match console.principal_of(parts) {
             Ok(p) => Ok(ApiCaller(p)),
             Err(NoLogin::Expired) => Err(super::json_error(

@@ -940,3 +940,105 @@ async fn pipelines_pages_show_kafka_and_airbyte_pipelines_from_the_lake() {
     assert_eq!(status, 404);
     drop(served);
 }
+
+/// `POST /console/api/query` with `Authorization: Bearer` and JSON `{"sql"}`: (status,
+/// `WWW-Authenticate`, body).
+async fn query_with_bearer(
+    http: &reqwest::Client,
+    base: &str,
+    authorization: &str,
+    cookie: &str,
+    sql: &str,
+) -> (u16, String, serde_json::Value) {
+    let response = http
+        .post(format!("{base}/console/api/query"))
+        .header("authorization", authorization)
+        .header("cookie", cookie)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "sql": sql }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {e}: {text}"));
+    (status, challenge, body)
+}
+
+/// Scripts call the query API with an OIDC bearer token instead of the login cookie: a valid
+/// token runs the statement as its principal (the analyst's row filter and refusals, the
+/// admin's full view), a bad, foreign, expired or missing one is 401 — also beside a valid
+/// login cookie, which a bearer header overrides.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_query_api_takes_bearer_tokens_as_their_principal() {
+    crate::init_logs();
+    let rsa = Signer::rsa("k1", RSA1);
+    let issuer = issuer(vec![rsa.clone()]).await;
+    let served = serve(&issuer, "1h");
+    let (http, base) = (client(), served.base.clone());
+    let orders = "SELECT region, amount FROM sales.orders ORDER BY id";
+
+    // `ana` has the realm role `analyst`: the row filter applies, hr is refused.
+    let ana = format!("Bearer {}", rsa.sign(&issuer.claims("ana")));
+    let (status, _, body) = query_with_bearer(&http, &base, &ana, "", orders).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([["eu", "10"], ["eu", "30"], ["eu", "50"]]),
+        "{body}"
+    );
+    let (status, _, body) = query_with_bearer(&http, &base, &ana, "", "SELECT * FROM hr.salaries").await;
+    assert_eq!(status, 403, "{body}");
+    // An admin's token sees every row.
+    let mut claims = issuer.claims("root");
+    claims["realm_access"]["roles"] = serde_json::json!(["admin"]);
+    let root = format!("Bearer {}", rsa.sign(&claims));
+    let (status, _, body) = query_with_bearer(&http, &base, &root, "", orders).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["row_count"], 4, "{body}");
+
+    // Refused: a token of a key the issuer does not publish, an expired one, garbage,
+    // pyiceberg's `Bearer None`, another scheme.
+    let foreign = format!(
+        "Bearer {}",
+        Signer::rsa("k1", tarn_test_utils::oidc::RSA2).sign(&issuer.claims("ana"))
+    );
+    let mut expired = issuer.claims("ana");
+    expired["exp"] = serde_json::json!(tarn_test_utils::oidc::now() - 3600);
+    expired["nbf"] = serde_json::json!(tarn_test_utils::oidc::now() - 7200);
+    expired["iat"] = serde_json::json!(tarn_test_utils::oidc::now() - 7200);
+    let expired = format!("Bearer {}", rsa.sign(&expired));
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    for bad in [
+        foreign.as_str(),
+        expired.as_str(),
+        "Bearer not-a-token",
+        "Bearer None",
+        "Basic c3ZjOnN2Yy1wdw==",
+    ] {
+        for with_cookie in ["", cookie.as_str()] {
+            let (status, challenge, body) = query_with_bearer(&http, &base, bad, with_cookie, orders).await;
+            assert_eq!((status, challenge.as_str()), (401, "Bearer"), "{bad}: {body}");
+            assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+            assert!(body.get("rows").is_none(), "{bad}: {body}");
+        }
+    }
+    // The cookie alone still works.
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({ "sql": orders }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["row_count"].clone()),
+        (200, serde_json::json!(3)),
+        "{body}"
+    );
+}

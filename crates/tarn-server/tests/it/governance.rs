@@ -661,3 +661,62 @@ async fn governance_sql_as_user_applies_the_policy_and_a_syntax_error_refuses_to
         "{err}"
     );
 }
+
+/// `rest_catalog.vend_credentials` hands out storage.s3's keys to the whole bucket, around any
+/// policy: `tarn serve` with both refuses to start and names both keys (it would otherwise
+/// serve, so the test waits for the process to exit, with a deadline).
+#[test]
+fn serve_refuses_vended_credentials_beside_a_policy() {
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-gov-vend-")
+        .tempdir()
+        .unwrap();
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(dir.path().join("policy.rego"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!(
+            "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [auth]\ntrust_loopback = true\n\
+             [storage.s3]\nregion = \"us-east-1\"\naccess_key_id = \"tarn-key\"\nsecret_access_key = \"tarn-secret\"\n\
+             [rest_catalog]\nvend_credentials = true\n\
+             [policy]\nfile = \"{}\"\n",
+            dir.path().join("policy.rego").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(crate::tarn_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("serve")
+        .env_remove("TARN_DATA_DIR")
+        .env_remove("TARN_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tarn serve started with rest_catalog.vend_credentials and a policy");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("rest_catalog.vend_credentials") && err.contains("policy.file"),
+        "{err}"
+    );
+    assert!(!err.contains("tarn-secret"), "{err}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the Postgres wire port opened"
+    );
+}

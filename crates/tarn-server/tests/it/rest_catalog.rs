@@ -1100,3 +1100,93 @@ async fn rest_catalog_s3_warehouse_needs_only_the_catalog_url() {
     let (_, none) = server.http("GET", &format!("{path}/credentials"), None);
     assert_eq!(none["storage-credentials"], json!([]));
 }
+
+/// `CREATE EXTERNAL CATALOG` keeps its connection URL, password included, as the property
+/// `tarn.external-catalog.<name>` of the `public` namespace. The REST catalog never returns
+/// tarn's own (`tarn.`) properties, and refuses to set or remove them (which would create or
+/// drop an external catalog around SQL's authorization); other properties work as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_hides_and_guards_tarn_namespace_properties() {
+    const PASSWORD: &str = "Fed3ratedS3cret";
+    let pg = tokio::task::block_in_place(PostgresServer::start_temporary).unwrap();
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE USER app PASSWORD '{PASSWORD}'; CREATE TABLE customers (id INT PRIMARY KEY); \
+             INSERT INTO customers VALUES (1), (2), (3); GRANT SELECT ON customers TO app"
+        ),
+    )
+    .unwrap();
+    // Password logins for `app` over TCP (the harness trusts everyone else).
+    let hba = pg.dir().join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all app 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+
+    let server = RestServer::start();
+    let sql = server.sql().await;
+    sql.simple_query(&format!(
+        "CREATE EXTERNAL CATALOG shop FROM 'postgres://app:{PASSWORD}@127.0.0.1:{}/postgres'",
+        pg.port()
+    ))
+    .await
+    .unwrap();
+    let count = "SELECT count(*) FROM shop.public.customers";
+    assert_eq!(rows(&sql, count).await, vec!["3"]);
+
+    for path in [
+        "/iceberg/v1/namespaces/public",
+        "/iceberg/v1/tarn/namespaces/public",
+    ] {
+        let (status, body) = server.http("GET", path, None);
+        assert_eq!(status, 200, "{body}");
+        let text = body.to_string();
+        assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+        assert!(!text.contains("tarn.external-catalog"), "{text}");
+    }
+    let v1 = "/iceberg/v1/tarn";
+    let properties = format!("{v1}/namespaces/public/properties");
+    let refused = |body: &Value, key: &str| {
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(key), "{body}");
+    };
+    // Setting one (an external catalog of the client's choosing) and removing one (dropping
+    // `shop`) are refused, naming the key.
+    let evil = "tarn.external-catalog.evil";
+    let (status, body) = server.http(
+        "POST",
+        &properties,
+        Some(&json!({"updates": {evil: "postgres://x@127.0.0.1:1/y"}}).to_string()),
+    );
+    assert_eq!((status, error_of(&body).0), (400, "BadRequestException".into()));
+    refused(&body, evil);
+    let (status, body) = server.http(
+        "POST",
+        &properties,
+        Some(r#"{"removals": ["tarn.external-catalog.shop"]}"#),
+    );
+    assert_eq!((status, error_of(&body).0), (400, "BadRequestException".into()));
+    refused(&body, "tarn.external-catalog.shop");
+    let (status, body) = server.http(
+        "POST",
+        &format!("{v1}/namespaces"),
+        Some(r#"{"namespace": ["other"], "properties": {"tarn.x": "1"}}"#),
+    );
+    assert_eq!((status, error_of(&body).0), (400, "BadRequestException".into()));
+    refused(&body, "tarn.x");
+    // Nothing changed: `shop` still works, `evil` does not exist.
+    assert_eq!(rows(&sql, count).await, vec!["3"]);
+    let err = sql
+        .simple_query("SELECT 1 FROM evil.public.customers")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("evil"), "{err:?}");
+    // The client's own properties are set, shown and removed as before.
+    let (status, body) = server.http("POST", &properties, Some(r#"{"updates": {"owner": "ana"}}"#));
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server.http("GET", &format!("{v1}/namespaces/public"), None);
+    assert_eq!(body["properties"]["owner"], "ana", "{body}");
+    assert!(!body.to_string().contains(PASSWORD), "{body}");
+    let (status, body) = server.http("POST", &properties, Some(r#"{"removals": ["owner"]}"#));
+    assert_eq!(status, 200, "{body}");
+}
