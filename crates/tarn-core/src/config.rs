@@ -214,6 +214,9 @@ pub struct RoleLimits {
     pub max_concurrent: usize,
     /// The role's default `statement_timeout`, in place of `query.statement_timeout`.
     pub statement_timeout: Option<String>,
+    /// The role's default `idle_in_transaction_session_timeout`, in place of
+    /// `query.idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_session_timeout: Option<String>,
 }
 
 impl Default for QueryConfig {
@@ -295,6 +298,12 @@ impl QueryConfig {
         for (role, limits) in &self.roles {
             if let Some(t) = &limits.statement_timeout {
                 parse_timeout(&format!("query.roles.{role}.statement_timeout"), t)?;
+            }
+            if let Some(t) = &limits.idle_in_transaction_session_timeout {
+                parse_timeout(
+                    &format!("query.roles.{role}.idle_in_transaction_session_timeout"),
+                    t,
+                )?;
             }
         }
         Ok(())

@@ -9,9 +9,12 @@
 //! shuts it down when the timeout passes: pgwire owns the connection's framing, so the client
 //! sees the connection end rather than PostgreSQL's `FATAL 25P03` message first.
 //!
-//! The timeout is `query.idle_in_transaction_session_timeout` (`0`: none), changed per session
-//! with `SET idle_in_transaction_session_timeout = '5s'` (milliseconds without a unit, as in
-//! PostgreSQL).
+//! The timeout is what the session `SET` (`SET idle_in_transaction_session_timeout = '5s'`,
+//! milliseconds without a unit as in PostgreSQL; `0`: none), else the default of the
+//! principal's roles (`[query.roles.NAME] idle_in_transaction_session_timeout`, the shortest
+//! when several apply), else `query.idle_in_transaction_session_timeout` (`0`: none). The
+//! default is taken from the principal with each statement ([`ConnectionState::begin`]), so it
+//! is known before a transaction can be open.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,8 +44,18 @@ pub(crate) struct ConnectionState {
     in_transaction: AtomicBool,
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
-    timeout_ms: AtomicU64,
+    /// What the session `SET` (`0`: none); [`UNSET`] when it set nothing.
+    session_ms: AtomicU64,
+    /// The default of the principal's roles, or the server's (`0`: none).
+    default_ms: AtomicU64,
     changed: Notify,
+}
+
+/// [`ConnectionState::session_ms`] when the session has not set the timeout.
+const UNSET: u64 = u64::MAX;
+
+fn millis(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(UNSET - 1))
 }
 
 impl ConnectionState {
@@ -51,9 +64,20 @@ impl ConnectionState {
         self.changed.notify_one();
     }
 
+    /// The timeout in force, in milliseconds (`0`: none).
+    fn timeout_ms(&self) -> u64 {
+        match self.session_ms.load(Ordering::SeqCst) {
+            UNSET => self.default_ms.load(Ordering::SeqCst),
+            set => set,
+        }
+    }
+
     /// A statement starts; `transaction`: it opens (`Some(true)`) or ends (`Some(false)`) a
-    /// transaction. Returns a guard that marks it finished when dropped.
-    pub(crate) fn begin(self: &Arc<Self>, transaction: Option<bool>) -> Busy {
+    /// transaction; `default`: the timeout of the principal's roles or the server's, which
+    /// applies unless the session sets its own. Returns a guard that marks it finished when
+    /// dropped.
+    pub(crate) fn begin(self: &Arc<Self>, transaction: Option<bool>, default: Option<Duration>) -> Busy {
+        self.default_ms.store(millis(default), Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
         if let Some(open) = transaction {
             self.in_transaction.store(open, Ordering::SeqCst);
@@ -86,7 +110,7 @@ impl Connections {
     pub(crate) fn new(default: Option<Duration>) -> Self {
         Self {
             states: Mutex::default(),
-            default_ms: default.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            default_ms: millis(default),
         }
     }
 
@@ -111,7 +135,8 @@ impl Connections {
             in_transaction: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
-            timeout_ms: AtomicU64::new(self.default_ms),
+            session_ms: AtomicU64::new(UNSET),
+            default_ms: AtomicU64::new(self.default_ms),
             changed: Notify::new(),
         });
         self.states
@@ -133,7 +158,7 @@ impl Connections {
 /// Closes the connection once it has been idle in a transaction for longer than its timeout.
 async fn watch(state: &ConnectionState, socket: &std::net::TcpStream, done: &CancellationToken) {
     loop {
-        let timeout = state.timeout_ms.load(Ordering::SeqCst);
+        let timeout = state.timeout_ms();
         let armed = timeout > 0
             && state.in_transaction.load(Ordering::SeqCst)
             && state.active.load(Ordering::SeqCst) == 0;
@@ -213,7 +238,7 @@ impl IdleTimeoutHook {
             )))));
         };
         if let Some(state) = self.connections.get(peer) {
-            state.timeout_ms.store(ms, Ordering::SeqCst);
+            state.session_ms.store(ms.min(UNSET - 1), Ordering::SeqCst);
             state.changed.notify_one();
         }
         Some(Ok(Response::Execution(Tag::new("SET"))))

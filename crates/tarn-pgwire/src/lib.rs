@@ -749,10 +749,12 @@ impl Gate<'_> {
         caller: &Caller,
         sql: &str,
     ) -> PgWireResult<(Arc<workload::Statement>, Held)> {
-        let busy = self
-            .connections
-            .get(client.socket_addr())
-            .map(|c| c.begin(transaction_effect(self.parser, sql)));
+        let busy = self.connections.get(client.socket_addr()).map(|c| {
+            c.begin(
+                transaction_effect(self.parser, sql),
+                self.workload.default_idle_in_transaction_timeout(&caller.roles),
+            )
+        });
         let running = self.workload.begin(
             caller.pid,
             &caller.user,

@@ -71,8 +71,20 @@ pub struct WorkloadSettings {
     pub statement_timeout: Option<Duration>,
     /// The default `idle_in_transaction_session_timeout`.
     pub idle_in_transaction_timeout: Option<Duration>,
-    /// Per role: most running statements (0: none) and the default timeout.
-    pub roles: BTreeMap<String, (usize, Option<Duration>)>,
+    /// Per role (`[query.roles.NAME]`).
+    pub roles: BTreeMap<String, RoleSettings>,
+}
+
+/// The limits of one role (`[query.roles.NAME]`), resolved: a timeout the role does not set
+/// is the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleSettings {
+    /// Most running statements of the role (0: only the global limit).
+    pub max_concurrent: usize,
+    /// The role's default `statement_timeout`.
+    pub statement_timeout: Option<Duration>,
+    /// The role's default `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 impl WorkloadSettings {
@@ -83,13 +95,31 @@ impl WorkloadSettings {
             MemoryLimit::Bytes(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
         };
         let cpus = std::thread::available_parallelism().map_or(2, NonZeroUsize::get);
+        let idle_in_transaction_timeout = parse_timeout(
+            "query.idle_in_transaction_session_timeout",
+            &config.idle_in_transaction_session_timeout,
+        )?;
         let mut roles = BTreeMap::new();
         for (role, limits) in &config.roles {
-            let timeout = match &limits.statement_timeout {
+            let statement_timeout = match &limits.statement_timeout {
                 Some(t) => parse_timeout(&format!("query.roles.{role}.statement_timeout"), t)?,
                 None => config.statement_timeout()?,
             };
-            roles.insert(role.clone(), (limits.max_concurrent, timeout));
+            let idle = match &limits.idle_in_transaction_session_timeout {
+                Some(t) => parse_timeout(
+                    &format!("query.roles.{role}.idle_in_transaction_session_timeout"),
+                    t,
+                )?,
+                None => idle_in_transaction_timeout,
+            };
+            roles.insert(
+                role.clone(),
+                RoleSettings {
+                    max_concurrent: limits.max_concurrent,
+                    statement_timeout,
+                    idle_in_transaction_timeout: idle,
+                },
+            );
         }
         Ok(Self {
             memory_limit,
@@ -103,10 +133,7 @@ impl WorkloadSettings {
             queue_size: config.queue_size,
             queue_timeout: tarn_core::config::parse_duration("query.queue_timeout", &config.queue_timeout)?,
             statement_timeout: config.statement_timeout()?,
-            idle_in_transaction_timeout: parse_timeout(
-                "query.idle_in_transaction_session_timeout",
-                &config.idle_in_transaction_session_timeout,
-            )?,
+            idle_in_transaction_timeout,
             roles,
         })
     }
@@ -227,8 +254,8 @@ impl Workload {
         let role_slots = settings
             .roles
             .iter()
-            .filter(|(_, (max, _))| *max > 0)
-            .map(|(role, (max, _))| (role.clone(), Arc::new(Semaphore::new(*max))))
+            .filter(|(_, r)| r.max_concurrent > 0)
+            .map(|(role, r)| (role.clone(), Arc::new(Semaphore::new(r.max_concurrent))))
             .collect();
         CONFIGURED_LIMIT.store(settings.memory_limit.unwrap_or(0), Ordering::Relaxed);
         metrics::gauge!("tarn_query_memory_limit_bytes").set(settings.memory_limit.unwrap_or(0) as f64);
@@ -280,14 +307,30 @@ impl Workload {
     /// The default `statement_timeout` for a principal in `roles`: the shortest of its roles'
     /// (`[query.roles.NAME] statement_timeout`), else `query.statement_timeout`.
     pub fn default_timeout(&self, roles: &[String]) -> Option<Duration> {
+        self.of_roles(roles, |r| r.statement_timeout)
+            .unwrap_or(self.settings.statement_timeout)
+    }
+
+    /// The default `idle_in_transaction_session_timeout` for a principal in `roles`: the
+    /// shortest of its roles' (`[query.roles.NAME] idle_in_transaction_session_timeout`), else
+    /// `query.idle_in_transaction_session_timeout`.
+    pub fn default_idle_in_transaction_timeout(&self, roles: &[String]) -> Option<Duration> {
+        self.of_roles(roles, |r| r.idle_in_transaction_timeout)
+            .unwrap_or(self.settings.idle_in_transaction_timeout)
+    }
+
+    /// The shortest of `timeout` of the configured roles among `roles` (`Some(None)`: none of
+    /// them has one); `None` when no role of `roles` is configured.
+    fn of_roles(
+        &self,
+        roles: &[String],
+        timeout: impl Fn(&RoleSettings) -> Option<Duration>,
+    ) -> Option<Option<Duration>> {
         let of_roles: Vec<Option<Duration>> = roles
             .iter()
-            .filter_map(|r| self.settings.roles.get(r).map(|(_, t)| *t))
+            .filter_map(|r| self.settings.roles.get(r).map(&timeout))
             .collect();
-        if of_roles.is_empty() {
-            return self.settings.statement_timeout;
-        }
-        of_roles.into_iter().flatten().min()
+        (!of_roles.is_empty()).then(|| of_roles.into_iter().flatten().min())
     }
 
     /// Registers a statement of connection `pid` (queued until [`Self::admit`]).
@@ -1042,8 +1085,15 @@ mod tests {
             queue_size: queue,
             queue_timeout: timeout,
             statement_timeout: None,
-            idle_in_transaction_timeout: None,
-            roles: BTreeMap::from([("analyst".to_string(), (1, Some(Duration::from_secs(5))))]),
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+            roles: BTreeMap::from([(
+                "analyst".to_string(),
+                RoleSettings {
+                    max_concurrent: 1,
+                    statement_timeout: Some(Duration::from_secs(5)),
+                    idle_in_transaction_timeout: Some(Duration::from_secs(2)),
+                },
+            )]),
         }
     }
 
@@ -1092,6 +1142,14 @@ mod tests {
         w.admit(&c, &[]).await.unwrap();
         assert_eq!(w.default_timeout(&roles), Some(Duration::from_secs(5)));
         assert_eq!(w.default_timeout(&[]), None);
+        assert_eq!(
+            w.default_idle_in_transaction_timeout(&roles),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            w.default_idle_in_transaction_timeout(&["v".to_string()]),
+            Some(Duration::from_secs(60))
+        );
         std::fs::remove_dir_all(&w.settings.spill_dir).ok();
     }
 

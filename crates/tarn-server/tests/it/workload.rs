@@ -52,34 +52,90 @@ fn wide_rows(modulus: u64) -> String {
     )
 }
 
+/// The rows of `sql` through the extended protocol (streamed, as BI tools read them), each as
+/// its BIGINT columns.
+async fn bigint_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<Vec<i64>>, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    client
+        .query_raw(sql, std::iter::empty::<i64>())
+        .await?
+        .map_ok(|row| (0..row.len()).map(|i| row.get::<_, i64>(i)).collect())
+        .try_collect()
+        .await
+}
+
+/// A sort of all rows of [`wide_rows`]: the ids in the order of their wide strings.
+fn sort_query() -> String {
+    format!("SELECT x FROM ({}) AS w ORDER BY s", wide_rows(1_500_000))
+}
+
+/// An aggregation over 750 000 groups of two rows each: per group its key (the string's
+/// leading digits), its row count and the sum of its ids.
+fn aggregation_query() -> String {
+    format!(
+        "SELECT CAST(left(s, 8) AS BIGINT) AS k, count(*) AS c, sum(x) AS t FROM ({}) AS w GROUP BY s",
+        wide_rows(750_000)
+    )
+}
+
+/// The sort's and the aggregation's full results on a server without a memory limit (the
+/// aggregation's groups ordered by key).
+async fn unlimited_results() -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+    let served = Served::start_with(false, "[query]\nmemory_limit = \"unlimited\"\n");
+    let client = served.client().await;
+    let sorted = bigint_rows(&client, &sort_query())
+        .await
+        .expect("the unlimited sort");
+    let mut grouped = bigint_rows(&client, &aggregation_query())
+        .await
+        .expect("the unlimited aggregation");
+    grouped.sort_unstable();
+    assert_eq!(
+        metric(&served, "tarn_query_spills_total"),
+        0.0,
+        "the unlimited run spilled"
+    );
+    (sorted, grouped)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256mb_budget_spills_sorts_and_aggregations_and_refuses_what_cannot_fit() {
+    // The reference: the same statements on a server without a limit (run first, alone, so
+    // the two servers do not compete for memory and CPU).
+    let (unlimited_sorted, unlimited_grouped) = unlimited_results().await;
     let served = Served::start_with(false, "[query]\nmemory_limit = \"256MB\"\n");
     let client = served.client().await;
-    // A sort of all rows (under a window function, so it is not a top-k): it spills, and the
-    // order is right (no row follows a larger one).
-    let sorted = rows(
-        &client,
-        &format!(
-            "SELECT count(*), sum(CASE WHEN prev > s THEN 1 ELSE 0 END) \
-             FROM (SELECT s, lag(s) OVER (ORDER BY s) AS prev FROM ({}) AS w) AS o",
-            wide_rows(1_500_000)
-        ),
-    )
-    .await
-    .expect("the sort completes by spilling");
-    assert_eq!(sorted, vec!["1500000|0"]);
-    // An aggregation over 750 000 groups of two rows each.
-    let grouped = rows(
-        &client,
-        &format!(
-            "SELECT count(*), sum(c), min(c), max(c) FROM (SELECT s, count(*) AS c FROM ({}) AS w GROUP BY s) AS g",
-            wide_rows(750_000)
-        ),
-    )
-    .await
-    .expect("the aggregation completes by spilling");
-    assert_eq!(grouped, vec!["750000|1500000|2|2"]);
+    // A sort of all rows (no LIMIT, so not a top-k): it spills, and its result is the
+    // unlimited run's, row for row, in order. Each string is unique and starts with its
+    // key `(x * 7919) % 1500000` zero-padded, so no row may follow one with a larger key.
+    let sorted = bigint_rows(&client, &sort_query())
+        .await
+        .expect("the sort completes by spilling");
+    assert_eq!(sorted.len(), 1_500_000);
+    let keys: Vec<i64> = sorted.iter().map(|r| (r[0] * 7919) % 1_500_000).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "the spilled sort's rows are out of order"
+    );
+    assert!(
+        sorted == unlimited_sorted,
+        "the spilled sort's result differs from the unlimited run's"
+    );
+    // An aggregation over 750 000 groups of two rows each: the same groups, counts and sums
+    // as the unlimited run's.
+    let mut grouped = bigint_rows(&client, &aggregation_query())
+        .await
+        .expect("the aggregation completes by spilling");
+    grouped.sort_unstable();
+    assert_eq!(grouped.len(), 750_000);
+    assert!(grouped.iter().all(|g| g[1] == 2), "a group without two rows");
+    assert!(
+        grouped == unlimited_grouped,
+        "the spilled aggregation's result differs from the unlimited run's"
+    );
     assert!(
         metric(&served, "tarn_query_spills_total") > 0.0,
         "nothing spilled under a 256 MB budget:\n{}",
@@ -432,19 +488,61 @@ fn cdc_freshness_holds_while_heavy_queries_saturate_the_cpu() {
     assert!(p99 < 0.5, "/healthz p99 under load is {p99} s:\n{stdout}");
 }
 
+/// A second configured user, in no `[query.roles]` role, for [`Served::start_with`]'s `extra`.
+const OTHER_USER: &str = "[[auth.users]]\nname = \"etl\"\npassword = \"etl-pw\"\n";
+
+/// A tokio-postgres client logged in as `user` (configured with `password`).
+async fn client_as(served: &Served, user: &str, password: &str) -> tokio_postgres::Client {
+    let config = format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname=tarn",
+        served.pg_port
+    );
+    let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Waits until `client`'s connection is closed by the server, or fails naming `what`.
+async fn wait_closed(client: &tokio_postgres::Client, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client.is_closed() {
+        assert!(Instant::now() < deadline, "{what}: the connection is still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
-    let served = Served::start_with(false, "[query]\nidle_in_transaction_session_timeout = \"0\"\n");
+    // No server default; the role `analyst` (the user of `served.client()`) has one, which a
+    // session's SET overrides. `etl` is in no role.
+    let served = Served::start_with(
+        false,
+        &format!(
+            "[query]\nidle_in_transaction_session_timeout = \"0\"\n\
+             [query.roles.analyst]\nidle_in_transaction_session_timeout = \"500ms\"\n{OTHER_USER}"
+        ),
+    );
     let idle = served.client().await;
     let outside = served.client().await;
     let working = served.client().await;
-    for c in [&idle, &outside, &working] {
-        rows(c, "SET idle_in_transaction_session_timeout = '500ms'")
-            .await
-            .unwrap();
-    }
+    let opted_out = served.client().await;
+    let other = client_as(&served, "etl", "etl-pw").await;
+    let other_set = client_as(&served, "etl", "etl-pw").await;
+    rows(&opted_out, "SET idle_in_transaction_session_timeout = 0")
+        .await
+        .unwrap();
+    rows(&other_set, "SET idle_in_transaction_session_timeout = '500ms'")
+        .await
+        .unwrap();
+    // These two open their transactions first, so they have been idle in them longest when
+    // the others are closed.
+    rows(&other, "BEGIN").await.unwrap();
+    rows(&opted_out, "BEGIN").await.unwrap();
     rows(&working, "SET statement_timeout = '1500ms'").await.unwrap();
     rows(&idle, "BEGIN").await.unwrap();
+    rows(&other_set, "BEGIN").await.unwrap();
     rows(&working, "BEGIN").await.unwrap();
     // A statement running longer than the idle timeout inside a transaction is not idleness.
     let err = rows(&working, ENDLESS)
@@ -454,21 +552,27 @@ async fn idle_in_transaction_session_timeout_closes_only_idle_transactions() {
     // Still open (the failed transaction is aborted, as in PostgreSQL).
     rows(&working, "ROLLBACK").await.unwrap();
     assert_eq!(rows(&working, "SELECT 2").await.unwrap(), vec!["2"]);
-    // The connection idle in its transaction is closed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !idle.is_closed() {
-        assert!(
-            Instant::now() < deadline,
-            "the idle transaction's connection is still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The role member's connection idle in its transaction is closed by the role's default,
+    // and so is the other user's that set the timeout itself.
+    wait_closed(&idle, "the role member's idle transaction").await;
+    wait_closed(
+        &other_set,
+        "the idle transaction of a session that SET the timeout",
+    )
+    .await;
     assert!(rows(&idle, "SELECT 1").await.is_err());
+    // The other user (no role, no server default) and the role member whose session SET 0
+    // stay in their transactions, idle longer than the others were.
+    assert!(!other.is_closed() && !opted_out.is_closed());
+    for c in [&other, &opted_out] {
+        assert_eq!(rows(c, "SELECT 4").await.unwrap(), vec!["4"]);
+        rows(c, "COMMIT").await.unwrap();
+    }
     // Connections idle outside a transaction stay, however long they were idle.
     assert!(!outside.is_closed() && !working.is_closed());
     assert_eq!(rows(&outside, "SELECT 1").await.unwrap(), vec!["1"]);
     assert_eq!(rows(&working, "SELECT 3").await.unwrap(), vec!["3"]);
-    assert!(metric(&served, "tarn_query_idle_in_transaction_closed_total") >= 1.0);
+    assert!(metric(&served, "tarn_query_idle_in_transaction_closed_total") >= 2.0);
     // A bad value names the setting.
     let err = rows(&outside, "SET idle_in_transaction_session_timeout = 'soon'")
         .await
@@ -654,8 +758,12 @@ async fn extended_protocol_statements_show_their_memory_and_spills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_statement_timeout_zero_units_show_and_reset_work_as_in_postgresql() {
-    // A server default, which `0` overrides (no timeout) and RESET restores.
-    let served = Served::start_with(false, "[query]\nstatement_timeout = \"1s\"\n");
+    // A server default, which `0` overrides (no timeout) and RESET restores. (The small memory
+    // budget and spill space are for the last check, `query.spill_limit`.)
+    let served = Served::start_with(
+        false,
+        "[query]\nstatement_timeout = \"1s\"\nmemory_limit = \"64MB\"\nspill_limit = \"1MB\"\n",
+    );
     let client = served.client().await;
     assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
     for (set, shown) in [
@@ -708,6 +816,20 @@ async fn set_statement_timeout_zero_units_show_and_reset_work_as_in_postgresql()
     assert_eq!(code, "22023", "{message}");
     assert!(message.contains("\"soon\""), "{message}");
     assert_eq!(rows(&client, "SHOW statement_timeout").await.unwrap(), vec!["1s"]);
+    // A sort that must spill more than `query.spill_limit` (1 MB) allows fails with 53100
+    // naming the limit, and the session goes on.
+    rows(&client, "SET statement_timeout = 0").await.unwrap();
+    let err = rows(
+        &client,
+        "SELECT count(*), max(p) FROM (SELECT lag(s) OVER (ORDER BY s) AS p FROM (\
+         SELECT repeat(CAST(x * 7919 % 500000 AS VARCHAR), 40) AS s FROM generate_series(1, 500000) AS t(x)) AS w) AS o",
+    )
+    .await
+    .expect_err("the spill files would exceed query.spill_limit");
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "53100", "{message}");
+    assert!(message.contains("query.spill_limit"), "{message}");
+    assert_eq!(rows(&client, "SELECT 5").await.unwrap(), vec!["5"]);
 }
 
 /// A CDC writer's automatic maintenance runs in the background (docs/maintenance.md): with
@@ -901,4 +1023,108 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `[query.roles.NAME]` limits follow the groups governance sees: with OIDC logins, a token's
+/// client role `reader` (a group of its principal) is held to `max_concurrent = 1` through the
+/// wire endpoint — a second statement of any member queues and is refused after
+/// `query.queue_timeout`, naming the role's limit — while a user outside the group runs at
+/// once. Under the policy, `pg_cancel_backend` of another user's statement is refused (42501)
+/// and of one's own is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_limits_follow_oidc_groups_and_a_policy_restricts_pg_cancel_backend() {
+    use tarn_test_utils::oidc::{RSA1, Signer, issuer};
+    let rsa = Signer::rsa("rsa-1", RSA1);
+    let issuer = issuer(vec![rsa.clone()]).await;
+    let policy = tempfile::Builder::new()
+        .prefix("tarn-wl-policy-")
+        .tempdir()
+        .unwrap();
+    let policy_file = policy.path().join("policy.rego");
+    // Everyone may do everything (the statements here read `generate_series`); that a policy
+    // is configured at all is what restricts `pg_cancel_backend`.
+    std::fs::write(
+        &policy_file,
+        "package trino\n\nimport rego.v1\n\ndefault allow := true\n",
+    )
+    .unwrap();
+    let served = Served::start_with(
+        false,
+        &format!(
+            "[auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n\
+             [policy]\nfile = \"{}\"\n\
+             [query]\nqueue_timeout = \"2s\"\n[query.roles.reader]\nmax_concurrent = 1\n",
+            issuer.url,
+            issuer.ca_file.display(),
+            policy_file.display()
+        ),
+    );
+    // `ana` and `bob` carry the client role `reader` (the issuer's default claims); the
+    // password user `analyst` has no groups.
+    let token = |user: &str| rsa.sign(&issuer.claims(user));
+    let ana = client_as(&served, "ana", &token("ana")).await;
+    let ana_again = client_as(&served, "ana", &token("ana")).await;
+    let bob = client_as(&served, "bob", &token("bob")).await;
+    let outsider = served.client().await;
+    let holding = tokio::spawn(async move { rows(&ana, &format!("{ENDLESS} -- ana holds")).await });
+    let activity = wait_activity(&ana_again, Duration::from_secs(30), "ana's statement runs", |r| {
+        r.iter()
+            .any(|l| l.contains("|active|") && l.contains("-- ana holds"))
+    })
+    .await;
+    let ana_pid = activity
+        .iter()
+        .find(|l| l.contains("-- ana holds"))
+        .and_then(|l| l.split('|').next())
+        .unwrap()
+        .to_string();
+    // Another member of `reader` waits for the role's one slot, then is refused naming it.
+    let small = "SELECT count(*) FROM generate_series(1, 3)";
+    let queued = tokio::spawn(async move {
+        let r = rows(&bob, &format!("{small} -- bob waits")).await;
+        (bob, r)
+    });
+    wait_activity(
+        &ana_again,
+        Duration::from_secs(30),
+        "bob's statement queues",
+        |r| {
+            r.iter()
+                .any(|l| l.contains("|queued|") && l.contains("-- bob waits"))
+        },
+    )
+    .await;
+    let (bob, refused) = within(30, "bob's refusal", queued).await.unwrap();
+    let (code, message) = code_and_message(&refused.expect_err("the role's slot is taken"));
+    assert_eq!(code, "53300", "{message}");
+    assert!(
+        message.contains("query.roles.reader.max_concurrent") && message.contains("query.queue_timeout"),
+        "{message}"
+    );
+    // A user outside the group is not held back by it.
+    let started = Instant::now();
+    assert_eq!(rows(&outsider, small).await.unwrap(), vec!["3"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Under the policy, only one's own statements may be cancelled.
+    for other in [&outsider, &bob] {
+        let err = rows(other, &format!("SELECT pg_cancel_backend({ana_pid})"))
+            .await
+            .expect_err("another user's statement");
+        let (code, message) = code_and_message(&err);
+        assert_eq!(code, "42501", "{message}");
+        assert!(message.contains("permission denied"), "{message}");
+    }
+    assert!(!holding.is_finished(), "ana's statement stopped");
+    assert_eq!(
+        rows(&ana_again, &format!("SELECT pg_cancel_backend({ana_pid})"))
+            .await
+            .unwrap(),
+        vec!["t"]
+    );
+    let stopped = within(30, "ana's statement stops", holding).await.unwrap();
+    assert_eq!(code_and_message(&stopped.expect_err("cancelled")).0, "57014");
 }
