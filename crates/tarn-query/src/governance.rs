@@ -9,8 +9,9 @@
 //!   input of `INSERT`, `CREATE TABLE AS` and `COPY`, inside `EXPLAIN`; `InsertIntoTable`,
 //!   `DeleteFromTable`, `UpdateTableColumns` for writes; tarn's `CopyTo` (resource
 //!   `{"file": {"path"}}`) for `COPY ... TO`;
-//! - row filters (`GetRowFilters`) become a `Filter` directly above the table's scan, and
-//!   column masks (`GetColumnMask`) a `Projection` above that, which replaces each masked
+//! - row filters (`GetRowFilters`) are applied by the table's scan itself (see the private
+//!   `RowFilter`: none of the statement's predicates that can fail runs on a row they hide),
+//!   and column masks (`GetColumnMask`) become a `Projection` above it, which replaces each masked
 //!   column by its mask (cast to the column's type) under the column's own name. Everything
 //!   the statement does with the table happens above, so no query shape sees an unmasked value
 //!   or a filtered row. The scan's table is wrapped ([`PolicedTable`]) so a plan analyzed twice
@@ -50,7 +51,7 @@ use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::expr_rewriter::normalize_col;
+use datafusion::logical_expr::expr_rewriter::{normalize_col, unnormalize_col};
 use datafusion::logical_expr::{
     Expr, Filter, LogicalPlan, Projection, TableProviderFilterPushDown, TableScan, WriteOp, cast, lit,
 };
@@ -771,13 +772,18 @@ impl Pass<'_> {
         // The whole table, so filters and masks may use every column.
         let full = TableScan::try_new(
             reference.clone(),
-            provider_as_source(Arc::new(PolicedTable { inner: provider })),
+            provider_as_source(Arc::new(PolicedTable {
+                inner: provider.clone(),
+                row_filter: None,
+            })),
             None,
             scan.filters.clone(),
             None,
         )?;
         let full_schema = DFSchema::try_from_qualified_schema(reference.clone(), &source_schema)?;
         let mut plan = LogicalPlan::TableScan(full);
+        // The row filters, one conjunction applied by the scan itself (see `RowFilter`).
+        let mut predicates = Vec::new();
         for filter in filters {
             let predicate = self
                 .g
@@ -790,8 +796,31 @@ impl Pass<'_> {
                     ))
                 })?;
             // Qualified with the table, so nothing above can mistake its columns.
-            let predicate = normalize_col(predicate, &plan)?;
-            plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
+            predicates.push(normalize_col(predicate, &plan)?);
+        }
+        if let Some(predicate) = predicates.into_iter().reduce(Expr::and) {
+            // Coerced as the analyzer coerces the rest of the plan.
+            let coerced = TypeCoercion::new().analyze(
+                LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?),
+                self.config,
+            )?;
+            let LogicalPlan::Filter(Filter { predicate, .. }) = coerced else {
+                return Err(DataFusionError::Internal(
+                    "a coerced row filter is not a filter".into(),
+                ));
+            };
+            plan = LogicalPlan::TableScan(TableScan::try_new(
+                reference.clone(),
+                provider_as_source(Arc::new(PolicedTable {
+                    inner: provider,
+                    row_filter: Some(RowFilter {
+                        predicate: unnormalize_col(predicate),
+                    }),
+                })),
+                None,
+                scan.filters.clone(),
+                None,
+            )?);
         }
         if !masks.is_empty() {
             let exprs = source_schema
@@ -906,7 +935,10 @@ impl Pass<'_> {
 /// `scan` reading through [`PolicedTable`].
 fn policed(scan: TableScan, provider: Arc<dyn TableProvider>) -> DFResult<TableScan> {
     Ok(TableScan {
-        source: provider_as_source(Arc::new(PolicedTable { inner: provider })),
+        source: provider_as_source(Arc::new(PolicedTable {
+            inner: provider,
+            row_filter: None,
+        })),
         ..scan
     })
 }
@@ -933,11 +965,173 @@ fn trino_type(data_type: &DataType) -> String {
     }
 }
 
-/// A table the policy rule has handled: reads go to the table it wraps; the wrapper only marks
-/// the scan, so a second analysis of the same plan leaves it alone.
+/// A table the policy rule has handled: reads go to the table it wraps; the wrapper marks the
+/// scan, so a second analysis of the same plan leaves it alone, and applies the principal's row
+/// filters ([`RowFilter`]).
 #[derive(Debug)]
 pub struct PolicedTable {
     inner: Arc<dyn TableProvider>,
+    row_filter: Option<RowFilter>,
+}
+
+/// The row filters of a table for a principal, applied by the scan itself before anything of
+/// the statement sees a row.
+///
+/// As a `Filter` node above the scan, DataFusion's optimizer merged the statement's own
+/// predicates into it (`WHERE 1/(amount - 777777) > 0 AND region = 'eu'`), and its `AND`
+/// evaluates the left side on every row of a batch: a division by zero on a hidden row
+/// answered "is there a row with amount 777777?" by an error. So the scan filters below a node
+/// that takes no predicate from above (the physical plan's filter pushdown would merge them
+/// as well), and the statement's predicates reach the table only when they cannot fail
+/// ([`cannot_fail`]: comparisons, `IN`, `LIKE`, null tests of columns and literals), for
+/// pruning; the others run above, on the rows the filter let through. The scan's statistics
+/// are not the table's (they would count hidden rows).
+#[derive(Debug)]
+struct RowFilter {
+    /// Coerced, its columns unqualified (as a table provider's scan is given filters).
+    predicate: Expr,
+}
+
+/// Whether evaluating `expr` on any row can fail or has an effect: only columns, literals,
+/// comparisons, boolean logic, null tests, `IN` lists, `BETWEEN` and `LIKE` over them, and
+/// casts of literals, are known not to.
+fn cannot_fail(expr: &Expr) -> bool {
+    use datafusion::logical_expr::Operator as Op;
+    match expr {
+        Expr::Column(_) | Expr::Literal(..) => true,
+        Expr::Alias(a) => cannot_fail(&a.expr),
+        Expr::BinaryExpr(b) => {
+            matches!(
+                b.op,
+                Op::Eq
+                    | Op::NotEq
+                    | Op::Lt
+                    | Op::LtEq
+                    | Op::Gt
+                    | Op::GtEq
+                    | Op::And
+                    | Op::Or
+                    | Op::IsDistinctFrom
+                    | Op::IsNotDistinctFrom
+            ) && cannot_fail(&b.left)
+                && cannot_fail(&b.right)
+        }
+        Expr::Not(e)
+        | Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsFalse(e)
+        | Expr::IsNotTrue(e)
+        | Expr::IsNotFalse(e)
+        | Expr::IsUnknown(e)
+        | Expr::IsNotUnknown(e) => cannot_fail(e),
+        Expr::Between(b) => cannot_fail(&b.expr) && cannot_fail(&b.low) && cannot_fail(&b.high),
+        Expr::InList(l) => cannot_fail(&l.expr) && l.list.iter().all(cannot_fail),
+        Expr::Like(l) => {
+            l.escape_char.is_none() && cannot_fail(&l.expr) && matches!(*l.pattern, Expr::Literal(..))
+        }
+        Expr::Cast(c) => matches!(*c.expr, Expr::Literal(..)),
+        _ => false,
+    }
+}
+
+impl PolicedTable {
+    /// The rows of the wrapped table that `filter` lets through, columns `projection`; see
+    /// [`RowFilter`]. `filters`: the statement's, all [`cannot_fail`], for pruning only.
+    async fn filtered_scan(
+        &self,
+        filter: &RowFilter,
+        state: &dyn Session,
+        projection: Option<&[usize]>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.inner.schema();
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let mut read = wanted.clone();
+        for column in filter.predicate.column_refs() {
+            let i = schema.index_of(&column.name)?;
+            if !read.contains(&i) {
+                read.push(i);
+            }
+        }
+        let mut pruning = vec![filter.predicate.clone()];
+        pruning.extend(filters.iter().filter(|f| cannot_fail(f)).cloned());
+        let input = self.inner.scan(state, Some(&read), &pruning, None).await?;
+        let input_schema = DFSchema::try_from(input.schema().as_ref().clone())?;
+        let predicate = state.create_physical_expr(filter.predicate.clone(), &input_schema)?;
+        let projection = (read.len() > wanted.len()).then(|| (0..wanted.len()).collect());
+        let filtered = datafusion::physical_plan::filter::FilterExecBuilder::new(predicate, input)
+            .apply_projection(projection)?
+            .with_fetch(limit)
+            .build()?;
+        Ok(Arc::new(RowFilterExec {
+            input: Arc::new(filtered),
+        }))
+    }
+}
+
+/// The top of a [`RowFilter`]'s scan: passes its input's rows on and takes no predicate from
+/// the plan above (the default of [`ExecutionPlan::gather_filters_for_pushdown`]), so none is
+/// evaluated on the rows the row filter drops.
+#[derive(Debug)]
+struct RowFilterExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl datafusion::physical_plan::DisplayAs for RowFilterExec {
+    fn fmt_as(
+        &self,
+        _t: datafusion::physical_plan::DisplayFormatType,
+        f: &mut std::fmt::Formatter<'_>,
+    ) -> std::fmt::Result {
+        write!(f, "RowFilterExec")
+    }
+}
+
+impl ExecutionPlan for RowFilterExec {
+    fn name(&self) -> &str {
+        "RowFilterExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input = crate::provider::only_child("RowFilterExec", children)?;
+        Ok(Arc::new(Self { input }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> DFResult<datafusion::execution::SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn partition_statistics(&self, _partition: Option<usize>) -> DFResult<Statistics> {
+        Ok(Statistics::new_unknown(&self.schema()))
+    }
 }
 
 #[async_trait]
@@ -977,7 +1171,13 @@ impl TableProvider for PolicedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.inner.scan(state, projection, filters, limit).await
+        match &self.row_filter {
+            Some(filter) => {
+                self.filtered_scan(filter, state, projection.map(Vec::as_slice), filters, limit)
+                    .await
+            }
+            None => self.inner.scan(state, projection, filters, limit).await,
+        }
     }
 
     async fn scan_with_args<'a>(
@@ -985,14 +1185,45 @@ impl TableProvider for PolicedTable {
         state: &dyn Session,
         args: datafusion::catalog::ScanArgs<'a>,
     ) -> DFResult<datafusion::catalog::ScanResult> {
-        self.inner.scan_with_args(state, args).await
+        match &self.row_filter {
+            Some(filter) => {
+                let plan = self
+                    .filtered_scan(
+                        filter,
+                        state,
+                        args.projection(),
+                        args.filters().unwrap_or(&[]),
+                        args.limit(),
+                    )
+                    .await?;
+                Ok(datafusion::catalog::ScanResult::new(plan))
+            }
+            None => self.inner.scan_with_args(state, args).await,
+        }
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
+        use TableProviderFilterPushDown as P;
+        let inner = self.inner.supports_filters_pushdown(filters)?;
+        if self.row_filter.is_none() {
+            return Ok(inner);
+        }
+        // Below the row filter only what cannot fail, and never instead of the filter above.
+        Ok(filters
+            .iter()
+            .zip(inner)
+            .map(|(f, pushed)| match pushed {
+                P::Exact | P::Inexact if cannot_fail(f) => P::Inexact,
+                _ => P::Unsupported,
+            })
+            .collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        self.inner.statistics()
+        // The table's statistics count the rows the filter hides.
+        match self.row_filter {
+            Some(_) => None,
+            None => self.inner.statistics(),
+        }
     }
 }

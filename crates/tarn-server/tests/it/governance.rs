@@ -281,6 +281,13 @@ async fn governance_bypass_suite_masks_and_filters_every_query_shape() {
         ("SELECT count(*) FROM sales.orders".into(), Some(vec!["3"])),
         ("SELECT sum(amount), max(amount) FROM sales.orders".into(), Some(vec!["90|50"])),
         ("SELECT id FROM sales.orders WHERE region <> 'eu'".into(), Some(vec![])),
+        // A predicate that fails on a hidden row (orders 2 and 4 hold 777777 and 888888) must
+        // not run on it: an error would tell that such a row exists.
+        ("SELECT count(*) FROM sales.orders WHERE 1 / (amount - 777777) > -1".into(), Some(vec!["3"])),
+        ("SELECT id FROM (SELECT * FROM sales.orders) o WHERE 1 / (o.amount - 888888) > -1 AND region = 'eu' ORDER BY id".into(),
+            Some(vec!["1", "3", "5"])),
+        ("SELECT o.id FROM sales.orders o JOIN sales.customers c ON c.id + 1 = o.id WHERE 1 / (o.amount - 777777) > -1".into(),
+            Some(vec!["3"])),
         ("SELECT (SELECT max(email) FROM sales.customers), (SELECT max(amount) FROM sales.orders)".into(), Some(vec!["****b|50"])),
         ("SELECT id FROM sales.orders WHERE amount IN (SELECT amount FROM sales.orders WHERE amount > 100)".into(), Some(vec![])),
         ("SELECT id FROM sales.orders o WHERE EXISTS (SELECT 1 FROM sales.orders i WHERE i.id = o.id AND i.amount > 100)".into(), Some(vec![])),
