@@ -796,7 +796,7 @@ impl Pass<'_> {
                     ))
                 })?;
             // Qualified with the table, so nothing above can mistake its columns.
-            predicates.push(normalize_col(predicate, &plan)?);
+            predicates.push(normalize_col(trino_substr(predicate)?, &plan)?);
         }
         if let Some(predicate) = predicates.into_iter().reduce(Expr::and) {
             // Coerced as the analyzer coerces the rest of the plan.
@@ -840,7 +840,7 @@ impl Pass<'_> {
                                     ),
                                 ))
                             })?;
-                            let masked = normalize_col(masked, &plan)?;
+                            let masked = normalize_col(trino_substr(masked)?, &plan)?;
                             Ok(cast(masked, field.data_type().clone())
                                 .alias_qualified(Some(reference.clone()), field.name()))
                         }
@@ -930,6 +930,51 @@ impl Pass<'_> {
         let plan = TypeCoercion::new().analyze(plan, self.config)?;
         Ok(Transformed::yes(plan))
     }
+}
+
+/// `expr` with `substr`/`substring` as Trino evaluates them, so a mask or row filter written for
+/// Trino gives Trino's answer: a negative start counts from the end (`substring(name, -3)`, the
+/// last three characters, as in Trino's documented mask), and a start of 0 or before the first
+/// character gives `''`. PostgreSQL's `substr` reads a start before the string as a position
+/// before its first character: Trino's documented mask `'****' || substring(user_name, -3)`
+/// showed the whole name. Starts from 1 mean the same in both.
+fn trino_substr(expr: Expr) -> DFResult<Expr> {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::functions::unicode::expr_fn::character_length;
+    use datafusion::logical_expr::when;
+    expr.transform_up(|e| {
+        let Expr::ScalarFunction(f) = &e else {
+            return Ok(Transformed::no(e));
+        };
+        if f.func.name() != "substr" || !(2..=3).contains(&f.args.len()) {
+            return Ok(Transformed::no(e));
+        }
+        let (text, start) = (f.args[0].clone(), f.args[1].clone());
+        let call = |start: Expr| {
+            let mut args = vec![text.clone(), start];
+            args.extend(f.args.get(2).cloned());
+            Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                f.func.clone(),
+                args,
+            ))
+        };
+        let length = character_length(text.clone());
+        let rewritten = when(
+            text.clone().is_null().or(start.clone().is_null()),
+            call(start.clone()),
+        )
+        .when(start.clone().gt(lit(0i64)), call(start.clone()))
+        .when(
+            start
+                .clone()
+                .lt(lit(0i64))
+                .and((-start.clone()).lt_eq(length.clone())),
+            call(length + start + lit(1i64)),
+        )
+        .otherwise(lit(""))?;
+        Ok(Transformed::yes(rewritten))
+    })
+    .map(|t| t.data)
 }
 
 /// `scan` reading through [`PolicedTable`].

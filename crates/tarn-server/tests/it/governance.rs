@@ -727,3 +727,68 @@ fn serve_refuses_vended_credentials_beside_a_policy() {
         "the Postgres wire port opened"
     );
 }
+
+/// Trino's documented column-mask policy (`crates/tarn-policy/tests/trino-docs/column_mask.rego`),
+/// unchanged, on a table of the catalog it names: the masks give Trino's values. Its
+/// `'****' || substring(user_name, -3)` shows the last three characters, as in Trino (with
+/// PostgreSQL's `substring` it showed the whole name), and `admin` sees the columns as they are.
+#[test]
+fn trinos_documented_column_masks_give_trinos_values() {
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-gov-trino-")
+        .tempdir()
+        .unwrap();
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tarn-policy/tests/trino-docs/column_mask.rego"
+    );
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!("[catalog]\nname = \"sample_catalog\"\n[policy]\nfile = \"{policy}\"\n"),
+    )
+    .unwrap();
+    let (ok, _, err) = crate::tarn(
+        dir.path(),
+        &[
+            "sql",
+            "--as",
+            "admin",
+            "CREATE SCHEMA sample_schema; CREATE TABLE sample_schema.restricted_table (id BIGINT, user_name VARCHAR, user_phone VARCHAR); \
+             INSERT INTO sample_schema.restricted_table VALUES (1, 'alexandra', '555-0101'), (2, 'bo', '555-0102'), (3, NULL, NULL)",
+        ],
+    );
+    assert!(ok, "{err}");
+    let read = |user: &str| {
+        let (ok, out, err) = crate::tarn(
+            dir.path(),
+            &[
+                "sql",
+                "--as",
+                user,
+                "--format",
+                "csv",
+                "SELECT id, user_name, user_phone, substring(user_name, -3) AS own FROM sample_schema.restricted_table ORDER BY id",
+            ],
+        );
+        assert!(ok, "{user}: {err}");
+        out.lines().skip(1).map(str::to_string).collect::<Vec<_>>()
+    };
+    // The statement's own `substring` keeps PostgreSQL's meaning (a start before the string
+    // counts from a position before its first character); the policy's has Trino's.
+    assert_eq!(
+        read("ana"),
+        vec![
+            "1,****dra,,****dra".to_string(),
+            "2,****,,****".to_string(),
+            "3,,,".to_string()
+        ]
+    );
+    assert_eq!(
+        read("admin"),
+        vec![
+            "1,alexandra,555-0101,alexandra".to_string(),
+            "2,bo,555-0102,bo".to_string(),
+            "3,,,".to_string()
+        ]
+    );
+}
