@@ -31,15 +31,22 @@
 //! [`CommitGuard`] that validates every snapshot committed since S against what the statement
 //! did, on each attempt of the compare-and-swap, so the commit lands only on validated ones:
 //!
-//! - an `append` (new rows only) never conflicts: the statement did not read those rows, and
-//!   the appender did not read what the statement writes, so the statement orders before it;
+//! - an `append` (new rows only) does not conflict: the statement did not read those rows, and
+//!   the appender did not read what the statement writes, so the statement orders before it —
+//!   except under a `MERGE` that inserted rows (below);
 //! - a compaction (`replace`: the same rows in other files) or a commit of tarn's CDC sink
 //!   (blind writes of the source's changes) conflicts only when it deleted one of the rows the
 //!   statement deletes or rewrites, or added equality deletes — a CDC pipeline updating other
 //!   rows of the same files does not hold the statement up;
 //! - any other commit (another statement, another engine) may have read and changed anything
 //!   the statement read, and conflicts;
-//! - files the statement deletes from must still be live (the commit itself checks).
+//! - files the statement deletes from must still be live (the commit itself checks);
+//! - a `MERGE` that inserted rows (a `WHEN NOT MATCHED` clause applied) conflicts with every
+//!   commit other than a compaction that added rows — an append, a CDC commit, anything: its
+//!   insert rests on the source row matching no target row, and a row added meanwhile may match
+//!   it (a CDC pipeline inserting the same key would otherwise leave the key twice). This is
+//!   Iceberg's serializable check for `MERGE` (no new data files matching its condition), with
+//!   every added row taken as matching; the re-run reads the new rows and matches them.
 //!
 //! On a conflict the statement re-runs on the new snapshot, up to [`ATTEMPTS`] times, then fails
 //! with a commit conflict (SQLSTATE 40001). A concurrent change is never overwritten.
@@ -92,6 +99,10 @@ pub const FILE_COLUMN: &str = "__tarn_file";
 pub const POS_COLUMN: &str = "__tarn_pos";
 /// How many times a statement runs before a conflict with concurrent commits fails it.
 pub const ATTEMPTS: u32 = 5;
+
+/// A hook run between a row-level statement's read and its commit, given the attempt's number
+/// ([`TarnSession::pause_row_level_commits`], for tests).
+pub(crate) type BeforeCommit = dyn Fn(u32) -> futures::future::BoxFuture<'static, ()> + Send + Sync;
 
 /// Whether `name` is one of the columns a [`RowIdTable`] adds.
 pub(crate) fn is_row_id_column(name: &str) -> bool {
@@ -573,7 +584,7 @@ impl TarnSession {
         let ident = self.table_ident(&parsed.target)?;
         let mut attempt = 0;
         loop {
-            match self.run_row_level_once(&parsed, &ident).await {
+            match self.run_row_level_once(&parsed, &ident, attempt).await {
                 Err(e) if e.kind() == ErrorKind::CommitConflict && attempt + 1 < ATTEMPTS => {
                     tracing::info!(table = %ident, statement = parsed.kind.name(), attempt, error = %e, "retrying on the new snapshot");
                     tokio::time::sleep(tarn_lake::commit::retry_backoff(attempt)).await;
@@ -644,7 +655,7 @@ impl TarnSession {
         Ok(())
     }
 
-    async fn run_row_level_once(&self, parsed: &Parsed, ident: &TableIdent) -> Result<Output> {
+    async fn run_row_level_once(&self, parsed: &Parsed, ident: &TableIdent, attempt: u32) -> Result<Output> {
         let table = self.lake.load_table(ident).await?;
         if table.metadata().format_version() >= FormatVersion::V3 {
             return Err(unsupported(format!(
@@ -801,8 +812,12 @@ impl TarnSession {
                 })
             }
         };
+        if let Some(hook) = &self.before_row_level_commit {
+            hook(attempt).await;
+        }
+        let inserted = counts.0 > 0;
         if let Err(e) = self
-            .commit_serializable(parsed.kind, &table, change, ours, referenced)
+            .commit_serializable(parsed.kind, &table, change, ours, referenced, inserted)
             .await
         {
             self.delete_files(&written).await;
@@ -856,7 +871,7 @@ impl TarnSession {
     /// Commits `change`, planned on `base`, serializably (see the module doc): a guard validates
     /// every snapshot committed since `base` with [`check_concurrent`] before the commit lands
     /// on it; a real conflict is a [`ErrorKind::CommitConflict`] error, on which the statement
-    /// re-runs.
+    /// re-runs. `inserted`: the change inserts rows of a `MERGE`'s `WHEN NOT MATCHED` clauses.
     async fn commit_serializable(
         &self,
         kind: Kind,
@@ -864,6 +879,7 @@ impl TarnSession {
         change: Change,
         ours: Vec<(Arc<str>, u64)>,
         referenced: HashSet<String>,
+        inserted: bool,
     ) -> Result<()> {
         let validated = Arc::new(tokio::sync::Mutex::new(base.metadata().current_snapshot_id()));
         let (ours, referenced) = (Arc::new(ours), Arc::new(referenced));
@@ -873,7 +889,7 @@ impl TarnSession {
                 (lake.clone(), validated.clone(), ours.clone(), referenced.clone());
             async move {
                 let mut validated = validated.lock().await;
-                check_concurrent(&lake, kind, *validated, &current, &ours, &referenced).await?;
+                check_concurrent(&lake, kind, *validated, &current, &ours, &referenced, inserted).await?;
                 // The next attempt (after a lost race) validates only what landed since.
                 *validated = current.metadata().current_snapshot_id();
                 Ok(HashMap::new())
@@ -905,11 +921,13 @@ impl TarnSession {
 }
 
 /// Whether the snapshots committed after snapshot `from` (the one the statement read, or the
-/// last one validated) up to `current` leave the statement's reads valid: appends always do; a
+/// last one validated) up to `current` leave the statement's reads valid: appends do; a
 /// compaction (`replace`) or a CDC commit does unless it deleted one of the rows the statement
 /// deletes or rewrites (`ours`, in the data files `referenced`) or added equality deletes; any
 /// other commit (another statement, another engine) may have read and changed anything, so it
-/// conflicts.
+/// conflicts. With `inserted` (a `MERGE` whose `WHEN NOT MATCHED` clauses inserted rows), any
+/// snapshot but a compaction that added rows conflicts too: one of them may match a source row
+/// the statement found unmatched.
 async fn check_concurrent(
     lake: &Lake,
     kind: Kind,
@@ -917,6 +935,7 @@ async fn check_concurrent(
     current: &Table,
     ours: &[(Arc<str>, u64)],
     referenced: &HashSet<String>,
+    inserted: bool,
 ) -> Result<()> {
     let ident = current.identifier();
     let metadata = current.metadata();
@@ -939,6 +958,16 @@ async fn check_concurrent(
             )));
         };
         let summary = snapshot.summary();
+        if inserted && summary.operation != Operation::Replace {
+            let added = added_rows(summary);
+            if added > 0 {
+                return Err(conflict(format!(
+                    "snapshot {} ({}) added {added} rows, which may match source rows it inserted as not matched",
+                    snapshot.snapshot_id(),
+                    summary.operation.as_str()
+                )));
+            }
+        }
         match summary.operation {
             Operation::Append => {}
             Operation::Replace => rows_to_check = true,
@@ -976,6 +1005,17 @@ async fn check_concurrent(
         )));
     }
     Ok(())
+}
+
+/// How many rows a snapshot added, by its summary: writers leave zero counters out, and one
+/// that keeps no counters at all (no `total-records` either) may have added rows (taken as 1).
+fn added_rows(summary: &iceberg::spec::Summary) -> u64 {
+    let counters = &summary.additional_properties;
+    match counters.get("added-records") {
+        Some(n) => n.parse::<u64>().unwrap_or(1),
+        None if counters.contains_key("total-records") => 0,
+        None => 1,
+    }
 }
 
 /// Adds the changes of one batch of the read query to `changes`.
