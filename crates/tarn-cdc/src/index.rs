@@ -404,7 +404,10 @@ mod tests {
     #[test]
     fn a_unique_key_found_twice_keeps_both_locations() {
         let mut idx = KeyIndex::new(false);
-        let (f1, f2) = (idx.file_number(&Arc::from("f1")), idx.file_number(&Arc::from("f2")));
+        let (f1, f2) = (
+            idx.file_number(&Arc::from("f1")),
+            idx.file_number(&Arc::from("f2")),
+        );
         let (a, b) = (RowLocation { file: f1, pos: 4 }, RowLocation { file: f2, pos: 0 });
         idx.insert_found(IndexKey::Int(7), a);
         idx.insert_found(IndexKey::Int(8), RowLocation { file: f1, pos: 5 });

@@ -678,9 +678,12 @@ async fn row_level_writes_on_a_cdc_table_leave_each_key_once() {
         13
     );
     assert_eq!(
-        tarn_run(&session, "INSERT INTO cdc.acct VALUES (30, -1, 'dup'), (31, -1, 'dup')")
-            .await
-            .unwrap(),
+        tarn_run(
+            &session,
+            "INSERT INTO cdc.acct VALUES (30, -1, 'dup'), (31, -1, 'dup')"
+        )
+        .await
+        .unwrap(),
         2
     );
     assert_eq!(
@@ -708,16 +711,31 @@ async fn row_level_writes_on_a_cdc_table_leave_each_key_once() {
 }
 
 /// Runs `sql` on tarn until it lands, counting the serialization failures (SQLSTATE 40001) on
-/// the way; any other error, or failures past `wait`, fail the test.
-async fn run_until_landed(session: &TarnSession, sql: &str, wait: std::time::Duration, failures: &mut u64) -> u64 {
+/// the way; after one, `hold` holds the writers it raced until the statement lands (a statement
+/// may lose to a busy writer every time). Any other error, or failures past `wait`, fail the
+/// test.
+async fn run_until_landed(
+    session: &TarnSession,
+    sql: &str,
+    wait: std::time::Duration,
+    failures: &mut u64,
+    hold: &std::sync::atomic::AtomicBool,
+) -> u64 {
     let deadline = std::time::Instant::now() + wait;
     loop {
         match tarn_run(session, sql).await {
-            Ok(n) => return n,
+            Ok(n) => {
+                hold.store(false, Ordering::Relaxed);
+                return n;
+            }
             Err(e) if e.kind() == ErrorKind::CommitConflict => {
                 assert_eq!(tarn_sqlstate(&e), "40001", "{e}");
-                assert!(std::time::Instant::now() < deadline, "{sql} kept conflicting: {e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{sql} kept conflicting: {e}"
+                );
                 *failures += 1;
+                hold.store(true, Ordering::Relaxed);
             }
             Err(e) => panic!("{sql}: {e}"),
         }
@@ -746,7 +764,10 @@ async fn wait_for_pipeline_commit(session: &TarnSession, table: &str) {
         if let Some(n) = pipeline_commits(session, table).await {
             break n;
         }
-        assert!(std::time::Instant::now() < deadline, "cannot read the snapshots of {table}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot read the snapshots of {table}"
+        );
     };
     while pipeline_commits(session, table).await.unwrap_or(before) <= before {
         assert!(
@@ -793,22 +814,30 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
         .await;
     let url = cdc.pg.url("app");
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let frontier = Arc::new(AtomicU64::new(0));
-    let (stop, at) = (done.clone(), frontier.clone());
+    let (stop, at, held) = (done.clone(), frontier.clone(), hold.clone());
     let source = tokio::task::spawn_blocking(move || {
         let mut round = 0u64;
         while round < 40 || !stop.load(Ordering::Relaxed) {
+            // Held while a MERGE that failed with 40001 runs again.
+            while held.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             round += 1;
-            // Updates of even ids below 1000, an insert at the frontier, and now and then a
-            // delete of a key inserted a few rounds ago.
+            // Updates of even ids below 1000 (two a round), an insert at the frontier, and now
+            // and then a delete of a key inserted a few rounds ago.
             let mut sql = format!(
-                "UPDATE acct SET v = v + 1, note = note || '.' WHERE id % 2 = 0 AND id < 1000 AND id % 20 = {}; \
+                "UPDATE acct SET v = v + 1, note = note || '.' WHERE id % 2 = 0 AND id < 1000 AND id % 200 = {}; \
                  INSERT INTO acct VALUES ({}, {round}, 'new');",
-                (round * 2) % 20,
+                (round * 2) % 200,
                 1000 + 2 * round
             );
             if round % 4 == 0 {
-                sql.push_str(&format!(" DELETE FROM acct WHERE id = {};", 1000 + 2 * (round - 3)));
+                sql.push_str(&format!(
+                    " DELETE FROM acct WHERE id = {};",
+                    1000 + 2 * (round - 3)
+                ));
             }
             let out = std::process::Command::new("psql")
                 .arg(&url)
@@ -823,22 +852,54 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
     });
 
     // What the MERGEs leave on odd ids: id -> (v, note).
-    let mut odd: std::collections::BTreeMap<u64, (i64, String)> =
-        (1..=400).filter(|i| i % 2 == 1).map(|i| (i, (0, format!("n{i}")))).collect();
+    let mut odd: std::collections::BTreeMap<u64, (i64, String)> = (1..=400)
+        .filter(|i| i % 2 == 1)
+        .map(|i| (i, (0, format!("n{i}"))))
+        .collect();
     let session = cdc.lake.session.clone();
     // The first MERGE of each burst waits, between its read and its commit, for the pipeline to
-    // commit: one without `NOT MATCHED` then lands on that commit (validated row by row), one
-    // with it re-runs (the commit added rows).
+    // commit: one without `NOT MATCHED` then lands on that commit (validated row by row); one
+    // with it has a key (5000 and up) that the source inserts meanwhile, and re-runs.
     let watcher = cdc.lake.second_session().await;
     let attempts = Arc::new(AtomicU64::new(0));
+    let raced_key = Arc::new(AtomicU64::new(0));
     let paused = {
-        let (watcher, attempts) = (watcher.clone(), attempts.clone());
+        let (watcher, attempts, raced_key) = (watcher.clone(), attempts.clone(), raced_key.clone());
+        let url = cdc.pg.url("app");
         session.pause_row_level_commits(move |attempt| {
-            let (watcher, attempts) = (watcher.clone(), attempts.clone());
+            let (watcher, attempts, url) = (watcher.clone(), attempts.clone(), url.clone());
+            let key = raced_key.load(Ordering::Relaxed);
             Box::pin(async move {
-                attempts.fetch_max(u64::from(attempt) + 1, Ordering::Relaxed);
-                if attempt == 0 {
+                // Only the statement's first run waits (a run after a 40001 has the source held).
+                let first = attempts.fetch_max(u64::from(attempt) + 1, Ordering::Relaxed) == 0;
+                if attempt > 0 || !first {
+                    return;
+                }
+                if key == 0 {
                     wait_for_pipeline_commit(&watcher, "acct").await;
+                    return;
+                }
+                let out = std::process::Command::new("psql")
+                    .arg(&url)
+                    .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                    .arg(format!(
+                        "INSERT INTO acct VALUES ({key}, 0, 'src') ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+                loop {
+                    watcher.refresh().await.unwrap();
+                    let sql = format!("SELECT count(*) FROM cdc.acct WHERE id = {key}");
+                    if crate::query(&watcher, &sql).await.unwrap() == ["1"] {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the pipeline did not commit key {key}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             })
         })
@@ -860,9 +921,14 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
                     rows.push((10001 + 2 * ((3 * m + j) % 20), (m + j) % 4));
                 }
             }
-            for id in (2..=398).step_by(2).filter(|id| (id / 2 + m) % 10 == 0) {
+            for id in (2..=398).step_by(2).filter(|id| (id / 2 + m) % 50 == 0) {
                 rows.push((id, 1 + id % 3));
             }
+            let raced = if inserts && k == 0 { 5000 + 2 * m } else { 0 };
+            if raced > 0 {
+                rows.push((raced, 1));
+            }
+            raced_key.store(raced, Ordering::Relaxed);
             if inserts {
                 let r = frontier.load(Ordering::Relaxed);
                 for j in 0..6 {
@@ -911,12 +977,12 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
             }
             let runs = if k == 0 { &paused } else { &session };
             attempts.store(0, Ordering::Relaxed);
-            let n = run_until_landed(runs, &sql, wait, &mut serialization_failures).await;
+            let n = run_until_landed(runs, &sql, wait, &mut serialization_failures, &hold).await;
             assert_eq!(n, expected, "count of MERGE {m}: {sql}");
             if k == 0 && inserts {
                 assert!(
                     attempts.load(Ordering::Relaxed) >= 2,
-                    "MERGE {m} inserted rows onto a pipeline commit that added rows after its read"
+                    "MERGE {m} inserted key {raced} onto the pipeline's commit of it"
                 );
             }
             statements += 1;
@@ -933,7 +999,10 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
             if last.as_deref() == Some(&["1".to_string()][..]) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no pipeline commit after burst {burst}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no pipeline commit after burst {burst}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
@@ -976,7 +1045,9 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
         .await
         .unwrap();
     let merges = cdc
-        .lake_rows("SELECT count(*) FROM \"cdc\".\"acct$snapshots\" WHERE summary['tarn.statement'] = 'merge'")
+        .lake_rows(
+            "SELECT count(*) FROM \"cdc\".\"acct$snapshots\" WHERE summary['tarn.statement'] = 'merge'",
+        )
         .await
         .unwrap();
     tracing::info!(
@@ -1042,7 +1113,10 @@ async fn merge_insert_racing_a_cdc_insert_of_the_same_key_leaves_it_once() {
                     if rows == ["1"] {
                         break;
                     }
-                    assert!(std::time::Instant::now() < deadline, "the pipeline did not commit key 50");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the pipeline did not commit key 50"
+                    );
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             })
