@@ -833,7 +833,7 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
                 (round * 2) % 200,
                 1000 + 2 * round
             );
-            if round % 4 == 0 {
+            if round.is_multiple_of(4) {
                 sql.push_str(&format!(
                     " DELETE FROM acct WHERE id = {};",
                     1000 + 2 * (round - 3)
