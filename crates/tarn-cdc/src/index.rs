@@ -10,6 +10,12 @@
 //! values; a collision among 10⁹ keys has a probability below 10⁻²⁰). Tables without a key
 //! (`REPLICA IDENTITY FULL`) use the whole row as key and keep every location of identical
 //! rows. About 30–40 bytes per row.
+//!
+//! A unique key can still be in the table twice: another writer (an `INSERT`, an `UPDATE` or
+//! `MERGE` through tarn, another engine) may add a row with a key the pipeline holds. A rebuild
+//! keeps every location of such a key ([`KeyIndex::insert_found`]): the last one found as the
+//! key's row, the others as *spares* ([`KeyIndex::take_spares`]), which the key's next change
+//! deletes with it — so the source's next change leaves the key once.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -160,6 +166,8 @@ pub struct KeyIndex {
     files: Vec<Arc<str>>,
     file_numbers: HashMap<Arc<str>, u32>,
     entries: Entries,
+    /// More live rows of unique keys, found by a rebuild (another writer gave the key twice).
+    spares: Map<IndexKey, Vec<RowLocation>>,
 }
 
 impl KeyIndex {
@@ -174,6 +182,7 @@ impl KeyIndex {
         Self {
             files: Vec::new(),
             file_numbers: HashMap::new(),
+            spares: Map::default(),
             entries: if multi {
                 Entries::Multi(Map::default())
             } else {
@@ -247,6 +256,33 @@ impl KeyIndex {
         }
     }
 
+    /// Records a live row with `key` at `location` found in the table (a rebuild): for a unique
+    /// key the index already holds, the row found last becomes the key's row and the other a
+    /// spare ([`Self::take_spares`]); whole-row keys keep every location anyway.
+    pub fn insert_found(&mut self, key: IndexKey, location: RowLocation) {
+        if matches!(self.entries, Entries::Unique { .. })
+            && let Some(earlier) = self.get(&key)
+            && earlier != location
+        {
+            self.spares.entry(key).or_default().push(earlier);
+        }
+        self.insert(key, location);
+    }
+
+    /// Takes the spare locations of `key` (more live rows of a unique key, found by a rebuild):
+    /// what a change of the key deletes besides its row.
+    pub fn take_spares(&mut self, key: &IndexKey) -> Vec<RowLocation> {
+        if self.spares.is_empty() {
+            return Vec::new();
+        }
+        self.spares.remove(key).unwrap_or_default()
+    }
+
+    /// How many spare locations the index holds (see [`Self::insert_found`]).
+    pub fn spares(&self) -> usize {
+        self.spares.values().map(Vec::len).sum()
+    }
+
     /// Where the row with `key` lives (one of them, for whole-row keys).
     pub fn get(&self, key: &IndexKey) -> Option<RowLocation> {
         match &self.entries {
@@ -285,6 +321,10 @@ impl KeyIndex {
         if numbers.is_empty() {
             return;
         }
+        self.spares.retain(|_, v| {
+            v.retain(|l| !numbers.contains(&l.file));
+            !v.is_empty()
+        });
         match &mut self.entries {
             Entries::Unique { ints, hashes } => {
                 ints.retain(|_, l| !numbers.contains(&l.file));
@@ -359,5 +399,38 @@ mod tests {
         gone.insert("f1".to_string());
         idx.remove_files(&gone);
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn a_unique_key_found_twice_keeps_both_locations() {
+        let mut idx = KeyIndex::new(false);
+        let (f1, f2) = (
+            idx.file_number(&Arc::from("f1")),
+            idx.file_number(&Arc::from("f2")),
+        );
+        let (a, b) = (RowLocation { file: f1, pos: 4 }, RowLocation { file: f2, pos: 0 });
+        idx.insert_found(IndexKey::Int(7), a);
+        idx.insert_found(IndexKey::Int(8), RowLocation { file: f1, pos: 5 });
+        // Found again (another writer inserted key 7): the last found is the key's row.
+        idx.insert_found(IndexKey::Int(7), b);
+        assert_eq!(idx.get(&IndexKey::Int(7)), Some(b));
+        assert_eq!(idx.spares(), 1);
+        // The key's next change deletes both.
+        assert_eq!(idx.remove(&IndexKey::Int(7)), Some(b));
+        assert_eq!(idx.take_spares(&IndexKey::Int(7)), vec![a]);
+        assert!(idx.take_spares(&IndexKey::Int(7)).is_empty());
+        assert!(idx.take_spares(&IndexKey::Int(8)).is_empty());
+        // Spares in rewritten files go with them.
+        idx.insert_found(IndexKey::Int(8), RowLocation { file: f2, pos: 1 });
+        assert_eq!(idx.spares(), 1);
+        let gone = std::collections::HashSet::from(["f1".to_string()]);
+        idx.remove_files(&gone);
+        assert_eq!(idx.spares(), 0);
+        assert_eq!(idx.get(&IndexKey::Int(8)), Some(RowLocation { file: f2, pos: 1 }));
+        // Whole-row keys keep every location as they are, no spares.
+        let mut multi = KeyIndex::new(true);
+        multi.insert_found(IndexKey::Int(1), a);
+        multi.insert_found(IndexKey::Int(1), b);
+        assert_eq!((multi.len(), multi.spares()), (2, 0));
     }
 }

@@ -31,15 +31,25 @@
 //! [`CommitGuard`] that validates every snapshot committed since S against what the statement
 //! did, on each attempt of the compare-and-swap, so the commit lands only on validated ones:
 //!
-//! - an `append` (new rows only) never conflicts: the statement did not read those rows, and
-//!   the appender did not read what the statement writes, so the statement orders before it;
+//! - an `append` (new rows only) does not conflict: the statement did not read those rows, and
+//!   the appender did not read what the statement writes, so the statement orders before it —
+//!   except under a `MERGE` that inserted rows (below);
 //! - a compaction (`replace`: the same rows in other files) or a commit of tarn's CDC sink
 //!   (blind writes of the source's changes) conflicts only when it deleted one of the rows the
 //!   statement deletes or rewrites, or added equality deletes — a CDC pipeline updating other
 //!   rows of the same files does not hold the statement up;
 //! - any other commit (another statement, another engine) may have read and changed anything
 //!   the statement read, and conflicts;
-//! - files the statement deletes from must still be live (the commit itself checks).
+//! - files the statement deletes from must still be live (the commit itself checks);
+//! - a `MERGE` that inserted rows (a `WHEN NOT MATCHED` clause applied) conflicts with a
+//!   commit other than a compaction that added a row with the key of a row it inserted — an
+//!   append, a CDC commit, anything: its insert rests on the source row matching no target row,
+//!   and such a row may match it (a CDC pipeline inserting the same key would otherwise leave
+//!   the key twice). The key: the target columns its `ON` equates with expressions of the
+//!   source alone (`t.id = s.id AND ...`); the live rows of the data files added since the read
+//!   are checked against the inserted rows' values ([`InsertCheck`]). Without such a column any
+//!   added row conflicts. This is Iceberg's serializable check for `MERGE` (no new data matching
+//!   its condition); the re-run reads the new rows and matches them.
 //!
 //! On a conflict the statement re-runs on the new snapshot, up to [`ATTEMPTS`] times, then fails
 //! with a commit conflict (SQLSTATE 40001). A concurrent change is never overwritten.
@@ -52,11 +62,13 @@
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringArray};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, Session, TableProvider};
 use datafusion::common::{DataFusionError, Result as DFResult};
@@ -71,8 +83,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::ast::{
-    Assignment, AssignmentTarget, Delete, FromTable, Ident, Merge, MergeAction, MergeClauseKind,
-    MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins, Update, UpdateTableFromKind,
+    Assignment, AssignmentTarget, BinaryOperator, Delete, Expr as SqlExpr, FromTable, Ident, Merge,
+    MergeAction, MergeClauseKind, MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins,
+    Update, UpdateTableFromKind, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::{StreamExt, TryStreamExt};
@@ -92,6 +105,10 @@ pub const FILE_COLUMN: &str = "__tarn_file";
 pub const POS_COLUMN: &str = "__tarn_pos";
 /// How many times a statement runs before a conflict with concurrent commits fails it.
 pub const ATTEMPTS: u32 = 5;
+
+/// A hook run between a row-level statement's read and its commit, given the attempt's number
+/// ([`TarnSession::pause_row_level_commits`], for tests).
+pub(crate) type BeforeCommit = dyn Fn(u32) -> futures::future::BoxFuture<'static, ()> + Send + Sync;
 
 /// Whether `name` is one of the columns a [`RowIdTable`] adds.
 pub(crate) fn is_row_id_column(name: &str) -> bool {
@@ -155,6 +172,9 @@ struct ReadQuery {
     actions: Vec<Option<RowAction>>,
     /// Where the new values start among the query's columns (none for `DELETE`).
     values_from: usize,
+    /// For `MERGE`: target columns its `ON` equates with an expression of the source alone (a
+    /// top-level `AND` of `t.c = e`); the query yields each `e` after the clause number.
+    keys: Vec<String>,
 }
 
 fn unsupported(what: impl fmt::Display) -> Error {
@@ -366,6 +386,10 @@ impl Parsed {
     fn read_query(&self, columns: &[String]) -> Result<ReadQuery> {
         let ids = format!("{}, {}", self.column_of(FILE_COLUMN), self.column_of(POS_COLUMN));
         let mut from = self.target_relation.clone();
+        let keys = match &self.merge {
+            Some(merge) => self.merge_keys(&merge.on, columns),
+            None => Vec::new(),
+        };
         let (select, actions, values_from) = match self.kind {
             Kind::Delete => {
                 for other in &self.others {
@@ -494,6 +518,9 @@ impl Parsed {
                 }
                 case.push_str(" ELSE 0 END");
                 let mut select = format!("{ids}, {case} AS \"__tarn_action\"");
+                for (i, (_, expr)) in keys.iter().enumerate() {
+                    select.push_str(&format!(", {expr} AS \"__tarn_key_{i}\""));
+                }
                 for (i, column) in columns.iter().enumerate() {
                     if values[i].is_empty() {
                         select.push_str(&format!(", NULL AS {}", quoted(column)));
@@ -506,7 +533,7 @@ impl Parsed {
                     value.push_str(&format!(" END AS {}", quoted(column)));
                     select.push_str(&format!(", {value}"));
                 }
-                (select, actions, 3)
+                (select, actions, 3 + keys.len())
             }
         };
         let mut sql = format!("SELECT {select} FROM {from}");
@@ -517,7 +544,93 @@ impl Parsed {
             sql,
             actions,
             values_from,
+            keys: keys.into_iter().map(|(c, _)| c).collect(),
         })
+    }
+
+    /// The target columns `on` equates with an expression of the source alone, with that
+    /// expression: every row a source row matches has those values, so a row added meanwhile
+    /// without them cannot match a source row the statement inserted for.
+    fn merge_keys(&self, on: &SqlExpr, columns: &[String]) -> Vec<(String, String)> {
+        fn conjuncts<'a>(e: &'a SqlExpr, out: &mut Vec<&'a SqlExpr>) {
+            match e {
+                SqlExpr::BinaryOp {
+                    left,
+                    op: BinaryOperator::And,
+                    right,
+                } => {
+                    conjuncts(left, out);
+                    conjuncts(right, out);
+                }
+                SqlExpr::Nested(inner) => conjuncts(inner, out),
+                other => out.push(other),
+            }
+        }
+        let qualifier = self.qualifier.to_ascii_lowercase();
+        // `q.c` with `q` the target's qualifier and `c` one of its columns.
+        let target_column = |e: &SqlExpr| -> Option<String> {
+            let SqlExpr::CompoundIdentifier(parts) = e else {
+                return None;
+            };
+            let (column, prefix) = parts.split_last()?;
+            let prefix: Vec<String> = prefix
+                .iter()
+                .map(|p| p.to_string().to_ascii_lowercase())
+                .collect();
+            let column = normalize(column);
+            (prefix.join(".") == qualifier && columns.contains(&column)).then_some(column)
+        };
+        // Whether `e` may read the target: a name qualified by it, or a bare name that is one
+        // of its columns.
+        let reads_target = |e: &SqlExpr| -> bool {
+            let found = visit_expressions(e, |x| {
+                let hit = match x {
+                    SqlExpr::Identifier(ident) => columns.contains(&normalize(ident)),
+                    SqlExpr::CompoundIdentifier(parts) => {
+                        let last = qualifier.rsplit('.').next().unwrap_or_default();
+                        let prefix = &parts[..parts.len().saturating_sub(1)];
+                        prefix
+                            .iter()
+                            .map(|p| p.to_string().to_ascii_lowercase())
+                            .collect::<Vec<_>>()
+                            .join(".")
+                            == qualifier
+                            || prefix.iter().any(|p| normalize(p) == last)
+                    }
+                    SqlExpr::Subquery(_) | SqlExpr::Exists { .. } | SqlExpr::InSubquery { .. } => true,
+                    _ => false,
+                };
+                if hit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            found.is_break()
+        };
+        let mut all = Vec::new();
+        conjuncts(on, &mut all);
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for conjunct in all {
+            let SqlExpr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = conjunct
+            else {
+                continue;
+            };
+            for (side, other) in [(left, right), (right, left)] {
+                if let Some(column) = target_column(side)
+                    && !reads_target(other)
+                    && !keys.iter().any(|(c, _)| *c == column)
+                {
+                    keys.push((column, other.to_string()));
+                    break;
+                }
+            }
+        }
+        keys
     }
 }
 
@@ -556,6 +669,8 @@ struct Changes {
     inserted: u64,
     updated: u64,
     deleted: u64,
+    /// The [`ReadQuery::keys`] values of the rows inserted (a `MERGE`'s `NOT MATCHED` rows).
+    inserted_keys: Vec<RecordBatch>,
 }
 
 impl Changes {
@@ -573,7 +688,7 @@ impl TarnSession {
         let ident = self.table_ident(&parsed.target)?;
         let mut attempt = 0;
         loop {
-            match self.run_row_level_once(&parsed, &ident).await {
+            match self.run_row_level_once(&parsed, &ident, attempt).await {
                 Err(e) if e.kind() == ErrorKind::CommitConflict && attempt + 1 < ATTEMPTS => {
                     tracing::info!(table = %ident, statement = parsed.kind.name(), attempt, error = %e, "retrying on the new snapshot");
                     tokio::time::sleep(tarn_lake::commit::retry_backoff(attempt)).await;
@@ -644,7 +759,7 @@ impl TarnSession {
         Ok(())
     }
 
-    async fn run_row_level_once(&self, parsed: &Parsed, ident: &TableIdent) -> Result<Output> {
+    async fn run_row_level_once(&self, parsed: &Parsed, ident: &TableIdent, attempt: u32) -> Result<Output> {
         let table = self.lake.load_table(ident).await?;
         if table.metadata().format_version() >= FormatVersion::V3 {
             return Err(unsupported(format!(
@@ -705,6 +820,7 @@ impl TarnSession {
             inserted: 0,
             updated: 0,
             deleted: 0,
+            inserted_keys: Vec::new(),
         };
         let mut paths: HashMap<String, Arc<str>> = HashMap::new();
         while let Some(batch) = stream.next().await {
@@ -801,8 +917,19 @@ impl TarnSession {
                 })
             }
         };
+        if let Some(hook) = &self.before_row_level_commit {
+            hook(attempt).await;
+        }
+        let inserted = if counts.0 == 0 {
+            InsertCheck::Nothing
+        } else {
+            match InsertedKeys::of(&table, &query.keys, &changes.inserted_keys) {
+                Some(keys) => InsertCheck::Keys(Arc::new(keys)),
+                None => InsertCheck::AnyAddedRow,
+            }
+        };
         if let Err(e) = self
-            .commit_serializable(parsed.kind, &table, change, ours, referenced)
+            .commit_serializable(parsed.kind, &table, change, ours, referenced, inserted)
             .await
         {
             self.delete_files(&written).await;
@@ -856,7 +983,7 @@ impl TarnSession {
     /// Commits `change`, planned on `base`, serializably (see the module doc): a guard validates
     /// every snapshot committed since `base` with [`check_concurrent`] before the commit lands
     /// on it; a real conflict is a [`ErrorKind::CommitConflict`] error, on which the statement
-    /// re-runs.
+    /// re-runs. `inserted`: the change inserts rows of a `MERGE`'s `WHEN NOT MATCHED` clauses.
     async fn commit_serializable(
         &self,
         kind: Kind,
@@ -864,16 +991,35 @@ impl TarnSession {
         change: Change,
         ours: Vec<(Arc<str>, u64)>,
         referenced: HashSet<String>,
+        inserted: InsertCheck,
     ) -> Result<()> {
         let validated = Arc::new(tokio::sync::Mutex::new(base.metadata().current_snapshot_id()));
         let (ours, referenced) = (Arc::new(ours), Arc::new(referenced));
+        // The data files the statement read, to tell the ones added since.
+        let read_files: Arc<HashSet<String>> = Arc::new(match &inserted {
+            InsertCheck::Keys(_) if base.metadata().current_snapshot().is_some() => self
+                .lake
+                .current_data_files(base)
+                .await?
+                .keys()
+                .cloned()
+                .collect(),
+            _ => HashSet::new(),
+        });
         let lake = self.lake.clone();
         let guard = CommitGuard::new_async(move |current: Table| {
-            let (lake, validated, ours, referenced) =
-                (lake.clone(), validated.clone(), ours.clone(), referenced.clone());
+            let (lake, validated, ours, referenced, inserted, read_files) = (
+                lake.clone(),
+                validated.clone(),
+                ours.clone(),
+                referenced.clone(),
+                inserted.clone(),
+                read_files.clone(),
+            );
             async move {
                 let mut validated = validated.lock().await;
                 check_concurrent(&lake, kind, *validated, &current, &ours, &referenced).await?;
+                check_inserted(&lake, kind, *validated, &current, &inserted, &read_files).await?;
                 // The next attempt (after a lost race) validates only what landed since.
                 *validated = current.metadata().current_snapshot_id();
                 Ok(HashMap::new())
@@ -905,7 +1051,7 @@ impl TarnSession {
 }
 
 /// Whether the snapshots committed after snapshot `from` (the one the statement read, or the
-/// last one validated) up to `current` leave the statement's reads valid: appends always do; a
+/// last one validated) up to `current` leave the statement's reads valid: appends do; a
 /// compaction (`replace`) or a CDC commit does unless it deleted one of the rows the statement
 /// deletes or rewrites (`ours`, in the data files `referenced`) or added equality deletes; any
 /// other commit (another statement, another engine) may have read and changed anything, so it
@@ -978,6 +1124,193 @@ async fn check_concurrent(
     Ok(())
 }
 
+/// What the commit of a statement checks for the rows it inserted (a `MERGE`'s `WHEN NOT
+/// MATCHED` clauses): an insert rests on its source row matching no row of the table, and a
+/// row added meanwhile may match it.
+#[derive(Clone)]
+enum InsertCheck {
+    /// The statement inserted nothing.
+    Nothing,
+    /// Any row added meanwhile (by a commit other than a compaction) conflicts: the `ON` gives
+    /// no key to tell.
+    AnyAddedRow,
+    /// A row added meanwhile conflicts when it has the key of an inserted row.
+    Keys(Arc<InsertedKeys>),
+}
+
+/// The keys ([`ReadQuery::keys`]) of the rows a `MERGE` inserted, as the target's columns hold
+/// them, in Arrow's row encoding. A row whose key has a NULL matches nothing and is left out.
+struct InsertedKeys {
+    columns: Vec<String>,
+    types: Vec<DataType>,
+    rows: HashSet<Box<[u8]>>,
+}
+
+impl InsertedKeys {
+    /// The keys of `batches` (the values of `columns`' `ON` expressions); `None` when there
+    /// are no key columns, or a value's type may compare with the column's otherwise than its
+    /// cast would (then any added row conflicts).
+    fn of(table: &Table, columns: &[String], batches: &[RecordBatch]) -> Option<Self> {
+        if columns.is_empty() {
+            return None;
+        }
+        let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema()).ok()?;
+        let types: Vec<DataType> = columns
+            .iter()
+            .map(|c| schema.field_with_name(c).ok().map(|f| f.data_type().clone()))
+            .collect::<Option<_>>()?;
+        let comparable = |value: &DataType, column: &DataType| {
+            let string =
+                |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+            value == column
+                || (value.is_integer() && column.is_integer())
+                || (string(value) && string(column))
+        };
+        let mut rows = HashSet::new();
+        for batch in batches {
+            if !batch
+                .columns()
+                .iter()
+                .zip(&types)
+                .all(|(a, t)| comparable(a.data_type(), t))
+            {
+                return None;
+            }
+            rows.extend(encode_keys(&types, batch.columns()).ok()?.into_iter().flatten());
+        }
+        Some(Self {
+            columns: columns.to_vec(),
+            types,
+            rows,
+        })
+    }
+}
+
+/// `arrays` cast to `types`, each row in Arrow's row encoding; `None` for a row with a NULL.
+fn encode_keys(types: &[DataType], arrays: &[ArrayRef]) -> Result<Vec<Option<Box<[u8]>>>> {
+    let internal = |e: arrow::error::ArrowError| {
+        Error::new(ErrorKind::Internal, "encoding the keys of inserted rows").with_source(e)
+    };
+    let arrays: Vec<ArrayRef> = arrays
+        .iter()
+        .zip(types)
+        .map(|(a, t)| {
+            if a.data_type() == t {
+                Ok(a.clone())
+            } else {
+                cast(a, t)
+            }
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(internal)?;
+    let converter =
+        RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect()).map_err(internal)?;
+    let encoded = converter.convert_columns(&arrays).map_err(internal)?;
+    let rows = arrays.first().map_or(0, |a| a.len());
+    Ok((0..rows)
+        .map(|i| (!arrays.iter().any(|a| a.is_null(i))).then(|| Box::from(encoded.row(i).as_ref())))
+        .collect())
+}
+
+/// Whether the snapshots committed after `from` up to `current` leave the rows a `MERGE`
+/// inserted valid (see [`InsertCheck`]): a compaction (`replace`) adds no rows; any other
+/// snapshot that added rows conflicts — with [`InsertCheck::Keys`], only when a live row of a
+/// data file that is not one the statement read has the key of a row it inserted.
+async fn check_inserted(
+    lake: &Lake,
+    kind: Kind,
+    from: Option<i64>,
+    current: &Table,
+    inserted: &InsertCheck,
+    read_files: &HashSet<String>,
+) -> Result<()> {
+    if matches!(inserted, InsertCheck::Nothing) {
+        return Ok(());
+    }
+    let ident = current.identifier();
+    let metadata = current.metadata();
+    let conflict = |why: String| {
+        Error::new(
+            ErrorKind::CommitConflict,
+            format!(
+                "{} of {ident} conflicts with a concurrent commit: {why}",
+                kind.name()
+            ),
+        )
+    };
+    let mut id = metadata.current_snapshot_id();
+    let mut added_by = None;
+    while id != from {
+        // check_concurrent saw the chain whole.
+        let Some(snapshot) = id.and_then(|i| metadata.snapshot_by_id(i)) else {
+            break;
+        };
+        let summary = snapshot.summary();
+        if summary.operation != Operation::Replace {
+            let added = added_rows(summary);
+            if added > 0 {
+                added_by = Some(format!(
+                    "snapshot {} ({}) added {added} rows",
+                    snapshot.snapshot_id(),
+                    summary.operation.as_str()
+                ));
+            }
+        }
+        id = snapshot.parent_snapshot_id();
+    }
+    let Some(added_by) = added_by else {
+        return Ok(());
+    };
+    let keys = match inserted {
+        InsertCheck::Keys(keys) => keys,
+        _ => {
+            return Err(conflict(format!(
+                "{added_by}, which may match source rows it inserted as not matched"
+            )));
+        }
+    };
+    let live = lake.current_data_files(current).await?;
+    let added: HashSet<String> = live
+        .keys()
+        .filter(|path| !read_files.contains(*path))
+        .cloned()
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let mut rows = lake.scan_live_rows(current, &keys.columns, Some(&added)).await?;
+    while let Some(live) = rows.try_next().await? {
+        let arrays = &live.batch.columns()[..keys.columns.len()];
+        if let Some(i) = encode_keys(&keys.types, arrays)?
+            .iter()
+            .position(|k| k.as_ref().is_some_and(|k| keys.rows.contains(k)))
+        {
+            let pos = live
+                .batch
+                .column(keys.columns.len())
+                .as_primitive::<Int64Type>()
+                .value(i);
+            return Err(conflict(format!(
+                "{added_by}: row {pos} of data file {} has the key ({}) of a row it inserted",
+                live.data_file,
+                keys.columns.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How many rows a snapshot added, by its summary: writers leave zero counters out, and one
+/// that keeps no counters at all (no `total-records` either) may have added rows (taken as 1).
+fn added_rows(summary: &iceberg::spec::Summary) -> u64 {
+    let counters = &summary.additional_properties;
+    match counters.get("added-records") {
+        Some(n) => n.parse::<u64>().unwrap_or(1),
+        None if counters.contains_key("total-records") => 0,
+        None => 1,
+    }
+}
+
 /// Adds the changes of one batch of the read query to `changes`.
 async fn collect_batch(
     kind: Kind,
@@ -1038,6 +1371,17 @@ async fn collect_batch(
             None => {}
         }
         keep.push(matches!(action, Some(RowAction::Update | RowAction::Insert)));
+    }
+    if !query.keys.is_empty() && actions.contains(&Some(RowAction::Insert)) {
+        let inserts: BooleanArray = actions
+            .iter()
+            .map(|a| Some(*a == Some(RowAction::Insert)))
+            .collect();
+        let keys: Vec<usize> = (3..3 + query.keys.len()).collect();
+        let keys = batch.project(&keys).map_err(internal)?;
+        changes
+            .inserted_keys
+            .push(filter_record_batch(&keys, &inserts).map_err(internal)?);
     }
     if kind == Kind::Delete || !keep.iter().any(|k| *k) {
         return Ok(());

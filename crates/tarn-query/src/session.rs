@@ -79,6 +79,8 @@ pub struct TarnSession {
     principal: Option<Arc<Principal>>,
     /// The external catalogs attached ([`crate::federation`]).
     pub(crate) federation: Arc<crate::federation::Federation>,
+    /// Runs between a row-level statement's read and its commit ([`Self::pause_row_level_commits`]).
+    pub(crate) before_row_level_commit: Option<Arc<crate::row_level::BeforeCommit>>,
 }
 
 /// Maps a DataFusion error to tarn's, unwrapping tarn errors DataFusion carried.
@@ -209,6 +211,7 @@ impl TarnSession {
             governance,
             principal: None,
             federation: Arc::new(crate::federation::Federation::default()),
+            before_row_level_commit: None,
         };
         session.sync_external_catalogs().await?;
         Ok(session)
@@ -228,6 +231,21 @@ impl TarnSession {
     pub fn for_principal(&self, principal: Principal) -> Self {
         Self {
             principal: Some(Arc::new(principal)),
+            ..self.clone()
+        }
+    }
+
+    /// This session running `hook` in each attempt of a row-level statement (`DELETE`, `UPDATE`,
+    /// `MERGE`) after it read the table and wrote its files, before it commits; the hook gets
+    /// the attempt's number (0 first). For tests that make another writer commit in between,
+    /// deterministically.
+    #[doc(hidden)]
+    pub fn pause_row_level_commits(
+        &self,
+        hook: impl Fn(u32) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            before_row_level_commit: Some(Arc::new(hook)),
             ..self.clone()
         }
     }

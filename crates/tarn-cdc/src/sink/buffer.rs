@@ -346,7 +346,9 @@ pub(super) async fn write_pending(lake: &Lake, state: &mut TableState) -> Result
     for ((_, entry), key) in entries.into_iter().zip(keys) {
         match entry.change {
             Change::Upsert { row, fill_from } => {
-                if let Some(old) = state.index.remove(&key) {
+                // The key's row, and any more rows of it another writer left (spares).
+                let spares = state.index.take_spares(&key);
+                for old in state.index.remove(&key).into_iter().chain(spares) {
                     state
                         .deletes
                         .push((state.index.file_path(old.file).clone(), u64::from(old.pos)));
@@ -356,7 +358,8 @@ pub(super) async fn write_pending(lake: &Lake, state: &mut TableState) -> Result
                 rows.push((key, row, fill));
             }
             Change::Delete => {
-                if let Some(old) = state.index.remove(&key) {
+                let spares = state.index.take_spares(&key);
+                for old in state.index.remove(&key).into_iter().chain(spares) {
                     state
                         .deletes
                         .push((state.index.file_path(old.file).clone(), u64::from(old.pos)));

@@ -583,7 +583,7 @@ async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSe
             .ok_or_else(|| Error::new(ErrorKind::Internal, "live rows came without _pos"))?;
         let file = state.index.file_number(&live.data_file);
         for (i, key) in keys.into_iter().enumerate() {
-            state.index.insert(
+            state.index.insert_found(
                 key,
                 RowLocation {
                     file,
@@ -595,6 +595,10 @@ async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSe
     }
     if only.is_none() {
         state.synced = state.table.metadata().current_snapshot_id();
+    }
+    let spares = state.index.spares();
+    if spares > 0 {
+        tracing::warn!(table = %state.ident, rows = spares, "keys in the table more than once (another writer added them); the next change of each deletes them all");
     }
     tracing::info!(table = %state.ident, rows, seconds = started.elapsed().as_secs_f64(), "key index built");
     Ok(())

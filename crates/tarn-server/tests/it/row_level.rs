@@ -641,10 +641,11 @@ async fn policies_authorize_and_restrict_row_level_statements() {
     );
 }
 
-/// tarn's own `UPDATE` and `MERGE` on a CDC table, of keys the source then changes: the
-/// pipeline's next commit finds rows it did not write, restarts from the lake (its key index
-/// learning them), and the table ends equal to the source — each key once, the source's
-/// version.
+/// tarn's own `UPDATE`, `MERGE` and `INSERT` on a CDC table, of keys the source then changes:
+/// the pipeline's next commit finds rows it did not write, restarts from the lake (its key
+/// index learning them), and the table ends equal to the source — each key once, the source's
+/// version. The `INSERT` gives keys the pipeline holds a second row: the rebuilt index keeps
+/// both, and the source's next update or delete of such a key replaces or deletes both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn row_level_writes_on_a_cdc_table_leave_each_key_once() {
     let mut cdc = crate::cdc::Cdc::new(
@@ -676,8 +677,23 @@ async fn row_level_writes_on_a_cdc_table_leave_each_key_once() {
         .unwrap(),
         13
     );
+    assert_eq!(
+        tarn_run(
+            &session,
+            "INSERT INTO cdc.acct VALUES (30, -1, 'dup'), (31, -1, 'dup')"
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    assert_eq!(
+        cdc.lake_rows("SELECT id, count(*) FROM cdc.acct WHERE id IN (30, 31) GROUP BY id ORDER BY id")
+            .await
+            .unwrap(),
+        vec!["30|2", "31|2"]
+    );
     cdc.sql(
-        "UPDATE acct SET v = v + 1 WHERE id <= 20; \
+        "UPDATE acct SET v = v + 1 WHERE id <= 20 OR id = 30; DELETE FROM acct WHERE id = 31; \
          INSERT INTO acct VALUES (201, 7, 'src'), (202, 7, 'src'), (203, 7, 'src'), (204, 7, 'src');",
     );
     cdc.wait_same(
@@ -690,6 +706,455 @@ async fn row_level_writes_on_a_cdc_table_leave_each_key_once() {
         .lake_rows("SELECT count(*), count(DISTINCT id) FROM cdc.acct")
         .await
         .unwrap();
-    assert_eq!(lake, vec!["104|104"]);
+    assert_eq!(lake, vec!["103|103"]);
+    running.stop().await;
+}
+
+/// Runs `sql` on tarn until it lands, counting the serialization failures (SQLSTATE 40001) on
+/// the way; after one, `hold` holds the writers it raced until the statement lands (a statement
+/// may lose to a busy writer every time). Any other error, or failures past `wait`, fail the
+/// test.
+async fn run_until_landed(
+    session: &TarnSession,
+    sql: &str,
+    wait: std::time::Duration,
+    failures: &mut u64,
+    hold: &std::sync::atomic::AtomicBool,
+) -> u64 {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match tarn_run(session, sql).await {
+            Ok(n) => {
+                hold.store(false, Ordering::Relaxed);
+                return n;
+            }
+            Err(e) if e.kind() == ErrorKind::CommitConflict => {
+                assert_eq!(tarn_sqlstate(&e), "40001", "{e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{sql} kept conflicting: {e}"
+                );
+                *failures += 1;
+                hold.store(true, Ordering::Relaxed);
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// How many commits of a CDC pipeline that add rows (not compactions) table `cdc.<table>` has.
+async fn pipeline_commits(session: &TarnSession, table: &str) -> Option<u64> {
+    session.refresh().await.ok()?;
+    let rows = crate::query(
+        session,
+        &format!(
+            "SELECT count(*) FROM \"cdc\".\"{table}$snapshots\" \
+             WHERE summary['tarn.cdc.pipeline'] IS NOT NULL AND operation <> 'replace'"
+        ),
+    )
+    .await
+    .ok()?;
+    rows.first()?.parse().ok()
+}
+
+/// Waits (up to 90 s) until a CDC pipeline commits to `cdc.<table>` once more.
+async fn wait_for_pipeline_commit(session: &TarnSession, table: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let before = loop {
+        if let Some(n) = pipeline_commits(session, table).await {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot read the snapshots of {table}"
+        );
+    };
+    while pipeline_commits(session, table).await.unwrap_or(before) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pipeline commit to {table} within 90 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `MERGE` statements (`WHEN MATCHED AND ... THEN DELETE`, `WHEN MATCHED AND ... THEN UPDATE`,
+/// `WHEN NOT MATCHED THEN INSERT`) on a CDC table while the pipeline keeps committing the
+/// source's updates, inserts and deletes into it. The source changes only even ids. Each MERGE
+/// changes odd ids — existing ones, and new ones (10001 and up) that only MERGEs insert — and
+/// even ids the source is changing at the same time: existing ones it updates, and the keys
+/// around its insert frontier, ones it inserted, deleted, or is about to insert (a MERGE
+/// inserting a key the pipeline inserts meanwhile). The MERGEs run in bursts, each followed by
+/// a pipeline commit (every MERGE that writes rows restarts the pipeline once, to learn them).
+///
+/// What must hold, each statement landing whole or failing with 40001 (and run again):
+/// - every MERGE's count is what it did: with the `NOT MATCHED` clause every source row takes
+///   exactly one clause, so the count is its rows; without, it is the rows that matched, known
+///   for odd ids from the MERGEs before it and for even ids below 1000 (always there: the
+///   source never deletes them, the MERGEs never delete them);
+/// - the odd ids hold exactly what the MERGEs did, applied in order: the pipeline overwrote
+///   none of it and none was lost;
+/// - after one more source change of every even id (the MERGEs touched), the even ids hold
+///   exactly the source's rows: every change the pipeline committed, before, between or after
+///   the MERGEs, is there, and a MERGE's version of an even key gave way to the source's next
+///   change of it;
+/// - no id is in the table twice (a MERGE inserting a key the pipeline inserted after the
+///   MERGE read would leave it twice: the MERGE conflicts instead and re-runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merge_racing_a_cdc_pipeline_loses_nothing() {
+    let mut cdc = crate::cdc::Cdc::new(
+        "CREATE TABLE acct (id bigint PRIMARY KEY, v int, note text);
+         INSERT INTO acct SELECT g, 0, 'n' || g FROM generate_series(1, 400) g;",
+    )
+    .await;
+    cdc.set("cdc.flush.interval", "300ms");
+    let running = cdc.start().await;
+    let wait = std::time::Duration::from_secs(90);
+    cdc.wait_same("SELECT count(*) FROM acct", "SELECT count(*) FROM cdc.acct", wait)
+        .await;
+    let url = cdc.pg.url("app");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let frontier = Arc::new(AtomicU64::new(0));
+    let (stop, at, held) = (done.clone(), frontier.clone(), hold.clone());
+    let source = tokio::task::spawn_blocking(move || {
+        let mut round = 0u64;
+        while round < 40 || !stop.load(Ordering::Relaxed) {
+            // Held while a MERGE that failed with 40001 runs again.
+            while held.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            round += 1;
+            // Updates of even ids below 1000 (two a round), an insert at the frontier, and now
+            // and then a delete of a key inserted a few rounds ago.
+            let mut sql = format!(
+                "UPDATE acct SET v = v + 1, note = note || '.' WHERE id % 2 = 0 AND id < 1000 AND id % 200 = {}; \
+                 INSERT INTO acct VALUES ({}, {round}, 'new');",
+                (round * 2) % 200,
+                1000 + 2 * round
+            );
+            if round.is_multiple_of(4) {
+                sql.push_str(&format!(
+                    " DELETE FROM acct WHERE id = {};",
+                    1000 + 2 * (round - 3)
+                ));
+            }
+            let out = std::process::Command::new("psql")
+                .arg(&url)
+                .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                .arg(sql)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            at.store(round, Ordering::Relaxed);
+        }
+        round
+    });
+
+    // What the MERGEs leave on odd ids: id -> (v, note).
+    let mut odd: std::collections::BTreeMap<u64, (i64, String)> = (1..=400)
+        .filter(|i| i % 2 == 1)
+        .map(|i| (i, (0, format!("n{i}"))))
+        .collect();
+    let session = cdc.lake.session.clone();
+    // The first MERGE of each burst waits, between its read and its commit, for the pipeline to
+    // commit: one without `NOT MATCHED` then lands on that commit (validated row by row); one
+    // with it has a key (5000 and up) that the source inserts meanwhile, and re-runs.
+    let watcher = cdc.lake.second_session().await;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let raced_key = Arc::new(AtomicU64::new(0));
+    let paused = {
+        let (watcher, attempts, raced_key) = (watcher.clone(), attempts.clone(), raced_key.clone());
+        let url = cdc.pg.url("app");
+        session.pause_row_level_commits(move |attempt| {
+            let (watcher, attempts, url) = (watcher.clone(), attempts.clone(), url.clone());
+            let key = raced_key.load(Ordering::Relaxed);
+            Box::pin(async move {
+                // Only the statement's first run waits (a run after a 40001 has the source held).
+                let first = attempts.fetch_max(u64::from(attempt) + 1, Ordering::Relaxed) == 0;
+                if attempt > 0 || !first {
+                    return;
+                }
+                if key == 0 {
+                    wait_for_pipeline_commit(&watcher, "acct").await;
+                    return;
+                }
+                let out = std::process::Command::new("psql")
+                    .arg(&url)
+                    .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                    .arg(format!(
+                        "INSERT INTO acct VALUES ({key}, 0, 'src') ON CONFLICT (id) DO NOTHING"
+                    ))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+                loop {
+                    watcher.refresh().await.unwrap();
+                    let sql = format!("SELECT count(*) FROM cdc.acct WHERE id = {key}");
+                    if crate::query(&watcher, &sql).await.unwrap() == ["1"] {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the pipeline did not commit key {key}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+        })
+    };
+    let mut serialization_failures = 0;
+    let mut statements = 0;
+    let (bursts, per_burst) = (6u64, 4u64);
+    for burst in 0..bursts {
+        for k in 0..per_burst {
+            let m = burst * per_burst + k;
+            let inserts = (m + burst) % 2 == 1;
+            // (id, d): d = 0 deletes a matched row, d > 0 adds itself to v.
+            let mut rows: Vec<(u64, u64)> = Vec::new();
+            for id in (1..=399).step_by(2).filter(|id| (id / 2 + m) % 9 == 0) {
+                rows.push((id, (id + m) % 4));
+            }
+            if inserts {
+                for j in 0..3 {
+                    rows.push((10001 + 2 * ((3 * m + j) % 20), (m + j) % 4));
+                }
+            }
+            for id in (2..=398).step_by(2).filter(|id| (id / 2 + m) % 50 == 0) {
+                rows.push((id, 1 + id % 3));
+            }
+            let raced = if inserts && k == 0 { 5000 + 2 * m } else { 0 };
+            if raced > 0 {
+                rows.push((raced, 1));
+            }
+            raced_key.store(raced, Ordering::Relaxed);
+            if inserts {
+                let r = frontier.load(Ordering::Relaxed);
+                for j in 0..6 {
+                    if r + j >= 3 {
+                        rows.push((1000 + 2 * (r + j - 2), (r + j) % 3));
+                    }
+                }
+            }
+            let values: Vec<String> = rows.iter().map(|(id, d)| format!("({id}, {d})")).collect();
+            let not_matched = if inserts {
+                " WHEN NOT MATCHED THEN INSERT VALUES (s.id, CAST(s.d AS INT), 'merge')"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "MERGE INTO cdc.acct t USING (VALUES {}) AS s(id, d) ON t.id = s.id \
+                 WHEN MATCHED AND s.d = 0 THEN DELETE \
+                 WHEN MATCHED AND s.d > 0 THEN UPDATE SET v = CAST(t.v + s.d AS INT), note = t.note || 'm'{not_matched}",
+                values.join(", ")
+            );
+            // The expected count, and the odd ids after it.
+            let mut expected = 0;
+            for &(id, d) in &rows {
+                if id % 2 == 0 {
+                    if inserts || id < 1000 {
+                        expected += 1;
+                    }
+                    continue;
+                }
+                match odd.get_mut(&id) {
+                    Some(_) if d == 0 => {
+                        odd.remove(&id);
+                        expected += 1;
+                    }
+                    Some((v, note)) => {
+                        *v += d as i64;
+                        note.push('m');
+                        expected += 1;
+                    }
+                    None if inserts => {
+                        odd.insert(id, (d as i64, "merge".into()));
+                        expected += 1;
+                    }
+                    None => {}
+                }
+            }
+            let runs = if k == 0 { &paused } else { &session };
+            attempts.store(0, Ordering::Relaxed);
+            let n = run_until_landed(runs, &sql, wait, &mut serialization_failures, &hold).await;
+            assert_eq!(n, expected, "count of MERGE {m}: {sql}");
+            if k == 0 && inserts {
+                assert!(
+                    attempts.load(Ordering::Relaxed) >= 2,
+                    "MERGE {m} inserted key {raced} onto the pipeline's commit of it"
+                );
+            }
+            statements += 1;
+        }
+        // The pipeline commits after the burst (restarting first to learn the MERGEs' rows).
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let last = cdc
+                .lake_rows(
+                    "SELECT count(*) FROM \"cdc\".\"acct$snapshots\" WHERE summary['tarn.cdc.pipeline'] IS NOT NULL \
+                     AND committed_at = (SELECT max(committed_at) FROM \"cdc\".\"acct$snapshots\")",
+                )
+                .await;
+            if last.as_deref() == Some(&["1".to_string()][..]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no pipeline commit after burst {burst}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let rounds = source.await.unwrap();
+
+    // One more source change of every even id a MERGE may have touched.
+    cdc.sql(&format!(
+        "UPDATE acct SET v = v + 1 WHERE id % 2 = 0; \
+         INSERT INTO acct SELECT g, 0, 'final' FROM generate_series(1002, {}, 2) g ON CONFLICT (id) DO NOTHING;",
+        1000 + 2 * (rounds + 4)
+    ));
+    cdc.wait_same(
+        "SELECT id, v, note FROM acct WHERE id % 2 = 0 ORDER BY id",
+        "SELECT id, v, note FROM cdc.acct WHERE id % 2 = 0 ORDER BY id",
+        wait,
+    )
+    .await;
+    let expected_odd: Vec<String> = odd
+        .iter()
+        .map(|(id, (v, note))| format!("{id}|{v}|{note}"))
+        .collect();
+    assert_eq!(
+        cdc.lake_rows("SELECT id, v, note FROM cdc.acct WHERE id % 2 = 1 ORDER BY id")
+            .await
+            .unwrap(),
+        expected_odd,
+        "odd ids: what the MERGEs did"
+    );
+    let lake = cdc
+        .lake_rows("SELECT count(*) = count(DISTINCT id) FROM cdc.acct")
+        .await
+        .unwrap();
+    assert_eq!(lake, vec!["true"], "an id twice");
+    let raced = cdc
+        .lake_rows(
+            "SELECT count(*) FROM \"cdc\".\"acct$snapshots\" WHERE summary['tarn.statement'] = 'merge' \
+             AND CAST(summary['tarn.statement.read-snapshot-id'] AS BIGINT) <> parent_id",
+        )
+        .await
+        .unwrap();
+    let merges = cdc
+        .lake_rows(
+            "SELECT count(*) FROM \"cdc\".\"acct$snapshots\" WHERE summary['tarn.statement'] = 'merge'",
+        )
+        .await
+        .unwrap();
+    tracing::info!(
+        rounds,
+        statements,
+        serialization_failures,
+        ?raced,
+        ?merges,
+        "MERGEs raced the pipeline"
+    );
+    assert_eq!(merges, vec![statements.to_string()], "one snapshot per MERGE");
+    let raced: u64 = raced[0].parse().unwrap();
+    assert!(
+        raced > 0,
+        "no MERGE landed on a concurrent pipeline commit: the race was not run"
+    );
+    running.stop().await;
+}
+
+/// A `MERGE` whose source has key 50, absent from the table, while the source inserts key 50
+/// and the pipeline commits it between the MERGE's read and its commit (the session pauses
+/// there until the lake holds the key). The MERGE's `WHEN NOT MATCHED` insert rested on the
+/// key being absent, so it conflicts and re-runs: the re-run matches the pipeline's row and
+/// updates it. The key is in the table once — after the MERGE and after the source's next
+/// change of it — where a MERGE landing its insert would have left it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merge_insert_racing_a_cdc_insert_of_the_same_key_leaves_it_once() {
+    let mut cdc = crate::cdc::Cdc::new(
+        "CREATE TABLE acct (id bigint PRIMARY KEY, v int, note text);
+         INSERT INTO acct SELECT g, 0, 'n' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    cdc.set("cdc.flush.interval", "100ms");
+    let running = cdc.start().await;
+    let wait = std::time::Duration::from_secs(60);
+    cdc.wait_same("SELECT count(*) FROM acct", "SELECT count(*) FROM cdc.acct", wait)
+        .await;
+    let watcher = cdc.lake.second_session().await;
+    let url = cdc.pg.url("app");
+    let attempts = Arc::new(AtomicU64::new(0));
+    let paused = {
+        let attempts = attempts.clone();
+        cdc.lake.session.pause_row_level_commits(move |attempt| {
+            let (watcher, url, attempts) = (watcher.clone(), url.clone(), attempts.clone());
+            Box::pin(async move {
+                attempts.fetch_max(u64::from(attempt) + 1, Ordering::Relaxed);
+                if attempt > 0 {
+                    return;
+                }
+                let out = std::process::Command::new("psql")
+                    .arg(&url)
+                    .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                    .arg("INSERT INTO acct VALUES (50, 5, 'src')")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    watcher.refresh().await.unwrap();
+                    let rows = crate::query(&watcher, "SELECT count(*) FROM cdc.acct WHERE id = 50")
+                        .await
+                        .unwrap();
+                    if rows == ["1"] {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the pipeline did not commit key 50"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+        })
+    };
+    let n = tarn_run(
+        &paused,
+        "MERGE INTO cdc.acct t USING (SELECT 3 AS id UNION ALL SELECT 50) s ON t.id = s.id \
+         WHEN MATCHED THEN UPDATE SET note = t.note || '+merge' \
+         WHEN NOT MATCHED THEN INSERT VALUES (s.id, -1, 'merge')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        2,
+        "the MERGE re-ran once, on the pipeline's commit"
+    );
+    assert_eq!(
+        cdc.lake_rows("SELECT id, v, note FROM cdc.acct WHERE id IN (3, 50) ORDER BY id")
+            .await
+            .unwrap(),
+        vec!["3|0|n3+merge", "50|5|src+merge"]
+    );
+    // The source's next change of the key replaces the MERGE's version: still once.
+    cdc.sql("UPDATE acct SET v = v + 1 WHERE id IN (3, 50)");
+    cdc.wait_same(
+        "SELECT id, v, note FROM acct ORDER BY id",
+        "SELECT id, v, note FROM cdc.acct ORDER BY id",
+        wait,
+    )
+    .await;
+    assert_eq!(
+        cdc.lake_rows("SELECT count(*), count(DISTINCT id) FROM cdc.acct")
+            .await
+            .unwrap(),
+        vec!["11|11"]
+    );
     running.stop().await;
 }
