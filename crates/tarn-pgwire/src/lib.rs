@@ -214,6 +214,15 @@ impl QueryHook for CatalogHook {
             return Some(Err(user_error(&e)));
         }
         if is_catalog_statement(statement) {
+            // A row-level statement with parameters: a plan of no rows that carries them, with
+            // the types they take in the statement, for `Describe` and `Bind`.
+            if tarn_query::row_level::has_parameters(statement) {
+                return Some(match self.session.row_level_parameter_types(statement).await {
+                    Ok(Some(types)) => parameters_plan(types).map_err(|e| PgWireError::ApiError(Box::new(e))),
+                    Ok(None) => Ok(no_rows_plan()),
+                    Err(e) => Err(user_error(&e)),
+                });
+            }
             return Some(Ok(no_rows_plan()));
         }
         if let Err(e) = self.session.refresh().await {
@@ -240,11 +249,17 @@ impl QueryHook for CatalogHook {
         &self,
         statement: &Statement,
         _plan: &LogicalPlan,
-        _params: &ParamValues,
+        params: &ParamValues,
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         if is_catalog_statement(statement) {
+            if tarn_query::row_level::has_parameters(statement) {
+                return Some(match tarn_query::row_level::bind_parameters(statement, params) {
+                    Ok(bound) => run_catalog(&self.session, &bound).await,
+                    Err(e) => Err(user_error(&e)),
+                });
+            }
             return Some(run_catalog(&self.session, statement).await);
         }
         None
@@ -792,15 +807,36 @@ impl Gate<'_> {
 }
 
 /// `work`, stopped with 57014 when `statement` is cancelled or passes its `statement_timeout`
-/// first.
+/// first; a panic while planning or running it ends the statement with XX000
+/// ([`panic_error`]), not the connection.
 async fn until_stopped<T>(
     statement: &workload::Statement,
     work: impl std::future::Future<Output = PgWireResult<T>>,
 ) -> PgWireResult<T> {
+    use futures::FutureExt;
     tokio::select! {
-        done = work => done,
+        done = std::panic::AssertUnwindSafe(work).catch_unwind() => done.unwrap_or_else(|p| Err(panic_error(p))),
         reason = statement.stopped() => Err(stop_error(reason)),
     }
+}
+
+/// The error a statement ends with when planning or running it panicked: a bug in tarn or
+/// one of its libraries, which must cost the client its statement, not its connection
+/// (pgwire would drop the connection with the task that panicked). Logged and counted
+/// (`tarn_pgwire_statement_panics_total`).
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> PgWireError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    metrics::counter!("tarn_pgwire_statement_panics_total").increment(1);
+    tracing::error!(panic = %what, "a statement panicked; it ends with XX000 and the connection stays");
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        "XX000".to_string(),
+        format!("internal error (a bug in tarn; please report it): {what}"),
+    )))
 }
 
 /// Makes `response`'s rows stop with `57014` when the statement is cancelled (`token`, or
@@ -858,6 +894,11 @@ fn stopping<T: Send + 'static>(
     };
     let tail = token.clone();
     let (running, key) = (running.clone(), key.clone());
+    // A panic while producing the rows ends them (`catch_unwind` ends the stream after it)
+    // with XX000 (see `panic_error`).
+    let items = std::panic::AssertUnwindSafe(items)
+        .catch_unwind()
+        .map(|item| item.unwrap_or_else(|p| Err(panic_error(p))));
     items.take_until(stop).chain(
         futures::stream::once(async move {
             running.finish(&key);
@@ -1059,8 +1100,9 @@ fn transaction_effect(parser: &PostgresCompatibilityParser, sql: &str) -> Option
 }
 
 /// Whether `sql` waits for an admission slot: statements that read only the catalog
-/// (`pg_catalog`, `information_schema`, `tarn_stat_activity`) or no table, `SET`, `SHOW`,
-/// transaction control and `EXPLAIN` without `ANALYZE` run at once; the rest queue.
+/// (`pg_catalog`, `information_schema`, `tarn_stat_activity`) or no table, previews of a
+/// table's first rows ([`is_peek`]), `SET`, `SHOW`, transaction control and `EXPLAIN` without
+/// `ANALYZE` run at once; the rest queue.
 fn classify(parser: &PostgresCompatibilityParser, sql: &str) -> StatementClass {
     use datafusion::sql::sqlparser::ast::Visit;
     let Ok(statements) = parser.parse(sql) else {
@@ -1093,7 +1135,7 @@ fn classify(parser: &PostgresCompatibilityParser, sql: &str) -> StatementClass {
             | Statement::ExplainTable { .. } => false,
             _ => return StatementClass::Heavy,
         };
-        if !reads {
+        if !reads || matches!(statement, Statement::Query(q) if is_peek(q)) {
             continue;
         }
         let mut heavy = false;
@@ -1103,6 +1145,62 @@ fn classify(parser: &PostgresCompatibilityParser, sql: &str) -> StatementClass {
         }
     }
     class
+}
+
+/// The most rows a preview ([`is_peek`]) asks for.
+const PEEK_ROWS: u64 = 10_000;
+
+/// Whether `query` is a preview of a table's first rows, `SELECT columns FROM t LIMIT n` with
+/// `n` at most [`PEEK_ROWS`] and nothing else — no `WHERE`, joins, grouping, ordering,
+/// `DISTINCT`, `OFFSET` or expressions — as BI tools run to show a table (Superset's and
+/// DBeaver's data preview, Metabase's table view). It reads the table's first rows and stops,
+/// so it does not wait behind heavy statements for a slot.
+fn is_peek(query: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    use datafusion::sql::sqlparser::ast::{
+        Expr, GroupByExpr, LimitClause, SelectItem, SetExpr, TableFactor, Value,
+    };
+    if query.with.is_some() || query.order_by.is_some() || query.fetch.is_some() || !query.locks.is_empty() {
+        return false;
+    }
+    let rows = match &query.limit_clause {
+        Some(LimitClause::LimitOffset {
+            limit: Some(Expr::Value(v)),
+            offset: None,
+            limit_by,
+        }) if limit_by.is_empty() => match &v.value {
+            Value::Number(n, _) => n.to_string().parse::<u64>().ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    if !rows.is_some_and(|n| n <= PEEK_ROWS) {
+        return false;
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let column = |e: &Expr| matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
+    select.distinct.is_none()
+        && select.top.is_none()
+        && select.into.is_none()
+        && select.from.len() == 1
+        && select.from[0].joins.is_empty()
+        && matches!(&select.from[0].relation, TableFactor::Table { args: None, .. })
+        && select.selection.is_none()
+        && select.prewhere.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
+        && select.having.is_none()
+        && select.qualify.is_none()
+        && select.named_window.is_empty()
+        && select.sort_by.is_empty()
+        && select.cluster_by.is_empty()
+        && select.distribute_by.is_empty()
+        && select.lateral_views.is_empty()
+        && select.connect_by.is_empty()
+        && select.projection.iter().all(|item| match item {
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => true,
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => column(e),
+        })
 }
 
 /// Marks a statement heavy when it reads a relation outside the catalog, or a table function.
@@ -1485,6 +1583,26 @@ pub(crate) fn no_rows_plan() -> LogicalPlan {
         produce_one_row: false,
         schema: Arc::new(datafusion::common::DFSchema::empty()),
     })
+}
+
+/// A plan of no rows and no columns whose only content is the parameters `types` names, so the
+/// extended protocol describes them ([`CatalogHook::handle_extended_parse_query`]).
+fn parameters_plan(
+    types: HashMap<String, Option<datafusion::arrow::datatypes::DataType>>,
+) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::logical_expr::expr::Placeholder;
+    use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+    let predicate = types
+        .into_iter()
+        .map(|(id, t)| {
+            let field = t.map(|t| Arc::new(datafusion::arrow::datatypes::Field::new(&id, t, true)));
+            Expr::Placeholder(Placeholder { id, field }).is_null()
+        })
+        .reduce(Expr::or);
+    match predicate {
+        Some(p) => LogicalPlanBuilder::from(no_rows_plan()).filter(p)?.build(),
+        None => Ok(no_rows_plan()),
+    }
 }
 
 /// Maps DataFusion errors to SQLSTATE-bearing error responses and logs them.
@@ -2005,4 +2123,41 @@ pub async fn serve(
     }
     tasks.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_of_a_table_do_not_queue_and_other_reads_do() {
+        let parser = PostgresCompatibilityParser::new();
+        let light = |sql: &str| matches!(classify(&parser, sql), StatementClass::Light);
+        for sql in [
+            "SELECT * FROM sales.orders LIMIT 100",
+            "select id, o.region AS r FROM tarn.sales.orders o limit 10000",
+            "SELECT count(*) FROM information_schema.tables",
+            "SELECT 1",
+            "SET statement_timeout = '1s'",
+        ] {
+            assert!(light(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM sales.orders",
+            "SELECT * FROM sales.orders LIMIT 10001",
+            "SELECT * FROM sales.orders WHERE amount > 5 LIMIT 10",
+            "SELECT * FROM sales.orders ORDER BY id LIMIT 10",
+            "SELECT DISTINCT region FROM sales.orders LIMIT 10",
+            "SELECT count(*) FROM sales.orders LIMIT 10",
+            "SELECT upper(region) FROM sales.orders LIMIT 10",
+            "SELECT * FROM sales.orders LIMIT 10 OFFSET 1000000",
+            "SELECT * FROM sales.orders o JOIN sales.customers c ON o.id = c.id LIMIT 10",
+            "SELECT region FROM sales.orders GROUP BY region LIMIT 10",
+            "WITH t AS (SELECT * FROM sales.orders) SELECT * FROM t LIMIT 10",
+            "SELECT * FROM (SELECT * FROM sales.orders ORDER BY amount) s LIMIT 10",
+            "SELECT * FROM generate_series(1, 100000000) LIMIT 10",
+        ] {
+            assert!(!light(sql), "{sql}");
+        }
+    }
 }

@@ -349,7 +349,15 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
         arrow::datatypes::SchemaRef,
         datafusion_table_providers::sql::db_connection_pool::dbconnection::Error,
     > {
-        self.inner().get_schema(table_reference).await
+        let remote = match table_reference {
+            TableReference::Full {
+                catalog,
+                schema,
+                table,
+            } if **catalog == *self.catalog => TableReference::partial(schema.as_ref(), table.as_ref()),
+            other => other.clone(),
+        };
+        self.inner().get_schema(&remote).await
     }
 
     async fn query_arrow(
@@ -358,6 +366,7 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
         params: &[Param],
         projected_schema: Option<arrow::datatypes::SchemaRef>,
     ) -> std::result::Result<SendableRecordBatchStream, GenericError> {
+        let sql = &remote_sql(&self.catalog, sql);
         tracing::debug!(catalog = %self.catalog, sql, "remote query");
         metrics::counter!("tarn_federation_queries_total", "catalog" => self.catalog.clone()).increment(1);
         // Armed while the query runs: dropping this future or the stream cancels it.
@@ -369,7 +378,7 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
             Ok(stream) => stream,
             Err(e) => {
                 guard.disarm();
-                return Err(e);
+                return Err(Box::new(remote_error(&self.catalog, error_text(e.as_ref()))));
             }
         };
         let schema = stream.schema();
@@ -397,6 +406,48 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
     async fn execute(&self, sql: &str, params: &[Param]) -> std::result::Result<u64, GenericError> {
         self.inner().execute(sql, params).await
     }
+}
+
+/// `sql`, generated for tables named `<catalog>.<schema>.<table>`, with the catalog's part
+/// removed from table names and column references, as the remote database names them.
+///
+/// Remote tables keep the catalog in their name ([`Remote::table`]) for
+/// `datafusion-federation` 0.5.3: it renames the tables of a federated plan to their remote
+/// name, and the columns that name them by rewriting their text, but not the aliases
+/// DataFusion's optimizer gives rewritten expressions (`CAST(id AS VARCHAR) || region AS
+/// "shop.public.customers.id || ..."`), so a plan whose names change stops resolving ("No field
+/// named public.customers.id || ..."). With the remote name equal to the local one nothing is
+/// renamed, and the catalog is taken out of the SQL here, as it is sent.
+fn remote_sql(catalog: &str, sql: &str) -> String {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, visit_expressions_mut, visit_relations_mut};
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect as Pg;
+    let Ok(mut statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&Pg {}, sql) else {
+        return sql.to_string();
+    };
+    let ours =
+        |ident: Option<&datafusion::sql::sqlparser::ast::Ident>| ident.is_some_and(|i| i.value == catalog);
+    for statement in &mut statements {
+        let _ = visit_relations_mut(statement, |name| {
+            if name.0.len() == 3 && ours(name.0[0].as_ident()) {
+                name.0.remove(0);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        let _ = visit_expressions_mut(statement, |e| {
+            if let SqlExpr::CompoundIdentifier(parts) = e
+                && parts.len() == 4
+                && ours(parts.first())
+            {
+                parts.remove(0);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    statements
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The tables of an external catalog as last listed.
@@ -574,7 +625,8 @@ impl Remote {
             return Ok(None);
         }
         let pool = self.pool().await?;
-        let reference = TableReference::partial(schema, table);
+        // Named with the catalog, as the statement names it (see `remote_sql`).
+        let reference = TableReference::full(self.name(), schema, table);
         let sql_table = SqlTable::new("postgres", &pool, reference)
             .await
             .map_err(|e| remote_error(self.name(), format!("table {schema}.{table}: {}", error_text(&e))))?
@@ -693,6 +745,21 @@ impl SchemaProvider for ExternalSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_sql_names_tables_as_the_remote_database_does() {
+        let sql = r#"SELECT "shop"."public"."customers"."id", c."name" FROM "shop"."public"."customers" JOIN "shop"."s"."t" AS c ON "shop"."public"."customers"."id" = c."id" WHERE "shop"."public"."customers"."id" > 2"#;
+        assert_eq!(
+            remote_sql("shop", sql),
+            r#"SELECT "public"."customers"."id", c."name" FROM "public"."customers" JOIN "s"."t" AS c ON "public"."customers"."id" = c."id" WHERE "public"."customers"."id" > 2"#
+        );
+        // Other three-part names, and what does not parse, are left alone.
+        assert_eq!(
+            remote_sql("shop", r#"SELECT 1 FROM "other"."public"."t""#),
+            r#"SELECT 1 FROM "other"."public"."t""#
+        );
+        assert_eq!(remote_sql("shop", "SELEC nonsense"), "SELEC nonsense");
+    }
 
     #[test]
     fn urls_become_connection_parameters() {
@@ -1091,7 +1158,8 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for KeepFiltersAboveR
     }
 }
 
-/// A remote plan that takes no filters from above (see [`KeepFiltersAboveRemotePlans`]).
+/// A remote plan that takes no filters from above (see [`KeepFiltersAboveRemotePlans`]), and
+/// whose rows have the types it declares.
 #[derive(Debug)]
 struct RemoteQueryExec {
     inner: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
@@ -1124,6 +1192,11 @@ impl datafusion::physical_plan::ExecutionPlan for RemoteQueryExec {
         vec![&self.inner]
     }
 
+    /// Nothing between it and the remote plan: its casts must see the remote rows first.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         mut children: Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
@@ -1141,7 +1214,22 @@ impl datafusion::physical_plan::ExecutionPlan for RemoteQueryExec {
         partition: usize,
         context: Arc<datafusion::execution::TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
-        self.inner.execute(partition, context)
+        // The remote rows as the plan declared them: `datafusion-federation` casts them only
+        // at the top of the federated part (`SchemaCastScanExec`), but what DataFusion puts
+        // in between trusts the declared types — a `RepartitionExec` over a remote
+        // `SELECT CAST(count(*) AS VARCHAR)` (declared `Utf8View`, sent as `Utf8`) panicked.
+        let schema = self.inner.schema();
+        let rows = self.inner.execute(partition, context)?;
+        let declared = schema.clone();
+        let cast = rows.map(move |batch| {
+            let batch = batch?;
+            if batch.schema().fields() == declared.fields() {
+                return Ok(batch);
+            }
+            datafusion_federation::schema_cast::record_convert::try_cast_to(batch, declared.clone())
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, cast)))
     }
 }
 
@@ -1162,6 +1250,72 @@ pub(crate) fn physical_optimizer_rules()
 /// filters, which the SQL sent then holds.
 pub(crate) fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    rules.push(Arc::new(ProjectRemoteAggregates));
     rules.push(Arc::new(datafusion_federation::FederationOptimizerRule::new()));
     rules
+}
+
+/// Puts a projection of its columns, in order, over an aggregate of remote tables that has
+/// none (`SELECT region, max(name) FROM shop.public.customers GROUP BY region`, whose identity
+/// projection DataFusion removes).
+///
+/// DataFusion's unparser writes such an aggregate's select list as its aggregates first and
+/// its groups after (`SELECT max(name), region ... GROUP BY region`), while the plan declares
+/// groups first: the remote rows came back with their columns swapped, silently when the types
+/// agree. Under a projection the select list is the projection's. Runs right before
+/// `datafusion-federation`'s rule; lake plans are left alone.
+#[derive(Debug)]
+struct ProjectRemoteAggregates;
+
+impl datafusion::optimizer::OptimizerRule for ProjectRemoteAggregates {
+    fn name(&self) -> &str {
+        "tarn_project_remote_aggregates"
+    }
+
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> DFResult<datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>> {
+        project_remote_aggregates(plan, false)
+    }
+}
+
+fn project_remote_aggregates(
+    plan: datafusion::logical_expr::LogicalPlan,
+    under_projection: bool,
+) -> DFResult<datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
+    let is_projection = matches!(plan, LogicalPlan::Projection(_));
+    let plan = plan.map_children(|child| project_remote_aggregates(child, is_projection))?;
+    let LogicalPlan::Aggregate(_) = &plan.data else {
+        return Ok(plan);
+    };
+    if under_projection {
+        return Ok(plan);
+    }
+    let mut remote = false;
+    plan.data.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && datafusion_federation::get_table_source(&scan.source)?.is_some()
+        {
+            remote = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if !remote {
+        return Ok(plan);
+    }
+    let aggregate = Arc::new(plan.data);
+    let columns = aggregate
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    Ok(Transformed::yes(LogicalPlan::Projection(Projection::try_new(
+        columns, aggregate,
+    )?)))
 }

@@ -365,6 +365,42 @@ impl Parsed {
         Ok(indices.into_iter().map(|i| columns[i].clone()).collect())
     }
 
+    /// The values the statement gives columns as written — `SET a = <value>` of `UPDATE` and
+    /// of `MERGE`'s clauses, `INSERT VALUES (<value>, ...)` of `MERGE`'s — by the column's
+    /// index among `columns` ([`TarnSession::row_level_parameter_types`]).
+    fn assigned_values<'a>(&'a self, columns: &[String]) -> Result<Vec<(usize, &'a SqlExpr)>> {
+        let mut assignments: Vec<&Assignment> = self.assignments.iter().collect();
+        let mut out = Vec::new();
+        for clause in self.merge.iter().flat_map(|m| &m.clauses) {
+            match &clause.action {
+                MergeAction::Update(update) => assignments.extend(&update.assignments),
+                MergeAction::Insert(insert) => {
+                    let MergeInsertKind::Values(values) = &insert.kind else {
+                        continue;
+                    };
+                    for row in &values.rows {
+                        for (n, value) in row.iter().enumerate() {
+                            let target = match insert.columns.get(n) {
+                                Some(c) => c.0.last().and_then(|p| p.as_ident()).map(normalize),
+                                None if insert.columns.is_empty() => columns.get(n).cloned(),
+                                None => None,
+                            };
+                            if let Some(i) = target.and_then(|t| columns.iter().position(|c| *c == t)) {
+                                out.push((i, value));
+                            }
+                        }
+                    }
+                }
+                MergeAction::Delete { .. } => {}
+            }
+        }
+        for a in assignments {
+            let indices = self.assigned(std::slice::from_ref(a), columns)?;
+            out.extend(indices.into_keys().map(|i| (i, &a.value)));
+        }
+        Ok(out)
+    }
+
     /// Whether the statement writes new rows (and so copies the values of unassigned columns).
     fn writes_rows(&self) -> bool {
         match self.kind {
@@ -708,6 +744,81 @@ impl TarnSession {
         }
     }
 
+    /// Plans `sql`, a statement's read query, in the session's own state with `table` pinned
+    /// and showing its rows' identities.
+    async fn plan_read_query(
+        &self,
+        table: &Table,
+        sql: &str,
+    ) -> Result<(
+        datafusion::execution::SessionState,
+        datafusion::logical_expr::LogicalPlan,
+    )> {
+        let state = self.ctx.state();
+        let list = MemoryCatalogProviderList::new();
+        for name in state.catalog_list().catalog_names() {
+            if let Some(catalog) = state.catalog_list().catalog(&name) {
+                list.register_catalog(name, catalog);
+            }
+        }
+        list.register_catalog(
+            self.lake.name().to_string(),
+            Arc::new(self.catalog.with_row_ids(table.clone())),
+        );
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_catalog_list(Arc::new(list))
+            .build();
+        let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
+        let statement = statements.pop_front().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "the read query of a row-level statement is empty",
+            )
+        })?;
+        let plan = state.statement_to_plan(statement).await.map_err(from_df_error)?;
+        Ok((state, plan))
+    }
+
+    /// The types of the parameters (`$1`, `$2`, ...) of row-level `statement`, by id, for the
+    /// extended protocol's `Describe`; `None` when `statement` is not a row-level statement.
+    /// A parameter compared with a column takes its type (as DataFusion infers it for a
+    /// query), one assigned to a column (`SET a = $1`, `INSERT VALUES ($1)`) the column's; the
+    /// rest stay unknown, and the client's value is then read as text.
+    pub async fn row_level_parameter_types(
+        &self,
+        statement: &Statement,
+    ) -> Result<Option<HashMap<String, Option<DataType>>>> {
+        let Some(parsed) = Parsed::of(statement)? else {
+            return Ok(None);
+        };
+        let ident = self.table_ident(&parsed.target)?;
+        let table = self.lake.load_table(&ident).await?;
+        let fields = RowIdTable::new(self.lake.clone(), table.clone())
+            .map_err(from_df_error)?
+            .schema;
+        let columns: Vec<String> = table
+            .metadata()
+            .current_schema()
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        let query = parsed.read_query(&columns)?;
+        let (_, plan) = self.plan_read_query(&table, &query.sql).await?;
+        let mut types = plan.get_parameter_types().map_err(from_df_error)?;
+        for (column, value) in parsed.assigned_values(&columns)? {
+            if let SqlExpr::Value(v) = value
+                && let datafusion::sql::sqlparser::ast::Value::Placeholder(id) = &v.value
+                && let Some(slot @ None) = types.get_mut(id)
+            {
+                *slot = Some(fields.field(column).data_type().clone());
+            }
+        }
+        Ok(Some(types))
+    }
+
     fn authorize_row_level(&self, parsed: &Parsed, table: &Table, columns: &[String]) -> Result<()> {
         let ident = table.identifier();
         let Some(g) = &self.governance else {
@@ -780,30 +891,7 @@ impl TarnSession {
         let query = parsed.read_query(&columns)?;
         tracing::debug!(table = %ident, sql = %query.sql, "row-level read query");
 
-        // The session's own state with the target pinned and showing its rows' identities.
-        let state = self.ctx.state();
-        let list = MemoryCatalogProviderList::new();
-        for name in state.catalog_list().catalog_names() {
-            if let Some(catalog) = state.catalog_list().catalog(&name) {
-                list.register_catalog(name, catalog);
-            }
-        }
-        list.register_catalog(
-            self.lake.name().to_string(),
-            Arc::new(self.catalog.with_row_ids(table.clone())),
-        );
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_catalog_list(Arc::new(list))
-            .build();
-        let mut statements = DFParser::parse_sql_with_dialect(&query.sql, &PostgreSqlDialect {})
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
-        let statement = statements.pop_front().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                "the read query of a row-level statement is empty",
-            )
-        })?;
-        let plan = state.statement_to_plan(statement).await.map_err(from_df_error)?;
+        let (state, plan) = self.plan_read_query(&table, &query.sql).await?;
         let mut stream = DataFrame::new(state, plan.clone())
             .execute_stream()
             .await
@@ -1050,6 +1138,74 @@ impl TarnSession {
     }
 }
 
+/// Whether `statement` has parameters (`$1`, ...), as a prepared statement of the extended
+/// protocol does.
+pub fn has_parameters(statement: &Statement) -> bool {
+    visit_expressions(statement, |e| match e {
+        SqlExpr::Value(v) if matches!(v.value, datafusion::sql::sqlparser::ast::Value::Placeholder(_)) => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// `statement` with its parameters (`$1`, ...) replaced by `params`' values as SQL literals, so
+/// a row-level statement prepared over the extended protocol runs as written with them. A
+/// parameter without a value is an error naming it, as PostgreSQL's "bind message supplies N
+/// parameters" is.
+pub fn bind_parameters(statement: &Statement, params: &datafusion::common::ParamValues) -> Result<Statement> {
+    use datafusion::sql::sqlparser::ast::{Value, visit_expressions_mut};
+    use datafusion::sql::unparser::Unparser;
+    use datafusion::sql::unparser::dialect::PostgreSqlDialect as Unparsed;
+    let dialect = Unparsed {};
+    let unparser = Unparser::new(&dialect);
+    let mut bound = statement.clone();
+    let mut failed = None;
+    let _ = visit_expressions_mut(&mut bound, |e| {
+        if let SqlExpr::Value(v) = e
+            && let Value::Placeholder(id) = &v.value
+        {
+            let literal = params
+                .get_placeholders_with_values(id)
+                .map_err(|_| {
+                    format!(
+                        "parameter {id} has no value: the statement takes more parameters than were bound"
+                    )
+                })
+                .and_then(|value| {
+                    unparser
+                        .expr_to_sql(&Expr::Literal(value.value, None))
+                        .map_err(|err| format!("parameter {id}: {err}"))
+                });
+            match literal {
+                // Parenthesized: a negative number stays one operand (`a - $1` with -5).
+                Ok(literal) => *e = SqlExpr::Nested(Box::new(literal)),
+                Err(why) => {
+                    failed = Some(why);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match failed {
+        Some(why) => Err(Error::new(ErrorKind::InvalidInput, why)),
+        None => Ok(bound),
+    }
+}
+
+/// `kind` on `ident` lost to a concurrent commit, for `why` (retried, then 40001).
+fn conflict_error(kind: Kind, ident: &iceberg::TableIdent, why: String) -> Error {
+    Error::new(
+        ErrorKind::CommitConflict,
+        format!(
+            "{} of {ident} conflicts with a concurrent commit: {why}",
+            kind.name()
+        ),
+    )
+}
+
 /// Whether the snapshots committed after snapshot `from` (the one the statement read, or the
 /// last one validated) up to `current` leave the statement's reads valid: appends do; a
 /// compaction (`replace`) or a CDC commit does unless it deleted one of the rows the statement
@@ -1066,15 +1222,7 @@ async fn check_concurrent(
 ) -> Result<()> {
     let ident = current.identifier();
     let metadata = current.metadata();
-    let conflict = |why: String| {
-        Error::new(
-            ErrorKind::CommitConflict,
-            format!(
-                "{} of {ident} conflicts with a concurrent commit: {why}",
-                kind.name()
-            ),
-        )
-    };
+    let conflict = |why: String| conflict_error(kind, ident, why);
     let mut id = metadata.current_snapshot_id();
     let mut rows_to_check = false;
     while id != from {
@@ -1229,15 +1377,7 @@ async fn check_inserted(
     }
     let ident = current.identifier();
     let metadata = current.metadata();
-    let conflict = |why: String| {
-        Error::new(
-            ErrorKind::CommitConflict,
-            format!(
-                "{} of {ident} conflicts with a concurrent commit: {why}",
-                kind.name()
-            ),
-        )
-    };
+    let conflict = |why: String| conflict_error(kind, ident, why);
     let mut id = metadata.current_snapshot_id();
     let mut added_by = None;
     while id != from {
@@ -1694,5 +1834,49 @@ impl ExecutionPlan for LiveRowsExec {
             self.schema.clone(),
             stream.boxed(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::{ParamValues, ScalarValue};
+
+    #[test]
+    fn parameters_are_bound_as_literals() {
+        let statement = DFParser::parse_sql_with_dialect(
+            "UPDATE t SET v = $1, n = n - $2 WHERE id = $3 AND d = $4",
+            &PostgreSqlDialect {},
+        )
+        .unwrap()
+        .pop_front()
+        .unwrap();
+        let datafusion::sql::parser::Statement::Statement(statement) = statement else {
+            panic!("not a statement");
+        };
+        assert!(has_parameters(&statement));
+        let params = ParamValues::List(
+            [
+                ScalarValue::Utf8(Some("it's".into())),
+                ScalarValue::Int64(Some(-5)),
+                ScalarValue::Int32(None),
+                ScalarValue::Date32(Some(20_000)),
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        );
+        let bound = bind_parameters(&statement, &params).unwrap();
+        assert!(!has_parameters(&bound));
+        let sql = bound.to_string();
+        assert!(sql.contains("v = ('it''s')"), "{sql}");
+        assert!(sql.contains("n - (-5)"), "{sql}");
+        assert!(sql.contains("id = (NULL)"), "{sql}");
+        assert!(sql.contains("2024-10-04"), "{sql}");
+        // Re-parsed as tarn runs it.
+        DFParser::parse_sql_with_dialect(&sql, &PostgreSqlDialect {}).unwrap();
+        let short = ParamValues::List(vec![ScalarValue::Int64(Some(1)).into()]);
+        let e = bind_parameters(&statement, &short).unwrap_err().to_string();
+        assert!(e.contains("$2"), "{e}");
     }
 }

@@ -36,7 +36,10 @@ pub struct RewrittenStatement {
 /// dropped.
 pub fn rewrite(sql: &str) -> Result<Vec<RewrittenStatement>> {
     let dialect = PostgreSqlDialect {};
+    // Tokens as written (`'it''s'` stays so): the statements are put back together from
+    // them, and a token's text with its escapes undone (`'it's'`) is no longer SQL.
     let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
         .tokenize()
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("SQL syntax error: {e}")))?;
     let mut out = Vec::new();
@@ -93,11 +96,38 @@ fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
     rewrite_time_travel(&mut tokens)?;
     result.sql = tokens
         .iter()
-        .map(ToString::to_string)
+        .map(token_text)
         .collect::<String>()
         .trim()
         .to_string();
     Ok(result)
+}
+
+/// `token` as SQL text. The tokenizer keeps string literals as written (`with_unescape(false)`)
+/// except `E'...'` and `U&'...'`, whose escapes it always decodes: those are written again
+/// with their escapes.
+fn token_text(token: &Token) -> String {
+    match token {
+        Token::EscapedStringLiteral(s) => {
+            let mut out = String::from("E'");
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("\\'"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    '\u{8}' => out.push_str("\\b"),
+                    '\u{c}' => out.push_str("\\f"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        Token::UnicodeStringLiteral(s) => format!("'{}'", s.replace('\'', "''")),
+        other => other.to_string(),
+    }
 }
 
 /// Removes `<keyword> BY ( ... )` at parenthesis depth 0 and returns its comma-separated
@@ -209,7 +239,7 @@ fn take_properties(tokens: &mut Vec<Token>) -> Result<BTreeMap<String, String>> 
                 Some(Token::Eq),
                 Some(Token::SingleQuotedString(value)),
             ) => {
-                properties.insert(key.clone(), value.clone());
+                properties.insert(key.replace("''", "'"), value.replace("''", "'"));
             }
             _ => return Err(syntax()),
         }
@@ -311,6 +341,19 @@ mod tests {
         let out = rewrite("SELECT 'PARTITIONED BY (x)' FROM t").unwrap();
         assert_eq!(out[0].sql, "SELECT 'PARTITIONED BY (x)' FROM t");
         assert!(out[0].partition.is_empty());
+        // Escapes stay as written: the statement is still SQL, with the same strings.
+        for sql in [
+            "SELECT 'it''s', E'a\\'b', \"we\"\"ird\" FROM t WHERE v = 'O''Brien'",
+            "UPDATE t SET v = 'it''s' WHERE id = 1",
+            "SELECT $$it's$$, N'x''y'",
+        ] {
+            assert_eq!(rewrite(sql).unwrap()[0].sql, sql);
+        }
+        // Decoded by the tokenizer, written again with the same value.
+        let out = rewrite("SELECT E'a\\nb\\\\c', U&'d\\0061t''a'").unwrap();
+        assert_eq!(out[0].sql, "SELECT E'a\\nb\\\\c', 'dat''a'");
+        let out = rewrite("CREATE TABLE t (a INT) TBLPROPERTIES ('comment' = 'it''s')").unwrap();
+        assert_eq!(out[0].properties["comment"], "it's");
     }
 
     #[test]

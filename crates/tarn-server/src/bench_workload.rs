@@ -352,31 +352,31 @@ async fn compaction_loop(
 }
 
 fn print_freshness(label: &str, samples: &[f64], reference: Option<&[f64]>) {
-    let ratio = |p: f64| {
-        reference.map_or(String::new(), |r| {
-            format!(" ({:.2}x idle)", percentile(samples, p) / percentile(r, p))
-        })
-    };
-    println!(
-        "freshness {label}: {} probes, p50 {:.3}s{}  p99 {:.3}s{}  max {:.3}s",
-        samples.len(),
-        percentile(samples, 0.5),
-        ratio(0.5),
-        percentile(samples, 0.99),
-        ratio(0.99),
-        samples.last().copied().unwrap_or(f64::NAN)
-    );
+    print_samples("freshness", label, "probes", 3, samples, reference);
 }
 
 /// Latencies (sorted, seconds) of `label`'s requests, beside `reference`'s.
 fn print_latency(label: &str, samples: &[f64], reference: Option<&[f64]>) {
+    print_samples("latency", label, "requests", 4, samples, reference);
+}
+
+/// `what label: N noun, p50 …  p99 …  max …` of sorted `samples` (seconds, `digits` decimals),
+/// with each percentile's ratio to `reference`'s.
+fn print_samples(
+    what: &str,
+    label: &str,
+    noun: &str,
+    digits: usize,
+    samples: &[f64],
+    reference: Option<&[f64]>,
+) {
     let ratio = |p: f64| {
         reference.map_or(String::new(), |r| {
             format!(" ({:.2}x idle)", percentile(samples, p) / percentile(r, p))
         })
     };
     println!(
-        "latency {label}: {} requests, p50 {:.4}s{}  p99 {:.4}s{}  max {:.4}s",
+        "{what} {label}: {} {noun}, p50 {:.digits$}s{}  p99 {:.digits$}s{}  max {:.digits$}s",
         samples.len(),
         percentile(samples, 0.5),
         ratio(0.5),

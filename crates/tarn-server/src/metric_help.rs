@@ -107,6 +107,12 @@ const METRICS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Cancel requests received for running queries.",
     ),
+    (
+        "tarn_pgwire_statement_panics_total",
+        Counter,
+        None,
+        "Statements that ended with XX000 because planning or running them panicked (a bug; the connection stays).",
+    ),
     // The web console (docs/console.md).
     (
         "tarn_console_logins_total",

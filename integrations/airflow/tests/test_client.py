@@ -25,6 +25,26 @@ class ClientTest(unittest.TestCase):
         rows = self.client.run_sql(["SELECT 1 AS one", "SELECT 2 AS two, 'x' AS s"])
         self.assertEqual(rows, [(2, "x")])
 
+    def test_row_level_statements_take_parameters(self):
+        # psycopg binds parameters on the server ($1 in the extended protocol).
+        table = "airflow.params_demo"
+        self.client.run_sql(f"CREATE TABLE {table} (id INT, v VARCHAR)")
+        self.client.run_sql(f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        self.client.run_sql(f"UPDATE {table} SET v = %s WHERE id = %s", ("o'k", 1))
+        self.client.run_sql(f"DELETE FROM {table} WHERE id = %(id)s", {"id": 2})
+        self.client.run_sql(
+            f"MERGE INTO {table} t USING (SELECT 3 AS id UNION ALL SELECT 4) s ON t.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET v = %s WHEN NOT MATCHED THEN INSERT VALUES (s.id, %s)",
+            ("merged", "inserted"),
+        )
+        expected = [(1, "o'k"), (3, "merged"), (4, "inserted")]
+        self.assertEqual(self.client.run_sql(f"SELECT id, v FROM {table} ORDER BY id"), expected)
+        # A value that does not fit its parameter's type: an error, the table unchanged.
+        with self.assertRaises(Exception) as caught:
+            self.client.run_sql(f"UPDATE {table} SET id = %s WHERE id = 1", ("not a number",))
+        self.assertIn("not a number", str(caught.exception))
+        self.assertEqual(self.client.run_sql(f"SELECT id, v FROM {table} ORDER BY id"), expected)
+
     def test_a_sql_error_names_the_table(self):
         with self.assertRaises(Exception) as caught:
             self.client.run_sql("SELECT * FROM nowhere.nothing")

@@ -356,3 +356,74 @@ async fn catalog_statements_over_both_protocols_and_a_wrong_password() {
     let (ok, _, err) = served.psql("SELECT count(*) FROM wrongpw.public.customers");
     assert!(!ok && err.contains("wrongpw"), "{err}");
 }
+
+/// Catalogs from the configuration (`[[federation]]`): statements that `datafusion-federation`
+/// sends to PostgreSQL whole (casts to text, aggregates, string functions) answer over the
+/// Postgres wire endpoint what PostgreSQL answers, and none closes the connection; the
+/// configured remote `statement_timeout` stops a slow remote query with an error naming the
+/// catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_catalogs_answer_statements_of_many_shapes_as_postgresql_does() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, region VARCHAR(8), score DOUBLE PRECISION); \
+         INSERT INTO customers SELECT i, 'customer ' || i, CASE WHEN i % 3 = 0 THEN 'eu' ELSE 'us' END, i * 1.5 \
+         FROM generate_series(1, 20) i; \
+         CREATE VIEW slow AS SELECT 1 AS id FROM pg_sleep(5)",
+    )
+    .unwrap();
+    let served = crate::pgwire::Served::start_with(
+        false,
+        &format!(
+            "[[federation]]\nname = \"shop\"\nurl = \"{url}\"\npool_size = 2\n\
+             [[federation]]\nname = \"hasty\"\nurl = \"{url}\"\nstatement_timeout = \"1s\"\n",
+            url = pg.url("postgres")
+        ),
+    );
+    for sql in [
+        "SELECT count(*)::text FROM {t}",
+        "SELECT CAST(count(*) AS VARCHAR) AS n FROM {t} WHERE region = 'eu'",
+        "SELECT region, count(*)::text FROM {t} GROUP BY region ORDER BY region",
+        "SELECT id::text || '-' || region FROM {t} WHERE id < 4 ORDER BY id",
+        "SELECT upper(name), length(name) FROM {t} WHERE id IN (1, 12) ORDER BY id",
+        "SELECT CAST(id AS VARCHAR) AS i, CAST(score AS TEXT) AS s FROM {t} ORDER BY id LIMIT 3",
+        "SELECT region, max(name) FROM {t} GROUP BY region ORDER BY 1",
+        "SELECT coalesce(region, 'none') FROM {t} WHERE id = 5",
+    ] {
+        let (ok, out, err) = served.psql(&sql.replace("{t}", "shop.public.customers"));
+        assert!(ok, "{sql}: {err}");
+        let expected = pg.psql("postgres", &sql.replace("{t}", "customers")).unwrap();
+        assert_eq!(out.trim(), expected.trim(), "{sql}");
+    }
+    let client = served.client().await;
+    let rows = client
+        .query(
+            "SELECT count(*)::text FROM shop.public.customers WHERE id > $1",
+            &[&10i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "10");
+    assert_eq!(
+        client
+            .query_one("SELECT 1::bigint", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    // The remote statement_timeout of `hasty` (1 s) stops a remote query of 5 s.
+    let started = Instant::now();
+    let (ok, _, err) = served.psql("SELECT count(*) FROM hasty.public.slow");
+    assert!(!ok, "the remote statement_timeout did not stop the query");
+    assert!(
+        err.contains("hasty") && err.contains("statement timeout"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -123,6 +123,15 @@ fn psql_ddl_dml_catalog_and_errors() {
     let (ok, out, err) = s.psql("SELECT region, sum(amount) FROM sales GROUP BY region ORDER BY region");
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "eu|2.5\nus|4");
+    // Quotes inside string literals, in a query and in the row-level statements tarn runs.
+    let (ok, out, err) = s.psql(
+        "INSERT INTO sales VALUES (3, 'it''s', 1.0); UPDATE sales SET region = 'O''Brien' WHERE id = 3; \
+         SELECT 'it''s', E'a\\'b', region FROM sales WHERE region = 'O''Brien'",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim().lines().last(), Some("it's|a'b|O'Brien"), "{out}");
+    let (ok, _, err) = s.psql("DELETE FROM sales WHERE region = 'O''Brien'");
+    assert!(ok, "{err}");
     // psql's catalog commands.
     let (ok, out, err) = s.psql("\\dt");
     assert!(ok, "{err}");

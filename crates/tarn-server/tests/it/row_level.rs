@@ -424,6 +424,78 @@ async fn affected_rows_over_the_wire() {
     assert_eq!(err.code().map(|c| c.code()), Some("42703"), "{err:?}");
 }
 
+/// Row-level statements prepared with parameters (`$1`) over the extended protocol, as
+/// tokio-postgres sends them: the parameters are described with the types of the columns they
+/// meet, bound values (NULL, negative numbers, quotes) are what the statement uses, and a
+/// statement run again with other values uses those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_in_row_level_statements_over_the_wire() {
+    let served = crate::pgwire::Served::start(false);
+    let client = served.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE p (id INT, v VARCHAR, amount BIGINT); \
+             INSERT INTO p VALUES (1, 'a', 10), (2, 'b', 20), (3, 'c', 30), (4, 'd', 40)",
+        )
+        .await
+        .unwrap();
+    let update = client
+        .prepare("UPDATE p SET v = $1, amount = amount + $2 WHERE id = $3")
+        .await
+        .unwrap();
+    assert_eq!(
+        update.params(),
+        &[
+            tokio_postgres::types::Type::TEXT,
+            tokio_postgres::types::Type::INT8,
+            tokio_postgres::types::Type::INT4
+        ],
+        "parameter types described"
+    );
+    assert_eq!(
+        client.execute(&update, &[&"it's", &-5i64, &1i32]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        client
+            .execute(&update, &[&None::<String>, &0i64, &2i32])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        client
+            .execute("DELETE FROM p WHERE v = $1 OR amount > $2", &[&"c", &35i64])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        client
+            .execute(
+                "MERGE INTO p USING (SELECT 2 AS id UNION ALL SELECT 7) AS s ON p.id = s.id \
+                 WHEN MATCHED THEN UPDATE SET amount = $1 WHEN NOT MATCHED THEN INSERT VALUES (s.id, $2, $1)",
+                &[&99i64, &"new"],
+            )
+            .await
+            .unwrap(),
+        2
+    );
+    let rows = client
+        .query("SELECT id, v, amount FROM p ORDER BY id", &[])
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Option<String>, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some("it's".into()), 5),
+            (2, None, 99),
+            (7, Some("new".into()), 99)
+        ]
+    );
+}
+
 /// `DELETE` statements on a lake table while a CDC pipeline keeps committing the source's
 /// updates and inserts into it: the rows the statements delete stay deleted, and every change
 /// the pipeline committed, before, between or after them, is in the table once.

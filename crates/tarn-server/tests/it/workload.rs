@@ -242,6 +242,13 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
         "[query]\nmax_concurrent = 2\nqueue_size = 4\nqueue_timeout = \"5m\"\n",
     );
     let watcher = served.client().await;
+    // A lake table to preview while the slots are full.
+    rows(
+        &watcher,
+        "CREATE TABLE peek AS SELECT * FROM (VALUES (1), (2), (3)) t(x)",
+    )
+    .await
+    .unwrap();
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(served.client().await);
@@ -297,9 +304,14 @@ async fn two_run_the_rest_queue_a_full_queue_refuses_and_catalog_queries_pass() 
         .await
         .unwrap();
     rows(&watcher, "SELECT 1").await.unwrap();
+    // Nor does a preview of a lake table's first rows (what BI tools show of a table).
+    assert_eq!(
+        rows(&watcher, "SELECT * FROM peek LIMIT 2").await.unwrap().len(),
+        2
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "catalog queries took {:?} while the slots were full",
+        "catalog queries and a preview took {:?} while the slots were full",
         started.elapsed()
     );
     // pg_cancel_backend stops a running statement (57014 for its client) and a queued one
