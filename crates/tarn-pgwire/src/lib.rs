@@ -1173,7 +1173,7 @@ fn is_peek(query: &datafusion::sql::sqlparser::ast::Query) -> bool {
         },
         _ => None,
     };
-    if !rows.is_some_and(|n| n <= PEEK_ROWS) {
+    if rows.is_none_or(|n| n > PEEK_ROWS) {
         return false;
     }
     let SetExpr::Select(select) = query.body.as_ref() else {

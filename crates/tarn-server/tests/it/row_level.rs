@@ -931,7 +931,8 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
     let session = cdc.lake.session.clone();
     // The first MERGE of each burst waits, between its read and its commit, for the pipeline to
     // commit: one without `NOT MATCHED` then lands on that commit (validated row by row); one
-    // with it has a key (5000 and up) that the source inserts meanwhile, and re-runs.
+    // with it has a key (900,000 and up: beyond the keys the source inserts on its own, 1000 +
+    // 2 * round, however long the run) that the source inserts meanwhile, and re-runs.
     let watcher = cdc.lake.second_session().await;
     let attempts = Arc::new(AtomicU64::new(0));
     let raced_key = Arc::new(AtomicU64::new(0));
@@ -996,7 +997,7 @@ async fn merge_racing_a_cdc_pipeline_loses_nothing() {
             for id in (2..=398).step_by(2).filter(|id| (id / 2 + m) % 50 == 0) {
                 rows.push((id, 1 + id % 3));
             }
-            let raced = if inserts && k == 0 { 5000 + 2 * m } else { 0 };
+            let raced = if inserts && k == 0 { 900_000 + 2 * m } else { 0 };
             if raced > 0 {
                 rows.push((raced, 1));
             }
