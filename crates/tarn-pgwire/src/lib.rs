@@ -205,7 +205,7 @@ impl QueryHook for CatalogHook {
         &self,
         statement: &Statement,
         ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         if let Err(e) = self.session.authorize_statement(statement) {
             return Some(Err(user_error(&e)));
@@ -217,7 +217,11 @@ impl QueryHook for CatalogHook {
             // A row-level statement with parameters: a plan of no rows that carries them, with
             // the types they take in the statement, for `Describe` and `Bind`.
             if tarn_query::row_level::has_parameters(statement) {
-                return Some(match self.session.row_level_parameter_types(statement).await {
+                let types = with_principal(
+                    principal_of(client),
+                    self.session.row_level_parameter_types(statement),
+                );
+                return Some(match types.await {
                     Ok(Some(types)) => parameters_plan(types).map_err(|e| PgWireError::ApiError(Box::new(e))),
                     Ok(None) => Ok(no_rows_plan()),
                     Err(e) => Err(user_error(&e)),

@@ -1262,8 +1262,9 @@ pub(crate) fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerR
 /// DataFusion's unparser writes such an aggregate's select list as its aggregates first and
 /// its groups after (`SELECT max(name), region ... GROUP BY region`), while the plan declares
 /// groups first: the remote rows came back with their columns swapped, silently when the types
-/// agree. Under a projection the select list is the projection's. Runs right before
-/// `datafusion-federation`'s rule; lake plans are left alone.
+/// agree. Under a projection the select list is the projection's. A projection of columns
+/// right under such an aggregate is removed (see `project_remote_aggregates`). Runs right
+/// before `datafusion-federation`'s rule; lake plans are left alone.
 #[derive(Debug)]
 struct ProjectRemoteAggregates;
 
@@ -1292,23 +1293,46 @@ fn project_remote_aggregates(
     let LogicalPlan::Aggregate(_) = &plan.data else {
         return Ok(plan);
     };
-    if under_projection {
-        return Ok(plan);
-    }
-    let mut remote = false;
+    // Only an aggregate of remote tables alone: it goes to the remote database whole, where
+    // the unparser writes it; one over lake tables too runs in tarn and stays as planned.
+    let (mut remote, mut local) = (false, false);
     plan.data.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && datafusion_federation::get_table_source(&scan.source)?.is_some()
-        {
-            remote = true;
-            return Ok(TreeNodeRecursion::Stop);
+        if let LogicalPlan::TableScan(scan) = node {
+            match datafusion_federation::get_table_source(&scan.source)? {
+                Some(_) => remote = true,
+                None => local = true,
+            }
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    if !remote {
+    if !remote || local {
         return Ok(plan);
     }
-    let aggregate = Arc::new(plan.data);
+    // A projection of columns under the aggregate (DataFusion narrows a join's columns so) is
+    // left out: the unparser would make it a derived table and still name the join's tables
+    // above it (`SELECT "c"."region" ... FROM (SELECT "c"."region" ...) AS derived_projection`,
+    // which PostgreSQL refuses); the aggregate reads the same columns from the join itself.
+    let (aggregate, narrowed) = match plan.data {
+        LogicalPlan::Aggregate(a)
+            if matches!(a.input.as_ref(), LogicalPlan::Projection(p)
+                if p.expr.iter().all(|e| matches!(e, Expr::Column(_)))) =>
+        {
+            let LogicalPlan::Projection(p) = a.input.as_ref() else {
+                unreachable!("matched above")
+            };
+            let aggregate =
+                datafusion::logical_expr::Aggregate::try_new(p.input.clone(), a.group_expr, a.aggr_expr)?;
+            (LogicalPlan::Aggregate(aggregate), true)
+        }
+        other => (other, false),
+    };
+    if under_projection {
+        return Ok(Transformed::new_transformed(
+            aggregate,
+            narrowed || plan.transformed,
+        ));
+    }
+    let aggregate = Arc::new(aggregate);
     let columns = aggregate
         .schema()
         .columns()

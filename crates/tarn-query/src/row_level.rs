@@ -797,14 +797,7 @@ impl TarnSession {
         let fields = RowIdTable::new(self.lake.clone(), table.clone())
             .map_err(from_df_error)?
             .schema;
-        let columns: Vec<String> = table
-            .metadata()
-            .current_schema()
-            .as_struct()
-            .fields()
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let columns = column_names(&table);
         let query = parsed.read_query(&columns)?;
         let (_, plan) = self.plan_read_query(&table, &query.sql).await?;
         let mut types = plan.get_parameter_types().map_err(from_df_error)?;
@@ -878,14 +871,7 @@ impl TarnSession {
                 parsed.kind.name()
             )));
         }
-        let columns: Vec<String> = table
-            .metadata()
-            .current_schema()
-            .as_struct()
-            .fields()
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let columns = column_names(&table);
         self.authorize_row_level(parsed, &table, &columns)?;
         let mode = write_mode(&table, parsed.kind)?;
         let query = parsed.read_query(&columns)?;
@@ -1136,6 +1122,18 @@ impl TarnSession {
             }
         }
     }
+}
+
+/// The names of `table`'s columns, in order.
+fn column_names(table: &Table) -> Vec<String> {
+    table
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect()
 }
 
 /// Whether `statement` has parameters (`$1`, ...), as a prepared statement of the extended

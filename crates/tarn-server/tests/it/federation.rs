@@ -357,6 +357,10 @@ async fn catalog_statements_over_both_protocols_and_a_wrong_password() {
     assert!(!ok && err.contains("wrongpw"), "{err}");
 }
 
+/// A join of two tables of one remote database, aggregated.
+const JOINED: &str = "SELECT c.region, count(*), sum(v.n) FROM {t} c JOIN {v} v ON v.customer_id = c.id \
+                      GROUP BY c.region ORDER BY c.region";
+
 /// Catalogs from the configuration (`[[federation]]`): statements that `datafusion-federation`
 /// sends to PostgreSQL whole (casts to text, aggregates, string functions) answer over the
 /// Postgres wire endpoint what PostgreSQL answers, and none closes the connection; the
@@ -370,6 +374,8 @@ async fn configured_catalogs_answer_statements_of_many_shapes_as_postgresql_does
         "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, region VARCHAR(8), score DOUBLE PRECISION); \
          INSERT INTO customers SELECT i, 'customer ' || i, CASE WHEN i % 3 = 0 THEN 'eu' ELSE 'us' END, i * 1.5 \
          FROM generate_series(1, 20) i; \
+         CREATE TABLE visits (customer_id INT, n INT); \
+         INSERT INTO visits SELECT i % 25 + 1, i FROM generate_series(1, 60) i; \
          CREATE VIEW slow AS SELECT 1 AS id FROM pg_sleep(5)",
     )
     .unwrap();
@@ -390,12 +396,35 @@ async fn configured_catalogs_answer_statements_of_many_shapes_as_postgresql_does
         "SELECT CAST(id AS VARCHAR) AS i, CAST(score AS TEXT) AS s FROM {t} ORDER BY id LIMIT 3",
         "SELECT region, max(name) FROM {t} GROUP BY region ORDER BY 1",
         "SELECT coalesce(region, 'none') FROM {t} WHERE id = 5",
+        JOINED,
     ] {
-        let (ok, out, err) = served.psql(&sql.replace("{t}", "shop.public.customers"));
+        let (ok, out, err) = served.psql(
+            &sql.replace("{t}", "shop.public.customers")
+                .replace("{v}", "shop.public.visits"),
+        );
         assert!(ok, "{sql}: {err}");
-        let expected = pg.psql("postgres", &sql.replace("{t}", "customers")).unwrap();
+        let expected = pg
+            .psql(
+                "postgres",
+                &sql.replace("{t}", "customers").replace("{v}", "visits"),
+            )
+            .unwrap();
         assert_eq!(out.trim(), expected.trim(), "{sql}");
     }
+    // The join of two tables of one database and its aggregate go there as one query.
+    let (ok, plan, err) = served.psql(&format!(
+        "EXPLAIN {}",
+        JOINED
+            .replace("{t}", "shop.public.customers")
+            .replace("{v}", "shop.public.visits")
+    ));
+    assert!(ok, "{err}");
+    let remote: Vec<&str> = plan.lines().filter(|l| l.contains("base_sql=")).collect();
+    assert_eq!(remote.len(), 1, "one remote query expected:\n{plan}");
+    assert!(
+        remote[0].contains(" JOIN ") && remote[0].contains("GROUP BY"),
+        "join and aggregate not pushed down:\n{plan}"
+    );
     let client = served.client().await;
     let rows = client
         .query(
