@@ -34,7 +34,7 @@ pub use maintain::{
     CommitHook, CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions,
     OrphanOutcome, Progress, ProgressFn, RewrittenGroup,
 };
-pub use rows::{DeletesSince, LiveRows, POS_COLUMN};
+pub use rows::{DeletesSince, LiveRows, POS_COLUMN, column_names};
 pub use writer::{
     DataWriter, PositionedDataWriter, WrittenRows, parquet_compression, table_target_file_size,
 };
@@ -233,14 +233,7 @@ pub(crate) mod testing {
 
     /// The rows as [`Lake::scan_live_rows`] reads them (all columns, without `_pos`), sorted.
     pub(crate) async fn live_rows(lake: &Lake, table: &Table) -> Vec<String> {
-        let columns: Vec<String> = table
-            .metadata()
-            .current_schema()
-            .as_struct()
-            .fields()
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let columns = crate::column_names(table);
         let batches: Vec<_> = lake
             .scan_live_rows(table, &columns, None)
             .await

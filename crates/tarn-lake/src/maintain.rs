@@ -700,14 +700,7 @@ impl Lake {
         options: &CompactOptions,
         outcome: &mut CompactionOutcome,
     ) -> Result<Vec<DataFile>> {
-        let columns: Vec<String> = table
-            .metadata()
-            .current_schema()
-            .as_struct()
-            .fields()
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
+        let columns = crate::column_names(table);
         let target = options
             .target_file_size
             .unwrap_or_else(|| table_target_file_size(table));

@@ -809,6 +809,19 @@ async fn load_group(ctx: &ScanContext, group: Group) -> Result<VecDeque<PendingF
     Ok(pending)
 }
 
+/// The names of `table`'s columns in its current schema, in order: all the columns, as
+/// [`Lake::scan_live_rows`] takes them.
+pub fn column_names(table: &Table) -> Vec<String> {
+    table
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect()
+}
+
 struct ScanState {
     ctx: Arc<ScanContext>,
     groups: VecDeque<Group>,

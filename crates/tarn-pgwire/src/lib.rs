@@ -836,11 +836,10 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> PgWireError {
         .unwrap_or_else(|| "a panic without a message".to_string());
     metrics::counter!("tarn_pgwire_statement_panics_total").increment(1);
     tracing::error!(panic = %what, "a statement panicked; it ends with XX000 and the connection stays");
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_string(),
-        "XX000".to_string(),
+    user_error(&Error::new(
+        ErrorKind::Internal,
         format!("internal error (a bug in tarn; please report it): {what}"),
-    )))
+    ))
 }
 
 /// Makes `response`'s rows stop with `57014` when the statement is cancelled (`token`, or

@@ -84,8 +84,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::ast::{
     Assignment, AssignmentTarget, BinaryOperator, Delete, Expr as SqlExpr, FromTable, Ident, Merge,
-    MergeAction, MergeClauseKind, MergeInsertKind, ObjectName, Statement, TableFactor, TableWithJoins,
-    Update, UpdateTableFromKind, visit_expressions,
+    MergeAction, MergeClauseKind, MergeInsertExpr, MergeInsertKind, ObjectName, Statement, TableFactor,
+    TableWithJoins, Update, UpdateTableFromKind, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::{StreamExt, TryStreamExt};
@@ -378,14 +378,10 @@ impl Parsed {
                     let MergeInsertKind::Values(values) = &insert.kind else {
                         continue;
                     };
+                    let targets = insert_targets(insert, columns);
                     for row in &values.rows {
-                        for (n, value) in row.iter().enumerate() {
-                            let target = match insert.columns.get(n) {
-                                Some(c) => c.0.last().and_then(|p| p.as_ident()).map(normalize),
-                                None if insert.columns.is_empty() => columns.get(n).cloned(),
-                                None => None,
-                            };
-                            if let Some(i) = target.and_then(|t| columns.iter().position(|c| *c == t)) {
+                        for (target, value) in targets.iter().zip(row) {
+                            if let Some(i) = columns.iter().position(|c| c == target) {
                                 out.push((i, value));
                             }
                         }
@@ -502,20 +498,7 @@ impl Parsed {
                                     "INSERT in a MERGE clause takes one row of VALUES",
                                 ));
                             };
-                            let targets: Vec<String> = if insert.columns.is_empty() {
-                                columns.to_vec()
-                            } else {
-                                insert
-                                    .columns
-                                    .iter()
-                                    .map(|c| {
-                                        c.0.last()
-                                            .and_then(|p| p.as_ident())
-                                            .map(normalize)
-                                            .unwrap_or_else(|| c.to_string())
-                                    })
-                                    .collect()
-                            };
+                            let targets = insert_targets(insert, columns);
                             if targets.len() != row.len() {
                                 return Err(Error::new(
                                     ErrorKind::InvalidInput,
@@ -797,7 +780,7 @@ impl TarnSession {
         let fields = RowIdTable::new(self.lake.clone(), table.clone())
             .map_err(from_df_error)?
             .schema;
-        let columns = column_names(&table);
+        let columns = tarn_lake::column_names(&table);
         let query = parsed.read_query(&columns)?;
         let (_, plan) = self.plan_read_query(&table, &query.sql).await?;
         let mut types = plan.get_parameter_types().map_err(from_df_error)?;
@@ -871,7 +854,7 @@ impl TarnSession {
                 parsed.kind.name()
             )));
         }
-        let columns = column_names(&table);
+        let columns = tarn_lake::column_names(&table);
         self.authorize_row_level(parsed, &table, &columns)?;
         let mode = write_mode(&table, parsed.kind)?;
         let query = parsed.read_query(&columns)?;
@@ -1124,15 +1107,20 @@ impl TarnSession {
     }
 }
 
-/// The names of `table`'s columns, in order.
-fn column_names(table: &Table) -> Vec<String> {
-    table
-        .metadata()
-        .current_schema()
-        .as_struct()
-        .fields()
+/// The columns a `MERGE` clause's `INSERT` names, or all of `columns` when it names none.
+fn insert_targets(insert: &MergeInsertExpr, columns: &[String]) -> Vec<String> {
+    if insert.columns.is_empty() {
+        return columns.to_vec();
+    }
+    insert
+        .columns
         .iter()
-        .map(|f| f.name.clone())
+        .map(|c| {
+            c.0.last()
+                .and_then(|p| p.as_ident())
+                .map(normalize)
+                .unwrap_or_else(|| c.to_string())
+        })
         .collect()
 }
 
