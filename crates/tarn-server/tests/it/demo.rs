@@ -244,36 +244,12 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
             return Some(status);
         }
         if Instant::now() > deadline {
-            eprintln!("{}", thread_stacks(child.id()));
+            eprintln!("{}", crate::thread_stacks(child.id()));
             let _ = child.kill();
             let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Every thread's stack of the process `pid`, for the failure message of a process that hung
-/// (gdb attaches in batch mode; without gdb, says so).
-fn thread_stacks(pid: u32) -> String {
-    match Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-nx",
-            "-ex",
-            "thread apply all bt 40",
-        ])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => format!(
-            "threads of the hung process {pid}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => format!("no thread stacks of the hung process {pid}: gdb: {e}"),
     }
 }
 

@@ -58,6 +58,58 @@ pub(crate) fn init_logs() {
     });
 }
 
+/// Every thread's stack of the process `pid`, for the failure message of a process that hung
+/// (gdb attaches in batch mode; without gdb, says so). gdb writes to a file, not a pipe: when
+/// `pid` is this process, gdb stops the thread that would drain the pipe.
+pub(crate) fn thread_stacks(pid: u32) -> String {
+    let out = match tempfile::tempfile() {
+        Ok(out) => out,
+        Err(e) => return format!("no thread stacks of the hung process {pid}: {e}"),
+    };
+    let run = out.try_clone().and_then(|stdout| {
+        std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-nx",
+                "-ex",
+                "thread apply all bt 40",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::null())
+            .status()
+    });
+    match run {
+        Ok(_) => {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            let mut out = out;
+            let _ = out.rewind().and_then(|_| out.read_to_string(&mut text));
+            format!("threads of the hung process {pid}:\n{text}")
+        }
+        Err(e) => format!("no thread stacks of the hung process {pid}: gdb: {e}"),
+    }
+}
+
+/// `step`'s output, or a failure naming `what` with every thread's stack of this process when
+/// it takes longer than `limit`: a step that hangs says which one it was, instead of the whole
+/// test running into the runner's timeout.
+pub(crate) async fn within<T>(
+    what: impl std::fmt::Display,
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, step).await {
+        Ok(out) => out,
+        Err(_) => {
+            eprintln!("{}", thread_stacks(std::process::id()));
+            panic!("{what} did not finish within {limit:?}");
+        }
+    }
+}
+
 /// A lake in a temporary directory (SQLite catalog, local warehouse) unless `catalog_url` says
 /// otherwise.
 pub(crate) struct TestLake {

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tarn_core::ErrorKind;
 use tarn_query::{Output, TarnSession};
 
-use crate::TestLake;
+use crate::{TestLake, within};
 
 /// A small deterministic generator (xorshift), so a failure replays.
 struct Rng(u64);
@@ -170,6 +171,8 @@ async fn tarn_run(session: &TarnSession, sql: &str) -> tarn_core::Result<u64> {
 /// DuckDB read the same rows from tarn's tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_delete_merge_match_postgresql() {
+    // One statement takes under a second; a step that hangs fails naming itself, with stacks.
+    const STEP: Duration = Duration::from_secs(90);
     crate::init_logs();
     let t = TestLake::new().await;
     let pg = tarn_test_utils::start_postgres().unwrap();
@@ -220,8 +223,13 @@ async fn update_delete_merge_match_postgresql() {
             let seed = rng.next();
             for (name, _) in variants {
                 let sql = statement(&mut Rng(seed), name);
-                let expected = client.execute(sql.as_str(), &[]).await;
-                let got = tarn_run(&t.session, &sql).await;
+                let expected = within(
+                    format!("PostgreSQL: {sql}"),
+                    STEP,
+                    client.execute(sql.as_str(), &[]),
+                )
+                .await;
+                let got = within(format!("tarn: {sql}"), STEP, tarn_run(&t.session, &sql)).await;
                 match (&expected, &got) {
                     (Ok(e), Ok(g)) => assert_eq!(g, e, "affected rows of {sql} (round {round})"),
                     _ => panic!("{sql}: PostgreSQL {expected:?}, tarn {got:?}"),
@@ -229,8 +237,13 @@ async fn update_delete_merge_match_postgresql() {
                 affected += got.unwrap();
                 statements += 1;
                 assert_eq!(
-                    tarn_rows(&t.session, name).await,
-                    pg_rows(&client, name).await,
+                    within(format!("tarn: rows of {name}"), STEP, tarn_rows(&t.session, name)).await,
+                    within(
+                        format!("PostgreSQL: rows of {name}"),
+                        STEP,
+                        pg_rows(&client, name)
+                    )
+                    .await,
                     "rows of {name} after {sql} (round {round})"
                 );
             }
