@@ -116,6 +116,11 @@ pub(crate) fn serve(issuer: &Issuer) -> (Served, i64) {
     let dir = tempfile::Builder::new().prefix("tarn-gov-").tempdir().unwrap();
     let (port, http) = (free_port(), free_port());
     write_config(dir.path(), issuer, port, http);
+    serve_in(dir, port, http)
+}
+
+/// [`serve`] in `dir`, whose `tarn.toml` listens on `port` (pgwire) and `http`.
+fn serve_in(dir: tempfile::TempDir, port: u16, http: u16) -> (Served, i64) {
     let setup = "CREATE SCHEMA sales; CREATE SCHEMA hr;
         CREATE TABLE sales.orders (id BIGINT, region VARCHAR, amount BIGINT);
         INSERT INTO sales.orders VALUES (1, 'eu', 10), (2, 'hidden-us', 777777), (3, 'eu', 30);
@@ -791,4 +796,220 @@ fn trinos_documented_column_masks_give_trinos_values() {
             "3,,,".to_string()
         ]
     );
+}
+
+/// What the OPA stand-in answers: as a policy would, with an error status, or too late.
+#[derive(Clone, Copy, PartialEq)]
+enum OpaMode {
+    Decide,
+    Fail,
+    Slow,
+}
+
+/// An OPA server's data API played from Trino's OPA plugin documentation (OPA itself cannot
+/// run on these machines): `POST /v1/data/trino/{allow,rowFilters,columnMask}` with
+/// `{"input": ...}`, answered `{"result": ...}` by hand-written decisions — not by tarn's Rego
+/// engine, so the contract is checked from the outside. Every request is recorded.
+struct OpaStandIn {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    mode: std::sync::Arc<std::sync::Mutex<OpaMode>>,
+}
+
+impl OpaStandIn {
+    async fn start() -> Self {
+        use axum::extract::{Path, State};
+        use serde_json::{Value, json};
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+            std::sync::Arc<std::sync::Mutex<OpaMode>>,
+        );
+        async fn decide(
+            State((requests, mode)): State<Shared>,
+            Path(rule): Path<String>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            requests.lock().unwrap().push((rule.clone(), body.clone()));
+            let mode = *mode.lock().unwrap();
+            match mode {
+                OpaMode::Fail => {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "policy evaluation failed",
+                    )
+                        .into_response();
+                }
+                OpaMode::Slow => tokio::time::sleep(Duration::from_secs(4)).await,
+                OpaMode::Decide => {}
+            }
+            let input = &body["input"];
+            let action = &input["action"];
+            let table = &action["resource"]["table"];
+            let column = &action["resource"]["column"];
+            let result = match rule.as_str() {
+                "allow" => Some(json!(match action["operation"].as_str().unwrap_or("") {
+                    "ExecuteQuery" | "AccessCatalog" | "FilterCatalogs" | "FilterSchemas" | "ShowSchemas"
+                    | "ShowTables" => true,
+                    "SelectFromColumns" | "FilterTables" | "FilterColumns" => {
+                        input["context"]["identity"]["user"] == "svc" && table["schemaName"] == "sales"
+                    }
+                    _ => false,
+                })),
+                "rowFilters" if table["tableName"] == "orders" => {
+                    Some(json!([{ "expression": "region = 'eu'" }]))
+                }
+                "columnMask" if column["columnName"] == "email" => Some(json!({ "expression": "'****'" })),
+                // An undefined rule: OPA answers without a result.
+                _ => None,
+            };
+            axum::Json(match result {
+                Some(result) => json!({ "result": result }),
+                None => json!({}),
+            })
+            .into_response()
+        }
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(OpaMode::Decide));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/v1/data/trino/{rule}", axum::routing::post(decide))
+            .with_state((requests.clone(), mode.clone()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, requests, mode }
+    }
+
+    fn set(&self, mode: OpaMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The inputs of the recorded requests to `rule` whose operation is `operation`.
+    fn inputs(&self, rule: &str, operation: &str) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, body)| r == rule && body["input"]["action"]["operation"] == operation)
+            .map(|(_, body)| body["input"].clone())
+            .collect()
+    }
+}
+
+/// `tarn serve` with `policy.opa_url`: the decisions of an external OPA server, asked in
+/// Trino's contract, are enforced over the Postgres wire (a denied table, a row filter, a
+/// column mask); an OPA that answers an error or too late denies with an error naming it, and
+/// the next statement after it recovers is decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_opa_servers_decisions_are_asked_in_trinos_contract_and_enforced() {
+    let opa = OpaStandIn::start().await;
+    let dir = tempfile::Builder::new().prefix("tarn-opa-").tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("tarn.toml"),
+        format!(
+            "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [[auth.users]]\nname = \"svc\"\npassword = \"svc-pw\"\n\
+             [[auth.users]]\nname = \"eve\"\npassword = \"eve-pw\"\n\
+             [policy]\nopa_url = \"{}\"\ntimeout = \"1s\"\n",
+            opa.url
+        ),
+    )
+    .unwrap();
+    let (served, _) = serve_in(dir, port, http);
+    let svc = connect(served.port, "svc", "svc-pw").await;
+
+    // Enforced: the row filter and the column mask OPA answered, the table it denied.
+    let orders = simple(&svc, "SELECT id, region FROM sales.orders ORDER BY id").await;
+    assert_eq!(orders, Ok(vec!["1|eu".into(), "3|eu".into(), "5|eu".into()]));
+    let emails = simple(&svc, "SELECT id, email FROM sales.customers ORDER BY id").await;
+    assert_eq!(emails, Ok(vec!["1|****".into(), "2|****".into()]));
+    let denied = simple(&svc, "SELECT * FROM hr.salaries").await.unwrap_err();
+    assert_eq!(denied.0, "42501", "{denied:?}");
+    assert!(
+        denied.1.contains("hr.salaries") || denied.1.contains("salaries"),
+        "{denied:?}"
+    );
+    let eve = connect(served.port, "eve", "eve-pw").await;
+    let denied = simple(&eve, "SELECT id FROM sales.orders").await.unwrap_err();
+    assert_eq!(denied.0, "42501", "eve may not read sales.orders: {denied:?}");
+
+    // Asked in Trino's contract.
+    let selects = opa.inputs("allow", "SelectFromColumns");
+    let asked = selects
+        .iter()
+        .find(|i| {
+            i["action"]["resource"]["table"]["tableName"] == "orders"
+                && i["context"]["identity"]["user"] == "svc"
+        })
+        .unwrap_or_else(|| panic!("no SelectFromColumns of orders by svc among {selects:#?}"));
+    assert_eq!(
+        asked["context"]["identity"]["groups"],
+        serde_json::json!([]),
+        "{asked:#}"
+    );
+    let table = &asked["action"]["resource"]["table"];
+    assert_eq!(table["catalogName"], "tarn", "{asked:#}");
+    assert_eq!(table["schemaName"], "sales", "{asked:#}");
+    let columns: Vec<&str> = table["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("columns is not an array: {asked:#}"))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        columns.contains(&"id") && columns.contains(&"region"),
+        "{asked:#}"
+    );
+    let filters = opa.inputs("rowFilters", "GetRowFilters");
+    assert!(
+        filters.iter().any(|i| i["action"]["resource"]["table"]
+            == serde_json::json!({"catalogName": "tarn", "schemaName": "sales", "tableName": "orders"})),
+        "no GetRowFilters of sales.orders among {filters:#?}"
+    );
+    let masks = opa.inputs("columnMask", "GetColumnMask");
+    let email = masks
+        .iter()
+        .find(|i| i["action"]["resource"]["column"]["columnName"] == "email")
+        .unwrap_or_else(|| panic!("no GetColumnMask of email among {masks:#?}"));
+    let column = &email["action"]["resource"]["column"];
+    assert_eq!(
+        (
+            &column["catalogName"],
+            &column["schemaName"],
+            &column["tableName"],
+            &column["columnType"]
+        ),
+        (
+            &serde_json::json!("tarn"),
+            &serde_json::json!("sales"),
+            &serde_json::json!("customers"),
+            &serde_json::json!("varchar")
+        ),
+        "{email:#}"
+    );
+
+    // An error status denies, naming the server and what it answered.
+    opa.set(OpaMode::Fail);
+    let failed = simple(&svc, "SELECT id FROM sales.orders").await.unwrap_err();
+    assert_eq!(failed.0, "42501", "{failed:?}");
+    assert!(
+        failed.1.contains(&opa.url) && failed.1.contains("500"),
+        "the error names the OPA server and its answer: {failed:?}"
+    );
+    // Too late denies too, within the configured timeout and a margin, not the OPA's 4 s.
+    opa.set(OpaMode::Slow);
+    let started = std::time::Instant::now();
+    let late = simple(&svc, "SELECT id FROM sales.orders").await.unwrap_err();
+    assert_eq!(late.0, "42501", "{late:?}");
+    assert!(late.1.contains(&opa.url), "{late:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited {:?}",
+        started.elapsed()
+    );
+    // Recovered: decided again, on the same connection.
+    opa.set(OpaMode::Decide);
+    let orders = simple(&svc, "SELECT count(*) FROM sales.orders").await;
+    assert_eq!(orders, Ok(vec!["3".into()]));
 }
