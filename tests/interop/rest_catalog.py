@@ -28,6 +28,10 @@ Subcommands (all print one JSON document on stdout):
              `ext_note` to NS.T, then sets property ext.round.<i> on it N times; another appends
              N rows to NS.S. Each commit that gets 409 is reloaded and retried. Prints the
              properties and rows that landed and the 409s met.
+  governed   --uri URI --table NS.T --token TOKEN
+             as the caller of TOKEN (a bearer token), each change pyiceberg can make to NS.T:
+             append, overwrite, delete rows, add a column, set a property. Prints, per change,
+             "ok" or the exception pyiceberg raised ("ForbiddenError: ...").
   s3         --uri URI
              with nothing but the catalog URL (no S3 settings of its own): creates s3ns.t,
              appends, overwrites, reads back. Prints the rows, where the files are and which
@@ -230,6 +234,41 @@ def append(args):
     print(json.dumps({"appended": ids}))
 
 
+def governed(args):
+    table = RestCatalog("tarn", uri=args.uri, token=args.token).load_table(args.table)
+    schema = table.schema().as_arrow()
+
+    def rows(ids):
+        data = {f.name: [None] * len(ids) for f in schema}
+        data["id"] = ids
+        return pa.Table.from_pydict(data, schema=schema)
+
+    def add_column():
+        with table.update_schema() as update:
+            update.add_column("governed_note", StringType())
+
+    def set_property():
+        with table.transaction() as tx:
+            tx.set_properties({"governed.by": "pyiceberg"})
+
+    changes = {
+        "append": lambda: table.append(rows([1001])),
+        "overwrite": lambda: table.overwrite(rows([1002])),
+        "delete": lambda: table.delete(EqualTo("id", 1)),
+        "add-column": add_column,
+        "set-property": set_property,
+    }
+    out = {}
+    for name, change in changes.items():
+        try:
+            change()
+            out[name] = "ok"
+        except Exception as e:  # noqa: BLE001 - the test asserts on the exception's name
+            out[name] = f"{type(e).__name__}: {e}"
+        table = table.refresh()
+    print(json.dumps(out))
+
+
 def concurrent(args):
     cat = catalog(args.uri)
 
@@ -389,7 +428,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "command",
-        choices=["pyiceberg", "read", "append", "concurrent", "duckdb", "duckdb-insert", "retrying", "cdc-side", "s3"],
+        choices=["pyiceberg", "read", "append", "concurrent", "duckdb", "duckdb-insert", "retrying", "cdc-side", "s3", "governed"],
     )
     parser.add_argument("--uri", required=True, action="append")
     parser.add_argument("--table")
@@ -398,6 +437,7 @@ def main():
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--appends", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--token")
     args = parser.parse_args()
     if args.command != "retrying":
         args.uri = args.uri[0]
@@ -411,6 +451,7 @@ def main():
         "retrying": retrying,
         "cdc-side": cdc_side,
         "s3": s3,
+        "governed": governed,
     }[args.command](args)
 
 

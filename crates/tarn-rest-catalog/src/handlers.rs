@@ -646,7 +646,12 @@ pub(crate) async fn table_exists(State(state): State<RestState>, p: Params) -> H
 }
 
 /// `POST /v1/{prefix}/namespaces/{namespace}/tables/{table}`: one table's commit.
-pub(crate) async fn commit_table(State(state): State<RestState>, p: Params, bytes: Bytes) -> Handled {
+pub(crate) async fn commit_table(
+    State(state): State<RestState>,
+    extensions: axum::http::Extensions,
+    p: Params,
+    bytes: Bytes,
+) -> Handled {
     let ident = table_param(&params(&state, p)?)?;
     let request: CommitTableRequest = body(&bytes, "CommitTableRequest")?;
     if let Some(named) = &request.identifier
@@ -663,6 +668,7 @@ pub(crate) async fn commit_table(State(state): State<RestState>, p: Params, byte
         requirements: request.requirements,
         updates: request.updates,
     };
+    authorize_commits(&state, &extensions, std::slice::from_ref(&change)).await?;
     let mut committed = commit::commit(&state.lake, &[change], state.options.commit_retries).await?;
     let committed = committed.pop().expect("one change, one result");
     Ok(json(&CommitTableResponse {
@@ -672,7 +678,12 @@ pub(crate) async fn commit_table(State(state): State<RestState>, p: Params, byte
 }
 
 /// `POST /v1/{prefix}/transactions/commit`: several tables, all or nothing.
-pub(crate) async fn commit_transaction(State(state): State<RestState>, p: Params, bytes: Bytes) -> Handled {
+pub(crate) async fn commit_transaction(
+    State(state): State<RestState>,
+    extensions: axum::http::Extensions,
+    p: Params,
+    bytes: Bytes,
+) -> Handled {
     params(&state, p)?;
     let request: CommitTransactionRequest = body(&bytes, "CommitTransactionRequest")?;
     let mut changes = Vec::with_capacity(request.table_changes.len());
@@ -690,8 +701,25 @@ pub(crate) async fn commit_transaction(State(state): State<RestState>, p: Params
     if changes.is_empty() {
         return Err(RestError::bad_request("table-changes is empty"));
     }
+    authorize_commits(&state, &extensions, &changes).await?;
     commit::commit(&state.lake, &changes, state.options.commit_retries).await?;
     Ok(no_content())
+}
+
+/// Asks the authorizer about each change of a commit, before anything is written.
+async fn authorize_commits(
+    state: &RestState,
+    extensions: &axum::http::Extensions,
+    changes: &[TableChange],
+) -> Result<(), RestError> {
+    for change in changes {
+        state
+            .options
+            .authorizer
+            .authorize_commit(extensions, &change.ident, &change.updates)
+            .await?;
+    }
+    Ok(())
 }
 
 /// `DELETE /v1/{prefix}/namespaces/{namespace}/tables/{table}?purgeRequested=true`: drops the

@@ -81,6 +81,20 @@ pub trait Authorizer: Send + Sync + 'static {
     /// `Ok(())` lets the request through.
     async fn authorize(&self, request: &CatalogRequest<'_>) -> Result<(), RestError>;
 
+    /// A commit to `table` (`POST .../tables/{table}`, each change of `/transactions/commit`)
+    /// with its parsed `updates`, asked after [`Self::authorize`] let the request through and
+    /// before anything is written: what the commit does (appends, deletes, schema and property
+    /// changes) decides, not only that it is a commit. `extensions` as in
+    /// [`CatalogRequest::extensions`]. Allowed by default.
+    async fn authorize_commit(
+        &self,
+        _extensions: &axum::http::Extensions,
+        _table: &iceberg::TableIdent,
+        _updates: &[iceberg::TableUpdate],
+    ) -> Result<(), RestError> {
+        Ok(())
+    }
+
     /// Of the tables a listing (`GET .../namespaces/{namespace}/tables`) found, the ones the
     /// caller (`extensions`, as in [`CatalogRequest::extensions`]) may see. All by default.
     async fn visible_tables(

@@ -25,7 +25,8 @@ pub fn load(config: &Config) -> Result<Option<Policy>> {
 
 /// The REST catalog's authorizer under a policy: each request is the Trino operation it is
 /// (`loadTable` is `SelectFromColumns` on every column, `createTable` `CreateTable`, a commit
-/// `InsertIntoTable`, ...), asked for the principal `tarn serve`'s bearer-token check found.
+/// what its updates do: [`commit_operations`]), asked for the principal `tarn serve`'s
+/// bearer-token check found.
 ///
 /// `loadTable` hands out the table's metadata and with it its files: an engine reading those
 /// cannot be masked or filtered, so a table with a row filter or column mask for the caller
@@ -99,6 +100,46 @@ fn denied(e: tarn_policy::PolicyError) -> tarn_rest_catalog::RestError {
 
 #[async_trait::async_trait]
 impl tarn_rest_catalog::Authorizer for PolicyAuthorizer {
+    async fn authorize_commit(
+        &self,
+        extensions: &axum::http::Extensions,
+        ident: &iceberg::TableIdent,
+        updates: &[iceberg::TableUpdate],
+    ) -> Result<(), tarn_rest_catalog::RestError> {
+        let Some(principal) = extensions.get::<std::sync::Arc<tarn_auth::Principal>>().cloned() else {
+            return Err(forbidden(
+                "a policy is configured: commits need a caller with an OIDC bearer token".into(),
+            ));
+        };
+        let name = self.table(&ident.namespace().join("."), ident.name());
+        if let Some(decided) = self.audit_rule(&principal, &axum::http::Method::POST, Some(&name.schema)) {
+            return decided;
+        }
+        let current = self.lake.load_table(ident).await.ok();
+        let operations = commit_operations(current.as_ref().map(|t| t.metadata()), updates);
+        let resource = |operation: &str| match operation {
+            "CreateTable" => tarn_policy::schema_resource(&name.catalog, &name.schema),
+            _ => name.resource(None),
+        };
+        let decided = operations.iter().try_for_each(|operation| {
+            self.policy
+                .check(
+                    &principal,
+                    operation,
+                    Some(resource(operation)),
+                    &name.to_string(),
+                )
+                .map_err(denied)
+        });
+        self.governance.record_decision(
+            &principal,
+            vec![format!("REST commit to {name}: {}", operations.join(", "))],
+            vec![name.to_string()],
+            decided.as_ref().err().map(ToString::to_string),
+        );
+        decided
+    }
+
     async fn visible_tables(
         &self,
         extensions: &axum::http::Extensions,
@@ -252,13 +293,16 @@ impl PolicyAuthorizer {
                 let name = self.table(s, t);
                 match *method {
                     Method::DELETE => check("DropTable", Some(name.resource(None)), &name.to_string()),
-                    Method::POST => check("InsertIntoTable", Some(name.resource(None)), &name.to_string()),
+                    // What the commit does is decided on its updates (`authorize_commit`).
+                    Method::POST => check("FilterTables", Some(name.resource(None)), &name.to_string()),
                     Method::HEAD => check("FilterTables", Some(name.resource(None)), &name.to_string()),
                     _ => self.load_table(p, &name).await,
                 }
             }
             (_, "/namespaces/{namespace}/tables/{table}/metrics", _, _) => Ok(()),
             (_, "/tables/rename", _, _) => check("RenameTable", None, "a table"),
+            // Each table's change is decided on what it does (`authorize_commit`).
+            (&Method::POST, "/transactions/commit", _, _) => Ok(()),
             _ => Err(forbidden(format!(
                 "{method} {} is not allowed while a policy is configured",
                 request.route
@@ -318,6 +362,119 @@ impl PolicyAuthorizer {
             )));
         }
         Ok(())
+    }
+}
+
+/// The Trino operations a REST commit of `updates` performs on a table whose metadata is
+/// `current` (`None`: the commit creates it), each once, in a stable order:
+///
+/// - a snapshot appended is `InsertIntoTable`; a delete `DeleteFromTable`; an overwrite or a
+///   replace (a rewrite such as compaction) both; a branch or tag pointed at a snapshot the
+///   commit does not add (a rollback) both too; snapshots or references removed (expiry)
+///   `DeleteFromTable` — history is data time travel reads;
+/// - a new current schema is diffed with the current one by field id: `AddColumn`,
+///   `DropColumn`, `RenameColumn`, `AlterColumn` (type or nullability), `SetColumnComment`;
+/// - every other change (properties, partition spec, sort order, location, statistics, format
+///   version) is `SetTableProperties`, as Trino changes partitioning with `ALTER TABLE ... SET
+///   PROPERTIES`;
+/// - a create is `CreateTable` (in the schema), and `InsertIntoTable` when it adds data.
+pub fn commit_operations(
+    current: Option<&iceberg::spec::TableMetadata>,
+    updates: &[iceberg::TableUpdate],
+) -> Vec<&'static str> {
+    use iceberg::TableUpdate as U;
+    use iceberg::spec::Operation;
+    let mut ops: std::collections::BTreeSet<&'static str> = std::collections::BTreeSet::new();
+    let Some(current) = current else {
+        ops.insert("CreateTable");
+        if updates.iter().any(|u| matches!(u, U::AddSnapshot { .. })) {
+            ops.insert("InsertIntoTable");
+        }
+        return ops.into_iter().collect();
+    };
+    let added: std::collections::HashSet<i64> = updates
+        .iter()
+        .filter_map(|u| match u {
+            U::AddSnapshot { snapshot } => Some(snapshot.snapshot_id()),
+            _ => None,
+        })
+        .collect();
+    let mut new_schemas: Vec<&iceberg::spec::Schema> = Vec::new();
+    for update in updates {
+        match update {
+            U::AddSnapshot { snapshot } => match snapshot.summary().operation {
+                Operation::Append => {
+                    ops.insert("InsertIntoTable");
+                }
+                Operation::Delete => {
+                    ops.insert("DeleteFromTable");
+                }
+                Operation::Overwrite | Operation::Replace => {
+                    ops.extend(["InsertIntoTable", "DeleteFromTable"]);
+                }
+            },
+            U::SetSnapshotRef { reference, .. } => {
+                if !added.contains(&reference.snapshot_id) {
+                    ops.extend(["InsertIntoTable", "DeleteFromTable"]);
+                }
+            }
+            U::RemoveSnapshots { .. } | U::RemoveSnapshotRef { .. } => {
+                ops.insert("DeleteFromTable");
+            }
+            U::AddSchema { schema } => new_schemas.push(schema),
+            U::SetCurrentSchema { schema_id } => {
+                let target = if *schema_id == -1 {
+                    new_schemas.last().copied()
+                } else {
+                    new_schemas
+                        .iter()
+                        .copied()
+                        .find(|s| s.schema_id() == *schema_id)
+                        .or_else(|| current.schema_by_id(*schema_id).map(|s| s.as_ref()))
+                };
+                match target {
+                    Some(schema) => column_operations(current.current_schema(), schema, &mut ops),
+                    // Unknown: the commit fails when it is applied; decide it as a change.
+                    None => {
+                        ops.insert("AlterColumn");
+                    }
+                }
+            }
+            U::RemoveSchemas { .. } => {}
+            _ => {
+                ops.insert("SetTableProperties");
+            }
+        }
+    }
+    ops.into_iter().collect()
+}
+
+/// The column changes from `old` to `new`, by field id (nested fields included).
+fn column_operations(
+    old: &iceberg::spec::Schema,
+    new: &iceberg::spec::Schema,
+    ops: &mut std::collections::BTreeSet<&'static str>,
+) {
+    let (before, after) = (old.field_id_to_fields(), new.field_id_to_fields());
+    for (id, field) in after {
+        let Some(was) = before.get(id) else {
+            ops.insert("AddColumn");
+            continue;
+        };
+        if old.name_by_field_id(*id) != new.name_by_field_id(*id) {
+            ops.insert("RenameColumn");
+        }
+        if was.required != field.required
+            || (field.field_type.is_primitive() && was.field_type != field.field_type)
+        {
+            ops.insert("AlterColumn");
+        }
+        if was.doc != field.doc {
+            ops.insert("SetColumnComment");
+        }
+    }
+    if before.keys().any(|id| !after.contains_key(id)) {
+        ops.insert("DropColumn");
     }
 }
 
@@ -453,4 +610,95 @@ pub fn kafka_acls(
         &config.cdc.kafka.group,
         &format!("tarn-cdc-{}", config.cdc.pipeline),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use iceberg::spec::{
+        FormatVersion, NestedField, PartitionSpec, PrimitiveType, Schema, SortOrder, TableMetadataBuilder,
+        Type,
+    };
+    use serde_json::json;
+
+    use super::commit_operations;
+
+    fn metadata() -> iceberg::spec::TableMetadata {
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(2, "name", Type::Primitive(PrimitiveType::String)).into(),
+                NestedField::optional(3, "n", Type::Primitive(PrimitiveType::Int)).into(),
+            ])
+            .build()
+            .unwrap();
+        TableMetadataBuilder::new(
+            schema,
+            PartitionSpec::unpartition_spec(),
+            SortOrder::unsorted_order(),
+            "file:///t".into(),
+            FormatVersion::V2,
+            Default::default(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .metadata
+    }
+
+    fn ops(updates: serde_json::Value) -> Vec<&'static str> {
+        let updates: Vec<iceberg::TableUpdate> = serde_json::from_value(updates).unwrap();
+        commit_operations(Some(&metadata()), &updates)
+    }
+
+    fn schema(fields: serde_json::Value) -> serde_json::Value {
+        json!([
+            {"action": "add-schema", "schema": {"type": "struct", "schema-id": 1, "fields": fields}},
+            {"action": "set-current-schema", "schema-id": -1},
+        ])
+    }
+
+    #[test]
+    fn schema_changes_are_the_column_operations_they_make() {
+        let id = json!({"id": 1, "name": "id", "required": true, "type": "long"});
+        let name = json!({"id": 2, "name": "name", "required": false, "type": "string"});
+        let n = json!({"id": 3, "name": "n", "required": false, "type": "int"});
+        let renamed = json!({"id": 2, "name": "full_name", "required": false, "type": "string"});
+        let widened = json!({"id": 3, "name": "n", "required": false, "type": "long"});
+        let added = json!({"id": 4, "name": "x", "required": false, "type": "string"});
+        assert_eq!(ops(schema(json!([id, renamed, n]))), ["RenameColumn"]);
+        assert_eq!(ops(schema(json!([id, name]))), ["DropColumn"]);
+        assert_eq!(ops(schema(json!([id, name, widened]))), ["AlterColumn"]);
+        assert_eq!(ops(schema(json!([id, name, n, added]))), ["AddColumn"]);
+        // A schema added but not made current changes no column.
+        assert!(ops(json!([{"action": "add-schema", "schema": {"type": "struct", "schema-id": 1, "fields": [id]}}])).is_empty());
+    }
+
+    #[test]
+    fn history_and_layout_changes_are_deletes_and_property_changes() {
+        // Pointing main at a snapshot the commit does not add: a rollback.
+        assert_eq!(
+            ops(
+                json!([{"action": "set-snapshot-ref", "ref-name": "main", "type": "branch", "snapshot-id": 7}])
+            ),
+            ["DeleteFromTable", "InsertIntoTable"]
+        );
+        assert_eq!(
+            ops(json!([{"action": "remove-snapshots", "snapshot-ids": [7]}])),
+            ["DeleteFromTable"]
+        );
+        assert_eq!(
+            ops(json!([{"action": "remove-snapshot-ref", "ref-name": "audit"}])),
+            ["DeleteFromTable"]
+        );
+        assert_eq!(
+            ops(json!([{"action": "set-location", "location": "file:///elsewhere"}])),
+            ["SetTableProperties"]
+        );
+        assert_eq!(
+            ops(json!([{"action": "remove-properties", "removals": ["write.delete.mode"]}])),
+            ["SetTableProperties"]
+        );
+        // A create: the table in the schema.
+        assert_eq!(commit_operations(None, &[]), ["CreateTable"]);
+    }
 }

@@ -95,7 +95,11 @@ impl Drop for Served {
 }
 
 fn write_config(dir: &std::path::Path, issuer: &Issuer, port: u16, http: u16) {
-    std::fs::write(dir.join("policy.rego"), POLICY).unwrap();
+    write_config_with(dir, issuer, port, http, POLICY);
+}
+
+fn write_config_with(dir: &std::path::Path, issuer: &Issuer, port: u16, http: u16, policy: &str) {
+    std::fs::write(dir.join("policy.rego"), policy).unwrap();
     std::fs::write(
         dir.join("tarn.toml"),
         format!(
@@ -1012,4 +1016,119 @@ async fn an_external_opa_servers_decisions_are_asked_in_trinos_contract_and_enfo
     opa.set(OpaMode::Decide);
     let orders = simple(&svc, "SELECT count(*) FROM sales.orders").await;
     assert_eq!(orders, Ok(vec!["3".into()]));
+}
+
+/// A REST commit is authorized by what it does, not as "a commit": a writer the policy lets
+/// insert into `sales` appends with pyiceberg, and its overwrite, row delete, added column and
+/// property change are refused (403, naming the operation) and change nothing; an admin's all
+/// land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_commits_are_authorized_by_what_they_change() {
+    const WRITER_POLICY: &str = r#"
+package trino
+
+import rego.v1
+
+default allow := false
+
+allow if "admin" in input.context.identity.groups
+
+allow if input.context.identity.user == "svc"
+
+allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas", "ShowSchemas", "ShowTables"}
+
+allow if {
+	"writer" in input.context.identity.groups
+	input.action.operation in {"SelectFromColumns", "FilterTables", "FilterColumns", "InsertIntoTable"}
+	input.action.resource.table.schemaName == "sales"
+}
+"#;
+    let rsa = Signer::rsa("rsa-1", RSA1);
+    let issuer = issuer(vec![rsa.clone()]).await;
+    let dir = tempfile::Builder::new().prefix("tarn-gov-").tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    write_config_with(dir.path(), &issuer, port, http, WRITER_POLICY);
+    let (served, _) = serve_in(dir, port, http);
+    let uri = format!("http://127.0.0.1:{http}/iceberg");
+    let token = |role: &str| {
+        let mut claims = issuer.claims(role);
+        claims["realm_access"]["roles"] = serde_json::json!([role]);
+        rsa.sign(&claims)
+    };
+    let changes = |token: String| {
+        let out = tarn_test_utils::run_python(
+            "rest_catalog.py",
+            &[
+                "governed",
+                "--uri",
+                &uri,
+                "--table",
+                "sales.orders",
+                "--token",
+                &token,
+            ],
+        )
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(out.lines().last().unwrap()).unwrap()
+    };
+    let svc = connect(served.port, "svc", "svc-pw").await;
+    let state = async || {
+        let rows = simple(&svc, "SELECT id FROM sales.orders ORDER BY id")
+            .await
+            .unwrap();
+        let columns = simple(
+            &svc,
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'sales' AND table_name = 'orders' ORDER BY ordinal_position",
+        )
+        .await
+        .unwrap();
+        (rows, columns)
+    };
+
+    let writer = changes(token("writer"));
+    assert_eq!(writer["append"], "ok", "{writer:#}");
+    for (change, operation) in [
+        ("overwrite", "DeleteFromTable"),
+        ("delete", "DeleteFromTable"),
+        ("add-column", "AddColumn"),
+        ("set-property", "SetTableProperties"),
+    ] {
+        let got = writer[change].as_str().unwrap();
+        assert!(
+            got.starts_with("ForbiddenError") && got.contains(operation),
+            "{change}: {got}"
+        );
+    }
+    let (rows, columns) = state().await;
+    assert_eq!(rows, ["1", "2", "3", "4", "5", "1001"], "only the append landed");
+    assert_eq!(columns, ["id", "region", "amount"]);
+    // A multi-table transaction: each table's change decided the same way.
+    let transaction = |token: &str| {
+        use std::io::{Read, Write};
+        let body = r#"{"table-changes": [{"identifier": {"namespace": ["sales"], "name": "orders"}, "requirements": [], "updates": [{"action": "set-properties", "updates": {"governed.tx": "1"}}]}]}"#;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        write!(
+            s,
+            "POST /iceberg/v1/transactions/commit HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    let refused = transaction(&token("writer"));
+    assert!(
+        refused.starts_with("HTTP/1.1 403") && refused.contains("SetTableProperties"),
+        "{refused}"
+    );
+    assert!(transaction(&token("admin")).starts_with("HTTP/1.1 204"));
+
+    let admin = changes(token("admin"));
+    for change in ["append", "overwrite", "delete", "add-column", "set-property"] {
+        assert_eq!(admin[change], "ok", "{change}: {admin:#}");
+    }
+    let (rows, columns) = state().await;
+    assert_eq!(rows, ["1002"], "the admin's overwrite replaced every row");
+    assert_eq!(columns, ["id", "region", "amount", "governed_note"]);
 }
