@@ -75,10 +75,13 @@ pub fn looks_like_jwt(secret: &str) -> bool {
         })
 }
 
-/// Turns credentials into principals, from `[auth]`.
+/// Turns credentials into principals, from `[auth]`. Clones share the issuer's key set (and
+/// its fetch rate limit): a process makes one and hands it to every endpoint, so a rotated key
+/// is fetched once and accepted by all of them at once.
+#[derive(Clone)]
 pub struct Authenticator {
     users: Vec<(String, String)>,
-    oidc: Option<Validator>,
+    oidc: Option<std::sync::Arc<Validator>>,
     certificate_users: std::collections::BTreeMap<String, String>,
 }
 
@@ -96,6 +99,18 @@ pub enum AuthError {
     NoIssuer,
 }
 
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field(
+                "users",
+                &self.users.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .field("oidc", &self.oidc.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Authenticator {
     /// The authenticator `auth` describes; the OIDC issuer is contacted on the first token.
     pub fn new(auth: &AuthConfig) -> tarn_core::Result<Self> {
@@ -105,7 +120,11 @@ impl Authenticator {
                 .iter()
                 .map(|u| (u.name.clone(), u.password.clone()))
                 .collect(),
-            oidc: auth.oidc.as_ref().map(Validator::new).transpose()?,
+            oidc: auth
+                .oidc
+                .as_ref()
+                .map(|o| Validator::new(o).map(std::sync::Arc::new))
+                .transpose()?,
             certificate_users: auth.certificate_users.clone(),
         })
     }

@@ -1942,6 +1942,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let options = ServeOptions {
         auth,
+        authenticator: None,
         max_connections,
         tls: None,
         require_tls: false,
@@ -1955,6 +1956,10 @@ pub async fn run(
 pub struct ServeOptions {
     /// Who may log in (`[auth]`).
     pub auth: AuthConfig,
+    /// Checks `auth`'s passwords and tokens: the one the process's other endpoints share (one
+    /// key set per issuer, so a rotated key is accepted everywhere at once); made from `auth`
+    /// when `None`.
+    pub authenticator: Option<Arc<tarn_auth::Authenticator>>,
     /// Most concurrent connections; 0 for no limit (`server.max_connections`).
     pub max_connections: usize,
     /// TLS (`server.tls`): clients that send an SSLRequest negotiate it with the certificate
@@ -1986,6 +1991,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let ServeOptions {
         auth,
+        authenticator,
         max_connections,
         tls,
         require_tls,
@@ -2058,9 +2064,12 @@ pub async fn serve(
             connections: idle_connections.clone(),
         }),
         auth_source: Arc::new(ConfigAuthSource::new(&auth)),
-        authenticator: Arc::new(
-            tarn_auth::Authenticator::new(&auth).map_err(|e| std::io::Error::other(e.to_string()))?,
-        ),
+        authenticator: match authenticator {
+            Some(shared) => shared,
+            None => Arc::new(
+                tarn_auth::Authenticator::new(&auth).map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+        },
         allow_plaintext: auth.allow_plaintext_passwords,
         trust_loopback: auth.trust_loopback,
         require_tls,

@@ -224,6 +224,8 @@ impl Endpoints {
             session: session.clone(),
             cdc,
         };
+        // One authenticator for every endpoint: one key set per issuer, fetched once.
+        let authenticator = Arc::new(tarn_auth::Authenticator::new(&config.auth)?);
         let open = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -242,7 +244,7 @@ impl Endpoints {
         // readiness and metrics stay open for probes and scrapers).
         if config.auth.oidc.is_some() {
             let check = Arc::new(TokenCheck {
-                auth: tarn_auth::Authenticator::new(&config.auth)?,
+                auth: authenticator.clone(),
                 allow_plaintext: config.auth.allow_plaintext_passwords,
             });
             guarded = guarded.layer(axum::middleware::from_fn_with_state(check, require_token));
@@ -257,6 +259,7 @@ impl Endpoints {
             tls: tls.is_some(),
             cdc: state_cdc,
             jobs: console_jobs,
+            auth: authenticator.clone(),
         })
         .await?
         {
@@ -273,6 +276,7 @@ impl Endpoints {
         let pg_task = query_runtime.handle().spawn({
             let options = tarn_pgwire::ServeOptions {
                 auth: config.auth.clone(),
+                authenticator: Some(authenticator),
                 max_connections: config.server.max_connections,
                 tls: tls.clone(),
                 require_tls: config.server.tls.as_ref().is_some_and(|t| t.require),
@@ -336,7 +340,7 @@ fn load_tls(config: &Config) -> Result<Option<Arc<tarn_tls::ServerTls>>> {
 
 /// What [`require_token`] checks a bearer token with.
 struct TokenCheck {
-    auth: tarn_auth::Authenticator,
+    auth: Arc<tarn_auth::Authenticator>,
     /// `auth.allow_plaintext_passwords`.
     allow_plaintext: bool,
 }
@@ -653,7 +657,7 @@ mod tests {
             ..Default::default()
         };
         let check = Arc::new(TokenCheck {
-            auth: tarn_auth::Authenticator::new(&auth).unwrap(),
+            auth: Arc::new(tarn_auth::Authenticator::new(&auth).unwrap()),
             allow_plaintext,
         });
         let app = Router::new()

@@ -44,7 +44,7 @@ pub(crate) struct Console {
     workload: Arc<Workload>,
     /// The runtime statements execute on (the Postgres wire endpoint's).
     query_runtime: tokio::runtime::Handle,
-    auth: tarn_auth::Authenticator,
+    auth: Arc<tarn_auth::Authenticator>,
     /// `auth.allow_plaintext_passwords`.
     allow_plaintext: bool,
     oidc: Option<login::OidcClient>,
@@ -68,6 +68,8 @@ pub(crate) struct ConsoleSetup<'a> {
     pub(crate) tls: bool,
     pub(crate) cdc: Option<Arc<PipelineStatus>>,
     pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// The endpoint's authenticator, shared with the others (one key set per issuer).
+    pub(crate) auth: Arc<tarn_auth::Authenticator>,
 }
 
 /// The console's routes (all under `/console`), or none when `console.enabled = false`.
@@ -90,7 +92,7 @@ pub(crate) async fn router(setup: ConsoleSetup<'_>) -> anyhow::Result<Option<Rou
         session: setup.session,
         workload: setup.workload,
         query_runtime: setup.query_runtime,
-        auth: tarn_auth::Authenticator::new(&config.auth)?,
+        auth: setup.auth,
         allow_plaintext: config.auth.allow_plaintext_passwords,
         oidc: oidc.transpose()?,
         sessions: Sessions::new(ttl),

@@ -54,7 +54,7 @@ fn serve(issuer: &Issuer) -> Served {
         format!(
             "[server]\npg_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
              [[auth.users]]\nname = \"svc\"\npassword = \"svc-pw\"\n\
-             [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n",
+             [auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\nrefresh_min = \"1s\"\n",
             issuer.url,
             issuer.ca_file.display()
         ),
@@ -262,6 +262,48 @@ async fn oidc_tokens_log_in_over_the_wire_and_bad_ones_are_refused() {
     let (status, body) = served.get("/iceberg/v1/config", Some(&expired));
     assert_eq!(status, 401);
     assert!(body.contains("the token has expired"), "{body}");
+
+    // The issuer rotates its key: a token of the new key logs in over the wire once tarn has
+    // fetched the new key set (at most once per refresh_min, 1 s here); the old key's tokens
+    // are refused from then on.
+    let rotated = Signer::rsa("rsa-2", RSA2);
+    *issuer.published.lock().unwrap() = vec![rotated.clone()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let fetches_before = issuer.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match tokio_postgres(port, "ana", &rotated.sign(&issuer.claims("ana"))).await {
+            Ok(answer) => {
+                assert_eq!(answer, 42);
+                break;
+            }
+            Err((code, message)) => {
+                assert_eq!(code, "28P01", "{message}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the rotated key was not accepted within 20 s ({attempts} attempts): {message}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let (code, message) = tokio_postgres(port, "ana", &rsa.sign(&issuer.claims("ana")))
+        .await
+        .unwrap_err();
+    assert_eq!(code, "28P01", "{message}");
+    assert!(message.contains("does not publish"), "{message}");
+    // Rate-limited: the attempts before the new key was fetched did not each fetch.
+    let fetches = issuer.fetches.load(std::sync::atomic::Ordering::SeqCst) - fetches_before;
+    assert!(
+        fetches <= 3,
+        "{fetches} key set fetches for {attempts} login attempts"
+    );
+    let (status, body) = served.get(
+        "/iceberg/v1/config",
+        Some(&format!("Bearer {}", rotated.sign(&issuer.claims("ana")))),
+    );
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
