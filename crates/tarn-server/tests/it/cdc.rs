@@ -47,6 +47,14 @@ impl Running {
     pub(crate) async fn stop(mut self) {
         self.handle.stop().await.unwrap();
     }
+
+    /// Stops a pipeline that failed: the error it ended with.
+    pub(crate) async fn stop_failed(mut self) -> tarn_core::Error {
+        self.handle
+            .stop()
+            .await
+            .expect_err("the pipeline ended without an error")
+    }
 }
 
 impl Cdc {

@@ -432,6 +432,71 @@ async fn lake_and_kafka_from_one_slot() {
     );
 }
 
+/// Topic ACLs on the publishing side: a pipeline whose principal the policy lets publish one
+/// table's topic but not the other's stops with an error naming the denied topic, the
+/// operation and the principal, and writes nothing to that topic; granted, the next run
+/// publishes every row of both tables — the denial lost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishing_pipeline_denied_a_tables_topic_stops_naming_it_and_loses_nothing() {
+    let mut setup = Setup::new(
+        "CREATE TABLE open_t (id int PRIMARY KEY, v text);
+         CREATE TABLE secret_t (id int PRIMARY KEY, v text);
+         INSERT INTO open_t SELECT g, 'o' || g FROM generate_series(1, 20) g;
+         INSERT INTO secret_t SELECT g, 's' || g FROM generate_series(1, 30) g;",
+        false,
+        1,
+    )
+    .await;
+    let policy = setup.cdc.lake.path().join("policy.toml");
+    let grant = |topics: &[&str]| {
+        let mut role = String::from(
+            "[roles.publisher]\ntopics = [{ name = \"tarn-cdc-positions\", allow = [\"publish\", \"consume\"] }",
+        );
+        for t in topics {
+            role.push_str(&format!(", {{ name = \"{t}\", allow = [\"publish\"] }}"));
+        }
+        role.push_str("]\n");
+        std::fs::write(&policy, role).unwrap();
+    };
+    grant(&["shop.public.open_t"]);
+    setup.cdc.set("policy.file", policy.to_str().unwrap());
+    setup.cdc.set("cdc.principal", "etl");
+    setup.cdc.set("cdc.principal_roles", "[\"publisher\"]");
+
+    let running = setup.cdc.start().await;
+    let error = running.wait_error("a denied table topic").await;
+    assert!(
+        error.contains("PublishToTopic") && error.contains("shop.public.secret_t") && error.contains("etl"),
+        "{error}"
+    );
+    let ended = running.stop_failed().await;
+    assert_eq!(ended.kind(), tarn_core::ErrorKind::PermissionDenied, "{ended}");
+    let topics: Vec<String> = tokio::task::block_in_place(|| {
+        let consumer: BaseConsumer = setup.broker.consumer_config("tarn_acl_check").create().unwrap();
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        metadata.topics().iter().map(|t| t.name().to_string()).collect()
+    });
+    assert!(
+        !topics.iter().any(|t| t == "shop.public.secret_t"),
+        "the denied topic was created: {topics:?}"
+    );
+
+    grant(&["shop.public.open_t", "shop.public.secret_t"]);
+    let running = setup.cdc.start().await;
+    wait_streaming(&running).await;
+    running.stop().await;
+    for (topic, rows) in [("shop.public.open_t", 20), ("shop.public.secret_t", 30)] {
+        let reads = tokio::task::block_in_place(|| read_topic(&setup.broker, topic));
+        let mut ids: Vec<i64> = reads
+            .iter()
+            .map(|r| r.payload()["after"]["id"].as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids, (1..=rows).collect::<Vec<i64>>(), "{topic}");
+    }
+}
+
 /// A broker that is not there: the pipeline names it and keeps retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_named() {
