@@ -283,7 +283,7 @@ async fn derive_data_files(
 }
 
 /// Reads `manifests`, a few at a time, in order.
-async fn load_manifests<'a>(
+pub(crate) async fn load_manifests<'a>(
     table: &Table,
     manifests: impl Iterator<Item = &'a ManifestFile>,
 ) -> iceberg::Result<Vec<iceberg::spec::Manifest>> {

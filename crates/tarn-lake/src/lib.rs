@@ -34,7 +34,7 @@ pub use maintain::{
     CommitHook, CompactOptions, CompactionOutcome, ExpireOptions, ExpireOutcome, OrphanOptions,
     OrphanOutcome, Progress, ProgressFn, RewrittenGroup,
 };
-pub use rows::{DeletesSince, LiveRows, POS_COLUMN, column_names};
+pub use rows::{ChangedFile, DeletesSince, LiveRows, POS_COLUMN, column_names};
 pub use writer::{
     DataWriter, PositionedDataWriter, WrittenRows, parquet_compression, table_target_file_size,
 };

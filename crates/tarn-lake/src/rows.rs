@@ -43,7 +43,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
-    DataContentType, DataFile, ManifestContentType, ManifestEntryRef, PrimitiveLiteral, SnapshotRef, Struct,
+    DataContentType, DataFile, ManifestContentType, ManifestEntryRef, ManifestStatus, PrimitiveLiteral,
+    SnapshotRef, Struct,
 };
 use iceberg::table::Table;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
@@ -69,6 +70,19 @@ const POS_FIELD_ID: i32 = 2_147_483_645;
 const BATCH_ROWS: usize = 8192;
 /// Manifests read at once.
 const MANIFEST_CONCURRENCY: usize = 8;
+
+/// A data or delete file a snapshot added or removed ([`Lake::files_changed_since`]).
+#[derive(Debug, Clone)]
+pub struct ChangedFile {
+    /// The snapshot that changed it.
+    pub snapshot_id: i64,
+    /// That snapshot's operation (`append`, `overwrite`, `delete`, `replace`).
+    pub operation: String,
+    /// Added (`false`: removed).
+    pub added: bool,
+    /// The file, with its partition and content type.
+    pub file: DataFile,
+}
 
 /// Deletes committed after a snapshot, as far as they touch some data files
 /// ([`Lake::deletes_since`]).
@@ -882,6 +896,59 @@ impl Lake {
             }
         });
         Ok(stream.boxed())
+    }
+
+    /// The data and delete files that the snapshots committed after snapshot `since` (`None`:
+    /// the table's first) up to `table`'s current one added or removed, with the snapshot and
+    /// its operation: what a writer that planned on `since` validates its commit against. Only
+    /// each snapshot's own manifests are read. `None` when `since` is not an ancestor of the
+    /// current snapshot (expired, or the table was rolled back).
+    pub async fn files_changed_since(
+        &self,
+        table: &Table,
+        since: Option<i64>,
+    ) -> Result<Option<Vec<ChangedFile>>> {
+        let metadata = table.metadata();
+        let mut snapshots = Vec::new();
+        let mut next = metadata.current_snapshot_id();
+        while next != since {
+            let Some(snapshot) = next.and_then(|id| metadata.snapshot_by_id(id)) else {
+                return Ok(None);
+            };
+            next = snapshot.parent_snapshot_id();
+            snapshots.push(snapshot.clone());
+        }
+        let name = table.identifier().to_string();
+        let mut out = Vec::new();
+        for snapshot in snapshots.iter().rev() {
+            let id = snapshot.snapshot_id();
+            let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
+                iceberg_error(
+                    format!("cannot read the manifest list of snapshot {id} of {name}"),
+                    e,
+                )
+            })?;
+            let own = list
+                .entries()
+                .iter()
+                .filter(|m| m.added_snapshot_id == id && (m.has_added_files() || m.has_deleted_files()));
+            let manifests = crate::cache::load_manifests(table, own).await.map_err(|e| {
+                iceberg_error(format!("cannot read the manifests of snapshot {id} of {name}"), e)
+            })?;
+            for manifest in manifests {
+                for entry in manifest.entries() {
+                    if entry.snapshot_id() == Some(id) && entry.status() != ManifestStatus::Existing {
+                        out.push(ChangedFile {
+                            snapshot_id: id,
+                            operation: snapshot.summary().operation.as_str().to_string(),
+                            added: entry.status() == ManifestStatus::Added,
+                            file: entry.data_file().clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The position deletes live in `table`'s current snapshot that were committed after the

@@ -736,6 +736,7 @@ impl TableProvider for LakeTable {
         Ok(Arc::new(LakeInsertExec::new(
             self.lake.clone(),
             self.ident.clone(),
+            self.table.clone(),
             input,
             overwrite,
         )))
@@ -807,6 +808,9 @@ pub(crate) fn only_child(
 pub struct LakeInsertExec {
     lake: Lake,
     ident: TableIdent,
+    /// The table as the statement planned on it: what an overwrite replaces and validates
+    /// concurrent commits from.
+    base: iceberg::table::Table,
     input: Arc<dyn ExecutionPlan>,
     overwrite: bool,
     properties: Arc<PlanProperties>,
@@ -823,7 +827,13 @@ pub(crate) fn count_schema() -> SchemaRef {
 }
 
 impl LakeInsertExec {
-    fn new(lake: Lake, ident: TableIdent, input: Arc<dyn ExecutionPlan>, overwrite: bool) -> Self {
+    fn new(
+        lake: Lake,
+        ident: TableIdent,
+        base: iceberg::table::Table,
+        input: Arc<dyn ExecutionPlan>,
+        overwrite: bool,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(count_schema()),
             Partitioning::UnknownPartitioning(1),
@@ -833,6 +843,7 @@ impl LakeInsertExec {
         Self {
             lake,
             ident,
+            base,
             input,
             overwrite,
             properties,
@@ -879,6 +890,7 @@ impl ExecutionPlan for LakeInsertExec {
         Ok(Arc::new(Self::new(
             self.lake.clone(),
             self.ident.clone(),
+            self.base.clone(),
             child,
             self.overwrite,
         )))
@@ -909,12 +921,14 @@ impl ExecutionPlan for LakeInsertExec {
                 )
             });
         let overwrite = self.overwrite;
+        let base = self.base.clone();
         let once = futures::stream::once(async move {
             let progress = Arc::new(WriteProgress::default());
             let outcome = if overwrite {
                 crate::write::write_and_overwrite(
                     &lake,
                     &ident,
+                    Some(base),
                     streams,
                     crate::write::OverwriteScope::Partitions,
                     progress,

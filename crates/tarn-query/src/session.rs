@@ -734,6 +734,7 @@ impl TarnSession {
         let outcome = crate::write::write_and_overwrite(
             &self.lake,
             ident,
+            Some(table),
             streams,
             crate::write::OverwriteScope::Table,
             Arc::new(WriteProgress::default()),

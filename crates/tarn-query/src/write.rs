@@ -11,6 +11,15 @@
 //! and Hive: the partitions the new rows fall into are replaced (their data files and the
 //! delete files of those partitions removed) in the same commit that adds the new files; other
 //! partitions keep their rows; a table without partitions is replaced whole.
+//!
+//! An overwrite is serializable against concurrent writers (a CDC pipeline, another statement,
+//! another engine): it replaces what it saw in the table as the statement planned (`base`), so
+//! its commit validates every snapshot committed since — one that added or removed a data or
+//! delete file in the scope it replaces (the partitions, or any for a whole table) conflicts,
+//! and the statement fails with [`ErrorKind::CommitConflict`] (SQLSTATE 40001) and its files
+//! are deleted; commits elsewhere in the table land beside it. Without the check a row a CDC
+//! commit added to a replaced partition meanwhile survived the overwrite next to the new rows,
+//! and a file a compaction rewrote meanwhile came back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,11 +100,13 @@ pub enum OverwriteScope {
 pub async fn write_and_overwrite(
     lake: &Lake,
     ident: &TableIdent,
+    base: Option<iceberg::table::Table>,
     streams: Vec<SendableRecordBatchStream>,
     scope: OverwriteScope,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
-    let (table, files) = write_files(lake, ident, streams, progress).await?;
+    let (loaded, files) = write_files(lake, ident, streams, progress).await?;
+    let table = base.unwrap_or(loaded);
     let rows: u64 = files.iter().map(|f| f.record_count()).sum();
     let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     let count = files.len();
@@ -124,13 +135,88 @@ pub async fn write_and_overwrite(
             .to_string(),
         )]),
     };
-    let committed = lake.commit_overwrite(&table, overwrite).await?;
+    let written: Vec<String> = overwrite
+        .added_data_files
+        .iter()
+        .map(|f| f.file_path().to_string())
+        .collect();
+    let guard = serializable_overwrite(lake, &table, (!whole).then_some(replaced), scope);
+    let committed = match lake
+        .commit_overwrite_guarded(&table, overwrite, Some(&guard))
+        .await
+    {
+        Ok(committed) => committed,
+        Err(e) => {
+            for path in &written {
+                if let Err(e) = lake.file_io().delete(path).await {
+                    tracing::warn!(file = %path, error = %e, "cannot delete a file of a failed overwrite");
+                }
+            }
+            return Err(e);
+        }
+    };
     metrics::counter!("tarn_data_files_written_total").increment(count as u64);
     Ok(WriteOutcome {
         rows,
         files: count,
         file_bytes,
         snapshot_id: committed.metadata().current_snapshot_id(),
+    })
+}
+
+/// The check an overwrite planned on `base` commits with (module doc): no snapshot since
+/// `base` changed a file in `partitions` (`None`: anywhere in the table).
+fn serializable_overwrite(
+    lake: &Lake,
+    base: &iceberg::table::Table,
+    partitions: Option<std::collections::HashSet<iceberg::spec::Struct>>,
+    scope: OverwriteScope,
+) -> tarn_lake::CommitGuard {
+    let lake = lake.clone();
+    let from = base.metadata().current_snapshot_id();
+    let statement = match scope {
+        OverwriteScope::Partitions => "INSERT OVERWRITE",
+        OverwriteScope::Table => "CREATE OR REPLACE TABLE",
+    };
+    let partitions = Arc::new(partitions);
+    tarn_lake::CommitGuard::new_async(move |current: iceberg::table::Table| {
+        let (lake, partitions) = (lake.clone(), partitions.clone());
+        async move {
+            let ident = current.identifier().clone();
+            let conflict = |why: String| {
+                Error::new(
+                    ErrorKind::CommitConflict,
+                    format!("{statement} of {ident} conflicts with a concurrent commit: {why}; run it again"),
+                )
+            };
+            let Some(changed) = lake.files_changed_since(&current, from).await? else {
+                return Err(conflict(format!(
+                    "snapshot {} it read is no longer in the table's history",
+                    from.map_or("none".into(), |id| id.to_string())
+                )));
+            };
+            let in_scope = |f: &iceberg::spec::DataFile| {
+                partitions
+                    .as_ref()
+                    .as_ref()
+                    .is_none_or(|p| p.contains(f.partition()))
+            };
+            if let Some(c) = changed.iter().find(|c| in_scope(&c.file)) {
+                return Err(conflict(format!(
+                    "snapshot {} ({}) {} {} in {}",
+                    c.snapshot_id,
+                    c.operation,
+                    if c.added { "added" } else { "removed" },
+                    c.file.file_path(),
+                    if partitions.is_some() {
+                        "a partition it replaces"
+                    } else {
+                        "the table it replaces"
+                    }
+                )));
+            }
+            Ok(HashMap::new())
+        }
     })
 }
 

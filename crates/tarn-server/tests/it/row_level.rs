@@ -1244,3 +1244,86 @@ async fn merge_insert_racing_a_cdc_insert_of_the_same_key_leaves_it_once() {
     );
     running.stop().await;
 }
+
+/// `INSERT OVERWRITE` is serializable: an overwrite planned before another writer committed
+/// into a partition it replaces fails with a commit conflict (40001) and changes nothing — the
+/// other writer's row is not silently kept beside the new rows — while a commit into another
+/// partition lands beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwrite_conflicts_with_a_commit_into_a_partition_it_replaces() {
+    let t = TestLake::new().await;
+    t.exec("CREATE TABLE ov (id BIGINT, region VARCHAR) PARTITIONED BY (region)")
+        .await;
+    t.exec("INSERT INTO ov VALUES (1, 'eu'), (2, 'us')").await;
+    let other = t.second_session().await;
+    let lake = t.session.lake().clone();
+    let ident = tarn_lake::parse_table_name("public.ov").unwrap();
+    let overwrite = async |base: iceberg::table::Table| {
+        let streams = t
+            .session
+            .context()
+            .sql("SELECT CAST(10 AS BIGINT) AS id, CAST('eu' AS VARCHAR) AS region")
+            .await
+            .unwrap()
+            .execute_stream_partitioned()
+            .await
+            .unwrap();
+        tarn_query::write::write_and_overwrite(
+            &lake,
+            &ident,
+            Some(base),
+            streams,
+            tarn_query::write::OverwriteScope::Partitions,
+            Default::default(),
+        )
+        .await
+    };
+    let rows = async || t.query("SELECT id, region FROM ov ORDER BY id").await;
+    let data_files = || {
+        walkdir(&t.path().join("warehouse"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+
+    // Planned, then another writer adds a row to `eu`: the overwrite of `eu` conflicts.
+    let base = lake.load_table(&ident).await.unwrap();
+    crate::query(&other, "INSERT INTO ov VALUES (3, 'eu')")
+        .await
+        .unwrap();
+    let files = data_files();
+    assert!(files >= 3, "{files} data files under the warehouse");
+    let err = overwrite(base).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CommitConflict, "{err}");
+    assert!(
+        err.to_string().contains("a partition it replaces") && err.to_string().contains("INSERT OVERWRITE"),
+        "{err}"
+    );
+    assert_eq!(rows().await, ["1|eu", "2|us", "3|eu"]);
+    assert_eq!(data_files(), files, "the failed overwrite's files are deleted");
+
+    // Planned, then another writer adds a row to `us`: the overwrite of `eu` lands beside it.
+    let base = lake.load_table(&ident).await.unwrap();
+    crate::query(&other, "INSERT INTO ov VALUES (4, 'us')")
+        .await
+        .unwrap();
+    overwrite(base).await.unwrap();
+    assert_eq!(rows().await, ["2|us", "4|us", "10|eu"]);
+}
+
+/// Every file under `dir`, recursively.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
