@@ -1557,6 +1557,10 @@ impl TarnExtendedQuery {
         };
         let response = match response {
             Ok(r) => r,
+            Err(PgWireError::FailedToParseParameter(why)) => {
+                self.running.finish(&key);
+                return Err(parameter_error(portal, &why.to_string()));
+            }
             Err(e) => {
                 self.running.finish(&key);
                 return Err(e);
@@ -1577,6 +1581,68 @@ impl TarnExtendedQuery {
             names_of(&portal.statement.statement).as_ref(),
         ))
     }
+}
+
+/// A bound parameter value that does not parse as its type, named as PostgreSQL names it —
+/// `invalid input syntax for type bigint: "x" (parameter $2)`, SQLSTATE 22P02 — where pgwire
+/// says neither which parameter nor what value ("Failed to parse parameter: invalid digit found
+/// in string"). The type is the client's (Parse) or the one planning inferred; a value whose
+/// type is not one of the checked ones keeps pgwire's reason.
+fn parameter_error(portal: &Portal<PlannedStatement>, why: &str) -> PgWireError {
+    use datafusion::arrow::datatypes::DataType;
+    use pgwire::api::results::FieldFormat;
+    let inferred = match &portal.statement.statement.1 {
+        Some((_, plan)) => plan.get_parameter_types().unwrap_or_default(),
+        None => HashMap::new(),
+    };
+    let error = |message: String| {
+        PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "22P02".into(), message)))
+    };
+    for i in 0..portal.parameter_len() {
+        let declared = portal.statement.parameter_types.get(i).cloned().flatten();
+        let ty = declared.or_else(
+            || match inferred.get(&format!("${}", i + 1)).cloned().flatten()? {
+                DataType::Boolean => Some(Type::BOOL),
+                DataType::Int8 | DataType::Int16 => Some(Type::INT2),
+                DataType::Int32 => Some(Type::INT4),
+                DataType::Int64 => Some(Type::INT8),
+                DataType::Float32 => Some(Type::FLOAT4),
+                DataType::Float64 => Some(Type::FLOAT8),
+                _ => None,
+            },
+        );
+        let Some(ty) = ty else { continue };
+        let failed = match ty {
+            Type::BOOL => portal.parameter::<bool>(i, &ty).is_err(),
+            Type::INT2 => portal.parameter::<i16>(i, &ty).is_err(),
+            Type::INT4 => portal.parameter::<i32>(i, &ty).is_err(),
+            Type::INT8 => portal.parameter::<i64>(i, &ty).is_err(),
+            Type::FLOAT4 => portal.parameter::<f32>(i, &ty).is_err(),
+            Type::FLOAT8 => portal.parameter::<f64>(i, &ty).is_err(),
+            _ => false,
+        };
+        if failed {
+            let shown = match (portal.parameter_format.format_for(i), portal.parameters.get(i)) {
+                (FieldFormat::Text, Some(Some(raw))) => format!("\"{}\"", String::from_utf8_lossy(raw)),
+                _ => "a binary value of the wrong length".to_string(),
+            };
+            // PostgreSQL's names for the types, as its message has them.
+            let name = match ty {
+                Type::BOOL => "boolean",
+                Type::INT2 => "smallint",
+                Type::INT4 => "integer",
+                Type::INT8 => "bigint",
+                Type::FLOAT4 => "real",
+                Type::FLOAT8 => "double precision",
+                _ => ty.name(),
+            };
+            return error(format!(
+                "invalid input syntax for type {name}: {shown} (parameter ${})",
+                i + 1
+            ));
+        }
+    }
+    error(format!("a parameter value cannot be read: {why}"))
 }
 
 /// The plan of a statement a hook answers itself (a `SET` it keeps per session): no rows,

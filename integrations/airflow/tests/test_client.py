@@ -42,7 +42,7 @@ class ClientTest(unittest.TestCase):
         # A value that does not fit its parameter's type: an error, the table unchanged.
         with self.assertRaises(Exception) as caught:
             self.client.run_sql(f"UPDATE {table} SET id = %s WHERE id = 1", ("not a number",))
-        self.assertIn("parameter", str(caught.exception))
+        self.assertIn('invalid input syntax for type integer: "not a number" (parameter $1)', str(caught.exception))
         self.assertEqual(self.client.run_sql(f"SELECT id, v FROM {table} ORDER BY id"), expected)
 
     def test_a_sql_error_names_the_table(self):
