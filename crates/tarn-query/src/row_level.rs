@@ -151,6 +151,7 @@ enum RowAction {
 }
 
 /// A row-level statement, taken apart.
+#[derive(Clone)]
 struct Parsed {
     kind: Kind,
     target: ObjectName,
@@ -199,6 +200,24 @@ fn single_table(relation: &TableWithJoins, statement: &str) -> Result<(ObjectNam
         return Err(unsupported(format!("a JOIN in the target of {statement}")));
     }
     target_factor(&relation.relation, statement)
+}
+
+/// How a `MERGE`'s source is named in its clauses: its alias, else its table's name as
+/// written (the last part: `s` of `db.s`).
+fn source_qualifier(source: &TableFactor) -> Result<String> {
+    match source {
+        TableFactor::Table {
+            alias: Some(alias), ..
+        }
+        | TableFactor::Derived {
+            alias: Some(alias), ..
+        } => Ok(alias.name.to_string()),
+        TableFactor::Table { name, .. } => Ok(name.0.last().map(ToString::to_string).unwrap_or_default()),
+        other => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("UPDATE SET * and INSERT * need a MERGE source with a name or alias, not {other}"),
+        )),
+    }
 }
 
 fn target_factor(factor: &TableFactor, statement: &str) -> Result<(ObjectName, String, String)> {
@@ -311,6 +330,72 @@ impl Parsed {
             selection: None,
             assignments: Vec::new(),
             merge: Some(merge.clone()),
+        })
+    }
+
+    /// This statement with a `MERGE`'s `UPDATE SET *` and `INSERT *` (Spark's every-column
+    /// actions, marked by [`crate::sql_ext::ALL_COLUMNS`]) written out for the target's
+    /// `columns`: each column set to, or inserted from, the source's column of the same name
+    /// (`SET c = s.c`, `INSERT (c, ...) VALUES (s.c, ...)`), `s` the source's alias or name.
+    fn with_columns(&self, columns: &[String]) -> Result<Self> {
+        let Some(merge) = &self.merge else {
+            return Ok(self.clone());
+        };
+        let is_marker = |name: &ObjectName| {
+            name.0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value == crate::sql_ext::ALL_COLUMNS)
+        };
+        let mut merge = merge.clone();
+        let mut source: Option<String> = None;
+        for clause in &mut merge.clauses {
+            let starred = match &clause.action {
+                MergeAction::Update(u) => u
+                    .assignments
+                    .iter()
+                    .any(|a| matches!(&a.target, AssignmentTarget::ColumnName(n) if is_marker(n))),
+                MergeAction::Insert(i) => i.columns.iter().any(is_marker),
+                MergeAction::Delete { .. } => false,
+            };
+            if !starred {
+                continue;
+            }
+            let source = match &source {
+                Some(s) => s.clone(),
+                None => source.insert(source_qualifier(&merge.source)?).clone(),
+            };
+            let from_source = |c: &String| {
+                SqlExpr::CompoundIdentifier(vec![Ident::new(source.clone()), Ident::with_quote('"', c)])
+            };
+            let column = |c: &String| ObjectName::from(vec![Ident::with_quote('"', c)]);
+            match &mut clause.action {
+                MergeAction::Update(update) => {
+                    if update.assignments.len() > 1 {
+                        return Err(unsupported("UPDATE SET * beside other assignments"));
+                    }
+                    update.assignments = columns
+                        .iter()
+                        .map(|c| Assignment {
+                            target: AssignmentTarget::ColumnName(column(c)),
+                            value: from_source(c),
+                        })
+                        .collect();
+                }
+                MergeAction::Insert(insert) => {
+                    insert.columns = columns.iter().map(column).collect();
+                    insert.kind = MergeInsertKind::Values(datafusion::sql::sqlparser::ast::Values {
+                        explicit_row: false,
+                        value_keyword: false,
+                        rows: vec![columns.iter().map(from_source).collect()],
+                    });
+                }
+                MergeAction::Delete { .. } => {}
+            }
+        }
+        Ok(Self {
+            merge: Some(merge),
+            ..self.clone()
         })
     }
 
@@ -781,6 +866,7 @@ impl TarnSession {
             .map_err(from_df_error)?
             .schema;
         let columns = tarn_lake::column_names(&table);
+        let parsed = parsed.with_columns(&columns)?;
         let query = parsed.read_query(&columns)?;
         let (_, plan) = self.plan_read_query(&table, &query.sql).await?;
         let mut types = plan.get_parameter_types().map_err(from_df_error)?;
@@ -855,6 +941,7 @@ impl TarnSession {
             )));
         }
         let columns = tarn_lake::column_names(&table);
+        let parsed = &parsed.with_columns(&columns)?;
         self.authorize_row_level(parsed, &table, &columns)?;
         let mode = write_mode(&table, parsed.kind)?;
         let query = parsed.read_query(&columns)?;

@@ -7,6 +7,10 @@
 //!   table properties, in Spark's syntax; taken out and returned beside the statement.
 //! - `FROM t FOR VERSION AS OF <snapshot-id>` (time travel): rewritten to the table name
 //!   `"t@<snapshot-id>"`, which may also be written directly.
+//! - `MERGE ... THEN UPDATE SET *` and `... THEN INSERT *` (Spark's every-column actions):
+//!   rewritten to a marker assignment `SET "tarn$all_columns" = NULL` and marker insert
+//!   `INSERT ("tarn$all_columns") VALUES (NULL)`, which the row-level planner expands to the
+//!   target table's columns once it knows them ([`ALL_COLUMNS`]).
 //!
 //! Working on tokens (sqlparser's tokenizer) rather than text means string literals, quoted
 //! identifiers and comments that contain these words are left alone.
@@ -18,6 +22,9 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::layout::{self, PartitionField, SortKey};
+
+/// The marker column of a `MERGE`'s `UPDATE SET *` / `INSERT *` (see the module doc).
+pub const ALL_COLUMNS: &str = "tarn$all_columns";
 
 /// One statement after tarn's rewrites.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -94,6 +101,9 @@ fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
         result.properties = take_properties(&mut tokens)?;
     }
     rewrite_time_travel(&mut tokens)?;
+    if sig.first().is_some_and(|&i| is_word(&tokens[i], "MERGE")) {
+        rewrite_merge_stars(&mut tokens);
+    }
     result.sql = tokens
         .iter()
         .map(token_text)
@@ -101,6 +111,41 @@ fn rewrite_statement(tokens: &[Token]) -> Result<RewrittenStatement> {
         .trim()
         .to_string();
     Ok(result)
+}
+
+/// `UPDATE SET *` and `INSERT *` of a `MERGE` to their markers (module doc).
+fn rewrite_merge_stars(tokens: &mut Vec<Token>) {
+    let marker = || Token::make_word(ALL_COLUMNS, Some('"'));
+    let space = || Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space);
+    let null = || Token::make_keyword("NULL");
+    let mut i = tokens.len();
+    while i > 0 {
+        i -= 1;
+        if tokens[i] != Token::Mul {
+            continue;
+        }
+        let before: Vec<usize> = significant(&tokens[..i]).into_iter().rev().take(2).collect();
+        let word = |k: usize| before.get(k).map(|&j| &tokens[j]);
+        let replacement =
+            if word(0).is_some_and(|t| is_word(t, "SET")) && word(1).is_some_and(|t| is_word(t, "UPDATE")) {
+                vec![marker(), space(), Token::Eq, space(), null()]
+            } else if word(0).is_some_and(|t| is_word(t, "INSERT")) {
+                vec![
+                    Token::LParen,
+                    marker(),
+                    Token::RParen,
+                    space(),
+                    Token::make_keyword("VALUES"),
+                    space(),
+                    Token::LParen,
+                    null(),
+                    Token::RParen,
+                ]
+            } else {
+                continue;
+            };
+        tokens.splice(i..=i, replacement);
+    }
 }
 
 /// `token` as SQL text. The tokenizer keeps string literals as written (`with_unescape(false)`)
@@ -334,6 +379,23 @@ mod tests {
         assert_eq!(out[0].properties["write.delete.mode"], "copy-on-write");
         assert_eq!(out[0].properties["x"], "y");
         assert!(rewrite("CREATE TABLE t (a INT) TBLPROPERTIES ('k')").is_err());
+    }
+
+    #[test]
+    fn merge_stars_become_markers_and_other_stars_stay() {
+        let out = rewrite(
+            "MERGE INTO t USING (SELECT *, count(*) OVER () AS n FROM s) x ON t.id = x.id \
+             WHEN MATCHED AND x.n * 2 > 1 THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",
+        )
+        .unwrap();
+        assert_eq!(
+            out[0].sql,
+            "MERGE INTO t USING (SELECT *, count(*) OVER () AS n FROM s) x ON t.id = x.id \
+             WHEN MATCHED AND x.n * 2 > 1 THEN UPDATE SET \"tarn$all_columns\" = NULL \
+             WHEN NOT MATCHED THEN INSERT (\"tarn$all_columns\") VALUES (NULL)"
+        );
+        // Not a MERGE: untouched.
+        assert_eq!(rewrite("SELECT * FROM t").unwrap()[0].sql, "SELECT * FROM t");
     }
 
     #[test]
