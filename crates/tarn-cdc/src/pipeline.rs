@@ -45,6 +45,20 @@ pub struct RunOptions {
     /// Where the lake writer publishes its pending state at every transaction boundary, for
     /// bridge reads by SQL in the same process ([`tarn_query::bridge`]).
     pub bridge: Option<Arc<PendingPublisher>>,
+    /// The audit trail the lake writer records each commit in, as the pipeline's principal
+    /// (`tarn serve` passes its SQL endpoint's; [`commit_audit_log`] makes one). Its owner
+    /// closes it.
+    pub audit: Option<Arc<tarn_query::audit::AuditLog>>,
+}
+
+/// An audit trail for a pipeline's commits, when a policy is configured and `[audit]` is on
+/// (as the SQL endpoint keeps one): close it when the pipeline has stopped.
+pub fn commit_audit_log(config: &Config, lake: &Lake) -> Result<Option<Arc<tarn_query::audit::AuditLog>>> {
+    if !config.policy.is_configured() || !config.audit.enabled {
+        return Ok(None);
+    }
+    let settings = tarn_query::audit::AuditSettings::from_config(&config.audit)?;
+    Ok(Some(tarn_query::audit::AuditLog::start(lake.clone(), settings)))
 }
 
 /// What a running pipeline is doing, for `tarn cdc status`, the console and metrics.
@@ -580,7 +594,15 @@ pub fn lake_sink(config: &Config, lake: Lake) -> LakeSink {
 /// while none of it is in files, and between transactions the commit at `max_bytes` comes
 /// first, so only a transaction larger than that spills (the bound on memory is `max_bytes`).
 fn publishing_sink(config: &Config, lake: Lake, ctx: &SourceContext<'_>) -> LakeSink {
-    let sink = lake_sink(config, lake);
+    let audit = ctx.options.audit.clone().map(|log| crate::sink::CommitAudit {
+        log,
+        principal: crate::topic_acl::pipeline_principal(config),
+        policy: match tarn_policy::Policy::from_config(&config.policy) {
+            Ok(Some(policy)) => policy.describe(),
+            _ => "none".into(),
+        },
+    });
+    let sink = lake_sink(config, lake).with_audit(audit);
     match &ctx.options.bridge {
         Some(_) => sink
             .with_spill_bytes(config.cdc.flush.max_bytes as usize)

@@ -81,6 +81,7 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
     match cmd {
         CdcCommand::Run { resnapshot, duration } => {
             let lake = Lake::open(&config).await?;
+            let audit = tarn_cdc::pipeline::commit_audit_log(&config, &lake)?;
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
@@ -94,6 +95,7 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
                 RunOptions {
                     resnapshot,
                     duration,
+                    audit: audit.clone(),
                     ..RunOptions::default()
                 },
                 shutdown.clone(),
@@ -104,6 +106,11 @@ pub async fn run(cmd: CdcCommand, config: Config) -> Result<ExitCode> {
             let result = pipeline.finished().await;
             shutdown.cancel();
             let _ = progress.await;
+            if let Some(audit) = &audit
+                && let Err(e) = audit.close().await
+            {
+                tracing::warn!(error = %e, "cannot append the pipeline's last commits to the audit table (their log lines are written)");
+            }
             result?;
             let report = pipeline.report();
             let done = if archive {

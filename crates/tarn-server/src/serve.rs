@@ -515,6 +515,9 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
             session.lake().clone(),
             RunOptions {
                 bridge: Some(publisher),
+                // The endpoint's trail (closed at shutdown): the pipeline's commits beside
+                // the statements'.
+                audit: session.governance().and_then(|g| g.audit().cloned()),
                 ..RunOptions::default()
             },
             shutdown.clone(),

@@ -162,8 +162,40 @@ pub struct LakeSink {
     pending_since: Option<Instant>,
     /// Where bridge reads find the pending state, when SQL runs in this process.
     publisher: Option<Arc<PendingPublisher>>,
+    /// The audit trail each commit is recorded in, as the pipeline's principal.
+    audit: Option<CommitAudit>,
     /// Automatic maintenance in the background, and the commit lock.
     background: maintenance::Background,
+}
+
+/// Where and as whom a [`LakeSink`] records its commits (`tarn_audit.events`, kind `write`).
+#[derive(Debug, Clone)]
+pub struct CommitAudit {
+    /// The trail (its owner closes it at shutdown).
+    pub log: Arc<tarn_query::audit::AuditLog>,
+    /// The pipeline's principal (`cdc.principal`, `cdc.principal_roles`).
+    pub principal: tarn_auth::Principal,
+    /// The policy in force, as records name it.
+    pub policy: String,
+}
+
+impl CommitAudit {
+    /// One `write` record per kind of change a commit of `table` made: `InsertIntoTable` with
+    /// the rows added, `DeleteFromTable` with the rows deleted (an update is both).
+    fn record(&self, table: &str, inserted: u64, deleted: u64) {
+        use tarn_query::audit::{AuditRecord, RecordKind};
+        for (operation, rows) in [("InsertIntoTable", inserted), ("DeleteFromTable", deleted)] {
+            if rows == 0 {
+                continue;
+            }
+            let mut record = AuditRecord::new(RecordKind::Write, &self.principal, self.policy.clone());
+            record.statement = None;
+            record.operations.push(operation.to_string());
+            record.tables.push(table.to_string());
+            record.rows = Some(rows);
+            self.log.record(record);
+        }
+    }
 }
 
 impl Drop for LakeSink {
@@ -189,8 +221,15 @@ impl LakeSink {
             pending_bytes: 0,
             pending_since: None,
             publisher: None,
+            audit: None,
             background: maintenance::Background::default(),
         }
+    }
+
+    /// This sink recording each commit in `audit`'s trail.
+    pub fn with_audit(mut self, audit: Option<CommitAudit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// This sink writing out a table's buffer (inside a transaction) at `bytes` instead.
@@ -529,8 +568,12 @@ impl LakeSink {
             let started = Instant::now();
             write_pending(&lake, state).await?;
             failpoint::hit("cdc.before_commit").await?;
-            commit_table(&lake, &pipeline, state, position.clone(), commit_time).await?;
+            let (inserted, deleted) =
+                commit_table(&lake, &pipeline, state, position.clone(), commit_time).await?;
             metrics::histogram!("tarn_cdc_commit_seconds").record(started.elapsed().as_secs_f64());
+            if let Some(audit) = &self.audit {
+                audit.record(&format!("{}.{}", lake.name(), state.ident), inserted, deleted);
+            }
             match &position {
                 Position::Hlc(h) => {
                     metrics::gauge!("tarn_cdc_table_resolved_seconds", "table" => state.ident.to_string())
@@ -604,13 +647,14 @@ async fn rebuild_index(lake: &Lake, state: &mut TableState, only: Option<&HashSe
     Ok(())
 }
 
+/// Commits `state`'s written changes; returns the rows it added and deleted.
 async fn commit_table(
     lake: &Lake,
     pipeline: &str,
     state: &mut TableState,
     position: Position,
     commit_time: i64,
-) -> Result<()> {
+) -> Result<(u64, u64)> {
     let summary = commit_summary(pipeline, &position, Some(commit_time));
     if state.truncated {
         let (old_data, old_deletes) = current_files(&state.table).await?;
@@ -650,15 +694,17 @@ async fn commit_table(
             .await?;
         state.hold(position);
         state.dirty = false;
-        return Ok(());
+        return Ok((0, 0));
     }
+    let inserted = data_files.iter().map(DataFile::record_count).sum::<u64>();
+    let deleted = delete_files.iter().map(DataFile::record_count).sum::<u64>();
     tracing::debug!(
         table = %state.ident,
         %position,
         data_files = data_files.len(),
-        rows = data_files.iter().map(DataFile::record_count).sum::<u64>(),
+        rows = inserted,
         delete_files = delete_files.len(),
-        deletes = delete_files.iter().map(DataFile::record_count).sum::<u64>(),
+        deletes = deleted,
         "committing"
     );
     let recorded = Arc::new(Mutex::new(None));
@@ -683,7 +729,7 @@ async fn commit_table(
     state.dirty = false;
     state.counters.commits += 1;
     metrics::counter!("tarn_cdc_commits_total", "table" => state.ident.to_string()).increment(1);
-    Ok(())
+    Ok((inserted, deleted))
 }
 
 /// Refuses a commit onto rows another writer added since the key index last matched the

@@ -156,6 +156,12 @@ impl LakeSink {
         let rows: u64 = data_files.iter().map(DataFile::record_count).sum();
         let summary = snapshot_summary(&pipeline, &position, kind);
         let (old_data, old_deletes) = current_files(&state.table).await?;
+        // The rows a copy over earlier ones replaces (their position deletes taken off).
+        let replaced = old_data
+            .iter()
+            .map(DataFile::record_count)
+            .sum::<u64>()
+            .saturating_sub(old_deletes.iter().map(DataFile::record_count).sum());
         state.table = if old_data.is_empty() && old_deletes.is_empty() {
             lake.commit_row_delta(
                 &state.table,
@@ -192,6 +198,10 @@ impl LakeSink {
         state.counters.commits += 1;
         state.synced = state.table.metadata().current_snapshot_id();
         metrics::counter!("tarn_cdc_snapshot_rows_total", "table" => state.ident.to_string()).increment(rows);
+        let table = format!("{}.{}", lake.name(), state.ident);
+        if let Some(audit) = &self.audit {
+            audit.record(&table, rows, replaced);
+        }
         if !held {
             self.release_commits();
         }

@@ -433,3 +433,57 @@ async fn audit_records_of_the_wire_endpoint_are_appended_while_serving() {
         "{out}"
     );
 }
+
+/// A CDC pipeline's commits are writes in the audit trail, as the pipeline's principal: the
+/// initial copy and each streamed commit, `InsertIntoTable` with the rows added and
+/// `DeleteFromTable` with the rows deleted (an update is both), naming the lake table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cdc_pipelines_commits_are_audited_as_its_principal() {
+    let mut cdc = crate::cdc::Cdc::new(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let policy = cdc.lake.path().join("policy.rego");
+    std::fs::write(&policy, crate::governance::POLICY).unwrap();
+    cdc.set("policy.file", policy.to_str().unwrap());
+    cdc.set("cdc.principal", "etl");
+    cdc.set("cdc.principal_roles", "[\"ingest\"]");
+    cdc.set("cdc.flush.interval", "100ms");
+    let log = tarn_cdc::pipeline::commit_audit_log(&cdc.config(), cdc.lake.session.lake())
+        .unwrap()
+        .expect("a trail under a policy");
+    let running = cdc
+        .start_with(tarn_cdc::pipeline::RunOptions {
+            audit: Some(log.clone()),
+            ..Default::default()
+        })
+        .await;
+    let (source, lake) = (
+        "SELECT id, v FROM items ORDER BY id",
+        "SELECT id, v FROM cdc.items ORDER BY id",
+    );
+    cdc.wait_same(source, lake, std::time::Duration::from_secs(60))
+        .await;
+    cdc.sql("UPDATE items SET v = 'w' WHERE id <= 3; DELETE FROM items WHERE id = 10; INSERT INTO items VALUES (11, 'n')");
+    cdc.wait_same(source, lake, std::time::Duration::from_secs(60))
+        .await;
+    running.stop().await;
+    log.close().await.unwrap();
+
+    let rows = crate::query(
+        &cdc.lake.session,
+        "SELECT user_name, groups, operations, tables, decision, sum(rows_written) FROM tarn_audit.events \
+         WHERE kind = 'write' GROUP BY 1, 2, 3, 4, 5 ORDER BY 3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            "etl|ingest|DeleteFromTable|tarn.cdc.items|allow|4",
+            "etl|ingest|InsertIntoTable|tarn.cdc.items|allow|14",
+        ],
+        "10 copied, 3 updated (deleted and added), 1 deleted, 1 inserted"
+    );
+}
