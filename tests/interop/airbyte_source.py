@@ -19,6 +19,7 @@ Config (JSON):
                stderr), "trace" (an error TRACE naming the stream, then exit 1), "malformed"
                (a truncated JSON line), "violate" (a record whose id is not an integer)
   fail_after   default 3
+  warn         a WARN LOG message to emit before the records
   updates      also emit ids 1..updates again (name "updated") after the others
   streams      the streams: ["items"] (default) or ["items", "others"]
   state_kind   "STREAM" (default), "GLOBAL" or "LEGACY"
@@ -108,10 +109,14 @@ def main():
                     cursors[state["stream"]["stream_descriptor"]["name"]] = state["stream"]["stream_state"]["cursor"]
     cursor = min(cursors.values())
     emit({"type": "LOG", "log": {"level": "INFO", "message": f"reading after {cursors}"}})
+    count, every = config.get("count", 10), config.get("state_every", 5)
     for n in names:
         emit({"type": "TRACE", "trace": {"type": "STREAM_STATUS", "emitted_at": time.time() * 1000,
               "stream_status": {"stream_descriptor": {"name": n}, "status": "STARTED"}}})
-    count, every = config.get("count", 10), config.get("state_every", 5)
+        emit({"type": "TRACE", "trace": {"type": "ESTIMATE", "emitted_at": time.time() * 1000,
+              "estimate": {"name": n, "type": "STREAM", "row_estimate": count}}})
+    if config.get("warn"):
+        emit({"type": "LOG", "log": {"level": "WARN", "message": config["warn"]}})
     fail, fail_after = config.get("fail"), config.get("fail_after", 3)
 
     def state(position):

@@ -748,3 +748,33 @@ async fn global_and_legacy_states_resume_exactly_once() {
         assert_eq!(table_ids(&t, &others).await.len(), 300, "{kind}");
     }
 }
+
+/// What a connector says reaches tarn's log: its LOG messages at their level (`tarn::airbyte::
+/// connector`), its stream statuses and row estimates as progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_logs_statuses_and_estimates_reach_the_log() {
+    let t = TestLake::new().await;
+    let config = write_json(
+        t.path(),
+        "talk.json",
+        &json!({"count": 7, "warn": "the API answers slowly; backing off"}),
+    );
+    let err = ingest_ok(&t, &test_source(), &config, "talk", &[]);
+    let line = |needles: &[&str]| err.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(
+        line(&["INFO", "tarn::airbyte::connector", "reading after"]),
+        "the connector's INFO LOG:\n{err}"
+    );
+    assert!(
+        line(&[
+            "WARN",
+            "tarn::airbyte::connector",
+            "the API answers slowly; backing off"
+        ]),
+        "the connector's WARN LOG:\n{err}"
+    );
+    assert!(line(&["stream status", "items", "STARTED"]), "{err}");
+    assert!(line(&["stream status", "items", "COMPLETE"]), "{err}");
+    assert!(line(&["the connector estimates", "items", "7"]), "{err}");
+    assert_eq!(ids(&t, "talk.items").await, "7|7|1|7");
+}
