@@ -31,12 +31,22 @@ pub(crate) fn serve(issuer: &Issuer, ttl: &str) -> ConsoleServer {
 
 /// [`serve`] with more configuration (`extra`, TOML appended to tarn.toml).
 pub(crate) fn serve_with(issuer: &Issuer, ttl: &str, extra: &str) -> ConsoleServer {
-    let dir = tempfile::Builder::new()
-        .prefix("tarn-console-")
-        .tempdir()
-        .unwrap();
+    serve_in(
+        tempfile::Builder::new()
+            .prefix("tarn-console-")
+            .tempdir()
+            .unwrap(),
+        issuer,
+        ttl,
+        extra,
+        crate::governance::POLICY,
+    )
+}
+
+/// [`serve_with`] in `dir` (which may hold jobs already), with `policy`.
+fn serve_in(dir: tempfile::TempDir, issuer: &Issuer, ttl: &str, extra: &str, policy: &str) -> ConsoleServer {
     let (port, http) = (free_port(), free_port());
-    std::fs::write(dir.path().join("policy.rego"), crate::governance::POLICY).unwrap();
+    std::fs::write(dir.path().join("policy.rego"), policy).unwrap();
     std::fs::write(
         dir.path().join("tarn.toml"),
         format!(
@@ -1040,5 +1050,119 @@ async fn console_query_api_takes_bearer_tokens_as_their_principal() {
         (status, body["row_count"].clone()),
         (200, serde_json::json!(3)),
         "{body}"
+    );
+}
+
+/// A job run from the console, as an operator the policy lets see and run jobs: triggered, its
+/// run page shows the failed try and its log; retried, the new run succeeds and its task's SQL
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_triggers_a_job_shows_its_failed_run_and_retries_it_to_success() {
+    let issuer = issuer(vec![Signer::rsa("rsa-1", RSA1)]).await;
+    let dir = tempfile::Builder::new()
+        .prefix("tarn-console-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    let marker = dir.path().join("first-try-done");
+    std::fs::write(
+        dir.path().join("jobs/report.toml"),
+        format!(
+            r#"
+            principal = "root"
+            groups = ["admin"]
+            [[tasks]]
+            id = "fetch"
+            kind = "shell"
+            command = "if [ -f {m} ]; then echo the source answered; else touch {m}; echo the source is down; exit 1; fi"
+            [[tasks]]
+            id = "build"
+            kind = "sql"
+            sql = "CREATE TABLE sales.report AS SELECT count(*) AS n FROM sales.orders"
+            depends_on = ["fetch"]
+            "#,
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    // The policy lets svc see and run jobs.
+    let policy = format!(
+        "{}\nallow if {{\n\tinput.context.identity.user == \"svc\"\n\tinput.action.operation in {{\"ViewJob\", \"RunJob\"}}\n}}\n",
+        crate::governance::POLICY
+    );
+    let server = serve_in(dir, &issuer, "1h", "", &policy);
+    let (http, base) = (client(), server.base.clone());
+    let cookie = login(&http, &base, "svc", "svc-pw").await;
+    let job = format!("{base}/console/jobs/report");
+    let post = async |url: String| {
+        let response = http.post(url).header("cookie", &cookie).send().await.unwrap();
+        (response.status().as_u16(), location(&response))
+    };
+    // The runs of the job page, newest first: (run id, state).
+    let runs = async || {
+        let (status, _, page) = get(&http, &job, &cookie).await;
+        assert_eq!(status, 200, "{page}");
+        page.split("<tr class=\"state-")
+            .skip(1)
+            .map(|row| {
+                let state = row.split('"').next().unwrap().to_string();
+                let id = row
+                    .split("/runs/")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap()
+                    .to_string();
+                (id, state)
+            })
+            .collect::<Vec<_>>()
+    };
+    let finished = async |count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = runs().await;
+            if runs.len() == count && runs.iter().all(|(_, s)| s == "success" || s == "failed") {
+                return runs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runs did not finish: {runs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    assert_eq!(
+        post(format!("{job}/trigger")).await,
+        (303, "/console/jobs/report".into())
+    );
+    let first = finished(1).await;
+    assert_eq!(first[0].1, "failed", "{first:?}");
+    let (status, _, page) = get(&http, &format!("{job}/runs/{}", first[0].0), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("the source is down") && page.contains("upstream_failed"),
+        "{page}"
+    );
+
+    let retried = post(format!("{job}/runs/{}/retry", first[0].0)).await;
+    assert_eq!(retried, (303, "/console/jobs/report".into()));
+    let both = finished(2).await;
+    let second = both.iter().find(|(id, _)| *id != first[0].0).unwrap();
+    assert_eq!(second.1, "success", "{both:?}");
+    let (status, _, page) = get(&http, &format!("{job}/runs/{}", second.0), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("the source answered"), "{page}");
+    let (status, result) = post_json(
+        &http,
+        &format!("{base}/console/api/query"),
+        &cookie,
+        serde_json::json!({"sql": "SELECT n FROM sales.report"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        result["rows"],
+        serde_json::json!([["4"]]),
+        "the job counted every order, as its admin principal"
     );
 }
