@@ -317,11 +317,9 @@ pub(crate) async fn snapshot_provider(
         .await
         .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}@{id}"), e)))?;
     let uuids = snapshot_uuid_columns(table, id);
-    let provider: Arc<dyn TableProvider> = if crate::v3_scan::needs_v3_scan(table) {
-        Arc::new(crate::v3_scan::V3SnapshotTable::new(table.clone(), id, inner))
-    } else {
-        Arc::new(inner)
-    };
+    // Through tarn's reader of files with deletes, whatever the format (v3_scan's module doc).
+    let provider: Arc<dyn TableProvider> =
+        Arc::new(crate::v3_scan::V3SnapshotTable::new(table.clone(), id, inner));
     Ok(if uuids.is_empty() {
         provider
     } else {
@@ -695,17 +693,14 @@ impl TableProvider for LakeTable {
         if let Some(plan) = self.native_scan(state, projection, filters, limit).await? {
             return Ok(plan);
         }
-        let plan: Arc<dyn ExecutionPlan> = if crate::v3_scan::needs_v3_scan(&self.table) {
-            Arc::new(crate::v3_scan::V3ScanExec::new(
-                self.table.clone(),
-                None,
-                &self.scan.schema(),
-                projection,
-                filters,
-            )?)
-        } else {
-            self.scan.scan(state, projection, filters, limit).await?
-        };
+        // Delete files (or a format-v3 table): tarn's reader of them (v3_scan's module doc).
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(crate::v3_scan::V3ScanExec::new(
+            self.table.clone(),
+            None,
+            &self.scan.schema(),
+            projection,
+            filters,
+        )?);
         let target = match projection {
             Some(p) => self.schema.project(p)?,
             None => self.schema.as_ref().clone(),

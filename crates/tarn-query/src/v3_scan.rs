@@ -13,6 +13,17 @@
 //!
 //! Why not a hook in `iceberg`: its delete filter is crate-private and its reader takes delete
 //! files only through `FileIO`, so a file is the one form of deletes it accepts from outside.
+//!
+//! Every scan with delete files goes through [`V3ScanExec`], whatever the format version (a scan
+//! without them is DataFusion's own Parquet scan, `LakeTable::native_scan`), because the
+//! reader is run here one data file at a time. `iceberg` 0.10.1's reader shares each position
+//! delete file between the data files it covers: the first to need it loads it and the others
+//! wait for a wake-up that is lost when the load finishes between their check and their wait
+//! (fixed upstream after 0.10.1), so a scan of two files covering one delete file could hang
+//! for ever. It did, now and then, under load: the demo's final comparison, a Kafka ingest's
+//! table, a row-level test's check. Read one file at a time, each file finds the deletes
+//! already loaded. The reader decodes on the task that polls it, so little is lost: the files
+//! were decoded one after the other before too, only their reads overlapped.
 
 use std::any::Any;
 use std::fmt;
@@ -33,7 +44,7 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReaderBuilder;
 use iceberg::expr::Predicate;
 use iceberg::scan::{FileScanTask, FileScanTaskDeleteFile};
-use iceberg::spec::{DataContentType, FormatVersion};
+use iceberg::spec::DataContentType;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
@@ -41,12 +52,6 @@ use tarn_core::{Error, ErrorKind};
 use tarn_lake::DeletionVectors;
 
 use crate::provider::df_error;
-
-/// Whether scans of `table` go through [`V3ScanExec`]: tables of format v3 and later, the only
-/// ones that may hold deletion vectors.
-pub(crate) fn needs_v3_scan(table: &Table) -> bool {
-    table.metadata().format_version() >= FormatVersion::V3
-}
 
 /// A scan of one snapshot of a table (the current one when `snapshot_id` is `None`).
 pub(crate) struct V3ScanExec {
@@ -163,7 +168,10 @@ async fn open(
         tracing::debug!(table = %ident, vectors = tasks.iter().filter(|t| vectors.for_data_file(&t.data_file_path).is_some()).count(), "deletion vectors applied");
         dir = Some(scratch);
     }
-    let reader = ArrowReaderBuilder::new(table.file_io().clone(), iceberg::Runtime::current()).build();
+    // One data file at a time: module doc.
+    let reader = ArrowReaderBuilder::new(table.file_io().clone(), iceberg::Runtime::current())
+        .with_data_file_concurrency_limit(1)
+        .build();
     let stream = reader
         .read(futures::stream::iter(tasks.into_iter().map(Ok)).boxed())
         .map_err(ice)?
