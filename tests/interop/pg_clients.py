@@ -2,8 +2,9 @@
 
 Usage: pg_clients.py --port P [--user U --password W]
 Runs DDL, a parameterized INSERT and SELECT (extended protocol, server-side binding),
-an aggregate's column names, a prepared statement executed twice, COPY ... TO STDOUT (CSV and
-binary), and an error; prints JSON
+an aggregate's column names, a prepared statement executed twice, a statement with twelve
+parameters of two types (the tenth and later bound by their own types), COPY ... TO STDOUT (CSV
+and binary), and an error; prints JSON
 with what it saw.
 """
 import argparse
@@ -36,6 +37,11 @@ def main():
             for i in (1, 2):
                 cur.execute("SELECT name FROM psy WHERE id = %s", (i,), prepare=True)
                 out.setdefault("prepared", []).append(cur.fetchone()[0])
+            # Twelve parameters, integers and (untyped) strings alternating.
+            conds = " OR ".join(["(id = %s AND name = %s)"] * 6)
+            params = [v for i in range(6) for v in (2 if i == 5 else 9, "two")]
+            cur.execute(f"SELECT count(*) FROM psy WHERE {conds}", params)
+            out["many_params"] = cur.fetchone()[0]
             # COPY ... TO STDOUT, as text and as binary rows decoded by psycopg.
             with cur.copy("COPY (SELECT id, name FROM psy ORDER BY id) TO STDOUT (FORMAT csv, HEADER)") as copy:
                 out["copy_csv"] = b"".join(bytes(chunk) for chunk in copy).decode()

@@ -1406,9 +1406,18 @@ impl QueryParser for TarnParser {
         let rewritten = with_principal(principal_of(client), self.catalog.prepare(sql, client.metadata()))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        self.inner
+        let (sql, planned) = self
+            .inner
             .parse_sql(client, rewritten.as_deref().unwrap_or(sql), types)
-            .await
+            .await?;
+        let planned = match planned {
+            Some((statement, plan)) => Some((
+                statement,
+                numbered_in_order(plan).map_err(|e| PgWireError::ApiError(Box::new(e)))?,
+            )),
+            None => None,
+        };
+        Ok((sql, planned))
     }
 
     fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -1583,6 +1592,46 @@ impl TarnExtendedQuery {
     }
 }
 
+/// `plan` with its placeholders `$1` .. `$N` written `$01` .. `$N` (zero-padded to the width of
+/// `N`) when `N` ≥ 10. datafusion-postgres orders the parameters' types by the placeholders'
+/// text, `$10` before `$2`: from the tenth parameter on, `Describe` announced (and `Bind` read)
+/// each value with another parameter's type — tokio-postgres and JDBC then encoded an integer
+/// where a text was due, and psycopg's untyped values were coerced to the wrong type ("Cannot
+/// coerce integer value to Utf8View"). Padded, the text order is the numeric one; `$07` still
+/// takes the seventh value (DataFusion reads its number).
+fn numbered_in_order(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Expr;
+    let number = |id: &str| id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+    let Some(last) = plan
+        .get_parameter_types()?
+        .keys()
+        .filter_map(|id| number(id))
+        .max()
+    else {
+        return Ok(plan);
+    };
+    if last < 10 {
+        return Ok(plan);
+    }
+    let width = last.to_string().len();
+    plan.transform_up_with_subqueries(|node| {
+        node.map_expressions(|e| {
+            e.transform_up(|e| match e {
+                Expr::Placeholder(mut p) => match number(&p.id) {
+                    Some(n) => {
+                        p.id = format!("${n:0width$}");
+                        Ok(Transformed::yes(Expr::Placeholder(p)))
+                    }
+                    None => Ok(Transformed::no(Expr::Placeholder(p))),
+                },
+                other => Ok(Transformed::no(other)),
+            })
+        })
+    })
+    .map(|t| t.data)
+}
+
 /// A bound parameter value that does not parse as its type, named as PostgreSQL names it —
 /// `invalid input syntax for type bigint: "x" (parameter $2)`, SQLSTATE 22P02 — where pgwire
 /// says neither which parameter nor what value ("Failed to parse parameter: invalid digit found
@@ -1591,8 +1640,14 @@ impl TarnExtendedQuery {
 fn parameter_error(portal: &Portal<PlannedStatement>, why: &str) -> PgWireError {
     use datafusion::arrow::datatypes::DataType;
     use pgwire::api::results::FieldFormat;
-    let inferred = match &portal.statement.statement.1 {
-        Some((_, plan)) => plan.get_parameter_types().unwrap_or_default(),
+    // By number: the placeholders may be zero-padded ([`numbered_in_order`]).
+    let inferred: HashMap<usize, Option<DataType>> = match &portal.statement.statement.1 {
+        Some((_, plan)) => plan
+            .get_parameter_types()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, t)| Some((id.strip_prefix('$')?.parse().ok()?, t)))
+            .collect(),
         None => HashMap::new(),
     };
     let error = |message: String| {
@@ -1600,17 +1655,15 @@ fn parameter_error(portal: &Portal<PlannedStatement>, why: &str) -> PgWireError 
     };
     for i in 0..portal.parameter_len() {
         let declared = portal.statement.parameter_types.get(i).cloned().flatten();
-        let ty = declared.or_else(
-            || match inferred.get(&format!("${}", i + 1)).cloned().flatten()? {
-                DataType::Boolean => Some(Type::BOOL),
-                DataType::Int8 | DataType::Int16 => Some(Type::INT2),
-                DataType::Int32 => Some(Type::INT4),
-                DataType::Int64 => Some(Type::INT8),
-                DataType::Float32 => Some(Type::FLOAT4),
-                DataType::Float64 => Some(Type::FLOAT8),
-                _ => None,
-            },
-        );
+        let ty = declared.or_else(|| match inferred.get(&(i + 1)).cloned().flatten()? {
+            DataType::Boolean => Some(Type::BOOL),
+            DataType::Int8 | DataType::Int16 => Some(Type::INT2),
+            DataType::Int32 => Some(Type::INT4),
+            DataType::Int64 => Some(Type::INT8),
+            DataType::Float32 => Some(Type::FLOAT4),
+            DataType::Float64 => Some(Type::FLOAT8),
+            _ => None,
+        });
         let Some(ty) = ty else { continue };
         let failed = match ty {
             Type::BOOL => portal.parameter::<bool>(i, &ty).is_err(),

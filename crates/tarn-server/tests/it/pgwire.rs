@@ -194,6 +194,34 @@ async fn tokio_postgres_with_parameters() {
         .unwrap();
     let count: i64 = client.query_one(&stmt, &[&true]).await.unwrap().get(0);
     assert_eq!(count, 1);
+    // Twelve parameters, BIGINT and VARCHAR alternating: Describe announces each its own type
+    // (from the tenth on they were another parameter's) and the values bind.
+    let many = format!(
+        "SELECT count(*) FROM tp WHERE {}",
+        (0..6)
+            .map(|i| format!("(id = ${} AND name = ${})", 2 * i + 1, 2 * i + 2))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    );
+    let stmt = client.prepare(&many).await.unwrap();
+    let announced: Vec<&str> = stmt.params().iter().map(|t| t.name()).collect();
+    assert_eq!(announced.len(), 12);
+    for (i, t) in announced.iter().enumerate() {
+        let want = if i % 2 == 0 { "int8" } else { "text" };
+        assert!(
+            *t == want || (want == "text" && *t == "varchar"),
+            "${}: {t} ({announced:?})",
+            i + 1
+        );
+    }
+    let (ids, names) = ([9i64, 9, 9, 9, 9, 2], ["x", "x", "x", "x", "x", "two"]);
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ids
+        .iter()
+        .zip(&names)
+        .flat_map(|(id, name)| [id as &(dyn tokio_postgres::types::ToSql + Sync), name as _])
+        .collect();
+    let count: i64 = client.query_one(&stmt, &params).await.unwrap().get(0);
+    assert_eq!(count, 1, "the twelfth parameter's row");
     let err = client
         .query("SELECT * FROM missing_table", &[])
         .await
@@ -225,6 +253,7 @@ fn psycopg_and_jdbc_clients() {
     );
     assert_eq!(seen["names"], serde_json::json!(["count", "sum", "max", "count"]));
     assert_eq!(seen["prepared"], serde_json::json!(["one", "two"]));
+    assert_eq!(seen["many_params"], 1, "the twelfth parameters matched");
     assert_eq!(seen["error"], "42P01");
     assert_eq!(seen["copy_csv"], "id,name\n1,one\n2,two\n");
     assert_eq!(seen["copy_binary"], serde_json::json!([[1, "one"], [2, "two"]]));
