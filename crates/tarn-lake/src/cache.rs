@@ -239,25 +239,65 @@ async fn derive_data_files(
     base_id: i64,
     base: &DataFiles,
 ) -> iceberg::Result<Option<HashMap<String, DataFile>>> {
+    let Some(changes) = changes_since(
+        table,
+        Some(base_id),
+        DERIVE_LIMIT,
+        Some(ManifestContentType::Data),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let mut files = (**base).clone();
+    for change in changes {
+        if change.added {
+            files.insert(change.file.file_path().to_string(), change.file);
+        } else {
+            files.remove(change.file.file_path());
+        }
+    }
+    Ok(Some(files))
+}
+
+/// A file a snapshot's own manifests mark `ADDED` or `DELETED`.
+pub(crate) struct Change {
+    pub(crate) snapshot: SnapshotRef,
+    /// `ADDED` (`false`: `DELETED`).
+    pub(crate) added: bool,
+    pub(crate) file: DataFile,
+}
+
+/// The files each snapshot after `since` (`None`: from the first) up to `table`'s current one
+/// added or deleted, oldest snapshot first, read from the manifests of `content` (both kinds
+/// when `None`) that each snapshot added itself — as Iceberg's `Snapshot.addedDataFiles` reads
+/// them, not every manifest of the table. `None` when `since` is not an ancestor within
+/// `limit` snapshots (or a snapshot between was expired).
+pub(crate) async fn changes_since(
+    table: &Table,
+    since: Option<i64>,
+    limit: usize,
+    content: Option<ManifestContentType>,
+) -> iceberg::Result<Option<Vec<Change>>> {
     let metadata = table.metadata();
-    let mut since: Vec<SnapshotRef> = Vec::new();
+    let mut snapshots: Vec<SnapshotRef> = Vec::new();
     let mut next = metadata.current_snapshot_id();
-    while next != Some(base_id) {
+    while next != since {
         let Some(snapshot) = next.and_then(|id| metadata.snapshot_by_id(id)) else {
             return Ok(None);
         };
-        if since.len() == DERIVE_LIMIT {
+        if snapshots.len() == limit {
             return Ok(None);
         }
         next = snapshot.parent_snapshot_id();
-        since.push(snapshot.clone());
+        snapshots.push(snapshot.clone());
     }
-    let mut files = (**base).clone();
-    for snapshot in since.iter().rev() {
+    let mut out = Vec::new();
+    for snapshot in snapshots.iter().rev() {
         let id = snapshot.snapshot_id();
         let list = table.manifest_list_reader(snapshot).load().await?;
         let own = list.entries().iter().filter(|m| {
-            m.content == ManifestContentType::Data
+            content.is_none_or(|c| m.content == c)
                 && m.added_snapshot_id == id
                 && (m.has_added_files() || m.has_deleted_files())
         });
@@ -266,24 +306,24 @@ async fn derive_data_files(
                 if entry.snapshot_id() != Some(id) {
                     continue;
                 }
-                let file = entry.data_file();
-                match entry.status() {
-                    ManifestStatus::Added => {
-                        files.insert(file.file_path().to_string(), file.clone());
-                    }
-                    ManifestStatus::Deleted => {
-                        files.remove(file.file_path());
-                    }
-                    ManifestStatus::Existing => {}
-                }
+                let added = match entry.status() {
+                    ManifestStatus::Added => true,
+                    ManifestStatus::Deleted => false,
+                    ManifestStatus::Existing => continue,
+                };
+                out.push(Change {
+                    snapshot: snapshot.clone(),
+                    added,
+                    file: entry.data_file().clone(),
+                });
             }
         }
     }
-    Ok(Some(files))
+    Ok(Some(out))
 }
 
 /// Reads `manifests`, a few at a time, in order.
-pub(crate) async fn load_manifests<'a>(
+async fn load_manifests<'a>(
     table: &Table,
     manifests: impl Iterator<Item = &'a ManifestFile>,
 ) -> iceberg::Result<Vec<iceberg::spec::Manifest>> {

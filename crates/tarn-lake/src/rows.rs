@@ -43,8 +43,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{
-    DataContentType, DataFile, ManifestContentType, ManifestEntryRef, ManifestStatus, PrimitiveLiteral,
-    SnapshotRef, Struct,
+    DataContentType, DataFile, ManifestContentType, ManifestEntryRef, PrimitiveLiteral, SnapshotRef, Struct,
 };
 use iceberg::table::Table;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
@@ -908,47 +907,29 @@ impl Lake {
         table: &Table,
         since: Option<i64>,
     ) -> Result<Option<Vec<ChangedFile>>> {
-        let metadata = table.metadata();
-        let mut snapshots = Vec::new();
-        let mut next = metadata.current_snapshot_id();
-        while next != since {
-            let Some(snapshot) = next.and_then(|id| metadata.snapshot_by_id(id)) else {
-                return Ok(None);
-            };
-            next = snapshot.parent_snapshot_id();
-            snapshots.push(snapshot.clone());
-        }
-        let name = table.identifier().to_string();
-        let mut out = Vec::new();
-        for snapshot in snapshots.iter().rev() {
-            let id = snapshot.snapshot_id();
-            let list = table.manifest_list_reader(snapshot).load().await.map_err(|e| {
+        let changes = crate::cache::changes_since(table, since, usize::MAX, None)
+            .await
+            .map_err(|e| {
                 iceberg_error(
-                    format!("cannot read the manifest list of snapshot {id} of {name}"),
+                    format!(
+                        "cannot read the manifests of the snapshots of {} since {}",
+                        table.identifier(),
+                        since.map_or("its first".to_string(), |id| format!("snapshot {id}"))
+                    ),
                     e,
                 )
             })?;
-            let own = list
-                .entries()
-                .iter()
-                .filter(|m| m.added_snapshot_id == id && (m.has_added_files() || m.has_deleted_files()));
-            let manifests = crate::cache::load_manifests(table, own).await.map_err(|e| {
-                iceberg_error(format!("cannot read the manifests of snapshot {id} of {name}"), e)
-            })?;
-            for manifest in manifests {
-                for entry in manifest.entries() {
-                    if entry.snapshot_id() == Some(id) && entry.status() != ManifestStatus::Existing {
-                        out.push(ChangedFile {
-                            snapshot_id: id,
-                            operation: snapshot.summary().operation.as_str().to_string(),
-                            added: entry.status() == ManifestStatus::Added,
-                            file: entry.data_file().clone(),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(Some(out))
+        Ok(changes.map(|changes| {
+            changes
+                .into_iter()
+                .map(|c| ChangedFile {
+                    snapshot_id: c.snapshot.snapshot_id(),
+                    operation: c.snapshot.summary().operation.as_str().to_string(),
+                    added: c.added,
+                    file: c.file,
+                })
+                .collect()
+        }))
     }
 
     /// The position deletes live in `table`'s current snapshot that were committed after the

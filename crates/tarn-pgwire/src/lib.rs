@@ -1665,29 +1665,20 @@ fn parameter_error(portal: &Portal<PlannedStatement>, why: &str) -> PgWireError 
             _ => None,
         });
         let Some(ty) = ty else { continue };
-        let failed = match ty {
-            Type::BOOL => portal.parameter::<bool>(i, &ty).is_err(),
-            Type::INT2 => portal.parameter::<i16>(i, &ty).is_err(),
-            Type::INT4 => portal.parameter::<i32>(i, &ty).is_err(),
-            Type::INT8 => portal.parameter::<i64>(i, &ty).is_err(),
-            Type::FLOAT4 => portal.parameter::<f32>(i, &ty).is_err(),
-            Type::FLOAT8 => portal.parameter::<f64>(i, &ty).is_err(),
-            _ => false,
+        // Whether the value parses, and PostgreSQL's name of the type, as its message has it.
+        let (failed, name) = match ty {
+            Type::BOOL => (portal.parameter::<bool>(i, &ty).is_err(), "boolean"),
+            Type::INT2 => (portal.parameter::<i16>(i, &ty).is_err(), "smallint"),
+            Type::INT4 => (portal.parameter::<i32>(i, &ty).is_err(), "integer"),
+            Type::INT8 => (portal.parameter::<i64>(i, &ty).is_err(), "bigint"),
+            Type::FLOAT4 => (portal.parameter::<f32>(i, &ty).is_err(), "real"),
+            Type::FLOAT8 => (portal.parameter::<f64>(i, &ty).is_err(), "double precision"),
+            _ => continue,
         };
         if failed {
             let shown = match (portal.parameter_format.format_for(i), portal.parameters.get(i)) {
                 (FieldFormat::Text, Some(Some(raw))) => format!("\"{}\"", String::from_utf8_lossy(raw)),
                 _ => "a binary value of the wrong length".to_string(),
-            };
-            // PostgreSQL's names for the types, as its message has them.
-            let name = match ty {
-                Type::BOOL => "boolean",
-                Type::INT2 => "smallint",
-                Type::INT4 => "integer",
-                Type::INT8 => "bigint",
-                Type::FLOAT4 => "real",
-                Type::FLOAT8 => "double precision",
-                _ => ty.name(),
             };
             return error(format!(
                 "invalid input syntax for type {name}: {shown} (parameter ${})",
