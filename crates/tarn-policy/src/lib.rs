@@ -132,6 +132,14 @@ impl TableName {
         json!({ "table": table })
     }
 
+    /// `{"table": {...}, "function": {"functionName": procedure}}`: a table procedure
+    /// (`ExecuteTableProcedure`, as Trino asks for `ALTER TABLE ... EXECUTE optimize`).
+    pub fn procedure_resource(&self, procedure: &str) -> Value {
+        let mut resource = self.resource(None);
+        resource["function"] = json!({ "functionName": procedure });
+        resource
+    }
+
     fn column(&self, name: &str, column_type: &str) -> Value {
         json!({
             "column": {

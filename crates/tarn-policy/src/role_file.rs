@@ -87,6 +87,8 @@ enum Privilege {
     Update,
     Create,
     Drop,
+    Alter,
+    Maintain,
     All,
 }
 
@@ -137,6 +139,19 @@ impl Privilege {
             Privilege::Update => (&["UpdateTableColumns"], &[]),
             Privilege::Create => (&["CreateTable"], &["CreateSchema", "CreateTable"]),
             Privilege::Drop => (&["DropTable"], &["DropSchema"]),
+            Privilege::Alter => (
+                &[
+                    "AddColumn",
+                    "DropColumn",
+                    "RenameColumn",
+                    "AlterColumn",
+                    "SetColumnComment",
+                    "SetTableProperties",
+                ],
+                &[],
+            ),
+            // Compaction, snapshot expiry, orphan removal: Trino's table procedures.
+            Privilege::Maintain => (&["ExecuteTableProcedure"], &[]),
             Privilege::All => (&[], &[]),
         }
     }
@@ -491,6 +506,8 @@ mod tests {
                     "DeleteFromTable",
                     "CreateTable",
                     "DropTable",
+                    "AddColumn",
+                    "ExecuteTableProcedure",
                 ] {
                     let r = Some(t.resource(Some(&names)));
                     assert_eq!(
@@ -566,6 +583,50 @@ topics = [{ name = "cdc.sales.*", allow = ["consume"] }, { name = "events", allo
         assert!(
             !policy
                 .allows(&user("x", &[]), "PublishToTopic", topic("events"))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn maintain_grants_table_procedures_and_alter_schema_changes() {
+        let text = r#"
+[roles.ops]
+grants = [{ on = "tarn.raw.*", allow = ["maintain"] }]
+
+[roles.loader]
+grants = [{ on = "tarn.raw.*", allow = ["insert", "alter"] }]
+"#;
+        let rego = super::compile("ops.toml", text, "trino").unwrap();
+        let policy = Policy::new(Arc::new(
+            RegoPolicy::from_sources(vec![("ops.toml.rego".into(), rego)], "trino").unwrap(),
+        ));
+        let (ops, loader) = (user("olga", &["ops"]), user("etl", &["loader"]));
+        let raw = table("raw", "orders");
+        let optimize = Some(raw.procedure_resource("optimize"));
+        assert!(
+            policy
+                .allows(&ops, "ExecuteTableProcedure", optimize.clone())
+                .unwrap()
+        );
+        assert!(!policy.allows(&loader, "ExecuteTableProcedure", optimize).unwrap());
+        let elsewhere = Some(table("sales", "orders").procedure_resource("optimize"));
+        assert!(!policy.allows(&ops, "ExecuteTableProcedure", elsewhere).unwrap());
+        assert!(
+            !policy
+                .allows(&ops, "InsertIntoTable", Some(raw.resource(None)))
+                .unwrap()
+        );
+        for operation in ["InsertIntoTable", "AddColumn", "SetTableProperties"] {
+            assert!(
+                policy
+                    .allows(&loader, operation, Some(raw.resource(None)))
+                    .unwrap(),
+                "{operation}"
+            );
+        }
+        assert!(
+            !policy
+                .allows(&loader, "DropTable", Some(raw.resource(None)))
                 .unwrap()
         );
     }

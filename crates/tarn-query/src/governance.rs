@@ -60,6 +60,7 @@ use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
+use iceberg::TableIdent;
 use serde_json::json;
 use tarn_auth::Principal;
 use tarn_core::{Error, ErrorKind, Result};
@@ -361,6 +362,35 @@ impl Governance {
         }
         self.record(record);
         decided
+    }
+
+    /// Checks a write made outside SQL (a load, an Airbyte sync, a maintenance step) to lake
+    /// table `ident` for the current principal: `operation` on the table, or with
+    /// `procedure`, `ExecuteTableProcedure` of that procedure (Trino's names: `optimize`,
+    /// `expire_snapshots`, `remove_orphan_files`). Recorded like a statement's decisions.
+    pub fn check_table_write(
+        &self,
+        operation: &str,
+        ident: &TableIdent,
+        procedure: Option<&str>,
+    ) -> Result<()> {
+        let table = self.table_name(&ident.namespace().join("."), ident.name());
+        let resource = match procedure {
+            Some(p) => table.procedure_resource(p),
+            None => table.resource(None),
+        };
+        let what = match procedure {
+            Some(p) => format!("{table} (procedure {p})"),
+            None => table.to_string(),
+        };
+        self.check(operation, Some(resource), &what)
+    }
+
+    /// Records that the current principal wrote `rows` rows to lake table `ident` with
+    /// `operation`, outside SQL (see [`Governance::check_table_write`]).
+    pub fn record_table_write(&self, operation: &str, ident: &TableIdent, rows: u64) {
+        let table = self.table_name(&ident.namespace().join("."), ident.name());
+        self.record_write(operation, &table.to_string(), rows);
     }
 
     /// The policy's name of table `table` in schema `schema`.

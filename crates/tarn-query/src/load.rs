@@ -226,7 +226,13 @@ pub async fn load(
     options: &LoadOptions,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
-    let ctx = session.context();
+    // The source files are read in a context of their own, sharing the session's object
+    // stores and settings but not its policy rule: they are no lake table, and the policy asks
+    // about the table written (below), not about a listing of files the operator named.
+    let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
+        session.context().copied_config(),
+        session.context().runtime_env(),
+    );
     for file in &plan.files {
         // Fail on an unreadable source before anything is written.
         ListingTableUrl::parse(file)
@@ -262,7 +268,16 @@ pub async fn load(
 
     let source_schema: Schema = df.schema().as_arrow().clone();
     let lake = session.lake();
-    let created = if lake.table_exists(ident).await? {
+    let exists = lake.table_exists(ident).await?;
+    // Under a policy (a scheduled `load` task runs as its job's principal), the load is asked
+    // like the statement it is: creating the table if it must, inserting into it.
+    if let Some(g) = session.governance() {
+        if !exists {
+            g.check_table_write("CreateTable", ident, None)?;
+        }
+        g.check_table_write("InsertIntoTable", ident, None)?;
+    }
+    let created = if exists {
         false
     } else {
         if !lake.namespace_exists(ident.namespace()).await? {
@@ -312,7 +327,12 @@ pub async fn load(
     }
     .await;
     match written {
-        Ok(outcome) => Ok(outcome),
+        Ok(outcome) => {
+            if let Some(g) = session.governance() {
+                g.record_table_write("InsertIntoTable", ident, outcome.rows);
+            }
+            Ok(outcome)
+        }
         Err(e) => {
             if created && let Err(drop_err) = lake.drop_table(ident, true).await {
                 tracing::warn!(table = %ident, error = %drop_err, "cannot drop table after failed load");

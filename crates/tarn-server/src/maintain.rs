@@ -30,6 +30,10 @@ pub struct MaintainArgs {
     /// Report what orphan removal would delete without deleting it.
     #[arg(long)]
     dry_run: bool,
+    /// The policy each step is asked of, for the principal the maintenance runs as (a
+    /// scheduled `maintain` task's job principal); `tarn maintain` runs as the operator.
+    #[arg(skip)]
+    governance: Option<Arc<tarn_query::governance::Governance>>,
 }
 
 fn progress_bar(show: bool) -> (ProgressBar, ProgressFn) {
@@ -94,7 +98,32 @@ impl MaintainArgs {
             expire,
             orphans,
             dry_run,
+            governance: None,
         }
+    }
+
+    /// This maintenance asked of `governance`'s policy, step by step and table by table, as
+    /// `ExecuteTableProcedure` with Trino's procedure names (`optimize`, `expire_snapshots`,
+    /// `remove_orphan_files`) for the principal the caller runs as; each step is audited.
+    pub fn governed(mut self, governance: Option<Arc<tarn_query::governance::Governance>>) -> Self {
+        self.governance = governance;
+        self
+    }
+}
+
+/// Asks the policy (when governed) whether the current principal may run `procedure` on
+/// `ident`.
+fn check_procedure(args: &MaintainArgs, ident: &TableIdent, procedure: &str) -> Result<()> {
+    if let Some(g) = &args.governance {
+        g.check_table_write("ExecuteTableProcedure", ident, Some(procedure))?;
+    }
+    Ok(())
+}
+
+/// Records (when governed) that `procedure` ran on `ident`, rewriting `rows` rows.
+fn audit_procedure(args: &MaintainArgs, ident: &TableIdent, procedure: &str, rows: u64) {
+    if let Some(g) = &args.governance {
+        g.record_table_write(&format!("ExecuteTableProcedure({procedure})"), ident, rows);
     }
 }
 
@@ -117,14 +146,16 @@ pub async fn maintain_yielding(
     out: &mut (dyn FnMut(String) + Send),
 ) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The principal the caller runs as goes along to the maintenance runtime.
+    let principal = tarn_query::governance::current_principal();
     let task = maintenance_runtime(config)?.spawn({
         let (lake, config, args) = (lake.clone(), config.clone(), args.clone());
-        async move {
+        tarn_query::governance::with_principal(principal, async move {
             maintain(&lake, &config, &args, show, &mut |line| {
                 let _ = tx.send(line);
             })
             .await
-        }
+        })
     });
     while let Some(line) = rx.recv().await {
         out(line);
@@ -142,13 +173,18 @@ pub async fn maintain(
     out: &mut (dyn FnMut(String) + Send),
 ) -> Result<()> {
     let all = !args.compact && !args.expire && !args.orphans;
-    let tables = targets(lake, &args.targets).await?;
+    let mut tables = targets(lake, &args.targets).await?;
+    if args.governance.is_some() && args.targets.is_empty() {
+        // The audit trail is maintained by its own writer; nobody's policy reaches it.
+        tables.retain(|t| t.namespace().join(".") != tarn_query::audit::AUDIT_SCHEMA);
+    }
     let m = &config.maintenance;
     let now = chrono::Utc::now();
     let age = |key: &str| chrono::Duration::from_std(m.duration(key)).unwrap_or(chrono::Duration::hours(1));
     for ident in tables {
         out(format!("{ident}"));
         if all || args.compact {
+            check_procedure(args, &ident, "optimize")?;
             let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .compact(
@@ -164,6 +200,7 @@ pub async fn maintain(
                 .await;
             bar.finish_and_clear();
             let outcome = outcome?;
+            audit_procedure(args, &ident, "optimize", outcome.rows_rewritten);
             match outcome.snapshot_id {
                 Some(id) => out(format!(
                     "  compacted: {} data file(s) and {} delete file(s) into {}; {} rows rewritten, {} deleted rows purged; {:.1} MB read, {:.1} MB written (snapshot {id})",
@@ -179,6 +216,7 @@ pub async fn maintain(
             }
         }
         if all || args.expire {
+            check_procedure(args, &ident, "expire_snapshots")?;
             let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .expire_snapshots(
@@ -192,6 +230,7 @@ pub async fn maintain(
                 .await;
             bar.finish_and_clear();
             let outcome = outcome?;
+            audit_procedure(args, &ident, "expire_snapshots", 0);
             out(format!(
                 "  expired {} snapshot(s); deleted {} manifest list(s), {} manifest(s), {} data file(s), {} delete file(s), {:.1} MB",
                 outcome.expired_snapshots.len(),
@@ -203,6 +242,7 @@ pub async fn maintain(
             ));
         }
         if all || args.orphans {
+            check_procedure(args, &ident, "remove_orphan_files")?;
             let (bar, progress) = progress_bar(show);
             let outcome = lake
                 .remove_orphan_files(
@@ -216,6 +256,9 @@ pub async fn maintain(
                 .await;
             bar.finish_and_clear();
             let outcome = outcome?;
+            if !args.dry_run {
+                audit_procedure(args, &ident, "remove_orphan_files", 0);
+            }
             out(format!(
                 "  {} {} orphan file(s) of {} listed ({:.1} MB)",
                 if args.dry_run { "would delete" } else { "deleted" },

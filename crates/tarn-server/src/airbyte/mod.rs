@@ -120,6 +120,52 @@ pub struct AirbyteArgs {
     /// pass it as `--catalog`), then exit without syncing.
     #[arg(long, value_parser = ["spec", "catalog"])]
     print: Option<String>,
+    /// Sync as this user under the configured policy (`[policy]`, docs/governance.md): each
+    /// stream's table is asked for `CreateTable` (when new), `AddColumn` (when the stream's
+    /// schema grew), `InsertIntoTable`, and `DeleteFromTable` (overwrite and dedup modes),
+    /// and every commit is audited as this user. A scheduled `airbyte` task passes its job's
+    /// principal here. Without it, the sync runs as the operator of the data directory.
+    #[arg(long = "as", value_name = "USER")]
+    as_user: Option<String>,
+    /// A group (role) of the `--as` user; repeatable.
+    #[arg(long = "group", value_name = "GROUP", requires = "as_user")]
+    groups: Vec<String>,
+    /// The policy the sync is asked of (from `--as`).
+    #[arg(skip)]
+    governance: Option<Arc<tarn_query::governance::Governance>>,
+}
+
+impl AirbyteArgs {
+    /// Asks the policy (with `--as`) whether the sync may write `ident` in `mode`.
+    fn authorize(&self, ident: &TableIdent, mode: Mode, exists: bool) -> Result<()> {
+        let Some(g) = &self.governance else {
+            return Ok(());
+        };
+        if !exists {
+            g.check_table_write("CreateTable", ident, None)?;
+        }
+        g.check_table_write("InsertIntoTable", ident, None)?;
+        if matches!(mode, Mode::FullOverwrite | Mode::IncrementalDedup) {
+            g.check_table_write("DeleteFromTable", ident, None)?;
+        }
+        Ok(())
+    }
+
+    /// Records (with `--as`) a commit to `ident` that added `inserted` rows and deleted
+    /// `deleted`.
+    fn audit(&self, ident: &TableIdent, inserted: u64, deleted: u64) {
+        let Some(g) = &self.governance else { return };
+        for (operation, rows) in [("InsertIntoTable", inserted), ("DeleteFromTable", deleted)] {
+            if rows > 0 {
+                g.record_table_write(operation, ident, rows);
+            }
+        }
+    }
+}
+
+/// The rows `files` hold.
+fn rows_of(files: &[iceberg::spec::DataFile]) -> u64 {
+    files.iter().map(|f| f.record_count()).sum()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -197,9 +243,36 @@ pub async fn run(args: AirbyteArgs, config: Config) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&catalog)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let lake = Lake::open(&config).await?;
-    let summary = sync(&lake, &connector, &config_path, &catalog, &args, &work).await?;
-    for (stream, (ident, rows, commits)) in &summary {
+    let mut args = args;
+    let (lake, session, principal) = match &args.as_user {
+        Some(user) => {
+            let session = crate::cli::open_governed(&config).await?;
+            if session.governance().is_none() {
+                tracing::warn!("--as {user}: no policy is configured ([policy]), so nothing is restricted");
+            }
+            let mut groups = args.groups.clone();
+            groups.sort();
+            groups.dedup();
+            args.governance = session.governance().cloned();
+            let principal = Arc::new(tarn_auth::Principal {
+                user: user.clone(),
+                groups,
+                method: tarn_auth::Method::Trusted,
+            });
+            (session.lake().clone(), Some(session), Some(principal))
+        }
+        None => (Lake::open(&config).await?, None, None),
+    };
+    let synced = tarn_query::governance::with_principal(
+        principal,
+        sync(&lake, &connector, &config_path, &catalog, &args, &work),
+    )
+    .await;
+    if let Some(session) = &session {
+        // The audit trail's last records (a denial too) are appended before exit.
+        crate::cli::close_session(session).await;
+    }
+    for (stream, (ident, rows, commits)) in &synced? {
         eprintln!("{stream}: {rows} record(s) into {ident} in {commits} commit(s)");
     }
     Ok(ExitCode::SUCCESS)
@@ -454,7 +527,8 @@ async fn sync(
             .unwrap_or_else(|| json!({}));
         let (fields, shape) = schema::columns(&json_schema);
         let wrap = fields.len() == 1 && fields[0].name() == DATA_COLUMN;
-        let table = ensure_table(lake, &ident, &name, fields.clone()).await?;
+        args.authorize(&ident, mode, lake.table_exists(&ident).await?)?;
+        let table = ensure_table(lake, &ident, &name, fields.clone(), args).await?;
         let shape = as_stored(shape, &fields, &table)?;
         let key = if mode == Mode::IncrementalDedup {
             primary_key(configured, &name)?
@@ -861,7 +935,9 @@ impl StreamSync {
         // An empty delta commits nothing (the state is not recorded alone; resuming from the
         // previous one reads no records that would land again).
         delta.summary = self.summary(state.as_ref());
+        let (inserted, deleted) = (rows_of(&delta.data_files), rows_of(&delta.delete_files));
         let table = lake.commit_row_delta(&table, delta).await?;
+        args.audit(&self.ident, inserted, deleted);
         self.committed(table, state);
         tarn_core::failpoint::hit("airbyte.after_commit").await?;
         Ok(())
@@ -938,7 +1014,10 @@ async fn finish_stream(lake: &Lake, stream: &mut StreamSync, args: &AirbyteArgs)
                 if files.is_empty() {
                     return Ok(());
                 }
-                lake.append(&stream.ident, files, summary).await?
+                let inserted = rows_of(&files);
+                let table = lake.append(&stream.ident, files, summary).await?;
+                args.audit(&stream.ident, inserted, 0);
+                table
             } else {
                 let table = lake.load_table(&stream.ident).await?;
                 let (live_data, live_deletes) = Lake::live_files(&table).await?;
@@ -951,7 +1030,12 @@ async fn finish_stream(lake: &Lake, stream: &mut StreamSync, args: &AirbyteArgs)
                 if overwrite.is_empty() {
                     return Ok(());
                 }
-                lake.commit_overwrite(&table, overwrite).await?
+                let inserted = rows_of(&overwrite.added_data_files);
+                let deleted = rows_of(&overwrite.removed_data_files)
+                    .saturating_sub(rows_of(&overwrite.removed_delete_files));
+                let table = lake.commit_overwrite(&table, overwrite).await?;
+                args.audit(&stream.ident, inserted, deleted);
+                table
             };
             tracing::info!(stream = stream.name, table = %stream.ident, rows = stream.records, "committed");
             stream.table = table;
@@ -1020,6 +1104,7 @@ async fn ensure_table(
     ident: &TableIdent,
     stream: &str,
     mut fields: Vec<Field>,
+    args: &AirbyteArgs,
 ) -> Result<Table> {
     fields.push(Field::new(
         EMITTED_AT,
@@ -1050,6 +1135,9 @@ async fn ensure_table(
         .collect();
     if added.is_empty() {
         return Ok(table);
+    }
+    if let Some(g) = &args.governance {
+        g.check_table_write("AddColumn", ident, None)?;
     }
     evolve(lake, &table, ident, stream, &added).await
 }
@@ -1288,7 +1376,9 @@ async fn commit_global(
             tarn_core::failpoint::hit("airbyte.between_commits").await?;
         }
         delta.summary = epoch_summary(&name, &state, epoch, journal.as_deref());
+        let (inserted, deleted) = (rows_of(&delta.data_files), rows_of(&delta.delete_files));
         let table = lake.commit_row_delta(&table, delta).await?;
+        args.audit(table.identifier(), inserted, deleted);
         let stream = streams.get_mut(&name).expect("a stream of the catalog");
         stream.committed(table, Some(state.clone()));
     }

@@ -231,13 +231,17 @@ async fn execute(cx: &TryContext) -> Result<()> {
                 .iter()
                 .map(|t| render(cx, "tables", t))
                 .collect::<Result<Vec<_>>>()?;
-            let args = crate::maintain::MaintainArgs::new(tables, *compact, *expire, *orphans, false);
+            let session = session_for(cx);
+            let args = crate::maintain::MaintainArgs::new(tables, *compact, *expire, *orphans, false)
+                .governed(session.governance().cloned());
             let mut lines = Vec::new();
-            let done =
-                crate::maintain::maintain_yielding(cx.session.lake(), &cx.config, &args, false, &mut |l| {
+            let done = tarn_query::governance::with_principal(
+                session.principal(),
+                crate::maintain::maintain_yielding(session.lake(), &cx.config, &args, false, &mut |l| {
                     lines.push(l)
-                })
-                .await;
+                }),
+            )
+            .await;
             for l in lines {
                 cx.log.line(l).await;
             }
@@ -311,6 +315,13 @@ async fn execute(cx: &TryContext) -> Result<()> {
                 .arg("--namespace")
                 .arg(render(cx, "namespace", namespace)?)
                 .current_dir(job_dir(&cx.job.file));
+            if let Some(user) = &cx.job.principal {
+                // The sync is asked of the policy, and audited, as the job's principal.
+                cmd.arg("--as").arg(user);
+                for group in &cx.job.groups {
+                    cmd.arg("--group").arg(group);
+                }
+            }
             run_child(cx, cmd, "tarn ingest airbyte").await
         }
         TaskKind::IngestKafka { .. } => check_kafka(cx).await,
@@ -516,13 +527,20 @@ async fn run_child(cx: &TryContext, inner: tokio::process::Command, what: &str) 
         .with_context(|| format!("cannot start {what}"))?;
     drop(stdin);
     cx.log.line(format!("started {what} (process group {pid})")).await;
+    // Each stream's lines go to the try's log; the last one that says something is kept for
+    // the error of a failed command (a `tarn` child's `error: ...`).
     let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>, log: TryLog| async move {
+        let mut last = None;
         if let Some(s) = stream {
             let mut lines = BufReader::new(s).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if !line.trim().is_empty() {
+                    last = Some(line.clone());
+                }
                 log.line(line).await;
             }
         }
+        last
     };
     let out = tokio::spawn(pump(
         child
@@ -549,11 +567,23 @@ async fn run_child(cx: &TryContext, inner: tokio::process::Command, what: &str) 
         }
     };
     let _ = out.await;
-    let _ = err.await;
+    let last = err.await.ok().flatten();
     if status.success() {
         Ok(())
     } else {
-        bail!("{what} exited with {status}")
+        match last {
+            Some(line) => bail!("{what} exited with {status}: {}", truncate_line(&line)),
+            None => bail!("{what} exited with {status}"),
+        }
+    }
+}
+
+/// `line`, cut to 500 characters for a try's error.
+fn truncate_line(line: &str) -> String {
+    const MAX: usize = 500;
+    match line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
     }
 }
 

@@ -1775,3 +1775,208 @@ impl Drop for KafkaIngest {
         let _ = child.wait();
     }
 }
+
+/// A policy where `etl` writes `raw` tables (creating them) and nothing else, and the `ops`
+/// role may only compact (`optimize`) them.
+const WRITER_POLICY: &str = r#"
+package trino
+
+import rego.v1
+
+default allow := false
+
+allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas", "ShowSchemas", "ShowTables", "FilterTables", "FilterColumns"}
+
+allow if {
+	input.context.identity.user == "etl"
+	input.action.operation in {"CreateTable", "InsertIntoTable", "DeleteFromTable", "AddColumn", "SelectFromColumns"}
+	input.action.resource.table.schemaName == "raw"
+}
+
+allow if {
+	"ops" in input.context.identity.groups
+	input.action.operation == "ExecuteTableProcedure"
+	input.action.resource.function.functionName == "optimize"
+	input.action.resource.table.schemaName == "raw"
+}
+"#;
+
+/// `load`, `airbyte` and `maintain` tasks write as their job's principal: each is asked of the
+/// policy like the statement it stands for (`CreateTable`/`InsertIntoTable`, Trino's
+/// `ExecuteTableProcedure` with the procedure's name), a denial fails the task before anything
+/// is written, and what they write is audited under that principal.
+#[tokio::test]
+async fn load_airbyte_and_maintain_tasks_are_authorized_and_audited_as_the_jobs_principal() {
+    let policy_dir = tempfile::Builder::new()
+        .prefix("tarn-jobs-policy-")
+        .tempdir()
+        .unwrap();
+    let policy = policy_dir.path().join("policy.rego");
+    std::fs::write(&policy, WRITER_POLICY).unwrap();
+    let dir = data_dir(&format!(
+        "[policy]\nfile = \"{}\"\n[audit]\nauditor_role = \"compliance\"\n",
+        policy.display()
+    ));
+    let d = dir.path();
+    let (ok, _, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "CREATE SCHEMA raw; CREATE SCHEMA secure; CREATE TABLE secure.keys (id BIGINT, amount BIGINT)",
+        ],
+    );
+    assert!(ok, "{err}");
+    std::fs::write(d.join("jobs/orders.csv"), "id,amount\n1,10\n2,20\n3,30\n").unwrap();
+    std::fs::write(d.join("jobs/source.json"), r#"{"count": 12, "state_every": 5}"#).unwrap();
+    let stream = serde_json::json!({
+        "name": "items",
+        "json_schema": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "name": {"type": ["null", "string"]}, "price": {"type": "number"}
+        }},
+        "supported_sync_modes": ["full_refresh"],
+    });
+    std::fs::write(
+        d.join("jobs/catalog.json"),
+        serde_json::json!({"streams": [{"stream": stream, "sync_mode": "full_refresh",
+            "destination_sync_mode": "overwrite"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let connector = format!(
+        "{} {}",
+        tarn_test_utils::python().unwrap().display(),
+        tarn_test_utils::workspace_root()
+            .join("tests/interop/airbyte_source.py")
+            .display()
+    );
+    let load = |table: &str| {
+        format!("[[tasks]]\nid = \"load\"\nkind = \"load\"\npaths = [\"orders.csv\"]\ntable = \"{table}\"\n")
+    };
+    let sync = |ns: &str| {
+        format!(
+            "[[tasks]]\nid = \"sync\"\nkind = \"airbyte\"\nconnector = \"{connector}\"\nconfig = \"source.json\"\ncatalog = \"catalog.json\"\nnamespace = \"{ns}\"\n"
+        )
+    };
+    let maintain = |what: &str| {
+        format!(
+            "[[tasks]]\nid = \"maintain\"\nkind = \"maintain\"\ntables = [\"raw.orders\"]\n{what} = true\n"
+        )
+    };
+    let as_user = |user: &str, groups: &str, tasks: &str| {
+        format!("principal = \"{user}\"\ngroups = [{groups}]\n{tasks}")
+    };
+    write_job(
+        d,
+        "ingest",
+        &as_user("etl", "", &format!("{}{}", load("raw.orders"), sync("raw"))),
+    );
+    write_job(d, "sneak_load", &as_user("etl", "", &load("secure.keys")));
+    write_job(d, "sneak_sync", &as_user("etl", "", &sync("secure")));
+    write_job(d, "etl_compacts", &as_user("etl", "", &maintain("compact")));
+    write_job(
+        d,
+        "ops_compacts",
+        &as_user("olga", "\"ops\"", &maintain("compact")),
+    );
+    write_job(d, "ops_expires", &as_user("olga", "\"ops\"", &maintain("expire")));
+    let store = store(d).await;
+    let failure = |job: &'static str| {
+        let store = &store;
+        async move {
+            let (ok, out, _) = crate::tarn(d, &["jobs", "run", job]);
+            assert!(!ok, "{job} ran: {out}");
+            let run = store.runs(Some(job), 1).await.unwrap().remove(0);
+            let tries = store.tries(&run.run_id).await.unwrap();
+            tries[0].error.clone().unwrap_or_default()
+        }
+    };
+
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "ingest"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = crate::tarn(d, &["jobs", "run", "ops_compacts"]);
+    assert!(ok, "{out}{err}");
+
+    let error = failure("sneak_load").await;
+    assert!(
+        error.contains("InsertIntoTable") && error.contains("tarn.secure.keys") && error.contains("etl"),
+        "{error}"
+    );
+    let error = failure("sneak_sync").await;
+    assert!(
+        error.contains("CreateTable") && error.contains("tarn.secure.items"),
+        "{error}"
+    );
+    let error = failure("etl_compacts").await;
+    assert!(
+        error.contains("ExecuteTableProcedure") && error.contains("optimize"),
+        "{error}"
+    );
+    let error = failure("ops_expires").await;
+    assert!(
+        error.contains("ExecuteTableProcedure") && error.contains("expire_snapshots"),
+        "{error}"
+    );
+    // Nothing of the denied tasks was written.
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT count(*) FROM secure.keys; SHOW TABLES",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().nth(1), Some("0"), "{out}");
+    assert!(!out.contains("secure,items,"), "{out}");
+
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "--as",
+            "aud",
+            "--group",
+            "compliance",
+            "--format",
+            "csv",
+            "SELECT user_name, operations, tables, sum(rows_written) FROM tarn_audit.events \
+             WHERE kind = 'write' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ],
+    );
+    assert!(ok, "{err}");
+    let writes: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(
+        writes,
+        [
+            "etl,InsertIntoTable,tarn.raw.items,12",
+            "etl,InsertIntoTable,tarn.raw.orders,3",
+            "olga,ExecuteTableProcedure(optimize),tarn.raw.orders,0",
+        ],
+        "{out}"
+    );
+    let (ok, out, err) = crate::tarn(
+        d,
+        &[
+            "sql",
+            "--as",
+            "aud",
+            "--group",
+            "compliance",
+            "--format",
+            "csv",
+            "SELECT DISTINCT user_name, operations, tables FROM tarn_audit.events \
+             WHERE kind = 'decision' AND decision = 'deny' ORDER BY 1, 2, 3",
+        ],
+    );
+    assert!(ok, "{err}");
+    let denials: Vec<&str> = out.lines().skip(1).collect();
+    for expected in [
+        "etl,CreateTable,tarn.secure.items",
+        "etl,ExecuteTableProcedure,tarn.raw.orders",
+        "etl,InsertIntoTable,tarn.secure.keys",
+        "olga,ExecuteTableProcedure,tarn.raw.orders",
+    ] {
+        assert!(denials.contains(&expected), "{expected} missing from {out}");
+    }
+}
