@@ -51,7 +51,7 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use tarn_query::governance::{Governance, Visible};
+use tarn_query::governance::{Governance, VisibleCatalogs};
 
 /// An index's oid: its table's plus this.
 const INDEX_OID_OFFSET: i32 = 1_000_000_000;
@@ -148,7 +148,7 @@ pub(crate) struct Snapshot {
 #[derive(Debug, Clone)]
 struct Grant {
     token: String,
-    visible: Arc<Visible>,
+    visible: Arc<VisibleCatalogs>,
 }
 
 /// The described relations and the grants of the principals that asked; shared by the
@@ -166,7 +166,7 @@ pub(crate) struct Relations {
 }
 
 /// What the current principal may see: `None` for everything (no policy).
-pub(crate) type Visibility = Option<Arc<Visible>>;
+pub(crate) type Visibility = Option<Arc<VisibleCatalogs>>;
 
 impl Relations {
     pub(crate) fn new(
@@ -202,14 +202,14 @@ impl Relations {
 
     /// Whether `relation` is to be described to a principal who sees `visible`.
     pub(crate) fn shows(&self, relation: &Relation, visible: &Visibility) -> bool {
-        let (Some(visible), Some(g)) = (visible, &self.governance) else {
+        let (Some(visible), Some(_)) = (visible, &self.governance) else {
             return true;
         };
-        if relation.catalog != g.catalog_name() {
+        // Every catalog of the session is in `visible` (the lake's and the external ones).
+        let Some((tables, _)) = visible.get(&relation.catalog) else {
             return true;
-        }
-        visible
-            .0
+        };
+        tables
             .get(&relation.schema)
             .is_some_and(|tables| tables.contains(&relation.name))
     }

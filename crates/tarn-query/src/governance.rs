@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, Session, TableProvider};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{Column, Constraints, DFSchema, Statistics, TableReference};
@@ -103,6 +103,10 @@ fn df_error(e: Error) -> DataFusionError {
 /// What a principal may see of the lake: tables by schema, and schemas.
 pub type Visible = (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>);
 
+/// What a principal may see of every catalog of the session (the lake's and the external
+/// catalogs attached to it, `[[federation]]`), by catalog name.
+pub type VisibleCatalogs = BTreeMap<String, Visible>;
+
 /// Schemas that hold no lake tables.
 const SYSTEM_SCHEMAS: [&str; 2] = ["information_schema", "pg_catalog"];
 
@@ -112,6 +116,9 @@ pub struct Governance {
     catalog_name: String,
     default_schema: String,
     catalog: Arc<dyn CatalogProvider>,
+    /// Every catalog of the session, for listings of external catalogs' tables (set once the
+    /// session's context exists: [`Governance::attach_catalogs`]).
+    catalogs: std::sync::OnceLock<Arc<dyn CatalogProviderList>>,
     /// Parses mask and row filter expressions (DataFusion's functions, PostgreSQL dialect).
     expressions: SessionState,
     /// Where decisions are recorded, when auditing is on.
@@ -195,6 +202,7 @@ impl Governance {
             catalog_name: catalog_name.to_string(),
             default_schema: default_schema.to_string(),
             catalog,
+            catalogs: std::sync::OnceLock::new(),
             expressions: SessionStateBuilder::new()
                 .with_config(config)
                 .with_default_features()
@@ -210,6 +218,19 @@ impl Governance {
         self.audit = audit;
         self.auditor_role = auditor_role.to_string();
         self
+    }
+
+    /// Listings show the tables of `catalogs`' external catalogs too, each filtered like the
+    /// lake's (`FilterTables` with its catalog name). Set once; later calls are ignored.
+    pub fn attach_catalogs(&self, catalogs: Arc<dyn CatalogProviderList>) {
+        let _ = self.catalogs.set(catalogs);
+    }
+
+    /// Whether `name` is an external catalog of the session.
+    fn is_external_catalog(&self, name: &str) -> bool {
+        self.catalogs
+            .get()
+            .is_some_and(|list| list.catalog(name).is_some())
     }
 
     /// The audit trail, when auditing is on.
@@ -443,9 +464,9 @@ impl Governance {
     /// What the principal the current task runs for may see of the lake (tables by schema,
     /// and schemas), as listings show it: for catalog tables and functions that describe lake
     /// tables (the Postgres wire endpoint's `pg_constraint`, `pg_index`, `pg_description`, ...).
-    pub fn visible_to_current(&self) -> Result<Visible> {
+    pub fn visible_to_current(&self) -> Result<VisibleCatalogs> {
         let principal = self.principal()?;
-        self.visible(&principal)
+        self.visible_catalogs(&principal)
     }
 
     /// What `principal` may see of the lake (tables by schema, and schemas), as listings show
@@ -454,28 +475,58 @@ impl Governance {
         self.visible(principal)
     }
 
-    /// The lake's (schema, table) names the current principal may see, and its schemas.
+    /// The lake's (schema, table) names `principal` may see, and its schemas.
     fn visible(&self, principal: &Principal) -> Result<Visible> {
+        self.visible_in(&self.catalog_name, self.catalog.as_ref(), principal)
+    }
+
+    /// What `principal` may see of the lake and of every external catalog of the session.
+    fn visible_catalogs(&self, principal: &Principal) -> Result<VisibleCatalogs> {
+        let mut all = BTreeMap::from([(self.catalog_name.clone(), self.visible(principal)?)]);
+        if let Some(list) = self.catalogs.get() {
+            for name in list.catalog_names() {
+                if name == self.catalog_name {
+                    continue;
+                }
+                if let Some(catalog) = list.catalog(&name) {
+                    let visible = self.visible_in(&name, catalog.as_ref(), principal)?;
+                    all.insert(name, visible);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The (schema, table) names of `catalog` (named `catalog_name`) `principal` may see, and
+    /// its schemas.
+    fn visible_in(
+        &self,
+        catalog_name: &str,
+        catalog: &dyn CatalogProvider,
+        principal: &Principal,
+    ) -> Result<Visible> {
         let auditor = self.is_auditor(principal);
-        let schemas: Vec<String> = self
-            .catalog
+        let lake = catalog_name == self.catalog_name;
+        let schemas: Vec<String> = catalog
             .schema_names()
             .into_iter()
             .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
-            .filter(|s| s != AUDIT_SCHEMA || auditor)
+            .filter(|s| !lake || s != AUDIT_SCHEMA || auditor)
             .collect();
         let mut tables = Vec::new();
         for schema in &schemas {
-            if let Some(provider) = self.catalog.schema(schema) {
+            if let Some(provider) = catalog.schema(schema) {
                 for table in provider.table_names() {
                     tables.push((schema.clone(), table));
                 }
             }
         }
-        let resources: Vec<_> = tables
-            .iter()
-            .map(|(s, t)| self.table_name(s, t).resource(None))
-            .collect();
+        let name = |schema: &str, table: &str| TableName {
+            catalog: catalog_name.to_string(),
+            schema: schema.to_string(),
+            table: table.to_string(),
+        };
+        let resources: Vec<_> = tables.iter().map(|(s, t)| name(s, t).resource(None)).collect();
         let mut visible: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for i in self
             .policy
@@ -488,7 +539,7 @@ impl Governance {
         }
         let schema_resources: Vec<_> = schemas
             .iter()
-            .map(|s| tarn_policy::schema_resource(&self.catalog_name, s))
+            .map(|s| tarn_policy::schema_resource(catalog_name, s))
             .collect();
         let visible_schemas = self
             .policy
@@ -577,7 +628,7 @@ struct Pass<'a> {
     principal: &'a Principal,
     config: &'a ConfigOptions,
     read: BTreeMap<TableReference, BTreeSet<String>>,
-    visible: Option<Visible>,
+    visible: Option<VisibleCatalogs>,
     /// What this analysis asked and decided, for the audit trail.
     record: AuditRecord,
 }
@@ -680,7 +731,10 @@ impl Pass<'_> {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         }
         let (catalog, schema, table) = self.resolve(&scan.table_name);
-        if catalog == self.g.catalog_name && SYSTEM_SCHEMAS.contains(&schema.as_str()) {
+        // Every catalog's `information_schema` lists every catalog (DataFusion's), so each is
+        // a listing to filter.
+        let listed = catalog == self.g.catalog_name || self.g.is_external_catalog(&catalog);
+        if listed && SYSTEM_SCHEMAS.contains(&schema.as_str()) {
             return self.listing(scan, provider, &schema, &table);
         }
         let (base, is_metadata) = match table.split_once('$') {
@@ -903,7 +957,9 @@ impl Pass<'_> {
     }
 
     /// A scan of a listing (`information_schema`, `pg_catalog`): only what the principal may
-    /// see of the lake.
+    /// see of the lake and of the external catalogs. Listings naming the catalog
+    /// (`information_schema`) are filtered per catalog; `pg_catalog`'s name no catalog, so a
+    /// (schema, table) any catalog shows is kept.
     fn listing(
         &mut self,
         scan: TableScan,
@@ -911,33 +967,64 @@ impl Pass<'_> {
         schema: &str,
         table: &str,
     ) -> DFResult<Transformed<LogicalPlan>> {
-        let (schema_column, table_column) = match (schema, table) {
-            ("information_schema", "tables" | "columns" | "views") => ("table_schema", Some("table_name")),
-            ("information_schema", "schemata") => ("schema_name", None),
-            ("pg_catalog", "pg_tables") => ("schemaname", Some("tablename")),
-            ("pg_catalog", "pg_views") => ("schemaname", Some("viewname")),
-            ("pg_catalog", "pg_namespace") => ("nspname", None),
-            ("pg_catalog", "pg_class") => ("", Some("relname")),
+        let (catalog_column, schema_column, table_column) = match (schema, table) {
+            ("information_schema", "tables" | "columns" | "views") => {
+                (Some("table_catalog"), "table_schema", Some("table_name"))
+            }
+            ("information_schema", "schemata") => (Some("catalog_name"), "schema_name", None),
+            ("pg_catalog", "pg_tables") => (None, "schemaname", Some("tablename")),
+            ("pg_catalog", "pg_views") => (None, "schemaname", Some("viewname")),
+            ("pg_catalog", "pg_namespace") => (None, "nspname", None),
+            ("pg_catalog", "pg_class") => (None, "", Some("relname")),
             _ => return Ok(Transformed::yes(LogicalPlan::TableScan(policed(scan, provider)?))),
         };
         if self.visible.is_none() {
-            self.visible = Some(self.g.visible(self.principal).map_err(df_error)?);
+            self.visible = Some(self.g.visible_catalogs(self.principal).map_err(df_error)?);
         }
-        let (tables, schemas) = self.visible.as_ref().expect("computed");
+        let catalogs = self.visible.as_ref().expect("computed");
+        // Without a catalog column, one catalog's worth: every catalog's names merged.
+        let merged;
+        let per_catalog: Vec<(Option<&str>, &Visible)> = match catalog_column {
+            Some(_) => catalogs.iter().map(|(c, v)| (Some(c.as_str()), v)).collect(),
+            None => {
+                let mut all: Visible = Default::default();
+                for (tables, schemas) in catalogs.values() {
+                    for (s, names) in tables {
+                        all.0.entry(s.clone()).or_default().extend(names.iter().cloned());
+                    }
+                    all.1.extend(schemas.iter().cloned());
+                }
+                merged = all;
+                vec![(None, &merged)]
+            }
+        };
         let reference = scan.table_name.clone();
         let column = |name: &str| Expr::Column(Column::new(Some(reference.clone()), name));
         let system =
             |name: &str| column(name).in_list(SYSTEM_SCHEMAS.iter().map(|s| lit(*s)).collect(), false);
+        // `condition` restricted to catalog `c` where the listing names catalogs.
+        let in_catalog = |c: Option<&str>, condition: Expr| match (catalog_column, c) {
+            (Some(col), Some(c)) => column(col).eq(lit(c.to_string())).and(condition),
+            _ => condition,
+        };
         let predicate = match table_column {
-            None => {
-                let mut names: Vec<Expr> = schemas.iter().map(|s| lit(s.clone())).collect();
-                names.extend(SYSTEM_SCHEMAS.iter().map(|s| lit(*s)));
-                column(schema_column).in_list(names, false)
-            }
+            None => per_catalog
+                .iter()
+                .fold(system(schema_column), |acc, (c, (_, schemas))| {
+                    if schemas.is_empty() {
+                        return acc;
+                    }
+                    let names: Vec<Expr> = schemas.iter().map(|s| lit(s.clone())).collect();
+                    acc.or(in_catalog(*c, column(schema_column).in_list(names, false)))
+                }),
             Some(table_column) if schema_column.is_empty() => {
                 // pg_class names no schema: keep system relations (not ordinary tables) and
                 // tables whose name some visible table has.
-                let names: Vec<Expr> = tables.values().flatten().map(|t| lit(t.clone())).collect();
+                let names: Vec<Expr> = per_catalog
+                    .iter()
+                    .flat_map(|(_, (tables, _))| tables.values().flatten())
+                    .map(|t| lit(t.clone()))
+                    .collect();
                 let kinds = column("relkind").not_eq(lit("r"));
                 if names.is_empty() {
                     kinds
@@ -945,12 +1032,19 @@ impl Pass<'_> {
                     kinds.or(column(table_column).in_list(names, false))
                 }
             }
-            Some(table_column) => tables.iter().fold(system(schema_column), |acc, (s, names)| {
-                let names = names.iter().map(|t| lit(t.clone())).collect();
-                acc.or(column(schema_column)
-                    .eq(lit(s.clone()))
-                    .and(column(table_column).in_list(names, false)))
-            }),
+            Some(table_column) => per_catalog
+                .iter()
+                .fold(system(schema_column), |acc, (c, (tables, _))| {
+                    tables.iter().fold(acc, |acc, (s, names)| {
+                        let names = names.iter().map(|t| lit(t.clone())).collect();
+                        acc.or(in_catalog(
+                            *c,
+                            column(schema_column)
+                                .eq(lit(s.clone()))
+                                .and(column(table_column).in_list(names, false)),
+                        ))
+                    })
+                }),
         };
         let scan = policed(scan, provider)?;
         let plan = LogicalPlan::Filter(Filter::try_new(
@@ -1005,6 +1099,24 @@ fn trino_substr(expr: Expr) -> DFResult<Expr> {
         Ok(Transformed::yes(rewritten))
     })
     .map(|t| t.data)
+}
+
+/// `plan` without columns when `projection` asks for none (`count(*)`). An external catalog's
+/// table, scanned directly rather than sent whole to its database (a policed scan is not
+/// federated as one query), answers an empty projection with a column, which the logical plan
+/// above does not expect; its rows are what counts.
+fn no_columns_if_none_asked(
+    plan: Arc<dyn ExecutionPlan>,
+    projection: Option<&[usize]>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+    if projection.is_some_and(<[usize]>::is_empty) && !plan.schema().fields().is_empty() {
+        return Ok(Arc::new(ProjectionExec::try_new(
+            Vec::<ProjectionExpr>::new(),
+            plan,
+        )?));
+    }
+    Ok(plan)
 }
 
 /// `scan` reading through [`PolicedTable`].
@@ -1251,7 +1363,10 @@ impl TableProvider for PolicedTable {
                 self.filtered_scan(filter, state, projection.map(Vec::as_slice), filters, limit)
                     .await
             }
-            None => self.inner.scan(state, projection, filters, limit).await,
+            None => {
+                let plan = self.inner.scan(state, projection, filters, limit).await?;
+                no_columns_if_none_asked(plan, projection.map(Vec::as_slice))
+            }
         }
     }
 
@@ -1273,7 +1388,12 @@ impl TableProvider for PolicedTable {
                     .await?;
                 Ok(datafusion::catalog::ScanResult::new(plan))
             }
-            None => self.inner.scan_with_args(state, args).await,
+            None => {
+                let projection = args.projection().map(<[usize]>::to_vec);
+                let result = self.inner.scan_with_args(state, args).await?;
+                let plan = no_columns_if_none_asked(result.into_inner(), projection.as_deref())?;
+                Ok(datafusion::catalog::ScanResult::new(plan))
+            }
         }
     }
 

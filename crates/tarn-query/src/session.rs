@@ -201,6 +201,10 @@ impl TarnSession {
         }
         let ctx = SessionContext::new_with_state(state.build());
         ctx.register_catalog(lake.name(), catalog.clone());
+        if let Some(g) = &governance {
+            // Listings filter the external catalogs attached later too.
+            g.attach_catalogs(ctx.state().catalog_list().clone());
+        }
         let public = NamespaceIdent::new(DEFAULT_SCHEMA.to_string());
         lake.create_namespace(&public, true).await?;
         catalog.refresh().await?;
@@ -377,9 +381,12 @@ impl TarnSession {
         self.catalog.bridge()
     }
 
-    /// Reloads namespace and table names for listings (`SHOW TABLES`, `information_schema`).
+    /// Reloads namespace and table names for listings (`SHOW TABLES`, `information_schema`,
+    /// `pg_catalog`): the lake's, and the external catalogs' (attached or detached as the
+    /// catalog database says, their listings read again when stale).
     pub async fn refresh(&self) -> Result<()> {
-        self.catalog.refresh().await
+        self.catalog.refresh().await?;
+        self.sync_external_catalogs().await
     }
 
     /// Splits `sql` into statements with tarn's extensions applied; run each with [`Self::run`].

@@ -256,11 +256,16 @@ async fn policies_apply_to_foreign_tables() {
         .await
         .unwrap_err();
     assert_eq!(denied.kind(), tarn_core::ErrorKind::PermissionDenied, "{denied}");
+    for count in ["count(name)", "count(*)", "count(1)"] {
+        let sql = format!("SELECT {count} FROM shop.public.customers");
+        assert_eq!(query(&as_user("ann"), &sql).await.unwrap(), vec!["50"], "{sql}");
+    }
+    // No column read: counted under bob's row filter.
     assert_eq!(
-        query(&as_user("ann"), "SELECT count(name) FROM shop.public.customers")
+        query(&as_user("bob"), "SELECT count(*) FROM shop.public.customers")
             .await
             .unwrap(),
-        vec!["50"]
+        vec!["16"]
     );
     let bob = query(
         &as_user("bob"),
@@ -285,6 +290,80 @@ async fn policies_apply_to_foreign_tables() {
         .query("SELECT count(*) FROM orders o JOIN shop.public.customers c ON o.customer_id = c.id")
         .await;
     assert_ne!(all, expected);
+}
+
+/// A policy that lets everyone see and read the remote `customers` table and nothing else of
+/// the remote database.
+const LISTING_POLICY: &str = r#"
+package trino
+
+import rego.v1
+
+default allow := false
+
+allow if input.action.operation in {"ExecuteQuery", "AccessCatalog", "FilterCatalogs", "FilterSchemas", "ShowSchemas", "ShowTables"}
+
+allow if {
+	input.action.operation in {"SelectFromColumns", "FilterTables", "FilterColumns"}
+	input.action.resource.table.catalogName == "shop"
+	input.action.resource.table.tableName == "customers"
+}
+"#;
+
+/// Under a policy, listings show a foreign table exactly when the policy lets the caller see it
+/// (`FilterTables` with the external catalog's name), in `information_schema` and `pg_catalog`
+/// alike, over the Postgres wire endpoint; a hidden one is absent and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_the_foreign_tables_the_policy_lets_the_caller_see() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT);          CREATE TABLE payroll (id INT PRIMARY KEY, salary INT);          INSERT INTO customers VALUES (1, 'a'), (2, 'b'); INSERT INTO payroll VALUES (1, 100)",
+    )
+    .unwrap();
+    let policy_dir = tempfile::Builder::new()
+        .prefix("tarn-fed-policy-")
+        .tempdir()
+        .unwrap();
+    let policy = policy_dir.path().join("policy.rego");
+    std::fs::write(&policy, LISTING_POLICY).unwrap();
+    let served = crate::pgwire::Served::start_with(
+        false,
+        &format!(
+            "[policy]\nfile = \"{}\"\n[[federation]]\nname = \"shop\"\nurl = \"{}\"\n",
+            policy.display(),
+            pg.url("postgres")
+        ),
+    );
+    let listed = |sql: &str| {
+        let (ok, out, err) = served.psql(sql);
+        assert!(ok, "{sql}: {err}");
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(
+            "SELECT table_catalog, table_schema, table_name FROM information_schema.tables \
+             WHERE table_schema NOT IN ('information_schema', 'pg_catalog') ORDER BY 1, 2, 3"
+        ),
+        ["shop|public|customers"]
+    );
+    assert_eq!(
+        listed(
+            "SELECT table_name, column_name FROM information_schema.columns \
+             WHERE table_catalog = 'shop' ORDER BY 1, 2"
+        ),
+        ["customers|id", "customers|name"]
+    );
+    assert_eq!(
+        listed(
+            "SELECT relname FROM pg_catalog.pg_class WHERE relname IN ('customers', 'payroll') ORDER BY 1"
+        ),
+        ["customers"]
+    );
+    assert_eq!(listed("SELECT count(*) FROM shop.public.customers"), ["2"]);
+    let (ok, _, err) = served.psql("SELECT * FROM shop.public.payroll");
+    assert!(!ok);
+    assert!(err.contains("shop.public.payroll"), "{err}");
 }
 
 /// Over the Postgres wire endpoint, `CREATE`/`DROP EXTERNAL CATALOG` run in both protocols
