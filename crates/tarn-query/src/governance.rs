@@ -577,6 +577,7 @@ impl AnalyzerRule for PolicyRule {
             config,
             read: columns_read(&plan),
             visible: None,
+            analyze: matches!(plan, LogicalPlan::Analyze(_)),
             record: g.new_record(RecordKind::Decision, &principal),
         };
         let decided = pass.authorize(plan);
@@ -629,6 +630,8 @@ struct Pass<'a> {
     config: &'a ConfigOptions,
     read: BTreeMap<TableReference, BTreeSet<String>>,
     visible: Option<VisibleCatalogs>,
+    /// The statement is `EXPLAIN ANALYZE`: its plan shows the rows each node produced.
+    analyze: bool,
     /// What this analysis asked and decided, for the audit trail.
     record: AuditRecord,
 }
@@ -780,6 +783,16 @@ impl Pass<'_> {
             .policy
             .row_filters(self.principal, &base_table)
             .map_err(|e| df_error(policy_error(e)))?;
+        if self.analyze && !filters.is_empty() {
+            // The scan below the row filter counts the rows it hides (`output_rows`).
+            return Err(df_error(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "access denied: EXPLAIN ANALYZE of {base_table} is not allowed for {}: it has a row filter for them, and the plan's row counts would count the rows it hides; EXPLAIN without ANALYZE shows the plan",
+                    self.principal
+                ),
+            )));
+        }
         if is_metadata {
             // Unknown columns count as masked: refused rather than guessed.
             let masked = match self.base_columns(&base_table) {
