@@ -530,6 +530,34 @@ pub struct ServerConfig {
     /// TLS on both listeners (`server.tls.cert` and `server.tls.key`); plain TCP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Load balancers (addresses or CIDR ranges, e.g. `10.0.0.0/8`) whose connections to the
+    /// Postgres wire endpoint begin with a PROXY protocol header (HAProxy's, v1 or v2) naming
+    /// the client: the client's address is then the one logins and logs see. Connections from
+    /// elsewhere send none. Empty: no PROXY headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_from: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `server.proxy_protocol_from` as networks (a bare address is a network of one).
+    pub fn proxy_networks(&self) -> Result<Vec<ipnet::IpNet>> {
+        self.proxy_protocol_from
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorKind::Config,
+                            format!(
+                                "server.proxy_protocol_from: expected an IP address or a CIDR range such as 10.0.0.0/8, got {entry:?}"
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 /// TLS on the Postgres wire endpoint and the HTTP endpoint (docs/serving.md, "TLS").
@@ -1032,6 +1060,7 @@ impl Config {
                 http_listen: "127.0.0.1:8433".into(),
                 max_connections: 100,
                 tls: None,
+                proxy_protocol_from: Vec::new(),
             },
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
@@ -1373,6 +1402,7 @@ impl Config {
                 );
             }
         }
+        self.server.proxy_networks()?;
         if let Some(tls) = &self.server.tls {
             for (key, file) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if file.as_ref().is_none_or(|f| f.as_os_str().is_empty()) {
@@ -2407,6 +2437,27 @@ mod tests {
         assert!(err.to_string().contains("catalog.url"), "{err}");
         let err = load(Some("[storage]\nwarehouse = \"ftp://x/y\"\n"), &[], &[]).unwrap_err();
         assert!(err.to_string().contains("storage.warehouse"), "{err}");
+    }
+
+    #[test]
+    fn proxy_protocol_networks_parse_and_a_bad_one_is_named() {
+        let c = load(
+            Some("[server]\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n"),
+            &[],
+            &[],
+        )
+        .unwrap();
+        let nets = c.server.proxy_networks().unwrap();
+        assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!nets[1].contains(&"192.0.2.8".parse::<std::net::IpAddr>().unwrap()));
+        let err = load(
+            Some("[server]\nproxy_protocol_from = [\"10.0.0.0/33\"]\n"),
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.proxy_protocol_from"), "{err}");
     }
 
     #[test]

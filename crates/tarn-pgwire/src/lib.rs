@@ -42,6 +42,7 @@ mod pg_catalog;
 pub mod pg_functions;
 mod pg_relations;
 mod pg_rewrite;
+mod proxy_protocol;
 mod read_mode;
 mod statement_timeout;
 mod text_values;
@@ -1871,6 +1872,8 @@ enum LoginKind {
 /// and, with OIDC on, everyone else for a token ([`login`]) — a password or token only where
 /// it may cross the connection ([`tarn_auth::secret_may_cross`]).
 struct TarnStartup {
+    /// The clients behind load balancers' connections (PROXY protocol).
+    clients: Arc<proxy_protocol::Clients>,
     trust_loopback: bool,
     require_tls: bool,
     allow_plaintext: bool,
@@ -1886,9 +1889,10 @@ impl TarnStartup {
     /// without TLS where TLS is required, or (for a password or token) without TLS from a
     /// non-loopback address.
     fn check_transport<C: ClientInfo>(&self, client: &C, kind: LoginKind) -> PgWireResult<()> {
+        let peer = self.clients.client_of(client.socket_addr());
         let refused = |message: String| {
             metrics::counter!("tarn_pgwire_auth_failures_total").increment(1);
-            tracing::info!(peer = %client.socket_addr(), reason = %message, "connection refused");
+            tracing::info!(%peer, reason = %message, "connection refused");
             Err(login::fatal("28000", message))
         };
         if self.require_tls && !client.is_secure() {
@@ -1899,11 +1903,7 @@ impl TarnStartup {
             );
         }
         if matches!(kind, LoginKind::Scram | LoginKind::Token)
-            && let Err(e) = tarn_auth::secret_may_cross(
-                client.socket_addr().ip(),
-                client.is_secure(),
-                self.allow_plaintext,
-            )
+            && let Err(e) = tarn_auth::secret_may_cross(peer.ip(), client.is_secure(), self.allow_plaintext)
         {
             return refused(e.to_string());
         }
@@ -1934,7 +1934,9 @@ impl StartupHandler for TarnStartup {
                         .is_some_and(|chain| !chain.is_empty());
                 if certified {
                     LoginKind::Certificate
-                } else if self.trust_loopback && tarn_auth::is_loopback_peer(client.socket_addr().ip()) {
+                } else if self.trust_loopback
+                    && tarn_auth::is_loopback_peer(self.clients.client_of(client.socket_addr()).ip())
+                {
                     LoginKind::Trusted
                 } else if self.token.auth.accepts_tokens() && !self.token.auth.is_user(&user) {
                     LoginKind::Token
@@ -1987,6 +1989,8 @@ struct TarnHandlers {
     /// One sequence of process ids for every login kind, so each connection's pid is its own
     /// (`tarn_stat_activity`, `pg_cancel_backend`).
     pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
+    /// The clients behind load balancers' connections (PROXY protocol).
+    clients: Arc<proxy_protocol::Clients>,
 }
 
 impl PgWireServerHandlers for TarnHandlers {
@@ -2004,6 +2008,7 @@ impl PgWireServerHandlers for TarnHandlers {
         params.server_version = pg_functions::POSTGRES_VERSION.to_string();
         let params = Arc::new(params);
         Arc::new(TarnStartup {
+            clients: self.clients.clone(),
             trust_loopback: self.trust_loopback,
             require_tls: self.require_tls,
             allow_plaintext: self.allow_plaintext,
@@ -2057,6 +2062,7 @@ pub async fn run(
         tls: None,
         require_tls: false,
         workload: Workload::unlimited(),
+        proxy_protocol_from: Vec::new(),
     };
     serve(listener, session, options, shutdown).await
 }
@@ -2080,6 +2086,9 @@ pub struct ServeOptions {
     /// Memory budget, admission, timeouts and `tarn_stat_activity` (`[query]`); the session
     /// should execute with its pool ([`TarnSession::with_workload`]).
     pub workload: Arc<Workload>,
+    /// Load balancers whose connections begin with a PROXY protocol header naming the client
+    /// (`server.proxy_protocol_from`; see the `proxy_protocol` module).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// `socket`, and a second handle of it that can shut it down.
@@ -2106,7 +2115,9 @@ pub async fn serve(
         tls,
         require_tls,
         workload,
+        proxy_protocol_from,
     } = options;
+    let clients = Arc::new(proxy_protocol::Clients::default());
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
@@ -2189,6 +2200,7 @@ pub async fn serve(
             running,
         }),
         pids: Arc::new(pgwire::api::RandomPidSecretKeyGenerator::default()),
+        clients: clients.clone(),
     });
     let limiter = (max_connections > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max_connections)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -2231,14 +2243,28 @@ pub async fn serve(
         };
         let done = CancellationToken::new();
         idle_connections.open(addr, watchdog, done.clone());
+        let proxied = proxy_protocol_from.iter().any(|n| n.contains(&addr.ip()));
+        let clients = clients.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let _done = done.drop_guard();
+            let mut socket = socket;
+            if proxied {
+                match proxy_protocol::read_header(&mut socket, addr).await {
+                    Ok(client) => clients.opened(addr, client),
+                    Err(e) => {
+                        metrics::counter!("tarn_pgwire_connections_refused_total").increment(1);
+                        tracing::warn!(%addr, error = %e, "connection refused: bad PROXY protocol header");
+                        return;
+                    }
+                }
+            }
             metrics::gauge!("tarn_pgwire_connections_open").increment(1.0);
             if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
             metrics::gauge!("tarn_pgwire_connections_open").decrement(1.0);
+            clients.closed(addr);
         });
         // Reap finished connections so the set does not grow.
         while tasks.try_join_next().is_some() {}

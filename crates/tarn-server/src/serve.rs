@@ -281,6 +281,7 @@ impl Endpoints {
                 tls: tls.clone(),
                 require_tls: config.server.tls.as_ref().is_some_and(|t| t.require),
                 workload,
+                proxy_protocol_from: config.server.proxy_networks()?,
             };
             let shutdown = shutdown.clone();
             async move {

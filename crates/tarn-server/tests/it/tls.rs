@@ -27,6 +27,11 @@ struct Served {
 impl Served {
     /// Serves with `tls`'s certificate; `extra` lines go into `[server.tls]`.
     fn start(tls: &ListenerTls, extra: &str) -> Self {
+        Self::start_with(tls, "", extra, "")
+    }
+
+    /// [`Self::start`] with `server` lines in `[server]` and `more` sections at the end.
+    fn start_with(tls: &ListenerTls, server: &str, extra: &str, more: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tarn-tls-serve-")
             .tempdir()
@@ -35,10 +40,10 @@ impl Served {
         std::fs::write(
             dir.path().join("tarn.toml"),
             format!(
-                "[server]\npg_listen = \"127.0.0.1:{pg}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+                "[server]\npg_listen = \"127.0.0.1:{pg}\"\nhttp_listen = \"127.0.0.1:{http}\"\n{server}\n\
                  [server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{extra}\n\
                  [auth]\ncertificate_users = {{ \"{CLIENT_CN}\" = \"loader\" }}\n\
-                 [[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+                 [[auth.users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n{more}",
                 tls.cert_file.display(),
                 tls.key_file.display(),
                 tls.ca_file.display(),
@@ -70,8 +75,13 @@ impl Served {
     /// psql with a libpq connection string `conninfo` (host, port and database added):
     /// (success, stdout, stderr).
     fn psql(&self, conninfo: &str) -> (bool, String, String) {
+        self.psql_at(self.pg, conninfo)
+    }
+
+    /// [`Self::psql`] to `port` (a proxy in front of the endpoint).
+    fn psql_at(&self, port: u16, conninfo: &str) -> (bool, String, String) {
         let out = Command::new("psql")
-            .arg(format!("host=127.0.0.1 port={} dbname=tarn {conninfo}", self.pg))
+            .arg(format!("host=127.0.0.1 port={port} dbname=tarn {conninfo}"))
             .args(["-X", "-At", "-c", "SELECT 40 + 2"])
             .env("PGCONNECT_TIMEOUT", "20")
             .output()
@@ -494,6 +504,93 @@ fn plain_connections_from_loopback_when_tls_is_optional() {
         path(&tls.ca_file)
     ));
     assert!(ok && out == "42", "{out}\n{err}");
+}
+
+/// A TCP load balancer in front of `target` that sends a PROXY protocol v1 header naming
+/// `client` as the source of every connection (HAProxy's `send-proxy`), then relays bytes both
+/// ways; returns its port. Threads end with their connections.
+fn proxy_claiming(client: &'static str, target: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { return };
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let peer = inbound.peer_addr().unwrap();
+                let mut outbound = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
+                write!(
+                    outbound,
+                    "PROXY TCP4 {client} 127.0.0.1 {} {target}\r\n",
+                    peer.port()
+                )
+                .unwrap();
+                let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut inbound, mut outbound) = (inbound, outbound);
+                let _ = std::io::copy(&mut outbound, &mut inbound);
+                let _ = inbound.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+/// Behind a load balancer that names its clients with the PROXY protocol
+/// (`server.proxy_protocol_from`), a password or an OIDC token over plain TCP from a
+/// non-loopback client is refused, saying how to connect; over TLS both log in, and a loopback
+/// client behind the same balancer may still use plain TCP. A connection from the balancer's
+/// address without a header is refused (anyone there could otherwise claim any address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_or_token_over_plain_tcp_from_a_remote_client_is_refused() {
+    use tarn_test_utils::oidc::{RSA1, Signer, issuer};
+    let tls = listener_tls(CLIENT_CN).unwrap();
+    let signer = Signer::rsa("rsa-1", RSA1);
+    let issuer = issuer(vec![signer.clone()]).await;
+    let s = Served::start_with(
+        &tls,
+        "proxy_protocol_from = [\"127.0.0.1/32\"]",
+        "require = false",
+        &format!(
+            "[auth.oidc]\nissuer = \"{}\"\naudience = \"tarn\"\nca_file = \"{}\"\n",
+            issuer.url,
+            issuer.ca_file.display()
+        ),
+    );
+    let token = signer.sign(&issuer.claims("ana"));
+    let remote = proxy_claiming("203.0.113.7", s.pg);
+    let verified = format!("sslmode=verify-full sslrootcert={}", path(&tls.ca_file));
+    for (user, secret) in [(USER, PASSWORD), ("ana", token.as_str())] {
+        let (ok, _, err) = s.psql_at(remote, &format!("user={user} password={secret} sslmode=disable"));
+        assert!(
+            !ok,
+            "{user}'s secret over plain TCP from 203.0.113.7 was accepted\n{}",
+            s.log()
+        );
+        assert!(
+            err.contains("server.tls") && err.contains("auth.allow_plaintext_passwords"),
+            "{err}"
+        );
+        let (ok, out, err) = s.psql_at(remote, &format!("user={user} password={secret} {verified}"));
+        assert!(ok && out == "42", "{user}: {out}\n{err}\n{}", s.log());
+    }
+    assert!(s.log().contains("203.0.113.7"), "{}", s.log());
+
+    let local = proxy_claiming("127.0.0.1", s.pg);
+    let (ok, out, err) = s.psql_at(local, &format!("user={USER} password={PASSWORD} sslmode=disable"));
+    assert!(ok && out == "42", "{out}\n{err}\n{}", s.log());
+
+    let (ok, _, _) = s.psql(&format!("user={USER} password={PASSWORD} sslmode=disable"));
+    assert!(!ok, "a connection without a PROXY header was served");
+    assert!(
+        s.log().contains("expected a PROXY protocol header"),
+        "{}",
+        s.log()
+    );
 }
 
 #[test]
