@@ -216,12 +216,23 @@ type DynPool = dyn DbConnectionPool<PostgresPooledConnection, Param> + Send + Sy
 
 /// The pool of one external catalog: `datafusion-table-providers`' bb8 pool with tarn's
 /// timeouts and cancellation (module doc).
-#[derive(Debug)]
 pub struct RemotePool {
     inner: Arc<PostgresConnectionPool>,
     catalog: String,
+    /// TLS for cancel requests, as the pool's connections negotiate it.
+    cancel_tls: postgres_native_tls::MakeTlsConnector,
     connect_timeout: Duration,
     statement_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for RemotePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePool")
+            .field("catalog", &self.catalog)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -246,6 +257,7 @@ impl DbConnectionPool<PostgresPooledConnection, Param> for RemotePool {
             inner: pg,
             token,
             catalog: self.catalog.clone(),
+            cancel_tls: self.cancel_tls.clone(),
         }))
     }
 
@@ -260,6 +272,7 @@ struct RemoteConnection {
     inner: PostgresConnection,
     token: tokio_postgres::CancelToken,
     catalog: String,
+    cancel_tls: postgres_native_tls::MakeTlsConnector,
 }
 
 impl RemoteConnection {
@@ -268,10 +281,37 @@ impl RemoteConnection {
     }
 }
 
+/// The TLS connector for cancel requests of connections made with `sslmode` and `sslrootcert`:
+/// the same checks as the pool's connections (datafusion-table-providers verifies the chain
+/// for `verify-ca` and `verify-full`, the host name for `verify-full` only).
+fn cancel_connector(
+    sslmode: &str,
+    sslrootcert: Option<&str>,
+) -> std::result::Result<postgres_native_tls::MakeTlsConnector, String> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = sslrootcert {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read sslrootcert {path}: {e}"))?;
+        let cert = native_tls::Certificate::from_pem(&pem)
+            .or_else(|_| native_tls::Certificate::from_der(&pem))
+            .map_err(|e| format!("sslrootcert {path} holds no certificate: {e}"))?;
+        builder.add_root_certificate(cert);
+    }
+    builder
+        .danger_accept_invalid_hostnames(sslmode != "verify-full")
+        .danger_accept_invalid_certs(sslmode != "verify-full" && sslmode != "verify-ca");
+    let connector = builder
+        .build()
+        .map_err(|e| format!("cannot set up TLS for cancel requests: {e}"))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
 /// Cancels the remote query when dropped while armed.
 struct CancelOnDrop {
     token: Option<tokio_postgres::CancelToken>,
     catalog: String,
+    /// The cancel request goes over TLS when the connection's `sslmode` asks for it (a
+    /// `require` connection's token refuses to send it in the clear).
+    tls: postgres_native_tls::MakeTlsConnector,
 }
 
 impl CancelOnDrop {
@@ -286,11 +326,12 @@ impl Drop for CancelOnDrop {
             return;
         };
         let catalog = self.catalog.clone();
+        let tls = self.tls.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 metrics::counter!("tarn_federation_cancelled_total", "catalog" => catalog.clone())
                     .increment(1);
-                if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                if let Err(e) = token.cancel_query(tls).await {
                     tracing::warn!(catalog, error = %e, "cannot cancel the remote query");
                 }
             });
@@ -320,6 +361,7 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
             inner: PostgresConnection::new(conn),
             token,
             catalog: String::new(),
+            cancel_tls: cancel_connector("prefer", None).expect("a default TLS connector"),
         }
     }
 
@@ -373,6 +415,7 @@ impl AsyncDbConnection<PostgresPooledConnection, Param> for RemoteConnection {
         let mut guard = CancelOnDrop {
             token: Some(self.token.clone()),
             catalog: self.catalog.clone(),
+            tls: self.cancel_tls.clone(),
         };
         let stream = match self.inner().query_arrow(sql, params, projected_schema).await {
             Ok(stream) => stream,
@@ -502,6 +545,11 @@ impl Remote {
             .settings
             .connection_params()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let cancel_tls = cancel_connector(
+            params.get("sslmode").map_or("prefer", String::as_str),
+            params.get("sslrootcert").map(String::as_str),
+        )
+        .map_err(|e| remote_error(self.name(), e))?;
         let secrets = datafusion_table_providers::util::secrets::to_secret_map(params);
         let created = tokio::time::timeout(
             self.settings.connect_timeout,
@@ -531,6 +579,7 @@ impl Remote {
         let created: Arc<DynPool> = Arc::new(RemotePool {
             inner: Arc::new(created),
             catalog: self.name().to_string(),
+            cancel_tls,
             connect_timeout: self.settings.connect_timeout,
             statement_timeout: self.settings.statement_timeout,
         });

@@ -202,6 +202,81 @@ async fn cancelling_a_statement_cancels_the_remote_query() {
     }
 }
 
+/// A catalog reached over TLS (`sslmode=verify-full` against the server's CA): its sessions
+/// are encrypted, a cancelled statement's remote query is cancelled over TLS too (a `require`
+/// connection's cancel token refuses to go in the clear), and a CA that did not sign the
+/// server's certificate is refused naming the catalog, other catalogs unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_over_tls_reads_cancels_and_refuses_a_wrong_ca() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    let tls = tarn_test_utils::tls::enable_tls(&pg).unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE customers (id INT PRIMARY KEY); INSERT INTO customers SELECT generate_series(1, 7); \
+         CREATE VIEW slow AS SELECT pg_sleep(60)::text AS x",
+    )
+    .unwrap();
+    let t = TestLake::new().await;
+    let url = |ca: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url("postgres"),
+            ca.display()
+        )
+    };
+    t.exec(&format!(
+        "CREATE EXTERNAL CATALOG secure FROM '{}'",
+        url(&tls.ca_file)
+    ))
+    .await;
+    t.exec(&format!(
+        "CREATE EXTERNAL CATALOG wrongca FROM '{}'",
+        url(&tls.other_ca_file)
+    ))
+    .await;
+    assert_eq!(
+        t.query("SELECT count(*) FROM secure.public.customers").await,
+        ["7"]
+    );
+    let encrypted = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'tarn federation secure'",
+        )
+        .unwrap();
+    assert_ne!(encrypted.trim(), "0", "the federation sessions are encrypted");
+
+    let err = query(&t.session, "SELECT count(*) FROM wrongca.public.customers")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("external catalog wrongca"), "{err}");
+    assert_eq!(
+        t.query("SELECT count(*) FROM secure.public.customers").await,
+        ["7"]
+    );
+
+    let session = t.session.clone();
+    let running = tokio::spawn(async move { query(&session, "SELECT * FROM secure.public.slow").await });
+    let active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tarn federation secure' \
+                  AND state = 'active' AND query LIKE '%slow%'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("postgres", active).unwrap().trim() != "1" {
+        assert!(Instant::now() < deadline, "the remote query never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.psql("postgres", active).unwrap().trim() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the remote query still runs after the statement was cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const POLICY: &str = r#"
 package trino
 
