@@ -347,7 +347,7 @@ impl QueryHook for QueryResultHook {
             Ok(df) => df,
             Err(e) => return Some(Err(PgWireError::ApiError(Box::new(e)))),
         };
-        let uuids = uuid_wire::uuid_columns(df.schema().as_arrow());
+        let marked = uuid_wire::marked_columns(df.schema().as_arrow());
         let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
             client.metadata(),
         ));
@@ -358,11 +358,9 @@ impl QueryHook for QueryResultHook {
             options,
         )
         .await;
-        Some(
-            encoded.map(|r| {
-                text_values::with_postgres_text(uuid_wire::with_uuid_types(Response::Query(r), &uuids))
-            }),
-        )
+        Some(encoded.map(|r| {
+            text_values::with_postgres_text(uuid_wire::with_marked_types(Response::Query(r), &marked))
+        }))
     }
 
     async fn handle_extended_parse_query(
@@ -1292,13 +1290,13 @@ fn names_of(statement: &PlannedStatement) -> Option<ResultNames> {
         .and_then(|(statement, _)| ResultNames::of(statement))
 }
 
-/// The UUID columns of a statement parsed for the extended protocol.
-fn uuids_of(statement: &PlannedStatement) -> Vec<usize> {
+/// The UUID and JSON columns of a statement parsed for the extended protocol.
+fn marked_of(statement: &PlannedStatement) -> uuid_wire::Marked {
     match &statement.1 {
         Some((_, plan)) if !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_)) => {
-            uuid_wire::uuid_columns(plan.schema().as_arrow())
+            uuid_wire::marked_columns(plan.schema().as_arrow())
         }
-        _ => Vec::new(),
+        _ => uuid_wire::Marked::default(),
     }
 }
 
@@ -1431,7 +1429,7 @@ impl QueryParser for TarnParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         let fields = self.inner.get_result_schema(statement, column_format)?;
-        let fields = uuid_wire::uuid_fields(fields, &uuids_of(statement));
+        let fields = uuid_wire::marked_fields(fields, &marked_of(statement));
         Ok(named_fields(fields, names_of(statement).as_ref()))
     }
 }
@@ -1582,9 +1580,9 @@ impl TarnExtendedQuery {
             self.running.finish(&key);
             response
         };
-        let response = text_values::with_postgres_text(uuid_wire::with_uuid_types(
+        let response = text_values::with_postgres_text(uuid_wire::with_marked_types(
             response,
-            &uuids_of(&portal.statement.statement),
+            &marked_of(&portal.statement.statement),
         ));
         Ok(with_names(
             response,

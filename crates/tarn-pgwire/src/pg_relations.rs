@@ -434,11 +434,33 @@ pub(crate) fn pg_type(data_type: &DataType, uuid: bool) -> (i32, &'static str, &
         T::Timestamp(_, Some(_)) => (1184, "timestamptz", "timestamp with time zone"),
         T::Interval(_) | T::Duration(_) => (1186, "interval", "interval"),
         T::Binary | T::LargeBinary | T::BinaryView | T::FixedSizeBinary(_) => (17, "bytea", "bytea"),
-        T::List(_) | T::LargeList(_) | T::ListView(_) | T::LargeListView(_) | T::FixedSizeList(..) => {
-            (1009, "_text", "ARRAY")
+        t if crate::wire_types::is_json_on_the_wire(t) => (114, "json", "json"),
+        T::List(f) | T::LargeList(f) | T::ListView(f) | T::LargeListView(f) | T::FixedSizeList(f, _) => {
+            let (oid, udt) = array_of(pg_type(f.data_type(), false).0);
+            (oid, udt, "ARRAY")
         }
-        T::Struct(_) | T::Map(..) => (114, "json", "json"),
         _ => (25, "text", "text"),
+    }
+}
+
+/// The array type of element type `oid`: (oid, `udt_name`), as the wire sends lists of
+/// scalars.
+fn array_of(oid: i32) -> (i32, &'static str) {
+    match oid {
+        16 => (1000, "_bool"),
+        21 => (1005, "_int2"),
+        23 => (1007, "_int4"),
+        20 => (1016, "_int8"),
+        700 => (1021, "_float4"),
+        701 => (1022, "_float8"),
+        1700 => (1231, "_numeric"),
+        1082 => (1182, "_date"),
+        1083 => (1183, "_time"),
+        1114 => (1115, "_timestamp"),
+        1184 => (1185, "_timestamptz"),
+        1186 => (1187, "_interval"),
+        17 => (1001, "_bytea"),
+        _ => (1009, "_text"),
     }
 }
 

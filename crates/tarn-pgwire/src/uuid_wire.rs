@@ -8,6 +8,9 @@
 //! therefore finds the marked columns in the statement's planned schema and corrects the row
 //! description; the text encoding of the value is already the `uuid` text form, and for
 //! binary-format columns each value is re-encoded from text to its 16 bytes.
+//!
+//! Columns of JSON text marked the same way (value `json`, by [`crate::wire_types`]) are
+//! described as `json` (OID 114), whose binary format is its text.
 
 use std::sync::Arc;
 
@@ -20,54 +23,81 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use tarn_query::uuid_column::is_uuid_field;
 
-/// The indices of `schema`'s UUID columns.
-pub(crate) fn uuid_columns(schema: &Schema) -> Vec<usize> {
-    schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| is_uuid_field(f))
-        .map(|(i, _)| i)
-        .collect()
+/// The result columns whose PostgreSQL type the metadata of their Arrow field says.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Marked {
+    /// UUID columns.
+    pub(crate) uuids: Vec<usize>,
+    /// JSON columns.
+    pub(crate) jsons: Vec<usize>,
 }
 
-/// `fields` with the columns at `uuids` typed `uuid`.
-pub(crate) fn uuid_fields(fields: Vec<FieldInfo>, uuids: &[usize]) -> Vec<FieldInfo> {
-    if uuids.is_empty() {
+impl Marked {
+    fn is_empty(&self) -> bool {
+        self.uuids.is_empty() && self.jsons.is_empty()
+    }
+}
+
+/// The marked columns of `schema`.
+pub(crate) fn marked_columns(schema: &Schema) -> Marked {
+    let mut marked = Marked::default();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if is_uuid_field(f) {
+            marked.uuids.push(i);
+        } else if f
+            .metadata()
+            .get(tarn_query::uuid_column::UUID_METADATA_KEY)
+            .map(String::as_str)
+            == Some(crate::wire_types::JSON_METADATA_VALUE)
+        {
+            marked.jsons.push(i);
+        }
+    }
+    marked
+}
+
+/// `fields` with the marked columns typed `uuid` or `json`.
+pub(crate) fn marked_fields(fields: Vec<FieldInfo>, marked: &Marked) -> Vec<FieldInfo> {
+    if marked.is_empty() {
         return fields;
     }
     fields
         .into_iter()
         .enumerate()
         .map(|(i, f)| {
-            if !uuids.contains(&i) {
+            let (pg_type, size) = if marked.uuids.contains(&i) {
+                (Type::UUID, 16)
+            } else if marked.jsons.contains(&i) {
+                (Type::JSON, -1)
+            } else {
                 return f;
-            }
+            };
             FieldInfo::new(
                 f.name().to_string(),
                 f.table_id(),
                 f.column_id(),
-                Type::UUID,
+                pg_type,
                 f.format(),
             )
             .with_format_options(f.format_options().clone())
-            .with_type_size(16)
+            .with_type_size(size)
             .with_type_modifier(f.type_modifier())
         })
         .collect()
 }
 
-/// `response` with the columns at `uuids` described as `uuid`, and their binary-format
-/// values as 16 bytes.
-pub(crate) fn with_uuid_types(response: Response, uuids: &[usize]) -> Response {
+/// `response` with the marked columns described as `uuid` or `json`, and the binary-format
+/// values of UUID columns as 16 bytes.
+pub(crate) fn with_marked_types(response: Response, marked: &Marked) -> Response {
     let Response::Query(mut query) = response else {
         return response;
     };
-    if uuids.is_empty() {
+    if marked.is_empty() {
         return Response::Query(query);
     }
-    let fields = uuid_fields(query.row_schema.as_ref().clone(), uuids);
-    let binary: Vec<usize> = uuids
+    let fields = marked_fields(query.row_schema.as_ref().clone(), marked);
+    let binary: Vec<usize> = marked
+        .uuids
         .iter()
         .copied()
         .filter(|&i| fields.get(i).is_some_and(|f| f.format() == FieldFormat::Binary))

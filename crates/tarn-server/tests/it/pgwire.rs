@@ -659,3 +659,112 @@ async fn copy_to_stdout_sends_what_postgresql_sends() {
     // The session stays usable.
     assert_eq!(copied(&tarn, "COPY (SELECT 42) TO STDOUT").await, "42\n");
 }
+
+/// A `json` value as the text (or, binary, the bytes) the server sent.
+#[derive(Debug, PartialEq)]
+struct RawJson(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(String::from_utf8(raw.to_vec())?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSON
+    }
+}
+
+/// Nested columns reach clients typed as the catalog describes them: a list of scalars as
+/// PostgreSQL's array of that type (`bigint[]`, OID 1016), structs, maps and lists of lists as
+/// `json` (OID 114) holding their JSON text — in the simple protocol, and the extended one in
+/// text and binary. Maps and nested lists were refused outright ("Unsupported Datatype"), and
+/// structs went out as anonymous records while `pg_attribute` said `json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_columns_are_arrays_and_json_as_the_catalog_says() {
+    use tokio_postgres::types::Type;
+    let s = Served::start(false);
+    let tarn = s.client().await;
+    tarn.batch_execute(
+        "CREATE TABLE nest AS SELECT 1 AS id, make_array(1, 2, 3) AS a, named_struct('x', 1, 'y', 'b') AS s, \
+         map(['k1', 'k2'], [1, 2]) AS m, make_array(make_array(1, 2), make_array(3)) AS l, make_array('p', 'q') AS t",
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT a, s, m, l, t FROM nest";
+    let statement = tarn.prepare(sql).await.unwrap();
+    let types: Vec<Type> = statement.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(
+        types,
+        [
+            Type::INT8_ARRAY,
+            Type::JSON,
+            Type::JSON,
+            Type::JSON,
+            Type::TEXT_ARRAY
+        ]
+    );
+    // Binary results (tokio-postgres asks for binary).
+    let row = tarn.query_one(&statement, &[]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), [1, 2, 3]);
+    assert_eq!(row.get::<_, RawJson>(1), RawJson(r#"{"x":1,"y":"b"}"#.into()));
+    assert_eq!(row.get::<_, RawJson>(2), RawJson(r#"{"k1":1,"k2":2}"#.into()));
+    assert_eq!(row.get::<_, RawJson>(3), RawJson("[[1,2],[3]]".into()));
+    assert_eq!(row.get::<_, Vec<String>>(4), ["p", "q"]);
+    // Text results, simple protocol.
+    let text: Vec<Option<String>> = tarn
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        text,
+        [
+            Some("{1,2,3}".to_string()),
+            Some(r#"{"x":1,"y":"b"}"#.to_string()),
+            Some(r#"{"k1":1,"k2":2}"#.to_string()),
+            Some("[[1,2],[3]]".to_string()),
+            Some("{p,q}".to_string()),
+        ]
+    );
+    // The catalog says the same.
+    let (ok, out, err) = s.psql(
+        "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid WHERE c.relname = 'nest' AND a.attnum > 1 ORDER BY a.attnum",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "a|1016|bigint[]",
+            "s|114|json",
+            "m|114|json",
+            "l|114|json",
+            "t|1009|text[]"
+        ]
+    );
+    let (ok, out, err) = s.psql(
+        "SELECT column_name, data_type, udt_name FROM information_schema.columns \
+         WHERE table_name = 'nest' AND column_name <> 'id' ORDER BY ordinal_position",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "a|ARRAY|_int8",
+            "s|json|json",
+            "m|json|json",
+            "l|json|json",
+            "t|ARRAY|_text"
+        ]
+    );
+}
