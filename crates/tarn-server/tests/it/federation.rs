@@ -182,18 +182,27 @@ async fn cancelling_a_statement_cancels_the_remote_query() {
     setup(&pg, &t).await;
     pg.psql("postgres", "CREATE VIEW slow AS SELECT pg_sleep(60)::text AS x")
         .unwrap();
+    cancelled_remote_query_stops(&pg, &t, "shop").await;
+}
+
+/// Runs `SELECT * FROM <catalog>.public.slow` (a remote `pg_sleep(60)`), aborts it once the
+/// remote query runs, and waits (15 s at most) until it no longer runs on `pg`.
+async fn cancelled_remote_query_stops(pg: &tarn_test_utils::PostgresServer, t: &TestLake, catalog: &str) {
     let session = t.session.clone();
-    let running = tokio::spawn(async move { query(&session, "SELECT * FROM shop.public.slow").await });
-    let active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tarn federation shop' \
-                  AND state = 'active' AND query LIKE '%slow%'";
+    let sql = format!("SELECT * FROM {catalog}.public.slow");
+    let running = tokio::spawn(async move { query(&session, &sql).await });
+    let active = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tarn federation {catalog}' \
+         AND state = 'active' AND query LIKE '%slow%'"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql("postgres", active).unwrap().trim() != "1" {
+    while pg.psql("postgres", &active).unwrap().trim() != "1" {
         assert!(Instant::now() < deadline, "the remote query never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running.abort();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while pg.psql("postgres", active).unwrap().trim() != "0" {
+    while pg.psql("postgres", &active).unwrap().trim() != "0" {
         assert!(
             Instant::now() < deadline,
             "the remote query still runs after the statement was cancelled"
@@ -257,24 +266,7 @@ async fn a_catalog_over_tls_reads_cancels_and_refuses_a_wrong_ca() {
         ["7"]
     );
 
-    let session = t.session.clone();
-    let running = tokio::spawn(async move { query(&session, "SELECT * FROM secure.public.slow").await });
-    let active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tarn federation secure' \
-                  AND state = 'active' AND query LIKE '%slow%'";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql("postgres", active).unwrap().trim() != "1" {
-        assert!(Instant::now() < deadline, "the remote query never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running.abort();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pg.psql("postgres", active).unwrap().trim() != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the remote query still runs after the statement was cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cancelled_remote_query_stops(&pg, &t, "secure").await;
 }
 
 const POLICY: &str = r#"

@@ -1352,6 +1352,34 @@ async fn export_writes_parquet_to_the_bucket_and_load_reads_it_back() {
     assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), ["2,40", "3,60"]);
 }
 
+/// The protocol-exact test connector's files in `dir/jobs` (`source.json`: 12 records;
+/// `catalog.json`: stream `items`, full refresh + overwrite); returns the connector's command.
+fn airbyte_fixture(dir: &Path) -> String {
+    std::fs::write(dir.join("jobs/source.json"), r#"{"count": 12, "state_every": 5}"#).unwrap();
+    let stream = serde_json::json!({
+        "name": "items",
+        "json_schema": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "name": {"type": ["null", "string"]}, "price": {"type": "number"}
+        }},
+        "supported_sync_modes": ["full_refresh", "incremental"],
+        "source_defined_primary_key": [["id"]]
+    });
+    std::fs::write(
+        dir.join("jobs/catalog.json"),
+        serde_json::json!({"streams": [{"stream": stream, "sync_mode": "full_refresh",
+            "destination_sync_mode": "overwrite"}]})
+        .to_string(),
+    )
+    .unwrap();
+    format!(
+        "{} {}",
+        tarn_test_utils::python().unwrap().display(),
+        tarn_test_utils::workspace_root()
+            .join("tests/interop/airbyte_source.py")
+            .display()
+    )
+}
+
 /// The issue's DAG: sql → load → airbyte → maintain, on a cron schedule, in dependency order;
 /// the `airbyte` task runs `tarn ingest airbyte` with the protocol-exact test connector
 /// (`tests/interop/airbyte_source.py`, full refresh + overwrite, so every run leaves the same
@@ -1369,29 +1397,7 @@ async fn a_dag_of_sql_load_airbyte_and_maintain_runs_on_cron_in_order() {
     );
     assert!(ok, "{err}");
     std::fs::write(d.join("jobs/orders.csv"), "id,amount\n1,10\n2,20\n").unwrap();
-    std::fs::write(d.join("jobs/source.json"), r#"{"count": 12, "state_every": 5}"#).unwrap();
-    let stream = serde_json::json!({
-        "name": "items",
-        "json_schema": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "name": {"type": ["null", "string"]}, "price": {"type": "number"}
-        }},
-        "supported_sync_modes": ["full_refresh", "incremental"],
-        "source_defined_primary_key": [["id"]]
-    });
-    std::fs::write(
-        d.join("jobs/catalog.json"),
-        serde_json::json!({"streams": [{"stream": stream, "sync_mode": "full_refresh",
-            "destination_sync_mode": "overwrite"}]})
-        .to_string(),
-    )
-    .unwrap();
-    let connector = format!(
-        "{} {}",
-        tarn_test_utils::python().unwrap().display(),
-        tarn_test_utils::workspace_root()
-            .join("tests/interop/airbyte_source.py")
-            .display()
-    );
+    let connector = airbyte_fixture(d);
     write_job(
         d,
         "ingest",
@@ -1827,28 +1833,7 @@ async fn load_airbyte_and_maintain_tasks_are_authorized_and_audited_as_the_jobs_
     );
     assert!(ok, "{err}");
     std::fs::write(d.join("jobs/orders.csv"), "id,amount\n1,10\n2,20\n3,30\n").unwrap();
-    std::fs::write(d.join("jobs/source.json"), r#"{"count": 12, "state_every": 5}"#).unwrap();
-    let stream = serde_json::json!({
-        "name": "items",
-        "json_schema": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "name": {"type": ["null", "string"]}, "price": {"type": "number"}
-        }},
-        "supported_sync_modes": ["full_refresh"],
-    });
-    std::fs::write(
-        d.join("jobs/catalog.json"),
-        serde_json::json!({"streams": [{"stream": stream, "sync_mode": "full_refresh",
-            "destination_sync_mode": "overwrite"}]})
-        .to_string(),
-    )
-    .unwrap();
-    let connector = format!(
-        "{} {}",
-        tarn_test_utils::python().unwrap().display(),
-        tarn_test_utils::workspace_root()
-            .join("tests/interop/airbyte_source.py")
-            .display()
-    );
+    let connector = airbyte_fixture(d);
     let load = |table: &str| {
         format!("[[tasks]]\nid = \"load\"\nkind = \"load\"\npaths = [\"orders.csv\"]\ntable = \"{table}\"\n")
     };
