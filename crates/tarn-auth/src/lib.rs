@@ -53,6 +53,21 @@ pub struct Principal {
     pub method: Method,
 }
 
+impl Principal {
+    /// `user` with `groups` (sorted, each once), vouched for by tarn itself: a job's or a
+    /// pipeline's principal, `--as USER` on the command line.
+    pub fn trusted(user: impl Into<String>, groups: impl IntoIterator<Item = String>) -> Self {
+        let mut groups: Vec<String> = groups.into_iter().collect();
+        groups.sort();
+        groups.dedup();
+        Self {
+            user: user.into(),
+            groups,
+            method: Method::Trusted,
+        }
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.user)?;

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use tarn_auth::{Method, Principal};
+use tarn_auth::Principal;
 use tarn_core::config::Config;
 use tarn_core::{Error, ErrorKind, Result};
 use tarn_lake::Lake;
@@ -53,18 +53,14 @@ pub struct TopicAccess {
 /// The principal a pipeline runs as: `cdc.principal` (default `pipeline:<name>`) with
 /// `cdc.principal_roles`.
 pub fn pipeline_principal(config: &Config) -> Principal {
-    let mut groups = config.cdc.principal_roles.clone();
-    groups.sort();
-    groups.dedup();
-    Principal {
-        user: config
+    Principal::trusted(
+        config
             .cdc
             .principal
             .clone()
             .unwrap_or_else(|| format!("pipeline:{}", config.cdc.pipeline)),
-        groups,
-        method: Method::Trusted,
-    }
+        config.cdc.principal_roles.clone(),
+    )
 }
 
 impl TopicAccess {

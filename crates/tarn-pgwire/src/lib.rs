@@ -1885,9 +1885,14 @@ struct TarnStartup {
 impl TarnStartup {
     /// Refuses a connection at its startup message when it may not log in over this transport:
     /// without TLS where TLS is required, or (for a password or token) without TLS from a
-    /// non-loopback address.
-    fn check_transport<C: ClientInfo>(&self, client: &C, kind: LoginKind) -> PgWireResult<()> {
-        let peer = self.clients.client_of(client.socket_addr());
+    /// non-loopback address; `peer` is the client's address (behind a load balancer, the one
+    /// its PROXY header named).
+    fn check_transport<C: ClientInfo>(
+        &self,
+        client: &C,
+        peer: std::net::SocketAddr,
+        kind: LoginKind,
+    ) -> PgWireResult<()> {
         let refused = |message: String| {
             metrics::counter!("tarn_pgwire_auth_failures_total").increment(1);
             tracing::info!(%peer, reason = %message, "connection refused");
@@ -1917,6 +1922,7 @@ impl StartupHandler for TarnStartup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let peer = self.clients.client_of(client.socket_addr());
         let kind = {
             let mut decided = self.kind.lock().expect("startup state poisoned");
             *decided.get_or_insert_with(|| {
@@ -1932,9 +1938,7 @@ impl StartupHandler for TarnStartup {
                         .is_some_and(|chain| !chain.is_empty());
                 if certified {
                     LoginKind::Certificate
-                } else if self.trust_loopback
-                    && tarn_auth::is_loopback_peer(self.clients.client_of(client.socket_addr()).ip())
-                {
+                } else if self.trust_loopback && tarn_auth::is_loopback_peer(peer.ip()) {
                     LoginKind::Trusted
                 } else if self.token.auth.accepts_tokens() && !self.token.auth.is_user(&user) {
                     LoginKind::Token
@@ -1944,7 +1948,7 @@ impl StartupHandler for TarnStartup {
             })
         };
         if matches!(message, PgWireFrontendMessage::Startup(_)) {
-            self.check_transport(client, kind)?;
+            self.check_transport(client, peer, kind)?;
         }
         match kind {
             LoginKind::Certificate => self.certificate.on_startup(client, message).await?,

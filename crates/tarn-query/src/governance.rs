@@ -395,7 +395,7 @@ impl Governance {
         ident: &TableIdent,
         procedure: Option<&str>,
     ) -> Result<()> {
-        let table = self.table_name(&ident.namespace().join("."), ident.name());
+        let table = self.lake_table(ident);
         let resource = match procedure {
             Some(p) => table.procedure_resource(p),
             None => table.resource(None),
@@ -410,8 +410,12 @@ impl Governance {
     /// Records that the current principal wrote `rows` rows to lake table `ident` with
     /// `operation`, outside SQL (see [`Governance::check_table_write`]).
     pub fn record_table_write(&self, operation: &str, ident: &TableIdent, rows: u64) {
-        let table = self.table_name(&ident.namespace().join("."), ident.name());
-        self.record_write(operation, &table.to_string(), rows);
+        self.record_write(operation, &self.lake_table(ident).to_string(), rows);
+    }
+
+    /// The policy's name of lake table `ident`.
+    pub fn lake_table(&self, ident: &TableIdent) -> TableName {
+        self.table_name(&ident.namespace().join("."), ident.name())
     }
 
     /// The policy's name of table `table` in schema `schema`.

@@ -886,7 +886,7 @@ impl TarnSession {
         let Some(g) = &self.governance else {
             return Ok(());
         };
-        let name = g.table_name(&ident.namespace().join("."), ident.name());
+        let name = g.lake_table(ident);
         let what = name.to_string();
         let mut writes: Vec<(&str, Option<Vec<String>>)> = Vec::new();
         match parsed.kind {
@@ -1089,9 +1089,7 @@ impl TarnSession {
     /// it changed nothing.
     fn audit_row_level(&self, kind: Kind, ident: &TableIdent, (inserted, updated, deleted): (u64, u64, u64)) {
         let Some(g) = &self.governance else { return };
-        let table = g
-            .table_name(&ident.namespace().join("."), ident.name())
-            .to_string();
+        let table = g.lake_table(ident).to_string();
         let changed = [
             ("InsertIntoTable", inserted),
             ("UpdateTableColumns", updated),

@@ -427,8 +427,7 @@ impl TarnSession {
 
     async fn run_statement(&self, statement: &RewrittenStatement) -> Result<Output> {
         let started = std::time::Instant::now();
-        self.catalog.refresh().await?;
-        self.sync_external_catalogs().await?;
+        self.refresh().await?;
         if let Some(output) = self.run_external_catalog_statement(&statement.sql).await? {
             return Ok(output);
         }

@@ -525,6 +525,16 @@ pub(crate) async fn open_governed(config: &Config) -> Result<TarnSession> {
         .with_external_catalogs(external_catalogs(config)?)?)
 }
 
+/// A governed session running its statements as `user` with `groups` (`--as USER --group G`);
+/// without a policy nothing is restricted, and the log says so.
+pub(crate) async fn open_as(config: &Config, user: String, groups: Vec<String>) -> Result<TarnSession> {
+    let session = open_governed(config).await?;
+    if session.governance().is_none() {
+        tracing::warn!("--as {user}: no policy is configured ([policy]), so nothing is restricted");
+    }
+    Ok(session.for_principal(tarn_auth::Principal::trusted(user, groups)))
+}
+
 /// Appends the session's last audit records; a failure is logged (the log lines hold them).
 pub(crate) async fn close_session(session: &TarnSession) {
     if let Err(e) = session.close().await {
@@ -572,22 +582,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode> {
             groups,
         } => {
             let session = match as_user {
-                Some(user) => {
-                    let session = open_governed(&config).await?;
-                    if session.governance().is_none() {
-                        tracing::warn!(
-                            "--as {user}: no policy is configured ([policy]), so nothing is restricted"
-                        );
-                    }
-                    let mut groups = groups;
-                    groups.sort();
-                    groups.dedup();
-                    session.for_principal(tarn_auth::Principal {
-                        user,
-                        groups,
-                        method: tarn_auth::Method::Trusted,
-                    })
-                }
+                Some(user) => open_as(&config, user, groups).await?,
                 None => open(&config).await?,
             };
             match sql {

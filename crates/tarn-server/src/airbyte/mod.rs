@@ -246,20 +246,10 @@ pub async fn run(args: AirbyteArgs, config: Config) -> Result<ExitCode> {
     let mut args = args;
     let (lake, session, principal) = match &args.as_user {
         Some(user) => {
-            let session = crate::cli::open_governed(&config).await?;
-            if session.governance().is_none() {
-                tracing::warn!("--as {user}: no policy is configured ([policy]), so nothing is restricted");
-            }
-            let mut groups = args.groups.clone();
-            groups.sort();
-            groups.dedup();
+            let session = crate::cli::open_as(&config, user.clone(), args.groups.clone()).await?;
             args.governance = session.governance().cloned();
-            let principal = Arc::new(tarn_auth::Principal {
-                user: user.clone(),
-                groups,
-                method: tarn_auth::Method::Trusted,
-            });
-            (session.lake().clone(), Some(session), Some(principal))
+            let principal = session.principal();
+            (session.lake().clone(), Some(session), principal)
         }
         None => (Lake::open(&config).await?, None, None),
     };

@@ -120,16 +120,9 @@ fn render(cx: &TryContext, field: &str, text: &str) -> Result<String> {
 /// The session the job's statements run in: as its principal when it names one.
 fn session_for(cx: &TryContext) -> TarnSession {
     match &cx.job.principal {
-        Some(user) => {
-            let mut groups = cx.job.groups.clone();
-            groups.sort();
-            groups.dedup();
-            cx.session.for_principal(tarn_auth::Principal {
-                user: user.clone(),
-                groups,
-                method: tarn_auth::Method::Trusted,
-            })
-        }
+        Some(user) => cx
+            .session
+            .for_principal(tarn_auth::Principal::trusted(user.clone(), cx.job.groups.clone())),
         None => cx.session.clone(),
     }
 }
