@@ -248,6 +248,14 @@ impl SchemaProvider for LakeSchemaProvider {
             )?)));
         }
         let started = std::time::Instant::now();
+        // A pipeline's publication is taken before the table is loaded: it names the snapshot
+        // its changes sit on, which a pipeline publishes only after committing it, so the
+        // metadata loaded next holds that snapshot (taken after, a commit in between would
+        // leave the publication on a snapshot the loaded metadata does not know).
+        let pending = match &selector {
+            TableSelector::Current(_) => self.bridge.pending(&ident),
+            _ => None,
+        };
         let table = match self.lake.load_table(&ident).await {
             Ok(table) => table,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -256,7 +264,7 @@ impl SchemaProvider for LakeSchemaProvider {
         let provider: Arc<dyn TableProvider> = match selector {
             TableSelector::Current(_) => {
                 let committed = LakeTable::new(self.lake.clone(), table).await?;
-                match self.bridge.pending(&ident) {
+                match pending {
                     Some(pending) => Arc::new(BridgedTable::new(committed, pending, self.bridge.clone())),
                     None => Arc::new(committed),
                 }
