@@ -4,8 +4,9 @@
 //! Why our own: the `iceberg` crate (0.10) commits only what its `Transaction` actions
 //! express — fast appends, property and schema updates by name, snapshot expiry — and both
 //! `TableCommit` and `TransactionAction` are crate-private, so a commit that adds delete
-//! files, removes files, keeps a rewritten file's data sequence number, or sets a schema with
-//! given field ids (renames, type promotion, identifier fields) cannot go through it. This
+//! files, removes files, keeps a rewritten file's data sequence number, sets a schema with
+//! given field ids (renames, type promotion, identifier fields), or replaces a table's
+//! definition with its rows (it has no replace transaction) cannot go through it. This
 //! module builds those commits from the crate's public spec types: it writes manifests
 //! (`ManifestWriter`), a manifest list (`ManifestListWriter::v2`), the new `TableMetadata`
 //! (`TableMetadataBuilder`) with the changes that made it, and hands both to the lake's
@@ -58,6 +59,11 @@
 //!   `deleted-data-files`, `deleted-records`, `removed-files-size`, `removed-delete-files`,
 //!   `removed-position-delete-files`, `removed-position-deletes`, `total-*`) plus the caller's
 //!   properties (e.g. the CDC source position); computed counters win over caller keys.
+//! - A [`Replacement`] (`CREATE OR REPLACE TABLE`) is an overwrite of every live file whose
+//!   metadata update also adds the new schema, partition spec and sort order, makes them
+//!   current and sets properties, so the new definition and its rows land in one swap. Its
+//!   field ids are assigned against the table as planned: a commit finding the table's
+//!   schemas, specs or sort orders changed since fails with a conflict.
 //! - Files added are taken to be written with the table's default partition spec (as
 //!   [`crate::DataWriter`], [`crate::PositionedDataWriter`] and [`crate::write_position_deletes`]
 //!   write them); tables are format v2.
@@ -69,14 +75,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType, ManifestFile,
-    ManifestListWriter, ManifestWriterBuilder, NestedFieldRef, Operation, PrimitiveType, Schema, Snapshot,
-    SnapshotRef, Summary, TableMetadata, TableMetadataBuildResult, TableMetadataBuilder, Type,
+    DataContentType, DataFile, FormatVersion, ListType, MAIN_BRANCH, Manifest, ManifestContentType,
+    ManifestFile, ManifestListWriter, ManifestWriterBuilder, MapType, NestedField, NestedFieldRef, Operation,
+    PrimitiveType, Schema, Snapshot, SnapshotRef, SortOrder, StructType, Summary, TableMetadata,
+    TableMetadataBuildResult, TableMetadataBuilder, Type, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::{TableIdent, TableRequirement};
 use tarn_core::{Error, ErrorKind, Result};
 use uuid::Uuid;
+
+use crate::TableLayout;
 
 use crate::cache::DataFiles;
 use crate::catalog::{
@@ -210,6 +219,102 @@ impl Overwrite {
     }
 }
 
+/// A table redefined in place (`CREATE OR REPLACE TABLE`): the schema, partition spec, sort
+/// order and properties its next snapshot is written with. Made by
+/// [`Lake::plan_replacement`]; data for it is written through [`Lake::replacement_table`] and
+/// committed by [`Lake::commit_replacement`].
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    /// The new schema, its field ids assigned against the table's (see
+    /// [`Lake::plan_replacement`]).
+    pub schema: Schema,
+    /// The new partition spec, bound to `schema`.
+    pub partition: UnboundPartitionSpec,
+    /// The new sort order, bound to `schema`.
+    pub sort_order: SortOrder,
+    /// Properties set over the table's.
+    pub properties: HashMap<String, String>,
+    /// The table's metadata as planned on: a commit finding its schemas, specs or sort orders
+    /// changed since fails (the ids above were assigned against these).
+    planned_on: Arc<TableMetadata>,
+}
+
+impl Replacement {
+    /// Adds the replacement's changes to `builder` (the table's metadata), making them current.
+    fn apply(&self, builder: TableMetadataBuilder) -> iceberg::Result<TableMetadataBuilder> {
+        let mut builder = builder
+            .add_current_schema(self.schema.clone())?
+            .add_default_partition_spec(self.partition.clone())?
+            .add_sort_order(self.sort_order.clone())?
+            .set_default_sort_order(-1)?;
+        if !self.properties.is_empty() {
+            builder = builder.set_properties(self.properties.clone())?;
+        }
+        Ok(builder)
+    }
+
+    /// The metadata `table` (the one planned on) has with the replacement applied.
+    fn applied_to(&self, table: &Table) -> Result<TableMetadata> {
+        let builder = TableMetadataBuilder::new_from_metadata(
+            table.metadata().clone(),
+            table.metadata_location().map(str::to_string),
+        );
+        self.apply(builder)
+            .and_then(|b| b.build())
+            .map(|built| built.metadata)
+            .map_err(|e| iceberg_error(format!("cannot redefine table {}", table.identifier()), e))
+    }
+
+    /// Fails with a conflict when `current`'s schemas, partition specs or sort orders are not
+    /// the ones the replacement was planned on.
+    fn check_layout_unchanged(&self, current: &TableMetadata, ident: &TableIdent) -> Result<()> {
+        let planned = &self.planned_on;
+        let same = current.current_schema_id() == planned.current_schema_id()
+            && current.last_column_id() == planned.last_column_id()
+            && current.schemas_iter().count() == planned.schemas_iter().count()
+            && current.default_partition_spec_id() == planned.default_partition_spec_id()
+            && current.last_partition_id() == planned.last_partition_id()
+            && current.partition_specs_iter().count() == planned.partition_specs_iter().count()
+            && current.default_sort_order_id() == planned.default_sort_order_id()
+            && current.sort_orders_iter().count() == planned.sort_orders_iter().count();
+        if same {
+            Ok(())
+        } else {
+            Err(conflict(format!(
+                "the schema, partitioning or sort order of {ident} changed since the replacement was planned; run it again"
+            )))
+        }
+    }
+}
+
+/// `field` and the fields nested in it with fresh ids counted up from `next`.
+fn with_fresh_ids(field: &NestedField, next: &mut i32) -> NestedField {
+    *next += 1;
+    let mut fresh = field.clone();
+    fresh.id = *next;
+    fresh.field_type = Box::new(type_with_fresh_ids(&field.field_type, next));
+    fresh
+}
+
+fn type_with_fresh_ids(field_type: &Type, next: &mut i32) -> Type {
+    match field_type {
+        Type::Primitive(_) => field_type.clone(),
+        Type::Struct(s) => Type::Struct(StructType::new(
+            s.fields()
+                .iter()
+                .map(|f| Arc::new(with_fresh_ids(f, next)))
+                .collect(),
+        )),
+        Type::List(l) => Type::List(ListType {
+            element_field: Arc::new(with_fresh_ids(&l.element_field, next)),
+        }),
+        Type::Map(m) => Type::Map(MapType {
+            key_field: Arc::new(with_fresh_ids(&m.key_field, next)),
+            value_field: Arc::new(with_fresh_ids(&m.value_field, next)),
+        }),
+    }
+}
+
 /// What one snapshot changes.
 struct Change {
     operation: Operation,
@@ -222,6 +327,8 @@ struct Change {
     /// Rewrite all of the current snapshot's manifests into one per content and spec.
     merge_manifests: bool,
     summary: HashMap<String, String>,
+    /// The table redefined in the same commit (`CREATE OR REPLACE TABLE`).
+    replacement: Option<Replacement>,
 }
 
 /// What a commit must check against snapshots committed after its base.
@@ -514,6 +621,7 @@ impl Lake {
             removed: HashSet::new(),
             merge_manifests: false,
             summary: delta.summary,
+            replacement: None,
         };
         self.produce_snapshot(base, change, Validation::RowDelta { referenced }, guard)
             .await
@@ -573,6 +681,7 @@ impl Lake {
             removed,
             merge_manifests: true,
             summary: rewrite.summary,
+            replacement: None,
         };
         self.produce_snapshot(base, change, Validation::Rewrite, None)
             .await
@@ -598,6 +707,99 @@ impl Lake {
         if overwrite.is_empty() {
             return self.refresh(base).await;
         }
+        self.overwrite_with(base, overwrite, None, guard).await
+    }
+
+    /// Plans redefining `base` (`CREATE OR REPLACE TABLE`) with `schema` (its field ids are
+    /// reassigned here) and `layout`. As in Iceberg's replace transactions, a top-level column
+    /// keeps its field id when the table has a column of that name and the same primitive
+    /// type; every other field takes a fresh id above the table's last column id, so old
+    /// snapshots keep reading their files as they were written. Properties in `layout` are set
+    /// over the table's; the partition spec and sort order are `layout`'s (none: unpartitioned,
+    /// unsorted).
+    pub fn plan_replacement(
+        &self,
+        base: &Table,
+        schema: &Schema,
+        layout: &TableLayout,
+    ) -> Result<Replacement> {
+        let metadata = base.metadata();
+        let old = metadata.current_schema();
+        let mut next = metadata.last_column_id();
+        let fields: Vec<NestedFieldRef> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| {
+                let kept = old
+                    .as_struct()
+                    .field_by_name(&f.name)
+                    .filter(|o| matches!(*o.field_type, Type::Primitive(_)) && o.field_type == f.field_type);
+                Arc::new(match kept {
+                    Some(o) => {
+                        let mut same = f.as_ref().clone();
+                        same.id = o.id;
+                        same
+                    }
+                    None => with_fresh_ids(f, &mut next),
+                })
+            })
+            .collect();
+        let ident = base.identifier();
+        let schema = Schema::builder()
+            .with_fields(fields)
+            .build()
+            .map_err(|e| iceberg_error(format!("invalid columns for {ident}"), e))?;
+        Ok(Replacement {
+            partition: crate::layout::partition_spec(&schema, &layout.partition)?,
+            sort_order: crate::layout::sort_order(&schema, &layout.sort)?,
+            properties: layout.properties.clone(),
+            schema,
+            planned_on: Arc::new(metadata.clone()),
+        })
+    }
+
+    /// `base` as `replacement` redefines it, held in memory only (not committed, not cached):
+    /// write the replacement's data files with it, so they carry its field ids and partition
+    /// values.
+    pub fn replacement_table(&self, base: &Table, replacement: &Replacement) -> Result<Table> {
+        let ident = base.identifier();
+        let mut builder = Table::builder()
+            .file_io(base.file_io().clone())
+            .identifier(ident.clone())
+            .metadata(replacement.applied_to(base)?)
+            .runtime(iceberg::Runtime::try_current().map_err(|e| iceberg_error("no async runtime", e))?);
+        if let Some(location) = base.metadata_location() {
+            builder = builder.metadata_location(location);
+        }
+        builder
+            .build()
+            .map_err(|e| iceberg_error(format!("cannot redefine table {ident}"), e))
+    }
+
+    /// Commits `overwrite` (files written with [`Lake::replacement_table`]) and `replacement`
+    /// in one snapshot: readers see the old definition and rows or the new ones. Fails with a
+    /// commit conflict when the table's schemas, partition specs or sort orders changed since
+    /// the replacement was planned, or `guard` fails; the table keeps its history (time
+    /// travel before the replacement reads the old schema).
+    pub async fn commit_replacement(
+        &self,
+        base: &Table,
+        overwrite: Overwrite,
+        replacement: Replacement,
+        guard: Option<&CommitGuard>,
+    ) -> Result<Table> {
+        self.overwrite_with(base, overwrite, Some(replacement), guard)
+            .await
+    }
+
+    async fn overwrite_with(
+        &self,
+        base: &Table,
+        overwrite: Overwrite,
+        replacement: Option<Replacement>,
+        guard: Option<&CommitGuard>,
+    ) -> Result<Table> {
         if let Some(f) = overwrite
             .added_data_files
             .iter()
@@ -632,6 +834,7 @@ impl Lake {
             removed,
             merge_manifests: true,
             summary: overwrite.summary,
+            replacement,
         };
         self.produce_snapshot(base, change, Validation::Overwrite, guard)
             .await
@@ -792,7 +995,12 @@ impl Lake {
                 ),
             ));
         }
-        let default_arity = base.metadata().default_partition_type().fields().len();
+        // The metadata the added files are written for: the table's, or its redefinition's.
+        let layout = match &change.replacement {
+            Some(r) => r.applied_to(base)?,
+            None => base.metadata().clone(),
+        };
+        let default_arity = layout.default_partition_type().fields().len();
         if let Some(f) = change
             .added_data
             .iter()
@@ -816,6 +1024,9 @@ impl Lake {
         let mut attempt = 0u32;
         loop {
             let checked = async {
+                if let Some(r) = &change.replacement {
+                    r.check_layout_unchanged(current.metadata(), &ident)?;
+                }
                 let carried = self
                     .carried_manifests(&current, &change.removed, change.merge_manifests)
                     .await?;
@@ -857,6 +1068,7 @@ impl Lake {
                     let files = self
                         .write_added_manifests(
                             &current,
+                            &layout,
                             snapshot_id,
                             commit_id,
                             &mut manifest_counter,
@@ -873,6 +1085,7 @@ impl Lake {
             let result = self
                 .try_commit(
                     &current,
+                    layout.current_schema_id(),
                     snapshot_id,
                     commit_id,
                     attempt,
@@ -1144,9 +1357,11 @@ impl Lake {
     }
 
     /// Writes the manifests listing the files `change` adds (written once, reused on retries).
+    /// `layout` is the metadata they were written for (`current`'s, or its redefinition's).
     async fn write_added_manifests(
         &self,
         current: &Table,
+        layout: &TableMetadata,
         snapshot_id: i64,
         commit_id: Uuid,
         counter: &mut u32,
@@ -1170,8 +1385,8 @@ impl Lake {
             let builder = ManifestWriterBuilder::new(
                 output,
                 Some(snapshot_id),
-                metadata.current_schema().clone(),
-                metadata.default_partition_spec().as_ref().clone(),
+                layout.current_schema().clone(),
+                layout.default_partition_spec().as_ref().clone(),
             );
             let mut writer = match content {
                 ManifestContentType::Data => builder.build_v2_data(),
@@ -1200,11 +1415,12 @@ impl Lake {
     }
 
     /// One attempt: rewrites manifests holding removed files, writes the manifest list and the
-    /// metadata, and swaps. `Ok(None)`: lost the race, the attempt's files are deleted.
+    /// metadata (the new snapshot written with schema `schema_id`), and swaps. `Ok(None)`: lost the race, the attempt's files are deleted.
     #[allow(clippy::too_many_arguments)]
     async fn try_commit(
         &self,
         current: &Table,
+        schema_id: i32,
         snapshot_id: i64,
         commit_id: Uuid,
         attempt: u32,
@@ -1318,17 +1534,35 @@ impl Lake {
             .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
             .with_manifest_list(list_path)
             .with_summary(summary)
-            .with_schema_id(metadata.current_schema_id())
+            .with_schema_id(schema_id)
             .build();
-        let built = TableMetadataBuilder::new_from_metadata(
+        let builder = TableMetadataBuilder::new_from_metadata(
             metadata.clone(),
             current.metadata_location().map(str::to_string),
-        )
-        .set_branch_snapshot(snapshot, MAIN_BRANCH)
-        .and_then(|b| b.build())
-        .map_err(|e| iceberg_error(format!("cannot add a snapshot to {ident}"), e))?;
-        self.write_and_swap(current, built, snapshot_requirements(metadata), files)
-            .await
+        );
+        let builder = match &change.replacement {
+            Some(r) => r.apply(builder),
+            None => Ok(builder),
+        };
+        let built = builder
+            .and_then(|b| b.set_branch_snapshot(snapshot, MAIN_BRANCH))
+            .and_then(|b| b.build())
+            .map_err(|e| iceberg_error(format!("cannot add a snapshot to {ident}"), e))?;
+        let mut requirements = snapshot_requirements(metadata);
+        if change.replacement.is_some() {
+            requirements.extend([
+                TableRequirement::LastAssignedFieldIdMatch {
+                    last_assigned_field_id: metadata.last_column_id(),
+                },
+                TableRequirement::LastAssignedPartitionIdMatch {
+                    last_assigned_partition_id: metadata.last_partition_id(),
+                },
+                TableRequirement::DefaultSortOrderIdMatch {
+                    default_sort_order_id: metadata.default_sort_order_id(),
+                },
+            ]);
+        }
+        self.write_and_swap(current, built, requirements, files).await
     }
 }
 
@@ -2248,6 +2482,7 @@ mod tests {
                 ("tarn.cdc.lsn".to_string(), "0/1".to_string()),
                 ("added-records".to_string(), "999".to_string()),
             ]),
+            replacement: None,
         };
         let s = summary_properties(Some(&previous), &change, &HashMap::new());
         assert_eq!(s["tarn.cdc.lsn"], "0/1");

@@ -26,7 +26,7 @@ mod writer;
 
 pub use cache::DataFiles;
 pub use catalog::{CatalogBackend, CatalogKind, MetadataSwap};
-pub use commit::{CommitGuard, Overwrite, Rewrite, RowDelta};
+pub use commit::{CommitGuard, Overwrite, Replacement, Rewrite, RowDelta};
 pub use deletes::{position_delete_schema, write_position_deletes, write_position_deletes_in_partitions};
 pub use deletion_vector::{DeletionVector, DeletionVectors};
 pub use lake::{Lake, TableLayout, iceberg_error, iceberg_schema_with_keys, parse_table_name};

@@ -928,15 +928,7 @@ impl ExecutionPlan for LakeInsertExec {
         let once = futures::stream::once(async move {
             let progress = Arc::new(WriteProgress::default());
             let outcome = if overwrite {
-                crate::write::write_and_overwrite(
-                    &lake,
-                    &ident,
-                    Some(base),
-                    streams,
-                    crate::write::OverwriteScope::Partitions,
-                    progress,
-                )
-                .await
+                crate::write::write_and_overwrite(&lake, &ident, Some(base), streams, progress).await
             } else {
                 write_and_commit(&lake, &ident, streams, HashMap::new(), progress).await
             }

@@ -585,16 +585,7 @@ impl TarnSession {
                 if let Some(names) = names {
                     columns = names.apply_to_schema(&columns);
                 }
-                let mut seen = std::collections::HashSet::new();
-                if let Some(repeated) = columns.fields().iter().find(|f| !seen.insert(f.name())) {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!(
-                            "column \"{}\" specified more than once in {ident}: give the query's columns distinct names with AS",
-                            repeated.name()
-                        ),
-                    ));
-                }
+                check_distinct_columns(&columns, &ident)?;
                 let schema = lake_schema(&columns)?;
                 let layout = TableLayout {
                     partition: statement.partition.clone(),
@@ -692,10 +683,12 @@ impl TarnSession {
         }
     }
 
-    /// `CREATE OR REPLACE TABLE t [AS query]` of an existing table with the same columns: its
-    /// rows are replaced by the query's (none without one) in one overwrite commit, so readers
-    /// see the old rows or the new ones, and the table keeps its history. Changing the columns
-    /// or the layout this way is refused (drop the table first).
+    /// `CREATE OR REPLACE TABLE t [(columns)] [PARTITIONED BY ...] [SORTED BY ...]
+    /// [TBLPROPERTIES (...)] [AS query]` of an existing table: the table is redefined with the
+    /// statement's columns, partitioning, sort order and properties (set over its own), and its
+    /// rows replaced by the query's (none without one), in one commit, so readers see the old
+    /// table or the new one, and the table keeps its history (see
+    /// [`tarn_lake::Lake::plan_replacement`]).
     async fn replace_table(
         &self,
         ident: &TableIdent,
@@ -705,52 +698,42 @@ impl TarnSession {
     ) -> Result<Output> {
         let (resource, what) = self.table_resource(ident);
         self.check("DropTable", resource, &what)?;
-        if !statement.partition.is_empty() || !statement.sort.is_empty() || !statement.properties.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "CREATE OR REPLACE TABLE with PARTITIONED BY, SORTED BY or TBLPROPERTIES is not supported for {ident}: drop it first"
-                ),
-            ));
-        }
         let mut columns = create.input.schema().inner().clone();
         if let Some(names) = names {
             columns = names.apply_to_schema(&columns);
         }
+        check_distinct_columns(&columns, ident)?;
         let wanted = lake_schema(&columns)?;
+        let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&wanted).map_err(|e| {
+            tarn_lake::iceberg_error(format!("cannot map the columns of {ident} to Iceberg types"), e)
+        })?;
+        let layout = TableLayout {
+            partition: statement.partition.clone(),
+            sort: statement.sort.clone(),
+            properties: statement.properties.clone().into_iter().collect(),
+        };
         let table = self.lake.load_table(ident).await?;
-        let existing = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
-            .map_err(|e| tarn_lake::iceberg_error(format!("cannot map the schema of {ident}"), e))?;
-        let same = wanted.fields().len() == existing.fields().len()
-            && wanted.fields().iter().zip(existing.fields()).all(|(w, e)| {
-                w.name() == e.name()
-                    && w.is_nullable() == e.is_nullable()
-                    && lake_type_matches(w.data_type(), e.data_type())
-            });
-        if !same {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "CREATE OR REPLACE TABLE {ident} would change its columns, which is not supported: drop it first"
-                ),
-            ));
-        }
+        let replacement = self.lake.plan_replacement(&table, &schema, &layout)?;
         let df = DataFrame::new(self.ctx.state(), create.input.as_ref().clone());
         let streams = df.execute_stream_partitioned().await.map_err(from_df_error)?;
-        let outcome = crate::write::write_and_overwrite(
+        let outcome = crate::write::write_and_replace(
             &self.lake,
-            ident,
-            Some(table),
+            &table,
+            replacement,
             streams,
-            crate::write::OverwriteScope::Table,
             Arc::new(WriteProgress::default()),
         )
         .await?;
+        self.catalog.refresh().await?;
         if let Some(g) = &self.governance {
             g.record_write("CreateTableAsSelect", &what, outcome.rows);
         }
         self.record_lineage(ident, create.input.as_ref()).await;
-        Ok(command("SELECT", Some(outcome.rows)))
+        let is_ctas = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+        Ok(match is_ctas {
+            true => command("SELECT", Some(outcome.rows)),
+            false => command("CREATE TABLE", None),
+        })
     }
 
     /// Records the lake tables `input` reads as upstream of `target` (see [`crate::lineage`]).
@@ -890,19 +873,19 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
         .sum()
 }
 
-/// Whether a column of type `wanted` (a [`lake_schema`] type) is stored as a column the
-/// table's schema reads as `existing`.
-fn lake_type_matches(wanted: &DataType, existing: &DataType) -> bool {
-    use DataType as T;
-    wanted == existing
-        || matches!(
-            (wanted, existing),
-            (T::LargeBinary | T::Binary, T::LargeBinary | T::Binary) | (T::Utf8, T::LargeUtf8)
-        )
-        || match (wanted, existing) {
-            (T::List(a), T::List(b)) => lake_type_matches(a.data_type(), b.data_type()),
-            _ => false,
-        }
+/// Fails when two of a new table's `columns` share a name.
+fn check_distinct_columns(columns: &Schema, ident: &TableIdent) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match columns.fields().iter().find(|f| !seen.insert(f.name())) {
+        Some(repeated) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "column \"{}\" specified more than once in {ident}: give the query's columns distinct names with AS",
+                repeated.name()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The schema a table gets for rows of `schema`: every type mapped to one Iceberg has.

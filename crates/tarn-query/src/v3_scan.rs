@@ -29,6 +29,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -179,6 +180,57 @@ async fn open(
     Ok((stream, dir))
 }
 
+/// Each of `columns` (the table's current names) by its name in the schema the scanned
+/// snapshot was written with, found by field id; `None` where that schema predates the
+/// column (it was added by a schema change after the snapshot, with no commit since).
+fn written_columns(table: &Table, snapshot_id: Option<i64>, columns: &[String]) -> Vec<Option<String>> {
+    let metadata = table.metadata();
+    let current = metadata.current_schema();
+    let written = snapshot_id
+        .and_then(|id| metadata.snapshot_by_id(id))
+        .or_else(|| metadata.current_snapshot())
+        .and_then(|s| s.schema_id())
+        .and_then(|id| metadata.schema_by_id(id))
+        .unwrap_or(current);
+    columns
+        .iter()
+        .map(|name| match current.as_struct().field_by_name(name) {
+            Some(field) => written
+                .as_struct()
+                .fields()
+                .iter()
+                .find(|f| f.id == field.id)
+                .map(|f| f.name.clone()),
+            None => Some(name.clone()),
+        })
+        .collect()
+}
+
+/// `batch` (read with the snapshot's names) as the scan's output `schema`: columns renamed,
+/// cast to their current types, and NULL where the snapshot predates them.
+fn as_output(batch: &RecordBatch, schema: &SchemaRef, written: &[Option<String>]) -> DFResult<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(written)
+        .map(|(field, name)| {
+            let Some(column) = name.as_ref().and_then(|n| batch.column_by_name(n)) else {
+                return Ok(new_null_array(field.data_type(), batch.num_rows()));
+            };
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                Ok(arrow::compute::cast(column, field.data_type())?)
+            }
+        })
+        .collect::<DFResult<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
 impl DisplayAs for V3ScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "V3ScanExec: table={}", self.table.identifier())?;
@@ -228,8 +280,24 @@ impl ExecutionPlan for V3ScanExec {
             )));
         }
         let (table, snapshot_id) = (self.table.clone(), self.snapshot_id);
-        let (columns, predicate) = (self.columns.clone(), self.predicate.clone());
+        let written = written_columns(&table, snapshot_id, &self.columns);
+        let renamed = written
+            .iter()
+            .zip(&self.columns)
+            .any(|(w, c)| w.as_ref() != Some(c));
+        // A column the snapshot predates (or knows by an older name) is not asked of `iceberg`,
+        // which resolves names in the snapshot's schema, nor filtered on there: the filters are
+        // applied again above the scan.
+        let (columns, predicate) = match renamed {
+            false => (self.columns.clone(), self.predicate.clone()),
+            true => {
+                let mut asked: Vec<String> = written.iter().flatten().cloned().collect();
+                asked.dedup();
+                (asked, None)
+            }
+        };
         let ident = table.identifier().clone();
+        let schema = self.schema.clone();
         let batches = futures::stream::once(async move {
             let (stream, dir) = open(table, snapshot_id, columns, predicate)
                 .await
@@ -237,7 +305,12 @@ impl ExecutionPlan for V3ScanExec {
             let stream = stream.map(move |batch| {
                 // The deletion vectors' files live until the last batch is read.
                 let _dir = &dir;
-                batch.map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))
+                let batch = batch
+                    .map_err(|e| df_error(tarn_lake::iceberg_error(format!("cannot read {ident}"), e)))?;
+                match renamed {
+                    false => Ok(batch),
+                    true => as_output(&batch, &schema, &written),
+                }
             });
             Ok::<_, DataFusionError>(stream)
         })

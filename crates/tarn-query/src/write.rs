@@ -63,7 +63,7 @@ pub async fn write_and_commit(
     summary: HashMap<String, String>,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
-    let (_, files) = write_files(lake, ident, streams, progress).await?;
+    let files = write_files(&lake.load_table(ident).await?, streams, progress).await?;
     let rows: u64 = files.iter().map(|f| f.record_count()).sum();
     let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     let count = files.len();
@@ -85,34 +85,24 @@ pub async fn write_and_commit(
     })
 }
 
-/// What an overwrite replaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverwriteScope {
-    /// The partitions the new rows fall into (`INSERT OVERWRITE`); the whole table when it
-    /// has no partitions.
-    Partitions,
-    /// Every row (`CREATE OR REPLACE TABLE ... AS`).
-    Table,
-}
-
-/// Writes every stream of `streams` into `ident` and replaces, in one commit, what `scope`
-/// says: see the module doc.
+/// Writes every stream of `streams` into `ident` and replaces, in one commit, the partitions
+/// the new rows fall into (the whole table when it has no partitions): see the module doc.
 pub async fn write_and_overwrite(
     lake: &Lake,
     ident: &TableIdent,
     base: Option<iceberg::table::Table>,
     streams: Vec<SendableRecordBatchStream>,
-    scope: OverwriteScope,
     progress: Arc<WriteProgress>,
 ) -> Result<WriteOutcome> {
-    let (loaded, files) = write_files(lake, ident, streams, progress).await?;
-    let table = base.unwrap_or(loaded);
-    let rows: u64 = files.iter().map(|f| f.record_count()).sum();
-    let file_bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
-    let count = files.len();
+    let table = match base {
+        Some(table) => table,
+        None => lake.load_table(ident).await?,
+    };
+    let files = write_files(&table, streams, progress).await?;
     let metadata = table.metadata();
-    let whole = scope == OverwriteScope::Table || metadata.default_partition_spec().is_unpartitioned();
+    let whole = metadata.default_partition_spec().is_unpartitioned();
     if !whole && metadata.partition_specs_iter().count() > 1 {
+        delete_written(lake, &files).await;
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!("INSERT OVERWRITE into {ident}, whose partitioning has changed, is not supported"),
@@ -120,48 +110,92 @@ pub async fn write_and_overwrite(
     }
     let replaced: std::collections::HashSet<iceberg::spec::Struct> =
         files.iter().map(|f| f.partition().clone()).collect();
-    let (live_data, live_deletes) = Lake::live_files(&table).await?;
+    let (live_data, live_deletes) = match Lake::live_files(&table).await {
+        Ok(live) => live,
+        Err(e) => {
+            delete_written(lake, &files).await;
+            return Err(e);
+        }
+    };
     let in_replaced = |f: &iceberg::spec::DataFile| whole || replaced.contains(f.partition());
     let overwrite = tarn_lake::Overwrite {
         removed_data_files: live_data.into_iter().filter(|f| in_replaced(f)).collect(),
         removed_delete_files: live_deletes.into_iter().filter(|f| in_replaced(f)).collect(),
         added_data_files: files,
-        summary: HashMap::from([(
-            "tarn.statement".to_string(),
-            match scope {
-                OverwriteScope::Partitions => "insert-overwrite",
-                OverwriteScope::Table => "replace-table",
-            }
-            .to_string(),
-        )]),
+        summary: HashMap::from([("tarn.statement".to_string(), "insert-overwrite".to_string())]),
     };
-    let written: Vec<String> = overwrite
-        .added_data_files
-        .iter()
-        .map(|f| f.file_path().to_string())
-        .collect();
-    let guard = serializable_overwrite(lake, &table, (!whole).then_some(replaced), scope);
-    let committed = match lake
-        .commit_overwrite_guarded(&table, overwrite, Some(&guard))
-        .await
-    {
-        Ok(committed) => committed,
+    let guard = serializable_overwrite(lake, &table, (!whole).then_some(replaced), "INSERT OVERWRITE");
+    commit_written(lake, overwrite, async |o| {
+        lake.commit_overwrite_guarded(&table, o, Some(&guard)).await
+    })
+    .await
+}
+
+/// `CREATE OR REPLACE TABLE ... AS` of an existing table: writes every stream of `streams`
+/// as the rows of `base` redefined by `replacement` (its columns, partitioning, sort order and
+/// properties; see [`Lake::plan_replacement`]) and commits the new definition and rows in one
+/// snapshot that removes every row `base` had. Serializable like an overwrite of the whole
+/// table: any commit since `base` fails it with a conflict.
+pub async fn write_and_replace(
+    lake: &Lake,
+    base: &iceberg::table::Table,
+    replacement: tarn_lake::Replacement,
+    streams: Vec<SendableRecordBatchStream>,
+    progress: Arc<WriteProgress>,
+) -> Result<WriteOutcome> {
+    let target = lake.replacement_table(base, &replacement)?;
+    let files = write_files(&target, streams, progress).await?;
+    let (removed_data_files, removed_delete_files) = match Lake::live_files(base).await {
+        Ok(live) => live,
         Err(e) => {
-            for path in &written {
-                if let Err(e) = lake.file_io().delete(path).await {
-                    tracing::warn!(file = %path, error = %e, "cannot delete a file of a failed overwrite");
-                }
-            }
+            delete_written(lake, &files).await;
             return Err(e);
         }
     };
-    metrics::counter!("tarn_data_files_written_total").increment(count as u64);
+    let overwrite = tarn_lake::Overwrite {
+        removed_data_files,
+        removed_delete_files,
+        added_data_files: files,
+        summary: HashMap::from([("tarn.statement".to_string(), "replace-table".to_string())]),
+    };
+    let guard = serializable_overwrite(lake, base, None, "CREATE OR REPLACE TABLE");
+    commit_written(lake, overwrite, async |o| {
+        lake.commit_replacement(base, o, replacement, Some(&guard)).await
+    })
+    .await
+}
+
+/// Commits `overwrite` through `commit`; when it fails, the files it would have added are
+/// deleted (nothing references them).
+async fn commit_written(
+    lake: &Lake,
+    overwrite: tarn_lake::Overwrite,
+    commit: impl AsyncFnOnce(tarn_lake::Overwrite) -> Result<iceberg::table::Table>,
+) -> Result<WriteOutcome> {
+    let files = overwrite.added_data_files.clone();
+    let committed = match commit(overwrite).await {
+        Ok(committed) => committed,
+        Err(e) => {
+            delete_written(lake, &files).await;
+            return Err(e);
+        }
+    };
+    metrics::counter!("tarn_data_files_written_total").increment(files.len() as u64);
     Ok(WriteOutcome {
-        rows,
-        files: count,
-        file_bytes,
+        rows: files.iter().map(|f| f.record_count()).sum(),
+        files: files.len(),
+        file_bytes: files.iter().map(|f| f.file_size_in_bytes()).sum(),
         snapshot_id: committed.metadata().current_snapshot_id(),
     })
+}
+
+/// Deletes data files a failed statement wrote.
+async fn delete_written(lake: &Lake, files: &[iceberg::spec::DataFile]) {
+    for file in files {
+        if let Err(e) = lake.file_io().delete(file.file_path()).await {
+            tracing::warn!(file = %file.file_path(), error = %e, "cannot delete a file of a failed overwrite");
+        }
+    }
 }
 
 /// The check an overwrite planned on `base` commits with (module doc): no snapshot since
@@ -170,14 +204,10 @@ fn serializable_overwrite(
     lake: &Lake,
     base: &iceberg::table::Table,
     partitions: Option<std::collections::HashSet<iceberg::spec::Struct>>,
-    scope: OverwriteScope,
+    statement: &'static str,
 ) -> tarn_lake::CommitGuard {
     let lake = lake.clone();
     let from = base.metadata().current_snapshot_id();
-    let statement = match scope {
-        OverwriteScope::Partitions => "INSERT OVERWRITE",
-        OverwriteScope::Table => "CREATE OR REPLACE TABLE",
-    };
     let partitions = Arc::new(partitions);
     tarn_lake::CommitGuard::new_async(move |current: iceberg::table::Table| {
         let (lake, partitions) = (lake.clone(), partitions.clone());
@@ -220,19 +250,17 @@ fn serializable_overwrite(
     })
 }
 
-/// Writes every stream of `streams` as data files of `ident` (one writer task per stream);
-/// returns the table as loaded for writing and the files, not committed.
+/// Writes every stream of `streams` as data files of `table` (one writer task per stream),
+/// not committed.
 async fn write_files(
-    lake: &Lake,
-    ident: &TableIdent,
+    table: &iceberg::table::Table,
     streams: Vec<SendableRecordBatchStream>,
     progress: Arc<WriteProgress>,
-) -> Result<(iceberg::table::Table, Vec<iceberg::spec::DataFile>)> {
-    let table = lake.load_table(ident).await?;
+) -> Result<Vec<iceberg::spec::DataFile>> {
     let prefix = uuid::Uuid::new_v4().to_string();
     let mut tasks = JoinSet::new();
     for (i, mut stream) in streams.into_iter().enumerate() {
-        let mut writer = DataWriter::new(&table, &format!("{prefix}-{i}"))?;
+        let mut writer = DataWriter::new(table, &format!("{prefix}-{i}"))?;
         let progress = progress.clone();
         tasks.spawn(async move {
             while let Some(batch) = stream.next().await {
@@ -254,5 +282,5 @@ async fn write_files(
             joined.map_err(|e| Error::new(ErrorKind::Internal, "a writer task failed").with_source(e))??;
         files.extend(written);
     }
-    Ok((table, files))
+    Ok(files)
 }

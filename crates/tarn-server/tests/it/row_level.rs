@@ -1268,15 +1268,7 @@ async fn an_overwrite_conflicts_with_a_commit_into_a_partition_it_replaces() {
             .execute_stream_partitioned()
             .await
             .unwrap();
-        tarn_query::write::write_and_overwrite(
-            &lake,
-            &ident,
-            Some(base),
-            streams,
-            tarn_query::write::OverwriteScope::Partitions,
-            Default::default(),
-        )
-        .await
+        tarn_query::write::write_and_overwrite(&lake, &ident, Some(base), streams, Default::default()).await
     };
     let rows = async || t.query("SELECT id, region FROM ov ORDER BY id").await;
     let data_files = || {
@@ -1326,4 +1318,194 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// `CREATE OR REPLACE TABLE ... AS` redefines a table in one commit: other columns, another
+/// partitioning, sort order and properties; kept columns keep their field ids, time travel
+/// reads the old definition, pyiceberg and DuckDB read the new one, and a replacement planned
+/// before a concurrent commit or schema change fails with a conflict, the table unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_or_replace_redefines_columns_partitioning_and_properties() {
+    let t = TestLake::new().await;
+    t.exec("CREATE TABLE rep (id BIGINT, region VARCHAR, amount INT) PARTITIONED BY (region)")
+        .await;
+    t.exec("INSERT INTO rep VALUES (1, 'eu', 10), (2, 'us', 20), (3, 'eu', 30)")
+        .await;
+    let lake = t.session.lake().clone();
+    let ident = tarn_lake::parse_table_name("public.rep").unwrap();
+    let old = lake.load_table(&ident).await.unwrap();
+    let old_snapshot = old.metadata().current_snapshot_id().unwrap();
+    let old_ids: Vec<i32> = old
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+
+    assert_eq!(
+        t.query(
+            "CREATE OR REPLACE TABLE rep PARTITIONED BY (bucket(4, id)) SORTED BY (total DESC) \
+             TBLPROPERTIES ('write.delete.mode' = 'copy-on-write') \
+             AS SELECT id, region, CAST(amount * 2 AS DOUBLE) AS total FROM rep WHERE id <> 2"
+        )
+        .await,
+        ["SELECT 2"]
+    );
+    assert_eq!(
+        t.query("SELECT id, region, total FROM rep ORDER BY id").await,
+        ["1|eu|20.0", "3|eu|60.0"]
+    );
+    let new = lake.load_table(&ident).await.unwrap();
+    let metadata = new.metadata();
+    let fields: Vec<(String, i32)> = metadata
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| (f.name.clone(), f.id))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("id".to_string(), old_ids[0]),
+            ("region".to_string(), old_ids[1]),
+            ("total".to_string(), old.metadata().last_column_id() + 1)
+        ],
+        "kept columns keep their ids, a new one takes the next"
+    );
+    let spec = metadata.default_partition_spec();
+    assert_eq!(spec.fields().len(), 1);
+    assert_eq!(spec.fields()[0].name, "id_bucket");
+    assert_eq!(spec.fields()[0].source_id, old_ids[0]);
+    let order = metadata.default_sort_order();
+    assert_eq!(order.fields.len(), 1);
+    assert_eq!(
+        order.fields[0].direction,
+        iceberg::spec::SortDirection::Descending
+    );
+    assert_eq!(
+        metadata.properties().get("write.delete.mode").map(String::as_str),
+        Some("copy-on-write")
+    );
+    let snapshot = metadata.current_snapshot().unwrap();
+    assert_eq!(
+        snapshot.parent_snapshot_id(),
+        Some(old_snapshot),
+        "history is kept"
+    );
+    assert_eq!(snapshot.schema_id(), Some(metadata.current_schema_id()));
+    assert_eq!(
+        t.query(&format!(
+            "SELECT id, region, amount FROM rep FOR VERSION AS OF {old_snapshot} ORDER BY id"
+        ))
+        .await,
+        ["1|eu|10", "2|us|20", "3|eu|30"],
+        "time travel reads the old definition"
+    );
+
+    // Independent readers read the new definition.
+    let uri = format!("sqlite:///{}", t.path().join("catalog.db").display());
+    let out = tarn_test_utils::run_python(
+        "lake_readers.py",
+        &[
+            "read",
+            "--uri",
+            &uri,
+            "--warehouse",
+            &t.config.warehouse_url(),
+            "--name",
+            &t.config.catalog.name,
+            "--table",
+            "public.rep",
+        ],
+    )
+    .unwrap();
+    let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let expected = serde_json::json!([["1", "eu", "20.0"], ["3", "eu", "60.0"]]);
+    assert_eq!(read["pyiceberg"], expected, "pyiceberg reads the replaced table");
+    assert_eq!(read["duckdb"], expected, "DuckDB reads the replaced table");
+
+    // Row-level statements work on the new layout (copy-on-write, bucketed).
+    assert_eq!(t.query("DELETE FROM rep WHERE id = 1").await, ["DELETE 1"]);
+    assert_eq!(t.query("SELECT id, total FROM rep").await, ["3|60.0"]);
+
+    // A replacement planned before another writer's commit or schema change conflicts.
+    let other = t.second_session().await;
+    let replace = async |base: iceberg::table::Table| {
+        let streams = t
+            .session
+            .context()
+            .sql("SELECT CAST(9 AS BIGINT) AS id")
+            .await
+            .unwrap()
+            .execute_stream_partitioned()
+            .await
+            .unwrap();
+        let schema =
+            iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+            ]))
+            .unwrap();
+        let replacement = lake
+            .plan_replacement(&base, &schema, &tarn_lake::TableLayout::default())
+            .unwrap();
+        tarn_query::write::write_and_replace(&lake, &base, replacement, streams, Default::default()).await
+    };
+    let data_files = || {
+        walkdir(&t.path().join("warehouse"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+    let conflicts = async |base: iceberg::table::Table, what: &str, expected: &str| {
+        let before = t.query("SELECT * FROM rep ORDER BY id").await;
+        let files = data_files();
+        let err = replace(base).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CommitConflict, "after {what}: {err}");
+        assert!(err.to_string().contains(expected), "after {what}: {err}");
+        assert_eq!(
+            t.query("SELECT * FROM rep ORDER BY id").await,
+            before,
+            "the table is unchanged after {what}"
+        );
+        assert_eq!(
+            data_files(),
+            files,
+            "the failed replacement's files are deleted after {what}"
+        );
+    };
+    let base = lake.load_table(&ident).await.unwrap();
+    crate::query(&other, "INSERT INTO rep VALUES (4, 'us', 8.0)")
+        .await
+        .unwrap();
+    conflicts(
+        base,
+        "a commit",
+        "CREATE OR REPLACE TABLE of public.rep conflicts with a concurrent commit",
+    )
+    .await;
+    let base = lake.load_table(&ident).await.unwrap();
+    let metadata = base.metadata();
+    let mut fields: Vec<iceberg::spec::NestedFieldRef> =
+        metadata.current_schema().as_struct().fields().to_vec();
+    fields.push(Arc::new(iceberg::spec::NestedField::optional(
+        metadata.last_column_id() + 1,
+        "note",
+        iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::String),
+    )));
+    let wider = iceberg::spec::Schema::builder()
+        .with_fields(fields)
+        .build()
+        .unwrap();
+    lake.evolve_schema(&base, wider, Default::default())
+        .await
+        .unwrap();
+    conflicts(
+        base,
+        "a schema change",
+        "changed since the replacement was planned",
+    )
+    .await;
 }
