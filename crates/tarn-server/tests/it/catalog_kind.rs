@@ -302,6 +302,34 @@ async fn catalog_kind_rest_sql_and_cdc_with_a_bearer_token_then_maintain() {
     let statuses: Vec<u16> = proxy.commits("orders").iter().map(|s| s.status).collect();
     assert_eq!(statuses, [200, 409, 200], "the injected 409 was retried once");
 
+    // CREATE OR REPLACE TABLE: the new schema, partition spec and sort order go to the REST
+    // catalog in the same commit as the rows; the catalog's own server reads the new table.
+    client
+        .exec("CREATE TABLE sq.daily AS SELECT id, region FROM sq.orders")
+        .await;
+    client
+        .exec(
+            "CREATE OR REPLACE TABLE sq.daily PARTITIONED BY (region) SORTED BY (total DESC) \
+             AS SELECT region, sum(amount) AS total FROM sq.orders GROUP BY region",
+        )
+        .await;
+    let daily = "SELECT region, total FROM sq.daily ORDER BY region NULLS FIRST";
+    let want = ["NULL|3.25", "eu|10.5", "us|NULL"];
+    assert_eq!(client.query(daily).await, want);
+    assert_eq!(rows(&own, daily).await, want);
+    let table = own
+        .lake()
+        .load_table(&tarn_lake::parse_table_name("sq.daily").unwrap())
+        .await
+        .unwrap();
+    let spec = table.metadata().default_partition_spec();
+    assert_eq!(
+        spec.fields().iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["region"],
+        "the catalog holds the new partition spec"
+    );
+    assert_eq!(table.metadata().default_sort_order().fields.len(), 1);
+
     // CDC from PostgreSQL: snapshot, updates and deletes (position deletes), a schema change,
     // all through tarn's own REST commits; one of them answered 409 first.
     let mut cdc = Cdc::new(
