@@ -5,7 +5,8 @@
 //! in `committed` mode they do not, a transaction appears whole or not at all (checked under a
 //! load of transactions, across the commits the row threshold makes), no key appears twice,
 //! a pending truncate hides the committed rows, a schema change in flight falls back to the
-//! last commit, and once a commit lands both modes and PostgreSQL agree.
+//! last commit, and once a commit lands both modes and PostgreSQL agree. Killed with changes
+//! pending, the restarted server serves the lake, then catches up without committing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -291,5 +292,103 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
         metrics.contains("tarn_query_bridge_reads_total{result=\"merged\"}")
             && metrics.contains("tarn_query_bridge_reads_total{result=\"committed\"}"),
         "{metrics}"
+    );
+}
+
+/// A crash with changes pending: `tarn serve` killed (SIGKILL) while its pipeline holds
+/// changes it has not committed. After the restart, every `latest` read is either the lake (the
+/// last commit: the restarted pipeline has not published yet) or PostgreSQL's state — never a
+/// part of the pending transactions, never a row twice — and it reaches PostgreSQL's state
+/// again without a commit by time; `committed` reads keep the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_latest_reads_serve_the_lake_then_catch_up() {
+    crate::init_logs();
+    let pg = PostgresServer::start_temporary().unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+             INSERT INTO accounts SELECT g, 100 FROM generate_series(1, {ACCOUNTS}) g;"
+        ),
+    )
+    .unwrap();
+    let mut served = Served::start_with(
+        true,
+        &format!(
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\n[maintenance]\nauto = false\n",
+            pg.url("app")
+        ),
+    );
+    let client = served.client().await;
+    let accounts = "SELECT id, balance FROM cdc.accounts ORDER BY id";
+    let lake = source_rows(&pg, "SELECT id, balance FROM accounts ORDER BY id");
+    client
+        .simple_query("SET tarn.read_mode = 'committed'")
+        .await
+        .unwrap();
+    wait_rows(&client, accounts, &lake, "the initial copy").await;
+    client.simple_query("RESET tarn.read_mode").await.unwrap();
+
+    // Transfers (each keeps the sum), a delete and a re-insert, an insert: pending only.
+    for i in 0..30i64 {
+        let (a, b) = (i % ACCOUNTS + 1, (i * 7 + 3) % ACCOUNTS + 1);
+        pg.psql(
+            "app",
+            &format!(
+                "BEGIN; UPDATE accounts SET balance = balance - 5 WHERE id = {a};
+                 UPDATE accounts SET balance = balance + 5 WHERE id = {b}; COMMIT;"
+            ),
+        )
+        .unwrap();
+    }
+    pg.psql(
+        "app",
+        "BEGIN; DELETE FROM accounts WHERE id = 4; INSERT INTO accounts VALUES (4, 100); COMMIT;",
+    )
+    .unwrap();
+    let want = source_rows(&pg, "SELECT id, balance FROM accounts ORDER BY id");
+    wait_rows(&client, accounts, &want, "the pending changes before the crash").await;
+
+    served.crash_and_restart();
+    let latest = served.client().await;
+    let committed = served.client().await;
+    committed
+        .simple_query("SET tarn.read_mode = 'committed'")
+        .await
+        .unwrap();
+    let invariant = "SELECT count(*), count(DISTINCT id), sum(balance) FROM cdc.accounts";
+    let whole = [format!("{ACCOUNTS}|{ACCOUNTS}|{TOTAL}")];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reads = 0;
+    loop {
+        // A statement may meet the pipeline while it starts again: only a wrong answer fails.
+        let (Ok(got), Ok(sums)) = (rows(&latest, accounts).await, rows(&latest, invariant).await) else {
+            assert!(Instant::now() < deadline, "no answer within 60 s of the restart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        reads += 1;
+        assert_eq!(
+            sums, whole,
+            "read {reads} after the restart saw part of a transaction"
+        );
+        assert!(
+            got == lake || got == want,
+            "read {reads} after the restart is neither the lake nor PostgreSQL: {got:?}"
+        );
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "latest reads did not catch up within 60 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rows(&committed, accounts).await.unwrap(),
+        lake,
+        "nothing was committed by time: committed reads keep the lake"
     );
 }

@@ -33,27 +33,45 @@ impl Served {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(crate::tarn_bin())
-            .arg("--data-dir")
-            .arg(dir.path())
-            .arg("serve")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        for port in [pg_port, http_port] {
-            if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
-                let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-                panic!("tarn serve did not start: {e}\n{log}");
-            }
-        }
+        let child = Self::spawn(dir.path(), [pg_port, http_port]);
         Self {
             child,
             pg_port,
             http_port,
             _dir: dir,
         }
+    }
+
+    /// Runs `tarn serve` on `dir` (its log appended to `serve.log`) and waits for `ports`.
+    fn spawn(dir: &std::path::Path, ports: [u16; 2]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        let child = Command::new(crate::tarn_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("serve")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        for port in ports {
+            if let Err(e) = wait_for_port(port, Duration::from_secs(60)) {
+                let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+                panic!("tarn serve did not start: {e}\n{log}");
+            }
+        }
+        child
+    }
+
+    /// Kills the server (SIGKILL: nothing flushed, nothing shut down) and starts it again on
+    /// the same data directory and ports.
+    pub(crate) fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self._dir.path(), [self.pg_port, self.http_port]);
     }
 
     /// The served lake's data directory.
