@@ -40,6 +40,7 @@ mod copy;
 mod idle;
 mod pg_catalog;
 pub mod pg_functions;
+mod pg_namespaces;
 mod pg_relations;
 mod pg_rewrite;
 mod proxy_protocol;
@@ -60,6 +61,9 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+    PgCatalogSchemaProvider, PgCatalogStaticTables,
+};
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
@@ -1314,8 +1318,8 @@ struct TarnParser {
 /// and the statement rewritten ([`pg_rewrite`]) before it is planned.
 struct CatalogQueries {
     ctx: SessionContext,
-    /// The lake's catalog, where `search_path` schemas are looked up.
-    catalog: String,
+    /// The schemas as clients see them, where `search_path` schemas are looked up.
+    view: pg_namespaces::PgView,
     relations: Arc<pg_relations::Relations>,
     /// `datafusion-postgres`'s parser: the statements it replaces whole (its answers to some
     /// of psql's and pgcli's catalog queries) are left for it to recognize.
@@ -1331,7 +1335,12 @@ impl CatalogQueries {
         sql: &str,
         metadata: &HashMap<String, String>,
     ) -> datafusion::error::Result<Option<String>> {
-        let with_path = self.with_search_path(sql, metadata);
+        let mut with_path = self.with_search_path(sql, metadata);
+        if let Some(qualified) =
+            pg_namespaces::qualify_foreign_names(with_path.as_deref().unwrap_or(sql), &self.view)
+        {
+            with_path = Some(qualified);
+        }
         let sql = with_path.as_deref().unwrap_or(sql);
         if !pg_rewrite::reads_catalog(sql) {
             return Ok(with_path);
@@ -1350,8 +1359,7 @@ impl CatalogQueries {
         if path.is_empty() || path == [tarn_query::DEFAULT_SCHEMA] {
             return None;
         }
-        let catalog = self.ctx.catalog(&self.catalog)?;
-        let exists = |schema: &str, table: &str| catalog.schema(schema).is_some_and(|s| s.table_exist(table));
+        let exists = |schema: &str, table: &str| self.view.table_exists(schema, table);
         pg_rewrite::with_search_path(sql, &path, &exists)
     }
 
@@ -2123,6 +2131,21 @@ pub async fn serve(
     let ctx = session.context().clone();
     setup_pg_catalog(&ctx, session.lake().name(), EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
+    // The emulated relations list the catalogs as clients see them (crate::pg_namespaces).
+    let view = pg_namespaces::PgView::new(ctx.state().catalog_list().clone(), session.lake().name());
+    let emulated = PgCatalogSchemaProvider::try_new(
+        view.clone(),
+        Arc::new(
+            PgCatalogStaticTables::try_new()
+                .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?,
+        ),
+        EmptyContextProvider,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
+    ctx.catalog(session.lake().name())
+        .ok_or_else(|| std::io::Error::other("the lake's catalog is not registered"))?
+        .register_schema("pg_catalog", Arc::new(emulated))
+        .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
     let relations = pg_catalog::install(
         &ctx,
         session.lake().name(),
@@ -2132,7 +2155,7 @@ pub async fn serve(
     .map_err(|e| std::io::Error::other(format!("cannot correct pg_catalog: {e}")))?;
     let catalog = Arc::new(CatalogQueries {
         ctx: ctx.clone(),
-        catalog: session.lake().name().to_string(),
+        view,
         relations,
         compatibility: PostgresCompatibilityParser::new(),
     });

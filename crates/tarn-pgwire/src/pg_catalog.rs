@@ -51,6 +51,7 @@ pub(crate) fn install(
     let relations = Arc::new(Relations::new(
         emulated.clone(),
         ctx.state().catalog_list().clone(),
+        catalog,
         governance,
     ));
     catalog_provider.register_schema(

@@ -88,6 +88,9 @@ pub(crate) struct Relation {
     pub(crate) namespace_oid: i32,
     pub(crate) catalog: String,
     pub(crate) schema: String,
+    /// The schema as `pg_namespace` shows it: `schema`, or `catalog.schema` for a foreign
+    /// table ([`crate::pg_namespaces`]).
+    pub(crate) namespace: String,
     pub(crate) name: String,
     pub(crate) columns: Vec<ColumnInfo>,
     pub(crate) description: tarn_query::provider::TableDescription,
@@ -157,6 +160,9 @@ struct Grant {
 pub(crate) struct Relations {
     emulated: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
+    /// The lake's catalog: its schemas are shown by their names, other catalogs' as
+    /// `catalog.schema`.
+    lake: String,
     governance: Option<Arc<Governance>>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// When the snapshot was taken.
@@ -172,11 +178,13 @@ impl Relations {
     pub(crate) fn new(
         emulated: Arc<dyn SchemaProvider>,
         catalogs: Arc<dyn CatalogProviderList>,
+        lake: &str,
         governance: Option<Arc<Governance>>,
     ) -> Self {
         Self {
             emulated,
             catalogs,
+            lake: lake.to_string(),
             governance,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             taken: Mutex::new(None),
@@ -331,8 +339,13 @@ impl Relations {
                 let Some(schema) = catalog.schema(&schema_name) else {
                     continue;
                 };
+                let namespace = if catalog_name == self.lake {
+                    schema_name.clone()
+                } else {
+                    crate::pg_namespaces::foreign_namespace(&catalog_name, &schema_name)
+                };
                 for table_name in schema.table_names() {
-                    let Some(&(oid, namespace_oid)) = oids.get(&(schema_name.clone(), table_name.clone()))
+                    let Some(&(oid, namespace_oid)) = oids.get(&(namespace.clone(), table_name.clone()))
                     else {
                         continue;
                     };
@@ -355,6 +368,7 @@ impl Relations {
                         namespace_oid,
                         catalog: catalog_name.clone(),
                         schema: schema_name.clone(),
+                        namespace: namespace.clone(),
                         name: table_name.clone(),
                         columns,
                         description: tarn_query::provider::describe_table(table.as_ref()).unwrap_or_default(),
@@ -1319,7 +1333,7 @@ impl LookupFunction {
                 Some(Scalar::Text(format!(
                     "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({})",
                     quote_ident(&r.key_name()),
-                    quote_ident(&r.schema),
+                    quote_ident(&r.namespace),
                     quote_ident(&r.name),
                     r.quoted_columns()
                 )))
@@ -1352,7 +1366,7 @@ impl LookupFunction {
                     relations
                         .iter()
                         .find(|r| {
-                            r.name == table && schema.as_ref().is_none_or(|s| *s == r.schema)
+                            r.name == table && schema.as_ref().is_none_or(|s| *s == r.namespace)
                                 || schema.is_none() && r.has_key() && r.key_name() == table
                         })
                         .map(|r| {
@@ -1371,10 +1385,10 @@ impl LookupFunction {
 
 /// `schema.table` as `regclass` shows a relation outside the search path.
 fn qualified_name(r: &Relation) -> String {
-    if r.schema == tarn_query::DEFAULT_SCHEMA {
+    if r.namespace == tarn_query::DEFAULT_SCHEMA {
         quote_ident(&r.name)
     } else {
-        format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name))
+        format!("{}.{}", quote_ident(&r.namespace), quote_ident(&r.name))
     }
 }
 

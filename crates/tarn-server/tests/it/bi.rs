@@ -109,7 +109,7 @@ fn pgjdbc_jar() -> PathBuf {
 }
 
 /// The Python of the venv with SQLAlchemy 1.4 and psycopg2 (`scripts/setup.sh` makes it).
-fn superset_python() -> PathBuf {
+pub(crate) fn superset_python() -> PathBuf {
     let python = workspace_root().join(".venv-superset/bin/python");
     assert!(
         python.exists(),

@@ -602,3 +602,110 @@ async fn configured_catalogs_answer_statements_of_many_shapes_as_postgresql_does
         started.elapsed()
     );
 }
+
+/// BI tools list a foreign table under its catalog and schema as one schema name
+/// (`shop.public`) and query it by that name: SQLAlchemy 1.4 + psycopg2 (Superset's stack)
+/// inspects and reads it, psql's `\dt` lists it, pgjdbc-style `"tarn"."shop.public".t` names
+/// resolve, and a lake table of the same name in `public` stays the lake's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bi_tools_list_and_query_foreign_tables_by_their_shown_schema() {
+    let pg = tarn_test_utils::start_postgres().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, region TEXT); \
+         INSERT INTO customers VALUES (1, 'ada', 'eu'), (2, 'bob', NULL), (3, 'cy', 'us')",
+    )
+    .unwrap();
+    let served = crate::pgwire::Served::start_with(
+        true,
+        &format!(
+            "[[federation]]\nname = \"shop\"\nurl = \"{}\"\n",
+            pg.url("postgres")
+        ),
+    );
+    let psql = |sql: &str| {
+        let (ok, out, err) = served.psql(sql);
+        assert!(ok, "{sql}: {err}");
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    psql("CREATE TABLE customers (id BIGINT, note VARCHAR); INSERT INTO customers VALUES (99, 'lake')");
+
+    let out = std::process::Command::new(crate::bi::superset_python())
+        .arg(tarn_test_utils::workspace_root().join("tests/interop/bi_foreign.py"))
+        .args([
+            "--port",
+            &served.pg_port.to_string(),
+            "--schema",
+            "shop.public",
+            "--table",
+            "customers",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schemas: Vec<&str> = seen["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(
+        schemas.contains(&"public") && schemas.contains(&"shop.public"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["tables"]["shop.public"],
+        serde_json::json!(["customers"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["tables"]["public"],
+        serde_json::json!(["customers"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["columns"],
+        serde_json::json!([
+            {"name": "id", "type": "INTEGER()", "nullable": false},
+            {"name": "name", "type": "TEXT()", "nullable": false},
+            {"name": "region", "type": "TEXT()", "nullable": true}
+        ]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["rows"]["shop.public"],
+        serde_json::json!([[1, "ada", "eu"], [2, "bob", null], [3, "cy", "us"]]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["rows"]["public"],
+        serde_json::json!([[99, "lake"]]),
+        "{seen}"
+    );
+    assert!(
+        seen["sql"]
+            .as_str()
+            .unwrap()
+            .contains("\"shop.public\".customers"),
+        "SQLAlchemy quotes the shown schema: {seen}"
+    );
+
+    // psql lists it, and names it by the shown schema with or without the database.
+    let listed = psql("\\dt \"shop.public\".*");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].starts_with("shop.public|customers|table"), "{listed:?}");
+    assert_eq!(
+        psql(
+            "SELECT \"shop.public\".customers.name FROM \"tarn\".\"shop.public\".customers \
+             WHERE \"shop.public\".customers.id = 2"
+        ),
+        ["bob"]
+    );
+    assert_eq!(psql("SELECT count(*) FROM shop.public.customers"), ["3"]);
+}
