@@ -522,6 +522,9 @@ fn shown_setting(
                 statement_timeout::show(statement_timeout(client, workload, &roles)),
             )
         }
+        "tarn.read_position" | "tarn read_position" => {
+            (read_mode::POSITION, read_mode::shown_position(client))
+        }
         "tarn.read_mode" | "tarn read_mode" => (
             read_mode::NAME,
             read_mode::session_mode(client)
@@ -948,12 +951,18 @@ impl SimpleQueryHandler for TarnSimpleQuery {
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
         let mode = read_mode::session_mode(client);
-        with_principal(
+        let positions = tarn_query::bridge::ReadPositions::default();
+        let out = with_principal(
             principal_of(client),
-            tarn_query::bridge::with_read_mode(mode, self.run_query(client, query, timer)),
+            tarn_query::bridge::with_read_positions(
+                positions.clone(),
+                tarn_query::bridge::with_read_mode(mode, self.run_query(client, query, timer)),
+            ),
         )
         .instrument(span)
-        .await
+        .await;
+        read_mode::keep_position(client, &positions);
+        out
     }
 }
 
@@ -1479,9 +1488,15 @@ impl ExtendedQueryHandler for TarnExtendedQuery {
         let span = observe::statement_span(kind);
         let timer = observe::StatementTimer::start(kind, span.clone());
         let mode = read_mode::session_mode(client);
-        tarn_query::bridge::with_read_mode(mode, self.run_portal(client, portal, max_rows, timer))
-            .instrument(span)
-            .await
+        let positions = tarn_query::bridge::ReadPositions::default();
+        let out = tarn_query::bridge::with_read_positions(
+            positions.clone(),
+            tarn_query::bridge::with_read_mode(mode, self.run_portal(client, portal, max_rows, timer)),
+        )
+        .instrument(span)
+        .await;
+        read_mode::keep_position(client, &positions);
+        out
     }
 }
 

@@ -3,6 +3,11 @@
 //! include the changes the pipeline has not committed yet ([`tarn_query::bridge`]).
 //! `SHOW tarn.read_mode` is answered by `ShowSettingsHook` with the mode in force (the
 //! session's, else `query.read_mode`). The mode applies when a statement is planned.
+//!
+//! `SHOW tarn.read_position` shows the source position the session's last statement that
+//! read a pipeline's tables was consistent to ([`tarn_query::bridge::ReadPositions`]; empty
+//! before any such read): every source transaction ending at or before it is in the answer,
+//! none after. Statements that read no pipeline table leave it as it was.
 
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
@@ -19,6 +24,25 @@ use tarn_query::bridge::ReadMode;
 
 /// The setting's name, and the client metadata key the session's choice is kept under.
 pub(crate) const NAME: &str = "tarn.read_mode";
+
+/// The read position's name, and the client metadata key it is kept under.
+pub(crate) const POSITION: &str = "tarn.read_position";
+
+/// Keeps the position a statement's reads were at (`positions`, recorded while it ran) for
+/// `SHOW tarn.read_position`, when it read a pipeline's table.
+pub(crate) fn keep_position<C: ClientInfo + ?Sized>(
+    client: &mut C,
+    positions: &tarn_query::bridge::ReadPositions,
+) {
+    if let Some(shown) = positions.shown() {
+        client.metadata_mut().insert(POSITION.into(), shown);
+    }
+}
+
+/// What `SHOW tarn.read_position` shows.
+pub(crate) fn shown_position<C: ClientInfo + ?Sized>(client: &C) -> String {
+    client.metadata().get(POSITION).cloned().unwrap_or_default()
+}
 
 /// What a statement does to `tarn.read_mode`: `Some(mode)` sets it, `None` resets it.
 fn change(statement: &Statement) -> Option<PgWireResult<Option<ReadMode>>> {

@@ -56,12 +56,23 @@
 //! Each table reference pins its publication when the statement is planned; two pipeline
 //! tables joined in one statement are each at a transaction boundary, not necessarily the
 //! same one.
+//!
+//! ## Which boundary a read is at
+//!
+//! Every read of a pipeline's table records the source position its answer is consistent to
+//! ([`ReadPositions`], shown by `SHOW tarn.read_position`): every source transaction that
+//! ends at or before it is included, none after. A merged read is at its publication's
+//! position (the end of the last transaction the writer applied, or the position its base
+//! snapshot holds when that is later: while a restarted pipeline skips transactions the lake
+//! already holds); a `committed` read, a fallback, and a read while no publication is in place
+//! are at the position the table's snapshot holds for the pipeline
+//! ([`PendingSource::committed_position`]).
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -124,6 +135,47 @@ impl fmt::Display for ReadMode {
 
 tokio::task_local! {
     static READ_MODE: ReadMode;
+    static READ_POSITIONS: ReadPositions;
+}
+
+/// The source positions the reads of pipeline tables in a statement were consistent to (see
+/// the module doc), recorded while [`with_read_positions`] runs the statement.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPositions(Arc<Mutex<Vec<(String, String)>>>);
+
+impl ReadPositions {
+    /// Records that `table` was read at `position`, when a statement is being recorded.
+    fn record(table: &TableIdent, position: String) {
+        let _ = READ_POSITIONS.try_with(|r| {
+            r.0.lock()
+                .expect("read positions poisoned")
+                .push((table.to_string(), position));
+        });
+    }
+
+    /// What `SHOW tarn.read_position` shows: the position every read was at when they agree,
+    /// else `table=position` for each table, comma separated; `None` when nothing was read.
+    pub fn shown(&self) -> Option<String> {
+        let reads = self.0.lock().expect("read positions poisoned");
+        let mut positions: Vec<&str> = reads.iter().map(|(_, p)| p.as_str()).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        match positions.as_slice() {
+            [] => None,
+            [one] => Some((*one).to_string()),
+            _ => {
+                let mut each: Vec<String> = reads.iter().map(|(t, p)| format!("{t}={p}")).collect();
+                each.sort();
+                each.dedup();
+                Some(each.join(", "))
+            }
+        }
+    }
+}
+
+/// Runs `f` (planning and running a statement) recording its reads' positions in `positions`.
+pub async fn with_read_positions<F: Future>(positions: ReadPositions, f: F) -> F::Output {
+    READ_POSITIONS.scope(positions, f).await
 }
 
 /// Runs `f` (planning a statement) in read mode `mode`; `None` leaves the bridge's default.
@@ -153,6 +205,8 @@ pub trait PendingTable: Send + Sync + fmt::Debug {
     /// The changes as Arrow (computed once); `Err` says why this state cannot be merged (the
     /// table is then read at its last commit).
     fn changes(&self) -> Result<Arc<PendingChanges>, String>;
+    /// The source position this state is at (a transaction boundary), as text.
+    fn position(&self) -> Option<String>;
 }
 
 /// A writer that publishes pending state (a pipeline).
@@ -160,6 +214,9 @@ pub trait PendingSource: Send + Sync + fmt::Debug {
     /// The newest publication of `table`; `None` when this writer does not write it (or
     /// withdrew its publication).
     fn pending(&self, table: &TableIdent) -> Option<Arc<dyn PendingTable>>;
+    /// The source position `table` (as loaded) holds for this writer, as text; `None` when
+    /// this writer does not write it.
+    fn committed_position(&self, table: &iceberg::table::Table) -> Option<String>;
 }
 
 /// The pipelines of this process whose pending changes queries may read, and the default
@@ -210,23 +267,46 @@ impl Bridge {
         let sources = self.sources.read().expect("bridge poisoned");
         sources.iter().find_map(|s| s.pending(table))
     }
+
+    /// The source position `table` (as loaded) holds, if a registered pipeline writes it.
+    pub fn committed_position(&self, table: &iceberg::table::Table) -> Option<String> {
+        let sources = self.sources.read().expect("bridge poisoned");
+        sources.iter().find_map(|s| s.committed_position(table))
+    }
 }
 
 /// A pipeline's table: its committed state, and the publication pinned when the statement
-/// was planned; [`scan`](TableProvider::scan) reads one or the merge of both by the read mode.
+/// was planned (`None`: the pipeline has none in place, e.g. while it restarts);
+/// [`scan`](TableProvider::scan) reads one or the merge of both by the read mode, and records
+/// the position it read at.
 #[derive(Debug)]
 pub struct BridgedTable {
     committed: LakeTable,
-    pending: Arc<dyn PendingTable>,
+    pending: Option<Arc<dyn PendingTable>>,
+    /// The position the committed state holds.
+    committed_position: Option<String>,
     bridge: Arc<Bridge>,
 }
 
 impl BridgedTable {
-    pub(crate) fn new(committed: LakeTable, pending: Arc<dyn PendingTable>, bridge: Arc<Bridge>) -> Self {
+    pub(crate) fn new(
+        committed: LakeTable,
+        pending: Option<Arc<dyn PendingTable>>,
+        committed_position: Option<String>,
+        bridge: Arc<Bridge>,
+    ) -> Self {
         Self {
             committed,
             pending,
+            committed_position,
             bridge,
+        }
+    }
+
+    /// Records a read of the committed state.
+    fn record_committed(&self) {
+        if let Some(p) = &self.committed_position {
+            ReadPositions::record(self.committed.ident(), p.clone());
         }
     }
 
@@ -238,12 +318,13 @@ impl BridgedTable {
     /// The merged plan (all columns, in [`TableProvider::schema`]'s types), or why not.
     async fn merged(
         &self,
+        pending: &Arc<dyn PendingTable>,
         state: &dyn Session,
         filters: &[Expr],
     ) -> DFResult<Result<Arc<dyn ExecutionPlan>, String>> {
         // Building the batches is CPU work proportional to the buffer: off the async threads.
-        let pending = self.pending.clone();
-        let changes = tokio::task::spawn_blocking(move || pending.changes())
+        let publication = pending.clone();
+        let changes = tokio::task::spawn_blocking(move || publication.changes())
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let changes = match changes {
@@ -254,7 +335,7 @@ impl BridgedTable {
         let metadata = table.metadata();
         let schema = self.committed.schema();
         let raw = self.committed.raw_schema();
-        let base_snapshot = self.pending.base_snapshot();
+        let base_snapshot = pending.base_snapshot();
         if let Some(id) = base_snapshot {
             let Some(snapshot) = metadata.snapshot_by_id(id) else {
                 return Ok(Err(format!(
@@ -408,20 +489,30 @@ impl TableProvider for BridgedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let Some(pending) = &self.pending else {
+            // No publication in place: the lake, as a plain table reads it.
+            self.record_committed();
+            return self.committed.scan(state, projection, filters, limit).await;
+        };
         if self.bridge.mode() == ReadMode::Committed {
             metrics::counter!("tarn_query_bridge_reads_total", "result" => "committed").increment(1);
+            self.record_committed();
             return self.committed.scan(state, projection, filters, limit).await;
         }
-        let plan = match self.merged(state, filters).await? {
+        let plan = match self.merged(pending, state, filters).await? {
             Ok(plan) => plan,
             Err(why) => {
                 tracing::debug!(table = %self.committed.ident(), reason = %why,
                     "pending changes cannot be merged; reading the last commit");
                 metrics::counter!("tarn_query_bridge_reads_total", "result" => "fallback").increment(1);
+                self.record_committed();
                 return self.committed.scan(state, projection, filters, limit).await;
             }
         };
         metrics::counter!("tarn_query_bridge_reads_total", "result" => "merged").increment(1);
+        if let Some(p) = pending.position() {
+            ReadPositions::record(self.committed.ident(), p);
+        }
         let Some(projection) = projection else {
             return Ok(plan);
         };
@@ -440,6 +531,9 @@ impl TableProvider for BridgedTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        if self.pending.is_none() {
+            return self.committed.supports_filters_pushdown(filters);
+        }
         // Applied again above the merge: the base scan may prune with them, the pending rows
         // are not filtered by the scan.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
@@ -469,6 +563,30 @@ mod tests {
             "{err}"
         );
         assert_eq!(ReadMode::Committed.to_string(), "committed");
+    }
+
+    #[tokio::test]
+    async fn read_positions_are_recorded_inside_a_statement_only() {
+        let a = TableIdent::from_strs(["cdc", "a"]).unwrap();
+        let b = TableIdent::from_strs(["cdc", "b"]).unwrap();
+        ReadPositions::record(&a, "0/10".into());
+        let positions = ReadPositions::default();
+        assert_eq!(positions.shown(), None);
+        with_read_positions(positions.clone(), async {
+            ReadPositions::record(&a, "0/20".into());
+            ReadPositions::record(&b, "0/20".into());
+        })
+        .await;
+        assert_eq!(positions.shown().as_deref(), Some("0/20"));
+        with_read_positions(positions.clone(), async {
+            ReadPositions::record(&b, "0/18".into());
+        })
+        .await;
+        assert_eq!(
+            positions.shown(),
+            Some(format!("{a}=0/20, {b}=0/18, {b}=0/20")),
+            "each table's reads when they differ"
+        );
     }
 
     #[tokio::test]

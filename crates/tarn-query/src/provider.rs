@@ -264,9 +264,18 @@ impl SchemaProvider for LakeSchemaProvider {
         let provider: Arc<dyn TableProvider> = match selector {
             TableSelector::Current(_) => {
                 let committed = LakeTable::new(self.lake.clone(), table).await?;
-                match pending {
-                    Some(pending) => Arc::new(BridgedTable::new(committed, pending, self.bridge.clone())),
-                    None => Arc::new(committed),
+                // A pipeline's table, with or without a publication in place, reads through
+                // the bridge, which records the position it read at.
+                let position = self.bridge.committed_position(committed.table());
+                if pending.is_some() || position.is_some() {
+                    Arc::new(BridgedTable::new(
+                        committed,
+                        pending,
+                        position,
+                        self.bridge.clone(),
+                    ))
+                } else {
+                    Arc::new(committed)
                 }
             }
             TableSelector::Snapshot(_, id) => {

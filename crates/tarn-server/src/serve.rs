@@ -502,7 +502,7 @@ pub async fn serve(config: &Config, session: TarnSession, metrics: PrometheusHan
     session.bridge().set_default_mode(read_mode);
     let mut pipeline = config.cdc.source.as_ref().map(|_| {
         tracing::info!(pipeline = %config.cdc.pipeline, read_mode = %read_mode, "starting the CDC pipeline");
-        let publisher = tarn_cdc::sink::PendingPublisher::new();
+        let publisher = tarn_cdc::sink::PendingPublisher::for_pipeline(&config.cdc.pipeline);
         session.bridge().register(publisher.clone());
         // The endpoint's queries read pending changes: commits can wait for larger files.
         let mut config = config.clone();

@@ -241,6 +241,9 @@ impl LakeSink {
     /// This sink publishing its pending state at every transaction boundary into `publisher`
     /// (bridge reads; see the `publish` module).
     pub fn with_publisher(mut self, publisher: Option<Arc<PendingPublisher>>) -> Self {
+        if let Some(p) = &publisher {
+            p.set_pipeline(&self.options.pipeline);
+        }
         self.publisher = publisher;
         self.publish();
         self
@@ -254,7 +257,7 @@ impl LakeSink {
         if self.in_transaction {
             return;
         }
-        let position = self.last_commit.as_ref().map(|(p, _)| p.clone());
+        let applied = self.last_commit.as_ref().map(|(p, _)| p.clone());
         let tables = self
             .tables
             .values()
@@ -269,7 +272,13 @@ impl LakeSink {
                 };
                 let view = publish::TableView {
                     base_snapshot: t.table.metadata().current_snapshot_id(),
-                    position: position.clone().or_else(|| t.position.clone()),
+                    // The later of the last transaction applied and what the table holds:
+                    // a restarted sink skips the transactions the table holds already.
+                    position: match (&applied, &t.position) {
+                        (Some(a), Some(held)) => Some(held.merged(a)),
+                        (Some(a), None) => Some(a.clone()),
+                        (None, held) => held.clone(),
+                    },
                     truncated: t.truncated,
                     unmergeable,
                     spec: t.spec.clone(),

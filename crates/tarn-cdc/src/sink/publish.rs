@@ -10,6 +10,12 @@
 //! its table when it plans a statement and turns it into Arrow batches once (cached in the
 //! view), outside the writer's path.
 //!
+//! Each view carries the position it is at: the end of the last transaction the sink applied,
+//! or the position the table's last commit holds when that is later (a restarted sink skips
+//! the transactions a table already holds). For reads of the lake itself (`committed` reads,
+//! fallbacks, while nothing is published) the publisher answers the position a loaded table
+//! holds for its pipeline ([`table_position`](super::table_position)).
+//!
 //! A state that cannot be merged by key is published as such, with the reason (rows already
 //! written to uncommitted files, a table keyed by the whole row, an update whose unchanged
 //! TOASTed value is in the lake only): readers then read the table's last commit. A sink that
@@ -19,6 +25,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
+
+use iceberg::table::Table;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
@@ -35,12 +43,28 @@ use crate::value::builder::{BatchBuilder, ColumnBuilder};
 #[derive(Debug, Default)]
 pub struct PendingPublisher {
     tables: RwLock<Arc<HashMap<TableIdent, Arc<TableView>>>>,
+    /// The pipeline whose positions the lake's tables are read at; set by
+    /// [`Self::for_pipeline`], else by the first sink publishing here.
+    pipeline: OnceLock<String>,
 }
 
 impl PendingPublisher {
     /// A publisher with nothing published.
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// A publisher of `pipeline`'s pending state, with nothing published: it knows which
+    /// positions the pipeline's tables hold before its sink starts.
+    pub fn for_pipeline(pipeline: &str) -> Arc<Self> {
+        let publisher = Self::default();
+        let _ = publisher.pipeline.set(pipeline.to_string());
+        Arc::new(publisher)
+    }
+
+    /// The pipeline publishing here is `pipeline` (kept if one was set already).
+    pub(super) fn set_pipeline(&self, pipeline: &str) {
+        let _ = self.pipeline.set(pipeline.to_string());
     }
 
     /// Replaces the publication with `tables`.
@@ -63,6 +87,11 @@ impl PendingSource for PendingPublisher {
     fn pending(&self, table: &TableIdent) -> Option<Arc<dyn PendingTable>> {
         let tables = self.tables.read().expect("publisher poisoned").clone();
         tables.get(table).map(|v| v.clone() as Arc<dyn PendingTable>)
+    }
+
+    fn committed_position(&self, table: &Table) -> Option<String> {
+        let pipeline = self.pipeline.get()?;
+        super::table_position(table, pipeline).0.map(|p| p.to_string())
     }
 }
 
@@ -154,6 +183,10 @@ impl PendingTable for TableView {
         self.changes
             .get_or_init(|| self.materialize().map(Arc::new))
             .clone()
+    }
+
+    fn position(&self) -> Option<String> {
+        self.position.as_ref().map(Position::to_string)
     }
 }
 

@@ -66,11 +66,12 @@ impl Served {
         child
     }
 
-    /// Kills the server (SIGKILL: nothing flushed, nothing shut down) and starts it again on
-    /// the same data directory and ports.
-    pub(crate) fn crash_and_restart(&mut self) {
+    /// Kills the server (SIGKILL: nothing flushed, nothing shut down), runs `meanwhile`, and
+    /// starts it again on the same data directory and ports.
+    pub(crate) fn kill_and_restart_after(&mut self, meanwhile: impl FnOnce()) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        meanwhile();
         self.child = Self::spawn(self._dir.path(), [self.pg_port, self.http_port]);
     }
 
