@@ -182,13 +182,7 @@ pub(crate) fn qualify_foreign_names(sql: &str, view: &PgView) -> Option<String> 
     for statement in &mut statements {
         let _ = statement.visit(&mut rewriter);
     }
-    rewriter.changed.then(|| {
-        statements
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(";\n")
-    })
+    rewriter.changed.then(|| crate::pg_rewrite::sql_of(&statements))
 }
 
 struct ForeignNames<'a> {

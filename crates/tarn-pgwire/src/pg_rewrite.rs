@@ -33,6 +33,15 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::pg_relations::{INFORMATION_SCHEMA_TABLES, Lookup, information_schema_table};
 
+/// `statements` as one SQL text.
+pub(crate) fn sql_of(statements: &[Statement]) -> String {
+    statements
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
 /// Whether `sql` may read the catalog, so the relations are refreshed and the statement
 /// rewritten before it is planned.
 pub(crate) fn reads_catalog(sql: &str) -> bool {
@@ -62,13 +71,7 @@ pub(crate) fn rewrite(sql: &str, token: &str) -> Option<String> {
         }
         let _ = statement.visit(&mut rewriter);
     }
-    rewriter.changed.then(|| {
-        statements
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(";\n")
-    })
+    rewriter.changed.then(|| sql_of(&statements))
 }
 
 struct Rewriter {
@@ -124,13 +127,7 @@ pub(crate) fn with_search_path(
     for statement in &mut statements {
         let _ = statement.visit(&mut rewriter);
     }
-    rewriter.changed.then(|| {
-        statements
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(";\n")
-    })
+    rewriter.changed.then(|| sql_of(&statements))
 }
 
 /// The names `WITH` gives its queries, which are no tables to qualify.

@@ -539,6 +539,29 @@ fn counter(metrics: &str, series: &str) -> f64 {
 }
 
 /// Connects to the source database.
+/// A PostgreSQL with database `app` and its table `items (id, v, n)`: a `test_decoding` slot
+/// `diff` created while it was empty, then `initial` rows.
+fn items_source(initial: i64) -> PostgresServer {
+    let pg = PostgresServer::start_temporary().unwrap();
+    pg.psql("postgres", "CREATE DATABASE app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE items (id int PRIMARY KEY, v text, n int NOT NULL)",
+    )
+    .unwrap();
+    pg.psql(
+        "app",
+        "SELECT 'slot' FROM pg_create_logical_replication_slot('diff', 'test_decoding')",
+    )
+    .unwrap();
+    pg.psql(
+        "app",
+        &format!("INSERT INTO items SELECT g, 'v' || g, 0 FROM generate_series(1, {initial}) g"),
+    )
+    .unwrap();
+    pg
+}
+
 async fn source_client(pg: &PostgresServer) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
         .await
@@ -632,23 +655,7 @@ fn start_writers(
 async fn latest_reads_equal_the_source_at_their_position() {
     crate::init_logs();
     const INITIAL: i64 = 300;
-    let pg = PostgresServer::start_temporary().unwrap();
-    pg.psql("postgres", "CREATE DATABASE app").unwrap();
-    pg.psql(
-        "app",
-        "CREATE TABLE items (id int PRIMARY KEY, v text, n int NOT NULL)",
-    )
-    .unwrap();
-    pg.psql(
-        "app",
-        "SELECT 'slot' FROM pg_create_logical_replication_slot('diff', 'test_decoding')",
-    )
-    .unwrap();
-    pg.psql(
-        "app",
-        &format!("INSERT INTO items SELECT g, 'v' || g, 0 FROM generate_series(1, {INITIAL}) g"),
-    )
-    .unwrap();
+    let pg = items_source(INITIAL);
     // Nothing commits by time; 1500 changes make a commit (the load crosses it many times).
     let served = Served::start_with(
         true,
@@ -811,23 +818,7 @@ async fn latest_reads_equal_the_source_at_their_position() {
 async fn a_killed_server_serves_the_lake_then_catches_up() {
     crate::init_logs();
     const MAX_ROWS: i64 = 2000;
-    let pg = PostgresServer::start_temporary().unwrap();
-    pg.psql("postgres", "CREATE DATABASE app").unwrap();
-    pg.psql(
-        "app",
-        "CREATE TABLE items (id int PRIMARY KEY, v text, n int NOT NULL)",
-    )
-    .unwrap();
-    pg.psql(
-        "app",
-        "SELECT 'slot' FROM pg_create_logical_replication_slot('diff', 'test_decoding')",
-    )
-    .unwrap();
-    pg.psql(
-        "app",
-        "INSERT INTO items SELECT g, 'v' || g, 0 FROM generate_series(1, 200) g",
-    )
-    .unwrap();
+    let pg = items_source(200);
     let mut served = Served::start_with(
         true,
         &format!(

@@ -281,28 +281,34 @@ async fn update_delete_merge_match_postgresql() {
     }
 
     // Independent readers see exactly PostgreSQL's rows.
-    let uri = format!("sqlite:///{}", t.path().join("catalog.db").display());
     for (name, _) in variants {
-        let out = tarn_test_utils::run_python(
-            "lake_readers.py",
-            &[
-                "read",
-                "--uri",
-                &uri,
-                "--warehouse",
-                &t.config.warehouse_url(),
-                "--name",
-                &t.config.catalog.name,
-                "--table",
-                &format!("public.{name}"),
-            ],
-        )
-        .unwrap();
-        let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let read = read_independently(&t, &format!("public.{name}"));
         let expected = serde_json::to_value(pg_rows(&client, name).await).unwrap();
         assert_eq!(read["pyiceberg"], expected, "pyiceberg reads {name}");
         assert_eq!(read["duckdb"], expected, "DuckDB reads {name}");
     }
+}
+
+/// `table` of `t`'s lake as pyiceberg and DuckDB read it (`lake_readers.py read`): rows as
+/// lists of strings, sorted, under `"pyiceberg"` and `"duckdb"`.
+fn read_independently(t: &TestLake, table: &str) -> serde_json::Value {
+    let uri = format!("sqlite:///{}", t.path().join("catalog.db").display());
+    let out = tarn_test_utils::run_python(
+        "lake_readers.py",
+        &[
+            "read",
+            "--uri",
+            &uri,
+            "--warehouse",
+            &t.config.warehouse_url(),
+            "--name",
+            &t.config.catalog.name,
+            "--table",
+            table,
+        ],
+    )
+    .unwrap();
+    serde_json::from_str(out.trim()).unwrap()
 }
 
 fn tarn_sqlstate(e: &tarn_core::Error) -> &'static str {
@@ -1406,23 +1412,7 @@ async fn create_or_replace_redefines_columns_partitioning_and_properties() {
     );
 
     // Independent readers read the new definition.
-    let uri = format!("sqlite:///{}", t.path().join("catalog.db").display());
-    let out = tarn_test_utils::run_python(
-        "lake_readers.py",
-        &[
-            "read",
-            "--uri",
-            &uri,
-            "--warehouse",
-            &t.config.warehouse_url(),
-            "--name",
-            &t.config.catalog.name,
-            "--table",
-            "public.rep",
-        ],
-    )
-    .unwrap();
-    let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let read = read_independently(&t, "public.rep");
     let expected = serde_json::json!([["1", "eu", "20.0"], ["3", "eu", "60.0"]]);
     assert_eq!(read["pyiceberg"], expected, "pyiceberg reads the replaced table");
     assert_eq!(read["duckdb"], expected, "DuckDB reads the replaced table");
