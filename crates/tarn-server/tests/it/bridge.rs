@@ -33,6 +33,29 @@ use crate::pgwire::Served;
 const ACCOUNTS: i64 = 20;
 const TOTAL: i64 = ACCOUNTS * 100;
 
+/// `tarn serve` running a CDC pipeline from database `app` of `pg` with bridge reads, nothing
+/// committed by time (a one-hour bridged interval) and a commit every `max_rows` changes.
+fn bridged_server(pg: &PostgresServer, max_rows: u64) -> Served {
+    Served::start_with(
+        true,
+        &format!(
+            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\nmax_rows = {max_rows}\n[maintenance]\nauto = false\n",
+            pg.url("app")
+        ),
+    )
+}
+
+/// Two sessions of `served`: one in the default `latest` read mode, one set to `committed`.
+async fn latest_and_committed(served: &Served) -> (tokio_postgres::Client, tokio_postgres::Client) {
+    let latest = served.client().await;
+    let committed = served.client().await;
+    committed
+        .simple_query("SET tarn.read_mode = 'committed'")
+        .await
+        .unwrap();
+    (latest, committed)
+}
+
 /// Rows of `sql` as `a|b` lines (NULL as `NULL`).
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(client
@@ -93,19 +116,8 @@ async fn latest_reads_include_pending_changes_whole_transactions_only() {
     )
     .unwrap();
     // Nothing commits by time; 5000 changes make a commit (the load below crosses it).
-    let served = Served::start_with(
-        true,
-        &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\nmax_rows = 5000\n[maintenance]\nauto = false\n",
-            pg.url("app")
-        ),
-    );
-    let latest = served.client().await;
-    let committed = served.client().await;
-    committed
-        .simple_query("SET tarn.read_mode = 'committed'")
-        .await
-        .unwrap();
+    let served = bridged_server(&pg, 5000);
+    let (latest, committed) = latest_and_committed(&served).await;
     assert_eq!(rows(&latest, "SHOW tarn.read_mode").await.unwrap(), ["latest"]);
     assert_eq!(
         rows(&committed, "SHOW tarn.read_mode").await.unwrap(),
@@ -657,19 +669,8 @@ async fn latest_reads_equal_the_source_at_their_position() {
     const INITIAL: i64 = 300;
     let pg = items_source(INITIAL);
     // Nothing commits by time; 1500 changes make a commit (the load crosses it many times).
-    let served = Served::start_with(
-        true,
-        &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\nmax_rows = 1500\n[maintenance]\nauto = false\n",
-            pg.url("app")
-        ),
-    );
-    let latest = served.client().await;
-    let committed = served.client().await;
-    committed
-        .simple_query("SET tarn.read_mode = 'committed'")
-        .await
-        .unwrap();
+    let served = bridged_server(&pg, 1500);
+    let (latest, committed) = latest_and_committed(&served).await;
     assert_eq!(
         rows_of(&latest, "SHOW tarn.read_position").await,
         [""],
@@ -819,13 +820,7 @@ async fn a_killed_server_serves_the_lake_then_catches_up() {
     crate::init_logs();
     const MAX_ROWS: i64 = 2000;
     let pg = items_source(200);
-    let mut served = Served::start_with(
-        true,
-        &format!(
-            "[cdc]\nsource = \"{}\"\n[cdc.flush]\nbridged_interval = \"1h\"\nmax_rows = {MAX_ROWS}\n[maintenance]\nauto = false\n",
-            pg.url("app")
-        ),
-    );
+    let mut served = bridged_server(&pg, MAX_ROWS as u64);
     let source = source_client(&pg).await;
     let items = "SELECT * FROM cdc.items";
     let count = "SELECT count(*), count(DISTINCT id) FROM cdc.items";
@@ -864,11 +859,12 @@ async fn a_killed_server_serves_the_lake_then_catches_up() {
                 .unwrap();
         }
         let latest = served.client().await;
-        let want = source_rows(&pg, "SELECT count(*) FROM items");
+        // The last of them applied (the row count alone does not move: each deletes one row
+        // and inserts one).
         wait_rows(
             &latest,
-            "SELECT count(*) FROM cdc.items",
-            &want,
+            "SELECT v FROM cdc.items WHERE id = 5099",
+            &["new".to_string()],
             "pending changes",
         )
         .await;
@@ -897,12 +893,7 @@ async fn a_killed_server_serves_the_lake_then_catches_up() {
         pg.psql("postgres", "ALTER DATABASE app WITH ALLOW_CONNECTIONS false")
             .unwrap();
     });
-    let latest = served.client().await;
-    let committed = served.client().await;
-    committed
-        .simple_query("SET tarn.read_mode = 'committed'")
-        .await
-        .unwrap();
+    let (latest, committed) = latest_and_committed(&served).await;
     let lake = read_at(&committed, items).await;
     let first = read_at(&latest, items).await;
     assert_eq!(
