@@ -74,7 +74,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -437,30 +437,8 @@ impl BridgedTable {
 /// `batch`'s columns by name in `target`'s types; columns it lacks are NULL. Fails where a
 /// required column would hold NULL (one added since the rows were buffered).
 fn conform(batch: &RecordBatch, target: &SchemaRef) -> tarn_core::Result<RecordBatch> {
-    let columns: Vec<ArrayRef> = target
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => arrow::compute::cast(c, f.data_type()).map_err(|e| {
-                tarn_core::Error::new(
-                    tarn_core::ErrorKind::Internal,
-                    format!(
-                        "cannot read pending column {} as {}: {e}",
-                        f.name(),
-                        f.data_type()
-                    ),
-                )
-            }),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<tarn_core::Result<_>>()?;
-    RecordBatch::try_new_with_options(
-        target.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
-    .map_err(|e| {
+    let names: Vec<Option<&str>> = target.fields().iter().map(|f| Some(f.name().as_str())).collect();
+    crate::provider::conform_columns(batch, target, &names).map_err(|e| {
         tarn_core::Error::new(
             tarn_core::ErrorKind::Internal,
             format!("cannot read pending rows: {e}"),

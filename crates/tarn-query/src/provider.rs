@@ -437,6 +437,33 @@ fn uuid_fields(schema: &iceberg::spec::Schema) -> BTreeSet<String> {
         .collect()
 }
 
+/// `batch` as a batch of `target`: column `i` of `target` is `batch`'s column named
+/// `names[i]`, cast where the types differ; NULL where `names[i]` is `None` or `batch` has no
+/// such column. Fails where a required column would hold NULL.
+pub(crate) fn conform_columns(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+    names: &[Option<&str>],
+) -> arrow::error::Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = target
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(f, name)| match name.and_then(|n| batch.column_by_name(n)) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                arrow::error::ArrowError::CastError(format!("column {} as {}: {e}", f.name(), f.data_type()))
+            }),
+            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<arrow::error::Result<_>>()?;
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
 /// Casts `plan`'s columns to `target` where their types differ (16-byte UUIDs to their text).
 pub(crate) fn cast_to(plan: Arc<dyn ExecutionPlan>, target: &Schema) -> DFResult<Arc<dyn ExecutionPlan>> {
     let input = plan.schema();

@@ -29,7 +29,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -209,26 +209,8 @@ fn written_columns(table: &Table, snapshot_id: Option<i64>, columns: &[String]) 
 /// `batch` (read with the snapshot's names) as the scan's output `schema`: columns renamed,
 /// cast to their current types, and NULL where the snapshot predates them.
 fn as_output(batch: &RecordBatch, schema: &SchemaRef, written: &[Option<String>]) -> DFResult<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .zip(written)
-        .map(|(field, name)| {
-            let Some(column) = name.as_ref().and_then(|n| batch.column_by_name(n)) else {
-                return Ok(new_null_array(field.data_type(), batch.num_rows()));
-            };
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                Ok(arrow::compute::cast(column, field.data_type())?)
-            }
-        })
-        .collect::<DFResult<Vec<_>>>()?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )?)
+    let names: Vec<Option<&str>> = written.iter().map(Option::as_deref).collect();
+    Ok(crate::provider::conform_columns(batch, schema, &names)?)
 }
 
 impl DisplayAs for V3ScanExec {

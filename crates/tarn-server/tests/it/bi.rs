@@ -108,8 +108,25 @@ fn pgjdbc_jar() -> PathBuf {
         .expect("pgjdbc jar: install libpostgresql-jdbc-java (scripts/setup.sh)")
 }
 
+/// The JSON document `tests/interop/<script>` prints, run with `args` by the Python of
+/// Superset's stack ([`superset_python`]); panics with its output when it fails.
+pub(crate) fn superset_script(script: &str, args: &[&str]) -> Value {
+    let out = Command::new(superset_python())
+        .arg(workspace_root().join("tests/interop").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The Python of the venv with SQLAlchemy 1.4 and psycopg2 (`scripts/setup.sh` makes it).
-pub(crate) fn superset_python() -> PathBuf {
+fn superset_python() -> PathBuf {
     let python = workspace_root().join(".venv-superset/bin/python");
     assert!(
         python.exists(),
@@ -137,18 +154,7 @@ fn lake_with_tables(dir: &Path) -> Served {
 fn sqlalchemy_superset_stack_reflects_keys_comments_and_types() {
     let dir = tempfile::Builder::new().prefix("tarn-bi-").tempdir().unwrap();
     let served = lake_with_tables(dir.path());
-    let out = Command::new(superset_python())
-        .arg(workspace_root().join("tests/interop/bi_sqlalchemy.py"))
-        .args(["--port", &served.pg_port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = superset_script("bi_sqlalchemy.py", &["--port", &served.pg_port.to_string()]);
     assert!(seen["sqlalchemy"].as_str().unwrap().starts_with("1.4."), "{seen}");
     // The dialect reads a PostgreSQL version from `select pg_catalog.version()`.
     assert_eq!(seen["server_version"], json!([15, 0]));

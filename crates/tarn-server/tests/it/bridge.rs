@@ -56,6 +56,31 @@ async fn latest_and_committed(served: &Served) -> (tokio_postgres::Client, tokio
     (latest, committed)
 }
 
+/// Reads `sql` over `client` (each read pushed to `reads`) until one is at position `end` or
+/// later; panics after `within`.
+async fn read_until(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    end: u64,
+    within: Duration,
+    reads: &mut Vec<(Rows, String)>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let read = read_at(client, sql).await;
+        let at = lsn(&read.1);
+        reads.push(read);
+        if at >= end {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reads did not reach {end:X} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Rows of `sql` as `a|b` lines (NULL as `NULL`).
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(client
@@ -472,54 +497,56 @@ async fn decoded_transactions(source: &tokio_postgres::Client, slot: &str) -> Ve
     transactions
 }
 
+/// A table rebuilt from decoded changes: each row's columns by its id.
+type Replayed = BTreeMap<i64, BTreeMap<String, String>>;
+
+/// Applies one transaction's `changes` to `table`.
+fn replay(table: &mut Replayed, changes: &[Change]) {
+    for change in changes {
+        match change {
+            Change::Upsert(id, columns) => {
+                table.insert(*id, columns.clone());
+            }
+            Change::Delete(id) => {
+                table.remove(id);
+            }
+            Change::Truncate => table.clear(),
+        }
+    }
+}
+
+/// `table`'s rows as [`Rows`], sorted.
+fn replayed_rows(table: &Replayed) -> Rows {
+    let mut rows: Rows = table.values().map(row_text).collect();
+    rows.sort();
+    rows
+}
+
 /// Checks every `(answer, position)` read against the table as the decoded transactions
 /// leave it at that position (all transactions ending at or before it, from an empty table):
 /// returns how many reads were checked, panicking at the first that differs.
 fn check_reads(what: &str, transactions: &[(u64, Vec<Change>)], reads: &[(Rows, String)]) -> usize {
     let mut order: Vec<(u64, usize)> = reads.iter().enumerate().map(|(i, (_, p))| (lsn(p), i)).collect();
     order.sort();
-    let mut table: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+    let mut table = Replayed::new();
     let mut next = 0;
     for (position, i) in order {
         while next < transactions.len() && transactions[next].0 <= position {
-            for change in &transactions[next].1 {
-                match change {
-                    Change::Upsert(id, columns) => {
-                        table.insert(*id, columns.clone());
-                    }
-                    Change::Delete(id) => {
-                        table.remove(id);
-                    }
-                    Change::Truncate => table.clear(),
-                }
-            }
+            replay(&mut table, &transactions[next].1);
             next += 1;
         }
-        let mut want: Rows = table.values().map(row_text).collect();
-        want.sort();
+        let want = replayed_rows(&table);
         let got = &reads[i].0;
         if *got != want {
             let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(10).collect();
             let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(10).collect();
             // Where the answer is PostgreSQL's table, if anywhere: tells a wrong position from
             // a wrong answer.
-            let mut replay: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+            let mut all = Replayed::new();
             let mut equal_at = Vec::new();
             for (at, changes) in transactions {
-                for change in changes {
-                    match change {
-                        Change::Upsert(id, columns) => {
-                            replay.insert(*id, columns.clone());
-                        }
-                        Change::Delete(id) => {
-                            replay.remove(id);
-                        }
-                        Change::Truncate => replay.clear(),
-                    }
-                }
-                let mut rows: Rows = replay.values().map(row_text).collect();
-                rows.sort();
-                if rows == *got {
+                replay(&mut all, changes);
+                if replayed_rows(&all) == *got {
                     equal_at.push(format!("{:X}/{:X}", at >> 32, at & 0xffff_ffff));
                 }
             }
@@ -758,21 +785,7 @@ async fn latest_reads_equal_the_source_at_their_position() {
     // The end: `latest` reaches the last transaction.
     let transactions = decoded_transactions(&source, "diff").await;
     let last = transactions.last().unwrap().0;
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let read = read_at(&latest, items).await;
-        let at = lsn(&read.1);
-        reads.push(read);
-        if at >= last {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "latest did not reach {last:X} within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    read_until(&latest, items, last, Duration::from_secs(60), &mut reads).await;
 
     tracing::info!(reads = reads.len(), altered = ?altered, truncated = ?truncated, "checking the reads");
     let checked = check_reads("latest", &transactions, &reads);
@@ -923,20 +936,7 @@ async fn a_killed_server_serves_the_lake_then_catches_up() {
     pg.psql("postgres", "ALTER DATABASE app WITH ALLOW_CONNECTIONS true")
         .unwrap();
     let end = decoded_transactions(&source, "diff").await.last().unwrap().0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let read = read_at(&latest, items).await;
-        let at = lsn(&read.1);
-        reads.push(read);
-        if at >= end {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "latest did not catch up to {end:X} within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    read_until(&latest, items, end, Duration::from_secs(120), &mut reads).await;
     let transactions = decoded_transactions(&source, "diff").await;
     let checked = check_reads("across the kill", &transactions, &reads);
     let want: Vec<String> = {

@@ -630,25 +630,11 @@ async fn bi_tools_list_and_query_foreign_tables_by_their_shown_schema() {
     };
     psql("CREATE TABLE customers (id BIGINT, note VARCHAR); INSERT INTO customers VALUES (99, 'lake')");
 
-    let out = std::process::Command::new(crate::bi::superset_python())
-        .arg(tarn_test_utils::workspace_root().join("tests/interop/bi_foreign.py"))
-        .args([
-            "--port",
-            &served.pg_port.to_string(),
-            "--schema",
-            "shop.public",
-            "--table",
-            "customers",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let port = served.pg_port.to_string();
+    let seen = crate::bi::superset_script(
+        "bi_foreign.py",
+        &["--port", &port, "--schema", "shop.public", "--table", "customers"],
     );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let schemas: Vec<&str> = seen["schemas"]
         .as_array()
         .unwrap()
